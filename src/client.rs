@@ -1,0 +1,78 @@
+//! The client side of the control socket: one request, one reply, and what to print.
+//! Exit codes (SPEC 1): 0 success, 1 refused or failed, 2 usage, 3 unreachable.
+
+use crate::control::Reply;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+pub enum ClientError {
+    /// No daemon answers at this socket (exit 3).
+    Unreachable(String),
+    /// The daemon answered `ok: false` (exit 1).
+    Refused(String),
+}
+
+pub struct Connection {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Connection {
+    pub fn open(socket: &Path) -> Result<Connection, ClientError> {
+        let stream = UnixStream::connect(socket).map_err(|e| {
+            ClientError::Unreachable(format!(
+                "cannot reach the orchestrator at {}: {e}",
+                socket.display()
+            ))
+        })?;
+        let writer = stream
+            .try_clone()
+            .map_err(|e| ClientError::Unreachable(format!("{}: {e}", socket.display())))?;
+        Ok(Connection {
+            reader: BufReader::new(stream),
+            writer,
+        })
+    }
+
+    /// Sends one request and returns the reply's body when it is `ok`.
+    pub fn call(&mut self, req: &serde_json::Value) -> Result<Reply, ClientError> {
+        let lost = |e: std::io::Error| {
+            ClientError::Unreachable(format!("connection to the orchestrator lost: {e}"))
+        };
+        // A refusing daemon may answer and close before we finish writing: read its
+        // answer even when the write fails.
+        let written = writeln!(self.writer, "{req}");
+        let mut line = String::new();
+        let n = match self.reader.read_line(&mut line) {
+            Ok(n) => n,
+            Err(e) => return Err(lost(written.err().unwrap_or(e))),
+        };
+        if n == 0 {
+            return Err(ClientError::Unreachable(
+                "the orchestrator closed the connection without answering".into(),
+            ));
+        }
+        let reply: Reply = serde_json::from_str(&line).map_err(|e| {
+            ClientError::Refused(format!("unreadable reply from the orchestrator: {e}"))
+        })?;
+        if reply["ok"] == serde_json::Value::Bool(true) {
+            Ok(reply)
+        } else {
+            Err(ClientError::Refused(
+                reply["error"]
+                    .as_str()
+                    .unwrap_or("request failed")
+                    .to_string(),
+            ))
+        }
+    }
+
+    /// Waits until the daemon closes the connection (it exits), at most `timeout`.
+    pub fn wait_closed(mut self, timeout: Duration) -> bool {
+        let _ = self.reader.get_ref().set_read_timeout(Some(timeout));
+        let mut buf = String::new();
+        matches!(self.reader.read_line(&mut buf), Ok(0))
+    }
+}

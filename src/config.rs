@@ -1,0 +1,836 @@
+//! The configuration file: serde types mirroring SPEC section 2, the lookup order, the
+//! precedence of flags and environment over the file, and validation.
+//!
+//! Everything a user can get wrong is reported here, before anything starts, as one line
+//! per problem naming the file, the key and (for JSON errors) line:column. This module
+//! never touches processes; discovery and the plan are built on what it returns.
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where `lookup` looks when neither `--config` nor `$ORCHESTRATOR_CONFIG` names a file.
+pub const SYSTEM_CONFIG: &str = "/etc/orchestrator/orchestrator.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LogLevel> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "error" => LogLevel::Error,
+            "warn" | "warning" => LogLevel::Warn,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            _ => return None,
+        })
+    }
+
+    pub fn to_filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum RestartPolicy {
+    #[serde(rename = "always")]
+    Always,
+    #[serde(rename = "on-failure")]
+    OnFailure,
+    #[serde(rename = "never")]
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+    }
+}
+
+/// The `orchestrator` section. Field names are the contract; defaults are SPEC 2's.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub services_dir: PathBuf,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
+    pub auto_restart: bool,
+    pub max_restart_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub backoff_jitter: f64,
+    pub reset_after_ms: u64,
+    pub stop_timeout_ms: u64,
+    pub shutdown_timeout_ms: u64,
+    pub control_socket: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+    pub log_max_bytes: u64,
+    pub log_max_files: u32,
+    pub log_max_total_bytes: Option<u64>,
+    pub max_line_bytes: usize,
+    pub run_unconfigured: bool,
+    pub subreaper: bool,
+    pub metrics_listen: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub watchdog: Option<Watchdog>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            services_dir: PathBuf::from("services"),
+            log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
+            auto_restart: true,
+            max_restart_attempts: 10,
+            initial_backoff_ms: 1000,
+            max_backoff_ms: 30_000,
+            backoff_jitter: 0.2,
+            reset_after_ms: 60_000,
+            stop_timeout_ms: 5000,
+            shutdown_timeout_ms: 30_000,
+            control_socket: None,
+            log_dir: None,
+            log_max_bytes: 10 * 1024 * 1024,
+            log_max_files: 5,
+            log_max_total_bytes: None,
+            max_line_bytes: 65_536,
+            run_unconfigured: true,
+            subreaper: false,
+            metrics_listen: None,
+            state_dir: None,
+            watchdog: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Watchdog {
+    pub device: PathBuf,
+    #[serde(default = "default_watchdog_interval")]
+    pub interval_ms: u64,
+    #[serde(default)]
+    pub critical: Vec<String>,
+}
+
+fn default_watchdog_interval() -> u64 {
+    10_000
+}
+
+/// One entry of `services`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    pub enabled: bool,
+    pub binary_path: Option<PathBuf>,
+    pub args: Vec<String>,
+    pub pass_service_args: bool,
+    pub environment: BTreeMap<String, String>,
+    pub data_dir: Option<PathBuf>,
+    pub memory_limit: u64,
+    pub restart: Option<RestartPolicy>,
+    pub max_restart_attempts: Option<u32>,
+    pub initial_backoff_ms: Option<u64>,
+    pub max_backoff_ms: Option<u64>,
+    pub stop_signal: String,
+    pub stop_timeout_ms: Option<u64>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub limits: Limits,
+    pub depends_on: Vec<String>,
+    pub health_check: Option<HealthCheck>,
+    pub sockets: Vec<SocketConfig>,
+    pub upgrade_grace_ms: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            enabled: true,
+            binary_path: None,
+            args: Vec::new(),
+            pass_service_args: true,
+            environment: BTreeMap::new(),
+            data_dir: None,
+            memory_limit: 0,
+            restart: None,
+            max_restart_attempts: None,
+            initial_backoff_ms: None,
+            max_backoff_ms: None,
+            stop_signal: "SIGTERM".to_string(),
+            stop_timeout_ms: None,
+            user: None,
+            group: None,
+            limits: Limits::default(),
+            depends_on: Vec::new(),
+            health_check: None,
+            sockets: Vec::new(),
+            upgrade_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub nofile: Option<u64>,
+    pub nproc: Option<u64>,
+    pub core: Option<u64>,
+    pub cpu_percent: Option<u32>,
+    pub pids_max: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckType {
+    Exec,
+    Tcp,
+    Http,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(rename = "type")]
+    pub kind: CheckType,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default = "default_check_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "default_check_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_check_threshold")]
+    pub failure_threshold: u32,
+    #[serde(default)]
+    pub initial_delay_ms: u64,
+}
+
+fn default_check_interval() -> u64 {
+    10_000
+}
+fn default_check_timeout() -> u64 {
+    2000
+}
+fn default_check_threshold() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketConfig {
+    pub listen: String,
+}
+
+/// The file as written, before flags and environment are applied.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default, deserialize_with = "orchestrator_section")]
+    orchestrator: Settings,
+    #[serde(default, deserialize_with = "services_section")]
+    services: BTreeMap<String, ServiceConfig>,
+}
+
+/// Command-line values that take precedence over the environment and the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub services_dir: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    pub socket: Option<PathBuf>,
+}
+
+/// The configuration in force: every relative path made absolute against the file's
+/// directory, flags and environment applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from; `None` when no file was found and defaults apply.
+    pub path: Option<PathBuf>,
+    pub settings: Settings,
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+/// Every problem found, one line each, already naming file and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("\n"))
+    }
+}
+
+impl ConfigError {
+    fn one(msg: String) -> ConfigError {
+        ConfigError(vec![msg])
+    }
+}
+
+/// The config file to read, by SPEC 2's lookup order. `Ok(None)`: no file anywhere, so
+/// the defaults apply. A file named explicitly (flag or environment) must exist.
+pub fn lookup(flag: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+    let explicit = flag.map(|p| (p.to_path_buf(), "--config")).or_else(|| {
+        std::env::var_os("ORCHESTRATOR_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(|v| (PathBuf::from(v), "$ORCHESTRATOR_CONFIG"))
+    });
+    if let Some((path, from)) = explicit {
+        if path.is_file() {
+            return Ok(Some(path));
+        }
+        return Err(ConfigError::one(format!(
+            "{}: config file not found (from {from})",
+            path.display()
+        )));
+    }
+    for candidate in ["orchestrator.json", SYSTEM_CONFIG] {
+        let p = PathBuf::from(candidate);
+        if p.is_file() {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// Looks the file up, reads, parses, applies precedence and validates it.
+pub fn load(ov: &Overrides) -> Result<Config, ConfigError> {
+    let path = lookup(ov.config.as_deref())?;
+    let (file, base) = match &path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| ConfigError::one(format!("{}: cannot read: {e}", p.display())))?;
+            let file =
+                parse(&text).map_err(|e| ConfigError::one(format!("{}:{e}", p.display())))?;
+            let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
+            (file, absolute(&dir))
+        }
+        None => (ConfigFile::default(), absolute(Path::new("."))),
+    };
+    let label = path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(defaults)".to_string());
+    let mut settings = file.orchestrator;
+    let mut services = file.services;
+    let mut errors = Vec::new();
+    apply_overrides(&mut settings, ov, &label, &mut errors);
+    resolve_paths(&mut settings, &mut services, &base);
+    validate(&settings, &services, &label, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigError(errors));
+    }
+    Ok(Config {
+        path: path.map(|p| absolute(&p)),
+        settings,
+        services,
+    })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    normalize(&joined)
+}
+
+/// Removes `.` components and trailing separators without touching the filesystem.
+fn normalize(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
+}
+
+fn resolve_paths(
+    settings: &mut Settings,
+    services: &mut BTreeMap<String, ServiceConfig>,
+    base: &Path,
+) {
+    let fix = |p: &mut PathBuf| *p = normalize(&base.join(&*p));
+    fix(&mut settings.services_dir);
+    for p in [
+        &mut settings.control_socket,
+        &mut settings.log_dir,
+        &mut settings.state_dir,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        fix(p);
+    }
+    if let Some(w) = &mut settings.watchdog {
+        fix(&mut w.device);
+    }
+    for svc in services.values_mut() {
+        for p in [&mut svc.binary_path, &mut svc.data_dir]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
+        }
+    }
+}
+
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Flag, then environment, then the file. Flag and environment paths are relative to the
+/// current directory, like any command-line path; so they are made absolute here.
+fn apply_overrides(s: &mut Settings, ov: &Overrides, label: &str, errors: &mut Vec<String>) {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    if let Some(dir) = ov
+        .services_dir
+        .clone()
+        .or_else(|| env_value("ORCHESTRATOR_SERVICES_DIR").map(PathBuf::from))
+    {
+        s.services_dir = normalize(&cwd.join(dir));
+    }
+    if let Some(sock) = ov
+        .socket
+        .clone()
+        .or_else(|| env_value("ORCHESTRATOR_SOCKET").map(PathBuf::from))
+    {
+        s.control_socket = Some(normalize(&cwd.join(sock)));
+    }
+    let level = ov
+        .log_level
+        .clone()
+        .map(|v| (v, "--log-level"))
+        .or_else(|| env_value("ORCHESTRATOR_LOG_LEVEL").map(|v| (v, "ORCHESTRATOR_LOG_LEVEL")));
+    if let Some((v, from)) = level {
+        match LogLevel::parse(&v) {
+            Some(l) => s.log_level = l,
+            None => errors.push(format!(
+                "{label}: {from}: unknown log level `{v}` (expected error, warn, info, debug or trace)"
+            )),
+        }
+    }
+    let format = ov
+        .log_format
+        .clone()
+        .map(|v| (v, "--log-format"))
+        .or_else(|| env_value("ORCHESTRATOR_LOG_FORMAT").map(|v| (v, "ORCHESTRATOR_LOG_FORMAT")));
+    if let Some((v, from)) = format {
+        match LogFormat::parse(&v) {
+            Some(f) => s.log_format = f,
+            None => errors.push(format!(
+                "{label}: {from}: unknown log format `{v}` (expected text or json)"
+            )),
+        }
+    }
+}
+
+thread_local! {
+    /// The key path being deserialized, so that serde's errors can say where they are.
+    static CONTEXT: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn set_context(s: &str) {
+    CONTEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        c.clear();
+        c.push_str(s);
+    });
+}
+
+fn orchestrator_section<'de, D: Deserializer<'de>>(d: D) -> Result<Settings, D::Error> {
+    set_context("orchestrator");
+    let s = Settings::deserialize(d)?;
+    set_context("");
+    Ok(s)
+}
+
+fn services_section<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, ServiceConfig>, D::Error> {
+    struct ServicesVisitor;
+    impl<'de> Visitor<'de> for ServicesVisitor {
+        type Value = BTreeMap<String, ServiceConfig>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object of services by name")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(name) = map.next_key::<String>()? {
+                set_context(&format!("services.{name}"));
+                let svc: ServiceConfig = map.next_value()?;
+                if out.insert(name.clone(), svc).is_some() {
+                    return Err(de::Error::custom(format!("duplicate service `{name}`")));
+                }
+            }
+            set_context("");
+            Ok(out)
+        }
+    }
+    d.deserialize_map(ServicesVisitor)
+}
+
+/// Parses the text; the error is `LINE:COL: [in KEY: ]message`, ready to follow the file
+/// name.
+fn parse(text: &str) -> Result<ConfigFile, String> {
+    set_context("");
+    serde_json::from_str::<ConfigFile>(text).map_err(|e| {
+        let context = CONTEXT.with(|c| c.borrow().clone());
+        set_context("");
+        let raw = e.to_string();
+        // serde_json appends " at line L column C"; we put the position first instead.
+        let msg = match raw.rfind(" at line ") {
+            Some(i) => raw[..i].to_string(),
+            None => raw,
+        };
+        let msg = with_suggestion(&msg);
+        let place = if context.is_empty() || e.is_syntax() || e.is_eof() {
+            String::new()
+        } else {
+            format!(" in {context}")
+        };
+        format!("{}:{}: {msg}{place}", e.line(), e.column())
+    })
+}
+
+/// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" (and unknown variant)
+/// into "unknown key `x` (did you mean `a`?)", so that a typo points at its fix.
+fn with_suggestion(msg: &str) -> String {
+    let noun = if msg.starts_with("unknown field") {
+        "key"
+    } else if msg.starts_with("unknown variant") {
+        "value"
+    } else {
+        return msg.to_string();
+    };
+    let quoted: Vec<&str> = msg.split('`').skip(1).step_by(2).collect();
+    let Some((bad, valid)) = quoted.split_first() else {
+        return msg.to_string();
+    };
+    match nearest(bad, valid.iter().copied()) {
+        Some(best) => format!("unknown {noun} `{bad}` (did you mean `{best}`?)"),
+        None if valid.is_empty() => format!("unknown {noun} `{bad}`"),
+        None => format!(
+            "unknown {noun} `{bad}` (expected one of {})",
+            valid
+                .iter()
+                .map(|v| format!("`{v}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The candidate closest to `word` by edit distance, if it is close enough to be a typo.
+pub fn nearest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(2);
+    candidates
+        .map(|c| (levenshtein(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(cur).min(row[j])
+            };
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// SPEC 2: 1-64 characters of `[A-Za-z0-9._-]`, not starting with `.`.
+pub fn valid_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Parses `SIGTERM`, `TERM`, `sigterm` or a number into a signal number.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).ok().map(|s| s as i32);
+    }
+    let upper = s.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
+}
+
+fn validate(
+    s: &Settings,
+    services: &BTreeMap<String, ServiceConfig>,
+    label: &str,
+    errors: &mut Vec<String>,
+) {
+    let mut err = |key: &str, msg: String| errors.push(format!("{label}: {key}: {msg}"));
+    if !(0.0..=1.0).contains(&s.backoff_jitter) || s.backoff_jitter.is_nan() {
+        err(
+            "orchestrator.backoff_jitter",
+            format!("must be between 0 and 1, not {}", s.backoff_jitter),
+        );
+    }
+    if s.max_line_bytes == 0 {
+        err("orchestrator.max_line_bytes", "must be at least 1".into());
+    }
+    if s.log_max_bytes == 0 {
+        err("orchestrator.log_max_bytes", "must be at least 1".into());
+    }
+    if s.initial_backoff_ms > s.max_backoff_ms {
+        err(
+            "orchestrator.initial_backoff_ms",
+            format!(
+                "{} is above max_backoff_ms ({})",
+                s.initial_backoff_ms, s.max_backoff_ms
+            ),
+        );
+    }
+    if let Some(addr) = &s.metrics_listen {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            err(
+                "orchestrator.metrics_listen",
+                format!("`{addr}` is not host:port (for example 127.0.0.1:9100)"),
+            );
+        }
+    }
+    for (name, svc) in services {
+        let key = |k: &str| format!("services.{name}.{k}");
+        if !valid_service_name(name) {
+            err(
+                &format!("services.{name}"),
+                "invalid service name: use 1-64 characters of A-Z a-z 0-9 . _ -, not starting with `.`".into(),
+            );
+        }
+        if parse_signal(&svc.stop_signal).is_none() {
+            err(
+                &key("stop_signal"),
+                format!("unknown signal `{}`", svc.stop_signal),
+            );
+        }
+        for (k, v) in &svc.environment {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                err(&key("environment"), format!("invalid variable name `{k}`"));
+            }
+            if v.contains('\0') {
+                err(
+                    &key("environment"),
+                    format!("value of `{k}` contains a NUL byte"),
+                );
+            }
+        }
+        if svc.args.iter().any(|a| a.contains('\0')) {
+            err(&key("args"), "an argument contains a NUL byte".into());
+        }
+        let init = svc.initial_backoff_ms.unwrap_or(s.initial_backoff_ms);
+        let max = svc.max_backoff_ms.unwrap_or(s.max_backoff_ms);
+        if init > max {
+            err(
+                &key("initial_backoff_ms"),
+                format!("{init} is above max_backoff_ms ({max})"),
+            );
+        }
+        if svc.limits.cpu_percent == Some(0) {
+            err(&key("limits.cpu_percent"), "must be at least 1".into());
+        }
+        if let Some(hc) = &svc.health_check {
+            match hc.kind {
+                CheckType::Exec if hc.command.is_empty() => err(
+                    &key("health_check.command"),
+                    "required for type exec".into(),
+                ),
+                CheckType::Tcp if hc.address.is_none() => {
+                    err(&key("health_check.address"), "required for type tcp".into())
+                }
+                CheckType::Http if hc.url.is_none() => {
+                    err(&key("health_check.url"), "required for type http".into())
+                }
+                _ => {}
+            }
+            if hc.failure_threshold == 0 {
+                err(
+                    &key("health_check.failure_threshold"),
+                    "must be at least 1".into(),
+                );
+            }
+        }
+        for dep in &svc.depends_on {
+            if dep == name {
+                err(&key("depends_on"), format!("`{name}` depends on itself"));
+            }
+        }
+    }
+    if let Some(w) = &s.watchdog {
+        for c in &w.critical {
+            if !services.contains_key(c) && !valid_service_name(c) {
+                err(
+                    "orchestrator.watchdog.critical",
+                    format!("invalid service name `{c}`"),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_err(text: &str) -> String {
+        parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn empty_object_gives_defaults() {
+        let f = parse("{}").unwrap();
+        assert_eq!(f.orchestrator, Settings::default());
+        assert!(f.services.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_suggests_nearest() {
+        let e = parse_err("{\"orchestrator\": {\"max_restart_attemps\": 3}}");
+        assert!(
+            e.contains("unknown key `max_restart_attemps` (did you mean `max_restart_attempts`?)"),
+            "{e}"
+        );
+        assert!(e.starts_with("1:"), "{e}");
+        assert!(e.contains("in orchestrator"), "{e}");
+    }
+
+    #[test]
+    fn unknown_service_key_names_the_service_and_position() {
+        let e = parse_err("{\n \"services\": {\n  \"web\": {\n   \"enabeld\": false}}}");
+        assert!(e.starts_with("4:"), "{e}");
+        assert!(e.contains("did you mean `enabled`"), "{e}");
+        assert!(e.contains("in services.web"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let e = parse_err("{\n  \"orchestrator\": {,}\n}");
+        assert!(e.starts_with("2:"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_value_suggests() {
+        let e = parse_err("{\"services\": {\"a\": {\"restart\": \"on-falure\"}}}");
+        assert!(e.contains("did you mean `on-failure`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported() {
+        let e = parse_err("{\"orchestrator\": {\"stop_timeout_ms\": \"5s\"}}");
+        assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_service_name("web-1.api_x"));
+        assert!(!valid_service_name(".hidden"));
+        assert!(!valid_service_name("a/b"));
+        assert!(!valid_service_name(""));
+        assert!(!valid_service_name(&"x".repeat(65)));
+        assert!(valid_service_name(&"x".repeat(64)));
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("SIGTERM"), Some(libc::SIGTERM));
+        assert_eq!(parse_signal("int"), Some(libc::SIGINT));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("SIGFOO"), None);
+    }
+
+    #[test]
+    fn validation_reports_every_error() {
+        let f = parse(
+            "{\"orchestrator\": {\"backoff_jitter\": 2}, \"services\": {\"bad/name\": {\"stop_signal\": \"NOPE\"}}}",
+        )
+        .unwrap();
+        let mut errors = Vec::new();
+        validate(&f.orchestrator, &f.services, "x.json", &mut errors);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("x.json: orchestrator.backoff_jitter:"));
+    }
+
+    #[test]
+    fn levenshtein_distances() {
+        assert_eq!(levenshtein("kitten", "sitting"), 3);
+        assert_eq!(levenshtein("", "abc"), 3);
+        assert_eq!(
+            nearest("servces", ["services", "orchestrator"].into_iter()),
+            Some("services")
+        );
+        assert_eq!(nearest("zzzzzz", ["services"].into_iter()), None);
+    }
+}

@@ -1,0 +1,199 @@
+//! The control socket (SPEC 10): a Unix stream socket, one JSON request per line, one
+//! JSON reply per line. One thread accepts; each connection gets a short-lived thread
+//! that checks the peer, reads bounded requests with a timeout, hands each to the main
+//! loop over the event channel and writes back the answer.
+//!
+//! Nothing a client does can block the main loop or another client: requests are size-
+//! and time-bounded here, connections are capped, and the main loop only ever sees a
+//! parsed `Request`.
+
+use crate::event::Event;
+use crossbeam_channel::{bounded, Sender};
+use serde::Deserialize;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The largest request line accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Connections served at once; more are refused with an error reply.
+const MAX_CONNECTIONS: usize = 64;
+/// A client that sends nothing for this long is disconnected.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest the main loop may take to answer (a stop waits for the service to stop).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const CONN_STACK: usize = 128 * 1024;
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub cmd: String,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub lines: Option<usize>,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+pub type Reply = serde_json::Value;
+
+pub fn error_reply(msg: impl Into<String>) -> Reply {
+    serde_json::json!({"ok": false, "error": msg.into()})
+}
+
+/// Starts the accept thread.
+pub fn serve(listener: UnixListener, tx: Sender<Event>) -> io::Result<()> {
+    let active = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("control".into())
+        .stack_size(CONN_STACK)
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(stream) = conn else { continue };
+                if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::SeqCst);
+                    refuse(stream, "too many control connections");
+                    continue;
+                }
+                let tx = tx.clone();
+                let guard = ActiveGuard(active.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("control-conn".into())
+                    .stack_size(CONN_STACK)
+                    .spawn(move || {
+                        let _guard = guard;
+                        serve_conn(stream, &tx);
+                    });
+                if let Err(e) = spawned {
+                    log::warn!("control: cannot serve a connection: {e}");
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn refuse(mut stream: UnixStream, msg: &str) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = writeln!(stream, "{}", error_reply(msg));
+}
+
+/// The uid of the process at the other end.
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid out-parameters sized for SO_PEERCRED.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(cred.uid)
+}
+
+fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    match peer_uid(&stream) {
+        Some(uid) if uid == 0 || uid == me => {}
+        other => {
+            log::warn!(
+                "control: refused a client with uid {}",
+                other.map_or("unknown".to_string(), |u| u.to_string())
+            );
+            refuse(stream, "permission denied");
+            return;
+        }
+    }
+    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let mut writer = write_half;
+    let mut reader = BufReader::with_capacity(4096, stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = match (&mut reader)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(n) => n,
+            Err(_) => return, // timeout or reset: an abandoned client
+        };
+        if n == 0 {
+            return;
+        }
+        if line.last() != Some(&b'\n') {
+            let msg = if line.len() > MAX_REQUEST {
+                format!("request too large (limit {MAX_REQUEST} bytes)")
+            } else {
+                "request must end with a newline".to_string()
+            };
+            let _ = writeln!(writer, "{}", error_reply(msg));
+            return;
+        }
+        let req: Request = match serde_json::from_slice(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = writeln!(writer, "{}", error_reply(format!("malformed request: {e}")));
+                return;
+            }
+        };
+        let shutdown = req.cmd == "shutdown";
+        let (reply_tx, reply_rx) = bounded(1);
+        if tx.send(Event::Control(req, reply_tx)).is_err() {
+            let _ = writeln!(writer, "{}", error_reply("orchestrator is shutting down"));
+            return;
+        }
+        let reply = reply_rx
+            .recv_timeout(REPLY_TIMEOUT)
+            .unwrap_or_else(|_| error_reply("operation timed out"));
+        if writeln!(writer, "{reply}").is_err() {
+            return;
+        }
+        if shutdown {
+            // Hold the connection until the process exits: the client's EOF means
+            // the orchestrator is gone.
+            let _ = reader.get_ref().set_read_timeout(None);
+            let mut sink = [0u8; 64];
+            while matches!(reader.get_mut().read(&mut sink), Ok(n) if n > 0) {}
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_strictly() {
+        let r: Request = serde_json::from_str(r#"{"cmd":"status","service":"echo"}"#).unwrap();
+        assert_eq!(r.service.as_deref(), Some("echo"));
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","bogus":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"service":"x"}"#).is_err());
+    }
+}

@@ -1,0 +1,540 @@
+//! Discovery (SPEC 3) and the plan: the services found in `services_dir` merged with the
+//! configured ones into fully resolved `ServiceSpec`s (argv, environment, identity).
+//!
+//! Everything a spawn needs is computed here, once, so that the spawn path does no lookups
+//! and a reload can compare old and new specs field by field. Nothing here starts a
+//! process; a plan that cannot be built is a configuration error.
+
+use crate::backoff::Backoff;
+use crate::config::{
+    parse_signal, valid_service_name, Config, HealthCheck, Limits, RestartPolicy, ServiceConfig,
+    Settings, SocketConfig,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A user and group to switch to before exec, resolved at plan time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: Option<String>,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: Option<PathBuf>,
+}
+
+/// Why a service cannot be spawned as planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BinaryProblem {
+    Missing,
+    NotExecutable,
+}
+
+/// One service, resolved: the plan's unit and what the supervisor runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub configured: bool,
+    pub enabled: bool,
+    /// Started by `run` and `reload` without being asked.
+    pub autostart: bool,
+    pub binary: PathBuf,
+    pub binary_problem: Option<BinaryProblem>,
+    /// Arguments after argv[0].
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub identity: Option<Identity>,
+    pub memory_limit_mib: u64,
+    pub limits: Limits,
+    pub sockets: Vec<SocketConfig>,
+    pub policy: RestartPolicy,
+    pub max_restart_attempts: u32,
+    pub backoff: Backoff,
+    pub reset_after: Duration,
+    pub stop_signal: i32,
+    pub stop_timeout: Duration,
+    pub depends_on: Vec<String>,
+    pub health_check: Option<HealthCheck>,
+}
+
+impl ServiceSpec {
+    /// True when `other` would run a different process (SPEC 5: binary, args,
+    /// environment, data_dir, identity, limits, sockets), so a reload must restart it.
+    pub fn process_differs(&self, other: &ServiceSpec) -> bool {
+        self.binary != other.binary
+            || self.args != other.args
+            || self.env != other.env
+            || self.cwd != other.cwd
+            || self.identity != other.identity
+            || self.limits != other.limits
+            || self.memory_limit_mib != other.memory_limit_mib
+            || self.sockets != other.sockets
+    }
+
+    pub fn binary_error(&self) -> Option<String> {
+        self.binary_problem.as_ref().map(|p| match p {
+            BinaryProblem::Missing => {
+                format!("service binary not found: {}", self.binary.display())
+            }
+            BinaryProblem::NotExecutable => {
+                format!(
+                    "service binary is not executable: {}",
+                    self.binary.display()
+                )
+            }
+        })
+    }
+}
+
+/// A message discovery wants logged (or printed by `check` and `discover`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub level: log::Level,
+    pub msg: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub services: BTreeMap<String, ServiceSpec>,
+    pub notices: Vec<Notice>,
+}
+
+/// A binary found in `services_dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub name: String,
+    pub binary: PathBuf,
+}
+
+/// Scans `dir` for `NAME/NAME` executables. Problems become notices; a missing
+/// directory is a warning, not an error, so that a box whose services directory is
+/// re-created later keeps its configured services.
+pub fn discover(dir: &Path, notices: &mut Vec<Notice>) -> Vec<Found> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            notices.push(Notice {
+                level: log::Level::Warn,
+                msg: format!("services directory {}: {e}", dir.display()),
+            });
+            return out;
+        }
+    };
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            notices.push(Notice {
+                level: log::Level::Warn,
+                msg: format!("skipping {}: name is not UTF-8", entry.path().display()),
+            });
+            continue;
+        };
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if !valid_service_name(&name) {
+            notices.push(Notice {
+                level: log::Level::Warn,
+                msg: format!(
+                    "skipping {}: invalid service name (use 1-64 characters of A-Z a-z 0-9 . _ -, not starting with `.`)",
+                    path.display()
+                ),
+            });
+            continue;
+        }
+        let binary = path.join(&name);
+        match binary_problem(&binary) {
+            None => out.push(Found { name, binary }),
+            Some(BinaryProblem::Missing) => notices.push(Notice {
+                level: log::Level::Debug,
+                msg: format!("skipping {}: no executable {name} in it", path.display()),
+            }),
+            Some(BinaryProblem::NotExecutable) => notices.push(Notice {
+                level: log::Level::Warn,
+                msg: format!("{} is not executable: skipped", binary.display()),
+            }),
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// `None` when `path` is (or links to) a regular file we may execute.
+pub fn binary_problem(path: &Path) -> Option<BinaryProblem> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {
+            let executable = CString::new(path.as_os_str().as_encoded_bytes())
+                .map(|c| {
+                    // SAFETY: c is a valid NUL-terminated string for the call's duration.
+                    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+                })
+                .unwrap_or(false);
+            if executable {
+                None
+            } else {
+                Some(BinaryProblem::NotExecutable)
+            }
+        }
+        Ok(_) => Some(BinaryProblem::NotExecutable),
+        Err(_) => Some(BinaryProblem::Missing),
+    }
+}
+
+/// Builds the plan from a loaded config: discovery merged with the `services` section.
+/// Errors (unknown users, unknown dependencies, cycles) are configuration errors.
+pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
+    let s = &cfg.settings;
+    let mut notices = Vec::new();
+    let found = discover(&s.services_dir, &mut notices);
+    let label = cfg
+        .path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(defaults)".to_string());
+    let env_base = base_environment();
+    let mut errors = Vec::new();
+    let mut services = BTreeMap::new();
+
+    let unconfigured = ServiceConfig::default();
+    let mut names: BTreeSet<&str> = cfg.services.keys().map(String::as_str).collect();
+    names.extend(found.iter().map(|f| f.name.as_str()));
+    for name in names {
+        let configured = cfg.services.get(name);
+        let svc = configured.unwrap_or(&unconfigured);
+        let binary = svc
+            .binary_path
+            .clone()
+            .unwrap_or_else(|| s.services_dir.join(name).join(name));
+        let problem = binary_problem(&binary);
+        let identity = match resolve_identity(svc) {
+            Ok(id) => id,
+            Err(e) => {
+                errors.push(format!("{label}: services.{name}: {e}"));
+                None
+            }
+        };
+        let spec = build_spec(
+            name,
+            configured.is_some(),
+            svc,
+            s,
+            binary,
+            problem,
+            identity,
+            &env_base,
+        );
+        services.insert(name.to_string(), spec);
+    }
+    for (name, spec) in &services {
+        for dep in &spec.depends_on {
+            if !services.contains_key(dep) {
+                errors.push(format!(
+                    "{label}: services.{name}.depends_on: unknown service `{dep}`"
+                ));
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(&services) {
+        errors.push(format!(
+            "{label}: depends_on: dependency cycle: {}",
+            cycle.join(" -> ")
+        ));
+    }
+    if let Some(w) = &s.watchdog {
+        for c in &w.critical {
+            if !services.contains_key(c) {
+                errors.push(format!(
+                    "{label}: orchestrator.watchdog.critical: unknown service `{c}`"
+                ));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(Plan { services, notices })
+    } else {
+        Err(errors)
+    }
+}
+
+/// What every service's environment starts from (SPEC 4): PATH and HOME of the
+/// orchestrator, TEMP and TMP set to the system temp dir.
+fn base_environment() -> Vec<(String, String)> {
+    let path = std::env::var("PATH")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let home = std::env::var("HOME")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "/".into());
+    let tmp = std::env::var("TMPDIR")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "/tmp".into());
+    vec![
+        ("PATH".into(), path),
+        ("HOME".into(), home),
+        ("TEMP".into(), tmp.clone()),
+        ("TMP".into(), tmp),
+    ]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_spec(
+    name: &str,
+    configured: bool,
+    svc: &ServiceConfig,
+    s: &Settings,
+    binary: PathBuf,
+    binary_problem: Option<BinaryProblem>,
+    identity: Option<Identity>,
+    env_base: &[(String, String)],
+) -> ServiceSpec {
+    let mut args = Vec::new();
+    if svc.pass_service_args {
+        args.extend([
+            "--service".to_string(),
+            name.to_string(),
+            "--log-level".to_string(),
+            s.log_level.as_str().to_string(),
+        ]);
+    }
+    args.extend(svc.args.iter().cloned());
+
+    let mut env: BTreeMap<String, String> = env_base.iter().cloned().collect();
+    if let Some(home) = identity.as_ref().and_then(|i| i.home.as_ref()) {
+        env.insert("HOME".into(), home.display().to_string());
+    }
+    env.extend(svc.environment.clone());
+    if svc.memory_limit > 0 {
+        env.insert("GOMEMLIMIT".into(), format!("{}MiB", svc.memory_limit));
+    }
+    let policy = svc.restart.unwrap_or(if s.auto_restart {
+        RestartPolicy::Always
+    } else {
+        RestartPolicy::Never
+    });
+    ServiceSpec {
+        name: name.to_string(),
+        configured,
+        enabled: svc.enabled,
+        autostart: svc.enabled && (configured || s.run_unconfigured),
+        binary,
+        binary_problem,
+        args,
+        env: env.into_iter().collect(),
+        cwd: svc.data_dir.clone(),
+        identity,
+        memory_limit_mib: svc.memory_limit,
+        limits: svc.limits.clone(),
+        sockets: svc.sockets.clone(),
+        policy,
+        max_restart_attempts: svc.max_restart_attempts.unwrap_or(s.max_restart_attempts),
+        backoff: Backoff {
+            initial_ms: svc.initial_backoff_ms.unwrap_or(s.initial_backoff_ms),
+            max_ms: svc.max_backoff_ms.unwrap_or(s.max_backoff_ms),
+            jitter: s.backoff_jitter,
+        },
+        reset_after: Duration::from_millis(s.reset_after_ms),
+        // Validated by config::validate; SIGTERM is only a fallback for a spec built
+        // from an unvalidated config in tests.
+        stop_signal: parse_signal(&svc.stop_signal).unwrap_or(libc::SIGTERM),
+        stop_timeout: Duration::from_millis(svc.stop_timeout_ms.unwrap_or(s.stop_timeout_ms)),
+        depends_on: svc.depends_on.clone(),
+        health_check: svc.health_check.clone(),
+    }
+}
+
+/// Resolves `user`/`group` to ids, supplementary groups and home. Switching identity
+/// needs root, unless the target is who we already are.
+fn resolve_identity(svc: &ServiceConfig) -> Result<Option<Identity>, String> {
+    use nix::unistd::{getgrouplist, Gid, Group, Uid, User};
+    if svc.user.is_none() && svc.group.is_none() {
+        return Ok(None);
+    }
+    let mut id = Identity {
+        user: None,
+        uid: Uid::current().as_raw(),
+        gid: Gid::current().as_raw(),
+        groups: Vec::new(),
+        home: None,
+    };
+    if let Some(name) = &svc.user {
+        let user = match name.parse::<u32>() {
+            Ok(n) => User::from_uid(Uid::from_raw(n)),
+            Err(_) => User::from_name(name),
+        }
+        .map_err(|e| format!("user: cannot look up `{name}`: {e}"))?
+        .ok_or_else(|| format!("user: no such user `{name}`"))?;
+        id.uid = user.uid.as_raw();
+        id.gid = user.gid.as_raw();
+        id.home = Some(user.dir.clone());
+        let cname =
+            CString::new(user.name.clone()).map_err(|_| "user: invalid name".to_string())?;
+        id.groups = getgrouplist(&cname, user.gid)
+            .map_err(|e| format!("user: cannot list groups of `{name}`: {e}"))?
+            .into_iter()
+            .map(Gid::as_raw)
+            .collect();
+        id.user = Some(user.name);
+    }
+    if let Some(name) = &svc.group {
+        let group = match name.parse::<u32>() {
+            Ok(n) => Group::from_gid(Gid::from_raw(n)),
+            Err(_) => Group::from_name(name),
+        }
+        .map_err(|e| format!("group: cannot look up `{name}`: {e}"))?
+        .ok_or_else(|| format!("group: no such group `{name}`"))?;
+        id.gid = group.gid.as_raw();
+        if !id.groups.contains(&id.gid) {
+            id.groups.insert(0, id.gid);
+        }
+    }
+    if id.groups.is_empty() {
+        id.groups.push(id.gid);
+    }
+    let me = Uid::current().as_raw();
+    if me != 0 && (id.uid != me || id.gid != Gid::current().as_raw()) {
+        return Err("user/group: switching identity needs root".to_string());
+    }
+    Ok(Some(id))
+}
+
+/// The first `depends_on` cycle, as the names along it with the first repeated at the end.
+fn find_cycle(services: &BTreeMap<String, ServiceSpec>) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    fn visit<'a>(
+        name: &'a str,
+        services: &'a BTreeMap<String, ServiceSpec>,
+        marks: &mut BTreeMap<&'a str, Mark>,
+        stack: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        match marks.get(name).copied().unwrap_or(Mark::New) {
+            Mark::Done => return None,
+            Mark::Active => {
+                let start = stack.iter().position(|n| *n == name).unwrap_or(0);
+                let mut cycle: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
+                cycle.push(name.to_string());
+                return Some(cycle);
+            }
+            Mark::New => {}
+        }
+        marks.insert(name, Mark::Active);
+        stack.push(name);
+        if let Some(spec) = services.get(name) {
+            for dep in &spec.depends_on {
+                if let Some(c) = visit(dep, services, marks, stack) {
+                    return Some(c);
+                }
+            }
+        }
+        stack.pop();
+        marks.insert(name, Mark::Done);
+        None
+    }
+    let mut marks = BTreeMap::new();
+    for name in services.keys() {
+        let mut stack = Vec::new();
+        if let Some(c) = visit(name, services, &mut marks, &mut stack) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, deps: &[&str]) -> ServiceSpec {
+        let s = Settings::default();
+        let c = ServiceConfig {
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            ..Default::default()
+        };
+        build_spec(
+            name,
+            true,
+            &c,
+            &s,
+            PathBuf::from("/bin/true"),
+            None,
+            None,
+            &base_environment(),
+        )
+    }
+
+    #[test]
+    fn finds_cycles_and_names_them() {
+        let mut m = BTreeMap::new();
+        for (n, d) in [
+            ("a", vec!["b"]),
+            ("b", vec!["c"]),
+            ("c", vec!["a"]),
+            ("d", vec![]),
+        ] {
+            m.insert(n.to_string(), spec(n, &d));
+        }
+        assert_eq!(find_cycle(&m).unwrap(), ["a", "b", "c", "a"]);
+        m.insert("c".into(), spec("c", &["d"]));
+        assert_eq!(find_cycle(&m), None);
+    }
+
+    #[test]
+    fn argv_and_environment() {
+        let s = Settings::default();
+        let mut c = ServiceConfig {
+            args: vec!["-x".into()],
+            memory_limit: 64,
+            ..Default::default()
+        };
+        c.environment.insert("HOME".into(), "/srv".into());
+        let sp = build_spec(
+            "web",
+            true,
+            &c,
+            &s,
+            PathBuf::from("/bin/true"),
+            None,
+            None,
+            &base_environment(),
+        );
+        assert_eq!(sp.args, ["--service", "web", "--log-level", "info", "-x"]);
+        let keys: Vec<&str> = sp.env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["GOMEMLIMIT", "HOME", "PATH", "TEMP", "TMP"]);
+        assert!(sp.env.contains(&("HOME".into(), "/srv".into())));
+        assert!(sp.env.contains(&("GOMEMLIMIT".into(), "64MiB".into())));
+        c.pass_service_args = false;
+        let sp = build_spec(
+            "web",
+            true,
+            &c,
+            &s,
+            PathBuf::from("/bin/true"),
+            None,
+            None,
+            &base_environment(),
+        );
+        assert_eq!(sp.args, ["-x"]);
+    }
+
+    #[test]
+    fn restart_differs_only_on_process_fields() {
+        let a = spec("a", &[]);
+        let mut b = a.clone();
+        b.max_restart_attempts = 99;
+        b.policy = RestartPolicy::Never;
+        assert!(!a.process_differs(&b));
+        b.args.push("x".into());
+        assert!(a.process_differs(&b));
+    }
+}

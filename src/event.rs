@@ -1,0 +1,22 @@
+//! The one enum that travels on the main loop's channel. Every thread that has news for
+//! the supervisor (waiters, the signal forwarder, control connections) sends one of these;
+//! only the main loop receives them.
+
+use crate::control::{Reply, Request};
+use crate::service::Exit;
+use crossbeam_channel::Sender;
+use std::sync::Arc;
+
+pub enum Event {
+    /// A run's main process exited (observed, not yet reaped).
+    Exited {
+        service: Arc<str>,
+        gen: u64,
+        pid: i32,
+        exit: Exit,
+    },
+    /// A signal arrived (forwarded from the self-pipe).
+    Signal(i32),
+    /// A control-socket request; the answer goes to the sender.
+    Control(Request, Sender<Reply>),
+}

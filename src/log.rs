@@ -1,0 +1,466 @@
+//! The log sink: the one thread that writes log records (SPEC 9).
+//!
+//! Service lines arrive from the output readers over a bounded channel with a blocking
+//! send: when the destination is slow or blocked, readers stop reading and children block
+//! in write(), so no line is ever dropped and memory stays bounded. The daemon's own
+//! records (events, and `log` macros through env_logger) are offered with `try_send` and
+//! counted when the channel is full, so the main loop never blocks on its log; the count
+//! is written as soon as writing works again.
+//!
+//! This module formats; it never decides anything about services.
+
+use crate::config::{LogFormat, LogLevel};
+use crate::timefmt;
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Records in flight between producers and the writer. With lines of at most
+/// `max_line_bytes`, this bounds the sink's memory.
+const QUEUE: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// One line (or chunk of a long line) a service wrote.
+#[derive(Debug)]
+pub struct LineRecord {
+    pub ts_ms: u64,
+    pub level: log::Level,
+    pub service: Arc<str>,
+    pub pid: i32,
+    pub stream: Stream,
+    pub msg: String,
+    /// More of the same line follows in the next record.
+    pub partial: bool,
+}
+
+/// Something the orchestrator did to a service, or said about itself.
+#[derive(Debug)]
+pub struct EventRecord {
+    pub ts_ms: u64,
+    pub level: log::Level,
+    pub service: Option<String>,
+    pub pid: Option<i32>,
+    pub event: Option<&'static str>,
+    pub msg: String,
+}
+
+pub enum SinkMsg {
+    Line(Arc<LineRecord>),
+    Event(EventRecord),
+    /// A daemon record already formatted (by env_logger's format hook).
+    Raw(String),
+    /// Wakes the writer so that it flushes, and answers when done.
+    Flush(Sender<()>),
+}
+
+/// What the writer applies to every record; changed in place by a reload.
+#[derive(Debug)]
+struct Filter {
+    level: AtomicU8,
+    format: AtomicU8,
+    /// `RUST_LOG` is set: it, not `log_level`, filters the daemon's own records.
+    rust_log: std::sync::atomic::AtomicBool,
+}
+
+fn level_rank(l: log::Level) -> u8 {
+    l as u8 // Error = 1 ... Trace = 5
+}
+
+/// A cheap handle to the sink, cloned into every producer.
+#[derive(Clone)]
+pub struct Sink {
+    tx: Sender<SinkMsg>,
+    dropped: Arc<AtomicU64>,
+    filter: Arc<Filter>,
+}
+
+impl Sink {
+    /// Starts the writer thread on `out`.
+    pub fn start(
+        out: Box<dyn Write + Send>,
+        level: LogLevel,
+        format: LogFormat,
+    ) -> io::Result<(Sink, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = bounded(QUEUE);
+        let sink = Sink {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            filter: Arc::new(Filter {
+                level: AtomicU8::new(level_rank(level_to_log(level))),
+                format: AtomicU8::new(format as u8),
+                rust_log: std::sync::atomic::AtomicBool::new(false),
+            }),
+        };
+        let writer = Writer {
+            out: io::BufWriter::with_capacity(64 * 1024, out),
+            filter: sink.filter.clone(),
+            dropped: sink.dropped.clone(),
+            buf: String::with_capacity(256),
+        };
+        let handle = std::thread::Builder::new()
+            .name("log-sink".into())
+            .stack_size(128 * 1024)
+            .spawn(move || writer.run(rx))?;
+        Ok((sink, handle))
+    }
+
+    pub fn set_filter(&self, level: LogLevel, format: LogFormat) {
+        self.filter
+            .level
+            .store(level_rank(level_to_log(level)), Ordering::Relaxed);
+        self.filter.format.store(format as u8, Ordering::Relaxed);
+        if !self.filter.rust_log.load(Ordering::Relaxed) {
+            log::set_max_level(level.to_filter());
+        }
+    }
+
+    pub fn json(&self) -> bool {
+        self.filter.format.load(Ordering::Relaxed) == LogFormat::Json as u8
+    }
+
+    /// A service line: blocks while the queue is full (back-pressure).
+    /// Returns false once the writer has gone.
+    pub fn line(&self, rec: Arc<LineRecord>) -> bool {
+        self.tx.send(SinkMsg::Line(rec)).is_ok()
+    }
+
+    /// A daemon record: never blocks; counted when it cannot be queued.
+    pub fn event(&self, rec: EventRecord) {
+        self.offer(SinkMsg::Event(rec));
+    }
+
+    fn offer(&self, msg: SinkMsg) {
+        match self.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits (at most `timeout`) until everything queued so far is written and flushed.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let (tx, rx) = bounded(1);
+        if self.tx.send_timeout(SinkMsg::Flush(tx), timeout).is_err() {
+            return false;
+        }
+        rx.recv_timeout(timeout).is_ok()
+    }
+}
+
+fn level_to_log(l: LogLevel) -> log::Level {
+    match l {
+        LogLevel::Error => log::Level::Error,
+        LogLevel::Warn => log::Level::Warn,
+        LogLevel::Info => log::Level::Info,
+        LogLevel::Debug => log::Level::Debug,
+        LogLevel::Trace => log::Level::Trace,
+    }
+}
+
+struct Writer {
+    out: io::BufWriter<Box<dyn Write + Send>>,
+    filter: Arc<Filter>,
+    dropped: Arc<AtomicU64>,
+    buf: String,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<SinkMsg>) {
+        let mut reported_drops = 0u64;
+        loop {
+            // Flush only when the queue is momentarily empty: one write per burst.
+            let msg = match rx.try_recv() {
+                Ok(m) => m,
+                Err(TryRecvError::Empty) => {
+                    let _ = self.out.flush();
+                    match rx.recv() {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    }
+                }
+                Err(TryRecvError::Disconnected) => break,
+            };
+            let max = self.filter.level.load(Ordering::Relaxed);
+            let json = self.filter.format.load(Ordering::Relaxed) == LogFormat::Json as u8;
+            self.buf.clear();
+            match msg {
+                SinkMsg::Line(rec) => {
+                    if level_rank(rec.level) <= max {
+                        format_line(&mut self.buf, &rec, json);
+                    }
+                }
+                SinkMsg::Event(rec) => {
+                    if level_rank(rec.level) <= max {
+                        format_event(&mut self.buf, &rec, json);
+                    }
+                }
+                SinkMsg::Raw(text) => self.buf.push_str(&text),
+                SinkMsg::Flush(done) => {
+                    let _ = self.out.flush();
+                    let _ = done.send(());
+                    continue;
+                }
+            }
+            let dropped = self.dropped.load(Ordering::Relaxed);
+            if dropped > reported_drops {
+                let rec = EventRecord {
+                    ts_ms: timefmt::unix_ms(SystemTime::now()),
+                    level: log::Level::Warn,
+                    service: None,
+                    pid: None,
+                    event: Some("log_dropped"),
+                    msg: format!(
+                        "{} orchestrator log records dropped while the log could not be written",
+                        dropped - reported_drops
+                    ),
+                };
+                reported_drops = dropped;
+                format_event(&mut self.buf, &rec, json);
+            }
+            if !self.buf.is_empty() {
+                // A failed write (stderr closed, disk full) must not stop the writer:
+                // readers would block forever. What could not be written is lost here,
+                // and the per-service log files (when set) keep their own copy.
+                let _ = self.out.write_all(self.buf.as_bytes());
+            }
+        }
+        let _ = self.out.flush();
+    }
+}
+
+fn level_name(l: log::Level) -> &'static str {
+    match l {
+        log::Level::Error => "ERROR",
+        log::Level::Warn => "WARN",
+        log::Level::Info => "INFO",
+        log::Level::Debug => "DEBUG",
+        log::Level::Trace => "TRACE",
+    }
+}
+
+fn level_json(l: log::Level) -> &'static str {
+    match l {
+        log::Level::Error => "error",
+        log::Level::Warn => "warn",
+        log::Level::Info => "info",
+        log::Level::Debug => "debug",
+        log::Level::Trace => "trace",
+    }
+}
+
+/// Text: `2026-11-27T05:53:17.123Z INFO  echo[1234] stdout: hello`.
+/// JSON: `{"ts":..,"level":..,"service":..,"pid":..,"stream":..,"msg":..}`.
+pub fn format_line(out: &mut String, rec: &LineRecord, json: bool) {
+    if json {
+        out.push_str("{\"ts\":\"");
+        timefmt::push_rfc3339(out, rec.ts_ms);
+        let _ = write!(
+            out,
+            "\",\"level\":\"{}\",\"service\":",
+            level_json(rec.level)
+        );
+        push_json_str(out, &rec.service);
+        let _ = write!(
+            out,
+            ",\"pid\":{},\"stream\":\"{}\",\"msg\":",
+            rec.pid,
+            rec.stream.as_str()
+        );
+        push_json_str(out, &rec.msg);
+        if rec.partial {
+            out.push_str(",\"partial\":true");
+        }
+        out.push_str("}\n");
+    } else {
+        timefmt::push_rfc3339(out, rec.ts_ms);
+        let _ = write!(
+            out,
+            " {:<5} {}[{}] {}: {}",
+            level_name(rec.level),
+            rec.service,
+            rec.pid,
+            rec.stream.as_str(),
+            rec.msg
+        );
+        if rec.partial {
+            out.push_str(" [...]");
+        }
+        out.push('\n');
+    }
+}
+
+/// Text: `TS LEVEL echo[1234] exited with code 1`, or `TS LEVEL orchestrator: msg`.
+/// JSON: the line form with `event` in place of `stream`.
+pub fn format_event(out: &mut String, rec: &EventRecord, json: bool) {
+    if json {
+        out.push_str("{\"ts\":\"");
+        timefmt::push_rfc3339(out, rec.ts_ms);
+        let _ = write!(out, "\",\"level\":\"{}\"", level_json(rec.level));
+        out.push_str(",\"service\":");
+        push_json_str(out, rec.service.as_deref().unwrap_or("orchestrator"));
+        if let Some(pid) = rec.pid {
+            let _ = write!(out, ",\"pid\":{pid}");
+        }
+        if let Some(ev) = rec.event {
+            let _ = write!(out, ",\"event\":\"{ev}\"");
+        }
+        out.push_str(",\"msg\":");
+        push_json_str(out, &rec.msg);
+        out.push_str("}\n");
+    } else {
+        timefmt::push_rfc3339(out, rec.ts_ms);
+        let _ = write!(out, " {:<5} ", level_name(rec.level));
+        match (&rec.service, rec.pid) {
+            (Some(s), Some(pid)) => {
+                let _ = write!(out, "{s}[{pid}] ");
+            }
+            (Some(s), None) => {
+                let _ = write!(out, "{s}: ");
+            }
+            (None, _) => out.push_str("orchestrator: "),
+        }
+        out.push_str(&rec.msg);
+        out.push('\n');
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Routes the `log` macros through env_logger (for `RUST_LOG`-style filtering) into the
+/// sink, without ever blocking the caller.
+pub fn install_logger(sink: &Sink, level: LogLevel) {
+    let mut builder = env_logger::Builder::new();
+    let rust_log = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
+    match &rust_log {
+        Some(spec) => {
+            builder.parse_filters(spec);
+        }
+        // Everything passes env_logger; `log::set_max_level` applies `log_level`, so that
+        // a reload can change it.
+        None => {
+            builder.filter_level(log::LevelFilter::Trace);
+        }
+    }
+    sink.filter
+        .rust_log
+        .store(rust_log.is_some(), Ordering::Relaxed);
+    let fmt_sink = sink.clone();
+    builder.format(move |buf, record| {
+        let rec = EventRecord {
+            ts_ms: timefmt::unix_ms(SystemTime::now()),
+            level: record.level(),
+            service: None,
+            pid: None,
+            event: None,
+            msg: record.args().to_string(),
+        };
+        let mut s = String::with_capacity(128);
+        format_event(&mut s, &rec, fmt_sink.json());
+        buf.write_all(s.as_bytes())
+    });
+    builder.target(env_logger::Target::Pipe(Box::new(LoggerPipe {
+        sink: sink.clone(),
+    })));
+    // Only fails if a logger is already installed (a second call); then the first stays.
+    let _ = builder.try_init();
+    if rust_log.is_none() {
+        log::set_max_level(level.to_filter());
+    }
+}
+
+/// env_logger hands each formatted record to this writer in one piece.
+struct LoggerPipe {
+    sink: Sink,
+}
+
+impl Write for LoggerPipe {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sink
+            .offer(SinkMsg::Raw(String::from_utf8_lossy(buf).into_owned()));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_and_json_lines() {
+        let rec = LineRecord {
+            ts_ms: 1_795_758_797_123,
+            level: log::Level::Info,
+            service: "echo".into(),
+            pid: 1234,
+            stream: Stream::Stdout,
+            msg: "hello \"x\"".into(),
+            partial: false,
+        };
+        let mut s = String::new();
+        format_line(&mut s, &rec, false);
+        assert_eq!(
+            s,
+            "2026-11-27T05:53:17.123Z INFO  echo[1234] stdout: hello \"x\"\n"
+        );
+        s.clear();
+        format_line(&mut s, &rec, true);
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["msg"], "hello \"x\"");
+        assert_eq!(v["service"], "echo");
+        assert_eq!(v["pid"], 1234);
+        assert_eq!(v["stream"], "stdout");
+        assert_eq!(v["level"], "info");
+        assert!(v.get("partial").is_none());
+    }
+
+    #[test]
+    fn json_escapes_control_characters() {
+        let mut s = String::new();
+        push_json_str(&mut s, "a\u{1}\tb\u{fffd}");
+        assert_eq!(s, "\"a\\u0001\\tb\u{fffd}\"");
+        let back: String = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, "a\u{1}\tb\u{fffd}");
+    }
+}

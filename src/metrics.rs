@@ -1,0 +1,192 @@
+//! Prometheus text exposition (SPEC 9): every known service has every metric, whatever
+//! its state, each family with HELP and TYPE, counters ending in `_total`.
+
+use crate::procfs::Usage;
+use crate::service::State;
+use std::fmt::Write;
+use std::time::Duration;
+
+pub struct Row<'a> {
+    pub name: &'a str,
+    pub state: State,
+    pub restarts: u64,
+    pub uptime: Duration,
+    pub usage: Usage,
+    pub stdout_lines: u64,
+    pub stderr_lines: u64,
+}
+
+/// Escapes a label value: backslash, double quote and newline.
+pub fn escape_label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+pub fn render(rows: &[Row], dropped_records: u64) -> String {
+    let mut out = String::with_capacity(256 + rows.len() * 1024);
+    let mut family =
+        |name: &str, kind: &str, help: &str, body: &dyn Fn(&mut String, &Row, &str)| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for r in rows {
+                let label = escape_label(r.name);
+                body(&mut out, r, &label);
+            }
+        };
+    family(
+        "orchestrator_service_up",
+        "gauge",
+        "1 if the service is running, else 0.",
+        &|o, r, l| {
+            let _ = writeln!(
+                o,
+                "orchestrator_service_up{{service=\"{l}\"}} {}",
+                u8::from(r.state == State::Running)
+            );
+        },
+    );
+    family(
+        "orchestrator_service_restarts_total",
+        "counter",
+        "Restarts since the orchestrator started.",
+        &|o, r, l| {
+            let _ = writeln!(
+                o,
+                "orchestrator_service_restarts_total{{service=\"{l}\"}} {}",
+                r.restarts
+            );
+        },
+    );
+    family(
+        "orchestrator_service_state",
+        "gauge",
+        "1 for the state the service is in, 0 for the others.",
+        &|o, r, l| {
+            for s in State::ALL {
+                let _ = writeln!(
+                    o,
+                    "orchestrator_service_state{{service=\"{l}\",state=\"{}\"}} {}",
+                    s.as_str(),
+                    u8::from(r.state == s)
+                );
+            }
+        },
+    );
+    family(
+        "orchestrator_service_uptime_seconds",
+        "gauge",
+        "Seconds since the current run started (0 without a process).",
+        &|o, r, l| {
+            let _ = writeln!(
+                o,
+                "orchestrator_service_uptime_seconds{{service=\"{l}\"}} {:.3}",
+                r.uptime.as_secs_f64()
+            );
+        },
+    );
+    family(
+        "orchestrator_service_memory_rss_bytes",
+        "gauge",
+        "Resident memory of the service's process group.",
+        &|o, r, l| {
+            let _ = writeln!(
+                o,
+                "orchestrator_service_memory_rss_bytes{{service=\"{l}\"}} {}",
+                r.usage.rss_bytes
+            );
+        },
+    );
+    family(
+        "orchestrator_service_cpu_seconds_total",
+        "counter",
+        "CPU time of the service's current process group.",
+        &|o, r, l| {
+            let _ = writeln!(
+                o,
+                "orchestrator_service_cpu_seconds_total{{service=\"{l}\"}} {:.2}",
+                r.usage.cpu_seconds
+            );
+        },
+    );
+    family(
+        "orchestrator_log_lines_total",
+        "counter",
+        "Output lines read from the service, by stream.",
+        &|o, r, l| {
+            let _ = writeln!(
+                o,
+                "orchestrator_log_lines_total{{service=\"{l}\",stream=\"stdout\"}} {}",
+                r.stdout_lines
+            );
+            let _ = writeln!(
+                o,
+                "orchestrator_log_lines_total{{service=\"{l}\",stream=\"stderr\"}} {}",
+                r.stderr_lines
+            );
+        },
+    );
+    let _ = writeln!(out, "# HELP orchestrator_log_records_dropped_total Orchestrator log records dropped while its log could not be written.");
+    let _ = writeln!(out, "# TYPE orchestrator_log_records_dropped_total counter");
+    let _ = writeln!(
+        out,
+        "orchestrator_log_records_dropped_total {dropped_records}"
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_help_type_and_each_service() {
+        let rows = [
+            Row {
+                name: "a\"b",
+                state: State::Running,
+                restarts: 2,
+                uptime: Duration::from_millis(1500),
+                usage: Usage {
+                    rss_bytes: 4096,
+                    cpu_seconds: 0.5,
+                },
+                stdout_lines: 3,
+                stderr_lines: 1,
+            },
+            Row {
+                name: "idle",
+                state: State::Stopped,
+                restarts: 0,
+                uptime: Duration::ZERO,
+                usage: Usage::default(),
+                stdout_lines: 0,
+                stderr_lines: 0,
+            },
+        ];
+        let text = render(&rows, 0);
+        for fam in [
+            "orchestrator_service_up",
+            "orchestrator_service_restarts_total",
+            "orchestrator_service_state",
+            "orchestrator_service_uptime_seconds",
+            "orchestrator_service_memory_rss_bytes",
+            "orchestrator_service_cpu_seconds_total",
+            "orchestrator_log_lines_total",
+        ] {
+            assert!(text.contains(&format!("# HELP {fam} ")), "{fam}");
+            assert!(text.contains(&format!("# TYPE {fam} ")), "{fam}");
+            assert!(text.contains(&format!("{fam}{{service=\"idle\"")), "{fam}");
+        }
+        assert!(text.contains("orchestrator_service_up{service=\"a\\\"b\"} 1"));
+        assert!(text.contains("orchestrator_service_state{service=\"idle\",state=\"stopped\"} 1"));
+        assert!(text.contains("orchestrator_service_state{service=\"idle\",state=\"running\"} 0"));
+    }
+}

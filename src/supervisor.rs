@@ -1,0 +1,870 @@
+//! The main loop (SPEC 4, 5, 10): owns the map of services, sleeps in one blocking
+//! receive until the next event or the earliest deadline, feeds events to the pure
+//! state machines and carries out the actions they return.
+//!
+//! Only this thread spawns, signals and reaps. Spawning here (the main thread, which
+//! lives as long as the process) is what makes PR_SET_PDEATHSIG reliable; reaping only
+//! here, after the waiter reported the exit, is what keeps a pid from being signalled
+//! after it was reused. It must never block on anything but its channel: logging is
+//! non-blocking and control replies go through bounded(1) channels nobody else fills.
+
+use crate::config::{self, Config, Overrides};
+use crate::control::{error_reply, Reply, Request};
+use crate::discovery::{self, Plan, ServiceSpec};
+use crate::event::Event;
+use crate::log::{EventRecord, Sink, Stream};
+use crate::metrics;
+use crate::output::{self, Counters, ReaderCtx, Ring};
+use crate::procfs;
+use crate::service::{Action, AfterStop, Now, Service, State};
+use crate::spawn;
+use crate::timefmt;
+use crate::waiter;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde_json::json;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+struct Entry {
+    svc: Service,
+    name: Arc<str>,
+    ring: Arc<Mutex<Ring>>,
+    counters: Arc<Counters>,
+    /// Spawn requested, held back until every `depends_on` is running.
+    waiting: bool,
+}
+
+impl Entry {
+    fn new(spec: ServiceSpec) -> Entry {
+        Entry {
+            name: spec.name.as_str().into(),
+            svc: Service::new(spec),
+            ring: Arc::default(),
+            counters: Arc::default(),
+            waiting: false,
+        }
+    }
+}
+
+/// A control request answered once a service has finished stopping.
+struct PendingReply {
+    service: String,
+    reply: Sender<Reply>,
+}
+
+struct Shutdown {
+    deadline: Instant,
+    killed: bool,
+}
+
+pub struct Supervisor {
+    overrides: Overrides,
+    cfg: Config,
+    services: BTreeMap<String, Entry>,
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+    sink: Sink,
+    rng: fastrand::Rng,
+    gen: u64,
+    shutdown: Option<Shutdown>,
+    /// Main pids spawned and not yet reaped: the orphan reaper must leave them alone.
+    unreaped: HashSet<i32>,
+    /// Reap orphaned descendants on SIGCHLD (PID 1 or `subreaper`).
+    reap_orphans: bool,
+    pending: Vec<PendingReply>,
+    started: Instant,
+}
+
+/// How the loop ended.
+pub enum Outcome {
+    Clean,
+    Forced,
+}
+
+impl Supervisor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        overrides: Overrides,
+        cfg: Config,
+        plan: Plan,
+        tx: Sender<Event>,
+        rx: Receiver<Event>,
+        sink: Sink,
+        reap_orphans: bool,
+    ) -> Supervisor {
+        let services = plan
+            .services
+            .into_values()
+            .map(|spec| (spec.name.clone(), Entry::new(spec)))
+            .collect();
+        Supervisor {
+            overrides,
+            cfg,
+            services,
+            tx,
+            rx,
+            sink,
+            rng: fastrand::Rng::new(),
+            gen: 0,
+            shutdown: None,
+            unreaped: HashSet::new(),
+            reap_orphans,
+            pending: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    fn now() -> Now {
+        Now {
+            mono: Instant::now(),
+            wall_ms: timefmt::unix_ms(SystemTime::now()),
+        }
+    }
+
+    /// Starts every autostart service; the caller then reports readiness and calls `run`.
+    pub fn start_all(&mut self) {
+        let names: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, e)| e.svc.spec.autostart && e.svc.state != State::Failed)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            if let Some(e) = self.services.get_mut(&name) {
+                // Autostart services are enabled and have a binary, so start() accepts.
+                let actions = e.svc.start().unwrap_or_default();
+                self.execute(&name, actions);
+            }
+        }
+        for e in self.services.values() {
+            if let Some(err) = e.svc.spec.binary_error() {
+                if e.svc.spec.autostart || e.svc.spec.configured {
+                    self.event(log::Level::Error, &e.name, None, "failed", err);
+                }
+            }
+        }
+        self.settle();
+    }
+
+    /// The loop. Returns when shutdown has finished.
+    pub fn run(mut self) -> Outcome {
+        loop {
+            let received = match self.next_deadline() {
+                Some(d) => self.rx.recv_deadline(d),
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match received {
+                Ok(ev) => {
+                    if let Some(outcome) = self.handle(ev) {
+                        return outcome;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                // We hold a sender ourselves, so this cannot happen; stop cleanly if it does.
+                Err(RecvTimeoutError::Disconnected) => return Outcome::Forced,
+            }
+            self.tick(Instant::now());
+            self.settle();
+            if self.finished() {
+                return Outcome::Clean;
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let svc = self
+            .services
+            .values()
+            .filter_map(|e| e.svc.deadline())
+            .min();
+        let shutdown = self
+            .shutdown
+            .as_ref()
+            .filter(|s| !s.killed)
+            .map(|s| s.deadline);
+        match (svc, shutdown) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle(&mut self, ev: Event) -> Option<Outcome> {
+        match ev {
+            Event::Exited {
+                service,
+                gen,
+                pid,
+                exit,
+            } => {
+                let current = self
+                    .services
+                    .get(&*service)
+                    .and_then(|e| e.svc.run.as_ref())
+                    .is_some_and(|r| r.gen == gen);
+                if !current {
+                    // A run nobody tracks any more: reap it so that it is no zombie.
+                    if self.unreaped.remove(&pid) {
+                        spawn::reap(pid);
+                    }
+                    return None;
+                }
+                let may_restart = self.shutdown.is_none();
+                let now = Self::now();
+                let e = self.services.get_mut(&*service)?;
+                let actions = e.svc.exited(exit, now, may_restart, &mut self.rng);
+                self.execute(&service, actions);
+            }
+            Event::Signal(sig) => return self.on_signal(sig),
+            Event::Control(req, reply) => self.control(req, reply),
+        }
+        None
+    }
+
+    fn on_signal(&mut self, sig: i32) -> Option<Outcome> {
+        match sig {
+            libc::SIGTERM | libc::SIGINT | libc::SIGQUIT => {
+                if self.shutdown.is_some() {
+                    log::warn!(
+                        "second {}: killing every service now",
+                        crate::service::signal_name(sig)
+                    );
+                    self.kill_all();
+                    return Some(Outcome::Forced);
+                }
+                log::info!(
+                    "{} received: shutting down",
+                    crate::service::signal_name(sig)
+                );
+                self.begin_shutdown();
+            }
+            libc::SIGHUP => match self.reload(false) {
+                Ok(plan) => log::info!("reloaded: {}", summarize(&plan)),
+                Err(e) => log::error!("reload failed, keeping the current configuration: {e}"),
+            },
+            libc::SIGCHLD => self.reap_orphans(),
+            _ => {}
+        }
+        None
+    }
+
+    /// SIGKILL to every group that may still have a process.
+    fn kill_all(&mut self) {
+        for e in self.services.values() {
+            if let Some(pid) = e.svc.pid() {
+                spawn::signal_group(pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        let timeout = Duration::from_millis(self.cfg.settings.shutdown_timeout_ms);
+        self.shutdown = Some(Shutdown {
+            deadline: Instant::now() + timeout,
+            killed: false,
+        });
+        // Pending restarts and dependency waits are cancelled at once.
+        let idle: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, e)| {
+                !e.svc.has_process() && matches!(e.svc.state, State::Restarting | State::Starting)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        let now = Instant::now();
+        for name in idle {
+            if let Some(e) = self.services.get_mut(&name) {
+                e.waiting = false;
+                if let Ok(actions) = e.svc.stop(AfterStop::Stay, now) {
+                    self.execute(&name, actions);
+                }
+            }
+        }
+        self.settle();
+    }
+
+    fn finished(&self) -> bool {
+        self.shutdown.is_some() && self.services.values().all(|e| !e.svc.has_process())
+    }
+
+    fn tick(&mut self, now: Instant) {
+        if let Some(sd) = &mut self.shutdown {
+            if !sd.killed && now >= sd.deadline {
+                sd.killed = true;
+                log::warn!(
+                    "shutdown timeout ({} ms) reached: killing what is left",
+                    self.cfg.settings.shutdown_timeout_ms
+                );
+                self.kill_all();
+            }
+        }
+        let due: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, e)| e.svc.deadline().is_some_and(|d| d <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            if let Some(e) = self.services.get_mut(&name) {
+                let actions = e.svc.tick(now);
+                self.execute(&name, actions);
+            }
+        }
+    }
+
+    /// Work that follows from state changes: held-back starts whose dependencies are now
+    /// running, answers to waiting clients, and the next step of an ordered shutdown.
+    fn settle(&mut self) {
+        let waiting: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, e)| e.waiting)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in waiting {
+            let unmet = self.unmet_dependencies(&name);
+            if unmet.is_empty() {
+                self.execute(&name, vec![Action::Spawn]);
+            } else if let Some(e) = self.services.get_mut(&name) {
+                e.svc.last_error = Some(format!("waiting for {}", unmet.join(", ")));
+            }
+        }
+        if !self.pending.is_empty() {
+            let services = &self.services;
+            self.pending.retain(|p| {
+                let done = services
+                    .get(&p.service)
+                    .is_none_or(|e| e.svc.stopping.is_none());
+                if done {
+                    let reply = match services.get(&p.service) {
+                        Some(e) => {
+                            json!({"ok": true, "services": [status_json(e, Instant::now(), None)]})
+                        }
+                        None => json!({"ok": true, "services": []}),
+                    };
+                    let _ = p.reply.try_send(reply);
+                }
+                !done
+            });
+        }
+        if self.shutdown.is_some() {
+            self.shutdown_step();
+        }
+    }
+
+    /// Stops every service that has a process and no dependent with a process left:
+    /// dependents go first, their dependencies once they are gone.
+    fn shutdown_step(&mut self) {
+        let alive: HashSet<&str> = self
+            .services
+            .iter()
+            .filter(|(_, e)| e.svc.has_process())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let ready: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, e)| e.svc.has_process() && e.svc.stopping.is_none())
+            .filter(|(name, _)| {
+                !self.services.iter().any(|(other, oe)| {
+                    alive.contains(other.as_str())
+                        && oe.svc.spec.depends_on.iter().any(|d| d == *name)
+                })
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        let now = Instant::now();
+        for name in ready {
+            if let Some(e) = self.services.get_mut(&name) {
+                if let Ok(actions) = e.svc.stop(AfterStop::Stay, now) {
+                    self.execute(&name, actions);
+                }
+            }
+        }
+    }
+
+    /// Dependencies of `name` that are not running, with their state.
+    fn unmet_dependencies(&self, name: &str) -> Vec<String> {
+        let Some(e) = self.services.get(name) else {
+            return Vec::new();
+        };
+        e.svc
+            .spec
+            .depends_on
+            .iter()
+            .filter_map(|d| match self.services.get(d) {
+                Some(de) if de.svc.state == State::Running => None,
+                Some(de) => Some(format!("{d} ({})", de.svc.state.as_str())),
+                None => Some(format!("{d} (unknown)")),
+            })
+            .collect()
+    }
+
+    /// Carries out a state machine's actions, and those that follow from them.
+    fn execute(&mut self, name: &str, actions: Vec<Action>) {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Spawn => queue.extend(self.spawn(name)),
+                Action::SignalGroup { pgid, sig } => spawn::signal_group(pgid, sig),
+                Action::CheckGroup(pgid) => {
+                    let alive = procfs::group_alive(pgid);
+                    if let Some(e) = self.services.get_mut(name) {
+                        if alive {
+                            e.svc.group_alive(Instant::now());
+                        } else {
+                            queue.extend(e.svc.group_empty());
+                        }
+                    }
+                }
+                Action::Reap(pid) => {
+                    spawn::reap(pid);
+                    self.unreaped.remove(&pid);
+                }
+                Action::Remove => {
+                    self.services.remove(name);
+                }
+                Action::Log {
+                    level,
+                    event,
+                    pid,
+                    msg,
+                } => self.event(level, name, pid, event, msg),
+            }
+        }
+    }
+
+    fn event(
+        &self,
+        level: log::Level,
+        service: &str,
+        pid: Option<i32>,
+        event: &'static str,
+        msg: String,
+    ) {
+        self.sink.event(EventRecord {
+            ts_ms: timefmt::unix_ms(SystemTime::now()),
+            level,
+            service: Some(service.to_string()),
+            pid,
+            event: Some(event),
+            msg,
+        });
+    }
+
+    /// Spawns a run of `name` (or holds it back for its dependencies) and returns what the
+    /// state machine makes of the result.
+    fn spawn(&mut self, name: &str) -> Vec<Action> {
+        if self.shutdown.is_some() {
+            if let Some(e) = self.services.get_mut(name) {
+                e.waiting = false;
+                if !e.svc.has_process() {
+                    e.svc.state = State::Stopped;
+                }
+            }
+            return Vec::new();
+        }
+        let unmet = self.unmet_dependencies(name);
+        let Some(e) = self.services.get_mut(name) else {
+            return Vec::new();
+        };
+        if !unmet.is_empty() {
+            e.svc.state = State::Starting;
+            e.svc.last_error = Some(format!("waiting for {}", unmet.join(", ")));
+            e.waiting = true;
+            return Vec::new();
+        }
+        if e.waiting {
+            e.waiting = false;
+            e.svc.last_error = None;
+        }
+        let now = Self::now();
+        let child = match spawn::spawn(&e.svc.spec) {
+            Ok(c) => c,
+            Err(err) => return e.svc.spawn_failed(err, now, &mut self.rng),
+        };
+        self.gen += 1;
+        let (pid, gen) = (child.pid, self.gen);
+        self.unreaped.insert(pid);
+        if let Err(err) = waiter::spawn_waiter(pid, gen, e.name.clone(), self.tx.clone()) {
+            // Without a waiter nobody would see this run end: undo it.
+            spawn::signal_group(pid, libc::SIGKILL);
+            spawn::reap(pid);
+            self.unreaped.remove(&pid);
+            return e.svc.spawn_failed(
+                format!("cannot create a thread: {err}"),
+                now,
+                &mut self.rng,
+            );
+        }
+        let max_line = self.cfg.settings.max_line_bytes;
+        for (fd, stream) in [
+            (child.stdout, Stream::Stdout),
+            (child.stderr, Stream::Stderr),
+        ] {
+            let ctx = ReaderCtx {
+                service: e.name.clone(),
+                pid,
+                stream,
+                max_line,
+                sink: self.sink.clone(),
+                ring: e.ring.clone(),
+                counters: e.counters.clone(),
+            };
+            if let Err(err) = output::spawn_reader(fd, ctx) {
+                // The waiter will report the exit this causes.
+                log::error!("{name}: cannot create an output thread ({err}): killing pid {pid}");
+                spawn::signal_group(pid, libc::SIGKILL);
+            }
+        }
+        e.svc.spawned(pid, gen, now)
+    }
+
+    /// Reaps children that are not ours to wait for: orphans handed to us as PID 1 or
+    /// subreaper. Managed main pids are skipped, so no waiter ever loses its status.
+    fn reap_orphans(&mut self) {
+        if !self.reap_orphans {
+            return;
+        }
+        for pid in procfs::children() {
+            if self.unreaped.contains(&pid) {
+                continue;
+            }
+            let mut status = 0;
+            // SAFETY: status is a valid out-pointer; WNOHANG never blocks.
+            unsafe {
+                libc::waitpid(pid, &mut status, libc::WNOHANG);
+            }
+        }
+    }
+
+    // ----- control requests -------------------------------------------------------------
+
+    fn control(&mut self, req: Request, reply: Sender<Reply>) {
+        let answer = match req.cmd.as_str() {
+            "status" => self.status(req.service.as_deref()),
+            "start" | "stop" | "restart" => match self.lifecycle(&req, &reply) {
+                Ok(Some(r)) => r,
+                Ok(None) => return, // answered when the stop completes
+                Err(msg) => error_reply(msg),
+            },
+            "reload" => match self.reload(req.dry_run) {
+                Ok(plan) => {
+                    if !req.dry_run {
+                        log::info!("reloaded: {}", summarize(&plan));
+                    }
+                    json!({"ok": true, "plan": plan.iter().map(|(n, a)| json!({"service": n, "action": a})).collect::<Vec<_>>()})
+                }
+                Err(e) => {
+                    if !req.dry_run {
+                        log::error!("reload failed, keeping the current configuration: {e}");
+                    }
+                    error_reply(e)
+                }
+            },
+            "logs" => self.logs(req.service.as_deref(), req.lines.unwrap_or(100)),
+            "metrics" => json!({"ok": true, "metrics": self.metrics()}),
+            "shutdown" => {
+                let _ = reply.try_send(json!({"ok": true}));
+                if self.shutdown.is_none() {
+                    log::info!("shutdown requested");
+                    self.begin_shutdown();
+                }
+                return;
+            }
+            "upgrade" | "rollback" | "upgrade-self" => {
+                error_reply(format!("`{}` is not supported by this version", req.cmd))
+            }
+            other => error_reply(format!("unknown command `{other}`")),
+        };
+        let _ = reply.try_send(answer);
+    }
+
+    /// start/stop/restart. `Ok(None)`: the reply is deferred until the stop completes.
+    fn lifecycle(&mut self, req: &Request, reply: &Sender<Reply>) -> Result<Option<Reply>, String> {
+        let name = req.service.clone().ok_or("missing service name")?;
+        if self.shutdown.is_some() && req.cmd != "stop" {
+            return Err("orchestrator is shutting down".into());
+        }
+        let now = Instant::now();
+        let e = self.services.get_mut(&name).ok_or("service not found")?;
+        if req.cmd != "stop" && e.svc.spec.binary_problem.is_some() {
+            // The binary may have appeared since discovery: look again.
+            e.svc.spec.binary_problem = discovery::binary_problem(&e.svc.spec.binary);
+        }
+        let result = match req.cmd.as_str() {
+            "start" => e.svc.start(),
+            "stop" => {
+                e.waiting = false;
+                e.svc.stop(AfterStop::Stay, now)
+            }
+            _ => e.svc.restart(now),
+        };
+        let actions = result.map_err(|r| r.message().to_string())?;
+        self.execute(&name, actions);
+        self.settle();
+        let stopping = self
+            .services
+            .get(&name)
+            .is_some_and(|e| e.svc.stopping.is_some());
+        if stopping {
+            self.pending.push(PendingReply {
+                service: name,
+                reply: reply.clone(),
+            });
+            return Ok(None);
+        }
+        Ok(Some(self.status(Some(&name))))
+    }
+
+    fn status(&self, name: Option<&str>) -> Reply {
+        let now = Instant::now();
+        let selected: Vec<&Entry> = match name {
+            Some(n) => match self.services.get(n) {
+                Some(e) => vec![e],
+                None => return error_reply("service not found"),
+            },
+            None => self.services.values().collect(),
+        };
+        let pgids: Vec<i32> = selected.iter().filter_map(|e| e.svc.pid()).collect();
+        let usage = procfs::usage_by_group(&pgids);
+        let list: Vec<serde_json::Value> = selected
+            .iter()
+            .map(|e| status_json(e, now, e.svc.pid().and_then(|p| usage.get(&p)).copied()))
+            .collect();
+        json!({
+            "ok": true,
+            "services": list,
+            "orchestrator": {
+                "pid": std::process::id(),
+                "uptime": self.started.elapsed().as_nanos() as u64,
+                "log_records_dropped": self.sink.dropped(),
+            }
+        })
+    }
+
+    fn logs(&self, name: Option<&str>, n: usize) -> Reply {
+        let Some(e) = name.and_then(|n| self.services.get(n)) else {
+            return error_reply("service not found");
+        };
+        let lines = match e.ring.lock() {
+            Ok(r) => r.tail(n),
+            Err(_) => Vec::new(),
+        };
+        let lines: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|l| {
+                json!({
+                    "ts": timefmt::rfc3339(l.ts_ms),
+                    "level": l.level.as_str().to_ascii_lowercase(),
+                    "pid": l.pid,
+                    "stream": l.stream.as_str(),
+                    "msg": l.msg,
+                    "partial": l.partial,
+                })
+            })
+            .collect();
+        json!({"ok": true, "lines": lines})
+    }
+
+    fn metrics(&self) -> String {
+        let now = Instant::now();
+        let pgids: Vec<i32> = self.services.values().filter_map(|e| e.svc.pid()).collect();
+        let usage = procfs::usage_by_group(&pgids);
+        let rows: Vec<metrics::Row> = self
+            .services
+            .values()
+            .map(|e| metrics::Row {
+                name: &e.name,
+                state: e.svc.state,
+                restarts: e.svc.restarts,
+                uptime: e.svc.uptime(now),
+                usage: e
+                    .svc
+                    .pid()
+                    .and_then(|p| usage.get(&p))
+                    .copied()
+                    .unwrap_or_default(),
+                stdout_lines: e
+                    .counters
+                    .stdout_lines
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                stderr_lines: e
+                    .counters
+                    .stderr_lines
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            })
+            .collect();
+        metrics::render(&rows, self.sink.dropped())
+    }
+
+    // ----- reload ------------------------------------------------------------------------
+
+    /// Re-reads the configuration and re-runs discovery; applies the result unless
+    /// `dry_run`. On any error nothing changes.
+    fn reload(&mut self, dry_run: bool) -> Result<Vec<(String, &'static str)>, String> {
+        let cfg = config::load(&self.overrides).map_err(|e| e.0.join("; "))?;
+        let plan = discovery::plan(&cfg).map_err(|e| e.join("; "))?;
+        let mut decisions = Vec::new();
+        let mut names: Vec<String> = self.services.keys().cloned().collect();
+        names.extend(
+            plan.services
+                .keys()
+                .filter(|n| !self.services.contains_key(*n))
+                .cloned(),
+        );
+        names.sort();
+        for name in &names {
+            let action = decide(
+                self.services.get(name).map(|e| &e.svc),
+                plan.services.get(name),
+            );
+            decisions.push((name.clone(), action));
+        }
+        if dry_run {
+            return Ok(decisions);
+        }
+        for n in &plan.notices {
+            log::log!(n.level, "{}", n.msg);
+        }
+        let old = std::mem::replace(&mut self.cfg, cfg);
+        if old.settings.control_socket != self.cfg.settings.control_socket
+            || old.settings.subreaper != self.cfg.settings.subreaper
+        {
+            log::warn!("control_socket and subreaper changes take effect at the next start");
+        }
+        let s = &self.cfg.settings;
+        self.sink.set_filter(s.log_level, s.log_format);
+        let mut new_specs = plan.services;
+        let now = Instant::now();
+        for (name, action) in &decisions {
+            let spec = new_specs.remove(name);
+            let actions = match (self.services.get_mut(name), spec) {
+                (None, Some(spec)) => {
+                    let mut e = Entry::new(spec);
+                    let actions = if *action == "start" {
+                        e.svc.start().unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    };
+                    self.services.insert(name.clone(), e);
+                    actions
+                }
+                (Some(e), None) => {
+                    e.waiting = false;
+                    e.svc.stop(AfterStop::Remove, now).unwrap_or_default()
+                }
+                (Some(e), Some(spec)) => {
+                    let had_problem = e.svc.spec.binary_problem.is_some();
+                    e.svc.spec = spec;
+                    match *action {
+                        "start" => e.svc.start().unwrap_or_default(),
+                        "stop" => {
+                            e.waiting = false;
+                            e.svc.stop(AfterStop::Stay, now).unwrap_or_default()
+                        }
+                        "restart" => e.svc.restart(now).unwrap_or_default(),
+                        _ => {
+                            if let Some(err) = e.svc.spec.binary_error() {
+                                if !e.svc.has_process() && e.svc.state == State::Failed {
+                                    e.svc.last_error = Some(err);
+                                }
+                            } else if had_problem && e.svc.state == State::Failed {
+                                e.svc.last_error = None;
+                                e.svc.state = State::Stopped;
+                            }
+                            Vec::new()
+                        }
+                    }
+                }
+                (None, None) => Vec::new(),
+            };
+            self.execute(name, actions);
+        }
+        self.settle();
+        Ok(decisions)
+    }
+}
+
+/// What a reload does to one service: start, stop, restart, update or unchanged.
+fn decide(old: Option<&Service>, new: Option<&ServiceSpec>) -> &'static str {
+    match (old, new) {
+        (None, Some(n)) if n.autostart && n.binary_problem.is_none() => "start",
+        (None, Some(_)) => "update",
+        (Some(_), None) => "stop",
+        (Some(o), Some(n)) => {
+            let active = o.has_process() || matches!(o.state, State::Restarting | State::Starting);
+            if active && (!n.enabled || n.binary_problem.is_some() && !o.has_process()) {
+                return "stop";
+            }
+            if active && o.spec.process_differs(n) {
+                return "restart";
+            }
+            let startable = n.autostart && n.binary_problem.is_none() && !o.held;
+            if !active
+                && startable
+                && (!o.spec.enabled || o.spec.binary_problem.is_some() || !o.spec.autostart)
+            {
+                return "start";
+            }
+            if o.spec != *n {
+                "update"
+            } else {
+                "unchanged"
+            }
+        }
+        (None, None) => "unchanged",
+    }
+}
+
+fn summarize(plan: &[(String, &'static str)]) -> String {
+    let changed: Vec<String> = plan
+        .iter()
+        .filter(|(_, a)| *a != "unchanged")
+        .map(|(n, a)| format!("{n}: {a}"))
+        .collect();
+    if changed.is_empty() {
+        "no changes".into()
+    } else {
+        changed.join(", ")
+    }
+}
+
+fn status_json(e: &Entry, now: Instant, usage: Option<procfs::Usage>) -> serde_json::Value {
+    let svc = &e.svc;
+    let binary = std::fs::metadata(&svc.spec.binary).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        json!({
+            "path": svc.spec.binary.display().to_string(),
+            "size": m.len(),
+            "mtime": m.mtime(),
+        })
+    });
+    let history: Vec<serde_json::Value> = svc
+        .history
+        .iter()
+        .map(|h| json!({"started": h.started_ms, "exited": h.exited_ms, "exit_code": h.exit_code}))
+        .collect();
+    let mut v = json!({
+        "name": &*e.name,
+        "configured": svc.spec.configured,
+        "enabled": svc.spec.enabled,
+        "state": svc.state.as_str(),
+        "pid": svc.pid(),
+        "uptime": svc.uptime(now).as_nanos() as u64,
+        "restarts": svc.restarts,
+        "last_exit_code": svc.last_exit_code,
+        "last_error": svc.last_error,
+        "rss_bytes": usage.map(|u| u.rss_bytes),
+        "cpu_seconds": usage.map(|u| u.cpu_seconds),
+        "binary": binary,
+        "history": history,
+    });
+    if svc.state == State::Restarting {
+        if let Some(t) = svc.next_restart {
+            v["next_restart_ms"] = json!(t.saturating_duration_since(now).as_millis() as u64);
+        }
+    }
+    v
+}

@@ -1,0 +1,338 @@
+//! The control socket and its clients: exit codes, permissions, hostile clients,
+//! concurrency, single instance.
+
+use crate::util::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+fn raw(sb: &Sandbox, payload: &[u8]) -> String {
+    let mut s = UnixStream::connect(sb.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(payload);
+    let mut line = String::new();
+    let _ = BufReader::new(s).read_line(&mut line);
+    line
+}
+
+fn basic(sb: &Sandbox) {
+    sb.service("svc", "exec sleep 1000");
+    sb.service("off", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"off": {"enabled": false}}),
+    );
+}
+
+#[test]
+fn status_json_has_the_seed_fields() {
+    let sb = Sandbox::new();
+    basic(&sb);
+    let _d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("svc", None);
+    std::thread::sleep(Duration::from_millis(50));
+    let out = sb.cli(&["status", "svc", "--json"]);
+    assert_eq!(out.code, 0);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    let arr = v.as_array().unwrap();
+    assert_eq!(arr.len(), 1);
+    let s = &arr[0];
+    for key in [
+        "name",
+        "configured",
+        "enabled",
+        "state",
+        "pid",
+        "uptime",
+        "restarts",
+        "last_exit_code",
+        "last_error",
+        "rss_bytes",
+        "cpu_seconds",
+        "binary",
+        "history",
+    ] {
+        assert!(s.get(key).is_some(), "missing {key}: {s}");
+    }
+    assert_eq!(s["pid"], pid);
+    assert_eq!(s["configured"], false);
+    assert!(
+        s["uptime"].as_u64().unwrap() >= 50_000_000,
+        "uptime is in nanoseconds: {s}"
+    );
+    assert!(s["rss_bytes"].as_u64().unwrap() > 0);
+    assert!(s.get("next_restart_ms").is_none());
+    let off = sb.service_status("off");
+    assert_eq!(off["enabled"], false);
+    assert_eq!(off["state"], "stopped");
+    assert!(off["pid"].is_null());
+    let table = sb.cli(&["status"]).stdout;
+    let header = table.lines().next().unwrap();
+    assert!(header.starts_with("NAME") && header.contains("STATE") && header.contains("PID"));
+    let row = table.lines().find(|l| l.starts_with("svc ")).unwrap();
+    assert!(
+        row.contains("running") && row.contains(&pid.to_string()),
+        "{table}"
+    );
+    // The columns line up.
+    let col = header.find("STATE").unwrap();
+    assert_eq!(&row[col..col + 7], "running");
+}
+
+#[test]
+fn client_exit_codes_and_messages() {
+    let sb = Sandbox::new();
+    basic(&sb);
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("svc", None);
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["status", "nope"], 1, "service not found"),
+        (&["start", "nope"], 1, "service not found"),
+        (&["start", "off"], 1, "service is disabled"),
+        (&["restart", "off"], 1, "service is disabled"),
+        (&["stop", "off"], 1, "service is not running"),
+        (&["start", "svc"], 1, "service is already running"),
+        (&["logs", "nope"], 1, "service not found"),
+        (&["upgrade", "svc", "/bin/true"], 1, "not supported"),
+        (&["start"], 2, "one service name"),
+    ];
+    for (args, code, msg) in cases {
+        let out = sb.cli(args);
+        assert_eq!(out.code, *code, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(msg), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1);
+    }
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["status", "--socket"]).arg(sb.path("nobody.sock"));
+    let out = run_with_timeout(cmd, DEADLINE);
+    assert_eq!(out.code, 3);
+}
+
+#[test]
+fn socket_is_private_and_hostile_requests_are_contained() {
+    let sb = Sandbox::new();
+    basic(&sb);
+    let _d = Daemon::start(&sb, &[]);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(sb.socket()).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let r = raw(&sb, b"this is not json\n");
+    assert!(
+        r.contains("\"ok\":false") && r.contains("malformed request"),
+        "{r}"
+    );
+    let r = raw(&sb, b"{\"cmd\":\"status\",\"evil\":1}\n");
+    assert!(r.contains("malformed request"), "{r}");
+    let r = raw(&sb, b"{\"cmd\":\"format-disk\"}\n");
+    assert!(r.contains("unknown command"), "{r}");
+    let mut big = vec![b'x'; 10 * 1024 * 1024];
+    big.push(b'\n');
+    let r = raw(&sb, &big);
+    assert!(r.contains("request too large"), "{r}");
+    // A client that connects and never writes does not hold anyone up.
+    let _idle: Vec<UnixStream> = (0..5)
+        .map(|_| UnixStream::connect(sb.socket()).unwrap())
+        .collect();
+    let r = raw(&sb, b"{\"cmd\":\"status\"}\n");
+    assert!(r.starts_with("{") && r.contains("\"ok\":true"), "{r}");
+    // Several requests on one connection.
+    let mut s = UnixStream::connect(sb.socket()).unwrap();
+    s.write_all(
+        b"{\"cmd\":\"status\",\"service\":\"svc\"}\n{\"cmd\":\"status\",\"service\":\"off\"}\n",
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    for name in ["svc", "off"] {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["services"][0]["name"], name);
+    }
+    assert_eq!(sb.service_status("svc")["state"], "running");
+}
+
+#[test]
+fn refuses_peers_of_other_users() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to connect as another user");
+        return;
+    }
+    let sb = Sandbox::new();
+    basic(&sb);
+    let d = Daemon::start(&sb, &[]);
+    // Let uid 65534 reach the socket file, then connect as that user.
+    std::fs::set_permissions(&sb.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        sb.socket(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let sock = sb.socket();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["status", "--socket"]).arg(&sock);
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+    let out = run_with_timeout(cmd, DEADLINE);
+    assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
+    d.wait_log(&["refused a client with uid 65534"]);
+}
+
+#[test]
+fn fifty_concurrent_status_calls_while_services_restart() {
+    let sb = Sandbox::new();
+    sb.service("crashy", "sleep 0.02; exit 1");
+    sb.service("steady", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 0, "max_backoff_ms": 0}),
+        json!({"crashy": {"max_restart_attempts": 0}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let steady = sb.wait_running("steady", None);
+    let before = sb.service_status("crashy")["restarts"].as_u64().unwrap();
+    let handles: Vec<_> = (0..50)
+        .map(|_| {
+            let sock = sb.socket();
+            std::thread::spawn(move || {
+                let mut cmd = std::process::Command::new(BIN);
+                cmd.args(["status", "--json", "--socket"]).arg(sock);
+                run_with_timeout(cmd, DEADLINE)
+            })
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().unwrap();
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(serde_json::from_str::<Value>(&out.stdout).is_ok());
+    }
+    // Supervision went on meanwhile.
+    assert!(wait_until(DEADLINE, || sb.service_status("crashy")
+        ["restarts"]
+        .as_u64()
+        .unwrap()
+        > before + 5));
+    assert_eq!(sb.service_status("steady")["pid"], steady);
+}
+
+#[test]
+fn second_instance_is_refused_and_stale_files_are_replaced() {
+    let sb = Sandbox::new();
+    basic(&sb);
+    let pidfile = sb.path("orch.pid");
+    let mut d = Daemon::start(&sb, &["--pidfile", pidfile.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        d.pid.to_string()
+    );
+    let mut second = Daemon::spawn(&sb, &[], &[]);
+    assert_eq!(second.wait_exit(DEADLINE), Some(1));
+    assert!(
+        second
+            .log_text()
+            .contains(&format!("already running (pid {})", d.pid)),
+        "{}",
+        second.log_text()
+    );
+    // The first one is untouched.
+    assert_eq!(sb.cli(&["status"]).code, 0);
+    // Crash it: socket and pidfile stay behind, and the next start replaces them.
+    d.signal(libc::SIGKILL);
+    d.wait_exit(DEADLINE);
+    assert!(sb.socket().exists());
+    assert!(pidfile.exists());
+    let d2 = Daemon::start(&sb, &["--pidfile", pidfile.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        d2.pid.to_string()
+    );
+    sb.wait_running("svc", None);
+}
+
+#[test]
+fn daemon_mode_detaches_and_logs_to_file() {
+    let sb = Sandbox::new();
+    basic(&sb);
+    sb.config(
+        json!({"services_dir": "services", "log_dir": "logs"}),
+        json!({"off": {"enabled": false}}),
+    );
+    let pidfile = sb.path("d.pid");
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["run", "--daemon", "--config"])
+        .arg(sb.path("orchestrator.json"))
+        .arg("--pidfile")
+        .arg(&pidfile);
+    let out = run_with_timeout(cmd, DEADLINE);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(wait_until(DEADLINE, || sb.cli(&["status"]).code == 0));
+    let pid: i64 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _guard = KillPid(pid);
+    assert!(alive(pid));
+    let stat = proc_stat(pid).unwrap();
+    assert_ne!(
+        stat[5],
+        unsafe { libc::getsid(0) }.to_string(),
+        "detached from our session"
+    );
+    sb.wait_running("svc", None);
+    assert!(wait_until(DEADLINE, || std::fs::read_to_string(
+        sb.path("logs/orchestrator.log")
+    )
+    .is_ok_and(|s| s.contains("svc[") && s.contains("started"))));
+    assert_eq!(sb.cli(&["shutdown"]).code, 0);
+    assert!(!alive(pid));
+    assert!(!pidfile.exists());
+}
+
+struct KillPid(i64);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0 as i32, libc::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn notify_socket_gets_ready() {
+    let sb = Sandbox::new();
+    basic(&sb);
+    let path = sb.path("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    listener.set_read_timeout(Some(DEADLINE)).unwrap();
+    let _d = Daemon::spawn(&sb, &[], &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let mut buf = [0u8; 256];
+    let n = listener.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]);
+    assert!(msg.contains("READY=1"), "{msg}");
+    // Ready means the services were started.
+    assert!(sb.service_status("svc")["pid"].as_i64().is_some());
+}
+
+#[test]
+fn metrics_cover_every_service() {
+    let sb = Sandbox::new();
+    basic(&sb);
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("svc", None);
+    let out = sb.cli(&["metrics"]);
+    assert_eq!(out.code, 0);
+    let m = out.stdout;
+    assert!(
+        m.contains("orchestrator_service_up{service=\"svc\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("orchestrator_service_up{service=\"off\"} 0"),
+        "{m}"
+    );
+    assert!(m.contains("# TYPE orchestrator_service_restarts_total counter"));
+    assert!(m.contains("orchestrator_service_state{service=\"off\",state=\"stopped\"} 1"));
+}

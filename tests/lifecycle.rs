@@ -1,0 +1,541 @@
+//! Spawning, restart policies, backoff, stop and shutdown, with real processes.
+
+use crate::util::*;
+use serde_json::json;
+use std::time::Duration;
+
+/// A service that records what it was started with, then sleeps.
+const RECORDER: &str = r#"
+d="$OUT"
+printf '%s\n' "$0" "$@" > "$d/argv"
+tr '\0' '\n' < /proc/$$/environ | sort > "$d/env"
+pwd > "$d/cwd"
+readlink /proc/$$/fd/0 > "$d/stdin"
+exec sleep 1000
+"#;
+
+#[test]
+fn spawn_uses_exact_argv_clean_environment_data_dir_and_own_session() {
+    let sb = Sandbox::new();
+    sb.service("rec", RECORDER);
+    let out = sb.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"rec": {
+            "args": ["--flag", "two words"],
+            "environment": {"OUT": out, "TMP": "/var/tmp/x"},
+            "data_dir": "data/rec",
+            "memory_limit": 32,
+        }}),
+    );
+    let _d = Daemon::spawn(
+        &sb,
+        &[],
+        &[("SECRET_TOKEN", "hunter2"), ("TMPDIR", "/tmp/orch")],
+    );
+    assert!(wait_until(DEADLINE, || out.join("stdin").exists()
+        && !std::fs::read_to_string(out.join("stdin"))
+            .unwrap()
+            .is_empty()));
+    let argv = std::fs::read_to_string(out.join("argv")).unwrap();
+    let bin = sb.path("services/rec/rec");
+    assert_eq!(
+        argv,
+        format!(
+            "{}\n--service\nrec\n--log-level\ninfo\n--flag\ntwo words\n",
+            bin.display()
+        )
+    );
+    let env = std::fs::read_to_string(out.join("env")).unwrap();
+    let keys: Vec<&str> = env.lines().map(|l| l.split('=').next().unwrap()).collect();
+    assert_eq!(
+        keys,
+        ["GOMEMLIMIT", "HOME", "OUT", "PATH", "TEMP", "TMP"],
+        "{env}"
+    );
+    assert!(env.contains("GOMEMLIMIT=32MiB\n"));
+    assert!(
+        env.contains("TEMP=/tmp/orch\n"),
+        "TEMP is the daemon's TMPDIR: {env}"
+    );
+    assert!(
+        env.contains("TMP=/var/tmp/x\n"),
+        "the service's environment overrides: {env}"
+    );
+    assert!(env.contains("HOME=/root\n"));
+    assert!(!env.contains("hunter2"));
+    let cwd = std::fs::read_to_string(out.join("cwd")).unwrap();
+    assert_eq!(cwd.trim(), sb.path("data/rec").to_str().unwrap());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(sb.path("data/rec"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o750);
+    assert_eq!(
+        std::fs::read_to_string(out.join("stdin")).unwrap().trim(),
+        "/dev/null"
+    );
+    let pid = sb.wait_running("rec", None);
+    let stat = proc_stat(pid).unwrap();
+    assert_eq!(stat[4], pid.to_string(), "own process group");
+    assert_eq!(stat[5], pid.to_string(), "own session");
+    // no_new_privs and only the standard descriptors (plus none inherited).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    let fds: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .collect();
+    assert_eq!(fds.len(), 3, "only stdin, stdout and stderr are open");
+}
+
+#[test]
+fn pass_service_args_false_gives_bare_args() {
+    let sb = Sandbox::new();
+    sb.service("rec", RECORDER);
+    let out = sb.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"rec": {"args": ["x"], "pass_service_args": false, "environment": {"OUT": out}}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    assert!(wait_until(DEADLINE, || std::fs::read_to_string(
+        out.join("argv")
+    )
+    .is_ok_and(|s| s.ends_with("x\n"))));
+    let argv = std::fs::read_to_string(out.join("argv")).unwrap();
+    assert_eq!(argv.lines().skip(1).collect::<Vec<_>>(), ["x"]);
+}
+
+#[test]
+fn missing_binary_is_failed_while_others_run() {
+    let sb = Sandbox::new();
+    sb.service("ok", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"ghost": {}, "viapath": {"binary_path": "bin/nothing"}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("ok", None);
+    let ghost = sb.service_status("ghost");
+    assert_eq!(ghost["state"], "failed");
+    assert_eq!(
+        ghost["last_error"],
+        format!(
+            "service binary not found: {}",
+            sb.path("services/ghost/ghost").display()
+        )
+    );
+    assert!(ghost["pid"].is_null());
+    let via = sb.service_status("viapath");
+    assert_eq!(
+        via["last_error"],
+        format!(
+            "service binary not found: {}",
+            sb.path("bin/nothing").display()
+        )
+    );
+    let out = sb.cli(&["start", "ghost"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("service binary not found"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn crash_loop_backs_off_then_fails_after_max_attempts() {
+    let sb = Sandbox::new();
+    sb.service("crash", "echo boom >&2; exit 7");
+    sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 100, "max_backoff_ms": 400}),
+        json!({"crash": {"max_restart_attempts": 3}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    let st = sb.wait_state("crash", "failed");
+    assert_eq!(st["last_error"], "maximum restart attempts exceeded");
+    assert_eq!(st["last_exit_code"], 7);
+    assert_eq!(st["restarts"], 3);
+    assert_eq!(st["history"].as_array().unwrap().len(), 4, "max + 1 runs");
+    // The delays doubled: 100, 200, 400 ms (jitter is 0 in tests).
+    for ms in [
+        "restarting in 100 ms",
+        "restarting in 200 ms",
+        "restarting in 400 ms",
+    ] {
+        d.wait_log(&["crash", ms]);
+    }
+    let h = st["history"].as_array().unwrap();
+    let gap = |i: usize| h[i + 1]["started"].as_u64().unwrap() - h[i]["exited"].as_u64().unwrap();
+    assert!(gap(0) >= 100 && gap(1) >= 200 && gap(2) >= 400, "{h:?}");
+    // start resets the counter and runs again.
+    let out = sb.cli(&["start", "crash"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    d.wait_log(&["crash", "restarting in 100 ms (attempt 1)"]);
+}
+
+#[test]
+fn restarting_state_shows_next_restart() {
+    let sb = Sandbox::new();
+    sb.service("slowcrash", "exit 1");
+    sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 5000, "max_backoff_ms": 5000}),
+        json!({}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let st = sb.wait_state("slowcrash", "restarting");
+    let next = st["next_restart_ms"].as_u64().unwrap();
+    assert!(next > 0 && next <= 5000, "{st}");
+    assert!(st["pid"].is_null() && st["rss_bytes"].is_null() && st["cpu_seconds"].is_null());
+    let table = sb.cli(&["status"]);
+    assert!(table.stdout.contains("next restart in"), "{}", table.stdout);
+    // A stop during backoff cancels the pending restart.
+    assert_eq!(sb.cli(&["stop", "slowcrash"]).code, 0);
+    assert_eq!(sb.service_status("slowcrash")["state"], "stopped");
+}
+
+#[test]
+fn policies_on_failure_and_never() {
+    let sb = Sandbox::new();
+    sb.service("clean", "exit 0");
+    sb.service("dirty", "exit 2");
+    sb.service("signalled", "kill -SEGV $$");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({
+            "clean": {"restart": "on-failure"},
+            "dirty": {"restart": "never"},
+            "signalled": {"restart": "never"},
+        }),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let clean = sb.wait_state("clean", "stopped");
+    assert_eq!(clean["last_exit_code"], 0);
+    assert!(clean["last_error"].is_null());
+    assert_eq!(clean["restarts"], 0);
+    let dirty = sb.wait_state("dirty", "failed");
+    assert_eq!(dirty["last_exit_code"], 2);
+    assert_eq!(dirty["last_error"], "exited with code 2");
+    let sig = sb.wait_state("signalled", "failed");
+    assert_eq!(sig["last_exit_code"], 128 + 11);
+    assert_eq!(sig["last_error"], "killed by signal SIGSEGV");
+}
+
+#[test]
+fn auto_restart_false_means_never() {
+    let sb = Sandbox::new();
+    sb.service("once", "exit 0");
+    sb.config(
+        json!({"services_dir": "services", "auto_restart": false}),
+        json!({}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let st = sb.wait_state("once", "stopped");
+    assert_eq!(st["restarts"], 0);
+}
+
+#[test]
+fn long_run_resets_the_restart_counter() {
+    let sb = Sandbox::new();
+    // Runs 400 ms, longer than reset_after_ms, then fails: the counter never climbs.
+    sb.service("steady", "sleep 0.4; exit 1");
+    sb.config(
+        json!({"services_dir": "services", "reset_after_ms": 300, "initial_backoff_ms": 10, "max_backoff_ms": 10}),
+        json!({"steady": {"max_restart_attempts": 1}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    assert!(wait_until(DEADLINE, || d
+        .count_log(&["steady", "restarting"])
+        >= 3));
+    assert_eq!(
+        d.count_log(&["steady", "(attempt 2)"]),
+        0,
+        "{}",
+        d.log_text()
+    );
+    assert_ne!(sb.service_status("steady")["state"], "failed");
+}
+
+#[test]
+fn stop_signals_the_whole_group_and_waits_for_it() {
+    let sb = Sandbox::new();
+    // The main process and a child that both exit on SIGTERM; the child lingers 300 ms.
+    sb.service(
+        "family",
+        r#"sh -c 'trap "sleep 0.3; exit 0" TERM; while :; do sleep 0.05; done' &
+trap 'exit 0' TERM
+while :; do sleep 0.05; done"#,
+    );
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let _d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("family", None);
+    assert!(wait_until(DEADLINE, || group_members(pid).len() >= 3));
+    let out = sb.cli(&["stop", "family"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("family: stopped"), "{}", out.stdout);
+    // `stop` returned once the whole group was gone.
+    assert!(group_members(pid).is_empty(), "{:?}", group_members(pid));
+    let st = sb.service_status("family");
+    assert_eq!(st["state"], "stopped");
+    assert!(st["pid"].is_null());
+    // A stopped service stays stopped; stopping again is refused.
+    let out = sb.cli(&["stop", "family"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("service is not running"));
+}
+
+#[test]
+fn stop_timeout_escalates_to_sigkill() {
+    let sb = Sandbox::new();
+    sb.service("stubborn", "trap '' TERM; while :; do sleep 0.05; done");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"stubborn": {"stop_timeout_ms": 300}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("stubborn", None);
+    let t = std::time::Instant::now();
+    assert_eq!(sb.cli(&["stop", "stubborn"]).code, 0);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert!(!alive(pid));
+    d.wait_log(&["stubborn", "sending SIGKILL"]);
+    assert_eq!(sb.service_status("stubborn")["last_exit_code"], 137);
+}
+
+#[test]
+fn custom_stop_signal_is_used() {
+    let sb = Sandbox::new();
+    let marker = sb.path("got-usr1");
+    sb.service(
+        "usr",
+        &format!(
+            "trap 'touch {}; exit 0' USR1; while :; do sleep 0.05; done",
+            marker.display()
+        ),
+    );
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"usr": {"stop_signal": "USR1"}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("usr", None);
+    assert_eq!(sb.cli(&["stop", "usr"]).code, 0);
+    assert!(marker.exists());
+}
+
+#[test]
+fn restart_gives_a_new_pid_and_resets_counter() {
+    let sb = Sandbox::new();
+    sb.service("svc", "exec sleep 1000");
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let _d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("svc", None);
+    let out = sb.cli(&["restart", "svc"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let new = sb.wait_running("svc", Some(pid));
+    assert_ne!(new, pid);
+    assert!(!alive(pid));
+    let out = sb.cli(&["start", "svc"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("service is already running"));
+}
+
+#[test]
+fn sigterm_stops_everything_in_parallel_and_exits_0() {
+    let sb = Sandbox::new();
+    for name in ["a", "b", "c"] {
+        sb.service(
+            name,
+            "trap 'sleep 0.5; exit 0' TERM; while :; do sleep 0.05; done",
+        );
+    }
+    sb.service("crasher", "exit 1");
+    sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 2000, "max_backoff_ms": 2000}),
+        json!({}),
+    );
+    let mut d = Daemon::start(&sb, &[]);
+    let pids: Vec<i64> = ["a", "b", "c"]
+        .iter()
+        .map(|n| sb.wait_running(n, None))
+        .collect();
+    sb.wait_state("crasher", "restarting");
+    let t = std::time::Instant::now();
+    d.signal(libc::SIGTERM);
+    let code = d.wait_exit(DEADLINE);
+    assert_eq!(code, Some(0), "log:\n{}", d.log_text());
+    // In parallel: three 0.5 s stops take well under 1.5 s.
+    assert!(
+        t.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
+    for p in pids {
+        assert!(group_members(p).is_empty());
+    }
+    assert!(!sb.socket().exists(), "socket removed at exit");
+    assert_eq!(
+        d.count_log(&["crasher", "started"]),
+        1,
+        "no restart during shutdown"
+    );
+}
+
+#[test]
+fn shutdown_timeout_kills_what_is_left() {
+    let sb = Sandbox::new();
+    sb.service("stubborn", "trap '' TERM; while :; do sleep 0.05; done");
+    sb.config(
+        json!({"services_dir": "services", "shutdown_timeout_ms": 400}),
+        json!({"stubborn": {"stop_timeout_ms": 60000}}),
+    );
+    let mut d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("stubborn", None);
+    d.signal(libc::SIGINT);
+    assert_eq!(d.wait_exit(DEADLINE), Some(0), "{}", d.log_text());
+    assert!(group_members(pid).is_empty());
+    d.wait_log(&["shutdown timeout"]);
+}
+
+#[test]
+fn second_signal_kills_everything_and_exits_1() {
+    let sb = Sandbox::new();
+    sb.service("stubborn", "trap '' TERM; while :; do sleep 0.05; done");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"stubborn": {"stop_timeout_ms": 60000}}),
+    );
+    let mut d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("stubborn", None);
+    d.signal(libc::SIGTERM);
+    d.wait_log(&["stubborn", "stopping"]);
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(DEADLINE), Some(1));
+    assert!(wait_until(DEADLINE, || group_members(pid).is_empty()));
+}
+
+#[test]
+fn shutdown_command_waits_until_the_daemon_is_gone() {
+    let sb = Sandbox::new();
+    sb.service(
+        "s",
+        "trap 'sleep 0.3; exit 0' TERM; while :; do sleep 0.05; done",
+    );
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let mut d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("s", None);
+    let out = sb.cli(&["shutdown"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!alive(pid));
+    assert_eq!(d.wait_exit(DEADLINE), Some(0));
+    // Now nobody answers: exit 3.
+    let out = sb.cli(&["status"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("cannot reach the orchestrator"));
+}
+
+#[test]
+fn sigkill_of_the_daemon_takes_its_children_along() {
+    let sb = Sandbox::new();
+    for n in ["x", "y"] {
+        sb.service(n, "exec sleep 1000");
+    }
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let mut d = Daemon::start(&sb, &[]);
+    let pids: Vec<i64> = ["x", "y"]
+        .iter()
+        .map(|n| sb.wait_running(n, None))
+        .collect();
+    d.signal(libc::SIGKILL);
+    d.wait_exit(DEADLINE);
+    assert!(wait_until(Duration::from_secs(1), || pids
+        .iter()
+        .all(|p| !alive(*p))));
+}
+
+#[test]
+fn zero_backoff_restarts_immediately_and_keeps_going() {
+    let sb = Sandbox::new();
+    sb.service("fast", "exit 1");
+    sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 0, "max_backoff_ms": 0}),
+        json!({"fast": {"max_restart_attempts": 0}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    assert!(wait_until(DEADLINE, || sb.service_status("fast")
+        ["restarts"]
+        .as_u64()
+        .unwrap_or(0)
+        >= 50));
+    assert!(d.count_log(&["fast", "restarting in 0 ms"]) >= 50);
+}
+
+#[test]
+fn dependencies_start_in_order_and_stop_in_reverse() {
+    let sb = Sandbox::new();
+    let stamp = sb.path("order");
+    for n in ["db", "api", "web"] {
+        sb.service(
+            n,
+            &format!(
+                "echo start {n} >> {f}; trap 'echo stop {n} >> {f}; exit 0' TERM; while :; do sleep 0.02; done",
+                f = stamp.display()
+            ),
+        );
+    }
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"web": {"depends_on": ["api"]}, "api": {"depends_on": ["db"]}}),
+    );
+    let mut d = Daemon::start(&sb, &[]);
+    for n in ["db", "api", "web"] {
+        sb.wait_running(n, None);
+    }
+    assert!(wait_until(DEADLINE, || std::fs::read_to_string(&stamp)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        == 3));
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(DEADLINE), Some(0));
+    let lines: Vec<String> = std::fs::read_to_string(&stamp)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "start db",
+            "start api",
+            "start web",
+            "stop web",
+            "stop api",
+            "stop db"
+        ]
+    );
+}
+
+#[test]
+fn a_failed_dependency_holds_its_dependents_back() {
+    let sb = Sandbox::new();
+    // db has no binary yet: it fails without ever running.
+    sb.service("app", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"db": {}, "app": {"depends_on": ["db"]}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_state("db", "failed");
+    let app = sb.service_status("app");
+    assert_eq!(app["state"], "starting");
+    assert!(app["pid"].is_null());
+    assert_eq!(app["last_error"], "waiting for db (failed)");
+    // Once the dependency runs, the dependent follows.
+    sb.service("db", "exec sleep 1000");
+    assert_eq!(sb.cli(&["start", "db"]).code, 0);
+    sb.wait_running("app", None);
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real binary against real fixture services, observed through the
+//! CLI, the control socket, the daemon's log and /proc.
+
+mod util;
+
+mod cli_and_config;
+mod control;
+mod lifecycle;
+mod output;
+mod reload;

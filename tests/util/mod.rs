@@ -1,0 +1,410 @@
+//! The integration-test toolkit: a sandbox directory with fixture services, a handle on
+//! the real `orchestrator` binary that kills it and every process it started when
+//! dropped (even when the test fails), a client runner, and deadline waits.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_orchestrator");
+/// Generous: these are deadlines for things that normally take milliseconds.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A temporary directory holding a config, a services dir and whatever a test writes.
+pub struct Sandbox {
+    pub dir: PathBuf,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("orch-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("services")).unwrap();
+        Sandbox { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("ctl.sock")
+    }
+
+    /// Writes `services/NAME/NAME` as a /bin/sh script with `body`.
+    pub fn service(&self, name: &str, body: &str) -> PathBuf {
+        let dir = self.dir.join("services").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        self.script(&path, body);
+        path
+    }
+
+    pub fn script(&self, path: &Path, body: &str) {
+        // Write to a temporary name and rename, so a running service is never replaced
+        // mid-read (and ETXTBSY cannot occur).
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    /// Writes orchestrator.json with the socket and fast test defaults merged under
+    /// `orchestrator`, and `services` as given.
+    pub fn config(&self, orchestrator: Value, services: Value) -> PathBuf {
+        let mut o = serde_json::json!({
+            "control_socket": self.socket(),
+            "initial_backoff_ms": 50,
+            "max_backoff_ms": 200,
+            "backoff_jitter": 0.0,
+            "stop_timeout_ms": 3000,
+            "shutdown_timeout_ms": 10000,
+        });
+        if let (Some(base), Some(extra)) = (o.as_object_mut(), orchestrator.as_object()) {
+            for (k, v) in extra {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+        let cfg = serde_json::json!({"orchestrator": o, "services": services});
+        self.write_config(&serde_json::to_string_pretty(&cfg).unwrap())
+    }
+
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let path = self.dir.join("orchestrator.json");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs a client (or check/discover) command against this sandbox.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--socket")
+            .arg(self.socket())
+            .arg("--config")
+            .arg(self.dir.join("orchestrator.json"))
+            .args(args)
+            .current_dir(&self.dir);
+        run_with_timeout(cmd, DEADLINE)
+    }
+
+    /// `status --json` as parsed JSON (an array), panicking with the stderr on failure.
+    pub fn status(&self) -> Vec<Value> {
+        let out = self.cli(&["status", "--json"]);
+        assert_eq!(out.code, 0, "status failed: {}", out.stderr);
+        serde_json::from_str::<Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", out.stdout))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn service_status(&self, name: &str) -> Value {
+        self.status()
+            .into_iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("service {name} missing from status"))
+    }
+
+    /// Waits until `name` has `state`; returns its status then.
+    pub fn wait_state(&self, name: &str, state: &str) -> Value {
+        let mut last = Value::Null;
+        let ok = wait_until(DEADLINE, || {
+            last = self.service_status(name);
+            last["state"] == state
+        });
+        assert!(ok, "{name} never reached {state}; last status: {last}");
+        last
+    }
+
+    /// Waits until `name` runs with a pid (other than `not`); returns the pid.
+    pub fn wait_running(&self, name: &str, not: Option<i64>) -> i64 {
+        let mut last = Value::Null;
+        let ok = wait_until(DEADLINE, || {
+            last = self.service_status(name);
+            last["state"] == "running"
+                && last["pid"].as_i64().is_some()
+                && last["pid"].as_i64() != not
+        });
+        assert!(ok, "{name} never ran (a new pid); last status: {last}");
+        last["pid"].as_i64().unwrap()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        kill_processes_mentioning(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn the orchestrator binary");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let end = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command timed out after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        code: status.code().unwrap_or(-1),
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
+}
+
+/// A running daemon. Dropping it SIGKILLs the daemon and every process group that any
+/// process mentioning the sandbox belongs to.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub pid: i32,
+    log: Arc<Mutex<Vec<String>>>,
+    sandbox_dir: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `orchestrator run --config sandbox/orchestrator.json` with `extra` args and
+    /// waits until its control socket answers.
+    pub fn start(sb: &Sandbox, extra: &[&str]) -> Daemon {
+        let d = Daemon::spawn(sb, extra, &[]);
+        let ok = wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0);
+        assert!(ok, "daemon did not come up; log:\n{}", d.log_text());
+        d
+    }
+
+    /// Starts the daemon without waiting; `env` is added to a minimal environment.
+    pub fn spawn(sb: &Sandbox, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(sb.dir.join("orchestrator.json"))
+            .args(extra)
+            .current_dir(&sb.dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", "/root")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Its own group, so the guard can kill it without touching the test runner.
+            .process_group(0);
+        let mut child = cmd.spawn().expect("spawn orchestrator run");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf)
+                            .trim_end_matches('\n')
+                            .to_string();
+                        sink.lock().unwrap().push(line);
+                    }
+                }
+            }
+        });
+        Daemon {
+            pid: child.id() as i32,
+            child: Some(child),
+            log,
+            sandbox_dir: sb.dir.clone(),
+        }
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log_lines().join("\n")
+    }
+
+    /// Waits until a log line contains every one of `parts`; returns it.
+    pub fn wait_log(&self, parts: &[&str]) -> String {
+        let mut found = None;
+        let ok = wait_until(DEADLINE, || {
+            found = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+                .cloned();
+            found.is_some()
+        });
+        assert!(ok, "no log line with {parts:?}; log:\n{}", self.log_text());
+        found.unwrap()
+    }
+
+    pub fn count_log(&self, parts: &[&str]) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .count()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid, sig);
+        }
+    }
+
+    /// Waits for the daemon to exit; returns its exit code (None if still running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let end = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                return Some(st.code().unwrap_or(-1));
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        kill_processes_mentioning(&self.sandbox_dir);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn proc_stat(pid: i64) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = text.rfind(')')?;
+    let mut fields = vec![text[..close].to_string(), String::new()];
+    fields.extend(text[close + 2..].split_whitespace().map(String::from));
+    Some(fields)
+}
+
+/// Alive and not a zombie.
+pub fn alive(pid: i64) -> bool {
+    proc_stat(pid).is_some_and(|f| f[2] != "Z")
+}
+
+/// Live processes in process group `pgid`.
+pub fn group_members(pgid: i64) -> Vec<i64> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i64>().ok()) else {
+            continue;
+        };
+        if let Some(f) = proc_stat(pid) {
+            if f[4] == pgid.to_string() && f[2] != "Z" {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+pub fn cmdline(pid: i64) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// SIGKILLs the process group of every process whose command line mentions `dir`
+/// (never our own group).
+pub fn kill_processes_mentioning(dir: &Path) {
+    let needle = dir.to_string_lossy().to_string();
+    let own_pgrp = unsafe { libc::getpgrp() } as i64;
+    for _ in 0..3 {
+        let mut groups = std::collections::BTreeSet::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i64>().ok()) else {
+                continue;
+            };
+            if cmdline(pid).contains(&needle) {
+                if let Some(f) = proc_stat(pid) {
+                    if let Ok(g) = f[4].parse::<i64>() {
+                        if g != own_pgrp && g > 1 {
+                            groups.insert(g);
+                        }
+                    }
+                }
+                if proc_stat(pid).is_some_and(|f| f[4].parse::<i64>().ok() == Some(own_pgrp)) {
+                    continue;
+                }
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+        }
+        for g in &groups {
+            unsafe {
+                libc::killpg(*g as i32, libc::SIGKILL);
+            }
+        }
+        if groups.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
