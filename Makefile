@@ -25,5 +25,10 @@ fmt:
 bench: build
 	bash bench/run.sh
 
+# 10,000 crash-and-restart cycles with zero backoff: descriptors, threads and RSS of the
+# daemon must come back to where they were.
+soak:
+	ORCH_SOAK_CYCLES=10000 $(CARGO) test --release --test main restarts_leak -- --nocapture
+
 clean:
 	$(CARGO) clean

@@ -26,6 +26,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest the main loop may take to answer (a stop waits for the service to stop).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const CONN_STACK: usize = 128 * 1024;
+/// Pause after a failed accept() (descriptor or memory shortage).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -55,7 +57,16 @@ pub fn serve(listener: UnixListener, tx: Sender<Event>) -> io::Result<()> {
         .stack_size(CONN_STACK)
         .spawn(move || {
             for conn in listener.incoming() {
-                let Ok(stream) = conn else { continue };
+                let stream = match conn {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // EMFILE/ENFILE/ENOMEM fail at once and would fail again at
+                        // once: wait a little instead of spinning. Only errors wait.
+                        log::warn!("control: accept failed: {e}");
+                        std::thread::sleep(ACCEPT_RETRY);
+                        continue;
+                    }
+                };
                 if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
                     active.fetch_sub(1, Ordering::SeqCst);
                     refuse(stream, "too many control connections");

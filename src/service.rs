@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 pub const GROUP_POLL: Duration = Duration::from_millis(20);
 /// Runs kept for `status` (SPEC 9).
 pub const HISTORY_LEN: usize = 10;
+/// The shortest wait before retrying a spawn that failed (EMFILE, EAGAIN, ENOENT...).
+/// Backoff 0 means "restart at once after an exit"; it must not turn a resource
+/// shortage into a busy loop that makes the shortage worse.
+pub const SPAWN_RETRY_MIN: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -372,6 +376,9 @@ impl Service {
         )];
         self.last_error = Some(error);
         actions.extend(self.after_run(false, Duration::ZERO, true, now.mono, rng));
+        if let Some(t) = &mut self.next_restart {
+            *t = (*t).max(now.mono + SPAWN_RETRY_MIN);
+        }
         actions
     }
 
@@ -928,6 +935,11 @@ mod tests {
         assert_eq!(
             t.svc.last_error.as_deref(),
             Some("Too many open files (os error 24)")
+        );
+        assert_eq!(
+            t.svc.next_restart,
+            Some(t.at(0).mono + SPAWN_RETRY_MIN),
+            "100 ms floor"
         );
         assert_eq!(t.svc.history.back().unwrap().exit_code, None);
     }

@@ -7,4 +7,5 @@ mod cli_and_config;
 mod control;
 mod lifecycle;
 mod output;
+mod reliability;
 mod reload;
