@@ -5,6 +5,7 @@
 //! the main loop. Only this file chooses exit codes and prints errors for the user.
 
 mod backoff;
+mod cgroup;
 mod cli;
 mod client;
 mod config;
@@ -181,6 +182,17 @@ fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
     for n in &plan.notices {
         ::log::log!(n.level, "{}", n.msg);
     }
+    let cgroups = cgroup::Cgroups::detect(&socket);
+    match &cgroups.tracker {
+        Some(h) => ::log::debug!("service cgroups under {}", h.base.display()),
+        None => {
+            ::log::debug!("no writable cgroup hierarchy: services are tracked by process group")
+        }
+    }
+    let leftovers = cgroups.clean_up_predecessor();
+    if leftovers > 0 {
+        ::log::warn!("killed {leftovers} processes left in service cgroups by a previous instance");
+    }
     let (tx, rx) = crossbeam_channel::unbounded();
     if let Err(e) =
         signals::forward(signals, tx.clone()).and_then(|()| control::serve(listener, tx.clone()))
@@ -208,6 +220,7 @@ fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         rx,
         sink.clone(),
         reap_orphans,
+        cgroups,
     );
     sup.start_all();
     instance::notify_ready();
@@ -246,6 +259,15 @@ fn check(cli: &Cli) -> i32 {
             .unwrap_or_else(instance::default_socket)
             .display()
     );
+    let socket = s
+        .control_socket
+        .clone()
+        .unwrap_or_else(instance::default_socket);
+    let cgroups = cgroup::Cgroups::detect(&socket);
+    match &cgroups.tracker {
+        Some(h) => println!("cgroups: {}", h.base.display()),
+        None => println!("cgroups: none writable (services are tracked by process group)"),
+    }
     println!("services: {}", plan.services.len());
     for spec in plan.services.values() {
         let what = if !spec.enabled {
@@ -298,7 +320,7 @@ fn check(cli: &Cli) -> i32 {
             service::signal_name(spec.stop_signal),
             spec.stop_timeout.as_millis()
         );
-        for line in limit_lines(spec) {
+        for line in limit_lines(spec, &cgroups) {
             println!("  limit: {line}");
         }
         if !spec.depends_on.is_empty() {
@@ -315,7 +337,7 @@ fn check(cli: &Cli) -> i32 {
 }
 
 /// How each configured limit is enforced, for `check`.
-fn limit_lines(spec: &discovery::ServiceSpec) -> Vec<String> {
+fn limit_lines(spec: &discovery::ServiceSpec, cgroups: &cgroup::Cgroups) -> Vec<String> {
     let l = &spec.limits;
     let mut out = Vec::new();
     for (name, v) in [("nofile", l.nofile), ("nproc", l.nproc), ("core", l.core)] {
@@ -325,19 +347,19 @@ fn limit_lines(spec: &discovery::ServiceSpec) -> Vec<String> {
     }
     if spec.memory_limit_mib > 0 {
         out.push(format!(
-            "memory_limit = {} MiB: GOMEMLIMIT set; not enforced by a cgroup in this version",
-            spec.memory_limit_mib
+            "memory_limit = {} MiB: GOMEMLIMIT set; {}",
+            spec.memory_limit_mib,
+            cgroups.describe("memory_limit")
         ));
     }
     if let Some(c) = l.cpu_percent {
         out.push(format!(
-            "cpu_percent = {c}: not enforced (no cgroup support in this version)"
+            "cpu_percent = {c}: {}",
+            cgroups.describe("cpu_percent")
         ));
     }
     if let Some(p) = l.pids_max {
-        out.push(format!(
-            "pids_max = {p}: not enforced (no cgroup support in this version)"
-        ));
+        out.push(format!("pids_max = {p}: {}", cgroups.describe("pids_max")));
     }
     out
 }

@@ -108,6 +108,20 @@ pub fn usage_by_group(pgids: &[i32]) -> HashMap<i32, Usage> {
     map
 }
 
+/// Usage summed over `pids` (a service's cgroup members).
+pub fn usage_of(pids: &[i32]) -> Usage {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    // SAFETY: as above.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut u = Usage::default();
+    for s in pids.iter().filter_map(|p| stat(*p)) {
+        u.rss_bytes += s.rss_pages * page;
+        u.cpu_seconds += (s.utime + s.stime) as f64 / ticks;
+    }
+    u
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

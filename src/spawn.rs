@@ -29,7 +29,8 @@ struct Rlimits {
 }
 
 /// Spawns one run of `spec`. The error is for `last_error`: it names the OS error.
-pub fn spawn(spec: &ServiceSpec) -> Result<Child, String> {
+/// `cgroup_fds` are open `cgroup.procs` files the child joins before anything else.
+pub fn spawn(spec: &ServiceSpec, cgroup_fds: &[std::os::fd::RawFd]) -> Result<Child, String> {
     if let Some(dir) = &spec.cwd {
         ensure_data_dir(dir, spec).map_err(|e| format!("data_dir {}: {e}", dir.display()))?;
     }
@@ -56,6 +57,7 @@ pub fn spawn(spec: &ServiceSpec) -> Result<Child, String> {
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     let fd_limit = fd_scan_limit();
+    let cgroup_fds = cgroup_fds.to_vec();
 
     // SAFETY: the closure only makes async-signal-safe syscalls on data computed above;
     // it allocates nothing, takes no lock and cannot panic.
@@ -66,6 +68,9 @@ pub fn spawn(spec: &ServiceSpec) -> Result<Child, String> {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
+            // Into the service's cgroups before exec (and before dropping privileges):
+            // nothing it starts can escape them.
+            crate::cgroup::join(&cgroup_fds)?;
             set_limit(libc::RLIMIT_NOFILE, limits.nofile)?;
             set_limit(libc::RLIMIT_NPROC, limits.nproc)?;
             set_limit(libc::RLIMIT_CORE, limits.core)?;

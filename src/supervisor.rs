@@ -8,6 +8,7 @@
 //! after it was reused. It must never block on anything but its channel: logging is
 //! non-blocking and control replies go through bounded(1) channels nobody else fills.
 
+use crate::cgroup::{self, CgroupLimits, Cgroups};
 use crate::config::{self, Config, Overrides};
 use crate::control::{error_reply, Reply, Request};
 use crate::discovery::{self, Plan, ServiceSpec};
@@ -33,6 +34,8 @@ struct Entry {
     counters: Arc<Counters>,
     /// Spawn requested, held back until every `depends_on` is running.
     waiting: bool,
+    /// Its cgroup exists (created at spawn, removed once the service is done).
+    cgroup_live: bool,
 }
 
 impl Entry {
@@ -43,6 +46,7 @@ impl Entry {
             ring: Arc::default(),
             counters: Arc::default(),
             waiting: false,
+            cgroup_live: false,
         }
     }
 }
@@ -74,6 +78,7 @@ pub struct Supervisor {
     reap_orphans: bool,
     pending: Vec<PendingReply>,
     started: Instant,
+    cgroups: Cgroups,
 }
 
 /// How the loop ended.
@@ -92,6 +97,7 @@ impl Supervisor {
         rx: Receiver<Event>,
         sink: Sink,
         reap_orphans: bool,
+        cgroups: Cgroups,
     ) -> Supervisor {
         let services = plan
             .services
@@ -112,6 +118,7 @@ impl Supervisor {
             reap_orphans,
             pending: Vec::new(),
             started: Instant::now(),
+            cgroups,
         }
     }
 
@@ -167,6 +174,7 @@ impl Supervisor {
             self.tick(Instant::now());
             self.settle();
             if self.finished() {
+                self.cgroups.remove_all();
                 return Outcome::Clean;
             }
         }
@@ -250,9 +258,10 @@ impl Supervisor {
 
     /// SIGKILL to every group that may still have a process.
     fn kill_all(&mut self) {
-        for e in self.services.values() {
+        for (name, e) in &self.services {
             if let Some(pid) = e.svc.pid() {
                 spawn::signal_group(pid, libc::SIGKILL);
+                self.cgroups.kill(name);
             }
         }
     }
@@ -407,9 +416,22 @@ impl Supervisor {
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::Spawn => queue.extend(self.spawn(name)),
-                Action::SignalGroup { pgid, sig } => spawn::signal_group(pgid, sig),
+                Action::SignalGroup { pgid, sig } => {
+                    spawn::signal_group(pgid, sig);
+                    // Descendants that left the group are still in the cgroup.
+                    if sig == libc::SIGKILL {
+                        self.cgroups.kill(name);
+                    } else {
+                        for pid in self.cgroups.members(name) {
+                            if procfs::stat(pid).is_some_and(|s| s.pgrp != pgid) {
+                                // SAFETY: kill has no memory preconditions.
+                                unsafe { libc::kill(pid, sig) };
+                            }
+                        }
+                    }
+                }
                 Action::CheckGroup(pgid) => {
-                    let alive = procfs::group_alive(pgid);
+                    let alive = procfs::group_alive(pgid) || !self.cgroups.members(name).is_empty();
                     if let Some(e) = self.services.get_mut(name) {
                         if alive {
                             e.svc.group_alive(Instant::now());
@@ -423,7 +445,9 @@ impl Supervisor {
                     self.unreaped.remove(&pid);
                 }
                 Action::Remove => {
-                    self.services.remove(name);
+                    if self.services.remove(name).is_some_and(|e| e.cgroup_live) {
+                        self.cgroups.remove(name);
+                    }
                 }
                 Action::Log {
                     level,
@@ -431,6 +455,17 @@ impl Supervisor {
                     pid,
                     msg,
                 } => self.event(level, name, pid, event, msg),
+            }
+        }
+        // A service that is done (stopped or failed, not about to restart) gives its
+        // cgroup back, whichever path brought it there.
+        if let Some(e) = self.services.get_mut(name) {
+            if e.cgroup_live
+                && !e.svc.has_process()
+                && matches!(e.svc.state, State::Stopped | State::Failed)
+            {
+                e.cgroup_live = false;
+                self.cgroups.remove(name);
             }
         }
     }
@@ -480,7 +515,36 @@ impl Supervisor {
             e.svc.last_error = None;
         }
         let now = Self::now();
-        let child = match spawn::spawn(&e.svc.spec) {
+        let spec = &e.svc.spec;
+        let limits = CgroupLimits {
+            memory_mib: spec.memory_limit_mib,
+            cpu_percent: spec.limits.cpu_percent,
+            pids_max: spec.limits.pids_max,
+        };
+        let cgroup_files = if self.cgroups.available() {
+            // Whatever a previous run left in the cgroup goes before the next one starts.
+            self.cgroups.kill(name);
+            match self.cgroups.prepare(name, limits) {
+                Ok(files) => {
+                    e.cgroup_live = true;
+                    files
+                }
+                // Configured limits that cannot be applied make the spawn fail (and retry):
+                // running unlimited would be a silent surprise.
+                Err(err) if limits != CgroupLimits::default() => {
+                    return e.svc.spawn_failed(err, now, &mut self.rng);
+                }
+                Err(err) => {
+                    log::warn!("{name}: running without a cgroup: {err}");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let spawned = spawn::spawn(&e.svc.spec, &cgroup::raw_fds(&cgroup_files));
+        drop(cgroup_files);
+        let child = match spawned {
             Ok(c) => c,
             Err(err) => return e.svc.spawn_failed(err, now, &mut self.rng),
         };
@@ -627,11 +691,19 @@ impl Supervisor {
             },
             None => self.services.values().collect(),
         };
-        let pgids: Vec<i32> = selected.iter().filter_map(|e| e.svc.pid()).collect();
-        let usage = procfs::usage_by_group(&pgids);
+        let usage = self.usage(&selected);
         let list: Vec<serde_json::Value> = selected
             .iter()
-            .map(|e| status_json(e, now, e.svc.pid().and_then(|p| usage.get(&p)).copied()))
+            .zip(usage)
+            .map(|(e, u)| {
+                let mut v = status_json(e, now, u);
+                v["cgroup"] = json!(self
+                    .cgroups
+                    .tracker_dir(&e.name)
+                    .filter(|_| e.svc.has_process()));
+                v["limits"] = limits_json(&self.cgroups, &e.svc.spec);
+                v
+            })
             .collect();
         json!({
             "ok": true,
@@ -668,24 +740,44 @@ impl Supervisor {
         json!({"ok": true, "lines": lines})
     }
 
+    /// Memory and CPU of each entry's processes: its cgroup's members where there is
+    /// one, else its process group. `None` for entries without a process.
+    fn usage(&self, entries: &[&Entry]) -> Vec<Option<procfs::Usage>> {
+        if self.cgroups.available() {
+            return entries
+                .iter()
+                .map(|e| {
+                    e.svc
+                        .has_process()
+                        .then(|| procfs::usage_of(&self.cgroups.members(&e.name)))
+                })
+                .collect();
+        }
+        let pgids: Vec<i32> = entries.iter().filter_map(|e| e.svc.pid()).collect();
+        let by_group = procfs::usage_by_group(&pgids);
+        entries
+            .iter()
+            .map(|e| {
+                e.svc
+                    .pid()
+                    .map(|p| by_group.get(&p).copied().unwrap_or_default())
+            })
+            .collect()
+    }
+
     fn metrics(&self) -> String {
         let now = Instant::now();
-        let pgids: Vec<i32> = self.services.values().filter_map(|e| e.svc.pid()).collect();
-        let usage = procfs::usage_by_group(&pgids);
-        let rows: Vec<metrics::Row> = self
-            .services
-            .values()
-            .map(|e| metrics::Row {
+        let entries: Vec<&Entry> = self.services.values().collect();
+        let usage = self.usage(&entries);
+        let rows: Vec<metrics::Row> = entries
+            .iter()
+            .zip(usage)
+            .map(|(e, usage)| metrics::Row {
                 name: &e.name,
                 state: e.svc.state,
                 restarts: e.svc.restarts,
                 uptime: e.svc.uptime(now),
-                usage: e
-                    .svc
-                    .pid()
-                    .and_then(|p| usage.get(&p))
-                    .copied()
-                    .unwrap_or_default(),
+                usage: usage.unwrap_or_default(),
                 stdout_lines: e
                     .counters
                     .stdout_lines
@@ -829,6 +921,30 @@ fn summarize(plan: &[(String, &'static str)]) -> String {
     } else {
         changed.join(", ")
     }
+}
+
+/// How each configured limit is enforced: `{"nofile": "setrlimit", "memory_limit": ...}`.
+fn limits_json(cgroups: &Cgroups, spec: &ServiceSpec) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    let l = &spec.limits;
+    for (k, v) in [("nofile", l.nofile), ("nproc", l.nproc), ("core", l.core)] {
+        if v.is_some() {
+            m.insert(k.into(), json!("setrlimit"));
+        }
+    }
+    if spec.memory_limit_mib > 0 {
+        m.insert(
+            "memory_limit".into(),
+            json!(cgroups.describe("memory_limit")),
+        );
+    }
+    if l.cpu_percent.is_some() {
+        m.insert("cpu_percent".into(), json!(cgroups.describe("cpu_percent")));
+    }
+    if l.pids_max.is_some() {
+        m.insert("pids_max".into(), json!(cgroups.describe("pids_max")));
+    }
+    serde_json::Value::Object(m)
 }
 
 fn status_json(e: &Entry, now: Instant, usage: Option<procfs::Usage>) -> serde_json::Value {

@@ -158,7 +158,70 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         kill_processes_mentioning(&self.dir);
+        remove_cgroups(&self.socket());
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The daemon's cgroup directory name for `socket` (FNV-1a, as the daemon computes it).
+pub fn cgroup_id(socket: &Path) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in socket.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("orchestrator-{h:016x}")
+}
+
+/// Every directory named `name` under /sys/fs/cgroup (a few levels deep).
+pub fn find_cgroup_dirs(name: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, name: &str, depth: u32, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if p.file_name().is_some_and(|n| n == name) {
+                out.push(p);
+            } else if depth > 0 {
+                walk(&p, name, depth - 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), name, 5, &mut out);
+    out
+}
+
+/// Removes what a killed daemon left in cgroupfs for `socket` (its processes are
+/// already dead: empty cgroups can be removed).
+pub fn remove_cgroups(socket: &Path) {
+    for base in find_cgroup_dirs(&cgroup_id(socket)) {
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for e in entries.flatten() {
+                let dir = e.path();
+                if !dir.is_dir() {
+                    continue;
+                }
+                // Kill whatever is still inside (escaped descendants included), then
+                // remove the cgroup once its members are gone.
+                wait_until(Duration::from_secs(5), || {
+                    let procs =
+                        std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                    for pid in procs
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok())
+                    {
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                    std::fs::remove_dir(&dir).is_ok() || !dir.exists()
+                });
+            }
+        }
+        let _ = std::fs::remove_dir(&base);
     }
 }
 

@@ -1,0 +1,523 @@
+//! Per-service cgroups (SPEC 6): finding a writable hierarchy for each job, creating one
+//! cgroup per service, writing its limits, and using it to find and kill every process
+//! of a service, including those that left its process group (setsid, double fork).
+//!
+//! Layouts differ by box: pure v2 (controllers in the unified tree), pure v1 (one mount
+//! per controller), and hybrid (v1 controllers beside an empty v2 tree, common on
+//! embedded kernels). Each job takes the best place it can get: membership tracking
+//! prefers v2 (cgroup.kill, populated), limits go wherever their controller is usable.
+//! Without a usable hierarchy services still run; `check` and `status` say so.
+//!
+//! Service cgroups live under `<own cgroup>/orchestrator-<id>/NAME`, where `<id>` is
+//! derived from the control socket path: two instances never share one, and a restart
+//! after a crash finds its predecessor's cgroups and kills what is left in them.
+//!
+//! This module only touches cgroupfs files; it never forks or reaps.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// One place where service cgroups are created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    pub version: Version,
+    /// `<mount><own path>/orchestrator-<id>`.
+    pub base: PathBuf,
+}
+
+impl Hierarchy {
+    fn dir(&self, service: &str) -> PathBuf {
+        self.base.join(service)
+    }
+}
+
+/// What this box offers, decided once at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct Cgroups {
+    /// Where membership is tracked (and every process of a service found).
+    pub tracker: Option<Hierarchy>,
+    pub memory: Option<Hierarchy>,
+    pub cpu: Option<Hierarchy>,
+    pub pids: Option<Hierarchy>,
+}
+
+/// The limits a service's cgroup enforces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupLimits {
+    pub memory_mib: u64,
+    pub cpu_percent: Option<u32>,
+    pub pids_max: Option<u64>,
+}
+
+/// A mounted hierarchy as /proc/self/mountinfo describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mount {
+    point: PathBuf,
+    version: Version,
+    /// v1: the controllers bound to it (and `name=...`).
+    options: Vec<String>,
+}
+
+fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(point) = left.split(' ').nth(4) else {
+            continue;
+        };
+        let mut r = right.split(' ');
+        let (fstype, _source, superopts) = (r.next(), r.next(), r.next().unwrap_or(""));
+        let version = match fstype {
+            Some("cgroup2") => Version::V2,
+            Some("cgroup") => Version::V1,
+            _ => continue,
+        };
+        out.push(Mount {
+            point: PathBuf::from(unescape_mount(point)),
+            version,
+            options: superopts.split(',').map(String::from).collect(),
+        });
+    }
+    out
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mount(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Our own cgroup path: the v2 one (`0::/path`) and each v1 controller's.
+fn parse_self_cgroup(text: &str) -> (Option<String>, BTreeMap<String, String>) {
+    let mut v2 = None;
+    let mut v1 = BTreeMap::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if id == "0" && ctrls.is_empty() {
+            v2 = Some(path.to_string());
+        } else {
+            for c in ctrls.split(',') {
+                v1.insert(c.to_string(), path.to_string());
+            }
+        }
+    }
+    (v2, v1)
+}
+
+/// A stable id for this instance's cgroups: FNV-1a of the control socket path.
+pub fn instance_id(socket: &Path) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in socket.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("orchestrator-{h:016x}")
+}
+
+fn join_cgroup_path(mount: &Path, own: &str) -> PathBuf {
+    mount.join(own.trim_start_matches('/'))
+}
+
+/// True if we may create `base` (or it exists): its parent is a cgroup we can write to.
+/// Nothing is created here; `prepare` creates directories when a service needs them.
+fn usable(base: &Path) -> bool {
+    let Some(parent) = base.parent() else {
+        return false;
+    };
+    if !parent.join("cgroup.procs").exists() {
+        return false;
+    }
+    let Ok(c) = std::ffi::CString::new(parent.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: c is a valid NUL-terminated path for the duration of the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+impl Cgroups {
+    /// Looks at the mounted hierarchies and keeps those we can write to.
+    pub fn detect(socket: &Path) -> Cgroups {
+        let (Ok(mountinfo), Ok(own)) = (
+            fs::read_to_string("/proc/self/mountinfo"),
+            fs::read_to_string("/proc/self/cgroup"),
+        ) else {
+            return Cgroups::default();
+        };
+        Cgroups::from_system(&parse_mountinfo(&mountinfo), &own, &instance_id(socket))
+    }
+
+    fn from_system(mounts: &[Mount], own: &str, id: &str) -> Cgroups {
+        let (own_v2, own_v1) = parse_self_cgroup(own);
+        let mut cg = Cgroups::default();
+        let v2 = mounts
+            .iter()
+            .find(|m| m.version == Version::V2)
+            .and_then(|m| {
+                let parent = join_cgroup_path(&m.point, own_v2.as_deref()?);
+                let h = Hierarchy {
+                    version: Version::V2,
+                    base: parent.join(id),
+                };
+                usable(&h.base).then_some((h, parent))
+            });
+        if let Some((h, parent)) = &v2 {
+            cg.tracker = Some(h.clone());
+            let enabled = enable_v2_controllers(parent, &h.base);
+            for c in enabled {
+                match c {
+                    "memory" => cg.memory = Some(h.clone()),
+                    "cpu" => cg.cpu = Some(h.clone()),
+                    "pids" => cg.pids = Some(h.clone()),
+                    _ => {}
+                }
+            }
+        }
+        let v1 = |controller: &str| -> Option<Hierarchy> {
+            let m = mounts
+                .iter()
+                .find(|m| m.version == Version::V1 && m.options.iter().any(|o| o == controller))?;
+            let own = own_v1.get(controller)?;
+            let h = Hierarchy {
+                version: Version::V1,
+                base: join_cgroup_path(&m.point, own).join(id),
+            };
+            usable(&h.base).then_some(h)
+        };
+        if cg.memory.is_none() {
+            cg.memory = v1("memory");
+        }
+        if cg.cpu.is_none() {
+            cg.cpu = v1("cpu");
+        }
+        if cg.pids.is_none() {
+            cg.pids = v1("pids");
+        }
+        if cg.tracker.is_none() {
+            cg.tracker = cg
+                .pids
+                .clone()
+                .or_else(|| v1("name=systemd"))
+                .or_else(|| cg.memory.clone())
+                .or_else(|| v1("freezer"));
+        }
+        cg
+    }
+
+    /// Every distinct hierarchy in use.
+    fn hierarchies(&self) -> Vec<&Hierarchy> {
+        let mut out: Vec<&Hierarchy> = Vec::new();
+        for h in [&self.tracker, &self.memory, &self.cpu, &self.pids]
+            .into_iter()
+            .flatten()
+        {
+            if !out.contains(&h) {
+                out.push(h);
+            }
+        }
+        out
+    }
+
+    pub fn available(&self) -> bool {
+        self.tracker.is_some()
+    }
+
+    /// The cgroup directories of `service`, one per hierarchy (tracker first).
+    pub fn dirs(&self, service: &str) -> Vec<PathBuf> {
+        self.hierarchies().iter().map(|h| h.dir(service)).collect()
+    }
+
+    pub fn tracker_dir(&self, service: &str) -> Option<PathBuf> {
+        self.tracker.as_ref().map(|h| h.dir(service))
+    }
+
+    /// Creates the service's cgroups, writes its limits, and opens their `cgroup.procs`
+    /// so that the child can join them between fork and exec. Errors name the file.
+    pub fn prepare(&self, service: &str, limits: CgroupLimits) -> Result<Vec<fs::File>, String> {
+        let mut files = Vec::new();
+        for h in self.hierarchies() {
+            let dir = h.dir(service);
+            fs::create_dir_all(&dir).map_err(|e| format!("cgroup {}: {e}", dir.display()))?;
+            let procs = dir.join("cgroup.procs");
+            files.push(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&procs)
+                    .map_err(|e| format!("cgroup {}: {e}", procs.display()))?,
+            );
+        }
+        self.write_limits(service, limits)?;
+        Ok(files)
+    }
+
+    fn write_limits(&self, service: &str, l: CgroupLimits) -> Result<(), String> {
+        let write = |h: &Hierarchy, file: &str, value: String| -> Result<(), String> {
+            let path = h.dir(service).join(file);
+            fs::write(&path, value).map_err(|e| format!("cgroup {}: {e}", path.display()))
+        };
+        if let Some(h) = &self.memory {
+            let bytes = l.memory_mib.saturating_mul(1024 * 1024);
+            match (h.version, l.memory_mib) {
+                (Version::V2, 0) => write(h, "memory.max", "max".into())?,
+                (Version::V2, _) => write(h, "memory.max", bytes.to_string())?,
+                (Version::V1, 0) => write(h, "memory.limit_in_bytes", "-1".into())?,
+                (Version::V1, _) => write(h, "memory.limit_in_bytes", bytes.to_string())?,
+            }
+        }
+        if let Some(h) = &self.cpu {
+            const PERIOD: u64 = 100_000;
+            let quota = l.cpu_percent.map(|p| u64::from(p) * PERIOD / 100);
+            match (h.version, quota) {
+                (Version::V2, Some(q)) => write(h, "cpu.max", format!("{q} {PERIOD}"))?,
+                (Version::V2, None) => write(h, "cpu.max", format!("max {PERIOD}"))?,
+                (Version::V1, q) => {
+                    write(h, "cpu.cfs_period_us", PERIOD.to_string())?;
+                    let q = q.map_or("-1".to_string(), |q| q.to_string());
+                    write(h, "cpu.cfs_quota_us", q)?;
+                }
+            }
+        }
+        if let Some(h) = &self.pids {
+            let v = l.pids_max.map_or("max".to_string(), |p| p.to_string());
+            write(h, "pids.max", v)?;
+        }
+        Ok(())
+    }
+
+    /// Pids in the service's tracking cgroup.
+    pub fn members(&self, service: &str) -> Vec<i32> {
+        let Some(dir) = self.tracker_dir(service) else {
+            return Vec::new();
+        };
+        read_pids(&dir.join("cgroup.procs"))
+    }
+
+    /// Sends `sig` to every process in the service's cgroup.
+    pub fn signal(&self, service: &str, sig: i32) {
+        for pid in self.members(service) {
+            if pid > 1 {
+                // SAFETY: kill has no memory preconditions.
+                unsafe {
+                    libc::kill(pid, sig);
+                }
+            }
+        }
+    }
+
+    /// SIGKILLs everything in the service's cgroup (cgroup.kill where the kernel has it;
+    /// else pid by pid, a few rounds to catch processes forked meanwhile).
+    pub fn kill(&self, service: &str) {
+        let Some(dir) = self.tracker_dir(service) else {
+            return;
+        };
+        let kill_file = dir.join("cgroup.kill");
+        if self
+            .tracker
+            .as_ref()
+            .is_some_and(|h| h.version == Version::V2)
+            && fs::write(&kill_file, "1").is_ok()
+        {
+            return;
+        }
+        for _ in 0..10 {
+            let pids = self.members(service);
+            if pids.is_empty() {
+                return;
+            }
+            self.signal(service, libc::SIGKILL);
+        }
+    }
+
+    /// Kills what is left and removes the service's cgroups. Waits (briefly) for the
+    /// processes to be gone, since a cgroup with members cannot be removed.
+    pub fn remove(&self, service: &str) {
+        if !self.available() {
+            return;
+        }
+        self.kill(service);
+        let end = Instant::now() + Duration::from_secs(2);
+        while !self.members(service).is_empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for dir in self.dirs(service) {
+            let _ = fs::remove_dir(&dir);
+        }
+    }
+
+    /// Finds service cgroups a crashed predecessor (same socket) left behind, kills what
+    /// is still in them and removes them. Returns how many processes were killed.
+    pub fn clean_up_predecessor(&self) -> usize {
+        let mut killed = 0;
+        for h in self.hierarchies() {
+            let Ok(entries) = fs::read_dir(&h.base) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                if !path.is_dir() {
+                    continue;
+                }
+                let Some(name) = path.file_name().and_then(|n| n.to_str()).map(String::from) else {
+                    continue;
+                };
+                if Some(h) == self.tracker.as_ref() {
+                    killed += self.members(&name).len();
+                }
+                self.remove(&name);
+            }
+        }
+        killed
+    }
+
+    /// Removes this instance's base cgroups (at exit, once every service is gone).
+    pub fn remove_all(&self) {
+        for h in self.hierarchies() {
+            if let Ok(entries) = fs::read_dir(&h.base) {
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        let _ = fs::remove_dir(e.path());
+                    }
+                }
+            }
+            let _ = fs::remove_dir(&h.base);
+        }
+    }
+
+    /// How each cgroup limit is enforced here, for `check` and `status`.
+    pub fn describe(&self, what: &str) -> String {
+        let (h, file) = match what {
+            "memory_limit" => (&self.memory, ["memory.max", "memory.limit_in_bytes"]),
+            "cpu_percent" => (&self.cpu, ["cpu.max", "cpu.cfs_quota_us"]),
+            _ => (&self.pids, ["pids.max", "pids.max"]),
+        };
+        match h {
+            Some(h) if h.version == Version::V2 => {
+                format!("cgroup v2 {} in {}", file[0], h.base.display())
+            }
+            Some(h) => format!("cgroup v1 {} in {}", file[1], h.base.display()),
+            None => "not enforced: no writable cgroup hierarchy has the controller".to_string(),
+        }
+    }
+}
+
+/// Enables memory, cpu and pids for the children of `parent` and `base`, as far as the
+/// kernel lets us; returns the controllers usable in service cgroups.
+fn enable_v2_controllers(parent: &Path, base: &Path) -> Vec<&'static str> {
+    let available = fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
+    let mut usable = Vec::new();
+    if available.split_whitespace().next().is_none() || fs::create_dir_all(base).is_err() {
+        return usable;
+    }
+    for c in ["memory", "cpu", "pids"] {
+        if !available.split_whitespace().any(|a| a == c) {
+            continue;
+        }
+        let on = |dir: &Path| {
+            fs::read_to_string(dir.join("cgroup.subtree_control"))
+                .is_ok_and(|s| s.split_whitespace().any(|a| a == c))
+                || fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.join("cgroup.subtree_control"))
+                    .and_then(|mut f| f.write_all(format!("+{c}").as_bytes()))
+                    .is_ok()
+        };
+        if on(parent) && on(base) {
+            usable.push(c);
+        }
+    }
+    usable
+}
+
+fn read_pids(path: &Path) -> Vec<i32> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Raw descriptors of the opened `cgroup.procs` files, for the child to write to.
+pub fn raw_fds(files: &[fs::File]) -> Vec<RawFd> {
+    files.iter().map(AsRawFd::as_raw_fd).collect()
+}
+
+/// In the child between fork and exec: joins every cgroup whose `cgroup.procs` is open
+/// on `fds` ("0" means the writing process). Async-signal-safe.
+///
+/// # Safety
+/// Only raw write(2) calls on descriptors the caller keeps open.
+pub unsafe fn join(fds: &[RawFd]) -> io::Result<()> {
+    for fd in fds {
+        if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+36 31 0:33 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn parses_hybrid_mountinfo() {
+        let m = parse_mountinfo(HYBRID);
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[0].point, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(m[0].version, Version::V1);
+        assert!(m[0].options.contains(&"cpu".to_string()));
+        assert_eq!(m[3].version, Version::V2);
+    }
+
+    #[test]
+    fn parses_own_cgroups() {
+        let (v2, v1) = parse_self_cgroup("4:memory:/a/b\n2:cpu,cpuacct:/\n0::/svc.slice\n");
+        assert_eq!(v2.as_deref(), Some("/svc.slice"));
+        assert_eq!(v1["memory"], "/a/b");
+        assert_eq!(v1["cpuacct"], "/");
+    }
+
+    #[test]
+    fn instance_ids_differ_by_socket_and_are_stable() {
+        let a = instance_id(Path::new("/run/orchestrator.sock"));
+        assert_eq!(a, instance_id(Path::new("/run/orchestrator.sock")));
+        assert_ne!(a, instance_id(Path::new("/tmp/other.sock")));
+        assert!(a.starts_with("orchestrator-") && a.len() == 29);
+    }
+
+    #[test]
+    fn paths_join_own_cgroup() {
+        assert_eq!(
+            join_cgroup_path(Path::new("/sys/fs/cgroup/memory"), "/a/b"),
+            PathBuf::from("/sys/fs/cgroup/memory/a/b")
+        );
+        assert_eq!(
+            join_cgroup_path(Path::new("/sys/fs/cgroup"), "/"),
+            PathBuf::from("/sys/fs/cgroup/")
+        );
+    }
+}
