@@ -121,6 +121,8 @@ pub struct Settings {
     pub metrics_listen: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub watchdog: Option<Watchdog>,
+    /// As root, refuse service binaries that others can write to (sshd's StrictModes).
+    pub strict_modes: bool,
 }
 
 impl Default for Settings {
@@ -148,6 +150,7 @@ impl Default for Settings {
             metrics_listen: None,
             state_dir: None,
             watchdog: None,
+            strict_modes: true,
         }
     }
 }
@@ -351,6 +354,7 @@ pub fn load(ov: &Overrides) -> Result<Config, ConfigError> {
     let path = lookup(ov.config.as_deref())?;
     let (file, base) = match &path {
         Some(p) => {
+            refuse_if_writable_by_others(p)?;
             let text = std::fs::read_to_string(p)
                 .map_err(|e| ConfigError::one(format!("{}: cannot read: {e}", p.display())))?;
             let file =
@@ -378,6 +382,23 @@ pub fn load(ov: &Overrides) -> Result<Config, ConfigError> {
         settings,
         services,
     })
+}
+
+/// As root, a config file others can write to would let them run anything as root:
+/// refuse it. (Not a setting: the file itself cannot be trusted to turn this off.)
+fn refuse_if_writable_by_others(p: &Path) -> Result<(), ConfigError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    match crate::discovery::writable_by_others(p) {
+        Some(w) => Err(ConfigError::one(format!(
+            "{}: refusing a config file that others can write to ({} is writable by others; chmod o-w)",
+            p.display(),
+            w.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -30,6 +30,9 @@ pub struct Identity {
 pub enum BinaryProblem {
     Missing,
     NotExecutable,
+    /// Writable by others (it or its directory) while we run as root: anyone could
+    /// swap what runs. Refused under `strict_modes`.
+    WritableByOthers(PathBuf),
 }
 
 /// One service, resolved: the plan's unit and what the supervisor runs.
@@ -80,11 +83,12 @@ impl ServiceSpec {
                 format!("service binary not found: {}", self.binary.display())
             }
             BinaryProblem::NotExecutable => {
-                format!(
-                    "service binary is not executable: {}",
-                    self.binary.display()
-                )
+                format!("service binary is not executable: {}", self.binary.display())
             }
+            BinaryProblem::WritableByOthers(p) => format!(
+                "service binary refused: {} is writable by others (chmod o-w, or set strict_modes to false)",
+                p.display()
+            ),
         })
     }
 }
@@ -157,6 +161,7 @@ pub fn discover(dir: &Path, notices: &mut Vec<Notice>) -> Vec<Found> {
                 level: log::Level::Warn,
                 msg: format!("{} is not executable: skipped", binary.display()),
             }),
+            Some(BinaryProblem::WritableByOthers(_)) => {}
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -184,6 +189,32 @@ pub fn binary_problem(path: &Path) -> Option<BinaryProblem> {
     }
 }
 
+/// The binary's problem, including (as root, under `strict_modes`) being writable by
+/// others, which sshd's StrictModes also refuses.
+pub fn check_binary(path: &Path, strict: bool) -> Option<BinaryProblem> {
+    binary_problem(path).or_else(|| {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !(strict && root) {
+            return None;
+        }
+        writable_by_others(path).map(BinaryProblem::WritableByOthers)
+    })
+}
+
+/// `path` itself, or its directory, if others may write to it (a sticky directory such
+/// as /tmp only lets them replace their own files, so it passes).
+pub fn writable_by_others(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let file_mode = std::fs::metadata(path).ok()?.permissions().mode();
+    if file_mode & 0o002 != 0 {
+        return Some(path.to_path_buf());
+    }
+    let dir = path.parent()?;
+    let dir_mode = std::fs::metadata(dir).ok()?.permissions().mode();
+    (dir_mode & 0o002 != 0 && dir_mode & 0o1000 == 0).then(|| dir.to_path_buf())
+}
+
 /// Builds the plan from a loaded config: discovery merged with the `services` section.
 /// Errors (unknown users, unknown dependencies, cycles) are configuration errors.
 pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
@@ -205,11 +236,35 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
     for name in names {
         let configured = cfg.services.get(name);
         let svc = configured.unwrap_or(&unconfigured);
-        let binary = svc
+        let mut binary = svc
             .binary_path
             .clone()
             .unwrap_or_else(|| s.services_dir.join(name).join(name));
-        let problem = binary_problem(&binary);
+        // A symlink is resolved once, here: what runs changes only with a reload.
+        if std::fs::symlink_metadata(&binary).is_ok_and(|m| m.file_type().is_symlink()) {
+            if let Ok(target) = std::fs::canonicalize(&binary) {
+                notices.push(Notice {
+                    level: log::Level::Info,
+                    msg: format!(
+                        "{name}: {} is a symlink to {}",
+                        binary.display(),
+                        target.display()
+                    ),
+                });
+                binary = target;
+            }
+        }
+        let problem = check_binary(&binary, s.strict_modes);
+        if let Some(BinaryProblem::WritableByOthers(p)) = &problem {
+            notices.push(Notice {
+                level: log::Level::Warn,
+                msg: format!(
+                    "{name}: refusing {}: {} is writable by others",
+                    binary.display(),
+                    p.display()
+                ),
+            });
+        }
         let identity = match resolve_identity(svc) {
             Ok(id) => id,
             Err(e) => {

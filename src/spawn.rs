@@ -71,6 +71,8 @@ pub fn spawn(spec: &ServiceSpec, cgroup_fds: &[std::os::fd::RawFd]) -> Result<Ch
             // Into the service's cgroups before exec (and before dropping privileges):
             // nothing it starts can escape them.
             crate::cgroup::join(&cgroup_fds)?;
+            // A known umask, whatever the orchestrator was started with.
+            libc::umask(0o022);
             set_limit(libc::RLIMIT_NOFILE, limits.nofile)?;
             set_limit(libc::RLIMIT_NPROC, limits.nproc)?;
             set_limit(libc::RLIMIT_CORE, limits.core)?;

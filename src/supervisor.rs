@@ -655,7 +655,8 @@ impl Supervisor {
         let e = self.services.get_mut(&name).ok_or("service not found")?;
         if req.cmd != "stop" && e.svc.spec.binary_problem.is_some() {
             // The binary may have appeared since discovery: look again.
-            e.svc.spec.binary_problem = discovery::binary_problem(&e.svc.spec.binary);
+            e.svc.spec.binary_problem =
+                discovery::check_binary(&e.svc.spec.binary, self.cfg.settings.strict_modes);
         }
         let result = match req.cmd.as_str() {
             "start" => e.svc.start(),

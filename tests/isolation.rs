@@ -306,3 +306,113 @@ fn unknown_user_is_a_configuration_error() {
         out.stderr
     );
 }
+
+#[test]
+fn world_writable_binaries_and_configs_are_refused_as_root() {
+    if !is_root() {
+        eprintln!("skipped: StrictModes checks apply when running as root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let bin = sb.service("open", "exec sleep 1000");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o777)).unwrap();
+    sb.service("fine", "exec sleep 1000");
+    sb.config(json!({"services_dir": "services"}), json!({"open": {}}));
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("fine", None);
+    let st = sb.service_status("open");
+    assert_eq!(st["state"], "failed");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("is writable by others"),
+        "{st}"
+    );
+    d.wait_log(&["refusing", "writable by others"]);
+    drop(d);
+    // Explicitly allowed: it runs.
+    sb.config(
+        json!({"services_dir": "services", "strict_modes": false}),
+        json!({"open": {}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("open", None);
+    drop(_d);
+    // A config file others can write to is refused outright (exit 2, nothing started).
+    let cfg = sb.path("orchestrator.json");
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = sb.cli(&["check"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .contains("refusing a config file that others can write to"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn symlinked_binary_is_resolved_once_and_logged() {
+    let sb = Sandbox::new();
+    let marker = sb.path("ran");
+    for v in ["v1", "v2"] {
+        sb.script(
+            &sb.path(v),
+            &format!("echo {v} >> {}; sleep 0.3; exit 1", marker.display()),
+        );
+    }
+    std::fs::create_dir_all(sb.path("services/lnk")).unwrap();
+    std::os::unix::fs::symlink(sb.path("v1"), sb.path("services/lnk/lnk")).unwrap();
+    sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 10, "max_backoff_ms": 10}),
+        json!({"lnk": {"max_restart_attempts": 0}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    d.wait_log(&["lnk:", "is a symlink to", "/v1"]);
+    // Swap the link: restarts keep running what was resolved...
+    std::fs::remove_file(sb.path("services/lnk/lnk")).unwrap();
+    std::os::unix::fs::symlink(sb.path("v2"), sb.path("services/lnk/lnk")).unwrap();
+    let runs = || std::fs::read_to_string(&marker).unwrap_or_default();
+    let before = runs().lines().count();
+    assert!(wait_until(DEADLINE, || runs().lines().count() >= before + 2));
+    assert!(!runs().contains("v2"), "{}", runs());
+    // ...until a reload, which sees a new binary and restarts onto it.
+    let out = sb.cli(&["reload"]);
+    assert!(
+        out.stdout.contains("lnk: restart") || out.stdout.contains("lnk: update"),
+        "{}",
+        out.stdout
+    );
+    assert!(wait_until(DEADLINE, || runs().contains("v2")));
+    assert!(sb.service_status("lnk")["binary"]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("/v2"));
+}
+
+#[test]
+fn services_get_a_known_umask() {
+    let sb = Sandbox::new();
+    let out = sb.path("umask");
+    sb.service("um", &format!("umask > {}; exec sleep 1000", out.display()));
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    // The daemon itself runs with a strict umask.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "umask 077; exec {BIN} run --config {}",
+            sb.path("orchestrator.json").display()
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().unwrap();
+    assert!(wait_until(DEADLINE, || std::fs::read_to_string(&out)
+        .is_ok_and(|s| !s.is_empty())));
+    assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "0022");
+    let _ = child.kill();
+    let _ = child.wait();
+}
