@@ -125,6 +125,20 @@ pub struct Settings {
     pub strict_modes: bool,
 }
 
+impl Settings {
+    /// The per-service log file settings, when `log_dir` is set.
+    pub fn log_files(&self) -> Option<crate::logfiles::FileConfig> {
+        self.log_dir
+            .as_ref()
+            .map(|dir| crate::logfiles::FileConfig {
+                dir: dir.clone(),
+                max_bytes: self.log_max_bytes,
+                max_files: self.log_max_files,
+                max_total: self.log_max_total_bytes,
+            })
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {

@@ -284,6 +284,11 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
         );
         services.insert(name.to_string(), spec);
     }
+    if s.log_dir.is_some() && services.contains_key("orchestrator") {
+        errors.push(format!(
+            "{label}: services.orchestrator: with log_dir set, a service cannot be named `orchestrator` (log_dir/orchestrator.log is the orchestrator's own log)"
+        ));
+    }
     for (name, spec) in &services {
         for dep in &spec.depends_on {
             if !services.contains_key(dep) {

@@ -10,12 +10,13 @@
 //! This module formats; it never decides anything about services.
 
 use crate::config::{LogFormat, LogLevel};
+use crate::logfiles::{FileConfig, LogFiles};
 use crate::timefmt;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 /// Records in flight between producers and the writer. With lines of at most
@@ -48,6 +49,8 @@ pub struct LineRecord {
     pub msg: String,
     /// More of the same line follows in the next record.
     pub partial: bool,
+    /// Counts lines of this service that could not be written to its log file.
+    pub unwritten: Arc<AtomicU64>,
 }
 
 /// Something the orchestrator did to a service, or said about itself.
@@ -89,6 +92,16 @@ pub struct Sink {
     tx: Sender<SinkMsg>,
     dropped: Arc<AtomicU64>,
     filter: Arc<Filter>,
+    files: Arc<FilesSetting>,
+    write_errors: Arc<AtomicU64>,
+}
+
+/// The per-service log file settings, replaced by a reload; the writer picks a new one
+/// up when `generation` moves.
+#[derive(Default)]
+struct FilesSetting {
+    generation: AtomicU64,
+    config: Mutex<Option<FileConfig>>,
 }
 
 impl Sink {
@@ -97,8 +110,14 @@ impl Sink {
         out: Box<dyn Write + Send>,
         level: LogLevel,
         format: LogFormat,
+        files: Option<FileConfig>,
     ) -> io::Result<(Sink, std::thread::JoinHandle<()>)> {
         let (tx, rx) = bounded(QUEUE);
+        let setting = FilesSetting::default();
+        if let Ok(mut c) = setting.config.lock() {
+            *c = files;
+        }
+        setting.generation.store(1, Ordering::Relaxed);
         let sink = Sink {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
@@ -107,12 +126,18 @@ impl Sink {
                 format: AtomicU8::new(format as u8),
                 rust_log: std::sync::atomic::AtomicBool::new(false),
             }),
+            files: Arc::new(setting),
+            write_errors: Arc::new(AtomicU64::new(0)),
         };
         let writer = Writer {
             out: io::BufWriter::with_capacity(64 * 1024, out),
             filter: sink.filter.clone(),
             dropped: sink.dropped.clone(),
             buf: String::with_capacity(256),
+            files: None,
+            files_setting: sink.files.clone(),
+            files_generation: 0,
+            write_errors: sink.write_errors.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("log-sink".into())
@@ -129,6 +154,21 @@ impl Sink {
         if !self.filter.rust_log.load(Ordering::Relaxed) {
             log::set_max_level(level.to_filter());
         }
+    }
+
+    /// New per-service log file settings (a reload); `None` turns the files off.
+    pub fn set_files(&self, files: Option<FileConfig>) {
+        if let Ok(mut c) = self.files.config.lock() {
+            if *c != files {
+                *c = files;
+                self.files.generation.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Writes to the daemon's own log (stderr or orchestrator.log) that failed.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(Ordering::Relaxed)
     }
 
     pub fn json(&self) -> bool {
@@ -184,6 +224,10 @@ struct Writer {
     filter: Arc<Filter>,
     dropped: Arc<AtomicU64>,
     buf: String,
+    files: Option<LogFiles>,
+    files_setting: Arc<FilesSetting>,
+    files_generation: u64,
+    write_errors: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -194,7 +238,7 @@ impl Writer {
             let msg = match rx.try_recv() {
                 Ok(m) => m,
                 Err(TryRecvError::Empty) => {
-                    let _ = self.out.flush();
+                    self.flush_all();
                     match rx.recv() {
                         Ok(m) => m,
                         Err(_) => break,
@@ -202,13 +246,22 @@ impl Writer {
                 }
                 Err(TryRecvError::Disconnected) => break,
             };
+            self.refresh_files();
             let max = self.filter.level.load(Ordering::Relaxed);
             let json = self.filter.format.load(Ordering::Relaxed) == LogFormat::Json as u8;
             self.buf.clear();
             match msg {
                 SinkMsg::Line(rec) => {
-                    if level_rank(rec.level) <= max {
+                    let shown = level_rank(rec.level) <= max;
+                    if shown || self.files.is_some() {
                         format_line(&mut self.buf, &rec, json);
+                    }
+                    // The service's file gets every line, whatever the level filter.
+                    if let Some(files) = &mut self.files {
+                        files.write(&rec.service, self.buf.as_bytes(), &rec.unwritten);
+                    }
+                    if !shown {
+                        self.buf.clear();
                     }
                 }
                 SinkMsg::Event(rec) => {
@@ -218,7 +271,7 @@ impl Writer {
                 }
                 SinkMsg::Raw(text) => self.buf.push_str(&text),
                 SinkMsg::Flush(done) => {
-                    let _ = self.out.flush();
+                    self.flush_all();
                     let _ = done.send(());
                     continue;
                 }
@@ -241,12 +294,46 @@ impl Writer {
             }
             if !self.buf.is_empty() {
                 // A failed write (stderr closed, disk full) must not stop the writer:
-                // readers would block forever. What could not be written is lost here,
-                // and the per-service log files (when set) keep their own copy.
-                let _ = self.out.write_all(self.buf.as_bytes());
+                // readers would block forever. It is counted; the per-service log
+                // files (when set) keep their own copy.
+                if self.out.write_all(self.buf.as_bytes()).is_err() {
+                    self.write_errors.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
-        let _ = self.out.flush();
+        self.flush_all();
+    }
+
+    fn flush_all(&mut self) {
+        if self.out.flush().is_err() {
+            self.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(files) = &mut self.files {
+            files.flush();
+        }
+    }
+
+    /// Picks up new per-service file settings after a reload.
+    fn refresh_files(&mut self) {
+        let generation = self.files_setting.generation.load(Ordering::Relaxed);
+        if generation == self.files_generation {
+            return;
+        }
+        self.files_generation = generation;
+        if let Some(files) = &mut self.files {
+            files.flush();
+        }
+        let cfg = self
+            .files_setting
+            .config
+            .lock()
+            .ok()
+            .and_then(|c| c.clone());
+        self.files = match (self.files.take(), cfg) {
+            (Some(f), Some(c)) if *f.config() == c => Some(f),
+            (_, Some(c)) => Some(LogFiles::new(c)),
+            (_, None) => None,
+        };
     }
 }
 
@@ -437,6 +524,7 @@ mod tests {
             stream: Stream::Stdout,
             msg: "hello \"x\"".into(),
             partial: false,
+            unwritten: Arc::default(),
         };
         let mut s = String::new();
         format_line(&mut s, &rec, false);

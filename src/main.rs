@@ -12,12 +12,15 @@ mod config;
 mod control;
 mod discovery;
 mod event;
+mod http;
 mod instance;
 mod log;
+mod logfiles;
 mod metrics;
 mod output;
 mod procfs;
 mod service;
+mod sha256;
 mod signals;
 mod spawn;
 mod supervisor;
@@ -170,14 +173,18 @@ fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
             return 1;
         }
     }
-    let (sink, _sink_thread) =
-        match log::Sink::start(Box::new(std::io::stderr()), s.log_level, s.log_format) {
-            Ok(v) => v,
-            Err(e) => {
-                eprintln!("orchestrator: cannot start the log writer: {e}");
-                return 1;
-            }
-        };
+    let (sink, _sink_thread) = match log::Sink::start(
+        Box::new(std::io::stderr()),
+        s.log_level,
+        s.log_format,
+        s.log_files(),
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("orchestrator: cannot start the log writer: {e}");
+            return 1;
+        }
+    };
     log::install_logger(&sink, s.log_level);
     for n in &plan.notices {
         ::log::log!(n.level, "{}", n.msg);
@@ -199,6 +206,18 @@ fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
     {
         eprintln!("orchestrator: cannot start: {e}");
         return 1;
+    }
+    if let Some(addr) = &s.metrics_listen {
+        // Validated as host:port by config; a port in use is reported, not fatal:
+        // supervision matters more than the scrape endpoint.
+        match addr
+            .parse()
+            .map_err(|e| format!("{e}"))
+            .and_then(|a| http::serve(a, tx.clone()).map_err(|e| e.to_string()))
+        {
+            Ok(bound) => ::log::info!("metrics on http://{bound}/metrics"),
+            Err(e) => ::log::error!("metrics_listen {addr}: {e}"),
+        }
     }
     ::log::info!(
         "orchestrator {} started (pid {}, {} services, control socket {}{})",

@@ -14,6 +14,7 @@ pub struct Row<'a> {
     pub usage: Usage,
     pub stdout_lines: u64,
     pub stderr_lines: u64,
+    pub unwritten: u64,
 }
 
 /// Escapes a label value: backslash, double quote and newline.
@@ -30,7 +31,7 @@ pub fn escape_label(v: &str) -> String {
     out
 }
 
-pub fn render(rows: &[Row], dropped_records: u64) -> String {
+pub fn render(rows: &[Row], dropped_records: u64, write_errors: u64) -> String {
     let mut out = String::with_capacity(256 + rows.len() * 1024);
     let mut family =
         |name: &str, kind: &str, help: &str, body: &dyn Fn(&mut String, &Row, &str)| {
@@ -133,6 +134,20 @@ pub fn render(rows: &[Row], dropped_records: u64) -> String {
             );
         },
     );
+    family(
+        "orchestrator_log_lines_unwritten_total",
+        "counter",
+        "Output lines that could not be written to the service's log file (disk full, directory gone).",
+        &|o, r, l| {
+            let _ = writeln!(o, "orchestrator_log_lines_unwritten_total{{service=\"{l}\"}} {}", r.unwritten);
+        },
+    );
+    let _ = writeln!(
+        out,
+        "# HELP orchestrator_log_write_errors_total Failed writes to the orchestrator's own log."
+    );
+    let _ = writeln!(out, "# TYPE orchestrator_log_write_errors_total counter");
+    let _ = writeln!(out, "orchestrator_log_write_errors_total {write_errors}");
     let _ = writeln!(out, "# HELP orchestrator_log_records_dropped_total Orchestrator log records dropped while its log could not be written.");
     let _ = writeln!(out, "# TYPE orchestrator_log_records_dropped_total counter");
     let _ = writeln!(
@@ -160,6 +175,7 @@ mod tests {
                 },
                 stdout_lines: 3,
                 stderr_lines: 1,
+                unwritten: 0,
             },
             Row {
                 name: "idle",
@@ -169,9 +185,10 @@ mod tests {
                 usage: Usage::default(),
                 stdout_lines: 0,
                 stderr_lines: 0,
+                unwritten: 0,
             },
         ];
-        let text = render(&rows, 0);
+        let text = render(&rows, 0, 0);
         for fam in [
             "orchestrator_service_up",
             "orchestrator_service_restarts_total",

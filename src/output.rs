@@ -54,6 +54,8 @@ impl Ring {
 pub struct Counters {
     pub stdout_lines: AtomicU64,
     pub stderr_lines: AtomicU64,
+    /// Lines that could not be written to the service's log file.
+    pub file_unwritten: Arc<AtomicU64>,
 }
 
 /// What a reader needs to know about the run it serves.
@@ -152,6 +154,7 @@ fn emit(ctx: &ReaderCtx, bytes: &[u8], partial: bool) -> bool {
         stream: ctx.stream,
         msg,
         partial,
+        unwritten: ctx.counters.file_unwritten.clone(),
     });
     match ctx.stream {
         Stream::Stdout => &ctx.counters.stdout_lines,
@@ -391,6 +394,7 @@ mod tests {
                 stream: Stream::Stdout,
                 msg: format!("{i}"),
                 partial: false,
+                unwritten: Arc::default(),
             }));
         }
         assert_eq!(r.lines.len(), RING_LINES);
@@ -403,6 +407,7 @@ mod tests {
             stream: Stream::Stdout,
             msg: "x".repeat(RING_BYTES),
             partial: false,
+            unwritten: Arc::default(),
         }));
         assert_eq!(r.lines.len(), 1);
     }

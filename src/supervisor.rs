@@ -23,7 +23,8 @@ use crate::timefmt;
 use crate::waiter;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::json;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -57,6 +58,9 @@ struct PendingReply {
     reply: Sender<Reply>,
 }
 
+/// (size, mtime seconds, mtime nanoseconds, inode): a file changed if any differs.
+type FileVersion = (u64, i64, i64, u64);
+
 struct Shutdown {
     deadline: Instant,
     killed: bool,
@@ -79,6 +83,8 @@ pub struct Supervisor {
     pending: Vec<PendingReply>,
     started: Instant,
     cgroups: Cgroups,
+    /// SHA-256 of each binary, keyed by path, valid while size, mtime and inode match.
+    binary_ids: HashMap<PathBuf, (FileVersion, String)>,
 }
 
 /// How the loop ended.
@@ -119,6 +125,7 @@ impl Supervisor {
             pending: Vec::new(),
             started: Instant::now(),
             cgroups,
+            binary_ids: HashMap::new(),
         }
     }
 
@@ -341,21 +348,24 @@ impl Supervisor {
         }
         if !self.pending.is_empty() {
             let services = &self.services;
+            let mut done = Vec::new();
             self.pending.retain(|p| {
-                let done = services
+                let finished = services
                     .get(&p.service)
                     .is_none_or(|e| e.svc.stopping.is_none());
-                if done {
-                    let reply = match services.get(&p.service) {
-                        Some(e) => {
-                            json!({"ok": true, "services": [status_json(e, Instant::now(), None)]})
-                        }
-                        None => json!({"ok": true, "services": []}),
-                    };
-                    let _ = p.reply.try_send(reply);
+                if finished {
+                    done.push((p.service.clone(), p.reply.clone()));
                 }
-                !done
+                !finished
             });
+            for (name, reply) in done {
+                let answer = if self.services.contains_key(&name) {
+                    self.status(Some(&name))
+                } else {
+                    json!({"ok": true, "services": []})
+                };
+                let _ = reply.try_send(answer);
+            }
         }
         if self.shutdown.is_some() {
             self.shutdown_step();
@@ -683,7 +693,44 @@ impl Supervisor {
         Ok(Some(self.status(Some(&name))))
     }
 
-    fn status(&self, name: Option<&str>) -> Reply {
+    /// `{"path", "size", "mtime", "sha256"}` of a binary; the hash is computed once per
+    /// version of the file.
+    fn binary_identity(&mut self, path: &Path) -> serde_json::Value {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(m) = std::fs::metadata(path) else {
+            return serde_json::Value::Null;
+        };
+        let key = (m.len(), m.mtime(), m.mtime_nsec(), m.ino());
+        let hash = match self.binary_ids.get(path) {
+            Some((k, h)) if *k == key => Some(h.clone()),
+            _ => crate::sha256::file_hex(path).ok().inspect(|h| {
+                self.binary_ids.insert(path.to_path_buf(), (key, h.clone()));
+            }),
+        };
+        json!({"path": path.display().to_string(), "size": m.len(), "mtime": m.mtime(), "sha256": hash})
+    }
+
+    fn status(&mut self, name: Option<&str>) -> Reply {
+        let binaries: Vec<PathBuf> = match name {
+            Some(n) => self
+                .services
+                .get(n)
+                .map(|e| e.svc.spec.binary.clone())
+                .into_iter()
+                .collect(),
+            None => self
+                .services
+                .values()
+                .map(|e| e.svc.spec.binary.clone())
+                .collect(),
+        };
+        let identities: HashMap<PathBuf, serde_json::Value> = binaries
+            .into_iter()
+            .map(|b| {
+                let id = self.binary_identity(&b);
+                (b, id)
+            })
+            .collect();
         let now = Instant::now();
         let selected: Vec<&Entry> = match name {
             Some(n) => match self.services.get(n) {
@@ -698,6 +745,10 @@ impl Supervisor {
             .zip(usage)
             .map(|(e, u)| {
                 let mut v = status_json(e, now, u);
+                v["binary"] = identities
+                    .get(&e.svc.spec.binary)
+                    .cloned()
+                    .unwrap_or_default();
                 v["cgroup"] = json!(self
                     .cgroups
                     .tracker_dir(&e.name)
@@ -713,6 +764,7 @@ impl Supervisor {
                 "pid": std::process::id(),
                 "uptime": self.started.elapsed().as_nanos() as u64,
                 "log_records_dropped": self.sink.dropped(),
+                "log_write_errors": self.sink.write_errors(),
             }
         })
     }
@@ -787,9 +839,13 @@ impl Supervisor {
                     .counters
                     .stderr_lines
                     .load(std::sync::atomic::Ordering::Relaxed),
+                unwritten: e
+                    .counters
+                    .file_unwritten
+                    .load(std::sync::atomic::Ordering::Relaxed),
             })
             .collect();
-        metrics::render(&rows, self.sink.dropped())
+        metrics::render(&rows, self.sink.dropped(), self.sink.write_errors())
     }
 
     // ----- reload ------------------------------------------------------------------------
@@ -829,6 +885,7 @@ impl Supervisor {
         }
         let s = &self.cfg.settings;
         self.sink.set_filter(s.log_level, s.log_format);
+        self.sink.set_files(s.log_files());
         let mut new_specs = plan.services;
         let now = Instant::now();
         for (name, action) in &decisions {
@@ -950,14 +1007,7 @@ fn limits_json(cgroups: &Cgroups, spec: &ServiceSpec) -> serde_json::Value {
 
 fn status_json(e: &Entry, now: Instant, usage: Option<procfs::Usage>) -> serde_json::Value {
     let svc = &e.svc;
-    let binary = std::fs::metadata(&svc.spec.binary).ok().map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        json!({
-            "path": svc.spec.binary.display().to_string(),
-            "size": m.len(),
-            "mtime": m.mtime(),
-        })
-    });
+
     let history: Vec<serde_json::Value> = svc
         .history
         .iter()
@@ -975,7 +1025,8 @@ fn status_json(e: &Entry, now: Instant, usage: Option<procfs::Usage>) -> serde_j
         "last_error": svc.last_error,
         "rss_bytes": usage.map(|u| u.rss_bytes),
         "cpu_seconds": usage.map(|u| u.cpu_seconds),
-        "binary": binary,
+        "binary": null,
+        "log_lines_unwritten": e.counters.file_unwritten.load(std::sync::atomic::Ordering::Relaxed),
         "history": history,
     });
     if svc.state == State::Restarting {

@@ -7,6 +7,7 @@ mod cli_and_config;
 mod control;
 mod isolation;
 mod lifecycle;
+mod observability;
 mod output;
 mod reliability;
 mod reload;

@@ -1,0 +1,395 @@
+//! Observability: log files with rotation and caps, write failures counted, binary
+//! identity, metrics over HTTP, and /proc figures against a child of known size.
+
+use crate::util::*;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+/// The numbers logged by `svc` (`... stdout: N`) across NAME.log.K .. NAME.log, oldest
+/// file first.
+fn numbers_in_files(dir: &Path, svc: &str) -> (Vec<u64>, usize) {
+    // Files rotate while we read: retry until one listing reads through.
+    for _ in 0..100 {
+        if let Some(v) = try_numbers_in_files(dir, svc) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("log files of {svc} kept changing under the reader");
+}
+
+fn try_numbers_in_files(dir: &Path, svc: &str) -> Option<(Vec<u64>, usize)> {
+    let mut files: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let n = if name == format!("{svc}.log") {
+                0
+            } else {
+                name.strip_prefix(&format!("{svc}.log."))?.parse().ok()?
+            };
+            Some((n, e.path()))
+        })
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    let mut nums = Vec::new();
+    for (_, f) in &files {
+        let text = std::fs::read_to_string(f).ok()?;
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "{} ends mid-line",
+            f.display()
+        );
+        for line in text.lines() {
+            let n = line
+                .split_once("] stdout: ")
+                .unwrap_or_else(|| panic!("not a whole record: {line:?}"))
+                .1;
+            nums.push(n.parse().unwrap());
+        }
+    }
+    Some((nums, files.len()))
+}
+
+/// Asserts `nums` is exactly `first..=last`, naming the first difference.
+fn assert_run(nums: &[u64], first: u64, last: u64) {
+    let expected = last + 1 - first;
+    if let Some(i) = (0..nums.len()).find(|&i| nums[i] != first + i as u64) {
+        panic!(
+            "position {i}: found {} where {} belongs ({} lines)",
+            nums[i],
+            first + i as u64,
+            nums.len()
+        );
+    }
+    assert_eq!(
+        nums.len() as u64,
+        expected,
+        "{} lines where {expected} belong",
+        nums.len()
+    );
+}
+
+#[test]
+fn rotation_under_fast_output_keeps_every_line_once_in_order() {
+    let sb = Sandbox::new();
+    sb.service("fast", "seq 1 50000; exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services", "log_dir": "logs", "log_max_bytes": 65536, "log_max_files": 100, "log_level": "error"}),
+        json!({}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let logs = sb.path("logs");
+    let mut got = (Vec::new(), 0);
+    assert!(wait_until(DEADLINE, || {
+        got = numbers_in_files(&logs, "fast");
+        got.0.last() == Some(&50000)
+    }));
+    // The writer has finished: read a snapshot that no rotation can race.
+    std::thread::sleep(Duration::from_millis(100));
+    got = numbers_in_files(&logs, "fast");
+    assert_run(&got.0, 1, 50000);
+    assert!(got.1 > 20, "rotated into {} files", got.1);
+    for e in std::fs::read_dir(&logs).unwrap().flatten() {
+        assert!(e.metadata().unwrap().len() <= 65536, "{:?}", e.path());
+    }
+}
+
+#[test]
+fn only_log_max_files_are_kept_with_the_newest_lines() {
+    let sb = Sandbox::new();
+    sb.service("fast", "seq 1 20000; exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services", "log_dir": "logs", "log_max_bytes": 16384, "log_max_files": 2, "log_level": "error"}),
+        json!({}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let logs = sb.path("logs");
+    let mut got = (Vec::new(), 0);
+    assert!(wait_until(DEADLINE, || {
+        got = numbers_in_files(&logs, "fast");
+        got.0.last() == Some(&20000)
+    }));
+    std::thread::sleep(Duration::from_millis(100));
+    got = numbers_in_files(&logs, "fast");
+    assert_eq!(got.1, 3, "fast.log, fast.log.1, fast.log.2");
+    let n = got.0.len() as u64;
+    assert_run(&got.0, 20001 - n, 20000);
+}
+
+#[test]
+fn total_cap_bounds_all_services_files_together() {
+    let sb = Sandbox::new();
+    for s in ["a", "b", "c"] {
+        sb.service(s, "seq 1 30000; exec sleep 1000");
+    }
+    let cap = 200 * 1024;
+    sb.config(
+        json!({"services_dir": "services", "log_dir": "logs", "log_max_bytes": 32768, "log_max_files": 50,
+               "log_max_total_bytes": cap, "log_level": "error"}),
+        json!({}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let logs = sb.path("logs");
+    assert!(wait_until(DEADLINE, || ["a", "b", "c"]
+        .iter()
+        .all(|s| numbers_in_files(&logs, s).0.last() == Some(&30000))));
+    std::thread::sleep(Duration::from_millis(100));
+    let total: u64 = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(total <= cap, "{total} > {cap}");
+    // Each service keeps a contiguous run of its newest lines (a service that finished
+    // early may keep only its active file: its rotated ones were the oldest).
+    for s in ["a", "b", "c"] {
+        let nums = numbers_in_files(&logs, s).0;
+        let n = nums.len() as u64;
+        assert!(n > 0);
+        assert_run(&nums, 30001 - n, 30000);
+    }
+}
+
+#[test]
+fn unwritable_log_dir_is_counted_and_survived() {
+    let sb = Sandbox::new();
+    sb.service("talk", "seq 1 100; exec sleep 1000");
+    std::fs::write(sb.path("notadir"), "x").unwrap();
+    sb.config(
+        json!({"services_dir": "services", "log_dir": "notadir"}),
+        json!({}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    d.wait_log(&["talk[", "stdout: 100"]);
+    let mut st = serde_json::Value::Null;
+    assert!(
+        wait_until(DEADLINE, || {
+            st = sb.service_status("talk");
+            st["log_lines_unwritten"] == 100
+        }),
+        "{st}"
+    );
+    assert_eq!(st["state"], "running");
+    let m = sb.cli(&["metrics"]).stdout;
+    assert!(
+        m.contains("orchestrator_log_lines_unwritten_total{service=\"talk\"} 100"),
+        "{m}"
+    );
+}
+
+#[test]
+fn full_disk_is_counted_and_survived() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let sb = Sandbox::new();
+    let logs = sb.path("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&logs)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _u = Unmount(logs.clone());
+    sb.service("big", "seq 1 20000; exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services", "log_dir": "logs", "log_max_bytes": 10485760, "log_level": "error"}),
+        json!({}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let mut st = serde_json::Value::Null;
+    assert!(
+        wait_until(DEADLINE, || {
+            st = sb.service_status("big");
+            let written = numbers_in_files(&logs, "big").0.len() as u64;
+            let lost = st["log_lines_unwritten"].as_u64().unwrap_or(0);
+            lost > 0 && written + lost == 20000
+        }),
+        "{st}"
+    );
+    assert_eq!(st["state"], "running");
+}
+
+#[test]
+fn status_shows_the_binary_identity() {
+    let sb = Sandbox::new();
+    let bin = sb.service("idsvc", "exec sleep 1000");
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("idsvc", None);
+    let st = sb.service_status("idsvc");
+    let out = std::process::Command::new("sha256sum")
+        .arg(&bin)
+        .output()
+        .unwrap();
+    let expected = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(st["binary"]["sha256"], expected);
+    assert_eq!(st["binary"]["path"], bin.to_str().unwrap());
+    assert_eq!(st["binary"]["size"], std::fs::metadata(&bin).unwrap().len());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        st["binary"]["mtime"],
+        std::fs::metadata(&bin).unwrap().mtime()
+    );
+    // A new version of the file gets a new hash.
+    sb.service("idsvc", "exec sleep 999");
+    let st2 = sb.service_status("idsvc");
+    assert_ne!(st2["binary"]["sha256"], st["binary"]["sha256"]);
+}
+
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string())
+}
+
+/// A strict reading of the text exposition format: every sample belongs to a family
+/// announced by HELP and TYPE, counters end in _total, values parse, labels are quoted.
+fn check_exposition(text: &str) -> BTreeMap<String, String> {
+    let mut types = BTreeMap::new();
+    let mut helped = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped.insert(rest.split_whitespace().next().unwrap().to_string());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut p = rest.split_whitespace();
+            let (name, kind) = (p.next().unwrap(), p.next().unwrap());
+            assert!(helped.contains(name), "TYPE before HELP for {name}");
+            assert!(["counter", "gauge"].contains(&kind));
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "{name}");
+            }
+            types.insert(name.to_string(), kind.to_string());
+        } else {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("bad value in {line}"));
+            let name = series.split('{').next().unwrap();
+            assert!(types.contains_key(name), "sample before TYPE: {line}");
+            if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+                for pair in labels[1..labels.len() - 1].split("\",") {
+                    let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line}"));
+                    assert!(
+                        k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                        "{line}"
+                    );
+                    assert!(!v.trim_end_matches('"').contains('\n'));
+                }
+            }
+        }
+    }
+    types
+}
+
+#[test]
+fn metrics_endpoint_serves_valid_exposition() {
+    let sb = Sandbox::new();
+    sb.service("web", "echo hi; exec sleep 1000");
+    sb.service("down", "exit 0");
+    sb.config(
+        json!({"services_dir": "services", "metrics_listen": "127.0.0.1:0"}),
+        json!({"down": {"restart": "never"}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("web", None);
+    sb.wait_state("down", "stopped");
+    let line = d.wait_log(&["metrics on http://"]);
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .to_string();
+    let (head, body) = http_get(&addr, "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4\r\n")
+            || head.ends_with("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let types = check_exposition(&body);
+    for fam in [
+        "orchestrator_service_up",
+        "orchestrator_service_restarts_total",
+        "orchestrator_service_state",
+        "orchestrator_service_uptime_seconds",
+        "orchestrator_service_memory_rss_bytes",
+        "orchestrator_service_cpu_seconds_total",
+        "orchestrator_log_lines_total",
+    ] {
+        assert!(types.contains_key(fam), "{fam} missing");
+        for svc in ["web", "down"] {
+            assert!(
+                body.contains(&format!("{fam}{{service=\"{svc}\"")),
+                "{fam} lacks {svc}"
+            );
+        }
+    }
+    assert!(body.contains("orchestrator_service_up{service=\"web\"} 1"));
+    assert!(body.contains("orchestrator_service_up{service=\"down\"} 0"));
+    assert!(body.contains("orchestrator_log_lines_total{service=\"web\",stream=\"stdout\"} 1"));
+    let (head, _) = http_get(&addr, "/nope");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    // The CLI gives the same families.
+    check_exposition(&sb.cli(&["metrics"]).stdout);
+}
+
+#[test]
+fn rss_and_cpu_come_from_proc_for_the_whole_service() {
+    let sb = Sandbox::new();
+    // dd fills a 48 MiB buffer, then blocks writing it into a pipe nobody reads: a child
+    // in the service's group with a known resident size.
+    sb.service(
+        "mem",
+        "dd if=/dev/zero bs=48M count=1 2>/dev/null | sleep 1000",
+    );
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("mem", None);
+    let mut st = serde_json::Value::Null;
+    assert!(
+        wait_until(DEADLINE, || {
+            st = sb.service_status("mem");
+            st["rss_bytes"].as_u64().unwrap_or(0) >= 48 << 20
+        }),
+        "{st}"
+    );
+    assert!(st["rss_bytes"].as_u64().unwrap() < 80 << 20, "{st}");
+    assert!(st["cpu_seconds"].as_f64().unwrap() >= 0.0);
+    let m = sb.cli(&["metrics"]).stdout;
+    let rss: u64 = m
+        .lines()
+        .find(|l| l.starts_with("orchestrator_service_memory_rss_bytes{service=\"mem\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(rss >= 48 << 20);
+}
