@@ -15,6 +15,12 @@ pub enum Event {
         pid: i32,
         exit: Exit,
     },
+    /// A tcp/http health check finished (from the probe pool).
+    Probe {
+        service: Arc<str>,
+        gen: u64,
+        result: Result<(), String>,
+    },
     /// A signal arrived (forwarded from the self-pipe).
     Signal(i32),
     /// A control-socket request; the answer goes to the sender.

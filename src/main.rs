@@ -18,6 +18,7 @@ mod log;
 mod logfiles;
 mod metrics;
 mod output;
+mod probe;
 mod procfs;
 mod service;
 mod sha256;
@@ -345,8 +346,16 @@ fn check(cli: &Cli) -> i32 {
         if !spec.depends_on.is_empty() {
             println!("  depends_on: {}", spec.depends_on.join(", "));
         }
-        if spec.health_check.is_some() {
-            println!("  health_check: configured, not run by this version (the service is running once started)");
+        if let Some(hc) = &spec.health_check {
+            let target = match hc.kind {
+                config::CheckType::Exec => hc.command.join(" "),
+                config::CheckType::Tcp => format!("tcp {}", hc.address.as_deref().unwrap_or("")),
+                config::CheckType::Http => format!("GET {}", hc.url.as_deref().unwrap_or("")),
+            };
+            println!(
+                "  health_check: {target}, first after {} ms, every {} ms, timeout {} ms, restart after {} failures",
+                hc.initial_delay_ms, hc.interval_ms, hc.timeout_ms, hc.failure_threshold
+            );
         }
         if !spec.sockets.is_empty() {
             println!("  sockets: configured, not passed by this version");

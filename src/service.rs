@@ -116,6 +116,9 @@ pub enum AfterStop {
     Start,
     /// Forget the service (removed by a reload).
     Remove,
+    /// Failed its liveness check: restart after this backoff delay, or (None) give up
+    /// because the attempts are used up.
+    Recover(Option<Duration>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +143,9 @@ pub enum Action {
     Reap(i32),
     /// Drop this service from the map.
     Remove,
+    /// Run the health check against run `gen`; the result comes back as
+    /// `probe_result` (or `probe_skipped`).
+    Probe { gen: u64 },
     /// Write an event record.
     Log {
         level: log::Level,
@@ -184,6 +190,17 @@ pub struct Service {
     pub history: VecDeque<HistoryEntry>,
     /// Stopped on purpose: a reload leaves it stopped.
     pub held: bool,
+    pub health: Health,
+}
+
+/// Health-check progress of the current run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Failures in a row.
+    pub failures: u32,
+    /// When the next probe is due (none while one is in flight).
+    pub next_probe: Option<Instant>,
+    pub in_flight: bool,
 }
 
 fn log(level: log::Level, event: &'static str, pid: Option<i32>, msg: impl Into<String>) -> Action {
@@ -213,6 +230,7 @@ impl Service {
             next_restart: None,
             history: VecDeque::new(),
             held: false,
+            health: Health::default(),
         }
     }
 
@@ -245,6 +263,9 @@ impl Service {
         }
         if self.state == State::Restarting {
             return self.next_restart;
+        }
+        if self.run.is_some() {
+            return self.health.next_probe;
         }
         None
     }
@@ -319,6 +340,8 @@ impl Service {
                 )])
             }
             AfterStop::Stay => Err(Refusal::NotRunning),
+            // Liveness failures only happen to a running process.
+            AfterStop::Recover(_) => Ok(Vec::new()),
         }
     }
 
@@ -347,11 +370,16 @@ impl Service {
             exited_ms: None,
             exit_code: None,
         });
-        // Without a health check the process is up once exec has succeeded.
-        self.state = if self.spec.health_check.is_some() {
-            State::Starting
-        } else {
-            State::Running
+        // Without a health check the process is up once exec has succeeded; with one,
+        // it is up once the first check passes.
+        self.health = Health::default();
+        self.state = match &self.spec.health_check {
+            Some(hc) => {
+                self.health.next_probe =
+                    Some(now.mono + Duration::from_millis(hc.initial_delay_ms));
+                State::Starting
+            }
+            None => State::Running,
         };
         vec![log(log::Level::Info, "started", Some(pid), "started")]
     }
@@ -415,7 +443,7 @@ impl Service {
         if let Some(st) = &mut self.stopping {
             if st.killed {
                 actions.push(Action::Reap(pid));
-                actions.extend(self.finish_stop());
+                actions.extend(self.finish_stop(now.mono));
             } else {
                 st.poll_at = Some(now.mono + GROUP_POLL);
                 actions.push(Action::CheckGroup(pid));
@@ -429,6 +457,7 @@ impl Service {
         });
         actions.push(Action::Reap(pid));
         self.run = None;
+        self.health = Health::default();
         self.last_error = (!exit.success()).then(|| exit.describe());
         actions.extend(self.after_run(exit.success(), ran_for, may_restart, now.mono, rng));
         actions
@@ -488,11 +517,11 @@ impl Service {
     }
 
     /// The supervisor found the stopping run's group empty.
-    pub fn group_empty(&mut self) -> Vec<Action> {
+    pub fn group_empty(&mut self, now: Instant) -> Vec<Action> {
         match &self.run {
             Some(r) if r.exited.is_some() && self.stopping.is_some() => {
                 let mut actions = vec![Action::Reap(r.pid)];
-                actions.extend(self.finish_stop());
+                actions.extend(self.finish_stop(now));
                 actions
             }
             _ => vec![log(
@@ -511,27 +540,148 @@ impl Service {
         }
     }
 
-    fn finish_stop(&mut self) -> Vec<Action> {
+    fn finish_stop(&mut self, now: Instant) -> Vec<Action> {
         let then = self
             .stopping
             .take()
             .map(|s| s.then)
             .unwrap_or(AfterStop::Stay);
         self.run = None;
+        self.health = Health::default();
         self.state = State::Stopped;
         self.next_restart = None;
-        self.last_error = None;
         let mut actions = vec![log(log::Level::Info, "stopped", None, "stopped")];
         match then {
-            AfterStop::Stay => {}
+            AfterStop::Stay => self.last_error = None,
             AfterStop::Remove => actions.push(Action::Remove),
             AfterStop::Start => {
+                self.last_error = None;
                 self.attempts = 0;
                 self.state = State::Starting;
                 actions.push(Action::Spawn);
             }
+            // The liveness failure stays in last_error.
+            AfterStop::Recover(Some(delay)) => {
+                self.state = State::Restarting;
+                self.next_restart = Some(now + delay);
+                actions.push(log(
+                    log::Level::Info,
+                    "restarting",
+                    None,
+                    format!(
+                        "restarting in {} ms (attempt {})",
+                        delay.as_millis(),
+                        self.attempts
+                    ),
+                ));
+            }
+            AfterStop::Recover(None) => {
+                self.state = State::Failed;
+                self.last_error = Some("maximum restart attempts exceeded".into());
+            }
         }
         actions
+    }
+
+    /// A health-check result for run `gen`. The first pass makes the service ready;
+    /// `failure_threshold` failures in a row while running restart it through backoff.
+    pub fn probe_result(
+        &mut self,
+        gen: u64,
+        result: Result<(), String>,
+        now: Instant,
+        rng: &mut fastrand::Rng,
+    ) -> Vec<Action> {
+        let Some(hc) = self.spec.health_check.clone() else {
+            return Vec::new();
+        };
+        let current = self
+            .run
+            .as_ref()
+            .is_some_and(|r| r.gen == gen && r.exited.is_none());
+        if !current || self.stopping.is_some() {
+            return Vec::new(); // A late answer about a run that is over.
+        }
+        self.health.in_flight = false;
+        self.health.next_probe = Some(now + Duration::from_millis(hc.interval_ms));
+        let pid = self.pid();
+        match result {
+            Ok(()) => {
+                self.health.failures = 0;
+                // A pass resets the restart counter, as a long run does.
+                self.attempts = 0;
+                if self.state == State::Starting {
+                    self.state = State::Running;
+                    self.last_error = None;
+                    return vec![log(
+                        log::Level::Info,
+                        "ready",
+                        pid,
+                        "health check passed: ready",
+                    )];
+                }
+                Vec::new()
+            }
+            Err(why) => {
+                self.health.failures += 1;
+                let n = self.health.failures;
+                self.last_error = Some(format!("health check failed ({n} in a row): {why}"));
+                if self.state != State::Running || n < hc.failure_threshold {
+                    return vec![log(
+                        log::Level::Warn,
+                        "unhealthy",
+                        pid,
+                        format!("health check failed ({n} in a row): {why}"),
+                    )];
+                }
+                let max = self.spec.max_restart_attempts;
+                let then = if max > 0 && self.attempts >= max {
+                    AfterStop::Recover(None)
+                } else {
+                    let delay = self.spec.backoff.delay(self.attempts, rng);
+                    self.attempts += 1;
+                    AfterStop::Recover(Some(delay))
+                };
+                let mut actions = vec![log(
+                    log::Level::Warn,
+                    "unhealthy",
+                    pid,
+                    format!("health check failed {n} times in a row ({why}): restarting"),
+                )];
+                actions.extend(self.stop(then, now).unwrap_or_default());
+                self.held = false;
+                actions
+            }
+        }
+    }
+
+    /// After a reload changed the health check in place: a running process without a
+    /// check any more is up; one that just got a check is probed from now on.
+    pub fn reconcile_health(&mut self, now: Instant) {
+        if self.run.as_ref().is_none_or(|r| r.exited.is_some()) || self.stopping.is_some() {
+            return;
+        }
+        match &self.spec.health_check {
+            None => {
+                self.health = Health::default();
+                if self.state == State::Starting {
+                    self.state = State::Running;
+                    self.last_error = None;
+                }
+            }
+            Some(hc) if self.health.next_probe.is_none() && !self.health.in_flight => {
+                self.health.next_probe = Some(now + Duration::from_millis(hc.initial_delay_ms));
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// The probe could not even be queued (too many at once): try again next interval.
+    pub fn probe_skipped(&mut self, now: Instant) {
+        if let Some(hc) = &self.spec.health_check {
+            self.health.in_flight = false;
+            self.health.next_probe = Some(now + Duration::from_millis(hc.interval_ms));
+        }
     }
 
     /// Deadlines: a due restart, a stop timeout, a group poll.
@@ -566,7 +716,7 @@ impl Service {
                     // The main process is already gone; SIGKILL cannot be ignored, so the
                     // stop is complete.
                     actions.push(Action::Reap(pid));
-                    actions.extend(self.finish_stop());
+                    actions.extend(self.finish_stop(now));
                 }
                 return actions;
             }
@@ -575,6 +725,14 @@ impl Service {
                 return vec![Action::CheckGroup(pid)];
             }
             return Vec::new();
+        }
+        let due = self.health.next_probe.is_some_and(|t| now >= t);
+        if due && !self.health.in_flight {
+            if let Some(run) = self.run.as_ref().filter(|r| r.exited.is_none()) {
+                self.health.next_probe = None;
+                self.health.in_flight = true;
+                return vec![Action::Probe { gen: run.gen }];
+            }
         }
         if self.state == State::Restarting && self.next_restart.is_some_and(|t| now >= t) {
             self.next_restart = None;
@@ -675,6 +833,7 @@ mod tests {
                 Action::CheckGroup(_) => "check",
                 Action::Reap(_) => "reap",
                 Action::Remove => "remove",
+                Action::Probe { .. } => "probe",
                 Action::Log { event, .. } => event,
             })
             .collect()
@@ -815,7 +974,7 @@ mod tests {
         assert_eq!(t.svc.deadline(), Some(t.at(40).mono));
         t.svc.group_alive(t.at(20).mono);
         assert_eq!(kinds(&t.svc.tick(t.at(40).mono)), ["check"]);
-        let a = t.svc.group_empty();
+        let a = t.svc.group_empty(t.at(0).mono);
         assert_eq!(kinds(&a), ["reap", "stopped"]);
         assert_eq!(t.svc.state, State::Stopped);
         assert_eq!(t.svc.last_exit_code, Some(143));
@@ -874,7 +1033,7 @@ mod tests {
         t.svc.restart(t.at(1).mono).unwrap();
         let a = t.exit(2, Exit::Signal(libc::SIGTERM));
         assert_eq!(kinds(&a), ["exited", "check"]);
-        let a = t.svc.group_empty();
+        let a = t.svc.group_empty(t.at(0).mono);
         assert_eq!(kinds(&a), ["reap", "stopped", "spawn"]);
         assert_eq!(t.svc.state, State::Starting);
         assert_eq!(t.svc.attempts, 0);
@@ -891,7 +1050,10 @@ mod tests {
         t.svc.stop(AfterStop::Stay, t.at(1).mono).unwrap();
         assert_eq!(t.svc.start(), Ok(vec![]));
         t.exit(2, Exit::Code(0));
-        assert_eq!(kinds(&t.svc.group_empty()), ["reap", "stopped", "spawn"]);
+        assert_eq!(
+            kinds(&t.svc.group_empty(t.at(0).mono)),
+            ["reap", "stopped", "spawn"]
+        );
         assert!(!t.svc.held);
     }
 
@@ -949,7 +1111,7 @@ mod tests {
         let mut t = T::new(RestartPolicy::Always, 5);
         let a = t.exit(0, Exit::Code(0));
         assert_eq!(kinds(&a), ["internal"]);
-        assert_eq!(kinds(&t.svc.group_empty()), ["internal"]);
+        assert_eq!(kinds(&t.svc.group_empty(t.at(0).mono)), ["internal"]);
         assert!(t.svc.tick(t.at(0).mono).is_empty());
         assert_eq!(t.svc.state, State::Stopped);
     }
@@ -963,5 +1125,147 @@ mod tests {
         }
         assert_eq!(t.svc.history.len(), HISTORY_LEN);
         assert_eq!(t.svc.history.front().unwrap().started_ms, 1_000_005);
+    }
+
+    fn with_check(threshold: u32, max: u32) -> T {
+        let mut t = T::new(RestartPolicy::Always, max);
+        t.svc.spec.health_check = Some(crate::config::HealthCheck {
+            kind: crate::config::CheckType::Tcp,
+            command: vec![],
+            address: Some("127.0.0.1:1".into()),
+            url: None,
+            interval_ms: 100,
+            timeout_ms: 50,
+            failure_threshold: threshold,
+            initial_delay_ms: 30,
+        });
+        t
+    }
+
+    #[test]
+    fn health_check_gates_readiness() {
+        let mut t = with_check(3, 5);
+        t.svc.start().unwrap();
+        t.spawn(0);
+        assert_eq!(t.svc.state, State::Starting);
+        assert_eq!(
+            t.svc.deadline(),
+            Some(t.at(30).mono),
+            "first probe after initial_delay_ms"
+        );
+        assert!(t.svc.tick(t.at(29).mono).is_empty());
+        assert_eq!(
+            t.svc.tick(t.at(30).mono),
+            vec![Action::Probe { gen: t.gen }]
+        );
+        assert_eq!(
+            t.svc.deadline(),
+            None,
+            "no second probe while one is in flight"
+        );
+        // Failures while starting do not restart: the service is not up yet.
+        for _ in 0..5 {
+            let a = t
+                .svc
+                .probe_result(t.gen, Err("refused".into()), t.at(40).mono, &mut t.rng);
+            assert_eq!(kinds(&a), ["unhealthy"]);
+            t.svc.tick(t.at(1000).mono);
+        }
+        assert_eq!(t.svc.state, State::Starting);
+        assert!(t.svc.last_error.as_deref().unwrap().contains("refused"));
+        let a = t.svc.probe_result(t.gen, Ok(()), t.at(50).mono, &mut t.rng);
+        assert_eq!(kinds(&a), ["ready"]);
+        assert_eq!(t.svc.state, State::Running);
+        assert_eq!(t.svc.last_error, None);
+        assert_eq!(
+            t.svc.deadline(),
+            Some(t.at(150).mono),
+            "next probe after interval_ms"
+        );
+    }
+
+    #[test]
+    fn liveness_failures_restart_through_backoff() {
+        let mut t = with_check(2, 5);
+        t.svc.start().unwrap();
+        t.spawn(0);
+        t.svc.tick(t.at(30).mono);
+        t.svc.probe_result(t.gen, Ok(()), t.at(31).mono, &mut t.rng);
+        t.svc.tick(t.at(131).mono);
+        let a = t
+            .svc
+            .probe_result(t.gen, Err("503".into()), t.at(132).mono, &mut t.rng);
+        assert_eq!(kinds(&a), ["unhealthy"]);
+        assert_eq!(t.svc.state, State::Running);
+        t.svc.tick(t.at(232).mono);
+        let a = t
+            .svc
+            .probe_result(t.gen, Err("503".into()), t.at(233).mono, &mut t.rng);
+        assert_eq!(kinds(&a), ["unhealthy", "stopping", "signal"]);
+        let a = t.exit(240, Exit::Signal(libc::SIGTERM));
+        assert_eq!(kinds(&a), ["exited", "check"]);
+        let a = t.svc.group_empty(t.at(241).mono);
+        assert_eq!(kinds(&a), ["reap", "stopped", "restarting"]);
+        assert_eq!(t.svc.state, State::Restarting);
+        assert_eq!(
+            t.svc.next_restart,
+            Some(t.at(341).mono),
+            "backoff 100 ms, attempt 1"
+        );
+        assert!(t
+            .svc
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("health check failed (2 in a row): 503"));
+        assert!(!t.svc.held, "a liveness restart is not a user stop");
+        assert_eq!(kinds(&t.svc.tick(t.at(341).mono)), ["spawn"]);
+        assert_eq!(t.svc.restarts, 1);
+    }
+
+    #[test]
+    fn liveness_failure_with_attempts_used_up_fails() {
+        let mut t = with_check(1, 1);
+        t.svc.start().unwrap();
+        t.spawn(0);
+        t.svc.attempts = 1;
+        t.svc.state = State::Running;
+        t.svc.tick(t.at(30).mono);
+        t.svc
+            .probe_result(t.gen, Err("dead".into()), t.at(31).mono, &mut t.rng);
+        t.exit(32, Exit::Code(0));
+        t.svc.group_empty(t.at(33).mono);
+        assert_eq!(t.svc.state, State::Failed);
+        assert_eq!(
+            t.svc.last_error.as_deref(),
+            Some("maximum restart attempts exceeded")
+        );
+    }
+
+    #[test]
+    fn late_probe_results_are_ignored() {
+        let mut t = with_check(1, 5);
+        t.svc.start().unwrap();
+        t.spawn(0);
+        let old = t.gen;
+        t.exit(10, Exit::Code(1));
+        t.svc.tick(t.at(1000).mono);
+        t.spawn(1000);
+        let a = t
+            .svc
+            .probe_result(old, Err("x".into()), t.at(1001).mono, &mut t.rng);
+        assert!(a.is_empty());
+        assert_eq!(t.svc.health.failures, 0);
+    }
+
+    #[test]
+    fn passing_check_resets_the_restart_counter() {
+        let mut t = with_check(3, 5);
+        t.svc.start().unwrap();
+        t.svc.attempts = 4;
+        t.spawn(0);
+        t.svc.tick(t.at(30).mono);
+        t.svc.probe_result(t.gen, Ok(()), t.at(31).mono, &mut t.rng);
+        assert_eq!(t.svc.attempts, 0);
     }
 }

@@ -34,13 +34,54 @@ pub fn spawn(spec: &ServiceSpec, cgroup_fds: &[std::os::fd::RawFd]) -> Result<Ch
     if let Some(dir) = &spec.cwd {
         ensure_data_dir(dir, spec).map_err(|e| format!("data_dir {}: {e}", dir.display()))?;
     }
-    let mut cmd = Command::new(&spec.binary);
-    cmd.args(&spec.args)
+    let mut cmd = command(spec, &spec.binary, &spec.args, cgroup_fds);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot execute {}: {e}", spec.binary.display()))?;
+    let pid = child.id() as i32;
+    let (Some(out), Some(err)) = (child.stdout, child.stderr) else {
+        // Cannot happen: both were requested as pipes.
+        return Err("internal error: child pipes missing".into());
+    };
+    // The std Child is dropped without waiting: the waiter thread and the main loop own
+    // this pid from here on.
+    Ok(Child {
+        pid,
+        stdout: out.into(),
+        stderr: err.into(),
+    })
+}
+
+/// Spawns an `exec` health check for `spec`: the service's environment, directory and
+/// identity, its own process group, output discarded, not in the service's cgroup.
+/// Returns the pid; the caller waits for it like for a run.
+pub fn spawn_probe(spec: &ServiceSpec, argv: &[String]) -> Result<i32, String> {
+    let (program, args) = argv.split_first().ok_or("health_check.command is empty")?;
+    let mut cmd = command(spec, std::path::Path::new(program), args, &[]);
+    if spec.cwd.as_ref().is_some_and(|d| !d.is_dir()) {
+        cmd.current_dir("/");
+    }
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot execute health check {program}: {e}"))?;
+    Ok(child.id() as i32)
+}
+
+/// The one place a service's processes are built: exact argv, the planned environment,
+/// stdin on /dev/null, and the `pre_exec` below.
+fn command(
+    spec: &ServiceSpec,
+    program: &std::path::Path,
+    args: &[String],
+    cgroup_fds: &[std::os::fd::RawFd],
+) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(Stdio::null());
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }
@@ -101,21 +142,7 @@ pub fn spawn(spec: &ServiceSpec, cgroup_fds: &[std::os::fd::RawFd]) -> Result<Ch
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot execute {}: {e}", spec.binary.display()))?;
-    let pid = child.id() as i32;
-    let (Some(out), Some(err)) = (child.stdout, child.stderr) else {
-        // Cannot happen: both were requested as pipes.
-        return Err("internal error: child pipes missing".into());
-    };
-    // The std Child is dropped without waiting: the waiter thread and the main loop own
-    // this pid from here on.
-    Ok(Child {
-        pid,
-        stdout: out.into(),
-        stderr: err.into(),
-    })
+    cmd
 }
 
 /// Creates `data_dir` (0750) if missing, owned by the service's identity.

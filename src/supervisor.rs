@@ -16,6 +16,7 @@ use crate::event::Event;
 use crate::log::{EventRecord, Sink, Stream};
 use crate::metrics;
 use crate::output::{self, Counters, ReaderCtx, Ring};
+use crate::probe::{Job, Prober};
 use crate::procfs;
 use crate::service::{Action, AfterStop, Now, Service, State};
 use crate::spawn;
@@ -37,6 +38,17 @@ struct Entry {
     waiting: bool,
     /// Its cgroup exists (created at spawn, removed once the service is done).
     cgroup_live: bool,
+    /// An `exec` health check in progress.
+    probe: Option<ProbeProc>,
+}
+
+/// A running `exec` health check.
+struct ProbeProc {
+    pid: i32,
+    /// The run it checks.
+    run_gen: u64,
+    deadline: Instant,
+    timed_out: bool,
 }
 
 impl Entry {
@@ -48,6 +60,7 @@ impl Entry {
             counters: Arc::default(),
             waiting: false,
             cgroup_live: false,
+            probe: None,
         }
     }
 }
@@ -85,6 +98,7 @@ pub struct Supervisor {
     cgroups: Cgroups,
     /// SHA-256 of each binary, keyed by path, valid while size, mtime and inode match.
     binary_ids: HashMap<PathBuf, (FileVersion, String)>,
+    prober: Prober,
 }
 
 /// How the loop ended.
@@ -105,6 +119,7 @@ impl Supervisor {
         reap_orphans: bool,
         cgroups: Cgroups,
     ) -> Supervisor {
+        let prober = Prober::new(tx.clone());
         let services = plan
             .services
             .into_values()
@@ -126,6 +141,7 @@ impl Supervisor {
             started: Instant::now(),
             cgroups,
             binary_ids: HashMap::new(),
+            prober,
         }
     }
 
@@ -191,7 +207,15 @@ impl Supervisor {
         let svc = self
             .services
             .values()
-            .filter_map(|e| e.svc.deadline())
+            .flat_map(|e| {
+                let probe = e
+                    .probe
+                    .as_ref()
+                    .filter(|p| !p.timed_out)
+                    .map(|p| p.deadline);
+                [e.svc.deadline(), probe]
+            })
+            .flatten()
             .min();
         let shutdown = self
             .shutdown
@@ -206,6 +230,20 @@ impl Supervisor {
 
     fn handle(&mut self, ev: Event) -> Option<Outcome> {
         match ev {
+            Event::Exited {
+                service, pid, exit, ..
+            } if self.is_probe(&service, pid) => self.probe_exited(&service, pid, exit),
+            Event::Probe {
+                service,
+                gen,
+                result,
+            } => {
+                let now = Instant::now();
+                if let Some(e) = self.services.get_mut(&*service) {
+                    let actions = e.svc.probe_result(gen, result, now, &mut self.rng);
+                    self.execute(&service, actions);
+                }
+            }
             Event::Exited {
                 service,
                 gen,
@@ -313,6 +351,17 @@ impl Supervisor {
                     self.cfg.settings.shutdown_timeout_ms
                 );
                 self.kill_all();
+            }
+        }
+        for e in self.services.values_mut() {
+            if let Some(p) = e
+                .probe
+                .as_mut()
+                .filter(|p| !p.timed_out && p.deadline <= now)
+            {
+                // The waiter reports the exit this causes; the result is "timed out".
+                p.timed_out = true;
+                spawn::signal_group(p.pid, libc::SIGKILL);
             }
         }
         let due: Vec<String> = self
@@ -446,10 +495,11 @@ impl Supervisor {
                         if alive {
                             e.svc.group_alive(Instant::now());
                         } else {
-                            queue.extend(e.svc.group_empty());
+                            queue.extend(e.svc.group_empty(Instant::now()));
                         }
                     }
                 }
+                Action::Probe { gen } => queue.extend(self.start_probe(name, gen)),
                 Action::Reap(pid) => {
                     spawn::reap(pid);
                     self.unreaped.remove(&pid);
@@ -593,6 +643,81 @@ impl Supervisor {
             }
         }
         e.svc.spawned(pid, gen, now)
+    }
+
+    fn is_probe(&self, service: &str, pid: i32) -> bool {
+        self.services
+            .get(service)
+            .and_then(|e| e.probe.as_ref())
+            .is_some_and(|p| p.pid == pid)
+    }
+
+    /// Starts the health check of run `gen`: exec checks as a child of this thread,
+    /// tcp/http checks on the probe pool.
+    fn start_probe(&mut self, name: &str, gen: u64) -> Vec<Action> {
+        let now = Instant::now();
+        let Some(e) = self.services.get_mut(name) else {
+            return Vec::new();
+        };
+        let Some(hc) = e.svc.spec.health_check.clone() else {
+            return Vec::new();
+        };
+        if hc.kind != crate::config::CheckType::Exec {
+            let job = Job {
+                service: e.name.clone(),
+                gen,
+                check: hc,
+            };
+            if !self.prober.submit(job) {
+                log::debug!("{name}: health check skipped: too many checks in flight");
+                e.svc.probe_skipped(now);
+            }
+            return Vec::new();
+        }
+        if e.probe.is_some() {
+            e.svc.probe_skipped(now); // The previous one has not finished yet.
+            return Vec::new();
+        }
+        let pid = match spawn::spawn_probe(&e.svc.spec, &hc.command) {
+            Ok(pid) => pid,
+            Err(err) => return e.svc.probe_result(gen, Err(err), now, &mut self.rng),
+        };
+        self.gen += 1;
+        if let Err(err) = waiter::spawn_waiter(pid, self.gen, e.name.clone(), self.tx.clone()) {
+            spawn::signal_group(pid, libc::SIGKILL);
+            spawn::reap(pid);
+            let err = format!("cannot create a thread: {err}");
+            return e.svc.probe_result(gen, Err(err), now, &mut self.rng);
+        }
+        self.unreaped.insert(pid);
+        e.probe = Some(ProbeProc {
+            pid,
+            run_gen: gen,
+            deadline: now + Duration::from_millis(hc.timeout_ms.max(1)),
+            timed_out: false,
+        });
+        Vec::new()
+    }
+
+    fn probe_exited(&mut self, service: &str, pid: i32, exit: crate::service::Exit) {
+        spawn::signal_group(pid, libc::SIGKILL); // Whatever the check left behind.
+        spawn::reap(pid);
+        self.unreaped.remove(&pid);
+        let now = Instant::now();
+        let Some(e) = self.services.get_mut(service) else {
+            return;
+        };
+        let Some(p) = e.probe.take() else { return };
+        let timeout = e.svc.spec.health_check.as_ref().map_or(0, |h| h.timeout_ms);
+        let result = if p.timed_out {
+            Err(format!("timed out after {timeout} ms"))
+        } else if exit.success() {
+            Ok(())
+        } else {
+            Err(exit.describe())
+        };
+        let actions = e.svc.probe_result(p.run_gen, result, now, &mut self.rng);
+        self.execute(service, actions);
     }
 
     /// Reaps children that are not ours to wait for: orphans handed to us as PID 1 or
@@ -916,6 +1041,7 @@ impl Supervisor {
                         }
                         "restart" => e.svc.restart(now).unwrap_or_default(),
                         _ => {
+                            e.svc.reconcile_health(now);
                             if let Some(err) = e.svc.spec.binary_error() {
                                 if !e.svc.has_process() && e.svc.state == State::Failed {
                                     e.svc.last_error = Some(err);
