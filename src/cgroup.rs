@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -251,7 +251,23 @@ impl Cgroups {
     /// so that the child can join them between fork and exec. Errors name the file.
     pub fn prepare(&self, service: &str, limits: CgroupLimits) -> Result<Vec<fs::File>, String> {
         let mut files = Vec::new();
-        for h in self.hierarchies() {
+        // The tracking cgroup always; a controller's only when a limit needs it (each
+        // cgroup costs the kernel time and memory, and 500 services add up).
+        let mut needed: Vec<&Hierarchy> = Vec::new();
+        let wanted = [
+            (self.tracker.as_ref(), true),
+            (self.memory.as_ref(), limits.memory_mib > 0),
+            (self.cpu.as_ref(), limits.cpu_percent.is_some()),
+            (self.pids.as_ref(), limits.pids_max.is_some()),
+        ];
+        for (h, want) in wanted {
+            if let Some(h) = h.filter(|_| want) {
+                if !needed.contains(&h) {
+                    needed.push(h);
+                }
+            }
+        }
+        for h in needed {
             let dir = h.dir(service);
             fs::create_dir_all(&dir).map_err(|e| format!("cgroup {}: {e}", dir.display()))?;
             let procs = dir.join("cgroup.procs");
@@ -266,12 +282,20 @@ impl Cgroups {
         Ok(files)
     }
 
+    /// The limit's hierarchy, if the service's limits need it.
+    fn used<'a>(&self, h: &'a Option<Hierarchy>, needed: bool) -> Option<&'a Hierarchy> {
+        h.as_ref().filter(|_| needed)
+    }
+
     fn write_limits(&self, service: &str, l: CgroupLimits) -> Result<(), String> {
         let write = |h: &Hierarchy, file: &str, value: String| -> Result<(), String> {
             let path = h.dir(service).join(file);
             fs::write(&path, value).map_err(|e| format!("cgroup {}: {e}", path.display()))
         };
-        if let Some(h) = &self.memory {
+        // A hierarchy shared with the tracker (v2) must be told "no limit" explicitly;
+        // one that only serves this limit is not even created without it.
+        let shared = |h: &Option<Hierarchy>| h.is_some() && *h == self.tracker;
+        if let Some(h) = self.used(&self.memory, l.memory_mib > 0 || shared(&self.memory)) {
             let bytes = l.memory_mib.saturating_mul(1024 * 1024);
             match (h.version, l.memory_mib) {
                 (Version::V2, 0) => write(h, "memory.max", "max".into())?,
@@ -280,7 +304,7 @@ impl Cgroups {
                 (Version::V1, _) => write(h, "memory.limit_in_bytes", bytes.to_string())?,
             }
         }
-        if let Some(h) = &self.cpu {
+        if let Some(h) = self.used(&self.cpu, l.cpu_percent.is_some() || shared(&self.cpu)) {
             const PERIOD: u64 = 100_000;
             let quota = l.cpu_percent.map(|p| u64::from(p) * PERIOD / 100);
             match (h.version, quota) {
@@ -293,7 +317,7 @@ impl Cgroups {
                 }
             }
         }
-        if let Some(h) = &self.pids {
+        if let Some(h) = self.used(&self.pids, l.pids_max.is_some() || shared(&self.pids)) {
             let v = l.pids_max.map_or("max".to_string(), |p| p.to_string());
             write(h, "pids.max", v)?;
         }
@@ -457,18 +481,15 @@ pub fn raw_fds(files: &[fs::File]) -> Vec<RawFd> {
     files.iter().map(AsRawFd::as_raw_fd).collect()
 }
 
-/// In the child between fork and exec: joins every cgroup whose `cgroup.procs` is open
-/// on `fds` ("0" means the writing process). Async-signal-safe.
+/// In the child between clone and exec: joins every cgroup whose `cgroup.procs` is
+/// open on `fds` ("0" means the writing process). Async-signal-safe; on failure errno
+/// says why.
 ///
 /// # Safety
 /// Only raw write(2) calls on descriptors the caller keeps open.
-pub unsafe fn join(fds: &[RawFd]) -> io::Result<()> {
-    for fd in fds {
-        if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+pub unsafe fn join(fds: &[RawFd]) -> bool {
+    fds.iter()
+        .all(|fd| libc::write(*fd, b"0".as_ptr().cast(), 1) == 1)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -159,7 +160,21 @@ impl LogFiles {
         let before = a.size.saturating_sub(a.pending.len() as u64);
         let ok = match &mut a.file {
             Some(f) => {
-                let written = f.write_all(&a.pending).is_ok();
+                // Reserve the space first: on a full disk nothing is written at all, so
+                // no reader ever sees half a line. (Filesystems without fallocate get
+                // the write-and-cut-back below.)
+                // SAFETY: f is an open file; the range is plain numbers.
+                let reserved = unsafe {
+                    libc::fallocate(
+                        f.as_raw_fd(),
+                        libc::FALLOC_FL_KEEP_SIZE,
+                        before as libc::off_t,
+                        a.pending.len() as libc::off_t,
+                    )
+                };
+                let no_space = reserved != 0
+                    && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSPC);
+                let written = !no_space && f.write_all(&a.pending).is_ok();
                 if !written {
                     // A write cut short (disk full) must not leave half a line behind:
                     // cut the file back to where this flush began.

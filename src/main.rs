@@ -35,6 +35,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 fn main() {
+    // Descriptors 0-2 must be open so that no pipe of ours is ever given one of them.
+    spawn::ensure_std_fds();
     // One malloc arena for every thread: with a thread per stream, per-thread arenas
     // would cost far more than the threads themselves.
     // SAFETY: mallopt has no memory preconditions and runs before any thread exists.

@@ -141,11 +141,11 @@ fn http_get(url: &str, timeout: Duration) -> Result<(), String> {
     };
     let io = |e: io::Error| format!("GET {url}: {e}");
     stream.set_write_timeout(Some(left())).map_err(io)?;
-    write!(
-        stream,
+    // One write: a server that answers after the first segment must see it all.
+    let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: orchestrator-health-check\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(io)?;
+    );
+    stream.write_all(request.as_bytes()).map_err(io)?;
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 256];
     while !head.contains(&b'\n') && head.len() < 4096 {
@@ -197,8 +197,14 @@ mod tests {
         let server = std::thread::spawn(move || {
             for (i, conn) in l.incoming().take(2).enumerate() {
                 let mut s = conn.unwrap();
+                let mut head = Vec::new();
                 let mut b = [0u8; 512];
-                let _ = s.read(&mut b);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
                 let status = if i == 0 { "200 OK" } else { "503 Busy" };
                 let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
             }

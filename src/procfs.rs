@@ -50,11 +50,6 @@ pub fn all() -> Vec<Stat> {
         .collect()
 }
 
-/// True if group `pgid` has a member that is not a zombie.
-pub fn group_alive(pgid: i32) -> bool {
-    all().iter().any(|s| s.pgrp == pgid && s.state != b'Z')
-}
-
 /// Our direct children (from /proc/self/task/*/children, else a scan of /proc).
 pub fn children() -> Vec<i32> {
     let me = std::process::id() as i32;

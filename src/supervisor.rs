@@ -99,6 +99,8 @@ pub struct Supervisor {
     /// SHA-256 of each binary, keyed by path, valid while size, mtime and inode match.
     binary_ids: HashMap<PathBuf, (FileVersion, String)>,
     prober: Prober,
+    /// Process groups with live members, scanned at most once per loop iteration.
+    live_groups: Option<HashSet<i32>>,
 }
 
 /// How the loop ended.
@@ -142,6 +144,7 @@ impl Supervisor {
             cgroups,
             binary_ids: HashMap::new(),
             prober,
+            live_groups: None,
         }
     }
 
@@ -184,6 +187,8 @@ impl Supervisor {
                 Some(d) => self.rx.recv_deadline(d),
                 None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
+            // Process states may have changed since the last scan.
+            self.live_groups = None;
             match received {
                 Ok(ev) => {
                     if let Some(outcome) = self.handle(ev) {
@@ -490,7 +495,7 @@ impl Supervisor {
                     }
                 }
                 Action::CheckGroup(pgid) => {
-                    let alive = procfs::group_alive(pgid) || !self.cgroups.members(name).is_empty();
+                    let alive = self.group_alive(name, pgid);
                     if let Some(e) = self.services.get_mut(name) {
                         if alive {
                             e.svc.group_alive(Instant::now());
@@ -583,7 +588,9 @@ impl Supervisor {
         };
         let cgroup_files = if self.cgroups.available() {
             // Whatever a previous run left in the cgroup goes before the next one starts.
-            self.cgroups.kill(name);
+            if e.cgroup_live {
+                self.cgroups.kill(name);
+            }
             match self.cgroups.prepare(name, limits) {
                 Ok(files) => {
                     e.cgroup_live = true;
@@ -643,6 +650,24 @@ impl Supervisor {
             }
         }
         e.svc.spawned(pid, gen, now)
+    }
+
+    /// Whether anything of a stopping service is left: its cgroup's members where it has
+    /// one (a superset of its process group), else the live members of its group, from a
+    /// /proc scan shared by every check of this loop iteration.
+    fn group_alive(&mut self, name: &str, pgid: i32) -> bool {
+        if self.services.get(name).is_some_and(|e| e.cgroup_live) {
+            return !self.cgroups.members(name).is_empty();
+        }
+        self.live_groups
+            .get_or_insert_with(|| {
+                procfs::all()
+                    .into_iter()
+                    .filter(|s| s.state != b'Z')
+                    .map(|s| s.pgrp)
+                    .collect()
+            })
+            .contains(&pgid)
     }
 
     fn is_probe(&self, service: &str, pid: i32) -> bool {

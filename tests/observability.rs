@@ -18,7 +18,7 @@ fn numbers_in_files(dir: &Path, svc: &str) -> (Vec<u64>, usize) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    panic!("log files of {svc} kept changing under the reader");
+    panic!("log files of {svc} never settled (a line split across files, or one ending mid-line)");
 }
 
 fn try_numbers_in_files(dir: &Path, svc: &str) -> Option<(Vec<u64>, usize)> {
@@ -39,11 +39,11 @@ fn try_numbers_in_files(dir: &Path, svc: &str) -> Option<(Vec<u64>, usize)> {
     let mut nums = Vec::new();
     for (_, f) in &files {
         let text = std::fs::read_to_string(f).ok()?;
-        assert!(
-            text.is_empty() || text.ends_with('\n'),
-            "{} ends mid-line",
-            f.display()
-        );
+        // A reader may catch a large write half done; a line split for good never
+        // settles, and the caller gives up on it.
+        if !text.is_empty() && !text.ends_with('\n') {
+            return None;
+        }
         for line in text.lines() {
             let n = line
                 .split_once("] stdout: ")

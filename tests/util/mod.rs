@@ -273,6 +273,8 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub pid: i32,
     log: Arc<Mutex<Vec<String>>>,
+    /// Closed when the reader of the daemon's stderr has seen EOF.
+    log_done: std::sync::mpsc::Receiver<()>,
     sandbox_dir: PathBuf,
 }
 
@@ -307,7 +309,9 @@ impl Daemon {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
+        let (done_tx, log_done) = std::sync::mpsc::channel::<()>();
         std::thread::spawn(move || {
+            let _done = done_tx;
             let mut r = BufReader::new(stderr);
             let mut buf = Vec::new();
             loop {
@@ -327,6 +331,7 @@ impl Daemon {
             pid: child.id() as i32,
             child: Some(child),
             log,
+            log_done,
             sandbox_dir: sb.dir.clone(),
         }
     }
@@ -378,6 +383,8 @@ impl Daemon {
         loop {
             if let Ok(Some(st)) = child.try_wait() {
                 self.child = None;
+                // Everything it wrote is read before the caller looks at the log.
+                let _ = self.log_done.recv_timeout(Duration::from_secs(5));
                 return Some(st.code().unwrap_or(-1));
             }
             if Instant::now() > end {
