@@ -21,7 +21,10 @@ use std::time::SystemTime;
 
 /// Records in flight between producers and the writer. With lines of at most
 /// `max_line_bytes`, this bounds the sink's memory.
-const QUEUE: usize = 512;
+const QUEUE: usize = 128;
+/// Formatted output is written in pieces of about this size (and whenever the queue
+/// runs empty).
+const OUT_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -38,19 +41,36 @@ impl Stream {
     }
 }
 
-/// One line (or chunk of a long line) a service wrote.
+/// The lines (or chunks of long lines) one read() of one stream produced. What they
+/// share is stored once; their text sits in one buffer: the per-line cost of the log
+/// path is a copy and an index entry, not allocations.
 #[derive(Debug)]
-pub struct LineRecord {
-    pub ts_ms: u64,
-    pub level: log::Level,
+pub struct Batch {
     pub service: Arc<str>,
     pub pid: i32,
     pub stream: Stream,
-    pub msg: String,
-    /// More of the same line follows in the next record.
-    pub partial: bool,
+    /// When the read returned.
+    pub ts_ms: u64,
     /// Counts lines of this service that could not be written to its log file.
     pub unwritten: Arc<AtomicU64>,
+    pub text: String,
+    pub lines: Vec<Line>,
+}
+
+/// One line of a batch: `text[start..end]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Line {
+    pub start: usize,
+    pub end: usize,
+    pub level: log::Level,
+    /// More of the same line follows in the next line.
+    pub partial: bool,
+}
+
+impl Batch {
+    pub fn msg(&self, line: &Line) -> &str {
+        self.text.get(line.start..line.end).unwrap_or("")
+    }
 }
 
 /// Something the orchestrator did to a service, or said about itself.
@@ -65,7 +85,8 @@ pub struct EventRecord {
 }
 
 pub enum SinkMsg {
-    Line(Arc<LineRecord>),
+    /// The lines one read() of one stream produced, in order.
+    Lines(Arc<Batch>),
     Event(EventRecord),
     /// A daemon record already formatted (by env_logger's format hook).
     Raw(String),
@@ -130,7 +151,7 @@ impl Sink {
             write_errors: Arc::new(AtomicU64::new(0)),
         };
         let writer = Writer {
-            out: io::BufWriter::with_capacity(64 * 1024, out),
+            out,
             filter: sink.filter.clone(),
             dropped: sink.dropped.clone(),
             buf: String::with_capacity(256),
@@ -138,6 +159,7 @@ impl Sink {
             files_setting: sink.files.clone(),
             files_generation: 0,
             write_errors: sink.write_errors.clone(),
+            prefix: String::with_capacity(96),
         };
         let handle = std::thread::Builder::new()
             .name("log-sink".into())
@@ -175,10 +197,10 @@ impl Sink {
         self.filter.format.load(Ordering::Relaxed) == LogFormat::Json as u8
     }
 
-    /// A service line: blocks while the queue is full (back-pressure).
+    /// Service lines: blocks while the queue is full (back-pressure).
     /// Returns false once the writer has gone.
-    pub fn line(&self, rec: Arc<LineRecord>) -> bool {
-        self.tx.send(SinkMsg::Line(rec)).is_ok()
+    pub fn lines(&self, batch: Arc<Batch>) -> bool {
+        self.tx.send(SinkMsg::Lines(batch)).is_ok()
     }
 
     /// A daemon record: never blocks; counted when it cannot be queued.
@@ -220,7 +242,8 @@ fn level_to_log(l: LogLevel) -> log::Level {
 }
 
 struct Writer {
-    out: io::BufWriter<Box<dyn Write + Send>>,
+    /// Unbuffered: `buf` is the buffer, written out when large or when the queue idles.
+    out: Box<dyn Write + Send>,
     filter: Arc<Filter>,
     dropped: Arc<AtomicU64>,
     buf: String,
@@ -228,6 +251,8 @@ struct Writer {
     files_setting: Arc<FilesSetting>,
     files_generation: u64,
     write_errors: Arc<AtomicU64>,
+    /// The text prefix of the batch being written.
+    prefix: String,
 }
 
 impl Writer {
@@ -249,19 +274,40 @@ impl Writer {
             self.refresh_files();
             let max = self.filter.level.load(Ordering::Relaxed);
             let json = self.filter.format.load(Ordering::Relaxed) == LogFormat::Json as u8;
-            self.buf.clear();
             match msg {
-                SinkMsg::Line(rec) => {
-                    let shown = level_rank(rec.level) <= max;
-                    if shown || self.files.is_some() {
-                        format_line(&mut self.buf, &rec, json);
+                SinkMsg::Lines(batch) => {
+                    // `svc[pid] stream: ` is the same for every line of a batch.
+                    if !json {
+                        self.prefix.clear();
+                        self.prefix.push_str(&batch.service);
+                        self.prefix.push('[');
+                        push_int(&mut self.prefix, batch.pid);
+                        self.prefix.push_str("] ");
+                        self.prefix.push_str(batch.stream.as_str());
+                        self.prefix.push_str(": ");
                     }
-                    // The service's file gets every line, whatever the level filter.
-                    if let Some(files) = &mut self.files {
-                        files.write(&rec.service, self.buf.as_bytes(), &rec.unwritten);
-                    }
-                    if !shown {
-                        self.buf.clear();
+                    for line in &batch.lines {
+                        let shown = level_rank(line.level) <= max;
+                        if !shown && self.files.is_none() {
+                            continue;
+                        }
+                        let start = self.buf.len();
+                        if json {
+                            format_line(&mut self.buf, &batch, line, true);
+                        } else {
+                            format_text(&mut self.buf, &batch, line, &self.prefix);
+                        }
+                        // The service's file gets every line, whatever the level filter.
+                        if let Some(files) = &mut self.files {
+                            files.write(
+                                &batch.service,
+                                &self.buf.as_bytes()[start..],
+                                &batch.unwritten,
+                            );
+                        }
+                        if !shown {
+                            self.buf.truncate(start);
+                        }
                     }
                 }
                 SinkMsg::Event(rec) => {
@@ -292,19 +338,28 @@ impl Writer {
                 reported_drops = dropped;
                 format_event(&mut self.buf, &rec, json);
             }
-            if !self.buf.is_empty() {
-                // A failed write (stderr closed, disk full) must not stop the writer:
-                // readers would block forever. It is counted; the per-service log
-                // files (when set) keep their own copy.
-                if self.out.write_all(self.buf.as_bytes()).is_err() {
-                    self.write_errors.fetch_add(1, Ordering::Relaxed);
-                }
+            if self.buf.len() >= OUT_CHUNK {
+                self.write_out();
             }
         }
         self.flush_all();
     }
 
+    /// Writes what is formatted. A failed write (stderr closed, disk full) must not stop
+    /// the writer, or readers would block forever: it is counted, and the per-service
+    /// log files (when set) keep their own copy.
+    fn write_out(&mut self) {
+        if !self.buf.is_empty() && self.out.write_all(self.buf.as_bytes()).is_err() {
+            self.write_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.buf.clear();
+        if self.buf.capacity() > 4 * OUT_CHUNK {
+            self.buf.shrink_to(OUT_CHUNK);
+        }
+    }
+
     fn flush_all(&mut self) {
+        self.write_out();
         if self.out.flush().is_err() {
             self.write_errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -359,42 +414,86 @@ fn level_json(l: log::Level) -> &'static str {
 
 /// Text: `2026-11-27T05:53:17.123Z INFO  echo[1234] stdout: hello`.
 /// JSON: `{"ts":..,"level":..,"service":..,"pid":..,"stream":..,"msg":..}`.
-pub fn format_line(out: &mut String, rec: &LineRecord, json: bool) {
+pub fn format_line(out: &mut String, b: &Batch, line: &Line, json: bool) {
+    // Pieces pushed one by one, without the fmt machinery: this runs for every line.
     if json {
         out.push_str("{\"ts\":\"");
-        timefmt::push_rfc3339(out, rec.ts_ms);
-        let _ = write!(
-            out,
-            "\",\"level\":\"{}\",\"service\":",
-            level_json(rec.level)
-        );
-        push_json_str(out, &rec.service);
-        let _ = write!(
-            out,
-            ",\"pid\":{},\"stream\":\"{}\",\"msg\":",
-            rec.pid,
-            rec.stream.as_str()
-        );
-        push_json_str(out, &rec.msg);
-        if rec.partial {
+        timefmt::push_rfc3339(out, b.ts_ms);
+        out.push_str("\",\"level\":\"");
+        out.push_str(level_json(line.level));
+        out.push_str("\",\"service\":");
+        push_json_str(out, &b.service);
+        out.push_str(",\"pid\":");
+        push_int(out, b.pid);
+        out.push_str(",\"stream\":\"");
+        out.push_str(b.stream.as_str());
+        out.push_str("\",\"msg\":");
+        push_json_str(out, b.msg(line));
+        if line.partial {
             out.push_str(",\"partial\":true");
         }
         out.push_str("}\n");
     } else {
-        timefmt::push_rfc3339(out, rec.ts_ms);
-        let _ = write!(
-            out,
-            " {:<5} {}[{}] {}: {}",
-            level_name(rec.level),
-            rec.service,
-            rec.pid,
-            rec.stream.as_str(),
-            rec.msg
-        );
-        if rec.partial {
+        timefmt::push_rfc3339(out, b.ts_ms);
+        out.push(' ');
+        out.push_str(level_padded(line.level));
+        out.push(' ');
+        out.push_str(&b.service);
+        out.push('[');
+        push_int(out, b.pid);
+        out.push_str("] ");
+        out.push_str(b.stream.as_str());
+        out.push_str(": ");
+        out.push_str(b.msg(line));
+        if line.partial {
             out.push_str(" [...]");
         }
         out.push('\n');
+    }
+}
+
+/// The text form with the batch's `svc[pid] stream: ` already rendered.
+fn format_text(out: &mut String, b: &Batch, line: &Line, prefix: &str) {
+    timefmt::push_rfc3339(out, b.ts_ms);
+    out.push(' ');
+    out.push_str(level_padded(line.level));
+    out.push(' ');
+    out.push_str(prefix);
+    out.push_str(b.msg(line));
+    if line.partial {
+        out.push_str(" [...]");
+    }
+    out.push('\n');
+}
+
+/// The level name padded to five columns, as `{:<5}` would.
+fn level_padded(l: log::Level) -> &'static str {
+    match l {
+        log::Level::Error => "ERROR",
+        log::Level::Warn => "WARN ",
+        log::Level::Info => "INFO ",
+        log::Level::Debug => "DEBUG",
+        log::Level::Trace => "TRACE",
+    }
+}
+
+fn push_int(out: &mut String, n: i32) {
+    if n < 0 {
+        out.push('-');
+    }
+    let mut v = n.unsigned_abs();
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for d in &digits[i..] {
+        out.push(*d as char);
     }
 }
 
@@ -436,19 +535,29 @@ pub fn format_event(out: &mut String, rec: &EventRecord, json: bool) {
 /// Appends `s` as a JSON string literal.
 pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    // Copy runs that need no escaping in one go; only ASCII bytes are ever escaped,
+    // so the run boundaries are character boundaries.
+    let bytes = s.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[run..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{:04x}", b);
+        } else {
+            out.push_str(esc);
         }
+        run = i + 1;
     }
+    out.push_str(&s[run..]);
     out.push('"');
 }
 
@@ -516,24 +625,30 @@ mod tests {
 
     #[test]
     fn text_and_json_lines() {
-        let rec = LineRecord {
-            ts_ms: 1_795_758_797_123,
+        let text = "hello \"x\"".to_string();
+        let line = Line {
+            start: 0,
+            end: text.len(),
             level: log::Level::Info,
+            partial: false,
+        };
+        let rec = Batch {
+            ts_ms: 1_795_758_797_123,
             service: "echo".into(),
             pid: 1234,
             stream: Stream::Stdout,
-            msg: "hello \"x\"".into(),
-            partial: false,
             unwritten: Arc::default(),
+            text,
+            lines: vec![line],
         };
         let mut s = String::new();
-        format_line(&mut s, &rec, false);
+        format_line(&mut s, &rec, &line, false);
         assert_eq!(
             s,
             "2026-11-27T05:53:17.123Z INFO  echo[1234] stdout: hello \"x\"\n"
         );
         s.clear();
-        format_line(&mut s, &rec, true);
+        format_line(&mut s, &rec, &line, true);
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["msg"], "hello \"x\"");
         assert_eq!(v["service"], "echo");

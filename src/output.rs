@@ -6,7 +6,7 @@
 //! Memory per reader is bounded by `max_line_bytes` plus one read, and an idle reader
 //! holds no buffer at all: it waits in poll() and allocates only when data arrives.
 
-use crate::log::{LineRecord, Sink, Stream};
+use crate::log::{Batch, Line, Sink, Stream};
 use crate::timefmt;
 use std::collections::VecDeque;
 use std::io;
@@ -20,32 +20,64 @@ pub const RING_LINES: usize = 1000;
 /// Bytes kept per service for `logs`, whatever the line lengths: the ring never holds more
 /// than this, so a service writing huge lines cannot make the daemon big.
 pub const RING_BYTES: usize = 1024 * 1024;
-/// How much one read() takes at most.
-const READ_CHUNK: usize = 16 * 1024;
+/// How much one read() takes at most: a full pipe (64 KiB by default) in one go.
+const READ_CHUNK: usize = 64 * 1024;
+/// Under a flood, how long a reader lets the pipe fill before it reads again.
+///
+/// The kernel wakes a pipe's reader each time the pipe goes from empty to non-empty, so
+/// a reader that keeps up is woken for almost every write, and a wake-up (poll, read,
+/// scheduling, one batch to the log writer) costs far more than a line. When reads come
+/// back to back, pausing this long lets a few hundred lines gather, read in one go. A
+/// service that writes now and then is never delayed: the pause applies only while the
+/// previous read was less than FLOOD ago.
+const COALESCE: std::time::Duration = std::time::Duration::from_micros(200);
+const FLOOD: std::time::Duration = std::time::Duration::from_millis(2);
 const READER_STACK: usize = 128 * 1024;
 
-/// The last lines of one service, shared by its readers and the control plane.
+/// The last lines of one service, shared by its readers and the control plane. It
+/// keeps whole batches (the ones the log writer got, shared, not copied) and drops the
+/// oldest batch once the others hold RING_LINES lines, or once it holds more than
+/// RING_BYTES; so it holds at least the last RING_LINES lines (within the byte cap).
 #[derive(Default)]
 pub struct Ring {
-    lines: VecDeque<Arc<LineRecord>>,
+    batches: VecDeque<Arc<Batch>>,
+    lines: usize,
     bytes: usize,
 }
 
 impl Ring {
-    pub fn push(&mut self, rec: Arc<LineRecord>) {
-        self.bytes += rec.msg.len();
-        self.lines.push_back(rec);
-        while self.lines.len() > RING_LINES || (self.bytes > RING_BYTES && self.lines.len() > 1) {
-            if let Some(old) = self.lines.pop_front() {
-                self.bytes -= old.msg.len();
+    pub fn push(&mut self, batch: Arc<Batch>) {
+        self.lines += batch.lines.len();
+        self.bytes += batch.text.len();
+        self.batches.push_back(batch);
+        while let Some(front) = self.batches.front() {
+            let rest = self.lines - front.lines.len();
+            let too_many = rest >= RING_LINES;
+            let too_big = self.bytes > RING_BYTES && self.batches.len() > 1;
+            if !(too_many || too_big) {
+                break;
             }
+            self.lines = rest;
+            self.bytes -= front.text.len();
+            self.batches.pop_front();
         }
     }
 
-    /// The last `n` records, oldest first.
-    pub fn tail(&self, n: usize) -> Vec<Arc<LineRecord>> {
-        let skip = self.lines.len().saturating_sub(n);
-        self.lines.iter().skip(skip).cloned().collect()
+    /// The last `n` lines (at most RING_LINES), oldest first, with their batch.
+    pub fn tail(&self, n: usize) -> Vec<(Arc<Batch>, Line)> {
+        let n = n.min(RING_LINES);
+        let mut out = Vec::with_capacity(n.min(self.lines));
+        for b in self.batches.iter().rev() {
+            for line in b.lines.iter().rev() {
+                if out.len() == n {
+                    out.reverse();
+                    return out;
+                }
+                out.push((b.clone(), *line));
+            }
+        }
+        out.reverse();
+        out
     }
 }
 
@@ -78,45 +110,53 @@ pub fn spawn_reader(fd: OwnedFd, ctx: ReaderCtx) -> io::Result<()> {
 }
 
 fn read_loop(fd: OwnedFd, ctx: ReaderCtx) {
-    let mut splitter = Splitter::new(ctx.max_line);
-    let mut buf: Vec<u8> = Vec::new();
+    // The unfinished end of the last line, carried into the next buffer.
+    let mut carry: Vec<u8> = Vec::new();
+    // A full read suggests more is waiting: read again without asking poll first.
+    let mut more = false;
+    let mut last_read: Option<std::time::Instant> = None;
     loop {
-        if buf.capacity() == 0 && !wait_readable(&fd) {
+        if !more && last_read.is_some_and(|t| t.elapsed() < FLOOD) {
+            std::thread::sleep(COALESCE);
+        }
+        // Wait before allocating: an idle reader holds no buffer at all.
+        if !more && !wait_readable(&fd) {
             break;
         }
-        if buf.capacity() < READ_CHUNK {
-            buf.reserve_exact(READ_CHUNK);
-        }
-        buf.clear();
-        // SAFETY: the pointer and length describe buf's spare capacity, which read()
-        // may fill; set_len below covers only the bytes it reported.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.capacity()) };
-        if n < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
+        // Read straight into the buffer that becomes the batch's text: no copy.
+        let mut buf: Vec<u8> = Vec::with_capacity(carry.len() + READ_CHUNK);
+        buf.extend_from_slice(&carry);
+        let n = loop {
+            // SAFETY: the pointer and length describe buf's spare capacity, which read()
+            // may fill; set_len below covers only the bytes it reported.
+            let n = unsafe {
+                libc::read(
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr().add(buf.len()).cast(),
+                    buf.capacity() - buf.len(),
+                )
+            };
+            if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break n;
             }
+        };
+        if n <= 0 {
             break;
         }
-        if n == 0 {
-            break;
-        }
-        // SAFETY: read() initialised the first n bytes.
-        unsafe { buf.set_len(n as usize) };
-        let mut alive = true;
-        splitter.feed(&buf, |chunk, partial| {
-            alive &= emit(&ctx, chunk, partial);
-        });
-        if !alive {
-            break;
-        }
-        if splitter.is_empty() {
-            // Between bursts, hold no buffer: an idle service costs only the thread.
-            buf = Vec::new();
+        more = n as usize == READ_CHUNK;
+        last_read = Some(std::time::Instant::now());
+        // SAFETY: read() initialised n more bytes after the carried ones.
+        unsafe { buf.set_len(buf.len() + n as usize) };
+        let mut ranges = Vec::with_capacity(n as usize / 48 + 1);
+        carry = split(&mut buf, ctx.max_line, false, &mut ranges);
+        if !deliver(&ctx, make_batch(&ctx.head(), buf, &ranges)) {
+            return;
         }
     }
-    splitter.finish(|chunk, partial| {
-        emit(&ctx, chunk, partial);
-    });
+    // End of stream: the unfinished line is the last one.
+    let mut ranges = Vec::new();
+    split(&mut carry, ctx.max_line, true, &mut ranges);
+    deliver(&ctx, make_batch(&ctx.head(), carry, &ranges));
 }
 
 /// Blocks until the pipe has data or is closed. No timeout: this is a wait, not a poll.
@@ -138,33 +178,87 @@ fn wait_readable(fd: &OwnedFd) -> bool {
     }
 }
 
-/// Hands one line to the ring, the counters and the sink. False when the sink is gone.
-fn emit(ctx: &ReaderCtx, bytes: &[u8], partial: bool) -> bool {
-    let msg = String::from_utf8_lossy(bytes).into_owned();
-    let default = match ctx.stream {
-        Stream::Stdout => log::Level::Info,
-        Stream::Stderr => log::Level::Warn,
-    };
-    let level = json_level(&msg).unwrap_or(default);
-    let rec = Arc::new(LineRecord {
-        ts_ms: timefmt::unix_ms(SystemTime::now()),
-        level,
-        service: ctx.service.clone(),
-        pid: ctx.pid,
-        stream: ctx.stream,
-        msg,
-        partial,
-        unwritten: ctx.counters.file_unwritten.clone(),
-    });
+/// Hands the lines of one read to the ring, the counters and the sink, in one go.
+/// False when the sink is gone.
+fn deliver(ctx: &ReaderCtx, batch: Batch) -> bool {
+    if batch.lines.is_empty() {
+        return true;
+    }
     match ctx.stream {
         Stream::Stdout => &ctx.counters.stdout_lines,
         Stream::Stderr => &ctx.counters.stderr_lines,
     }
-    .fetch_add(1, Ordering::Relaxed);
+    .fetch_add(batch.lines.len() as u64, Ordering::Relaxed);
+    let batch = Arc::new(batch);
     if let Ok(mut ring) = ctx.ring.lock() {
-        ring.push(rec.clone());
+        ring.push(batch.clone());
     }
-    ctx.sink.line(rec)
+    ctx.sink.lines(batch)
+}
+
+/// The batch for `buf`, whose lines are `ranges` (start, end, partial). Valid UTF-8
+/// (the usual case) is taken as it is; otherwise each line is rebuilt with invalid
+/// sequences replaced.
+fn make_batch(head: &Head, mut buf: Vec<u8>, ranges: &[(usize, usize, bool)]) -> Batch {
+    let default = match head.stream {
+        Stream::Stdout => log::Level::Info,
+        Stream::Stderr => log::Level::Warn,
+    };
+    if buf.capacity() - buf.len() > 1024 {
+        // The ring may keep this batch a while: keep what it holds, not what it might.
+        buf.shrink_to_fit();
+    }
+    let (text, ranges): (String, Vec<(usize, usize, bool)>) = match String::from_utf8(buf) {
+        Ok(text) => (text, ranges.to_vec()),
+        Err(e) => {
+            let bytes = e.into_bytes();
+            let mut text = String::with_capacity(bytes.len());
+            let mut fixed = Vec::with_capacity(ranges.len());
+            for &(s, e, partial) in ranges {
+                let start = text.len();
+                text.push_str(&String::from_utf8_lossy(&bytes[s..e]));
+                fixed.push((start, text.len(), partial));
+            }
+            (text, fixed)
+        }
+    };
+    let lines = ranges
+        .iter()
+        .map(|&(start, end, partial)| Line {
+            start,
+            end,
+            level: json_level(&text[start..end]).unwrap_or(default),
+            partial,
+        })
+        .collect();
+    Batch {
+        service: head.service.clone(),
+        pid: head.pid,
+        stream: head.stream,
+        ts_ms: timefmt::unix_ms(SystemTime::now()),
+        unwritten: head.unwritten.clone(),
+        text,
+        lines,
+    }
+}
+
+/// What every batch of one reader shares.
+struct Head {
+    service: Arc<str>,
+    pid: i32,
+    stream: Stream,
+    unwritten: Arc<AtomicU64>,
+}
+
+impl ReaderCtx {
+    fn head(&self) -> Head {
+        Head {
+            service: self.service.clone(),
+            pid: self.pid,
+            stream: self.stream,
+            unwritten: self.counters.file_unwritten.clone(),
+        }
+    }
 }
 
 /// The `level` of a line that is a JSON object with one, as a log level.
@@ -192,99 +286,91 @@ pub fn json_level(line: &str) -> Option<log::Level> {
     })
 }
 
-/// Cuts a byte stream into lines of at most `max` bytes. A longer line becomes chunks,
-/// each but the last marked partial; chunks end on a UTF-8 character boundary when one
-/// lies in the last 3 bytes, so a character is not cut in two.
-pub struct Splitter {
+/// Cuts `buf` (an unfinished line carried from before, then fresh data) into lines of
+/// at most `max` bytes, pushing `(start, end, partial)` ranges (newlines excluded). A
+/// longer line becomes chunks, each but the last marked partial; a chunk ends on a
+/// UTF-8 character boundary when one lies in its last 3 bytes, so a character is not
+/// cut in two. Unless `eof`, an unfinished tail (at most `max` bytes) is cut off `buf`
+/// and returned, to start the next buffer; memory stays bounded by `max` plus one read.
+pub fn split(
+    buf: &mut Vec<u8>,
     max: usize,
-    pending: Vec<u8>,
+    eof: bool,
+    out: &mut Vec<(usize, usize, bool)>,
+) -> Vec<u8> {
+    let max = max.max(1);
+    let mut start = 0;
+    while let Some(nl) = find_newline(&buf[start..]) {
+        let end = start + nl;
+        chunks(buf, start, end, max, true, out);
+        start = end + 1;
+    }
+    if eof {
+        if start < buf.len() {
+            chunks(buf, start, buf.len(), max, true, out);
+        }
+        return Vec::new();
+    }
+    // Unfinished: what exceeds the limit already goes out as partial chunks.
+    start = chunks(buf, start, buf.len(), max, false, out);
+    let tail = buf[start..].to_vec();
+    buf.truncate(start);
+    tail
 }
 
-impl Splitter {
-    pub fn new(max: usize) -> Splitter {
-        Splitter {
-            max: max.max(1),
-            pending: Vec::new(),
+/// The first `\n` in `s`, eight bytes at a time (a zero byte in `word ^ 0x0a0a..`
+/// sets that byte's high bit in `(x - 0x0101..) & !x & 0x8080..`).
+fn find_newline(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const NL: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+    let mut i = 0;
+    while i + 8 <= s.len() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&s[i..i + 8]);
+        let x = u64::from_le_bytes(word) ^ NL;
+        if x.wrapping_sub(ONES) & !x & HIGH != 0 {
+            break;
         }
+        i += 8;
     }
+    s[i..].iter().position(|&b| b == b'\n').map(|p| i + p)
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+/// Pushes `buf[start..end]` as chunks of at most `max` bytes. With `last`, the final
+/// chunk is pushed as the end of the line; without, the final piece (at most `max`
+/// bytes) is left: its start is returned.
+fn chunks(
+    buf: &[u8],
+    mut start: usize,
+    end: usize,
+    max: usize,
+    last: bool,
+    out: &mut Vec<(usize, usize, bool)>,
+) -> usize {
+    while end - start > max {
+        let cut = cut_at(&buf[start..end], max);
+        out.push((start, start + cut, true));
+        start += cut;
     }
-
-    pub fn feed(&mut self, mut data: &[u8], mut out: impl FnMut(&[u8], bool)) {
-        while !data.is_empty() {
-            match data.iter().position(|&b| b == b'\n') {
-                Some(i) => {
-                    let (line, rest) = (&data[..i], &data[i + 1..]);
-                    if self.pending.is_empty() {
-                        self.emit_full(line, &mut out);
-                    } else {
-                        self.pending.extend_from_slice(line);
-                        let p = std::mem::take(&mut self.pending);
-                        self.emit_full(&p, &mut out);
-                        self.pending = p;
-                        self.pending.clear();
-                    }
-                    data = rest;
-                }
-                None => {
-                    self.pending.extend_from_slice(data);
-                    data = &[];
-                    self.drain_long(&mut out);
-                }
-            }
-        }
-        if self.pending.is_empty() && self.pending.capacity() > 4096 {
-            self.pending = Vec::new();
-        }
+    if last {
+        out.push((start, end, false));
+        return end;
     }
+    start
+}
 
-    /// The stream ended: whatever is pending is the last line.
-    pub fn finish(&mut self, mut out: impl FnMut(&[u8], bool)) {
-        if !self.pending.is_empty() {
-            let p = std::mem::take(&mut self.pending);
-            self.emit_full(&p, &mut out);
-        }
+/// Where to cut a too-long piece: at `max`, or up to 3 bytes earlier so as not to cut a
+/// UTF-8 character in two.
+fn cut_at(piece: &[u8], max: usize) -> usize {
+    let mut cut = max;
+    while cut > max.saturating_sub(3) && cut > 1 && (piece[cut] & 0xC0) == 0x80 {
+        cut -= 1;
     }
-
-    /// A complete line: in chunks if it is too long.
-    fn emit_full(&self, mut line: &[u8], out: &mut impl FnMut(&[u8], bool)) {
-        while line.len() > self.max {
-            let cut = self.cut_at(line);
-            out(&line[..cut], true);
-            line = &line[cut..];
-        }
-        out(line, false);
-    }
-
-    /// An unterminated line that already exceeds the limit: emit full chunks now so that
-    /// memory stays bounded.
-    fn drain_long(&mut self, out: &mut impl FnMut(&[u8], bool)) {
-        let mut start = 0;
-        while self.pending.len() - start > self.max {
-            let cut = self.cut_at(&self.pending[start..]);
-            out(&self.pending[start..start + cut], true);
-            start += cut;
-        }
-        if start > 0 {
-            self.pending.drain(..start);
-        }
-    }
-
-    fn cut_at(&self, line: &[u8]) -> usize {
-        let mut cut = self.max;
-        // Step back over UTF-8 continuation bytes (at most 3) to a character start.
-        let mut back = 0;
-        while back < 3 && cut > 1 && (line[cut] & 0xC0) == 0x80 {
-            cut -= 1;
-            back += 1;
-        }
-        if (line[cut] & 0xC0) == 0x80 {
-            self.max
-        } else {
-            cut
-        }
+    if (piece[cut] & 0xC0) == 0x80 {
+        max
+    } else {
+        cut
     }
 }
 
@@ -292,22 +378,48 @@ impl Splitter {
 mod tests {
     use super::*;
 
+    /// Feeds `parts` as successive reads; the lines as (text, partial).
     fn split(max: usize, parts: &[&[u8]], finish: bool) -> Vec<(String, bool)> {
-        let mut s = Splitter::new(max);
+        let mut carry = Vec::new();
         let mut out = Vec::new();
         for p in parts {
-            s.feed(p, |c, partial| {
-                out.push((String::from_utf8_lossy(c).into_owned(), partial))
-            });
+            let mut buf = carry.clone();
+            buf.extend_from_slice(p);
+            let mut ranges = Vec::new();
+            carry = super::split(&mut buf, max, false, &mut ranges);
+            assert!(carry.len() <= max.max(1));
+            for (s, e, partial) in ranges {
+                out.push((String::from_utf8_lossy(&buf[s..e]).into_owned(), partial));
+            }
         }
         if finish {
-            s.finish(|c, partial| out.push((String::from_utf8_lossy(c).into_owned(), partial)));
+            let mut ranges = Vec::new();
+            super::split(&mut carry, max, true, &mut ranges);
+            for (s, e, partial) in ranges {
+                out.push((String::from_utf8_lossy(&carry[s..e]).into_owned(), partial));
+            }
         }
         out
     }
 
     fn full(v: &[&str]) -> Vec<(String, bool)> {
         v.iter().map(|s| (s.to_string(), false)).collect()
+    }
+
+    #[test]
+    fn newline_search_matches_the_naive_one() {
+        let mut data = vec![b'a'; 200];
+        assert_eq!(find_newline(&data), None);
+        for pos in [0, 1, 7, 8, 9, 63, 64, 199] {
+            data[pos] = b'\n';
+            for start in 0..=pos {
+                let naive = data[start..].iter().position(|&b| b == b'\n');
+                assert_eq!(find_newline(&data[start..]), naive, "{pos} {start}");
+            }
+            data[pos] = 0x8a; // high bit set, not a newline
+            assert_eq!(find_newline(&data), None);
+            data[pos] = b'a';
+        }
     }
 
     #[test]
@@ -340,20 +452,13 @@ mod tests {
 
     #[test]
     fn unterminated_long_line_is_bounded() {
-        let mut s = Splitter::new(8);
-        let mut n = 0;
-        for _ in 0..1000 {
-            s.feed(&[b'x'; 100], |c, partial| {
-                assert!(c.len() <= 8 && partial);
-                n += c.len();
-            });
-            assert!(s.pending.len() <= 8);
-        }
-        s.finish(|c, partial| {
-            assert!(!partial);
-            n += c.len();
-        });
-        assert_eq!(n, 100_000);
+        let parts: Vec<Vec<u8>> = (0..1000).map(|_| vec![b'x'; 100]).collect();
+        let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        let out = split(8, &refs, true);
+        assert!(out.iter().all(|(c, _)| c.len() <= 8));
+        assert!(out[..out.len() - 1].iter().all(|(_, partial)| *partial));
+        assert!(!out.last().unwrap().1);
+        assert_eq!(out.iter().map(|(c, _)| c.len()).sum::<usize>(), 100_000);
     }
 
     #[test]
@@ -382,33 +487,67 @@ mod tests {
         assert_eq!(json_level("{broken"), None);
     }
 
-    #[test]
-    fn ring_bounds_lines_and_bytes() {
-        let mut r = Ring::default();
-        for i in 0..1500 {
-            r.push(Arc::new(LineRecord {
-                ts_ms: 0,
-                level: log::Level::Info,
-                service: "s".into(),
-                pid: 1,
-                stream: Stream::Stdout,
-                msg: format!("{i}"),
-                partial: false,
-                unwritten: Arc::default(),
-            }));
-        }
-        assert_eq!(r.lines.len(), RING_LINES);
-        assert_eq!(r.tail(2)[1].msg, "1499");
-        r.push(Arc::new(LineRecord {
-            ts_ms: 0,
-            level: log::Level::Info,
+    fn batch(lines: &[&str]) -> Arc<Batch> {
+        let head = Head {
             service: "s".into(),
             pid: 1,
             stream: Stream::Stdout,
-            msg: "x".repeat(RING_BYTES),
-            partial: false,
             unwritten: Arc::default(),
-        }));
-        assert_eq!(r.lines.len(), 1);
+        };
+        let mut buf = lines.join("\n").into_bytes();
+        let mut ranges = Vec::new();
+        super::split(&mut buf, 1 << 20, true, &mut ranges);
+        Arc::new(make_batch(&head, buf, &ranges))
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_batch_is_replaced_line_by_line() {
+        let head = Head {
+            service: "s".into(),
+            pid: 1,
+            stream: Stream::Stderr,
+            unwritten: Arc::default(),
+        };
+        let mut buf = b"ok\na\xffb\nend".to_vec();
+        let mut ranges = Vec::new();
+        super::split(&mut buf, 100, true, &mut ranges);
+        let b = make_batch(&head, buf, &ranges);
+        let msgs: Vec<&str> = b.lines.iter().map(|l| b.msg(l)).collect();
+        assert_eq!(msgs, ["ok", "a\u{fffd}b", "end"]);
+        assert!(b.lines.iter().all(|l| l.level == log::Level::Warn));
+    }
+
+    #[test]
+    fn ring_keeps_the_last_lines_within_the_caps() {
+        let mut r = Ring::default();
+        for i in 0..500 {
+            let a = format!("{}", 3 * i);
+            let b = format!("{}", 3 * i + 1);
+            let c = format!("{}", 3 * i + 2);
+            r.push(batch(&[&a, &b, &c]));
+        }
+        assert!(
+            r.lines >= RING_LINES && r.lines < RING_LINES + 3,
+            "{}",
+            r.lines
+        );
+        let all = r.tail(5000);
+        assert_eq!(all.len(), RING_LINES);
+        let msgs: Vec<String> = all.iter().map(|(b, l)| b.msg(l).to_string()).collect();
+        assert_eq!(msgs.first().unwrap(), &(1500 - RING_LINES).to_string());
+        assert_eq!(msgs.last().unwrap(), "1499");
+        let two = r.tail(2);
+        assert_eq!(two[0].0.msg(&two[0].1), "1498");
+        r.push(batch(&[&"x".repeat(RING_BYTES)]));
+        assert_eq!(r.batches.len(), 1, "the byte cap drops everything older");
+        assert_eq!(r.tail(10).len(), 1);
+    }
+
+    #[test]
+    fn batch_levels_follow_stream_and_json() {
+        let b = batch(&["plain", r#"{"level":"error"}"#]);
+        assert_eq!(b.lines[0].level, log::Level::Info);
+        assert_eq!(b.lines[1].level, log::Level::Error);
+        assert_eq!(b.msg(&b.lines[1]), r#"{"level":"error"}"#);
     }
 }

@@ -929,13 +929,13 @@ impl Supervisor {
         };
         let lines: Vec<serde_json::Value> = lines
             .iter()
-            .map(|l| {
+            .map(|(b, l)| {
                 json!({
-                    "ts": timefmt::rfc3339(l.ts_ms),
+                    "ts": timefmt::rfc3339(b.ts_ms),
                     "level": l.level.as_str().to_ascii_lowercase(),
-                    "pid": l.pid,
-                    "stream": l.stream.as_str(),
-                    "msg": l.msg,
+                    "pid": b.pid,
+                    "stream": b.stream.as_str(),
+                    "msg": b.msg(l),
                     "partial": l.partial,
                 })
             })

@@ -12,8 +12,42 @@ pub fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+thread_local! {
+    /// The last second formatted on this thread, as `2026-11-27T05:53:17.`: log lines
+    /// come in bursts within one second, and the calendar arithmetic is then done once.
+    static LAST: std::cell::RefCell<(u64, [u8; 20])> = const { std::cell::RefCell::new((u64::MAX, [0; 20])) };
+}
+
 /// Appends `2026-11-27T05:53:17.123Z` for `ms` milliseconds since the epoch.
 pub fn push_rfc3339(out: &mut String, ms: u64) {
+    let secs = ms / 1000;
+    let frac = (ms % 1000) as u32;
+    let cached = LAST.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let mut s = String::with_capacity(24);
+            push_rfc3339_slow(&mut s, secs * 1000);
+            if s.len() != 24 {
+                return false; // Years beyond 9999: no cache, format in full.
+            }
+            c.1.copy_from_slice(&s.as_bytes()[..20]);
+            c.0 = secs;
+        }
+        // The cached bytes are ASCII digits and punctuation written above.
+        out.push_str(std::str::from_utf8(&c.1).unwrap_or_default());
+        true
+    });
+    if !cached {
+        push_rfc3339_slow(out, ms);
+        return;
+    }
+    out.push((b'0' + (frac / 100) as u8) as char);
+    out.push((b'0' + (frac / 10 % 10) as u8) as char);
+    out.push((b'0' + (frac % 10) as u8) as char);
+    out.push('Z');
+}
+
+fn push_rfc3339_slow(out: &mut String, ms: u64) {
     let secs = ms / 1000;
     let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
@@ -51,6 +85,23 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_seconds_match_the_slow_path() {
+        for ms in [
+            0u64,
+            999,
+            1000,
+            1_795_758_797_123,
+            1_795_758_797_999,
+            1_795_758_798_000,
+            5,
+        ] {
+            let mut slow = String::new();
+            push_rfc3339_slow(&mut slow, ms);
+            assert_eq!(rfc3339(ms), slow);
+        }
+    }
 
     #[test]
     fn formats_epoch_and_known_dates() {

@@ -1,0 +1,653 @@
+#!/usr/bin/env python3
+"""Benchmarks: orchestrator against supervisord, s6 and runit, on the same machine in
+the same run, for the workloads of issue 7. Prints one table of figures and ratios
+(orchestrator / best anchor), plus the scale curve of orchestrator.
+
+Every workload runs in a fresh temp dir and kills, by PID, every process it started.
+Standard library only. Run through `make bench` (bench/run.sh installs what is missing).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+ORCH = os.path.join(ROOT, "target", "release", "orchestrator")
+SLEEP_ARG = "86399.5"  # a marker: only our services run `sleep 86399.5`
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- /proc helpers
+
+def read(path, default=""):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return default
+
+
+def stat_fields(pid):
+    s = read(f"/proc/{pid}/stat")
+    if not s:
+        return None
+    close = s.rfind(")")
+    return [s[: s.find(" ")], s[s.find("(") + 1 : close]] + s[close + 2 :].split()
+
+
+def all_pids():
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def children_map():
+    kids = {}
+    for pid in all_pids():
+        f = stat_fields(pid)
+        if f:
+            kids.setdefault(int(f[3]), []).append(pid)
+    return kids
+
+
+def descendants(root):
+    kids, out, todo = children_map(), [], [root]
+    while todo:
+        p = todo.pop()
+        for c in kids.get(p, []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def cmdline(pid):
+    return read(f"/proc/{pid}/cmdline").replace("\0", " ").strip()
+
+
+def count_sleepers():
+    n = 0
+    for pid in all_pids():
+        c = read(f"/proc/{pid}/cmdline")
+        if c.endswith(SLEEP_ARG + "\0") and "sleep" in c:
+            f = stat_fields(pid)
+            if f and f[2] != "Z":
+                n += 1
+    return n
+
+
+def sleepers():
+    return [p for p in all_pids() if read(f"/proc/{p}/cmdline").endswith(SLEEP_ARG + "\0")]
+
+
+def pss_rss_kb(pids):
+    pss = rss = 0
+    for p in pids:
+        for line in read(f"/proc/{p}/smaps_rollup").splitlines():
+            if line.startswith("Pss:"):
+                pss += int(line.split()[1])
+            elif line.startswith("Rss:"):
+                rss += int(line.split()[1])
+    return pss, rss
+
+
+def threads(pids):
+    return sum(len(os.listdir(f"/proc/{p}/task")) for p in pids if os.path.isdir(f"/proc/{p}/task"))
+
+
+def ctx_switches(pids):
+    n = 0
+    for p in pids:
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tids:
+            for line in read(f"/proc/{p}/task/{t}/status").splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    n += int(line.split()[1])
+    return n
+
+
+def cpu_seconds(pids):
+    t = 0
+    for p in pids:
+        f = stat_fields(p)
+        if f:
+            t += int(f[13]) + int(f[14])
+    return t / HZ
+
+
+def wait_for(cond, timeout, step=0.005):
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+def kill_tree(root_pids):
+    """SIGKILL every process below the roots, the roots, and stray marked sleepers."""
+    victims = set()
+    for r in root_pids:
+        victims.add(r)
+        victims.update(descendants(r))
+    victims.update(sleepers())
+    for p in victims:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    wait_for(lambda: count_sleepers() == 0, 5)
+
+
+# ---------------------------------------------------------------- helpers in C
+
+STAMP_C = r"""
+#include <stdio.h>
+#include <time.h>
+int main(int c, char **v) {
+    struct timespec t; clock_gettime(CLOCK_REALTIME, &t);
+    FILE *f = fopen(v[1], "a");
+    if (f) { fprintf(f, "%lld\n", (long long)t.tv_sec * 1000000000LL + t.tv_nsec); fclose(f); }
+    return 1;
+}
+"""
+
+LINES_C = r"""
+#include <stdio.h>
+#include <string.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(int c, char **v) {
+    long n = atol(v[1]);
+    char buf[64];
+    for (long i = 1; i <= n; i++) {
+        /* 61 bytes with the newline, one write each */
+        int len = snprintf(buf, sizeof buf, "line %010ld xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", i);
+        buf[60] = '\n';
+        if (write(1, buf, 61) != 61) return 2;
+        (void)len;
+    }
+    pause();
+    return 0;
+}
+"""
+
+
+def build_helpers(work):
+    out = {}
+    for name, src in [("stamp", STAMP_C), ("lines", LINES_C)]:
+        c = os.path.join(work, name + ".c")
+        with open(c, "w") as f:
+            f.write(src)
+        exe = os.path.join(work, name)
+        subprocess.run(["cc", "-O2", "-o", exe, c], check=True)
+        out[name] = exe
+    return out
+
+
+# ---------------------------------------------------------------- supervisors
+
+def write_exec(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+
+
+class Supervisor:
+    """One supervisor set up in `work` for `services`: {name: shell body}."""
+
+    name = "?"
+
+    def __init__(self, work):
+        self.work = work
+        self.proc = None
+
+    def start(self):
+        raise NotImplementedError
+
+    def top(self):
+        return self.proc.pid
+
+    def pids(self):
+        """The supervisor's own processes (not the services)."""
+        return [self.proc.pid]
+
+    def stop(self, timeout):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def cleanup(self):
+        if self.proc:
+            kill_tree([self.proc.pid])
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+class Orch(Supervisor):
+    name = "orchestrator"
+
+    def setup(self, services, stop_timeout_ms=2000, log_file=None):
+        sdir = os.path.join(self.work, "services")
+        os.makedirs(sdir)
+        for n, body in services.items():
+            os.makedirs(os.path.join(sdir, n))
+            write_exec(os.path.join(sdir, n, n), "#!/bin/sh\n" + body + "\n")
+        cfg = {
+            "orchestrator": {
+                "services_dir": sdir,
+                "control_socket": os.path.join(self.work, "ctl.sock"),
+                "initial_backoff_ms": 0,
+                "max_backoff_ms": 0,
+                "backoff_jitter": 0,
+                "max_restart_attempts": 0,
+                "stop_timeout_ms": stop_timeout_ms,
+                "shutdown_timeout_ms": stop_timeout_ms + 30000,
+                "log_level": "info" if log_file else "warn",
+            },
+            "services": {n: {"pass_service_args": False} for n in services},
+        }
+        self.cfg = os.path.join(self.work, "orchestrator.json")
+        with open(self.cfg, "w") as f:
+            json.dump(cfg, f)
+        self.log_file = log_file
+
+    def start(self):
+        err = open(self.log_file, "w") if self.log_file else subprocess.DEVNULL
+        self.proc = subprocess.Popen([ORCH, "run", "--config", self.cfg], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+
+
+class Supervisord(Supervisor):
+    name = "supervisord"
+
+    def setup(self, services, stop_timeout_ms=2000, log_file=None):
+        conf = [
+            "[supervisord]", "nodaemon=true", f"logfile={self.work}/supervisord.log",
+            f"pidfile={self.work}/supervisord.pid", f"childlogdir={self.work}", "loglevel=warn",
+            "[unix_http_server]", f"file={self.work}/supervisor.sock",
+            "[rpcinterface:supervisor]",
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        ]
+        for n, body in services.items():
+            script = os.path.join(self.work, n + ".sh")
+            write_exec(script, "#!/bin/sh\n" + body + "\n")
+            conf += [
+                f"[program:{n}]", f"command={script}", "autorestart=true", "startsecs=0",
+                "startretries=1000000", f"stopwaitsecs={max(1, stop_timeout_ms // 1000)}",
+                "stopsignal=TERM",
+            ]
+            if log_file:
+                conf += [f"stdout_logfile={log_file}", "stdout_logfile_maxbytes=0",
+                         "stdout_logfile_backups=0"]
+            else:
+                conf += ["stdout_logfile=/dev/null", "stderr_logfile=/dev/null"]
+        self.conf = os.path.join(self.work, "supervisord.conf")
+        with open(self.conf, "w") as f:
+            f.write("\n".join(conf) + "\n")
+
+    def start(self):
+        self.proc = subprocess.Popen(["supervisord", "-c", self.conf], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+
+class S6(Supervisor):
+    name = "s6"
+
+    def setup(self, services, stop_timeout_ms=2000, log_file=None):
+        self.scan = os.path.join(self.work, "scan")
+        os.makedirs(self.scan)
+        for n, body in services.items():
+            d = os.path.join(self.scan, n)
+            os.makedirs(d)
+            write_exec(os.path.join(d, "run"), "#!/bin/sh\n" + body + "\n")
+            with open(os.path.join(d, "timeout-kill"), "w") as f:
+                f.write(f"{stop_timeout_ms}\n")
+            if log_file:
+                os.makedirs(os.path.join(d, "log"))
+                write_exec(os.path.join(d, "log", "run"),
+                           f"#!/bin/sh\nexec s6-log n100 s16000000 t {log_file}\n")
+        self.log_dir = log_file
+
+    def start(self):
+        self.proc = subprocess.Popen(["s6-svscan", self.scan], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def pids(self):
+        own = [self.proc.pid]
+        for p in descendants(self.proc.pid):
+            c = cmdline(p)
+            if c.startswith(("s6-supervise", "s6-log")):
+                own.append(p)
+        return own
+
+    def stop(self, timeout):
+        subprocess.run(["s6-svscanctl", "-t", self.scan], stderr=subprocess.DEVNULL)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+class Runit(Supervisor):
+    name = "runit"
+
+    def setup(self, services, stop_timeout_ms=2000, log_file=None):
+        self.sv = os.path.join(self.work, "sv")
+        os.makedirs(self.sv)
+        self.stop_timeout = max(1, stop_timeout_ms // 1000)
+        for n, body in services.items():
+            d = os.path.join(self.sv, n)
+            os.makedirs(d)
+            write_exec(os.path.join(d, "run"), "#!/bin/sh\n" + body + "\n")
+            if log_file:
+                os.makedirs(os.path.join(d, "log"))
+                os.makedirs(log_file, exist_ok=True)
+                with open(os.path.join(log_file, "config"), "w") as f:
+                    f.write("s0\n")
+                write_exec(os.path.join(d, "log", "run"), f"#!/bin/sh\nexec svlogd -tt {log_file}\n")
+        self.services = list(services)
+
+    def start(self):
+        self.proc = subprocess.Popen(["runsvdir", "-P", self.sv], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def pids(self):
+        own = [self.proc.pid]
+        for p in descendants(self.proc.pid):
+            if cmdline(p).startswith(("runsv", "svlogd")):
+                own.append(p)
+        return own
+
+    def stop(self, timeout):
+        dirs = [os.path.join(self.sv, n) for n in self.services]
+        subprocess.run(["sv", "-w", str(self.stop_timeout), "force-shutdown"] + dirs,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc.send_signal(signal.SIGHUP)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+ALL = [Orch, Supervisord, S6, Runit]
+
+
+def run_in(sup_cls, fn):
+    work = tempfile.mkdtemp(prefix="orch-bench-")
+    sup = sup_cls(work)
+    try:
+        return fn(sup, work)
+    finally:
+        sup.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def sleepers_body():
+    return f"exec /bin/sleep {SLEEP_ARG}"
+
+
+# ---------------------------------------------------------------- workloads
+
+def footprint(sup_cls, n):
+    def go(sup, work):
+        sup.setup({f"s{i}": sleepers_body() for i in range(n)})
+        t0 = time.time()
+        sup.start()
+        if not wait_for(lambda: count_sleepers() >= n, 120, 0.01):
+            return {"error": f"only {count_sleepers()} of {n} running"}
+        start_s = time.time() - t0
+        time.sleep(2)
+        pids = sup.pids()
+        pss, rss = pss_rss_kb(pids)
+        return {"start_s": start_s, "pss_mb": pss / 1024, "rss_mb": rss / 1024,
+                "procs": len(pids), "threads": threads(pids)}
+    return run_in(sup_cls, go)
+
+
+def idle(sup_cls, n=100, window=10):
+    def go(sup, work):
+        sup.setup({f"s{i}": sleepers_body() for i in range(n)})
+        sup.start()
+        wait_for(lambda: count_sleepers() >= n, 120, 0.01)
+        time.sleep(2)
+        pids = sup.pids()
+        c0, t0 = ctx_switches(pids), cpu_seconds(pids)
+        time.sleep(window)
+        return {"ctx_switches": ctx_switches(pids) - c0, "wakeups_per_s": (ctx_switches(pids) - c0) / window,
+                "cpu_ticks": round((cpu_seconds(pids) - t0) * HZ)}
+    return run_in(sup_cls, go)
+
+
+def restart_reaction(sup_cls, helpers, window=6):
+    def go(sup, work):
+        stamps = os.path.join(work, "stamps")
+        sup.setup({"crash": f"exec {helpers['stamp']} {stamps}"})
+        sup.start()
+        time.sleep(window)
+        sup.cleanup()
+        times = [int(x) for x in read(stamps).split()]
+        gaps = [(b - a) / 1e6 for a, b in zip(times, times[1:])]
+        if not gaps:
+            return {"error": "no restart seen"}
+        return {"median_ms": statistics.median(gaps), "restarts": len(gaps)}
+    return run_in(sup_cls, go)
+
+
+NUM = re.compile(rb"line (\d{10}) ")
+
+
+def count_log_lines(path):
+    """Sequence numbers found in a log file or directory, in file order."""
+    files = []
+    if os.path.isdir(path):
+        entries = sorted(os.listdir(path))
+        # s6-log/svlogd: archives (@...) are older than `current`.
+        files = [os.path.join(path, e) for e in entries if e.startswith("@")]
+        files += [os.path.join(path, e) for e in entries if e == "current"]
+    elif os.path.exists(path):
+        files = [path]
+    nums = []
+    for f in files:
+        with open(f, "rb") as fh:
+            nums.extend(int(m.group(1)) for m in NUM.finditer(fh.read()))
+    return nums
+
+
+def log_path(sup_cls, helpers, n=1_000_000):
+    def go(sup, work):
+        target = os.path.join(work, "log" if sup_cls in (S6, Runit) else "out.log")
+        if sup_cls is S6:
+            os.makedirs(target)
+        sup.setup({"talker": f"exec {helpers['lines']} {n}"}, log_file=target)
+        t0 = time.time()
+        sup.start()
+        last = f"line {n:010d}".encode()
+
+        def done():
+            p = target if not os.path.isdir(target) else os.path.join(target, "current")
+            try:
+                with open(p, "rb") as f:
+                    f.seek(max(0, os.path.getsize(p) - 4096))
+                    return last in f.read()
+            except OSError:
+                return False
+        ok = wait_for(done, 300, 0.02)
+        elapsed = time.time() - t0
+        time.sleep(0.5)
+        cpu = cpu_seconds(sup.pids())
+        nums = count_log_lines(target)
+        seen = set(nums)
+        lost = n - len(seen & set(range(1, n + 1)))
+        dup = len(nums) - len(seen)
+        disorder = sum(1 for a, b in zip(nums, nums[1:]) if b < a)
+        return {"seconds": elapsed if ok else None, "lost": lost, "dup": dup,
+                "reordered": disorder, "cpu_s": cpu}
+    return run_in(sup_cls, go)
+
+
+def shutdown(sup_cls, n=100, stop_ms=2000):
+    def go(sup, work):
+        sup.setup({f"s{i}": "trap '' TERM; " + sleepers_body() for i in range(n)}, stop_timeout_ms=stop_ms)
+        sup.start()
+        if not wait_for(lambda: count_sleepers() >= n, 120, 0.01):
+            return {"error": "not all running"}
+        time.sleep(1)
+        t0 = time.time()
+        sup.stop(600)
+        wait_for(lambda: count_sleepers() == 0 and sup.proc.poll() is not None, 600, 0.005)
+        return {"seconds": time.time() - t0, "left": count_sleepers()}
+    return run_in(sup_cls, go)
+
+
+def hard_kill(sup_cls, n=10):
+    def go(sup, work):
+        sup.setup({f"s{i}": sleepers_body() for i in range(n)})
+        sup.start()
+        wait_for(lambda: count_sleepers() >= n, 60, 0.01)
+        time.sleep(1)
+        os.kill(sup.top(), signal.SIGKILL)
+        time.sleep(2)
+        return {"left": count_sleepers()}
+    return run_in(sup_cls, go)
+
+
+def binary_sizes():
+    def size(paths):
+        return sum(os.path.getsize(p) for p in paths if os.path.exists(p)) / 1e6
+    skalib = [p for p in ("/usr/lib/x86_64-linux-gnu/libskarnet.so.2.14.1.1",) if os.path.exists(p)]
+    lib = [os.path.realpath(p) for p in ("/usr/lib/x86_64-linux-gnu/libskarnet.so.2.14",
+                                         "/usr/lib/x86_64-linux-gnu/libskarnet.so.2") if os.path.exists(p)]
+    return {
+        "orchestrator": size([ORCH]),
+        "s6": size([shutil.which("s6-svscan") or "", shutil.which("s6-supervise") or ""] + lib[:1] + skalib[:0]),
+        "runit": size([shutil.which("runsvdir") or "", shutil.which("runsv") or ""]),
+        "supervisord": None,
+    }
+
+
+# ---------------------------------------------------------------- report
+
+def fmt(v, unit=""):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}{unit}" if v < 100 else f"{v:.0f}{unit}"
+    return f"{v}{unit}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
+    ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--only", help="comma-separated workloads: footprint,idle,restart,log,shutdown,kill,size,curve")
+    args = ap.parse_args()
+    big = 100 if args.quick else 500
+    lines = 100_000 if args.quick else 1_000_000
+    work = tempfile.mkdtemp(prefix="orch-bench-helpers-")
+    helpers = build_helpers(work)
+    results = {}
+    rows = []
+
+    only = set(args.only.split(",")) if args.only else None
+
+    def wanted(w):
+        return only is None or w in only
+
+    def measure(label, fn, key, lower_better=True, unit=""):
+        vals = {}
+        for cls in ALL:
+            sys.stderr.write(f"  {label}: {cls.name}...\n")
+            r = fn(cls)
+            results.setdefault(label, {})[cls.name] = r
+            vals[cls.name] = r.get(key) if isinstance(r, dict) else None
+        anchors = {k: v for k, v in vals.items() if k != "orchestrator" and v is not None}
+        best = (min if lower_better else max)(anchors.items(), key=lambda kv: kv[1]) if anchors else None
+        ours = vals.get("orchestrator")
+        ratio = None
+        if best and ours is not None and best[1]:
+            ratio = ours / best[1]
+        rows.append((label, {k: fmt(v, unit) for k, v in vals.items()},
+                     f"{best[0]}" if best else "-", fmt(ratio) if ratio is not None else "-"))
+
+    if wanted("footprint"):
+        sys.stderr.write("footprint\n")
+        measure("PSS at 100 services (MB)", lambda c: footprint(c, 100), "pss_mb")
+        measure(f"PSS at {big} services (MB)", lambda c: footprint(c, big), "pss_mb")
+        measure(f"time to all {big} running (s)", lambda c: results[f"PSS at {big} services (MB)"][c.name], "start_s")
+    if wanted("idle"):
+        measure("idle wakeups/s (100 services)", lambda c: idle(c, 100, 5 if args.quick else 10), "wakeups_per_s")
+    if wanted("restart"):
+        measure("restart reaction, median (ms)", lambda c: restart_reaction(c, helpers, 3 if args.quick else 6), "median_ms")
+    log_label = f"log path: CPU for {lines} lines (s)"
+    if wanted("log"):
+        measure(log_label, lambda c: log_path(c, helpers, lines), "cpu_s")
+    if wanted("shutdown"):
+        measure("shutdown, 100 TERM-ignoring, 2 s timeout (s)",
+                lambda c: shutdown(c, 100 if not args.quick else 20, 2000), "seconds")
+    if wanted("kill"):
+        measure("hard kill: processes left after 2 s", lambda c: hard_kill(c, 10), "left")
+    if wanted("size"):
+        sizes = binary_sizes()
+        results["binary MB"] = sizes
+        anchors = {k: v for k, v in sizes.items() if k != "orchestrator" and v}
+        best = min(anchors.items(), key=lambda kv: kv[1]) if anchors else None
+        rows.append(("binary, stripped (MB)", {k: fmt(v) for k, v in sizes.items()},
+                     best[0] if best else "-", fmt(sizes["orchestrator"] / best[1]) if best else "-"))
+
+    # Log-path integrity, shown separately: every supervisor must be lossless.
+    integrity = {c.name: results[log_label][c.name] for c in ALL} if log_label in results else {}
+
+    curve = []
+    if wanted("curve"):
+        sys.stderr.write("scale curve\n")
+        for n in ([10, 100, 300] if args.quick else [10, 100, 1000, 2000]):
+            curve.append((n, footprint(Orch, n)))
+
+    names = [c.name for c in ALL]
+    print(f"\n# orchestrator benchmarks ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
+          f"{os.uname().release})\n")
+    print("| workload | " + " | ".join(names) + " | best anchor | orchestrator / best |")
+    print("|---|" + "---|" * (len(names) + 2))
+    for label, vals, best, ratio in rows:
+        print(f"| {label} | " + " | ".join(vals.get(n, "-") for n in names) + f" | {best} | {ratio} |")
+    if integrity:
+        print("\nLog path detail (seconds until the last line is in the log; lost, duplicated, reordered):\n")
+    for n in names if integrity else []:
+        r = integrity[n]
+        print(f"- {n}: {fmt(r.get('seconds'), ' s')}, lost {r.get('lost')}, dup {r.get('dup')}, "
+              f"reordered {r.get('reordered')}, CPU {fmt(r.get('cpu_s'), ' s')}")
+    if curve:
+        print("\nScale curve, orchestrator (start = until all services run):\n")
+        print("| services | start (s) | PSS (MB) | RSS (MB) | threads | PSS per service (KB) |")
+        print("|---|---|---|---|---|---|")
+    for n, r in curve:
+        if "error" in r:
+            print(f"| {n} | {r['error']} | | | | |")
+            continue
+        print(f"| {n} | {r['start_s']:.2f} | {r['pss_mb']:.1f} | {r['rss_mb']:.1f} | {r['threads']} | "
+              f"{r['pss_mb'] * 1024 / n:.1f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "results": results, "curve": curve}, f, indent=1, default=str)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
