@@ -249,8 +249,14 @@ impl Cgroups {
 
     /// Creates the service's cgroups, writes its limits, and opens their `cgroup.procs`
     /// so that the child can join them between fork and exec. Errors name the file.
-    pub fn prepare(&self, service: &str, limits: CgroupLimits) -> Result<Vec<fs::File>, String> {
+    /// Returns the open files and the directories the service now has.
+    pub fn prepare(
+        &self,
+        service: &str,
+        limits: CgroupLimits,
+    ) -> Result<(Vec<fs::File>, Vec<PathBuf>), String> {
         let mut files = Vec::new();
+        let mut dirs = Vec::new();
         // The tracking cgroup always; a controller's only when a limit needs it (each
         // cgroup costs the kernel time and memory, and 500 services add up).
         let mut needed: Vec<&Hierarchy> = Vec::new();
@@ -271,6 +277,7 @@ impl Cgroups {
             let dir = h.dir(service);
             fs::create_dir_all(&dir).map_err(|e| format!("cgroup {}: {e}", dir.display()))?;
             let procs = dir.join("cgroup.procs");
+            dirs.push(dir.clone());
             files.push(
                 fs::OpenOptions::new()
                     .write(true)
@@ -279,7 +286,7 @@ impl Cgroups {
             );
         }
         self.write_limits(service, limits)?;
-        Ok(files)
+        Ok((files, dirs))
     }
 
     /// The limit's hierarchy, if the service's limits need it.
@@ -370,8 +377,14 @@ impl Cgroups {
 
     /// Kills what is left and removes the service's cgroups. Waits (briefly) for the
     /// processes to be gone, since a cgroup with members cannot be removed.
-    pub fn remove(&self, service: &str) {
-        if !self.available() {
+    pub fn remove(&self, service: &str, dirs: &[PathBuf]) {
+        // Usually everything is gone already (the stop waited for it) and rmdir just
+        // succeeds; only a busy cgroup is killed and waited for.
+        let busy = |dir: &PathBuf| {
+            fs::remove_dir(dir).is_err_and(|e| e.raw_os_error() == Some(libc::EBUSY))
+        };
+        let left: Vec<&PathBuf> = dirs.iter().filter(|d| busy(d)).collect();
+        if left.is_empty() {
             return;
         }
         self.kill(service);
@@ -379,8 +392,8 @@ impl Cgroups {
         while !self.members(service).is_empty() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(5));
         }
-        for dir in self.dirs(service) {
-            let _ = fs::remove_dir(&dir);
+        for dir in left {
+            let _ = fs::remove_dir(dir);
         }
     }
 
@@ -403,7 +416,7 @@ impl Cgroups {
                 if Some(h) == self.tracker.as_ref() {
                     killed += self.members(&name).len();
                 }
-                self.remove(&name);
+                self.remove(&name, &self.dirs(&name));
             }
         }
         killed

@@ -36,8 +36,9 @@ struct Entry {
     counters: Arc<Counters>,
     /// Spawn requested, held back until every `depends_on` is running.
     waiting: bool,
-    /// Its cgroup exists (created at spawn, removed once the service is done).
-    cgroup_live: bool,
+    /// Its cgroup directories (created at spawn, removed once the service is done);
+    /// empty when it has none.
+    cgroup_dirs: Vec<PathBuf>,
     /// An `exec` health check in progress.
     probe: Option<ProbeProc>,
 }
@@ -59,7 +60,7 @@ impl Entry {
             ring: Arc::default(),
             counters: Arc::default(),
             waiting: false,
-            cgroup_live: false,
+            cgroup_dirs: Vec::new(),
             probe: None,
         }
     }
@@ -99,6 +100,7 @@ pub struct Supervisor {
     /// SHA-256 of each binary, keyed by path, valid while size, mtime and inode match.
     binary_ids: HashMap<PathBuf, (FileVersion, String)>,
     prober: Prober,
+    pool: spawn::Pool,
     /// Process groups with live members, scanned at most once per loop iteration.
     live_groups: Option<HashSet<i32>>,
 }
@@ -144,6 +146,7 @@ impl Supervisor {
             cgroups,
             binary_ids: HashMap::new(),
             prober,
+            pool: spawn::Pool::new(),
             live_groups: None,
         }
     }
@@ -163,13 +166,20 @@ impl Supervisor {
             .filter(|(_, e)| e.svc.spec.autostart && e.svc.state != State::Failed)
             .map(|(n, _)| n.clone())
             .collect();
+        // The state machines first, then every spawn they ask for at once.
+        let mut batch = Vec::new();
         for name in names {
             if let Some(e) = self.services.get_mut(&name) {
                 // Autostart services are enabled and have a binary, so start() accepts.
-                let actions = e.svc.start().unwrap_or_default();
-                self.execute(&name, actions);
+                for action in e.svc.start().unwrap_or_default() {
+                    match action {
+                        Action::Spawn => batch.push(name.clone()),
+                        other => self.execute(&name, vec![other]),
+                    }
+                }
             }
         }
+        self.spawn_batch(batch);
         for e in self.services.values() {
             if let Some(err) = e.svc.spec.binary_error() {
                 if e.svc.spec.autostart || e.svc.spec.configured {
@@ -193,6 +203,14 @@ impl Supervisor {
                 Ok(ev) => {
                     if let Some(outcome) = self.handle(ev) {
                         return outcome;
+                    }
+                    // Take whatever else is already queued before the per-iteration
+                    // passes below, which cost O(services): a burst of a thousand exits
+                    // is then one pass, not a thousand.
+                    while let Ok(ev) = self.rx.try_recv() {
+                        if let Some(outcome) = self.handle(ev) {
+                            return outcome;
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -429,21 +447,18 @@ impl Supervisor {
     /// Stops every service that has a process and no dependent with a process left:
     /// dependents go first, their dependencies once they are gone.
     fn shutdown_step(&mut self) {
-        let alive: HashSet<&str> = self
+        // Services that something still running depends on, in one pass over the edges.
+        let needed: HashSet<&str> = self
             .services
-            .iter()
-            .filter(|(_, e)| e.svc.has_process())
-            .map(|(n, _)| n.as_str())
+            .values()
+            .filter(|e| e.svc.has_process())
+            .flat_map(|e| e.svc.spec.depends_on.iter().map(String::as_str))
             .collect();
         let ready: Vec<String> = self
             .services
             .iter()
-            .filter(|(_, e)| e.svc.has_process() && e.svc.stopping.is_none())
-            .filter(|(name, _)| {
-                !self.services.iter().any(|(other, oe)| {
-                    alive.contains(other.as_str())
-                        && oe.svc.spec.depends_on.iter().any(|d| d == *name)
-                })
+            .filter(|(name, e)| {
+                e.svc.has_process() && e.svc.stopping.is_none() && !needed.contains(name.as_str())
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -510,8 +525,8 @@ impl Supervisor {
                     self.unreaped.remove(&pid);
                 }
                 Action::Remove => {
-                    if self.services.remove(name).is_some_and(|e| e.cgroup_live) {
-                        self.cgroups.remove(name);
+                    if let Some(e) = self.services.remove(name) {
+                        self.cgroups.remove(name, &e.cgroup_dirs);
                     }
                 }
                 Action::Log {
@@ -525,12 +540,12 @@ impl Supervisor {
         // A service that is done (stopped or failed, not about to restart) gives its
         // cgroup back, whichever path brought it there.
         if let Some(e) = self.services.get_mut(name) {
-            if e.cgroup_live
+            if !e.cgroup_dirs.is_empty()
                 && !e.svc.has_process()
                 && matches!(e.svc.state, State::Stopped | State::Failed)
             {
-                e.cgroup_live = false;
-                self.cgroups.remove(name);
+                let dirs = std::mem::take(&mut e.cgroup_dirs);
+                self.cgroups.remove(name, &dirs);
             }
         }
     }
@@ -556,6 +571,55 @@ impl Supervisor {
     /// Spawns a run of `name` (or holds it back for its dependencies) and returns what the
     /// state machine makes of the result.
     fn spawn(&mut self, name: &str) -> Vec<Action> {
+        let files = match self.prepare_spawn(name) {
+            Ok(files) => files,
+            Err(actions) => return actions,
+        };
+        let now = Self::now();
+        let Some(e) = self.services.get(name) else {
+            return Vec::new();
+        };
+        let result = spawn::spawn(&e.svc.spec, &cgroup::raw_fds(&files));
+        drop(files);
+        self.finish_spawn(name, result, now)
+    }
+
+    /// Spawns many services at once on the spawner pool (start-up, reload); what
+    /// follows from each result is carried out in order.
+    fn spawn_batch(&mut self, names: Vec<String>) {
+        // Each job goes to the pool as soon as it is prepared, so preparing the next one
+        // overlaps with spawning this one.
+        let mut queued = Vec::new();
+        let mut done = Vec::new();
+        for name in names {
+            match self.prepare_spawn(&name) {
+                Ok(files) => {
+                    let Some(spec) = self.services.get(&name).map(|e| e.svc.spec.clone()) else {
+                        continue;
+                    };
+                    match self.pool.submit(queued.len(), spec, files) {
+                        Some(result) => done.push((name, result)),
+                        None => queued.push(name),
+                    }
+                }
+                Err(actions) => self.execute(&name, actions),
+            }
+        }
+        for (index, result) in self.pool.collect(queued.len()) {
+            if let Some(name) = queued.get(index) {
+                done.push((name.clone(), result));
+            }
+        }
+        let now = Self::now();
+        for (name, result) in done {
+            let actions = self.finish_spawn(&name, result, now);
+            self.execute(&name, actions);
+        }
+    }
+
+    /// Everything before the clone: shutdown and dependency checks, the cgroups. `Err`
+    /// carries what to do instead of spawning.
+    fn prepare_spawn(&mut self, name: &str) -> Result<Vec<std::fs::File>, Vec<Action>> {
         if self.shutdown.is_some() {
             if let Some(e) = self.services.get_mut(name) {
                 e.waiting = false;
@@ -563,17 +627,17 @@ impl Supervisor {
                     e.svc.state = State::Stopped;
                 }
             }
-            return Vec::new();
+            return Err(Vec::new());
         }
         let unmet = self.unmet_dependencies(name);
         let Some(e) = self.services.get_mut(name) else {
-            return Vec::new();
+            return Err(Vec::new());
         };
         if !unmet.is_empty() {
             e.svc.state = State::Starting;
             e.svc.last_error = Some(format!("waiting for {}", unmet.join(", ")));
             e.waiting = true;
-            return Vec::new();
+            return Err(Vec::new());
         }
         if e.waiting {
             e.waiting = false;
@@ -586,32 +650,53 @@ impl Supervisor {
             cpu_percent: spec.limits.cpu_percent,
             pids_max: spec.limits.pids_max,
         };
-        let cgroup_files = if self.cgroups.available() {
+        if !self.cgroups.available() {
+            return Ok(Vec::new());
+        }
+        {
             // Whatever a previous run left in the cgroup goes before the next one starts.
-            if e.cgroup_live {
+            if !e.cgroup_dirs.is_empty() {
                 self.cgroups.kill(name);
             }
             match self.cgroups.prepare(name, limits) {
-                Ok(files) => {
-                    e.cgroup_live = true;
-                    files
+                Ok((files, dirs)) => {
+                    for d in dirs {
+                        if !e.cgroup_dirs.contains(&d) {
+                            e.cgroup_dirs.push(d);
+                        }
+                    }
+                    Ok(files)
                 }
                 // Configured limits that cannot be applied make the spawn fail (and retry):
                 // running unlimited would be a silent surprise.
                 Err(err) if limits != CgroupLimits::default() => {
-                    return e.svc.spawn_failed(err, now, &mut self.rng);
+                    Err(e.svc.spawn_failed(err, now, &mut self.rng))
                 }
                 Err(err) => {
                     log::warn!("{name}: running without a cgroup: {err}");
-                    Vec::new()
+                    Ok(Vec::new())
                 }
             }
-        } else {
-            Vec::new()
+        }
+    }
+
+    /// Everything after the clone: the waiter and the readers, and the state machine's
+    /// view of the result.
+    fn finish_spawn(
+        &mut self,
+        name: &str,
+        result: Result<spawn::Child, String>,
+        now: Now,
+    ) -> Vec<Action> {
+        let Some(e) = self.services.get_mut(name) else {
+            // Removed meanwhile (cannot happen within one batch); let the process go.
+            if let Ok(child) = result {
+                spawn::signal_group(child.pid, libc::SIGKILL);
+                spawn::reap(child.pid);
+            }
+            return Vec::new();
         };
-        let spawned = spawn::spawn(&e.svc.spec, &cgroup::raw_fds(&cgroup_files));
-        drop(cgroup_files);
-        let child = match spawned {
+        let child = match result {
             Ok(c) => c,
             Err(err) => return e.svc.spawn_failed(err, now, &mut self.rng),
         };
@@ -656,7 +741,11 @@ impl Supervisor {
     /// one (a superset of its process group), else the live members of its group, from a
     /// /proc scan shared by every check of this loop iteration.
     fn group_alive(&mut self, name: &str, pgid: i32) -> bool {
-        if self.services.get(name).is_some_and(|e| e.cgroup_live) {
+        if self
+            .services
+            .get(name)
+            .is_some_and(|e| !e.cgroup_dirs.is_empty())
+        {
             return !self.cgroups.members(name).is_empty();
         }
         self.live_groups
