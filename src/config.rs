@@ -763,6 +763,21 @@ fn validate(
                 err(&key("depends_on"), format!("`{name}` depends on itself"));
             }
         }
+        for s in &svc.sockets {
+            let ok = match s.listen.strip_prefix("unix:") {
+                Some(path) => path.starts_with('/'),
+                None => s.listen.parse::<std::net::SocketAddr>().is_ok(),
+            };
+            if !ok {
+                err(
+                    &key("sockets"),
+                    format!(
+                        "`{}` is neither host:port nor unix:/absolute/path",
+                        s.listen
+                    ),
+                );
+            }
+        }
     }
     if let Some(w) = &s.watchdog {
         for c in &w.critical {
@@ -856,6 +871,19 @@ mod tests {
         validate(&f.orchestrator, &f.services, "x.json", &mut errors);
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].starts_with("x.json: orchestrator.backoff_jitter:"));
+    }
+
+    #[test]
+    fn sockets_are_checked() {
+        let f = parse(
+            r#"{"services": {"a": {"sockets": [{"listen": "127.0.0.1:8080"}, {"listen": "unix:/run/a.sock"},
+                                               {"listen": "localhost"}, {"listen": "unix:rel"}]}}}"#,
+        )
+        .unwrap();
+        let mut errors = Vec::new();
+        validate(&f.orchestrator, &f.services, "x.json", &mut errors);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("`localhost` is neither"));
     }
 
     #[test]
