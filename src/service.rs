@@ -489,31 +489,53 @@ impl Service {
             };
             return Vec::new();
         }
+        let delay = self.next_attempt(rng);
+        vec![self.schedule_restart(delay, now)]
+    }
+
+    /// The delay before the next restart, counting the attempt; `None` once
+    /// `max_restart_attempts` consecutive restarts are used up.
+    fn next_attempt(&mut self, rng: &mut fastrand::Rng) -> Option<Duration> {
         let max = self.spec.max_restart_attempts;
         if max > 0 && self.attempts >= max {
-            self.state = State::Failed;
-            self.last_error = Some("maximum restart attempts exceeded".into());
-            return vec![log(
-                log::Level::Error,
-                "failed",
-                None,
-                format!("maximum restart attempts exceeded ({max}); giving up"),
-            )];
+            return None;
         }
         let delay = self.spec.backoff.delay(self.attempts, rng);
         self.attempts += 1;
-        self.state = State::Restarting;
-        self.next_restart = Some(now + delay);
-        vec![log(
-            log::Level::Info,
-            "restarting",
-            None,
-            format!(
-                "restarting in {} ms (attempt {})",
-                delay.as_millis(),
-                self.attempts
-            ),
-        )]
+        Some(delay)
+    }
+
+    /// `restarting` until `now + delay`, or `failed` for good when there is no delay.
+    fn schedule_restart(&mut self, delay: Option<Duration>, now: Instant) -> Action {
+        match delay {
+            Some(delay) => {
+                self.state = State::Restarting;
+                self.next_restart = Some(now + delay);
+                log(
+                    log::Level::Info,
+                    "restarting",
+                    None,
+                    format!(
+                        "restarting in {} ms (attempt {})",
+                        delay.as_millis(),
+                        self.attempts
+                    ),
+                )
+            }
+            None => {
+                self.state = State::Failed;
+                self.last_error = Some("maximum restart attempts exceeded".into());
+                log(
+                    log::Level::Error,
+                    "failed",
+                    None,
+                    format!(
+                        "maximum restart attempts exceeded ({}); giving up",
+                        self.spec.max_restart_attempts
+                    ),
+                )
+            }
+        }
     }
 
     /// The supervisor found the stopping run's group empty.
@@ -560,25 +582,8 @@ impl Service {
                 self.state = State::Starting;
                 actions.push(Action::Spawn);
             }
-            // The liveness failure stays in last_error.
-            AfterStop::Recover(Some(delay)) => {
-                self.state = State::Restarting;
-                self.next_restart = Some(now + delay);
-                actions.push(log(
-                    log::Level::Info,
-                    "restarting",
-                    None,
-                    format!(
-                        "restarting in {} ms (attempt {})",
-                        delay.as_millis(),
-                        self.attempts
-                    ),
-                ));
-            }
-            AfterStop::Recover(None) => {
-                self.state = State::Failed;
-                self.last_error = Some("maximum restart attempts exceeded".into());
-            }
+            // The liveness failure stays in last_error (unless the attempts ran out).
+            AfterStop::Recover(delay) => actions.push(self.schedule_restart(delay, now)),
         }
         actions
     }
@@ -634,14 +639,7 @@ impl Service {
                         format!("health check failed ({n} in a row): {why}"),
                     )];
                 }
-                let max = self.spec.max_restart_attempts;
-                let then = if max > 0 && self.attempts >= max {
-                    AfterStop::Recover(None)
-                } else {
-                    let delay = self.spec.backoff.delay(self.attempts, rng);
-                    self.attempts += 1;
-                    AfterStop::Recover(Some(delay))
-                };
+                let then = AfterStop::Recover(self.next_attempt(rng));
                 let mut actions = vec![log(
                     log::Level::Warn,
                     "unhealthy",
