@@ -289,11 +289,6 @@ impl Cgroups {
         Ok((files, dirs))
     }
 
-    /// The limit's hierarchy, if the service's limits need it.
-    fn used<'a>(&self, h: &'a Option<Hierarchy>, needed: bool) -> Option<&'a Hierarchy> {
-        h.as_ref().filter(|_| needed)
-    }
-
     fn write_limits(&self, service: &str, l: CgroupLimits) -> Result<(), String> {
         let write = |h: &Hierarchy, file: &str, value: String| -> Result<(), String> {
             let path = h.dir(service).join(file);
@@ -302,7 +297,11 @@ impl Cgroups {
         // A hierarchy shared with the tracker (v2) must be told "no limit" explicitly;
         // one that only serves this limit is not even created without it.
         let shared = |h: &Option<Hierarchy>| h.is_some() && *h == self.tracker;
-        if let Some(h) = self.used(&self.memory, l.memory_mib > 0 || shared(&self.memory)) {
+        if let Some(h) = self
+            .memory
+            .as_ref()
+            .filter(|_| l.memory_mib > 0 || shared(&self.memory))
+        {
             let bytes = l.memory_mib.saturating_mul(1024 * 1024);
             match (h.version, l.memory_mib) {
                 (Version::V2, 0) => write(h, "memory.max", "max".into())?,
@@ -311,7 +310,11 @@ impl Cgroups {
                 (Version::V1, _) => write(h, "memory.limit_in_bytes", bytes.to_string())?,
             }
         }
-        if let Some(h) = self.used(&self.cpu, l.cpu_percent.is_some() || shared(&self.cpu)) {
+        if let Some(h) = self
+            .cpu
+            .as_ref()
+            .filter(|_| l.cpu_percent.is_some() || shared(&self.cpu))
+        {
             const PERIOD: u64 = 100_000;
             let quota = l.cpu_percent.map(|p| u64::from(p) * PERIOD / 100);
             match (h.version, quota) {
@@ -324,7 +327,11 @@ impl Cgroups {
                 }
             }
         }
-        if let Some(h) = self.used(&self.pids, l.pids_max.is_some() || shared(&self.pids)) {
+        if let Some(h) = self
+            .pids
+            .as_ref()
+            .filter(|_| l.pids_max.is_some() || shared(&self.pids))
+        {
             let v = l.pids_max.map_or("max".to_string(), |p| p.to_string());
             write(h, "pids.max", v)?;
         }

@@ -279,12 +279,7 @@ impl Writer {
                     // `svc[pid] stream: ` is the same for every line of a batch.
                     if !json {
                         self.prefix.clear();
-                        self.prefix.push_str(&batch.service);
-                        self.prefix.push('[');
-                        push_int(&mut self.prefix, batch.pid);
-                        self.prefix.push_str("] ");
-                        self.prefix.push_str(batch.stream.as_str());
-                        self.prefix.push_str(": ");
+                        push_prefix(&mut self.prefix, &batch);
                     }
                     for line in &batch.lines {
                         let shown = level_rank(line.level) <= max;
@@ -434,22 +429,20 @@ pub fn format_line(out: &mut String, b: &Batch, line: &Line, json: bool) {
         }
         out.push_str("}\n");
     } else {
-        timefmt::push_rfc3339(out, b.ts_ms);
-        out.push(' ');
-        out.push_str(level_padded(line.level));
-        out.push(' ');
-        out.push_str(&b.service);
-        out.push('[');
-        push_int(out, b.pid);
-        out.push_str("] ");
-        out.push_str(b.stream.as_str());
-        out.push_str(": ");
-        out.push_str(b.msg(line));
-        if line.partial {
-            out.push_str(" [...]");
-        }
-        out.push('\n');
+        let mut prefix = String::with_capacity(64);
+        push_prefix(&mut prefix, b);
+        format_text(out, b, line, &prefix);
     }
+}
+
+/// `svc[pid] stream: `, the part of a text line that a whole batch shares.
+fn push_prefix(out: &mut String, b: &Batch) {
+    out.push_str(&b.service);
+    out.push('[');
+    push_int(out, b.pid);
+    out.push_str("] ");
+    out.push_str(b.stream.as_str());
+    out.push_str(": ");
 }
 
 /// The text form with the batch's `svc[pid] stream: ` already rendered.

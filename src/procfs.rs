@@ -83,21 +83,27 @@ pub struct Usage {
     pub cpu_seconds: f64,
 }
 
+impl Usage {
+    /// Adds one process's resident memory and CPU time.
+    fn add(&mut self, s: &Stat) {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        // SAFETY: as above.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        self.rss_bytes += s.rss_pages * page;
+        self.cpu_seconds += (s.utime + s.stime) as f64 / ticks;
+    }
+}
+
 /// Usage summed by process group, for every group in `pgids`, from one scan of /proc.
 pub fn usage_by_group(pgids: &[i32]) -> HashMap<i32, Usage> {
     let mut map: HashMap<i32, Usage> = HashMap::new();
     if pgids.is_empty() {
         return map;
     }
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-    // SAFETY: as above.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     for s in all() {
         if pgids.contains(&s.pgrp) {
-            let u = map.entry(s.pgrp).or_default();
-            u.rss_bytes += s.rss_pages * page;
-            u.cpu_seconds += (s.utime + s.stime) as f64 / ticks;
+            map.entry(s.pgrp).or_default().add(&s);
         }
     }
     map
@@ -105,14 +111,9 @@ pub fn usage_by_group(pgids: &[i32]) -> HashMap<i32, Usage> {
 
 /// Usage summed over `pids` (a service's cgroup members).
 pub fn usage_of(pids: &[i32]) -> Usage {
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-    // SAFETY: as above.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut u = Usage::default();
     for s in pids.iter().filter_map(|p| stat(*p)) {
-        u.rss_bytes += s.rss_pages * page;
-        u.cpu_seconds += (s.utime + s.stime) as f64 / ticks;
+        u.add(&s);
     }
     u
 }

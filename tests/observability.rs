@@ -55,6 +55,24 @@ fn try_numbers_in_files(dir: &Path, svc: &str) -> Option<(Vec<u64>, usize)> {
     Some((nums, files.len()))
 }
 
+/// The numbers logged by `svc` once its files have settled: the last line is `last`
+/// and two reads in a row agree (no write or rotation is under way any more).
+fn settled(dir: &Path, svc: &str, last: u64) -> (Vec<u64>, usize) {
+    let mut prev: Option<(Vec<u64>, usize)> = None;
+    let mut done = None;
+    let ok = wait_until(DEADLINE, || {
+        let now = numbers_in_files(dir, svc);
+        let stable = now.0.last() == Some(&last) && prev.as_ref() == Some(&now);
+        if stable {
+            done = Some(now.clone());
+        }
+        prev = Some(now);
+        stable
+    });
+    assert!(ok, "the log files of {svc} never settled on line {last}");
+    done.unwrap_or_default()
+}
+
 /// Asserts `nums` is exactly `first..=last`, naming the first difference.
 fn assert_run(nums: &[u64], first: u64, last: u64) {
     let expected = last + 1 - first;
@@ -84,14 +102,7 @@ fn rotation_under_fast_output_keeps_every_line_once_in_order() {
     );
     let _d = Daemon::start(&sb, &[]);
     let logs = sb.path("logs");
-    let mut got = (Vec::new(), 0);
-    assert!(wait_until(DEADLINE, || {
-        got = numbers_in_files(&logs, "fast");
-        got.0.last() == Some(&50000)
-    }));
-    // The writer has finished: read a snapshot that no rotation can race.
-    std::thread::sleep(Duration::from_millis(100));
-    got = numbers_in_files(&logs, "fast");
+    let got = settled(&logs, "fast", 50000);
     assert_run(&got.0, 1, 50000);
     assert!(got.1 > 20, "rotated into {} files", got.1);
     for e in std::fs::read_dir(&logs).unwrap().flatten() {
@@ -109,13 +120,7 @@ fn only_log_max_files_are_kept_with_the_newest_lines() {
     );
     let _d = Daemon::start(&sb, &[]);
     let logs = sb.path("logs");
-    let mut got = (Vec::new(), 0);
-    assert!(wait_until(DEADLINE, || {
-        got = numbers_in_files(&logs, "fast");
-        got.0.last() == Some(&20000)
-    }));
-    std::thread::sleep(Duration::from_millis(100));
-    got = numbers_in_files(&logs, "fast");
+    let got = settled(&logs, "fast", 20000);
     assert_eq!(got.1, 3, "fast.log, fast.log.1, fast.log.2");
     let n = got.0.len() as u64;
     assert_run(&got.0, 20001 - n, 20000);
@@ -135,10 +140,9 @@ fn total_cap_bounds_all_services_files_together() {
     );
     let _d = Daemon::start(&sb, &[]);
     let logs = sb.path("logs");
-    assert!(wait_until(DEADLINE, || ["a", "b", "c"]
-        .iter()
-        .all(|s| numbers_in_files(&logs, s).0.last() == Some(&30000))));
-    std::thread::sleep(Duration::from_millis(100));
+    for s in ["a", "b", "c"] {
+        settled(&logs, s, 30000);
+    }
     let total: u64 = std::fs::read_dir(&logs)
         .unwrap()
         .flatten()
