@@ -49,21 +49,32 @@ pub fn error_reply(msg: impl Into<String>) -> Reply {
     serde_json::json!({"ok": false, "error": msg.into()})
 }
 
-/// Starts the accept thread.
-pub fn serve(listener: UnixListener, tx: Sender<Event>) -> io::Result<()> {
+/// Starts the accept thread. `reserve` is a descriptor held back (see `open_reserve`).
+pub fn serve(
+    listener: UnixListener,
+    tx: Sender<Event>,
+    reserve: Option<std::fs::File>,
+) -> io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("control".into())
         .stack_size(CONN_STACK)
         .spawn(move || {
-            for conn in listener.incoming() {
-                let stream = match conn {
-                    Ok(s) => s,
+            let mut reserve = reserve;
+            loop {
+                let stream = match listener.accept() {
+                    Ok((s, _)) => s,
+                    Err(e) if out_of_descriptors(&e) && reserve.is_some() => {
+                        reserve = None;
+                        log::warn!("control: out of file descriptors; using the reserve");
+                        continue;
+                    }
                     Err(e) => {
                         // EMFILE/ENFILE/ENOMEM fail at once and would fail again at
                         // once: wait a little instead of spinning. Only errors wait.
                         log::warn!("control: accept failed: {e}");
                         std::thread::sleep(ACCEPT_RETRY);
+                        reserve = reserve.or_else(open_reserve);
                         continue;
                     }
                 };
@@ -84,9 +95,21 @@ pub fn serve(listener: UnixListener, tx: Sender<Event>) -> io::Result<()> {
                 if let Err(e) = spawned {
                     log::warn!("control: cannot serve a connection: {e}");
                 }
+                reserve = reserve.or_else(open_reserve);
             }
         })
         .map(|_| ())
+}
+
+/// One descriptor held in reserve: when the process runs out, it is given up to accept
+/// a client, so `status` still answers on a box at its limit. Opened first thing, so it
+/// has a low number and is below any limit the process can reach.
+pub fn open_reserve() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 struct ActiveGuard(Arc<AtomicUsize>);
@@ -139,11 +162,11 @@ fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
     }
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
-    let Ok(write_half) = stream.try_clone() else {
-        return;
-    };
-    let mut writer = write_half;
-    let mut reader = BufReader::with_capacity(4096, stream);
+    // Both halves borrow the one descriptor: a duplicate would cost a second fd, and
+    // failing to get it while descriptors run short would drop an unread request,
+    // which resets the client instead of answering it.
+    let mut writer = &stream;
+    let mut reader = BufReader::with_capacity(4096, &stream);
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -188,7 +211,7 @@ fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
         if shutdown {
             // Hold the connection until the process exits: the client's EOF means
             // the orchestrator is gone.
-            let _ = reader.get_ref().set_read_timeout(None);
+            let _ = stream.set_read_timeout(None);
             let mut sink = [0u8; 64];
             while matches!(reader.get_mut().read(&mut sink), Ok(n) if n > 0) {}
             return;

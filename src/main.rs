@@ -105,6 +105,7 @@ fn print_notices(plan: &discovery::Plan, min: ::log::Level) {
 }
 
 fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
+    let reserve = control::open_reserve();
     let (cfg, plan) = match load(cli) {
         Ok(v) => v,
         Err(code) => return code,
@@ -204,8 +205,8 @@ fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         ::log::warn!("killed {leftovers} processes left in service cgroups by a previous instance");
     }
     let (tx, rx) = crossbeam_channel::unbounded();
-    if let Err(e) =
-        signals::forward(signals, tx.clone()).and_then(|()| control::serve(listener, tx.clone()))
+    if let Err(e) = signals::forward(signals, tx.clone())
+        .and_then(|()| control::serve(listener, tx.clone(), reserve))
     {
         eprintln!("orchestrator: cannot start: {e}");
         return 1;

@@ -383,6 +383,43 @@ fn spawn_failures_from_descriptor_exhaustion_back_off_without_spinning() {
     let _ = child.wait();
 }
 
+/// The daemon's open descriptors, by number.
+fn open_fds(pid: i32) -> Vec<i32> {
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    fds
+}
+
+#[test]
+fn status_answers_when_the_daemon_is_out_of_descriptors() {
+    let sb = Sandbox::new();
+    sb.service("steady", "exec sleep 1000");
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_state("steady", "running");
+    // Lower the daemon's limit to its lowest free descriptor number: every number
+    // below the limit is taken, so accept() fails with EMFILE. (Descriptors above the
+    // limit stay open; the reserve is opened first thing and sits below it.)
+    let fds = open_fds(d.pid);
+    let free = (0..).find(|n| !fds.contains(n)).unwrap();
+    assert!(free > 3, "{fds:?}");
+    let lim = libc::rlimit {
+        rlim_cur: free as libc::rlim_t,
+        rlim_max: free as libc::rlim_t,
+    };
+    let r = unsafe { libc::prlimit(d.pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    // The reserve descriptor is given up for the client; later clients reuse the
+    // number each one frees.
+    for _ in 0..3 {
+        assert_eq!(sb.service_status("steady")["state"], "running");
+    }
+    d.wait_log(&["out of file descriptors; using the reserve"]);
+}
+
 #[test]
 fn a_restart_storm_of_fifty_services_does_not_pin_a_core() {
     let sb = Sandbox::new();
