@@ -132,21 +132,28 @@ fn a_hundred_thousand_fast_lines_arrive_complete_and_in_order() {
     };
     assert_eq!(nums("stdout"), (1..=100_000).collect::<Vec<u64>>());
     assert_eq!(nums("stderr"), (1..=50_000).collect::<Vec<u64>>());
-    // The ring keeps the last 1000 of them for `logs`.
+    // The ring keeps the last 1000 of them for `logs`, each stream in order and
+    // complete up to its last line. (Which stream's last batch came in last is up to
+    // the scheduler: they are two pipes.)
     let out = sb.cli(&["logs", "fast", "-n", "5000"]);
     assert_eq!(out.code, 0);
-    assert_eq!(out.stdout.lines().count(), 1000);
-    let out = sb.cli(&["logs", "fast", "-n", "3"]);
-    assert_eq!(out.stdout.lines().count(), 3);
+    let ring: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(ring.len(), 1000);
+    for (stream, last) in [("stdout", 100_000), ("stderr", 50_000)] {
+        let got: Vec<u64> = ring
+            .iter()
+            .filter_map(|l| l.split_once(&format!("] {stream}: "))?.1.parse().ok())
+            .collect();
+        let first = last + 1 - got.len() as u64;
+        assert_eq!(got, (first..=last).collect::<Vec<u64>>(), "{stream}");
+    }
+    let last = ring[999];
     assert!(
-        out.stdout
-            .lines()
-            .last()
-            .unwrap()
-            .ends_with("stderr: 50000"),
-        "{}",
-        out.stdout
+        last.ends_with("stdout: 100000") || last.ends_with("stderr: 50000"),
+        "{last}"
     );
+    let out = sb.cli(&["logs", "fast", "-n", "3"]);
+    assert_eq!(out.stdout.lines().collect::<Vec<_>>(), ring[997..]);
 }
 
 #[test]

@@ -42,7 +42,9 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 impl Sandbox {
     pub fn new() -> Sandbox {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("orch-test-{}-{n}", std::process::id()));
+        // Fixed width, so no sandbox's path is a prefix of another's: guards find
+        // their processes by path and must never match a neighbour's.
+        let dir = std::env::temp_dir().join(format!("orch-test-{}-{n:05}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("services")).unwrap();
         Sandbox { dir }
@@ -130,11 +132,20 @@ impl Sandbox {
             .unwrap_or_else(|| panic!("service {name} missing from status"))
     }
 
-    /// Waits until `name` has `state`; returns its status then.
+    /// `name`'s status, or null while it is not (yet) known to the daemon.
+    fn status_or_null(&self, name: &str) -> Value {
+        self.status()
+            .into_iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits until `name` has `state` (it may appear meanwhile, by a reload); returns
+    /// its status then.
     pub fn wait_state(&self, name: &str, state: &str) -> Value {
         let mut last = Value::Null;
         let ok = wait_until(DEADLINE, || {
-            last = self.service_status(name);
+            last = self.status_or_null(name);
             last["state"] == state
         });
         assert!(ok, "{name} never reached {state}; last status: {last}");
@@ -145,7 +156,7 @@ impl Sandbox {
     pub fn wait_running(&self, name: &str, not: Option<i64>) -> i64 {
         let mut last = Value::Null;
         let ok = wait_until(DEADLINE, || {
-            last = self.service_status(name);
+            last = self.status_or_null(name);
             last["state"] == "running"
                 && last["pid"].as_i64().is_some()
                 && last["pid"].as_i64() != not
@@ -443,7 +454,7 @@ pub fn cmdline(pid: i64) -> String {
 /// SIGKILLs the process group of every process whose command line mentions `dir`
 /// (never our own group).
 pub fn kill_processes_mentioning(dir: &Path) {
-    let needle = dir.to_string_lossy().to_string();
+    let needle = format!("{}/", dir.to_string_lossy());
     let own_pgrp = unsafe { libc::getpgrp() } as i64;
     for _ in 0..3 {
         let mut groups = std::collections::BTreeSet::new();
