@@ -20,6 +20,10 @@ pub const HISTORY_LEN: usize = 10;
 /// Backoff 0 means "restart at once after an exit"; it must not turn a resource
 /// shortage into a busy loop that makes the shortage worse.
 pub const SPAWN_RETRY_MIN: Duration = Duration::from_millis(100);
+/// A binary busy (ETXTBSY: open for writing, e.g. being copied into place) is tried
+/// again this often, this many times, before the failure counts as one.
+pub const BUSY_RETRY: Duration = Duration::from_millis(100);
+pub const BUSY_RETRIES: u32 = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -191,6 +195,9 @@ pub struct Service {
     /// Stopped on purpose: a reload leaves it stopped.
     pub held: bool,
     pub health: Health,
+    /// Spawns in a row that found the binary busy; while it is above 0, `next_restart`
+    /// is a retry of the same start, not a restart.
+    pub busy_retries: u32,
 }
 
 /// Health-check progress of the current run.
@@ -230,6 +237,7 @@ impl Service {
             next_restart: None,
             history: VecDeque::new(),
             held: false,
+            busy_retries: 0,
             health: Health::default(),
         }
     }
@@ -261,7 +269,7 @@ impl Service {
                 None => st.deadline,
             });
         }
-        if self.state == State::Restarting {
+        if self.run.is_none() && matches!(self.state, State::Restarting | State::Starting) {
             return self.next_restart;
         }
         if self.run.is_some() {
@@ -291,6 +299,7 @@ impl Service {
         }
         self.held = false;
         self.attempts = 0;
+        self.busy_retries = 0;
         self.next_restart = None;
         self.state = State::Starting;
         Ok(vec![Action::Spawn])
@@ -359,6 +368,7 @@ impl Service {
 
     /// The supervisor spawned the run it was asked for.
     pub fn spawned(&mut self, pid: i32, gen: u64, now: Now) -> Vec<Action> {
+        self.busy_retries = 0;
         self.run = Some(Run {
             pid,
             gen,
@@ -385,12 +395,27 @@ impl Service {
     }
 
     /// The spawn failed (binary gone, EMFILE, EAGAIN...): a failed run of no duration.
+    /// A `busy` binary (ETXTBSY) is first tried again a few times, whatever the restart
+    /// policy: that failure is a moment's, not the service's.
     pub fn spawn_failed(
         &mut self,
         error: String,
+        busy: bool,
         now: Now,
         rng: &mut fastrand::Rng,
     ) -> Vec<Action> {
+        if busy && self.busy_retries < BUSY_RETRIES {
+            self.busy_retries += 1;
+            self.state = State::Starting;
+            self.next_restart = Some(now.mono + BUSY_RETRY);
+            let msg = format!(
+                "cannot start yet: {error}; trying again in {} ms",
+                BUSY_RETRY.as_millis()
+            );
+            self.last_error = Some(error);
+            return vec![log(log::Level::Warn, "retrying", None, msg)];
+        }
+        self.busy_retries = 0;
         self.push_history(HistoryEntry {
             started_ms: now.wall_ms,
             exited_ms: Some(now.wall_ms),
@@ -732,9 +757,14 @@ impl Service {
                 return vec![Action::Probe { gen: run.gen }];
             }
         }
-        if self.state == State::Restarting && self.next_restart.is_some_and(|t| now >= t) {
+        if self.run.is_none()
+            && matches!(self.state, State::Restarting | State::Starting)
+            && self.next_restart.is_some_and(|t| now >= t)
+        {
             self.next_restart = None;
-            self.restarts += 1;
+            if self.state == State::Restarting {
+                self.restarts += 1;
+            }
             self.state = State::Starting;
             return vec![Action::Spawn];
         }
@@ -1087,9 +1117,12 @@ mod tests {
         let mut t = T::new(RestartPolicy::Always, 5);
         t.svc.start().unwrap();
         let now = t.at(0);
-        let a = t
-            .svc
-            .spawn_failed("Too many open files (os error 24)".into(), now, &mut t.rng);
+        let a = t.svc.spawn_failed(
+            "Too many open files (os error 24)".into(),
+            false,
+            now,
+            &mut t.rng,
+        );
         assert_eq!(kinds(&a), ["failed", "restarting"]);
         assert_eq!(t.svc.state, State::Restarting);
         assert_eq!(
@@ -1102,6 +1135,51 @@ mod tests {
             "100 ms floor"
         );
         assert_eq!(t.svc.history.back().unwrap().exit_code, None);
+    }
+
+    #[test]
+    fn busy_binary_is_retried_without_counting_a_restart() {
+        let mut t = T::new(RestartPolicy::Never, 5);
+        t.svc.start().unwrap();
+        let busy = "cannot execute /bin/true: Text file busy (os error 26)";
+        for i in 0..BUSY_RETRIES as u64 {
+            let now = t.at(i * 100);
+            let a = t.svc.spawn_failed(busy.into(), true, now, &mut t.rng);
+            assert_eq!(kinds(&a), ["retrying"]);
+            assert_eq!(t.svc.state, State::Starting);
+            assert_eq!(t.svc.last_error.as_deref(), Some(busy));
+            assert_eq!(t.svc.deadline(), Some(now.mono + BUSY_RETRY));
+            assert!(t.svc.tick(now.mono + BUSY_RETRY / 2).is_empty());
+            assert_eq!(kinds(&t.svc.tick(now.mono + BUSY_RETRY)), ["spawn"]);
+        }
+        assert_eq!(t.svc.restarts, 0);
+        assert!(t.svc.history.is_empty(), "a retry is not a run");
+        // Busy for too long: the failure counts, here under restart = never.
+        let now = t.at(5000);
+        let a = t.svc.spawn_failed(busy.into(), true, now, &mut t.rng);
+        assert_eq!(kinds(&a), ["failed"]);
+        assert_eq!(t.svc.state, State::Failed);
+        assert_eq!(t.svc.history.len(), 1);
+        // A successful spawn starts the count afresh.
+        t.svc.start().unwrap();
+        let a = t
+            .svc
+            .spawn_failed(busy.into(), true, t.at(6000), &mut t.rng);
+        assert_eq!(kinds(&a), ["retrying"]);
+        t.spawn(6100);
+        assert_eq!(t.svc.busy_retries, 0);
+    }
+
+    #[test]
+    fn stop_cancels_a_busy_retry() {
+        let mut t = T::new(RestartPolicy::Always, 5);
+        t.svc.start().unwrap();
+        let now = t.at(0);
+        t.svc.spawn_failed("busy".into(), true, now, &mut t.rng);
+        let a = t.svc.stop(AfterStop::Stay, now.mono).unwrap();
+        assert_eq!(kinds(&a), ["stopped"]);
+        assert_eq!(t.svc.state, State::Stopped);
+        assert_eq!(t.svc.deadline(), None);
     }
 
     #[test]

@@ -97,7 +97,26 @@ struct ChildArgs<'a> {
 
 /// Spawns one run of `spec`. The error is for `last_error`: it names the OS error.
 /// `cgroup_fds` are open `cgroup.procs` files the child joins before anything else.
-pub fn spawn(spec: &ServiceSpec, cgroup_fds: &[RawFd]) -> Result<Child, String> {
+/// Why a spawn failed: what to report, and whether the same spawn may work in a moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpawnError {
+    pub message: String,
+    /// exec failed with ETXTBSY: the binary is open for writing somewhere (being copied
+    /// into place, or a descriptor to it inherited across a fork elsewhere), which
+    /// usually ends within moments.
+    pub busy: bool,
+}
+
+impl From<String> for SpawnError {
+    fn from(message: String) -> SpawnError {
+        SpawnError {
+            message,
+            busy: false,
+        }
+    }
+}
+
+pub fn spawn(spec: &ServiceSpec, cgroup_fds: &[RawFd]) -> Result<Child, SpawnError> {
     if let Some(dir) = &spec.cwd {
         ensure_data_dir(dir, spec).map_err(|e| format!("data_dir {}: {e}", dir.display()))?;
     }
@@ -112,7 +131,10 @@ pub fn spawn(spec: &ServiceSpec, cgroup_fds: &[RawFd]) -> Result<Child, String> 
         cgroup_fds,
         spec.cwd.as_deref(),
     )
-    .map_err(|(step, e)| describe_failure(step, &spec.binary.display().to_string(), e))?;
+    .map_err(|(step, e)| SpawnError {
+        busy: step == Step::Exec as u32 && e.raw_os_error() == Some(libc::ETXTBSY),
+        message: describe_failure(step, &spec.binary.display().to_string(), e),
+    })?;
     // The write ends now belong to the child; ours close here.
     drop((out_w, err_w));
     Ok(Child {
@@ -485,7 +507,7 @@ pub struct Pool {
 }
 
 /// A finished spawn: the job's index and its result.
-type Done = (usize, Result<Child, String>);
+type Done = (usize, Result<Child, SpawnError>);
 
 struct Job {
     index: usize,
@@ -512,7 +534,7 @@ impl Pool {
         index: usize,
         spec: ServiceSpec,
         cgroup_files: Vec<std::fs::File>,
-    ) -> Option<Result<Child, String>> {
+    ) -> Option<Result<Child, SpawnError>> {
         if self.size < 2 || !self.started() {
             return Some(spawn(&spec, &crate::cgroup::raw_fds(&cgroup_files)));
         }
@@ -522,7 +544,7 @@ impl Pool {
             cgroup_files,
         };
         let Some(tx) = self.jobs.as_ref() else {
-            return Some(Err("internal error: no spawner".into()));
+            return Some(Err("internal error: no spawner".to_string().into()));
         };
         match tx.send(job) {
             Ok(()) => None,

@@ -670,7 +670,7 @@ impl Supervisor {
                 // Configured limits that cannot be applied make the spawn fail (and retry):
                 // running unlimited would be a silent surprise.
                 Err(err) if limits != CgroupLimits::default() => {
-                    Err(e.svc.spawn_failed(err, now, &mut self.rng))
+                    Err(e.svc.spawn_failed(err, false, now, &mut self.rng))
                 }
                 Err(err) => {
                     log::warn!("{name}: running without a cgroup: {err}");
@@ -685,7 +685,7 @@ impl Supervisor {
     fn finish_spawn(
         &mut self,
         name: &str,
-        result: Result<spawn::Child, String>,
+        result: Result<spawn::Child, spawn::SpawnError>,
         now: Now,
     ) -> Vec<Action> {
         let Some(e) = self.services.get_mut(name) else {
@@ -698,7 +698,11 @@ impl Supervisor {
         };
         let child = match result {
             Ok(c) => c,
-            Err(err) => return e.svc.spawn_failed(err, now, &mut self.rng),
+            Err(err) => {
+                return e
+                    .svc
+                    .spawn_failed(err.message, err.busy, now, &mut self.rng)
+            }
         };
         self.gen += 1;
         let (pid, gen) = (child.pid, self.gen);
@@ -710,6 +714,7 @@ impl Supervisor {
             self.unreaped.remove(&pid);
             return e.svc.spawn_failed(
                 format!("cannot create a thread: {err}"),
+                false,
                 now,
                 &mut self.rng,
             );

@@ -264,6 +264,28 @@ fn deleted_or_non_executable_binary_fails_restarts_cleanly_and_recovers() {
 }
 
 #[test]
+fn a_binary_busy_being_written_is_retried_not_failed() {
+    let sb = Sandbox::new();
+    let bin = sb.service("fresh", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"fresh": {"restart": "never"}}),
+    );
+    // Held open for writing, as by a copy still in progress: exec gives ETXTBSY.
+    let writer = std::fs::OpenOptions::new().append(true).open(&bin).unwrap();
+    let d = Daemon::start(&sb, &[]);
+    d.wait_log(&["fresh", "Text file busy", "trying again"]);
+    let st = sb.service_status("fresh");
+    assert_eq!(st["state"], "starting", "{st}");
+    drop(writer);
+    let pid = sb.wait_running("fresh", None);
+    let st = sb.service_status("fresh");
+    assert_eq!(st["restarts"], 0, "{st}");
+    assert_eq!(st["history"].as_array().map(Vec::len), Some(1), "{st}");
+    assert!(cmdline(pid).contains("sleep 1000"));
+}
+
+#[test]
 fn services_dir_removed_and_recreated() {
     let sb = Sandbox::new();
     sb.service("svc", "sleep 0.2; exit 1");
