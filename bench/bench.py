@@ -387,7 +387,8 @@ class S6(Supervisor):
         self.log_dir = log_file
 
     def start(self):
-        self.proc = subprocess.Popen(["s6-svscan", self.scan], stdin=subprocess.DEVNULL,
+        # -c: room for more services than s6-svscan's default of 500.
+        self.proc = subprocess.Popen(["s6-svscan", "-c", "4096", self.scan], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
 
@@ -577,6 +578,40 @@ def shutdown(sup_cls, n=100, stop_ms=2000):
     return run_in(sup_cls, go)
 
 
+def kill_floor(n):
+    """The kernel's part of a shutdown, with no supervisor: n bare `sleep` processes, each
+    in its own session like a service, are SIGKILLed and reaped. Seconds from the first
+    kill to the last reap: no supervisor can finish its shutdown faster than this after
+    its stop timeout."""
+    pids = []
+    try:
+        for _ in range(n):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.setsid()
+                    os.execv("/bin/sleep", ["sleep", SLEEP_ARG])
+                finally:
+                    os._exit(127)
+            pids.append(pid)
+        if not wait_for(lambda: count_sleepers() >= n, 120, 0.01):
+            return {"error": "not all running"}
+        time.sleep(1)
+        t0 = time.time()
+        for p in pids:
+            os.killpg(p, signal.SIGKILL)
+        for p in pids:
+            os.waitpid(p, 0)
+        return {"seconds": time.time() - t0}
+    finally:
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+                os.waitpid(p, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
 def hard_kill(sup_cls, n=10):
     def go(sup, work):
         sup.setup({f"s{i}": sleepers_body() for i in range(n)})
@@ -638,9 +673,9 @@ def main():
     def wanted(w):
         return only is None or w in only
 
-    def measure(label, fn, key, lower_better=True, unit=""):
+    def measure(label, fn, key, lower_better=True, unit="", classes=ALL):
         vals = {}
-        for cls in ALL:
+        for cls in classes:
             sys.stderr.write(f"  {label}: {cls.name}...\n")
             r = fn(cls)
             results.setdefault(label, {})[cls.name] = r
@@ -666,9 +701,17 @@ def main():
     log_label = f"log path: CPU for {lines} lines (s)"
     if wanted("log"):
         measure(log_label, lambda c: log_path(c, helpers, lines), "cpu_s")
+    floor = None
     if wanted("shutdown"):
         measure("shutdown, 100 TERM-ignoring, 2 s timeout (s)",
                 lambda c: shutdown(c, 100 if not args.quick else 20, 2000), "seconds")
+        # supervisord stops one service after the other: 1000 x 2 s, so it sits this out.
+        many = 1000 if not args.quick else 200
+        measure(f"shutdown, {many} TERM-ignoring, 2 s timeout (s)",
+                lambda c: shutdown(c, many, 2000), "seconds",
+                classes=[c for c in ALL if c is not Supervisord])
+        sys.stderr.write(f"  kernel floor: kill and reap {many} bare processes...\n")
+        floor = (many, kill_floor(many), results[f"shutdown, {many} TERM-ignoring, 2 s timeout (s)"])
     if wanted("kill"):
         measure("hard kill: processes left after 2 s", lambda c: hard_kill(c, 10), "left")
     if wanted("size"):
@@ -701,6 +744,14 @@ def main():
         r = integrity[n]
         print(f"- {n}: {fmt(r.get('seconds'), ' s')}, lost {r.get('lost')}, dup {r.get('dup')}, "
               f"reordered {r.get('reordered')}, CPU {fmt(r.get('cpu_s'), ' s')}")
+    if floor and "seconds" in floor[1]:
+        many, f, res = floor
+        print(f"\nShutdown of {many}, past the 2 s stop timeout, against the kernel floor (SIGKILL and "
+              f"reap {many} bare processes, no supervisor: {f['seconds'] * 1000:.0f} ms):\n")
+        for name, r in res.items():
+            if isinstance(r, dict) and "seconds" in r:
+                over = (r["seconds"] - 2) * 1000
+                print(f"- {name}: {over:.0f} ms past the timeout = {over / (f['seconds'] * 1000):.1f} x the floor")
     if curve:
         print("\nScale curve, orchestrator (start = until all services run):\n")
         print("| services | start (s) | PSS (MB) | RSS (MB) | threads | PSS per service (KB) |")
