@@ -164,7 +164,7 @@ pub fn discover(dir: &Path, notices: &mut Vec<Notice>) -> Vec<Found> {
             Some(BinaryProblem::WritableByOthers(_)) => {}
         }
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
     out
 }
 
@@ -231,7 +231,9 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
     let mut services = BTreeMap::new();
 
     let unconfigured = ServiceConfig::default();
-    let mut names: BTreeSet<&str> = cfg.services.keys().map(String::as_str).collect();
+    // Built by insertion: collecting into an ordered set would link a sort just for this.
+    let mut names = BTreeSet::new();
+    names.extend(cfg.services.keys().map(String::as_str));
     names.extend(found.iter().map(|f| f.name.as_str()));
     for name in names {
         let configured = cfg.services.get(name);
@@ -365,7 +367,8 @@ fn build_spec(
     }
     args.extend(svc.args.iter().cloned());
 
-    let mut env: BTreeMap<String, String> = env_base.iter().cloned().collect();
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.extend(env_base.iter().cloned());
     if let Some(home) = identity.as_ref().and_then(|i| i.home.as_ref()) {
         env.insert("HOME".into(), home.display().to_string());
     }

@@ -243,7 +243,7 @@ impl LogFiles {
                 })
                 .unwrap_or_default();
         // Oldest first; among equal times, the highest number is the oldest.
-        rotated.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
+        rotated.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
         for (_, _, path, len) in rotated {
             if self.total <= cap {
                 return;

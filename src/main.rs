@@ -24,6 +24,7 @@ mod service;
 mod sha256;
 mod signals;
 mod spawn;
+mod state;
 mod supervisor;
 mod timefmt;
 mod waiter;
@@ -204,6 +205,26 @@ fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
     if leftovers > 0 {
         ::log::warn!("killed {leftovers} processes left in service cgroups by a previous instance");
     }
+    // What a predecessor recorded: its live process groups go (before anything starts,
+    // so nothing of ours can be mistaken for them), its counts and history carry on. A
+    // state_dir that cannot be used is reported; supervision goes on without it.
+    let (state_dir, saved) = match s.state_dir.as_deref().map(state::StateDir::open) {
+        Some(Ok(sd)) => {
+            let saved = sd.load();
+            if let Some(saved) = &saved {
+                let killed = state::kill_survivors(saved, sd.boot_id());
+                if killed > 0 {
+                    ::log::warn!("killed {killed} processes left by a previous instance");
+                }
+            }
+            (Some(sd), saved)
+        }
+        Some(Err(e)) => {
+            ::log::error!("{e}: run history and restart counts will not be kept");
+            (None, None)
+        }
+        None => (None, None),
+    };
     let (tx, rx) = crossbeam_channel::unbounded();
     if let Err(e) = signals::forward(signals, tx.clone())
         .and_then(|()| control::serve(listener, tx.clone(), reserve))
@@ -244,7 +265,11 @@ fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         sink.clone(),
         reap_orphans,
         cgroups,
+        state_dir,
     );
+    if let Some(saved) = saved {
+        sup.restore(saved);
+    }
     sup.start_all();
     instance::notify_ready();
     let outcome = sup.run();

@@ -14,6 +14,8 @@ pub struct Stat {
     pub utime: u64,
     pub stime: u64,
     pub rss_pages: u64,
+    /// When the process started, in clock ticks since boot (field 22).
+    pub start_ticks: u64,
 }
 
 /// Parses a /proc/PID/stat line. The command name may contain spaces and parentheses, so
@@ -32,6 +34,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         utime: rest.get(11)?.parse().ok()?,
         stime: rest.get(12)?.parse().ok()?,
         rss_pages: rest.get(21)?.parse().ok()?,
+        start_ticks: rest.get(19)?.parse().ok()?,
     })
 }
 

@@ -20,6 +20,7 @@ use crate::probe::{Job, Prober};
 use crate::procfs;
 use crate::service::{Action, AfterStop, Now, Service, State};
 use crate::spawn;
+use crate::state::{self, StateDir};
 use crate::timefmt;
 use crate::waiter;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -41,6 +42,8 @@ struct Entry {
     cgroup_dirs: Vec<PathBuf>,
     /// An `exec` health check in progress.
     probe: Option<ProbeProc>,
+    /// The current run's process group, for `state_dir`.
+    group: Option<state::Group>,
 }
 
 /// A running `exec` health check.
@@ -62,6 +65,7 @@ impl Entry {
             waiting: false,
             cgroup_dirs: Vec::new(),
             probe: None,
+            group: None,
         }
     }
 }
@@ -103,6 +107,15 @@ pub struct Supervisor {
     pool: spawn::Pool,
     /// Process groups with live members, scanned at most once per loop iteration.
     live_groups: Option<HashSet<i32>>,
+    persist: Option<Persist>,
+}
+
+/// `state_dir`: the file is rewritten after runs start or end, at most once per
+/// SAVE_INTERVAL.
+struct Persist {
+    dir: StateDir,
+    dirty: bool,
+    saved_at: Option<Instant>,
 }
 
 /// How the loop ended.
@@ -122,6 +135,7 @@ impl Supervisor {
         sink: Sink,
         reap_orphans: bool,
         cgroups: Cgroups,
+        state_dir: Option<StateDir>,
     ) -> Supervisor {
         let prober = Prober::new(tx.clone());
         let services = plan
@@ -148,6 +162,78 @@ impl Supervisor {
             prober,
             pool: spawn::Pool::new(),
             live_groups: None,
+            persist: state_dir.map(|dir| Persist {
+                dir,
+                dirty: false,
+                saved_at: None,
+            }),
+        }
+    }
+
+    /// Carries on the restart counts and run histories a predecessor saved. A run that
+    /// was live then ended with that predecessor (its group was killed at start-up).
+    pub fn restore(&mut self, saved: state::Saved) {
+        let now_ms = timefmt::unix_ms(SystemTime::now());
+        for (name, s) in saved.services {
+            let Some(e) = self.services.get_mut(&name) else {
+                continue;
+            };
+            e.svc.restarts = s.restarts;
+            let skip = s.history.len().saturating_sub(crate::service::HISTORY_LEN);
+            e.svc.history = s
+                .history
+                .into_iter()
+                .skip(skip)
+                .map(|mut h| {
+                    h.exited_ms.get_or_insert(now_ms);
+                    h
+                })
+                .collect();
+        }
+        self.mark_state_dirty();
+    }
+
+    fn mark_state_dirty(&mut self) {
+        if let Some(p) = &mut self.persist {
+            p.dirty = true;
+        }
+    }
+
+    /// When the state file is next due to be written, if it has changes.
+    fn state_deadline(&self) -> Option<Instant> {
+        let p = self.persist.as_ref().filter(|p| p.dirty)?;
+        Some(
+            p.saved_at
+                .map_or_else(Instant::now, |t| t + state::SAVE_INTERVAL),
+        )
+    }
+
+    /// Writes the state file if it has changes and is due (or at once with `force`).
+    fn save_state(&mut self, force: bool) {
+        let due = self.state_deadline().is_some_and(|d| d <= Instant::now());
+        if !(due || force) {
+            return;
+        }
+        let Some(p) = &self.persist else { return };
+        let mut saved = state::Saved {
+            boot_id: p.dir.boot_id().to_string(),
+            services: Vec::with_capacity(self.services.len()),
+        };
+        for (name, e) in &self.services {
+            let live = e.svc.run.as_ref().map(|r| r.pid);
+            let s = state::SavedService {
+                restarts: e.svc.restarts,
+                history: e.svc.history.iter().copied().collect(),
+                group: e.group.filter(|g| Some(g.pgid) == live),
+            };
+            saved.services.push((name.clone(), s));
+        }
+        if let Some(p) = &mut self.persist {
+            if let Err(err) = p.dir.save(&saved) {
+                log::error!("state_dir: cannot write the state file: {err}");
+            }
+            p.dirty = false;
+            p.saved_at = Some(Instant::now());
         }
     }
 
@@ -221,8 +307,10 @@ impl Supervisor {
             self.settle();
             if self.finished() {
                 self.cgroups.remove_all();
+                self.save_state(true);
                 return Outcome::Clean;
             }
+            self.save_state(false);
         }
     }
 
@@ -245,10 +333,10 @@ impl Supervisor {
             .as_ref()
             .filter(|s| !s.killed)
             .map(|s| s.deadline);
-        match (svc, shutdown) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [svc, shutdown, self.state_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn handle(&mut self, ev: Event) -> Option<Outcome> {
@@ -523,6 +611,7 @@ impl Supervisor {
                 Action::Reap(pid) => {
                     spawn::reap(pid);
                     self.unreaped.remove(&pid);
+                    self.mark_state_dirty();
                 }
                 Action::Remove => {
                     if let Some(e) = self.services.remove(name) {
@@ -718,6 +807,12 @@ impl Supervisor {
                 now,
                 &mut self.rng,
             );
+        }
+        if self.persist.is_some() {
+            e.group = state::Group::of(pid);
+            if let Some(p) = &mut self.persist {
+                p.dirty = true;
+            }
         }
         let max_line = self.cfg.settings.max_line_bytes;
         for (fd, stream) in [
@@ -1107,7 +1202,7 @@ impl Supervisor {
                 .filter(|n| !self.services.contains_key(*n))
                 .cloned(),
         );
-        names.sort();
+        names.sort_unstable();
         for name in &names {
             let action = decide(
                 self.services.get(name).map(|e| &e.svc),

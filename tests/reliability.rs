@@ -286,6 +286,77 @@ fn a_binary_busy_being_written_is_retried_not_failed() {
 }
 
 #[test]
+fn state_dir_lets_a_successor_kill_what_a_crashed_daemon_left_and_keep_history() {
+    // Without cgroups (as root, the daemon runs as nobody so it has none), the process
+    // groups recorded in state_dir are all a successor has to find leftovers by.
+    let sb = Sandbox::new();
+    let root = unsafe { libc::geteuid() } == 0;
+    let uid = root.then_some(65534);
+    if root {
+        for d in [sb.dir.clone(), sb.path("services")] {
+            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+                .unwrap();
+        }
+    }
+    let kid = sb.path("kid.sh");
+    sb.script(&kid, "sleep 1000; :");
+    // The service's own child stays in its group but has no PDEATHSIG.
+    sb.service(
+        "parent",
+        &format!(
+            "sh {} & echo $! > {}; wait",
+            kid.display(),
+            sb.path("kid").display()
+        ),
+    );
+    sb.config(
+        json!({"services_dir": "services", "state_dir": "state"}),
+        json!({}),
+    );
+    let mut d = Daemon::spawn_as(&sb, &[], &[], uid);
+    assert!(
+        wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0),
+        "{}",
+        d.log_text()
+    );
+    let first = sb.wait_running("parent", None);
+    let state = sb.path("state/state.json");
+    assert!(wait_until(DEADLINE, || {
+        std::fs::read_to_string(&state).is_ok_and(|t| t.contains(&format!("\"pgid\":{first}")))
+    }));
+    let mut kid_pid = 0;
+    assert!(wait_until(DEADLINE, || {
+        kid_pid = std::fs::read_to_string(sb.path("kid"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        kid_pid > 0
+    }));
+    d.signal(libc::SIGKILL);
+    d.wait_exit(DEADLINE);
+    assert!(
+        wait_until(DEADLINE, || !alive(first)),
+        "PDEATHSIG took the main process"
+    );
+    assert!(alive(kid_pid), "the group member outlives the crash");
+    let d2 = Daemon::spawn_as(&sb, &[], &[], uid);
+    assert!(
+        wait_until(DEADLINE, || !alive(kid_pid)),
+        "leftover survived; log:\n{}",
+        d2.log_text()
+    );
+    d2.wait_log(&["process group", "left by a previous instance"]);
+    let second = sb.wait_running("parent", Some(first));
+    // The run the crash ended is in the history, closed; the new one follows it.
+    let st = sb.service_status("parent");
+    let history = st["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{st}");
+    assert!(history[0]["exited"].as_u64().is_some(), "{st}");
+    assert!(history[1]["exited"].is_null(), "{st}");
+    assert_eq!(st["pid"], second);
+}
+
+#[test]
 fn services_dir_removed_and_recreated() {
     let sb = Sandbox::new();
     sb.service("svc", "sleep 0.2; exit 1");

@@ -301,7 +301,30 @@ impl Daemon {
 
     /// Starts the daemon without waiting; `env` is added to a minimal environment.
     pub fn spawn(sb: &Sandbox, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn_as(sb, extra, env, None)
+    }
+
+    /// `spawn`, switched to `uid` (same gid, no supplementary groups) when given.
+    pub fn spawn_as(
+        sb: &Sandbox,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        uid: Option<u32>,
+    ) -> Daemon {
         let mut cmd = Command::new(BIN);
+        if let Some(uid) = uid {
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(uid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.arg("run")
             .arg("--config")
             .arg(sb.dir.join("orchestrator.json"))
