@@ -37,6 +37,8 @@ struct Entry {
     counters: Arc<Counters>,
     /// Spawn requested, held back until every `depends_on` is running.
     waiting: bool,
+    /// `stop` asked for, held back until every dependent that runs has stopped.
+    stop_requested: bool,
     /// Its cgroup directories (created at spawn, removed once the service is done);
     /// empty when it has none.
     cgroup_dirs: Vec<PathBuf>,
@@ -63,6 +65,7 @@ impl Entry {
             ring: Arc::default(),
             counters: Arc::default(),
             waiting: false,
+            stop_requested: false,
             cgroup_dirs: Vec::new(),
             probe: None,
             group: None,
@@ -512,7 +515,7 @@ impl Supervisor {
             self.pending.retain(|p| {
                 let finished = services
                     .get(&p.service)
-                    .is_none_or(|e| e.svc.stopping.is_none());
+                    .is_none_or(|e| e.svc.stopping.is_none() && !e.stop_requested);
                 if finished {
                     done.push((p.service.clone(), p.reply.clone()));
                 }
@@ -529,7 +532,74 @@ impl Supervisor {
         }
         if self.shutdown.is_some() {
             self.shutdown_step();
+        } else {
+            self.stop_step();
         }
+    }
+
+    /// Services that depend on `name`, directly or not.
+    fn dependents_of(&self, name: &str) -> Vec<String> {
+        let mut found: Vec<String> = Vec::new();
+        let mut frontier = vec![name.to_string()];
+        while let Some(n) = frontier.pop() {
+            for (d, e) in &self.services {
+                if e.svc.spec.depends_on.contains(&n) && !found.contains(d) && d != name {
+                    found.push(d.clone());
+                    frontier.push(d.clone());
+                }
+            }
+        }
+        found
+    }
+
+    /// Carries out requested stops in dependency order: a service is stopped once none
+    /// of its dependents has a process left (the same order as a shutdown).
+    fn stop_step(&mut self) {
+        // A pass can mark more services (dependents started meanwhile): go again then.
+        while self.stop_pass() {}
+    }
+
+    /// One pass of `stop_step`; whether it marked a service it had not seen.
+    fn stop_pass(&mut self) -> bool {
+        let mut marked = false;
+        let requested: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, e)| e.stop_requested)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let now = Instant::now();
+        for name in requested {
+            let blockers: Vec<String> = self
+                .services
+                .iter()
+                .filter(|(_, e)| e.svc.has_process() && e.svc.spec.depends_on.contains(&name))
+                .map(|(n, _)| n.clone())
+                .collect();
+            if !blockers.is_empty() {
+                // A dependent (re)started meanwhile goes too: the stop would wait for
+                // it for ever otherwise.
+                for b in blockers {
+                    if let Some(be) = self.services.get_mut(&b) {
+                        if be.svc.stopping.is_none() && !be.stop_requested {
+                            be.stop_requested = true;
+                            marked = true;
+                        }
+                    }
+                }
+                continue;
+            }
+            let Some(e) = self.services.get_mut(&name) else {
+                continue;
+            };
+            e.stop_requested = false;
+            e.waiting = false;
+            // A refusal means there is nothing left to stop.
+            if let Ok(actions) = e.svc.stop(AfterStop::Stay, now) {
+                self.execute(&name, actions);
+            }
+        }
+        marked
     }
 
     /// Stops every service that has a process and no dependent with a process left:
@@ -1007,11 +1077,31 @@ impl Supervisor {
             e.svc.spec.binary_problem =
                 discovery::check_binary(&e.svc.spec.binary, self.cfg.settings.strict_modes);
         }
+        if req.cmd != "stop" {
+            // A start or restart overrides a stop still waiting for dependents.
+            e.stop_requested = false;
+        }
         let result = match req.cmd.as_str() {
             "start" => e.svc.start(),
             "stop" => {
-                e.waiting = false;
-                e.svc.stop(AfterStop::Stay, now)
+                let active = e.svc.has_process()
+                    || matches!(e.svc.state, State::Starting | State::Restarting);
+                if !active {
+                    return Err(crate::service::Refusal::NotRunning.message().into());
+                }
+                // Dependents go first, like at shutdown: each is stopped once what
+                // depends on it has stopped, and this one last.
+                for d in self.dependents_of(&name) {
+                    if let Some(de) = self.services.get_mut(&d) {
+                        let active = de.svc.has_process()
+                            || matches!(de.svc.state, State::Starting | State::Restarting);
+                        de.stop_requested = active;
+                    }
+                }
+                if let Some(e) = self.services.get_mut(&name) {
+                    e.stop_requested = true;
+                }
+                Ok(Vec::new())
             }
             _ => e.svc.restart(now),
         };
@@ -1021,7 +1111,7 @@ impl Supervisor {
         let stopping = self
             .services
             .get(&name)
-            .is_some_and(|e| e.svc.stopping.is_some());
+            .is_some_and(|e| e.svc.stopping.is_some() || e.stop_requested);
         if stopping {
             self.pending.push(PendingReply {
                 service: name,

@@ -527,6 +527,49 @@ fn dependencies_start_in_order_and_stop_in_reverse() {
 }
 
 #[test]
+fn stop_of_a_dependency_stops_its_dependents_first() {
+    let sb = Sandbox::new();
+    let stamp = sb.path("order");
+    for n in ["db", "api", "web", "other"] {
+        sb.service(
+            n,
+            &format!(
+                "trap 'sleep 0.2; echo stop {n} >> {f}; exit 0' TERM; while :; do sleep 0.02; done",
+                f = stamp.display()
+            ),
+        );
+    }
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"web": {"depends_on": ["api"]}, "api": {"depends_on": ["db"]}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    for n in ["db", "api", "web", "other"] {
+        sb.wait_running(n, None);
+    }
+    let other = sb.service_status("other")["pid"].clone();
+    // `stop db` returns once db has stopped, which is after web, then api.
+    let out = sb.cli(&["stop", "db"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = std::fs::read_to_string(&stamp).unwrap();
+    let stops: Vec<&str> = text.lines().collect();
+    assert_eq!(stops, ["stop web", "stop api", "stop db"]);
+    for n in ["db", "api", "web"] {
+        assert_eq!(sb.service_status(n)["state"], "stopped", "{n}");
+    }
+    assert_eq!(
+        sb.service_status("other")["pid"],
+        other,
+        "unrelated service untouched"
+    );
+    // Nothing restarts by itself; `start db` starts db alone.
+    assert_eq!(sb.cli(&["start", "db"]).code, 0);
+    sb.wait_running("db", None);
+    assert_eq!(sb.service_status("api")["state"], "stopped");
+    assert_eq!(sb.cli(&["stop", "web"]).code, 1, "not running");
+}
+
+#[test]
 fn a_failed_dependency_holds_its_dependents_back() {
     let sb = Sandbox::new();
     // db has no binary yet: it fails without ever running.
