@@ -309,7 +309,13 @@ fn notify_socket_gets_ready() {
     listener.set_read_timeout(Some(DEADLINE)).unwrap();
     let _d = Daemon::spawn(&sb, &[], &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
     let mut buf = [0u8; 256];
-    let n = listener.recv(&mut buf).unwrap();
+    // A receive with a timeout is not restarted after a signal: retry it.
+    let n = loop {
+        match listener.recv(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other.unwrap(),
+        }
+    };
     let msg = String::from_utf8_lossy(&buf[..n]);
     assert!(msg.contains("READY=1"), "{msg}");
     // Ready means the services were started.
