@@ -92,6 +92,9 @@ pub enum SinkMsg {
     Raw(String),
     /// Wakes the writer so that it flushes, and answers when done.
     Flush(Sender<()>),
+    /// Other slow file work the main loop must not wait for (the state_dir file):
+    /// this thread is the one that does I/O.
+    Job(Box<dyn FnOnce() + Send>),
 }
 
 /// What the writer applies to every record; changed in place by a reload.
@@ -217,6 +220,16 @@ impl Sink {
         }
     }
 
+    /// Queues `job` for the writer thread if there is room; false if there was none.
+    pub fn offer_job(&self, job: Box<dyn FnOnce() + Send>) -> bool {
+        self.tx.try_send(SinkMsg::Job(job)).is_ok()
+    }
+
+    /// Queues `job`, waiting (at most `timeout`) for room.
+    pub fn send_job(&self, job: Box<dyn FnOnce() + Send>, timeout: std::time::Duration) -> bool {
+        self.tx.send_timeout(SinkMsg::Job(job), timeout).is_ok()
+    }
+
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -314,6 +327,10 @@ impl Writer {
                 SinkMsg::Flush(done) => {
                     self.flush_all();
                     let _ = done.send(());
+                    continue;
+                }
+                SinkMsg::Job(job) => {
+                    job();
                     continue;
                 }
             }

@@ -3,8 +3,10 @@
 //! and, for every live run, its process group and the start time of the group's leader.
 //!
 //! It is written whole (temporary file, fsync, rename, fsync of the directory), so a
-//! crash or a power cut leaves the old file or the new one, never half of one; and at
-//! most once a second, so a restart storm does not wear out a flash disk. A successor
+//! crash or a power cut leaves the old file or the new one, never half of one; at most
+//! once a second, so a restart storm does not wear out a flash disk; and by the log
+//! writer thread (which does the daemon's file I/O), so a slow fsync never holds up the
+//! main loop. A successor
 //! started after a crash first kills the recorded groups that are still the ones it
 //! recorded (same boot, and the pid numbers not reused since), then carries the counts
 //! and the history on.
@@ -84,19 +86,16 @@ impl StateDir {
     pub fn load(&self) -> Option<Saved> {
         let path = self.dir.join(FILE);
         let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                log::warn!("{}: {e}; starting without saved state", path.display());
-                return None;
-            }
+            Err(e) => Err(e.to_string()),
+            Ok(t) => Ok(t),
         };
-        match serde_json::from_str::<Value>(&text)
-            .map_err(|e| e.to_string())
-            .and_then(|v| from_json(&v).ok_or_else(|| "not a state file".to_string()))
-        {
-            Ok(saved) => Some(saved),
-            Err(e) => {
+        let parsed = text.and_then(|t| {
+            let v = serde_json::from_str::<Value>(&t).map_err(|e| e.to_string())?;
+            from_json(&v).ok_or_else(|| "not a state file".to_string())
+        });
+        parsed
+            .map_err(|e| {
                 let bad = self.dir.join(format!("{FILE}.bad"));
                 log::warn!(
                     "{}: {e}; starting without saved state (the file is kept as {})",
@@ -104,8 +103,14 @@ impl StateDir {
                     bad.display()
                 );
                 let _ = fs::rename(&path, &bad);
-                None
-            }
+            })
+            .ok()
+    }
+
+    /// `save`, with a failure logged.
+    pub fn save_logged(&self, saved: &Saved) {
+        if let Err(e) = self.save(saved) {
+            log::error!("state_dir {}: cannot write {FILE}: {e}", self.dir.display());
         }
     }
 

@@ -20,7 +20,7 @@ use crate::probe::{Job, Prober};
 use crate::procfs;
 use crate::service::{Action, AfterStop, Now, Service, State};
 use crate::spawn;
-use crate::state::{self, StateDir};
+use crate::state;
 use crate::timefmt;
 use crate::waiter;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -116,7 +116,7 @@ pub struct Supervisor {
 /// `state_dir`: the file is rewritten after runs start or end, at most once per
 /// SAVE_INTERVAL.
 struct Persist {
-    dir: StateDir,
+    dir: Arc<state::StateDir>,
     dirty: bool,
     saved_at: Option<Instant>,
 }
@@ -138,7 +138,7 @@ impl Supervisor {
         sink: Sink,
         reap_orphans: bool,
         cgroups: Cgroups,
-        state_dir: Option<StateDir>,
+        state_dir: Option<state::StateDir>,
     ) -> Supervisor {
         let prober = Prober::new(tx.clone());
         let services = plan
@@ -166,7 +166,7 @@ impl Supervisor {
             pool: spawn::Pool::new(),
             live_groups: None,
             persist: state_dir.map(|dir| Persist {
-                dir,
+                dir: Arc::new(dir),
                 dirty: false,
                 saved_at: None,
             }),
@@ -211,7 +211,8 @@ impl Supervisor {
         )
     }
 
-    /// Writes the state file if it has changes and is due (or at once with `force`).
+    /// Writes the state file if it has changes and is due; with `force` (at exit), at
+    /// once, and waits until it is written.
     fn save_state(&mut self, force: bool) {
         let due = self.state_deadline().is_some_and(|d| d <= Instant::now());
         if !(due || force) {
@@ -231,11 +232,17 @@ impl Supervisor {
             };
             saved.services.push((name.clone(), s));
         }
+        let dir = p.dir.clone();
+        let job = Box::new(move || dir.save_logged(&saved));
+        // At exit the writer is flushed afterwards, which waits for the job.
+        let queued = if force {
+            self.sink.send_job(job, Duration::from_secs(2))
+        } else {
+            self.sink.offer_job(job)
+        };
         if let Some(p) = &mut self.persist {
-            if let Err(err) = p.dir.save(&saved) {
-                log::error!("state_dir: cannot write the state file: {err}");
-            }
-            p.dirty = false;
+            // Queued or not (the queue was full), look again an interval later.
+            p.dirty &= !queued;
             p.saved_at = Some(Instant::now());
         }
     }

@@ -354,6 +354,15 @@ fn state_dir_lets_a_successor_kill_what_a_crashed_daemon_left_and_keep_history()
     assert!(history[0]["exited"].as_u64().is_some(), "{st}");
     assert!(history[1]["exited"].is_null(), "{st}");
     assert_eq!(st["pid"], second);
+    // A clean shutdown leaves a state with no live group and every run closed.
+    assert_eq!(sb.cli(&["shutdown"]).code, 0);
+    let text = std::fs::read_to_string(&state).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let parent = &saved["services"]["parent"];
+    assert!(parent["group"].is_null(), "{text}");
+    let runs = parent["history"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{text}");
+    assert!(runs.iter().all(|r| r[1].is_u64()), "{text}");
 }
 
 #[test]
