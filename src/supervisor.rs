@@ -211,8 +211,8 @@ impl Supervisor {
         )
     }
 
-    /// Writes the state file if it has changes and is due; with `force` (at exit), at
-    /// once, and waits until it is written.
+    /// Has the state file written if it has changes and is due; with `force` (at exit),
+    /// at once (the log writer's final flush then waits for it).
     fn save_state(&mut self, force: bool) {
         let due = self.state_deadline().is_some_and(|d| d <= Instant::now());
         if !(due || force) {
