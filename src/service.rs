@@ -23,7 +23,7 @@ pub const SPAWN_RETRY_MIN: Duration = Duration::from_millis(100);
 /// A binary busy (ETXTBSY: open for writing, e.g. being copied into place) is tried
 /// again this often, this many times, before the failure counts as one.
 pub const BUSY_RETRY: Duration = Duration::from_millis(100);
-pub const BUSY_RETRIES: u32 = 20;
+pub const BUSY_RETRIES: u32 = 50;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {

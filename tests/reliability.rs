@@ -502,6 +502,22 @@ fn status_answers_when_the_daemon_is_out_of_descriptors() {
     sb.config(json!({"services_dir": "services"}), json!({}));
     let d = Daemon::start(&sb, &[]);
     sb.wait_state("steady", "running");
+    // No control connection may still hold a descriptor (the one that answered the
+    // last status closes it just after the reply): its number would free up later.
+    let conn_threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", d.pid))
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim() == "control-conn")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert!(wait_until(DEADLINE, || conn_threads() == 0));
     // Lower the daemon's limit to its lowest free descriptor number: every number
     // below the limit is taken, so accept() fails with EMFILE. (Descriptors above the
     // limit stay open; the reserve is opened first thing and sits below it.)
