@@ -1183,6 +1183,48 @@ mod tests {
     }
 
     #[test]
+    fn a_wall_clock_jump_changes_no_decision() {
+        // The same runs, with the wall clock steady, jumping back an hour, or a day on:
+        // backoff, attempts and reset-after follow the monotonic clock only; the wall
+        // clock only stamps the history.
+        let run = |jump_ms: i64| {
+            let mut t = T::new(RestartPolicy::Always, 10);
+            t.svc.start().unwrap();
+            let at = |t: &T, ms: u64, jumped: bool| Now {
+                mono: t.t0 + Duration::from_millis(ms),
+                wall_ms: (1_000_000_000 + ms as i64 + if jumped { jump_ms } else { 0 }) as u64,
+            };
+            let mut seen = Vec::new();
+            // Short runs count attempts; a 70 s run (by the monotonic clock) resets them.
+            for (start, end) in [(0, 10), (200, 210), (600, 70_600), (70_800, 70_810)] {
+                t.gen += 1;
+                let now = at(&t, start, false);
+                t.svc.spawned(100 + t.gen as i32, t.gen, now);
+                let now = at(&t, end, true);
+                t.svc.exited(Exit::Code(1), now, true, &mut t.rng);
+                seen.push((
+                    t.svc.attempts,
+                    t.svc.next_restart.map(|r| r - t.t0),
+                    t.svc.state,
+                ));
+            }
+            let stamps: Vec<_> = t.svc.history.iter().map(|h| h.exited_ms).collect();
+            (seen, stamps)
+        };
+        let (steady, steady_stamps) = run(0);
+        for jump in [-3_600_000, 86_400_000] {
+            let (jumped, stamps) = run(jump);
+            assert_eq!(jumped, steady, "jump {jump} ms");
+            assert_ne!(stamps, steady_stamps, "the history shows the wall clock");
+        }
+        assert_eq!(
+            steady.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [1, 2, 1, 2],
+            "the 70 s run reset the counter"
+        );
+    }
+
+    #[test]
     fn stray_events_are_ignored_not_panics() {
         let mut t = T::new(RestartPolicy::Always, 5);
         let a = t.exit(0, Exit::Code(0));
