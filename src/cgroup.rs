@@ -443,6 +443,35 @@ impl Cgroups {
         }
     }
 
+    /// Each limit `spec` sets: its name, its value as configured, and how it is
+    /// enforced here ("setrlimit", or what `describe` says).
+    pub fn enforcement(
+        &self,
+        spec: &crate::discovery::ServiceSpec,
+    ) -> Vec<(&'static str, String, String)> {
+        let l = &spec.limits;
+        let mut out = Vec::new();
+        for (name, v) in [("nofile", l.nofile), ("nproc", l.nproc), ("core", l.core)] {
+            if let Some(v) = v {
+                out.push((name, v.to_string(), "setrlimit".to_string()));
+            }
+        }
+        let cgroup_limits = [
+            (
+                "memory_limit",
+                (spec.memory_limit_mib > 0).then(|| format!("{} MiB", spec.memory_limit_mib)),
+            ),
+            ("cpu_percent", l.cpu_percent.map(|c| c.to_string())),
+            ("pids_max", l.pids_max.map(|p| p.to_string())),
+        ];
+        for (name, value) in cgroup_limits {
+            if let Some(value) = value {
+                out.push((name, value, self.describe(name)));
+            }
+        }
+        out
+    }
+
     /// How each cgroup limit is enforced here, for `check` and `status`.
     pub fn describe(&self, what: &str) -> String {
         let (h, file) = match what {

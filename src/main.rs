@@ -300,17 +300,11 @@ fn check(cli: &Cli) -> i32 {
             .map_or("(none found: defaults)".into(), |p| p.display().to_string())
     );
     println!("services_dir: {}", s.services_dir.display());
-    println!(
-        "control_socket: {}",
-        s.control_socket
-            .clone()
-            .unwrap_or_else(instance::default_socket)
-            .display()
-    );
     let socket = s
         .control_socket
         .clone()
         .unwrap_or_else(instance::default_socket);
+    println!("control_socket: {}", socket.display());
     let cgroups = cgroup::Cgroups::detect(&socket);
     match &cgroups.tracker {
         Some(h) => println!("cgroups: {}", h.base.display()),
@@ -394,30 +388,15 @@ fn check(cli: &Cli) -> i32 {
 
 /// How each configured limit is enforced, for `check`.
 fn limit_lines(spec: &discovery::ServiceSpec, cgroups: &cgroup::Cgroups) -> Vec<String> {
-    let l = &spec.limits;
-    let mut out = Vec::new();
-    for (name, v) in [("nofile", l.nofile), ("nproc", l.nproc), ("core", l.core)] {
-        if let Some(v) = v {
-            out.push(format!("{name} = {v}: enforced with setrlimit"));
-        }
-    }
-    if spec.memory_limit_mib > 0 {
-        out.push(format!(
-            "memory_limit = {} MiB: GOMEMLIMIT set; {}",
-            spec.memory_limit_mib,
-            cgroups.describe("memory_limit")
-        ));
-    }
-    if let Some(c) = l.cpu_percent {
-        out.push(format!(
-            "cpu_percent = {c}: {}",
-            cgroups.describe("cpu_percent")
-        ));
-    }
-    if let Some(p) = l.pids_max {
-        out.push(format!("pids_max = {p}: {}", cgroups.describe("pids_max")));
-    }
-    out
+    cgroups
+        .enforcement(spec)
+        .into_iter()
+        .map(|(name, value, how)| match name {
+            "nofile" | "nproc" | "core" => format!("{name} = {value}: enforced with {how}"),
+            "memory_limit" => format!("{name} = {value}: GOMEMLIMIT set; {how}"),
+            _ => format!("{name} = {value}: {how}"),
+        })
+        .collect()
 }
 
 fn shell_quote(s: &str) -> String {

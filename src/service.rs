@@ -195,8 +195,7 @@ pub struct Service {
     /// Stopped on purpose: a reload leaves it stopped.
     pub held: bool,
     pub health: Health,
-    /// Spawns in a row that found the binary busy; while it is above 0, `next_restart`
-    /// is a retry of the same start, not a restart.
+    /// Spawns in a row that found the binary busy (ETXTBSY), retried as the same start.
     pub busy_retries: u32,
 }
 
@@ -251,6 +250,17 @@ impl Service {
         self.run.is_some()
     }
 
+    /// A start under way with no process yet: a restart or retry is due, or the start
+    /// waits for its dependencies.
+    pub fn start_pending(&self) -> bool {
+        self.run.is_none() && matches!(self.state, State::Restarting | State::Starting)
+    }
+
+    /// Has a process, or is about to: what a stop acts on.
+    pub fn is_active(&self) -> bool {
+        self.has_process() || self.start_pending()
+    }
+
     pub fn uptime(&self, now: Instant) -> Duration {
         match &self.run {
             Some(r) if r.exited.is_none() => now.saturating_duration_since(r.started),
@@ -269,7 +279,7 @@ impl Service {
                 None => st.deadline,
             });
         }
-        if self.run.is_none() && matches!(self.state, State::Restarting | State::Starting) {
+        if self.start_pending() {
             return self.next_restart;
         }
         if self.run.is_some() {
@@ -333,7 +343,7 @@ impl Service {
             ]);
         }
         // No process: a pending restart or a wait for dependencies is cancelled.
-        let was_active = matches!(self.state, State::Restarting | State::Starting);
+        let was_active = self.start_pending();
         self.next_restart = None;
         match then {
             AfterStop::Remove => Ok(vec![Action::Remove]),
@@ -757,10 +767,7 @@ impl Service {
                 return vec![Action::Probe { gen: run.gen }];
             }
         }
-        if self.run.is_none()
-            && matches!(self.state, State::Restarting | State::Starting)
-            && self.next_restart.is_some_and(|t| now >= t)
-        {
+        if self.start_pending() && self.next_restart.is_some_and(|t| now >= t) {
             self.next_restart = None;
             if self.state == State::Restarting {
                 self.restarts += 1;

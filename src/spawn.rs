@@ -95,8 +95,6 @@ struct ChildArgs<'a> {
     failed_errno: AtomicI32,
 }
 
-/// Spawns one run of `spec`. The error is for `last_error`: it names the OS error.
-/// `cgroup_fds` are open `cgroup.procs` files the child joins before anything else.
 /// Why a spawn failed: what to report, and whether the same spawn may work in a moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpawnError {
@@ -116,19 +114,22 @@ impl From<String> for SpawnError {
     }
 }
 
-pub fn spawn(spec: &ServiceSpec, cgroup_fds: &[RawFd]) -> Result<Child, SpawnError> {
+/// Spawns one run of `spec`. The error is for `last_error`: it names the OS error.
+/// `cgroup_files` are open `cgroup.procs` files the child joins before anything else.
+pub fn spawn(spec: &ServiceSpec, cgroup_files: &[std::fs::File]) -> Result<Child, SpawnError> {
     if let Some(dir) = &spec.cwd {
         ensure_data_dir(dir, spec).map_err(|e| format!("data_dir {}: {e}", dir.display()))?;
     }
     let (out_r, out_w) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     let (err_r, err_w) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     let stdio = [dev_null()?, out_w.as_raw_fd(), err_w.as_raw_fd()];
+    let cgroup_fds = crate::cgroup::raw_fds(cgroup_files);
     let pid = spawn_with(
         spec,
         spec.binary.as_os_str(),
         &spec.args,
         stdio,
-        cgroup_fds,
+        &cgroup_fds,
         spec.cwd.as_deref(),
     )
     .map_err(|(step, e)| SpawnError {
@@ -515,6 +516,12 @@ struct Job {
     cgroup_files: Vec<std::fs::File>,
 }
 
+impl Job {
+    fn run(&self) -> Result<Child, SpawnError> {
+        spawn(&self.spec, &self.cgroup_files)
+    }
+}
+
 impl Pool {
     /// A pool of two threads per CPU (a spawner mostly sleeps while its child execs),
     /// at most 8; none on a single CPU.
@@ -535,23 +542,18 @@ impl Pool {
         spec: ServiceSpec,
         cgroup_files: Vec<std::fs::File>,
     ) -> Option<Result<Child, SpawnError>> {
-        if self.size < 2 || !self.started() {
-            return Some(spawn(&spec, &crate::cgroup::raw_fds(&cgroup_files)));
-        }
         let job = Job {
             index,
             spec,
             cgroup_files,
         };
-        let Some(tx) = self.jobs.as_ref() else {
-            return Some(Err("internal error: no spawner".to_string().into()));
+        let Some(tx) = self.sender() else {
+            return Some(job.run());
         };
         match tx.send(job) {
             Ok(()) => None,
             // The workers never exit, so this cannot happen; spawn here if it does.
-            Err(crossbeam_channel::SendError(job)) => {
-                Some(spawn(&job.spec, &crate::cgroup::raw_fds(&job.cgroup_files)))
-            }
+            Err(crossbeam_channel::SendError(job)) => Some(job.run()),
         }
     }
 
@@ -560,10 +562,14 @@ impl Pool {
         (0..n).map_while(|_| self.results.1.recv().ok()).collect()
     }
 
-    /// Starts the threads on first use; false if none could be started.
-    fn started(&mut self) -> bool {
+    /// The queue of the pool's threads, started on first use; none without a pool
+    /// (one CPU) or when no thread could be started.
+    fn sender(&mut self) -> Option<&crossbeam_channel::Sender<Job>> {
+        if self.size < 2 {
+            return None;
+        }
         if self.jobs.is_some() {
-            return true;
+            return self.jobs.as_ref();
         }
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let mut started = 0;
@@ -574,7 +580,7 @@ impl Pool {
                 .stack_size(64 * 1024)
                 .spawn(move || {
                     for job in rx {
-                        let result = spawn(&job.spec, &crate::cgroup::raw_fds(&job.cgroup_files));
+                        let result = job.run();
                         drop(job.cgroup_files);
                         let _ = results.send((job.index, result));
                     }
@@ -591,6 +597,6 @@ impl Pool {
         if started > 0 {
             self.jobs = Some(tx);
         }
-        started > 0
+        self.jobs.as_ref()
     }
 }

@@ -6,10 +6,9 @@
 //! crash or a power cut leaves the old file or the new one, never half of one; at most
 //! once a second, so a restart storm does not wear out a flash disk; and by the log
 //! writer thread (which does the daemon's file I/O), so a slow fsync never holds up the
-//! main loop. A successor
-//! started after a crash first kills the recorded groups that are still the ones it
-//! recorded (same boot, and the pid numbers not reused since), then carries the counts
-//! and the history on.
+//! main loop. A successor started after a crash first kills the recorded groups that
+//! are still the ones it recorded (same boot, and the pid numbers not reused since),
+//! then carries the counts and the history on.
 
 use crate::procfs;
 use crate::service::HistoryEntry;

@@ -8,7 +8,7 @@
 //! after it was reused. It must never block on anything but its channel: logging is
 //! non-blocking and control replies go through bounded(1) channels nobody else fills.
 
-use crate::cgroup::{self, CgroupLimits, Cgroups};
+use crate::cgroup::{CgroupLimits, Cgroups};
 use crate::config::{self, Config, Overrides};
 use crate::control::{error_reply, Reply, Request};
 use crate::discovery::{self, Plan, ServiceSpec};
@@ -438,18 +438,17 @@ impl Supervisor {
             deadline: Instant::now() + timeout,
             killed: false,
         });
-        // Pending restarts and dependency waits are cancelled at once.
-        let idle: Vec<String> = self
-            .services
-            .iter()
-            .filter(|(_, e)| {
-                !e.svc.has_process() && matches!(e.svc.state, State::Restarting | State::Starting)
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
+        // Pending restarts and dependency waits are cancelled at once; every process is
+        // stopped in dependency order, as by `stop` (a stop under way runs its course).
         let now = Instant::now();
-        for name in idle {
-            if let Some(e) = self.services.get_mut(&name) {
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            let Some(e) = self.services.get_mut(&name) else {
+                continue;
+            };
+            if e.svc.has_process() {
+                e.stop_requested = e.svc.stopping.is_none();
+            } else if e.svc.start_pending() {
                 e.waiting = false;
                 if let Ok(actions) = e.svc.stop(AfterStop::Stay, now) {
                     self.execute(&name, actions);
@@ -537,11 +536,7 @@ impl Supervisor {
                 let _ = reply.try_send(answer);
             }
         }
-        if self.shutdown.is_some() {
-            self.shutdown_step();
-        } else {
-            self.stop_step();
-        }
+        self.stop_step();
     }
 
     /// Services that depend on `name`, directly or not.
@@ -559,8 +554,8 @@ impl Supervisor {
         found
     }
 
-    /// Carries out requested stops in dependency order: a service is stopped once none
-    /// of its dependents has a process left (the same order as a shutdown).
+    /// Carries out requested stops (`stop`, shutdown) in dependency order: a service is
+    /// stopped once none of its dependents has a process left.
     fn stop_step(&mut self) {
         // A pass can mark more services (dependents started meanwhile): go again then.
         while self.stop_pass() {}
@@ -569,6 +564,14 @@ impl Supervisor {
     /// One pass of `stop_step`; whether it marked a service it had not seen.
     fn stop_pass(&mut self) -> bool {
         let mut marked = false;
+        // Services that something with a process still depends on, in one pass over the
+        // edges.
+        let needed: HashSet<String> = self
+            .services
+            .values()
+            .filter(|e| e.svc.has_process())
+            .flat_map(|e| e.svc.spec.depends_on.iter().cloned())
+            .collect();
         let requested: Vec<String> = self
             .services
             .iter()
@@ -577,21 +580,17 @@ impl Supervisor {
             .collect();
         let now = Instant::now();
         for name in requested {
-            let blockers: Vec<String> = self
-                .services
-                .iter()
-                .filter(|(_, e)| e.svc.has_process() && e.svc.spec.depends_on.contains(&name))
-                .map(|(n, _)| n.clone())
-                .collect();
-            if !blockers.is_empty() {
-                // A dependent (re)started meanwhile goes too: the stop would wait for
-                // it for ever otherwise.
-                for b in blockers {
-                    if let Some(be) = self.services.get_mut(&b) {
-                        if be.svc.stopping.is_none() && !be.stop_requested {
-                            be.stop_requested = true;
-                            marked = true;
-                        }
+            if needed.contains(&name) {
+                // Its dependents go first. One (re)started meanwhile goes too: the stop
+                // would wait for it for ever otherwise.
+                for de in self.services.values_mut() {
+                    if de.svc.has_process()
+                        && de.svc.spec.depends_on.contains(&name)
+                        && de.svc.stopping.is_none()
+                        && !de.stop_requested
+                    {
+                        de.stop_requested = true;
+                        marked = true;
                     }
                 }
                 continue;
@@ -607,34 +606,6 @@ impl Supervisor {
             }
         }
         marked
-    }
-
-    /// Stops every service that has a process and no dependent with a process left:
-    /// dependents go first, their dependencies once they are gone.
-    fn shutdown_step(&mut self) {
-        // Services that something still running depends on, in one pass over the edges.
-        let needed: HashSet<&str> = self
-            .services
-            .values()
-            .filter(|e| e.svc.has_process())
-            .flat_map(|e| e.svc.spec.depends_on.iter().map(String::as_str))
-            .collect();
-        let ready: Vec<String> = self
-            .services
-            .iter()
-            .filter(|(name, e)| {
-                e.svc.has_process() && e.svc.stopping.is_none() && !needed.contains(name.as_str())
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
-        let now = Instant::now();
-        for name in ready {
-            if let Some(e) = self.services.get_mut(&name) {
-                if let Ok(actions) = e.svc.stop(AfterStop::Stay, now) {
-                    self.execute(&name, actions);
-                }
-            }
-        }
     }
 
     /// Dependencies of `name` that are not running, with their state.
@@ -745,7 +716,7 @@ impl Supervisor {
         let Some(e) = self.services.get(name) else {
             return Vec::new();
         };
-        let result = spawn::spawn(&e.svc.spec, &cgroup::raw_fds(&files));
+        let result = spawn::spawn(&e.svc.spec, &files);
         drop(files);
         self.finish_spawn(name, result, now)
     }
@@ -819,29 +790,27 @@ impl Supervisor {
         if !self.cgroups.available() {
             return Ok(Vec::new());
         }
-        {
-            // Whatever a previous run left in the cgroup goes before the next one starts.
-            if !e.cgroup_dirs.is_empty() {
-                self.cgroups.kill(name);
-            }
-            match self.cgroups.prepare(name, limits) {
-                Ok((files, dirs)) => {
-                    for d in dirs {
-                        if !e.cgroup_dirs.contains(&d) {
-                            e.cgroup_dirs.push(d);
-                        }
+        // Whatever a previous run left in the cgroup goes before the next one starts.
+        if !e.cgroup_dirs.is_empty() {
+            self.cgroups.kill(name);
+        }
+        match self.cgroups.prepare(name, limits) {
+            Ok((files, dirs)) => {
+                for d in dirs {
+                    if !e.cgroup_dirs.contains(&d) {
+                        e.cgroup_dirs.push(d);
                     }
-                    Ok(files)
                 }
-                // Configured limits that cannot be applied make the spawn fail (and retry):
-                // running unlimited would be a silent surprise.
-                Err(err) if limits != CgroupLimits::default() => {
-                    Err(e.svc.spawn_failed(err, false, now, &mut self.rng))
-                }
-                Err(err) => {
-                    log::warn!("{name}: running without a cgroup: {err}");
-                    Ok(Vec::new())
-                }
+                Ok(files)
+            }
+            // Configured limits that cannot be applied make the spawn fail (and retry):
+            // running unlimited would be a silent surprise.
+            Err(err) if limits != CgroupLimits::default() => {
+                Err(e.svc.spawn_failed(err, false, now, &mut self.rng))
+            }
+            Err(err) => {
+                log::warn!("{name}: running without a cgroup: {err}");
+                Ok(Vec::new())
             }
         }
     }
@@ -885,11 +854,9 @@ impl Supervisor {
                 &mut self.rng,
             );
         }
-        if self.persist.is_some() {
+        if let Some(p) = &mut self.persist {
             e.group = state::Group::of(pid);
-            if let Some(p) = &mut self.persist {
-                p.dirty = true;
-            }
+            p.dirty = true;
         }
         let max_line = self.cfg.settings.max_line_bytes;
         for (fd, stream) in [
@@ -1091,18 +1058,14 @@ impl Supervisor {
         let result = match req.cmd.as_str() {
             "start" => e.svc.start(),
             "stop" => {
-                let active = e.svc.has_process()
-                    || matches!(e.svc.state, State::Starting | State::Restarting);
-                if !active {
+                if !e.svc.is_active() {
                     return Err(crate::service::Refusal::NotRunning.message().into());
                 }
                 // Dependents go first, like at shutdown: each is stopped once what
                 // depends on it has stopped, and this one last.
                 for d in self.dependents_of(&name) {
                     if let Some(de) = self.services.get_mut(&d) {
-                        let active = de.svc.has_process()
-                            || matches!(de.svc.state, State::Starting | State::Restarting);
-                        de.stop_requested = active;
+                        de.stop_requested = de.svc.is_active();
                     }
                 }
                 if let Some(e) = self.services.get_mut(&name) {
@@ -1381,7 +1344,7 @@ fn decide(old: Option<&Service>, new: Option<&ServiceSpec>) -> &'static str {
         (None, Some(_)) => "update",
         (Some(_), None) => "stop",
         (Some(o), Some(n)) => {
-            let active = o.has_process() || matches!(o.state, State::Restarting | State::Starting);
+            let active = o.is_active();
             if active && (!n.enabled || n.binary_problem.is_some() && !o.has_process()) {
                 return "stop";
             }
@@ -1421,23 +1384,8 @@ fn summarize(plan: &[(String, &'static str)]) -> String {
 /// How each configured limit is enforced: `{"nofile": "setrlimit", "memory_limit": ...}`.
 fn limits_json(cgroups: &Cgroups, spec: &ServiceSpec) -> serde_json::Value {
     let mut m = serde_json::Map::new();
-    let l = &spec.limits;
-    for (k, v) in [("nofile", l.nofile), ("nproc", l.nproc), ("core", l.core)] {
-        if v.is_some() {
-            m.insert(k.into(), json!("setrlimit"));
-        }
-    }
-    if spec.memory_limit_mib > 0 {
-        m.insert(
-            "memory_limit".into(),
-            json!(cgroups.describe("memory_limit")),
-        );
-    }
-    if l.cpu_percent.is_some() {
-        m.insert("cpu_percent".into(), json!(cgroups.describe("cpu_percent")));
-    }
-    if l.pids_max.is_some() {
-        m.insert("pids_max".into(), json!(cgroups.describe("pids_max")));
+    for (name, _, how) in cgroups.enforcement(spec) {
+        m.insert(name.into(), json!(how));
     }
     serde_json::Value::Object(m)
 }
