@@ -112,6 +112,37 @@ fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
+/// Requests handed to the main loop whose replies are not written yet. The answer to
+/// `shutdown` is sent just before the main loop starts stopping everything; if it has
+/// nothing to stop, the process could exit before the connection thread wrote it, and
+/// the client would see the connection close unanswered.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// At exit, once the main loop has stopped: waits (at most `timeout`) until every
+/// reply it gave has been written. Requests it never answered fail at once, as their
+/// reply channels are gone with it.
+pub fn drain(timeout: Duration) {
+    let end = std::time::Instant::now() + timeout;
+    while IN_FLIGHT.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 struct ActiveGuard(Arc<AtomicUsize>);
 
 impl Drop for ActiveGuard {
@@ -198,6 +229,7 @@ fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
         };
         let shutdown = req.cmd == "shutdown";
         let (reply_tx, reply_rx) = bounded(1);
+        let in_flight = InFlight::enter();
         if tx.send(Event::Control(req, reply_tx)).is_err() {
             let _ = writeln!(writer, "{}", error_reply("orchestrator is shutting down"));
             return;
@@ -205,7 +237,9 @@ fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
         let reply = reply_rx
             .recv_timeout(REPLY_TIMEOUT)
             .unwrap_or_else(|_| error_reply("operation timed out"));
-        if writeln!(writer, "{reply}").is_err() {
+        let written = writeln!(writer, "{reply}").is_ok();
+        drop(in_flight);
+        if !written {
             return;
         }
         if shutdown {

@@ -273,6 +273,7 @@ fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
     sup.start_all();
     instance::notify_ready();
     let outcome = sup.run();
+    control::drain(Duration::from_secs(1));
     inst.release();
     let code = match outcome {
         supervisor::Outcome::Clean => {

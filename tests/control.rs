@@ -285,7 +285,8 @@ fn daemon_mode_detaches_and_logs_to_file() {
         sb.path("logs/orchestrator.log")
     )
     .is_ok_and(|s| s.contains("svc[") && s.contains("started"))));
-    assert_eq!(sb.cli(&["shutdown"]).code, 0);
+    let out = sb.cli(&["shutdown"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(!alive(pid));
     assert!(!pidfile.exists());
 }

@@ -2,6 +2,8 @@
 
 use crate::util::*;
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A service that records what it was started with, then sleeps.
@@ -425,6 +427,51 @@ fn second_signal_kills_everything_and_exits_1() {
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(DEADLINE), Some(1));
     assert!(wait_until(DEADLINE, || group_members(pid).is_empty()));
+}
+
+/// Threads that keep every CPU busy until dropped.
+struct BusyCpus(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
+
+impl BusyCpus {
+    fn start() -> BusyCpus {
+        let stop = Arc::new(AtomicBool::new(false));
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..n)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        BusyCpus(stop, threads)
+    }
+}
+
+impl Drop for BusyCpus {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        for t in self.1.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn shutdown_is_answered_even_when_there_is_nothing_to_stop() {
+    // With nothing to stop the daemon exits right after answering; on a busy machine it
+    // used to exit before the connection thread had written the answer.
+    let sb = Sandbox::new();
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let _busy = BusyCpus::start();
+    for _ in 0..20 {
+        let mut d = Daemon::start(&sb, &[]);
+        let out = sb.cli(&["shutdown"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(d.wait_exit(DEADLINE), Some(0));
+    }
 }
 
 #[test]
