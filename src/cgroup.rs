@@ -152,18 +152,30 @@ fn usable(base: &Path) -> bool {
 }
 
 impl Cgroups {
-    /// Looks at the mounted hierarchies and keeps those we can write to.
+    /// Looks at the mounted hierarchies and keeps those we can write to. On cgroup v2
+    /// this sets up the base cgroup and enables the controllers services will use.
     pub fn detect(socket: &Path) -> Cgroups {
+        Cgroups::look(socket, true)
+    }
+
+    /// `detect` without touching cgroupfs (for `check`): v2 controllers are reported as
+    /// the parent offers them, which is what `detect` would try to enable.
+    pub fn inspect(socket: &Path) -> Cgroups {
+        Cgroups::look(socket, false)
+    }
+
+    fn look(socket: &Path, set_up: bool) -> Cgroups {
         let (Ok(mountinfo), Ok(own)) = (
             fs::read_to_string("/proc/self/mountinfo"),
             fs::read_to_string("/proc/self/cgroup"),
         ) else {
             return Cgroups::default();
         };
-        Cgroups::from_system(&parse_mountinfo(&mountinfo), &own, &instance_id(socket))
+        let mounts = parse_mountinfo(&mountinfo);
+        Cgroups::from_system(&mounts, &own, &instance_id(socket), set_up)
     }
 
-    fn from_system(mounts: &[Mount], own: &str, id: &str) -> Cgroups {
+    fn from_system(mounts: &[Mount], own: &str, id: &str, set_up: bool) -> Cgroups {
         let (own_v2, own_v1) = parse_self_cgroup(own);
         let mut cg = Cgroups::default();
         let v2 = mounts
@@ -179,7 +191,11 @@ impl Cgroups {
             });
         if let Some((h, parent)) = &v2 {
             cg.tracker = Some(h.clone());
-            let enabled = enable_v2_controllers(parent, &h.base);
+            let enabled = if set_up {
+                enable_v2_controllers(parent, &h.base)
+            } else {
+                offered_v2_controllers(parent)
+            };
             for c in enabled {
                 match c {
                     "memory" => cg.memory = Some(h.clone()),
@@ -489,18 +505,24 @@ impl Cgroups {
     }
 }
 
+/// Which of memory, cpu and pids `parent` offers its children.
+fn offered_v2_controllers(parent: &Path) -> Vec<&'static str> {
+    let available = fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
+    ["memory", "cpu", "pids"]
+        .into_iter()
+        .filter(|c| available.split_whitespace().any(|a| a == *c))
+        .collect()
+}
+
 /// Enables memory, cpu and pids for the children of `parent` and `base`, as far as the
 /// kernel lets us; returns the controllers usable in service cgroups.
 fn enable_v2_controllers(parent: &Path, base: &Path) -> Vec<&'static str> {
-    let available = fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
+    let offered = offered_v2_controllers(parent);
     let mut usable = Vec::new();
-    if available.split_whitespace().next().is_none() || fs::create_dir_all(base).is_err() {
+    if offered.is_empty() || fs::create_dir_all(base).is_err() {
         return usable;
     }
-    for c in ["memory", "cpu", "pids"] {
-        if !available.split_whitespace().any(|a| a == c) {
-            continue;
-        }
+    for c in offered {
         let on = |dir: &Path| {
             fs::read_to_string(dir.join("cgroup.subtree_control"))
                 .is_ok_and(|s| s.split_whitespace().any(|a| a == c))

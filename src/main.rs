@@ -306,7 +306,7 @@ fn check(cli: &Cli) -> i32 {
         .clone()
         .unwrap_or_else(instance::default_socket);
     println!("control_socket: {}", socket.display());
-    let cgroups = cgroup::Cgroups::detect(&socket);
+    let cgroups = cgroup::Cgroups::inspect(&socket);
     match &cgroups.tracker {
         Some(h) => println!("cgroups: {}", h.base.display()),
         None => println!("cgroups: none writable (services are tracked by process group)"),

@@ -251,6 +251,22 @@ fn discover_warns_about_non_executable_and_skips_bad_names() {
 }
 
 #[test]
+fn check_leaves_cgroupfs_untouched() {
+    // `check` reports how limits would be enforced; it must not create the daemon's
+    // cgroups (on a v2 hierarchy, setting up controllers makes a directory).
+    let sb = Sandbox::new();
+    sb.service("web", "sleep 1");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"web": {"memory_limit": 64, "limits": {"pids_max": 10}}}),
+    );
+    let out = run_expect(&sb, &["check", "--config", "orchestrator.json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let dirs = find_cgroup_dirs(&cgroup_id(&sb.socket()));
+    assert!(dirs.is_empty(), "check created {dirs:?}");
+}
+
+#[test]
 fn check_prints_the_plan() {
     let sb = Sandbox::new();
     sb.service("web", "sleep 1");
