@@ -10,8 +10,8 @@
 //! This module formats; it never decides anything about services.
 
 use crate::config::{LogFormat, LogLevel};
-use crate::logfiles::{FileConfig, LogFiles};
-use crate::timefmt;
+use crate::output::files::{FileConfig, LogFiles};
+use crate::output::timefmt;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 use std::fmt::Write as _;
 use std::io::{self, Write};

@@ -5,11 +5,11 @@
 //! and a reload can compare old and new specs field by field. Nothing here starts a
 //! process; a plan that cannot be built is a configuration error.
 
-use crate::backoff::Backoff;
 use crate::config::{
     parse_signal, valid_service_name, Config, HealthCheck, Limits, RestartPolicy, ServiceConfig,
     Settings, SocketConfig,
 };
+use crate::supervise::backoff::Backoff;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};

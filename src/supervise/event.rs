@@ -2,8 +2,8 @@
 //! the supervisor (waiters, the signal forwarder, control connections) sends one of these;
 //! only the main loop receives them.
 
-use crate::control::{Reply, Request};
-use crate::service::Exit;
+use crate::control::socket::{Reply, Request};
+use crate::supervise::machine::Exit;
 use crossbeam_channel::Sender;
 use std::sync::Arc;
 

@@ -463,7 +463,7 @@ impl Cgroups {
     /// enforced here ("setrlimit", or what `describe` says).
     pub fn enforcement(
         &self,
-        spec: &crate::discovery::ServiceSpec,
+        spec: &crate::config::discovery::ServiceSpec,
     ) -> Vec<(&'static str, String, String)> {
         let l = &spec.limits;
         let mut out = Vec::new();

@@ -5,6 +5,8 @@
 //! per problem naming the file, the key and (for JSON errors) line:column. This module
 //! never touches processes; discovery and the plan are built on what it returns.
 
+pub mod discovery;
+
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::cell::RefCell;
@@ -127,10 +129,10 @@ pub struct Settings {
 
 impl Settings {
     /// The per-service log file settings, when `log_dir` is set.
-    pub fn log_files(&self) -> Option<crate::logfiles::FileConfig> {
+    pub fn log_files(&self) -> Option<crate::output::files::FileConfig> {
         self.log_dir
             .as_ref()
-            .map(|dir| crate::logfiles::FileConfig {
+            .map(|dir| crate::output::files::FileConfig {
                 dir: dir.clone(),
                 max_bytes: self.log_max_bytes,
                 max_files: self.log_max_files,
@@ -382,20 +384,39 @@ pub fn load(ov: &Overrides) -> Result<Config, ConfigError> {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "(defaults)".to_string());
-    let mut settings = file.orchestrator;
-    let mut services = file.services;
-    let mut errors = Vec::new();
-    apply_overrides(&mut settings, ov, &label, &mut errors);
-    resolve_paths(&mut settings, &mut services, &base);
-    validate(&settings, &services, &label, &mut errors);
-    if !errors.is_empty() {
-        return Err(ConfigError(errors));
-    }
+    let (settings, services) = settle(file, ov, &label, &base)?;
     Ok(Config {
         path: path.map(|p| absolute(&p)),
         settings,
         services,
     })
+}
+
+/// Precedence, paths and validation on a parsed file: everything `load` does but the
+/// file system.
+fn settle(
+    file: ConfigFile,
+    ov: &Overrides,
+    label: &str,
+    base: &Path,
+) -> Result<(Settings, BTreeMap<String, ServiceConfig>), ConfigError> {
+    let mut settings = file.orchestrator;
+    let mut services = file.services;
+    let mut errors = Vec::new();
+    apply_overrides(&mut settings, ov, label, &mut errors);
+    resolve_paths(&mut settings, &mut services, base);
+    validate(&settings, &services, label, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigError(errors));
+    }
+    Ok((settings, services))
+}
+
+/// Parses and validates a file's text as `load` would (no lookup, no environment, no
+/// file system): the fuzz target's entry.
+pub fn parse_and_validate(text: &str) -> Result<(), ConfigError> {
+    let file = parse(text).map_err(|e| ConfigError::one(format!("fuzz:{e}")))?;
+    settle(file, &Overrides::default(), "fuzz", Path::new("/")).map(|_| ())
 }
 
 /// As root, a config file others can write to would let them run anything as root:
@@ -405,7 +426,7 @@ fn refuse_if_writable_by_others(p: &Path) -> Result<(), ConfigError> {
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
-    match crate::discovery::writable_by_others(p) {
+    match crate::config::discovery::writable_by_others(p) {
         Some(w) => Err(ConfigError::one(format!(
             "{}: refusing a config file that others can write to ({} is writable by others; chmod o-w)",
             p.display(),

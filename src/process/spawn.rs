@@ -19,7 +19,7 @@
 //! blocked around the clone so no handler of ours ever runs in the child, which resets
 //! every disposition to the default and starts with an empty mask.
 
-use crate::discovery::ServiceSpec;
+use crate::config::discovery::ServiceSpec;
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -123,7 +123,7 @@ pub fn spawn(spec: &ServiceSpec, cgroup_files: &[std::fs::File]) -> Result<Child
     let (out_r, out_w) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     let (err_r, err_w) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     let stdio = [dev_null()?, out_w.as_raw_fd(), err_w.as_raw_fd()];
-    let cgroup_fds = crate::cgroup::raw_fds(cgroup_files);
+    let cgroup_fds = crate::process::cgroup::raw_fds(cgroup_files);
     let pid = spawn_with(
         spec,
         spec.binary.as_os_str(),
@@ -177,7 +177,7 @@ fn search_path(program: &str, spec: &ServiceSpec) -> Option<std::path::PathBuf> 
     path.split(':')
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(program))
-        .find(|p| crate::discovery::binary_problem(p).is_none())
+        .find(|p| crate::config::discovery::binary_problem(p).is_none())
 }
 
 fn describe_failure(step: u32, what: &str, e: io::Error) -> String {
@@ -370,7 +370,7 @@ unsafe fn child_setup(a: &ChildArgs) -> Step {
     }
     // Into the service's cgroups before exec and before dropping privileges: nothing
     // it starts can escape them.
-    if !crate::cgroup::join(a.cgroup_fds) {
+    if !crate::process::cgroup::join(a.cgroup_fds) {
         return Step::Cgroup;
     }
     libc::umask(0o022);

@@ -5,7 +5,7 @@
 //! processes, so the main loop spawns those itself: see the supervisor.)
 
 use crate::config::{CheckType, HealthCheck};
-use crate::event::Event;
+use crate::supervise::event::Event;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};

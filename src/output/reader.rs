@@ -6,8 +6,8 @@
 //! Memory per reader is bounded by `max_line_bytes` plus one read, and an idle reader
 //! holds no buffer at all: it waits in poll() and allocates only when data arrives.
 
-use crate::log::{Batch, Line, Sink, Stream};
-use crate::timefmt;
+use crate::output::sink::{Batch, Line, Sink, Stream};
+use crate::output::timefmt;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -10,8 +10,8 @@
 //! are still the ones it recorded (same boot, and the pid numbers not reused since),
 //! then carries the counts and the history on.
 
-use crate::procfs;
-use crate::service::HistoryEntry;
+use crate::process::procfs;
+use crate::supervise::machine::HistoryEntry;
 use serde_json::Value;
 use std::fs;
 use std::io::{self, Write};

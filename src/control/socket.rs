@@ -7,7 +7,7 @@
 //! and time-bounded here, connections are capped, and the main loop only ever sees a
 //! parsed `Request`.
 
-use crate::event::Event;
+use crate::supervise::event::Event;
 use crossbeam_channel::{bounded, Sender};
 use serde::Deserialize;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -47,6 +47,11 @@ pub type Reply = serde_json::Value;
 
 pub fn error_reply(msg: impl Into<String>) -> Reply {
     serde_json::json!({"ok": false, "error": msg.into()})
+}
+
+/// One request line as a client sent it; the error is the reply's message.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))
 }
 
 /// Starts the accept thread. `reserve` is a descriptor held back (see `open_reserve`).
@@ -220,10 +225,10 @@ fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
             let _ = writeln!(writer, "{}", error_reply(msg));
             return;
         }
-        let req: Request = match serde_json::from_slice(&line) {
+        let req = match parse_request(&line) {
             Ok(r) => r,
             Err(e) => {
-                let _ = writeln!(writer, "{}", error_reply(format!("malformed request: {e}")));
+                let _ = writeln!(writer, "{}", error_reply(e));
                 return;
             }
         };

@@ -8,21 +8,21 @@
 //! after it was reused. It must never block on anything but its channel: logging is
 //! non-blocking and control replies go through bounded(1) channels nobody else fills.
 
-use crate::cgroup::{CgroupLimits, Cgroups};
+use crate::config::discovery::{self, Plan, ServiceSpec};
 use crate::config::{self, Config, Overrides};
-use crate::control::{error_reply, Reply, Request};
-use crate::discovery::{self, Plan, ServiceSpec};
-use crate::event::Event;
-use crate::log::{EventRecord, Sink, Stream};
-use crate::metrics;
-use crate::output::{self, Counters, ReaderCtx, Ring};
-use crate::probe::{Job, Prober};
-use crate::procfs;
-use crate::service::{Action, AfterStop, Now, Service, State};
-use crate::spawn;
-use crate::state;
-use crate::timefmt;
-use crate::waiter;
+use crate::control::metrics;
+use crate::control::socket::{error_reply, Reply, Request};
+use crate::health::probe::{Job, Prober};
+use crate::output::reader::{self, Counters, ReaderCtx, Ring};
+use crate::output::sink::{EventRecord, Sink, Stream};
+use crate::output::timefmt;
+use crate::process::cgroup::{CgroupLimits, Cgroups};
+use crate::process::procfs;
+use crate::process::spawn;
+use crate::process::waiter;
+use crate::supervise::event::Event;
+use crate::supervise::machine::{Action, AfterStop, Now, Service, State};
+use crate::supervise::persist;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -45,7 +45,7 @@ struct Entry {
     /// An `exec` health check in progress.
     probe: Option<ProbeProc>,
     /// The current run's process group, for `state_dir`.
-    group: Option<state::Group>,
+    group: Option<persist::Group>,
 }
 
 /// A running `exec` health check.
@@ -116,7 +116,7 @@ pub struct Supervisor {
 /// `state_dir`: the file is rewritten after runs start or end, at most once per
 /// SAVE_INTERVAL.
 struct Persist {
-    dir: Arc<state::StateDir>,
+    dir: Arc<persist::StateDir>,
     dirty: bool,
     saved_at: Option<Instant>,
 }
@@ -138,7 +138,7 @@ impl Supervisor {
         sink: Sink,
         reap_orphans: bool,
         cgroups: Cgroups,
-        state_dir: Option<state::StateDir>,
+        state_dir: Option<persist::StateDir>,
     ) -> Supervisor {
         let prober = Prober::new(tx.clone());
         let services = plan
@@ -175,14 +175,17 @@ impl Supervisor {
 
     /// Carries on the restart counts and run histories a predecessor saved. A run that
     /// was live then ended with that predecessor (its group was killed at start-up).
-    pub fn restore(&mut self, saved: state::Saved) {
+    pub fn restore(&mut self, saved: persist::Saved) {
         let now_ms = timefmt::unix_ms(SystemTime::now());
         for (name, s) in saved.services {
             let Some(e) = self.services.get_mut(&name) else {
                 continue;
             };
             e.svc.restarts = s.restarts;
-            let skip = s.history.len().saturating_sub(crate::service::HISTORY_LEN);
+            let skip = s
+                .history
+                .len()
+                .saturating_sub(crate::supervise::machine::HISTORY_LEN);
             e.svc.history = s
                 .history
                 .into_iter()
@@ -207,7 +210,7 @@ impl Supervisor {
         let p = self.persist.as_ref().filter(|p| p.dirty)?;
         Some(
             p.saved_at
-                .map_or_else(Instant::now, |t| t + state::SAVE_INTERVAL),
+                .map_or_else(Instant::now, |t| t + persist::SAVE_INTERVAL),
         )
     }
 
@@ -219,13 +222,13 @@ impl Supervisor {
             return;
         }
         let Some(p) = &self.persist else { return };
-        let mut saved = state::Saved {
+        let mut saved = persist::Saved {
             boot_id: p.dir.boot_id().to_string(),
             services: Vec::with_capacity(self.services.len()),
         };
         for (name, e) in &self.services {
             let live = e.svc.run.as_ref().map(|r| r.pid);
-            let s = state::SavedService {
+            let s = persist::SavedService {
                 restarts: e.svc.restarts,
                 history: e.svc.history.iter().copied().collect(),
                 group: e.group.filter(|g| Some(g.pgid) == live),
@@ -401,14 +404,14 @@ impl Supervisor {
                 if self.shutdown.is_some() {
                     log::warn!(
                         "second {}: killing every service now",
-                        crate::service::signal_name(sig)
+                        crate::supervise::machine::signal_name(sig)
                     );
                     self.kill_all();
                     return Some(Outcome::Forced);
                 }
                 log::info!(
                     "{} received: shutting down",
-                    crate::service::signal_name(sig)
+                    crate::supervise::machine::signal_name(sig)
                 );
                 self.begin_shutdown();
             }
@@ -855,7 +858,7 @@ impl Supervisor {
             );
         }
         if let Some(p) = &mut self.persist {
-            e.group = state::Group::of(pid);
+            e.group = persist::Group::of(pid);
             p.dirty = true;
         }
         let max_line = self.cfg.settings.max_line_bytes;
@@ -872,7 +875,7 @@ impl Supervisor {
                 ring: e.ring.clone(),
                 counters: e.counters.clone(),
             };
-            if let Err(err) = output::spawn_reader(fd, ctx) {
+            if let Err(err) = reader::spawn_reader(fd, ctx) {
                 // The waiter will report the exit this causes.
                 log::error!("{name}: cannot create an output thread ({err}): killing pid {pid}");
                 spawn::signal_group(pid, libc::SIGKILL);
@@ -957,7 +960,7 @@ impl Supervisor {
         Vec::new()
     }
 
-    fn probe_exited(&mut self, service: &str, pid: i32, exit: crate::service::Exit) {
+    fn probe_exited(&mut self, service: &str, pid: i32, exit: crate::supervise::machine::Exit) {
         spawn::signal_group(pid, libc::SIGKILL); // Whatever the check left behind.
         spawn::reap(pid);
         self.unreaped.remove(&pid);
@@ -1059,7 +1062,9 @@ impl Supervisor {
             "start" => e.svc.start(),
             "stop" => {
                 if !e.svc.is_active() {
-                    return Err(crate::service::Refusal::NotRunning.message().into());
+                    return Err(crate::supervise::machine::Refusal::NotRunning
+                        .message()
+                        .into());
                 }
                 // Dependents go first, like at shutdown: each is stopped once what
                 // depends on it has stopped, and this one last.
@@ -1102,7 +1107,7 @@ impl Supervisor {
         let key = (m.len(), m.mtime(), m.mtime_nsec(), m.ino());
         let hash = match self.binary_ids.get(path) {
             Some((k, h)) if *k == key => Some(h.clone()),
-            _ => crate::sha256::file_hex(path).ok().inspect(|h| {
+            _ => crate::control::sha256::file_hex(path).ok().inspect(|h| {
                 self.binary_ids.insert(path.to_path_buf(), (key, h.clone()));
             }),
         };

@@ -1,6 +1,9 @@
 //! Arguments into a typed command (SPEC 1). Hand-written: the grammar is small and a
 //! parser crate would weigh more than the whole supervisor. A usage error is one line.
 
+pub mod check;
+pub mod client;
+
 use crate::config::Overrides;
 use std::path::PathBuf;
 

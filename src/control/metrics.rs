@@ -1,8 +1,8 @@
 //! Prometheus text exposition (SPEC 9): every known service has every metric, whatever
 //! its state, each family with HELP and TYPE, counters ending in `_total`.
 
-use crate::procfs::Usage;
-use crate::service::State;
+use crate::process::procfs::Usage;
+use crate::supervise::machine::State;
 use std::fmt::Write;
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! we handle, and one thread that turns each delivery into an `Event::Signal`. The
 //! handler itself only writes to the pipe; all decisions happen in the main loop.
 
-use crate::event::Event;
+use crate::supervise::event::Event;
 use crossbeam_channel::Sender;
 use signal_hook::iterator::Signals;
 use std::io;

@@ -4,8 +4,8 @@
 //! channel like any control request, and the connection is closed after the answer.
 //! Requests are served one at a time; a slow client costs others at most the timeout.
 
-use crate::control::Request;
-use crate::event::Event;
+use crate::control::socket::Request;
+use crate::supervise::event::Event;
 use crossbeam_channel::{bounded, Sender};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -6,8 +6,8 @@
 //! reaps the pid only when this machine says `Reap`, so that the process group id stays
 //! reserved (the leader is a zombie until then) for as long as signals may go to it.
 
+use crate::config::discovery::ServiceSpec;
 use crate::config::RestartPolicy;
-use crate::discovery::ServiceSpec;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -789,8 +789,8 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backoff::Backoff;
     use crate::config::{Limits, RestartPolicy};
+    use crate::supervise::backoff::Backoff;
     use std::path::PathBuf;
 
     fn spec(policy: RestartPolicy, max: u32) -> ServiceSpec {
@@ -1109,7 +1109,7 @@ mod tests {
         assert_eq!(svc.start(), Err(Refusal::Disabled));
         assert_eq!(svc.restart(Instant::now()), Err(Refusal::Disabled));
         let mut s = spec(RestartPolicy::Always, 5);
-        s.binary_problem = Some(crate::discovery::BinaryProblem::Missing);
+        s.binary_problem = Some(crate::config::discovery::BinaryProblem::Missing);
         let mut svc = Service::new(s);
         assert_eq!(svc.state, State::Failed);
         assert_eq!(

@@ -3,8 +3,8 @@
 //! main loop reaps when it is done signalling the group, so the pid (and the process group
 //! id) cannot be reused while anyone may still send it a signal.
 
-use crate::event::Event;
-use crate::service::Exit;
+use crate::supervise::event::Event;
+use crate::supervise::machine::Exit;
 use crossbeam_channel::Sender;
 use std::io;
 use std::sync::Arc;

@@ -1,0 +1,160 @@
+//! `check` and `discover`: what the configuration and discovery make of this box,
+//! printed without starting anything or talking to a daemon.
+
+use crate::cli::Cli;
+use crate::config::{self, discovery};
+use crate::control::instance;
+use crate::process::cgroup;
+use crate::supervise::machine as service;
+use crate::{config_failed, load, print_notices};
+
+pub(crate) fn check(cli: &Cli) -> i32 {
+    let (cfg, plan) = match load(cli) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    print_notices(&plan, log::Level::Warn);
+    let s = &cfg.settings;
+    println!(
+        "config: {}",
+        cfg.path
+            .as_ref()
+            .map_or("(none found: defaults)".into(), |p| p.display().to_string())
+    );
+    println!("services_dir: {}", s.services_dir.display());
+    let socket = s
+        .control_socket
+        .clone()
+        .unwrap_or_else(instance::default_socket);
+    println!("control_socket: {}", socket.display());
+    let cgroups = cgroup::Cgroups::inspect(&socket);
+    match &cgroups.tracker {
+        Some(h) => println!("cgroups: {}", h.base.display()),
+        None => println!("cgroups: none writable (services are tracked by process group)"),
+    }
+    println!("services: {}", plan.services.len());
+    for spec in plan.services.values() {
+        let what = if !spec.enabled {
+            "disabled".to_string()
+        } else if let Some(e) = spec.binary_error() {
+            format!("will fail: {e}")
+        } else if spec.autostart {
+            "will start".to_string()
+        } else {
+            "not started (unconfigured and run_unconfigured is false)".to_string()
+        };
+        println!();
+        println!("{}: {what}", spec.name);
+        println!("  binary: {}", spec.binary.display());
+        let argv: Vec<String> = std::iter::once(spec.binary.display().to_string())
+            .chain(spec.args.iter().map(|a| shell_quote(a)))
+            .collect();
+        println!("  argv: {}", argv.join(" "));
+        let env: Vec<&str> = spec.env.iter().map(|(k, _)| k.as_str()).collect();
+        println!("  environment: {}", env.join(" "));
+        if let Some(dir) = &spec.cwd {
+            println!("  data_dir: {}", dir.display());
+        }
+        if let Some(id) = &spec.identity {
+            println!(
+                "  identity: uid {} gid {} groups {:?}{}",
+                id.uid,
+                id.gid,
+                id.groups,
+                id.user
+                    .as_ref()
+                    .map_or(String::new(), |u| format!(" ({u})"))
+            );
+        }
+        println!(
+            "  restart: {}, max {} attempts{}, backoff {}..{} ms, jitter {}",
+            spec.policy.as_str(),
+            spec.max_restart_attempts,
+            if spec.max_restart_attempts == 0 {
+                " (forever)"
+            } else {
+                ""
+            },
+            spec.backoff.initial_ms,
+            spec.backoff.max_ms,
+            spec.backoff.jitter
+        );
+        println!(
+            "  stop: {}, then SIGKILL after {} ms",
+            service::signal_name(spec.stop_signal),
+            spec.stop_timeout.as_millis()
+        );
+        for line in limit_lines(spec, &cgroups) {
+            println!("  limit: {line}");
+        }
+        if !spec.depends_on.is_empty() {
+            println!("  depends_on: {}", spec.depends_on.join(", "));
+        }
+        if let Some(hc) = &spec.health_check {
+            let target = match hc.kind {
+                config::CheckType::Exec => hc.command.join(" "),
+                config::CheckType::Tcp => format!("tcp {}", hc.address.as_deref().unwrap_or("")),
+                config::CheckType::Http => format!("GET {}", hc.url.as_deref().unwrap_or("")),
+            };
+            println!(
+                "  health_check: {target}, first after {} ms, every {} ms, timeout {} ms, restart after {} failures",
+                hc.initial_delay_ms, hc.interval_ms, hc.timeout_ms, hc.failure_threshold
+            );
+        }
+        if !spec.sockets.is_empty() {
+            println!("  sockets: configured, not passed by this version");
+        }
+    }
+    0
+}
+
+/// How each configured limit is enforced, for `check`.
+fn limit_lines(spec: &discovery::ServiceSpec, cgroups: &cgroup::Cgroups) -> Vec<String> {
+    cgroups
+        .enforcement(spec)
+        .into_iter()
+        .map(|(name, value, how)| match name {
+            "nofile" | "nproc" | "core" => format!("{name} = {value}: enforced with {how}"),
+            "memory_limit" => format!("{name} = {value}: GOMEMLIMIT set; {how}"),
+            _ => format!("{name} = {value}: {how}"),
+        })
+        .collect()
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+pub(crate) fn discover(cli: &Cli) -> i32 {
+    let cfg = match config::load(&cli.overrides) {
+        Ok(c) => c,
+        Err(e) => return config_failed(&e.0),
+    };
+    let mut notices = Vec::new();
+    let found = discovery::discover(&cfg.settings.services_dir, &mut notices);
+    for n in &notices {
+        if n.level <= log::Level::Warn {
+            eprintln!(
+                "orchestrator: {}: {}",
+                n.level.as_str().to_ascii_lowercase(),
+                n.msg
+            );
+        }
+    }
+    for f in found {
+        let configured = if cfg.services.contains_key(&f.name) {
+            "configured"
+        } else {
+            "unconfigured"
+        };
+        println!("{}\t{}\t{configured}", f.name, f.binary.display());
+    }
+    0
+}

@@ -1,0 +1,193 @@
+//! `run`: the daemon's start-up in the one order that is safe: configuration (exit 2 on
+//! error, nothing started), the instance lock and socket (exit 1 if another instance
+//! runs), `--daemon`'s fork while still single-threaded, signal registration before any
+//! thread, then the threads and the main loop.
+
+use crate::cli::Cli;
+use crate::control::{instance, socket as control};
+use crate::output::sink as logsink;
+use crate::process::{cgroup, signals};
+use crate::supervise::{persist, supervisor};
+use crate::{config_failed, load};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
+    let reserve = control::open_reserve();
+    let (cfg, plan) = match load(cli) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let s = cfg.settings.clone();
+    if daemon && s.log_dir.is_none() {
+        return config_failed(&[format!(
+            "{}: --daemon needs orchestrator.log_dir: the daemon's log goes to log_dir/orchestrator.log",
+            cfg.path.as_ref().map_or("(defaults)".into(), |p| p.display().to_string())
+        )]);
+    }
+    let socket = s
+        .control_socket
+        .clone()
+        .unwrap_or_else(instance::default_socket);
+    let (mut inst, listener) = match instance::Instance::acquire(&socket, pidfile.as_deref()) {
+        Ok(v) => v,
+        Err(instance::InstanceError::AlreadyRunning(pid)) => {
+            match pid {
+                Some(pid) => eprintln!("orchestrator: already running (pid {pid})"),
+                None => eprintln!("orchestrator: already running"),
+            }
+            return 1;
+        }
+        Err(instance::InstanceError::Io(e)) => {
+            eprintln!("orchestrator: {e}");
+            return 1;
+        }
+    };
+    if daemon {
+        let dir = s.log_dir.clone().unwrap_or_default();
+        let path = dir.join("orchestrator.log");
+        let opened = std::fs::create_dir_all(&dir).and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+        });
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("orchestrator: cannot open {}: {e}", path.display());
+                return 1;
+            }
+        };
+        if let Err(e) = instance::daemonize(file) {
+            eprintln!("orchestrator: cannot detach: {e}");
+            return 1;
+        }
+        inst.record_pid();
+    }
+    // SAFETY: getpid has no preconditions.
+    let pid1 = unsafe { libc::getpid() } == 1;
+    let reap_orphans = s.subreaper || pid1;
+    let signals = match signals::register(reap_orphans) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("orchestrator: cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
+    if reap_orphans {
+        // SAFETY: prctl with these arguments has no memory preconditions.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            eprintln!(
+                "orchestrator: cannot become a subreaper: {}",
+                std::io::Error::last_os_error()
+            );
+            return 1;
+        }
+    }
+    let (sink, _sink_thread) = match logsink::Sink::start(
+        Box::new(std::io::stderr()),
+        s.log_level,
+        s.log_format,
+        s.log_files(),
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("orchestrator: cannot start the log writer: {e}");
+            return 1;
+        }
+    };
+    logsink::install_logger(&sink, s.log_level);
+    for n in &plan.notices {
+        log::log!(n.level, "{}", n.msg);
+    }
+    let cgroups = cgroup::Cgroups::detect(&socket);
+    match &cgroups.tracker {
+        Some(h) => log::debug!("service cgroups under {}", h.base.display()),
+        None => {
+            log::debug!("no writable cgroup hierarchy: services are tracked by process group")
+        }
+    }
+    let leftovers = cgroups.clean_up_predecessor();
+    if leftovers > 0 {
+        log::warn!("killed {leftovers} processes left in service cgroups by a previous instance");
+    }
+    // What a predecessor recorded: its live process groups go (before anything starts,
+    // so nothing of ours can be mistaken for them), its counts and history carry on. A
+    // state_dir that cannot be used is reported; supervision goes on without it.
+    let (state_dir, saved) = match s.state_dir.as_deref().map(persist::StateDir::open) {
+        Some(Ok(sd)) => {
+            let saved = sd.load();
+            if let Some(saved) = &saved {
+                let killed = persist::kill_survivors(saved, sd.boot_id());
+                if killed > 0 {
+                    log::warn!("killed {killed} processes left by a previous instance");
+                }
+            }
+            (Some(sd), saved)
+        }
+        Some(Err(e)) => {
+            log::error!("{e}: run history and restart counts will not be kept");
+            (None, None)
+        }
+        None => (None, None),
+    };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    if let Err(e) = signals::forward(signals, tx.clone())
+        .and_then(|()| control::serve(listener, tx.clone(), reserve))
+    {
+        eprintln!("orchestrator: cannot start: {e}");
+        return 1;
+    }
+    if let Some(addr) = &s.metrics_listen {
+        // Validated as host:port by config; a port in use is reported, not fatal:
+        // supervision matters more than the scrape endpoint.
+        match addr.parse().map_err(|e| format!("{e}")).and_then(|a| {
+            crate::control::metrics_http::serve(a, tx.clone()).map_err(|e| e.to_string())
+        }) {
+            Ok(bound) => log::info!("metrics on http://{bound}/metrics"),
+            Err(e) => log::error!("metrics_listen {addr}: {e}"),
+        }
+    }
+    log::info!(
+        "orchestrator {} started (pid {}, {} services, control socket {}{})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        plan.services.len(),
+        socket.display(),
+        if reap_orphans {
+            ", reaping orphans"
+        } else {
+            ""
+        }
+    );
+    let mut sup = supervisor::Supervisor::new(
+        cli.overrides.clone(),
+        cfg,
+        plan,
+        tx,
+        rx,
+        sink.clone(),
+        reap_orphans,
+        cgroups,
+        state_dir,
+    );
+    if let Some(saved) = saved {
+        sup.restore(saved);
+    }
+    sup.start_all();
+    instance::notify_ready();
+    let outcome = sup.run();
+    control::drain(Duration::from_secs(1));
+    inst.release();
+    let code = match outcome {
+        supervisor::Outcome::Clean => {
+            log::info!("all services stopped: exiting");
+            0
+        }
+        supervisor::Outcome::Forced => 1,
+    };
+    // Give the writer a moment to drain what the readers still hold; never hang on it.
+    sink.flush(Duration::from_secs(2));
+    code
+}

@@ -1,0 +1,2 @@
+//! Health-check clients (SPEC 7).
+pub mod probe;

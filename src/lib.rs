@@ -1,0 +1,100 @@
+//! `orchestrator`: a process supervisor for small Linux machines.
+//!
+//! The tree draws the architecture:
+//! - `cli/`: arguments into a typed command, and the commands that do not need the
+//!   daemon (`check`, `discover`) or talk to it (the client side and its tables);
+//! - `daemon.rs`: the start-up of `run`, in the one order that is safe;
+//! - `config/`: the file, its validation, discovery and the plan that merges them;
+//! - `supervise/`: the pure per-service machine, backoff, and the main loop that owns
+//!   the service map and only receives events and carries out actions;
+//! - `process/`: spawning (the one audited child set-up), waiting, signals, cgroups and
+//!   /proc readings;
+//! - `health/`: health-check clients;
+//! - `output/`: pipe readers, the log sink thread, log files, time formats;
+//! - `control/`: the control socket, the client connection, metrics, the instance lock.
+//!
+//! Only `main` (here) chooses exit codes and prints errors for the user.
+
+mod cli;
+mod config;
+mod control;
+mod daemon;
+mod health;
+mod output;
+mod process;
+mod supervise;
+
+pub mod fuzz;
+
+use cli::{Cli, Command};
+use config::discovery;
+
+/// Runs the command line and returns the process's exit code (SPEC 1).
+pub fn main() -> i32 {
+    // Descriptors 0-2 must be open so that no pipe of ours is ever given one of them.
+    process::spawn::ensure_std_fds();
+    // One malloc arena for every thread: with a thread per stream, per-thread arenas
+    // would cost far more than the threads themselves.
+    // SAFETY: mallopt has no memory preconditions and runs before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    match cli::parse(&args) {
+        Ok(cli) => dispatch(cli),
+        Err(e) => {
+            eprintln!("orchestrator: {e}");
+            2
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> i32 {
+    let Some(command) = cli.command.clone() else {
+        eprintln!("orchestrator: missing command (try `orchestrator --help`)");
+        return 2;
+    };
+    match command {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            0
+        }
+        Command::Version => {
+            println!("orchestrator {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Command::Run { daemon, pidfile } => daemon::run(&cli, daemon, pidfile),
+        Command::Check => cli::check::check(&cli),
+        Command::Discover => cli::check::discover(&cli),
+        other => cli::client::client_command(&cli, other),
+    }
+}
+
+/// Prints configuration errors, one per line, and returns exit code 2.
+pub(crate) fn config_failed(lines: &[String]) -> i32 {
+    for l in lines {
+        eprintln!("orchestrator: {l}");
+    }
+    2
+}
+
+pub(crate) fn load(cli: &Cli) -> Result<(config::Config, discovery::Plan), i32> {
+    let cfg = config::load(&cli.overrides).map_err(|e| config_failed(&e.0))?;
+    let plan = discovery::plan(&cfg).map_err(|e| config_failed(&e))?;
+    Ok((cfg, plan))
+}
+
+pub(crate) fn print_notices(plan: &discovery::Plan, min: log::Level) {
+    for n in &plan.notices {
+        if n.level <= min {
+            eprintln!(
+                "orchestrator: {}: {}",
+                n.level.as_str().to_ascii_lowercase(),
+                n.msg
+            );
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Processes: the one audited spawn path, waiting, signals, cgroups, /proc readings.
+pub mod cgroup;
+pub mod procfs;
+pub mod signals;
+pub mod spawn;
+pub mod waiter;
