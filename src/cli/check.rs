@@ -5,7 +5,7 @@ use crate::cli::Cli;
 use crate::config::{self, discovery};
 use crate::control::instance;
 use crate::process::cgroup;
-use crate::supervise::machine as service;
+use crate::supervise::state as service;
 use crate::{config_failed, load, print_notices};
 
 pub(crate) fn check(cli: &Cli) -> i32 {

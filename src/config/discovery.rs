@@ -61,6 +61,8 @@ pub struct ServiceSpec {
     pub stop_timeout: Duration,
     pub depends_on: Vec<String>,
     pub health_check: Option<HealthCheck>,
+    /// How often a service left `failed` by its restart attempts is tried again.
+    pub retry_failed: Option<Duration>,
 }
 
 impl ServiceSpec {
@@ -409,6 +411,10 @@ fn build_spec(
         stop_timeout: Duration::from_millis(svc.stop_timeout_ms.unwrap_or(s.stop_timeout_ms)),
         depends_on: svc.depends_on.clone(),
         health_check: svc.health_check.clone(),
+        retry_failed: svc
+            .retry_failed_ms
+            .or(s.retry_failed_ms)
+            .map(Duration::from_millis),
     }
 }
 
@@ -512,6 +518,21 @@ fn find_cycle(services: &BTreeMap<String, ServiceSpec>) -> Option<Vec<String>> {
         }
     }
     None
+}
+
+/// A plain spec for unit tests elsewhere: `/bin/true`, configured, every default.
+#[cfg(test)]
+pub fn test_spec(name: &str) -> ServiceSpec {
+    build_spec(
+        name,
+        true,
+        &ServiceConfig::default(),
+        &Settings::default(),
+        PathBuf::from("/bin/true"),
+        None,
+        None,
+        &base_environment(),
+    )
 }
 
 #[cfg(test)]

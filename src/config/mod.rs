@@ -125,6 +125,8 @@ pub struct Settings {
     pub watchdog: Option<Watchdog>,
     /// As root, refuse service binaries that others can write to (sshd's StrictModes).
     pub strict_modes: bool,
+    /// Retry a service left `failed` by its restart attempts this often (SPEC 4).
+    pub retry_failed_ms: Option<u64>,
 }
 
 impl Settings {
@@ -167,6 +169,7 @@ impl Default for Settings {
             state_dir: None,
             watchdog: None,
             strict_modes: true,
+            retry_failed_ms: None,
         }
     }
 }
@@ -209,6 +212,7 @@ pub struct ServiceConfig {
     pub health_check: Option<HealthCheck>,
     pub sockets: Vec<SocketConfig>,
     pub upgrade_grace_ms: u64,
+    pub retry_failed_ms: Option<u64>,
 }
 
 impl Default for ServiceConfig {
@@ -234,6 +238,7 @@ impl Default for ServiceConfig {
             health_check: None,
             sockets: Vec::new(),
             upgrade_grace_ms: 10_000,
+            retry_failed_ms: None,
         }
     }
 }

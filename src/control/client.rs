@@ -1,7 +1,7 @@
 //! The client side of the control socket: one request, one reply, and what to print.
 //! Exit codes (SPEC 1): 0 success, 1 refused or failed, 2 usage, 3 unreachable.
 
-use crate::control::socket::Reply;
+type Reply = serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! its state, each family with HELP and TYPE, counters ending in `_total`.
 
 use crate::process::procfs::Usage;
-use crate::supervise::machine::State;
+use crate::supervise::state::State;
 use std::fmt::Write;
 use std::time::Duration;
 

@@ -65,7 +65,7 @@ fn answer(mut stream: TcpStream, tx: &Sender<Event>) -> io::Result<()> {
         ("GET" | "HEAD", "/metrics") => {
             let (reply_tx, reply_rx) = bounded(1);
             let req = Request {
-                cmd: "metrics".into(),
+                cmd: crate::control::socket::Cmd::Metrics,
                 service: None,
                 lines: None,
                 dry_run: false,
@@ -82,6 +82,7 @@ fn answer(mut stream: TcpStream, tx: &Sender<Event>) -> io::Result<()> {
             }
             match reply_rx.recv_timeout(Duration::from_secs(10)) {
                 Ok(reply) => {
+                    let reply = reply.into_value();
                     let body = reply["metrics"].as_str().unwrap_or("").as_bytes().to_vec();
                     respond(&mut stream, "200 OK", CONTENT_TYPE, &body, with_body)
                 }

@@ -29,10 +29,27 @@ const CONN_STACK: usize = 128 * 1024;
 /// Pause after a failed accept() (descriptor or memory shortage).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
+/// The commands of the control protocol.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cmd {
+    Status,
+    Start,
+    Stop,
+    Restart,
+    Reload,
+    Logs,
+    Metrics,
+    Shutdown,
+    Upgrade,
+    Rollback,
+    UpgradeSelf,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
-    pub cmd: String,
+    pub cmd: Cmd,
     #[serde(default)]
     pub service: Option<String>,
     #[serde(default)]
@@ -43,15 +60,47 @@ pub struct Request {
     pub path: Option<String>,
 }
 
-pub type Reply = serde_json::Value;
+/// The main loop's answer: ready, or work to finish on the connection's own thread
+/// (hashing binaries, reading /proc), so that the loop never does that work itself.
+pub enum Reply {
+    Ready(serde_json::Value),
+    Finish(Box<dyn FnOnce() -> serde_json::Value + Send>),
+}
 
-pub fn error_reply(msg: impl Into<String>) -> Reply {
+impl Reply {
+    /// The answer, finishing it here if it was left to finish.
+    pub fn into_value(self) -> serde_json::Value {
+        match self {
+            Reply::Ready(v) => v,
+            Reply::Finish(f) => f(),
+        }
+    }
+}
+
+impl From<serde_json::Value> for Reply {
+    fn from(v: serde_json::Value) -> Reply {
+        Reply::Ready(v)
+    }
+}
+
+pub fn error_reply(msg: impl Into<String>) -> serde_json::Value {
     serde_json::json!({"ok": false, "error": msg.into()})
 }
 
 /// One request line as a client sent it; the error is the reply's message.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))
+    serde_json::from_slice(line).map_err(|e| {
+        let msg = e.to_string();
+        // serde's "unknown variant `x`, expected one of ..." is about `cmd`, the only
+        // enum of the request.
+        match msg.strip_prefix("unknown variant `") {
+            Some(rest) => {
+                let bad = rest.split('`').next().unwrap_or("");
+                format!("unknown command `{bad}`")
+            }
+            None => format!("malformed request: {msg}"),
+        }
+    })
 }
 
 /// Starts the accept thread. `reserve` is a descriptor held back (see `open_reserve`).
@@ -232,7 +281,7 @@ fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
                 return;
             }
         };
-        let shutdown = req.cmd == "shutdown";
+        let shutdown = req.cmd == Cmd::Shutdown;
         let (reply_tx, reply_rx) = bounded(1);
         let in_flight = InFlight::enter();
         if tx.send(Event::Control(req, reply_tx)).is_err() {
@@ -241,7 +290,7 @@ fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
         }
         let reply = reply_rx
             .recv_timeout(REPLY_TIMEOUT)
-            .unwrap_or_else(|_| error_reply("operation timed out"));
+            .map_or_else(|_| error_reply("operation timed out"), Reply::into_value);
         let written = writeln!(writer, "{reply}").is_ok();
         drop(in_flight);
         if !written {

@@ -398,6 +398,15 @@ impl Cgroups {
         }
     }
 
+    /// Removes what it can of `dirs` without waiting: rmdir only. Returns the ones that
+    /// still have members (EBUSY); the others are gone (or were never there).
+    pub fn try_remove(&self, dirs: &[PathBuf]) -> Vec<PathBuf> {
+        dirs.iter()
+            .filter(|d| fs::remove_dir(d).is_err_and(|e| e.raw_os_error() == Some(libc::EBUSY)))
+            .cloned()
+            .collect()
+    }
+
     /// Kills what is left and removes the service's cgroups. Waits (briefly) for the
     /// processes to be gone, since a cgroup with members cannot be removed.
     pub fn remove(&self, service: &str, dirs: &[PathBuf]) {

@@ -145,10 +145,14 @@ pub fn spawn(spec: &ServiceSpec, cgroup_files: &[std::fs::File]) -> Result<Child
     })
 }
 
-/// Spawns an `exec` health check for `spec`: the service's environment, directory and
-/// identity, its own process group, output discarded, not in the service's cgroup.
-/// Returns the pid; the caller waits for it like for a run.
-pub fn spawn_probe(spec: &ServiceSpec, argv: &[String]) -> Result<i32, String> {
+/// Spawns an `exec` health check for `spec`: the service's environment, directory,
+/// identity and (through `cgroup_files`) cgroup, its own process group, output
+/// discarded. Returns the pid; the caller waits for it like for a run.
+pub fn spawn_probe(
+    spec: &ServiceSpec,
+    argv: &[String],
+    cgroup_files: &[std::fs::File],
+) -> Result<i32, String> {
     let (program, args) = argv.split_first().ok_or("health_check.command is empty")?;
     let null = dev_null()?;
     let cwd = spec
@@ -159,8 +163,16 @@ pub fn spawn_probe(spec: &ServiceSpec, argv: &[String]) -> Result<i32, String> {
     let resolved = search_path(program, spec).ok_or_else(|| {
         format!("cannot execute health check {program}: not found in the service's PATH")
     })?;
-    spawn_with(spec, resolved.as_os_str(), args, [null; 3], &[], Some(cwd))
-        .map_err(|(step, e)| describe_failure(step, &format!("health check {program}"), e))
+    let cgroup_fds = crate::process::cgroup::raw_fds(cgroup_files);
+    spawn_with(
+        spec,
+        resolved.as_os_str(),
+        args,
+        [null; 3],
+        &cgroup_fds,
+        Some(cwd),
+    )
+    .map_err(|(step, e)| describe_failure(step, &format!("health check {program}"), e))
 }
 
 /// `program` as given when it names a path, else the first executable of that name in

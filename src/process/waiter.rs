@@ -4,7 +4,7 @@
 //! id) cannot be reused while anyone may still send it a signal.
 
 use crate::supervise::event::Event;
-use crate::supervise::machine::Exit;
+use crate::supervise::state::Exit;
 use crossbeam_channel::Sender;
 use std::io;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! only the main loop receives them.
 
 use crate::control::socket::{Reply, Request};
-use crate::supervise::machine::Exit;
+use crate::supervise::state::Exit;
 use crossbeam_channel::Sender;
 use std::sync::Arc;
 

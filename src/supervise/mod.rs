@@ -1,6 +1,18 @@
 //! Supervision: the pure per-service machine and the loop that drives it.
+//!
+//! `machine.rs` decides (pure, table-tested); `supervisor.rs` is the loop that feeds
+//! it events and carries out its actions, with one file per job around it.
 pub mod backoff;
 pub mod event;
+mod execute;
+mod launch;
 pub mod machine;
+mod order;
 pub mod persist;
+mod probes;
+pub mod reload;
+mod requests;
+mod snapshot;
+pub mod state;
 pub mod supervisor;
+mod views;

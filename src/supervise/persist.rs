@@ -11,7 +11,7 @@
 //! then carries the counts and the history on.
 
 use crate::process::procfs;
-use crate::supervise::machine::HistoryEntry;
+use crate::supervise::state::HistoryEntry;
 use serde_json::Value;
 use std::fs;
 use std::io::{self, Write};

@@ -1,0 +1,156 @@
+//! Carrying out what a service's machine asked for: signals to a run's group (and the
+//! members of its cgroup that left the group), group checks, reaping, removal, probes,
+//! event records, and giving a finished service's cgroup back. The decisions were made
+//! by the machine; this file only acts, each call bounded (a signal, a few cgroupfs
+//! reads and writes, a /proc scan shared by every check of one loop iteration).
+
+use super::machine::{self, Action};
+use super::state::State;
+use super::supervisor::Supervisor;
+use crate::process::{procfs, spawn};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How often removal of a cgroup that still had members is tried again, and how many
+/// times (together, about the 2 s that teardown of a big group can take).
+const CGROUP_RETRY: Duration = Duration::from_millis(100);
+const CGROUP_TRIES: u32 = 20;
+
+impl Supervisor {
+    pub(super) fn execute(&mut self, name: &str, actions: Vec<Action>) {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Spawn => match &mut self.batch {
+                    Some(batch) => batch.push(name.to_string()),
+                    None => {
+                        if let Some(result) = self.spawn(name) {
+                            let _ = self.feed(name, result);
+                        }
+                    }
+                },
+                Action::Signal { pgid, sig } => self.signal(name, pgid, sig),
+                Action::CheckGroup(pgid) => {
+                    let event = if self.group_alive(name, pgid) {
+                        machine::Event::GroupAlive
+                    } else {
+                        machine::Event::GroupEmpty
+                    };
+                    let _ = self.feed(name, event);
+                }
+                Action::Probe { gen } => self.start_probe(name, gen),
+                Action::Reap(pid) => {
+                    spawn::reap(pid);
+                    self.unreaped.remove(&pid);
+                    self.mark_state_dirty();
+                }
+                Action::Remove => {
+                    if let Some(e) = self.services.remove(name) {
+                        self.retire_cgroup(name, e.cgroup_dirs);
+                    }
+                }
+                Action::Log {
+                    level,
+                    event,
+                    pid,
+                    msg,
+                } => self.event(level, name, pid, event, msg),
+            }
+        }
+        // A service that is done (stopped or failed, nothing pending) gives its cgroup
+        // back, whichever path brought it there.
+        if let Some(e) = self.services.get_mut(name) {
+            if !e.cgroup_dirs.is_empty()
+                && !e.svc.is_active()
+                && matches!(e.svc.state(), State::Stopped | State::Failed)
+            {
+                let dirs = std::mem::take(&mut e.cgroup_dirs);
+                self.retire_cgroup(name, dirs);
+            }
+        }
+    }
+
+    /// `sig` to the group, and to members of the cgroup that left the group
+    /// (setsid, double fork).
+    fn signal(&mut self, name: &str, pgid: i32, sig: i32) {
+        spawn::signal_group(pgid, sig);
+        self.kill_probe(name);
+        if sig == libc::SIGKILL {
+            self.cgroups.kill(name);
+            return;
+        }
+        for pid in self.cgroups.members(name) {
+            if procfs::stat(pid).is_some_and(|s| s.pgrp != pgid) {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(pid, sig) };
+            }
+        }
+    }
+
+    /// Whether anything of a stopping service is left: its cgroup's members where it has
+    /// one (a superset of its process group), else the live members of its group, from a
+    /// /proc scan shared by every check of this loop iteration.
+    fn group_alive(&mut self, name: &str, pgid: i32) -> bool {
+        if self
+            .services
+            .get(name)
+            .is_some_and(|e| !e.cgroup_dirs.is_empty())
+        {
+            return !self.cgroups.members(name).is_empty();
+        }
+        self.live_groups
+            .get_or_insert_with(|| {
+                procfs::all()
+                    .into_iter()
+                    .filter(|s| s.state != b'Z')
+                    .map(|s| s.pgrp)
+                    .collect()
+            })
+            .contains(&pgid)
+    }
+
+    /// Removes a done service's cgroups: rmdir is one syscall each; a cgroup that still
+    /// has members is killed and its removal retried from the loop's deadlines, never
+    /// waited for here.
+    pub(super) fn retire_cgroup(&mut self, name: &str, dirs: Vec<std::path::PathBuf>) {
+        let busy = self.cgroups.try_remove(&dirs);
+        if !busy.is_empty() {
+            self.cgroups.kill(name);
+            self.busy_cgroups.push((name.to_string(), busy, 0));
+            self.busy_cgroups_at
+                .get_or_insert_with(|| Instant::now() + CGROUP_RETRY);
+        }
+    }
+
+    pub(super) fn cgroup_retry_at(&self) -> Option<Instant> {
+        self.busy_cgroups_at
+    }
+
+    pub(super) fn retry_busy_cgroups(&mut self, now: Instant) {
+        if self.busy_cgroups_at.is_none_or(|at| now < at) {
+            return;
+        }
+        self.busy_cgroups_at = None;
+        let busy = std::mem::take(&mut self.busy_cgroups);
+        for (name, dirs, tries) in busy {
+            // A service started again meanwhile uses its cgroup again: leave it.
+            let reused = self
+                .services
+                .get(&name)
+                .is_some_and(|e| !e.cgroup_dirs.is_empty());
+            if reused {
+                continue;
+            }
+            let left = self.cgroups.try_remove(&dirs);
+            if !left.is_empty() && tries + 1 < CGROUP_TRIES {
+                self.busy_cgroups.push((name, left, tries + 1));
+                self.busy_cgroups_at = Some(now + CGROUP_RETRY);
+            } else if !left.is_empty() {
+                log::warn!(
+                    "{name}: cgroup still has members after {} ms; left in place",
+                    CGROUP_RETRY.as_millis() * u128::from(CGROUP_TRIES)
+                );
+            }
+        }
+    }
+}

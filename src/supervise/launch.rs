@@ -1,0 +1,165 @@
+//! Starting a run, around the one audited child set-up in `process/spawn.rs`: the
+//! service's cgroup before the clone, the waiter and the output readers after it, and
+//! the spawner pool for many services at once (start-up). The result goes back to the
+//! service's machine as `Spawned` or `SpawnFailed`; nothing here decides anything
+//! about the lifecycle.
+
+use super::machine::Event;
+use super::persist;
+use super::supervisor::Supervisor;
+use crate::output::reader::{self, ReaderCtx};
+use crate::output::sink::Stream;
+use crate::process::cgroup::CgroupLimits;
+use crate::process::{spawn, waiter};
+
+impl Supervisor {
+    /// Spawns a run of `name` here, on the main thread. `None` if the service is gone.
+    pub(super) fn spawn(&mut self, name: &str) -> Option<Event> {
+        let files = match self.prepare_spawn(name) {
+            Ok(files) => files,
+            Err(event) => return Some(event),
+        };
+        let e = self.services.get(name)?;
+        let result = spawn::spawn(e.svc.spec(), &files);
+        drop(files);
+        self.finish_spawn(name, result)
+    }
+
+    /// Spawns many services at once on the spawner pool (start-up); what follows from
+    /// each result is fed back in order.
+    pub(super) fn spawn_batch(&mut self, names: Vec<String>) {
+        // Each job goes to the pool as soon as it is prepared, so preparing the next one
+        // overlaps with spawning this one.
+        let mut queued = Vec::new();
+        let mut done = Vec::new();
+        for name in names {
+            match self.prepare_spawn(&name) {
+                Ok(files) => {
+                    let Some(spec) = self.services.get(&name).map(|e| e.svc.spec().clone()) else {
+                        continue;
+                    };
+                    match self.pool.submit(queued.len(), spec, files) {
+                        Some(result) => done.push((name, result)),
+                        None => queued.push(name),
+                    }
+                }
+                Err(event) => {
+                    let _ = self.feed(&name, event);
+                }
+            }
+        }
+        for (index, result) in self.pool.collect(queued.len()) {
+            if let Some(name) = queued.get(index) {
+                done.push((name.clone(), result));
+            }
+        }
+        for (name, result) in done {
+            if let Some(event) = self.finish_spawn(&name, result) {
+                let _ = self.feed(&name, event);
+            }
+        }
+    }
+
+    /// Everything before the clone: the service's cgroups. `Err` is the failed spawn
+    /// (limits configured that cannot be applied).
+    fn prepare_spawn(&mut self, name: &str) -> Result<Vec<std::fs::File>, Event> {
+        let Some(e) = self.services.get_mut(name) else {
+            return Ok(Vec::new());
+        };
+        if !self.cgroups.available() {
+            return Ok(Vec::new());
+        }
+        let spec = e.svc.spec();
+        let limits = CgroupLimits {
+            memory_mib: spec.memory_limit_mib,
+            cpu_percent: spec.limits.cpu_percent,
+            pids_max: spec.limits.pids_max,
+        };
+        // Whatever a previous run left in the cgroup goes before the next one starts.
+        if !e.cgroup_dirs.is_empty() {
+            self.cgroups.kill(name);
+        }
+        match self.cgroups.prepare(name, limits) {
+            Ok((files, dirs)) => {
+                for d in dirs {
+                    if !e.cgroup_dirs.contains(&d) {
+                        e.cgroup_dirs.push(d);
+                    }
+                }
+                Ok(files)
+            }
+            // Configured limits that cannot be applied make the spawn fail (and retry):
+            // running unlimited would be a silent surprise.
+            Err(err) if limits != CgroupLimits::default() => Err(Event::SpawnFailed {
+                error: err,
+                busy: false,
+            }),
+            Err(err) => {
+                log::warn!("{name}: running without a cgroup: {err}");
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Everything after the clone: the waiter and the readers. Returns the event for
+    /// the machine; `None` if the service went away meanwhile (its process is killed).
+    fn finish_spawn(
+        &mut self,
+        name: &str,
+        result: Result<spawn::Child, spawn::SpawnError>,
+    ) -> Option<Event> {
+        let Some(e) = self.services.get_mut(name) else {
+            if let Ok(child) = result {
+                spawn::signal_group(child.pid, libc::SIGKILL);
+                spawn::reap(child.pid);
+            }
+            return None;
+        };
+        let child = match result {
+            Ok(c) => c,
+            Err(err) => {
+                return Some(Event::SpawnFailed {
+                    error: err.message,
+                    busy: err.busy,
+                })
+            }
+        };
+        self.gen += 1;
+        let (pid, gen) = (child.pid, self.gen);
+        self.unreaped.insert(pid);
+        if let Err(err) = waiter::spawn_waiter(pid, gen, e.name.clone(), self.tx.clone()) {
+            // Without a waiter nobody would see this run end: undo it.
+            spawn::signal_group(pid, libc::SIGKILL);
+            spawn::reap(pid);
+            self.unreaped.remove(&pid);
+            return Some(Event::SpawnFailed {
+                error: format!("cannot create a thread: {err}"),
+                busy: false,
+            });
+        }
+        if self.persist.is_some() {
+            e.group = persist::Group::of(pid);
+        }
+        let max_line = self.cfg.settings.max_line_bytes;
+        for (fd, stream) in [
+            (child.stdout, Stream::Stdout),
+            (child.stderr, Stream::Stderr),
+        ] {
+            let ctx = ReaderCtx {
+                service: e.name.clone(),
+                pid,
+                stream,
+                max_line,
+                sink: self.sink.clone(),
+                ring: e.ring.clone(),
+                counters: e.counters.clone(),
+            };
+            if let Err(err) = reader::spawn_reader(fd, ctx) {
+                // The waiter will report the exit this causes.
+                log::error!("{name}: cannot create an output thread ({err}): killing pid {pid}");
+                spawn::signal_group(pid, libc::SIGKILL);
+            }
+        }
+        Some(Event::Spawned { pid, gen })
+    }
+}

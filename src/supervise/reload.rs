@@ -1,0 +1,168 @@
+//! Reload (SPEC 5): re-read the file, re-run discovery, decide for each service what
+//! the new plan means for it, and carry that out through the machines. Either the new
+//! configuration is valid and applied whole, or nothing changes.
+
+use super::machine::{AfterStop, Event, Origin, Service};
+use super::supervisor::{Entry, Supervisor};
+use crate::config::discovery::{self, ServiceSpec};
+use crate::config::{self};
+
+/// What a reload does to one service (`reload --dry-run` prints these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Start,
+    Stop,
+    Restart,
+    /// Applied in place, without touching the process.
+    Update,
+    Unchanged,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Start => "start",
+            Decision::Stop => "stop",
+            Decision::Restart => "restart",
+            Decision::Update => "update",
+            Decision::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// What a reload does to one service, from what it is and what the new plan says.
+pub fn decide(old: Option<&Service>, new: Option<&ServiceSpec>) -> Decision {
+    let (o, n) = match (old, new) {
+        (None, Some(n)) if n.autostart && n.binary_problem.is_none() => return Decision::Start,
+        (None, Some(_)) | (None, None) => return Decision::Update,
+        (Some(_), None) => return Decision::Stop,
+        (Some(o), Some(n)) => (o, n),
+    };
+    let active = o.stoppable();
+    // Disabled, a binary that went away before it ever ran, or dropped from the config
+    // while run_unconfigured is false (still discovered, no longer wanted).
+    let unwanted = !n.enabled
+        || (n.binary_problem.is_some() && !o.has_process())
+        || (o.spec().configured && !n.configured && !n.autostart);
+    if active && unwanted {
+        return Decision::Stop;
+    }
+    // An operator's stop under way stays a stop: the new process settings apply at the
+    // next start.
+    let stopping_for_good = o.stopping() == Some(AfterStop::Stay);
+    if active && !stopping_for_good && o.spec().process_differs(n) {
+        return Decision::Restart;
+    }
+    let startable = n.autostart && n.binary_problem.is_none() && !o.held();
+    let o_spec = o.spec();
+    if !active
+        && startable
+        && (!o_spec.enabled || o_spec.binary_problem.is_some() || !o_spec.autostart)
+    {
+        return Decision::Start;
+    }
+    if o_spec != n {
+        Decision::Update
+    } else {
+        Decision::Unchanged
+    }
+}
+
+pub fn summarize(plan: &[(String, Decision)]) -> String {
+    let changed: Vec<String> = plan
+        .iter()
+        .filter(|(_, a)| *a != Decision::Unchanged)
+        .map(|(n, a)| format!("{n}: {}", a.as_str()))
+        .collect();
+    if changed.is_empty() {
+        "no changes".into()
+    } else {
+        changed.join(", ")
+    }
+}
+
+impl Supervisor {
+    /// Re-reads the configuration and re-runs discovery; applies the result unless
+    /// `dry_run`. On any error nothing changes. Bound: one config read and one
+    /// directory scan.
+    pub(super) fn reload(&mut self, dry_run: bool) -> Result<Vec<(String, Decision)>, String> {
+        let cfg = config::load(&self.overrides).map_err(|e| e.0.join("; "))?;
+        let plan = discovery::plan(&cfg).map_err(|e| e.join("; "))?;
+        let mut names: Vec<String> = self.services.keys().cloned().collect();
+        names.extend(
+            plan.services
+                .keys()
+                .filter(|n| !self.services.contains_key(*n))
+                .cloned(),
+        );
+        names.sort_unstable();
+        let decisions: Vec<(String, Decision)> = names
+            .into_iter()
+            .map(|name| {
+                let d = decide(
+                    self.services.get(&name).map(|e| &e.svc),
+                    plan.services.get(&name),
+                );
+                (name, d)
+            })
+            .collect();
+        if dry_run {
+            return Ok(decisions);
+        }
+        for n in &plan.notices {
+            log::log!(n.level, "{}", n.msg);
+        }
+        let old = std::mem::replace(&mut self.cfg, cfg);
+        if old.settings.control_socket != self.cfg.settings.control_socket
+            || old.settings.subreaper != self.cfg.settings.subreaper
+        {
+            log::warn!("control_socket and subreaper changes take effect at the next start");
+        }
+        let s = &self.cfg.settings;
+        self.sink.set_filter(s.log_level, s.log_format);
+        self.sink.set_files(s.log_files());
+        let mut new_specs = plan.services;
+        for (name, decision) in &decisions {
+            let spec = new_specs.remove(name);
+            let Some(spec) = spec else {
+                // Removed from the plan: stopped, then forgotten.
+                let remove = Event::Stop {
+                    then: AfterStop::Remove,
+                    origin: Origin::Reload,
+                };
+                let _ = self.feed(name, remove);
+                continue;
+            };
+            if !self.services.contains_key(name) {
+                self.services.insert(name.clone(), Entry::new(spec));
+            } else if *decision != Decision::Unchanged {
+                let _ = self.feed(name, Event::Reconfigured(Box::new(spec)));
+            }
+            let event = match decision {
+                Decision::Start => Event::Start,
+                Decision::Stop => Event::Stop {
+                    then: AfterStop::Stay,
+                    origin: Origin::Reload,
+                },
+                Decision::Restart => Event::Stop {
+                    then: AfterStop::Start,
+                    origin: Origin::Reload,
+                },
+                Decision::Update | Decision::Unchanged => continue,
+            };
+            let _ = self.feed(name, event);
+        }
+        // Dependencies may have changed in place: waiting services look again.
+        let waiting: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, e)| e.svc.waiting_for_deps())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in waiting {
+            let _ = self.feed(&name, Event::DepsChanged);
+        }
+        self.settle();
+        Ok(decisions)
+    }
+}

@@ -1,0 +1,180 @@
+//! Control requests on the loop's side (SPEC 1, 10): each command becomes events for
+//! the machines, and an answer now or later. `stop`, `restart` and `reload` answer once
+//! what they caused has finished: their reply waits in `pending` until then.
+
+use super::machine::Event;
+use super::reload::summarize;
+use super::state::Refusal;
+use super::supervisor::Supervisor;
+use crate::config::discovery;
+use crate::control::socket::{error_reply, Cmd, Reply, Request};
+use crossbeam_channel::Sender;
+use serde_json::json;
+
+/// An answer held back until every service in `waits_for` has finished stopping (and
+/// left the ordered stops).
+pub(super) struct Pending {
+    waits_for: Vec<String>,
+    answer: Answer,
+    reply: Sender<Reply>,
+}
+
+enum Answer {
+    /// The status of this service (an empty list if it is gone by then).
+    Status(String),
+    /// This value as it is (a reload's plan).
+    Value(serde_json::Value),
+}
+
+impl Supervisor {
+    pub(super) fn control(&mut self, req: Request, reply: Sender<Reply>) {
+        let answer: Reply = match req.cmd {
+            Cmd::Status => self.status(req.service.as_deref()),
+            Cmd::Start | Cmd::Stop | Cmd::Restart => match self.lifecycle(&req) {
+                Ok(None) => self.status(req.service.as_deref()),
+                Ok(Some(waits_for)) => {
+                    let name = req.service.clone().unwrap_or_default();
+                    self.defer(waits_for, Answer::Status(name), reply);
+                    return;
+                }
+                Err(msg) => error_reply(msg).into(),
+            },
+            Cmd::Reload => match self.reload(req.dry_run) {
+                Ok(plan) => {
+                    if !req.dry_run {
+                        log::info!("reloaded: {}", summarize(&plan));
+                    }
+                    let waits_for: Vec<String> = plan
+                        .iter()
+                        .filter(|(n, _)| {
+                            self.services
+                                .get(n)
+                                .is_some_and(|e| e.svc.stopping().is_some())
+                        })
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    let list: Vec<_> = plan
+                        .iter()
+                        .map(|(n, a)| json!({"service": n, "action": a.as_str()}))
+                        .collect();
+                    let value = json!({"ok": true, "plan": list});
+                    if !waits_for.is_empty() {
+                        self.defer(waits_for, Answer::Value(value), reply);
+                        return;
+                    }
+                    value.into()
+                }
+                Err(e) => {
+                    if !req.dry_run {
+                        log::error!("reload failed, keeping the current configuration: {e}");
+                    }
+                    error_reply(e).into()
+                }
+            },
+            Cmd::Logs => self
+                .logs(req.service.as_deref(), req.lines.unwrap_or(100))
+                .into(),
+            Cmd::Metrics => self.metrics(),
+            Cmd::Shutdown => {
+                let _ = reply.try_send(json!({"ok": true}).into());
+                if self.shutdown.is_none() {
+                    log::info!("shutdown requested");
+                    self.begin_shutdown();
+                }
+                return;
+            }
+            Cmd::Upgrade | Cmd::Rollback | Cmd::UpgradeSelf => {
+                error_reply("not supported by this version").into()
+            }
+        };
+        let _ = reply.try_send(answer);
+    }
+
+    fn defer(&mut self, waits_for: Vec<String>, answer: Answer, reply: Sender<Reply>) {
+        self.pending.push(Pending {
+            waits_for,
+            answer,
+            reply,
+        });
+        self.answer_pending();
+    }
+
+    /// start/stop/restart. `Ok(Some(names))`: answer once these have stopped.
+    fn lifecycle(&mut self, req: &Request) -> Result<Option<Vec<String>>, String> {
+        let name = req.service.clone().ok_or("missing service name")?;
+        if self.shutdown.is_some() && req.cmd != Cmd::Stop {
+            return Err("orchestrator is shutting down".into());
+        }
+        let strict = self.cfg.settings.strict_modes;
+        let e = self.services.get_mut(&name).ok_or("service not found")?;
+        if req.cmd != Cmd::Stop && e.svc.spec().binary_problem.is_some() {
+            // The binary may have appeared since discovery: look again.
+            let problem = discovery::check_binary(&e.svc.spec().binary, strict);
+            e.svc.set_binary_problem(problem);
+        }
+        let refused = |r: Refusal| r.message();
+        match req.cmd {
+            Cmd::Stop => {
+                if !e.svc.stoppable() && !self.stops.is_requested(&name) {
+                    return Err(Refusal::NotRunning.message());
+                }
+                // Dependents go first, as at shutdown; each is stopped once what depends
+                // on it has stopped, and this one last.
+                let mut group = vec![name.clone()];
+                for d in self.dependents_of(&name) {
+                    if self.services.get(&d).is_some_and(|de| de.svc.is_active()) {
+                        group.push(d);
+                    }
+                }
+                for n in &group {
+                    self.stops.request(n);
+                }
+                self.settle();
+                return Ok(Some(group));
+            }
+            Cmd::Start => {
+                self.stops.cancel(&name);
+                self.feed(&name, Event::Start).map_err(refused)?;
+            }
+            _ => {
+                self.stops.cancel(&name);
+                self.feed(&name, Event::Restart).map_err(refused)?;
+            }
+        }
+        self.settle();
+        let stopping = self
+            .services
+            .get(&name)
+            .is_some_and(|e| e.svc.stopping().is_some());
+        Ok(stopping.then(|| vec![name]))
+    }
+
+    /// Sends the answers whose services have all finished stopping.
+    pub(super) fn answer_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        for p in pending {
+            let done = p.waits_for.iter().all(|n| {
+                !self.stops.is_requested(n)
+                    && self
+                        .services
+                        .get(n)
+                        .is_none_or(|e| e.svc.stopping().is_none())
+            });
+            if !done {
+                self.pending.push(p);
+                continue;
+            }
+            let answer = match p.answer {
+                Answer::Status(name) if self.services.contains_key(&name) => {
+                    self.status(Some(&name))
+                }
+                Answer::Status(_) => json!({"ok": true, "services": []}).into(),
+                Answer::Value(v) => v.into(),
+            };
+            let _ = p.reply.try_send(answer);
+        }
+    }
+}

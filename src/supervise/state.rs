@@ -1,0 +1,113 @@
+//! The words the lifecycle is described in, outside the machine that moves through it:
+//! the five states a user sees (SPEC 4), how a process ended, the two clocks an event
+//! happens on, the run history, and the refusals a client can get. Plain data only.
+
+/// The states shown to users, exactly SPEC 4's five.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Stopped,
+    Starting,
+    Running,
+    Failed,
+    Restarting,
+}
+
+impl State {
+    pub const ALL: [State; 5] = [
+        State::Stopped,
+        State::Starting,
+        State::Running,
+        State::Failed,
+        State::Restarting,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Stopped => "stopped",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Failed => "failed",
+            State::Restarting => "restarting",
+        }
+    }
+}
+
+/// How a main process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// The shell convention: the exit code, or 128 + the signal number.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Exit::Code(c) => format!("exited with code {c}"),
+            Exit::Signal(s) => format!("killed by signal {}", signal_name(s)),
+        }
+    }
+}
+
+/// `SIGTERM` for 15; the number itself for a signal nix does not know.
+pub fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("{sig}"))
+}
+
+/// The time an event happens, on both clocks: monotonic for decisions, wall for records.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub mono: std::time::Instant,
+    pub wall_ms: u64,
+}
+
+/// One run in `status`'s history (SPEC 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub started_ms: u64,
+    pub exited_ms: Option<u64>,
+    pub exit_code: Option<i32>,
+}
+
+/// The last exit, for `status NAME`: what ended the run, when, and whether an
+/// operator's stop asked for it (so that 143 after `stop` does not read as a crash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastExit {
+    pub exit: Exit,
+    pub at_ms: u64,
+    pub by_operator: bool,
+}
+
+/// Why a lifecycle request was refused (SPEC 4's client errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Disabled,
+    AlreadyRunning,
+    NotRunning,
+    /// The binary cannot be run: the reason (`service binary not found: PATH`, ...).
+    Binary(String),
+}
+
+impl Refusal {
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::Disabled => "service is disabled".into(),
+            Refusal::AlreadyRunning => "service is already running".into(),
+            Refusal::NotRunning => "service is not running".into(),
+            Refusal::Binary(why) => why.clone(),
+        }
+    }
+}
