@@ -15,7 +15,7 @@
 //! `make test`; `make props` runs far more), `ORCH_PROP_SEED` the first seed. A failure
 //! names its seed, which replays it exactly.
 
-use super::tests::{check, spec, T};
+use super::harness::{check, spec, T};
 use super::*;
 use crate::supervise::backoff::Backoff;
 use std::collections::HashSet;

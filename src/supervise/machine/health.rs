@@ -1,0 +1,197 @@
+//! The machine's deadlines (restart delays, retries, stop timeouts, group polls, probe
+//! times), health-check results, and settings a reload changes in place.
+
+use super::*;
+
+impl Service {
+    // ----- deadlines -------------------------------------------------------------------
+
+    pub(super) fn timer(&mut self, ctx: &mut Ctx) -> Vec<Action> {
+        let now = ctx.now.mono;
+        let due = |t: Instant| now >= t;
+        match &mut self.phase {
+            Phase::Backoff { until } if due(*until) => {
+                self.restarts += 1;
+                self.launch(0, ctx)
+            }
+            Phase::BusyRetry { until, tries } if due(*until) => {
+                let tries = *tries;
+                self.launch(tries, ctx)
+            }
+            Phase::Failed { retry_at: Some(at) } if due(*at) => {
+                // The attempts stay used up: another failure comes straight back here.
+                self.restarts += 1;
+                let mut actions = vec![log(
+                    log::Level::Info,
+                    "retrying",
+                    None,
+                    "trying a failed service again (retry_failed_ms)",
+                )];
+                actions.extend(self.launch(0, ctx));
+                actions
+            }
+            Phase::Up { run, health, .. } => match health.next_probe {
+                Some(t) if due(t) && !health.in_flight => {
+                    health.next_probe = None;
+                    health.in_flight = true;
+                    vec![Action::Probe { gen: run.gen }]
+                }
+                _ => Vec::new(),
+            },
+            Phase::Stopping { run, stop } if !stop.killed && due(stop.deadline) => {
+                stop.killed = true;
+                let pid = run.pid;
+                vec![self.kill_log(pid), kill(pid)]
+            }
+            Phase::Draining { run, stop } if due(stop.deadline) => {
+                // The main process is gone; SIGKILL cannot be ignored: the stop is done.
+                let (run, stop) = (*run, *stop);
+                let mut actions =
+                    vec![self.kill_log(run.pid), kill(run.pid), Action::Reap(run.pid)];
+                actions.extend(self.finish_stop(stop, ctx));
+                actions
+            }
+            Phase::Draining { run, stop } => match stop.poll_at {
+                Some(t) if due(t) => {
+                    stop.poll_at = None;
+                    vec![Action::CheckGroup(run.pid)]
+                }
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    pub(super) fn kill_log(&self, pid: i32) -> Action {
+        log(
+            log::Level::Warn,
+            "killed",
+            Some(pid),
+            format!(
+                "still running after {} ms: sending SIGKILL",
+                self.spec.stop_timeout.as_millis()
+            ),
+        )
+    }
+
+    // ----- health ----------------------------------------------------------------------
+
+    pub(super) fn check_interval(&self) -> Option<Duration> {
+        self.spec
+            .health_check
+            .as_ref()
+            .map(|hc| Duration::from_millis(hc.interval_ms))
+    }
+
+    /// The first pass makes the service ready; `failure_threshold` failures in a row
+    /// while running restart it through backoff (liveness).
+    pub(super) fn probe(
+        &mut self,
+        gen: u64,
+        result: Result<(), String>,
+        ctx: &mut Ctx,
+    ) -> Vec<Action> {
+        let now = ctx.now.mono;
+        let Some(hc) = self.spec.health_check.clone() else {
+            return Vec::new();
+        };
+        let Phase::Up { run, ready, health } = &mut self.phase else {
+            return Vec::new(); // A late answer about a run that is over or stopping.
+        };
+        if run.gen != gen {
+            return Vec::new();
+        }
+        health.in_flight = false;
+        health.next_probe = Some(now + Duration::from_millis(hc.interval_ms));
+        let (run, pid) = (*run, Some(run.pid));
+        match result {
+            Ok(()) => {
+                health.failures = 0;
+                // A pass resets the restart counter, as a long run does.
+                self.attempts = 0;
+                if *ready {
+                    return Vec::new();
+                }
+                *ready = true;
+                self.last_error = None;
+                vec![log(
+                    log::Level::Info,
+                    "ready",
+                    pid,
+                    "health check passed: ready",
+                )]
+            }
+            Err(why) => {
+                health.failures += 1;
+                let n = health.failures;
+                let live = *ready;
+                self.last_error = Some(format!("health check failed ({n} in a row): {why}"));
+                if !live || n < hc.failure_threshold {
+                    // Before the first pass a failure is expected (the service is still
+                    // coming up): it is debug news, not a warning.
+                    let level = if live {
+                        log::Level::Warn
+                    } else {
+                        log::Level::Debug
+                    };
+                    return vec![log(
+                        level,
+                        "unhealthy",
+                        pid,
+                        format!("health check failed ({n} in a row): {why}"),
+                    )];
+                }
+                let then = AfterStop::Recover(self.next_attempt(ctx.rng));
+                let mut actions = vec![log(
+                    log::Level::Warn,
+                    "unhealthy",
+                    pid,
+                    format!("health check failed {n} times in a row ({why}): restarting"),
+                )];
+                actions.extend(self.begin_stop(run, true, then, Origin::Liveness, now));
+                actions
+            }
+        }
+    }
+
+    /// In-place settings from a reload. A running process without a check any more is
+    /// up; one that just got a check is probed from now on; a failed service whose
+    /// binary can run again is `stopped`, one whose binary went says why.
+    pub(super) fn reconfigured(&mut self, spec: ServiceSpec, ctx: &mut Ctx) -> Vec<Action> {
+        let had_problem = self.spec.binary_problem.is_some();
+        self.spec = spec;
+        let now = ctx.now.mono;
+        let check = self.spec.health_check.clone();
+        match (&mut self.phase, check) {
+            (Phase::Up { ready, health, .. }, None) => {
+                *health = Health::default();
+                if !*ready {
+                    *ready = true;
+                    self.last_error = None;
+                }
+            }
+            (Phase::Up { health, .. }, Some(hc))
+                if health.next_probe.is_none() && !health.in_flight =>
+            {
+                health.next_probe = Some(now + Duration::from_millis(hc.initial_delay_ms));
+            }
+            (Phase::Failed { .. }, _) => {
+                if let Some(err) = self.spec.binary_error() {
+                    self.last_error = Some(err);
+                } else if had_problem {
+                    self.last_error = None;
+                    self.phase = Phase::Stopped { held: false };
+                }
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    pub(super) fn push_history(&mut self, h: HistoryEntry) {
+        if self.history.len() == HISTORY_LEN {
+            self.history.pop_front();
+        }
+        self.history.push_back(h);
+    }
+}

@@ -1,0 +1,241 @@
+//! The machine's runs: asking for a spawn (or waiting for dependencies), a spawn's
+//! result, a main process's exit, and the restart decision with its backoff.
+
+use super::*;
+
+impl Service {
+    // ----- spawning --------------------------------------------------------------------
+
+    /// Asks for a spawn, unless dependencies hold it back or shutdown forbids it.
+    pub(super) fn launch(&mut self, tries: u32, ctx: &mut Ctx) -> Vec<Action> {
+        if ctx.shutting_down {
+            self.phase = Phase::Stopped { held: true };
+            return Vec::new();
+        }
+        if !ctx.unmet.is_empty() {
+            self.phase = Phase::WaitingDeps;
+            self.last_error = Some(format!("waiting for {}", ctx.unmet.join(", ")));
+            return Vec::new();
+        }
+        if self.phase == Phase::WaitingDeps {
+            self.last_error = None;
+        }
+        self.phase = Phase::Spawning { tries, stop: None };
+        vec![Action::Spawn]
+    }
+
+    pub(super) fn spawned(&mut self, pid: i32, gen: u64, ctx: &mut Ctx) -> Vec<Action> {
+        let Phase::Spawning { stop, .. } = self.phase else {
+            // Nothing asked for this process: it must not run untracked.
+            return vec![
+                stray("spawn reported while none was asked for: killing it"),
+                Action::Signal {
+                    pgid: pid,
+                    sig: libc::SIGKILL,
+                },
+            ];
+        };
+        let now = ctx.now;
+        let run = Run {
+            pid,
+            gen,
+            started: now.mono,
+        };
+        self.push_history(HistoryEntry {
+            started_ms: now.wall_ms,
+            exited_ms: None,
+            exit_code: None,
+        });
+        // Without a health check the process is up once exec has succeeded; with one,
+        // once the first check passes.
+        let mut health = Health::default();
+        let ready = match &self.spec.health_check {
+            Some(hc) => {
+                health.next_probe = Some(now.mono + Duration::from_millis(hc.initial_delay_ms));
+                false
+            }
+            None => true,
+        };
+        self.phase = Phase::Up { run, ready, health };
+        let mut actions = vec![log(log::Level::Info, "started", Some(pid), "started")];
+        if let Some((then, origin)) = stop {
+            actions.extend(self.begin_stop(run, ready, then, origin, now.mono));
+        }
+        actions
+    }
+
+    /// A failed spawn is a failed run of no duration. A busy binary is first tried again
+    /// a few times, whatever the policy: that failure is a moment's, not the service's.
+    pub(super) fn spawn_failed(&mut self, error: String, busy: bool, ctx: &mut Ctx) -> Vec<Action> {
+        let Phase::Spawning { tries, stop } = self.phase else {
+            return vec![stray("spawn failure reported while none was asked for")];
+        };
+        let now = ctx.now;
+        if let Some((then, origin)) = stop {
+            // A stop came first: there is nothing to stop, so it simply holds.
+            self.phase = Phase::Stopped {
+                held: origin != Origin::Reload,
+            };
+            self.last_error = Some(error);
+            return match then {
+                AfterStop::Remove => vec![Action::Remove],
+                AfterStop::Start => {
+                    self.attempts = 0;
+                    self.launch(0, ctx)
+                }
+                _ => Vec::new(),
+            };
+        }
+        if busy && tries < BUSY_RETRIES {
+            self.phase = Phase::BusyRetry {
+                until: now.mono + BUSY_RETRY,
+                tries: tries + 1,
+            };
+            let msg = format!(
+                "cannot start yet: {error}; trying again in {} ms",
+                BUSY_RETRY.as_millis()
+            );
+            self.last_error = Some(error);
+            return vec![log(log::Level::Warn, "retrying", None, msg)];
+        }
+        self.push_history(HistoryEntry {
+            started_ms: now.wall_ms,
+            exited_ms: Some(now.wall_ms),
+            exit_code: None,
+        });
+        let mut actions = vec![log(
+            log::Level::Error,
+            "failed",
+            None,
+            format!("cannot start: {error}"),
+        )];
+        self.last_error = Some(error);
+        actions.extend(self.after_run(false, ctx));
+        if let Phase::Backoff { until } = &mut self.phase {
+            *until = (*until).max(now.mono + SPAWN_RETRY_MIN);
+        }
+        actions
+    }
+
+    // ----- exits -----------------------------------------------------------------------
+
+    pub(super) fn exited(&mut self, gen: u64, exit: Exit, ctx: &mut Ctx) -> Vec<Action> {
+        let now = ctx.now;
+        let (run, stop) = match &self.phase {
+            Phase::Up { run, .. } if run.gen == gen => (*run, None),
+            Phase::Stopping { run, stop } if run.gen == gen => (*run, Some(*stop)),
+            _ => return vec![stray("exit reported for no live run")],
+        };
+        self.last_exit = Some(LastExit {
+            exit,
+            at_ms: now.wall_ms,
+            by_operator: stop.is_some_and(|s| s.origin == Origin::Operator),
+        });
+        if let Some(h) = self.history.back_mut() {
+            h.exited_ms = Some(now.wall_ms);
+            h.exit_code = Some(exit.code());
+        }
+        // An exit we asked for is news, not a warning.
+        let level = if exit.success() || stop.is_some() {
+            log::Level::Info
+        } else {
+            log::Level::Warn
+        };
+        let mut actions = vec![log(level, "exited", Some(run.pid), exit.describe())];
+        if let Some(mut stop) = stop {
+            if stop.killed {
+                actions.push(Action::Reap(run.pid));
+                actions.extend(self.finish_stop(stop, ctx));
+            } else {
+                stop.poll_at = Some(now.mono + GROUP_POLL);
+                self.phase = Phase::Draining { run, stop };
+                actions.push(Action::CheckGroup(run.pid));
+            }
+            return actions;
+        }
+        // A run ends with its main process: what is left of its group goes with it.
+        actions.push(Action::Signal {
+            pgid: run.pid,
+            sig: libc::SIGKILL,
+        });
+        actions.push(Action::Reap(run.pid));
+        if now.mono.saturating_duration_since(run.started) >= self.spec.reset_after {
+            self.attempts = 0;
+        }
+        self.last_error = (!exit.success()).then(|| exit.describe());
+        actions.extend(self.after_run(exit.success(), ctx));
+        actions
+    }
+
+    /// The restart decision after a run ended by itself.
+    pub(super) fn after_run(&mut self, success: bool, ctx: &mut Ctx) -> Vec<Action> {
+        let wanted = !ctx.shutting_down
+            && match self.spec.policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => !success,
+                RestartPolicy::Never => false,
+            };
+        if !wanted {
+            self.phase = if success {
+                Phase::Stopped { held: false }
+            } else {
+                Phase::Failed { retry_at: None }
+            };
+            return Vec::new();
+        }
+        let delay = self.next_attempt(ctx.rng);
+        vec![self.schedule_restart(delay, ctx.now.mono)]
+    }
+
+    /// The delay before the next restart, counting the attempt; `None` once
+    /// `max_restart_attempts` consecutive restarts are used up.
+    pub(super) fn next_attempt(&mut self, rng: &mut fastrand::Rng) -> Option<Duration> {
+        let max = self.spec.max_restart_attempts;
+        if max > 0 && self.attempts >= max {
+            return None;
+        }
+        let delay = self.spec.backoff.delay(self.attempts, rng);
+        self.attempts += 1;
+        Some(delay)
+    }
+
+    /// `restarting` until `now + delay`, or `failed` when there is no delay (then
+    /// retried every `retry_failed_ms` where that is set).
+    pub(super) fn schedule_restart(&mut self, delay: Option<Duration>, now: Instant) -> Action {
+        match delay {
+            Some(delay) => {
+                self.phase = Phase::Backoff { until: now + delay };
+                log(
+                    log::Level::Info,
+                    "restarting",
+                    None,
+                    format!(
+                        "restarting in {} ms (attempt {})",
+                        delay.as_millis(),
+                        self.attempts
+                    ),
+                )
+            }
+            None => {
+                let retry = self.spec.retry_failed;
+                self.phase = Phase::Failed {
+                    retry_at: retry.map(|r| now + r),
+                };
+                self.last_error = Some("maximum restart attempts exceeded".into());
+                let then = match retry {
+                    Some(r) => format!("trying again in {} ms", r.as_millis()),
+                    None => "giving up".into(),
+                };
+                log(
+                    log::Level::Error,
+                    "failed",
+                    None,
+                    format!(
+                        "maximum restart attempts exceeded ({}); {then}",
+                        self.spec.max_restart_attempts
+                    ),
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Behaviours of the machine that take a few steps to show.
+
+use super::harness::{check, kinds, spec, T};
+use super::*;
+
+#[test]
+fn a_binary_that_cannot_run_fails_a_configured_service_at_once() {
+    let mut s = spec(RestartPolicy::Always, 3);
+    s.binary_problem = Some(BinaryProblem::Missing);
+    s.autostart = false;
+    let svc = Service::new(s.clone(), 0);
+    assert_eq!(svc.state(), State::Failed, "configured: failed");
+    assert_eq!(
+        svc.last_error(),
+        Some("service binary not found: /bin/true")
+    );
+    s.configured = false;
+    assert_eq!(
+        Service::new(s, 0).state(),
+        State::Stopped,
+        "neither: stopped"
+    );
+}
+
+#[test]
+fn crashes_back_off_doubling_then_give_up_after_exactly_max() {
+    let mut t = T::new(RestartPolicy::Always, 2);
+    t.on(Event::Start).unwrap();
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        t.spawned();
+        let a = t.exit(Exit::Code(1));
+        if t.svc.state() == State::Restarting {
+            delays.push(t.due());
+            t.fire();
+        } else {
+            assert_eq!(kinds(&a), "exited kill reap failed");
+        }
+    }
+    assert_eq!(delays, ["+100", "+200"]);
+    assert_eq!(t.svc.state(), State::Failed);
+    assert_eq!(t.svc.restarts(), 2);
+    assert_eq!(t.svc.history().len(), 3);
+    t.on(Event::Start).unwrap();
+    assert_eq!(t.svc.attempts(), 0, "start resets the counter");
+}
+
+#[test]
+fn zero_max_retries_forever_at_the_capped_delay() {
+    let mut t = T::new(RestartPolicy::Always, 0);
+    t.on(Event::Start).unwrap();
+    for _ in 0..40 {
+        t.spawned();
+        t.exit(Exit::Code(1));
+        assert_eq!(t.svc.state(), State::Restarting);
+        let due = t.due();
+        t.fire();
+        if t.svc.restarts() > 10 {
+            assert_eq!(due, "+1000");
+        }
+    }
+}
+
+#[test]
+fn a_long_run_resets_the_counter() {
+    let mut t = T::new(RestartPolicy::Always, 10);
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    t.exit(Exit::Code(1));
+    t.fire();
+    t.spawned();
+    t.ms += 60_000;
+    t.exit(Exit::Code(1));
+    assert_eq!(t.svc.attempts(), 1, "reset before counting this restart");
+    assert_eq!(t.due(), "+100");
+}
+
+#[test]
+fn policies_decide_what_an_exit_leads_to() {
+    for (policy, exit, state) in [
+        (RestartPolicy::Never, Exit::Code(0), State::Stopped),
+        (RestartPolicy::Never, Exit::Code(3), State::Failed),
+        (RestartPolicy::OnFailure, Exit::Code(0), State::Stopped),
+        (RestartPolicy::OnFailure, Exit::Code(3), State::Restarting),
+        (RestartPolicy::OnFailure, Exit::Signal(9), State::Restarting),
+        (RestartPolicy::Always, Exit::Code(0), State::Restarting),
+    ] {
+        let mut t = T::new(policy, 5);
+        t.on(Event::Start).unwrap();
+        t.spawned();
+        t.exit(exit);
+        assert_eq!(t.svc.state(), state, "{policy:?} {exit:?}");
+        assert_eq!(t.svc.pid(), None);
+    }
+}
+
+#[test]
+fn nothing_restarts_or_starts_during_shutdown() {
+    let mut t = T::new(RestartPolicy::Always, 5);
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    t.shutting_down = true;
+    t.exit(Exit::Code(1));
+    assert_eq!(t.svc.state(), State::Failed);
+    assert_eq!(t.on(Event::Start), Ok(vec![]));
+    assert_eq!(t.svc.state(), State::Stopped);
+}
+
+#[test]
+fn an_operator_stop_stays_a_stop_whatever_a_reload_or_a_check_asks() {
+    for origin in [Origin::Reload, Origin::Liveness] {
+        let mut t = T::new(RestartPolicy::Always, 5);
+        t.on(Event::Start).unwrap();
+        t.spawned();
+        t.op_stop().unwrap();
+        let restart = Event::Stop {
+            then: AfterStop::Start,
+            origin,
+        };
+        assert_eq!(t.on(restart), Ok(vec![]));
+        t.exit(Exit::Signal(libc::SIGTERM));
+        assert_eq!(kinds(&t.ev(Event::GroupEmpty)), "reap stopped");
+        assert_eq!(t.phase(), "held", "{origin:?}");
+    }
+    // The operator's own restart, and removal, do override it.
+    let mut t = T::new(RestartPolicy::Always, 5);
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    t.op_stop().unwrap();
+    t.on(Event::Restart).unwrap();
+    assert_eq!(t.phase(), "stopping+start");
+    let remove = Event::Stop {
+        then: AfterStop::Remove,
+        origin: Origin::Reload,
+    };
+    t.on(remove).unwrap();
+    t.on(Event::Restart).unwrap();
+    assert_eq!(t.phase(), "stopping+remove", "removal wins");
+}
+
+#[test]
+fn a_stop_past_its_timeout_is_killed_and_ends_stopped() {
+    let mut t = T::new(RestartPolicy::Always, 5);
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    t.op_stop().unwrap();
+    assert_eq!(
+        t.svc.state(),
+        State::Running,
+        "the state stays until the group is empty"
+    );
+    assert_eq!(kinds(&t.fire()), "killed kill");
+    assert_eq!(t.svc.deadline(), None);
+    let a = t.exit(Exit::Signal(9));
+    assert_eq!(kinds(&a), "exited reap stopped");
+    let last = t.svc.last_exit().unwrap();
+    assert!(last.by_operator, "an operator's stop caused this exit");
+}
+
+#[test]
+fn retry_failed_tries_again_and_keeps_failing_fast() {
+    let mut s = spec(RestartPolicy::Always, 1);
+    s.retry_failed = Some(Duration::from_secs(30));
+    let mut t = T::with(s);
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    t.exit(Exit::Code(1));
+    t.fire();
+    t.spawned();
+    t.exit(Exit::Code(1));
+    assert_eq!(t.svc.state(), State::Failed);
+    assert_eq!(t.due(), "+30000", "next_restart shown while failed");
+    assert_eq!(kinds(&t.fire()), "retrying spawn");
+    t.spawned();
+    t.exit(Exit::Code(1));
+    assert_eq!(
+        t.phase(),
+        "failed-retry",
+        "straight back: the attempts stay used up"
+    );
+    // A retry that runs long enough recovers the normal backoff.
+    t.fire();
+    t.spawned();
+    t.ms += 60_000;
+    t.exit(Exit::Code(1));
+    assert_eq!(t.svc.state(), State::Restarting);
+}
+
+#[test]
+fn a_wall_clock_jump_changes_no_decision() {
+    // The same runs, with the wall clock steady or jumping: backoff, attempts and
+    // reset-after follow the monotonic clock; the wall clock only stamps the history.
+    let run = |jump: bool| {
+        let mut t = T::new(RestartPolicy::Always, 10);
+        t.on(Event::Start).unwrap();
+        let mut seen = Vec::new();
+        for (start, end) in [(0, 10), (200, 210), (600, 70_600), (70_800, 70_810)] {
+            t.on_at(start, Event::Timer).unwrap();
+            t.spawned();
+            t.ms = end;
+            let gen = t.gen;
+            let mut ctx = Ctx {
+                now: Now {
+                    mono: t.at(end),
+                    wall_ms: if jump { 5 } else { 1_000_000 + end },
+                },
+                rng: &mut t.rng,
+                unmet: Vec::new(),
+                shutting_down: false,
+            };
+            let exit = Event::Exited {
+                gen,
+                exit: Exit::Code(1),
+            };
+            t.svc.on(exit, &mut ctx).unwrap();
+            seen.push((t.svc.attempts(), t.due(), t.svc.state()));
+        }
+        seen
+    };
+    let steady = run(false);
+    assert_eq!(run(true), steady);
+    let attempts: Vec<u32> = steady.iter().map(|s| s.0).collect();
+    assert_eq!(attempts, [1, 2, 1, 2], "the 70 s run reset the counter");
+}
+
+#[test]
+fn health_checks_gate_readiness_then_restart_a_dead_service() {
+    let mut s = spec(RestartPolicy::Always, 5);
+    s.health_check = Some(check(2));
+    let mut t = T::with(s);
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    assert_eq!(t.svc.state(), State::Starting);
+    let gen = t.gen;
+    let fail = |t: &mut T| {
+        t.fire();
+        t.ev(Event::Probe {
+            gen,
+            result: Err("503".into()),
+        })
+    };
+    for _ in 0..5 {
+        assert_eq!(kinds(&fail(&mut t)), "unhealthy", "no restart before ready");
+    }
+    t.fire();
+    t.ev(Event::Probe {
+        gen,
+        result: Ok(()),
+    });
+    assert_eq!(t.svc.state(), State::Running);
+    assert_eq!(kinds(&fail(&mut t)), "unhealthy");
+    assert_eq!(kinds(&fail(&mut t)), "unhealthy stopping signal");
+    t.exit(Exit::Signal(libc::SIGTERM));
+    assert_eq!(kinds(&t.ev(Event::GroupEmpty)), "reap stopped restarting");
+    assert!(t.svc.last_error().unwrap().contains("(2 in a row): 503"));
+    assert_eq!(t.phase(), "backoff", "a liveness restart is not held");
+}
+
+#[test]
+fn a_late_probe_result_touches_nothing() {
+    let mut s = spec(RestartPolicy::Always, 5);
+    s.health_check = Some(check(1));
+    let mut t = T::with(s);
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    let old = t.gen;
+    t.exit(Exit::Code(1));
+    t.fire();
+    t.spawned();
+    let a = t.ev(Event::Probe {
+        gen: old,
+        result: Err("x".into()),
+    });
+    assert!(a.is_empty());
+    assert_eq!(t.svc.last_error(), Some("exited with code 1"));
+}
+
+#[test]
+fn a_busy_binary_is_retried_without_counting_a_restart() {
+    let mut t = T::new(RestartPolicy::Never, 5);
+    t.on(Event::Start).unwrap();
+    let busy = || Event::SpawnFailed {
+        error: "Text file busy".into(),
+        busy: true,
+    };
+    for _ in 0..BUSY_RETRIES {
+        assert_eq!(kinds(&t.ev(busy())), "retrying");
+        assert_eq!(t.svc.state(), State::Starting);
+        assert_eq!(kinds(&t.fire()), "spawn");
+    }
+    assert_eq!(t.svc.restarts(), 0);
+    assert!(t.svc.history().is_empty(), "a retry is not a run");
+    assert_eq!(kinds(&t.ev(busy())), "failed");
+    assert_eq!(t.svc.state(), State::Failed);
+}
+
+#[test]
+fn history_keeps_the_last_ten_runs() {
+    let mut t = T::new(RestartPolicy::Always, 0);
+    t.on(Event::Start).unwrap();
+    for _ in 0..15 {
+        t.spawned();
+        t.exit(Exit::Code(1));
+        t.fire();
+    }
+    assert_eq!(t.svc.history().len(), HISTORY_LEN);
+}
