@@ -454,7 +454,7 @@ pub fn format_line(out: &mut String, b: &Batch, line: &Line, json: bool) {
 
 /// `svc[pid] stream: `, the part of a text line that a whole batch shares.
 fn push_prefix(out: &mut String, b: &Batch) {
-    out.push_str(&b.service);
+    push_escaped(out, &b.service);
     out.push('[');
     push_int(out, b.pid);
     out.push_str("] ");
@@ -469,7 +469,7 @@ fn format_text(out: &mut String, b: &Batch, line: &Line, prefix: &str) {
     out.push_str(level_padded(line.level));
     out.push(' ');
     out.push_str(prefix);
-    out.push_str(b.msg(line));
+    push_escaped(out, b.msg(line));
     if line.partial {
         out.push_str(" [...]");
     }
@@ -530,16 +530,61 @@ pub fn format_event(out: &mut String, rec: &EventRecord, json: bool) {
         let _ = write!(out, " {:<5} ", level_name(rec.level));
         match (&rec.service, rec.pid) {
             (Some(s), Some(pid)) => {
-                let _ = write!(out, "{s}[{pid}] ");
+                push_escaped(out, s);
+                let _ = write!(out, "[{pid}] ");
             }
             (Some(s), None) => {
-                let _ = write!(out, "{s}: ");
+                push_escaped(out, s);
+                out.push_str(": ");
             }
             (None, _) => out.push_str("orchestrator: "),
         }
-        out.push_str(&rec.msg);
+        push_escaped(out, &rec.msg);
         out.push('\n');
     }
+}
+
+/// True for what the text format must not pass through raw (SPEC 9): the C0 controls
+/// but tab (CR, LF, ESC, BEL, ...), DEL, and the C1 controls (U+0080-U+009F, which
+/// some terminals obey like ESC sequences).
+fn is_control(c: char) -> bool {
+    (c.is_control() && c != '\t') || c == '\u{7f}'
+}
+
+/// Appends `s` for the text format with every control character escaped visibly:
+/// `\n`, `\r`, `\xNN` for the other C0 controls and DEL (`\x1b` for ESC), `\u{NN}` for
+/// C1. So no line can forge another record, hide one, or drive a terminal. Runs
+/// without controls (nearly every line) are copied in one go.
+pub fn push_escaped(out: &mut String, s: &str) {
+    let mut run = 0;
+    for (i, c) in s.char_indices() {
+        if !is_control(c) {
+            continue;
+        }
+        out.push_str(&s[run..i]);
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x80 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+        }
+        run = i + c.len_utf8();
+    }
+    out.push_str(&s[run..]);
+}
+
+/// `s` with control characters escaped as `push_escaped` does (for the client).
+pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    push_escaped(&mut out, s);
+    std::borrow::Cow::Owned(out)
 }
 
 /// Appends `s` as a JSON string literal.
@@ -666,6 +711,52 @@ mod tests {
         assert_eq!(v["stream"], "stdout");
         assert_eq!(v["level"], "info");
         assert!(v.get("partial").is_none());
+    }
+
+    #[test]
+    fn text_escapes_control_characters_visibly() {
+        let text = "ok\r2026-11-27T00:00:00.000Z ERROR orchestrator: forged\n\u{1b}]0;t\u{7}\u{9b}x\ty\u{7f}é".to_string();
+        let line = Line {
+            start: 0,
+            end: text.len(),
+            level: log::Level::Info,
+            partial: false,
+        };
+        let rec = Batch {
+            ts_ms: 0,
+            service: "svc".into(),
+            pid: 1,
+            stream: Stream::Stdout,
+            unwritten: Arc::default(),
+            text,
+            lines: vec![line],
+        };
+        let mut s = String::new();
+        format_line(&mut s, &rec, &line, false);
+        assert_eq!(
+            s,
+            "1970-01-01T00:00:00.000Z INFO  svc[1] stdout: ok\\r2026-11-27T00:00:00.000Z ERROR orchestrator: forged\\n\\x1b]0;t\\x07\\u{9b}x\ty\\x7fé\n"
+        );
+        assert_eq!(s.matches('\n').count(), 1, "one record, one line");
+        let mut e = String::new();
+        format_event(
+            &mut e,
+            &EventRecord {
+                ts_ms: 0,
+                level: log::Level::Warn,
+                service: None,
+                pid: None,
+                event: None,
+                msg: "services directory /srv/a\nb\u{1b}[2J: gone".into(),
+            },
+            false,
+        );
+        assert!(
+            e.ends_with("orchestrator: services directory /srv/a\\nb\\x1b[2J: gone\n"),
+            "{e}"
+        );
+        assert_eq!(escaped("plain"), "plain");
+        assert_eq!(escaped("a\u{0}b"), "a\\x00b");
     }
 
     #[test]
