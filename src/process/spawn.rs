@@ -148,6 +148,17 @@ pub fn spawn(spec: &ServiceSpec, cgroup_files: &[std::fs::File]) -> Result<Child
 /// identity, its own process group, output discarded, not in the service's cgroup.
 /// Returns the pid; the caller waits for it like for a run.
 pub fn spawn_probe(spec: &ServiceSpec, argv: &[String]) -> Result<i32, String> {
+    spawn_probe_in(spec, argv, &[])
+}
+
+/// `spawn_probe`, with the check joined to the service's cgroups (`cgroup_files`: their
+/// open `cgroup.procs`, as `spawn` takes them) before exec, so that what it starts counts
+/// against the service's `pids_max` and is killed with the service.
+pub fn spawn_probe_in(
+    spec: &ServiceSpec,
+    argv: &[String],
+    cgroup_files: &[std::fs::File],
+) -> Result<i32, String> {
     let (program, args) = argv.split_first().ok_or("health_check.command is empty")?;
     let null = dev_null()?;
     let cwd = spec
@@ -158,7 +169,8 @@ pub fn spawn_probe(spec: &ServiceSpec, argv: &[String]) -> Result<i32, String> {
     let resolved = search_path(program, spec).ok_or_else(|| {
         format!("cannot execute health check {program}: not found in the service's PATH")
     })?;
-    spawn_with(spec, resolved.as_os_str(), args, [null; 3], &[], Some(cwd))
+    let cgroup_fds = crate::process::cgroup::raw_fds(cgroup_files);
+    spawn_with(spec, resolved.as_os_str(), args, [null; 3], &cgroup_fds, Some(cwd))
         .map_err(|(step, e)| describe_failure(step, &format!("health check {program}"), e))
 }
 
