@@ -262,3 +262,41 @@ fn a_slow_metrics_client_does_not_hold_up_others() {
     let held = slow.join().unwrap();
     assert!(held < Duration::from_secs(8), "held {held:?}");
 }
+
+#[test]
+fn data_dir_is_never_created_through_a_link_the_service_user_planted() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run a service as nobody");
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.service("svc", "exec sleep 1000");
+    let home = sb.path("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+    let victim = sb.path("victim");
+    std::fs::create_dir(&victim).unwrap();
+    chmod(&victim, 0o700);
+    // The user who owns `home` points `home/link` at a root-only directory.
+    std::os::unix::fs::symlink(&victim, home.join("link")).unwrap();
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"svc": {"user": "nobody", "data_dir": home.join("link/data")}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    assert!(wait_until(DEADLINE, || {
+        sb.service_status("svc")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("data_dir"))
+    }));
+    assert!(!victim.join("data").exists(), "created through the link");
+    // Without the link, it is created and handed to the user.
+    std::fs::remove_file(home.join("link")).unwrap();
+    assert!(wait_until(DEADLINE, || home.join("link/data").is_dir()));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(home.join("link")).unwrap().uid(), 0);
+    assert_eq!(
+        std::fs::metadata(home.join("link/data")).unwrap().uid(),
+        NOBODY
+    );
+}

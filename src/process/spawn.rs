@@ -170,8 +170,15 @@ pub fn spawn_probe_in(
         format!("cannot execute health check {program}: not found in the service's PATH")
     })?;
     let cgroup_fds = crate::process::cgroup::raw_fds(cgroup_files);
-    spawn_with(spec, resolved.as_os_str(), args, [null; 3], &cgroup_fds, Some(cwd))
-        .map_err(|(step, e)| describe_failure(step, &format!("health check {program}"), e))
+    spawn_with(
+        spec,
+        resolved.as_os_str(),
+        args,
+        [null; 3],
+        &cgroup_fds,
+        Some(cwd),
+    )
+    .map_err(|(step, e)| describe_failure(step, &format!("health check {program}"), e))
 }
 
 /// `program` as given when it names a path, else the first executable of that name in
