@@ -84,6 +84,19 @@ fn open_dir(path: &std::path::Path) -> Option<Dir> {
 
 impl LogFiles {
     pub fn new(cfg: FileConfig) -> LogFiles {
+        // log_dir itself may belong to a service's user (its files are safe from them),
+        // but a directory above it that another user controls could swap it for a link
+        // before we open it: said, not refused, since the files stay safe from the rest.
+        if let Some(u) = cfg
+            .dir
+            .parent()
+            .and_then(crate::process::safe_fs::untrusted)
+        {
+            log::warn!(
+                "log_dir {}: {u}: another user could replace log_dir before it is opened",
+                cfg.dir.display()
+            );
+        }
         let dir = open_dir(&cfg.dir);
         let total = dir.as_ref().map_or(0, |d| {
             d.names()
