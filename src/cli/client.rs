@@ -96,7 +96,7 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientErr
                     l["pid"],
                     l["stream"].as_str().unwrap_or(""),
                     // A service's bytes must not drive the reader's terminal.
-                    crate::output::sink::escaped(l["msg"].as_str().unwrap_or("")),
+                    crate::output::escape::escaped(l["msg"].as_str().unwrap_or("")),
                     if l["partial"] == Value::Bool(true) {
                         " [...]"
                     } else {
