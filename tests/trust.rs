@@ -300,3 +300,66 @@ fn data_dir_is_never_created_through_a_link_the_service_user_planted() {
         NOBODY
     );
 }
+
+struct KillPid(i32);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn daemon_log_is_private_and_capped_like_service_files() {
+    let sb = Sandbox::new();
+    // 3 MB of output in 100-byte lines, then a marker.
+    sb.service(
+        "flood",
+        "head -c 3000000 /dev/zero | tr '\\0' x | fold -w 99; echo flood-done; exec sleep 1000",
+    );
+    sb.config(
+        json!({"services_dir": "services", "log_dir": "logs",
+               "log_max_bytes": 100_000, "log_max_files": 2}),
+        json!({}),
+    );
+    let pidfile = sb.path("d.pid");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--daemon", "--config"])
+        .arg(sb.path("orchestrator.json"))
+        .arg("--pidfile")
+        .arg(&pidfile);
+    let out = run_with_timeout(cmd, DEADLINE);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut pid = 0;
+    assert!(wait_until(DEADLINE, || {
+        pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        pid > 0
+    }));
+    let _guard = KillPid(pid);
+    let logs = sb.path("logs");
+    assert!(wait_until(DEADLINE, || {
+        std::fs::read_to_string(logs.join("flood.log")).is_ok_and(|s| s.contains("flood-done"))
+    }));
+    assert!(wait_until(DEADLINE, || {
+        std::fs::read_to_string(logs.join("orchestrator.log"))
+            .is_ok_and(|s| s.contains("flood-done"))
+    }));
+    let mut total = 0;
+    for entry in std::fs::read_dir(&logs).unwrap().flatten() {
+        let name = entry.file_name().into_string().unwrap();
+        if name.starts_with("orchestrator.log") {
+            let m = entry.metadata().unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o640, "{name}");
+            total += m.len();
+        }
+    }
+    // Three files of at most log_max_bytes (plus one write of the sink), not 3 MB.
+    assert!(total <= 3 * (100_000 + 65_536), "{total}");
+    assert!(!logs.join("orchestrator.log.3").exists());
+    assert_eq!(sb.cli(&["shutdown"]).code, 0);
+}
