@@ -5,7 +5,7 @@
 
 use crate::cli::Cli;
 use crate::control::{instance, socket as control};
-use crate::output::sink as logsink;
+use crate::output::{files, sink as logsink};
 use crate::process::{cgroup, signals};
 use crate::supervise::{persist, supervisor};
 use crate::{config_failed, load};
@@ -43,27 +43,32 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
             return 1;
         }
     };
+    // With --daemon, the daemon's log is log_dir/orchestrator.log, opened and rotated
+    // like a service's file (`files::DaemonLog`); otherwise stderr.
+    let mut out: Box<dyn std::io::Write + Send> = Box::new(std::io::stderr());
     if daemon {
-        let dir = s.log_dir.clone().unwrap_or_default();
-        let path = dir.join("orchestrator.log");
-        let opened = std::fs::create_dir_all(&dir).and_then(|()| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
+        let files = s.log_files().unwrap_or_else(|| files::FileConfig {
+            dir: s.log_dir.clone().unwrap_or_default(),
+            max_bytes: u64::MAX,
+            max_files: 0,
+            max_total: None,
         });
-        let file = match opened {
-            Ok(f) => f,
+        let log = match files::DaemonLog::open(&files) {
+            Ok(l) => l,
             Err(e) => {
-                eprintln!("orchestrator: cannot open {}: {e}", path.display());
+                eprintln!(
+                    "orchestrator: cannot open {}: {e}",
+                    files.dir.join("orchestrator.log").display()
+                );
                 return 1;
             }
         };
-        if let Err(e) = instance::daemonize(file) {
+        if let Err(e) = instance::daemonize(log.file()) {
             eprintln!("orchestrator: cannot detach: {e}");
             return 1;
         }
         inst.record_pid();
+        out = Box::new(log);
     }
     // SAFETY: getpid has no preconditions.
     let pid1 = unsafe { libc::getpid() } == 1;
@@ -85,18 +90,14 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
             return 1;
         }
     }
-    let (sink, _sink_thread) = match logsink::Sink::start(
-        Box::new(std::io::stderr()),
-        s.log_level,
-        s.log_format,
-        s.log_files(),
-    ) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("orchestrator: cannot start the log writer: {e}");
-            return 1;
-        }
-    };
+    let (sink, _sink_thread) =
+        match logsink::Sink::start(out, s.log_level, s.log_format, s.log_files()) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("orchestrator: cannot start the log writer: {e}");
+                return 1;
+            }
+        };
     logsink::install_logger(&sink, s.log_level);
     for n in &plan.notices {
         log::log!(n.level, "{}", n.msg);
@@ -119,7 +120,10 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         Some(Ok(sd)) => {
             let saved = sd.load();
             if let Some(saved) = &saved {
-                let killed = persist::kill_survivors(saved, sd.boot_id());
+                // Only processes that carry the environment our plan gives the service
+                // are proven ours (see persist's opening note).
+                let env_of = |name: &str| plan.services.get(name).map(|s| s.env.clone());
+                let killed = persist::kill_survivors(saved, sd.boot_id(), &env_of);
                 if killed > 0 {
                     log::warn!("killed {killed} processes left by a previous instance");
                 }

@@ -347,7 +347,7 @@ fn world_writable_binaries_and_configs_are_refused_as_root() {
     assert_eq!(out.code, 2);
     assert!(
         out.stderr
-            .contains("refusing a config file that others can write to"),
+            .contains("refusing a config file that another user could change"),
         "{}",
         out.stderr
     );

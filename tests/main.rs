@@ -12,3 +12,4 @@ mod observability;
 mod output;
 mod reliability;
 mod reload;
+mod trust;

@@ -326,6 +326,8 @@ fn metrics_endpoint_serves_valid_exposition() {
     let d = Daemon::start(&sb, &[]);
     sb.wait_running("web", None);
     sb.wait_state("down", "stopped");
+    // Counted by its reader before the sink writes it: once logged, it is counted.
+    d.wait_log(&["web[", "stdout: hi"]);
     let line = d.wait_log(&["metrics on http://"]);
     let addr = line
         .split("http://")

@@ -293,9 +293,10 @@ fn state_dir_lets_a_successor_kill_what_a_crashed_daemon_left_and_keep_history()
     let root = unsafe { libc::geteuid() } == 0;
     let uid = root.then_some(65534);
     if root {
+        // The daemon's own user owns its directories (a world-writable one would fail
+        // StrictModes for state_dir, and would put the lock in a private directory).
         for d in [sb.dir.clone(), sb.path("services")] {
-            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o777))
-                .unwrap();
+            std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
         }
     }
     let kid = sb.path("kid.sh");

@@ -95,7 +95,8 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientErr
                     name,
                     l["pid"],
                     l["stream"].as_str().unwrap_or(""),
-                    l["msg"].as_str().unwrap_or(""),
+                    // A service's bytes must not drive the reader's terminal.
+                    crate::output::escape::escaped(l["msg"].as_str().unwrap_or("")),
                     if l["partial"] == Value::Bool(true) {
                         " [...]"
                     } else {

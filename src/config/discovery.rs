@@ -30,9 +30,10 @@ pub struct Identity {
 pub enum BinaryProblem {
     Missing,
     NotExecutable,
-    /// Writable by others (it or its directory) while we run as root: anyone could
-    /// swap what runs. Refused under `strict_modes`.
-    WritableByOthers(PathBuf),
+    /// Fails StrictModes while we run as root (it or a directory above it is owned by
+    /// another user, or writable by group or others): they could swap what runs.
+    /// Refused under `strict_modes`.
+    Untrusted(crate::process::safe_fs::Untrusted),
 }
 
 /// One service, resolved: the plan's unit and what the supervisor runs.
@@ -87,9 +88,8 @@ impl ServiceSpec {
             BinaryProblem::NotExecutable => {
                 format!("service binary is not executable: {}", self.binary.display())
             }
-            BinaryProblem::WritableByOthers(p) => format!(
-                "service binary refused: {} is writable by others (chmod o-w, or set strict_modes to false)",
-                p.display()
+            BinaryProblem::Untrusted(u) => format!(
+                "service binary refused: {u} (strict_modes: it and every directory above it must be owned by root and not writable by group or others)"
             ),
         })
     }
@@ -163,7 +163,7 @@ pub fn discover(dir: &Path, notices: &mut Vec<Notice>) -> Vec<Found> {
                 level: log::Level::Warn,
                 msg: format!("{} is not executable: skipped", binary.display()),
             }),
-            Some(BinaryProblem::WritableByOthers(_)) => {}
+            Some(BinaryProblem::Untrusted(_)) => {}
         }
     }
     out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
@@ -191,8 +191,8 @@ pub fn binary_problem(path: &Path) -> Option<BinaryProblem> {
     }
 }
 
-/// The binary's problem, including (as root, under `strict_modes`) being writable by
-/// others, which sshd's StrictModes also refuses.
+/// The binary's problem, including (as root, under `strict_modes`) failing sshd's
+/// StrictModes rule (`safe_fs::untrusted`).
 pub fn check_binary(path: &Path, strict: bool) -> Option<BinaryProblem> {
     binary_problem(path).or_else(|| {
         // SAFETY: geteuid has no preconditions.
@@ -200,21 +200,8 @@ pub fn check_binary(path: &Path, strict: bool) -> Option<BinaryProblem> {
         if !(strict && root) {
             return None;
         }
-        writable_by_others(path).map(BinaryProblem::WritableByOthers)
+        crate::process::safe_fs::untrusted(path).map(BinaryProblem::Untrusted)
     })
-}
-
-/// `path` itself, or its directory, if others may write to it (a sticky directory such
-/// as /tmp only lets them replace their own files, so it passes).
-pub fn writable_by_others(path: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let file_mode = std::fs::metadata(path).ok()?.permissions().mode();
-    if file_mode & 0o002 != 0 {
-        return Some(path.to_path_buf());
-    }
-    let dir = path.parent()?;
-    let dir_mode = std::fs::metadata(dir).ok()?.permissions().mode();
-    (dir_mode & 0o002 != 0 && dir_mode & 0o1000 == 0).then(|| dir.to_path_buf())
 }
 
 /// Builds the plan from a loaded config: discovery merged with the `services` section.
@@ -259,14 +246,10 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
             }
         }
         let problem = check_binary(&binary, s.strict_modes);
-        if let Some(BinaryProblem::WritableByOthers(p)) = &problem {
+        if let Some(BinaryProblem::Untrusted(u)) = &problem {
             notices.push(Notice {
                 level: log::Level::Warn,
-                msg: format!(
-                    "{name}: refusing {}: {} is writable by others",
-                    binary.display(),
-                    p.display()
-                ),
+                msg: format!("{name}: refusing {}: {u}", binary.display()),
             });
         }
         let identity = match resolve_identity(svc) {

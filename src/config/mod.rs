@@ -370,13 +370,22 @@ pub fn lookup(flag: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
     Ok(None)
 }
 
+/// A config file is read up to this size: anything larger is not one.
+const MAX_CONFIG: u64 = 4 << 20;
+
 /// Looks the file up, reads, parses, applies precedence and validates it.
 pub fn load(ov: &Overrides) -> Result<Config, ConfigError> {
     let path = lookup(ov.config.as_deref())?;
     let (file, base) = match &path {
         Some(p) => {
-            refuse_if_writable_by_others(p)?;
-            let text = std::fs::read_to_string(p)
+            refuse_if_untrusted(p)?;
+            // A regular file only (a FIFO would hang the start), and bounded.
+            let text = crate::process::safe_fs::open_regular(p, true)
+                .and_then(|(f, _)| {
+                    let mut t = String::new();
+                    std::io::Read::read_to_string(&mut std::io::Read::take(f, MAX_CONFIG), &mut t)
+                        .map(|_| t)
+                })
                 .map_err(|e| ConfigError::one(format!("{}: cannot read: {e}", p.display())))?;
             let file =
                 parse(&text).map_err(|e| ConfigError::one(format!("{}:{e}", p.display())))?;
@@ -424,18 +433,19 @@ pub fn parse_and_validate(text: &str) -> Result<(), ConfigError> {
     settle(file, &Overrides::default(), "fuzz", Path::new("/")).map(|_| ())
 }
 
-/// As root, a config file others can write to would let them run anything as root:
-/// refuse it. (Not a setting: the file itself cannot be trusted to turn this off.)
-fn refuse_if_writable_by_others(p: &Path) -> Result<(), ConfigError> {
+/// As root, a config file another user can change would let them run anything as
+/// root: it must pass sshd's StrictModes rule (`safe_fs::untrusted`), relative paths
+/// such as `./orchestrator.json` included. (Not a setting: the file itself cannot be
+/// trusted to turn this off.)
+fn refuse_if_untrusted(p: &Path) -> Result<(), ConfigError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
-    match crate::config::discovery::writable_by_others(p) {
-        Some(w) => Err(ConfigError::one(format!(
-            "{}: refusing a config file that others can write to ({} is writable by others; chmod o-w)",
-            p.display(),
-            w.display()
+    match crate::process::safe_fs::untrusted(p) {
+        Some(u) => Err(ConfigError::one(format!(
+            "{}: refusing a config file that another user could change: {u} (it and every directory above it must be owned by root and not writable by group or others)",
+            p.display()
         ))),
         None => Ok(()),
     }

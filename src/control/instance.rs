@@ -3,10 +3,11 @@
 //! (nobody holds the lock) and replaced, and a live daemon is never displaced. Also the
 //! start-up chores that belong with it: the pidfile, `--daemon`, and systemd readiness.
 
+use crate::process::safe_fs;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -37,22 +38,65 @@ pub fn default_socket() -> PathBuf {
     }
 }
 
-fn lock_path(socket: &Path) -> PathBuf {
-    let mut s = socket.as_os_str().to_owned();
-    s.push(".lock");
-    PathBuf::from(s)
+/// Where the lock for `socket` lives. Beside the socket (`SOCKET.lock`) when the
+/// socket's directory is ours (owned by root or us, not writable by group or others).
+/// In a shared directory such as /tmp (the default socket of a user without
+/// `XDG_RUNTIME_DIR`), anyone could create `SOCKET.lock` first and keep us from ever
+/// starting, and the sticky bit would stop us from removing it: there the lock goes to
+/// a private directory of ours instead, `~/.orchestrator/` (0700, checked), named after
+/// the socket's path. Two daemons for one socket still meet on the same lock.
+fn lock_path(socket: &Path) -> io::Result<PathBuf> {
+    let mut beside = socket.as_os_str().to_owned();
+    beside.push(".lock");
+    let dir = match socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => std::env::current_dir()?,
+    };
+    let shared = std::fs::metadata(&dir).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        (m.uid() != 0 && m.uid() != me) || m.mode() & 0o022 != 0
+    });
+    if !shared {
+        return Ok(PathBuf::from(beside));
+    }
+    let home = home_dir().ok_or_else(|| {
+        io::Error::other(format!(
+            "{} is shared with other users and no home directory is known for a private lock; set control_socket (or XDG_RUNTIME_DIR)",
+            dir.display()
+        ))
+    })?;
+    let private = home.join(".orchestrator");
+    let d = safe_fs::Dir::create(&private, 0o700)?;
+    if let Some(u) = d.untrusted() {
+        return Err(io::Error::other(format!("lock directory {u}")));
+    }
+    let name: String = socket
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c == '/' { '_' } else { c })
+        .collect();
+    Ok(private.join(format!("{name}.lock")))
+}
+
+/// Our home directory from the password database (not `$HOME`, which the caller sets).
+fn home_dir() -> Option<PathBuf> {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .filter(|d| d.is_absolute() && d != Path::new("/"))
 }
 
 /// Opens `path` and takes an exclusive lock on it without waiting. `Ok(None)` when
 /// somebody else holds it (their pid, if the file says it, comes back in the error).
+/// Never through a symlink, never a FIFO or a hard link (`safe_fs::open_lock`): the
+/// pid is written into the file, and that must not truncate whatever a link points to.
 fn try_lock(path: &Path) -> io::Result<Result<File, Option<i32>>> {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = safe_fs::open_lock(path, 0o600)?;
     // SAFETY: f is an open descriptor for the duration of the call.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(Ok(f));
@@ -90,7 +134,8 @@ impl Instance {
                 .create(dir)
                 .map_err(|e| io_err("cannot create", dir, e))?;
         }
-        let lock_file = lock_path(socket);
+        let lock_file =
+            lock_path(socket).map_err(|e| io_err("cannot place the lock for", socket, e))?;
         let lock = match try_lock(&lock_file).map_err(|e| io_err("cannot lock", &lock_file, e))? {
             Ok(f) => f,
             Err(pid) => return Err(InstanceError::AlreadyRunning(pid)),
@@ -146,7 +191,7 @@ impl Instance {
 
 /// Detaches from the terminal and the caller's session (double fork). Must run before
 /// any thread is started. The caller's process exits 0 once the daemon exists.
-pub fn daemonize(log: File) -> io::Result<()> {
+pub fn daemonize(log: &File) -> io::Result<()> {
     // SAFETY: no other thread exists yet (checked by the caller's order), so fork is safe.
     match unsafe { libc::fork() } {
         -1 => return Err(io::Error::last_os_error()),
@@ -198,5 +243,59 @@ pub fn notify_ready() {
     };
     if let Err(e) = sent {
         log::warn!("cannot notify systemd at {}: {e}", path.to_string_lossy());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        // Not under /tmp: that is the shared case, tested on its own.
+        let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join(format!("orch-instance-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        d
+    }
+
+    #[test]
+    fn lock_and_pidfile_never_truncate_through_a_symlink() {
+        let d = tmpdir("symlink");
+        let victim = d.join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let sock = d.join("s.sock");
+        std::os::unix::fs::symlink(&victim, d.join("s.sock.lock")).unwrap();
+        let err = Instance::acquire(&sock, None).err().expect("refused");
+        assert!(matches!(err, InstanceError::Io(_)));
+        std::fs::remove_file(d.join("s.sock.lock")).unwrap();
+        let pidfile = d.join("pid");
+        std::os::unix::fs::symlink(&victim, &pidfile).unwrap();
+        assert!(Instance::acquire(&sock, Some(&pidfile)).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_lock_in_a_shared_directory_goes_to_a_private_one() {
+        let d = tmpdir("own");
+        assert_eq!(lock_path(&d.join("x.sock")).unwrap(), d.join("x.sock.lock"));
+        // /tmp is shared: the lock is not placed where another user could squat it.
+        let shared = std::env::temp_dir().join("orchestrator-test-squat.sock");
+        match lock_path(&shared) {
+            Ok(p) => {
+                assert!(!p.starts_with(std::env::temp_dir()), "{}", p.display());
+                let dir = p.parent().unwrap();
+                let m = std::fs::metadata(dir).unwrap();
+                // SAFETY: geteuid has no preconditions.
+                assert_eq!(m.uid(), unsafe { libc::geteuid() });
+                assert_eq!(m.mode() & 0o077, 0);
+            }
+            Err(e) => assert!(e.to_string().contains("no home directory"), "{e}"),
+        }
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -1,46 +1,83 @@
-//! `metrics_listen` (SPEC 9): a tiny HTTP/1.x endpoint on one thread that answers
-//! `GET /metrics` with the Prometheus text exposition. No framework: a request head is
-//! read (bounded in size and time), the metrics come from the main loop over the event
-//! channel like any control request, and the connection is closed after the answer.
-//! Requests are served one at a time; a slow client costs others at most the timeout.
+//! `metrics_listen` (SPEC 9): a tiny HTTP/1.x endpoint that answers `GET /metrics`
+//! with the Prometheus text exposition. No framework: a request head is read (bounded
+//! in size), the metrics come from the main loop over the event channel like any
+//! control request, and the connection is closed after the answer.
+//!
+//! Each connection gets a small short-lived thread, at most `MAX_CONNS` at once (more
+//! are closed at once), and one deadline for the whole exchange, not per read: a client
+//! dribbling a byte at a time holds one slot for `REQUEST_DEADLINE` at most and never
+//! delays anyone else's scrape.
 
 use crate::control::socket::Request;
 use crate::supervise::event::Event;
 use crossbeam_channel::{bounded, Sender};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const MAX_HEAD: usize = 8 * 1024;
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// The whole request, from accept to the last byte of the answer.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections served at once; each costs a thread with a small stack.
+const MAX_CONNS: usize = 8;
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 pub fn serve(addr: SocketAddr, tx: Sender<Event>) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("metrics-http".into())
-        .stack_size(128 * 1024)
+        .stack_size(64 * 1024)
         .spawn(move || {
             for conn in listener.incoming() {
-                match conn {
-                    Ok(stream) => {
-                        let _ = answer(stream, &tx);
-                    }
+                let stream = match conn {
+                    Ok(s) => s,
                     // Descriptor shortage: wait rather than spin.
-                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS {
+                    // Full: closing is all a flood gets (no write that could block).
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    continue;
+                }
+                let tx = tx.clone();
+                let slot = active.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-conn".into())
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        let _ = answer(stream, &tx, Instant::now() + REQUEST_DEADLINE);
+                        slot.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         })?;
     Ok(bound)
 }
 
-fn answer(mut stream: TcpStream, tx: &Sender<Event>) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+/// Sets the socket's timeouts to what is left until `deadline` (an error once passed).
+fn until(stream: &TcpStream, deadline: Instant) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    stream.set_read_timeout(Some(left))?;
+    stream.set_write_timeout(Some(left))
+}
+
+fn answer(mut stream: TcpStream, tx: &Sender<Event>, deadline: Instant) -> io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        until(&stream, deadline)?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;
@@ -80,7 +117,8 @@ fn answer(mut stream: TcpStream, tx: &Sender<Event>) -> io::Result<()> {
                     with_body,
                 );
             }
-            match reply_rx.recv_timeout(Duration::from_secs(10)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match reply_rx.recv_timeout(left) {
                 Ok(reply) => {
                     let reply = reply.into_value();
                     let body = reply["metrics"].as_str().unwrap_or("").as_bytes().to_vec();
@@ -119,6 +157,9 @@ fn respond(
     body: &[u8],
     with_body: bool,
 ) -> io::Result<()> {
+    // The write timeout is what was left of the deadline at the last read; the answer
+    // (a few KiB) fits the socket's buffer, so a client that does not read cannot
+    // hold us here either.
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()

@@ -108,9 +108,23 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The hex SHA-256 of a file's contents.
+/// Binaries larger than this are not hashed (`sha256` is null): hashing is paid for on
+/// the daemon's time, and no service binary of a small box comes near it.
+pub const MAX_HASHED: u64 = 256 << 20;
+
+/// The hex SHA-256 of a regular file's contents. Anything else (a FIFO a service put in
+/// place of its binary, `/dev/zero`) is refused without blocking, and no more than the
+/// size `fstat` reported (at most `MAX_HASHED`) is read, so a file that grows while
+/// hashed cannot keep us reading.
 pub fn file_hex(path: &std::path::Path) -> io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
+    let (f, m) = crate::process::safe_fs::open_regular(path, true)?;
+    if m.len() > MAX_HASHED {
+        return Err(io::Error::other(format!(
+            "larger than {} MiB: not hashed",
+            MAX_HASHED >> 20
+        )));
+    }
+    let mut f = f.take(m.len());
     let mut h = Sha256::default();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -151,6 +165,29 @@ mod tests {
             sha(&vec![b'a'; 1_000_000]),
             "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
         );
+    }
+
+    #[test]
+    fn only_regular_files_are_hashed_and_never_block() {
+        // A FIFO with no writer would block open() and read() forever; /dev/zero would
+        // never end. Both are refused at once.
+        let dir = std::env::temp_dir().join(format!("orch-sha-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("app");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let t = std::time::Instant::now();
+        assert!(file_hex(&fifo).is_err());
+        assert!(file_hex(std::path::Path::new("/dev/zero")).is_err());
+        assert!(t.elapsed() < std::time::Duration::from_secs(1));
+        std::fs::write(dir.join("bin"), b"abc").unwrap();
+        assert_eq!(
+            file_hex(&dir.join("bin")).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1,20 +1,25 @@
-//! Health checks of type `tcp` and `http` (SPEC 7), run off the main loop on a small,
-//! fixed pool of threads fed by a bounded queue: a hundred services probing every
-//! 100 ms cannot grow threads or stall supervision. Each probe is bounded by its
-//! `timeout_ms`; the result goes back to the main loop as an event. (`exec` checks are
-//! processes, so the main loop spawns those itself: see the supervisor.)
+//! Health checks of type `tcp` and `http` (SPEC 7), run off the main loop. Each check
+//! gets its own short-lived thread with a small stack, bounded by its `timeout_ms`
+//! (name resolution aside), and its result goes back to the main loop as an event.
+//! A service has at most one check in flight: one whose checks hang only delays
+//! itself, never another service's check (a shared pool of four did: eight hung
+//! services delayed everyone's by seconds). `MAX_IN_FLIGHT` bounds the threads of all
+//! services together. (`exec` checks are processes, so the main loop spawns those
+//! itself: see the supervisor.)
 
 use crate::config::{CheckType, HealthCheck};
 use crate::supervise::event::Event;
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::Sender;
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const WORKERS: usize = 4;
-const QUEUE: usize = 256;
-const WORKER_STACK: usize = 128 * 1024;
+/// Checks in flight at once, all services together.
+const MAX_IN_FLIGHT: usize = 256;
+/// Enough for name resolution through the C library; only touched pages cost memory.
+const PROBE_STACK: usize = 128 * 1024;
 
 pub struct Job {
     pub service: Arc<str>,
@@ -22,61 +27,55 @@ pub struct Job {
     pub check: HealthCheck,
 }
 
-/// The probe pool; threads start with the first probe.
+/// Starts checks, one thread each.
 pub struct Prober {
-    jobs: Option<Sender<Job>>,
     events: Sender<Event>,
+    /// The services with a check in flight.
+    in_flight: Arc<Mutex<HashSet<Arc<str>>>>,
 }
 
 impl Prober {
     pub fn new(events: Sender<Event>) -> Prober {
-        Prober { jobs: None, events }
+        Prober {
+            events,
+            in_flight: Arc::default(),
+        }
     }
 
-    /// Queues a probe. False if the queue is full (or no thread could be started).
+    /// Starts a check. False if this service's previous check has not finished, if
+    /// `MAX_IN_FLIGHT` are running, or if no thread could be started.
     pub fn submit(&mut self, job: Job) -> bool {
-        if self.jobs.is_none() {
-            self.jobs = self.start();
-        }
-        match &self.jobs {
-            Some(tx) => match tx.try_send(job) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-            },
-            None => false,
-        }
-    }
-
-    fn start(&self) -> Option<Sender<Job>> {
-        let (tx, rx) = bounded::<Job>(QUEUE);
-        let mut started = 0;
-        for i in 0..WORKERS {
-            let (rx, events) = (rx.clone(), self.events.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("probe-{i}"))
-                .stack_size(WORKER_STACK)
-                .spawn(move || worker(rx, events));
-            if spawned.is_ok() {
-                started += 1;
+        {
+            let Ok(mut set) = self.in_flight.lock() else {
+                return false;
+            };
+            if set.len() >= MAX_IN_FLIGHT || !set.insert(job.service.clone()) {
+                return false;
             }
         }
-        (started > 0).then_some(tx)
-    }
-}
-
-fn worker(rx: Receiver<Job>, events: Sender<Event>) {
-    for job in rx {
-        let result = run(&job.check);
-        if events
-            .send(Event::Probe {
-                service: job.service,
-                gen: job.gen,
-                result,
-            })
-            .is_err()
-        {
-            return;
+        let (events, in_flight) = (self.events.clone(), self.in_flight.clone());
+        let service = job.service.clone();
+        let spawned = std::thread::Builder::new()
+            .name("probe".into())
+            .stack_size(PROBE_STACK)
+            .spawn(move || {
+                let result = run(&job.check);
+                if let Ok(mut set) = in_flight.lock() {
+                    set.remove(&job.service);
+                }
+                let _ = events.send(Event::Probe {
+                    service: job.service,
+                    gen: job.gen,
+                    result,
+                });
+            });
+        if spawned.is_err() {
+            if let Ok(mut set) = self.in_flight.lock() {
+                set.remove(&service);
+            }
+            return false;
         }
+        true
     }
 }
 
@@ -173,6 +172,67 @@ fn http_get(url: &str, timeout: Duration) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hung_checks_of_one_service_do_not_delay_another() {
+        // Eight services whose servers accept and never answer, each with a 3 s timeout.
+        let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let hung_addr = hung.local_addr().unwrap();
+        let ok = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ok_addr = ok.local_addr().unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut prober = Prober::new(tx);
+        let check = |url: String| HealthCheck {
+            kind: CheckType::Http,
+            command: vec![],
+            address: None,
+            url: Some(url),
+            interval_ms: 1000,
+            timeout_ms: 3000,
+            failure_threshold: 1,
+            initial_delay_ms: 0,
+        };
+        for i in 0..8 {
+            assert!(prober.submit(Job {
+                service: format!("hung{i}").into(),
+                gen: 1,
+                check: check(format!("http://{hung_addr}/")),
+            }));
+        }
+        // The same service cannot pile up checks.
+        assert!(!prober.submit(Job {
+            service: "hung0".into(),
+            gen: 1,
+            check: check(format!("http://{hung_addr}/")),
+        }));
+        let tcp = HealthCheck {
+            kind: CheckType::Tcp,
+            address: Some(ok_addr.to_string()),
+            url: None,
+            ..check(String::new())
+        };
+        let started = Instant::now();
+        assert!(prober.submit(Job {
+            service: "fine".into(),
+            gen: 1,
+            check: tcp,
+        }));
+        let first = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let Event::Probe {
+            service, result, ..
+        } = first
+        else {
+            panic!("not a probe result");
+        };
+        assert_eq!(&*service, "fine");
+        assert_eq!(result, Ok(()));
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        drop((hung, ok));
+    }
 
     #[test]
     fn urls() {

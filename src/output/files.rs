@@ -7,17 +7,19 @@
 //! as unwritten (disk full, directory gone): never split, never silently dropped. The
 //! orchestrator's own `orchestrator.log` is not counted against the cap.
 
+use crate::process::safe_fs::Dir;
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Flush a service's buffered lines once this much is waiting.
 const FLUSH_AT: usize = 32 * 1024;
+/// Mode of the files we create: the service's lines are not for every local user.
+const FILE_MODE: u32 = 0o640;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileConfig {
@@ -35,20 +37,25 @@ struct Active {
     pending_lines: u64,
     /// Where unwritten lines are counted (the service's counters).
     unwritten: Arc<AtomicU64>,
+    /// Why the file could not be opened was said once (until it opens again).
+    warned: bool,
 }
 
 pub struct LogFiles {
     cfg: FileConfig,
+    /// log_dir, opened once: every file is reached through it (`safe_fs`), so neither a
+    /// symlink planted in it nor a directory swapped for it redirects root's writes.
+    dir: Option<Dir>,
     active: HashMap<Arc<str>, Active>,
     /// Bytes in every service's files, active and rotated.
     total: u64,
 }
 
-fn path_of(dir: &Path, service: &str, n: u32) -> PathBuf {
+fn name_of(service: &str, n: u32) -> String {
     if n == 0 {
-        dir.join(format!("{service}.log"))
+        format!("{service}.log")
     } else {
-        dir.join(format!("{service}.log.{n}"))
+        format!("{service}.log.{n}")
     }
 }
 
@@ -65,26 +72,42 @@ fn log_file_number(name: &str) -> Option<u32> {
     n.parse().ok().filter(|n| *n > 0)
 }
 
-fn size_of(p: &Path) -> u64 {
-    fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+fn size_of(dir: Option<&Dir>, name: &str) -> u64 {
+    dir.and_then(|d| d.regular(name))
+        .map_or(0, |st| st.st_size as u64)
+}
+
+/// Opens log_dir (creating it), or `None` when it cannot be used now.
+fn open_dir(path: &std::path::Path) -> Option<Dir> {
+    Dir::create(path, 0o755).ok()
 }
 
 impl LogFiles {
     pub fn new(cfg: FileConfig) -> LogFiles {
-        let _ = fs::create_dir_all(&cfg.dir);
-        let total = fs::read_dir(&cfg.dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter(|e| e.file_name().to_str().and_then(log_file_number).is_some())
-                    .filter_map(|e| e.metadata().ok())
-                    .filter(|m| m.is_file())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
+        // log_dir itself may belong to a service's user (its files are safe from them),
+        // but a directory above it that another user controls could swap it for a link
+        // before we open it: said, not refused, since the files stay safe from the rest.
+        if let Some(u) = cfg
+            .dir
+            .parent()
+            .and_then(crate::process::safe_fs::untrusted)
+        {
+            log::warn!(
+                "log_dir {}: {u}: another user could replace log_dir before it is opened",
+                cfg.dir.display()
+            );
+        }
+        let dir = open_dir(&cfg.dir);
+        let total = dir.as_ref().map_or(0, |d| {
+            d.names()
+                .iter()
+                .filter(|n| log_file_number(n).is_some())
+                .map(|n| size_of(Some(d), n))
+                .sum()
+        });
         LogFiles {
             cfg,
+            dir,
             active: HashMap::new(),
             total,
         }
@@ -120,17 +143,17 @@ impl LogFiles {
     }
 
     fn entry(&mut self, service: &Arc<str>, unwritten: &Arc<AtomicU64>) -> &mut Active {
-        let dir = &self.cfg.dir;
-        self.active.entry(service.clone()).or_insert_with(|| {
-            let path = path_of(dir, service, 0);
-            Active {
-                size: size_of(&path),
+        let dir = self.dir.as_ref();
+        self.active
+            .entry(service.clone())
+            .or_insert_with(|| Active {
+                size: size_of(dir, &name_of(service, 0)),
                 file: None,
                 pending: Vec::new(),
                 pending_lines: 0,
                 unwritten: unwritten.clone(),
-            }
-        })
+                warned: false,
+            })
     }
 
     /// Writes out what is buffered for every service.
@@ -146,16 +169,46 @@ impl LogFiles {
         }
     }
 
+    /// Opens `service`'s active file through log_dir's descriptor: never a symlink,
+    /// a FIFO, a device or a hard link (`safe_fs`), and never blocking.
+    fn open_active(&mut self, service: &str) -> io::Result<File> {
+        if self.dir.as_ref().is_none_or(Dir::removed) {
+            self.dir = open_dir(&self.cfg.dir);
+        }
+        let dir = self
+            .dir
+            .as_ref()
+            .ok_or_else(|| io::Error::other("log_dir cannot be opened"))?;
+        dir.open_append(&name_of(service, 0), FILE_MODE)
+    }
+
     fn flush_one(&mut self, service: &str) {
-        let dir = self.cfg.dir.clone();
+        let needs_open = self
+            .active
+            .get(service)
+            .is_some_and(|a| !a.pending.is_empty() && a.file.is_none());
+        if needs_open {
+            let opened = self.open_active(service);
+            let path = self.cfg.dir.join(name_of(service, 0));
+            if let Some(a) = self.active.get_mut(service) {
+                match opened {
+                    Ok(f) => {
+                        a.file = Some(f);
+                        a.warned = false;
+                    }
+                    Err(e) if !a.warned => {
+                        a.warned = true;
+                        log::warn!("{service}: cannot write {}: {e}", path.display());
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
         let Some(a) = self.active.get_mut(service) else {
             return;
         };
         if a.pending.is_empty() {
             return;
-        }
-        if a.file.is_none() {
-            a.file = open_append(&path_of(&dir, service, 0)).ok();
         }
         let before = a.size.saturating_sub(a.pending.len() as u64);
         let ok = match &mut a.file {
@@ -202,16 +255,17 @@ impl LogFiles {
 
     /// NAME.log -> NAME.log.1 -> ... -> NAME.log.<max_files> (dropped beyond).
     fn rotate(&mut self, service: &str) {
-        let dir = self.cfg.dir.clone();
         let max = self.cfg.max_files;
         if let Some(a) = self.active.get_mut(service) {
             a.file = None;
         }
-        let oldest = path_of(&dir, service, max);
-        self.total = self.total.saturating_sub(size_of(&oldest));
-        let _ = fs::remove_file(&oldest);
-        for n in (0..max).rev() {
-            let _ = fs::rename(path_of(&dir, service, n), path_of(&dir, service, n + 1));
+        if let Some(dir) = &self.dir {
+            let oldest = name_of(service, max);
+            self.total = self.total.saturating_sub(size_of(Some(dir), &oldest));
+            let _ = dir.unlink(&oldest);
+            for n in (0..max).rev() {
+                let _ = dir.rename(&name_of(service, n), &name_of(service, n + 1));
+            }
         }
         if let Some(a) = self.active.get_mut(service) {
             a.size = 0;
@@ -225,56 +279,127 @@ impl LogFiles {
             return;
         };
         self.flush();
-        let mut rotated: Vec<(std::time::SystemTime, u32, PathBuf, u64)> =
-            fs::read_dir(&self.cfg.dir)
-                .map(|entries| {
-                    entries
-                        .flatten()
-                        .filter_map(|e| {
-                            let n = e
-                                .file_name()
-                                .to_str()
-                                .and_then(log_file_number)
-                                .filter(|n| *n > 0)?;
-                            let m = e.metadata().ok()?;
-                            Some((m.modified().ok()?, n, e.path(), m.len()))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+        let Some(dir) = &self.dir else {
+            return;
+        };
+        let mut rotated: Vec<((i64, i64), u32, String, u64)> = dir
+            .names()
+            .into_iter()
+            .filter_map(|name| {
+                let n = log_file_number(&name).filter(|n| *n > 0)?;
+                let st = dir.regular(&name)?;
+                Some(((st.st_mtime, st.st_mtime_nsec), n, name, st.st_size as u64))
+            })
+            .collect();
         // Oldest first; among equal times, the highest number is the oldest.
         rotated.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
-        for (_, _, path, len) in rotated {
+        for (_, _, name, len) in rotated {
             if self.total <= cap {
                 return;
             }
-            if fs::remove_file(&path).is_ok() {
+            if dir.unlink(&name).is_ok() {
                 self.total = self.total.saturating_sub(len);
             }
         }
         if self.total > cap {
-            let dir = self.cfg.dir.clone();
             if let Some(a) = self.active.get_mut(writing) {
                 a.file = None;
                 self.total = self.total.saturating_sub(a.size);
                 a.size = 0;
             }
-            let _ = fs::remove_file(path_of(&dir, writing, 0));
+            let _ = dir.unlink(&name_of(writing, 0));
         }
     }
 }
 
-fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
+/// With `--daemon`, the daemon's own log, `log_dir/orchestrator.log` (SPEC 1): every
+/// record the daemon writes to stderr otherwise, services' lines included. Opened like
+/// a service's file (no symlink, no FIFO, mode 0640 even if it existed wider), rotated
+/// the same way at `log_max_bytes` into `orchestrator.log.1` .. `.<log_max_files>`, but
+/// not counted against `log_max_total_bytes` (SPEC 9). Descriptor 2 follows each new
+/// file, so that whatever else reaches stderr lands there too.
+pub struct DaemonLog {
+    dir: Dir,
+    file: File,
+    size: u64,
+    max_bytes: u64,
+    max_files: u32,
+}
+
+const DAEMON_LOG: &str = "orchestrator.log";
+
+impl DaemonLog {
+    pub fn open(cfg: &FileConfig) -> io::Result<DaemonLog> {
+        let dir = Dir::create(&cfg.dir, 0o755)?;
+        let file = dir.open_append(DAEMON_LOG, FILE_MODE)?;
+        // A file left by an older version may be wider: narrow it.
+        // SAFETY: fchmod on a descriptor we own.
+        unsafe { libc::fchmod(file.as_raw_fd(), FILE_MODE) };
+        let size = file.metadata()?.len();
+        Ok(DaemonLog {
+            dir,
+            file,
+            size,
+            max_bytes: cfg.max_bytes,
+            max_files: cfg.max_files,
+        })
+    }
+
+    /// The open file (for descriptor 2 when detaching).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let _ = self.dir.unlink(&name_of("orchestrator", self.max_files));
+        for n in (0..self.max_files).rev() {
+            let _ = self
+                .dir
+                .rename(&name_of("orchestrator", n), &name_of("orchestrator", n + 1));
+        }
+        self.file = self.dir.open_append(DAEMON_LOG, FILE_MODE)?;
+        self.size = 0;
+        // SAFETY: dup2 of a descriptor we own onto stderr.
+        unsafe { libc::dup2(self.file.as_raw_fd(), 2) };
+        Ok(())
+    }
+}
+
+impl Write for DaemonLog {
+    /// The sink writes whole records, so a rotation here never splits a line.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.size > 0 && self.size + buf.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        let n = self.file.write(buf)?;
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.size > 0 && self.size + buf.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(buf)?;
+        self.size += buf.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::ffi::OsStringExt;
+    use std::path::Path;
+
+    fn path_of(dir: &Path, service: &str, n: u32) -> PathBuf {
+        dir.join(name_of(service, n))
+    }
 
     fn tmpdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("orch-logfiles-{}-{tag}", std::process::id()));
@@ -321,7 +446,7 @@ mod tests {
         for n in 0..=100 {
             let p = path_of(&dir, "svc", n);
             if p.exists() {
-                assert!(size_of(&p) <= 1000);
+                assert!(fs::metadata(&p).unwrap().len() <= 1000);
                 assert!(fs::read_to_string(&p).unwrap().ends_with('\n'));
             }
         }
@@ -401,5 +526,85 @@ mod tests {
         lf.flush();
         assert_eq!(lost.load(Ordering::Relaxed), 10);
         let _ = fs::remove_file(&dir);
+    }
+
+    #[test]
+    fn a_planted_symlink_or_fifo_is_never_written_through() {
+        let dir = tmpdir("planted");
+        fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("root-only");
+        fs::write(&target, "secret\n").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("app.log")).unwrap();
+        let fifo = std::ffi::CString::new(dir.join("jam.log").into_os_string().into_vec()).unwrap();
+        // SAFETY: valid string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o666) }, 0);
+        let mut lf = LogFiles::new(FileConfig {
+            dir: dir.clone(),
+            max_bytes: 1000,
+            max_files: 2,
+            max_total: None,
+        });
+        let lost = Arc::new(AtomicU64::new(0));
+        let started = std::time::Instant::now();
+        for svc in ["app", "jam", "ok"] {
+            lf.write(&svc.into(), b"line\n", &lost);
+        }
+        // A FIFO with no reader would block a plain open() forever.
+        lf.flush();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(fs::read_to_string(&target).unwrap(), "secret\n");
+        assert_eq!(lost.load(Ordering::Relaxed), 2, "app and jam counted");
+        assert_eq!(fs::read_to_string(dir.join("ok.log")).unwrap(), "line\n");
+        // Rotation renames the link itself, never what it points to.
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn daemon_log_is_private_and_rotated() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmpdir("daemonlog");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("orchestrator.log"), "old\n").unwrap();
+        fs::set_permissions(
+            dir.join("orchestrator.log"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let cfg = FileConfig {
+            dir: dir.clone(),
+            max_bytes: 100,
+            max_files: 2,
+            max_total: None,
+        };
+        let mut log = DaemonLog::open(&cfg).unwrap();
+        // Keep descriptor 2 of the test process: rotation moves it.
+        // SAFETY: dup of stderr.
+        let saved = unsafe { libc::dup(2) };
+        for i in 0..100 {
+            log.write_all(format!("{i:09}\n").as_bytes()).unwrap();
+        }
+        // SAFETY: restore stderr.
+        unsafe {
+            libc::dup2(saved, 2);
+            libc::close(saved);
+        }
+        let mode = fs::metadata(dir.join("orchestrator.log"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640);
+        let total: u64 = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        assert!(total <= 300, "{total}");
+        assert!(!dir.join("orchestrator.log.3").exists());
+        let _ = fs::remove_dir_all(&dir);
+        // A symlink in its place is refused.
+        fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("orchestrator.log")).unwrap();
+        assert!(DaemonLog::open(&cfg).is_err());
+        let _ = fs::remove_dir_all(&dir);
     }
 }

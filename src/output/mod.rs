@@ -1,4 +1,5 @@
 //! Service output and the daemon's log: pipe readers, the sink thread, log files, time.
+pub mod escape;
 pub mod files;
 pub mod reader;
 pub mod sink;

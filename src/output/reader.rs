@@ -339,7 +339,7 @@ fn find_newline(s: &[u8]) -> Option<usize> {
 
 /// Pushes `buf[start..end]` as chunks of at most `max` bytes. With `last`, the final
 /// chunk is pushed as the end of the line; without, the final piece (at most `max`
-/// bytes) is left: its start is returned.
+/// bytes, or one character that is wider) is left: its start is returned.
 fn chunks(
     buf: &[u8],
     mut start: usize,
@@ -349,7 +349,12 @@ fn chunks(
     out: &mut Vec<(usize, usize, bool)>,
 ) -> usize {
     while end - start > max {
-        let cut = cut_at(&buf[start..end], max);
+        let Some(cut) = cut_at(&buf[start..end], max) else {
+            break;
+        };
+        if last && start + cut == end {
+            break;
+        }
         out.push((start, start + cut, true));
         start += cut;
     }
@@ -360,18 +365,33 @@ fn chunks(
     start
 }
 
-/// Where to cut a too-long piece: at `max`, or up to 3 bytes earlier so as not to cut a
-/// UTF-8 character in two.
-fn cut_at(piece: &[u8], max: usize) -> usize {
+/// Where to cut a too-long piece (`piece.len() > max`): at the last character boundary
+/// at or before `max`, so that no UTF-8 character is cut in two. When `max` is smaller
+/// than the piece's first character (a limit of 1 to 3 bytes), that whole character is
+/// the chunk: a chunk is then at most 3 bytes over the limit, never invalid UTF-8 that
+/// we made. `None`: the first character is not complete yet (wait for more bytes).
+/// Bytes that are not UTF-8 at all are cut at `max`, as before (they are replaced).
+fn cut_at(piece: &[u8], max: usize) -> Option<usize> {
+    let continuation = |b: u8| (b & 0xC0) == 0x80;
     let mut cut = max;
-    while cut > max.saturating_sub(3) && cut > 1 && (piece[cut] & 0xC0) == 0x80 {
+    while cut > 0 && cut + 3 > max && continuation(piece[cut]) {
         cut -= 1;
     }
-    if (piece[cut] & 0xC0) == 0x80 {
-        max
-    } else {
-        cut
+    if cut > 0 && !continuation(piece[cut]) {
+        return Some(cut);
     }
+    // The character at the start is wider than `max`: take it whole.
+    let width = match piece[0] {
+        0xC0..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF7 => 4,
+        _ => return Some(max),
+    };
+    let well_formed = piece.iter().take(width).skip(1).all(|&b| continuation(b));
+    if !well_formed {
+        return Some(max);
+    }
+    (piece.len() >= width).then_some(width)
 }
 
 #[cfg(test)]
@@ -387,7 +407,7 @@ mod tests {
             buf.extend_from_slice(p);
             let mut ranges = Vec::new();
             carry = super::split(&mut buf, max, false, &mut ranges);
-            assert!(carry.len() <= max.max(1));
+            assert!(carry.len() <= max.max(1) + 3);
             for (s, e, partial) in ranges {
                 out.push((String::from_utf8_lossy(&buf[s..e]).into_owned(), partial));
             }
@@ -466,6 +486,38 @@ mod tests {
         // "é" is two bytes; with max 3, "aé" fits, "aéé" must cut before the second é.
         let out = split(3, &["aééb\n".as_bytes()], false);
         assert_eq!(out, vec![("aé".into(), true), ("éb".into(), false)]);
+    }
+
+    #[test]
+    fn tiny_limits_never_cut_a_character() {
+        // A limit below a character's width gives that character whole, as one chunk
+        // (it used to cut it, or panic), whether it arrives in one read or byte by byte.
+        let text = "aé€😀b\n";
+        let bytes = text.as_bytes();
+        let one_by_one: Vec<&[u8]> = bytes.chunks(1).collect();
+        for max in 1..=5 {
+            for parts in [vec![bytes], one_by_one.clone()] {
+                let out = split(max, &parts, true);
+                let joined: String = out.iter().map(|(c, _)| c.as_str()).collect();
+                assert_eq!(joined, "aé€😀b", "max {max}");
+                for (chunk, _) in &out {
+                    assert!(!chunk.contains('\u{fffd}'), "max {max}: {out:?}");
+                    assert!(chunk.len() <= max || chunk.chars().count() == 1, "{out:?}");
+                }
+                assert!(!out.last().unwrap().1);
+                assert!(out[..out.len() - 1].iter().all(|(_, p)| *p), "{out:?}");
+            }
+        }
+        assert_eq!(
+            split(1, &[text.as_bytes()], true),
+            vec![
+                ("a".into(), true),
+                ("é".into(), true),
+                ("€".into(), true),
+                ("😀".into(), true),
+                ("b".into(), false)
+            ]
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! This module formats; it never decides anything about services.
 
 use crate::config::{LogFormat, LogLevel};
+use crate::output::escape::push_escaped;
 use crate::output::files::{FileConfig, LogFiles};
 use crate::output::timefmt;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
@@ -454,7 +455,7 @@ pub fn format_line(out: &mut String, b: &Batch, line: &Line, json: bool) {
 
 /// `svc[pid] stream: `, the part of a text line that a whole batch shares.
 fn push_prefix(out: &mut String, b: &Batch) {
-    out.push_str(&b.service);
+    push_escaped(out, &b.service);
     out.push('[');
     push_int(out, b.pid);
     out.push_str("] ");
@@ -469,7 +470,7 @@ fn format_text(out: &mut String, b: &Batch, line: &Line, prefix: &str) {
     out.push_str(level_padded(line.level));
     out.push(' ');
     out.push_str(prefix);
-    out.push_str(b.msg(line));
+    push_escaped(out, b.msg(line));
     if line.partial {
         out.push_str(" [...]");
     }
@@ -530,14 +531,16 @@ pub fn format_event(out: &mut String, rec: &EventRecord, json: bool) {
         let _ = write!(out, " {:<5} ", level_name(rec.level));
         match (&rec.service, rec.pid) {
             (Some(s), Some(pid)) => {
-                let _ = write!(out, "{s}[{pid}] ");
+                push_escaped(out, s);
+                let _ = write!(out, "[{pid}] ");
             }
             (Some(s), None) => {
-                let _ = write!(out, "{s}: ");
+                push_escaped(out, s);
+                out.push_str(": ");
             }
             (None, _) => out.push_str("orchestrator: "),
         }
-        out.push_str(&rec.msg);
+        push_escaped(out, &rec.msg);
         out.push('\n');
     }
 }
@@ -666,6 +669,52 @@ mod tests {
         assert_eq!(v["stream"], "stdout");
         assert_eq!(v["level"], "info");
         assert!(v.get("partial").is_none());
+    }
+
+    #[test]
+    fn text_escapes_control_characters_visibly() {
+        let text = "ok\r2026-11-27T00:00:00.000Z ERROR orchestrator: forged\n\u{1b}]0;t\u{7}\u{9b}x\ty\u{7f}é".to_string();
+        let line = Line {
+            start: 0,
+            end: text.len(),
+            level: log::Level::Info,
+            partial: false,
+        };
+        let rec = Batch {
+            ts_ms: 0,
+            service: "svc".into(),
+            pid: 1,
+            stream: Stream::Stdout,
+            unwritten: Arc::default(),
+            text,
+            lines: vec![line],
+        };
+        let mut s = String::new();
+        format_line(&mut s, &rec, &line, false);
+        assert_eq!(
+            s,
+            "1970-01-01T00:00:00.000Z INFO  svc[1] stdout: ok\\r2026-11-27T00:00:00.000Z ERROR orchestrator: forged\\n\\x1b]0;t\\x07\\u{9b}x\ty\\x7fé\n"
+        );
+        assert_eq!(s.matches('\n').count(), 1, "one record, one line");
+        let mut e = String::new();
+        format_event(
+            &mut e,
+            &EventRecord {
+                ts_ms: 0,
+                level: log::Level::Warn,
+                service: None,
+                pid: None,
+                event: None,
+                msg: "services directory /srv/a\nb\u{1b}[2J: gone".into(),
+            },
+            false,
+        );
+        assert!(
+            e.ends_with("orchestrator: services directory /srv/a\\nb\\x1b[2J: gone\n"),
+            "{e}"
+        );
+        assert_eq!(crate::output::escape::escaped("plain"), "plain");
+        assert_eq!(crate::output::escape::escaped("a\u{0}b"), "a\\x00b");
     }
 
     #[test]

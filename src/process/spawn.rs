@@ -24,7 +24,6 @@ use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::OnceLock;
@@ -419,19 +418,19 @@ unsafe fn child_setup(a: &ChildArgs) -> Step {
     Step::Exec
 }
 
-/// Creates `data_dir` (0750) if missing, owned by the service's identity.
+/// Creates `data_dir` (0750) if missing, owned by the service's identity. As root, and
+/// often inside a directory the service's user owns: every component is created and
+/// opened relative to its parent, a symlink is followed only where it stands in a
+/// directory that passes StrictModes, and the new directory is handed over with
+/// `fchown` on its descriptor (`safe_fs::create_dir_chain`), so a link the user planted
+/// cannot make root create or chown anything elsewhere. One that exists already is left
+/// as it is (nothing is done as root there).
 fn ensure_data_dir(dir: &Path, spec: &ServiceSpec) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(dir)?;
-    if let Some(id) = &spec.identity {
-        std::os::unix::fs::chown(dir, Some(id.uid), Some(id.gid))?;
-    }
-    Ok(())
+    let owner = spec.identity.as_ref().map(|id| (id.uid, id.gid));
+    crate::process::safe_fs::create_dir_chain(dir, 0o750, owner).map(drop)
 }
 
 unsafe fn set_limit(resource: libc::__rlimit_resource_t, value: Option<u64>) -> bool {

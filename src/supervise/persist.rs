@@ -9,19 +9,31 @@
 //! main loop. A successor started after a crash first kills the recorded groups that
 //! are still the ones it recorded (same boot, and the pid numbers not reused since),
 //! then carries the counts and the history on.
+//!
+//! The file decides what root kills, so it is trusted no further than its directory:
+//! `state_dir` and every directory above it must pass StrictModes (`safe_fs`), every
+//! file in it is reached through the directory's descriptor and never through a
+//! symlink (`state.json.tmp` is created afresh with `O_EXCL`), and even then a recorded
+//! group is only killed process by process, each one proven ours: still in the recorded
+//! group, started no earlier than its leader, and carrying the environment this
+//! daemon gives the service (`ours`). A forged file naming some other group, even
+//! with its leader's true start time, kills nothing: nobody outside our services runs
+//! with exactly that environment.
 
 use crate::process::procfs;
+use crate::process::safe_fs::{self, Dir};
 use crate::supervise::state::HistoryEntry;
 use serde_json::Value;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// The shortest time between two writes of the file.
 pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 const FILE: &str = "state.json";
+/// A state file is at most this large; anything bigger is not one of ours.
+const MAX_FILE: u64 = 4 << 20;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Saved {
@@ -58,20 +70,22 @@ impl Group {
 }
 
 pub struct StateDir {
-    dir: PathBuf,
+    dir: Dir,
     boot_id: String,
 }
 
 impl StateDir {
-    /// Creates the directory (0700) if needed.
+    /// Creates the directory (0700) if needed, and refuses one that fails StrictModes:
+    /// whoever can write `state.json` chooses what root kills at start-up.
     pub fn open(dir: &Path) -> Result<StateDir, String> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("state_dir {}: {e}", dir.display()))?;
+        let d = Dir::create(dir, 0o700).map_err(|e| format!("state_dir {}: {e}", dir.display()))?;
+        if let Some(u) = safe_fs::untrusted(dir) {
+            return Err(format!(
+                "state_dir refused: {u} (it and every directory above it must be owned by root and not writable by group or others)"
+            ));
+        }
         Ok(StateDir {
-            dir: dir.to_path_buf(),
+            dir: d,
             boot_id: boot_id(),
         })
     }
@@ -80,28 +94,31 @@ impl StateDir {
         &self.boot_id
     }
 
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// What a predecessor saved. A file that cannot be read or parsed is reported and
     /// set aside as `state.json.bad` (so it is neither lost nor tried again).
     pub fn load(&self) -> Option<Saved> {
-        let path = self.dir.join(FILE);
-        let text = match fs::read_to_string(&path) {
+        let path = self.path().join(FILE);
+        let text = match self.dir.read(FILE, MAX_FILE) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => Err(e.to_string()),
-            Ok(t) => Ok(t),
+            Ok(t) => String::from_utf8(t).map_err(|e| e.to_string()),
         };
         let parsed = text.and_then(|t| {
             let v = serde_json::from_str::<Value>(&t).map_err(|e| e.to_string())?;
             from_json(&v).ok_or_else(|| "not a state file".to_string())
         });
+        let bad = format!("{FILE}.bad");
         parsed
             .map_err(|e| {
-                let bad = self.dir.join(format!("{FILE}.bad"));
                 log::warn!(
-                    "{}: {e}; starting without saved state (the file is kept as {})",
+                    "{}: {e}; starting without saved state (the file is kept as {bad})",
                     path.display(),
-                    bad.display()
                 );
-                let _ = fs::rename(&path, &bad);
+                let _ = self.dir.rename(FILE, &bad);
             })
             .ok()
     }
@@ -109,25 +126,24 @@ impl StateDir {
     /// `save`, with a failure logged.
     pub fn save_logged(&self, saved: &Saved) {
         if let Err(e) = self.save(saved) {
-            log::error!("state_dir {}: cannot write {FILE}: {e}", self.dir.display());
+            log::error!(
+                "state_dir {}: cannot write {FILE}: {e}",
+                self.path().display()
+            );
         }
     }
 
-    /// Writes `saved` whole: temporary file, fsync, rename, fsync of the directory.
+    /// Writes `saved` whole: a fresh temporary file (never through a symlink), fsync,
+    /// rename, fsync of the directory.
     pub fn save(&self, saved: &Saved) -> io::Result<()> {
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let tmp = format!("{FILE}.tmp");
+        let mut f = self.dir.create_new(&tmp, 0o600)?;
         let text = to_text(saved);
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         drop(f);
-        fs::rename(&tmp, self.dir.join(FILE))?;
-        fs::File::open(&self.dir)?.sync_all()
+        self.dir.rename(&tmp, FILE)?;
+        self.dir.sync()
     }
 }
 
@@ -212,11 +228,13 @@ fn boot_id() -> String {
 /// The processes of each recorded group that are still that group: same boot, and the
 /// group's leader either gone or the very process recorded (a pid number is not reused
 /// while a group of that number has members, so a leader with another start time means
-/// the recorded group is gone and a new one took the number).
+/// the recorded group is gone and a new one took the number); of these, only those for
+/// which `ours(service, pid)` holds (see `carries_env`).
 pub fn surviving_members(
     saved: &Saved,
     boot_id: &str,
     procs: &[procfs::Stat],
+    ours: &dyn Fn(&str, i32) -> bool,
 ) -> Vec<(String, i32, Vec<i32>)> {
     if saved.boot_id.is_empty() || saved.boot_id != boot_id {
         return Vec::new();
@@ -234,6 +252,7 @@ pub fn surviving_members(
         let members: Vec<i32> = procs
             .iter()
             .filter(|p| p.pgrp == g.pgid && p.state != b'Z' && p.start_ticks >= g.start_ticks)
+            .filter(|p| ours(name, p.pid))
             .map(|p| p.pid)
             .collect();
         if !members.is_empty() {
@@ -243,21 +262,77 @@ pub fn surviving_members(
     out
 }
 
-/// Kills what is left of the recorded groups (see `surviving_members`). Returns how
-/// many processes were killed.
-pub fn kill_survivors(saved: &Saved, boot_id: &str) -> usize {
-    let procs = procfs::all();
+/// True when process `pid` was started with every variable of `env` (what this daemon
+/// gives the service: SPEC 4's fixed set plus the service's `environment`).
+/// /proc/PID/environ is the block the process was started with, which a local user
+/// cannot give to a process they do not own; no process outside our services carries
+/// this exact set.
+pub fn carries_env(pid: i32, env: &[(String, String)]) -> bool {
+    let Ok(raw) = fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let vars: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+    !env.is_empty()
+        && env.iter().all(|(k, v)| {
+            let want = format!("{k}={v}");
+            vars.contains(&want.as_bytes())
+        })
+}
+
+/// The environment the plan gives a service, by name.
+pub type EnvOf<'a> = dyn Fn(&str) -> Option<Vec<(String, String)>> + 'a;
+
+/// Sends SIGKILL to `pid` only if it is still the process that started at
+/// `start_ticks` (through a pidfd, so a pid reused in between is never hit).
+fn kill_exact(pid: i32, start_ticks: u64) -> bool {
+    // SAFETY: pidfd_open takes plain integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return false;
+    }
+    let same = procfs::stat(pid).is_some_and(|s| s.start_ticks == start_ticks);
+    let sent = same
+        // SAFETY: fd is the pidfd opened above; no siginfo is passed.
+        && unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd,
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        } == 0;
+    // SAFETY: closing the descriptor we opened.
+    unsafe { libc::close(fd) };
+    sent
+}
+
+/// Kills what is left of the recorded groups (see `surviving_members`), process by
+/// process; `env_of(service)` is the environment this daemon's plan gives it (`None`:
+/// no longer a service, so nothing can be proven ours). Twice, for children forked in
+/// between. Returns how many processes were killed.
+pub fn kill_survivors(saved: &Saved, boot_id: &str, env_of: &EnvOf) -> usize {
+    let ours = |name: &str, pid: i32| env_of(name).is_some_and(|env| carries_env(pid, &env));
     let mut killed = 0;
-    for (name, pgid, members) in surviving_members(saved, boot_id, &procs) {
-        log::warn!(
-            "{name}: killing process group {pgid} left by a previous instance ({} processes)",
-            members.len()
-        );
-        // SAFETY: killpg has no memory preconditions; pgid > 1 was checked.
-        unsafe {
-            libc::killpg(pgid, libc::SIGKILL);
+    for _ in 0..2 {
+        let procs = procfs::all();
+        let found = surviving_members(saved, boot_id, &procs, &ours);
+        if found.is_empty() {
+            break;
         }
-        killed += members.len();
+        for (name, pgid, members) in found {
+            log::warn!(
+                "{name}: killing process group {pgid} left by a previous instance ({} processes)",
+                members.len()
+            );
+            for pid in members {
+                let ticks = procs.iter().find(|p| p.pid == pid).map(|p| p.start_ticks);
+                if ticks.is_some_and(|t| kill_exact(pid, t)) {
+                    killed += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     killed
 }
@@ -310,7 +385,8 @@ mod tests {
             proc(400, 400, 50),  // unrelated
         ];
         let s = saved("b1", &[("a", 100, 500), ("b", 200, 600), ("c", 300, 650)]);
-        let got = surviving_members(&s, "b1", &procs);
+        let all = |_: &str, _: i32| true;
+        let got = surviving_members(&s, "b1", &procs, &all);
         assert_eq!(
             got,
             vec![
@@ -318,20 +394,99 @@ mod tests {
                 ("c".to_string(), 300, vec![301]),
             ]
         );
-        assert!(surviving_members(&s, "b2", &procs).is_empty(), "rebooted");
-        assert!(surviving_members(&s, "", &procs).is_empty());
+        assert!(
+            surviving_members(&s, "b2", &procs, &all).is_empty(),
+            "rebooted"
+        );
+        assert!(surviving_members(&s, "", &procs, &all).is_empty());
+        // Members not proven ours are left alone.
+        let only_101 = |_: &str, pid: i32| pid == 101;
+        assert_eq!(
+            surviving_members(&s, "b1", &procs, &only_101),
+            vec![("a".to_string(), 100, vec![101])]
+        );
     }
 
     #[test]
     fn a_member_older_than_the_leader_is_not_one_of_ours() {
         let procs = [proc(301, 300, 100)];
         let s = saved("b", &[("c", 300, 650)]);
-        assert!(surviving_members(&s, "b", &procs).is_empty());
+        assert!(surviving_members(&s, "b", &procs, &|_, _| true).is_empty());
+    }
+
+    fn test_dir(tag: &str) -> std::path::PathBuf {
+        // Not under /tmp, which StrictModes refuses.
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join(format!("orch-state-{}-{tag}", std::process::id()))
+    }
+
+    #[test]
+    fn a_forged_state_file_kills_no_unrelated_group() {
+        use std::os::unix::process::CommandExt;
+        // An unrelated process group (as root: an unrelated root process group), named
+        // with its leader's true start time, as an attacker could read it from /proc.
+        let mut victim = std::process::Command::new("sleep")
+            .arg("30")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = victim.id() as i32;
+        let forged = Saved {
+            boot_id: boot_id(),
+            services: vec![(
+                "web".into(),
+                SavedService {
+                    group: Group::of(pid),
+                    ..SavedService::default()
+                },
+            )],
+        };
+        let env = vec![
+            ("PATH".to_string(), "/usr/bin:/bin".to_string()),
+            ("HOME".to_string(), "/".to_string()),
+        ];
+        let killed = kill_survivors(&forged, &boot_id(), &|_| Some(env.clone()));
+        assert_eq!(killed, 0);
+        assert!(
+            victim.try_wait().unwrap().is_none(),
+            "the victim still runs"
+        );
+        // With the environment the service really has, it is one of ours: killed.
+        let env = vec![("PATH".to_string(), "/usr/bin:/bin".to_string())];
+        assert_eq!(
+            kill_survivors(&forged, &boot_id(), &|_| Some(env.clone())),
+            1
+        );
+        assert!(victim.wait().is_ok());
+    }
+
+    #[test]
+    fn refuses_a_directory_others_control_and_never_follows_tmp_links() {
+        let dir = test_dir("links");
+        let _ = fs::remove_dir_all(&dir);
+        let sd = StateDir::open(&dir).unwrap();
+        let victim = test_dir("victim");
+        fs::write(&victim, "root only\n").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("state.json.tmp")).unwrap();
+        sd.save(&Saved::default()).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "root only\n");
+        let _ = fs::remove_file(&victim);
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = StateDir::open(&dir).err().unwrap();
+        assert!(err.contains("writable by others"), "{err}");
+        let tmp = std::env::temp_dir().join(format!("orch-state-{}", std::process::id()));
+        assert!(StateDir::open(&tmp).is_err(), "under a world-writable /tmp");
+        let _ = fs::remove_dir_all(&tmp);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn saves_whole_and_reads_back() {
-        let dir = std::env::temp_dir().join(format!("orch-state-{}", std::process::id()));
+        let dir = test_dir("save");
         let _ = fs::remove_dir_all(&dir);
         let sd = StateDir::open(&dir).unwrap();
         assert_eq!(sd.load(), None);

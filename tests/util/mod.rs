@@ -44,7 +44,10 @@ impl Sandbox {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         // Fixed width, so no sandbox's path is a prefix of another's: guards find
         // their processes by path and must never match a neighbour's.
-        let dir = std::env::temp_dir().join(format!("orch-test-{}-{n:05}", std::process::id()));
+        // Under the target directory, not /tmp: as root, strict_modes refuses a config
+        // or a binary below a world-writable directory (sticky or not).
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("orch-test-{}-{n:05}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("services")).unwrap();
         Sandbox { dir }

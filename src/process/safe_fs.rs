@@ -1,0 +1,468 @@
+//! The file-system rules of a daemon that runs as root, written down once. Every file
+//! the daemon opens, creates or deletes on behalf of a configuration it does not fully
+//! control (log files, the state file, the lock and the pidfile, binaries it hashes,
+//! `data_dir`) goes through here, so that nothing a service or a local user can write
+//! makes root act for them.
+//!
+//! The rules:
+//! - **No symlink at the last component** of a file we write or create: `O_NOFOLLOW`.
+//!   A file we create fresh is created with `O_EXCL` after an unlink, never truncated
+//!   in place.
+//! - **Only regular files** are read or written: every open adds `O_NONBLOCK` (so a FIFO
+//!   or a device cannot block the open) and checks the type with `fstat` before the first
+//!   byte moves; a file we write must also have one link (no hard link to a file
+//!   elsewhere).
+//! - **Directories are opened once** and what is inside is reached relative to that
+//!   descriptor (`openat`, `renameat`, `unlinkat`, `mkdirat`), so nobody can swap a
+//!   directory on the way between two operations.
+//! - **StrictModes** (sshd's rule), for what decides what root runs (the config file,
+//!   service binaries) and for the state directory: the file and every directory up
+//!   to `/` owned by root (or the daemon's user) and not writable by group or others.
+//!   A sticky directory does not pass.
+//!
+//! This module never decides what to do about a refusal: callers log, fail the service
+//! or refuse to start.
+
+use std::ffi::CString;
+use std::fs::{File, Metadata};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+fn cstr(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+fn other(msg: String) -> io::Error {
+    io::Error::other(msg)
+}
+
+/// `openat(dir, path, flags, mode)` with `O_CLOEXEC`, into an owned descriptor.
+fn open_at(dir: RawFd, path: &Path, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    let c = cstr(path)?;
+    // SAFETY: c is a valid NUL-terminated string; the result is a fresh descriptor we own.
+    let fd = cvt(unsafe { libc::openat(dir, c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    // SAFETY: fd was just returned by openat and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Checks that an opened file is a regular file (and, when `writing`, has one link),
+/// then switches it back to blocking mode. The error says what stood there instead.
+fn settle_regular(fd: OwnedFd, writing: bool) -> io::Result<(File, Metadata)> {
+    let f = File::from(fd);
+    let m = f.metadata()?;
+    if !m.file_type().is_file() {
+        return Err(other(format!("not a regular file ({})", kind(&m))));
+    }
+    if writing && m.nlink() > 1 {
+        return Err(other(format!(
+            "has {} hard links: refusing to write through them",
+            m.nlink()
+        )));
+    }
+    // SAFETY: fcntl on a descriptor we own; plain integer arguments.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok((f, m))
+}
+
+fn kind(m: &Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens an existing regular file for reading. `follow`: whether a symlink at the last
+/// component may be followed (a binary configured through a link; never for files in a
+/// directory others control). A FIFO or a device is refused without blocking.
+pub fn open_regular(path: &Path, follow: bool) -> io::Result<(File, Metadata)> {
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+    let fd = open_at(
+        libc::AT_FDCWD,
+        path,
+        libc::O_RDONLY | libc::O_NONBLOCK | nofollow,
+        0,
+    )?;
+    settle_regular(fd, false)
+}
+
+/// Opens (creating with `mode`) a lock file or a pidfile for reading and writing: never
+/// through a symlink, never truncated on open, only a regular file with one link.
+pub fn open_lock(path: &Path, mode: u32) -> io::Result<File> {
+    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    settle_regular(open_at(libc::AT_FDCWD, path, flags, mode)?, true).map(|(f, _)| f)
+}
+
+/// What makes a path untrustworthy under StrictModes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Untrusted {
+    pub path: PathBuf,
+    pub why: String,
+}
+
+impl std::fmt::Display for Untrusted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.path.display(), self.why)
+    }
+}
+
+/// The StrictModes verdict on one inode: owned by root or us, and (unless a symlink,
+/// whose mode means nothing) not writable by group or others.
+fn judge(p: &Path, m: &Metadata) -> Option<Untrusted> {
+    let me = euid();
+    if m.uid() != 0 && m.uid() != me {
+        return Some(Untrusted {
+            path: p.to_path_buf(),
+            why: format!("is owned by uid {} (not root)", m.uid()),
+        });
+    }
+    let mode = m.permissions().mode();
+    if !m.file_type().is_symlink() && mode & 0o022 != 0 {
+        let who = if mode & 0o002 != 0 {
+            "others"
+        } else {
+            "its group"
+        };
+        return Some(Untrusted {
+            path: p.to_path_buf(),
+            why: format!("is writable by {who} (mode {:o})", mode & 0o7777),
+        });
+    }
+    None
+}
+
+/// sshd's StrictModes on `path`: the file and every directory up to `/`, both as
+/// written (whoever may replace a symlink on the way) and as resolved (what is really
+/// read), owned by root or the daemon's user and not writable by group or others.
+/// A relative path is taken from the current directory. `None`: trusted. A path that
+/// does not exist is not judged here (the caller reports it as missing).
+pub fn untrusted(path: &Path) -> Option<Untrusted> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().ok()?.join(path)
+    };
+    let resolved = std::fs::canonicalize(&abs).ok()?;
+    for chain in [&abs, &resolved] {
+        for p in chain.ancestors() {
+            if p.as_os_str().is_empty() {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(p).ok()?;
+            if let Some(u) = judge(p, &m) {
+                return Some(u);
+            }
+        }
+    }
+    None
+}
+
+/// A directory opened once: everything inside is reached through its descriptor, never
+/// through its path again, and never through a symlink.
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Dir {
+    /// Creates `path` (and missing parents, with `mode`) unless it exists, then opens it.
+    /// The configured path itself may go through symlinks: it is the administrator's.
+    pub fn create(path: &Path, mode: u32) -> io::Result<Dir> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)?;
+        let fd = open_at(libc::AT_FDCWD, path, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        Ok(Dir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory's own verdict: owned by root or us and not writable by group or
+    /// others (for a directory whose contents decide what root does).
+    pub fn untrusted(&self) -> Option<Untrusted> {
+        let m = File::from(self.fd.try_clone().ok()?).metadata().ok()?;
+        judge(&self.path, &m)
+    }
+
+    /// True once the directory itself was removed (its link count drops to 0): whoever
+    /// holds it should open the path anew.
+    pub fn removed(&self) -> bool {
+        // SAFETY: zeroed is a valid libc::stat; fstat on a descriptor we own writes it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) == 0 && st.st_nlink == 0 }
+    }
+
+    /// Opens (creating with `mode`) `name` to append to: see `open_append`.
+    pub fn open_append(&self, name: &str, mode: u32) -> io::Result<File> {
+        let flags =
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        let fd = open_at(self.fd.as_raw_fd(), Path::new(name), flags, mode)?;
+        settle_regular(fd, true).map(|(f, _)| f)
+    }
+
+    /// Creates `name` afresh (whatever stood there, a symlink included, is unlinked
+    /// first; `O_EXCL` then guarantees the file is the one we created).
+    pub fn create_new(&self, name: &str, mode: u32) -> io::Result<File> {
+        match self.unlink(name) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+        let fd = open_at(self.fd.as_raw_fd(), Path::new(name), flags, mode)?;
+        Ok(File::from(fd))
+    }
+
+    /// Reads at most `limit` bytes of the regular file `name` (no symlink, no FIFO).
+    pub fn read(&self, name: &str, limit: u64) -> io::Result<Vec<u8>> {
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        let fd = open_at(self.fd.as_raw_fd(), Path::new(name), flags, 0)?;
+        let (f, _) = settle_regular(fd, false)?;
+        let mut out = Vec::new();
+        f.take(limit).read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    /// `lstat` of `name`: `None` unless it is a regular file.
+    pub fn regular(&self, name: &str) -> Option<libc::stat> {
+        let c = CString::new(name).ok()?;
+        // SAFETY: zeroed is a valid libc::stat; fstatat writes into it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid descriptor, string and out-pointer.
+        let r = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        (r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some(st)
+    }
+
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (a, b) = (cstr(Path::new(from))?, cstr(Path::new(to))?);
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: valid descriptor and strings; renameat never follows a final symlink.
+        cvt(unsafe { libc::renameat(fd, a.as_ptr(), fd, b.as_ptr()) }).map(drop)
+    }
+
+    /// Removes `name` (a symlink is removed, not followed).
+    pub fn unlink(&self, name: &str) -> io::Result<()> {
+        let c = cstr(Path::new(name))?;
+        // SAFETY: valid descriptor and string.
+        cvt(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) }).map(drop)
+    }
+
+    /// The names in the directory (through the descriptor, not the path).
+    pub fn names(&self) -> Vec<String> {
+        let via = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+        std::fs::read_dir(via)
+            .map(|it| {
+                it.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// fsync of the directory (after a rename, so that it survives a power cut).
+    pub fn sync(&self) -> io::Result<()> {
+        // SAFETY: fsync on a descriptor we own.
+        cvt(unsafe { libc::fsync(self.fd.as_raw_fd()) }).map(drop)
+    }
+}
+
+/// Creates `path` component by component (`mkdirat`, then `openat` with `O_DIRECTORY`),
+/// following a symlink only where it stands in a directory that passes StrictModes (so
+/// one planted by a service user in a directory it owns is refused), and hands the last
+/// directory, when we created it, to `owner` with `fchown`. Returns the opened directory.
+pub fn create_dir_chain(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<File> {
+    if !path.is_absolute() {
+        return Err(other("not an absolute path".into()));
+    }
+    let mut cur = open_at(
+        libc::AT_FDCWD,
+        Path::new("/"),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )?;
+    let mut created = false;
+    let mut walked = PathBuf::from("/");
+    for comp in path.components().skip(1) {
+        let name = Path::new(comp.as_os_str());
+        walked.push(name);
+        let parent_trusted = File::from(cur.try_clone()?)
+            .metadata()
+            .is_ok_and(|m| judge(&walked, &m).is_none());
+        let nofollow = if parent_trusted { 0 } else { libc::O_NOFOLLOW };
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | nofollow;
+        let c = cstr(name)?;
+        // SAFETY: valid descriptor and string.
+        let made = unsafe { libc::mkdirat(cur.as_raw_fd(), c.as_ptr(), mode) };
+        created = made == 0;
+        if made != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+            return Err(io::Error::last_os_error());
+        }
+        cur = open_at(cur.as_raw_fd(), name, flags, 0).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) {
+                other(format!(
+                    "{} is a symlink or not a directory, in a directory others control",
+                    walked.display()
+                ))
+            } else {
+                e
+            }
+        })?;
+    }
+    let dir = File::from(cur);
+    if let (true, Some((uid, gid))) = (created, owner) {
+        // SAFETY: fchown on a descriptor we own.
+        cvt(unsafe { libc::fchown(dir.as_raw_fd(), uid, gid) })?;
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("orch-safefs-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn mkfifo(p: &Path) {
+        let c = cstr(p).unwrap();
+        // SAFETY: valid string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    #[test]
+    fn never_writes_through_a_symlink_a_fifo_or_a_hard_link() {
+        let d = tmpdir("write");
+        let target = d.join("target");
+        std::fs::write(&target, "secret").unwrap();
+        symlink(&target, d.join("link")).unwrap();
+        mkfifo(&d.join("fifo"));
+        std::fs::hard_link(&target, d.join("hard")).unwrap();
+        let dir = Dir::create(&d, 0o755).unwrap();
+        assert!(dir.open_append("link", 0o600).is_err());
+        assert!(open_lock(&d.join("link"), 0o600).is_err());
+        // A FIFO with no reader would block a plain open forever: refused at once.
+        let err = dir.open_append("fifo", 0o600).unwrap_err().to_string();
+        assert!(
+            err.contains("FIFO") || err.contains("No such device"),
+            "{err}"
+        );
+        assert!(open_regular(&d.join("fifo"), true).is_err());
+        assert!(dir.open_append("hard", 0o600).is_err());
+        // create_new replaces the symlink instead of following it.
+        drop(dir.create_new("link", 0o600).unwrap());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "secret");
+        assert!(!std::fs::symlink_metadata(d.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn devices_are_refused_without_reading() {
+        assert!(open_regular(Path::new("/dev/zero"), true).is_err());
+    }
+
+    #[test]
+    fn strict_modes_judges_the_whole_chain() {
+        if euid() != 0 {
+            eprintln!("skipped: needs root to own files as others");
+            return;
+        }
+        // Under /tmp (sticky, world-writable): refused, even for a root 0600 file.
+        let d = tmpdir("strict");
+        let f = d.join("f");
+        std::fs::write(&f, "x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let u = untrusted(&f).expect("/tmp is world-writable");
+        assert_eq!(u.path, Path::new("/tmp"));
+        // A file owned by someone else, in trusted directories.
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        if untrusted(&base).is_none() {
+            let g = base.join(format!("orch-strict-{}", std::process::id()));
+            std::fs::write(&g, "x").unwrap();
+            std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert_eq!(untrusted(&g), None);
+            std::os::unix::fs::chown(&g, Some(65534), None).unwrap();
+            assert!(untrusted(&g).unwrap().why.contains("owned by uid 65534"));
+            std::os::unix::fs::chown(&g, Some(0), None).unwrap();
+            std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o664)).unwrap();
+            assert!(untrusted(&g).unwrap().why.contains("group"));
+            let _ = std::fs::remove_file(&g);
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn dir_chain_refuses_a_planted_symlink() {
+        if euid() != 0 {
+            eprintln!("skipped: needs root to chown");
+            return;
+        }
+        let d = tmpdir("chain");
+        let user = d.join("home");
+        std::fs::create_dir(&user).unwrap();
+        std::os::unix::fs::chown(&user, Some(65534), Some(65534)).unwrap();
+        let victim = d.join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        symlink(&victim, user.join("data")).unwrap();
+        let err = create_dir_chain(&user.join("data/sub"), 0o750, Some((65534, 65534)));
+        assert!(err.is_err());
+        assert!(!victim.join("sub").exists());
+        // A plain path is created and handed over.
+        let ok = user.join("fresh/sub");
+        create_dir_chain(&ok, 0o750, Some((65534, 65534))).unwrap();
+        assert_eq!(std::fs::metadata(&ok).unwrap().uid(), 65534);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
