@@ -162,15 +162,15 @@ fn refuses_peers_of_other_users() {
     let sb = Sandbox::new();
     basic(&sb);
     let d = Daemon::start(&sb, &[]);
-    // Let uid 65534 reach the socket file, then connect as that user.
-    std::fs::set_permissions(&sb.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // Let uid 65534 reach the socket file and a binary, then connect as that user.
+    let bin = sb.open_to_other_users();
     std::fs::set_permissions(
         sb.socket(),
         std::os::unix::fs::PermissionsExt::from_mode(0o666),
     )
     .unwrap();
     let sock = sb.socket();
-    let mut cmd = std::process::Command::new(BIN);
+    let mut cmd = std::process::Command::new(bin);
     cmd.args(["status", "--socket"]).arg(&sock);
     std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
     std::os::unix::process::CommandExt::gid(&mut cmd, 65534);

@@ -58,6 +58,27 @@ impl Sandbox {
         self.dir.join("ctl.sock")
     }
 
+    /// Lets another user enter the sandbox and its services (0755), and returns a copy
+    /// of the orchestrator binary inside it for that user to run: the build's own binary
+    /// may sit in a clone under a directory only its owner can enter (`/root`, a 0700
+    /// `mktemp -d`).
+    pub fn open_to_other_users(&self) -> PathBuf {
+        for dir in [self.dir.clone(), self.path("services"), self.path("bin")] {
+            std::fs::create_dir_all(&dir).unwrap();
+            // Add the bits, never take any away (a test may have opened it wider).
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode | 0o755)).unwrap();
+        }
+        let bin = self.path("bin/orchestrator");
+        if !bin.exists() {
+            let tmp = bin.with_extension("tmp");
+            std::fs::copy(BIN, &tmp).expect("copy the orchestrator binary into the sandbox");
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&tmp, &bin).unwrap();
+        }
+        bin
+    }
+
     /// Writes `services/NAME/NAME` as a /bin/sh script with `body`.
     pub fn service(&self, name: &str, body: &str) -> PathBuf {
         let dir = self.dir.join("services").join(name);
@@ -311,7 +332,12 @@ impl Daemon {
         env: &[(&str, &str)],
         uid: Option<u32>,
     ) -> Daemon {
-        let mut cmd = Command::new(BIN);
+        // Another user runs a copy it can reach (see `open_to_other_users`).
+        let bin = match uid {
+            Some(_) => sb.open_to_other_users(),
+            None => PathBuf::from(BIN),
+        };
+        let mut cmd = Command::new(bin);
         if let Some(uid) = uid {
             unsafe {
                 std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
