@@ -163,7 +163,7 @@ fn refuses_peers_of_other_users() {
     basic(&sb);
     let d = Daemon::start(&sb, &[]);
     // Let uid 65534 reach the socket file and a binary, then connect as that user.
-    let bin = sb.open_to_other_users();
+    let bin = sb.binary_for_other_users();
     std::fs::set_permissions(
         sb.socket(),
         std::os::unix::fs::PermissionsExt::from_mode(0o666),

@@ -242,19 +242,9 @@ fn user_and_group_are_switched_with_supplementary_groups() {
         return;
     }
     let sb = Sandbox::new();
-    // The script must be readable by nobody: the sandbox dir is private by default.
-    std::fs::set_permissions(&sb.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(
-        sb.path("services"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
     sb.service("who", "exec sleep 1000");
-    std::fs::set_permissions(
-        sb.path("services/who"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    // The script must be reachable by nobody.
+    sb.open_to_other_users();
     sb.config(
         json!({"services_dir": "services"}),
         json!({"who": {"user": "nobody", "group": "daemon", "data_dir": "data/who"}}),

@@ -58,19 +58,32 @@ impl Sandbox {
         self.dir.join("ctl.sock")
     }
 
-    /// Lets another user enter the sandbox and its services (0755), and returns a copy
-    /// of the orchestrator binary inside it for that user to run: the build's own binary
-    /// may sit in a clone under a directory only its owner can enter (`/root`, a 0700
-    /// `mktemp -d`).
-    pub fn open_to_other_users(&self) -> PathBuf {
-        for dir in [self.dir.clone(), self.path("services"), self.path("bin")] {
-            std::fs::create_dir_all(&dir).unwrap();
-            // Add the bits, never take any away (a test may have opened it wider).
+    /// Lets another user enter the sandbox and the services written so far: adds 0755
+    /// to their directories' modes (never takes a bit away: a test may have opened one
+    /// wider).
+    pub fn open_to_other_users(&self) {
+        let services = std::fs::read_dir(self.path("services"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir());
+        let dirs = [self.dir.clone(), self.path("services")];
+        for dir in dirs.into_iter().chain(services) {
             let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode | 0o755)).unwrap();
         }
+    }
+
+    /// A copy of the orchestrator binary that another user can run, in the opened
+    /// sandbox: the build's own binary may sit in a clone under a directory only its
+    /// owner can enter (`/root`, a 0700 `mktemp -d`).
+    pub fn binary_for_other_users(&self) -> PathBuf {
+        self.open_to_other_users();
         let bin = self.path("bin/orchestrator");
         if !bin.exists() {
+            std::fs::create_dir_all(self.path("bin")).unwrap();
+            std::fs::set_permissions(self.path("bin"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
             let tmp = bin.with_extension("tmp");
             std::fs::copy(BIN, &tmp).expect("copy the orchestrator binary into the sandbox");
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -332,9 +345,9 @@ impl Daemon {
         env: &[(&str, &str)],
         uid: Option<u32>,
     ) -> Daemon {
-        // Another user runs a copy it can reach (see `open_to_other_users`).
+        // Another user runs a copy it can reach (see `binary_for_other_users`).
         let bin = match uid {
-            Some(_) => sb.open_to_other_users(),
+            Some(_) => sb.binary_for_other_users(),
             None => PathBuf::from(BIN),
         };
         let mut cmd = Command::new(bin);
