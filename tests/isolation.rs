@@ -280,6 +280,35 @@ fn user_and_group_are_switched_with_supplementary_groups() {
 }
 
 #[test]
+fn a_service_switched_to_another_user_still_dies_with_the_daemon() {
+    if !is_root() {
+        eprintln!("skipped: switching identity needs root");
+        return;
+    }
+    // The switch of user clears the parent-death signal: it must be set after it.
+    let sb = Sandbox::new();
+    sb.service("who", "exec sleep 1000");
+    sb.open_to_other_users();
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"who": {"user": "nobody"}}),
+    );
+    let mut d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("who", None);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:\t65534\t")),
+        "{status}"
+    );
+    d.signal(libc::SIGKILL);
+    d.wait_exit(DEADLINE);
+    assert!(
+        wait_until(Duration::from_secs(1), || !alive(pid)),
+        "the service running as nobody outlived the daemon"
+    );
+}
+
+#[test]
 fn unknown_user_is_a_configuration_error() {
     let sb = Sandbox::new();
     sb.service("x", "exec sleep 1");
