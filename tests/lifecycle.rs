@@ -179,6 +179,52 @@ fn crash_loop_backs_off_then_fails_after_max_attempts() {
     d.wait_log(&["crash", "restarting in 100 ms (attempt 1)"]);
 }
 
+/// The delay doubles up to `max_backoff_ms` and stays there: seen in the daemon's log,
+/// in `next_restart_ms` while it waits, and in the gaps between runs in the history.
+#[test]
+fn backoff_stops_growing_at_max_backoff_ms() {
+    let sb = Sandbox::new();
+    sb.service("crash", "exit 1");
+    sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 20, "max_backoff_ms": 60}),
+        json!({"crash": {"max_restart_attempts": 8}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    let delays = [20u64, 40, 60, 60, 60, 60, 60, 60];
+    // Doubling without the cap would wait 80, 160, ... 2560 ms.
+    let mut longest_wait = 0;
+    let mut st = serde_json::Value::Null;
+    assert!(wait_until(DEADLINE, || {
+        st = sb.service_status("crash");
+        longest_wait = longest_wait.max(st["next_restart_ms"].as_u64().unwrap_or(0));
+        st["state"] == "failed"
+    }));
+    assert!(
+        longest_wait <= 60,
+        "next_restart_ms {longest_wait} > max_backoff_ms"
+    );
+    let logged: Vec<u64> = d
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains(" crash: restarting in "))
+        .filter_map(|l| l.split("restarting in ").nth(1))
+        .filter_map(|r| r.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(logged, delays, "{}", d.log_text());
+    let h = st["history"].as_array().unwrap();
+    assert_eq!(h.len(), delays.len() + 1, "{st}");
+    let gap = |i: usize| h[i + 1]["started"].as_u64().unwrap() - h[i]["exited"].as_u64().unwrap();
+    for (i, ms) in delays.iter().enumerate() {
+        assert!(gap(i) >= *ms, "restart {i} came after {} ms: {st}", gap(i));
+    }
+    // The last four waits are capped at 60 ms (uncapped: 320 + 640 + 1280 + 2560).
+    let tail: u64 = (4..delays.len()).map(gap).sum();
+    assert!(
+        tail < 4 * 60 + 400,
+        "the last four waits took {tail} ms: {st}"
+    );
+}
+
 #[test]
 fn restarting_state_shows_next_restart() {
     let sb = Sandbox::new();
