@@ -3,4 +3,6 @@ pub mod cgroup;
 pub mod procfs;
 pub mod signals;
 pub mod spawn;
+#[cfg(test)]
+mod spawn_tests;
 pub mod waiter;
