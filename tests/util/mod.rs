@@ -270,6 +270,21 @@ pub fn remove_cgroups(socket: &Path) {
     }
 }
 
+/// `cmd.spawn()`, tried again for a moment on ETXTBSY: a binary just copied into a
+/// sandbox is busy while any process forked meanwhile (by a test on another thread)
+/// still holds the copy's descriptor, until it execs.
+pub fn spawn_when_not_busy(cmd: &mut Command) -> std::io::Result<Child> {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 pub struct Output {
     pub code: i32,
     pub stdout: String,
@@ -280,7 +295,7 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn the orchestrator binary");
+    let mut child = spawn_when_not_busy(&mut cmd).expect("spawn the orchestrator binary");
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let t_out = std::thread::spawn(move || {
@@ -378,7 +393,7 @@ impl Daemon {
             .stderr(Stdio::piped())
             // Its own group, so the guard can kill it without touching the test runner.
             .process_group(0);
-        let mut child = cmd.spawn().expect("spawn orchestrator run");
+        let mut child = spawn_when_not_busy(&mut cmd).expect("spawn orchestrator run");
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
