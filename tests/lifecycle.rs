@@ -86,6 +86,8 @@ fn spawn_uses_exact_argv_clean_environment_data_dir_and_own_session() {
     // no_new_privs and only the standard descriptors (plus none inherited).
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    // Until it execs sleep, the shell holds its script open (close-on-exec).
+    assert!(wait_until(DEADLINE, || cmdline(pid).starts_with("sleep 1000")));
     let fds: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .collect();
