@@ -162,15 +162,15 @@ fn refuses_peers_of_other_users() {
     let sb = Sandbox::new();
     basic(&sb);
     let d = Daemon::start(&sb, &[]);
-    // Let uid 65534 reach the socket file, then connect as that user.
-    std::fs::set_permissions(&sb.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // Let uid 65534 reach the socket file and a binary, then connect as that user.
+    let bin = sb.binary_for_other_users();
     std::fs::set_permissions(
         sb.socket(),
         std::os::unix::fs::PermissionsExt::from_mode(0o666),
     )
     .unwrap();
     let sock = sb.socket();
-    let mut cmd = std::process::Command::new(BIN);
+    let mut cmd = std::process::Command::new(bin);
     cmd.args(["status", "--socket"]).arg(&sock);
     std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
     std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
@@ -178,6 +178,50 @@ fn refuses_peers_of_other_users() {
     assert_eq!(out.code, 1, "{} {}", out.stdout, out.stderr);
     assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
     d.wait_log(&["refused a client with uid 65534"]);
+}
+
+/// SO_PEERCRED when the daemon is not root: its own user and root get in, a third
+/// user is refused even though the socket's mode lets it connect.
+#[test]
+fn a_daemon_run_by_another_user_admits_only_that_user_and_root() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run the daemon and clients as other users");
+        return;
+    }
+    let sb = Sandbox::new();
+    basic(&sb);
+    // The daemon, as nobody, creates its socket in the sandbox.
+    std::fs::set_permissions(&sb.dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let d = Daemon::spawn_as(&sb, &[], &[], Some(65534));
+    assert!(
+        wait_until(DEADLINE, || sb.cli(&["status"]).code == 0),
+        "root is admitted; log:\n{}",
+        d.log_text()
+    );
+    std::fs::set_permissions(
+        sb.socket(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let bin = sb.binary_for_other_users();
+    let status_as = |uid: u32| {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(["status", "--socket"]).arg(sb.socket());
+        std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, uid);
+        run_with_timeout(cmd, DEADLINE)
+    };
+    let own = status_as(65534);
+    assert_eq!(own.code, 0, "the daemon's own user: {}", own.stderr);
+    let other = status_as(1);
+    assert_eq!(other.code, 1, "{} {}", other.stdout, other.stderr);
+    assert!(
+        other.stderr.contains("permission denied"),
+        "{}",
+        other.stderr
+    );
+    d.wait_log(&["refused a client with uid 1"]);
+    assert_eq!(d.count_log(&["refused a client"]), 1, "{}", d.log_text());
 }
 
 #[test]

@@ -242,19 +242,9 @@ fn user_and_group_are_switched_with_supplementary_groups() {
         return;
     }
     let sb = Sandbox::new();
-    // The script must be readable by nobody: the sandbox dir is private by default.
-    std::fs::set_permissions(&sb.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(
-        sb.path("services"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
     sb.service("who", "exec sleep 1000");
-    std::fs::set_permissions(
-        sb.path("services/who"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    // The script must be reachable by nobody.
+    sb.open_to_other_users();
     sb.config(
         json!({"services_dir": "services"}),
         json!({"who": {"user": "nobody", "group": "daemon", "data_dir": "data/who"}}),
@@ -286,6 +276,35 @@ fn user_and_group_are_switched_with_supplementary_groups() {
         (meta.uid(), meta.gid()),
         (65534, 1),
         "data_dir belongs to the service"
+    );
+}
+
+#[test]
+fn a_service_switched_to_another_user_still_dies_with_the_daemon() {
+    if !is_root() {
+        eprintln!("skipped: switching identity needs root");
+        return;
+    }
+    // The switch of user clears the parent-death signal: it must be set after it.
+    let sb = Sandbox::new();
+    sb.service("who", "exec sleep 1000");
+    sb.open_to_other_users();
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"who": {"user": "nobody"}}),
+    );
+    let mut d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("who", None);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:\t65534\t")),
+        "{status}"
+    );
+    d.signal(libc::SIGKILL);
+    d.wait_exit(DEADLINE);
+    assert!(
+        wait_until(Duration::from_secs(1), || !alive(pid)),
+        "the service running as nobody outlived the daemon"
     );
 }
 

@@ -86,6 +86,8 @@ fn spawn_uses_exact_argv_clean_environment_data_dir_and_own_session() {
     // no_new_privs and only the standard descriptors (plus none inherited).
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    // Until it execs sleep, the shell holds its script open (close-on-exec).
+    assert!(wait_until(DEADLINE, || cmdline(pid).starts_with("sleep 1000")));
     let fds: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .collect();
@@ -177,6 +179,52 @@ fn crash_loop_backs_off_then_fails_after_max_attempts() {
     let out = sb.cli(&["start", "crash"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     d.wait_log(&["crash", "restarting in 100 ms (attempt 1)"]);
+}
+
+/// The delay doubles up to `max_backoff_ms` and stays there: seen in the daemon's log,
+/// in `next_restart_ms` while it waits, and in the gaps between runs in the history.
+#[test]
+fn backoff_stops_growing_at_max_backoff_ms() {
+    let sb = Sandbox::new();
+    sb.service("crash", "exit 1");
+    sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 20, "max_backoff_ms": 60}),
+        json!({"crash": {"max_restart_attempts": 8}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    let delays = [20u64, 40, 60, 60, 60, 60, 60, 60];
+    // Doubling without the cap would wait 80, 160, ... 2560 ms.
+    let mut longest_wait = 0;
+    let mut st = serde_json::Value::Null;
+    assert!(wait_until(DEADLINE, || {
+        st = sb.service_status("crash");
+        longest_wait = longest_wait.max(st["next_restart_ms"].as_u64().unwrap_or(0));
+        st["state"] == "failed"
+    }));
+    assert!(
+        longest_wait <= 60,
+        "next_restart_ms {longest_wait} > max_backoff_ms"
+    );
+    let logged: Vec<u64> = d
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains(" crash: restarting in "))
+        .filter_map(|l| l.split("restarting in ").nth(1))
+        .filter_map(|r| r.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(logged, delays, "{}", d.log_text());
+    let h = st["history"].as_array().unwrap();
+    assert_eq!(h.len(), delays.len() + 1, "{st}");
+    let gap = |i: usize| h[i + 1]["started"].as_u64().unwrap() - h[i]["exited"].as_u64().unwrap();
+    for (i, ms) in delays.iter().enumerate() {
+        assert!(gap(i) >= *ms, "restart {i} came after {} ms: {st}", gap(i));
+    }
+    // The last four waits are capped at 60 ms (uncapped: 320 + 640 + 1280 + 2560).
+    let tail: u64 = (4..delays.len()).map(gap).sum();
+    assert!(
+        tail < 4 * 60 + 400,
+        "the last four waits took {tail} ms: {st}"
+    );
 }
 
 #[test]
@@ -528,111 +576,4 @@ fn zero_backoff_restarts_immediately_and_keeps_going() {
         .unwrap_or(0)
         >= 50));
     assert!(d.count_log(&["fast", "restarting in 0 ms"]) >= 50);
-}
-
-#[test]
-fn dependencies_start_in_order_and_stop_in_reverse() {
-    let sb = Sandbox::new();
-    let stamp = sb.path("order");
-    for n in ["db", "api", "web"] {
-        sb.service(
-            n,
-            &format!(
-                "echo start {n} >> {f}; trap 'echo stop {n} >> {f}; exit 0' TERM; while :; do sleep 0.02; done",
-                f = stamp.display()
-            ),
-        );
-    }
-    sb.config(
-        json!({"services_dir": "services"}),
-        json!({"web": {"depends_on": ["api"]}, "api": {"depends_on": ["db"]}}),
-    );
-    let mut d = Daemon::start(&sb, &[]);
-    for n in ["db", "api", "web"] {
-        sb.wait_running(n, None);
-    }
-    assert!(wait_until(DEADLINE, || std::fs::read_to_string(&stamp)
-        .unwrap_or_default()
-        .lines()
-        .count()
-        == 3));
-    // Spawn order, from the daemon's own events (without health checks a dependency
-    // is up once it has exec'd, so the services' first lines may race each other).
-    let log = d.log_lines();
-    let pos = |n: &str| {
-        log.iter()
-            .position(|l| l.contains(&format!(" {n}[")) && l.ends_with("] started"))
-            .unwrap_or_else(|| panic!("{n} never started"))
-    };
-    assert!(pos("db") < pos("api") && pos("api") < pos("web"), "{log:?}");
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(DEADLINE), Some(0));
-    // Stop order is strict: a dependency gets its signal once its dependents are gone.
-    let text = std::fs::read_to_string(&stamp).unwrap();
-    let stops: Vec<&str> = text.lines().filter(|l| l.starts_with("stop")).collect();
-    assert_eq!(stops, ["stop web", "stop api", "stop db"]);
-}
-
-#[test]
-fn stop_of_a_dependency_stops_its_dependents_first() {
-    let sb = Sandbox::new();
-    let stamp = sb.path("order");
-    for n in ["db", "api", "web", "other"] {
-        sb.service(
-            n,
-            &format!(
-                "trap 'sleep 0.2; echo stop {n} >> {f}; exit 0' TERM; while :; do sleep 0.02; done",
-                f = stamp.display()
-            ),
-        );
-    }
-    sb.config(
-        json!({"services_dir": "services"}),
-        json!({"web": {"depends_on": ["api"]}, "api": {"depends_on": ["db"]}}),
-    );
-    let _d = Daemon::start(&sb, &[]);
-    for n in ["db", "api", "web", "other"] {
-        sb.wait_running(n, None);
-    }
-    let other = sb.service_status("other")["pid"].clone();
-    // `stop db` returns once db has stopped, which is after web, then api.
-    let out = sb.cli(&["stop", "db"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let text = std::fs::read_to_string(&stamp).unwrap();
-    let stops: Vec<&str> = text.lines().collect();
-    assert_eq!(stops, ["stop web", "stop api", "stop db"]);
-    for n in ["db", "api", "web"] {
-        assert_eq!(sb.service_status(n)["state"], "stopped", "{n}");
-    }
-    assert_eq!(
-        sb.service_status("other")["pid"],
-        other,
-        "unrelated service untouched"
-    );
-    // Nothing restarts by itself; `start db` starts db alone.
-    assert_eq!(sb.cli(&["start", "db"]).code, 0);
-    sb.wait_running("db", None);
-    assert_eq!(sb.service_status("api")["state"], "stopped");
-    assert_eq!(sb.cli(&["stop", "web"]).code, 1, "not running");
-}
-
-#[test]
-fn a_failed_dependency_holds_its_dependents_back() {
-    let sb = Sandbox::new();
-    // db has no binary yet: it fails without ever running.
-    sb.service("app", "exec sleep 1000");
-    sb.config(
-        json!({"services_dir": "services"}),
-        json!({"db": {}, "app": {"depends_on": ["db"]}}),
-    );
-    let _d = Daemon::start(&sb, &[]);
-    sb.wait_state("db", "failed");
-    let app = sb.service_status("app");
-    assert_eq!(app["state"], "starting");
-    assert!(app["pid"].is_null());
-    assert_eq!(app["last_error"], "waiting for db (failed)");
-    // Once the dependency runs, the dependent follows.
-    sb.service("db", "exec sleep 1000");
-    assert_eq!(sb.cli(&["start", "db"]).code, 0);
-    sb.wait_running("app", None);
 }

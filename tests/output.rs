@@ -226,3 +226,32 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// SPEC 9: a last line without a newline is logged when the service exits, whole and
+/// after its earlier lines, in the ring `logs` reads and in the service's log file.
+#[test]
+fn a_last_line_without_newline_is_kept_when_the_service_exits() {
+    let sb = Sandbox::new();
+    sb.service("quitter", "echo first; printf 'last words'; exit 3");
+    sb.config(
+        json!({"services_dir": "services", "log_dir": "logs"}),
+        json!({"quitter": {"restart": "never"}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_state("quitter", "failed");
+    let (mut ring, mut file) = (String::new(), String::new());
+    assert!(
+        wait_until(DEADLINE, || {
+            ring = sb.cli(&["logs", "quitter"]).stdout;
+            file = std::fs::read_to_string(sb.path("logs/quitter.log")).unwrap_or_default();
+            ring.contains("last words") && file.contains("last words")
+        }),
+        "logs:\n{ring}\nlog file:\n{file}"
+    );
+    for (what, text) in [("logs", &ring), ("log file", &file)] {
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(" stdout: ")).collect();
+        assert_eq!(lines.len(), 2, "{what}:\n{text}");
+        assert!(lines[0].ends_with("stdout: first"), "{what}:\n{text}");
+        assert!(lines[1].ends_with("stdout: last words"), "{what}:\n{text}");
+    }
+}

@@ -456,29 +456,34 @@ mod tests {
 
     #[test]
     fn keeps_only_max_files_and_the_newest_lines() {
-        let dir = tmpdir("keep");
-        let mut lf = LogFiles::new(FileConfig {
-            dir: dir.clone(),
-            max_bytes: 100,
-            max_files: 2,
-            max_total: None,
-        });
-        let svc: Arc<str> = "svc".into();
-        let lost = Arc::new(AtomicU64::new(0));
-        for i in 0..1000u64 {
-            lf.write(&svc, format!("{i:04}\n").as_bytes(), &lost);
+        // 5-byte lines, 100-byte files: each file holds exactly 20 lines, and 1000
+        // lines fill 50 files, of which the active one and `max_files` rotated stay.
+        for max_files in [1u32, 2, 5] {
+            let dir = tmpdir(&format!("keep{max_files}"));
+            let mut lf = LogFiles::new(FileConfig {
+                dir: dir.clone(),
+                max_bytes: 100,
+                max_files,
+                max_total: None,
+            });
+            let svc: Arc<str> = "svc".into();
+            let lost = Arc::new(AtomicU64::new(0));
+            for i in 0..1000u64 {
+                lf.write(&svc, format!("{i:04}\n").as_bytes(), &lost);
+            }
+            lf.flush();
+            for n in 0..=max_files {
+                assert_eq!(size_of(&path_of(&dir, "svc", n)), 100, "svc.log.{n}");
+            }
+            assert!(!path_of(&dir, "svc", max_files + 1).exists());
+            let kept = 20 * (u64::from(max_files) + 1);
+            assert_eq!(
+                lines_in(&dir, "svc", max_files + 1),
+                (1000 - kept..1000).collect::<Vec<_>>(),
+                "max_files {max_files}: the newest {kept} lines"
+            );
+            let _ = fs::remove_dir_all(&dir);
         }
-        lf.flush();
-        assert!(!path_of(&dir, "svc", 3).exists());
-        let got = lines_in(&dir, "svc", 2);
-        let n = got.len() as u64;
-        assert_eq!(
-            got,
-            (1000 - n..1000).collect::<Vec<_>>(),
-            "a contiguous newest suffix"
-        );
-        assert!((40..=60).contains(&n), "{n}");
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -5,4 +5,6 @@ pub mod procfs;
 pub mod safe_fs;
 pub mod signals;
 pub mod spawn;
+#[cfg(test)]
+mod spawn_tests;
 pub mod waiter;

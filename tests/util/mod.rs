@@ -61,6 +61,40 @@ impl Sandbox {
         self.dir.join("ctl.sock")
     }
 
+    /// Lets another user enter the sandbox and the services written so far: adds 0755
+    /// to their directories' modes (never takes a bit away: a test may have opened one
+    /// wider).
+    pub fn open_to_other_users(&self) {
+        let services = std::fs::read_dir(self.path("services"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir());
+        let dirs = [self.dir.clone(), self.path("services")];
+        for dir in dirs.into_iter().chain(services) {
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode | 0o755)).unwrap();
+        }
+    }
+
+    /// A copy of the orchestrator binary that another user can run, in the opened
+    /// sandbox: the build's own binary may sit in a clone under a directory only its
+    /// owner can enter (`/root`, a 0700 `mktemp -d`).
+    pub fn binary_for_other_users(&self) -> PathBuf {
+        self.open_to_other_users();
+        let bin = self.path("bin/orchestrator");
+        if !bin.exists() {
+            std::fs::create_dir_all(self.path("bin")).unwrap();
+            std::fs::set_permissions(self.path("bin"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+            let tmp = bin.with_extension("tmp");
+            std::fs::copy(BIN, &tmp).expect("copy the orchestrator binary into the sandbox");
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&tmp, &bin).unwrap();
+        }
+        bin
+    }
+
     /// Writes `services/NAME/NAME` as a /bin/sh script with `body`.
     pub fn service(&self, name: &str, body: &str) -> PathBuf {
         let dir = self.dir.join("services").join(name);
@@ -239,6 +273,21 @@ pub fn remove_cgroups(socket: &Path) {
     }
 }
 
+/// `cmd.spawn()`, tried again for a moment on ETXTBSY: a binary just copied into a
+/// sandbox is busy while any process forked meanwhile (by a test on another thread)
+/// still holds the copy's descriptor, until it execs.
+pub fn spawn_when_not_busy(cmd: &mut Command) -> std::io::Result<Child> {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 pub struct Output {
     pub code: i32,
     pub stdout: String,
@@ -249,7 +298,7 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn the orchestrator binary");
+    let mut child = spawn_when_not_busy(&mut cmd).expect("spawn the orchestrator binary");
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let t_out = std::thread::spawn(move || {
@@ -314,7 +363,12 @@ impl Daemon {
         env: &[(&str, &str)],
         uid: Option<u32>,
     ) -> Daemon {
-        let mut cmd = Command::new(BIN);
+        // Another user runs a copy it can reach (see `binary_for_other_users`).
+        let bin = match uid {
+            Some(_) => sb.binary_for_other_users(),
+            None => PathBuf::from(BIN),
+        };
+        let mut cmd = Command::new(bin);
         if let Some(uid) = uid {
             unsafe {
                 std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
@@ -342,7 +396,7 @@ impl Daemon {
             .stderr(Stdio::piped())
             // Its own group, so the guard can kill it without touching the test runner.
             .process_group(0);
-        let mut child = cmd.spawn().expect("spawn orchestrator run");
+        let mut child = spawn_when_not_busy(&mut cmd).expect("spawn orchestrator run");
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
