@@ -190,8 +190,9 @@ fn a_daemon_run_by_another_user_admits_only_that_user_and_root() {
     }
     let sb = Sandbox::new();
     basic(&sb);
-    // The daemon, as nobody, creates its socket in the sandbox.
-    std::fs::set_permissions(&sb.dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    // The daemon, as nobody, creates its socket in the sandbox: nobody's own directory
+    // (a world-writable one would send its lock file to nobody's home).
+    std::os::unix::fs::chown(&sb.dir, Some(65534), Some(65534)).unwrap();
     let d = Daemon::spawn_as(&sb, &[], &[], Some(65534));
     assert!(
         wait_until(DEADLINE, || sb.cli(&["status"]).code == 0),
