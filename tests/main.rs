@@ -9,6 +9,7 @@ mod health;
 mod isolation;
 mod lifecycle;
 mod observability;
+mod operator;
 mod output;
 mod reliability;
 mod reload;

@@ -70,6 +70,7 @@ fn answer(mut stream: TcpStream, tx: &Sender<Event>) -> io::Result<()> {
                 lines: None,
                 dry_run: false,
                 path: None,
+                follow: false,
             };
             if tx.send(Event::Control(req, reply_tx)).is_err() {
                 return respond(
