@@ -13,3 +13,4 @@ mod operator;
 mod output;
 mod reliability;
 mod reload;
+mod terminal;
