@@ -112,8 +112,11 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientErr
             lines,
             follow,
         } => {
-            let reply = conn
-                .call(&json!({"cmd": "logs", "service": name, "lines": lines, "follow": follow}))?;
+            let mut req = json!({"cmd": "logs", "service": name, "lines": lines});
+            if follow {
+                req["follow"] = json!(true);
+            }
+            let reply = conn.call(&req)?;
             for l in reply["lines"].as_array().cloned().unwrap_or_default() {
                 if !emit(&format!("{}\n", status::log_line(&name, &l))) {
                     return Ok(false);
