@@ -50,7 +50,7 @@ pub fn page(usage: &str, version: &str) -> String {
             if open {
                 out.push_str(".fi\n");
             }
-            let title = line.trim_end_matches(':').to_uppercase();
+            let title = line.trim_end_matches(':').to_ascii_uppercase();
             out.push_str(&format!(".SH {}\n.nf\n", escape(&title)));
             open = true;
         } else if line.trim().is_empty() {
@@ -73,7 +73,7 @@ fn is_heading(line: &str) -> bool {
 fn lowercase_first(s: &str) -> String {
     let mut c = s.chars();
     c.next()
-        .map(|f| f.to_lowercase().chain(c).collect())
+        .map(|f| std::iter::once(f.to_ascii_lowercase()).chain(c).collect())
         .unwrap_or_default()
 }
 
