@@ -262,6 +262,7 @@ fn shell(program: &str, script: &str, env: &[(&str, &str)]) -> String {
     let out = Command::new(program)
         .args(["-c", script])
         .env_remove("ORCHESTRATOR_CONFIG")
+        .env_remove("ORCHESTRATOR_SOCKET")
         .envs(env.iter().copied())
         .output()
         .unwrap();
@@ -283,16 +284,23 @@ fn completion_offers_commands_flags_and_the_daemons_services() {
     sb.wait_running("alpha", None);
     let sock = sb.socket().display().to_string();
     let env = [("ORCHESTRATOR_SOCKET", sock.as_str())];
-    let bash = |words: &str| {
+    let bash_with = |words: &str, env: &[(&str, &str)]| {
         shell(
             "bash",
             &format!(
                 "source <({BIN} completion bash); COMP_WORDS=({BIN} {words}); \
                  COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); _orchestrator; echo \"${{COMPREPLY[*]}}\""
             ),
-            &env,
+            env,
         )
     };
+    let bash = |words: &str| bash_with(words, &env);
+    // The socket named on the line is the one asked.
+    assert_eq!(
+        bash_with(&format!("--socket {sock} stop ''"), &[]).trim(),
+        "alpha beta"
+    );
+    assert_eq!(bash_with("--socket=/nope stop ''", &[]).trim(), "");
     assert_eq!(bash("sta").trim(), "status start");
     assert_eq!(bash("stat").trim(), "status");
     assert_eq!(bash("logs ''").trim(), "alpha beta");
@@ -316,6 +324,7 @@ fn completion_offers_commands_flags_and_the_daemons_services() {
         };
         assert!(zsh("sta").lines().any(|l| l == "status"));
         assert_eq!(zsh("logs ''").trim(), "alpha\nbeta");
+        assert_eq!(zsh("--socket /nope logs ''").trim(), "");
     } else {
         eprintln!("skipped: zsh is not installed");
     }
@@ -344,6 +353,7 @@ fn completion_offers_commands_flags_and_the_daemons_services() {
             names.contains(&"alpha".into()) && names.contains(&"beta".into()),
             "{names:?}"
         );
+        assert!(!fish("orchestrator --socket /nope stop ").contains("alpha"));
     } else {
         eprintln!("skipped: fish is not installed");
     }
