@@ -263,7 +263,10 @@ pub fn detail(s: &Value, lines: &[Value], now: u64) -> String {
     if lines.is_empty() {
         let _ = writeln!(out, "no output kept");
     } else {
-        let _ = writeln!(out, "last {} lines:", lines.len());
+        let _ = match lines.len() {
+            1 => writeln!(out, "last line:"),
+            n => writeln!(out, "last {n} lines:"),
+        };
         for l in lines {
             let _ = writeln!(out, "  {}", log_line(name, l));
         }
