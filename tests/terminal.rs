@@ -17,9 +17,9 @@ fn have(program: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// A tmux server of our own (its own socket), killed on drop.
+/// A tmux server of our own, its socket in the sandbox, killed on drop.
 struct Tmux {
-    name: String,
+    socket: std::path::PathBuf,
 }
 
 static TMUX_COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -38,12 +38,13 @@ impl Tmux {
             eprintln!("skipped: tmux is not installed");
             return None;
         }
-        let n = TMUX_COUNTER.fetch_add(1, Ordering::SeqCst);
         let t = Tmux {
-            name: format!("orch-test-{}-{n}", std::process::id()),
+            socket: dir.join("tmux.sock"),
         };
         let mut cmd = Command::new("tmux");
-        cmd.args(["-L", &t.name, "-f", "/dev/null", "new-session", "-d"])
+        cmd.arg("-S")
+            .arg(&t.socket)
+            .args(["-f", "/dev/null", "new-session", "-d"])
             .args(["-x", "200", "-y", "50", "sh"])
             .current_dir(dir)
             .env("PS1", "$ ")
@@ -57,7 +58,8 @@ impl Tmux {
 
     fn tmux(&self, args: &[&str]) -> String {
         let out = Command::new("tmux")
-            .args(["-L", &self.name])
+            .arg("-S")
+            .arg(&self.socket)
             .args(args)
             .output()
             .unwrap();
@@ -97,8 +99,11 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
-            .args(["-L", &self.name, "kill-server"])
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
             .output();
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
@@ -173,9 +178,9 @@ fn a_double_ctrl_c_under_make_run_is_not_reported_as_a_make_error() {
     t.wait_screen("shutting down");
     t.keys(&["C-c"]);
     t.wait_screen("second SIGINT");
-    // make has exited once nothing mentions the sandbox; then a marker makes sure the
-    // pane shows all it printed.
-    let needle = format!("{}/", sb.dir.display());
+    // make has exited once nothing mentions the config (make and the orchestrator
+    // do); then a marker makes sure the pane shows all it printed.
+    let needle = cfg.display().to_string();
     let gone = wait_until(DEADLINE, || {
         std::fs::read_dir("/proc")
             .unwrap()
