@@ -72,7 +72,7 @@ fn last_exit(s: &Value) -> Option<(String, Option<u64>, bool)> {
 }
 
 /// Nanoseconds as `1d2h`, `3h4m`, `5m6s` or `7s`.
-pub fn human_duration(ns: u64) -> String {
+fn human_duration(ns: u64) -> String {
     let s = ns / 1_000_000_000;
     let (d, h, m, sec) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
     if d > 0 {
