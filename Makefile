@@ -1,15 +1,43 @@
 # orchestrator: build, run the sample services, test, lint, benchmark.
 CARGO ?= cargo
-BIN := target/release/orchestrator
+BIN ?= target/release/orchestrator
+CONFIG ?= orchestrator.json
+# `make install` puts everything under $(DESTDIR)$(PREFIX).
+PREFIX ?= /usr/local
+DESTDIR ?=
 
-.PHONY: build run test lint fmt bench soak clean
+.PHONY: build run install test lint fmt bench soak clean
 
 build:
 	$(CARGO) build --release
 
+# Built when missing; `make && sudo make install` installs what was just built without
+# asking root's environment for a Rust toolchain.
+$(BIN):
+	$(CARGO) build --release
+
 # Supervises fixtures/services with orchestrator.json; Ctrl-C stops everything.
+# A second Ctrl-C kills every service at once and the orchestrator exits 1, as asked:
+# that exit is not a failure of the recipe, so it is not reported as one ("make: ***
+# Error 1" reads like a build failure). Only an exit 1 after a Ctrl-C is mapped; any
+# other failure still fails the recipe. (The shell traps SIGINT only to note it: the
+# whole foreground group gets Ctrl-C, so the orchestrator sees it as before.)
 run: build
-	exec $(BIN) run --config orchestrator.json
+	@trap 'interrupted=1' INT; $(BIN) run --config $(CONFIG); code=$$?; \
+	if [ $$code -eq 1 ] && [ -n "$$interrupted" ]; then exit 0; fi; exit $$code
+
+# The binary, the man page (generated from the --help text, so the two cannot drift
+# apart) and the completion scripts, where man, bash-completion, zsh and fish look.
+install: $(BIN)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+		$(DESTDIR)$(PREFIX)/share/bash-completion/completions \
+		$(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/orchestrator
+	$(BIN) --help-man > $(DESTDIR)$(PREFIX)/share/man/man1/orchestrator.1
+	$(BIN) completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/orchestrator
+	$(BIN) completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_orchestrator
+	$(BIN) completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/orchestrator.fish
 
 # Every test: lint first, then unit and integration tests.
 test: lint

@@ -62,6 +62,14 @@ fn dispatch(cli: Cli) -> i32 {
             print!("{}", cli::USAGE);
             0
         }
+        Command::HelpMan => {
+            print!("{}", cli::man::page(cli::USAGE, env!("CARGO_PKG_VERSION")));
+            0
+        }
+        Command::Completion(shell) => {
+            print!("{}", cli::completion::script(shell));
+            0
+        }
         Command::Version => {
             println!("orchestrator {}", env!("CARGO_PKG_VERSION"));
             0

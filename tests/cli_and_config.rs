@@ -276,11 +276,13 @@ fn check_prints_the_plan() {
             "web": {"args": ["--port", "8080"], "environment": {"MODE": "prod"}, "memory_limit": 64,
                     "limits": {"nofile": 256, "pids_max": 10}},
             "ghost": {},
-            "off": {"enabled": false, "binary_path": "/bin/true"},
+            "off": {"enabled": false, "binary_path": "/bin/true", "pass_service_args": false},
         }),
     );
     let out = run_expect(&sb, &["check", "--config", "orchestrator.json"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Valid, but the plan says `ghost` will fail: exit 1, naming it.
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("will fail: ghost"), "{}", out.stderr);
     let s = &out.stdout;
     assert!(s.contains("web: will start"), "{s}");
     assert!(
@@ -302,4 +304,51 @@ fn check_prints_the_plan() {
         "{s}"
     );
     assert!(s.contains("off: disabled"), "{s}");
+    assert!(!out.stderr.contains("pass_service_args"), "{}", out.stderr);
+}
+
+#[test]
+fn check_exits_0_when_every_service_will_start() {
+    let sb = Sandbox::new();
+    sb.service("web", "sleep 1");
+    sb.config(json!({"services_dir": "services"}), json!({"web": {}}));
+    let out = run_expect(&sb, &["check", "--config", "orchestrator.json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // A binary that is there but not executable is a failure too.
+    let bin = sb.path("services/web/web");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run_expect(&sb, &["check", "--config", "orchestrator.json"]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("web: will fail: service binary is not executable"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn check_warns_when_a_third_party_binary_gets_service_args() {
+    let sb = Sandbox::new();
+    sb.config(
+        json!({}),
+        json!({"web": {"binary_path": "/bin/true", "args": ["-m", "http.server"]}}),
+    );
+    let out = run_expect(&sb, &["check", "--config", "orchestrator.json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let warning = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("warning: web:"))
+        .unwrap_or_else(|| panic!("no warning: {}", out.stderr));
+    assert!(
+        warning.contains("--service web --log-level info"),
+        "{warning}"
+    );
+    assert!(
+        warning
+            .contains("third-party programs usually reject them: set pass_service_args to false"),
+        "{warning}"
+    );
 }

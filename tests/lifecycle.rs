@@ -83,6 +83,8 @@ fn spawn_uses_exact_argv_clean_environment_data_dir_and_own_session() {
     let stat = proc_stat(pid).unwrap();
     assert_eq!(stat[4], pid.to_string(), "own process group");
     assert_eq!(stat[5], pid.to_string(), "own session");
+    // The shell keeps its script open until it execs sleep: wait for that.
+    assert!(wait_until(DEADLINE, || cmdline(pid).starts_with("sleep")));
     // no_new_privs and only the standard descriptors (plus none inherited).
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");

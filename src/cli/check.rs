@@ -1,5 +1,7 @@
 //! `check` and `discover`: what the configuration and discovery make of this box,
-//! printed without starting anything or talking to a daemon.
+//! printed without starting anything or talking to a daemon. `check` exits 1 when the
+//! config is valid but its plan says a service will fail (SPEC 1), so that a script
+//! that checks before it reloads stops there.
 
 use crate::cli::Cli;
 use crate::config::{self, discovery};
@@ -33,10 +35,25 @@ pub(crate) fn check(cli: &Cli) -> i32 {
         None => println!("cgroups: none writable (services are tracked by process group)"),
     }
     println!("services: {}", plan.services.len());
+    let mut failing = Vec::new();
     for spec in plan.services.values() {
+        if cfg
+            .services
+            .get(&spec.name)
+            .is_some_and(|c| c.binary_path.is_some() && c.pass_service_args)
+        {
+            eprintln!(
+                "orchestrator: warning: {}: `--service {} --log-level {}` is prepended to the arguments of {}; third-party programs usually reject them: set pass_service_args to false",
+                spec.name,
+                spec.name,
+                s.log_level.as_str(),
+                spec.binary.display()
+            );
+        }
         let what = if !spec.enabled {
             "disabled".to_string()
         } else if let Some(e) = spec.binary_error() {
+            failing.push(spec.name.as_str());
             format!("will fail: {e}")
         } else if spec.autostart {
             "will start".to_string()
@@ -105,7 +122,19 @@ pub(crate) fn check(cli: &Cli) -> i32 {
             println!("  sockets: configured, not passed by this version");
         }
     }
-    0
+    if failing.is_empty() {
+        return 0;
+    }
+    eprintln!(
+        "orchestrator: the plan says {} will fail: {}",
+        if failing.len() == 1 {
+            "1 service"
+        } else {
+            "these services"
+        },
+        failing.join(", ")
+    );
+    1
 }
 
 /// How each configured limit is enforced, for `check`.

@@ -1,33 +1,27 @@
-//! The client commands (SPEC 1): find the daemon's socket, send one request, print the
-//! answer (the status table among them). Exit codes: 0 success, 1 refused or failed,
-//! 3 unreachable.
+//! The client commands (SPEC 1): find the daemon's socket (`locate.rs`), send the
+//! request, print the answer (tables in `status.rs`), and follow a log stream. Exit
+//! codes: 0 success, 1 refused or failed, 2 a config that cannot be read, 3 unreachable.
+//! An error about one service names it: `orchestrator: web: service not found`.
 
-use crate::cli::{Cli, Command};
-use crate::config;
+use crate::cli::{locate, status, Cli, Command};
 use crate::control::client::{ClientError, Connection};
-use crate::control::instance;
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::io::Write;
 use std::time::Duration;
 
-/// The control socket a client talks to: `--socket`, `$ORCHESTRATOR_SOCKET`, the config
-/// found by the usual lookup, else the default.
-fn client_socket(cli: &Cli) -> PathBuf {
-    if let Some(s) = &cli.overrides.socket {
-        return s.clone();
-    }
-    if let Some(s) = std::env::var_os("ORCHESTRATOR_SOCKET").filter(|v| !v.is_empty()) {
-        return PathBuf::from(s);
-    }
-    config::load(&cli.overrides)
-        .ok()
-        .and_then(|c| c.settings.control_socket)
-        .unwrap_or_else(instance::default_socket)
-}
-
 pub(crate) fn client_command(cli: &Cli, command: Command) -> i32 {
-    let socket = client_socket(cli);
-    let result = Connection::open(&socket)
+    let target = match locate::locate(&cli.overrides) {
+        Ok(t) => t,
+        Err(e) => return crate::config_failed(&e.0),
+    };
+    let service = match &command {
+        Command::Start(n) | Command::Stop(n) | Command::Restart(n) => Some(n.clone()),
+        Command::Status { name, .. } => name.clone(),
+        Command::Logs { name, .. } => Some(name.clone()),
+        Command::Upgrade { name, .. } | Command::Rollback(name) => Some(name.clone()),
+        _ => None,
+    };
+    let result = Connection::open(&target.socket, &target.how)
         .and_then(|mut conn| run_client(&mut conn, command).map(|wait| (conn, wait)));
     match result {
         Ok((conn, wait_for_exit)) => {
@@ -44,10 +38,25 @@ pub(crate) fn client_command(cli: &Cli, command: Command) -> i32 {
             3
         }
         Err(ClientError::Refused(e)) => {
-            eprintln!("orchestrator: {e}");
+            match service {
+                // The daemon's message may already start with the name.
+                Some(n) if !e.starts_with(&format!("{n}:")) => {
+                    eprintln!("orchestrator: {n}: {e}")
+                }
+                _ => eprintln!("orchestrator: {e}"),
+            }
             1
         }
     }
+}
+
+/// Writes to stdout; a closed stdout (`| head`) is not an error worth a panic. Returns
+/// false once stdout is gone.
+fn emit(text: &str) -> bool {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_ok()
 }
 
 /// Runs one client command and prints its result. `Ok(true)`: wait for the daemon to exit.
@@ -57,12 +66,24 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientErr
             let reply = conn.call(&json!({"cmd": "status", "service": name}))?;
             let services = reply["services"].as_array().cloned().unwrap_or_default();
             if json {
-                println!(
-                    "{}",
+                emit(&format!(
+                    "{}\n",
                     serde_json::to_string_pretty(&services).unwrap_or_default()
-                );
+                ));
+            } else if let (Some(name), Some(s)) = (&name, services.first()) {
+                // The last lines are a nicety: a daemon that cannot give them still
+                // gets its detailed status shown.
+                let lines = conn
+                    .call(&json!({"cmd": "logs", "service": name, "lines": 10}))
+                    .map(|r| r["lines"].as_array().cloned().unwrap_or_default())
+                    .unwrap_or_default();
+                emit(&status::detail(s, &lines, status::now_ms()));
             } else {
-                print!("{}", status_table(&services));
+                emit(&status::table(
+                    &services,
+                    status::colour_wanted(),
+                    status::now_ms(),
+                ));
             }
         }
         Command::Start(ref n) | Command::Stop(ref n) | Command::Restart(ref n) => {
@@ -73,41 +94,41 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientErr
             };
             let reply = conn.call(&json!({"cmd": cmd, "service": n}))?;
             if let Some(s) = reply["services"].get(0) {
-                println!("{}: {}", n, describe_state(s));
+                emit(&format!("{}: {}\n", n, describe_state(s)));
             }
         }
         Command::Reload { dry_run } => {
             let reply = conn.call(&json!({"cmd": "reload", "dry_run": dry_run}))?;
             for p in reply["plan"].as_array().cloned().unwrap_or_default() {
-                println!(
-                    "{}: {}",
+                emit(&format!(
+                    "{}: {}\n",
                     p["service"].as_str().unwrap_or("?"),
                     p["action"].as_str().unwrap_or("?")
-                );
+                ));
             }
         }
-        Command::Logs { name, lines } => {
-            let reply = conn.call(&json!({"cmd": "logs", "service": name, "lines": lines}))?;
+        Command::Logs {
+            name,
+            lines,
+            follow,
+        } => {
+            let mut req = json!({"cmd": "logs", "service": name, "lines": lines});
+            if follow {
+                req["follow"] = json!(true);
+            }
+            let reply = conn.call(&req)?;
             for l in reply["lines"].as_array().cloned().unwrap_or_default() {
-                println!(
-                    "{} {}[{}] {}: {}{}",
-                    l["ts"].as_str().unwrap_or(""),
-                    name,
-                    l["pid"],
-                    l["stream"].as_str().unwrap_or(""),
-                    // A service's bytes must not drive the reader's terminal.
-                    crate::output::escape::escaped(l["msg"].as_str().unwrap_or("")),
-                    if l["partial"] == Value::Bool(true) {
-                        " [...]"
-                    } else {
-                        ""
-                    }
-                );
+                if !emit(&format!("{}\n", status::log_line(&name, &l))) {
+                    return Ok(false);
+                }
+            }
+            if follow {
+                follow_stream(conn, &name)?;
             }
         }
         Command::Metrics => {
             let reply = conn.call(&json!({"cmd": "metrics"}))?;
-            print!("{}", reply["metrics"].as_str().unwrap_or(""));
+            emit(reply["metrics"].as_str().unwrap_or(""));
         }
         Command::Shutdown => {
             conn.call(&json!({"cmd": "shutdown"}))?;
@@ -125,7 +146,9 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientErr
         Command::Run { .. }
         | Command::Check
         | Command::Discover
+        | Command::Completion(_)
         | Command::Help
+        | Command::HelpMan
         | Command::Version => {}
     }
     Ok(false)
@@ -139,82 +162,26 @@ fn describe_state(s: &Value) -> String {
     }
 }
 
-/// Nanoseconds as `1d2h`, `3h4m`, `5m6s` or `7s`.
-fn human_duration(ns: u64) -> String {
-    let s = ns / 1_000_000_000;
-    let (d, h, m, sec) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
-    if d > 0 {
-        format!("{d}d{h}h")
-    } else if h > 0 {
-        format!("{h}h{m}m")
-    } else if m > 0 {
-        format!("{m}m{sec}s")
-    } else {
-        format!("{sec}s")
-    }
-}
-
-fn status_table(services: &[Value]) -> String {
-    let header = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "EXIT", "INFO"];
-    let mut rows: Vec<[String; 7]> = Vec::new();
-    for s in services {
-        let pid = s["pid"].as_i64().map_or("-".into(), |p| p.to_string());
-        let uptime = if s["pid"].is_null() {
-            "-".into()
-        } else {
-            human_duration(s["uptime"].as_u64().unwrap_or(0))
-        };
-        let exit = s["last_exit_code"]
-            .as_i64()
-            .map_or("-".into(), |c| c.to_string());
-        let mut info = s["last_error"].as_str().unwrap_or("").to_string();
-        if let Some(ms) = s["next_restart_ms"].as_u64() {
-            let next = format!("next restart in {:.1}s", ms as f64 / 1000.0);
-            info = if info.is_empty() {
-                next
-            } else {
-                format!("{next}; {info}")
-            };
-        }
-        if s["enabled"] == Value::Bool(false) {
-            info = if info.is_empty() {
-                "disabled".into()
-            } else {
-                format!("disabled; {info}")
-            };
-        }
-        rows.push([
-            s["name"].as_str().unwrap_or("?").to_string(),
-            s["state"].as_str().unwrap_or("?").to_string(),
-            pid,
-            uptime,
-            s["restarts"].to_string(),
-            exit,
-            info,
-        ]);
-    }
-    let mut widths = header.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r.iter()) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let mut l = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(c);
-            } else {
-                l.push_str(&format!("{c:<w$}  ", w = widths[i]));
+/// `logs -f` after the kept lines: one JSON object per line until the daemon closes
+/// the stream (or SIGINT ends us). `{"line": {...}}` is a new line, `{"dropped": N}`
+/// says the daemon had to skip N lines because we read too slowly, an `ok: false`
+/// object ends the stream with its error.
+fn follow_stream(conn: &mut Connection, name: &str) -> Result<(), ClientError> {
+    while let Some(msg) = conn.next()? {
+        if let Some(l) = msg.get("line") {
+            if !emit(&format!("{}\n", status::log_line(name, l))) {
+                return Ok(());
             }
+        } else if let Some(n) = msg.get("dropped").and_then(Value::as_u64) {
+            eprintln!("-- {n} lines dropped (follower too slow) --");
+        } else if msg["ok"] == Value::Bool(false) {
+            return Err(ClientError::Refused(
+                msg["error"]
+                    .as_str()
+                    .unwrap_or("log stream ended")
+                    .to_string(),
+            ));
         }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(header.to_vec());
-    for r in &rows {
-        line(r.iter().map(String::as_str).collect());
     }
-    out
+    Ok(())
 }

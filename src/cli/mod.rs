@@ -3,6 +3,10 @@
 
 pub mod check;
 pub mod client;
+pub mod completion;
+pub mod locate;
+pub mod man;
+pub mod status;
 
 use crate::config::Overrides;
 use std::path::PathBuf;
@@ -28,7 +32,9 @@ pub enum Command {
     Logs {
         name: String,
         lines: usize,
+        follow: bool,
     },
+    Completion(Shell),
     Metrics,
     Upgrade {
         name: String,
@@ -38,8 +44,36 @@ pub enum Command {
     UpgradeSelf(String),
     Shutdown,
     Help,
+    /// The man page, generated from `USAGE` (hidden: `make install` calls it).
+    HelpMan,
     Version,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// Every subcommand, for suggestions and completion.
+pub const COMMANDS: &[&str] = &[
+    "run",
+    "check",
+    "discover",
+    "status",
+    "start",
+    "stop",
+    "restart",
+    "reload",
+    "logs",
+    "metrics",
+    "completion",
+    "shutdown",
+    "upgrade",
+    "rollback",
+    "upgrade-self",
+];
 
 #[derive(Debug, Clone, Default)]
 pub struct Cli {
@@ -47,35 +81,64 @@ pub struct Cli {
     pub overrides: Overrides,
 }
 
+/// The `--help` text, and the source of the man page (`man.rs`): a line ending in `:`
+/// at the left margin starts a section; everything else is shown as written.
 pub const USAGE: &str = "\
 usage: orchestrator <command> [options]
+
+A process supervisor for small Linux machines. It finds service binaries in a
+directory, starts them in a clean environment, logs their output line by line,
+restarts them with backoff when they fail and stops them gracefully.
 
 commands:
   run       [--config FILE] [--services-dir DIR] [--log-level LEVEL]
             [--log-format text|json] [--daemon] [--pidfile FILE]
-  check     [--config FILE]                validate config and discovery, print the plan
+                                            supervise the services (the daemon)
+  check     [--config FILE]                 validate config and discovery, print the plan
   discover  [--config FILE] [--services-dir DIR]   list the service binaries found
-  status    [NAME] [--json]                 state of the services
+  status    [NAME] [--json]                 state of the services; one in detail
   start|stop|restart NAME
   reload    [--dry-run]                     re-read the config (as SIGHUP)
-  logs      NAME [-n LINES]                 last output lines kept in memory (default 100)
+  logs      NAME [-n LINES] [-f]            last output lines kept in memory (default
+                                            100); -f keeps following, like tail -f
   metrics                                   Prometheus text exposition
+  completion bash|zsh|fish                  a shell completion script on stdout
   shutdown                                  stop everything and exit (as SIGTERM)
 
 options for every command:
   --config FILE    config file (else $ORCHESTRATOR_CONFIG, ./orchestrator.json,
                    /etc/orchestrator/orchestrator.json)
-  --socket PATH    control socket (else $ORCHESTRATOR_SOCKET, the config, the default)
+  --socket PATH    control socket (else $ORCHESTRATOR_SOCKET, the config's
+                   control_socket, the default)
   -h, --help       this text
   -V, --version    the version
+
+environment:
+  ORCHESTRATOR_CONFIG, ORCHESTRATOR_SOCKET, ORCHESTRATOR_SERVICES_DIR,
+  ORCHESTRATOR_LOG_LEVEL, ORCHESTRATOR_LOG_FORMAT
+                   as the options; a flag beats the environment, which beats the file
+  NO_COLOR         no colour in the status table
+
+exit status:
+  run              0 after a clean shutdown, 1 on a fatal error or when another
+                   instance runs, 2 on a usage or configuration error
+  check, discover  0; 1 when check's plan says a service will fail; 2 on a usage or
+                   configuration error
+  other commands   0 success, 1 the daemon refused or the operation failed, 2 usage
+                   error, 3 the daemon cannot be reached
+
+files:
+  /etc/orchestrator/orchestrator.json   the system-wide config
+  /run/orchestrator.sock                the default control socket as root (else
+                   $XDG_RUNTIME_DIR/orchestrator.sock or /tmp/orchestrator-UID.sock)
 ";
 
 /// Parses argv (without argv[0]). The error is the one-line usage message.
 pub fn parse(args: &[String]) -> Result<Cli, String> {
     let mut cli = Cli::default();
     let mut words: Vec<String> = Vec::new();
-    let (mut daemon, mut pidfile, mut json, mut dry_run, mut lines) =
-        (false, None, false, false, None);
+    let (mut daemon, mut pidfile, mut json, mut dry_run, mut lines, mut follow) =
+        (false, None, false, false, None, false);
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -96,6 +159,12 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
             "-h" | "--help" => {
                 return Ok(Cli {
                     command: Some(Command::Help),
+                    ..cli
+                })
+            }
+            "--help-man" => {
+                return Ok(Cli {
+                    command: Some(Command::HelpMan),
                     ..cli
                 })
             }
@@ -123,6 +192,7 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
             "--daemon" => daemon = true,
             "--json" => json = true,
             "--dry-run" => dry_run = true,
+            "-f" | "--follow" => follow = true,
             f if f.starts_with('-') && f.len() > 1 => return Err(format!("unknown option `{f}`")),
             _ => words.push(arg.clone()),
         }
@@ -138,6 +208,7 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
             ("--json", json),
             ("--dry-run", dry_run),
             ("-n", lines.is_some()),
+            ("-f", follow),
             ("--services-dir", cli.overrides.services_dir.is_some()),
             ("--log-level", cli.overrides.log_level.is_some()),
             ("--log-format", cli.overrides.log_format.is_some()),
@@ -207,12 +278,27 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
             Command::Reload { dry_run }
         }
         "logs" => {
-            only(&["-n"])?;
+            only(&["-n", "-f"])?;
             args_exact(1, "one service name")?;
             Command::Logs {
                 name: name(),
                 lines: lines.unwrap_or(100),
+                follow,
             }
+        }
+        "completion" => {
+            only(&[])?;
+            args_exact(1, "a shell: bash, zsh or fish")?;
+            Command::Completion(match name().as_str() {
+                "bash" => Shell::Bash,
+                "zsh" => Shell::Zsh,
+                "fish" => Shell::Fish,
+                other => {
+                    return Err(format!(
+                        "completion: unknown shell `{other}` (expected bash, zsh or fish)"
+                    ))
+                }
+            })
         }
         "metrics" | "shutdown" => {
             only(&[])?;
@@ -237,9 +323,12 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
             Command::UpgradeSelf(name())
         }
         other => {
-            return Err(format!(
-                "unknown command `{other}` (try `orchestrator --help`)"
-            ))
+            return Err(
+                match crate::config::nearest(other, COMMANDS.iter().copied()) {
+                    Some(best) => format!("unknown command `{other}` (did you mean `{best}`?)"),
+                    None => format!("unknown command `{other}` (try `orchestrator --help`)"),
+                },
+            )
         }
     };
     cli.command = Some(command);
@@ -297,8 +386,42 @@ mod tests {
             p("logs web -n 5").unwrap().command,
             Some(Command::Logs {
                 name: "web".into(),
-                lines: 5
+                lines: 5,
+                follow: false
             })
         );
+        assert!(p("status -f").is_err());
+        assert!(p("completion tcsh").is_err());
+        assert_eq!(
+            p("completion zsh").unwrap().command,
+            Some(Command::Completion(Shell::Zsh))
+        );
+    }
+
+    #[test]
+    fn follow_flag_goes_anywhere() {
+        for line in [
+            "logs web -n 5 -f",
+            "-f logs web -n 5",
+            "logs -f web --lines=5",
+        ] {
+            assert_eq!(
+                p(line).unwrap().command,
+                Some(Command::Logs {
+                    name: "web".into(),
+                    lines: 5,
+                    follow: true
+                }),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn mistyped_command_gets_a_suggestion() {
+        let e = p("stauts").unwrap_err();
+        assert!(e.contains("did you mean `status`"), "{e}");
+        let e = p("xyzzy").unwrap_err();
+        assert!(e.contains("--help"), "{e}");
     }
 }

@@ -375,6 +375,38 @@ const MAX_CONFIG: u64 = 4 << 20;
 
 /// Looks the file up, reads, parses, applies precedence and validates it.
 pub fn load(ov: &Overrides) -> Result<Config, ConfigError> {
+    let (path, file, base) = read(ov)?;
+    let label = path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "(defaults)".to_string());
+    let (settings, services) = settle(file, ov, &label, &base)?;
+    Ok(Config {
+        path: path.map(|p| absolute(&p)),
+        settings,
+        services,
+    })
+}
+
+/// The file as a client sees it: looked up, read and parsed (so a broken file is an
+/// error, never a silent fall-back to defaults), its paths made absolute, but neither
+/// flags, environment nor validation applied. A client only needs `control_socket`,
+/// and must not refuse to talk to a daemon over a problem only the daemon cares about
+/// (a dependency cycle, a user that does not exist on this box).
+pub fn load_unvalidated(ov: &Overrides) -> Result<Config, ConfigError> {
+    let (path, file, base) = read(ov)?;
+    let (mut settings, mut services) = (file.orchestrator, file.services);
+    resolve_paths(&mut settings, &mut services, &base);
+    Ok(Config {
+        path: path.map(|p| absolute(&p)),
+        settings,
+        services,
+    })
+}
+
+/// Lookup, read and parse: the file (if any), its contents, and the directory its
+/// relative paths start from.
+fn read(ov: &Overrides) -> Result<(Option<PathBuf>, ConfigFile, PathBuf), ConfigError> {
     let path = lookup(ov.config.as_deref())?;
     let (file, base) = match &path {
         Some(p) => {
@@ -394,16 +426,7 @@ pub fn load(ov: &Overrides) -> Result<Config, ConfigError> {
         }
         None => (ConfigFile::default(), absolute(Path::new("."))),
     };
-    let label = path
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "(defaults)".to_string());
-    let (settings, services) = settle(file, ov, &label, &base)?;
-    Ok(Config {
-        path: path.map(|p| absolute(&p)),
-        settings,
-        services,
-    })
+    Ok((path, file, base))
 }
 
 /// Precedence, paths and validation on a parsed file: everything `load` does but the
@@ -653,23 +676,24 @@ pub fn nearest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Opt
         .map(|(_, c)| c)
 }
 
+/// Edit distance where swapping two adjacent characters counts as one edit (optimal
+/// string alignment), so that `stauts` is nearer `status` than `start`.
 fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                prev
-            } else {
-                1 + prev.min(cur).min(row[j])
-            };
-            prev = cur;
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut before: Vec<usize> = Vec::new();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut row = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            row[j] = (prev[j] + 1).min(row[j - 1] + 1).min(prev[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                row[j] = row[j].min(before[j - 2] + 1);
+            }
         }
+        before = std::mem::replace(&mut prev, row);
     }
-    row[b.len()]
+    prev[b.len()]
 }
 
 /// SPEC 2: 1-64 characters of `[A-Za-z0-9._-]`, not starting with `.`.
@@ -931,5 +955,10 @@ mod tests {
             Some("services")
         );
         assert_eq!(nearest("zzzzzz", ["services"].into_iter()), None);
+        assert_eq!(levenshtein("stauts", "status"), 1);
+        assert_eq!(
+            nearest("stauts", ["start", "status"].into_iter()),
+            Some("status")
+        );
     }
 }

@@ -20,10 +20,11 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn open(socket: &Path) -> Result<Connection, ClientError> {
+    /// Connects to `socket`; `how` says how it was chosen, for the error.
+    pub fn open(socket: &Path, how: &str) -> Result<Connection, ClientError> {
         let stream = UnixStream::connect(socket).map_err(|e| {
             ClientError::Unreachable(format!(
-                "cannot reach the orchestrator at {}: {e}",
+                "cannot reach the orchestrator at {} ({how}): {e}",
                 socket.display()
             ))
         })?;
@@ -66,6 +67,21 @@ impl Connection {
                     .unwrap_or("request failed")
                     .to_string(),
             ))
+        }
+    }
+
+    /// The next line of a streamed answer (`logs -f`), parsed; `Ok(None)` at the end
+    /// of the stream (the daemon closed it).
+    pub fn next(&mut self) -> Result<Option<serde_json::Value>, ClientError> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => Ok(None),
+            Ok(_) => serde_json::from_str(&line).map(Some).map_err(|e| {
+                ClientError::Refused(format!("unreadable reply from the orchestrator: {e}"))
+            }),
+            Err(e) => Err(ClientError::Unreachable(format!(
+                "connection to the orchestrator lost: {e}"
+            ))),
         }
     }
 

@@ -107,6 +107,7 @@ fn answer(mut stream: TcpStream, tx: &Sender<Event>, deadline: Instant) -> io::R
                 lines: None,
                 dry_run: false,
                 path: None,
+                follow: false,
             };
             if tx.send(Event::Control(req, reply_tx)).is_err() {
                 return respond(

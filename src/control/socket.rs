@@ -58,6 +58,9 @@ pub struct Request {
     pub dry_run: bool,
     #[serde(default)]
     pub path: Option<String>,
+    /// `logs -f`: after the reply, keep the connection and stream new lines.
+    #[serde(default)]
+    pub follow: bool,
 }
 
 /// The main loop's answer: ready, or work to finish on the connection's own thread
@@ -317,5 +320,10 @@ mod tests {
         assert_eq!(r.service.as_deref(), Some("echo"));
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","bogus":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"service":"x"}"#).is_err());
+        assert!(!r.follow);
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"logs","service":"a","lines":5,"follow":true}"#)
+                .unwrap();
+        assert!(r.follow);
     }
 }

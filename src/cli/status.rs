@@ -1,0 +1,344 @@
+//! How `status` looks to a person (SPEC 1, 9): the aligned table of every service, and
+//! the detailed view of one (`status NAME`). Both are rendered from `status --json`
+//! objects; fields a daemon may not send (`since`, `last_exit`, `notify_status`) are
+//! optional, with a fallback on the older fields.
+//!
+//! A row shows the current run only: the last exit and the last error belong to a
+//! service that is not running, so a fresh start never shows a stale failure. This file
+//! formats; it never talks to the daemon.
+
+use crate::output::timefmt;
+use serde_json::Value;
+use std::fmt::Write as _;
+
+const RED: &str = "\x1b[31m";
+const YELLOW: &str = "\x1b[33m";
+const RESET: &str = "\x1b[0m";
+
+/// Colour when stdout is a terminal and `NO_COLOR` is unset or empty (no-color.org).
+pub fn colour_wanted() -> bool {
+    // SAFETY: isatty has no memory preconditions.
+    let tty = unsafe { libc::isatty(libc::STDOUT_FILENO) } == 1;
+    tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn has_process(s: &Value) -> bool {
+    s["pid"].as_i64().is_some()
+}
+
+/// When the service entered its state: `since`, else derived from the uptime of a
+/// running process or the end of the last run.
+fn since_ms(s: &Value, now: u64) -> Option<u64> {
+    if let Some(t) = s["since"].as_u64() {
+        return Some(t);
+    }
+    if has_process(s) {
+        return Some(now.saturating_sub(s["uptime"].as_u64().unwrap_or(0) / 1_000_000));
+    }
+    s["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .and_then(|r| r["exited"].as_u64())
+}
+
+/// The last exit as `(what, at_ms, by_operator)`: `("code 1", ..)`, `("SIGKILL", ..)`.
+fn last_exit(s: &Value) -> Option<(String, Option<u64>, bool)> {
+    let e = &s["last_exit"];
+    if e.is_object() {
+        let what = match (e["signal"].as_str(), e["code"].as_i64()) {
+            (Some(sig), _) => sig.to_string(),
+            (None, Some(code)) => format!("code {code}"),
+            (None, None) => "unknown".to_string(),
+        };
+        return Some((
+            what,
+            e["at"].as_u64(),
+            e["by_operator"] == Value::Bool(true),
+        ));
+    }
+    let code = s["last_exit_code"].as_i64()?;
+    let at = s["history"]
+        .as_array()
+        .and_then(|h| h.last())
+        .and_then(|r| r["exited"].as_u64());
+    Some((format!("code {code}"), at, false))
+}
+
+/// Nanoseconds as `1d2h`, `3h4m`, `5m6s` or `7s`.
+fn human_duration(ns: u64) -> String {
+    let s = ns / 1_000_000_000;
+    let (d, h, m, sec) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m{sec}s")
+    } else {
+        format!("{sec}s")
+    }
+}
+
+fn ago(at_ms: u64, now: u64) -> String {
+    format!(
+        "{} ago",
+        human_duration(now.saturating_sub(at_ms).saturating_mul(1_000_000))
+    )
+}
+
+pub fn table(services: &[Value], colour: bool, now: u64) -> String {
+    let header = ["NAME", "STATE", "SINCE", "PID", "RESTARTS", "EXIT", "INFO"];
+    let mut rows: Vec<([String; 7], Option<&str>)> = Vec::new();
+    for s in services {
+        let state = s["state"].as_str().unwrap_or("?");
+        let pid = s["pid"].as_i64().map_or("-".into(), |p| p.to_string());
+        let since = since_ms(s, now).map_or("-".into(), |t| ago(t, now));
+        let mut info: Vec<String> = Vec::new();
+        let mut exit = "-".to_string();
+        if has_process(s) {
+            if let Some(st) = s["notify_status"].as_str().filter(|v| !v.is_empty()) {
+                info.push(st.to_string());
+            }
+        } else {
+            match last_exit(s) {
+                Some((_, _, true)) => info.push("stopped by operator".into()),
+                Some((what, _, false)) => exit = what.trim_start_matches("code ").to_string(),
+                None => {}
+            }
+            if let Some(ms) = s["next_restart_ms"].as_u64() {
+                info.push(format!("next restart in {:.1}s", ms as f64 / 1000.0));
+            }
+            if let Some(e) = s["last_error"].as_str().filter(|e| !e.is_empty()) {
+                info.push(e.to_string());
+            }
+        }
+        if s["enabled"] == Value::Bool(false) {
+            info.insert(0, "disabled".into());
+        }
+        let paint = match state {
+            "failed" => Some(RED),
+            "restarting" => Some(YELLOW),
+            _ => None,
+        };
+        rows.push((
+            [
+                s["name"].as_str().unwrap_or("?").to_string(),
+                state.to_string(),
+                since,
+                pid,
+                s["restarts"].to_string(),
+                exit,
+                info.join("; "),
+            ],
+            paint.filter(|_| colour),
+        ));
+    }
+    let mut widths = header.map(str::len);
+    for (r, _) in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{c:<w$}  ", w = widths[i]);
+            }
+        }
+        l.trim_end().to_string()
+    };
+    let mut out = line(&header.map(String::from));
+    out.push('\n');
+    for (r, paint) in &rows {
+        match paint {
+            Some(p) => {
+                let _ = writeln!(out, "{p}{}{RESET}", line(r));
+            }
+            None => {
+                let _ = writeln!(out, "{}", line(r));
+            }
+        }
+    }
+    out
+}
+
+/// `status NAME`: one service in detail, then its last lines of output.
+pub fn detail(s: &Value, lines: &[Value], now: u64) -> String {
+    let name = s["name"].as_str().unwrap_or("?");
+    let state = s["state"].as_str().unwrap_or("?");
+    let mut out = String::new();
+    let _ = match since_ms(s, now) {
+        Some(t) => writeln!(
+            out,
+            "{name}: {state} since {} ({})",
+            timefmt::rfc3339(t),
+            ago(t, now)
+        ),
+        None => writeln!(out, "{name}: {state}"),
+    };
+    let mut field = |key: &str, value: String| {
+        let _ = writeln!(out, "  {:<11}{value}", format!("{key}:"));
+    };
+    if s["enabled"] == Value::Bool(false) {
+        field("enabled", "no (disabled in the config)".into());
+    }
+    if s["configured"] == Value::Bool(false) {
+        field(
+            "configured",
+            "no (discovered, run with the defaults)".into(),
+        );
+    }
+    if let Some(pid) = s["pid"].as_i64() {
+        let mut v = pid.to_string();
+        if let Some(rss) = s["rss_bytes"].as_u64() {
+            let _ = write!(v, ", rss {:.1} MiB", rss as f64 / (1024.0 * 1024.0));
+        }
+        if let Some(cpu) = s["cpu_seconds"].as_f64() {
+            let _ = write!(v, ", cpu {cpu:.2} s");
+        }
+        field("pid", v);
+    }
+    if let Some(st) = s["notify_status"].as_str().filter(|v| !v.is_empty()) {
+        field("status", st.to_string());
+    }
+    if let Some((what, at, by_operator)) = last_exit(s) {
+        let mut v = what;
+        if let Some(t) = at {
+            let _ = write!(v, " at {} ({})", timefmt::rfc3339(t), ago(t, now));
+        }
+        if by_operator {
+            v.push_str(", stopped by the operator");
+        }
+        field("last exit", v);
+    }
+    if let Some(e) = s["last_error"].as_str().filter(|e| !e.is_empty()) {
+        field("last error", e.to_string());
+    }
+    let mut restarts = s["restarts"].to_string();
+    if let Some(ms) = s["next_restart_ms"].as_u64() {
+        let _ = write!(restarts, ", next attempt in {:.1}s", ms as f64 / 1000.0);
+    }
+    field("restarts", restarts);
+    let b = &s["binary"];
+    if let Some(path) = b["path"].as_str() {
+        let mut v = path.to_string();
+        if let Some(size) = b["size"].as_u64() {
+            let _ = write!(v, " ({size} bytes");
+            if let Some(h) = b["sha256"].as_str() {
+                let _ = write!(v, ", sha256 {}", h.get(..12).unwrap_or(h));
+            }
+            v.push(')');
+        }
+        field("binary", v);
+    }
+    if let Some(limits) = s["limits"].as_object().filter(|m| !m.is_empty()) {
+        let v: Vec<String> = limits
+            .iter()
+            .map(|(k, how)| match how {
+                Value::String(h) => format!("{k}: {h}"),
+                Value::Object(o) => format!(
+                    "{k} = {}: {}",
+                    o.get("value").map_or(String::new(), plain),
+                    o.get("how").map_or(String::new(), plain)
+                ),
+                other => format!("{k}: {other}"),
+            })
+            .collect();
+        field("limits", v.join("; "));
+    }
+    if let Some(cg) = s["cgroup"].as_str() {
+        field("cgroup", cg.to_string());
+    }
+    let _ = writeln!(out);
+    if lines.is_empty() {
+        let _ = writeln!(out, "no output kept");
+    } else {
+        let _ = match lines.len() {
+            1 => writeln!(out, "last line:"),
+            n => writeln!(out, "last {n} lines:"),
+        };
+        for l in lines {
+            let _ = writeln!(out, "  {}", log_line(name, l));
+        }
+    }
+    out
+}
+
+fn plain(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
+/// One kept line (`logs`), as the daemon's text log shows it: `TS NAME[PID] STREAM: MSG`,
+/// a lifecycle event as `TS NAME[PID] EVENT: MSG`.
+pub fn log_line(name: &str, l: &Value) -> String {
+    let source = l["event"]
+        .as_str()
+        .or_else(|| l["stream"].as_str())
+        .unwrap_or("");
+    let pid = l["pid"].as_i64().map_or("-".into(), |p| p.to_string());
+    format!(
+        "{} {name}[{pid}] {source}: {}{}",
+        l["ts"].as_str().unwrap_or(""),
+        // A service's bytes must not drive the reader's terminal.
+        crate::output::escape::escaped(l["msg"].as_str().unwrap_or("")),
+        if l["partial"] == Value::Bool(true) {
+            " [...]"
+        } else {
+            ""
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn a_running_row_shows_no_stale_failure() {
+        let s = json!({"name": "web", "state": "running", "pid": 42, "uptime": 5_000_000_000u64,
+            "restarts": 3, "last_exit_code": 1, "last_error": "maximum restart attempts exceeded",
+            "enabled": true});
+        let t = table(&[s], false, NOW);
+        assert!(!t.contains("maximum"), "{t}");
+        let row = t.lines().nth(1).unwrap();
+        assert!(row.contains("5s ago") && !row.contains(" 1 "), "{row}");
+    }
+
+    #[test]
+    fn an_operator_stop_is_not_a_crash() {
+        let s = json!({"name": "web", "state": "stopped", "pid": null, "restarts": 0,
+            "last_exit_code": 143, "last_error": null, "since": NOW - 60_000,
+            "last_exit": {"code": null, "signal": "SIGTERM", "at": NOW - 60_000, "by_operator": true}});
+        let t = table(std::slice::from_ref(&s), false, NOW);
+        assert!(
+            t.contains("stopped by operator") && !t.contains("143"),
+            "{t}"
+        );
+        assert!(t.contains("1m0s ago"), "{t}");
+        let d = detail(&s, &[], NOW);
+        assert!(d.contains("last exit: SIGTERM at"), "{d}");
+        assert!(d.contains("stopped by the operator"), "{d}");
+    }
+
+    #[test]
+    fn failed_rows_are_red_only_with_colour() {
+        let s = json!({"name": "bad", "state": "failed", "pid": null, "restarts": 10,
+            "last_exit_code": 1, "last_error": "maximum restart attempts exceeded"});
+        let t = table(std::slice::from_ref(&s), true, NOW);
+        assert!(t.lines().nth(1).unwrap().starts_with(RED), "{t:?}");
+        assert!(!table(&[s], false, NOW).contains('\x1b'));
+    }
+}
