@@ -263,6 +263,12 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
                 binary = target;
             }
         }
+        if svc.pid_file.is_some() {
+            notices.push(Notice {
+                level: log::Level::Warn,
+                msg: format!("{name}: pid_file is not acted on by this version"),
+            });
+        }
         let problem = check_binary(&binary, s.strict_modes);
         if let Some(BinaryProblem::WritableByOthers(p)) = &problem {
             notices.push(Notice {
