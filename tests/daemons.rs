@@ -126,6 +126,37 @@ fn exercise(sb: &Sandbox, d: &Daemon, name: &str, own: &str, serves: impl Fn() -
     }
 }
 
+/// SPEC 4 without any package: a symlink to `cat` (discovered in `services_dir`, and
+/// as a relative `binary_path`) prints its own /proc/self/cmdline, whose first entry
+/// is argv[0]: the path as configured, not /usr/bin/cat. (A shell script cannot show
+/// this: the kernel hands the interpreter the path it resolved, not argv[0].)
+#[test]
+fn symlinked_binary_gets_its_configured_path_as_argv0() {
+    let sb = Sandbox::new();
+    let cat = Path::new("/bin/cat");
+    std::fs::create_dir_all(sb.path("services/found")).unwrap();
+    std::os::unix::fs::symlink(cat, sb.path("services/found/found")).unwrap();
+    std::fs::create_dir_all(sb.path("bin")).unwrap();
+    std::os::unix::fs::symlink(cat, sb.path("bin/named")).unwrap();
+    let svc = json!({"args": ["/proc/self/cmdline"], "pass_service_args": false,
+                     "restart": "never"});
+    let mut named = svc.clone();
+    named["binary_path"] = json!("bin/named");
+    sb.config(json!({}), json!({"found": svc, "named": named}));
+    let d = Daemon::start(&sb, &[]);
+    for (name, argv0) in [
+        ("found", sb.path("services/found/found")),
+        ("named", sb.path("bin/named")),
+    ] {
+        let line = d.wait_log(&[&format!(" {name}["), "/proc/self/cmdline"]);
+        assert!(
+            line.contains(&format!("stdout: {}", argv0.display())),
+            "{name}: argv[0] is not {}: {line}",
+            argv0.display()
+        );
+    }
+}
+
 /// BusyBox httpd through an `httpd` symlink: BusyBox picks the applet from argv[0], so
 /// this fails (`httpd: applet not found` as `busybox -f ...`) when argv[0] is the
 /// resolved path.
