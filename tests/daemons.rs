@@ -82,8 +82,9 @@ fn applet(sb: &Sandbox, busybox: &Path, name: &str) -> PathBuf {
 /// The checks every daemon gets, on a daemon whose service `name` is starting:
 /// - `serves` answers (a real client request);
 /// - a line of its own with `own` in it is logged as `name[pid]`;
-/// - after `kill -9` of its main process it runs again under a new pid, serves again
-///   and logs as `name[newpid]`;
+/// - after `kill -9` of its main process nothing of that run is left (its workers would
+///   hold its port), and it runs again under a new pid, serves again and logs as
+///   `name[newpid]`;
 /// - `stop` leaves none of the processes either run had.
 fn exercise(sb: &Sandbox, d: &Daemon, name: &str, own: &str, serves: impl Fn() -> bool) {
     let pid = sb.wait_running(name, None);
@@ -101,6 +102,14 @@ fn exercise(sb: &Sandbox, d: &Daemon, name: &str, own: &str, serves: impl Fn() -
 
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let again = sb.wait_running(name, Some(pid));
+    let mut left = Vec::new();
+    assert!(
+        wait_until(DEADLINE, || {
+            left = seen.iter().copied().filter(|p| alive(*p)).collect();
+            left.is_empty()
+        }),
+        "{name}: left of the killed run: {left:?}"
+    );
     assert!(
         wait_until(DEADLINE, &serves),
         "{name} does not serve after kill -9; log:\n{}",
@@ -357,6 +366,11 @@ fn nginx_with_workers_serves_restarts_and_stops_clean() {
             }}),
         );
         let d = Daemon::start(&sb, &[]);
+        let pid = sb.wait_running("nginx", None);
+        assert!(
+            wait_until(DEADLINE, || service_processes(&sb, "nginx", pid).len() >= 3),
+            "nginx never had its master and two workers"
+        );
         let serves = || {
             http_get(port, "/index.html")
                 .is_some_and(|r| r.contains(" 200 ") && r.contains("served by nginx"))
