@@ -5,6 +5,7 @@ mod util;
 
 mod cli_and_config;
 mod control;
+mod daemons;
 mod dependencies;
 mod health;
 mod isolation;

@@ -63,9 +63,7 @@ pub(crate) fn check(cli: &Cli) -> i32 {
         println!();
         println!("{}: {what}", spec.name);
         println!("  binary: {}", spec.binary.display());
-        let argv: Vec<String> = std::iter::once(spec.binary.display().to_string())
-            .chain(spec.args.iter().map(|a| shell_quote(a)))
-            .collect();
+        let argv: Vec<String> = spec.args.iter().map(|a| shell_quote(a)).collect();
         println!("  argv: {}", argv.join(" "));
         let env: Vec<&str> = spec.env.iter().map(|(k, _)| k.as_str()).collect();
         println!("  environment: {}", env.join(" "));

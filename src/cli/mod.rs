@@ -102,6 +102,9 @@ commands:
   logs      NAME [-n LINES] [-f]            last output lines kept in memory (default
                                             100); -f keeps following, like tail -f
   metrics                                   Prometheus text exposition
+  upgrade   NAME PATH                       install a new binary, roll back if it fails
+  rollback  NAME                            put the previous binary back
+  upgrade-self PATH                         re-execute onto a new orchestrator binary
   completion bash|zsh|fish                  a shell completion script on stdout
   shutdown                                  stop everything and exit (as SIGTERM)
 
@@ -341,6 +344,22 @@ mod tests {
 
     fn p(s: &str) -> Result<Cli, String> {
         parse(&s.split_whitespace().map(String::from).collect::<Vec<_>>())
+    }
+
+    /// `--help` names every command that parses (SPEC 1), upgrades included.
+    #[test]
+    fn usage_lists_the_upgrade_commands() {
+        for (line, cmd) in [
+            ("upgrade web /tmp/new", "upgrade   NAME PATH"),
+            ("rollback web", "rollback  NAME"),
+            ("upgrade-self /tmp/new", "upgrade-self PATH"),
+        ] {
+            assert!(p(line).is_ok(), "{line}");
+            assert!(
+                USAGE.contains(&format!("\n  {cmd} ")),
+                "{cmd} missing from USAGE"
+            );
+        }
     }
 
     #[test]

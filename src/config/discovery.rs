@@ -44,9 +44,14 @@ pub struct ServiceSpec {
     pub enabled: bool,
     /// Started by `run` and `reload` without being asked.
     pub autostart: bool,
+    /// What execve opens: the configured path with a symlink resolved (once, at plan
+    /// time, so that what runs changes only with a reload).
     pub binary: PathBuf,
     pub binary_problem: Option<BinaryProblem>,
-    /// Arguments after argv[0].
+    /// The whole argv, argv[0] included: the binary's path as configured, never the
+    /// resolved one (SPEC 4), since multi-call binaries (BusyBox applets,
+    /// redis-server) choose what they are from argv[0]. An empty list runs `binary`
+    /// with itself as argv[0].
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
@@ -227,11 +232,13 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
     for name in names {
         let configured = cfg.services.get(name);
         let svc = configured.unwrap_or(&unconfigured);
-        let mut binary = svc
+        let configured_path = svc
             .binary_path
             .clone()
             .unwrap_or_else(|| s.services_dir.join(name).join(name));
-        // A symlink is resolved once, here: what runs changes only with a reload.
+        // A symlink is resolved once, here: what runs changes only with a reload. The
+        // child still gets the configured path as argv[0] (see ServiceSpec::args).
+        let mut binary = configured_path.clone();
         if std::fs::symlink_metadata(&binary).is_ok_and(|m| m.file_type().is_symlink()) {
             if let Ok(target) = std::fs::canonicalize(&binary) {
                 notices.push(Notice {
@@ -244,6 +251,12 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
                 });
                 binary = target;
             }
+        }
+        if svc.pid_file.is_some() {
+            notices.push(Notice {
+                level: log::Level::Warn,
+                msg: format!("{name}: pid_file is not acted on by this version"),
+            });
         }
         let problem = check_binary(&binary, s.strict_modes);
         if let Some(BinaryProblem::Untrusted(u)) = &problem {
@@ -264,6 +277,7 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
             configured.is_some(),
             svc,
             s,
+            &configured_path,
             binary,
             problem,
             identity,
@@ -336,12 +350,16 @@ fn build_spec(
     configured: bool,
     svc: &ServiceConfig,
     s: &Settings,
+    configured_path: &Path,
     binary: PathBuf,
     binary_problem: Option<BinaryProblem>,
     identity: Option<Identity>,
     env_base: &[(String, String)],
 ) -> ServiceSpec {
-    let mut args = Vec::new();
+    // Lossy only for a services_dir given (by flag or environment) in another encoding
+    // than UTF-8: the file name, which is what multi-call binaries look at, is UTF-8
+    // either way (a JSON string, or a discovered name that passed the name check).
+    let mut args = vec![configured_path.to_string_lossy().into_owned()];
     if svc.pass_service_args {
         args.extend([
             "--service".to_string(),
@@ -511,6 +529,7 @@ pub fn test_spec(name: &str) -> ServiceSpec {
         true,
         &ServiceConfig::default(),
         &Settings::default(),
+        Path::new("/bin/true"),
         PathBuf::from("/bin/true"),
         None,
         None,
@@ -533,6 +552,7 @@ mod tests {
             true,
             &c,
             &s,
+            Path::new("/bin/true"),
             PathBuf::from("/bin/true"),
             None,
             None,
@@ -570,12 +590,16 @@ mod tests {
             true,
             &c,
             &s,
+            Path::new("/bin/true"),
             PathBuf::from("/bin/true"),
             None,
             None,
             &base_environment(),
         );
-        assert_eq!(sp.args, ["--service", "web", "--log-level", "info", "-x"]);
+        assert_eq!(
+            sp.args,
+            ["/bin/true", "--service", "web", "--log-level", "info", "-x"]
+        );
         let keys: Vec<&str> = sp.env.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["GOMEMLIMIT", "HOME", "PATH", "TEMP", "TMP"]);
         assert!(sp.env.contains(&("HOME".into(), "/srv".into())));
@@ -586,12 +610,51 @@ mod tests {
             true,
             &c,
             &s,
+            Path::new("/bin/true"),
             PathBuf::from("/bin/true"),
             None,
             None,
             &base_environment(),
         );
-        assert_eq!(sp.args, ["-x"]);
+        assert_eq!(sp.args, ["/bin/true", "-x"]);
+    }
+
+    /// SPEC 4: a symlink decides what runs, but argv[0] stays the configured path, for
+    /// both a discovered binary and a `binary_path`.
+    #[test]
+    fn symlinked_binary_runs_its_target_with_the_configured_path_as_argv0() {
+        let dir = std::env::temp_dir().join(format!("orch-argv0-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("services/applet")).unwrap();
+        let link = dir.join("services/applet/applet");
+        std::os::unix::fs::symlink("/bin/true", &link).unwrap();
+        let other = dir.join("other");
+        std::os::unix::fs::symlink("/bin/true", &other).unwrap();
+        let cfg = Config {
+            path: None,
+            settings: Settings {
+                services_dir: dir.join("services"),
+                ..Default::default()
+            },
+            services: BTreeMap::from([(
+                "byconfig".to_string(),
+                ServiceConfig {
+                    binary_path: Some(other.clone()),
+                    pass_service_args: false,
+                    ..Default::default()
+                },
+            )]),
+        };
+        let plan = plan(&cfg);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let plan = plan.unwrap();
+        let target = std::fs::canonicalize("/bin/true").unwrap();
+        let applet = &plan.services["applet"];
+        assert_eq!(applet.binary, target);
+        assert_eq!(applet.args[0], link.to_str().unwrap());
+        let byconfig = &plan.services["byconfig"];
+        assert_eq!(byconfig.binary, target);
+        assert_eq!(byconfig.args, [other.to_str().unwrap()]);
     }
 
     #[test]

@@ -213,6 +213,8 @@ pub struct ServiceConfig {
     pub sockets: Vec<SocketConfig>,
     pub upgrade_grace_ms: u64,
     pub retry_failed_ms: Option<u64>,
+    /// For a service that daemonizes itself (SPEC 4): where it writes its pid.
+    pub pid_file: Option<PathBuf>,
 }
 
 impl Default for ServiceConfig {
@@ -239,6 +241,7 @@ impl Default for ServiceConfig {
             sockets: Vec::new(),
             upgrade_grace_ms: 10_000,
             retry_failed_ms: None,
+            pid_file: None,
         }
     }
 }
@@ -511,7 +514,7 @@ fn resolve_paths(
         fix(&mut w.device);
     }
     for svc in services.values_mut() {
-        for p in [&mut svc.binary_path, &mut svc.data_dir]
+        for p in [&mut svc.binary_path, &mut svc.data_dir, &mut svc.pid_file]
             .into_iter()
             .flatten()
         {
@@ -901,6 +904,23 @@ mod tests {
     fn wrong_type_is_reported() {
         let e = parse_err("{\"orchestrator\": {\"stop_timeout_ms\": \"5s\"}}");
         assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn pid_file_is_relative_to_the_config_dir() {
+        let f = parse(r#"{"services": {"a": {"pid_file": "run/a.pid"}, "b": {}}}"#).unwrap();
+        let (_, services) = settle(
+            f,
+            &Overrides::default(),
+            "t",
+            Path::new("/etc/orchestrator"),
+        )
+        .unwrap();
+        assert_eq!(
+            services["a"].pid_file.as_deref(),
+            Some(Path::new("/etc/orchestrator/run/a.pid"))
+        );
+        assert_eq!(services["b"].pid_file, None);
     }
 
     #[test]

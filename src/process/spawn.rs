@@ -123,10 +123,19 @@ pub fn spawn(spec: &ServiceSpec, cgroup_files: &[std::fs::File]) -> Result<Child
     let (err_r, err_w) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     let stdio = [dev_null()?, out_w.as_raw_fd(), err_w.as_raw_fd()];
     let cgroup_fds = crate::process::cgroup::raw_fds(cgroup_files);
+    // argv[0] comes with the args (the configured path); a spec without any (built by
+    // hand, in tests) gets the binary itself.
+    let fallback;
+    let argv = if spec.args.is_empty() {
+        fallback = [spec.binary.to_string_lossy().into_owned()];
+        &fallback[..]
+    } else {
+        &spec.args[..]
+    };
     let pid = spawn_with(
         spec,
         spec.binary.as_os_str(),
-        &spec.args,
+        argv,
         stdio,
         &cgroup_fds,
         spec.cwd.as_deref(),
@@ -152,7 +161,7 @@ pub fn spawn_probe(
     argv: &[String],
     cgroup_files: &[std::fs::File],
 ) -> Result<i32, String> {
-    let (program, args) = argv.split_first().ok_or("health_check.command is empty")?;
+    let program = argv.first().ok_or("health_check.command is empty")?;
     let null = dev_null()?;
     let cwd = spec
         .cwd
@@ -163,10 +172,11 @@ pub fn spawn_probe(
         format!("cannot execute health check {program}: not found in the service's PATH")
     })?;
     let cgroup_fds = crate::process::cgroup::raw_fds(cgroup_files);
+    // argv[0] as written in the command, as execvp would pass it.
     spawn_with(
         spec,
         resolved.as_os_str(),
-        args,
+        argv,
         [null; 3],
         &cgroup_fds,
         Some(cwd),
@@ -234,8 +244,9 @@ fn cstring(s: &OsStr) -> Result<CString, (u32, io::Error)> {
     })
 }
 
-/// Prepares everything, clones the child and waits for it to exec (or fail). On
-/// failure, returns the step that failed and its OS error, with the child reaped.
+/// Prepares everything, clones the child and waits for it to exec (or fail): execve
+/// opens `program` and passes `args` as the whole argv, argv[0] included. On failure,
+/// returns the step that failed and its OS error, with the child reaped.
 fn spawn_with(
     spec: &ServiceSpec,
     program: &OsStr,
@@ -254,8 +265,7 @@ fn spawn_with(
         .iter()
         .map(|(k, v)| cstring(OsStr::new(&format!("{k}={v}"))))
         .collect::<Result<_, _>>()?;
-    let mut argv: Vec<*const libc::c_char> = Vec::with_capacity(args.len() + 2);
-    argv.push(program.as_ptr());
+    let mut argv: Vec<*const libc::c_char> = Vec::with_capacity(args.len() + 1);
     argv.extend(strings.iter().map(|s| s.as_ptr()));
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = env_strings.iter().map(|s| s.as_ptr()).collect();

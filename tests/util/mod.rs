@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod packages;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
