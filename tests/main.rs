@@ -10,6 +10,7 @@ mod dependencies;
 mod health;
 mod isolation;
 mod lifecycle;
+mod logs;
 mod observability;
 mod operator;
 mod output;

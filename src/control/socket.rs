@@ -68,13 +68,16 @@ pub struct Request {
 pub enum Reply {
     Ready(serde_json::Value),
     Finish(Box<dyn FnOnce() -> serde_json::Value + Send>),
+    /// `logs -f`: the first answer, then every new line until the client or the service
+    /// goes (see `follow`).
+    Follow(serde_json::Value, crate::output::reader::Follow),
 }
 
 impl Reply {
     /// The answer, finishing it here if it was left to finish.
     pub fn into_value(self) -> serde_json::Value {
         match self {
-            Reply::Ready(v) => v,
+            Reply::Ready(v) | Reply::Follow(v, _) => v,
             Reply::Finish(f) => f(),
         }
     }
@@ -291,9 +294,17 @@ fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
             let _ = writeln!(writer, "{}", error_reply("orchestrator is shutting down"));
             return;
         }
-        let reply = reply_rx
-            .recv_timeout(REPLY_TIMEOUT)
-            .map_or_else(|_| error_reply("operation timed out"), Reply::into_value);
+        let reply = match reply_rx.recv_timeout(REPLY_TIMEOUT) {
+            Ok(Reply::Follow(first, f)) => {
+                drop(in_flight);
+                if writeln!(writer, "{first}").is_ok() {
+                    follow(&stream, f);
+                }
+                return;
+            }
+            Ok(r) => r.into_value(),
+            Err(_) => error_reply("operation timed out"),
+        };
         let written = writeln!(writer, "{reply}").is_ok();
         drop(in_flight);
         if !written {
@@ -308,6 +319,59 @@ fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
             return;
         }
     }
+}
+
+/// Streams a follower's lines (`{"line": {...}}` each, `{"dropped": N}` when it lost
+/// some) until the client goes or the service is removed. Only this connection's thread
+/// waits here; the service and the loop never wait for it.
+fn follow(stream: &UnixStream, f: crate::output::reader::Follow) {
+    let mut writer = std::io::BufWriter::new(stream);
+    let mut reported = 0;
+    loop {
+        let batch = match f.rx.recv_timeout(IDLE_TIMEOUT) {
+            Ok(b) => Some(b),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
+        let dropped = f.dropped.load(Ordering::Relaxed);
+        if dropped > reported {
+            let msg = serde_json::json!({"dropped": dropped - reported});
+            if writeln!(writer, "{msg}").is_err() {
+                return;
+            }
+            reported = dropped;
+        }
+        match batch {
+            Some(b) => {
+                f.taken(&b);
+                for l in &b.lines {
+                    let msg = serde_json::json!({"line": b.line_json(l)});
+                    if writeln!(writer, "{msg}").is_err() {
+                        return;
+                    }
+                }
+            }
+            // Quiet for a while: find out whether the client is still there.
+            None if client_gone(stream) => return,
+            None => {}
+        }
+        // Write what came in one go; more may be waiting already.
+        if f.rx.is_empty() && writer.flush().is_err() {
+            return;
+        }
+    }
+}
+
+/// The client closed its end (a read would return end of file at once).
+fn client_gone(stream: &UnixStream) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: pfd is valid for the call; a zero timeout never blocks.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 #[cfg(test)]

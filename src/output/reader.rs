@@ -43,10 +43,73 @@ pub struct Ring {
     batches: VecDeque<Arc<Batch>>,
     lines: usize,
     bytes: usize,
+    /// `logs -f` clients: each gets every new batch, or counts what it could not take.
+    followers: Vec<Follower>,
+}
+
+/// Bytes of output a `logs -f` client may have waiting before it loses lines: the
+/// service never waits for a follower, and a stalled one costs at most this.
+const FOLLOW_BYTES: usize = 1024 * 1024;
+
+struct Follower {
+    tx: crossbeam_channel::Sender<Arc<Batch>>,
+    dropped: Arc<AtomicU64>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// What a new follower gets: the kept lines, then every new batch on `rx`; lines it
+/// was too slow for are counted in `dropped`. Whoever takes a batch from `rx` gives
+/// its bytes back with `taken`.
+pub struct Follow {
+    pub tail: Vec<(Arc<Batch>, Line)>,
+    pub rx: crossbeam_channel::Receiver<Arc<Batch>>,
+    pub dropped: Arc<AtomicU64>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Follow {
+    /// A batch from `rx` has been dealt with: its bytes no longer count as waiting.
+    pub fn taken(&self, batch: &Batch) {
+        self.queued.fetch_sub(batch.text.len(), Ordering::Relaxed);
+    }
 }
 
 impl Ring {
+    /// The last `n` lines and, in the same step, a subscription to every later batch:
+    /// nothing is lost or repeated between the two.
+    pub fn follow(&mut self, n: usize) -> Follow {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        self.followers.push(Follower {
+            tx,
+            dropped: dropped.clone(),
+            queued: queued.clone(),
+        });
+        Follow {
+            tail: self.tail(n),
+            rx,
+            dropped,
+            queued,
+        }
+    }
+
     pub fn push(&mut self, batch: Arc<Batch>) {
+        if !self.followers.is_empty() {
+            let size = batch.text.len();
+            self.followers.retain(|f| {
+                if Arc::strong_count(&f.queued) == 1 {
+                    return false; // Its client is gone (the Follow was dropped).
+                }
+                if f.queued.load(Ordering::Relaxed) + size > FOLLOW_BYTES {
+                    f.dropped
+                        .fetch_add(batch.lines.len() as u64, Ordering::Relaxed);
+                    return true;
+                }
+                f.queued.fetch_add(size, Ordering::Relaxed);
+                f.tx.send(batch.clone()).is_ok()
+            });
+        }
         self.lines += batch.lines.len();
         self.bytes += batch.text.len();
         self.batches.push_back(batch);
@@ -90,6 +153,31 @@ pub struct Counters {
     pub file_unwritten: Arc<AtomicU64>,
 }
 
+/// How many of a run's readers have reached the end of their pipe. The waiter waits
+/// on it (bounded) before it reports the exit, so that a run's own lines come before
+/// its `exited` record (SPEC 9).
+#[derive(Default)]
+pub struct Drain {
+    done: Mutex<u8>,
+    cond: std::sync::Condvar,
+}
+
+impl Drain {
+    fn finished(&self) {
+        if let Ok(mut d) = self.done.lock() {
+            *d += 1;
+            self.cond.notify_all();
+        }
+    }
+
+    /// Waits until `readers` have finished, or `bound` has passed (a descendant may keep
+    /// a pipe open for ever).
+    pub fn wait(&self, readers: u8, bound: std::time::Duration) {
+        let Ok(guard) = self.done.lock() else { return };
+        let _ = self.cond.wait_timeout_while(guard, bound, |d| *d < readers);
+    }
+}
+
 /// What a reader needs to know about the run it serves.
 pub struct ReaderCtx {
     pub service: Arc<str>,
@@ -99,17 +187,21 @@ pub struct ReaderCtx {
     pub sink: Sink,
     pub ring: Arc<Mutex<Ring>>,
     pub counters: Arc<Counters>,
+    pub drain: Arc<Drain>,
 }
 
 pub fn spawn_reader(fd: OwnedFd, ctx: ReaderCtx) -> io::Result<()> {
     std::thread::Builder::new()
         .name(format!("out-{}", ctx.pid))
         .stack_size(READER_STACK)
-        .spawn(move || read_loop(fd, ctx))
+        .spawn(move || {
+            read_loop(fd, &ctx);
+            ctx.drain.finished();
+        })
         .map(|_| ())
 }
 
-fn read_loop(fd: OwnedFd, ctx: ReaderCtx) {
+fn read_loop(fd: OwnedFd, ctx: &ReaderCtx) {
     // The unfinished end of the last line, carried into the next buffer.
     let mut carry: Vec<u8> = Vec::new();
     // A full read suggests more is waiting: read again without asking poll first.
@@ -149,14 +241,14 @@ fn read_loop(fd: OwnedFd, ctx: ReaderCtx) {
         unsafe { buf.set_len(buf.len() + n as usize) };
         let mut ranges = Vec::with_capacity(n as usize / 48 + 1);
         carry = split(&mut buf, ctx.max_line, false, &mut ranges);
-        if !deliver(&ctx, make_batch(&ctx.head(), buf, &ranges)) {
+        if !deliver(ctx, make_batch(&ctx.head(), buf, &ranges)) {
             return;
         }
     }
     // End of stream: the unfinished line is the last one.
     let mut ranges = Vec::new();
     split(&mut carry, ctx.max_line, true, &mut ranges);
-    deliver(&ctx, make_batch(&ctx.head(), carry, &ranges));
+    deliver(ctx, make_batch(&ctx.head(), carry, &ranges));
 }
 
 /// Blocks until the pipe has data or is closed. No timeout: this is a wait, not a poll.
@@ -239,6 +331,7 @@ fn make_batch(head: &Head, mut buf: Vec<u8>, ranges: &[(usize, usize, bool)]) ->
         unwritten: head.unwritten.clone(),
         text,
         lines,
+        event: None,
     }
 }
 

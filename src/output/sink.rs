@@ -56,6 +56,8 @@ pub struct Batch {
     pub unwritten: Arc<AtomicU64>,
     pub text: String,
     pub lines: Vec<Line>,
+    /// A lifecycle record kept among the service's lines (`logs`), not output.
+    pub event: Option<&'static str>,
 }
 
 /// One line of a batch: `text[start..end]`.
@@ -72,6 +74,27 @@ impl Batch {
     pub fn msg(&self, line: &Line) -> &str {
         self.text.get(line.start..line.end).unwrap_or("")
     }
+
+    /// One line as `logs` shows it: `{ts, level, pid, stream, msg, partial}`, and
+    /// `event` (with `stream` and, for no process, `pid` null) for a lifecycle record.
+    pub fn line_json(&self, line: &Line) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "ts": timefmt::rfc3339(self.ts_ms),
+            "level": line.level.as_str().to_ascii_lowercase(),
+            "pid": self.pid,
+            "stream": self.stream.as_str(),
+            "msg": self.msg(line),
+            "partial": line.partial,
+        });
+        if let Some(event) = self.event {
+            v["event"] = event.into();
+            v["stream"] = serde_json::Value::Null;
+            if self.pid == 0 {
+                v["pid"] = serde_json::Value::Null;
+            }
+        }
+        v
+    }
 }
 
 /// Something the orchestrator did to a service, or said about itself.
@@ -83,6 +106,9 @@ pub struct EventRecord {
     pub pid: Option<i32>,
     pub event: Option<&'static str>,
     pub msg: String,
+    /// The service's log file also gets this record (SPEC 1: lifecycle events among its
+    /// lines), with the service's count of unwritten lines.
+    pub file: Option<(Arc<str>, Arc<AtomicU64>)>,
 }
 
 pub enum SinkMsg {
@@ -320,8 +346,19 @@ impl Writer {
                     }
                 }
                 SinkMsg::Event(rec) => {
-                    if level_rank(rec.level) <= max {
+                    let start = self.buf.len();
+                    let shown = level_rank(rec.level) <= max;
+                    let to_file = rec.file.as_ref().filter(|_| self.files.is_some());
+                    if shown || to_file.is_some() {
                         format_event(&mut self.buf, &rec, json);
+                    }
+                    // The service's file gets its lifecycle records, whatever the filter;
+                    // one it cannot take is counted with the service's unwritten lines.
+                    if let (Some(files), Some((service, unwritten))) = (&mut self.files, to_file) {
+                        files.write(service, &self.buf.as_bytes()[start..], unwritten);
+                    }
+                    if !shown {
+                        self.buf.truncate(start);
                     }
                 }
                 SinkMsg::Raw(text) => self.buf.push_str(&text),
@@ -347,6 +384,7 @@ impl Writer {
                         "{} orchestrator log records dropped while the log could not be written",
                         dropped - reported_drops
                     ),
+                    file: None,
                 };
                 reported_drops = dropped;
                 format_event(&mut self.buf, &rec, json);
@@ -601,6 +639,7 @@ pub fn install_logger(sink: &Sink, level: LogLevel) {
             pid: None,
             event: None,
             msg: record.args().to_string(),
+            file: None,
         };
         let mut s = String::with_capacity(128);
         format_event(&mut s, &rec, fmt_sink.json());
@@ -653,6 +692,7 @@ mod tests {
             unwritten: Arc::default(),
             text,
             lines: vec![line],
+            event: None,
         };
         let mut s = String::new();
         format_line(&mut s, &rec, &line, false);
@@ -688,6 +728,7 @@ mod tests {
             unwritten: Arc::default(),
             text,
             lines: vec![line],
+            event: None,
         };
         let mut s = String::new();
         format_line(&mut s, &rec, &line, false);
@@ -706,6 +747,7 @@ mod tests {
                 pid: None,
                 event: None,
                 msg: "services directory /srv/a\nb\u{1b}[2J: gone".into(),
+                file: None,
             },
             false,
         );

@@ -42,8 +42,17 @@ fn spawn_sleep(environment: &[(&str, &str)]) -> Reaped {
     Reaped(spawn(&plan.services["svc"], &[]).expect("spawn /bin/sleep"))
 }
 
+/// The child's environment once its new image has it: the vfork parent resumes when
+/// exec has swapped the memory, a moment before the kernel records where the
+/// environment lies, and /proc reads it as empty in between.
 fn environ(pid: i32) -> BTreeMap<String, String> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let path = format!("/proc/{pid}/environ");
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut raw = std::fs::read(&path).unwrap();
+    while raw.is_empty() && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        raw = std::fs::read(&path).unwrap();
+    }
     String::from_utf8_lossy(&raw)
         .split('\0')
         .filter_map(|kv| kv.split_once('='))

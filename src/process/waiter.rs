@@ -3,6 +3,7 @@
 //! main loop reaps when it is done signalling the group, so the pid (and the process group
 //! id) cannot be reused while anyone may still send it a signal.
 
+use crate::output::reader::Drain;
 use crate::supervise::event::Event;
 use crate::supervise::state::Exit;
 use crossbeam_channel::Sender;
@@ -11,12 +12,28 @@ use std::sync::Arc;
 
 const WAITER_STACK: usize = 64 * 1024;
 
-pub fn spawn_waiter(pid: i32, gen: u64, service: Arc<str>, tx: Sender<Event>) -> io::Result<()> {
+/// How long a reported exit waits for the run's output to be drained: a descendant may
+/// keep the pipes open for ever, and the run must still end.
+const DRAIN_BOUND: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Starts the waiter of `pid`. With `drain` (a run's two output readers), the exit is
+/// reported once both have read to the end of their pipe, or after `DRAIN_BOUND`: a
+/// run's own last lines come before its `exited` record.
+pub fn spawn_waiter(
+    pid: i32,
+    gen: u64,
+    service: Arc<str>,
+    tx: Sender<Event>,
+    drain: Option<Arc<Drain>>,
+) -> io::Result<()> {
     std::thread::Builder::new()
         .name(format!("wait-{pid}"))
         .stack_size(WAITER_STACK)
         .spawn(move || {
             let exit = wait_exit(pid);
+            if let Some(d) = drain {
+                d.wait(2, DRAIN_BOUND);
+            }
             // The main loop may be gone during process exit; nothing to do then.
             let _ = tx.send(Event::Exited {
                 service,

@@ -7,10 +7,11 @@
 use super::machine::Event;
 use super::persist;
 use super::supervisor::Supervisor;
-use crate::output::reader::{self, ReaderCtx};
+use crate::output::reader::{self, Drain, ReaderCtx};
 use crate::output::sink::Stream;
 use crate::process::cgroup::CgroupLimits;
 use crate::process::{spawn, waiter};
+use std::sync::Arc;
 
 impl Supervisor {
     /// Spawns a run of `name` here, on the main thread. `None` if the service is gone.
@@ -127,7 +128,15 @@ impl Supervisor {
         self.gen += 1;
         let (pid, gen) = (child.pid, self.gen);
         self.unreaped.insert(pid);
-        if let Err(err) = waiter::spawn_waiter(pid, gen, e.name.clone(), self.tx.clone()) {
+        let drain = Arc::new(Drain::default());
+        let waiter = waiter::spawn_waiter(
+            pid,
+            gen,
+            e.name.clone(),
+            self.tx.clone(),
+            Some(drain.clone()),
+        );
+        if let Err(err) = waiter {
             // Without a waiter nobody would see this run end: undo it.
             spawn::signal_group(pid, libc::SIGKILL);
             spawn::reap(pid);
@@ -153,6 +162,7 @@ impl Supervisor {
                 sink: self.sink.clone(),
                 ring: e.ring.clone(),
                 counters: e.counters.clone(),
+                drain: drain.clone(),
             };
             if let Err(err) = reader::spawn_reader(fd, ctx) {
                 // The waiter will report the exit this causes.

@@ -71,9 +71,7 @@ impl Supervisor {
                     error_reply(e).into()
                 }
             },
-            Cmd::Logs => self
-                .logs(req.service.as_deref(), req.lines.unwrap_or(100))
-                .into(),
+            Cmd::Logs => self.logs(req.service.as_deref(), req.lines.unwrap_or(100), req.follow),
             Cmd::Metrics => self.metrics(),
             Cmd::Shutdown => {
                 let _ = reply.try_send(json!({"ok": true}).into());

@@ -29,7 +29,7 @@ use crate::config::{Config, Overrides};
 use crate::health::exec::ExecProbe;
 use crate::health::probe::Prober;
 use crate::output::reader::{Counters, Ring};
-use crate::output::sink::{EventRecord, Sink};
+use crate::output::sink::{Batch, EventRecord, Line, Sink, Stream};
 use crate::output::timefmt;
 use crate::process::cgroup::Cgroups;
 use crate::process::{procfs, spawn};
@@ -426,6 +426,8 @@ impl Supervisor {
         }
     }
 
+    /// A lifecycle record of `service`: to the daemon's log, to the service's log file,
+    /// and among its kept lines for `logs` (SPEC 1).
     pub(super) fn event(
         &self,
         level: log::Level,
@@ -434,13 +436,36 @@ impl Supervisor {
         event: &'static str,
         msg: String,
     ) {
+        let ts_ms = timefmt::unix_ms(SystemTime::now());
+        let entry = self.services.get(service);
+        if let Some(e) = entry {
+            let batch = Batch {
+                service: e.name.clone(),
+                pid: pid.unwrap_or(0),
+                stream: Stream::Stdout,
+                ts_ms,
+                unwritten: e.counters.file_unwritten.clone(),
+                lines: vec![Line {
+                    start: 0,
+                    end: msg.len(),
+                    level,
+                    partial: false,
+                }],
+                text: msg.clone(),
+                event: Some(event),
+            };
+            if let Ok(mut ring) = e.ring.lock() {
+                ring.push(Arc::new(batch));
+            }
+        }
         self.sink.event(EventRecord {
-            ts_ms: timefmt::unix_ms(SystemTime::now()),
+            ts_ms,
             level,
             service: Some(service.to_string()),
             pid,
             event: Some(event),
             msg,
+            file: entry.map(|e| (e.name.clone(), e.counters.file_unwritten.clone())),
         });
     }
 

@@ -7,7 +7,7 @@ use super::state::State;
 use super::supervisor::{Entry, Supervisor};
 use crate::control::metrics;
 use crate::control::socket::{error_reply, Reply};
-use crate::output::timefmt;
+use crate::output::sink::{Batch, Line};
 use crate::process::cgroup::Cgroups;
 use crate::process::procfs::{self, Usage};
 use serde_json::{json, Value};
@@ -189,31 +189,27 @@ impl Supervisor {
         }))
     }
 
-    pub(super) fn logs(&self, name: Option<&str>, n: usize) -> Value {
+    /// The last `n` kept lines of a service; with `follow`, every later one too (the
+    /// connection's thread streams them, the loop is done after this).
+    pub(super) fn logs(&self, name: Option<&str>, n: usize, follow: bool) -> Reply {
         let Some(name) = name else {
-            return error_reply("missing service name");
+            return error_reply("missing service name").into();
         };
         let Some(e) = self.services.get(name) else {
-            return error_reply("service not found");
+            return error_reply("service not found").into();
         };
-        let lines = match e.ring.lock() {
-            Ok(r) => r.tail(n),
-            Err(_) => Vec::new(),
+        let Ok(mut ring) = e.ring.lock() else {
+            return error_reply("log ring unavailable").into();
         };
-        let lines: Vec<Value> = lines
-            .iter()
-            .map(|(b, l)| {
-                json!({
-                    "ts": timefmt::rfc3339(b.ts_ms),
-                    "level": l.level.as_str().to_ascii_lowercase(),
-                    "pid": b.pid,
-                    "stream": b.stream.as_str(),
-                    "msg": b.msg(l),
-                    "partial": l.partial,
-                })
-            })
-            .collect();
-        json!({"ok": true, "lines": lines})
+        let lines_json = |tail: &[(Arc<Batch>, Line)]| -> Vec<Value> {
+            tail.iter().map(|(b, l)| b.line_json(l)).collect()
+        };
+        if follow {
+            let f = ring.follow(n);
+            let first = json!({"ok": true, "lines": lines_json(&f.tail)});
+            return Reply::Follow(first, f);
+        }
+        json!({"ok": true, "lines": lines_json(&ring.tail(n))}).into()
     }
 }
 
