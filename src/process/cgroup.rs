@@ -51,6 +51,25 @@ pub struct Cgroups {
     pub pids: Option<Hierarchy>,
 }
 
+/// The controllers a service's limits need, each with the config key it enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Controller {
+    Memory,
+    Cpu,
+    Pids,
+}
+
+impl Controller {
+    /// The config key this controller enforces.
+    pub fn key(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory_limit",
+            Controller::Cpu => "cpu_percent",
+            Controller::Pids => "pids_max",
+        }
+    }
+}
+
 /// The limits a service's cgroup enforces.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CgroupLimits {
@@ -483,26 +502,26 @@ impl Cgroups {
         }
         let cgroup_limits = [
             (
-                "memory_limit",
+                Controller::Memory,
                 (spec.memory_limit_mib > 0).then(|| format!("{} MiB", spec.memory_limit_mib)),
             ),
-            ("cpu_percent", l.cpu_percent.map(|c| c.to_string())),
-            ("pids_max", l.pids_max.map(|p| p.to_string())),
+            (Controller::Cpu, l.cpu_percent.map(|c| c.to_string())),
+            (Controller::Pids, l.pids_max.map(|p| p.to_string())),
         ];
-        for (name, value) in cgroup_limits {
+        for (controller, value) in cgroup_limits {
             if let Some(value) = value {
-                out.push((name, value, self.describe(name)));
+                out.push((controller.key(), value, self.describe(controller)));
             }
         }
         out
     }
 
-    /// How each cgroup limit is enforced here, for `check` and `status`.
-    pub fn describe(&self, what: &str) -> String {
+    /// How a controller's limit is enforced here, for `check` and `status`.
+    pub fn describe(&self, what: Controller) -> String {
         let (h, file) = match what {
-            "memory_limit" => (&self.memory, ["memory.max", "memory.limit_in_bytes"]),
-            "cpu_percent" => (&self.cpu, ["cpu.max", "cpu.cfs_quota_us"]),
-            _ => (&self.pids, ["pids.max", "pids.max"]),
+            Controller::Memory => (&self.memory, ["memory.max", "memory.limit_in_bytes"]),
+            Controller::Cpu => (&self.cpu, ["cpu.max", "cpu.cfs_quota_us"]),
+            Controller::Pids => (&self.pids, ["pids.max", "pids.max"]),
         };
         match h {
             Some(h) if h.version == Version::V2 => {
