@@ -6,7 +6,7 @@ CONFIG ?= orchestrator.json
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: build run install test lint fmt bench soak clean
+.PHONY: build run install test lint fmt bench soak props clean
 
 build:
 	$(CARGO) build --release
@@ -57,6 +57,14 @@ bench: build
 # daemon must come back to where they were.
 soak:
 	ORCH_SOAK_CYCLES=10000 $(CARGO) test --release --test main restarts_leak -- --nocapture
+
+# The lifecycle's property test at length: PROP_CASES random event sequences (default
+# ten million, a hundred times what `make test` runs), from seed PROP_SEED.
+PROP_CASES ?= 10000000
+PROP_SEED ?= 1
+props:
+	ORCH_PROP_CASES=$(PROP_CASES) ORCH_PROP_SEED=$(PROP_SEED) $(CARGO) test --release --lib \
+		random_sequences_keep_the_invariants -- --nocapture
 
 clean:
 	$(CARGO) clean
