@@ -579,3 +579,43 @@ fn zero_backoff_restarts_immediately_and_keeps_going() {
         >= 50));
     assert!(d.count_log(&["fast", "restarting in 0 ms"]) >= 50);
 }
+
+/// SPEC 4 `retry_failed_ms`: a service whose restart attempts ran out is tried again at
+/// that interval while it keeps failing (state `failed`, next attempt shown), and
+/// recovers by itself once what it needs comes back.
+#[test]
+fn retry_failed_ms_brings_a_service_back_after_a_long_outage() {
+    let sb = Sandbox::new();
+    let needed = sb.path("needed");
+    sb.service(
+        "patient",
+        &format!("[ -e {} ] || exit 1; exec sleep 1000", needed.display()),
+    );
+    sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 10, "max_backoff_ms": 10,
+               "max_restart_attempts": 2, "retry_failed_ms": 300}),
+        json!({}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let st = sb.wait_state("patient", "failed");
+    assert_eq!(
+        st["last_error"], "maximum restart attempts exceeded",
+        "{st}"
+    );
+    assert!(
+        st["next_restart_ms"].as_u64().is_some_and(|ms| ms <= 300),
+        "{st}"
+    );
+    // Still failing: tried again and again, each time straight back to failed.
+    let runs = |st: &serde_json::Value| st["history"].as_array().map_or(0, |h| h.len());
+    let before = runs(&st);
+    assert!(
+        wait_until(DEADLINE, || runs(&sb.service_status("patient"))
+            >= before + 2),
+        "retried while failing"
+    );
+    assert_eq!(sb.service_status("patient")["state"], "failed");
+    // The outage ends: the next retry runs for good.
+    std::fs::write(&needed, "").unwrap();
+    sb.wait_running("patient", None);
+}

@@ -447,3 +447,29 @@ fn every_process_field_restarts_and_every_other_applies_in_place() {
     // The health check added in place is run on the same process.
     assert_eq!(sb.wait_state("health", "running")["pid"], pids["health"]);
 }
+
+/// Regression (SPEC 5): a service dropped from the config while its binary stays in
+/// `services_dir` counts as removed when `run_unconfigured` is false. The plan said
+/// `update` and the service kept running.
+#[test]
+fn a_service_dropped_from_the_config_stops_when_unconfigured_ones_do_not_run() {
+    let sb = Sandbox::new();
+    sb.service("kept", "exec sleep 1000");
+    sb.service("dropped", "exec sleep 1000");
+    let settings = json!({"services_dir": "services", "run_unconfigured": false});
+    sb.config(settings.clone(), json!({"kept": {}, "dropped": {}}));
+    let _d = Daemon::start(&sb, &[]);
+    let kept = sb.wait_running("kept", None);
+    let pid = sb.wait_running("dropped", None);
+    sb.config(settings, json!({"kept": {}}));
+    let plan = sb.cli(&["reload", "--dry-run"]).stdout;
+    assert!(plan.contains("dropped: stop"), "{plan}");
+    assert!(plan.contains("kept: unchanged"), "{plan}");
+    let out = sb.cli(&["reload"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // reload answers once the stops it caused have finished.
+    let st = sb.service_status("dropped");
+    assert_eq!(st["state"], "stopped", "{st}");
+    assert!(!alive(pid), "its process is gone");
+    assert_eq!(sb.service_status("kept")["pid"], kept);
+}
