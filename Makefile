@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN := target/release/orchestrator
 
-.PHONY: build run test lint fmt bench soak clean
+.PHONY: build run test lint fmt bench soak fuzz clean
 
 build:
 	$(CARGO) build --release
@@ -29,6 +29,22 @@ bench: build
 # daemon must come back to where they were.
 soak:
 	ORCH_SOAK_CYCLES=10000 $(CARGO) test --release --test main restarts_leak -- --nocapture
+
+# Coverage-guided fuzzing of the parsers that read untrusted bytes (fuzz/), FUZZ_SECONDS
+# per target. Not part of `test`: it needs cargo-fuzz (installed here if missing) and
+# nightly-only sanitizer flags, which RUSTC_BOOTSTRAP lets the stable toolchain take.
+# New inputs go to fuzz/target/corpus; the committed seeds in fuzz/corpus stay as they are.
+# A crash stops the run and leaves its input in fuzz/artifacts/TARGET/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= config control log_lines
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		mkdir -p target/corpus/$$t && \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t target/corpus/$$t corpus/$$t -- \
+			$$(test -f dict/$$t.dict && echo -dict=dict/$$t.dict) \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean
