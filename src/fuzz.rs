@@ -7,10 +7,19 @@ use crate::output::reader::{json_level, split};
 use crate::output::sink::{format_line, Batch, Line, Stream};
 use std::sync::Arc;
 
-/// The configuration parser and validator, on a file's contents.
+/// The configuration parser and validator, on a file's contents. Every problem must be
+/// reported on a line of its own, whatever characters the file's keys and values hold.
 pub fn config(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let _ = crate::config::parse_and_validate(&text);
+    if let Err(e) = crate::config::parse_and_validate(&text) {
+        assert!(!e.0.is_empty(), "an error without a message");
+        for msg in &e.0 {
+            assert!(
+                !msg.contains(['\n', '\r']),
+                "a message on several lines: {msg:?}"
+            );
+        }
+    }
 }
 
 /// The control socket's request parser, on one request line.

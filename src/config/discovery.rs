@@ -318,7 +318,7 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
     if errors.is_empty() {
         Ok(Plan { services, notices })
     } else {
-        Err(errors)
+        Err(errors.into_iter().map(crate::config::one_line).collect())
     }
 }
 
