@@ -6,7 +6,7 @@ CONFIG ?= orchestrator.json
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: build run install test lint fmt bench soak props clean
+.PHONY: build run install test lint fmt bench soak props fuzz clean
 
 build:
 	$(CARGO) build --release
@@ -65,6 +65,22 @@ PROP_SEED ?= 1
 props:
 	ORCH_PROP_CASES=$(PROP_CASES) ORCH_PROP_SEED=$(PROP_SEED) $(CARGO) test --release --lib \
 		random_sequences_keep_the_invariants -- --nocapture
+
+# Coverage-guided fuzzing of the parsers that read untrusted bytes (fuzz/), FUZZ_SECONDS
+# per target. Not part of `test`: it needs cargo-fuzz (installed here if missing) and
+# nightly-only sanitizer flags, which RUSTC_BOOTSTRAP lets the stable toolchain take.
+# New inputs go to fuzz/target/corpus; the committed seeds in fuzz/corpus stay as they are.
+# A crash stops the run and leaves its input in fuzz/artifacts/TARGET/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= config control log_lines
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		mkdir -p target/corpus/$$t && \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t target/corpus/$$t corpus/$$t -- \
+			$$(test -f dict/$$t.dict && echo -dict=dict/$$t.dict) \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

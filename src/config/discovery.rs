@@ -317,7 +317,7 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
     if errors.is_empty() {
         Ok(Plan { services, notices })
     } else {
-        Err(errors)
+        Err(errors.into_iter().map(crate::config::one_line).collect())
     }
 }
 
@@ -475,47 +475,42 @@ fn resolve_identity(svc: &ServiceConfig) -> Result<Option<Identity>, String> {
 }
 
 /// The first `depends_on` cycle, as the names along it with the first repeated at the end.
+/// A depth-first search with its own stack: a chain of dependencies is as long as the
+/// file makes it, and recursion would overflow the thread's stack on a long one.
 fn find_cycle(services: &BTreeMap<String, ServiceSpec>) -> Option<Vec<String>> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        New,
-        Active,
-        Done,
-    }
-    fn visit<'a>(
-        name: &'a str,
-        services: &'a BTreeMap<String, ServiceSpec>,
-        marks: &mut BTreeMap<&'a str, Mark>,
-        stack: &mut Vec<&'a str>,
-    ) -> Option<Vec<String>> {
-        match marks.get(name).copied().unwrap_or(Mark::New) {
-            Mark::Done => return None,
-            Mark::Active => {
-                let start = stack.iter().position(|n| *n == name).unwrap_or(0);
-                let mut cycle: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
-                cycle.push(name.to_string());
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    for root in services.keys() {
+        // The path from `root`: each name with the index of its next dependency to visit.
+        let mut path: Vec<(&str, usize)> = vec![(root.as_str(), 0)];
+        let mut on_path: BTreeSet<&str> = BTreeSet::new();
+        on_path.insert(root.as_str());
+        while let Some(&(name, next)) = path.last() {
+            if done.contains(name) {
+                on_path.remove(name);
+                path.pop();
+                continue;
+            }
+            let deps = services.get(name).map_or(&[][..], |s| &s.depends_on[..]);
+            let Some(dep) = deps.get(next).map(String::as_str) else {
+                done.insert(name);
+                on_path.remove(name);
+                path.pop();
+                continue;
+            };
+            if let Some(top) = path.last_mut() {
+                top.1 += 1;
+            }
+            if on_path.contains(dep) {
+                let start = path.iter().position(|(n, _)| *n == dep).unwrap_or(0);
+                let mut cycle: Vec<String> =
+                    path[start..].iter().map(|(n, _)| n.to_string()).collect();
+                cycle.push(dep.to_string());
                 return Some(cycle);
             }
-            Mark::New => {}
-        }
-        marks.insert(name, Mark::Active);
-        stack.push(name);
-        if let Some(spec) = services.get(name) {
-            for dep in &spec.depends_on {
-                if let Some(c) = visit(dep, services, marks, stack) {
-                    return Some(c);
-                }
+            if !done.contains(dep) {
+                on_path.insert(dep);
+                path.push((dep, 0));
             }
-        }
-        stack.pop();
-        marks.insert(name, Mark::Done);
-        None
-    }
-    let mut marks = BTreeMap::new();
-    for name in services.keys() {
-        let mut stack = Vec::new();
-        if let Some(c) = visit(name, services, &mut marks, &mut stack) {
-            return Some(c);
         }
     }
     None
@@ -574,6 +569,41 @@ mod tests {
         assert_eq!(find_cycle(&m).unwrap(), ["a", "b", "c", "a"]);
         m.insert("c".into(), spec("c", &["d"]));
         assert_eq!(find_cycle(&m), None);
+        // A self-dependency and a cycle reached from another service.
+        m.insert("e".into(), spec("e", &["f"]));
+        m.insert("f".into(), spec("f", &["f"]));
+        assert_eq!(find_cycle(&m).unwrap(), ["f", "f"]);
+    }
+
+    /// Regression: the search recursed once per link, so a file with a chain of 200,000
+    /// dependencies overflowed the main thread's stack and aborted `check` and `run`
+    /// (found beside the config fuzz target: a fuzzer's short inputs cannot be that deep).
+    #[test]
+    fn long_dependency_chain_does_not_overflow_the_stack() {
+        const N: usize = 20_000;
+        let mut m = BTreeMap::new();
+        let proto = spec("x", &[]);
+        for i in 0..N {
+            let mut sp = proto.clone();
+            sp.depends_on = vec![format!("s{}", i + 1)];
+            m.insert(format!("s{i}"), sp);
+        }
+        m.insert(format!("s{N}"), proto.clone());
+        // A small stack, as the daemon's own threads have, makes the old recursion fail
+        // at once.
+        let found = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let none = find_cycle(&m);
+                let mut sp = proto;
+                sp.depends_on = vec!["s0".into()];
+                m.insert(format!("s{N}"), sp);
+                (none, find_cycle(&m).map(|c| c.len()))
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(found, (None, Some(N + 2)));
     }
 
     #[test]

@@ -343,8 +343,26 @@ impl fmt::Display for ConfigError {
 
 impl ConfigError {
     fn one(msg: String) -> ConfigError {
-        ConfigError(vec![msg])
+        ConfigError::new(vec![msg])
     }
+
+    fn new(msgs: Vec<String>) -> ConfigError {
+        ConfigError(msgs.into_iter().map(one_line).collect())
+    }
+}
+
+/// A message as one line: a control character quoted from the file (a newline in a key
+/// or a value, say) is shown escaped, so that every problem stays on a line of its own.
+pub fn one_line(msg: String) -> String {
+    if !msg.contains(char::is_control) {
+        return msg;
+    }
+    msg.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 /// The config file to read, by SPEC 2's lookup order. `Ok(None)`: no file anywhere, so
@@ -447,7 +465,7 @@ fn settle(
     resolve_paths(&mut settings, &mut services, base);
     validate(&settings, &services, label, &mut errors);
     if !errors.is_empty() {
-        return Err(ConfigError(errors));
+        return Err(ConfigError::new(errors));
     }
     Ok((settings, services))
 }
@@ -642,19 +660,25 @@ fn parse(text: &str) -> Result<ConfigFile, String> {
 }
 
 /// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" (and unknown variant)
-/// into "unknown key `x` (did you mean `a`?)", so that a typo points at its fix.
+/// into "unknown key `x` (did you mean `a`?)", so that a typo points at its fix. The
+/// name `x` is the file's and may hold backticks itself; the valid names are ours and
+/// never do, so `x` ends where serde's list of them begins.
 fn with_suggestion(msg: &str) -> String {
-    let noun = if msg.starts_with("unknown field") {
-        "key"
-    } else if msg.starts_with("unknown variant") {
-        "value"
+    let (noun, rest) = if let Some(rest) = msg.strip_prefix("unknown field `") {
+        ("key", rest)
+    } else if let Some(rest) = msg.strip_prefix("unknown variant `") {
+        ("value", rest)
     } else {
         return msg.to_string();
     };
-    let quoted: Vec<&str> = msg.split('`').skip(1).step_by(2).collect();
-    let Some((bad, valid)) = quoted.split_first() else {
-        return msg.to_string();
+    let (bad, list) = match rest.rfind("`, expected ") {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => match rest.rfind("`, there are no ") {
+            Some(i) => (&rest[..i], ""),
+            None => return msg.to_string(),
+        },
     };
+    let valid: Vec<&str> = list.split('`').skip(2).step_by(2).collect();
     match nearest(bad, valid.iter().copied()) {
         Some(best) => format!("unknown {noun} `{bad}` (did you mean `{best}`?)"),
         None if valid.is_empty() => format!("unknown {noun} `{bad}`"),
@@ -964,6 +988,48 @@ mod tests {
         validate(&f.orchestrator, &f.services, "x.json", &mut errors);
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].contains("`localhost` is neither"));
+    }
+
+    /// Regression (fuzz target `config`): a key or value holding a newline, quoted in
+    /// the message, split one problem over several lines.
+    #[test]
+    fn every_problem_is_on_one_line() {
+        let found_by_fuzzing = "{\"nix:/\\\"0\u{fffd}ix:/#\\n{ \"01\\\"\"ujix:/n ";
+        let e = parse_and_validate(found_by_fuzzing).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert!(
+            e.0[0].contains("unknown key `nix:/\"0\u{fffd}ix:/#\\n{ `"),
+            "{e}"
+        );
+        let e = parse_and_validate(
+            r#"{"services": {"a\nb": {"stop_signal": "TERM\r", "environment": {"X\n=": ""}}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.0.len(), 3, "{e}");
+        assert_eq!(e.to_string().lines().count(), 3, "{e}");
+        assert!(e.0[0].contains("services.a\\nb"), "{e}");
+        assert!(e.0[1].contains("`TERM\\r`"), "{e}");
+    }
+
+    /// Regression: a backtick in an unknown key or value cut the name short and turned
+    /// the list of valid names into debris.
+    #[test]
+    fn backticks_in_unknown_names_are_kept_whole() {
+        let e = parse_err(r#"{"orchestrator": {"max`restart_attempts": 3}}"#);
+        assert!(
+            e.contains("unknown key `max`restart_attempts` (did you mean `max_restart_attempts`?)"),
+            "{e}"
+        );
+        let e = parse_err(r#"{"services": {"a": {"restart": "on`failure"}}}"#);
+        assert!(
+            e.contains("unknown value `on`failure` (did you mean `on-failure`?)"),
+            "{e}"
+        );
+        let e = parse_err(r#"{"services": {"a": {"limits": {"`": 1}}}}"#);
+        assert!(
+            e.contains("unknown key ``` (expected one of `nofile`, "),
+            "{e}"
+        );
     }
 
     #[test]
