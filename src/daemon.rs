@@ -72,7 +72,10 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
     }
     // SAFETY: getpid has no preconditions.
     let pid1 = unsafe { libc::getpid() } == 1;
-    let reap_orphans = s.subreaper || pid1;
+    // A service with `pid_file` daemonizes: its daemon must be reparented to us, so
+    // that its exit is seen and it is reaped.
+    let daemonizing = plan.services.values().any(|sp| sp.pid_file.is_some());
+    let reap_orphans = s.subreaper || pid1 || daemonizing;
     let signals = match signals::register(reap_orphans) {
         Ok(s) => s,
         Err(e) => {

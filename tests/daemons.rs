@@ -391,9 +391,7 @@ fn nginx_with_workers_serves_restarts_and_stops_clean() {
 /// pid to a file and the process the orchestrator started exits 0. With `pid_file`,
 /// the master is the service's main process: status shows its pid, kill -9 of it is an
 /// exit that restarts the service, stop leaves nothing.
-// Enabled once pid_file lands.
 #[test]
-#[ignore]
 fn nginx_daemonizing_itself_is_followed_through_pid_file() {
     packages::with("nginx", "/usr/sbin/nginx", |nginx| {
         let sb = Sandbox::new();

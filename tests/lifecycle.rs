@@ -619,3 +619,66 @@ fn retry_failed_ms_brings_a_service_back_after_a_long_outage() {
     std::fs::write(&needed, "").unwrap();
     sb.wait_running("patient", None);
 }
+
+/// SPEC 4 `pid_file`: the started process daemonizes and exits 0; the pid in its file
+/// is the run's main process. A file that names no live process, or a process outside
+/// the service, is a failed start with the reason.
+#[test]
+fn pid_file_follows_a_daemonizing_service_and_refuses_a_bad_file() {
+    let sb = Sandbox::new();
+    let (good, stale, foreign) = (
+        sb.path("good.pid"),
+        sb.path("stale.pid"),
+        sb.path("foreign.pid"),
+    );
+    sb.service(
+        "forks",
+        &format!("sleep 1000 & echo $! > {}; exit 0", good.display()),
+    );
+    sb.service(
+        "stale",
+        &format!("echo 999999 > {}; exit 0", stale.display()),
+    );
+    sb.service(
+        "foreign",
+        // This test's own process: alive, and nothing of the service's.
+        &format!(
+            "echo {} > {}; exit 0",
+            std::process::id(),
+            foreign.display()
+        ),
+    );
+    let entry = |p: &std::path::Path| {
+        json!({"pid_file": p, "stop_timeout_ms": 1000,
+                                              "restart": "never", "pass_service_args": false})
+    };
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"forks": entry(&good), "stale": entry(&stale), "foreign": entry(&foreign)}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("forks", None);
+    let written: i64 = std::fs::read_to_string(&good)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pid, written, "the main process is the one the file names");
+    assert!(cmdline(pid).contains("sleep"), "{}", cmdline(pid));
+    let st = sb.wait_state("stale", "failed");
+    assert!(
+        st["last_error"].as_str().unwrap_or("").contains("stale"),
+        "{st}"
+    );
+    let st = sb.wait_state("foreign", "failed");
+    let why = st["last_error"].as_str().unwrap_or("");
+    assert!(why.contains("not the service's"), "{st}");
+    // Its exit ends the run, although it was never the orchestrator's own child from
+    // the start; stop takes it down.
+    let out = sb.cli(&["stop", "forks"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        wait_until(DEADLINE, || !alive(pid)),
+        "the daemon is gone after stop"
+    );
+}

@@ -69,6 +69,8 @@ pub struct ServiceSpec {
     pub health_check: Option<HealthCheck>,
     /// How often a service left `failed` by its restart attempts is tried again.
     pub retry_failed: Option<Duration>,
+    /// For a service that daemonizes itself: where it writes its main process's pid.
+    pub pid_file: Option<PathBuf>,
 }
 
 impl ServiceSpec {
@@ -83,6 +85,7 @@ impl ServiceSpec {
             || self.limits != other.limits
             || self.memory_limit_mib != other.memory_limit_mib
             || self.sockets != other.sockets
+            || self.pid_file != other.pid_file
     }
 
     pub fn binary_error(&self) -> Option<String> {
@@ -252,12 +255,6 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
                 binary = target;
             }
         }
-        if svc.pid_file.is_some() {
-            notices.push(Notice {
-                level: log::Level::Warn,
-                msg: format!("{name}: pid_file is not acted on by this version"),
-            });
-        }
         let problem = check_binary(&binary, s.strict_modes);
         if let Some(BinaryProblem::Untrusted(u)) = &problem {
             notices.push(Notice {
@@ -416,6 +413,7 @@ fn build_spec(
             .retry_failed_ms
             .or(s.retry_failed_ms)
             .map(Duration::from_millis),
+        pid_file: svc.pid_file.clone(),
     }
 }
 

@@ -181,7 +181,9 @@ impl Drain {
 /// What a reader needs to know about the run it serves.
 pub struct ReaderCtx {
     pub service: Arc<str>,
-    pub pid: i32,
+    /// The pid the run's lines are tagged with: its main process, which a `pid_file`
+    /// hand-over changes while the readers run.
+    pub pid: Arc<std::sync::atomic::AtomicI32>,
     pub stream: Stream,
     pub max_line: usize,
     pub sink: Sink,
@@ -192,7 +194,7 @@ pub struct ReaderCtx {
 
 pub fn spawn_reader(fd: OwnedFd, ctx: ReaderCtx) -> io::Result<()> {
     std::thread::Builder::new()
-        .name(format!("out-{}", ctx.pid))
+        .name(format!("out-{}", ctx.pid.load(Ordering::Relaxed)))
         .stack_size(READER_STACK)
         .spawn(move || {
             read_loop(fd, &ctx);
@@ -347,7 +349,7 @@ impl ReaderCtx {
     fn head(&self) -> Head {
         Head {
             service: self.service.clone(),
-            pid: self.pid,
+            pid: self.pid.load(Ordering::Relaxed),
             stream: self.stream,
             unwritten: self.counters.file_unwritten.clone(),
         }

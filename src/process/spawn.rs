@@ -494,9 +494,13 @@ pub fn signal_group(pgid: i32, sig: i32) {
     if pgid <= 1 {
         return; // Never signal our own group, or every process.
     }
-    // SAFETY: killpg has no memory preconditions.
+    // SAFETY: killpg and kill have no memory preconditions.
     unsafe {
-        libc::killpg(pgid, sig);
+        // A daemon named by a pid file may not lead a group of its own: then the
+        // signal goes to it alone.
+        if libc::killpg(pgid, sig) != 0 {
+            libc::kill(pgid, sig);
+        }
     }
 }
 

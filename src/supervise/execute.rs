@@ -39,6 +39,10 @@ impl Supervisor {
                     let _ = self.feed(name, event);
                 }
                 Action::Probe { gen } => self.start_probe(name, gen),
+                Action::ReadPidFile { gen } => {
+                    let event = self.read_pid_file(name, gen);
+                    let _ = self.feed(name, event);
+                }
                 Action::Reap(pid) => {
                     spawn::reap(pid);
                     self.unreaped.remove(&pid);

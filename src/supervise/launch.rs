@@ -10,10 +10,42 @@ use super::supervisor::Supervisor;
 use crate::output::reader::{self, Drain, ReaderCtx};
 use crate::output::sink::Stream;
 use crate::process::cgroup::CgroupLimits;
-use crate::process::{spawn, waiter};
+use crate::process::{pidfile, spawn, waiter};
 use std::sync::Arc;
 
 impl Supervisor {
+    /// `pid_file`: what the file of run `gen` names, checked; a main process found is
+    /// waited for like any other (as subreaper, it is our child once its launcher is
+    /// gone), and the run's output is tagged with it from now on.
+    pub(super) fn read_pid_file(&mut self, name: &str, gen: u64) -> Event {
+        let Some(e) = self.services.get_mut(name) else {
+            let result = Err("service removed".into());
+            return Event::PidFile { gen, result };
+        };
+        let Some(path) = e.svc.spec().pid_file.clone() else {
+            let result = Err("no pid_file configured".into());
+            return Event::PidFile { gen, result };
+        };
+        let members = (!e.cgroup_dirs.is_empty()).then(|| self.cgroups.members(name));
+        // Bound: one small file read and a /proc read.
+        let result = pidfile::main_process(&path, members.as_deref());
+        if let Ok(pid) = result {
+            self.unreaped.insert(pid);
+            let waiter = waiter::spawn_waiter(pid, gen, e.name.clone(), self.tx.clone(), None);
+            if let Err(err) = waiter {
+                spawn::signal_group(pid, libc::SIGKILL);
+                let result = Err(format!("cannot create a thread: {err}"));
+                return Event::PidFile { gen, result };
+            }
+            e.output_pid
+                .store(pid, std::sync::atomic::Ordering::Relaxed);
+            if self.persist.is_some() {
+                e.group = persist::Group::of(pid);
+            }
+        }
+        Event::PidFile { gen, result }
+    }
+
     /// Spawns a run of `name` here, on the main thread. `None` if the service is gone.
     pub(super) fn spawn(&mut self, name: &str) -> Option<Event> {
         let files = match self.prepare_spawn(name) {
@@ -149,6 +181,7 @@ impl Supervisor {
         if self.persist.is_some() {
             e.group = persist::Group::of(pid);
         }
+        e.output_pid = Arc::new(std::sync::atomic::AtomicI32::new(pid));
         let max_line = self.cfg.settings.max_line_bytes;
         for (fd, stream) in [
             (child.stdout, Stream::Stdout),
@@ -156,7 +189,7 @@ impl Supervisor {
         ] {
             let ctx = ReaderCtx {
                 service: e.name.clone(),
-                pid,
+                pid: e.output_pid.clone(),
                 stream,
                 max_line,
                 sink: self.sink.clone(),

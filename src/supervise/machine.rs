@@ -33,6 +33,8 @@ pub const SPAWN_RETRY_MIN: Duration = Duration::from_millis(100);
 /// again this often, this many times, before the failure counts as one.
 pub const BUSY_RETRY: Duration = Duration::from_millis(100);
 pub const BUSY_RETRIES: u32 = 50;
+/// How often a pid file that does not yet name the main process is read again.
+pub const PID_FILE_POLL: Duration = Duration::from_millis(50);
 
 /// Who asked for a stop. It decides what the stop leaves behind (an operator's stop is
 /// kept across reloads) and what may override a stop under way.
@@ -79,6 +81,11 @@ pub enum Event {
     GroupEmpty,
     /// The draining run's group still has members.
     GroupAlive,
+    /// What the pid file of run `gen` says: the main process, or why it names none.
+    PidFile {
+        gen: u64,
+        result: Result<i32, String>,
+    },
     /// The deadline this machine gave (`deadline`) has passed.
     Timer,
     /// A health-check result for run `gen`.
@@ -117,6 +124,8 @@ pub enum Action {
     Remove,
     /// Run the health check against run `gen`; the answer comes back as `Probe`.
     Probe { gen: u64 },
+    /// Read and check the pid file of run `gen`; the answer comes back as `PidFile`.
+    ReadPidFile { gen: u64 },
     /// Write an event record.
     Log {
         level: log::Level,
@@ -131,6 +140,9 @@ struct Run {
     pid: i32,
     gen: u64,
     started: Instant,
+    /// With `pid_file`: the started process, expected to daemonize and exit 0; the
+    /// run's main process is then the one the pid file names.
+    launcher: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -185,6 +197,14 @@ enum Phase {
     Stopping { run: Run, stop: Stop },
     /// The main process exited during a stop; the rest of the group is being waited for.
     Draining { run: Run, stop: Stop },
+    /// `pid_file`: the launcher exited 0; its pid file must name a live process of the
+    /// service by `deadline` (spawn + `stop_timeout_ms`). Read again at `retry_at`.
+    AwaitPidFile {
+        gen: u64,
+        started: Instant,
+        deadline: Instant,
+        retry_at: Option<Instant>,
+    },
 }
 
 /// One service: its spec, its phase, and what `status` reports about its past.
@@ -257,9 +277,10 @@ impl Service {
         match &self.phase {
             Phase::Stopped { .. } => State::Stopped,
             Phase::Failed { .. } => State::Failed,
-            Phase::WaitingDeps | Phase::BusyRetry { .. } | Phase::Spawning { .. } => {
-                State::Starting
-            }
+            Phase::WaitingDeps
+            | Phase::BusyRetry { .. }
+            | Phase::Spawning { .. }
+            | Phase::AwaitPidFile { .. } => State::Starting,
             Phase::Backoff { .. } => State::Restarting,
             Phase::Up { ready: true, .. } => State::Running,
             Phase::Up { ready: false, .. } => State::Starting,
@@ -299,6 +320,7 @@ impl Service {
                 | Phase::Backoff { .. }
                 | Phase::BusyRetry { .. }
                 | Phase::Spawning { .. }
+                | Phase::AwaitPidFile { .. }
         )
     }
 
@@ -382,7 +404,12 @@ impl Service {
         match &self.phase {
             Phase::Backoff { until } | Phase::BusyRetry { until, .. } => Some(*until),
             Phase::Failed { retry_at } => *retry_at,
+            // A launcher that has not daemonized by the deadline fails the start.
+            Phase::Up { run, .. } if run.launcher => Some(run.started + self.spec.stop_timeout),
             Phase::Up { health, .. } if !health.in_flight => health.next_probe,
+            Phase::AwaitPidFile {
+                deadline, retry_at, ..
+            } => Some(retry_at.map_or(*deadline, |r| r.min(*deadline))),
             Phase::Stopping { stop, .. } if !stop.killed => Some(stop.deadline),
             Phase::Draining { stop, .. } => {
                 Some(stop.poll_at.map_or(stop.deadline, |p| p.min(stop.deadline)))
@@ -434,6 +461,7 @@ impl Service {
                 _ => vec![stray("group check with no draining run")],
             },
             Event::Timer => self.timer(ctx),
+            Event::PidFile { gen, result } => self.pid_file(gen, result, ctx),
             Event::Probe { gen, result } => self.probe(gen, result, ctx),
             Event::ProbeSkipped => {
                 let interval = self.check_interval();

@@ -68,6 +68,10 @@ pub fn decide(old: Option<&Service>, new: Option<&ServiceSpec>) -> Decision {
     }
 }
 
+fn new_specs_daemonize(specs: &std::collections::BTreeMap<String, ServiceSpec>) -> bool {
+    specs.values().any(|s| s.pid_file.is_some())
+}
+
 pub fn summarize(plan: &[(String, Decision)]) -> String {
     let changed: Vec<String> = plan
         .iter()
@@ -117,6 +121,9 @@ impl Supervisor {
             || old.settings.subreaper != self.cfg.settings.subreaper
         {
             log::warn!("control_socket and subreaper changes take effect at the next start");
+        }
+        if !self.reap_orphans && new_specs_daemonize(&plan.services) {
+            self.become_subreaper();
         }
         let s = &self.cfg.settings;
         self.sink.set_filter(s.log_level, s.log_format);

@@ -52,6 +52,8 @@ pub(super) struct Entry {
     pub probe: Option<ExecProbe>,
     /// The current run's process group, for `state_dir`.
     pub group: Option<persist::Group>,
+    /// The pid the current run's output is tagged with (its readers share it).
+    pub output_pid: Arc<std::sync::atomic::AtomicI32>,
 }
 
 impl Entry {
@@ -64,6 +66,7 @@ impl Entry {
             cgroup_dirs: Vec::new(),
             probe: None,
             group: None,
+            output_pid: Arc::default(),
         }
     }
 }
@@ -87,8 +90,9 @@ pub struct Supervisor {
     pub(super) shutdown: Option<Shutdown>,
     /// Main pids spawned and not yet reaped: the orphan reaper must leave them alone.
     pub(super) unreaped: HashSet<i32>,
-    /// Reap orphaned descendants on SIGCHLD (PID 1 or `subreaper`).
-    reap_orphans: bool,
+    /// Reap orphaned descendants on SIGCHLD (PID 1, `subreaper`, or a `pid_file`
+    /// service, whose daemon must be reparented to us).
+    pub(super) reap_orphans: bool,
     pub(super) pending: Vec<Pending>,
     pub(super) stops: Stops,
     pub(super) started: Instant,
@@ -285,6 +289,7 @@ impl Supervisor {
                     return None;
                 }
                 let _ = self.feed(&service, machine::Event::Exited { gen, exit });
+                self.reap_orphans();
             }
             Event::Signal(sig) => return self.on_signal(sig),
             Event::Control(req, reply) => self.control(req, reply),
@@ -469,11 +474,26 @@ impl Supervisor {
         });
     }
 
+    /// A reload brought the first `pid_file` service: become a subreaper now, so that
+    /// its daemon is reparented to us. (SIGCHLD was not registered at start-up: orphans
+    /// are then reaped whenever a run of ours exits.)
+    pub(super) fn become_subreaper(&mut self) {
+        // SAFETY: prctl with these arguments has no memory preconditions.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0 {
+            self.reap_orphans = true;
+        } else {
+            log::error!(
+                "cannot become a subreaper for pid_file services: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
     /// Reaps children that are not ours to wait for: orphans handed to us as PID 1 or
     /// subreaper. Managed pids (runs and exec probes) are skipped, so no waiter ever
     /// loses its status. Bound: one /proc/self/task/*/children read and one WNOHANG
     /// wait per child.
-    fn reap_orphans(&mut self) {
+    pub(super) fn reap_orphans(&mut self) {
         if !self.reap_orphans {
             return;
         }

@@ -135,6 +135,8 @@ impl T {
             Phase::Spawning {
                 stop: Some((t, _)), ..
             } => format!("spawning-stop{}", then(*t)),
+            Phase::Up { run, .. } if run.launcher => "launching".into(),
+            Phase::AwaitPidFile { .. } => "await-pid".into(),
             Phase::Up { ready: false, .. } => "starting".into(),
             Phase::Up { ready: true, .. } => "running".into(),
             Phase::Stopping { stop, .. } if stop.killed => format!("killing{}", then(stop.then)),
@@ -168,6 +170,7 @@ pub(super) fn kinds(actions: &[Action]) -> String {
             Action::Reap(_) => "reap",
             Action::Remove => "remove",
             Action::Probe { .. } => "probe",
+            Action::ReadPidFile { .. } => "read-pid",
             Action::Log { event, .. } => event,
         })
         .collect();

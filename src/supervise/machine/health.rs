@@ -30,6 +30,48 @@ impl Service {
                 actions.extend(self.launch(0, ctx));
                 actions
             }
+            Phase::Up { run, ready, .. }
+                if run.launcher && due(run.started + self.spec.stop_timeout) =>
+            {
+                // Never daemonized: stopped, and restarted through the backoff path.
+                let (run, ready) = (*run, *ready);
+                let why = format!(
+                    "did not daemonize within {} ms (pid_file)",
+                    self.spec.stop_timeout.as_millis()
+                );
+                self.last_error = Some(why);
+                let then = AfterStop::Recover(self.next_attempt(ctx.rng));
+                self.begin_stop(run, ready, then, Origin::Liveness, now)
+            }
+            Phase::AwaitPidFile {
+                gen,
+                deadline,
+                retry_at,
+                ..
+            } => {
+                if due(*deadline) {
+                    let why = format!(
+                        "the pid file {} names no live process of the service within {} ms",
+                        self.spec
+                            .pid_file
+                            .as_deref()
+                            .map_or(String::new(), |p| p.display().to_string()),
+                        self.spec.stop_timeout.as_millis()
+                    );
+                    let why = self
+                        .last_error
+                        .clone()
+                        .map_or(why.clone(), |e| format!("{why}: {e}"));
+                    return self.start_failed(why, ctx);
+                }
+                match retry_at {
+                    Some(t) if due(*t) => {
+                        *retry_at = None;
+                        vec![Action::ReadPidFile { gen: *gen }]
+                    }
+                    _ => Vec::new(),
+                }
+            }
             Phase::Up { run, health, .. } => match health.next_probe {
                 Some(t) if due(t) && !health.in_flight => {
                     health.next_probe = None;

@@ -46,7 +46,7 @@ struct Case {
 
 impl Case {
     fn fail(&self, why: String) -> ! {
-        let tail: Vec<&String> = self.steps.iter().rev().take(40).rev().collect();
+        let tail: Vec<&String> = self.steps.iter().rev().take(70).rev().collect();
         panic!(
             "seed {}: {why}\nlast steps:\n  {}",
             self.seed,
@@ -122,6 +122,20 @@ impl Case {
                     }
                 }
                 Action::Probe { gen } => self.w.probe = Some(gen),
+                Action::ReadPidFile { gen } => {
+                    // The launcher wrote a good file, or not (yet).
+                    let result = if self.t.rng.u8(..3) == 0 {
+                        Err("pid file missing".into())
+                    } else {
+                        // The run started with its launcher.
+                        let pid = 5000 + self.t.gen as i32;
+                        let started = self.w.live.map_or(self.t.ms, |l| l.2);
+                        self.w.live = Some((pid, gen, started, false));
+                        self.w.killed = false;
+                        Ok(pid)
+                    };
+                    queue.extend(self.t.ev(Event::PidFile { gen, result }));
+                }
                 Action::Remove => {}
                 Action::Log {
                     event: "restarting",
@@ -293,8 +307,11 @@ impl Case {
             Exit::Code(1)
         };
         self.w.live = Some((pid, gen, started, true));
+        // A run that ended by itself after reset_after resets the counter (one a stop
+        // ended was already counted when the stop was decided).
         let ran = self.t.ms - started;
-        if ran >= self.t.svc.spec().reset_after.as_millis() as u64 {
+        let by_itself = self.t.svc.stopping().is_none();
+        if by_itself && ran >= self.t.svc.spec().reset_after.as_millis() as u64 {
             self.w.consecutive = 0;
         }
         let _ = self.feed(Event::Exited { gen, exit });
@@ -321,6 +338,9 @@ fn random_spec(rng: &mut fastrand::Rng) -> ServiceSpec {
     }
     if rng.bool() {
         s.retry_failed = Some(Duration::from_millis(700));
+    }
+    if rng.u8(..4) == 0 {
+        s.pid_file = Some("/run/svc.pid".into());
     }
     s
 }

@@ -77,7 +77,12 @@ impl Service {
                 }
             }
             // No process yet: the pending start is cancelled at once.
-            Phase::WaitingDeps | Phase::Backoff { .. } | Phase::BusyRetry { .. } => match then {
+            // No process known yet (a pid file not read yet: whatever the daemon left
+            // goes with the service's cgroup).
+            Phase::WaitingDeps
+            | Phase::Backoff { .. }
+            | Phase::BusyRetry { .. }
+            | Phase::AwaitPidFile { .. } => match then {
                 AfterStop::Remove => Ok(vec![Action::Remove]),
                 AfterStop::Start => {
                     self.attempts = 0;

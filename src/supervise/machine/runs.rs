@@ -40,27 +40,124 @@ impl Service {
             pid,
             gen,
             started: now.mono,
+            launcher: self.spec.pid_file.is_some(),
         };
         self.push_history(HistoryEntry {
             started_ms: now.wall_ms,
             exited_ms: None,
             exit_code: None,
         });
-        // Without a health check the process is up once exec has succeeded; with one,
-        // once the first check passes.
+        let ready = self.up(run, now.mono);
+        let mut actions = vec![log(log::Level::Info, "started", Some(pid), "started")];
+        if let Some((then, origin)) = stop {
+            actions.extend(self.begin_stop(run, ready, then, origin, now.mono));
+        }
+        actions
+    }
+
+    /// `run` is live: up at once without a health check (or a pid file still to come);
+    /// with one, once the first check passes. Whether it is ready.
+    fn up(&mut self, run: Run, now: Instant) -> bool {
         let mut health = Health::default();
         let ready = match &self.spec.health_check {
+            _ if run.launcher => false,
             Some(hc) => {
-                health.next_probe = Some(now.mono + Duration::from_millis(hc.initial_delay_ms));
+                health.next_probe = Some(now + Duration::from_millis(hc.initial_delay_ms));
                 false
             }
             None => true,
         };
         self.phase = Phase::Up { run, ready, health };
-        let mut actions = vec![log(log::Level::Info, "started", Some(pid), "started")];
-        if let Some((then, origin)) = stop {
-            actions.extend(self.begin_stop(run, ready, then, origin, now.mono));
+        ready
+    }
+
+    /// `pid_file`: the launcher daemonized and exited 0. What its pid file names is
+    /// the run's main process from now on; it is read until the start's deadline.
+    fn launcher_done(&mut self, run: Run, ctx: &mut Ctx) -> Vec<Action> {
+        let deadline = run.started + self.spec.stop_timeout;
+        self.phase = Phase::AwaitPidFile {
+            gen: run.gen,
+            started: run.started,
+            deadline,
+            retry_at: None,
+        };
+        let _ = ctx;
+        vec![
+            log(
+                log::Level::Info,
+                "daemonized",
+                Some(run.pid),
+                "launcher exited 0: reading the pid file",
+            ),
+            Action::Reap(run.pid),
+            Action::ReadPidFile { gen: run.gen },
+        ]
+    }
+
+    /// The answer to `ReadPidFile`.
+    pub(super) fn pid_file(
+        &mut self,
+        gen: u64,
+        result: Result<i32, String>,
+        ctx: &mut Ctx,
+    ) -> Vec<Action> {
+        let now = ctx.now.mono;
+        let Phase::AwaitPidFile {
+            gen: awaited,
+            started,
+            deadline,
+            ..
+        } = self.phase
+        else {
+            return vec![stray("pid file answer with none awaited")];
+        };
+        if gen != awaited {
+            return vec![stray("pid file answer for another run")];
         }
+        match result {
+            Ok(pid) => {
+                let run = Run {
+                    pid,
+                    gen,
+                    started,
+                    launcher: false,
+                };
+                self.up(run, now);
+                vec![log(
+                    log::Level::Info,
+                    "started",
+                    Some(pid),
+                    "main process from the pid file",
+                )]
+            }
+            Err(why) if now + PID_FILE_POLL < deadline => {
+                self.phase = Phase::AwaitPidFile {
+                    gen,
+                    started,
+                    deadline,
+                    retry_at: Some(now + PID_FILE_POLL),
+                };
+                self.last_error = Some(why);
+                Vec::new()
+            }
+            Err(why) => self.start_failed(why, ctx),
+        }
+    }
+
+    /// A start that produced no main process (a pid file missing, stale or naming a
+    /// process outside the service): a failed run, through the backoff path.
+    pub(super) fn start_failed(&mut self, why: String, ctx: &mut Ctx) -> Vec<Action> {
+        if let Some(h) = self.history.back_mut() {
+            h.exited_ms.get_or_insert(ctx.now.wall_ms);
+        }
+        let mut actions = vec![log(
+            log::Level::Error,
+            "failed",
+            None,
+            format!("cannot start: {why}"),
+        )];
+        self.last_error = Some(why);
+        actions.extend(self.after_run(false, ctx));
         actions
     }
 
@@ -142,6 +239,9 @@ impl Service {
             log::Level::Warn
         };
         let mut actions = vec![log(level, "exited", Some(run.pid), exit.describe())];
+        if run.launcher && stop.is_none() && exit.success() {
+            return self.launcher_done(run, ctx);
+        }
         if let Some(mut stop) = stop {
             if stop.killed {
                 actions.push(Action::Reap(run.pid));

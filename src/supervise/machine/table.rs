@@ -20,6 +20,11 @@ fn reach(phase: &str) -> T {
             T::with(s)
         }
         "starting" | "stopping" | "draining" => with_check(),
+        "launching" | "await-pid" => {
+            let mut s = spec(RestartPolicy::Always, 3);
+            s.pid_file = Some("/run/svc.pid".into());
+            T::with(s)
+        }
         _ => T::new(RestartPolicy::Always, 3),
     };
     let ok = "reaching a phase is never refused";
@@ -60,9 +65,14 @@ fn reach(phase: &str) -> T {
         "spawning" => {
             t.on(Event::Start).expect(ok);
         }
-        "starting" | "running" => {
+        "starting" | "running" | "launching" => {
             t.on(Event::Start).expect(ok);
             t.spawned();
+        }
+        "await-pid" => {
+            t.on(Event::Start).expect(ok);
+            t.spawned();
+            t.exit(Exit::Code(0));
         }
         "stopping" | "draining" => {
             // With a health check that has passed, so that a late result could matter.
@@ -131,6 +141,10 @@ fn apply(t: &mut T, event: &str) -> Result<Vec<Action>, Refusal> {
             result: Err("refused".into()),
         },
         "skipped" => Event::ProbeSkipped,
+        "pidfile" => Event::PidFile {
+            gen,
+            result: Ok(4242),
+        },
         "recheck" => {
             // A reload adds a health check in place.
             let mut s = t.svc.spec().clone();
@@ -142,7 +156,7 @@ fn apply(t: &mut T, event: &str) -> Result<Vec<Action>, Refusal> {
     t.on(ev)
 }
 
-const PHASES: [&str; 12] = [
+const PHASES: [&str; 14] = [
     "stopped",
     "held",
     "failed",
@@ -153,11 +167,13 @@ const PHASES: [&str; 12] = [
     "spawning",
     "starting",
     "running",
+    "launching",
+    "await-pid",
     "stopping",
     "draining",
 ];
 
-const EVENTS: [&str; 15] = [
+const EVENTS: [&str; 16] = [
     "start",
     "restart",
     "stop",
@@ -173,6 +189,7 @@ const EVENTS: [&str; 15] = [
     "fail",
     "skipped",
     "recheck",
+    "pidfile",
 ];
 
 /// (phase, event) -> (phase after, actions or `refused: why`, deadline after, last_error).
@@ -195,6 +212,8 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("stopped", "fail", "stopped", "", "-", "-"),
     ("stopped", "skipped", "stopped", "", "-", "-"),
     ("stopped", "recheck", "stopped", "", "-", "-"),
+    ("stopped", "pidfile", "stopped", "internal", "-", "-"),
+
     ("held", "start", "spawning", "spawn", "-", "-"),
     ("held", "restart", "spawning", "spawn", "-", "-"),
     ("held", "stop", "held", "refused: service is not running", "-", "-"),
@@ -210,6 +229,8 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("held", "fail", "held", "", "-", "-"),
     ("held", "skipped", "held", "", "-", "-"),
     ("held", "recheck", "held", "", "-", "-"),
+    ("held", "pidfile", "held", "internal", "-", "-"),
+
     ("failed", "start", "spawning", "spawn", "-", "exited with code 1"),
     ("failed", "restart", "spawning", "spawn", "-", "exited with code 1"),
     ("failed", "stop", "failed", "refused: service is not running", "-", "exited with code 1"),
@@ -225,6 +246,8 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("failed", "fail", "failed", "", "-", "exited with code 1"),
     ("failed", "skipped", "failed", "", "-", "exited with code 1"),
     ("failed", "recheck", "failed", "", "-", "exited with code 1"),
+    ("failed", "pidfile", "failed", "internal", "-", "exited with code 1"),
+
     ("failed-retry", "start", "spawning", "spawn", "-", "maximum restart attempts exceeded"),
     ("failed-retry", "restart", "spawning", "spawn", "-", "maximum restart attempts exceeded"),
     ("failed-retry", "stop", "held", "stopped", "-", "-"),
@@ -240,6 +263,8 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("failed-retry", "fail", "failed-retry", "", "+29990", "maximum restart attempts exceeded"),
     ("failed-retry", "skipped", "failed-retry", "", "+29990", "maximum restart attempts exceeded"),
     ("failed-retry", "recheck", "failed-retry", "", "+29990", "maximum restart attempts exceeded"),
+    ("failed-retry", "pidfile", "failed-retry", "internal", "+29990", "maximum restart attempts exceeded"),
+
     ("waiting", "start", "spawning", "spawn", "-", "-"),
     ("waiting", "restart", "spawning", "spawn", "-", "-"),
     ("waiting", "stop", "held", "stopped", "-", "-"),
@@ -255,6 +280,8 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("waiting", "fail", "waiting", "", "-", "waiting for db (stopped)"),
     ("waiting", "skipped", "waiting", "", "-", "waiting for db (stopped)"),
     ("waiting", "recheck", "waiting", "", "-", "waiting for db (stopped)"),
+    ("waiting", "pidfile", "waiting", "internal", "-", "waiting for db (stopped)"),
+
     ("backoff", "start", "spawning", "spawn", "-", "exited with code 1"),
     ("backoff", "restart", "spawning", "spawn", "-", "exited with code 1"),
     ("backoff", "stop", "held", "stopped", "-", "-"),
@@ -270,6 +297,8 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("backoff", "fail", "backoff", "", "+90", "exited with code 1"),
     ("backoff", "skipped", "backoff", "", "+90", "exited with code 1"),
     ("backoff", "recheck", "backoff", "", "+90", "exited with code 1"),
+    ("backoff", "pidfile", "backoff", "internal", "+90", "exited with code 1"),
+
     ("busy", "start", "spawning", "spawn", "-", "Text file busy"),
     ("busy", "restart", "spawning", "spawn", "-", "Text file busy"),
     ("busy", "stop", "held", "stopped", "-", "-"),
@@ -285,6 +314,8 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("busy", "fail", "busy", "", "+90", "Text file busy"),
     ("busy", "skipped", "busy", "", "+90", "Text file busy"),
     ("busy", "recheck", "busy", "", "+90", "Text file busy"),
+    ("busy", "pidfile", "busy", "internal", "+90", "Text file busy"),
+
     ("spawning", "start", "spawning", "refused: service is already running", "-", "-"),
     ("spawning", "restart", "spawning-stop+start", "", "-", "-"),
     ("spawning", "stop", "spawning-stop", "", "-", "-"),
@@ -300,6 +331,8 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("spawning", "fail", "spawning", "", "-", "-"),
     ("spawning", "skipped", "spawning", "", "-", "-"),
     ("spawning", "recheck", "spawning", "", "-", "-"),
+    ("spawning", "pidfile", "spawning", "internal", "-", "-"),
+
     ("starting", "start", "starting", "refused: service is already running", "+20", "-"),
     ("starting", "restart", "stopping+start", "stopping signal", "+5000", "-"),
     ("starting", "stop", "stopping", "stopping signal", "+5000", "-"),
@@ -315,6 +348,8 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("starting", "fail", "starting", "unhealthy", "+100", "health check failed (1 in a row): refused"),
     ("starting", "skipped", "starting", "", "+100", "-"),
     ("starting", "recheck", "starting", "", "+20", "-"),
+    ("starting", "pidfile", "starting", "internal", "+20", "-"),
+
     ("running", "start", "running", "refused: service is already running", "-", "-"),
     ("running", "restart", "stopping+start", "stopping signal", "+5000", "-"),
     ("running", "stop", "stopping", "stopping signal", "+5000", "-"),
@@ -330,6 +365,42 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("running", "fail", "running", "", "-", "-"),
     ("running", "skipped", "running", "", "-", "-"),
     ("running", "recheck", "running", "", "+30", "-"),
+    ("running", "pidfile", "running", "internal", "-", "-"),
+
+    ("launching", "start", "launching", "refused: service is already running", "+4990", "-"),
+    ("launching", "restart", "stopping+start", "stopping signal", "+5000", "-"),
+    ("launching", "stop", "stopping", "stopping signal", "+5000", "-"),
+    ("launching", "remove", "stopping+remove", "stopping signal", "+5000", "-"),
+    ("launching", "deps", "launching", "", "+4990", "-"),
+    ("launching", "spawned", "launching", "internal kill", "+4990", "-"),
+    ("launching", "spawnfail", "launching", "internal", "+4990", "-"),
+    ("launching", "exited", "backoff", "exited kill reap restarting", "+100", "exited with code 1"),
+    ("launching", "empty", "launching", "internal", "+4990", "-"),
+    ("launching", "alive", "launching", "internal", "+4990", "-"),
+    ("launching", "timer", "stopping+recover", "stopping signal", "+5000", "did not daemonize within 5000 ms (pid_file)"),
+    ("launching", "pass", "launching", "", "+4990", "-"),
+    ("launching", "fail", "launching", "", "+4990", "-"),
+    ("launching", "skipped", "launching", "", "+4990", "-"),
+    ("launching", "recheck", "launching", "", "+4990", "-"),
+    ("launching", "pidfile", "launching", "internal", "+4990", "-"),
+
+    ("await-pid", "start", "spawning", "spawn", "-", "-"),
+    ("await-pid", "restart", "spawning", "spawn", "-", "-"),
+    ("await-pid", "stop", "held", "stopped", "-", "-"),
+    ("await-pid", "remove", "await-pid", "remove", "+4990", "-"),
+    ("await-pid", "deps", "await-pid", "", "+4990", "-"),
+    ("await-pid", "spawned", "await-pid", "internal kill", "+4990", "-"),
+    ("await-pid", "spawnfail", "await-pid", "internal", "+4990", "-"),
+    ("await-pid", "exited", "await-pid", "internal", "+4990", "-"),
+    ("await-pid", "empty", "await-pid", "internal", "+4990", "-"),
+    ("await-pid", "alive", "await-pid", "internal", "+4990", "-"),
+    ("await-pid", "timer", "backoff", "failed restarting", "+100", "the pid file /run/svc.pid names no live process of the service within 5000 ms"),
+    ("await-pid", "pass", "await-pid", "", "+4990", "-"),
+    ("await-pid", "fail", "await-pid", "", "+4990", "-"),
+    ("await-pid", "skipped", "await-pid", "", "+4990", "-"),
+    ("await-pid", "recheck", "await-pid", "", "+4990", "-"),
+    ("await-pid", "pidfile", "running", "started", "-", "-"),
+
     ("stopping", "start", "stopping+start", "", "+4990", "-"),
     ("stopping", "restart", "stopping+start", "", "+4990", "-"),
     ("stopping", "stop", "stopping", "", "+4990", "-"),
@@ -345,6 +416,8 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("stopping", "fail", "stopping", "", "+4990", "-"),
     ("stopping", "skipped", "stopping", "", "+4990", "-"),
     ("stopping", "recheck", "stopping", "", "+4990", "-"),
+    ("stopping", "pidfile", "stopping", "internal", "+4990", "-"),
+
     ("draining", "start", "draining+start", "", "+10", "-"),
     ("draining", "restart", "draining+start", "", "+10", "-"),
     ("draining", "stop", "draining", "", "+10", "-"),
@@ -360,6 +433,7 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("draining", "fail", "draining", "", "+10", "-"),
     ("draining", "skipped", "draining", "", "+10", "-"),
     ("draining", "recheck", "draining", "", "+10", "-"),
+    ("draining", "pidfile", "draining", "internal", "+10", "-"),
 ];
 
 fn row(phase: &str, event: &str) -> (String, String, String, String) {
