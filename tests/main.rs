@@ -16,3 +16,4 @@ mod reliability;
 mod reload;
 mod terminal;
 mod trust;
+mod watchdog;
