@@ -5,6 +5,7 @@
 //! per problem naming the file, the key and (for JSON errors) line:column. This module
 //! never touches processes; discovery and the plan are built on what it returns.
 
+pub mod accounts;
 pub mod discovery;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
