@@ -231,4 +231,18 @@ fn a_critical_service_not_in_the_config_is_a_configuration_error() {
     assert_eq!(std::fs::metadata(&device).unwrap().len(), 0, "fed anyway");
     let check = sb.cli(&["check"]);
     assert_eq!(check.code, 2, "{}", check.stderr);
+    sb.config(
+        json!({"services_dir": "services",
+               "watchdog": {"device": device, "critical": ["web"]}}),
+        json!({}),
+    );
+    let check = sb.cli(&["check"]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    assert!(
+        check
+            .stdout
+            .contains("fed every 10000 ms while running: web"),
+        "{}",
+        check.stdout
+    );
 }
