@@ -42,8 +42,18 @@ fn spawn_sleep(environment: &[(&str, &str)]) -> Reaped {
     Reaped(spawn(&plan.services["svc"], &[]).expect("spawn /bin/sleep"))
 }
 
+/// The child's environment once its exec has finished: spawn returns when the exec
+/// passed the point of no return (its close-on-exec pipe closed), and until the kernel
+/// has set up the new stack, /proc/PID/environ reads empty.
 fn environ(pid: i32) -> BTreeMap<String, String> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut raw = Vec::new();
+    while raw.is_empty() && std::time::Instant::now() < end {
+        raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        if raw.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
     String::from_utf8_lossy(&raw)
         .split('\0')
         .filter_map(|kv| kv.split_once('='))
