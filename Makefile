@@ -6,7 +6,19 @@ CONFIG ?= orchestrator.json
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: build run install test lint fmt bench soak props fuzz clean
+.PHONY: build run install test lint fmt bench soak props fuzz clean static static-debug
+
+# Static builds name their target explicitly, so that RUSTFLAGS reach the binary and
+# never a build script; musl where its target is installed, else glibc linked
+# statically. Their own target directory: switching between static and dynamic builds
+# rebuilds nothing, and a test can build the static binary while cargo test holds the
+# lock of target/.
+HOST := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+MUSL := $(firstword $(subst -, ,$(HOST)))-unknown-linux-musl
+STATIC_TARGET := $(if $(shell rustup target list --installed 2>/dev/null | grep -x '$(MUSL)'),$(MUSL),$(HOST))
+STATIC_DIR := target/static
+STATIC_BUILD = CARGO_TARGET_DIR=$(STATIC_DIR) RUSTFLAGS='-C target-feature=+crt-static' \
+	$(CARGO) build
 
 build:
 	$(CARGO) build --release
@@ -39,8 +51,21 @@ install: $(BIN)
 	$(BIN) completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_orchestrator
 	$(BIN) completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/orchestrator.fish
 
+# A statically linked release binary at target/static/orchestrator: no shared library,
+# no NSS (users and groups come from /etc/passwd and /etc/group).
+static:
+	$(STATIC_BUILD) --release --target $(STATIC_TARGET)
+	cp $(STATIC_DIR)/$(STATIC_TARGET)/release/orchestrator $(STATIC_DIR)/orchestrator
+	@ls -l $(STATIC_DIR)/orchestrator
+
+# The static debug build the PID 1 tests (tests/empty_root.rs) run; built here so that
+# its compile does not run beside the other tests (the test builds it too, a no-op then).
+# glibc, the host's own target, as the test expects.
+static-debug:
+	$(STATIC_BUILD) --target $(HOST)
+
 # Every test: lint first, then unit and integration tests.
-test: lint
+test: lint static-debug
 	$(CARGO) test --all-targets
 
 lint:

@@ -7,7 +7,7 @@ use crate::cli::Cli;
 use crate::control::{instance, socket as control};
 use crate::output::{files, sink as logsink};
 use crate::process::{cgroup, signals};
-use crate::supervise::{persist, supervisor};
+use crate::supervise::{persist, supervisor, watchdog};
 use crate::{config_failed, load};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -181,6 +181,17 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
     );
     if let Some(saved) = saved {
         sup.restore(saved);
+    }
+    // A device that cannot be opened is reported and supervision goes on without it:
+    // on a box nobody can reach, services running unwatched beat no services at all.
+    if let Some(w) = &s.watchdog {
+        match watchdog::Watchdog::open(w) {
+            Ok(wd) => sup.arm_watchdog(wd),
+            Err(e) => log::error!(
+                "watchdog: cannot open {}: {e}; running without it",
+                w.device.display()
+            ),
+        }
     }
     sup.start_all();
     instance::notify_ready();

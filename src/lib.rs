@@ -34,8 +34,10 @@ pub fn main() -> i32 {
     // Descriptors 0-2 must be open so that no pipe of ours is ever given one of them.
     process::spawn::ensure_std_fds();
     // One malloc arena for every thread: with a thread per stream, per-thread arenas
-    // would cost far more than the threads themselves.
+    // would cost far more than the threads themselves. (glibc only: musl's malloc has
+    // no per-thread arenas, and no mallopt.)
     // SAFETY: mallopt has no memory preconditions and runs before any thread exists.
+    #[cfg(target_env = "gnu")]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }

@@ -34,6 +34,18 @@ pub(crate) fn check(cli: &Cli) -> i32 {
         Some(h) => println!("cgroups: {}", h.base.display()),
         None => println!("cgroups: none writable (services are tracked by process group)"),
     }
+    if let Some(w) = &s.watchdog {
+        println!(
+            "watchdog: {} fed every {} ms while running: {}",
+            w.device.display(),
+            w.interval_ms,
+            if w.critical.is_empty() {
+                "(no critical service: always)".to_string()
+            } else {
+                w.critical.join(", ")
+            }
+        );
+    }
     println!("services: {}", plan.services.len());
     let mut failing = Vec::new();
     for spec in plan.services.values() {

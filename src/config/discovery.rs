@@ -420,7 +420,8 @@ fn build_spec(
 /// Resolves `user`/`group` to ids, supplementary groups and home. Switching identity
 /// needs root, unless the target is who we already are.
 fn resolve_identity(svc: &ServiceConfig) -> Result<Option<Identity>, String> {
-    use nix::unistd::{getgrouplist, Gid, Group, Uid, User};
+    use super::accounts;
+    use nix::unistd::{Gid, Uid};
     if svc.user.is_none() && svc.group.is_none() {
         return Ok(None);
     }
@@ -432,32 +433,21 @@ fn resolve_identity(svc: &ServiceConfig) -> Result<Option<Identity>, String> {
         home: None,
     };
     if let Some(name) = &svc.user {
-        let user = match name.parse::<u32>() {
-            Ok(n) => User::from_uid(Uid::from_raw(n)),
-            Err(_) => User::from_name(name),
-        }
-        .map_err(|e| format!("user: cannot look up `{name}`: {e}"))?
-        .ok_or_else(|| format!("user: no such user `{name}`"))?;
-        id.uid = user.uid.as_raw();
-        id.gid = user.gid.as_raw();
-        id.home = Some(user.dir.clone());
-        let cname =
-            CString::new(user.name.clone()).map_err(|_| "user: invalid name".to_string())?;
-        id.groups = getgrouplist(&cname, user.gid)
-            .map_err(|e| format!("user: cannot list groups of `{name}`: {e}"))?
-            .into_iter()
-            .map(Gid::as_raw)
-            .collect();
+        let user = accounts::user(name)
+            .map_err(|e| format!("user: cannot look up `{name}`: {e}"))?
+            .ok_or_else(|| format!("user: no such user `{name}`"))?;
+        id.uid = user.uid;
+        id.gid = user.gid;
+        id.groups = accounts::supplementary_groups(&user)
+            .map_err(|e| format!("user: cannot list groups of `{name}`: {e}"))?;
+        id.home = Some(user.home);
         id.user = Some(user.name);
     }
     if let Some(name) = &svc.group {
-        let group = match name.parse::<u32>() {
-            Ok(n) => Group::from_gid(Gid::from_raw(n)),
-            Err(_) => Group::from_name(name),
-        }
-        .map_err(|e| format!("group: cannot look up `{name}`: {e}"))?
-        .ok_or_else(|| format!("group: no such group `{name}`"))?;
-        id.gid = group.gid.as_raw();
+        let group = accounts::group(name)
+            .map_err(|e| format!("group: cannot look up `{name}`: {e}"))?
+            .ok_or_else(|| format!("group: no such group `{name}`"))?;
+        id.gid = group.gid;
         if !id.groups.contains(&id.gid) {
             id.groups.insert(0, id.gid);
         }

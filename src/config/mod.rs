@@ -5,6 +5,7 @@
 //! per problem naming the file, the key and (for JSON errors) line:column. This module
 //! never touches processes; discovery and the plan are built on what it returns.
 
+pub mod accounts;
 pub mod discovery;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -867,6 +868,14 @@ fn validate(
         }
     }
     if let Some(w) = &s.watchdog {
+        // The device's timeout is set from it in whole seconds (an int): a day is far
+        // beyond any driver's range and keeps every deadline computable.
+        if !(1..=86_400_000).contains(&w.interval_ms) {
+            err(
+                "orchestrator.watchdog.interval_ms",
+                format!("must be between 1 and 86400000, not {}", w.interval_ms),
+            );
+        }
         for c in &w.critical {
             if !services.contains_key(c) && !valid_service_name(c) {
                 err(

@@ -84,10 +84,10 @@ fn lock_path(socket: &Path) -> io::Result<PathBuf> {
 fn home_dir() -> Option<PathBuf> {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+    crate::config::accounts::user(&uid.to_string())
         .ok()
         .flatten()
-        .map(|u| u.dir)
+        .map(|u| u.home)
         .filter(|d| d.is_absolute() && d != Path::new("/"))
 }
 

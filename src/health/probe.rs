@@ -92,7 +92,18 @@ pub fn run(check: &HealthCheck) -> Result<(), String> {
     }
 }
 
+/// Numbers and `localhost` are resolved here, without the C library: a static build
+/// (`make static`) has no NSS to ask, and these are what health checks mostly name.
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(sa) = addr.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    if let Some(port) = addr
+        .strip_prefix("localhost:")
+        .and_then(|p| p.parse::<u16>().ok())
+    {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
     addr.to_socket_addrs()
         .map_err(|e| format!("{addr}: {e}"))?
         .next()

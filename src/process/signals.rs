@@ -11,7 +11,15 @@ use std::io;
 /// when orphans are to be reaped (PID 1 or subreaper); otherwise child exits wake nobody
 /// but their own waiter.
 pub fn register(reap_orphans: bool) -> io::Result<Signals> {
-    let mut sigs = vec![libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+    // SIGPWR: init's "power is failing" (BusyBox init, sysvinit's powerfail), a clean
+    // shutdown like SIGTERM. PID 1 ignores every signal it has no handler for.
+    let mut sigs = vec![
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGPWR,
+    ];
     if reap_orphans {
         sigs.push(libc::SIGCHLD);
     }

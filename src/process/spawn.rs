@@ -121,7 +121,7 @@ pub fn spawn(spec: &ServiceSpec, cgroup_files: &[std::fs::File]) -> Result<Child
     }
     let (out_r, out_w) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     let (err_r, err_w) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
-    let stdio = [dev_null()?, out_w.as_raw_fd(), err_w.as_raw_fd()];
+    let stdio = [null_stdin()?, out_w.as_raw_fd(), err_w.as_raw_fd()];
     let cgroup_fds = crate::process::cgroup::raw_fds(cgroup_files);
     // argv[0] comes with the args (the configured path); a spec without any (built by
     // hand, in tests) gets the binary itself.
@@ -223,6 +223,20 @@ fn dev_null() -> Result<RawFd, String> {
     .as_ref()
     .map(|f| f.as_raw_fd())
     .ok_or_else(|| "cannot open /dev/null".to_string())
+}
+
+/// What a service reads as stdin: /dev/null, or where there is none (PID 1 in a root
+/// that holds nothing but the orchestrator and its services, SPEC 11) the read end of
+/// an empty pipe whose write end is closed, which reads as end-of-file just the same.
+fn null_stdin() -> Result<RawFd, String> {
+    static EMPTY: OnceLock<Option<OwnedFd>> = OnceLock::new();
+    dev_null().or_else(|e| {
+        EMPTY
+            .get_or_init(|| pipe().ok().map(|(r, _w)| r))
+            .as_ref()
+            .map(|f| f.as_raw_fd())
+            .ok_or(e)
+    })
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -443,7 +457,13 @@ fn ensure_data_dir(dir: &Path, spec: &ServiceSpec) -> io::Result<()> {
     crate::process::safe_fs::create_dir_chain(dir, 0o750, owner).map(drop)
 }
 
-unsafe fn set_limit(resource: libc::__rlimit_resource_t, value: Option<u64>) -> bool {
+/// setrlimit's resource argument: glibc has a type of its own, musl a plain int.
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
+unsafe fn set_limit(resource: Resource, value: Option<u64>) -> bool {
     match value {
         Some(v) => {
             let lim = libc::rlimit {

@@ -16,3 +16,4 @@ mod snapshot;
 pub mod state;
 pub mod supervisor;
 mod views;
+pub mod watchdog;

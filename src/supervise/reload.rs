@@ -125,6 +125,15 @@ impl Supervisor {
         if !self.reap_orphans && new_specs_daemonize(&plan.services) {
             self.become_subreaper();
         }
+        match (&mut self.watchdog, &self.cfg.settings.watchdog) {
+            (Some(w), Some(new)) => w.reconfigure(new),
+            (None, None) => {}
+            (Some(w), None) => log::warn!(
+                "watchdog: {} stays fed with the old settings until the next start",
+                w.path().display()
+            ),
+            (None, Some(_)) => log::warn!("watchdog: takes effect at the next start"),
+        }
         let s = &self.cfg.settings;
         self.sink.set_filter(s.log_level, s.log_format);
         self.sink.set_files(s.log_files());

@@ -24,6 +24,7 @@ use super::persist;
 use super::requests::Pending;
 use super::state::{signal_name, Now, Refusal, State};
 use super::views::BinaryIds;
+use super::watchdog::Watchdog;
 use crate::config::discovery::{Plan, ServiceSpec};
 use crate::config::{Config, Overrides};
 use crate::health::exec::ExecProbe;
@@ -109,6 +110,8 @@ pub struct Supervisor {
     /// Process groups with live members, scanned at most once per loop iteration.
     pub(super) live_groups: Option<HashSet<i32>>,
     pub(super) persist: Option<super::snapshot::Saver>,
+    /// The hardware watchdog, when configured and opened (`watchdog.rs`).
+    pub(super) watchdog: Option<Watchdog>,
 }
 
 /// How the loop ended.
@@ -160,6 +163,7 @@ impl Supervisor {
             batch: None,
             live_groups: None,
             persist: state_dir.map(super::snapshot::Saver::new),
+            watchdog: None,
         }
     }
 
@@ -168,6 +172,11 @@ impl Supervisor {
             mono: Instant::now(),
             wall_ms: timefmt::unix_ms(SystemTime::now()),
         }
+    }
+
+    /// Hands the opened watchdog device to the loop, which feeds it from now on.
+    pub fn arm_watchdog(&mut self, watchdog: Watchdog) {
+        self.watchdog = Some(watchdog);
     }
 
     /// Starts every autostart service; the caller then reports readiness and calls `run`.
@@ -230,6 +239,10 @@ impl Supervisor {
                 // The loop is over: waiting here for the last cgroups delays only exit.
                 self.cgroups.remove_all();
                 self.save_state(true);
+                // Only here: a forced exit leaves the device armed.
+                if let Some(w) = self.watchdog.take() {
+                    w.disarm();
+                }
                 return Outcome::Clean;
             }
             self.save_state(false);
@@ -253,10 +266,17 @@ impl Supervisor {
             .as_ref()
             .filter(|s| !s.killed)
             .map(|s| s.deadline);
-        [svc, shutdown, self.state_deadline(), self.cgroup_retry_at()]
-            .into_iter()
-            .flatten()
-            .min()
+        let watchdog = self.watchdog.as_ref().and_then(Watchdog::deadline);
+        [
+            svc,
+            shutdown,
+            self.state_deadline(),
+            self.cgroup_retry_at(),
+            watchdog,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn handle(&mut self, ev: Event) -> Option<Outcome> {
@@ -373,6 +393,10 @@ impl Supervisor {
         }
         self.probe_timeouts(now);
         self.retry_busy_cgroups(now);
+        if let Some(w) = &mut self.watchdog {
+            let services = &self.services;
+            w.tick(|name| services.get(name).map(|e| e.svc.state()), now);
+        }
         let due: Vec<String> = self
             .services
             .iter()

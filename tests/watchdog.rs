@@ -1,0 +1,248 @@
+//! The hardware watchdog (SPEC 11), with a FIFO or a plain file standing in for the
+//! device: fed at the interval only while every critical service is running, stopped
+//! and resumed with a log line each, disarmed with `V` at a clean shutdown only, and a
+//! critical service that is not in the config refused.
+
+use crate::util::*;
+use serde_json::json;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Every byte read from the FIFO, with when it came; `closed` once the writer closed.
+#[derive(Default)]
+struct Fed {
+    bytes: Vec<(Instant, u8)>,
+    closed: bool,
+}
+
+/// Makes a FIFO at `path` and reads it on a thread. The read end is opened first,
+/// non-blocking, so that the daemon's non-blocking open for writing finds a reader;
+/// until a writer comes, poll waits (Linux reports no hang-up on a FIFO that never had
+/// a writer).
+fn fifo_reader(path: &Path) -> Arc<Mutex<Fed>> {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    assert!(fd >= 0, "open the FIFO for reading");
+    let fed = Arc::new(Mutex::new(Fed::default()));
+    let out = fed.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        loop {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // Bounded, so that the thread ends with the test even if no writer came.
+            if unsafe { libc::poll(&mut pfd, 1, 30_000) } <= 0 {
+                break;
+            }
+            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            let now = Instant::now();
+            if n == 0 {
+                out.lock().unwrap().closed = true;
+                break;
+            }
+            if n > 0 {
+                let mut f = out.lock().unwrap();
+                f.bytes.extend(buf[..n as usize].iter().map(|b| (now, *b)));
+            }
+        }
+        unsafe { libc::close(fd) };
+    });
+    fed
+}
+
+fn count(fed: &Arc<Mutex<Fed>>) -> usize {
+    fed.lock().unwrap().bytes.len()
+}
+
+/// The longest pause between two feeds from the last of the first `since` on.
+fn longest_gap_after(fed: &Arc<Mutex<Fed>>, since: usize) -> Duration {
+    let f = fed.lock().unwrap();
+    f.bytes[since.saturating_sub(1)..]
+        .windows(2)
+        .map(|w| w[1].0 - w[0].0)
+        .max()
+        .unwrap_or_default()
+}
+
+#[test]
+fn fed_only_while_critical_services_run_and_disarmed_at_shutdown() {
+    let sb = Sandbox::new();
+    let fifo = sb.path("watchdog.fifo");
+    let fed = fifo_reader(&fifo);
+    let trigger = sb.path("fail-now");
+    sb.service("crit", "exec sleep 1000");
+    sb.service(
+        "once",
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.05; done; exit 3",
+            trigger.display()
+        ),
+    );
+    sb.service("other", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services",
+               "watchdog": {"device": fifo, "interval_ms": 100, "critical": ["crit", "once"]}}),
+        json!({"crit": {"initial_backoff_ms": 1500, "max_backoff_ms": 1500},
+               "once": {"restart": "never"},
+               "other": {}}),
+    );
+    let mut d = Daemon::start(&sb, &[]);
+    sb.wait_running("crit", None);
+    sb.wait_running("once", None);
+
+    // Fed at the interval while every critical service runs.
+    assert!(
+        wait_until(DEADLINE, || count(&fed) >= 6),
+        "never fed 6 times"
+    );
+    {
+        let f = fed.lock().unwrap();
+        assert!(
+            f.bytes.iter().all(|(_, b)| *b != b'V'),
+            "disarmed too early"
+        );
+        for w in f.bytes.windows(2) {
+            let gap = w[1].0 - w[0].0;
+            assert!(
+                gap >= Duration::from_millis(70),
+                "fed faster than the interval: {gap:?}"
+            );
+        }
+    }
+    d.wait_log(&["watchdog", "feeding", "every critical service is running"]);
+    // A non-critical service going down changes nothing.
+    let other = sb.wait_running("other", None);
+    unsafe { libc::kill(other as i32, libc::SIGKILL) };
+    sb.wait_running("other", Some(other));
+
+    // Restarting is not running: no feed through the 1.5 s backoff, then it resumes.
+    let before = count(&fed);
+    let crit = sb.wait_running("crit", None);
+    unsafe { libc::kill(crit as i32, libc::SIGKILL) };
+    d.wait_log(&["watchdog", "not feeding", "crit is restarting"]);
+    sb.wait_running("crit", Some(crit));
+    let resumed = count(&fed);
+    assert!(
+        wait_until(DEADLINE, || count(&fed) >= resumed + 3),
+        "feeding never resumed"
+    );
+    let gap = longest_gap_after(&fed, before);
+    assert!(
+        gap >= Duration::from_millis(1200),
+        "fed while crit was restarting (longest pause {gap:?}); log:\n{}",
+        d.log_text()
+    );
+
+    // Failed is not running either; `start` brings it back, and feeding with it.
+    let before = count(&fed);
+    std::fs::write(&trigger, "").unwrap();
+    sb.wait_state("once", "failed");
+    d.wait_log(&["watchdog", "not feeding", "once is failed"]);
+    std::fs::remove_file(&trigger).unwrap();
+    let stalled = count(&fed);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        count(&fed) <= stalled + 1,
+        "fed while once was failed: {} feeds",
+        count(&fed) - stalled
+    );
+    assert_eq!(sb.cli(&["start", "once"]).code, 0);
+    sb.wait_running("once", None);
+    assert!(
+        wait_until(DEADLINE, || count(&fed) >= stalled + 3),
+        "feeding never resumed after start"
+    );
+    let gap = longest_gap_after(&fed, before);
+    assert!(
+        gap >= Duration::from_millis(400),
+        "fed while once was failed (longest pause {gap:?})"
+    );
+    assert_eq!(
+        d.count_log(&["watchdog", "feeding", "every critical service is running"]),
+        3,
+        "one line each time feeding starts:\n{}",
+        d.log_text()
+    );
+
+    // A clean shutdown ends with the magic close: `V`, then the device is closed.
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(DEADLINE), Some(0));
+    assert!(wait_until(DEADLINE, || fed.lock().unwrap().closed));
+    let f = fed.lock().unwrap();
+    assert_eq!(f.bytes.last().map(|b| b.1), Some(b'V'), "no magic close");
+    assert_eq!(f.bytes.iter().filter(|b| b.1 == b'V').count(), 1);
+}
+
+#[test]
+fn a_forced_exit_leaves_the_device_armed() {
+    let sb = Sandbox::new();
+    let device = sb.path("watchdog.dev");
+    std::fs::write(&device, "").unwrap();
+    sb.service("stubborn", "trap '' TERM; while :; do sleep 0.05; done");
+    sb.config(
+        json!({"services_dir": "services",
+               "watchdog": {"device": device, "interval_ms": 50}}),
+        json!({"stubborn": {"stop_timeout_ms": 10000}}),
+    );
+    let mut d = Daemon::start(&sb, &[]);
+    // A plain file stands in too: no critical service, so it is fed from the start.
+    let size = || std::fs::metadata(&device).map_or(0, |m| m.len());
+    assert!(wait_until(DEADLINE, || size() >= 3), "plain file never fed");
+    sb.wait_running("stubborn", None);
+    d.signal(libc::SIGTERM);
+    d.wait_log(&["shutting down"]);
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(DEADLINE), Some(1));
+    let bytes = std::fs::read(&device).unwrap();
+    assert!(!bytes.contains(&b'V'), "disarmed after a forced exit");
+}
+
+#[test]
+fn a_critical_service_not_in_the_config_is_a_configuration_error() {
+    let sb = Sandbox::new();
+    let device = sb.path("watchdog.dev");
+    std::fs::write(&device, "").unwrap();
+    sb.service("web", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services",
+               "watchdog": {"device": device, "critical": ["web", "nosuch"]}}),
+        json!({}),
+    );
+    let mut d = Daemon::spawn(&sb, &[], &[]);
+    assert_eq!(d.wait_exit(DEADLINE), Some(2));
+    assert!(
+        d.log_text()
+            .contains("orchestrator.watchdog.critical: unknown service `nosuch`"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(std::fs::metadata(&device).unwrap().len(), 0, "fed anyway");
+    let check = sb.cli(&["check"]);
+    assert_eq!(check.code, 2, "{}", check.stderr);
+    sb.config(
+        json!({"services_dir": "services",
+               "watchdog": {"device": device, "critical": ["web"]}}),
+        json!({}),
+    );
+    let check = sb.cli(&["check"]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    assert!(
+        check
+            .stdout
+            .contains("fed every 10000 ms while running: web"),
+        "{}",
+        check.stdout
+    );
+}
