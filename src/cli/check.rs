@@ -112,6 +112,11 @@ pub(crate) fn check(cli: &Cli) -> i32 {
                 config::CheckType::Exec => hc.command.join(" "),
                 config::CheckType::Tcp => format!("tcp {}", hc.address.as_deref().unwrap_or("")),
                 config::CheckType::Http => format!("GET {}", hc.url.as_deref().unwrap_or("")),
+                config::CheckType::Grpc => format!(
+                    "grpc {} {:?}",
+                    hc.address.as_deref().unwrap_or(""),
+                    hc.grpc_service
+                ),
             };
             println!(
                 "  health_check: {target}, first after {} ms, every {} ms, timeout {} ms, restart after {} failures",

@@ -259,6 +259,7 @@ pub enum CheckType {
     Exec,
     Tcp,
     Http,
+    Grpc,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -272,6 +273,9 @@ pub struct HealthCheck {
     pub address: Option<String>,
     #[serde(default)]
     pub url: Option<String>,
+    /// The service name asked about by a `grpc` check; empty = the whole server.
+    #[serde(default)]
+    pub grpc_service: String,
     #[serde(default = "default_check_interval")]
     pub interval_ms: u64,
     #[serde(default = "default_check_timeout")]
@@ -806,6 +810,10 @@ fn validate(
                 CheckType::Tcp if hc.address.is_none() => {
                     err(&key("health_check.address"), "required for type tcp".into())
                 }
+                CheckType::Grpc if hc.address.is_none() => err(
+                    &key("health_check.address"),
+                    "required for type grpc".into(),
+                ),
                 CheckType::Http if hc.url.is_none() => {
                     err(&key("health_check.url"), "required for type http".into())
                 }

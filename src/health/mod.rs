@@ -1,3 +1,5 @@
 //! Health-check clients (SPEC 7).
 pub mod exec;
+pub mod grpc;
+mod hpack;
 pub mod probe;
