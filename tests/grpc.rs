@@ -50,7 +50,14 @@ fn grpc_available() -> bool {
         return true;
     }
     let _ = Command::new("python3")
-        .args(["-m", "pip", "install", "-q", "grpcio", "grpcio-health-checking"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "grpcio",
+            "grpcio-health-checking",
+        ])
         .status();
     let ok = has_grpc();
     if !ok {
@@ -106,7 +113,9 @@ fn grpc_health_checks_against_a_real_server() {
         let mut last = serde_json::Value::Null;
         let ok = wait_until(DEADLINE, || {
             last = sb.service_status(name);
-            last["last_error"].as_str().is_some_and(|e| e.contains(part))
+            last["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(part))
         });
         assert!(ok, "{name}: no `{part}` in last_error: {last}");
         assert_eq!(last["state"], "starting", "{name}: {last}");

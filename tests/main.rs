@@ -10,6 +10,7 @@ mod grpc;
 mod health;
 mod isolation;
 mod lifecycle;
+mod notify;
 mod observability;
 mod operator;
 mod output;

@@ -64,11 +64,16 @@ pub struct ServiceSpec {
     pub health_check: Option<HealthCheck>,
     /// How often a service left `failed` by its restart attempts is tried again.
     pub retry_failed: Option<Duration>,
+    /// `ready: "notify"`: starting until `READY=1` on the notify socket.
+    pub ready_notify: bool,
+    /// `watchdog_ms`: the longest silence between keep-alives once running.
+    pub watchdog: Option<Duration>,
 }
 
 impl ServiceSpec {
     /// True when `other` would run a different process (SPEC 5: binary, args,
-    /// environment, data_dir, identity, limits, sockets), so a reload must restart it.
+    /// environment, data_dir, identity, limits, sockets, ready, watchdog_ms), so a
+    /// reload must restart it.
     pub fn process_differs(&self, other: &ServiceSpec) -> bool {
         self.binary != other.binary
             || self.args != other.args
@@ -78,6 +83,8 @@ impl ServiceSpec {
             || self.limits != other.limits
             || self.memory_limit_mib != other.memory_limit_mib
             || self.sockets != other.sockets
+            || self.ready_notify != other.ready_notify
+            || self.watchdog != other.watchdog
     }
 
     pub fn binary_error(&self) -> Option<String> {
@@ -361,6 +368,22 @@ fn build_spec(
     if svc.memory_limit > 0 {
         env.insert("GOMEMLIMIT".into(), format!("{}MiB", svc.memory_limit));
     }
+    if svc.ready.is_some() || svc.watchdog_ms.is_some() {
+        let socket = s
+            .control_socket
+            .clone()
+            .unwrap_or_else(crate::control::instance::default_socket);
+        let path = crate::health::notify::socket_path(&socket);
+        env.insert("NOTIFY_SOCKET".into(), path.display().to_string());
+    }
+    if let Some(ms) = svc.watchdog_ms {
+        // WATCHDOG_PID is the child's own pid: the spawn adds it after the clone.
+        env.remove("WATCHDOG_PID");
+        env.insert(
+            "WATCHDOG_USEC".into(),
+            (ms.saturating_mul(1000)).to_string(),
+        );
+    }
     let policy = svc.restart.unwrap_or(if s.auto_restart {
         RestartPolicy::Always
     } else {
@@ -398,6 +421,8 @@ fn build_spec(
             .retry_failed_ms
             .or(s.retry_failed_ms)
             .map(Duration::from_millis),
+        ready_notify: svc.ready == Some(crate::config::ReadyMode::Notify),
+        watchdog: svc.watchdog_ms.map(Duration::from_millis),
     }
 }
 

@@ -87,6 +87,14 @@ pub enum RestartPolicy {
     Never,
 }
 
+/// `ready`: how a service says it is up, besides its health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ReadyMode {
+    /// `READY=1` on `NOTIFY_SOCKET` (sd_notify).
+    #[serde(rename = "notify")]
+    Notify,
+}
+
 impl RestartPolicy {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -210,6 +218,8 @@ pub struct ServiceConfig {
     pub limits: Limits,
     pub depends_on: Vec<String>,
     pub health_check: Option<HealthCheck>,
+    pub ready: Option<ReadyMode>,
+    pub watchdog_ms: Option<u64>,
     pub sockets: Vec<SocketConfig>,
     pub upgrade_grace_ms: u64,
     pub retry_failed_ms: Option<u64>,
@@ -236,6 +246,8 @@ impl Default for ServiceConfig {
             limits: Limits::default(),
             depends_on: Vec::new(),
             health_check: None,
+            ready: None,
+            watchdog_ms: None,
             sockets: Vec::new(),
             upgrade_grace_ms: 10_000,
             retry_failed_ms: None,
@@ -797,6 +809,9 @@ fn validate(
                 &key("initial_backoff_ms"),
                 format!("{init} is above max_backoff_ms ({max})"),
             );
+        }
+        if svc.watchdog_ms == Some(0) {
+            err(&key("watchdog_ms"), "must be at least 1".into());
         }
         if svc.limits.cpu_percent == Some(0) {
             err(&key("limits.cpu_percent"), "must be at least 1".into());

@@ -2,4 +2,5 @@
 pub mod exec;
 pub mod grpc;
 mod hpack;
+pub mod notify;
 pub mod probe;

@@ -140,6 +140,9 @@ impl Supervisor {
         if self.persist.is_some() {
             e.group = persist::Group::of(pid);
         }
+        if let Some(n) = &self.notify {
+            n.register(pid, &e.name);
+        }
         let max_line = self.cfg.settings.max_line_bytes;
         for (fd, stream) in [
             (child.stdout, Stream::Stdout),

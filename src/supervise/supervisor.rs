@@ -27,6 +27,7 @@ use super::views::BinaryIds;
 use crate::config::discovery::{Plan, ServiceSpec};
 use crate::config::{Config, Overrides};
 use crate::health::exec::ExecProbe;
+use crate::health::notify::Notify;
 use crate::health::probe::Prober;
 use crate::output::reader::{Counters, Ring};
 use crate::output::sink::{EventRecord, Sink};
@@ -105,6 +106,8 @@ pub struct Supervisor {
     /// Process groups with live members, scanned at most once per loop iteration.
     pub(super) live_groups: Option<HashSet<i32>>,
     pub(super) persist: Option<super::snapshot::Saver>,
+    /// The sd_notify socket; `None` if it could not be opened (logged).
+    pub(super) notify: Option<Notify>,
 }
 
 /// How the loop ended.
@@ -127,6 +130,7 @@ impl Supervisor {
         state_dir: Option<persist::StateDir>,
     ) -> Supervisor {
         let prober = Prober::new(tx.clone());
+        let notify = open_notify(&cfg, tx.clone());
         let services = plan
             .services
             .into_values()
@@ -156,6 +160,7 @@ impl Supervisor {
             batch: None,
             live_groups: None,
             persist: state_dir.map(super::snapshot::Saver::new),
+            notify,
         }
     }
 
@@ -286,6 +291,7 @@ impl Supervisor {
                 }
                 let _ = self.feed(&service, machine::Event::Exited { gen, exit });
             }
+            Event::Notify { service } => self.notified(&service),
             Event::Signal(sig) => return self.on_signal(sig),
             Event::Control(req, reply) => self.control(req, reply),
         }
@@ -375,6 +381,7 @@ impl Supervisor {
             .map(|(n, _)| n.clone())
             .collect();
         for name in due {
+            self.feed_keepalive(&name);
             let _ = self.feed(&name, machine::Event::Timer);
         }
     }
@@ -444,6 +451,35 @@ impl Supervisor {
         });
     }
 
+    /// A service's notify slot changed: its news, in the order they matter.
+    fn notified(&mut self, name: &str) {
+        let Some(slot) = self.notify.as_ref().and_then(|n| n.take(name)) else {
+            return;
+        };
+        let mut notices = Vec::new();
+        notices.extend(slot.keepalive.map(machine::Notice::KeepAlive));
+        notices.extend(slot.status.map(machine::Notice::Status));
+        if slot.ready {
+            notices.push(machine::Notice::Ready);
+        }
+        if slot.trigger {
+            notices.push(machine::Notice::Trigger);
+        }
+        for n in notices {
+            let _ = self.feed(name, machine::Event::Notify(n));
+        }
+    }
+
+    /// Keep-alives only stamp the service's slot; its watchdog deadline has come, so
+    /// the machine learns the last one now.
+    fn feed_keepalive(&mut self, name: &str) {
+        let watching = self.services.get(name).is_some_and(|e| e.svc.watching());
+        let at = self.notify.as_ref().and_then(|n| n.keepalive(name));
+        if let (true, Some(at)) = (watching, at) {
+            let _ = self.feed(name, machine::Event::Notify(machine::Notice::KeepAlive(at)));
+        }
+    }
+
     /// Reaps children that are not ours to wait for: orphans handed to us as PID 1 or
     /// subreaper. Managed pids (runs and exec probes) are skipped, so no waiter ever
     /// loses its status. Bound: one /proc/self/task/*/children read and one WNOHANG
@@ -461,6 +497,30 @@ impl Supervisor {
             unsafe {
                 libc::waitpid(pid, &mut status, libc::WNOHANG);
             }
+        }
+    }
+}
+
+/// Opens the sd_notify socket beside the control socket; every datagram wakes the loop
+/// at most once per service (see `health::notify`).
+fn open_notify(cfg: &Config, tx: Sender<Event>) -> Option<Notify> {
+    let socket = cfg
+        .settings
+        .control_socket
+        .clone()
+        .unwrap_or_else(crate::control::instance::default_socket);
+    let path = crate::health::notify::socket_path(&socket);
+    let id = crate::process::cgroup::instance_id(&socket);
+    match Notify::open(&path, id, move |service| {
+        let _ = tx.send(Event::Notify { service });
+    }) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            log::error!(
+                "notify socket {}: {e}; services with ready or watchdog_ms cannot report",
+                path.display()
+            );
+            None
         }
     }
 }

@@ -30,6 +30,17 @@ impl Service {
                 actions.extend(self.launch(0, ctx));
                 actions
             }
+            Phase::Up {
+                run,
+                ready: true,
+                watch: Watch {
+                    deadline: Some(t), ..
+                },
+                ..
+            } if due(*t) => {
+                let run = *run;
+                self.watchdog_timeout(run, ctx)
+            }
             Phase::Up { run, health, .. } => match health.next_probe {
                 Some(t) if due(t) && !health.in_flight => {
                     health.next_probe = None;
@@ -95,7 +106,10 @@ impl Service {
         let Some(hc) = self.spec.health_check.clone() else {
             return Vec::new();
         };
-        let Phase::Up { run, ready, health } = &mut self.phase else {
+        let Phase::Up {
+            run, ready, health, ..
+        } = &mut self.phase
+        else {
             return Vec::new(); // A late answer about a run that is over or stopping.
         };
         if run.gen != gen {
@@ -107,19 +121,22 @@ impl Service {
         match result {
             Ok(()) => {
                 health.failures = 0;
+                health.passed = true;
                 // A pass resets the restart counter, as a long run does.
                 self.attempts = 0;
                 if *ready {
                     return Vec::new();
                 }
-                *ready = true;
                 self.last_error = None;
-                vec![log(
-                    log::Level::Info,
-                    "ready",
-                    pid,
-                    "health check passed: ready",
-                )]
+                match self.ready_if_due(now) {
+                    true => vec![log(
+                        log::Level::Info,
+                        "ready",
+                        pid,
+                        "health check passed: ready",
+                    )],
+                    false => Vec::new(),
+                }
             }
             Err(why) => {
                 health.failures += 1;
@@ -166,8 +183,8 @@ impl Service {
             (Phase::Up { ready, health, .. }, None) => {
                 *health = Health::default();
                 if !*ready {
-                    *ready = true;
                     self.last_error = None;
+                    self.ready_if_due(now);
                 }
             }
             (Phase::Up { health, .. }, Some(hc))

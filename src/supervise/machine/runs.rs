@@ -47,17 +47,21 @@ impl Service {
             exit_code: None,
         });
         // Without a health check the process is up once exec has succeeded; with one,
-        // once the first check passes.
+        // once the first check passes; with `ready: notify`, once READY=1 came too.
         let mut health = Health::default();
-        let ready = match &self.spec.health_check {
-            Some(hc) => {
-                health.next_probe = Some(now.mono + Duration::from_millis(hc.initial_delay_ms));
-                false
-            }
-            None => true,
+        if let Some(hc) = &self.spec.health_check {
+            health.next_probe = Some(now.mono + Duration::from_millis(hc.initial_delay_ms));
+        }
+        self.notify_status = None;
+        self.phase = Phase::Up {
+            run,
+            ready: false,
+            health,
+            watch: Watch::default(),
         };
-        self.phase = Phase::Up { run, ready, health };
         let mut actions = vec![log(log::Level::Info, "started", Some(pid), "started")];
+        self.ready_if_due(now.mono);
+        let ready = matches!(self.phase, Phase::Up { ready: true, .. });
         if let Some((then, origin)) = stop {
             actions.extend(self.begin_stop(run, ready, then, origin, now.mono));
         }
