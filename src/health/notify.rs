@@ -15,7 +15,7 @@
 //! It never decides anything about a service's lifecycle and never signals anyone:
 //! the main loop turns slots into machine events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -44,14 +44,29 @@ pub struct Slot {
     woken: bool,
 }
 
-#[derive(Default)]
 struct Shared {
     /// Process group (a run's main pid) -> service.
     groups: Mutex<HashMap<i32, Arc<str>>>,
     slots: Mutex<HashMap<Arc<str>, Slot>>,
     /// Datagrams from processes of no service.
     rejected: AtomicU64,
+    /// Datagrams from a main process we just spawned whose group the loop has not
+    /// registered yet (a spawn on the start-up pool is registered once the whole batch
+    /// is done): kept briefly, applied by `register`.
+    early: Mutex<VecDeque<Early>>,
+    wake: Box<dyn Fn(Arc<str>) + Send + Sync>,
 }
+
+struct Early {
+    pgid: i32,
+    at: Instant,
+    text: Vec<u8>,
+    truncated: bool,
+}
+
+/// How many early datagrams are kept, and how long.
+const MAX_EARLY: usize = 64;
+const EARLY_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The daemon's notify socket. Dropping it removes the socket file; the reader thread
 /// lives as long as the process.
@@ -74,15 +89,20 @@ impl Notify {
     pub fn open(
         path: &Path,
         cgroup_id: String,
-        wake: impl Fn(Arc<str>) + Send + 'static,
+        wake: impl Fn(Arc<str>) + Send + Sync + 'static,
     ) -> io::Result<Notify> {
         let fd = bind(path)?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            groups: Mutex::default(),
+            slots: Mutex::default(),
+            rejected: AtomicU64::new(0),
+            early: Mutex::default(),
+            wake: Box::new(wake),
+        });
         let reader = Reader {
             fd,
             shared: shared.clone(),
             cgroup_id,
-            wake: Box::new(wake),
         };
         std::thread::Builder::new()
             .name("notify".into())
@@ -94,27 +114,44 @@ impl Notify {
         })
     }
 
-    /// A new run of `service` with process group `pgid`: its slot starts afresh.
+    /// A new run of `service` with process group `pgid` (its main pid). What its main
+    /// process said before this is applied now.
     pub fn register(&self, pgid: i32, service: &Arc<str>) {
         if let Ok(mut g) = self.shared.groups.lock() {
             g.insert(pgid, service.clone());
         }
-        if let Ok(mut s) = self.shared.slots.lock() {
-            let dropped = s.get(service).map_or(0, |s| s.dropped);
-            s.insert(
-                service.clone(),
-                Slot {
-                    dropped,
-                    ..Slot::default()
-                },
-            );
+        let early: VecDeque<Early> = match self.shared.early.lock() {
+            Ok(mut q) => {
+                let (mine, rest) = q.drain(..).partition(|e| e.pgid == pgid);
+                *q = rest;
+                mine
+            }
+            Err(_) => VecDeque::new(),
+        };
+        for e in early {
+            self.shared.apply(service, &e.text, e.truncated);
         }
     }
 
-    /// The run with process group `pgid` is over.
+    /// The run with process group `pgid` is over (its main process reaped): the next
+    /// run of its service starts with an empty slot.
     pub fn forget(&self, pgid: i32) {
-        if let Ok(mut g) = self.shared.groups.lock() {
-            g.remove(&pgid);
+        let Some(service) = self
+            .shared
+            .groups
+            .lock()
+            .ok()
+            .and_then(|mut g| g.remove(&pgid))
+        else {
+            return;
+        };
+        if let Ok(mut s) = self.shared.slots.lock() {
+            if let Some(slot) = s.get_mut(&service) {
+                *slot = Slot {
+                    dropped: slot.dropped,
+                    ..Slot::default()
+                };
+            }
         }
     }
 
@@ -212,7 +249,14 @@ struct Reader {
     fd: OwnedFd,
     shared: Arc<Shared>,
     cgroup_id: String,
-    wake: Box<dyn Fn(Arc<str>) + Send>,
+}
+
+/// Whom a datagram comes from.
+enum Sender {
+    Service(Arc<str>),
+    /// A main process we spawned, not registered yet: its process group.
+    Early(i32),
+    Nobody,
 }
 
 /// One datagram as received.
@@ -291,39 +335,82 @@ impl Reader {
         })
     }
 
-    /// The service owning `pid`: by cgroup first (it holds every process of the
-    /// service, whatever group it moved to), else by process group.
-    fn owner(&self, pid: i32) -> Option<Arc<str>> {
+    /// Who sent from `pid`: the service whose registered process group it is in, else
+    /// the service whose cgroup holds it (a process that left the group), else a main
+    /// process we spawned a moment ago (our child, leading its own group).
+    fn sender(&self, pid: i32) -> Sender {
         if pid <= 0 {
-            return None;
-        }
-        if let Some(name) = cgroup_owner(pid, &self.cgroup_id) {
-            let groups = self.shared.slots.lock().ok()?;
-            if let Some((k, _)) = groups.get_key_value(name.as_str()) {
-                return Some(k.clone());
-            }
+            return Sender::Nobody;
         }
         // SAFETY: getpgid has no memory preconditions.
         let pgid = unsafe { libc::getpgid(pid) };
         if pgid <= 0 {
-            return None;
+            return Sender::Nobody; // Gone already.
         }
-        self.shared.groups.lock().ok()?.get(&pgid).cloned()
+        if let Some(s) = self
+            .shared
+            .groups
+            .lock()
+            .ok()
+            .and_then(|g| g.get(&pgid).cloned())
+        {
+            return Sender::Service(s);
+        }
+        if let Some(name) = cgroup_owner(pid, &self.cgroup_id) {
+            let known = self
+                .shared
+                .slots
+                .lock()
+                .ok()
+                .and_then(|s| s.get_key_value(name.as_str()).map(|(k, _)| k.clone()));
+            return Sender::Service(known.unwrap_or_else(|| name.as_str().into()));
+        }
+        if pgid == pid && parent_of(pid) == Some(std::process::id() as i32) {
+            return Sender::Early(pgid);
+        }
+        Sender::Nobody
     }
 
     fn handle(&self, d: Datagram) {
-        let Some(service) = d.pid.and_then(|p| self.owner(p)) else {
-            self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+        match d.pid.map_or(Sender::Nobody, |p| self.sender(p)) {
+            Sender::Service(s) => self.shared.apply(&s, d.text, d.truncated),
+            Sender::Early(pgid) => self.shared.keep_early(pgid, d.text, d.truncated),
+            Sender::Nobody => {
+                self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn keep_early(&self, pgid: i32, text: &[u8], truncated: bool) {
+        let Ok(mut q) = self.early.lock() else {
             return;
         };
-        let Ok(mut slots) = self.shared.slots.lock() else {
+        let now = Instant::now();
+        while q
+            .front()
+            .is_some_and(|e| q.len() >= MAX_EARLY || now.duration_since(e.at) > EARLY_TTL)
+        {
+            q.pop_front();
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        q.push_back(Early {
+            pgid,
+            at: now,
+            text: text.to_vec(),
+            truncated,
+        });
+    }
+
+    /// Folds one datagram of `service` into its slot; wakes the loop on a change.
+    fn apply(&self, service: &Arc<str>, text: &[u8], truncated: bool) {
+        let Ok(mut slots) = self.slots.lock() else {
             return;
         };
-        let Some(slot) = slots.get_mut(&service) else {
-            return;
-        };
-        let text = match std::str::from_utf8(d.text) {
-            Ok(t) if !d.truncated => t,
+        let slot = slots.entry(service.clone()).or_default();
+        let text = match std::str::from_utf8(text) {
+            Ok(t) if !truncated => t,
             _ => {
                 slot.dropped += 1;
                 return;
@@ -351,9 +438,16 @@ impl Reader {
         if changed && !slot.woken {
             slot.woken = true;
             drop(slots);
-            (self.wake)(service);
+            (self.wake)(service.clone());
         }
     }
+}
+
+/// The parent of `pid`, from /proc/PID/stat (the field after the command's `)`).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The service named by `pid`'s cgroup path, `.../<cgroup_id>/NAME[/...]`.
@@ -423,6 +517,47 @@ mod tests {
         assert!(!n.take("svc").unwrap().trigger, "consumed");
         drop(n);
         assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_main_process_heard_before_its_registration_is_heard_after_it() {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(format!("notify-early-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("n.sock");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let n = Notify::open(&path, "orchestrator-none".into(), move |s| {
+            let _ = tx.send(s);
+        })
+        .unwrap();
+        // Our child, leading its own group, as a freshly spawned service is.
+        let script = format!(
+            "import os, socket, time\nos.setsid()\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.sendto(b'READY=1', {:?})\nprint('sent', flush=True)\ntime.sleep(10)",
+            path.display().to_string()
+        );
+        let Ok(mut child) = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+        else {
+            eprintln!("skipped: python3 is not installed");
+            return;
+        };
+        let mut line = String::new();
+        let out = child.stdout.take().unwrap();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+        assert!(wait(|| n.shared.early.lock().unwrap().len() == 1));
+        assert_eq!(n.rejected(), 0);
+        let svc: Arc<str> = "svc".into();
+        n.register(child.id() as i32, &svc);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), svc);
+        assert!(n.take("svc").unwrap().ready);
+        n.forget(child.id() as i32);
+        assert!(!n.take("svc").unwrap().ready, "the next run starts afresh");
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(n);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -286,6 +286,9 @@ impl Supervisor {
                     // A run nobody tracks any more: reap it so that it is no zombie.
                     if self.unreaped.remove(&pid) {
                         spawn::reap(pid);
+                        if let Some(n) = &self.notify {
+                            n.forget(pid);
+                        }
                     }
                     return None;
                 }
