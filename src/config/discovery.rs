@@ -628,5 +628,34 @@ mod tests {
         assert!(!a.process_differs(&b));
         b.args.push("x".into());
         assert!(a.process_differs(&b));
+        // SPEC 5: ready and watchdog_ms change what the process is told (NOTIFY_SOCKET,
+        // WATCHDOG_USEC), so they restart it.
+        let mut c = a.clone();
+        c.ready_notify = true;
+        assert!(a.process_differs(&c));
+        let mut d = a.clone();
+        d.watchdog = Some(Duration::from_secs(1));
+        assert!(a.process_differs(&d));
+    }
+
+    #[test]
+    fn notify_and_watchdog_environment() {
+        let c = ServiceConfig {
+            ready: Some(crate::config::ReadyMode::Notify),
+            watchdog_ms: Some(2500),
+            environment: [("WATCHDOG_PID".to_string(), "7".to_string())].into(),
+            ..Default::default()
+        };
+        let s = Settings {
+            control_socket: Some(PathBuf::from("/run/o.sock")),
+            ..Settings::default()
+        };
+        let sp = build_spec("n", true, &c, &s, "/bin/true".into(), None, None, &[]);
+        let get = |k: &str| sp.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("NOTIFY_SOCKET"), Some("/run/o.sock.notify"));
+        assert_eq!(get("WATCHDOG_USEC"), Some("2500000"));
+        assert_eq!(get("WATCHDOG_PID"), None, "the child writes its own");
+        assert!(sp.ready_notify);
+        assert_eq!(sp.watchdog, Some(Duration::from_millis(2500)));
     }
 }

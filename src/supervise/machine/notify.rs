@@ -72,7 +72,7 @@ impl Service {
                 };
                 let why = "watchdog triggered by the service (WATCHDOG=trigger)";
                 self.last_error = Some(why.into());
-                let then = AfterStop::Recover(self.next_attempt(ctx.rng));
+                let then = AfterStop::Recover(self.liveness_attempt(run, ctx));
                 let mut actions = vec![log(
                     log::Level::Warn,
                     "watchdog",
@@ -89,7 +89,7 @@ impl Service {
     pub(super) fn watchdog_timeout(&mut self, run: Run, ctx: &mut Ctx) -> Vec<Action> {
         let ms = self.spec.watchdog.map_or(0, |w| w.as_millis());
         let why = format!("watchdog timeout (no keep-alive in {ms} ms)");
-        let then = AfterStop::Recover(self.next_attempt(ctx.rng));
+        let then = AfterStop::Recover(self.liveness_attempt(run, ctx));
         let mut actions = vec![log(
             log::Level::Warn,
             "watchdog",
@@ -99,5 +99,15 @@ impl Service {
         self.last_error = Some(why);
         actions.extend(self.begin_stop(run, true, then, Origin::Liveness, ctx.now.mono));
         actions
+    }
+
+    /// The restart delay after a liveness failure of `run`. A run that lasted
+    /// `reset_after` before it hung resets the counter first (SPEC 4), as an exit
+    /// after that long would: a hang after a day of service gets a fresh backoff.
+    fn liveness_attempt(&mut self, run: Run, ctx: &mut Ctx) -> Option<Duration> {
+        if ctx.now.mono.saturating_duration_since(run.started) >= self.spec.reset_after {
+            self.attempts = 0;
+        }
+        self.next_attempt(ctx.rng)
     }
 }
