@@ -123,6 +123,15 @@ pub(crate) fn check(cli: &Cli) -> i32 {
                 hc.initial_delay_ms, hc.interval_ms, hc.timeout_ms, hc.failure_threshold
             );
         }
+        if spec.ready_notify {
+            println!("  ready: on READY=1 over NOTIFY_SOCKET");
+        }
+        if let Some(w) = spec.watchdog {
+            println!(
+                "  watchdog: restart without WATCHDOG=1 for {} ms once running",
+                w.as_millis()
+            );
+        }
         if !spec.sockets.is_empty() {
             println!("  sockets: configured, not passed by this version");
         }

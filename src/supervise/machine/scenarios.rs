@@ -415,3 +415,30 @@ fn watchdog_trigger_restarts_at_once() {
     assert_eq!(kinds(&a), "watchdog stopping signal");
     assert_eq!(t.phase(), "stopping+recover");
 }
+
+#[test]
+fn a_hang_after_reset_after_gets_a_fresh_backoff() {
+    let mut s = spec(RestartPolicy::Always, 3);
+    s.watchdog = Some(Duration::from_millis(1000));
+    s.reset_after = Duration::from_secs(10);
+    let mut t = T::with(s);
+    t.on(Event::Start).unwrap();
+    // Two quick crashes: the next delay would be the third (400 ms).
+    for _ in 0..2 {
+        t.spawned();
+        t.exit(Exit::Code(1));
+        t.fire();
+    }
+    t.spawned();
+    // Alive and well for a minute, then silent.
+    let mut ms = t.ms;
+    for _ in 0..60 {
+        ms += 1000;
+        let at = t.at(ms);
+        t.on_at(ms, Event::Notify(Notice::KeepAlive(at))).unwrap();
+    }
+    t.fire();
+    t.exit(Exit::Signal(libc::SIGTERM));
+    t.ev(Event::GroupEmpty);
+    assert_eq!((t.phase().as_str(), t.due()), ("backoff", "+100".into()));
+}
