@@ -302,7 +302,7 @@ fn a_flood_of_datagrams_delays_neither_the_loop_nor_other_services() {
     let sb = Sandbox::new();
     let flood = sb.path("flood.py");
     std::fs::write(&flood, FLOOD).unwrap();
-    let (done, go) = (sb.path("done"), sb.path("go"));
+    let (done, go, stamps) = (sb.path("done"), sb.path("go"), sb.path("stamps"));
     sb.service("flood", &format!("exec python3 {}", flood.display()));
     sb.service(
         "steady",
@@ -318,7 +318,8 @@ fn a_flood_of_datagrams_delays_neither_the_loop_nor_other_services() {
             "flood": {"watchdog_ms": 60000,
                       "environment": {"COUNT": "100000", "DONE": done.display().to_string()}},
             "steady": {"ready": "notify"},
-            "pinger": {"health_check": {"type": "exec", "command": ["true"], "interval_ms": 100}},
+            "pinger": {"health_check": {"type": "exec", "interval_ms": 100,
+                "command": ["sh", "-c", format!("date +%s%3N >> {}", stamps.display())]}},
         }),
     );
     let _d = Daemon::start(&sb, &[]);
@@ -362,6 +363,20 @@ fn a_flood_of_datagrams_delays_neither_the_loop_nor_other_services() {
         steady_ready < Duration::from_secs(2),
         "READY=1 took {steady_ready:?}"
     );
+    // The other service's checks kept their 100 ms rhythm through the flood.
+    let times: Vec<u64> = std::fs::read_to_string(&stamps)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let worst = gaps.iter().max().copied().unwrap_or(0);
+    eprintln!(
+        "{} checks of another service, longest gap {worst} ms",
+        times.len()
+    );
+    assert!(times.len() >= 10, "{times:?}");
+    assert!(worst < 600, "a check was {worst} ms late: {gaps:?}");
     let f = wait_status(&sb, "flood", "coalesced", |s| s["notify_status"] == "99999");
     assert_eq!(f["state"], "running");
     assert_eq!(f["restarts"], 0);
