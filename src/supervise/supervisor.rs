@@ -106,8 +106,10 @@ pub struct Supervisor {
     /// Process groups with live members, scanned at most once per loop iteration.
     pub(super) live_groups: Option<HashSet<i32>>,
     pub(super) persist: Option<super::snapshot::Saver>,
-    /// The sd_notify socket; `None` if it could not be opened (logged).
+    /// The sd_notify socket, opened before the first spawn of a service that uses it;
+    /// `None` until then, or if it could not be opened (logged once).
     pub(super) notify: Option<Notify>,
+    notify_tried: bool,
 }
 
 /// How the loop ended.
@@ -130,7 +132,6 @@ impl Supervisor {
         state_dir: Option<persist::StateDir>,
     ) -> Supervisor {
         let prober = Prober::new(tx.clone());
-        let notify = open_notify(&cfg, tx.clone());
         let services = plan
             .services
             .into_values()
@@ -160,7 +161,8 @@ impl Supervisor {
             batch: None,
             live_groups: None,
             persist: state_dir.map(super::snapshot::Saver::new),
-            notify,
+            notify: None,
+            notify_tried: false,
         }
     }
 
@@ -454,6 +456,25 @@ impl Supervisor {
         });
     }
 
+    /// Opens the notify socket before the first spawn of a service given one (its
+    /// `NOTIFY_SOCKET`): a daemon whose services do not use it has no socket, thread
+    /// or descriptor for it.
+    pub(super) fn ensure_notify(&mut self, name: &str) {
+        if self.notify.is_some() || self.notify_tried {
+            return;
+        }
+        let path = self.services.get(name).and_then(|e| {
+            let env = &e.svc.spec().env;
+            env.iter()
+                .find(|(k, _)| k == "NOTIFY_SOCKET")
+                .map(|(_, v)| PathBuf::from(v))
+        });
+        if let Some(path) = path {
+            self.notify_tried = true;
+            self.notify = open_notify(&path, &self.cfg, self.tx.clone());
+        }
+    }
+
     /// A service's notify slot changed: its news, in the order they matter.
     fn notified(&mut self, name: &str) {
         let Some(slot) = self.notify.as_ref().and_then(|n| n.take(name)) else {
@@ -504,17 +525,16 @@ impl Supervisor {
     }
 }
 
-/// Opens the sd_notify socket beside the control socket; every datagram wakes the loop
-/// at most once per service (see `health::notify`).
-fn open_notify(cfg: &Config, tx: Sender<Event>) -> Option<Notify> {
+/// Opens the sd_notify socket at `path`; every datagram wakes the loop at most once
+/// per service (see `health::notify`).
+fn open_notify(path: &std::path::Path, cfg: &Config, tx: Sender<Event>) -> Option<Notify> {
     let socket = cfg
         .settings
         .control_socket
         .clone()
         .unwrap_or_else(crate::control::instance::default_socket);
-    let path = crate::health::notify::socket_path(&socket);
     let id = crate::process::cgroup::instance_id(&socket);
-    match Notify::open(&path, id, move |service| {
+    match Notify::open(path, id, move |service| {
         let _ = tx.send(Event::Notify { service });
     }) {
         Ok(n) => Some(n),
