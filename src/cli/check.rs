@@ -122,10 +122,24 @@ pub(crate) fn check(cli: &Cli) -> i32 {
                 config::CheckType::Exec => hc.command.join(" "),
                 config::CheckType::Tcp => format!("tcp {}", hc.address.as_deref().unwrap_or("")),
                 config::CheckType::Http => format!("GET {}", hc.url.as_deref().unwrap_or("")),
+                config::CheckType::Grpc => format!(
+                    "grpc {} {:?}",
+                    hc.address.as_deref().unwrap_or(""),
+                    hc.grpc_service
+                ),
             };
             println!(
                 "  health_check: {target}, first after {} ms, every {} ms, timeout {} ms, restart after {} failures",
                 hc.initial_delay_ms, hc.interval_ms, hc.timeout_ms, hc.failure_threshold
+            );
+        }
+        if spec.ready_notify {
+            println!("  ready: on READY=1 over NOTIFY_SOCKET");
+        }
+        if let Some(w) = spec.watchdog {
+            println!(
+                "  watchdog: restart without WATCHDOG=1 for {} ms once running",
+                w.as_millis()
             );
         }
         if !spec.sockets.is_empty() {

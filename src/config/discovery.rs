@@ -71,11 +71,16 @@ pub struct ServiceSpec {
     pub retry_failed: Option<Duration>,
     /// For a service that daemonizes itself: where it writes its main process's pid.
     pub pid_file: Option<PathBuf>,
+    /// `ready: "notify"`: starting until `READY=1` on the notify socket.
+    pub ready_notify: bool,
+    /// `watchdog_ms`: the longest silence between keep-alives once running.
+    pub watchdog: Option<Duration>,
 }
 
 impl ServiceSpec {
     /// True when `other` would run a different process (SPEC 5: binary, args,
-    /// environment, data_dir, identity, limits, sockets), so a reload must restart it.
+    /// environment, data_dir, identity, limits, sockets, ready, watchdog_ms), so a
+    /// reload must restart it.
     pub fn process_differs(&self, other: &ServiceSpec) -> bool {
         self.binary != other.binary
             || self.args != other.args
@@ -86,6 +91,8 @@ impl ServiceSpec {
             || self.memory_limit_mib != other.memory_limit_mib
             || self.sockets != other.sockets
             || self.pid_file != other.pid_file
+            || self.ready_notify != other.ready_notify
+            || self.watchdog != other.watchdog
     }
 
     pub fn binary_error(&self) -> Option<String> {
@@ -376,6 +383,22 @@ fn build_spec(
     if svc.memory_limit > 0 {
         env.insert("GOMEMLIMIT".into(), format!("{}MiB", svc.memory_limit));
     }
+    if svc.ready.is_some() || svc.watchdog_ms.is_some() {
+        let socket = s
+            .control_socket
+            .clone()
+            .unwrap_or_else(crate::control::instance::default_socket);
+        let path = crate::health::notify::socket_path(&socket);
+        env.insert("NOTIFY_SOCKET".into(), path.display().to_string());
+    }
+    if let Some(ms) = svc.watchdog_ms {
+        // WATCHDOG_PID is the child's own pid: the spawn adds it after the clone.
+        env.remove("WATCHDOG_PID");
+        env.insert(
+            "WATCHDOG_USEC".into(),
+            (ms.saturating_mul(1000)).to_string(),
+        );
+    }
     let policy = svc.restart.unwrap_or(if s.auto_restart {
         RestartPolicy::Always
     } else {
@@ -414,6 +437,8 @@ fn build_spec(
             .or(s.retry_failed_ms)
             .map(Duration::from_millis),
         pid_file: svc.pid_file.clone(),
+        ready_notify: svc.ready == Some(crate::config::ReadyMode::Notify),
+        watchdog: svc.watchdog_ms.map(Duration::from_millis),
     }
 }
 
@@ -684,5 +709,44 @@ mod tests {
         assert!(!a.process_differs(&b));
         b.args.push("x".into());
         assert!(a.process_differs(&b));
+        // SPEC 5: ready and watchdog_ms change what the process is told (NOTIFY_SOCKET,
+        // WATCHDOG_USEC), so they restart it.
+        let mut c = a.clone();
+        c.ready_notify = true;
+        assert!(a.process_differs(&c));
+        let mut d = a.clone();
+        d.watchdog = Some(Duration::from_secs(1));
+        assert!(a.process_differs(&d));
+    }
+
+    #[test]
+    fn notify_and_watchdog_environment() {
+        let c = ServiceConfig {
+            ready: Some(crate::config::ReadyMode::Notify),
+            watchdog_ms: Some(2500),
+            environment: [("WATCHDOG_PID".to_string(), "7".to_string())].into(),
+            ..Default::default()
+        };
+        let s = Settings {
+            control_socket: Some(PathBuf::from("/run/o.sock")),
+            ..Settings::default()
+        };
+        let sp = build_spec(
+            "n",
+            true,
+            &c,
+            &s,
+            Path::new("/bin/true"),
+            "/bin/true".into(),
+            None,
+            None,
+            &[],
+        );
+        let get = |k: &str| sp.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("NOTIFY_SOCKET"), Some("/run/o.sock.notify"));
+        assert_eq!(get("WATCHDOG_USEC"), Some("2500000"));
+        assert_eq!(get("WATCHDOG_PID"), None, "the child writes its own");
+        assert!(sp.ready_notify);
+        assert_eq!(sp.watchdog, Some(Duration::from_millis(2500)));
     }
 }

@@ -88,6 +88,14 @@ pub enum RestartPolicy {
     Never,
 }
 
+/// `ready`: how a service says it is up, besides its health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ReadyMode {
+    /// `READY=1` on `NOTIFY_SOCKET` (sd_notify).
+    #[serde(rename = "notify")]
+    Notify,
+}
+
 impl RestartPolicy {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -211,6 +219,8 @@ pub struct ServiceConfig {
     pub limits: Limits,
     pub depends_on: Vec<String>,
     pub health_check: Option<HealthCheck>,
+    pub ready: Option<ReadyMode>,
+    pub watchdog_ms: Option<u64>,
     pub sockets: Vec<SocketConfig>,
     pub upgrade_grace_ms: u64,
     pub retry_failed_ms: Option<u64>,
@@ -239,6 +249,8 @@ impl Default for ServiceConfig {
             limits: Limits::default(),
             depends_on: Vec::new(),
             health_check: None,
+            ready: None,
+            watchdog_ms: None,
             sockets: Vec::new(),
             upgrade_grace_ms: 10_000,
             retry_failed_ms: None,
@@ -263,6 +275,7 @@ pub enum CheckType {
     Exec,
     Tcp,
     Http,
+    Grpc,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -276,6 +289,9 @@ pub struct HealthCheck {
     pub address: Option<String>,
     #[serde(default)]
     pub url: Option<String>,
+    /// The service name asked about by a `grpc` check; empty = the whole server.
+    #[serde(default)]
+    pub grpc_service: String,
     #[serde(default = "default_check_interval")]
     pub interval_ms: u64,
     #[serde(default = "default_check_timeout")]
@@ -822,6 +838,9 @@ fn validate(
                 format!("{init} is above max_backoff_ms ({max})"),
             );
         }
+        if svc.watchdog_ms == Some(0) {
+            err(&key("watchdog_ms"), "must be at least 1".into());
+        }
         if svc.limits.cpu_percent == Some(0) {
             err(&key("limits.cpu_percent"), "must be at least 1".into());
         }
@@ -834,6 +853,10 @@ fn validate(
                 CheckType::Tcp if hc.address.is_none() => {
                     err(&key("health_check.address"), "required for type tcp".into())
                 }
+                CheckType::Grpc if hc.address.is_none() => err(
+                    &key("health_check.address"),
+                    "required for type grpc".into(),
+                ),
                 CheckType::Http if hc.url.is_none() => {
                     err(&key("health_check.url"), "required for type http".into())
                 }

@@ -15,6 +15,8 @@ pub struct Row<'a> {
     pub stdout_lines: u64,
     pub stderr_lines: u64,
     pub unwritten: u64,
+    /// Notify datagrams from the service that were too long or not text.
+    pub notify_dropped: u64,
 }
 
 /// Escapes a label value: backslash, double quote and newline.
@@ -31,7 +33,12 @@ pub fn escape_label(v: &str) -> String {
     out
 }
 
-pub fn render(rows: &[Row], dropped_records: u64, write_errors: u64) -> String {
+pub fn render(
+    rows: &[Row],
+    dropped_records: u64,
+    write_errors: u64,
+    notify_rejected: u64,
+) -> String {
     let mut out = String::with_capacity(256 + rows.len() * 1024);
     let mut family =
         |name: &str, kind: &str, help: &str, body: &dyn Fn(&mut String, &Row, &str)| {
@@ -142,6 +149,21 @@ pub fn render(rows: &[Row], dropped_records: u64, write_errors: u64) -> String {
             let _ = writeln!(o, "orchestrator_log_lines_unwritten_total{{service=\"{l}\"}} {}", r.unwritten);
         },
     );
+    family(
+        "orchestrator_notify_dropped_total",
+        "counter",
+        "Notify datagrams from the service dropped (over 4 KiB or not text).",
+        &|o, r, l| {
+            let _ = writeln!(
+                o,
+                "orchestrator_notify_dropped_total{{service=\"{l}\"}} {}",
+                r.notify_dropped
+            );
+        },
+    );
+    let _ = writeln!(out, "# HELP orchestrator_notify_rejected_total Notify datagrams from processes of no service, dropped.");
+    let _ = writeln!(out, "# TYPE orchestrator_notify_rejected_total counter");
+    let _ = writeln!(out, "orchestrator_notify_rejected_total {notify_rejected}");
     let _ = writeln!(
         out,
         "# HELP orchestrator_log_write_errors_total Failed writes to the orchestrator's own log."
@@ -176,6 +198,7 @@ mod tests {
                 stdout_lines: 3,
                 stderr_lines: 1,
                 unwritten: 0,
+                notify_dropped: 0,
             },
             Row {
                 name: "idle",
@@ -186,9 +209,10 @@ mod tests {
                 stdout_lines: 0,
                 stderr_lines: 0,
                 unwritten: 0,
+                notify_dropped: 0,
             },
         ];
-        let text = render(&rows, 0, 0);
+        let text = render(&rows, 0, 0, 0);
         for fam in [
             "orchestrator_service_up",
             "orchestrator_service_restarts_total",

@@ -1,4 +1,4 @@
-//! Health checks of type `tcp` and `http` (SPEC 7), run off the main loop. Each check
+//! Health checks of type `tcp`, `http` and `grpc` (SPEC 7), run off the main loop. Each check
 //! gets its own short-lived thread with a small stack, bounded by its `timeout_ms`
 //! (name resolution aside), and its result goes back to the main loop as an event.
 //! A service has at most one check in flight: one whose checks hang only delays
@@ -79,7 +79,7 @@ impl Prober {
     }
 }
 
-/// Runs one tcp or http check.
+/// Runs one tcp, http or grpc check.
 pub fn run(check: &HealthCheck) -> Result<(), String> {
     let timeout = Duration::from_millis(check.timeout_ms.max(1));
     match check.kind {
@@ -88,6 +88,11 @@ pub fn run(check: &HealthCheck) -> Result<(), String> {
             connect(addr, timeout).map(|_| ())
         }
         CheckType::Http => http_get(check.url.as_deref().unwrap_or(""), timeout),
+        CheckType::Grpc => super::grpc::check(
+            check.address.as_deref().unwrap_or(""),
+            &check.grpc_service,
+            timeout,
+        ),
         CheckType::Exec => Err("exec checks are run by the supervisor".into()),
     }
 }
@@ -198,6 +203,7 @@ mod tests {
             command: vec![],
             address: None,
             url: Some(url),
+            grpc_service: String::new(),
             interval_ms: 1000,
             timeout_ms: 3000,
             failure_threshold: 1,
@@ -285,6 +291,7 @@ mod tests {
             command: vec![],
             address: None,
             url: Some(url),
+            grpc_service: String::new(),
             interval_ms: 1000,
             timeout_ms: 2000,
             failure_threshold: 1,

@@ -81,6 +81,9 @@ struct ChildArgs<'a> {
     program: &'a CString,
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
+    /// `WATCHDOG_PID=` followed by room for the digits, written by the child (its pid
+    /// is known only there); an entry of `envp`.
+    watchdog_pid: Option<*mut u8>,
     cwd: Option<&'a CString>,
     stdio: [RawFd; 3],
     cgroup_fds: &'a [RawFd],
@@ -283,6 +286,15 @@ fn spawn_with(
     argv.extend(strings.iter().map(|s| s.as_ptr()));
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = env_strings.iter().map(|s| s.as_ptr()).collect();
+    // Zeroed room for 10 digits and the NUL after the name.
+    let mut watchdog_pid = spec.watchdog.map(|_| {
+        let mut b = WATCHDOG_PID.to_vec();
+        b.resize(WATCHDOG_PID.len() + 11, 0);
+        b
+    });
+    if let Some(b) = &mut watchdog_pid {
+        envp.push(b.as_ptr() as *const libc::c_char);
+    }
     envp.push(std::ptr::null());
     let cwd = cwd.map(|d| cstring(d.as_os_str())).transpose()?;
     let groups: Vec<libc::gid_t> = spec
@@ -294,6 +306,7 @@ fn spawn_with(
         program: &program,
         argv: &argv,
         envp: &envp,
+        watchdog_pid: watchdog_pid.as_mut().map(|b| b.as_mut_ptr()),
         cwd: cwd.as_ref(),
         stdio,
         cgroup_fds,
@@ -370,6 +383,26 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     unsafe { libc::_exit(127) }
 }
 
+const WATCHDOG_PID: &[u8] = b"WATCHDOG_PID=";
+
+/// Writes `pid` in decimal at `at`, which has room for 10 digits and a NUL (already
+/// zeroed). No allocation: it runs in the child before exec.
+unsafe fn write_pid(at: *mut u8, pid: u32) {
+    let mut digits = [0u8; 10];
+    let (mut n, mut v) = (0, pid);
+    loop {
+        digits[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        *at.add(i) = digits[n - 1 - i];
+    }
+}
+
 /// Returns the step that failed; on success execve does not return.
 unsafe fn child_setup(a: &ChildArgs) -> Step {
     // Default dispositions for every signal (ignored ones included: SIGPIPE is ignored
@@ -438,6 +471,12 @@ unsafe fn child_setup(a: &ChildArgs) -> Step {
         libc::_exit(1);
     }
     close_inherited_fds(a.fd_limit);
+    if let Some(buf) = a.watchdog_pid {
+        write_pid(
+            buf.add(WATCHDOG_PID.len()),
+            libc::syscall(libc::SYS_getpid) as u32,
+        );
+    }
     libc::execve(a.program.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
     Step::Exec
 }

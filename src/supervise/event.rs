@@ -21,6 +21,9 @@ pub enum Event {
         gen: u64,
         result: Result<(), String>,
     },
+    /// A service's notify slot changed (READY, STATUS, WATCHDOG=trigger); at most one
+    /// in flight per service (see `health::notify`).
+    Notify { service: Arc<str> },
     /// A signal arrived (forwarded from the self-pipe).
     Signal(i32),
     /// A control-socket request; the answer goes to the sender.

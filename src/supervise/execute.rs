@@ -46,6 +46,9 @@ impl Supervisor {
                 Action::Reap(pid) => {
                     spawn::reap(pid);
                     self.unreaped.remove(&pid);
+                    if let Some(n) = &self.notify {
+                        n.forget(pid);
+                    }
                     self.mark_state_dirty();
                 }
                 Action::Remove => {

@@ -93,9 +93,11 @@ impl Supervisor {
         }
     }
 
-    /// Everything before the clone: the service's cgroups. `Err` is the failed spawn
+    /// Everything before the clone: the notify socket (if this service is the first to
+    /// need it) and the service's cgroups. `Err` is the failed spawn
     /// (limits configured that cannot be applied).
     fn prepare_spawn(&mut self, name: &str) -> Result<Vec<std::fs::File>, Event> {
+        self.ensure_notify(name);
         let Some(e) = self.services.get_mut(name) else {
             return Ok(Vec::new());
         };
@@ -182,6 +184,9 @@ impl Supervisor {
             e.group = persist::Group::of(pid);
         }
         e.output_pid = Arc::new(std::sync::atomic::AtomicI32::new(pid));
+        if let Some(n) = &self.notify {
+            n.register(pid, &e.name);
+        }
         let max_line = self.cfg.settings.max_line_bytes;
         for (fd, stream) in [
             (child.stdout, Stream::Stdout),

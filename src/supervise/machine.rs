@@ -97,6 +97,22 @@ pub enum Event {
     ProbeSkipped,
     /// A reload changed settings that apply in place (SPEC 5 `update`).
     Reconfigured(Box<ServiceSpec>),
+    /// What the service said on its notify socket (SPEC 7), about its current run.
+    Notify(Notice),
+}
+
+/// One sd_notify message, as the main loop takes it from the service's slot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// `READY=1`.
+    Ready,
+    /// `STATUS=...`.
+    Status(String),
+    /// The last `WATCHDOG=1`, read when the watchdog deadline came (keep-alives never
+    /// wake the loop by themselves).
+    KeepAlive(Instant),
+    /// `WATCHDOG=trigger`: restart now.
+    Trigger,
 }
 
 /// What surrounds an event: the machine reads nothing else.
@@ -149,9 +165,20 @@ struct Run {
 struct Health {
     /// Failures in a row.
     failures: u32,
+    /// A check has passed during this run.
+    passed: bool,
     /// When the next probe is due; none while one is in flight.
     next_probe: Option<Instant>,
     in_flight: bool,
+}
+
+/// A run's sd_notify state (SPEC 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Watch {
+    /// `READY=1` came.
+    notified: bool,
+    /// When the run is declared hung without a keep-alive (`watchdog_ms`, once running).
+    deadline: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,11 +214,13 @@ enum Phase {
         tries: u32,
         stop: Option<(AfterStop, Origin)>,
     },
-    /// A live run: `ready` once up (exec succeeded, or the first health check passed).
+    /// A live run: `ready` once up (exec succeeded, or the first health check passed
+    /// and, with `ready: notify`, READY=1 came).
     Up {
         run: Run,
         ready: bool,
         health: Health,
+        watch: Watch,
     },
     /// The stop signal went to the group; the main process has not exited yet.
     Stopping { run: Run, stop: Stop },
@@ -218,6 +247,8 @@ pub struct Service {
     restarts: u64,
     last_exit: Option<LastExit>,
     last_error: Option<String>,
+    /// The current run's last `STATUS=...`.
+    notify_status: Option<String>,
     history: VecDeque<HistoryEntry>,
     /// Wall-clock ms of the last change of the shown state.
     since_ms: u64,
@@ -249,6 +280,7 @@ impl Service {
             restarts: 0,
             last_exit: None,
             last_error,
+            notify_status: None,
             history: VecDeque::new(),
             since_ms: now_ms,
         }
@@ -391,6 +423,16 @@ impl Service {
         self.last_error.as_deref()
     }
 
+    pub fn notify_status(&self) -> Option<&str> {
+        self.notify_status.as_deref()
+    }
+
+    /// Whether the watchdog deadline is armed: the loop then reads the last keep-alive
+    /// when this service's deadline comes.
+    pub fn watching(&self) -> bool {
+        matches!(&self.phase, Phase::Up { watch, .. } if watch.deadline.is_some())
+    }
+
     pub fn history(&self) -> &VecDeque<HistoryEntry> {
         &self.history
     }
@@ -406,10 +448,13 @@ impl Service {
             Phase::Failed { retry_at } => *retry_at,
             // A launcher that has not daemonized by the deadline fails the start.
             Phase::Up { run, .. } if run.launcher => Some(run.started + self.spec.stop_timeout),
-            Phase::Up { health, .. } if !health.in_flight => health.next_probe,
             Phase::AwaitPidFile {
                 deadline, retry_at, ..
             } => Some(retry_at.map_or(*deadline, |r| r.min(*deadline))),
+            Phase::Up { health, watch, .. } => {
+                let probe = health.next_probe.filter(|_| !health.in_flight);
+                [probe, watch.deadline].into_iter().flatten().min()
+            }
             Phase::Stopping { stop, .. } if !stop.killed => Some(stop.deadline),
             Phase::Draining { stop, .. } => {
                 Some(stop.poll_at.map_or(stop.deadline, |p| p.min(stop.deadline)))
@@ -472,6 +517,7 @@ impl Service {
                 Vec::new()
             }
             Event::Reconfigured(spec) => self.reconfigured(*spec, ctx),
+            Event::Notify(notice) => self.notified(notice, ctx),
         })
     }
 }
@@ -509,6 +555,7 @@ fn stray(what: &str) -> Action {
 }
 
 mod health;
+mod notify;
 mod requests;
 mod runs;
 

@@ -28,6 +28,7 @@ use super::watchdog::Watchdog;
 use crate::config::discovery::{Plan, ServiceSpec};
 use crate::config::{Config, Overrides};
 use crate::health::exec::ExecProbe;
+use crate::health::notify::Notify;
 use crate::health::probe::Prober;
 use crate::output::reader::{Counters, Ring};
 use crate::output::sink::{Batch, EventRecord, Line, Sink, Stream};
@@ -112,6 +113,10 @@ pub struct Supervisor {
     pub(super) persist: Option<super::snapshot::Saver>,
     /// The hardware watchdog, when configured and opened (`watchdog.rs`).
     pub(super) watchdog: Option<Watchdog>,
+    /// The sd_notify socket, opened before the first spawn of a service that uses it;
+    /// `None` until then, or if it could not be opened (logged once).
+    pub(super) notify: Option<Notify>,
+    notify_tried: bool,
 }
 
 /// How the loop ended.
@@ -164,6 +169,8 @@ impl Supervisor {
             live_groups: None,
             persist: state_dir.map(super::snapshot::Saver::new),
             watchdog: None,
+            notify: None,
+            notify_tried: false,
         }
     }
 
@@ -305,12 +312,16 @@ impl Supervisor {
                     // A run nobody tracks any more: reap it so that it is no zombie.
                     if self.unreaped.remove(&pid) {
                         spawn::reap(pid);
+                        if let Some(n) = &self.notify {
+                            n.forget(pid);
+                        }
                     }
                     return None;
                 }
                 let _ = self.feed(&service, machine::Event::Exited { gen, exit });
                 self.reap_orphans();
             }
+            Event::Notify { service } => self.notified(&service),
             Event::Signal(sig) => return self.on_signal(sig),
             Event::Control(req, reply) => self.control(req, reply),
         }
@@ -404,6 +415,7 @@ impl Supervisor {
             .map(|(n, _)| n.clone())
             .collect();
         for name in due {
+            self.feed_keepalive(&name);
             let _ = self.feed(&name, machine::Event::Timer);
         }
     }
@@ -513,6 +525,54 @@ impl Supervisor {
         }
     }
 
+    /// Opens the notify socket before the first spawn of a service given one (its
+    /// `NOTIFY_SOCKET`): a daemon whose services do not use it has no socket, thread
+    /// or descriptor for it.
+    pub(super) fn ensure_notify(&mut self, name: &str) {
+        if self.notify.is_some() || self.notify_tried {
+            return;
+        }
+        let path = self.services.get(name).and_then(|e| {
+            let env = &e.svc.spec().env;
+            env.iter()
+                .find(|(k, _)| k == "NOTIFY_SOCKET")
+                .map(|(_, v)| PathBuf::from(v))
+        });
+        if let Some(path) = path {
+            self.notify_tried = true;
+            self.notify = open_notify(&path, &self.cfg, self.tx.clone());
+        }
+    }
+
+    /// A service's notify slot changed: its news, in the order they matter.
+    fn notified(&mut self, name: &str) {
+        let Some(slot) = self.notify.as_ref().and_then(|n| n.take(name)) else {
+            return;
+        };
+        let mut notices = Vec::new();
+        notices.extend(slot.keepalive.map(machine::Notice::KeepAlive));
+        notices.extend(slot.status.map(machine::Notice::Status));
+        if slot.ready {
+            notices.push(machine::Notice::Ready);
+        }
+        if slot.trigger {
+            notices.push(machine::Notice::Trigger);
+        }
+        for n in notices {
+            let _ = self.feed(name, machine::Event::Notify(n));
+        }
+    }
+
+    /// Keep-alives only stamp the service's slot; its watchdog deadline has come, so
+    /// the machine learns the last one now.
+    fn feed_keepalive(&mut self, name: &str) {
+        let watching = self.services.get(name).is_some_and(|e| e.svc.watching());
+        let at = self.notify.as_ref().and_then(|n| n.keepalive(name));
+        if let (true, Some(at)) = (watching, at) {
+            let _ = self.feed(name, machine::Event::Notify(machine::Notice::KeepAlive(at)));
+        }
+    }
+
     /// Reaps children that are not ours to wait for: orphans handed to us as PID 1 or
     /// subreaper. Managed pids (runs and exec probes) are skipped, so no waiter ever
     /// loses its status. Bound: one /proc/self/task/*/children read and one WNOHANG
@@ -530,6 +590,29 @@ impl Supervisor {
             unsafe {
                 libc::waitpid(pid, &mut status, libc::WNOHANG);
             }
+        }
+    }
+}
+
+/// Opens the sd_notify socket at `path`; every datagram wakes the loop at most once
+/// per service (see `health::notify`).
+fn open_notify(path: &std::path::Path, cfg: &Config, tx: Sender<Event>) -> Option<Notify> {
+    let socket = cfg
+        .settings
+        .control_socket
+        .clone()
+        .unwrap_or_else(crate::control::instance::default_socket);
+    let id = crate::process::cgroup::instance_id(&socket);
+    match Notify::open(path, id, move |service| {
+        let _ = tx.send(Event::Notify { service });
+    }) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            log::error!(
+                "notify socket {}: {e}; services with ready or watchdog_ms cannot report",
+                path.display()
+            );
+            None
         }
     }
 }

@@ -103,6 +103,7 @@ impl Supervisor {
         let mut rows = Vec::with_capacity(selected.len());
         for e in selected {
             let mut v = status_json(e, now);
+            v["notify_dropped"] = json!(self.notify.as_ref().map_or(0, |n| n.dropped(&e.name)));
             v["cgroup"] = json!(self
                 .cgroups
                 .tracker_dir(&e.name)
@@ -115,6 +116,7 @@ impl Supervisor {
             "uptime": self.started.elapsed().as_nanos() as u64,
             "log_records_dropped": self.sink.dropped(),
             "log_write_errors": self.sink.write_errors(),
+            "notify_rejected": self.notify.as_ref().map_or(0, |n| n.rejected()),
         });
         let (cgroups, ids) = (self.cgroups.clone(), self.binary_ids.clone());
         Reply::Finish(Box::new(move || {
@@ -146,6 +148,7 @@ impl Supervisor {
             uptime: std::time::Duration,
             source: Source,
             lines: [u64; 3],
+            notify_dropped: u64,
         }
         let snaps: Vec<Snap> = self
             .services
@@ -161,9 +164,11 @@ impl Supervisor {
                     e.counters.stderr_lines.load(Ordering::Relaxed),
                     e.counters.file_unwritten.load(Ordering::Relaxed),
                 ],
+                notify_dropped: self.notify.as_ref().map_or(0, |n| n.dropped(&e.name)),
             })
             .collect();
         let (dropped, errors) = (self.sink.dropped(), self.sink.write_errors());
+        let rejected = self.notify.as_ref().map_or(0, |n| n.rejected());
         let cgroups = self.cgroups.clone();
         Reply::Finish(Box::new(move || {
             let (sources, snaps): (Vec<Source>, Vec<Snap>) = snaps
@@ -183,9 +188,10 @@ impl Supervisor {
                     stdout_lines: s.lines[0],
                     stderr_lines: s.lines[1],
                     unwritten: s.lines[2],
+                    notify_dropped: s.notify_dropped,
                 })
                 .collect();
-            json!({"ok": true, "metrics": metrics::render(&rows, dropped, errors)})
+            json!({"ok": true, "metrics": metrics::render(&rows, dropped, errors, rejected)})
         }))
     }
 
@@ -249,6 +255,7 @@ fn status_json(e: &Entry, now: Instant) -> Value {
         "last_exit_code": svc.last_exit_code(),
         "last_exit": last_exit,
         "last_error": svc.last_error(),
+        "notify_status": svc.notify_status(),
         "rss_bytes": null,
         "cpu_seconds": null,
         "binary": null,

@@ -36,6 +36,7 @@ pub(super) fn check(threshold: u32) -> HealthCheck {
         command: vec![],
         address: Some("127.0.0.1:1".into()),
         url: None,
+        grpc_service: String::new(),
         interval_ms: 100,
         timeout_ms: 50,
         failure_threshold: threshold,

@@ -72,6 +72,17 @@ impl Service {
                     _ => Vec::new(),
                 }
             }
+            Phase::Up {
+                run,
+                ready: true,
+                watch: Watch {
+                    deadline: Some(t), ..
+                },
+                ..
+            } if due(*t) => {
+                let run = *run;
+                self.watchdog_timeout(run, ctx)
+            }
             Phase::Up { run, health, .. } => match health.next_probe {
                 Some(t) if due(t) && !health.in_flight => {
                     health.next_probe = None;
@@ -137,7 +148,10 @@ impl Service {
         let Some(hc) = self.spec.health_check.clone() else {
             return Vec::new();
         };
-        let Phase::Up { run, ready, health } = &mut self.phase else {
+        let Phase::Up {
+            run, ready, health, ..
+        } = &mut self.phase
+        else {
             return Vec::new(); // A late answer about a run that is over or stopping.
         };
         if run.gen != gen {
@@ -149,19 +163,22 @@ impl Service {
         match result {
             Ok(()) => {
                 health.failures = 0;
+                health.passed = true;
                 // A pass resets the restart counter, as a long run does.
                 self.attempts = 0;
                 if *ready {
                     return Vec::new();
                 }
-                *ready = true;
                 self.last_error = None;
-                vec![log(
-                    log::Level::Info,
-                    "ready",
-                    pid,
-                    "health check passed: ready",
-                )]
+                match self.ready_if_due(now) {
+                    true => vec![log(
+                        log::Level::Info,
+                        "ready",
+                        pid,
+                        "health check passed: ready",
+                    )],
+                    false => Vec::new(),
+                }
             }
             Err(why) => {
                 health.failures += 1;
@@ -208,8 +225,8 @@ impl Service {
             (Phase::Up { ready, health, .. }, None) => {
                 *health = Health::default();
                 if !*ready {
-                    *ready = true;
                     self.last_error = None;
+                    self.ready_if_due(now);
                 }
             }
             (Phase::Up { health, .. }, Some(hc))

@@ -1,7 +1,8 @@
 //! Random event sequences against the lifecycle's invariants. A small model of the
 //! world answers the machine's actions the way the supervisor and the kernel would
 //! (spawns succeed or fail, processes exit on their own or on a signal, groups drain,
-//! probes pass or fail), while random requests, exits and clock jumps come in. After
+//! probes pass or fail), while random requests, exits, sd_notify messages and clock
+//! jumps come in. After
 //! every step the invariants of the architecture issue are checked:
 //! - never two live runs of one service;
 //! - no signal (or group check) to a pid after it was reaped, and no double reap;
@@ -35,6 +36,9 @@ struct World {
     consecutive: u32,
     /// An operator's stop must be finished by then (ms).
     stop_by: Option<u64>,
+    /// When the stop signal first went to the live run (ms): how long it lasted, for
+    /// the counter reset, is measured up to then.
+    stop_at: Option<u64>,
 }
 
 struct Case {
@@ -88,6 +92,7 @@ impl Case {
                         let (pid, gen) = (1000 + self.t.gen as i32, self.t.gen);
                         self.w.live = Some((pid, gen, self.t.ms, false));
                         self.w.killed = false;
+                        self.w.stop_at = None;
                         self.w.stubborn = self.t.rng.u8(..4) == 0;
                         Event::Spawned { pid, gen }
                     };
@@ -100,6 +105,7 @@ impl Case {
                     if sig == libc::SIGKILL || !self.w.stubborn {
                         self.w.killed = true;
                     }
+                    self.w.stop_at.get_or_insert(self.t.ms);
                 }
                 Action::CheckGroup(pgid) => {
                     if self.w.reaped.contains(&pgid) {
@@ -219,7 +225,7 @@ impl Case {
                 ));
             }
         }
-        match self.t.rng.u8(..12) {
+        match self.t.rng.u8(..14) {
             0 => {
                 if self.reset_by(Event::Start) {
                     self.w.stop_by = None;
@@ -262,12 +268,26 @@ impl Case {
                     } else {
                         Err("refused".into())
                     };
-                    let passed = result.is_ok() && self.t.svc.gen() == Some(gen);
+                    // A pass of the live run resets the counter, ready or not (with
+                    // `ready: notify` a pass alone does not make it running).
+                    let passed = result.is_ok()
+                        && self.t.svc.gen() == Some(gen)
+                        && self.t.svc.stopping().is_none();
                     let _ = self.feed(Event::Probe { gen, result });
-                    if passed && self.t.svc.state() == State::Running {
+                    if passed {
                         self.w.consecutive = 0;
                     }
                 }
+            }
+            6 => {
+                // What the service says on its notify socket, late news included.
+                let notice = match self.t.rng.u8(..4) {
+                    0 => Notice::Ready,
+                    1 => Notice::Status("busy".into()),
+                    2 => Notice::KeepAlive(self.t.at(self.t.ms)),
+                    _ => Notice::Trigger,
+                };
+                let _ = self.feed(Event::Notify(notice));
             }
             _ => self.exit_maybe(),
         }
@@ -307,11 +327,8 @@ impl Case {
             Exit::Code(1)
         };
         self.w.live = Some((pid, gen, started, true));
-        // A run that ended by itself after reset_after resets the counter (one a stop
-        // ended was already counted when the stop was decided).
-        let ran = self.t.ms - started;
-        let by_itself = self.t.svc.stopping().is_none();
-        if by_itself && ran >= self.t.svc.spec().reset_after.as_millis() as u64 {
+        let ran = self.w.stop_at.unwrap_or(self.t.ms).min(self.t.ms) - started;
+        if ran >= self.t.svc.spec().reset_after.as_millis() as u64 {
             self.w.consecutive = 0;
         }
         let _ = self.feed(Event::Exited { gen, exit });
@@ -341,6 +358,10 @@ fn random_spec(rng: &mut fastrand::Rng) -> ServiceSpec {
     }
     if rng.u8(..4) == 0 {
         s.pid_file = Some("/run/svc.pid".into());
+    }
+    s.ready_notify = rng.bool();
+    if rng.bool() {
+        s.watchdog = Some(Duration::from_millis(300));
     }
     s
 }

@@ -58,17 +58,24 @@ impl Service {
     /// `run` is live: up at once without a health check (or a pid file still to come);
     /// with one, once the first check passes. Whether it is ready.
     fn up(&mut self, run: Run, now: Instant) -> bool {
+        // Without a health check the process is up once exec has succeeded; with one,
+        // once the first check passes; with `ready: notify`, once READY=1 came too. A
+        // launcher is never up: the process its pid file names will be.
         let mut health = Health::default();
-        let ready = match &self.spec.health_check {
-            _ if run.launcher => false,
-            Some(hc) => {
-                health.next_probe = Some(now + Duration::from_millis(hc.initial_delay_ms));
-                false
-            }
-            None => true,
+        if let Some(hc) = self.spec.health_check.as_ref().filter(|_| !run.launcher) {
+            health.next_probe = Some(now + Duration::from_millis(hc.initial_delay_ms));
+        }
+        self.notify_status = None;
+        self.phase = Phase::Up {
+            run,
+            ready: false,
+            health,
+            watch: Watch::default(),
         };
-        self.phase = Phase::Up { run, ready, health };
-        ready
+        if !run.launcher {
+            self.ready_if_due(now);
+        }
+        matches!(self.phase, Phase::Up { ready: true, .. })
     }
 
     /// `pid_file`: the launcher daemonized and exited 0. What its pid file names is

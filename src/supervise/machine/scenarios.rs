@@ -305,3 +305,140 @@ fn history_keeps_the_last_ten_runs() {
     }
     assert_eq!(t.svc.history().len(), HISTORY_LEN);
 }
+
+#[test]
+fn ready_notify_holds_starting_until_ready_1_and_shows_status() {
+    let mut s = spec(RestartPolicy::Always, 3);
+    s.ready_notify = true;
+    let mut t = T::with(s);
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    assert_eq!(t.phase(), "starting");
+    t.ev(Event::Notify(Notice::Status("loading 3/10".into())));
+    assert_eq!(t.svc.notify_status(), Some("loading 3/10"));
+    assert_eq!(t.phase(), "starting", "STATUS is not READY");
+    let a = t.ev(Event::Notify(Notice::Ready));
+    assert_eq!(kinds(&a), "ready");
+    assert_eq!(t.phase(), "running");
+    assert_eq!(kinds(&t.ev(Event::Notify(Notice::Ready))), "", "once");
+    // A new run starts without the old run's status or readiness.
+    t.exit(Exit::Code(1));
+    t.fire();
+    t.spawned();
+    assert_eq!(
+        (t.phase().as_str(), t.svc.notify_status()),
+        ("starting", None)
+    );
+}
+
+#[test]
+fn ready_notify_with_a_health_check_needs_both_in_either_order() {
+    for ready_first in [true, false] {
+        let mut s = spec(RestartPolicy::Always, 3);
+        s.ready_notify = true;
+        s.health_check = Some(check(2));
+        let mut t = T::with(s);
+        t.on(Event::Start).unwrap();
+        t.spawned();
+        let gen = t.gen;
+        let pass = Event::Probe {
+            gen,
+            result: Ok(()),
+        };
+        let (first, second) = if ready_first {
+            (Event::Notify(Notice::Ready), pass)
+        } else {
+            (pass, Event::Notify(Notice::Ready))
+        };
+        t.ev(first);
+        assert_eq!(t.phase(), "starting", "ready_first={ready_first}");
+        assert_eq!(kinds(&t.ev(second)), "ready");
+        assert_eq!(t.phase(), "running");
+    }
+}
+
+#[test]
+fn a_missed_keep_alive_restarts_through_backoff() {
+    let mut s = spec(RestartPolicy::Always, 3);
+    s.watchdog = Some(Duration::from_millis(1000));
+    let mut t = T::with(s);
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    assert_eq!((t.phase().as_str(), t.due()), ("running", "+1000".into()));
+    // A keep-alive at 600 ms moves the deadline; the loop reads it when the old one
+    // comes, and the timer then finds nothing due.
+    let at = t.at(600);
+    t.ms = 1000;
+    t.ev(Event::Notify(Notice::KeepAlive(at)));
+    assert_eq!(t.due(), "+600");
+    // An older keep-alive never moves it back.
+    let early = t.at(100);
+    t.ev(Event::Notify(Notice::KeepAlive(early)));
+    assert_eq!(t.due(), "+600");
+    let a = t.fire();
+    assert_eq!(kinds(&a), "watchdog stopping signal");
+    assert_eq!(
+        t.svc.last_error(),
+        Some("watchdog timeout (no keep-alive in 1000 ms)")
+    );
+    t.exit(Exit::Signal(libc::SIGTERM));
+    t.ev(Event::GroupEmpty);
+    assert_eq!(t.phase(), "backoff");
+    assert_eq!(
+        t.svc.last_error(),
+        Some("watchdog timeout (no keep-alive in 1000 ms)")
+    );
+}
+
+#[test]
+fn the_watchdog_is_armed_only_once_running() {
+    let mut s = spec(RestartPolicy::Always, 3);
+    s.watchdog = Some(Duration::from_millis(1000));
+    s.ready_notify = true;
+    let mut t = T::with(s);
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    assert_eq!(t.due(), "-", "starting: no watchdog yet");
+    t.ms = 5000;
+    t.ev(Event::Notify(Notice::Ready));
+    assert_eq!(t.due(), "+1000");
+}
+
+#[test]
+fn watchdog_trigger_restarts_at_once() {
+    let mut s = spec(RestartPolicy::Always, 3);
+    s.watchdog = Some(Duration::from_millis(1000));
+    let mut t = T::with(s);
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    let a = t.ev(Event::Notify(Notice::Trigger));
+    assert_eq!(kinds(&a), "watchdog stopping signal");
+    assert_eq!(t.phase(), "stopping+recover");
+}
+
+#[test]
+fn a_hang_after_reset_after_gets_a_fresh_backoff() {
+    let mut s = spec(RestartPolicy::Always, 3);
+    s.watchdog = Some(Duration::from_millis(1000));
+    s.reset_after = Duration::from_secs(10);
+    let mut t = T::with(s);
+    t.on(Event::Start).unwrap();
+    // Two quick crashes: the next delay would be the third (400 ms).
+    for _ in 0..2 {
+        t.spawned();
+        t.exit(Exit::Code(1));
+        t.fire();
+    }
+    t.spawned();
+    // Alive and well for a minute, then silent.
+    let mut ms = t.ms;
+    for _ in 0..60 {
+        ms += 1000;
+        let at = t.at(ms);
+        t.on_at(ms, Event::Notify(Notice::KeepAlive(at))).unwrap();
+    }
+    t.fire();
+    t.exit(Exit::Signal(libc::SIGTERM));
+    t.ev(Event::GroupEmpty);
+    assert_eq!((t.phase().as_str(), t.due()), ("backoff", "+100".into()));
+}

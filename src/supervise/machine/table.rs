@@ -151,6 +151,10 @@ fn apply(t: &mut T, event: &str) -> Result<Vec<Action>, Refusal> {
             s.health_check = Some(check(1));
             Event::Reconfigured(Box::new(s))
         }
+        "ready" => Event::Notify(Notice::Ready),
+        "status" => Event::Notify(Notice::Status("warming up".into())),
+        "keepalive" => Event::Notify(Notice::KeepAlive(t.at(t.ms))),
+        "trigger" => Event::Notify(Notice::Trigger),
         other => panic!("unknown event {other}"),
     };
     t.on(ev)
@@ -173,7 +177,7 @@ const PHASES: [&str; 14] = [
     "draining",
 ];
 
-const EVENTS: [&str; 16] = [
+const EVENTS: [&str; 20] = [
     "start",
     "restart",
     "stop",
@@ -190,6 +194,10 @@ const EVENTS: [&str; 16] = [
     "skipped",
     "recheck",
     "pidfile",
+    "ready",
+    "status",
+    "keepalive",
+    "trigger",
 ];
 
 /// (phase, event) -> (phase after, actions or `refused: why`, deadline after, last_error).
@@ -213,6 +221,10 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("stopped", "skipped", "stopped", "", "-", "-"),
     ("stopped", "recheck", "stopped", "", "-", "-"),
     ("stopped", "pidfile", "stopped", "internal", "-", "-"),
+    ("stopped", "ready", "stopped", "", "-", "-"),
+    ("stopped", "status", "stopped", "", "-", "-"),
+    ("stopped", "keepalive", "stopped", "", "-", "-"),
+    ("stopped", "trigger", "stopped", "", "-", "-"),
 
     ("held", "start", "spawning", "spawn", "-", "-"),
     ("held", "restart", "spawning", "spawn", "-", "-"),
@@ -230,6 +242,10 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("held", "skipped", "held", "", "-", "-"),
     ("held", "recheck", "held", "", "-", "-"),
     ("held", "pidfile", "held", "internal", "-", "-"),
+    ("held", "ready", "held", "", "-", "-"),
+    ("held", "status", "held", "", "-", "-"),
+    ("held", "keepalive", "held", "", "-", "-"),
+    ("held", "trigger", "held", "", "-", "-"),
 
     ("failed", "start", "spawning", "spawn", "-", "exited with code 1"),
     ("failed", "restart", "spawning", "spawn", "-", "exited with code 1"),
@@ -247,6 +263,10 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("failed", "skipped", "failed", "", "-", "exited with code 1"),
     ("failed", "recheck", "failed", "", "-", "exited with code 1"),
     ("failed", "pidfile", "failed", "internal", "-", "exited with code 1"),
+    ("failed", "ready", "failed", "", "-", "exited with code 1"),
+    ("failed", "status", "failed", "", "-", "exited with code 1"),
+    ("failed", "keepalive", "failed", "", "-", "exited with code 1"),
+    ("failed", "trigger", "failed", "", "-", "exited with code 1"),
 
     ("failed-retry", "start", "spawning", "spawn", "-", "maximum restart attempts exceeded"),
     ("failed-retry", "restart", "spawning", "spawn", "-", "maximum restart attempts exceeded"),
@@ -264,6 +284,10 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("failed-retry", "skipped", "failed-retry", "", "+29990", "maximum restart attempts exceeded"),
     ("failed-retry", "recheck", "failed-retry", "", "+29990", "maximum restart attempts exceeded"),
     ("failed-retry", "pidfile", "failed-retry", "internal", "+29990", "maximum restart attempts exceeded"),
+    ("failed-retry", "ready", "failed-retry", "", "+29990", "maximum restart attempts exceeded"),
+    ("failed-retry", "status", "failed-retry", "", "+29990", "maximum restart attempts exceeded"),
+    ("failed-retry", "keepalive", "failed-retry", "", "+29990", "maximum restart attempts exceeded"),
+    ("failed-retry", "trigger", "failed-retry", "", "+29990", "maximum restart attempts exceeded"),
 
     ("waiting", "start", "spawning", "spawn", "-", "-"),
     ("waiting", "restart", "spawning", "spawn", "-", "-"),
@@ -281,6 +305,10 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("waiting", "skipped", "waiting", "", "-", "waiting for db (stopped)"),
     ("waiting", "recheck", "waiting", "", "-", "waiting for db (stopped)"),
     ("waiting", "pidfile", "waiting", "internal", "-", "waiting for db (stopped)"),
+    ("waiting", "ready", "waiting", "", "-", "waiting for db (stopped)"),
+    ("waiting", "status", "waiting", "", "-", "waiting for db (stopped)"),
+    ("waiting", "keepalive", "waiting", "", "-", "waiting for db (stopped)"),
+    ("waiting", "trigger", "waiting", "", "-", "waiting for db (stopped)"),
 
     ("backoff", "start", "spawning", "spawn", "-", "exited with code 1"),
     ("backoff", "restart", "spawning", "spawn", "-", "exited with code 1"),
@@ -298,6 +326,10 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("backoff", "skipped", "backoff", "", "+90", "exited with code 1"),
     ("backoff", "recheck", "backoff", "", "+90", "exited with code 1"),
     ("backoff", "pidfile", "backoff", "internal", "+90", "exited with code 1"),
+    ("backoff", "ready", "backoff", "", "+90", "exited with code 1"),
+    ("backoff", "status", "backoff", "", "+90", "exited with code 1"),
+    ("backoff", "keepalive", "backoff", "", "+90", "exited with code 1"),
+    ("backoff", "trigger", "backoff", "", "+90", "exited with code 1"),
 
     ("busy", "start", "spawning", "spawn", "-", "Text file busy"),
     ("busy", "restart", "spawning", "spawn", "-", "Text file busy"),
@@ -315,6 +347,10 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("busy", "skipped", "busy", "", "+90", "Text file busy"),
     ("busy", "recheck", "busy", "", "+90", "Text file busy"),
     ("busy", "pidfile", "busy", "internal", "+90", "Text file busy"),
+    ("busy", "ready", "busy", "", "+90", "Text file busy"),
+    ("busy", "status", "busy", "", "+90", "Text file busy"),
+    ("busy", "keepalive", "busy", "", "+90", "Text file busy"),
+    ("busy", "trigger", "busy", "", "+90", "Text file busy"),
 
     ("spawning", "start", "spawning", "refused: service is already running", "-", "-"),
     ("spawning", "restart", "spawning-stop+start", "", "-", "-"),
@@ -332,6 +368,10 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("spawning", "skipped", "spawning", "", "-", "-"),
     ("spawning", "recheck", "spawning", "", "-", "-"),
     ("spawning", "pidfile", "spawning", "internal", "-", "-"),
+    ("spawning", "ready", "spawning", "", "-", "-"),
+    ("spawning", "status", "spawning", "", "-", "-"),
+    ("spawning", "keepalive", "spawning", "", "-", "-"),
+    ("spawning", "trigger", "spawning", "", "-", "-"),
 
     ("starting", "start", "starting", "refused: service is already running", "+20", "-"),
     ("starting", "restart", "stopping+start", "stopping signal", "+5000", "-"),
@@ -349,6 +389,10 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("starting", "skipped", "starting", "", "+100", "-"),
     ("starting", "recheck", "starting", "", "+20", "-"),
     ("starting", "pidfile", "starting", "internal", "+20", "-"),
+    ("starting", "ready", "starting", "", "+20", "-"),
+    ("starting", "status", "starting", "", "+20", "-"),
+    ("starting", "keepalive", "starting", "", "+20", "-"),
+    ("starting", "trigger", "stopping+recover", "watchdog stopping signal", "+5000", "watchdog triggered by the service (WATCHDOG=trigger)"),
 
     ("running", "start", "running", "refused: service is already running", "-", "-"),
     ("running", "restart", "stopping+start", "stopping signal", "+5000", "-"),
@@ -366,6 +410,10 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("running", "skipped", "running", "", "-", "-"),
     ("running", "recheck", "running", "", "+30", "-"),
     ("running", "pidfile", "running", "internal", "-", "-"),
+    ("running", "ready", "running", "", "-", "-"),
+    ("running", "status", "running", "", "-", "-"),
+    ("running", "keepalive", "running", "", "-", "-"),
+    ("running", "trigger", "stopping+recover", "watchdog stopping signal", "+5000", "watchdog triggered by the service (WATCHDOG=trigger)"),
 
     ("launching", "start", "launching", "refused: service is already running", "+4990", "-"),
     ("launching", "restart", "stopping+start", "stopping signal", "+5000", "-"),
@@ -383,6 +431,10 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("launching", "skipped", "launching", "", "+4990", "-"),
     ("launching", "recheck", "launching", "", "+4990", "-"),
     ("launching", "pidfile", "launching", "internal", "+4990", "-"),
+    ("launching", "ready", "launching", "ready", "+4990", "-"),
+    ("launching", "status", "launching", "", "+4990", "-"),
+    ("launching", "keepalive", "launching", "", "+4990", "-"),
+    ("launching", "trigger", "stopping+recover", "watchdog stopping signal", "+5000", "watchdog triggered by the service (WATCHDOG=trigger)"),
 
     ("await-pid", "start", "spawning", "spawn", "-", "-"),
     ("await-pid", "restart", "spawning", "spawn", "-", "-"),
@@ -400,6 +452,10 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("await-pid", "skipped", "await-pid", "", "+4990", "-"),
     ("await-pid", "recheck", "await-pid", "", "+4990", "-"),
     ("await-pid", "pidfile", "running", "started", "-", "-"),
+    ("await-pid", "ready", "await-pid", "", "+4990", "-"),
+    ("await-pid", "status", "await-pid", "", "+4990", "-"),
+    ("await-pid", "keepalive", "await-pid", "", "+4990", "-"),
+    ("await-pid", "trigger", "await-pid", "", "+4990", "-"),
 
     ("stopping", "start", "stopping+start", "", "+4990", "-"),
     ("stopping", "restart", "stopping+start", "", "+4990", "-"),
@@ -417,6 +473,10 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("stopping", "skipped", "stopping", "", "+4990", "-"),
     ("stopping", "recheck", "stopping", "", "+4990", "-"),
     ("stopping", "pidfile", "stopping", "internal", "+4990", "-"),
+    ("stopping", "ready", "stopping", "", "+4990", "-"),
+    ("stopping", "status", "stopping", "", "+4990", "-"),
+    ("stopping", "keepalive", "stopping", "", "+4990", "-"),
+    ("stopping", "trigger", "stopping", "", "+4990", "-"),
 
     ("draining", "start", "draining+start", "", "+10", "-"),
     ("draining", "restart", "draining+start", "", "+10", "-"),
@@ -434,6 +494,10 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("draining", "skipped", "draining", "", "+10", "-"),
     ("draining", "recheck", "draining", "", "+10", "-"),
     ("draining", "pidfile", "draining", "internal", "+10", "-"),
+    ("draining", "ready", "draining", "", "+10", "-"),
+    ("draining", "status", "draining", "", "+10", "-"),
+    ("draining", "keepalive", "draining", "", "+10", "-"),
+    ("draining", "trigger", "draining", "", "+10", "-"),
 ];
 
 fn row(phase: &str, event: &str) -> (String, String, String, String) {

@@ -1,0 +1,569 @@
+//! The sd_notify socket (SPEC 7 `ready: "notify"`, `watchdog_ms`): one datagram socket
+//! for the daemon with `SO_PASSCRED`, read by a single thread that blocks while nothing
+//! comes. Each datagram (at most 4 KiB) belongs to the service that owns the sending
+//! process, found by the sender's cgroup (`orchestrator-<id>/NAME`) or its process
+//! group (registered at spawn); anything else is dropped and counted.
+//!
+//! Messages are coalesced into one small slot per service (ready, status, trigger, last
+//! keep-alive), so the queue to the main loop is bounded by the number of services: the
+//! loop is woken (one `Event::Notify` per service at most in flight) only when READY,
+//! STATUS or WATCHDOG=trigger changes something. A keep-alive never wakes it: it only
+//! stamps the slot, which the loop reads when the service's watchdog deadline comes.
+//! A flood from one service therefore costs the reader thread, never the loop, and
+//! other services' messages wait only behind the reader's quick pass over the flood.
+//!
+//! It never decides anything about a service's lifecycle and never signals anyone:
+//! the main loop turns slots into machine events.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// The largest datagram accepted (SPEC 7); longer ones are dropped and counted.
+pub const MAX_DATAGRAM: usize = 4096;
+/// Descriptors accepted with one datagram (systemd-notify's barrier sends one); all are
+/// closed at once.
+const MAX_FDS: usize = 16;
+
+/// What a service said, coalesced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Slot {
+    pub ready: bool,
+    pub status: Option<String>,
+    /// `WATCHDOG=trigger` arrived and the loop has not taken it yet.
+    pub trigger: bool,
+    /// The last `WATCHDOG=1`.
+    pub keepalive: Option<Instant>,
+    /// Datagrams from this service that were too long or not text.
+    pub dropped: u64,
+    /// A wake is in flight to the loop.
+    woken: bool,
+}
+
+struct Shared {
+    /// Process group (a run's main pid) -> service.
+    groups: Mutex<HashMap<i32, Arc<str>>>,
+    slots: Mutex<HashMap<Arc<str>, Slot>>,
+    /// Datagrams from processes of no service.
+    rejected: AtomicU64,
+    /// Datagrams from a main process we just spawned whose group the loop has not
+    /// registered yet (a spawn on the start-up pool is registered once the whole batch
+    /// is done): kept briefly, applied by `register`.
+    early: Mutex<VecDeque<Early>>,
+    wake: Box<dyn Fn(Arc<str>) + Send + Sync>,
+}
+
+struct Early {
+    pgid: i32,
+    at: Instant,
+    text: Vec<u8>,
+    truncated: bool,
+}
+
+/// How many early datagrams are kept, and how long.
+const MAX_EARLY: usize = 64;
+const EARLY_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The daemon's notify socket. Dropping it removes the socket file; the reader thread
+/// lives as long as the process.
+pub struct Notify {
+    shared: Arc<Shared>,
+    path: PathBuf,
+}
+
+/// Where a daemon with control socket `socket` listens for notifications.
+pub fn socket_path(socket: &Path) -> PathBuf {
+    let mut p = socket.as_os_str().to_owned();
+    p.push(".notify");
+    PathBuf::from(p)
+}
+
+impl Notify {
+    /// Binds `path` (replacing a stale file) and starts the reader. `cgroup_id` is the
+    /// instance's cgroup directory name (`orchestrator-<id>`); `wake` tells the main
+    /// loop that a service's slot changed.
+    pub fn open(
+        path: &Path,
+        cgroup_id: String,
+        wake: impl Fn(Arc<str>) + Send + Sync + 'static,
+    ) -> io::Result<Notify> {
+        let fd = bind(path)?;
+        let shared = Arc::new(Shared {
+            groups: Mutex::default(),
+            slots: Mutex::default(),
+            rejected: AtomicU64::new(0),
+            early: Mutex::default(),
+            wake: Box::new(wake),
+        });
+        let reader = Reader {
+            fd,
+            shared: shared.clone(),
+            cgroup_id,
+        };
+        std::thread::Builder::new()
+            .name("notify".into())
+            .stack_size(64 * 1024)
+            .spawn(move || reader.run())?;
+        Ok(Notify {
+            shared,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A new run of `service` with process group `pgid` (its main pid). What its main
+    /// process said before this is applied now.
+    pub fn register(&self, pgid: i32, service: &Arc<str>) {
+        if let Ok(mut g) = self.shared.groups.lock() {
+            g.insert(pgid, service.clone());
+        }
+        let early: VecDeque<Early> = match self.shared.early.lock() {
+            Ok(mut q) => {
+                let (mine, rest) = q.drain(..).partition(|e| e.pgid == pgid);
+                *q = rest;
+                mine
+            }
+            Err(_) => VecDeque::new(),
+        };
+        for e in early {
+            self.shared.apply(service, &e.text, e.truncated);
+        }
+    }
+
+    /// The run with process group `pgid` is over (its main process reaped): the next
+    /// run of its service starts with an empty slot.
+    pub fn forget(&self, pgid: i32) {
+        let Some(service) = self
+            .shared
+            .groups
+            .lock()
+            .ok()
+            .and_then(|mut g| g.remove(&pgid))
+        else {
+            return;
+        };
+        if let Ok(mut s) = self.shared.slots.lock() {
+            if let Some(slot) = s.get_mut(&service) {
+                *slot = Slot {
+                    dropped: slot.dropped,
+                    ..Slot::default()
+                };
+            }
+        }
+    }
+
+    /// The slot after a wake: a copy, with the trigger consumed and the next change
+    /// allowed to wake the loop again.
+    pub fn take(&self, service: &str) -> Option<Slot> {
+        let mut slots = self.shared.slots.lock().ok()?;
+        let slot = slots.get_mut(service)?;
+        let copy = slot.clone();
+        slot.trigger = false;
+        slot.woken = false;
+        Some(copy)
+    }
+
+    /// The last keep-alive of `service`, read when its watchdog deadline comes.
+    pub fn keepalive(&self, service: &str) -> Option<Instant> {
+        self.shared.slots.lock().ok()?.get(service)?.keepalive
+    }
+
+    pub fn dropped(&self, service: &str) -> u64 {
+        let slots = self.shared.slots.lock();
+        slots
+            .ok()
+            .and_then(|s| s.get(service).map(|s| s.dropped))
+            .unwrap_or(0)
+    }
+
+    /// Datagrams from processes of no service.
+    pub fn rejected(&self) -> u64 {
+        self.shared.rejected.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Notify {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn bind(path: &Path) -> io::Result<OwnedFd> {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::other(format!(
+            "{}: path too long for a socket",
+            path.display()
+        )));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain socket call; the result is checked.
+    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let on: libc::c_int = 1;
+    // SAFETY: valid descriptor and option pointer of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            &on as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // A stale socket from a crash; a live daemon on it was ruled out by the instance lock.
+    let _ = std::fs::remove_file(path);
+    // SAFETY: addr is a valid sockaddr_un.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &addr as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Services may run as other users: anyone may send, only services are heard.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(fd)
+}
+
+struct Reader {
+    fd: OwnedFd,
+    shared: Arc<Shared>,
+    cgroup_id: String,
+}
+
+/// Whom a datagram comes from.
+enum Sender {
+    Service(Arc<str>),
+    /// A main process we spawned, not registered yet: its process group.
+    Early(i32),
+    Nobody,
+}
+
+/// One datagram as received.
+struct Datagram<'a> {
+    text: &'a [u8],
+    truncated: bool,
+    pid: Option<i32>,
+}
+
+impl Reader {
+    fn run(self) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let space =
+            // SAFETY: CMSG_SPACE only computes a size.
+            unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::ucred>() as u32) as usize
+                + libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) as usize };
+        let mut control = vec![0u64; space.div_ceil(8)];
+        loop {
+            match self.receive(&mut buf, &mut control) {
+                Ok(d) => self.handle(d),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::error!("notify socket: {e}; readiness notifications are no longer read");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Blocks for one datagram; closes whatever descriptors came with it.
+    fn receive<'a>(&self, buf: &'a mut [u8], control: &mut [u64]) -> io::Result<Datagram<'a>> {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = std::mem::size_of_val(control) as _;
+        // SAFETY: valid descriptor and msghdr; MSG_CMSG_CLOEXEC keeps passed fds from
+        // leaking into children before we close them.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut pid = None;
+        // SAFETY: the CMSG macros walk the control buffer the kernel filled.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                let data = libc::CMSG_DATA(c);
+                let len = (*c).cmsg_len as usize - (data as usize - c as usize);
+                match ((*c).cmsg_level, (*c).cmsg_type) {
+                    (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => {
+                        let cred = std::ptr::read_unaligned(data as *const libc::ucred);
+                        pid = Some(cred.pid);
+                    }
+                    (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                        for i in 0..len / std::mem::size_of::<RawFd>() {
+                            let fd = std::ptr::read_unaligned((data as *const RawFd).add(i));
+                            libc::close(fd);
+                        }
+                    }
+                    _ => {}
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
+        let truncated = msg.msg_flags & libc::MSG_TRUNC != 0;
+        Ok(Datagram {
+            text: &buf[..n as usize],
+            truncated,
+            pid,
+        })
+    }
+
+    /// Who sent from `pid`: the service whose registered process group it is in, else
+    /// the service whose cgroup holds it (a process that left the group), else a main
+    /// process we spawned a moment ago (our child, leading its own group).
+    fn sender(&self, pid: i32) -> Sender {
+        if pid <= 0 {
+            return Sender::Nobody;
+        }
+        // SAFETY: getpgid has no memory preconditions.
+        let pgid = unsafe { libc::getpgid(pid) };
+        if pgid <= 0 {
+            return Sender::Nobody; // Gone already.
+        }
+        if let Some(s) = self
+            .shared
+            .groups
+            .lock()
+            .ok()
+            .and_then(|g| g.get(&pgid).cloned())
+        {
+            return Sender::Service(s);
+        }
+        if let Some(name) = cgroup_owner(pid, &self.cgroup_id) {
+            let known = self
+                .shared
+                .slots
+                .lock()
+                .ok()
+                .and_then(|s| s.get_key_value(name.as_str()).map(|(k, _)| k.clone()));
+            return Sender::Service(known.unwrap_or_else(|| name.as_str().into()));
+        }
+        if pgid == pid && parent_of(pid) == Some(std::process::id() as i32) {
+            return Sender::Early(pgid);
+        }
+        Sender::Nobody
+    }
+
+    fn handle(&self, d: Datagram) {
+        match d.pid.map_or(Sender::Nobody, |p| self.sender(p)) {
+            Sender::Service(s) => self.shared.apply(&s, d.text, d.truncated),
+            Sender::Early(pgid) => self.shared.keep_early(pgid, d.text, d.truncated),
+            Sender::Nobody => {
+                self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn keep_early(&self, pgid: i32, text: &[u8], truncated: bool) {
+        let Ok(mut q) = self.early.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        while q
+            .front()
+            .is_some_and(|e| q.len() >= MAX_EARLY || now.duration_since(e.at) > EARLY_TTL)
+        {
+            q.pop_front();
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        q.push_back(Early {
+            pgid,
+            at: now,
+            text: text.to_vec(),
+            truncated,
+        });
+    }
+
+    /// Folds one datagram of `service` into its slot; wakes the loop on a change.
+    fn apply(&self, service: &Arc<str>, text: &[u8], truncated: bool) {
+        let Ok(mut slots) = self.slots.lock() else {
+            return;
+        };
+        let slot = slots.entry(service.clone()).or_default();
+        let text = match std::str::from_utf8(text) {
+            Ok(t) if !truncated => t,
+            _ => {
+                slot.dropped += 1;
+                return;
+            }
+        };
+        let mut changed = false;
+        for line in text.lines() {
+            match line.split_once('=') {
+                Some(("READY", "1")) if !slot.ready => {
+                    slot.ready = true;
+                    changed = true;
+                }
+                Some(("STATUS", s)) if slot.status.as_deref() != Some(s) => {
+                    slot.status = Some(s.to_string());
+                    changed = true;
+                }
+                Some(("WATCHDOG", "1")) => slot.keepalive = Some(Instant::now()),
+                Some(("WATCHDOG", "trigger")) => {
+                    slot.trigger = true;
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
+        if changed && !slot.woken {
+            slot.woken = true;
+            drop(slots);
+            (self.wake)(service.clone());
+        }
+    }
+}
+
+/// The parent of `pid`, from /proc/PID/stat (the field after the command's `)`).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The service named by `pid`'s cgroup path, `.../<cgroup_id>/NAME[/...]`.
+fn cgroup_owner(pid: i32, cgroup_id: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|line| {
+        let path = line.splitn(3, ':').nth(2)?;
+        let mut parts = path.split('/');
+        parts.find(|p| *p == cgroup_id)?;
+        parts.next().filter(|n| !n.is_empty()).map(str::to_string)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+
+    fn wait(mut cond: impl FnMut() -> bool) -> bool {
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn messages_of_a_registered_group_are_coalesced_and_wake_once() {
+        let dir = std::env::temp_dir().join(format!("notify-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("n.sock");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let n = Notify::open(&path, "orchestrator-none".into(), move |s| {
+            let _ = tx.send(s);
+        })
+        .unwrap();
+        let client = UnixDatagram::unbound().unwrap();
+        // Not registered yet: rejected.
+        client.send_to(b"READY=1", &path).unwrap();
+        assert!(wait(|| n.rejected() == 1));
+        // SAFETY: getpgrp has no preconditions.
+        let pgid = unsafe { libc::getpgrp() };
+        let svc: Arc<str> = "svc".into();
+        n.register(pgid, &svc);
+        for _ in 0..1000 {
+            client.send_to(b"WATCHDOG=1", &path).unwrap();
+        }
+        client
+            .send_to(b"READY=1\nSTATUS=warming up", &path)
+            .unwrap();
+        client.send_to(b"STATUS=up", &path).unwrap();
+        client.send_to(&[b'x'; MAX_DATAGRAM + 1], &path).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), svc);
+        assert!(wait(|| n.dropped("svc") == 1));
+        // One wake for all of it; keep-alives woke nobody.
+        assert!(rx.try_recv().is_err());
+        let slot = n.take("svc").unwrap();
+        assert!(slot.ready && slot.keepalive.is_some());
+        assert_eq!(slot.status.as_deref(), Some("up"));
+        client.send_to(b"WATCHDOG=trigger", &path).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), svc);
+        assert!(n.take("svc").unwrap().trigger);
+        assert!(!n.take("svc").unwrap().trigger, "consumed");
+        drop(n);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_main_process_heard_before_its_registration_is_heard_after_it() {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(format!("notify-early-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("n.sock");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let n = Notify::open(&path, "orchestrator-none".into(), move |s| {
+            let _ = tx.send(s);
+        })
+        .unwrap();
+        // Our child, leading its own group, as a freshly spawned service is.
+        let script = format!(
+            "import os, socket, time\nos.setsid()\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.sendto(b'READY=1', {:?})\nprint('sent', flush=True)\ntime.sleep(10)",
+            path.display().to_string()
+        );
+        let Ok(mut child) = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+        else {
+            eprintln!("skipped: python3 is not installed");
+            return;
+        };
+        let mut line = String::new();
+        let out = child.stdout.take().unwrap();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+        assert!(wait(|| n.shared.early.lock().unwrap().len() == 1));
+        assert_eq!(n.rejected(), 0);
+        let svc: Arc<str> = "svc".into();
+        n.register(child.id() as i32, &svc);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), svc);
+        assert!(n.take("svc").unwrap().ready);
+        n.forget(child.id() as i32);
+        assert!(!n.take("svc").unwrap().ready, "the next run starts afresh");
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(n);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn cgroup_paths_name_the_service() {
+        let me = std::process::id() as i32;
+        assert_eq!(cgroup_owner(me, "orchestrator-not-there"), None);
+    }
+}

@@ -1,0 +1,113 @@
+//! The machine's side of sd_notify (SPEC 7): readiness that needs `READY=1` (and the
+//! health check's first pass, when there is one), `STATUS=...`, and the watchdog: a
+//! deadline armed once the run is `running`, moved by keep-alives, whose expiry (or a
+//! `WATCHDOG=trigger`) is a liveness failure restarted through the backoff path.
+
+use super::*;
+
+impl Service {
+    /// Makes an unready run ready once everything it waits for has come: the first
+    /// health-check pass (with a check) and READY=1 (with `ready: notify`). Arms the
+    /// watchdog then. True when it became ready.
+    pub(super) fn ready_if_due(&mut self, now: Instant) -> bool {
+        let needs_pass = self.spec.health_check.is_some();
+        let needs_notify = self.spec.ready_notify;
+        let watchdog = self.spec.watchdog;
+        let Phase::Up {
+            ready: ready @ false,
+            health,
+            watch,
+            ..
+        } = &mut self.phase
+        else {
+            return false;
+        };
+        if (needs_pass && !health.passed) || (needs_notify && !watch.notified) {
+            return false;
+        }
+        *ready = true;
+        watch.deadline = watchdog.map(|w| now + w);
+        true
+    }
+
+    pub(super) fn notified(&mut self, notice: Notice, ctx: &mut Ctx) -> Vec<Action> {
+        let now = ctx.now.mono;
+        match notice {
+            Notice::Status(text) => {
+                if self.has_process() {
+                    self.notify_status = Some(text);
+                }
+                Vec::new()
+            }
+            Notice::Ready => {
+                let Phase::Up {
+                    run, ready, watch, ..
+                } = &mut self.phase
+                else {
+                    return Vec::new(); // Late news of a run that is over or stopping.
+                };
+                if *ready || watch.notified {
+                    return Vec::new();
+                }
+                watch.notified = true;
+                let pid = run.pid;
+                if !self.ready_if_due(now) {
+                    return Vec::new();
+                }
+                self.last_error = None;
+                vec![log(log::Level::Info, "ready", Some(pid), "READY=1: ready")]
+            }
+            Notice::KeepAlive(at) => {
+                let watchdog = self.spec.watchdog;
+                if let (Phase::Up { watch, .. }, Some(w)) = (&mut self.phase, watchdog) {
+                    if let Some(deadline) = &mut watch.deadline {
+                        *deadline = (*deadline).max(at + w);
+                    }
+                }
+                Vec::new()
+            }
+            Notice::Trigger => {
+                let Phase::Up { run, ready, .. } = self.phase else {
+                    return Vec::new();
+                };
+                let why = "watchdog triggered by the service (WATCHDOG=trigger)";
+                self.last_error = Some(why.into());
+                let then = AfterStop::Recover(self.liveness_attempt(run, ctx));
+                let mut actions = vec![log(
+                    log::Level::Warn,
+                    "watchdog",
+                    Some(run.pid),
+                    format!("{why}: restarting"),
+                )];
+                actions.extend(self.begin_stop(run, ready, then, Origin::Liveness, now));
+                actions
+            }
+        }
+    }
+
+    /// No keep-alive within `watchdog_ms`: the run is hung.
+    pub(super) fn watchdog_timeout(&mut self, run: Run, ctx: &mut Ctx) -> Vec<Action> {
+        let ms = self.spec.watchdog.map_or(0, |w| w.as_millis());
+        let why = format!("watchdog timeout (no keep-alive in {ms} ms)");
+        let then = AfterStop::Recover(self.liveness_attempt(run, ctx));
+        let mut actions = vec![log(
+            log::Level::Warn,
+            "watchdog",
+            Some(run.pid),
+            format!("{why}: restarting"),
+        )];
+        self.last_error = Some(why);
+        actions.extend(self.begin_stop(run, true, then, Origin::Liveness, ctx.now.mono));
+        actions
+    }
+
+    /// The restart delay after a liveness failure of `run`. A run that lasted
+    /// `reset_after` before it hung resets the counter first (SPEC 4), as an exit
+    /// after that long would: a hang after a day of service gets a fresh backoff.
+    fn liveness_attempt(&mut self, run: Run, ctx: &mut Ctx) -> Option<Duration> {
+        if ctx.now.mono.saturating_duration_since(run.started) >= self.spec.reset_after {
+            self.attempts = 0;
+        }
+        self.next_attempt(ctx.rng)
+    }
+}

@@ -1,0 +1,383 @@
+//! sd_notify against real peers: `systemd-notify` (READY, STATUS), redis-server with
+//! `--supervised systemd`, a fixture that stops sending keep-alives, a process of
+//! another service (and one of no service) claiming readiness, and a flood of 100,000
+//! datagrams while other services must stay on time.
+
+use crate::util::*;
+use serde_json::{json, Value};
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn have(program: &str, package: &str) -> bool {
+    let found = || {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !found() {
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-q", package])
+            .output();
+    }
+    let ok = found();
+    if !ok {
+        eprintln!("skipped: {program} (Debian package {package}) is unavailable");
+    }
+    ok
+}
+
+fn python() -> bool {
+    have("python3", "python3")
+}
+
+fn notify_socket(sb: &Sandbox) -> std::path::PathBuf {
+    let mut p = sb.socket().into_os_string();
+    p.push(".notify");
+    p.into()
+}
+
+/// Waits until `name`'s status satisfies `cond`; returns it.
+fn wait_status(sb: &Sandbox, name: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let ok = wait_until(DEADLINE, || {
+        last = sb.service_status(name);
+        cond(&last)
+    });
+    assert!(ok, "{name}: never {what}; last status: {last}");
+    last
+}
+
+fn metric(sb: &Sandbox, line_start: &str) -> u64 {
+    let out = sb.cli(&["metrics"]);
+    out.stdout
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in metrics: {}", out.stdout))
+}
+
+#[test]
+fn systemd_notify_sends_status_then_ready() {
+    if !have("systemd-notify", "systemd") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let go = sb.path("go");
+    sb.service(
+        "web",
+        &format!(
+            "systemd-notify --status='warming up'\n\
+             while [ ! -e {go} ]; do sleep 0.02; done\n\
+             systemd-notify --ready --status=serving\n\
+             exec sleep 1000",
+            go = go.display()
+        ),
+    );
+    sb.config(json!({}), json!({"web": {"ready": "notify"}}));
+    let _d = Daemon::start(&sb, &[]);
+    let s = wait_status(&sb, "web", "warming up", |s| {
+        s["notify_status"] == "warming up"
+    });
+    assert_eq!(s["state"], "starting", "STATUS alone is not READY: {s}");
+    // It stays starting however long READY=1 takes.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sb.service_status("web")["state"], "starting");
+    std::fs::write(&go, "").unwrap();
+    let s = wait_status(&sb, "web", "running", |s| s["state"] == "running");
+    assert_eq!(s["notify_status"], "serving");
+    let table = sb.cli(&["status"]).stdout;
+    let row = table.lines().find(|l| l.starts_with("web")).unwrap_or("");
+    assert!(row.contains("serving"), "INFO shows STATUS: {table}");
+}
+
+#[test]
+fn redis_supervised_by_systemd_protocol_is_ready_when_it_accepts() {
+    if !have("redis-server", "redis-server") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // Through a script: redis-server is a multi-call binary that needs its own name
+    // as argv[0].
+    sb.service(
+        "redis",
+        &format!(
+            "exec redis-server --port {port} --bind 127.0.0.1 --supervised systemd \\
+             --save '' --appendonly no --dir {}",
+            sb.dir.display()
+        ),
+    );
+    sb.config(
+        json!({}),
+        json!({"redis": {"pass_service_args": false, "ready": "notify"}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    wait_status(&sb, "redis", "running", |s| s["state"] == "running");
+    // Ready means it accepts: PING answers at once.
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"PING\r\n").unwrap();
+    let mut b = [0u8; 7];
+    c.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"+PONG\r\n");
+}
+
+/// Sends WATCHDOG=1 every 100 ms `$BEATS` times, then hangs; writes its environment's
+/// watchdog variables and its pid to $OUT first, and the time of its last keep-alive
+/// (ms since the epoch) to $OUT.last.
+const HEART: &str = r#"
+import os, socket, time
+with open(os.environ["OUT"], "a") as f:
+    f.write("%s %s %s %d\n" % (os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"),
+                               os.environ.get("WATCHDOG_PID"), os.getpid()))
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+for i in range(int(os.environ["BEATS"])):
+    if i:
+        time.sleep(0.1)
+    s.sendto(b"WATCHDOG=1", os.environ["NOTIFY_SOCKET"])
+with open(os.environ["OUT"] + ".last", "a") as f:
+    f.write("%d\n" % (time.time() * 1000))
+time.sleep(1000)
+"#;
+
+#[test]
+fn a_service_that_stops_its_keep_alives_is_restarted() {
+    if !python() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let heart = sb.path("heart.py");
+    std::fs::write(&heart, HEART).unwrap();
+    let out = sb.path("env.txt");
+    sb.service("hb", &format!("exec python3 {}", heart.display()));
+    sb.config(
+        json!({}),
+        json!({"hb": {"watchdog_ms": 1000,
+                      "environment": {"BEATS": "15", "OUT": out.display().to_string(),
+                                      "WATCHDOG_PID": "1"}}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let first = sb.wait_running("hb", None);
+    let s = wait_status(&sb, "hb", "restarted", |s| {
+        s["restarts"].as_u64() >= Some(1)
+    });
+    assert_eq!(
+        s["last_error"], "watchdog timeout (no keep-alive in 1000 ms)",
+        "{s}"
+    );
+    // The first run ended about watchdog_ms after its last keep-alive, not before:
+    // fifteen beats 100 ms apart kept it alive.
+    let last: u64 = std::fs::read_to_string(sb.path("env.txt.last"))
+        .expect("the first run stopped sending keep-alives")
+        .lines()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .unwrap();
+    let ended = s["history"][0]["exited"].as_u64().unwrap();
+    assert!(
+        ended >= last + 950 && ended < last + 5000,
+        "ended {} ms after the last keep-alive",
+        ended as i64 - last as i64
+    );
+    sb.wait_running("hb", Some(first));
+    let env = std::fs::read_to_string(&out).unwrap();
+    let f: Vec<&str> = env.lines().next().unwrap().split(' ').collect();
+    assert_eq!(f[0], notify_socket(&sb).display().to_string());
+    assert_eq!(f[1], "1000000");
+    assert_eq!(f[2], f[3], "WATCHDOG_PID is the service's own pid: {env}");
+    assert_eq!(f[3], first.to_string());
+}
+
+#[test]
+fn watchdog_trigger_restarts_at_once() {
+    if !have("systemd-notify", "systemd") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let runs = sb.path("runs");
+    sb.service(
+        "t",
+        &format!(
+            "echo run >> {runs}\n[ $(wc -l < {runs}) -gt 1 ] || systemd-notify WATCHDOG=trigger\nexec sleep 1000",
+            runs = runs.display()
+        ),
+    );
+    sb.config(json!({}), json!({"t": {"watchdog_ms": 60000}}));
+    let _d = Daemon::start(&sb, &[]);
+    let s = wait_status(&sb, "t", "restarted", |s| {
+        s["restarts"] == 1 && s["state"] == "running"
+    });
+    assert_eq!(
+        s["last_error"],
+        "watchdog triggered by the service (WATCHDOG=trigger)"
+    );
+}
+
+/// Sends what $MSG says to $TARGET, then writes $DONE.
+const CLAIM: &str = r#"
+import os, socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(os.environ["MSG"].encode(), os.environ["TARGET"])
+open(os.environ["DONE"], "w").close()
+time.sleep(1000)
+"#;
+
+#[test]
+fn another_services_process_claiming_readiness_is_ignored() {
+    if !python() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let claim = sb.path("claim.py");
+    std::fs::write(&claim, CLAIM).unwrap();
+    sb.service("victim", "exec sleep 1000");
+    sb.service("other", &format!("exec python3 {}", claim.display()));
+    let target = notify_socket(&sb);
+    sb.config(
+        json!({}),
+        json!({
+            "victim": {"ready": "notify"},
+            "other": {"enabled": false},
+        }),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let victim = wait_status(&sb, "victim", "started", |s| s["pid"].as_i64().is_some());
+    let pid = victim["pid"].as_i64().unwrap();
+    let done = sb.path("done");
+    sb.config(
+        json!({}),
+        json!({
+            "victim": {"ready": "notify"},
+            "other": {"environment": {
+                "TARGET": target.display().to_string(),
+                "DONE": done.display().to_string(),
+                "MSG": format!("READY=1\nSTATUS=hijacked\nMAINPID={pid}"),
+            }},
+        }),
+    );
+    assert_eq!(sb.cli(&["reload"]).code, 0);
+    // A process of no service sends the same.
+    let rejected_before = metric(&sb, "orchestrator_notify_rejected_total");
+    let me = UnixDatagram::unbound().unwrap();
+    me.send_to(b"READY=1\nSTATUS=outsider", &target).unwrap();
+    assert!(wait_until(DEADLINE, || done.exists()));
+    // Attributed to its sender: "other" shows the status, the victim nothing.
+    wait_status(&sb, "other", "got its status", |s| {
+        s["notify_status"] == "hijacked"
+    });
+    assert!(wait_until(DEADLINE, || metric(
+        &sb,
+        "orchestrator_notify_rejected_total"
+    ) > rejected_before));
+    let v = sb.service_status("victim");
+    assert_eq!(v["state"], "starting", "{v}");
+    assert_eq!(v["notify_status"], Value::Null, "{v}");
+    assert_eq!(v["pid"].as_i64(), Some(pid));
+}
+
+/// Sends $COUNT datagrams as fast as the socket takes them, then writes $DONE.
+const FLOOD: &str = r#"
+import os, socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+target = os.environ["NOTIFY_SOCKET"]
+for i in range(int(os.environ["COUNT"])):
+    s.sendto(b"WATCHDOG=1\nSTATUS=%d" % i if i % 2 else b"WATCHDOG=1", target)
+open(os.environ["DONE"], "w").close()
+time.sleep(1000)
+"#;
+
+#[test]
+fn a_flood_of_datagrams_delays_neither_the_loop_nor_other_services() {
+    if !python() || !have("systemd-notify", "systemd") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let flood = sb.path("flood.py");
+    std::fs::write(&flood, FLOOD).unwrap();
+    let (done, go, stamps) = (sb.path("done"), sb.path("go"), sb.path("stamps"));
+    sb.service("flood", &format!("exec python3 {}", flood.display()));
+    sb.service(
+        "steady",
+        &format!(
+            "while [ ! -e {go} ]; do sleep 0.01; done\nsystemd-notify --ready\nexec sleep 1000",
+            go = go.display()
+        ),
+    );
+    sb.service("pinger", "exec sleep 1000");
+    sb.config(
+        json!({}),
+        json!({
+            "flood": {"watchdog_ms": 60000,
+                      "environment": {"COUNT": "100000", "DONE": done.display().to_string()}},
+            "steady": {"ready": "notify"},
+            "pinger": {"health_check": {"type": "exec", "interval_ms": 100,
+                "command": ["sh", "-c", format!("date +%s%3N >> {}", stamps.display())]}},
+        }),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("pinger", None);
+    sb.wait_running("flood", None);
+    // Mid-flood: status answers quickly and another service's READY=1 gets through.
+    std::fs::write(&go, "").unwrap();
+    let sent = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut steady_ready = None;
+    while !done.exists() || steady_ready.is_none() {
+        let t = Instant::now();
+        let all = sb.status();
+        slowest = slowest.max(t.elapsed());
+        let steady = all.iter().find(|s| s["name"] == "steady").cloned();
+        if steady_ready.is_none() && steady.is_some_and(|s| s["state"] == "running") {
+            steady_ready = Some(sent.elapsed());
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(30),
+            "flood never ended"
+        );
+        let pinger = all
+            .iter()
+            .find(|s| s["name"] == "pinger")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(pinger["state"], "running", "{pinger}");
+    }
+    eprintln!(
+        "flood of 100000 sent in {:?}; slowest status {slowest:?}; another service's READY=1 after {:?}",
+        sent.elapsed(),
+        steady_ready
+    );
+    assert!(
+        slowest < Duration::from_millis(500),
+        "status took {slowest:?}"
+    );
+    let steady_ready = steady_ready.unwrap();
+    assert!(
+        steady_ready < Duration::from_secs(2),
+        "READY=1 took {steady_ready:?}"
+    );
+    // The other service's checks kept their 100 ms rhythm through the flood.
+    let times: Vec<u64> = std::fs::read_to_string(&stamps)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let worst = gaps.iter().max().copied().unwrap_or(0);
+    eprintln!(
+        "{} checks of another service, longest gap {worst} ms",
+        times.len()
+    );
+    assert!(times.len() >= 10, "{times:?}");
+    assert!(worst < 600, "a check was {worst} ms late: {gaps:?}");
+    let f = wait_status(&sb, "flood", "coalesced", |s| s["notify_status"] == "99999");
+    assert_eq!(f["state"], "running");
+    assert_eq!(f["restarts"], 0);
+}
