@@ -64,11 +64,14 @@ pub struct ServiceSpec {
     pub health_check: Option<HealthCheck>,
     /// How often a service left `failed` by its restart attempts is tried again.
     pub retry_failed: Option<Duration>,
+    /// SPEC 13: applied in the child before exec, or the start fails.
+    pub hardening: crate::process::hardening::Hardening,
 }
 
 impl ServiceSpec {
     /// True when `other` would run a different process (SPEC 5: binary, args,
-    /// environment, data_dir, identity, limits, sockets), so a reload must restart it.
+    /// environment, data_dir, identity, limits, sockets; SPEC 13: every hardening key),
+    /// so a reload must restart it.
     pub fn process_differs(&self, other: &ServiceSpec) -> bool {
         self.binary != other.binary
             || self.args != other.args
@@ -78,6 +81,7 @@ impl ServiceSpec {
             || self.limits != other.limits
             || self.memory_limit_mib != other.memory_limit_mib
             || self.sockets != other.sockets
+            || self.hardening != other.hardening
     }
 
     pub fn binary_error(&self) -> Option<String> {
@@ -398,6 +402,7 @@ fn build_spec(
             .retry_failed_ms
             .or(s.retry_failed_ms)
             .map(Duration::from_millis),
+        hardening: crate::process::hardening::resolve(svc),
     }
 }
 
@@ -603,5 +608,11 @@ mod tests {
         assert!(!a.process_differs(&b));
         b.args.push("x".into());
         assert!(a.process_differs(&b));
+        let mut c = a.clone();
+        c.hardening.private_tmp = true;
+        assert!(
+            a.process_differs(&c),
+            "a hardening change restarts the service"
+        );
     }
 }

@@ -18,8 +18,16 @@
 //! to every thread of the process it believes it is in, that is, to ours. Signals are
 //! blocked around the clone so no handler of ours ever runs in the child, which resets
 //! every disposition to the default and starts with an empty mask.
+//!
+//! Hardening (SPEC 13, `process::hardening`) is prepared before the clone like the
+//! rest; the order of the child's steps, and why, is written in `child_setup`. The one
+//! exception to the vfork-style clone is `private_users`: the parent must write the new
+//! namespace's id maps while the child waits, which a vfork parent cannot do, so that
+//! child is a plain fork-style copy (as Go's os/exec does for user namespaces) and
+//! reports a failure through a close-on-exec pipe instead of shared memory.
 
 use crate::config::discovery::ServiceSpec;
+use crate::process::hardening;
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -59,6 +67,14 @@ enum Step {
     NoNewPrivs,
     DeathSignal,
     Exec,
+    Prepare,
+    Namespaces,
+    UserNamespace,
+    Mounts,
+    Loopback,
+    Priority,
+    Capabilities,
+    SyscallFilter,
 }
 
 fn step_name(step: u32) -> &'static str {
@@ -71,6 +87,14 @@ fn step_name(step: u32) -> &'static str {
         6 => "switch user/group",
         7 => "set no_new_privs",
         8 => "set the parent-death signal",
+        10 => "prepare its hardening",
+        11 => "create its namespaces",
+        12 => "enter its user namespace",
+        13 => "set up its mounts (private_tmp, read_only_paths)",
+        14 => "bring up loopback in its network namespace",
+        15 => "set nice/io priority",
+        16 => "set its capabilities",
+        17 => "install its syscall filter",
         _ => "execute",
     }
 }
@@ -90,6 +114,12 @@ struct ChildArgs<'a> {
     fd_limit: libc::c_int,
     /// One past the highest signal number, read before the clone.
     signals: libc::c_int,
+    hardening: &'a hardening::Prepared,
+    /// Fork-style child (`private_users`): the pipe it waits on for the parent's id
+    /// maps (read end, and our write end, which it closes first), and the pipe it
+    /// reports a failure on. -1 otherwise.
+    wait_fds: [RawFd; 2],
+    report_fd: RawFd,
     failed_step: AtomicU32,
     failed_errno: AtomicI32,
 }
@@ -192,7 +222,9 @@ fn search_path(program: &str, spec: &ServiceSpec) -> Option<std::path::PathBuf> 
 }
 
 fn describe_failure(step: u32, what: &str, e: io::Error) -> String {
-    if step == Step::Exec as u32 {
+    if step == Step::Prepare as u32 {
+        format!("cannot start {what}: {e}")
+    } else if step == Step::Exec as u32 {
         format!("cannot execute {what}: {e}")
     } else {
         format!("cannot start {what}: cannot {}: {e}", step_name(step))
@@ -266,13 +298,29 @@ fn spawn_with(
         .as_ref()
         .map(|i| i.groups.clone())
         .unwrap_or_default();
+    let prepared = hardening::prepare(&spec.hardening, spec.identity.as_ref())
+        .map_err(|e| (Step::Prepare as u32, io::Error::other(e)))?;
+    // Fork-style child for private_users only; see the module comment.
+    let forked = prepared.parent_acts();
+    let (wait_pipe, report_pipe) = if forked {
+        let p = |_| pipe().map_err(|e| (Step::Namespaces as u32, e));
+        (Some(p(())?), Some(p(())?))
+    } else {
+        (None, None)
+    };
+    let raw = |p: &Option<(OwnedFd, OwnedFd)>, i: usize| {
+        p.as_ref().map_or(-1, |(r, w)| [r, w][i].as_raw_fd())
+    };
     let args = ChildArgs {
         program: &program,
         argv: &argv,
         envp: &envp,
         cwd: cwd.as_ref(),
         stdio,
-        cgroup_fds,
+        // A forked child is already in its user namespace: the parent moves it into
+        // its cgroups by pid instead (the kernel may judge the child's write there
+        // by its new namespace's credentials).
+        cgroup_fds: if forked { &[] } else { cgroup_fds },
         limits: Rlimits {
             nofile: spec.limits.nofile,
             nproc: spec.limits.nproc,
@@ -286,6 +334,9 @@ fn spawn_with(
         parent: unsafe { libc::getpid() },
         fd_limit: fd_scan_limit(),
         signals: libc::SIGRTMAX() + 1,
+        hardening: &prepared,
+        wait_fds: [raw(&wait_pipe, 0), raw(&wait_pipe, 1)],
+        report_fd: raw(&report_pipe, 1),
         failed_step: AtomicU32::new(0),
         failed_errno: AtomicI32::new(0),
     };
@@ -303,24 +354,46 @@ fn spawn_with(
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
+    let share = if forked {
+        0
+    } else {
+        libc::CLONE_VM | libc::CLONE_VFORK
+    };
     // SAFETY: child_main only makes async-signal-safe raw calls on `args`, which outlives
-    // the child's use of it: CLONE_VFORK suspends us until the child execs or exits.
+    // the child's use of it: CLONE_VFORK suspends us until the child execs or exits,
+    // and a forked child has its own copy.
     let pid = unsafe {
         libc::clone(
             child_main,
             top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            share | prepared.clone_flags | libc::SIGCHLD,
             &args as *const ChildArgs as *mut libc::c_void,
         )
     };
     let clone_error = io::Error::last_os_error();
+    let outcome = if pid < 0 {
+        let step = if prepared.clone_flags != 0 {
+            Step::Namespaces
+        } else {
+            Step::Exec
+        };
+        Err((step as u32, clone_error))
+    } else if let (Some((_, wait_w)), Some((report_r, report_w))) = (wait_pipe, report_pipe) {
+        drop(report_w);
+        release_forked(pid, &prepared, cgroup_fds, wait_w, report_r)
+    } else {
+        Ok(())
+    };
     // SAFETY: restores the mask saved above.
     unsafe {
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
     }
     drop(stack);
-    if pid < 0 {
-        return Err((Step::Exec as u32, clone_error));
+    if let Err((step, e)) = outcome {
+        if pid > 0 {
+            reap(pid);
+        }
+        return Err((step, e));
     }
     let step = args.failed_step.load(Ordering::SeqCst);
     if step != 0 {
@@ -331,9 +404,68 @@ fn spawn_with(
     Ok(pid)
 }
 
+/// The parent's part for a fork-style child: the id maps, the priorities and the
+/// cgroups, then the go-ahead, then the wait for its exec (the report pipe closes on
+/// exec; a failing child writes its step and errno first). On any failure here the
+/// child is killed (the caller reaps it).
+fn release_forked(
+    pid: i32,
+    prepared: &hardening::Prepared,
+    cgroup_fds: &[RawFd],
+    wait_w: OwnedFd,
+    report_r: OwnedFd,
+) -> Result<(), (u32, io::Error)> {
+    let kill = |step: Step, e: io::Error| {
+        // SAFETY: kill on a child of ours that is not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        (step as u32, e)
+    };
+    prepared
+        .parent_step(pid)
+        .map_err(|e| kill(Step::UserNamespace, io::Error::other(e)))?;
+    let text = pid.to_string();
+    for fd in cgroup_fds {
+        // SAFETY: a valid buffer on a descriptor the caller keeps open.
+        if unsafe { libc::write(*fd, text.as_ptr().cast(), text.len()) } < 0 {
+            return Err(kill(Step::Cgroup, io::Error::last_os_error()));
+        }
+    }
+    // SAFETY: one byte from a valid buffer.
+    if unsafe { libc::write(wait_w.as_raw_fd(), b"1".as_ptr().cast(), 1) } != 1 {
+        return Err(kill(Step::UserNamespace, io::Error::last_os_error()));
+    }
+    drop(wait_w);
+    let mut report = [0u8; 8];
+    let mut got = 0;
+    while got < report.len() {
+        // SAFETY: reads into the unfilled rest of `report`.
+        let n = unsafe {
+            libc::read(
+                report_r.as_raw_fd(),
+                report[got..].as_mut_ptr().cast(),
+                report.len() - got,
+            )
+        };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    if got == 0 {
+        return Ok(()); // Closed by exec.
+    }
+    let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
+    let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+    Err((step.max(1), io::Error::from_raw_os_error(errno)))
+}
+
 /// The child, between clone and exec. See the module comment for its rules.
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: arg is the &ChildArgs the parent passed, alive while the parent waits.
+    // SAFETY: arg is the &ChildArgs the parent passed, alive while the parent waits
+    // (or copied with the rest of our memory, for a forked child).
     let a = unsafe { &*(arg as *const ChildArgs) };
     // SAFETY: only raw calls on prepared data, as child_setup documents.
     let step = unsafe { child_setup(a) };
@@ -342,11 +474,38 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     let errno = unsafe { *libc::__errno_location() };
     a.failed_errno.store(errno, Ordering::SeqCst);
     a.failed_step.store(step as u32, Ordering::SeqCst);
+    if a.report_fd >= 0 {
+        let mut report = [0u8; 8];
+        report[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+        report[4..].copy_from_slice(&errno.to_ne_bytes());
+        // SAFETY: 8 bytes from a stack buffer to the report pipe.
+        unsafe { libc::write(a.report_fd, report.as_ptr().cast(), report.len()) };
+    }
     // SAFETY: _exit ends this child only (it is its own thread group).
     unsafe { libc::_exit(127) }
 }
 
 /// Returns the step that failed; on success execve does not return.
+///
+/// The order, and why:
+/// 1. Signals back to their defaults, so no handler of ours runs here.
+/// 2. `private_users`: wait for the parent to write the id maps. The namespaces were
+///    made by the clone itself, user namespace first, so the mount and network ones
+///    belong to it; until the maps exist no id switch inside can work.
+/// 3. stdio, session, cgroups (as root: nothing the service starts escapes them).
+/// 4. Mounts, in the new mount namespace: propagation private first (MS_REC |
+///    MS_PRIVATE, so nothing leaks back to the host), tmpfs on /tmp and /var/tmp, then
+///    the read-only bind remounts. Loopback up in the new network namespace. Both need
+///    the privileges the identity switch takes away.
+/// 5. data_dir: after the mounts, since a directory entered before them would keep
+///    the old ones (a writable /tmp, a writable read-only path).
+/// 6. umask, rlimits, nice and io priority (a negative nice or the realtime class
+///    needs root, so before the switch).
+/// 7. Identity (PR_SET_KEEPCAPS first when capabilities must survive it), then
+///    capabilities: bounding set cut, sets limited, ambient ones raised.
+/// 8. no_new_privs, the parent-death signal (after every credential change, which
+///    clears it), descriptors closed on exec.
+/// 9. The syscall filter, last: everything above may use calls it denies.
 unsafe fn child_setup(a: &ChildArgs) -> Step {
     // Default dispositions for every signal (ignored ones included: SIGPIPE is ignored
     // by the Rust runtime, others may have been by whoever started us), then an empty
@@ -361,17 +520,22 @@ unsafe fn child_setup(a: &ChildArgs) -> Step {
     let mut empty: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut empty);
     libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    let h = a.hardening;
 
+    if a.wait_fds[0] >= 0 {
+        // Our copy of the write end goes first, so that a parent that gives up (and
+        // closes its own) ends this read with EOF instead of leaving us waiting.
+        libc::close(a.wait_fds[1]);
+        let mut go = 0u8;
+        if libc::read(a.wait_fds[0], (&mut go as *mut u8).cast(), 1) != 1 {
+            return Step::UserNamespace;
+        }
+    }
     // stdin, stdout, stderr. The daemon keeps 0-2 open (see main), so the sources are
     // all above 2 and no dup2 overwrites another source.
     for (target, &src) in a.stdio.iter().enumerate() {
         if libc::dup2(src, target as libc::c_int) < 0 {
             return Step::Stdio;
-        }
-    }
-    if let Some(dir) = a.cwd {
-        if libc::chdir(dir.as_ptr()) < 0 {
-            return Step::Chdir;
         }
     }
     // Its own session, hence its own process group: signals to the group reach the
@@ -384,12 +548,37 @@ unsafe fn child_setup(a: &ChildArgs) -> Step {
     if !crate::process::cgroup::join(a.cgroup_fds) {
         return Step::Cgroup;
     }
+    if let Some(plan) = &h.mounts {
+        // SAFETY: raw mount(2) calls on the prepared plan.
+        if !hardening::mounts::apply(plan) {
+            return Step::Mounts;
+        }
+    }
+    // SAFETY: raw socket/ioctl/close on stack data.
+    if h.loopback && !hardening::loopback_up() {
+        return Step::Loopback;
+    }
+    if let Some(dir) = a.cwd {
+        if libc::chdir(dir.as_ptr()) < 0 {
+            return Step::Chdir;
+        }
+    }
     libc::umask(0o022);
     if !set_limit(libc::RLIMIT_NOFILE, a.limits.nofile)
         || !set_limit(libc::RLIMIT_NPROC, a.limits.nproc)
         || !set_limit(libc::RLIMIT_CORE, a.limits.core)
     {
         return Step::Rlimit;
+    }
+    // SAFETY: raw setpriority/ioprio_set on ourselves.
+    if h.child_sets_priority() && !hardening::set_priority(0, h.nice, h.ioprio) {
+        return Step::Priority;
+    }
+    if let Some(plan) = &h.caps {
+        // SAFETY: raw prctl.
+        if a.identity.is_some() && !hardening::caps::before_identity(plan) {
+            return Step::Capabilities;
+        }
     }
     if let Some((uid, gid, groups)) = a.identity {
         // Raw syscalls: the glibc wrappers would apply the change to every thread of
@@ -399,6 +588,12 @@ unsafe fn child_setup(a: &ChildArgs) -> Step {
             || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
         {
             return Step::Identity;
+        }
+    }
+    if let Some(plan) = &h.caps {
+        // SAFETY: raw capget/capset/prctl on stack data.
+        if !hardening::caps::apply(plan) {
+            return Step::Capabilities;
         }
     }
     if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
@@ -414,6 +609,12 @@ unsafe fn child_setup(a: &ChildArgs) -> Step {
         libc::_exit(1);
     }
     close_inherited_fds(a.fd_limit);
+    if let Some(filter) = &h.filter {
+        // SAFETY: the prepared program, alive for the call; no_new_privs is set.
+        if !hardening::seccomp::install(filter) {
+            return Step::SyscallFilter;
+        }
+    }
     libc::execve(a.program.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
     Step::Exec
 }
