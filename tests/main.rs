@@ -6,6 +6,7 @@ mod util;
 mod cli_and_config;
 mod control;
 mod dependencies;
+mod hardening;
 mod health;
 mod isolation;
 mod lifecycle;
