@@ -267,7 +267,7 @@ class Supervisor:
 class Orch(Supervisor):
     name = "orchestrator"
 
-    def setup(self, services, stop_timeout_ms=2000, log_file=None):
+    def setup(self, services, stop_timeout_ms=2000, log_file=None, keys=None):
         sdir = os.path.join(self.work, "services")
         os.makedirs(sdir)
         for n, body in services.items():
@@ -285,7 +285,7 @@ class Orch(Supervisor):
                 "shutdown_timeout_ms": stop_timeout_ms + 30000,
                 "log_level": "info" if log_file else "warn",
             },
-            "services": {n: {"pass_service_args": False} for n in services},
+            "services": {n: {"pass_service_args": False, **(keys or {})} for n in services},
         }
         self.cfg = os.path.join(self.work, "orchestrator.json")
         with open(self.cfg, "w") as f:
@@ -508,6 +508,67 @@ def restart_reaction(sup_cls, helpers, window=6):
     return run_in(sup_cls, go)
 
 
+# Every hardening key of SPEC 13 at once.
+HARDENING = {
+    "capabilities": [],
+    "syscall_filter": ["@mount", "@reboot", "@module", "@swap", "@raw-io", "@clock", "@debug",
+                       "@cpu-emulation", "@obsolete"],
+    "syscall_filter_action": "errno",
+    "private_network": True,
+    "private_tmp": True,
+    "read_only_paths": ["/usr", "/etc"],
+    "private_users": True,
+    "nice": 5,
+    "io_class": "best-effort",
+    "io_priority": 4,
+    "io_weight": 100,
+}
+
+
+SPAWNED = re.compile(r"spawned pid \d+ in (\d+) us")
+
+
+def hardening_cost(helpers, window=6):
+    """A crashing service restarted with zero backoff, first without hardening and then
+    with every key, in the same run: the median time of the spawn itself (clone to exec,
+    from the daemon's debug log) and of the whole restart cycle (exit, reap, spawn,
+    exec; the exit tears the namespaces down). Runs outside /tmp, which private_tmp
+    hides, with its own copy of the stamp helper."""
+    def cycle(keys):
+        base = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target")
+        work = tempfile.mkdtemp(prefix="orch-bench-hardening-", dir=base)
+        os.chmod(work, 0o755)
+        sup = Orch(work)
+        try:
+            stamp = os.path.join(work, "stamp")
+            shutil.copy(helpers["stamp"], stamp)
+            stamps, log = os.path.join(work, "stamps"), os.path.join(work, "log")
+            sup.setup({"crash": f"exec {stamp} {stamps}"}, log_file=log, keys=keys)
+            with open(sup.cfg) as f:
+                cfg = json.load(f)
+            cfg["orchestrator"]["log_level"] = "debug"
+            with open(sup.cfg, "w") as f:
+                json.dump(cfg, f)
+            sup.start()
+            time.sleep(window)
+            sup.cleanup()
+            times = [int(x) for x in read(stamps).split()]
+            gaps = [(b - a) / 1e6 for a, b in zip(times, times[1:])]
+            spawns = [int(m) / 1000 for m in SPAWNED.findall(read(log))]
+            if not gaps or not spawns:
+                return None
+            return statistics.median(spawns), statistics.median(gaps)
+        finally:
+            sup.cleanup()
+            shutil.rmtree(work, ignore_errors=True)
+    plain, hardened = cycle(None), cycle(HARDENING)
+    if plain is None or hardened is None:
+        return {"error": "no restart seen"}
+    return {"plain_spawn_ms": plain[0], "hardened_spawn_ms": hardened[0],
+            "extra_ms": hardened[0] - plain[0],
+            "plain_cycle_ms": plain[1], "hardened_cycle_ms": hardened[1]}
+
+
 NUM = re.compile(rb"line (\d{10}) ")
 
 
@@ -659,7 +720,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     ap.add_argument("--json", help="also write the raw results here")
-    ap.add_argument("--only", help="comma-separated workloads: footprint,idle,restart,log,shutdown,kill,size,curve")
+    ap.add_argument("--only", help="comma-separated workloads: footprint,idle,restart,hardening,log,shutdown,kill,size,curve")
     args = ap.parse_args()
     big = 100 if args.quick else 500
     lines = 100_000 if args.quick else 1_000_000
@@ -698,6 +759,12 @@ def main():
         measure("idle wakeups/s (100 services)", lambda c: idle(c, 100, 5 if args.quick else 10), "wakeups_per_s")
     if wanted("restart"):
         measure("restart reaction, median (ms)", lambda c: restart_reaction(c, helpers, 3 if args.quick else 6), "median_ms")
+    if wanted("hardening"):
+        sys.stderr.write("  hardening: orchestrator, none then every key...\n")
+        r = hardening_cost(helpers, 3 if args.quick else 6)
+        results["hardening"] = r
+        rows.append(("spawn with every hardening key: extra per spawn (ms; target < 1)",
+                     {"orchestrator": fmt(r.get("extra_ms"))}, "-", "-"))
     log_label = f"log path: CPU for {lines} lines (s)"
     if wanted("log"):
         measure(log_label, lambda c: log_path(c, helpers, lines), "cpu_s")
@@ -752,6 +819,12 @@ def main():
             if isinstance(r, dict) and "seconds" in r:
                 over = (r["seconds"] - 2) * 1000
                 print(f"- {name}: {over:.0f} ms past the timeout = {over / (f['seconds'] * 1000):.1f} x the floor")
+    if "hardening" in results and "extra_ms" in results["hardening"]:
+        r = results["hardening"]
+        print(f"\nHardening, medians: a spawn (clone to exec) took {r['plain_spawn_ms']:.3f} ms with no "
+              f"key and {r['hardened_spawn_ms']:.3f} ms with every key; the restart cycle (exit, "
+              f"namespace teardown, reap, spawn) {r['plain_cycle_ms']:.2f} ms and "
+              f"{r['hardened_cycle_ms']:.2f} ms.")
     if curve:
         print("\nScale curve, orchestrator (start = until all services run):\n")
         print("| services | start (s) | PSS (MB) | RSS (MB) | threads | PSS per service (KB) |")

@@ -153,6 +153,7 @@ pub fn spawn(spec: &ServiceSpec, cgroup_files: &[std::fs::File]) -> Result<Child
     let (err_r, err_w) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     let stdio = [dev_null()?, out_w.as_raw_fd(), err_w.as_raw_fd()];
     let cgroup_fds = crate::process::cgroup::raw_fds(cgroup_files);
+    let started = std::time::Instant::now();
     let pid = spawn_with(
         spec,
         spec.binary.as_os_str(),
@@ -165,6 +166,12 @@ pub fn spawn(spec: &ServiceSpec, cgroup_files: &[std::fs::File]) -> Result<Child
         busy: step == Step::Exec as u32 && e.raw_os_error() == Some(libc::ETXTBSY),
         message: describe_failure(step, &spec.binary.display().to_string(), e),
     })?;
+    // `make bench` reads this line to time a spawn (with and without hardening).
+    log::debug!(
+        "{}: spawned pid {pid} in {} us",
+        spec.name,
+        started.elapsed().as_micros()
+    );
     // The write ends now belong to the child; ours close here.
     drop((out_w, err_w));
     Ok(Child {

@@ -84,6 +84,9 @@ pub fn lines(spec: &ServiceSpec, cgroups: &Cgroups) -> Vec<Line> {
                     "{} is not known to this kernel",
                     caps::NAMES[*c as usize]
                 )),
+                None if !root() && !h.private_users => {
+                    cannot("dropping capabilities needs root (or private_users)")
+                }
                 None if user.is_some() => "every other capability dropped from the bounding set; these kept as ambient capabilities across the switch to `user`".into(),
                 None => "every other capability dropped from the bounding, permitted and inheritable sets".into(),
             }
@@ -160,7 +163,7 @@ pub fn lines(spec: &ServiceSpec, cgroups: &Cgroups) -> Vec<Line> {
             let who = spec.identity.as_ref().map_or_else(
                 // SAFETY: geteuid has no preconditions.
                 || format!("uid {}", unsafe { libc::geteuid() }),
-                |id| format!("uid {} and its groups", id.uid),
+                |id| format!("uid {} (and its groups)", id.uid),
             );
             ns_how(
                 "user",

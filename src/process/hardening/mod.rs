@@ -306,3 +306,76 @@ pub unsafe fn loopback_up() -> bool {
     *libc::__errno_location() = errno;
     ok
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(json: &str) -> ServiceConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn problems(json: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        validate(&svc(json), &mut |k, m| out.push(format!("{k}: {m}")));
+        out
+    }
+
+    #[test]
+    fn validation_names_the_key_and_suggests() {
+        assert!(problems(r#"{"capabilities": ["CAP_NET_BIND_SERVICE"], "nice": 19}"#).is_empty());
+        let p = problems(r#"{"capabilities": ["CAP_NET_BIND_SERVIC"]}"#);
+        assert!(
+            p[0].contains("did you mean `CAP_NET_BIND_SERVICE`"),
+            "{p:?}"
+        );
+        let p = problems(r#"{"syscall_filter": ["@mout"]}"#);
+        assert!(p[0].contains("did you mean `@mount`"), "{p:?}");
+        assert_eq!(
+            problems(r#"{"nice": 20, "io_priority": 8, "io_weight": 0}"#).len(),
+            3
+        );
+        assert_eq!(problems(r#"{"read_only_paths": ["etc"]}"#).len(), 1);
+        assert_eq!(
+            problems(r#"{"io_class": "idle", "io_priority": 2}"#).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn io_priority_defaults_and_encoding() {
+        let h = resolve(&svc(r#"{"io_priority": 6}"#));
+        assert_eq!(h.ioprio(), Some(2 << 13 | 6));
+        let h = resolve(&svc(r#"{"io_class": "idle"}"#));
+        assert_eq!(h.ioprio(), Some(3 << 13));
+        assert_eq!(resolve(&svc("{}")).ioprio(), None);
+        assert!(resolve(&svc("{}")).is_off());
+    }
+
+    #[test]
+    fn id_maps_map_the_user_and_its_groups_to_themselves() {
+        let id = Identity {
+            user: Some("svc".into()),
+            uid: 1000,
+            gid: 100,
+            groups: vec![100, 27],
+            home: None,
+        };
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let m = id_maps(Some(&id));
+            assert_eq!(m.uid_map, "1000 1000 1\n");
+            assert_eq!(m.gid_map, "27 27 1\n100 100 1\n");
+            assert!(!m.deny_setgroups);
+        }
+        let m = id_maps(None);
+        assert!(m.deny_setgroups, "nobody calls setgroups: deny it");
+    }
+
+    #[test]
+    fn nothing_is_prepared_when_everything_is_off() {
+        let p = prepare(&Hardening::default(), None).unwrap();
+        assert_eq!(p.clone_flags, 0);
+        assert!(p.filter.is_none() && p.caps.is_none() && !p.parent_acts());
+    }
+}
