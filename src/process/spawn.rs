@@ -21,10 +21,15 @@
 //!
 //! Hardening (SPEC 13, `process::hardening`) is prepared before the clone like the
 //! rest; the order of the child's steps, and why, is written in `child_setup`. The one
-//! exception to the vfork-style clone is `private_users`: the parent must write the new
-//! namespace's id maps while the child waits, which a vfork parent cannot do, so that
-//! child is a plain fork-style copy (as Go's os/exec does for user namespaces) and
-//! reports a failure through a close-on-exec pipe instead of shared memory.
+//! exception to CLONE_VFORK is `private_users`: the parent must write the new
+//! namespace's id maps while the child waits on a pipe, which a suspended parent cannot
+//! do. That child still shares our memory (CLONE_VM: a fork-style copy costs the page
+//! tables of the whole orchestrator, 0.5 ms here and growing with it), so while it runs
+//! the parent thread follows the child's rules in spirit: it touches nothing the child
+//! reads, keeps the stack and `ChildArgs` alive until the child has exec'd or died
+//! (a close-on-exec pipe tells), and if one of its own steps fails it kills and reaps
+//! the child before anything is freed. The two share the thread's `errno`; only a
+//! failing call writes it, and a failure on either side ends the spawn.
 
 use crate::config::discovery::ServiceSpec;
 use crate::process::hardening;
@@ -115,11 +120,9 @@ struct ChildArgs<'a> {
     /// One past the highest signal number, read before the clone.
     signals: libc::c_int,
     hardening: &'a hardening::Prepared,
-    /// Fork-style child (`private_users`): the pipe it waits on for the parent's id
-    /// maps (read end, and our write end, which it closes first), and the pipe it
-    /// reports a failure on. -1 otherwise.
+    /// `private_users`: the pipe the child waits on for the parent's id maps (read
+    /// end, and our write end, which it closes first). -1 otherwise.
     wait_fds: [RawFd; 2],
-    report_fd: RawFd,
     failed_step: AtomicU32,
     failed_errno: AtomicI32,
 }
@@ -307,9 +310,9 @@ fn spawn_with(
         .unwrap_or_default();
     let prepared = hardening::prepare(&spec.hardening, spec.identity.as_ref())
         .map_err(|e| (Step::Prepare as u32, io::Error::other(e)))?;
-    // Fork-style child for private_users only; see the module comment.
-    let forked = prepared.parent_acts();
-    let (wait_pipe, report_pipe) = if forked {
+    // Without CLONE_VFORK for private_users only; see the module comment.
+    let released = prepared.parent_acts();
+    let (wait_pipe, exec_pipe) = if released {
         let p = |_| pipe().map_err(|e| (Step::Namespaces as u32, e));
         (Some(p(())?), Some(p(())?))
     } else {
@@ -324,10 +327,9 @@ fn spawn_with(
         envp: &envp,
         cwd: cwd.as_ref(),
         stdio,
-        // A forked child is already in its user namespace: the parent moves it into
-        // its cgroups by pid instead (the kernel may judge the child's write there
-        // by its new namespace's credentials).
-        cgroup_fds: if forked { &[] } else { cgroup_fds },
+        // A child in its own user namespace is moved into its cgroups by the parent
+        // (the kernel may judge the child's own write by its new credentials).
+        cgroup_fds: if released { &[] } else { cgroup_fds },
         limits: Rlimits {
             nofile: spec.limits.nofile,
             nproc: spec.limits.nproc,
@@ -343,7 +345,6 @@ fn spawn_with(
         signals: libc::SIGRTMAX() + 1,
         hardening: &prepared,
         wait_fds: [raw(&wait_pipe, 0), raw(&wait_pipe, 1)],
-        report_fd: raw(&report_pipe, 1),
         failed_step: AtomicU32::new(0),
         failed_errno: AtomicI32::new(0),
     };
@@ -361,14 +362,14 @@ fn spawn_with(
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
-    let share = if forked {
-        0
+    let share = if released {
+        libc::CLONE_VM
     } else {
         libc::CLONE_VM | libc::CLONE_VFORK
     };
     // SAFETY: child_main only makes async-signal-safe raw calls on `args`, which outlives
-    // the child's use of it: CLONE_VFORK suspends us until the child execs or exits,
-    // and a forked child has its own copy.
+    // the child's use of it: CLONE_VFORK suspends us until the child execs or exits;
+    // without it, `release_child` waits for that (or kills and the caller reaps).
     let pid = unsafe {
         libc::clone(
             child_main,
@@ -385,9 +386,10 @@ fn spawn_with(
             Step::Exec
         };
         Err((step as u32, clone_error))
-    } else if let (Some((_, wait_w)), Some((report_r, report_w))) = (wait_pipe, report_pipe) {
-        drop(report_w);
-        release_forked(pid, &prepared, cgroup_fds, wait_w, report_r)
+    } else if let (Some((_, wait_w)), Some((exec_r, exec_w))) = (wait_pipe, exec_pipe) {
+        // The child holds its own copy of the write end until exec or exit.
+        drop(exec_w);
+        release_child(pid, &prepared, cgroup_fds, wait_w, exec_r)
     } else {
         Ok(())
     };
@@ -395,13 +397,14 @@ fn spawn_with(
     unsafe {
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
     }
-    drop(stack);
     if let Err((step, e)) = outcome {
+        // Reaped before the stack goes: a killed child may still be running on it.
         if pid > 0 {
             reap(pid);
         }
         return Err((step, e));
     }
+    drop(stack);
     let step = args.failed_step.load(Ordering::SeqCst);
     if step != 0 {
         reap(pid);
@@ -411,16 +414,16 @@ fn spawn_with(
     Ok(pid)
 }
 
-/// The parent's part for a fork-style child: the id maps, the priorities and the
-/// cgroups, then the go-ahead, then the wait for its exec (the report pipe closes on
-/// exec; a failing child writes its step and errno first). On any failure here the
-/// child is killed (the caller reaps it).
-fn release_forked(
+/// The parent's part for a child it does not wait for with CLONE_VFORK: the id maps,
+/// the priorities and the cgroups, then the go-ahead, then the wait for its exec or
+/// exit (the close-on-exec pipe reaches EOF then; `failed_step` says which). On any
+/// failure here the child is killed (the caller reaps it before freeing its stack).
+fn release_child(
     pid: i32,
     prepared: &hardening::Prepared,
     cgroup_fds: &[RawFd],
     wait_w: OwnedFd,
-    report_r: OwnedFd,
+    exec_r: OwnedFd,
 ) -> Result<(), (u32, io::Error)> {
     let kill = |step: Step, e: io::Error| {
         // SAFETY: kill on a child of ours that is not reaped yet.
@@ -430,6 +433,8 @@ fn release_forked(
     prepared
         .parent_step(pid)
         .map_err(|e| kill(Step::UserNamespace, io::Error::other(e)))?;
+    // The child is in its own user namespace already: moved into its cgroups from
+    // here, where the write is judged by our credentials.
     let text = pid.to_string();
     for fd in cgroup_fds {
         // SAFETY: a valid buffer on a descriptor the caller keeps open.
@@ -442,37 +447,17 @@ fn release_forked(
         return Err(kill(Step::UserNamespace, io::Error::last_os_error()));
     }
     drop(wait_w);
-    let mut report = [0u8; 8];
-    let mut got = 0;
-    while got < report.len() {
-        // SAFETY: reads into the unfilled rest of `report`.
-        let n = unsafe {
-            libc::read(
-                report_r.as_raw_fd(),
-                report[got..].as_mut_ptr().cast(),
-                report.len() - got,
-            )
-        };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        if n <= 0 {
-            break;
-        }
-        got += n as usize;
-    }
-    if got == 0 {
-        return Ok(()); // Closed by exec.
-    }
-    let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
-    let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-    Err((step.max(1), io::Error::from_raw_os_error(errno)))
+    let mut byte = 0u8;
+    // Signals are blocked here (see spawn_with), so nothing interrupts the read; it
+    // returns 0 once the child has exec'd or exited.
+    // SAFETY: reads at most one byte into `byte`.
+    while unsafe { libc::read(exec_r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) } > 0 {}
+    Ok(())
 }
 
 /// The child, between clone and exec. See the module comment for its rules.
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: arg is the &ChildArgs the parent passed, alive while the parent waits
-    // (or copied with the rest of our memory, for a forked child).
+    // SAFETY: arg is the &ChildArgs the parent passed, alive while the parent waits.
     let a = unsafe { &*(arg as *const ChildArgs) };
     // SAFETY: only raw calls on prepared data, as child_setup documents.
     let step = unsafe { child_setup(a) };
@@ -481,13 +466,6 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     let errno = unsafe { *libc::__errno_location() };
     a.failed_errno.store(errno, Ordering::SeqCst);
     a.failed_step.store(step as u32, Ordering::SeqCst);
-    if a.report_fd >= 0 {
-        let mut report = [0u8; 8];
-        report[..4].copy_from_slice(&(step as u32).to_ne_bytes());
-        report[4..].copy_from_slice(&errno.to_ne_bytes());
-        // SAFETY: 8 bytes from a stack buffer to the report pipe.
-        unsafe { libc::write(a.report_fd, report.as_ptr().cast(), report.len()) };
-    }
     // SAFETY: _exit ends this child only (it is its own thread group).
     unsafe { libc::_exit(127) }
 }

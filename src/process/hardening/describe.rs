@@ -96,11 +96,11 @@ pub fn lines(spec: &ServiceSpec, cgroups: &Cgroups) -> Vec<Line> {
     push(
         "syscall_filter",
         filter.map_or("null".into(), |f| format!("[{}]", f.join(", "))),
-        filter.map(|f| match seccomp::supported(h.filter_kill) {
+        filter.map(|_| match seccomp::supported(h.filter_kill) {
             Err(e) => cannot(e),
             Ok(()) => format!(
                 "seccomp filter denying {} system calls of {}; other architectures' calls denied too",
-                seccomp::resolve(f).len(),
+                h.denied.len(),
                 seccomp::ARCH.map_or("?", |a| a.1)
             ),
         }),

@@ -24,6 +24,8 @@ pub struct Hardening {
     pub capabilities: Option<Vec<u32>>,
     /// `syscall_filter` as written.
     pub syscall_filter: Option<Vec<String>>,
+    /// The numbers it denies on this architecture, resolved once.
+    pub denied: Vec<u32>,
     pub filter_kill: bool,
     pub private_network: bool,
     pub private_tmp: bool,
@@ -95,6 +97,7 @@ pub fn resolve(svc: &ServiceConfig) -> Hardening {
             n
         }),
         syscall_filter: svc.syscall_filter.clone(),
+        denied: seccomp::resolve(svc.syscall_filter.as_deref().unwrap_or_default()),
         filter_kill: svc.syscall_filter_action == FilterAction::Kill,
         private_network: svc.private_network,
         private_tmp: svc.private_tmp,
@@ -136,6 +139,8 @@ pub struct Prepared {
     pub loopback: bool,
     pub nice: Option<i32>,
     pub ioprio: Option<i32>,
+    /// The parent sets the priorities (see `child_sets_priority`).
+    priority_by_parent: bool,
     pub caps: Option<caps::Plan>,
     pub filter: Option<Vec<libc::sock_filter>>,
 }
@@ -165,6 +170,13 @@ pub fn prepare(h: &Hardening, identity: Option<&Identity>) -> Result<Prepared, S
     if h.private_users {
         p.clone_flags |= libc::CLONE_NEWUSER;
         p.id_maps = Some(id_maps(identity));
+        // Raising priority needs CAP_SYS_NICE (or CAP_SYS_ADMIN) toward the host,
+        // which a child in its own user namespace no longer has; lowering it does not.
+        // The child starts at this thread's nice value.
+        // SAFETY: getpriority has no memory preconditions.
+        let current = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let realtime = matches!(h.io, Some((IoClass::Realtime, _)));
+        p.priority_by_parent = h.nice.is_some_and(|n| n < current) || realtime;
     }
     if h.private_tmp || !h.read_only_paths.is_empty() {
         p.clone_flags |= libc::CLONE_NEWNS;
@@ -187,14 +199,10 @@ pub fn prepare(h: &Hardening, identity: Option<&Identity>) -> Result<Prepared, S
             ambient: identity.is_some_and(|id| id.uid != 0),
         });
     }
-    if let Some(entries) = &h.syscall_filter {
+    if h.syscall_filter.is_some() {
         seccomp::supported(h.filter_kill).map_err(|e| format!("syscall_filter: {e}"))?;
         let (arch, _) = seccomp::ARCH.ok_or("syscall_filter: unsupported architecture")?;
-        p.filter = Some(seccomp::program(
-            arch,
-            &seccomp::resolve(entries),
-            h.filter_kill,
-        ));
+        p.filter = Some(seccomp::program(arch, &h.denied, h.filter_kill));
     }
     Ok(p)
 }
@@ -233,8 +241,8 @@ impl Prepared {
     }
 
     /// The parent's part for `private_users`, while the child waits: the id maps, and
-    /// the priorities (the child, in its new user namespace, has no CAP_SYS_NICE or
-    /// CAP_SYS_ADMIN toward the host to raise them itself).
+    /// the priorities when they are raised (the child, in its new user namespace, has
+    /// no CAP_SYS_NICE or CAP_SYS_ADMIN toward the host to do it).
     pub fn parent_step(&self, pid: i32) -> Result<(), String> {
         if let Some(m) = &self.id_maps {
             let write = |file: &str, text: &str| {
@@ -251,6 +259,9 @@ impl Prepared {
             }
             write("gid_map", &m.gid_map)?;
         }
+        if self.child_sets_priority() {
+            return Ok(());
+        }
         // SAFETY: plain syscalls on a pid we just created and have not reaped.
         unsafe { set_priority(pid, self.nice, self.ioprio) }
             .then_some(())
@@ -262,9 +273,11 @@ impl Prepared {
             })
     }
 
-    /// Whether the child sets its priority itself (everywhere but `private_users`).
+    /// Whether the child sets its priority itself: always, but for a raise in a user
+    /// namespace of its own. (The child does it after its mounts: a parent setting a
+    /// lower priority first would slow its whole set-up down.)
     pub fn child_sets_priority(&self) -> bool {
-        !self.parent_acts()
+        !self.priority_by_parent
     }
 }
 

@@ -267,8 +267,17 @@ pub fn program(arch: u32, denied: &[u32], kill: bool) -> Vec<sock_filter> {
     p
 }
 
-/// Whether this kernel can filter (and, for `kill`, kill the whole process).
+/// Whether this kernel can filter (and, for `kill`, kill the whole process). Asked
+/// once per answer: it cannot change while we run.
 pub fn supported(kill: bool) -> Result<(), String> {
+    static ANSWERS: [std::sync::OnceLock<Result<(), String>>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    ANSWERS[usize::from(kill)]
+        .get_or_init(|| ask_kernel(kill))
+        .clone()
+}
+
+fn ask_kernel(kill: bool) -> Result<(), String> {
     if ARCH.is_none() {
         return Err("seccomp filters are not supported on this architecture".into());
     }
