@@ -122,14 +122,14 @@ pub fn lines(spec: &ServiceSpec, cgroups: &Cgroups) -> Vec<Line> {
         h.private_network
             .then(|| ns_how("net", h, "new network namespace, only loopback (up)")),
     );
-    let tmp: Vec<String> = mounts::tmp_dirs()
-        .iter()
-        .map(|d| d.to_string_lossy().into_owned())
-        .collect();
     push(
         "private_tmp",
         h.private_tmp.to_string(),
         h.private_tmp.then(|| {
+            let tmp: Vec<String> = mounts::tmp_dirs()
+                .iter()
+                .map(|d| d.to_string_lossy().into_owned())
+                .collect();
             ns_how(
                 "mnt",
                 h,
