@@ -6,6 +6,7 @@ pub mod procfs;
 pub mod safe_fs;
 pub mod signals;
 pub mod spawn;
+pub mod spawn_pool;
 #[cfg(test)]
 mod spawn_tests;
 pub mod waiter;
