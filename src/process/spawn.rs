@@ -448,12 +448,20 @@ fn release_child(
         return Err(kill(Step::UserNamespace, io::Error::last_os_error()));
     }
     drop(wait_w);
+    // EOF once the child has exec'd or exited; only then may its stack go. Signals
+    // are blocked here (see spawn_with), so nothing should interrupt the read; any
+    // other outcome kills the child, which the caller reaps before freeing anything.
     let mut byte = 0u8;
-    // Signals are blocked here (see spawn_with), so nothing interrupts the read; it
-    // returns 0 once the child has exec'd or exited.
-    // SAFETY: reads at most one byte into `byte`.
-    while unsafe { libc::read(exec_r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) } > 0 {}
-    Ok(())
+    loop {
+        // SAFETY: reads at most one byte into `byte`.
+        let n = unsafe { libc::read(exec_r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+        match n {
+            0 => return Ok(()),
+            1 => continue,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            _ => return Err(kill(Step::Exec, io::Error::last_os_error())),
+        }
+    }
 }
 
 /// The child, between clone and exec. See the module comment for its rules.
