@@ -42,8 +42,17 @@ fn spawn_sleep(environment: &[(&str, &str)]) -> Reaped {
     Reaped(spawn(&plan.services["svc"], &[]).expect("spawn /bin/sleep"))
 }
 
+/// The child's environment. A spawn returns as soon as the exec has replaced the
+/// child's memory (the vfork parent is released there), a moment before the kernel has
+/// copied the new environment in: until then /proc shows it empty, so wait (briefly).
 fn environ(pid: i32) -> BTreeMap<String, String> {
-    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let read = || std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut raw = read();
+    while raw.is_empty() && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        raw = read();
+    }
     String::from_utf8_lossy(&raw)
         .split('\0')
         .filter_map(|kv| kv.split_once('='))
