@@ -269,7 +269,7 @@ class Orch(Supervisor):
     # `--baseline PATH` adds a column for another build, measured in the same run.
     binary = ORCH
 
-    def setup(self, services, stop_timeout_ms=2000, log_file=None):
+    def setup(self, services, stop_timeout_ms=2000, log_file=None, keys=None):
         sdir = os.path.join(self.work, "services")
         os.makedirs(sdir)
         for n, body in services.items():
@@ -287,7 +287,7 @@ class Orch(Supervisor):
                 "shutdown_timeout_ms": stop_timeout_ms + 30000,
                 "log_level": "info" if log_file else "warn",
             },
-            "services": {n: {"pass_service_args": False} for n in services},
+            "services": {n: {"pass_service_args": False, **(keys or {})} for n in services},
         }
         self.cfg = os.path.join(self.work, "orchestrator.json")
         with open(self.cfg, "w") as f:
@@ -510,6 +510,77 @@ def restart_reaction(sup_cls, helpers, window=6):
     return run_in(sup_cls, go)
 
 
+# Every hardening key of SPEC 13 at once.
+HARDENING = {
+    "capabilities": [],
+    "syscall_filter": ["@mount", "@reboot", "@module", "@swap", "@raw-io", "@clock", "@debug",
+                       "@cpu-emulation", "@obsolete"],
+    "syscall_filter_action": "errno",
+    "private_network": True,
+    "private_tmp": True,
+    "read_only_paths": ["/usr", "/etc"],
+    "private_users": True,
+    "nice": 5,
+    "io_class": "best-effort",
+    "io_priority": 4,
+    "io_weight": 100,
+}
+
+
+SPAWNED = re.compile(r"spawned pid \d+ in (\d+) us")
+
+
+def hardening_cost(helpers, window=6):
+    """A crashing service restarted with zero backoff, first without hardening and then
+    with every key, in the same run: the median time of the spawn itself (clone to exec,
+    from the daemon's debug log) and of the whole restart cycle (exit, reap, spawn,
+    exec; the exit tears the namespaces down). Runs outside /tmp, which private_tmp
+    hides, with its own copy of the stamp helper."""
+    def cycle(keys):
+        base = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target")
+        work = tempfile.mkdtemp(prefix="orch-bench-hardening-", dir=base)
+        os.chmod(work, 0o755)
+        sup = Orch(work)
+        try:
+            stamp = os.path.join(work, "stamp")
+            shutil.copy(helpers["stamp"], stamp)
+            stamps, log = os.path.join(work, "stamps"), os.path.join(work, "log")
+            sup.setup({"crash": f"exec {stamp} {stamps}"}, log_file=log, keys=keys)
+            with open(sup.cfg) as f:
+                cfg = json.load(f)
+            cfg["orchestrator"]["log_level"] = "debug"
+            with open(sup.cfg, "w") as f:
+                json.dump(cfg, f)
+            sup.start()
+            time.sleep(window)
+            sup.cleanup()
+            times = [int(x) for x in read(stamps).split()]
+            gaps = [(b - a) / 1e6 for a, b in zip(times, times[1:])]
+            spawns = [int(m) / 1000 for m in SPAWNED.findall(read(log))]
+            return spawns, gaps
+        finally:
+            sup.cleanup()
+            shutil.rmtree(work, ignore_errors=True)
+    # Alternated, so that a burst of load elsewhere on the machine hits both alike.
+    runs = {"plain": ([], []), "hardened": ([], [])}
+    for _ in range(3):
+        for kind, keys in (("plain", None), ("hardened", HARDENING)):
+            spawns, gaps = cycle(keys)
+            runs[kind][0].extend(spawns)
+            runs[kind][1].extend(gaps)
+    if not all(s and g for s, g in runs.values()):
+        return {"error": "no restart seen"}
+    out = {}
+    for kind, (spawns, gaps) in runs.items():
+        spawns.sort()
+        out[f"{kind}_spawn_ms"] = statistics.median(spawns)
+        out[f"{kind}_spawn_p10_ms"] = spawns[len(spawns) // 10]
+        out[f"{kind}_cycle_ms"] = statistics.median(gaps)
+        out[f"{kind}_spawns"] = len(spawns)
+    out["extra_ms"] = out["hardened_spawn_ms"] - out["plain_spawn_ms"]
+    return out
+
+
 NUM = re.compile(rb"line (\d{10}) ")
 
 
@@ -661,7 +732,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     ap.add_argument("--json", help="also write the raw results here")
-    ap.add_argument("--only", help="comma-separated workloads: footprint,idle,restart,log,shutdown,kill,size,curve")
+    ap.add_argument("--only", help="comma-separated workloads: footprint,idle,restart,hardening,log,shutdown,kill,size,curve")
     ap.add_argument("--baseline", help="another orchestrator binary (say, main before a change), "
                     "measured in the same run as a column of its own")
     args = ap.parse_args()
@@ -705,6 +776,12 @@ def main():
         measure("idle wakeups/s (100 services)", lambda c: idle(c, 100, 5 if args.quick else 10), "wakeups_per_s")
     if wanted("restart"):
         measure("restart reaction, median (ms)", lambda c: restart_reaction(c, helpers, 3 if args.quick else 6), "median_ms")
+    if wanted("hardening"):
+        sys.stderr.write("  hardening: orchestrator, none then every key...\n")
+        r = hardening_cost(helpers, 1 if args.quick else 3)
+        results["hardening"] = r
+        rows.append(("spawn with every hardening key: extra per spawn (ms; target < 1)",
+                     {"orchestrator": fmt(r.get("extra_ms"))}, "-", "-"))
     log_label = f"log path: CPU for {lines} lines (s)"
     if wanted("log"):
         measure(log_label, lambda c: log_path(c, helpers, lines), "cpu_s")
@@ -759,6 +836,14 @@ def main():
             if isinstance(r, dict) and "seconds" in r:
                 over = (r["seconds"] - 2) * 1000
                 print(f"- {name}: {over:.0f} ms past the timeout = {over / (f['seconds'] * 1000):.1f} x the floor")
+    if "hardening" in results and "extra_ms" in results["hardening"]:
+        r = results["hardening"]
+        print(f"\nHardening: a spawn (clone to exec), median (10th percentile), took "
+              f"{r['plain_spawn_ms']:.3f} ms ({r['plain_spawn_p10_ms']:.3f}) with no key over "
+              f"{r['plain_spawns']} spawns and {r['hardened_spawn_ms']:.3f} ms "
+              f"({r['hardened_spawn_p10_ms']:.3f}) with every key over {r['hardened_spawns']}; "
+              f"the restart cycle (exit, namespace teardown, reap, spawn) {r['plain_cycle_ms']:.2f} "
+              f"ms and {r['hardened_cycle_ms']:.2f} ms.")
     if curve:
         print("\nScale curve, orchestrator (start = until all services run):\n")
         print("| services | start (s) | PSS (MB) | RSS (MB) | threads | PSS per service (KB) |")

@@ -9,6 +9,7 @@ mod daemons;
 mod dependencies;
 mod empty_root;
 mod grpc;
+mod hardening;
 mod health;
 mod isolation;
 mod lifecycle;

@@ -6,7 +6,7 @@
 use crate::cli::Cli;
 use crate::config::{self, discovery};
 use crate::control::instance;
-use crate::process::cgroup;
+use crate::process::{cgroup, hardening};
 use crate::supervise::state as service;
 use crate::{config_failed, load, print_notices};
 
@@ -113,6 +113,24 @@ pub(crate) fn check(cli: &Cli) -> i32 {
         );
         for line in limit_lines(spec, &cgroups) {
             println!("  limit: {line}");
+        }
+        let mut off = Vec::new();
+        for l in hardening::describe::lines(spec, &cgroups) {
+            match l.how {
+                Some(how) => {
+                    if how.starts_with("cannot be applied")
+                        && spec.enabled
+                        && !failing.contains(&spec.name.as_str())
+                    {
+                        failing.push(spec.name.as_str());
+                    }
+                    println!("  hardening: {} = {}: {how}", l.key, l.value);
+                }
+                None => off.push(l.key),
+            }
+        }
+        if !off.is_empty() {
+            println!("  hardening off: {}", off.join(", "));
         }
         if !spec.depends_on.is_empty() {
             println!("  depends_on: {}", spec.depends_on.join(", "));

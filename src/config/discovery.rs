@@ -75,12 +75,14 @@ pub struct ServiceSpec {
     pub ready_notify: bool,
     /// `watchdog_ms`: the longest silence between keep-alives once running.
     pub watchdog: Option<Duration>,
+    /// SPEC 13: applied in the child before exec, or the start fails.
+    pub hardening: crate::process::hardening::Hardening,
 }
 
 impl ServiceSpec {
     /// True when `other` would run a different process (SPEC 5: binary, args,
-    /// environment, data_dir, identity, limits, sockets, ready, watchdog_ms), so a
-    /// reload must restart it.
+    /// environment, data_dir, identity, limits, sockets, ready, watchdog_ms, pid_file;
+    /// SPEC 13: every hardening key), so a reload must restart it.
     pub fn process_differs(&self, other: &ServiceSpec) -> bool {
         self.binary != other.binary
             || self.args != other.args
@@ -93,6 +95,7 @@ impl ServiceSpec {
             || self.pid_file != other.pid_file
             || self.ready_notify != other.ready_notify
             || self.watchdog != other.watchdog
+            || self.hardening != other.hardening
     }
 
     pub fn binary_error(&self) -> Option<String> {
@@ -439,6 +442,7 @@ fn build_spec(
         pid_file: svc.pid_file.clone(),
         ready_notify: svc.ready == Some(crate::config::ReadyMode::Notify),
         watchdog: svc.watchdog_ms.map(Duration::from_millis),
+        hardening: crate::process::hardening::resolve(svc),
     }
 }
 
@@ -717,6 +721,12 @@ mod tests {
         let mut d = a.clone();
         d.watchdog = Some(Duration::from_secs(1));
         assert!(a.process_differs(&d));
+        let mut e = a.clone();
+        e.hardening.private_tmp = true;
+        assert!(
+            a.process_differs(&e),
+            "a hardening change restarts the service"
+        );
     }
 
     #[test]

@@ -226,6 +226,38 @@ pub struct ServiceConfig {
     pub retry_failed_ms: Option<u64>,
     /// For a service that daemonizes itself (SPEC 4): where it writes its pid.
     pub pid_file: Option<PathBuf>,
+    // SPEC 13, hardening; checked by `process::hardening::validate`.
+    pub capabilities: Option<Vec<String>>,
+    pub syscall_filter: Option<Vec<String>>,
+    pub syscall_filter_action: FilterAction,
+    pub private_network: bool,
+    pub private_tmp: bool,
+    pub read_only_paths: Vec<PathBuf>,
+    pub private_users: bool,
+    pub nice: Option<i32>,
+    pub io_class: Option<IoClass>,
+    pub io_priority: Option<u8>,
+    pub io_weight: Option<u32>,
+}
+
+/// What a syscall the filter denies gets (SPEC 13).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterAction {
+    /// The call fails with EPERM.
+    #[default]
+    Errno,
+    /// The process is killed by SIGSYS.
+    Kill,
+}
+
+/// The I/O scheduling class for ioprio_set (SPEC 13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoClass {
+    Realtime,
+    BestEffort,
+    Idle,
 }
 
 impl Default for ServiceConfig {
@@ -255,6 +287,17 @@ impl Default for ServiceConfig {
             upgrade_grace_ms: 10_000,
             retry_failed_ms: None,
             pid_file: None,
+            capabilities: None,
+            syscall_filter: None,
+            syscall_filter_action: FilterAction::Errno,
+            private_network: false,
+            private_tmp: false,
+            read_only_paths: Vec::new(),
+            private_users: false,
+            nice: None,
+            io_class: None,
+            io_priority: None,
+            io_weight: None,
         }
     }
 }
@@ -869,6 +912,7 @@ fn validate(
                 );
             }
         }
+        crate::process::hardening::validate(svc, &mut |k, msg| err(&key(k), msg));
         for dep in &svc.depends_on {
             if dep == name {
                 err(&key("depends_on"), format!("`{name}` depends on itself"));

@@ -49,6 +49,8 @@ pub struct Cgroups {
     pub memory: Option<Hierarchy>,
     pub cpu: Option<Hierarchy>,
     pub pids: Option<Hierarchy>,
+    /// Where `io_weight` goes, and the file that takes it there.
+    pub io: Option<(Hierarchy, &'static str)>,
 }
 
 /// The controllers a service's limits need, each with the config key it enforces.
@@ -76,6 +78,39 @@ pub struct CgroupLimits {
     pub memory_mib: u64,
     pub cpu_percent: Option<u32>,
     pub pids_max: Option<u64>,
+    pub io_weight: Option<u32>,
+}
+
+impl CgroupLimits {
+    /// The limits `spec` asks of its cgroup.
+    pub fn of(spec: &crate::config::discovery::ServiceSpec) -> CgroupLimits {
+        CgroupLimits {
+            memory_mib: spec.memory_limit_mib,
+            cpu_percent: spec.limits.cpu_percent,
+            pids_max: spec.limits.pids_max,
+            io_weight: spec.hardening.io_weight,
+        }
+    }
+}
+
+/// The file that sets a cgroup's I/O weight, by preference: the weight files exist only
+/// where the kernel has a scheduler or controller that honours them.
+fn weight_file(h: &Hierarchy) -> Option<&'static str> {
+    let names: &[&'static str] = match h.version {
+        Version::V2 => &["io.weight", "io.bfq.weight"],
+        Version::V1 => &["blkio.weight", "blkio.bfq.weight"],
+    };
+    let dirs = [Some(h.base.as_path()), h.base.parent()];
+    names
+        .iter()
+        .find(|n| dirs.iter().flatten().any(|d| d.join(n).exists()))
+        .copied()
+}
+
+/// `io_weight` (1-10000, default 100) as v1's blkio weight (10-1000, default 500),
+/// scaled as systemd does so that the defaults match: x5, clamped.
+pub fn blkio_weight(io_weight: u32) -> u32 {
+    io_weight.saturating_mul(5).clamp(10, 1000)
 }
 
 /// A mounted hierarchy as /proc/self/mountinfo describes it.
@@ -220,6 +255,7 @@ impl Cgroups {
                     "memory" => cg.memory = Some(h.clone()),
                     "cpu" => cg.cpu = Some(h.clone()),
                     "pids" => cg.pids = Some(h.clone()),
+                    "io" => cg.io = weight_file(h).map(|f| (h.clone(), f)),
                     _ => {}
                 }
             }
@@ -244,6 +280,9 @@ impl Cgroups {
         if cg.pids.is_none() {
             cg.pids = v1("pids");
         }
+        if cg.io.is_none() {
+            cg.io = v1("blkio").and_then(|h| weight_file(&h).map(|f| (h, f)));
+        }
         if cg.tracker.is_none() {
             cg.tracker = cg
                 .pids
@@ -261,6 +300,7 @@ impl Cgroups {
         for h in [&self.tracker, &self.memory, &self.cpu, &self.pids]
             .into_iter()
             .flatten()
+            .chain(self.io.as_ref().map(|(h, _)| h))
         {
             if !out.contains(&h) {
                 out.push(h);
@@ -300,6 +340,7 @@ impl Cgroups {
             (self.memory.as_ref(), limits.memory_mib > 0),
             (self.cpu.as_ref(), limits.cpu_percent.is_some()),
             (self.pids.as_ref(), limits.pids_max.is_some()),
+            (self.io.as_ref().map(|(h, _)| h), limits.io_weight.is_some()),
         ];
         for (h, want) in wanted {
             if let Some(h) = h.filter(|_| want) {
@@ -369,6 +410,15 @@ impl Cgroups {
         {
             let v = l.pids_max.map_or("max".to_string(), |p| p.to_string());
             write(h, "pids.max", v)?;
+        }
+        if let Some((h, file)) = &self.io {
+            let shared = Some(h) == self.tracker.as_ref();
+            match (l.io_weight, h.version) {
+                (Some(w), Version::V2) => write(h, file, w.to_string())?,
+                (Some(w), Version::V1) => write(h, file, blkio_weight(w).to_string())?,
+                (None, Version::V2) if shared => write(h, file, "100".into())?,
+                (None, _) => {}
+            }
         }
         Ok(())
     }
@@ -514,6 +564,21 @@ impl Cgroups {
             }
         }
         out
+    }
+
+    /// How `io_weight` is enforced here, for `check` and `status`.
+    pub fn describe_io(&self, weight: u32) -> String {
+        match &self.io {
+            Some((h, file)) if h.version == Version::V2 => {
+                format!("cgroup v2 {file} {weight} in {}", h.base.display())
+            }
+            Some((h, file)) => format!(
+                "cgroup v1 {file} {} in {}",
+                blkio_weight(weight),
+                h.base.display()
+            ),
+            None => "not enforced: no writable cgroup hierarchy has an I/O weight".to_string(),
+        }
     }
 
     /// How a controller's limit is enforced here, for `check` and `status`.

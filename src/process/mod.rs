@@ -1,11 +1,13 @@
 //! Processes: the one audited spawn path, waiting, signals, cgroups, /proc readings, and
 //! the file-system rules every root-owned file operation follows (`safe_fs`).
 pub mod cgroup;
+pub mod hardening;
 pub mod pidfile;
 pub mod procfs;
 pub mod safe_fs;
 pub mod signals;
 pub mod spawn;
+pub mod spawn_pool;
 #[cfg(test)]
 mod spawn_tests;
 pub mod waiter;

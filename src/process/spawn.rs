@@ -18,8 +18,22 @@
 //! to every thread of the process it believes it is in, that is, to ours. Signals are
 //! blocked around the clone so no handler of ours ever runs in the child, which resets
 //! every disposition to the default and starts with an empty mask.
+//!
+//! Hardening (SPEC 13, `process::hardening`) is prepared before the clone like the
+//! rest; the order of the child's steps, and why, is written in `child_setup`. The one
+//! exception to CLONE_VFORK is `private_users`: the parent must write the new
+//! namespace's id maps while the child waits on a pipe, which a suspended parent cannot
+//! do. That child still shares our memory (CLONE_VM: a fork-style copy costs the page
+//! tables of the whole orchestrator, 0.5 ms here and growing with it), so while it runs
+//! the parent thread follows the child's rules in spirit: it touches nothing the child
+//! reads, keeps the stack and `ChildArgs` alive until the child has exec'd or died
+//! (a close-on-exec pipe tells), and if one of its own steps fails it kills and reaps
+//! the child before anything is freed. The two share the thread's `errno`; only a
+//! failing call writes it, and a failure on either side ends the spawn.
 
 use crate::config::discovery::ServiceSpec;
+use crate::process::hardening;
+pub use crate::process::spawn_pool::Pool;
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -59,6 +73,14 @@ enum Step {
     NoNewPrivs,
     DeathSignal,
     Exec,
+    Prepare,
+    Namespaces,
+    UserNamespace,
+    Mounts,
+    Loopback,
+    Priority,
+    Capabilities,
+    SyscallFilter,
 }
 
 fn step_name(step: u32) -> &'static str {
@@ -71,6 +93,14 @@ fn step_name(step: u32) -> &'static str {
         6 => "switch user/group",
         7 => "set no_new_privs",
         8 => "set the parent-death signal",
+        10 => "prepare its hardening",
+        11 => "create its namespaces",
+        12 => "enter its user namespace",
+        13 => "set up its mounts (private_tmp, read_only_paths)",
+        14 => "bring up loopback in its network namespace",
+        15 => "set nice/io priority",
+        16 => "set its capabilities",
+        17 => "install its syscall filter",
         _ => "execute",
     }
 }
@@ -93,6 +123,10 @@ struct ChildArgs<'a> {
     fd_limit: libc::c_int,
     /// One past the highest signal number, read before the clone.
     signals: libc::c_int,
+    hardening: &'a hardening::Prepared,
+    /// `private_users`: the pipe the child waits on for the parent's id maps (read
+    /// end, and our write end, which it closes first). -1 otherwise.
+    wait_fds: [RawFd; 2],
     failed_step: AtomicU32,
     failed_errno: AtomicI32,
 }
@@ -135,6 +169,7 @@ pub fn spawn(spec: &ServiceSpec, cgroup_files: &[std::fs::File]) -> Result<Child
     } else {
         &spec.args[..]
     };
+    let started = std::time::Instant::now();
     let pid = spawn_with(
         spec,
         spec.binary.as_os_str(),
@@ -147,6 +182,12 @@ pub fn spawn(spec: &ServiceSpec, cgroup_files: &[std::fs::File]) -> Result<Child
         busy: step == Step::Exec as u32 && e.raw_os_error() == Some(libc::ETXTBSY),
         message: describe_failure(step, &spec.binary.display().to_string(), e),
     })?;
+    // `make bench` reads this line to time a spawn (with and without hardening).
+    log::debug!(
+        "{}: spawned pid {pid} in {} us",
+        spec.name,
+        started.elapsed().as_micros()
+    );
     // The write ends now belong to the child; ours close here.
     drop((out_w, err_w));
     Ok(Child {
@@ -205,7 +246,9 @@ fn search_path(program: &str, spec: &ServiceSpec) -> Option<std::path::PathBuf> 
 }
 
 fn describe_failure(step: u32, what: &str, e: io::Error) -> String {
-    if step == Step::Exec as u32 {
+    if step == Step::Prepare as u32 {
+        format!("cannot start {what}: {e}")
+    } else if step == Step::Exec as u32 {
         format!("cannot execute {what}: {e}")
     } else {
         format!("cannot start {what}: cannot {}: {e}", step_name(step))
@@ -302,6 +345,19 @@ fn spawn_with(
         .as_ref()
         .map(|i| i.groups.clone())
         .unwrap_or_default();
+    let prepared = hardening::prepare(&spec.hardening, spec.identity.as_ref())
+        .map_err(|e| (Step::Prepare as u32, io::Error::other(e)))?;
+    // Without CLONE_VFORK for private_users only; see the module comment.
+    let released = prepared.parent_acts();
+    let (wait_pipe, exec_pipe) = if released {
+        let p = |_| pipe().map_err(|e| (Step::Namespaces as u32, e));
+        (Some(p(())?), Some(p(())?))
+    } else {
+        (None, None)
+    };
+    let raw = |p: &Option<(OwnedFd, OwnedFd)>, i: usize| {
+        p.as_ref().map_or(-1, |(r, w)| [r, w][i].as_raw_fd())
+    };
     let args = ChildArgs {
         program: &program,
         argv: &argv,
@@ -309,7 +365,9 @@ fn spawn_with(
         watchdog_pid: watchdog_pid.as_mut().map(|b| b.as_mut_ptr()),
         cwd: cwd.as_ref(),
         stdio,
-        cgroup_fds,
+        // A child in its own user namespace is moved into its cgroups by the parent
+        // (the kernel may judge the child's own write by its new credentials).
+        cgroup_fds: if released { &[] } else { cgroup_fds },
         limits: Rlimits {
             nofile: spec.limits.nofile,
             nproc: spec.limits.nproc,
@@ -323,6 +381,8 @@ fn spawn_with(
         parent: unsafe { libc::getpid() },
         fd_limit: fd_scan_limit(),
         signals: libc::SIGRTMAX() + 1,
+        hardening: &prepared,
+        wait_fds: [raw(&wait_pipe, 0), raw(&wait_pipe, 1)],
         failed_step: AtomicU32::new(0),
         failed_errno: AtomicI32::new(0),
     };
@@ -340,25 +400,49 @@ fn spawn_with(
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
+    let share = if released {
+        libc::CLONE_VM
+    } else {
+        libc::CLONE_VM | libc::CLONE_VFORK
+    };
     // SAFETY: child_main only makes async-signal-safe raw calls on `args`, which outlives
-    // the child's use of it: CLONE_VFORK suspends us until the child execs or exits.
+    // the child's use of it: CLONE_VFORK suspends us until the child execs or exits;
+    // without it, `release_child` waits for that (or kills and the caller reaps).
     let pid = unsafe {
         libc::clone(
             child_main,
             top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            share | prepared.clone_flags | libc::SIGCHLD,
             &args as *const ChildArgs as *mut libc::c_void,
         )
     };
     let clone_error = io::Error::last_os_error();
+    let outcome = if pid < 0 {
+        let step = if prepared.clone_flags != 0 {
+            Step::Namespaces
+        } else {
+            Step::Exec
+        };
+        Err((step as u32, clone_error))
+    } else if let (Some((_, wait_w)), Some((exec_r, exec_w))) = (wait_pipe, exec_pipe) {
+        // The child holds its own copy of the write end until exec or exit.
+        drop(exec_w);
+        release_child(pid, &prepared, cgroup_fds, wait_w, exec_r)
+    } else {
+        Ok(())
+    };
     // SAFETY: restores the mask saved above.
     unsafe {
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
     }
-    drop(stack);
-    if pid < 0 {
-        return Err((Step::Exec as u32, clone_error));
+    if let Err((step, e)) = outcome {
+        // Reaped before the stack goes: a killed child may still be running on it.
+        if pid > 0 {
+            reap(pid);
+        }
+        return Err((step, e));
     }
+    drop(stack);
     let step = args.failed_step.load(Ordering::SeqCst);
     if step != 0 {
         reap(pid);
@@ -366,6 +450,55 @@ fn spawn_with(
         return Err((step, io::Error::from_raw_os_error(errno)));
     }
     Ok(pid)
+}
+
+/// The parent's part for a child it does not wait for with CLONE_VFORK: the id maps,
+/// the priorities and the cgroups, then the go-ahead, then the wait for its exec or
+/// exit (the close-on-exec pipe reaches EOF then; `failed_step` says which). On any
+/// failure here the child is killed (the caller reaps it before freeing its stack).
+fn release_child(
+    pid: i32,
+    prepared: &hardening::Prepared,
+    cgroup_fds: &[RawFd],
+    wait_w: OwnedFd,
+    exec_r: OwnedFd,
+) -> Result<(), (u32, io::Error)> {
+    let kill = |step: Step, e: io::Error| {
+        // SAFETY: kill on a child of ours that is not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        (step as u32, e)
+    };
+    prepared
+        .parent_step(pid)
+        .map_err(|e| kill(Step::UserNamespace, io::Error::other(e)))?;
+    // The child is in its own user namespace already: moved into its cgroups from
+    // here, where the write is judged by our credentials.
+    let text = pid.to_string();
+    for fd in cgroup_fds {
+        // SAFETY: a valid buffer on a descriptor the caller keeps open.
+        if unsafe { libc::write(*fd, text.as_ptr().cast(), text.len()) } < 0 {
+            return Err(kill(Step::Cgroup, io::Error::last_os_error()));
+        }
+    }
+    // SAFETY: one byte from a valid buffer.
+    if unsafe { libc::write(wait_w.as_raw_fd(), b"1".as_ptr().cast(), 1) } != 1 {
+        return Err(kill(Step::UserNamespace, io::Error::last_os_error()));
+    }
+    drop(wait_w);
+    // EOF once the child has exec'd or exited; only then may its stack go. Signals
+    // are blocked here (see spawn_with), so nothing should interrupt the read; any
+    // other outcome kills the child, which the caller reaps before freeing anything.
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reads at most one byte into `byte`.
+        let n = unsafe { libc::read(exec_r.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+        match n {
+            0 => return Ok(()),
+            1 => continue,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            _ => return Err(kill(Step::Exec, io::Error::last_os_error())),
+        }
+    }
 }
 
 /// The child, between clone and exec. See the module comment for its rules.
@@ -404,6 +537,26 @@ unsafe fn write_pid(at: *mut u8, pid: u32) {
 }
 
 /// Returns the step that failed; on success execve does not return.
+///
+/// The order, and why:
+/// 1. Signals back to their defaults, so no handler of ours runs here.
+/// 2. `private_users`: wait for the parent to write the id maps. The namespaces were
+///    made by the clone itself, user namespace first, so the mount and network ones
+///    belong to it; until the maps exist no id switch inside can work.
+/// 3. stdio, session, cgroups (as root: nothing the service starts escapes them).
+/// 4. Mounts, in the new mount namespace: propagation private first (MS_REC |
+///    MS_PRIVATE, so nothing leaks back to the host), tmpfs on /tmp and /var/tmp, then
+///    the read-only bind remounts. Loopback up in the new network namespace. Both need
+///    the privileges the identity switch takes away.
+/// 5. data_dir: after the mounts, since a directory entered before them would keep
+///    the old ones (a writable /tmp, a writable read-only path).
+/// 6. umask, rlimits, nice and io priority (a negative nice or the realtime class
+///    needs root, so before the switch).
+/// 7. Identity (PR_SET_KEEPCAPS first when capabilities must survive it), then
+///    capabilities: bounding set cut, sets limited, ambient ones raised.
+/// 8. no_new_privs, the parent-death signal (after every credential change, which
+///    clears it), descriptors closed on exec.
+/// 9. The syscall filter, last: everything above may use calls it denies.
 unsafe fn child_setup(a: &ChildArgs) -> Step {
     // Default dispositions for every signal (ignored ones included: SIGPIPE is ignored
     // by the Rust runtime, others may have been by whoever started us), then an empty
@@ -418,17 +571,22 @@ unsafe fn child_setup(a: &ChildArgs) -> Step {
     let mut empty: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut empty);
     libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    let h = a.hardening;
 
+    if a.wait_fds[0] >= 0 {
+        // Our copy of the write end goes first, so that a parent that gives up (and
+        // closes its own) ends this read with EOF instead of leaving us waiting.
+        libc::close(a.wait_fds[1]);
+        let mut go = 0u8;
+        if libc::read(a.wait_fds[0], (&mut go as *mut u8).cast(), 1) != 1 {
+            return Step::UserNamespace;
+        }
+    }
     // stdin, stdout, stderr. The daemon keeps 0-2 open (see main), so the sources are
     // all above 2 and no dup2 overwrites another source.
     for (target, &src) in a.stdio.iter().enumerate() {
         if libc::dup2(src, target as libc::c_int) < 0 {
             return Step::Stdio;
-        }
-    }
-    if let Some(dir) = a.cwd {
-        if libc::chdir(dir.as_ptr()) < 0 {
-            return Step::Chdir;
         }
     }
     // Its own session, hence its own process group: signals to the group reach the
@@ -441,12 +599,37 @@ unsafe fn child_setup(a: &ChildArgs) -> Step {
     if !crate::process::cgroup::join(a.cgroup_fds) {
         return Step::Cgroup;
     }
+    if let Some(plan) = &h.mounts {
+        // SAFETY: raw mount(2) calls on the prepared plan.
+        if !hardening::mounts::apply(plan) {
+            return Step::Mounts;
+        }
+    }
+    // SAFETY: raw socket/ioctl/close on stack data.
+    if h.loopback && !hardening::loopback_up() {
+        return Step::Loopback;
+    }
+    if let Some(dir) = a.cwd {
+        if libc::chdir(dir.as_ptr()) < 0 {
+            return Step::Chdir;
+        }
+    }
     libc::umask(0o022);
     if !set_limit(libc::RLIMIT_NOFILE, a.limits.nofile)
         || !set_limit(libc::RLIMIT_NPROC, a.limits.nproc)
         || !set_limit(libc::RLIMIT_CORE, a.limits.core)
     {
         return Step::Rlimit;
+    }
+    // SAFETY: raw setpriority/ioprio_set on ourselves.
+    if h.child_sets_priority() && !hardening::set_priority(0, h.nice, h.ioprio) {
+        return Step::Priority;
+    }
+    if let Some(plan) = &h.caps {
+        // SAFETY: raw prctl.
+        if a.identity.is_some() && !hardening::caps::before_identity(plan) {
+            return Step::Capabilities;
+        }
     }
     if let Some((uid, gid, groups)) = a.identity {
         // Raw syscalls: the glibc wrappers would apply the change to every thread of
@@ -456,6 +639,12 @@ unsafe fn child_setup(a: &ChildArgs) -> Step {
             || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
         {
             return Step::Identity;
+        }
+    }
+    if let Some(plan) = &h.caps {
+        // SAFETY: raw capget/capset/prctl on stack data.
+        if !hardening::caps::apply(plan) {
+            return Step::Capabilities;
         }
     }
     if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
@@ -476,6 +665,12 @@ unsafe fn child_setup(a: &ChildArgs) -> Step {
             buf.add(WATCHDOG_PID.len()),
             libc::syscall(libc::SYS_getpid) as u32,
         );
+    }
+    if let Some(filter) = &h.filter {
+        // SAFETY: the prepared program, alive for the call; no_new_privs is set.
+        if !hardening::seccomp::install(filter) {
+            return Step::SyscallFilter;
+        }
     }
     libc::execve(a.program.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
     Step::Exec
@@ -572,115 +767,5 @@ pub fn reap(pid: i32) {
         if r >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
             return;
         }
-    }
-}
-
-/// Long-lived threads that start many services at once (at start-up and reload), so
-/// that a start storm is not serialised behind one thread's clone-and-exec waits.
-///
-/// The threads never exit: a child's parent-death signal follows the thread that
-/// cloned it, so a pool thread must live as long as the orchestrator (they wait on
-/// their queue without a timeout, which costs nothing while idle). Any thread of the
-/// process may wait for any child, so the usual waiter threads work unchanged.
-pub struct Pool {
-    jobs: Option<crossbeam_channel::Sender<Job>>,
-    results: (
-        crossbeam_channel::Sender<Done>,
-        crossbeam_channel::Receiver<Done>,
-    ),
-    size: usize,
-}
-
-/// A finished spawn: the job's index and its result.
-type Done = (usize, Result<Child, SpawnError>);
-
-struct Job {
-    index: usize,
-    spec: ServiceSpec,
-    cgroup_files: Vec<std::fs::File>,
-}
-
-impl Job {
-    fn run(&self) -> Result<Child, SpawnError> {
-        spawn(&self.spec, &self.cgroup_files)
-    }
-}
-
-impl Pool {
-    /// A pool of two threads per CPU (a spawner mostly sleeps while its child execs),
-    /// at most 8; none on a single CPU.
-    pub fn new() -> Pool {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Pool {
-            jobs: None,
-            results: crossbeam_channel::unbounded(),
-            size: if cpus < 2 { 1 } else { (2 * cpus).min(8) },
-        }
-    }
-
-    /// Queues one spawn (`index` identifies it in `collect`); spawns it right here when
-    /// there is no pool. Returns the result only in that case.
-    pub fn submit(
-        &mut self,
-        index: usize,
-        spec: ServiceSpec,
-        cgroup_files: Vec<std::fs::File>,
-    ) -> Option<Result<Child, SpawnError>> {
-        let job = Job {
-            index,
-            spec,
-            cgroup_files,
-        };
-        let Some(tx) = self.sender() else {
-            return Some(job.run());
-        };
-        match tx.send(job) {
-            Ok(()) => None,
-            // The workers never exit, so this cannot happen; spawn here if it does.
-            Err(crossbeam_channel::SendError(job)) => Some(job.run()),
-        }
-    }
-
-    /// Waits for `n` queued spawns; their (index, result), in the order they finish.
-    pub fn collect(&mut self, n: usize) -> Vec<Done> {
-        (0..n).map_while(|_| self.results.1.recv().ok()).collect()
-    }
-
-    /// The queue of the pool's threads, started on first use; none without a pool
-    /// (one CPU) or when no thread could be started.
-    fn sender(&mut self) -> Option<&crossbeam_channel::Sender<Job>> {
-        if self.size < 2 {
-            return None;
-        }
-        if self.jobs.is_some() {
-            return self.jobs.as_ref();
-        }
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-        let mut started = 0;
-        for i in 0..self.size {
-            let (rx, results) = (rx.clone(), self.results.0.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("spawner-{i}"))
-                .stack_size(64 * 1024)
-                .spawn(move || {
-                    for job in rx {
-                        let result = job.run();
-                        drop(job.cgroup_files);
-                        let _ = results.send((job.index, result));
-                    }
-                    // Never exit: the children this thread cloned would get their
-                    // parent-death signal. Parked, it costs nothing.
-                    loop {
-                        std::thread::park();
-                    }
-                });
-            if thread.is_ok() {
-                started += 1;
-            }
-        }
-        if started > 0 {
-            self.jobs = Some(tx);
-        }
-        self.jobs.as_ref()
     }
 }

@@ -105,11 +105,7 @@ impl Supervisor {
             return Ok(Vec::new());
         }
         let spec = e.svc.spec();
-        let limits = CgroupLimits {
-            memory_mib: spec.memory_limit_mib,
-            cpu_percent: spec.limits.cpu_percent,
-            pids_max: spec.limits.pids_max,
-        };
+        let limits = CgroupLimits::of(spec);
         // Whatever a previous run left in the cgroup goes before the next one starts.
         if !e.cgroup_dirs.is_empty() {
             self.cgroups.kill(name);

@@ -45,11 +45,7 @@ impl Supervisor {
             Vec::new()
         } else {
             let spec = e.svc.spec();
-            let limits = CgroupLimits {
-                memory_mib: spec.memory_limit_mib,
-                cpu_percent: spec.limits.cpu_percent,
-                pids_max: spec.limits.pids_max,
-            };
+            let limits = CgroupLimits::of(spec);
             self.cgroups
                 .prepare(name, limits)
                 .map(|(files, _)| files)

@@ -9,6 +9,7 @@ use crate::control::metrics;
 use crate::control::socket::{error_reply, Reply};
 use crate::output::sink::{Batch, Line};
 use crate::process::cgroup::Cgroups;
+use crate::process::hardening;
 use crate::process::procfs::{self, Usage};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -109,6 +110,7 @@ impl Supervisor {
                 .tracker_dir(&e.name)
                 .filter(|_| e.svc.has_process()));
             v["limits"] = limits_json(&self.cgroups, e);
+            v["hardening"] = hardening::describe::json(e.svc.spec(), &self.cgroups);
             rows.push((v, e.svc.spec().binary.clone(), source(&self.cgroups, e)));
         }
         let orchestrator = json!({

@@ -1,0 +1,394 @@
+//! Hardening a service (SPEC 13): the keys resolved from the config, everything the
+//! child will need prepared before the clone (`prepare`: namespace flags, uid/gid map
+//! text, the mount plan, the capability sets, the BPF program), the parent's part for
+//! `private_users`, the child's small steps, and what `check` and `status` say about
+//! each key on this box.
+//!
+//! The order of the child's steps is spawn.rs's (`child_setup`); this module never
+//! decides it. Nothing here may allocate, lock or log in the child: the `unsafe fn`s
+//! meant for the child say so, and only make raw system calls on prepared data.
+
+pub mod caps;
+pub mod describe;
+pub mod mounts;
+pub mod seccomp;
+
+use crate::config::discovery::Identity;
+use crate::config::{FilterAction, IoClass, ServiceConfig};
+use std::path::PathBuf;
+
+/// The hardening keys of one service, validated and resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hardening {
+    /// Capability numbers to keep; `None` leaves capabilities as they are.
+    pub capabilities: Option<Vec<u32>>,
+    /// `syscall_filter` as written.
+    pub syscall_filter: Option<Vec<String>>,
+    /// The numbers it denies on this architecture, resolved once.
+    pub denied: Vec<u32>,
+    pub filter_kill: bool,
+    pub private_network: bool,
+    pub private_tmp: bool,
+    pub read_only_paths: Vec<PathBuf>,
+    pub private_users: bool,
+    pub nice: Option<i32>,
+    pub io: Option<(IoClass, u8)>,
+    pub io_weight: Option<u32>,
+}
+
+/// Checks the hardening keys of `svc`; `err(key, message)` for each problem.
+pub fn validate(svc: &ServiceConfig, err: &mut dyn FnMut(&str, String)) {
+    for name in svc.capabilities.iter().flatten() {
+        if caps::number(name).is_none() {
+            let hint = crate::config::nearest(name, caps::NAMES.iter().copied())
+                .map_or(String::new(), |n| format!(" (did you mean `{n}`?)"));
+            err("capabilities", format!("unknown capability `{name}`{hint}"));
+        }
+    }
+    for entry in svc.syscall_filter.iter().flatten() {
+        if !seccomp::known(entry) {
+            let hint = crate::config::nearest(entry, seccomp::names())
+                .map_or(String::new(), |n| format!(" (did you mean `{n}`?)"));
+            err(
+                "syscall_filter",
+                format!("unknown system call or group `{entry}`{hint}"),
+            );
+        }
+    }
+    for p in &svc.read_only_paths {
+        if !p.is_absolute() {
+            err(
+                "read_only_paths",
+                format!("`{}` is not an absolute path", p.display()),
+            );
+        }
+    }
+    if let Some(n) = svc.nice.filter(|n| !(-20..=19).contains(n)) {
+        err("nice", format!("must be between -20 and 19, not {n}"));
+    }
+    if let Some(p) = svc.io_priority.filter(|p| *p > 7) {
+        err("io_priority", format!("must be between 0 and 7, not {p}"));
+    }
+    if svc.io_class == Some(IoClass::Idle) && svc.io_priority.is_some() {
+        err(
+            "io_priority",
+            "the idle class has no priority levels".into(),
+        );
+    }
+    if let Some(w) = svc.io_weight.filter(|w| !(1..=10_000).contains(w)) {
+        err("io_weight", format!("must be between 1 and 10000, not {w}"));
+    }
+}
+
+/// The hardening of a validated `svc`.
+pub fn resolve(svc: &ServiceConfig) -> Hardening {
+    let io = match (svc.io_class, svc.io_priority) {
+        (None, None) => None,
+        (class, level) => Some((
+            class.unwrap_or(IoClass::BestEffort),
+            level.unwrap_or(if class == Some(IoClass::Idle) { 0 } else { 4 }),
+        )),
+    };
+    Hardening {
+        capabilities: svc.capabilities.as_ref().map(|names| {
+            let mut n: Vec<u32> = names.iter().filter_map(|c| caps::number(c)).collect();
+            n.sort_unstable();
+            n.dedup();
+            n
+        }),
+        syscall_filter: svc.syscall_filter.clone(),
+        denied: seccomp::resolve(svc.syscall_filter.as_deref().unwrap_or_default()),
+        filter_kill: svc.syscall_filter_action == FilterAction::Kill,
+        private_network: svc.private_network,
+        private_tmp: svc.private_tmp,
+        read_only_paths: svc.read_only_paths.clone(),
+        private_users: svc.private_users,
+        nice: svc.nice,
+        io,
+        io_weight: svc.io_weight,
+    }
+}
+
+impl Hardening {
+    /// True when nothing is asked for (the spawn path then prepares nothing).
+    pub fn is_off(&self) -> bool {
+        *self == Hardening::default()
+    }
+
+    fn ioprio(&self) -> Option<i32> {
+        self.io.map(|(class, level)| {
+            let class = match class {
+                IoClass::Realtime => 1,
+                IoClass::BestEffort => 2,
+                IoClass::Idle => 3,
+            };
+            (class << 13) | i32::from(level)
+        })
+    }
+}
+
+/// Everything the child needs for `Hardening`, built before the clone.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWNET as asked: the kernel creates the user
+    /// namespace first, so the others belong to it.
+    pub clone_flags: libc::c_int,
+    /// `private_users`: what the parent writes into /proc/PID/ while the child waits.
+    pub id_maps: Option<IdMaps>,
+    pub mounts: Option<mounts::Plan>,
+    pub loopback: bool,
+    pub nice: Option<i32>,
+    pub ioprio: Option<i32>,
+    /// The parent sets the priorities (see `child_sets_priority`).
+    priority_by_parent: bool,
+    pub caps: Option<caps::Plan>,
+    pub filter: Option<Vec<libc::sock_filter>>,
+}
+
+/// The id maps of a new user namespace.
+#[derive(Debug)]
+pub struct IdMaps {
+    uid_map: String,
+    gid_map: String,
+    /// Write "deny" to setgroups first: required of a writer without CAP_SETGID, and
+    /// done whenever the child will not call setgroups (no `user`).
+    deny_setgroups: bool,
+}
+
+/// Prepares `h` for one spawn of a service running as `identity`. An error is a key
+/// that cannot be applied here; the start then fails with it.
+pub fn prepare(h: &Hardening, identity: Option<&Identity>) -> Result<Prepared, String> {
+    let mut p = Prepared {
+        nice: h.nice,
+        ioprio: h.ioprio(),
+        loopback: h.private_network,
+        ..Prepared::default()
+    };
+    if h.is_off() {
+        return Ok(p);
+    }
+    if h.private_users {
+        p.clone_flags |= libc::CLONE_NEWUSER;
+        p.id_maps = Some(id_maps(identity));
+        // Raising priority needs CAP_SYS_NICE (or CAP_SYS_ADMIN) toward the host,
+        // which a child in its own user namespace no longer has; lowering it does not.
+        // The child starts at this thread's nice value.
+        // SAFETY: getpriority has no memory preconditions.
+        let current = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let realtime = matches!(h.io, Some((IoClass::Realtime, _)));
+        p.priority_by_parent = h.nice.is_some_and(|n| n < current) || realtime;
+    }
+    if h.private_tmp || !h.read_only_paths.is_empty() {
+        p.clone_flags |= libc::CLONE_NEWNS;
+        p.mounts = Some(mounts::plan(h.private_tmp, &h.read_only_paths)?);
+    }
+    if h.private_network {
+        p.clone_flags |= libc::CLONE_NEWNET;
+    }
+    if let Some(keep) = &h.capabilities {
+        let last_cap = caps::last_cap().ok_or("capabilities: cannot read cap_last_cap")?;
+        if let Some(c) = keep.iter().find(|c| **c > last_cap) {
+            return Err(format!(
+                "capabilities: {} is not known to this kernel",
+                caps::NAMES[*c as usize]
+            ));
+        }
+        p.caps = Some(caps::Plan {
+            keep: keep.iter().fold(0, |m, c| m | 1 << c),
+            last_cap,
+            ambient: identity.is_some_and(|id| id.uid != 0),
+        });
+    }
+    if h.syscall_filter.is_some() {
+        seccomp::supported(h.filter_kill).map_err(|e| format!("syscall_filter: {e}"))?;
+        let (arch, _) = seccomp::ARCH.ok_or("syscall_filter: unsupported architecture")?;
+        p.filter = Some(seccomp::program(arch, &h.denied, h.filter_kill));
+    }
+    Ok(p)
+}
+
+/// The service's user mapped to itself (and, with a `user`, its groups), every other
+/// id left unmapped, which the kernel shows as nobody.
+fn id_maps(identity: Option<&Identity>) -> IdMaps {
+    // SAFETY: these getters have no preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    match identity {
+        Some(id) if euid == 0 => {
+            let mut gids = id.groups.clone();
+            gids.push(id.gid);
+            gids.sort_unstable();
+            gids.dedup();
+            IdMaps {
+                uid_map: format!("{0} {0} 1\n", id.uid),
+                gid_map: gids.iter().map(|g| format!("{g} {g} 1\n")).collect(),
+                deny_setgroups: false,
+            }
+        }
+        _ => IdMaps {
+            uid_map: format!("{euid} {euid} 1\n"),
+            gid_map: format!("{egid} {egid} 1\n"),
+            deny_setgroups: true,
+        },
+    }
+}
+
+impl Prepared {
+    /// True when the parent must act between the clone and the child's first step
+    /// (write the id maps), so the child cannot share our memory and stop us as a
+    /// vfork child does.
+    pub fn parent_acts(&self) -> bool {
+        self.id_maps.is_some()
+    }
+
+    /// The parent's part for `private_users`, while the child waits: the id maps, and
+    /// the priorities when they are raised (the child, in its new user namespace, has
+    /// no CAP_SYS_NICE or CAP_SYS_ADMIN toward the host to do it).
+    pub fn parent_step(&self, pid: i32) -> Result<(), String> {
+        if let Some(m) = &self.id_maps {
+            let write = |file: &str, text: &str| {
+                let path = format!("/proc/{pid}/{file}");
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+                    .map_err(|e| format!("private_users: cannot write {path}: {e}"))
+            };
+            write("uid_map", &m.uid_map)?;
+            if m.deny_setgroups {
+                write("setgroups", "deny")?;
+            }
+            write("gid_map", &m.gid_map)?;
+        }
+        if self.child_sets_priority() {
+            return Ok(());
+        }
+        // SAFETY: plain syscalls on a pid we just created and have not reaped.
+        unsafe { set_priority(pid, self.nice, self.ioprio) }
+            .then_some(())
+            .ok_or_else(|| {
+                format!(
+                    "cannot set nice/io priority: {}",
+                    std::io::Error::last_os_error()
+                )
+            })
+    }
+
+    /// Whether the child sets its priority itself: always, but for a raise in a user
+    /// namespace of its own. (The child does it after its mounts: a parent setting a
+    /// lower priority first would slow its whole set-up down.)
+    pub fn child_sets_priority(&self) -> bool {
+        !self.priority_by_parent
+    }
+}
+
+/// setpriority and ioprio_set on `pid` (0: the caller). Async-signal-safe.
+///
+/// # Safety
+/// Raw syscalls only.
+pub unsafe fn set_priority(pid: i32, nice: Option<i32>, ioprio: Option<i32>) -> bool {
+    const IOPRIO_WHO_PROCESS: libc::c_int = 1;
+    if let Some(n) = nice {
+        if libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, n) < 0 {
+            return false;
+        }
+    }
+    if let Some(p) = ioprio {
+        if libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, pid, p) < 0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// In the child, in its new network namespace: brings loopback up (it starts down).
+///
+/// # Safety
+/// Raw socket, ioctl and close on stack data only.
+pub unsafe fn loopback_up() -> bool {
+    let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+    if fd < 0 {
+        return false;
+    }
+    let mut req: libc::ifreq = std::mem::zeroed();
+    req.ifr_name[0] = b'l' as libc::c_char;
+    req.ifr_name[1] = b'o' as libc::c_char;
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    let ok = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req) == 0;
+    let errno = *libc::__errno_location();
+    libc::close(fd);
+    *libc::__errno_location() = errno;
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(json: &str) -> ServiceConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn problems(json: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        validate(&svc(json), &mut |k, m| out.push(format!("{k}: {m}")));
+        out
+    }
+
+    #[test]
+    fn validation_names_the_key_and_suggests() {
+        assert!(problems(r#"{"capabilities": ["CAP_NET_BIND_SERVICE"], "nice": 19}"#).is_empty());
+        let p = problems(r#"{"capabilities": ["CAP_NET_BIND_SERVIC"]}"#);
+        assert!(
+            p[0].contains("did you mean `CAP_NET_BIND_SERVICE`"),
+            "{p:?}"
+        );
+        let p = problems(r#"{"syscall_filter": ["@mout"]}"#);
+        assert!(p[0].contains("did you mean `@mount`"), "{p:?}");
+        assert_eq!(
+            problems(r#"{"nice": 20, "io_priority": 8, "io_weight": 0}"#).len(),
+            3
+        );
+        assert_eq!(problems(r#"{"read_only_paths": ["etc"]}"#).len(), 1);
+        assert_eq!(
+            problems(r#"{"io_class": "idle", "io_priority": 2}"#).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn io_priority_defaults_and_encoding() {
+        let h = resolve(&svc(r#"{"io_priority": 6}"#));
+        assert_eq!(h.ioprio(), Some(2 << 13 | 6));
+        let h = resolve(&svc(r#"{"io_class": "idle"}"#));
+        assert_eq!(h.ioprio(), Some(3 << 13));
+        assert_eq!(resolve(&svc("{}")).ioprio(), None);
+        assert!(resolve(&svc("{}")).is_off());
+    }
+
+    #[test]
+    fn id_maps_map_the_user_and_its_groups_to_themselves() {
+        let id = Identity {
+            user: Some("svc".into()),
+            uid: 1000,
+            gid: 100,
+            groups: vec![100, 27],
+            home: None,
+        };
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let m = id_maps(Some(&id));
+            assert_eq!(m.uid_map, "1000 1000 1\n");
+            assert_eq!(m.gid_map, "27 27 1\n100 100 1\n");
+            assert!(!m.deny_setgroups);
+        }
+        let m = id_maps(None);
+        assert!(m.deny_setgroups, "nobody calls setgroups: deny it");
+    }
+
+    #[test]
+    fn nothing_is_prepared_when_everything_is_off() {
+        let p = prepare(&Hardening::default(), None).unwrap();
+        assert_eq!(p.clone_flags, 0);
+        assert!(p.filter.is_none() && p.caps.is_none() && !p.parent_acts());
+    }
+}
