@@ -16,5 +16,6 @@ mod operator;
 mod output;
 mod reliability;
 mod reload;
+mod sockets;
 mod terminal;
 mod trust;

@@ -4,6 +4,7 @@ pub mod cgroup;
 pub mod procfs;
 pub mod safe_fs;
 pub mod signals;
+pub mod sockets;
 pub mod spawn;
 #[cfg(test)]
 mod spawn_tests;

@@ -20,6 +20,7 @@
 //! every disposition to the default and starts with an empty mask.
 
 use crate::config::discovery::ServiceSpec;
+use crate::process::sockets::Passed;
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -59,6 +60,7 @@ enum Step {
     NoNewPrivs,
     DeathSignal,
     Exec,
+    Sockets,
 }
 
 fn step_name(step: u32) -> &'static str {
@@ -71,6 +73,7 @@ fn step_name(step: u32) -> &'static str {
         6 => "switch user/group",
         7 => "set no_new_privs",
         8 => "set the parent-death signal",
+        10 => "pass its sockets",
         _ => "execute",
     }
 }
@@ -86,6 +89,10 @@ struct ChildArgs<'a> {
     cgroup_fds: &'a [RawFd],
     limits: Rlimits,
     identity: Option<(u32, u32, &'a [libc::gid_t])>,
+    /// Sockets to put at fd 3 and up (SPEC 8), and where the child writes its own pid
+    /// into the environment (`LISTEN_PID=`): null without sockets.
+    listen_fds: &'a [RawFd],
+    listen_pid: *mut u8,
     parent: libc::pid_t,
     fd_limit: libc::c_int,
     /// One past the highest signal number, read before the clone.
@@ -114,8 +121,13 @@ impl From<String> for SpawnError {
 }
 
 /// Spawns one run of `spec`. The error is for `last_error`: it names the OS error.
-/// `cgroup_files` are open `cgroup.procs` files the child joins before anything else.
-pub fn spawn(spec: &ServiceSpec, cgroup_files: &[std::fs::File]) -> Result<Child, SpawnError> {
+/// `cgroup_files` are open `cgroup.procs` files the child joins before anything else;
+/// `sockets` are the service's bound sockets, passed as fd 3 and up.
+pub fn spawn(
+    spec: &ServiceSpec,
+    cgroup_files: &[std::fs::File],
+    sockets: &Passed,
+) -> Result<Child, SpawnError> {
     if let Some(dir) = &spec.cwd {
         ensure_data_dir(dir, spec).map_err(|e| format!("data_dir {}: {e}", dir.display()))?;
     }
@@ -139,6 +151,7 @@ pub fn spawn(spec: &ServiceSpec, cgroup_files: &[std::fs::File]) -> Result<Child
         stdio,
         &cgroup_fds,
         spec.cwd.as_deref(),
+        sockets,
     )
     .map_err(|(step, e)| SpawnError {
         busy: step == Step::Exec as u32 && e.raw_os_error() == Some(libc::ETXTBSY),
@@ -180,6 +193,7 @@ pub fn spawn_probe(
         [null; 3],
         &cgroup_fds,
         Some(cwd),
+        &Passed::default(),
     )
     .map_err(|(step, e)| describe_failure(step, &format!("health check {program}"), e))
 }
@@ -254,22 +268,40 @@ fn spawn_with(
     stdio: [RawFd; 3],
     cgroup_fds: &[RawFd],
     cwd: Option<&Path>,
+    sockets: &Passed,
 ) -> Result<i32, (u32, io::Error)> {
     let program = cstring(program)?;
     let mut strings = Vec::with_capacity(args.len() + spec.env.len());
     for a in args {
         strings.push(cstring(OsStr::new(a))?);
     }
-    let env_strings: Vec<CString> = spec
+    let listen = listen_env(sockets).map_err(|e| (Step::Sockets as u32, e))?;
+    let mut env_strings: Vec<CString> = spec
         .env
         .iter()
+        .filter(|(k, _)| listen.is_none() || !k.starts_with("LISTEN_"))
         .map(|(k, v)| cstring(OsStr::new(&format!("{k}={v}"))))
         .collect::<Result<_, _>>()?;
+    let (listen_fds, mut pid_slot) = match listen {
+        Some(l) => {
+            env_strings.extend(l.env);
+            (l.fds, l.pid_slot)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
     let mut argv: Vec<*const libc::c_char> = Vec::with_capacity(args.len() + 1);
     argv.extend(strings.iter().map(|s| s.as_ptr()));
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = env_strings.iter().map(|s| s.as_ptr()).collect();
+    let listen_pid = if pid_slot.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        envp.push(pid_slot.as_ptr() as *const libc::c_char);
+        // SAFETY: within the slot: "LISTEN_PID=" then room for the digits and a NUL.
+        unsafe { pid_slot.as_mut_ptr().add(LISTEN_PID.len()) }
+    };
     envp.push(std::ptr::null());
+    let raw_listen_fds: Vec<RawFd> = listen_fds.iter().map(|f| f.as_raw_fd()).collect();
     let cwd = cwd.map(|d| cstring(d.as_os_str())).transpose()?;
     let groups: Vec<libc::gid_t> = spec
         .identity
@@ -292,6 +324,8 @@ fn spawn_with(
             .identity
             .as_ref()
             .map(|i| (i.uid, i.gid, groups.as_slice())),
+        listen_fds: &raw_listen_fds,
+        listen_pid,
         // SAFETY: getpid has no preconditions.
         parent: unsafe { libc::getpid() },
         fd_limit: fd_scan_limit(),
@@ -424,8 +458,85 @@ unsafe fn child_setup(a: &ChildArgs) -> Step {
         libc::_exit(1);
     }
     close_inherited_fds(a.fd_limit);
+    if !pass_sockets(a) {
+        return Step::Sockets;
+    }
     libc::execve(a.program.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
     Step::Exec
+}
+
+const LISTEN_PID: &str = "LISTEN_PID=";
+
+/// What passing sockets adds to a spawn, prepared before the clone.
+struct ListenEnv {
+    /// `LISTEN_FDS=n` and `LISTEN_FDNAMES=...`.
+    env: [CString; 2],
+    /// Copies of the sockets, all numbered above the targets 3..3+n (so that no dup2
+    /// in the child overwrites a source), close-on-exec; ours close after the spawn.
+    fds: Vec<OwnedFd>,
+    /// `LISTEN_PID=` and room for the child to write its pid and a NUL (it cannot
+    /// allocate, and only it knows its pid).
+    pid_slot: Vec<u8>,
+}
+
+/// `None` without sockets. The service's own `LISTEN_*` variables give way to these.
+fn listen_env(sockets: &Passed) -> io::Result<Option<ListenEnv>> {
+    if sockets.fds.is_empty() {
+        return Ok(None);
+    }
+    let n = sockets.fds.len() as RawFd;
+    let mut fds = Vec::with_capacity(sockets.fds.len());
+    for &fd in &sockets.fds {
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor the supervisor keeps open.
+        let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3 + n) };
+        if copy < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor, ours alone.
+        fds.push(unsafe { OwnedFd::from_raw_fd(copy) });
+    }
+    let env = |s: String| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let mut pid_slot = LISTEN_PID.as_bytes().to_vec();
+    pid_slot.resize(LISTEN_PID.len() + 24, 0);
+    Ok(Some(ListenEnv {
+        env: [
+            env(format!("LISTEN_FDS={n}"))?,
+            env(format!("LISTEN_FDNAMES={}", sockets.names))?,
+        ],
+        fds,
+        pid_slot,
+    }))
+}
+
+/// In the child, after every descriptor was marked close-on-exec: the sockets at 3,
+/// 4, ... (dup2 leaves the copy without close-on-exec), then our pid after
+/// `LISTEN_PID=`, in decimal, written by hand (no allocation, no formatting machinery).
+unsafe fn pass_sockets(a: &ChildArgs) -> bool {
+    for (i, &fd) in a.listen_fds.iter().enumerate() {
+        if libc::dup2(fd, 3 + i as libc::c_int) < 0 {
+            return false;
+        }
+    }
+    if a.listen_pid.is_null() {
+        return true;
+    }
+    // The raw call: a libc wrapper could answer from a cache of the parent's pid.
+    let mut pid = libc::syscall(libc::SYS_getpid) as u64;
+    let mut digits = [0u8; 20];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (pid % 10) as u8;
+        n += 1;
+        pid /= 10;
+        if pid == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        *a.listen_pid.add(i) = digits[n - 1 - i];
+    }
+    *a.listen_pid.add(n) = 0;
+    true
 }
 
 /// Creates `data_dir` (0750) if missing, owned by the service's identity. As root, and
@@ -535,11 +646,12 @@ struct Job {
     index: usize,
     spec: ServiceSpec,
     cgroup_files: Vec<std::fs::File>,
+    sockets: Passed,
 }
 
 impl Job {
     fn run(&self) -> Result<Child, SpawnError> {
-        spawn(&self.spec, &self.cgroup_files)
+        spawn(&self.spec, &self.cgroup_files, &self.sockets)
     }
 }
 
@@ -562,11 +674,13 @@ impl Pool {
         index: usize,
         spec: ServiceSpec,
         cgroup_files: Vec<std::fs::File>,
+        sockets: Passed,
     ) -> Option<Result<Child, SpawnError>> {
         let job = Job {
             index,
             spec,
             cgroup_files,
+            sockets,
         };
         let Some(tx) = self.sender() else {
             return Some(job.run());

@@ -32,6 +32,7 @@ use crate::output::reader::{Counters, Ring};
 use crate::output::sink::{Batch, EventRecord, Line, Sink, Stream};
 use crate::output::timefmt;
 use crate::process::cgroup::Cgroups;
+use crate::process::sockets::Bound;
 use crate::process::{procfs, spawn};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::{BTreeMap, HashSet};
@@ -52,6 +53,9 @@ pub(super) struct Entry {
     pub probe: Option<ExecProbe>,
     /// The current run's process group, for `state_dir`.
     pub group: Option<persist::Group>,
+    /// Its `sockets`, bound before its first run and kept across runs (SPEC 8);
+    /// dropping the entry closes them.
+    pub sockets: Option<Bound>,
 }
 
 impl Entry {
@@ -64,6 +68,7 @@ impl Entry {
             cgroup_dirs: Vec::new(),
             probe: None,
             group: None,
+            sockets: None,
         }
     }
 }

@@ -255,6 +255,19 @@ fn status_json(e: &Entry, now: Instant) -> Value {
         "log_lines_unwritten": e.counters.file_unwritten.load(Ordering::Relaxed),
         "history": history,
     });
+    if !svc.spec().sockets.is_empty() {
+        let bound = e
+            .sockets
+            .as_ref()
+            .is_some_and(|b| b.matches(&svc.spec().sockets));
+        let list: Vec<Value> = svc
+            .spec()
+            .sockets
+            .iter()
+            .map(|s| json!({"listen": s.listen, "name": s.name.as_deref().unwrap_or(&e.name), "bound": bound}))
+            .collect();
+        v["sockets"] = json!(list);
+    }
     if let Some(t) = svc.next_restart() {
         v["next_restart_ms"] = json!(t.saturating_duration_since(now).as_millis() as u64);
     }
