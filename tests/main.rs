@@ -19,3 +19,4 @@ mod reload;
 mod sockets;
 mod terminal;
 mod trust;
+mod upgrade;

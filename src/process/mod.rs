@@ -1,6 +1,7 @@
 //! Processes: the one audited spawn path, waiting, signals, cgroups, /proc readings, and
 //! the file-system rules every root-owned file operation follows (`safe_fs`).
 pub mod cgroup;
+pub mod install;
 pub mod procfs;
 pub mod safe_fs;
 pub mod signals;

@@ -15,4 +15,6 @@ mod requests;
 mod snapshot;
 pub mod state;
 pub mod supervisor;
+pub mod upgrade;
+mod upgrading;
 mod views;

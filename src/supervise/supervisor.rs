@@ -56,6 +56,8 @@ pub(super) struct Entry {
     /// Its `sockets`, bound before its first run and kept across runs (SPEC 8);
     /// dropping the entry closes them.
     pub sockets: Option<Bound>,
+    /// Its upgrade under way and its version history (SPEC 8).
+    pub upgrade: super::upgrading::Upgrades,
 }
 
 impl Entry {
@@ -69,6 +71,7 @@ impl Entry {
             probe: None,
             group: None,
             sockets: None,
+            upgrade: Default::default(),
         }
     }
 }
@@ -174,6 +177,7 @@ impl Supervisor {
     /// Starts every autostart service; the caller then reports readiness and calls `run`.
     /// The machines first, then every spawn they ask for at once, on the spawner pool.
     pub fn start_all(&mut self) {
+        self.load_upgrades();
         let names: Vec<String> = self
             .services
             .iter()
@@ -245,6 +249,7 @@ impl Supervisor {
                 [
                     e.svc.deadline(),
                     e.probe.as_ref().and_then(|p| p.deadline()),
+                    e.upgrade.deadline(),
                 ]
             })
             .flatten()
@@ -293,6 +298,7 @@ impl Supervisor {
             }
             Event::Signal(sig) => return self.on_signal(sig),
             Event::Control(req, reply) => self.control(req, reply),
+            Event::Installed(done) => self.installed(done),
         }
         None
     }
@@ -388,6 +394,7 @@ impl Supervisor {
     /// to waiting clients.
     pub(super) fn settle(&mut self) {
         self.advance_stops();
+        self.judge_upgrades();
         self.answer_pending();
     }
 

@@ -146,6 +146,7 @@ impl Supervisor {
             uptime: std::time::Duration,
             source: Source,
             lines: [u64; 3],
+            binary: PathBuf,
         }
         let snaps: Vec<Snap> = self
             .services
@@ -161,20 +162,30 @@ impl Supervisor {
                     e.counters.stderr_lines.load(Ordering::Relaxed),
                     e.counters.file_unwritten.load(Ordering::Relaxed),
                 ],
+                binary: e.svc.spec().binary.clone(),
             })
             .collect();
         let (dropped, errors) = (self.sink.dropped(), self.sink.write_errors());
-        let cgroups = self.cgroups.clone();
+        let (cgroups, ids) = (self.cgroups.clone(), self.binary_ids.clone());
         Reply::Finish(Box::new(move || {
             let (sources, snaps): (Vec<Source>, Vec<Snap>) = snaps
                 .into_iter()
                 .map(|mut s| (std::mem::replace(&mut s.source, Source::None), s))
                 .unzip();
             let usage = usage(&cgroups, &sources);
+            let shas: Vec<Option<String>> = snaps
+                .iter()
+                .map(|s| {
+                    ids.identity(&s.binary)["sha256"]
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect();
             let rows: Vec<metrics::Row> = snaps
                 .iter()
                 .zip(usage)
-                .map(|(s, u)| metrics::Row {
+                .zip(&shas)
+                .map(|((s, u), sha)| metrics::Row {
                     name: &s.name,
                     state: s.state,
                     restarts: s.restarts,
@@ -183,6 +194,7 @@ impl Supervisor {
                     stdout_lines: s.lines[0],
                     stderr_lines: s.lines[1],
                     unwritten: s.lines[2],
+                    sha256: sha.as_deref(),
                 })
                 .collect();
             json!({"ok": true, "metrics": metrics::render(&rows, dropped, errors)})
@@ -254,6 +266,7 @@ fn status_json(e: &Entry, now: Instant) -> Value {
         "binary": null,
         "log_lines_unwritten": e.counters.file_unwritten.load(Ordering::Relaxed),
         "history": history,
+        "upgrades": super::upgrading::history_json(&e.upgrade),
     });
     if !svc.spec().sockets.is_empty() {
         let bound = e
