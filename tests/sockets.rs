@@ -303,3 +303,40 @@ fn reload_keeps_unchanged_sockets_and_closes_changed_or_removed_ones() {
     );
     drop(d);
 }
+
+#[test]
+fn an_unprivileged_service_serves_a_privileged_port() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: binding a port below 1024 for another user needs root");
+        return;
+    }
+    let Some(port) = (900..1024).find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok()) else {
+        eprintln!("skipped: no free port below 1024");
+        return;
+    };
+    // The system's interpreter: the user's may sit in a home nobody else can enter.
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(python) = python else {
+        eprintln!("skipped: no system python3 another user can run");
+        return;
+    };
+    let sb = Sandbox::new();
+    sb.service("web", &format!("exec {python} {SERVER} v1"));
+    sb.config(
+        json!({}),
+        json!({"web": {"user": "nobody", "sockets": [{"listen": format!("127.0.0.1:{port}")}]}}),
+    );
+    sb.open_to_other_users();
+    let _d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("web", None);
+    assert_eq!(ask_tcp(port).unwrap(), format!("v1 {pid} web"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
+    assert!(!uid.split_whitespace().skip(1).any(|u| u == "0"), "{uid}");
+}

@@ -93,6 +93,21 @@ impl Supervisor {
         Ok(e.sockets.as_ref().map(Bound::passed).unwrap_or_default())
     }
 
+    /// Closes sockets no longer wanted: changed by a reload, or of a service a reload
+    /// disabled (removal drops the whole entry). Bounded: a comparison per service
+    /// with sockets.
+    pub(super) fn release_sockets(&mut self) {
+        for e in self.services.values_mut() {
+            let spec = e.svc.spec();
+            if e.sockets
+                .as_ref()
+                .is_some_and(|b| !spec.enabled || !b.matches(&spec.sockets))
+            {
+                e.sockets = None;
+            }
+        }
+    }
+
     fn prepare_cgroups(&mut self, name: &str) -> Result<Vec<std::fs::File>, Event> {
         let Some(e) = self.services.get_mut(name) else {
             return Ok(Vec::new());

@@ -395,6 +395,7 @@ impl Supervisor {
     pub(super) fn settle(&mut self) {
         self.advance_stops();
         self.judge_upgrades();
+        self.release_sockets();
         self.answer_pending();
     }
 

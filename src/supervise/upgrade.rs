@@ -70,7 +70,8 @@ impl Watch {
         let Some(gen) = self.new_gen else {
             if let Some(g) = v.gen.filter(|g| Some(*g) != self.old_gen) {
                 if v.stopping {
-                    return Verdict::Failed(v.reason.clone());
+                    let why = format!("stopped within the grace window: {}", v.reason);
+                    return Verdict::Failed(why);
                 }
                 self.new_gen = Some(g);
                 self.deadline = Some(now + self.grace);
@@ -83,8 +84,11 @@ impl Watch {
                 State::Starting | State::Running => Verdict::Wait,
             };
         };
-        if v.gen != Some(gen) || v.stopping {
+        if v.gen != Some(gen) {
             return Verdict::Failed(v.reason.clone());
+        }
+        if v.stopping {
+            return Verdict::Failed(format!("stopped within the grace window: {}", v.reason));
         }
         match self.deadline {
             Some(d) if now >= d => {
@@ -238,7 +242,8 @@ mod tests {
         assert_eq!(w.judge(&view(State::Restarting, None, false), t0), reason);
         let mut w = Watch::new(Some(1), GRACE);
         w.judge(&view(State::Running, Some(2), false), t0);
-        assert_eq!(w.judge(&view(State::Running, Some(2), true), t0), reason);
+        let stopped = Verdict::Failed("stopped within the grace window: exited with code 3".into());
+        assert_eq!(w.judge(&view(State::Running, Some(2), true), t0), stopped);
         let mut w = Watch::new(None, GRACE);
         assert_eq!(w.judge(&view(State::Failed, None, false), t0), reason);
         let mut w = Watch::new(None, GRACE);
