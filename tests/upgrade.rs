@@ -257,3 +257,37 @@ fn a_crash_in_the_window_is_settled_at_the_next_start() {
         "{u:?}"
     );
 }
+
+#[test]
+fn a_binary_that_never_passes_its_health_check_is_rolled_back() {
+    let sb = Sandbox::new();
+    let port = free_port();
+    std::fs::create_dir_all(sb.path("data")).unwrap();
+    let bin = sb.service("web", &format!("touch ready; {}", server_body("v1")));
+    sb.config(
+        json!({}),
+        json!({"web": {"sockets": [{"listen": format!("127.0.0.1:{port}")}],
+                       "data_dir": sb.path("data"),
+                       "upgrade_grace_ms": 1000,
+                       "health_check": {"type": "exec", "command": ["test", "-e", "ready"],
+                                        "interval_ms": 100, "initial_delay_ms": 300}}}),
+    );
+    let old = std::fs::read(&bin).unwrap();
+    let _d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("web", None);
+    // Runs, but never becomes ready.
+    let stuck = candidate(&sb, "web-stuck", "rm -f ready; exec sleep 1000");
+    let out = sb.cli(&["upgrade", "web", stuck.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(
+            "rolled back: not ready within upgrade_grace_ms (1000 ms): health check failed"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(&bin).unwrap(), old);
+    let back = sb.wait_running("web", Some(pid));
+    assert!(wait_until(DEADLINE, || ask_tcp(port)
+        .is_ok_and(|l| l.starts_with(&format!("v1 {back} ")))));
+}

@@ -42,8 +42,23 @@ struct Active {
     from: String,
     to: String,
     at_ms: u64,
-    /// The `upgrade` client, answered when the window is over.
-    reply: Sender<Reply>,
+    /// The `upgrade` client, answered when the window is over (or, should the window
+    /// end with the service, removed by a reload, when this is dropped).
+    reply: Option<Sender<Reply>>,
+}
+
+impl Active {
+    fn answer(&mut self, r: Reply) {
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.try_send(r);
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.answer(error_reply("the service was removed during the grace window").into());
+    }
 }
 
 impl Upgrades {
@@ -111,10 +126,8 @@ impl Supervisor {
             ));
         }
         // A rollback by hand ends the window of an upgrade under way.
-        if let Some(a) = e.upgrade.active.take() {
-            let _ = a
-                .reply
-                .try_send(error_reply("upgrade rolled back by hand").into());
+        if let Some(mut a) = e.upgrade.active.take() {
+            a.answer(error_reply("upgrade rolled back by hand").into());
             self.forget_pending(&name);
         }
         let dir = self.persist.as_ref().map(|p| p.dir());
@@ -200,7 +213,7 @@ impl Supervisor {
             from: d.from.clone(),
             to: d.to.clone(),
             at_ms,
-            reply,
+            reply: Some(reply),
         });
         self.event(
             log::Level::Info,
@@ -265,7 +278,7 @@ impl Supervisor {
         let Some(e) = self.services.get_mut(name) else {
             return;
         };
-        let Some(a) = e.upgrade.active.take() else {
+        let Some(mut a) = e.upgrade.active.take() else {
             return;
         };
         let binary = e.svc.spec().binary.clone();
@@ -306,7 +319,7 @@ impl Supervisor {
         if !ok && self.shutdown.is_none() {
             let _ = self.feed(name, MachineEvent::Restart);
         }
-        let _ = a.reply.try_send(answer);
+        a.answer(answer);
     }
 
     fn forget_pending(&self, name: &str) {
@@ -354,8 +367,10 @@ impl Supervisor {
         for marker in markers {
             let name = &marker["upgrade-".len()..marker.len() - ".pending".len()];
             let pending = dir.read_file(&marker).and_then(|t| Pending::from_text(&t));
-            if let Some(p) = pending {
-                self.settle_interrupted(name, &p);
+            match pending {
+                Some(p) if self.services.contains_key(name) => self.settle_interrupted(name, &p),
+                // Removed from the configuration during its window: left as it is.
+                _ => {}
             }
             let _ = dir.remove_file(&marker);
         }
