@@ -291,3 +291,35 @@ fn a_binary_that_never_passes_its_health_check_is_rolled_back() {
     assert!(wait_until(DEADLINE, || ask_tcp(port)
         .is_ok_and(|l| l.starts_with(&format!("v1 {back} ")))));
 }
+
+#[test]
+fn a_shutdown_in_the_window_puts_the_old_binary_back() {
+    let (sb, _port, bin) = web(60_000, json!({}));
+    let old = std::fs::read(&bin).unwrap();
+    let mut d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("web", None);
+    let v2 = candidate(&sb, "web-v2", &server_body("v2"));
+    let client = {
+        let (sock, cfg, v2) = (sb.socket(), sb.path("orchestrator.json"), v2.clone());
+        std::thread::spawn(move || {
+            let mut cmd = std::process::Command::new(BIN);
+            cmd.arg("--socket").arg(sock).arg("--config").arg(cfg);
+            cmd.arg("upgrade").arg("web").arg(v2);
+            run_with_timeout(cmd, DEADLINE)
+        })
+    };
+    sb.wait_running("web", Some(pid));
+    let out = sb.cli(&["upgrade", "web", v2.to_str().unwrap()]);
+    assert!(out.stderr.contains("upgrade in progress"), "{}", out.stderr);
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(DEADLINE), Some(0));
+    let out = client.join().unwrap();
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("rolled back: orchestrator is shutting down"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(&bin).unwrap(), old);
+}

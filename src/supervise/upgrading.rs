@@ -39,6 +39,8 @@ pub struct Upgrades {
 
 struct Active {
     watch: Watch,
+    /// The file replaced (kept here: a reload may change the service's path meanwhile).
+    binary: PathBuf,
     from: String,
     to: String,
     at_ms: u64,
@@ -210,6 +212,7 @@ impl Supervisor {
         let grace = Duration::from_millis(e.svc.spec().upgrade_grace_ms);
         e.upgrade.active = Some(Active {
             watch: Watch::new(e.svc.gen(), grace),
+            binary: e.svc.spec().binary.clone(),
             from: d.from.clone(),
             to: d.to.clone(),
             at_ms,
@@ -227,6 +230,11 @@ impl Supervisor {
                 grace.as_millis()
             ),
         );
+        if self.shutdown.is_some() {
+            // Shutdown began while the file was copied: judged (and undone) at once.
+            self.settle();
+            return;
+        }
         if let Err(r) = self.feed(&service, MachineEvent::Restart) {
             self.conclude(&service, Verdict::Failed(r.message()));
         }
@@ -281,7 +289,7 @@ impl Supervisor {
         let Some(mut a) = e.upgrade.active.take() else {
             return;
         };
-        let binary = e.svc.spec().binary.clone();
+        let binary = a.binary.clone();
         let (result, answer) = match verdict {
             Verdict::Failed(reason) => {
                 let reason = match install::restore_prev(&binary) {
