@@ -3,16 +3,18 @@
 //! side, and the descriptors and `LISTEN_FDNAMES` handed to every run.
 //!
 //! Every descriptor here is close-on-exec: only the spawn of that service's own runs
-//! puts them at fd 3 and up (and clears the flag there), so no other service, health
-//! check or helper ever inherits one. This module never spawns, and never closes a
+//! puts them at fd 3 and up (and clears the flag there, with `LISTEN_PID` written by
+//! the child: `ChildPart::apply`, held to the child's rules), so no other service,
+//! health check or helper ever inherits one. This module never spawns, and never closes a
 //! socket while its service still exists: the supervisor's entry owns the `Bound`, and
 //! dropping it (service removed, sockets changed) is what closes them and removes a
 //! Unix socket's file.
 
 use crate::config::SocketConfig;
+use std::ffi::CString;
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -88,6 +90,129 @@ pub fn parse_mode(mode: &str) -> Result<u32, String> {
 pub struct Passed {
     pub fds: Vec<RawFd>,
     pub names: String,
+}
+
+impl Passed {
+    /// What passing these adds to one spawn, prepared before the clone; `None` without
+    /// sockets.
+    pub fn prepare(&self) -> io::Result<Option<Prepared>> {
+        if self.fds.is_empty() {
+            return Ok(None);
+        }
+        let n = self.fds.len() as RawFd;
+        let mut copies = Vec::with_capacity(self.fds.len());
+        for &fd in &self.fds {
+            // SAFETY: F_DUPFD_CLOEXEC on a descriptor the supervisor keeps open.
+            let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3 + n) };
+            if copy < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a fresh descriptor, ours alone.
+            copies.push(unsafe { OwnedFd::from_raw_fd(copy) });
+        }
+        let cstr =
+            |s: String| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+        let mut slot = LISTEN_PID.as_bytes().to_vec();
+        slot.resize(LISTEN_PID.len() + 24, 0);
+        // The heap buffer stays where it is however the Vec moves; both pointers into
+        // it come from this one.
+        let base = slot.as_mut_ptr();
+        Ok(Some(Prepared {
+            env: [
+                cstr(format!("LISTEN_FDS={n}"))?,
+                cstr(format!("LISTEN_FDNAMES={}", self.names))?,
+            ],
+            raw: copies.iter().map(|f| f.as_raw_fd()).collect(),
+            _copies: copies,
+            _slot: slot,
+            base,
+        }))
+    }
+}
+
+const LISTEN_PID: &str = "LISTEN_PID=";
+
+/// What passing sockets adds to a spawn.
+pub struct Prepared {
+    /// `LISTEN_FDS=n` and `LISTEN_FDNAMES=...`.
+    pub env: [CString; 2],
+    /// Copies of the sockets, all numbered above the targets 3..3+n (so that no dup2
+    /// in the child overwrites a source), close-on-exec; closed after the spawn.
+    _copies: Vec<OwnedFd>,
+    raw: Vec<RawFd>,
+    /// `LISTEN_PID=` and room for the child to write its pid and a NUL: it cannot
+    /// allocate, and only it knows its pid.
+    _slot: Vec<u8>,
+    base: *mut u8,
+}
+
+impl Prepared {
+    /// The `LISTEN_PID=...` entry for the environment block.
+    pub fn pid_entry(&self) -> *const libc::c_char {
+        self.base as *const libc::c_char
+    }
+
+    /// What the child needs, valid while this lives.
+    pub fn child_part(&mut self) -> ChildPart {
+        ChildPart {
+            fds: self.raw.as_ptr(),
+            n: self.raw.len(),
+            // SAFETY: inside the slot, which has room for the prefix, 20 digits, a NUL.
+            digits: unsafe { self.base.add(LISTEN_PID.len()) },
+        }
+    }
+}
+
+/// The child's side of passing sockets: raw pointers into a `Prepared` that outlives
+/// the child's use of them (the parent waits, CLONE_VFORK, until it execs).
+#[derive(Clone, Copy)]
+pub struct ChildPart {
+    fds: *const RawFd,
+    n: usize,
+    digits: *mut u8,
+}
+
+impl ChildPart {
+    pub const NONE: ChildPart = ChildPart {
+        fds: std::ptr::null(),
+        n: 0,
+        digits: std::ptr::null_mut(),
+    };
+
+    /// In the child, after every descriptor was marked close-on-exec: the sockets at 3,
+    /// 4, ... (dup2 leaves the copy without close-on-exec), then the child's pid after
+    /// `LISTEN_PID=`, in decimal, written by hand. Raw calls only, no allocation, as
+    /// the rest of the child's set-up.
+    ///
+    /// # Safety
+    /// Only in the spawned child, with the `Prepared` this came from alive.
+    pub unsafe fn apply(&self) -> bool {
+        for i in 0..self.n {
+            if libc::dup2(*self.fds.add(i), 3 + i as libc::c_int) < 0 {
+                return false;
+            }
+        }
+        if self.digits.is_null() {
+            return true;
+        }
+        // The raw call: a libc wrapper could answer from a cache of the parent's pid.
+        let mut pid = libc::syscall(libc::SYS_getpid) as u64;
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (pid % 10) as u8;
+            n += 1;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        for i in 0..n {
+            *self.digits.add(i) = digits[n - 1 - i];
+        }
+        *self.digits.add(n) = 0;
+        true
+    }
 }
 
 /// A service's sockets, bound. Dropping it closes them and removes the Unix sockets'

@@ -20,7 +20,7 @@
 //! every disposition to the default and starts with an empty mask.
 
 use crate::config::discovery::ServiceSpec;
-use crate::process::sockets::Passed;
+use crate::process::sockets::{ChildPart, Passed};
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -89,10 +89,8 @@ struct ChildArgs<'a> {
     cgroup_fds: &'a [RawFd],
     limits: Rlimits,
     identity: Option<(u32, u32, &'a [libc::gid_t])>,
-    /// Sockets to put at fd 3 and up (SPEC 8), and where the child writes its own pid
-    /// into the environment (`LISTEN_PID=`): null without sockets.
-    listen_fds: &'a [RawFd],
-    listen_pid: *mut u8,
+    /// Sockets to put at fd 3 and up, with `LISTEN_PID` (SPEC 8).
+    sockets: ChildPart,
     parent: libc::pid_t,
     fd_limit: libc::c_int,
     /// One past the highest signal number, read before the clone.
@@ -275,33 +273,24 @@ fn spawn_with(
     for a in args {
         strings.push(cstring(OsStr::new(a))?);
     }
-    let listen = listen_env(sockets).map_err(|e| (Step::Sockets as u32, e))?;
+    let mut listen = sockets.prepare().map_err(|e| (Step::Sockets as u32, e))?;
     let mut env_strings: Vec<CString> = spec
         .env
         .iter()
         .filter(|(k, _)| listen.is_none() || !k.starts_with("LISTEN_"))
         .map(|(k, v)| cstring(OsStr::new(&format!("{k}={v}"))))
         .collect::<Result<_, _>>()?;
-    let (listen_fds, mut pid_slot) = match listen {
-        Some(l) => {
-            env_strings.extend(l.env);
-            (l.fds, l.pid_slot)
-        }
-        None => (Vec::new(), Vec::new()),
-    };
+    if let Some(l) = &listen {
+        env_strings.extend(l.env.iter().cloned());
+    }
     let mut argv: Vec<*const libc::c_char> = Vec::with_capacity(args.len() + 1);
     argv.extend(strings.iter().map(|s| s.as_ptr()));
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = env_strings.iter().map(|s| s.as_ptr()).collect();
-    let listen_pid = if pid_slot.is_empty() {
-        std::ptr::null_mut()
-    } else {
-        envp.push(pid_slot.as_ptr() as *const libc::c_char);
-        // SAFETY: within the slot: "LISTEN_PID=" then room for the digits and a NUL.
-        unsafe { pid_slot.as_mut_ptr().add(LISTEN_PID.len()) }
-    };
+    if let Some(l) = &listen {
+        envp.push(l.pid_entry());
+    }
     envp.push(std::ptr::null());
-    let raw_listen_fds: Vec<RawFd> = listen_fds.iter().map(|f| f.as_raw_fd()).collect();
     let cwd = cwd.map(|d| cstring(d.as_os_str())).transpose()?;
     let groups: Vec<libc::gid_t> = spec
         .identity
@@ -324,8 +313,7 @@ fn spawn_with(
             .identity
             .as_ref()
             .map(|i| (i.uid, i.gid, groups.as_slice())),
-        listen_fds: &raw_listen_fds,
-        listen_pid,
+        sockets: listen.as_mut().map_or(ChildPart::NONE, |l| l.child_part()),
         // SAFETY: getpid has no preconditions.
         parent: unsafe { libc::getpid() },
         fd_limit: fd_scan_limit(),
@@ -458,85 +446,11 @@ unsafe fn child_setup(a: &ChildArgs) -> Step {
         libc::_exit(1);
     }
     close_inherited_fds(a.fd_limit);
-    if !pass_sockets(a) {
+    if !a.sockets.apply() {
         return Step::Sockets;
     }
     libc::execve(a.program.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
     Step::Exec
-}
-
-const LISTEN_PID: &str = "LISTEN_PID=";
-
-/// What passing sockets adds to a spawn, prepared before the clone.
-struct ListenEnv {
-    /// `LISTEN_FDS=n` and `LISTEN_FDNAMES=...`.
-    env: [CString; 2],
-    /// Copies of the sockets, all numbered above the targets 3..3+n (so that no dup2
-    /// in the child overwrites a source), close-on-exec; ours close after the spawn.
-    fds: Vec<OwnedFd>,
-    /// `LISTEN_PID=` and room for the child to write its pid and a NUL (it cannot
-    /// allocate, and only it knows its pid).
-    pid_slot: Vec<u8>,
-}
-
-/// `None` without sockets. The service's own `LISTEN_*` variables give way to these.
-fn listen_env(sockets: &Passed) -> io::Result<Option<ListenEnv>> {
-    if sockets.fds.is_empty() {
-        return Ok(None);
-    }
-    let n = sockets.fds.len() as RawFd;
-    let mut fds = Vec::with_capacity(sockets.fds.len());
-    for &fd in &sockets.fds {
-        // SAFETY: F_DUPFD_CLOEXEC on a descriptor the supervisor keeps open.
-        let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3 + n) };
-        if copy < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor, ours alone.
-        fds.push(unsafe { OwnedFd::from_raw_fd(copy) });
-    }
-    let env = |s: String| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
-    let mut pid_slot = LISTEN_PID.as_bytes().to_vec();
-    pid_slot.resize(LISTEN_PID.len() + 24, 0);
-    Ok(Some(ListenEnv {
-        env: [
-            env(format!("LISTEN_FDS={n}"))?,
-            env(format!("LISTEN_FDNAMES={}", sockets.names))?,
-        ],
-        fds,
-        pid_slot,
-    }))
-}
-
-/// In the child, after every descriptor was marked close-on-exec: the sockets at 3,
-/// 4, ... (dup2 leaves the copy without close-on-exec), then our pid after
-/// `LISTEN_PID=`, in decimal, written by hand (no allocation, no formatting machinery).
-unsafe fn pass_sockets(a: &ChildArgs) -> bool {
-    for (i, &fd) in a.listen_fds.iter().enumerate() {
-        if libc::dup2(fd, 3 + i as libc::c_int) < 0 {
-            return false;
-        }
-    }
-    if a.listen_pid.is_null() {
-        return true;
-    }
-    // The raw call: a libc wrapper could answer from a cache of the parent's pid.
-    let mut pid = libc::syscall(libc::SYS_getpid) as u64;
-    let mut digits = [0u8; 20];
-    let mut n = 0;
-    loop {
-        digits[n] = b'0' + (pid % 10) as u8;
-        n += 1;
-        pid /= 10;
-        if pid == 0 {
-            break;
-        }
-    }
-    for i in 0..n {
-        *a.listen_pid.add(i) = digits[n - 1 - i];
-    }
-    *a.listen_pid.add(n) = 0;
-    true
 }
 
 /// Creates `data_dir` (0750) if missing, owned by the service's identity. As root, and
