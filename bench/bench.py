@@ -449,8 +449,14 @@ class Runit(Supervisor):
 ALL = [Orch, Supervisord, S6, Runit]
 
 
+# Not under /tmp: as root, strict_modes refuses a config or a binary below a directory
+# others may write to (sticky or not).
+WORK_ROOT = os.path.join(ROOT, "target", "bench-work")
+
+
 def run_in(sup_cls, fn):
-    work = tempfile.mkdtemp(prefix="orch-bench-")
+    os.makedirs(WORK_ROOT, mode=0o755, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="orch-bench-", dir=WORK_ROOT)
     sup = sup_cls(work)
     try:
         return fn(sup, work)
@@ -732,7 +738,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     ap.add_argument("--json", help="also write the raw results here")
-    ap.add_argument("--only", help="comma-separated workloads: footprint,idle,restart,hardening,log,shutdown,kill,size,curve")
+    ap.add_argument("--only", help="comma-separated workloads: footprint,idle,restart,hardening,log,shutdown,kill,size,curve,handover")
     ap.add_argument("--baseline", help="another orchestrator binary (say, main before a change), "
                     "measured in the same run as a column of its own")
     args = ap.parse_args()
@@ -806,6 +812,14 @@ def main():
         rows.append(("binary, stripped (MiB; budget 1.5)", {k: fmt(v) for k, v in sizes.items()},
                      best[0] if best else "-", fmt(sizes["orchestrator"] / best[1]) if best else "-"))
 
+    handovers = []
+    if wanted("handover"):
+        import handover
+        for label, with_sockets in (("with sockets", True), ("without sockets", False)):
+            sys.stderr.write(f"  handover {label}...\n")
+            handovers.append((label, handover.handover(Orch, run_in, ORCH, with_sockets)))
+        results["handover"] = dict(handovers)
+
     # Log-path integrity, shown separately: every supervisor must be lossless.
     integrity = {c.name: results[log_label][c.name] for c in ALL} if log_label in results else {}
 
@@ -854,6 +868,8 @@ def main():
             continue
         print(f"| {n} | {r['start_s']:.2f} | {r['pss_mb']:.1f} | {r['rss_mb']:.1f} | {r['threads']} | "
               f"{r['pss_mb'] * 1024 / n:.1f} |")
+    if handovers:
+        print("\n".join(handover.report(handovers)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "results": results, "curve": curve}, f, indent=1, default=str)

@@ -94,7 +94,10 @@ fn client_exit_codes_and_messages() {
         (&["stop", "off"], 1, "service is not running"),
         (&["start", "svc"], 1, "service is already running"),
         (&["logs", "nope"], 1, "service not found"),
-        (&["upgrade", "svc", "/bin/true"], 1, "not supported"),
+        (&["upgrade", "nope", "/bin/true"], 1, "service not found"),
+        (&["upgrade", "svc", "/nonexistent/x"], 1, "No such file"),
+        (&["rollback", "svc"], 1, "no previous binary"),
+        (&["upgrade-self", "/bin/true"], 1, "not supported"),
         (&["start"], 2, "one service name"),
     ];
     for (args, code, msg) in cases {

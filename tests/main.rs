@@ -20,6 +20,8 @@ mod operator;
 mod output;
 mod reliability;
 mod reload;
+mod sockets;
 mod terminal;
 mod trust;
+mod upgrade;
 mod watchdog;

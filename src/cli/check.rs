@@ -160,8 +160,16 @@ pub(crate) fn check(cli: &Cli) -> i32 {
                 w.as_millis()
             );
         }
-        if !spec.sockets.is_empty() {
-            println!("  sockets: configured, not passed by this version");
+        for (i, sock) in spec.sockets.iter().enumerate() {
+            let mut line = format!("  socket: fd {} {}", 3 + i, sock.listen);
+            line.push_str(&format!(
+                " name {}",
+                sock.name.as_deref().unwrap_or(&spec.name)
+            ));
+            if let Some(mode) = &sock.mode {
+                line.push_str(&format!(" mode {mode}"));
+            }
+            println!("{line}");
         }
     }
     if failing.is_empty() {

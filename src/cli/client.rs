@@ -135,10 +135,19 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientErr
             return Ok(true);
         }
         Command::Upgrade { name, path } => {
-            conn.call(&json!({"cmd": "upgrade", "service": name, "path": path}))?;
+            // The daemon has another working directory: a relative PATH is ours.
+            let path = std::path::absolute(path.as_str()).unwrap_or_else(|_| path.into());
+            let reply = conn.call(&json!({"cmd": "upgrade", "service": name, "path": path}))?;
+            let sha = reply["sha256"].as_str().unwrap_or("");
+            match reply["result"].as_str() {
+                Some("unchanged") => println!("{name}: already runs this binary (sha256 {sha})"),
+                _ => println!("{name}: upgraded to sha256 {sha}"),
+            }
         }
         Command::Rollback(name) => {
-            conn.call(&json!({"cmd": "rollback", "service": name}))?;
+            let reply = conn.call(&json!({"cmd": "rollback", "service": name}))?;
+            let sha = reply["sha256"].as_str().unwrap_or("");
+            println!("{name}: rolled back to sha256 {sha}");
         }
         Command::UpgradeSelf(path) => {
             conn.call(&json!({"cmd": "upgrade-self", "path": path}))?;

@@ -59,6 +59,8 @@ pub struct ServiceSpec {
     pub memory_limit_mib: u64,
     pub limits: Limits,
     pub sockets: Vec<SocketConfig>,
+    /// How long a new binary must run (and be ready) before an upgrade keeps it.
+    pub upgrade_grace_ms: u64,
     pub policy: RestartPolicy,
     pub max_restart_attempts: u32,
     pub backoff: Backoff,
@@ -421,6 +423,7 @@ fn build_spec(
         memory_limit_mib: svc.memory_limit,
         limits: svc.limits.clone(),
         sockets: svc.sockets.clone(),
+        upgrade_grace_ms: svc.upgrade_grace_ms,
         policy,
         max_restart_attempts: svc.max_restart_attempts.unwrap_or(s.max_restart_attempts),
         backoff: Backoff {

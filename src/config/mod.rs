@@ -359,6 +359,12 @@ fn default_check_threshold() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct SocketConfig {
     pub listen: String,
+    /// Its `LISTEN_FDNAMES` entry (default: the service's name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A Unix socket file's permissions, octal (default "0666", as systemd's).
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 /// The file as written, before flags and environment are applied.
@@ -919,18 +925,8 @@ fn validate(
             }
         }
         for s in &svc.sockets {
-            let ok = match s.listen.strip_prefix("unix:") {
-                Some(path) => path.starts_with('/'),
-                None => s.listen.parse::<std::net::SocketAddr>().is_ok(),
-            };
-            if !ok {
-                err(
-                    &key("sockets"),
-                    format!(
-                        "`{}` is neither host:port nor unix:/absolute/path",
-                        s.listen
-                    ),
-                );
+            if let Err(e) = crate::process::sockets::check(s) {
+                err(&key("sockets"), e);
             }
         }
     }
@@ -1057,7 +1053,8 @@ mod tests {
     fn sockets_are_checked() {
         let f = parse(
             r#"{"services": {"a": {"sockets": [{"listen": "127.0.0.1:8080"}, {"listen": "unix:/run/a.sock"},
-                                               {"listen": "localhost"}, {"listen": "unix:rel"}]}}}"#,
+                                               {"listen": "localhost"}, {"listen": "unix:rel"},
+                                               {"listen": "udp:127.0.0.1:53", "name": "dns"}]}}}"#,
         )
         .unwrap();
         let mut errors = Vec::new();

@@ -17,6 +17,8 @@ pub struct Row<'a> {
     pub unwritten: u64,
     /// Notify datagrams from the service that were too long or not text.
     pub notify_dropped: u64,
+    /// SHA-256 of the service's binary, when it can be read.
+    pub sha256: Option<&'a str>,
 }
 
 /// Escapes a label value: backslash, double quote and newline.
@@ -59,6 +61,20 @@ pub fn render(
                 "orchestrator_service_up{{service=\"{l}\"}} {}",
                 u8::from(r.state == State::Running)
             );
+        },
+    );
+    family(
+        "orchestrator_service_info",
+        "gauge",
+        "Always 1; labels say which binary the service runs (SHA-256), for grouping a fleet by version.",
+        &|o, r, l| {
+            if let Some(sha) = r.sha256 {
+                let _ = writeln!(
+                    o,
+                    "orchestrator_service_info{{service=\"{l}\",sha256=\"{}\"}} 1",
+                    escape_label(sha)
+                );
+            }
         },
     );
     family(
@@ -199,6 +215,7 @@ mod tests {
                 stderr_lines: 1,
                 unwritten: 0,
                 notify_dropped: 0,
+                sha256: Some("ab12"),
             },
             Row {
                 name: "idle",
@@ -210,6 +227,7 @@ mod tests {
                 stderr_lines: 0,
                 unwritten: 0,
                 notify_dropped: 0,
+                sha256: None,
             },
         ];
         let text = render(&rows, 0, 0, 0);
@@ -227,6 +245,7 @@ mod tests {
             assert!(text.contains(&format!("{fam}{{service=\"idle\"")), "{fam}");
         }
         assert!(text.contains("orchestrator_service_up{service=\"a\\\"b\"} 1"));
+        assert!(text.contains("orchestrator_service_info{service=\"a\\\"b\",sha256=\"ab12\"} 1"));
         assert!(text.contains("orchestrator_service_state{service=\"idle\",state=\"stopped\"} 1"));
         assert!(text.contains("orchestrator_service_state{service=\"idle\",state=\"running\"} 0"));
     }

@@ -2,10 +2,12 @@
 //! the file-system rules every root-owned file operation follows (`safe_fs`).
 pub mod cgroup;
 pub mod hardening;
+pub mod install;
 pub mod pidfile;
 pub mod procfs;
 pub mod safe_fs;
 pub mod signals;
+pub mod sockets;
 pub mod spawn;
 pub mod spawn_pool;
 #[cfg(test)]

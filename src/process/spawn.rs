@@ -33,6 +33,7 @@
 
 use crate::config::discovery::ServiceSpec;
 use crate::process::hardening;
+use crate::process::sockets::{ChildPart, Passed};
 pub use crate::process::spawn_pool::Pool;
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -81,6 +82,7 @@ enum Step {
     Priority,
     Capabilities,
     SyscallFilter,
+    Sockets,
 }
 
 fn step_name(step: u32) -> &'static str {
@@ -101,6 +103,7 @@ fn step_name(step: u32) -> &'static str {
         15 => "set nice/io priority",
         16 => "set its capabilities",
         17 => "install its syscall filter",
+        18 => "pass its sockets",
         _ => "execute",
     }
 }
@@ -119,6 +122,8 @@ struct ChildArgs<'a> {
     cgroup_fds: &'a [RawFd],
     limits: Rlimits,
     identity: Option<(u32, u32, &'a [libc::gid_t])>,
+    /// Sockets to put at fd 3 and up, with `LISTEN_PID` (SPEC 8).
+    sockets: ChildPart,
     parent: libc::pid_t,
     fd_limit: libc::c_int,
     /// One past the highest signal number, read before the clone.
@@ -151,8 +156,13 @@ impl From<String> for SpawnError {
 }
 
 /// Spawns one run of `spec`. The error is for `last_error`: it names the OS error.
-/// `cgroup_files` are open `cgroup.procs` files the child joins before anything else.
-pub fn spawn(spec: &ServiceSpec, cgroup_files: &[std::fs::File]) -> Result<Child, SpawnError> {
+/// `cgroup_files` are open `cgroup.procs` files the child joins before anything else;
+/// `sockets` are the service's bound sockets, passed as fd 3 and up.
+pub fn spawn(
+    spec: &ServiceSpec,
+    cgroup_files: &[std::fs::File],
+    sockets: &Passed,
+) -> Result<Child, SpawnError> {
     if let Some(dir) = &spec.cwd {
         ensure_data_dir(dir, spec).map_err(|e| format!("data_dir {}: {e}", dir.display()))?;
     }
@@ -177,6 +187,7 @@ pub fn spawn(spec: &ServiceSpec, cgroup_files: &[std::fs::File]) -> Result<Child
         stdio,
         &cgroup_fds,
         spec.cwd.as_deref(),
+        sockets,
     )
     .map_err(|(step, e)| SpawnError {
         busy: step == Step::Exec as u32 && e.raw_os_error() == Some(libc::ETXTBSY),
@@ -224,6 +235,7 @@ pub fn spawn_probe(
         [null; 3],
         &cgroup_fds,
         Some(cwd),
+        &Passed::default(),
     )
     .map_err(|(step, e)| describe_failure(step, &format!("health check {program}"), e))
 }
@@ -314,17 +326,23 @@ fn spawn_with(
     stdio: [RawFd; 3],
     cgroup_fds: &[RawFd],
     cwd: Option<&Path>,
+    sockets: &Passed,
 ) -> Result<i32, (u32, io::Error)> {
     let program = cstring(program)?;
     let mut strings = Vec::with_capacity(args.len() + spec.env.len());
     for a in args {
         strings.push(cstring(OsStr::new(a))?);
     }
-    let env_strings: Vec<CString> = spec
+    let mut listen = sockets.prepare().map_err(|e| (Step::Sockets as u32, e))?;
+    let mut env_strings: Vec<CString> = spec
         .env
         .iter()
+        .filter(|(k, _)| listen.is_none() || !k.starts_with("LISTEN_"))
         .map(|(k, v)| cstring(OsStr::new(&format!("{k}={v}"))))
         .collect::<Result<_, _>>()?;
+    if let Some(l) = &listen {
+        env_strings.extend(l.env.iter().cloned());
+    }
     let mut argv: Vec<*const libc::c_char> = Vec::with_capacity(args.len() + 1);
     argv.extend(strings.iter().map(|s| s.as_ptr()));
     argv.push(std::ptr::null());
@@ -337,6 +355,9 @@ fn spawn_with(
     });
     if let Some(b) = &mut watchdog_pid {
         envp.push(b.as_ptr() as *const libc::c_char);
+    }
+    if let Some(l) = &listen {
+        envp.push(l.pid_entry());
     }
     envp.push(std::ptr::null());
     let cwd = cwd.map(|d| cstring(d.as_os_str())).transpose()?;
@@ -377,6 +398,7 @@ fn spawn_with(
             .identity
             .as_ref()
             .map(|i| (i.uid, i.gid, groups.as_slice())),
+        sockets: listen.as_mut().map_or(ChildPart::NONE, |l| l.child_part()),
         // SAFETY: getpid has no preconditions.
         parent: unsafe { libc::getpid() },
         fd_limit: fd_scan_limit(),
@@ -660,6 +682,9 @@ unsafe fn child_setup(a: &ChildArgs) -> Step {
         libc::_exit(1);
     }
     close_inherited_fds(a.fd_limit);
+    if !a.sockets.apply() {
+        return Step::Sockets;
+    }
     if let Some(buf) = a.watchdog_pid {
         write_pid(
             buf.add(WATCHDOG_PID.len()),

@@ -4,6 +4,7 @@
 //! touches a child itself, and its threads never exit (see `Pool`).
 
 use crate::config::discovery::ServiceSpec;
+use crate::process::sockets::Passed;
 use crate::process::spawn::{spawn, Child, SpawnError};
 
 /// Long-lived threads that start many services at once (at start-up and reload), so
@@ -29,11 +30,12 @@ struct Job {
     index: usize,
     spec: ServiceSpec,
     cgroup_files: Vec<std::fs::File>,
+    sockets: Passed,
 }
 
 impl Job {
     fn run(&self) -> Result<Child, SpawnError> {
-        spawn(&self.spec, &self.cgroup_files)
+        spawn(&self.spec, &self.cgroup_files, &self.sockets)
     }
 }
 
@@ -56,11 +58,13 @@ impl Pool {
         index: usize,
         spec: ServiceSpec,
         cgroup_files: Vec<std::fs::File>,
+        sockets: Passed,
     ) -> Option<Result<Child, SpawnError>> {
         let job = Job {
             index,
             spec,
             cgroup_files,
+            sockets,
         };
         let Some(tx) = self.sender() else {
             return Some(job.run());

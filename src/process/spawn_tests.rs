@@ -39,7 +39,7 @@ fn spawn_sleep(environment: &[(&str, &str)]) -> Reaped {
         services: BTreeMap::from([("svc".to_string(), svc)]),
     };
     let plan = crate::config::discovery::plan(&cfg).expect("a valid plan");
-    Reaped(spawn(&plan.services["svc"], &[]).expect("spawn /bin/sleep"))
+    Reaped(spawn(&plan.services["svc"], &[], &Default::default()).expect("spawn /bin/sleep"))
 }
 
 /// The child's environment once its new image has it: the vfork parent resumes when

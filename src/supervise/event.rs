@@ -28,4 +28,7 @@ pub enum Event {
     Signal(i32),
     /// A control-socket request; the answer goes to the sender.
     Control(Request, Sender<Reply>),
+    /// The file work of an `upgrade` or `rollback` is done (off the loop: copying and
+    /// hashing a binary takes as long as the binary is large).
+    Installed(crate::supervise::upgrading::Installed),
 }

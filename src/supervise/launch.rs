@@ -10,6 +10,7 @@ use super::supervisor::Supervisor;
 use crate::output::reader::{self, Drain, ReaderCtx};
 use crate::output::sink::Stream;
 use crate::process::cgroup::CgroupLimits;
+use crate::process::sockets::{Bound, Passed};
 use crate::process::{pidfile, spawn, waiter};
 use std::sync::Arc;
 
@@ -53,7 +54,7 @@ impl Supervisor {
             Err(event) => return Some(event),
         };
         let e = self.services.get(name)?;
-        let result = spawn::spawn(e.svc.spec(), &files);
+        let result = spawn::spawn(e.svc.spec(), &files.0, &files.1);
         drop(files);
         self.finish_spawn(name, result)
     }
@@ -67,11 +68,11 @@ impl Supervisor {
         let mut done = Vec::new();
         for name in names {
             match self.prepare_spawn(&name) {
-                Ok(files) => {
+                Ok((files, sockets)) => {
                     let Some(spec) = self.services.get(&name).map(|e| e.svc.spec().clone()) else {
                         continue;
                     };
-                    match self.pool.submit(queued.len(), spec, files) {
+                    match self.pool.submit(queued.len(), spec, files, sockets) {
                         Some(result) => done.push((name, result)),
                         None => queued.push(name),
                     }
@@ -94,10 +95,53 @@ impl Supervisor {
     }
 
     /// Everything before the clone: the notify socket (if this service is the first to
-    /// need it) and the service's cgroups. `Err` is the failed spawn
-    /// (limits configured that cannot be applied).
-    fn prepare_spawn(&mut self, name: &str) -> Result<Vec<std::fs::File>, Event> {
+    /// need it), the service's sockets and cgroups. `Err` is the failed spawn (a socket
+    /// that cannot be bound, limits configured that cannot be applied).
+    fn prepare_spawn(&mut self, name: &str) -> Result<(Vec<std::fs::File>, Passed), Event> {
         self.ensure_notify(name);
+        let sockets = self.bind_sockets(name)?;
+        self.prepare_cgroups(name).map(|files| (files, sockets))
+    }
+
+    /// The service's sockets: bound before its first run (as the orchestrator's user,
+    /// before the child switches to the service's) and kept while they stay the same;
+    /// sockets changed by a reload replace the old ones here, closed first so that the
+    /// new ones may take the same address.
+    fn bind_sockets(&mut self, name: &str) -> Result<Passed, Event> {
+        let Some(e) = self.services.get_mut(name) else {
+            return Ok(Passed::default());
+        };
+        let wanted = &e.svc.spec().sockets;
+        if e.sockets.as_ref().is_some_and(|b| !b.matches(wanted)) {
+            e.sockets = None;
+        }
+        if wanted.is_empty() {
+            return Ok(Passed::default());
+        }
+        if e.sockets.is_none() {
+            let bound = Bound::bind(name, wanted)
+                .map_err(|error| Event::SpawnFailed { error, busy: false })?;
+            e.sockets = Some(bound);
+        }
+        Ok(e.sockets.as_ref().map(Bound::passed).unwrap_or_default())
+    }
+
+    /// Closes sockets no longer wanted: changed by a reload, or of a service a reload
+    /// disabled (removal drops the whole entry). Bounded: a comparison per service
+    /// with sockets.
+    pub(super) fn release_sockets(&mut self) {
+        for e in self.services.values_mut() {
+            let spec = e.svc.spec();
+            if e.sockets
+                .as_ref()
+                .is_some_and(|b| !spec.enabled || !b.matches(&spec.sockets))
+            {
+                e.sockets = None;
+            }
+        }
+    }
+
+    fn prepare_cgroups(&mut self, name: &str) -> Result<Vec<std::fs::File>, Event> {
         let Some(e) = self.services.get_mut(name) else {
             return Ok(Vec::new());
         };

@@ -15,5 +15,7 @@ mod requests;
 mod snapshot;
 pub mod state;
 pub mod supervisor;
+pub mod upgrade;
+mod upgrading;
 mod views;
 pub mod watchdog;

@@ -136,14 +136,33 @@ impl StateDir {
     /// Writes `saved` whole: a fresh temporary file (never through a symlink), fsync,
     /// rename, fsync of the directory.
     pub fn save(&self, saved: &Saved) -> io::Result<()> {
-        let tmp = format!("{FILE}.tmp");
+        self.write_file(FILE, &to_text(saved))
+    }
+
+    /// Writes `name` whole, as `save` does (other records than the state file: the
+    /// version history and upgrades under way).
+    pub fn write_file(&self, name: &str, text: &str) -> io::Result<()> {
+        let tmp = format!("{name}.tmp");
         let mut f = self.dir.create_new(&tmp, 0o600)?;
-        let text = to_text(saved);
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         drop(f);
-        self.dir.rename(&tmp, FILE)?;
+        self.dir.rename(&tmp, name)?;
         self.dir.sync()
+    }
+
+    /// `name`'s text, if it is a readable regular file of at most `MAX_FILE` bytes.
+    pub fn read_file(&self, name: &str) -> Option<String> {
+        let bytes = self.dir.read(name, MAX_FILE).ok()?;
+        String::from_utf8(bytes).ok()
+    }
+
+    pub fn remove_file(&self, name: &str) -> io::Result<()> {
+        self.dir.unlink(name).and_then(|()| self.dir.sync())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.dir.names()
     }
 }
 

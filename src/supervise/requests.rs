@@ -81,9 +81,11 @@ impl Supervisor {
                 }
                 return;
             }
-            Cmd::Upgrade | Cmd::Rollback | Cmd::UpgradeSelf => {
-                error_reply("not supported by this version").into()
-            }
+            Cmd::Upgrade | Cmd::Rollback => match self.begin_upgrade(&req, reply.clone()) {
+                Ok(()) => return,
+                Err(msg) => error_reply(msg).into(),
+            },
+            Cmd::UpgradeSelf => error_reply("not supported by this version").into(),
         };
         let _ = reply.try_send(answer);
     }

@@ -26,6 +26,12 @@ impl Saver {
     }
 }
 
+impl Saver {
+    pub fn dir(&self) -> Arc<persist::StateDir> {
+        self.dir.clone()
+    }
+}
+
 impl Supervisor {
     /// Carries on the restart counts and run histories a predecessor saved. A run that
     /// was live then ended with that predecessor (its group was killed at start-up).

@@ -34,6 +34,7 @@ use crate::output::reader::{Counters, Ring};
 use crate::output::sink::{Batch, EventRecord, Line, Sink, Stream};
 use crate::output::timefmt;
 use crate::process::cgroup::Cgroups;
+use crate::process::sockets::Bound;
 use crate::process::{procfs, spawn};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::{BTreeMap, HashSet};
@@ -56,6 +57,11 @@ pub(super) struct Entry {
     pub group: Option<persist::Group>,
     /// The pid the current run's output is tagged with (its readers share it).
     pub output_pid: Arc<std::sync::atomic::AtomicI32>,
+    /// Its `sockets`, bound before its first run and kept across runs (SPEC 8);
+    /// dropping the entry closes them.
+    pub sockets: Option<Bound>,
+    /// Its upgrade under way and its version history (SPEC 8).
+    pub upgrade: super::upgrading::Upgrades,
 }
 
 impl Entry {
@@ -69,6 +75,8 @@ impl Entry {
             probe: None,
             group: None,
             output_pid: Arc::default(),
+            sockets: None,
+            upgrade: Default::default(),
         }
     }
 }
@@ -189,6 +197,7 @@ impl Supervisor {
     /// Starts every autostart service; the caller then reports readiness and calls `run`.
     /// The machines first, then every spawn they ask for at once, on the spawner pool.
     pub fn start_all(&mut self) {
+        self.load_upgrades();
         let names: Vec<String> = self
             .services
             .iter()
@@ -264,6 +273,7 @@ impl Supervisor {
                 [
                     e.svc.deadline(),
                     e.probe.as_ref().and_then(|p| p.deadline()),
+                    e.upgrade.deadline(),
                 ]
             })
             .flatten()
@@ -324,6 +334,7 @@ impl Supervisor {
             Event::Notify { service } => self.notified(&service),
             Event::Signal(sig) => return self.on_signal(sig),
             Event::Control(req, reply) => self.control(req, reply),
+            Event::Installed(done) => self.installed(done),
         }
         None
     }
@@ -424,6 +435,8 @@ impl Supervisor {
     /// to waiting clients.
     pub(super) fn settle(&mut self) {
         self.advance_stops();
+        self.judge_upgrades();
+        self.release_sockets();
         self.answer_pending();
     }
 

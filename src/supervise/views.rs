@@ -151,6 +151,7 @@ impl Supervisor {
             source: Source,
             lines: [u64; 3],
             notify_dropped: u64,
+            binary: PathBuf,
         }
         let snaps: Vec<Snap> = self
             .services
@@ -167,21 +168,31 @@ impl Supervisor {
                     e.counters.file_unwritten.load(Ordering::Relaxed),
                 ],
                 notify_dropped: self.notify.as_ref().map_or(0, |n| n.dropped(&e.name)),
+                binary: e.svc.spec().binary.clone(),
             })
             .collect();
         let (dropped, errors) = (self.sink.dropped(), self.sink.write_errors());
         let rejected = self.notify.as_ref().map_or(0, |n| n.rejected());
-        let cgroups = self.cgroups.clone();
+        let (cgroups, ids) = (self.cgroups.clone(), self.binary_ids.clone());
         Reply::Finish(Box::new(move || {
             let (sources, snaps): (Vec<Source>, Vec<Snap>) = snaps
                 .into_iter()
                 .map(|mut s| (std::mem::replace(&mut s.source, Source::None), s))
                 .unzip();
             let usage = usage(&cgroups, &sources);
+            let shas: Vec<Option<String>> = snaps
+                .iter()
+                .map(|s| {
+                    ids.identity(&s.binary)["sha256"]
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect();
             let rows: Vec<metrics::Row> = snaps
                 .iter()
                 .zip(usage)
-                .map(|(s, u)| metrics::Row {
+                .zip(&shas)
+                .map(|((s, u), sha)| metrics::Row {
                     name: &s.name,
                     state: s.state,
                     restarts: s.restarts,
@@ -191,6 +202,7 @@ impl Supervisor {
                     stderr_lines: s.lines[1],
                     unwritten: s.lines[2],
                     notify_dropped: s.notify_dropped,
+                    sha256: sha.as_deref(),
                 })
                 .collect();
             json!({"ok": true, "metrics": metrics::render(&rows, dropped, errors, rejected)})
@@ -263,7 +275,21 @@ fn status_json(e: &Entry, now: Instant) -> Value {
         "binary": null,
         "log_lines_unwritten": e.counters.file_unwritten.load(Ordering::Relaxed),
         "history": history,
+        "upgrades": super::upgrading::history_json(&e.upgrade),
     });
+    if !svc.spec().sockets.is_empty() {
+        let bound = e
+            .sockets
+            .as_ref()
+            .is_some_and(|b| b.matches(&svc.spec().sockets));
+        let list: Vec<Value> = svc
+            .spec()
+            .sockets
+            .iter()
+            .map(|s| json!({"listen": s.listen, "name": s.name.as_deref().unwrap_or(&e.name), "bound": bound}))
+            .collect();
+        v["sockets"] = json!(list);
+    }
     if let Some(t) = svc.next_restart() {
         v["next_restart_ms"] = json!(t.saturating_duration_since(now).as_millis() as u64);
     }

@@ -1,0 +1,162 @@
+//! Putting a service's binary in place for `upgrade` and `rollback` (SPEC 8), so that
+//! the path execve opens always names a whole binary: the new one is copied beside the
+//! old one (so the final rename never crosses a file system, wherever PATH lives),
+//! fsynced, given the old one's owner and mode; the old one is kept as `<binary>.prev`
+//! by a hard link (the same inode: the same bytes, mode and owner); then one rename
+//! puts the new one in place and the directory is fsynced. Rollback is the one rename
+//! back.
+//!
+//! This never follows a symlink at the binary's place (the caller passes the resolved
+//! path, which is what runs), never writes into the running binary (a new inode every
+//! time, so no ETXTBSY and no half-written file), and never decides anything about the
+//! service.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// `<binary>.prev`: the binary an upgrade replaced.
+pub fn prev_path(binary: &Path) -> PathBuf {
+    let mut p = binary.as_os_str().to_owned();
+    p.push(".prev");
+    PathBuf::from(p)
+}
+
+/// A hidden name beside the binary for a file being prepared.
+fn beside(binary: &Path, tag: &str) -> io::Result<PathBuf> {
+    let name = binary
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let mut n = std::ffi::OsString::from(".");
+    n.push(name);
+    n.push(tag);
+    Ok(binary.with_file_name(n))
+}
+
+/// Checks `new` before anything is touched: a regular file someone may execute.
+pub fn check_new(new: &Path) -> Result<(), String> {
+    let m = fs::metadata(new).map_err(|e| format!("{}: {e}", new.display()))?;
+    if !m.is_file() {
+        return Err(format!("{} is not a regular file", new.display()));
+    }
+    if m.permissions().mode() & 0o111 == 0 {
+        return Err(format!("{} is not executable", new.display()));
+    }
+    Ok(())
+}
+
+/// Installs `new` at `binary`, keeping the old one as `<binary>.prev` (replacing an
+/// older `.prev`). On error nothing has changed at `binary`.
+pub fn install(binary: &Path, new: &Path) -> Result<(), String> {
+    check_new(new)?;
+    let old = fs::symlink_metadata(binary)
+        .map_err(|e| format!("service binary {}: {e}", binary.display()))?;
+    if !old.is_file() {
+        return Err(format!(
+            "service binary {} is not a regular file",
+            binary.display()
+        ));
+    }
+    let tmp = beside(binary, ".upgrade").map_err(|e| e.to_string())?;
+    let result = copy_in(new, &tmp, &old).and_then(|()| {
+        let prev = prev_path(binary);
+        let prev_tmp = beside(binary, ".prev.tmp")?;
+        let _ = fs::remove_file(&prev_tmp);
+        fs::hard_link(binary, &prev_tmp)?;
+        fs::rename(&prev_tmp, &prev)?;
+        fs::rename(&tmp, binary)?;
+        sync_dir(binary)
+    });
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!(
+            "cannot install {} at {}: {e}",
+            new.display(),
+            binary.display()
+        )
+    })
+}
+
+/// The copy of `new` at `tmp`, with the owner and mode of the binary it replaces, on
+/// disk.
+fn copy_in(new: &Path, tmp: &Path, old: &fs::Metadata) -> io::Result<()> {
+    let _ = fs::remove_file(tmp);
+    let mut src = File::open(new)?;
+    let mut dst = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o700)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(tmp)?;
+    // A plain loop: std's io::copy between files brings its copy_file_range and
+    // splice machinery into the binary, for a copy made once per upgrade.
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        dst.write_all(&buf[..n])?;
+    }
+    // Owner first: a chown clears set-id bits, the mode then puts back what the old
+    // binary had.
+    std::os::unix::fs::fchown(&dst, Some(old.uid()), Some(old.gid()))?;
+    dst.set_permissions(fs::Permissions::from_mode(old.mode() & 0o7777))?;
+    dst.sync_all()
+}
+
+/// Puts `<binary>.prev` back at `binary` (one rename), and fsyncs the directory.
+pub fn restore_prev(binary: &Path) -> Result<(), String> {
+    let prev = prev_path(binary);
+    if fs::symlink_metadata(&prev).is_err() {
+        return Err(format!(
+            "no previous binary to go back to ({})",
+            prev.display()
+        ));
+    }
+    fs::rename(&prev, binary)
+        .and_then(|()| sync_dir(binary))
+        .map_err(|e| format!("cannot put {} back: {e}", prev.display()))
+}
+
+fn sync_dir(binary: &Path) -> io::Result<()> {
+    let dir = binary
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_keeps_the_old_inode_and_rollback_puts_it_back() {
+        let dir = std::env::temp_dir().join(format!("orch-install-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("svc");
+        fs::write(&bin, b"old").unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o751)).unwrap();
+        let ino = fs::metadata(&bin).unwrap().ino();
+        let new = dir.join("new");
+        fs::write(&new, b"new").unwrap();
+        assert!(install(&bin, &new).unwrap_err().contains("not executable"));
+        fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).unwrap();
+        install(&bin, &new).unwrap();
+        assert_eq!(fs::read(&bin).unwrap(), b"new");
+        assert_eq!(fs::metadata(&bin).unwrap().mode() & 0o7777, 0o751);
+        assert_eq!(fs::metadata(prev_path(&bin)).unwrap().ino(), ino);
+        restore_prev(&bin).unwrap();
+        assert_eq!(fs::read(&bin).unwrap(), b"old");
+        assert_eq!(fs::metadata(&bin).unwrap().ino(), ino);
+        assert!(restore_prev(&bin)
+            .unwrap_err()
+            .contains("no previous binary"));
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,398 @@
+//! A service's listening sockets (SPEC 8): what a `sockets` entry means (TCP, UDP or a
+//! Unix stream socket, with its name and mode), binding them once on the orchestrator's
+//! side, and the descriptors and `LISTEN_FDNAMES` handed to every run.
+//!
+//! Every descriptor here is close-on-exec: only the spawn of that service's own runs
+//! puts them at fd 3 and up (and clears the flag there, with `LISTEN_PID` written by
+//! the child: `ChildPart::apply`, held to the child's rules), so no other service,
+//! health check or helper ever inherits one. This module never spawns, and never closes a
+//! socket while its service still exists: the supervisor's entry owns the `Bound`, and
+//! dropping it (service removed, sockets changed) is what closes them and removes a
+//! Unix socket's file.
+
+use crate::config::SocketConfig;
+use std::ffi::CString;
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+/// What a `listen` string names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Tcp(SocketAddr),
+    Udp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// Parses `"host:port"`, `"udp:host:port"` or `"unix:/absolute/path"`.
+pub fn parse(listen: &str) -> Result<Address, String> {
+    if let Some(path) = listen.strip_prefix("unix:") {
+        if !path.starts_with('/') || path.len() > 107 {
+            return Err(format!(
+                "`{listen}`: a Unix socket needs an absolute path of at most 107 bytes"
+            ));
+        }
+        return Ok(Address::Unix(PathBuf::from(path)));
+    }
+    let (udp, addr) = match listen.strip_prefix("udp:") {
+        Some(rest) => (true, rest),
+        None => (false, listen.strip_prefix("tcp:").unwrap_or(listen)),
+    };
+    match addr.parse::<SocketAddr>() {
+        Ok(a) if udp => Ok(Address::Udp(a)),
+        Ok(a) => Ok(Address::Tcp(a)),
+        Err(_) => Err(format!(
+            "`{listen}` is neither host:port, udp:host:port nor unix:/absolute/path"
+        )),
+    }
+}
+
+/// Checks one entry as the config validation needs it: address, mode, name.
+pub fn check(s: &SocketConfig) -> Result<(), String> {
+    let addr = parse(&s.listen)?;
+    if let Some(mode) = &s.mode {
+        if !matches!(addr, Address::Unix(_)) {
+            return Err(format!(
+                "`{}`: mode applies to unix: sockets only",
+                s.listen
+            ));
+        }
+        parse_mode(mode)?;
+    }
+    if let Some(name) = &s.name {
+        // sd_listen_fds_with_names splits on ':'; systemd allows at most 255 printable
+        // ASCII characters.
+        let ok = !name.is_empty()
+            && name.len() <= 255
+            && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        if !ok {
+            return Err(format!(
+                "name `{name}`: use 1-255 printable ASCII characters, no `:` or space"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `"0660"` as a permission mode.
+pub fn parse_mode(mode: &str) -> Result<u32, String> {
+    u32::from_str_radix(mode, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("mode `{mode}` is not an octal mode such as \"0660\""))
+}
+
+/// The descriptors a run gets, in order (fd 3, 4, ...), and their `LISTEN_FDNAMES`.
+#[derive(Debug, Clone, Default)]
+pub struct Passed {
+    pub fds: Vec<RawFd>,
+    pub names: String,
+}
+
+impl Passed {
+    /// What passing these adds to one spawn, prepared before the clone; `None` without
+    /// sockets.
+    pub fn prepare(&self) -> io::Result<Option<Prepared>> {
+        if self.fds.is_empty() {
+            return Ok(None);
+        }
+        let n = self.fds.len() as RawFd;
+        let mut copies = Vec::with_capacity(self.fds.len());
+        for &fd in &self.fds {
+            // SAFETY: F_DUPFD_CLOEXEC on a descriptor the supervisor keeps open.
+            let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3 + n) };
+            if copy < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a fresh descriptor, ours alone.
+            copies.push(unsafe { OwnedFd::from_raw_fd(copy) });
+        }
+        let cstr =
+            |s: String| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+        let mut slot = LISTEN_PID.as_bytes().to_vec();
+        slot.resize(LISTEN_PID.len() + 24, 0);
+        // The heap buffer stays where it is however the Vec moves; both pointers into
+        // it come from this one.
+        let base = slot.as_mut_ptr();
+        Ok(Some(Prepared {
+            env: [
+                cstr(format!("LISTEN_FDS={n}"))?,
+                cstr(format!("LISTEN_FDNAMES={}", self.names))?,
+            ],
+            raw: copies.iter().map(|f| f.as_raw_fd()).collect(),
+            _copies: copies,
+            _slot: slot,
+            base,
+        }))
+    }
+}
+
+const LISTEN_PID: &str = "LISTEN_PID=";
+
+/// What passing sockets adds to a spawn.
+pub struct Prepared {
+    /// `LISTEN_FDS=n` and `LISTEN_FDNAMES=...`.
+    pub env: [CString; 2],
+    /// Copies of the sockets, all numbered above the targets 3..3+n (so that no dup2
+    /// in the child overwrites a source), close-on-exec; closed after the spawn.
+    _copies: Vec<OwnedFd>,
+    raw: Vec<RawFd>,
+    /// `LISTEN_PID=` and room for the child to write its pid and a NUL: it cannot
+    /// allocate, and only it knows its pid.
+    _slot: Vec<u8>,
+    base: *mut u8,
+}
+
+impl Prepared {
+    /// The `LISTEN_PID=...` entry for the environment block.
+    pub fn pid_entry(&self) -> *const libc::c_char {
+        self.base as *const libc::c_char
+    }
+
+    /// What the child needs, valid while this lives.
+    pub fn child_part(&mut self) -> ChildPart {
+        ChildPart {
+            fds: self.raw.as_ptr(),
+            n: self.raw.len(),
+            // SAFETY: inside the slot, which has room for the prefix, 20 digits, a NUL.
+            digits: unsafe { self.base.add(LISTEN_PID.len()) },
+        }
+    }
+}
+
+/// The child's side of passing sockets: raw pointers into a `Prepared` that outlives
+/// the child's use of them (the parent waits, CLONE_VFORK, until it execs).
+#[derive(Clone, Copy)]
+pub struct ChildPart {
+    fds: *const RawFd,
+    n: usize,
+    digits: *mut u8,
+}
+
+impl ChildPart {
+    pub const NONE: ChildPart = ChildPart {
+        fds: std::ptr::null(),
+        n: 0,
+        digits: std::ptr::null_mut(),
+    };
+
+    /// In the child, after every descriptor was marked close-on-exec: the sockets at 3,
+    /// 4, ... (dup2 leaves the copy without close-on-exec), then the child's pid after
+    /// `LISTEN_PID=`, in decimal, written by hand. Raw calls only, no allocation, as
+    /// the rest of the child's set-up.
+    ///
+    /// # Safety
+    /// Only in the spawned child, with the `Prepared` this came from alive.
+    pub unsafe fn apply(&self) -> bool {
+        for i in 0..self.n {
+            if libc::dup2(*self.fds.add(i), 3 + i as libc::c_int) < 0 {
+                return false;
+            }
+        }
+        if self.digits.is_null() {
+            return true;
+        }
+        // The raw call: a libc wrapper could answer from a cache of the parent's pid.
+        let mut pid = libc::syscall(libc::SYS_getpid) as u64;
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (pid % 10) as u8;
+            n += 1;
+            pid /= 10;
+            if pid == 0 {
+                break;
+            }
+        }
+        for i in 0..n {
+            *self.digits.add(i) = digits[n - 1 - i];
+        }
+        *self.digits.add(n) = 0;
+        true
+    }
+}
+
+/// A service's sockets, bound. Dropping it closes them and removes the Unix sockets'
+/// files (those still the ones bound here).
+#[derive(Debug)]
+pub struct Bound {
+    configs: Vec<SocketConfig>,
+    fds: Vec<OwnedFd>,
+    names: String,
+    /// Unix socket files with their (device, inode), to remove on drop.
+    files: Vec<(PathBuf, u64, u64)>,
+}
+
+impl Bound {
+    /// Binds every entry of `configs` (all or nothing). Unnamed sockets are named after
+    /// the service, as systemd names them after their unit. The error names the
+    /// socket and the OS error, for `last_error`.
+    pub fn bind(service: &str, configs: &[SocketConfig]) -> Result<Bound, String> {
+        let mut bound = Bound {
+            configs: configs.to_vec(),
+            fds: Vec::new(),
+            names: String::new(),
+            files: Vec::new(),
+        };
+        for (i, s) in configs.iter().enumerate() {
+            let fd = bound
+                .bind_one(s)
+                .map_err(|e| format!("cannot bind socket {}: {e}", s.listen))?;
+            bound.fds.push(fd);
+            if i > 0 {
+                bound.names.push(':');
+            }
+            bound.names.push_str(s.name.as_deref().unwrap_or(service));
+        }
+        Ok(bound)
+    }
+
+    /// True when these are the sockets `configs` asks for.
+    pub fn matches(&self, configs: &[SocketConfig]) -> bool {
+        self.configs == configs
+    }
+
+    pub fn passed(&self) -> Passed {
+        Passed {
+            fds: self.fds.iter().map(|f| f.as_raw_fd()).collect(),
+            names: self.names.clone(),
+        }
+    }
+
+    fn bind_one(&mut self, s: &SocketConfig) -> io::Result<OwnedFd> {
+        let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+        // std's sockets are close-on-exec, and TCP ones have SO_REUSEADDR, so that a new
+        // orchestrator can bind again at once after the last one ended.
+        let fd = match parse(&s.listen).map_err(invalid)? {
+            Address::Tcp(addr) => OwnedFd::from(TcpListener::bind(addr)?),
+            Address::Udp(addr) => return Ok(OwnedFd::from(UdpSocket::bind(addr)?)),
+            Address::Unix(path) => {
+                remove_stale(&path)?;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let listener = UnixListener::bind(&path)?;
+                let mode = s
+                    .mode
+                    .as_deref()
+                    .map(parse_mode)
+                    .transpose()
+                    .map_err(invalid)?;
+                // systemd's default SocketMode.
+                let perm = std::fs::Permissions::from_mode(mode.unwrap_or(0o666));
+                std::fs::set_permissions(&path, perm)?;
+                let m = std::fs::symlink_metadata(&path)?;
+                self.files.push((path, m.dev(), m.ino()));
+                OwnedFd::from(listener)
+            }
+        };
+        // The largest backlog the kernel allows (std asks for 128): while the service
+        // restarts, clients wait in it instead of being refused.
+        // SAFETY: listen on a descriptor we own; it is already listening, this only
+        // changes the backlog.
+        if unsafe { libc::listen(fd.as_raw_fd(), libc::SOMAXCONN) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        for (path, dev, ino) in &self.files {
+            let ours =
+                std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == *dev && m.ino() == *ino);
+            if ours {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// A socket file left at `path` (by an orchestrator that was killed) is removed; any
+/// other kind of file there is an error, never removed.
+fn remove_stale(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the path exists and is not a socket",
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(listen: &str) -> SocketConfig {
+        SocketConfig {
+            listen: listen.into(),
+            name: None,
+            mode: None,
+        }
+    }
+
+    #[test]
+    fn addresses_parse() {
+        assert!(matches!(parse("127.0.0.1:80"), Ok(Address::Tcp(_))));
+        assert!(matches!(parse("[::1]:80"), Ok(Address::Tcp(_))));
+        assert!(matches!(parse("udp:127.0.0.1:53"), Ok(Address::Udp(_))));
+        assert_eq!(
+            parse("unix:/run/a.sock"),
+            Ok(Address::Unix("/run/a.sock".into()))
+        );
+        assert!(parse("unix:rel").is_err());
+        assert!(parse("localhost:80").is_err());
+        assert!(parse("udp:nope").is_err());
+    }
+
+    #[test]
+    fn names_and_modes_are_checked() {
+        let mut s = cfg("unix:/run/a.sock");
+        s.mode = Some("0660".into());
+        s.name = Some("web".into());
+        assert!(check(&s).is_ok());
+        s.mode = Some("999".into());
+        assert!(check(&s).is_err());
+        let mut t = cfg("127.0.0.1:80");
+        t.mode = Some("0660".into());
+        assert!(check(&t).unwrap_err().contains("unix: sockets only"));
+        t.mode = None;
+        t.name = Some("a:b".into());
+        assert!(check(&t).is_err());
+    }
+
+    #[test]
+    fn binds_close_on_exec_and_removes_its_file() {
+        let dir = std::env::temp_dir().join(format!("orch-sockets-{}", std::process::id()));
+        let path = dir.join("s.sock");
+        let mut u = cfg(&format!("unix:{}", path.display()));
+        u.mode = Some("0600".into());
+        u.name = Some("ctl".into());
+        let configs = [cfg("127.0.0.1:0"), u, cfg("udp:127.0.0.1:0")];
+        let b = Bound::bind("svc", &configs).unwrap();
+        let p = b.passed();
+        assert_eq!(p.names, "svc:ctl:svc");
+        assert_eq!(p.fds.len(), 3);
+        for fd in &p.fds {
+            // SAFETY: F_GETFD on our own descriptor.
+            let flags = unsafe { libc::fcntl(*fd, libc::F_GETFD) };
+            assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        }
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        assert!(b.matches(&configs));
+        // A second bind of the same path replaces the stale socket file.
+        drop(b);
+        assert!(!path.exists());
+        std::fs::write(&path, b"not a socket").unwrap();
+        let err = Bound::bind("svc", &configs[1..2]).unwrap_err();
+        assert!(err.contains("not a socket"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

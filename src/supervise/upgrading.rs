@@ -1,0 +1,477 @@
+//! `upgrade` and `rollback` on the loop's side (SPEC 8): the checks, the file work
+//! handed to a thread (hashing and copying a binary takes as long as it is large, and
+//! the loop never waits on anything but its channel), the restart onto the new binary,
+//! the grace window judged after every batch of events (`upgrade.rs`), putting the old
+//! binary back when the new one fails, the version history in `status` and in
+//! `state_dir`, and the settling at start-up of an upgrade a crash cut short.
+//!
+//! The machine is never told about upgrades: it gets the same `Restart` an operator
+//! would send, and the window only reads it. Nothing here runs during an event's
+//! handling but bounded file operations (a rename and an fsync, a small JSON file).
+
+use super::machine::Event as MachineEvent;
+use super::supervisor::Supervisor;
+use super::upgrade::{History, Pending, Record, Verdict, View, Watch};
+use crate::control::socket::{error_reply, Cmd, Reply, Request};
+use crate::output::timefmt;
+use crate::process::install;
+use crossbeam_channel::Sender;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where the version history lives in `state_dir`.
+const HISTORY_FILE: &str = "upgrades.json";
+
+/// The marker of an upgrade under way, in `state_dir`.
+fn pending_file(service: &str) -> String {
+    format!("upgrade-{service}.pending")
+}
+
+/// A service's upgrade under way, and its history.
+#[derive(Default)]
+pub struct Upgrades {
+    /// File work in flight: another upgrade or rollback is refused meanwhile.
+    busy: bool,
+    active: Option<Active>,
+    pub history: History,
+}
+
+struct Active {
+    watch: Watch,
+    /// The file replaced (kept here: a reload may change the service's path meanwhile).
+    binary: PathBuf,
+    from: String,
+    to: String,
+    at_ms: u64,
+    /// The `upgrade` client, answered when the window is over (or, should the window
+    /// end with the service, removed by a reload, when this is dropped).
+    reply: Option<Sender<Reply>>,
+}
+
+impl Active {
+    fn answer(&mut self, r: Reply) {
+        if let Some(tx) = self.reply.take() {
+            let _ = tx.try_send(r);
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.answer(error_reply("the service was removed during the grace window").into());
+    }
+}
+
+impl Upgrades {
+    pub fn deadline(&self) -> Option<Instant> {
+        self.active.as_ref().and_then(|a| a.watch.deadline())
+    }
+}
+
+/// The file work's result, back on the loop.
+pub struct Installed {
+    service: String,
+    rollback: bool,
+    result: Result<Done, String>,
+    reply: Sender<Reply>,
+}
+
+struct Done {
+    from: String,
+    to: String,
+    /// The new binary is the one installed already: nothing was done.
+    unchanged: bool,
+}
+
+fn now_ms() -> u64 {
+    timefmt::unix_ms(SystemTime::now())
+}
+
+fn sha(path: &Path) -> Result<String, String> {
+    crate::control::sha256::file_hex(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl Supervisor {
+    /// `upgrade NAME PATH` and `rollback NAME`: checked here, the file work started on
+    /// a thread; the answer comes later. `Err` is the refusal, answered at once.
+    pub(super) fn begin_upgrade(
+        &mut self,
+        req: &Request,
+        reply: Sender<Reply>,
+    ) -> Result<(), String> {
+        let name = req.service.clone().ok_or("missing service name")?;
+        if self.shutdown.is_some() {
+            return Err("orchestrator is shutting down".into());
+        }
+        let rollback = req.cmd == Cmd::Rollback;
+        let e = self.services.get_mut(&name).ok_or("service not found")?;
+        if !e.svc.spec().enabled {
+            return Err("service is disabled".into());
+        }
+        if e.upgrade.busy || (e.upgrade.active.is_some() && !rollback) {
+            return Err("upgrade in progress".into());
+        }
+        let binary = e.svc.spec().binary.clone();
+        let path = match (rollback, req.path.as_deref()) {
+            (true, _) => None,
+            (false, None) => return Err("missing path".into()),
+            (false, Some(p)) => {
+                install::check_new(Path::new(p))?;
+                Some(PathBuf::from(p))
+            }
+        };
+        if rollback && std::fs::symlink_metadata(install::prev_path(&binary)).is_err() {
+            return Err(format!(
+                "no previous binary to go back to ({})",
+                install::prev_path(&binary).display()
+            ));
+        }
+        // A rollback by hand ends the window of an upgrade under way.
+        if let Some(mut a) = e.upgrade.active.take() {
+            a.answer(error_reply("upgrade rolled back by hand").into());
+            self.forget_pending(&name);
+        }
+        let dir = self.persist.as_ref().map(|p| p.dir());
+        let tx = self.tx.clone();
+        let service = name.clone();
+        let job = move || {
+            let result = match &path {
+                Some(p) => install_new(&service, &binary, p, dir.as_deref()),
+                None => put_back(&binary),
+            };
+            let done = Installed {
+                service,
+                rollback,
+                result,
+                reply,
+            };
+            let _ = tx.send(super::event::Event::Installed(done));
+        };
+        std::thread::Builder::new()
+            .name("upgrade".into())
+            .spawn(job)
+            .map_err(|e| format!("cannot create a thread: {e}"))?;
+        if let Some(e) = self.services.get_mut(&name) {
+            e.upgrade.busy = true;
+        }
+        Ok(())
+    }
+
+    /// The file work is done: restart onto the new binary and open its window, or
+    /// record a rollback by hand.
+    pub(super) fn installed(&mut self, done: Installed) {
+        let Installed {
+            service,
+            rollback,
+            result,
+            reply,
+        } = done;
+        let Some(e) = self.services.get_mut(&service) else {
+            let _ = reply.try_send(error_reply("service not found").into());
+            return;
+        };
+        e.upgrade.busy = false;
+        let d = match result {
+            Ok(d) => d,
+            Err(msg) => {
+                let _ = reply.try_send(error_reply(msg).into());
+                return;
+            }
+        };
+        if d.unchanged {
+            let answer = json!({"ok": true, "result": "unchanged", "sha256": d.to});
+            let _ = reply.try_send(answer.into());
+            return;
+        }
+        let at_ms = now_ms();
+        if rollback {
+            e.upgrade.history.push(Record {
+                at_ms,
+                from: d.from.clone(),
+                to: d.to.clone(),
+                result: "rollback".into(),
+            });
+            let active = e.svc.is_active();
+            self.event(
+                log::Level::Warn,
+                &service,
+                None,
+                "rollback",
+                format!("rolled back by hand to {}", short(&d.to)),
+            );
+            self.save_upgrades();
+            if active {
+                let _ = self.feed(&service, MachineEvent::Restart);
+            }
+            let _ =
+                reply.try_send(json!({"ok": true, "result": "rollback", "sha256": d.to}).into());
+            self.settle();
+            return;
+        }
+        let grace = Duration::from_millis(e.svc.spec().upgrade_grace_ms);
+        e.upgrade.active = Some(Active {
+            watch: Watch::new(e.svc.gen(), grace),
+            binary: e.svc.spec().binary.clone(),
+            from: d.from.clone(),
+            to: d.to.clone(),
+            at_ms,
+            reply: Some(reply),
+        });
+        self.event(
+            log::Level::Info,
+            &service,
+            None,
+            "upgrading",
+            format!(
+                "upgrading {} to {}: restarting onto it, grace window {} ms",
+                short(&d.from),
+                short(&d.to),
+                grace.as_millis()
+            ),
+        );
+        if self.shutdown.is_some() {
+            // Shutdown began while the file was copied: judged (and undone) at once.
+            self.settle();
+            return;
+        }
+        if let Err(r) = self.feed(&service, MachineEvent::Restart) {
+            self.conclude(&service, Verdict::Failed(r.message()));
+        }
+        self.settle();
+    }
+
+    /// Looks at every upgrade in its window (after each batch of events, and at the
+    /// windows' deadlines).
+    pub(super) fn judge_upgrades(&mut self) {
+        let now = Instant::now();
+        let shutting_down = self.shutdown.is_some();
+        let mut verdicts = Vec::new();
+        for (name, e) in &mut self.services {
+            let Some(a) = &mut e.upgrade.active else {
+                continue;
+            };
+            if shutting_down {
+                verdicts.push((
+                    name.clone(),
+                    Verdict::Failed("orchestrator is shutting down".into()),
+                ));
+                continue;
+            }
+            let svc = &e.svc;
+            let reason = svc
+                .last_error()
+                .map(str::to_string)
+                .or_else(|| svc.last_exit().map(|l| l.exit.describe()))
+                .unwrap_or_else(|| svc.state().as_str().to_string());
+            let view = View {
+                state: svc.state(),
+                gen: svc.gen(),
+                stopping: svc.stopping().is_some(),
+                reason,
+            };
+            match a.watch.judge(&view, now) {
+                Verdict::Wait => {}
+                v => verdicts.push((name.clone(), v)),
+            }
+        }
+        for (name, v) in verdicts {
+            self.conclude(&name, v);
+        }
+    }
+
+    /// The window is over: keep the new binary, or put the old one back and restart
+    /// onto it (not during shutdown: then only the file goes back).
+    fn conclude(&mut self, name: &str, verdict: Verdict) {
+        let Some(e) = self.services.get_mut(name) else {
+            return;
+        };
+        let Some(mut a) = e.upgrade.active.take() else {
+            return;
+        };
+        let binary = a.binary.clone();
+        let (result, answer) = match verdict {
+            Verdict::Failed(reason) => {
+                let reason = match install::restore_prev(&binary) {
+                    Ok(()) => reason,
+                    Err(err) => format!("{reason}; {err}"),
+                };
+                let answer = error_reply(format!("upgrade rolled back: {reason}")).into();
+                (format!("rolled back: {reason}"), answer)
+            }
+            _ => (
+                "ok".to_string(),
+                Reply::from(json!({"ok": true, "result": "ok", "sha256": a.to})),
+            ),
+        };
+        let ok = result == "ok";
+        e.upgrade.history.push(Record {
+            at_ms: a.at_ms,
+            from: a.from.clone(),
+            to: a.to.clone(),
+            result: result.clone(),
+        });
+        let (level, event) = if ok {
+            (log::Level::Info, "upgraded")
+        } else {
+            (log::Level::Error, "rolled back")
+        };
+        let msg = if ok {
+            format!("upgrade to {} passed its grace window", short(&a.to))
+        } else {
+            format!("upgrade to {} {result}", short(&a.to))
+        };
+        self.event(level, name, None, event, msg);
+        self.forget_pending(name);
+        self.save_upgrades();
+        if !ok && self.shutdown.is_none() {
+            let _ = self.feed(name, MachineEvent::Restart);
+        }
+        a.answer(answer);
+    }
+
+    fn forget_pending(&self, name: &str) {
+        if let Some(p) = &self.persist {
+            let _ = p.dir().remove_file(&pending_file(name));
+        }
+    }
+
+    /// Writes every service's history to `state_dir` (small, rare: on the loop).
+    fn save_upgrades(&self) {
+        let Some(p) = &self.persist else { return };
+        let mut all = serde_json::Map::new();
+        for (name, e) in &self.services {
+            let h = e.upgrade.history.to_json();
+            if h.as_array().is_some_and(|a| !a.is_empty()) {
+                all.insert(name.clone(), h);
+            }
+        }
+        if let Err(err) = p
+            .dir()
+            .write_file(HISTORY_FILE, &format!("{}\n", Value::Object(all)))
+        {
+            log::error!("state_dir: cannot write {HISTORY_FILE}: {err}");
+        }
+    }
+
+    /// At start-up, before anything starts: the history a predecessor kept, and the
+    /// upgrades it left in their window (it crashed or lost power): the old binary is
+    /// put back, since the new one never passed.
+    pub(super) fn load_upgrades(&mut self) {
+        let Some(dir) = self.persist.as_ref().map(|p| p.dir()) else {
+            return;
+        };
+        if let Some(text) = dir.read_file(HISTORY_FILE) {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            for (name, e) in &mut self.services {
+                e.upgrade.history = History::from_json(&v[name.as_str()]);
+            }
+        }
+        let markers: Vec<String> = dir
+            .names()
+            .into_iter()
+            .filter(|n| n.starts_with("upgrade-") && n.ends_with(".pending"))
+            .collect();
+        for marker in markers {
+            let name = &marker["upgrade-".len()..marker.len() - ".pending".len()];
+            let pending = dir.read_file(&marker).and_then(|t| Pending::from_text(&t));
+            match pending {
+                Some(p) if self.services.contains_key(name) => self.settle_interrupted(name, &p),
+                // Removed from the configuration during its window: left as it is.
+                _ => {}
+            }
+            let _ = dir.remove_file(&marker);
+        }
+        self.save_upgrades();
+    }
+
+    fn settle_interrupted(&mut self, name: &str, p: &Pending) {
+        let binary = PathBuf::from(&p.binary);
+        let now = sha(&binary).unwrap_or_default();
+        let outcome = if now == p.to {
+            install::restore_prev(&binary).map(|()| "the old binary was put back")
+        } else if now == p.from {
+            Ok("the new binary had not been installed")
+        } else {
+            Err(format!(
+                "{} is neither the old nor the new binary: left as it is",
+                binary.display()
+            ))
+        };
+        let reason = match &outcome {
+            Ok(what) => format!("interrupted by the orchestrator's end; {what}"),
+            Err(e) => format!("interrupted by the orchestrator's end; {e}"),
+        };
+        log::warn!("{name}: upgrade to {} {reason}", short(&p.to));
+        if let Some(e) = self.services.get_mut(name) {
+            e.upgrade.history.push(Record {
+                at_ms: p.at_ms,
+                from: p.from.clone(),
+                to: p.to.clone(),
+                result: format!("rolled back: {reason}"),
+            });
+        }
+    }
+}
+
+/// The first 12 hex digits, for log lines.
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+/// The thread's part of an upgrade: both hashes, the marker in `state_dir`, then the
+/// binary in place.
+fn install_new(
+    service: &str,
+    binary: &Path,
+    new: &Path,
+    dir: Option<&super::persist::StateDir>,
+) -> Result<Done, String> {
+    let from = sha(binary).map_err(|e| format!("service binary {e}"))?;
+    let to = sha(new)?;
+    if from == to {
+        return Ok(Done {
+            from,
+            to,
+            unchanged: true,
+        });
+    }
+    let marker = pending_file(service);
+    if let Some(d) = dir {
+        let p = Pending {
+            binary: binary.display().to_string(),
+            from: from.clone(),
+            to: to.clone(),
+            at_ms: now_ms(),
+        };
+        d.write_file(&marker, &p.to_text())
+            .map_err(|e| format!("state_dir: cannot record the upgrade: {e}"))?;
+    }
+    install::install(binary, new).inspect_err(|_| {
+        if let Some(d) = dir {
+            let _ = d.remove_file(&marker);
+        }
+    })?;
+    Ok(Done {
+        from,
+        to,
+        unchanged: false,
+    })
+}
+
+/// The thread's part of a rollback by hand.
+fn put_back(binary: &Path) -> Result<Done, String> {
+    let from = sha(binary).unwrap_or_default();
+    let to = sha(&install::prev_path(binary))?;
+    install::restore_prev(binary)?;
+    Ok(Done {
+        from,
+        to,
+        unchanged: false,
+    })
+}
+
+/// For `status --json`.
+pub(super) fn history_json(u: &Upgrades) -> Value {
+    u.history.to_json()
+}
