@@ -74,7 +74,10 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
     let pid1 = unsafe { libc::getpid() } == 1;
     // A service with `pid_file` daemonizes: its daemon must be reparented to us, so
     // that its exit is seen and it is reaped.
-    let daemonizing = plan.services.values().any(|sp| sp.pid_file.is_some());
+    let daemonizing = plan
+        .services
+        .values()
+        .any(|sp| sp.process.pid_file.is_some());
     let reap_orphans = s.subreaper || pid1 || daemonizing;
     let signals = match signals::register(reap_orphans) {
         Ok(s) => s,
@@ -125,7 +128,7 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
             if let Some(saved) = &saved {
                 // Only processes that carry the environment our plan gives the service
                 // are proven ours (see persist's opening note).
-                let env_of = |name: &str| plan.services.get(name).map(|s| s.env.clone());
+                let env_of = |name: &str| plan.services.get(name).map(|s| s.process.env.clone());
                 let killed = persist::kill_survivors(saved, sd.boot_id(), &env_of);
                 if killed > 0 {
                     log::warn!("killed {killed} processes left by a previous instance");

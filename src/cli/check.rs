@@ -59,7 +59,7 @@ pub(crate) fn check(cli: &Cli) -> i32 {
                 spec.name,
                 spec.name,
                 s.log_level.as_str(),
-                spec.binary.display()
+                spec.process.binary.display()
             );
         }
         let what = if !spec.enabled {
@@ -74,15 +74,15 @@ pub(crate) fn check(cli: &Cli) -> i32 {
         };
         println!();
         println!("{}: {what}", spec.name);
-        println!("  binary: {}", spec.binary.display());
-        let argv: Vec<String> = spec.args.iter().map(|a| shell_quote(a)).collect();
+        println!("  binary: {}", spec.process.binary.display());
+        let argv: Vec<String> = spec.process.argv.iter().map(|a| shell_quote(a)).collect();
         println!("  argv: {}", argv.join(" "));
-        let env: Vec<&str> = spec.env.iter().map(|(k, _)| k.as_str()).collect();
+        let env: Vec<&str> = spec.process.env.iter().map(|(k, _)| k.as_str()).collect();
         println!("  environment: {}", env.join(" "));
-        if let Some(dir) = &spec.cwd {
+        if let Some(dir) = &spec.process.cwd {
             println!("  data_dir: {}", dir.display());
         }
-        if let Some(id) = &spec.identity {
+        if let Some(id) = &spec.process.identity {
             println!(
                 "  identity: uid {} gid {} groups {:?}{}",
                 id.uid,
@@ -151,16 +151,16 @@ pub(crate) fn check(cli: &Cli) -> i32 {
                 hc.initial_delay_ms, hc.interval_ms, hc.timeout_ms, hc.failure_threshold
             );
         }
-        if spec.ready_notify {
+        if spec.process.ready_notify {
             println!("  ready: on READY=1 over NOTIFY_SOCKET");
         }
-        if let Some(w) = spec.watchdog {
+        if let Some(w) = spec.process.watchdog {
             println!(
                 "  watchdog: restart without WATCHDOG=1 for {} ms once running",
                 w.as_millis()
             );
         }
-        for (i, sock) in spec.sockets.iter().enumerate() {
+        for (i, sock) in spec.process.sockets.iter().enumerate() {
             let mut line = format!("  socket: fd {} {}", 3 + i, sock.listen);
             line.push_str(&format!(
                 " name {}",

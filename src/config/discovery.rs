@@ -36,6 +36,35 @@ pub enum BinaryProblem {
     Untrusted(crate::process::safe_fs::Untrusted),
 }
 
+/// What shapes a service's process: everything the child is given. A reload that
+/// changes any of it restarts the service (SPEC 5), so the struct is compared whole:
+/// a field added here can never be forgotten by the reload diff.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessSpec {
+    /// What execve opens: the configured path with a symlink resolved (once, at plan
+    /// time, so that what runs changes only with a reload).
+    pub binary: PathBuf,
+    /// The whole argv, argv[0] included: the binary's path as configured, never the
+    /// resolved one (SPEC 4), since multi-call binaries (BusyBox applets,
+    /// redis-server) choose what they are from argv[0]. An empty list runs `binary`
+    /// with itself as argv[0].
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub identity: Option<Identity>,
+    pub memory_limit_mib: u64,
+    pub limits: Limits,
+    pub sockets: Vec<SocketConfig>,
+    /// For a service that daemonizes itself: where it writes its main process's pid.
+    pub pid_file: Option<PathBuf>,
+    /// `ready: "notify"`: starting until `READY=1` on the notify socket.
+    pub ready_notify: bool,
+    /// `watchdog_ms`: the longest silence between keep-alives once running.
+    pub watchdog: Option<Duration>,
+    /// SPEC 13: applied in the child before exec, or the start fails.
+    pub hardening: crate::process::hardening::Hardening,
+}
+
 /// One service, resolved: the plan's unit and what the supervisor runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceSpec {
@@ -44,21 +73,9 @@ pub struct ServiceSpec {
     pub enabled: bool,
     /// Started by `run` and `reload` without being asked.
     pub autostart: bool,
-    /// What execve opens: the configured path with a symlink resolved (once, at plan
-    /// time, so that what runs changes only with a reload).
-    pub binary: PathBuf,
     pub binary_problem: Option<BinaryProblem>,
-    /// The whole argv, argv[0] included: the binary's path as configured, never the
-    /// resolved one (SPEC 4), since multi-call binaries (BusyBox applets,
-    /// redis-server) choose what they are from argv[0]. An empty list runs `binary`
-    /// with itself as argv[0].
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub cwd: Option<PathBuf>,
-    pub identity: Option<Identity>,
-    pub memory_limit_mib: u64,
-    pub limits: Limits,
-    pub sockets: Vec<SocketConfig>,
+    /// Everything the process is given; a change restarts it on reload.
+    pub process: ProcessSpec,
     /// How long a new binary must run (and be ready) before an upgrade keeps it.
     pub upgrade_grace_ms: u64,
     pub policy: RestartPolicy,
@@ -71,14 +88,6 @@ pub struct ServiceSpec {
     pub health_check: Option<HealthCheck>,
     /// How often a service left `failed` by its restart attempts is tried again.
     pub retry_failed: Option<Duration>,
-    /// For a service that daemonizes itself: where it writes its main process's pid.
-    pub pid_file: Option<PathBuf>,
-    /// `ready: "notify"`: starting until `READY=1` on the notify socket.
-    pub ready_notify: bool,
-    /// `watchdog_ms`: the longest silence between keep-alives once running.
-    pub watchdog: Option<Duration>,
-    /// SPEC 13: applied in the child before exec, or the start fails.
-    pub hardening: crate::process::hardening::Hardening,
 }
 
 impl ServiceSpec {
@@ -86,27 +95,19 @@ impl ServiceSpec {
     /// environment, data_dir, identity, limits, sockets, ready, watchdog_ms, pid_file;
     /// SPEC 13: every hardening key), so a reload must restart it.
     pub fn process_differs(&self, other: &ServiceSpec) -> bool {
-        self.binary != other.binary
-            || self.args != other.args
-            || self.env != other.env
-            || self.cwd != other.cwd
-            || self.identity != other.identity
-            || self.limits != other.limits
-            || self.memory_limit_mib != other.memory_limit_mib
-            || self.sockets != other.sockets
-            || self.pid_file != other.pid_file
-            || self.ready_notify != other.ready_notify
-            || self.watchdog != other.watchdog
-            || self.hardening != other.hardening
+        self.process != other.process
     }
 
     pub fn binary_error(&self) -> Option<String> {
         self.binary_problem.as_ref().map(|p| match p {
             BinaryProblem::Missing => {
-                format!("service binary not found: {}", self.binary.display())
+                format!("service binary not found: {}", self.process.binary.display())
             }
             BinaryProblem::NotExecutable => {
-                format!("service binary is not executable: {}", self.binary.display())
+                format!(
+                    "service binary is not executable: {}",
+                    self.process.binary.display()
+                )
             }
             BinaryProblem::Untrusted(u) => format!(
                 "service binary refused: {u} (strict_modes: it and every directory above it must be owned by root and not writable by group or others)"
@@ -414,15 +415,21 @@ fn build_spec(
         configured,
         enabled: svc.enabled,
         autostart: svc.enabled && (configured || s.run_unconfigured),
-        binary,
         binary_problem,
-        args,
-        env: env.into_iter().collect(),
-        cwd: svc.data_dir.clone(),
-        identity,
-        memory_limit_mib: svc.memory_limit,
-        limits: svc.limits.clone(),
-        sockets: svc.sockets.clone(),
+        process: ProcessSpec {
+            binary,
+            argv: args,
+            env: env.into_iter().collect(),
+            cwd: svc.data_dir.clone(),
+            identity,
+            memory_limit_mib: svc.memory_limit,
+            limits: svc.limits.clone(),
+            sockets: svc.sockets.clone(),
+            pid_file: svc.pid_file.clone(),
+            ready_notify: svc.ready == Some(crate::config::ReadyMode::Notify),
+            watchdog: svc.watchdog_ms.map(Duration::from_millis),
+            hardening: crate::process::hardening::resolve(svc),
+        },
         upgrade_grace_ms: svc.upgrade_grace_ms,
         policy,
         max_restart_attempts: svc.max_restart_attempts.unwrap_or(s.max_restart_attempts),
@@ -442,10 +449,6 @@ fn build_spec(
             .retry_failed_ms
             .or(s.retry_failed_ms)
             .map(Duration::from_millis),
-        pid_file: svc.pid_file.clone(),
-        ready_notify: svc.ready == Some(crate::config::ReadyMode::Notify),
-        watchdog: svc.watchdog_ms.map(Duration::from_millis),
-        hardening: crate::process::hardening::resolve(svc),
     }
 }
 
@@ -647,13 +650,16 @@ mod tests {
             &base_environment(),
         );
         assert_eq!(
-            sp.args,
+            sp.process.argv,
             ["/bin/true", "--service", "web", "--log-level", "info", "-x"]
         );
-        let keys: Vec<&str> = sp.env.iter().map(|(k, _)| k.as_str()).collect();
+        let keys: Vec<&str> = sp.process.env.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["GOMEMLIMIT", "HOME", "PATH", "TEMP", "TMP"]);
-        assert!(sp.env.contains(&("HOME".into(), "/srv".into())));
-        assert!(sp.env.contains(&("GOMEMLIMIT".into(), "64MiB".into())));
+        assert!(sp.process.env.contains(&("HOME".into(), "/srv".into())));
+        assert!(sp
+            .process
+            .env
+            .contains(&("GOMEMLIMIT".into(), "64MiB".into())));
         c.pass_service_args = false;
         let sp = build_spec(
             "web",
@@ -666,7 +672,7 @@ mod tests {
             None,
             &base_environment(),
         );
-        assert_eq!(sp.args, ["/bin/true", "-x"]);
+        assert_eq!(sp.process.argv, ["/bin/true", "-x"]);
     }
 
     /// SPEC 4: a symlink decides what runs, but argv[0] stays the configured path, for
@@ -700,11 +706,11 @@ mod tests {
         let plan = plan.unwrap();
         let target = std::fs::canonicalize("/bin/true").unwrap();
         let applet = &plan.services["applet"];
-        assert_eq!(applet.binary, target);
-        assert_eq!(applet.args[0], link.to_str().unwrap());
+        assert_eq!(applet.process.binary, target);
+        assert_eq!(applet.process.argv[0], link.to_str().unwrap());
         let byconfig = &plan.services["byconfig"];
-        assert_eq!(byconfig.binary, target);
-        assert_eq!(byconfig.args, [other.to_str().unwrap()]);
+        assert_eq!(byconfig.process.binary, target);
+        assert_eq!(byconfig.process.argv, [other.to_str().unwrap()]);
     }
 
     #[test]
@@ -714,18 +720,18 @@ mod tests {
         b.max_restart_attempts = 99;
         b.policy = RestartPolicy::Never;
         assert!(!a.process_differs(&b));
-        b.args.push("x".into());
+        b.process.argv.push("x".into());
         assert!(a.process_differs(&b));
         // SPEC 5: ready and watchdog_ms change what the process is told (NOTIFY_SOCKET,
         // WATCHDOG_USEC), so they restart it.
         let mut c = a.clone();
-        c.ready_notify = true;
+        c.process.ready_notify = true;
         assert!(a.process_differs(&c));
         let mut d = a.clone();
-        d.watchdog = Some(Duration::from_secs(1));
+        d.process.watchdog = Some(Duration::from_secs(1));
         assert!(a.process_differs(&d));
         let mut e = a.clone();
-        e.hardening.private_tmp = true;
+        e.process.hardening.private_tmp = true;
         assert!(
             a.process_differs(&e),
             "a hardening change restarts the service"
@@ -755,11 +761,17 @@ mod tests {
             None,
             &[],
         );
-        let get = |k: &str| sp.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            sp.process
+                .env
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("NOTIFY_SOCKET"), Some("/run/o.sock.notify"));
         assert_eq!(get("WATCHDOG_USEC"), Some("2500000"));
         assert_eq!(get("WATCHDOG_PID"), None, "the child writes its own");
-        assert!(sp.ready_notify);
-        assert_eq!(sp.watchdog, Some(Duration::from_millis(2500)));
+        assert!(sp.process.ready_notify);
+        assert_eq!(sp.process.watchdog, Some(Duration::from_millis(2500)));
     }
 }

@@ -85,10 +85,10 @@ impl CgroupLimits {
     /// The limits `spec` asks of its cgroup.
     pub fn of(spec: &crate::config::discovery::ServiceSpec) -> CgroupLimits {
         CgroupLimits {
-            memory_mib: spec.memory_limit_mib,
-            cpu_percent: spec.limits.cpu_percent,
-            pids_max: spec.limits.pids_max,
-            io_weight: spec.hardening.io_weight,
+            memory_mib: spec.process.memory_limit_mib,
+            cpu_percent: spec.process.limits.cpu_percent,
+            pids_max: spec.process.limits.pids_max,
+            io_weight: spec.process.hardening.io_weight,
         }
     }
 }
@@ -543,7 +543,7 @@ impl Cgroups {
         &self,
         spec: &crate::config::discovery::ServiceSpec,
     ) -> Vec<(&'static str, String, String)> {
-        let l = &spec.limits;
+        let l = &spec.process.limits;
         let mut out = Vec::new();
         for (name, v) in [("nofile", l.nofile), ("nproc", l.nproc), ("core", l.core)] {
             if let Some(v) = v {
@@ -553,7 +553,8 @@ impl Cgroups {
         let cgroup_limits = [
             (
                 Controller::Memory,
-                (spec.memory_limit_mib > 0).then(|| format!("{} MiB", spec.memory_limit_mib)),
+                (spec.process.memory_limit_mib > 0)
+                    .then(|| format!("{} MiB", spec.process.memory_limit_mib)),
             ),
             (Controller::Cpu, l.cpu_percent.map(|c| c.to_string())),
             (Controller::Pids, l.pids_max.map(|p| p.to_string())),

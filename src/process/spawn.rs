@@ -163,7 +163,7 @@ pub fn spawn(
     cgroup_files: &[std::fs::File],
     sockets: &Passed,
 ) -> Result<Child, SpawnError> {
-    if let Some(dir) = &spec.cwd {
+    if let Some(dir) = &spec.process.cwd {
         ensure_data_dir(dir, spec).map_err(|e| format!("data_dir {}: {e}", dir.display()))?;
     }
     let (out_r, out_w) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
@@ -173,25 +173,25 @@ pub fn spawn(
     // argv[0] comes with the args (the configured path); a spec without any (built by
     // hand, in tests) gets the binary itself.
     let fallback;
-    let argv = if spec.args.is_empty() {
-        fallback = [spec.binary.to_string_lossy().into_owned()];
+    let argv = if spec.process.argv.is_empty() {
+        fallback = [spec.process.binary.to_string_lossy().into_owned()];
         &fallback[..]
     } else {
-        &spec.args[..]
+        &spec.process.argv[..]
     };
     let started = std::time::Instant::now();
     let pid = spawn_with(
         spec,
-        spec.binary.as_os_str(),
+        spec.process.binary.as_os_str(),
         argv,
         stdio,
         &cgroup_fds,
-        spec.cwd.as_deref(),
+        spec.process.cwd.as_deref(),
         sockets,
     )
     .map_err(|(step, e)| SpawnError {
         busy: step == Step::Exec as u32 && e.raw_os_error() == Some(libc::ETXTBSY),
-        message: describe_failure(step, &spec.binary.display().to_string(), e),
+        message: describe_failure(step, &spec.process.binary.display().to_string(), e),
     })?;
     // `make bench` reads this line to time a spawn (with and without hardening).
     log::debug!(
@@ -219,6 +219,7 @@ pub fn spawn_probe(
     let program = argv.first().ok_or("health_check.command is empty")?;
     let null = dev_null()?;
     let cwd = spec
+        .process
         .cwd
         .as_deref()
         .filter(|d| d.is_dir())
@@ -247,6 +248,7 @@ fn search_path(program: &str, spec: &ServiceSpec) -> Option<std::path::PathBuf> 
         return Some(program.into());
     }
     let path = spec
+        .process
         .env
         .iter()
         .find(|(k, _)| k == "PATH")
@@ -329,12 +331,13 @@ fn spawn_with(
     sockets: &Passed,
 ) -> Result<i32, (u32, io::Error)> {
     let program = cstring(program)?;
-    let mut strings = Vec::with_capacity(args.len() + spec.env.len());
+    let mut strings = Vec::with_capacity(args.len() + spec.process.env.len());
     for a in args {
         strings.push(cstring(OsStr::new(a))?);
     }
     let mut listen = sockets.prepare().map_err(|e| (Step::Sockets as u32, e))?;
     let mut env_strings: Vec<CString> = spec
+        .process
         .env
         .iter()
         .filter(|(k, _)| listen.is_none() || !k.starts_with("LISTEN_"))
@@ -348,7 +351,7 @@ fn spawn_with(
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = env_strings.iter().map(|s| s.as_ptr()).collect();
     // Zeroed room for 10 digits and the NUL after the name.
-    let mut watchdog_pid = spec.watchdog.map(|_| {
+    let mut watchdog_pid = spec.process.watchdog.map(|_| {
         let mut b = WATCHDOG_PID.to_vec();
         b.resize(WATCHDOG_PID.len() + 11, 0);
         b
@@ -362,11 +365,12 @@ fn spawn_with(
     envp.push(std::ptr::null());
     let cwd = cwd.map(|d| cstring(d.as_os_str())).transpose()?;
     let groups: Vec<libc::gid_t> = spec
+        .process
         .identity
         .as_ref()
         .map(|i| i.groups.clone())
         .unwrap_or_default();
-    let prepared = hardening::prepare(&spec.hardening, spec.identity.as_ref())
+    let prepared = hardening::prepare(&spec.process.hardening, spec.process.identity.as_ref())
         .map_err(|e| (Step::Prepare as u32, io::Error::other(e)))?;
     // Without CLONE_VFORK for private_users only; see the module comment.
     let released = prepared.parent_acts();
@@ -390,11 +394,12 @@ fn spawn_with(
         // (the kernel may judge the child's own write by its new credentials).
         cgroup_fds: if released { &[] } else { cgroup_fds },
         limits: Rlimits {
-            nofile: spec.limits.nofile,
-            nproc: spec.limits.nproc,
-            core: spec.limits.core,
+            nofile: spec.process.limits.nofile,
+            nproc: spec.process.limits.nproc,
+            core: spec.process.limits.core,
         },
         identity: spec
+            .process
             .identity
             .as_ref()
             .map(|i| (i.uid, i.gid, groups.as_slice())),
@@ -712,7 +717,7 @@ fn ensure_data_dir(dir: &Path, spec: &ServiceSpec) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    let owner = spec.identity.as_ref().map(|id| (id.uid, id.gid));
+    let owner = spec.process.identity.as_ref().map(|id| (id.uid, id.gid));
     crate::process::safe_fs::create_dir_chain(dir, 0o750, owner).map(drop)
 }
 

@@ -23,7 +23,7 @@ impl Supervisor {
             let result = Err("service removed".into());
             return Event::PidFile { gen, result };
         };
-        let Some(path) = e.svc.spec().pid_file.clone() else {
+        let Some(path) = e.svc.spec().process.pid_file.clone() else {
             let result = Err("no pid_file configured".into());
             return Event::PidFile { gen, result };
         };
@@ -111,7 +111,7 @@ impl Supervisor {
         let Some(e) = self.services.get_mut(name) else {
             return Ok(Passed::default());
         };
-        let wanted = &e.svc.spec().sockets;
+        let wanted = &e.svc.spec().process.sockets;
         if e.sockets.as_ref().is_some_and(|b| !b.matches(wanted)) {
             e.sockets = None;
         }
@@ -134,7 +134,7 @@ impl Supervisor {
             let spec = e.svc.spec();
             if e.sockets
                 .as_ref()
-                .is_some_and(|b| !spec.enabled || !b.matches(&spec.sockets))
+                .is_some_and(|b| !spec.enabled || !b.matches(&spec.process.sockets))
             {
                 e.sockets = None;
             }

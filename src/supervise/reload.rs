@@ -69,7 +69,7 @@ pub fn decide(old: Option<&Service>, new: Option<&ServiceSpec>) -> Decision {
 }
 
 fn new_specs_daemonize(specs: &std::collections::BTreeMap<String, ServiceSpec>) -> bool {
-    specs.values().any(|s| s.pid_file.is_some())
+    specs.values().any(|s| s.process.pid_file.is_some())
 }
 
 pub fn summarize(plan: &[(String, Decision)]) -> String {

@@ -109,7 +109,7 @@ impl Supervisor {
         let e = self.services.get_mut(&name).ok_or("service not found")?;
         if req.cmd != Cmd::Stop && e.svc.spec().binary_problem.is_some() {
             // The binary may have appeared since discovery: look again.
-            let problem = discovery::check_binary(&e.svc.spec().binary, strict);
+            let problem = discovery::check_binary(&e.svc.spec().process.binary, strict);
             e.svc.set_binary_problem(problem);
         }
         let refused = |r: Refusal| r.message();

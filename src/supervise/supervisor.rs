@@ -546,7 +546,7 @@ impl Supervisor {
             return;
         }
         let path = self.services.get(name).and_then(|e| {
-            let env = &e.svc.spec().env;
+            let env = &e.svc.spec().process.env;
             env.iter()
                 .find(|(k, _)| k == "NOTIFY_SOCKET")
                 .map(|(_, v)| PathBuf::from(v))

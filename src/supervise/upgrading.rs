@@ -112,7 +112,7 @@ impl Supervisor {
         if e.upgrade.busy || (e.upgrade.active.is_some() && !rollback) {
             return Err("upgrade in progress".into());
         }
-        let binary = e.svc.spec().binary.clone();
+        let binary = e.svc.spec().process.binary.clone();
         let path = match (rollback, req.path.as_deref()) {
             (true, _) => None,
             (false, None) => return Err("missing path".into()),
@@ -212,7 +212,7 @@ impl Supervisor {
         let grace = Duration::from_millis(e.svc.spec().upgrade_grace_ms);
         e.upgrade.active = Some(Active {
             watch: Watch::new(e.svc.gen(), grace),
-            binary: e.svc.spec().binary.clone(),
+            binary: e.svc.spec().process.binary.clone(),
             from: d.from.clone(),
             to: d.to.clone(),
             at_ms,

@@ -111,7 +111,11 @@ impl Supervisor {
                 .filter(|_| e.svc.has_process()));
             v["limits"] = limits_json(&self.cgroups, e);
             v["hardening"] = hardening::describe::json(e.svc.spec(), &self.cgroups);
-            rows.push((v, e.svc.spec().binary.clone(), source(&self.cgroups, e)));
+            rows.push((
+                v,
+                e.svc.spec().process.binary.clone(),
+                source(&self.cgroups, e),
+            ));
         }
         let orchestrator = json!({
             "pid": std::process::id(),
@@ -168,7 +172,7 @@ impl Supervisor {
                     e.counters.file_unwritten.load(Ordering::Relaxed),
                 ],
                 notify_dropped: self.notify.as_ref().map_or(0, |n| n.dropped(&e.name)),
-                binary: e.svc.spec().binary.clone(),
+                binary: e.svc.spec().process.binary.clone(),
             })
             .collect();
         let (dropped, errors) = (self.sink.dropped(), self.sink.write_errors());
@@ -277,14 +281,14 @@ fn status_json(e: &Entry, now: Instant) -> Value {
         "history": history,
         "upgrades": super::upgrading::history_json(&e.upgrade),
     });
-    if !svc.spec().sockets.is_empty() {
+    if !svc.spec().process.sockets.is_empty() {
         let bound = e
             .sockets
             .as_ref()
-            .is_some_and(|b| b.matches(&svc.spec().sockets));
+            .is_some_and(|b| b.matches(&svc.spec().process.sockets));
         let list: Vec<Value> = svc
             .spec()
-            .sockets
+            .process.sockets
             .iter()
             .map(|s| json!({"listen": s.listen, "name": s.name.as_deref().unwrap_or(&e.name), "bound": bound}))
             .collect();

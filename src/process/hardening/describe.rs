@@ -65,8 +65,8 @@ fn ns_how(kind: &str, h: &Hardening, what: &str) -> String {
 
 /// Every key of `spec`, for `check` (lines) and `status` (`hardening`).
 pub fn lines(spec: &ServiceSpec, cgroups: &Cgroups) -> Vec<Line> {
-    let h = &spec.hardening;
-    let user = spec.identity.as_ref().filter(|id| id.uid != 0);
+    let h = &spec.process.hardening;
+    let user = spec.process.identity.as_ref().filter(|id| id.uid != 0);
     let mut out = Vec::with_capacity(KEYS.len());
     let mut push = |key, value: String, how: Option<String>| out.push(Line { key, value, how });
 
@@ -160,7 +160,7 @@ pub fn lines(spec: &ServiceSpec, cgroups: &Cgroups) -> Vec<Line> {
         "private_users",
         h.private_users.to_string(),
         h.private_users.then(|| {
-            let who = spec.identity.as_ref().map_or_else(
+            let who = spec.process.identity.as_ref().map_or_else(
                 // SAFETY: geteuid has no preconditions.
                 || format!("uid {}", unsafe { libc::geteuid() }),
                 |id| format!("uid {} (and its groups)", id.uid),

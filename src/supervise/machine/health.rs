@@ -53,6 +53,7 @@ impl Service {
                     let why = format!(
                         "the pid file {} names no live process of the service within {} ms",
                         self.spec
+                            .process
                             .pid_file
                             .as_deref()
                             .map_or(String::new(), |p| p.display().to_string()),

@@ -11,8 +11,8 @@ impl Service {
     /// watchdog then. True when it became ready.
     pub(super) fn ready_if_due(&mut self, now: Instant) -> bool {
         let needs_pass = self.spec.health_check.is_some();
-        let needs_notify = self.spec.ready_notify;
-        let watchdog = self.spec.watchdog;
+        let needs_notify = self.spec.process.ready_notify;
+        let watchdog = self.spec.process.watchdog;
         let Phase::Up {
             ready: ready @ false,
             health,
@@ -58,7 +58,7 @@ impl Service {
                 vec![log(log::Level::Info, "ready", Some(pid), "READY=1: ready")]
             }
             Notice::KeepAlive(at) => {
-                let watchdog = self.spec.watchdog;
+                let watchdog = self.spec.process.watchdog;
                 if let (Phase::Up { watch, .. }, Some(w)) = (&mut self.phase, watchdog) {
                     if let Some(deadline) = &mut watch.deadline {
                         *deadline = (*deadline).max(at + w);
@@ -87,7 +87,7 @@ impl Service {
 
     /// No keep-alive within `watchdog_ms`: the run is hung.
     pub(super) fn watchdog_timeout(&mut self, run: Run, ctx: &mut Ctx) -> Vec<Action> {
-        let ms = self.spec.watchdog.map_or(0, |w| w.as_millis());
+        let ms = self.spec.process.watchdog.map_or(0, |w| w.as_millis());
         let why = format!("watchdog timeout (no keep-alive in {ms} ms)");
         let then = AfterStop::Recover(self.liveness_attempt(run, ctx));
         let mut actions = vec![log(

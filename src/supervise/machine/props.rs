@@ -357,11 +357,11 @@ fn random_spec(rng: &mut fastrand::Rng) -> ServiceSpec {
         s.retry_failed = Some(Duration::from_millis(700));
     }
     if rng.u8(..4) == 0 {
-        s.pid_file = Some("/run/svc.pid".into());
+        s.process.pid_file = Some("/run/svc.pid".into());
     }
-    s.ready_notify = rng.bool();
+    s.process.ready_notify = rng.bool();
     if rng.bool() {
-        s.watchdog = Some(Duration::from_millis(300));
+        s.process.watchdog = Some(Duration::from_millis(300));
     }
     s
 }

@@ -40,7 +40,7 @@ impl Service {
             pid,
             gen,
             started: now.mono,
-            launcher: self.spec.pid_file.is_some(),
+            launcher: self.spec.process.pid_file.is_some(),
         };
         self.push_history(HistoryEntry {
             started_ms: now.wall_ms,

@@ -309,7 +309,7 @@ fn history_keeps_the_last_ten_runs() {
 #[test]
 fn ready_notify_holds_starting_until_ready_1_and_shows_status() {
     let mut s = spec(RestartPolicy::Always, 3);
-    s.ready_notify = true;
+    s.process.ready_notify = true;
     let mut t = T::with(s);
     t.on(Event::Start).unwrap();
     t.spawned();
@@ -335,7 +335,7 @@ fn ready_notify_holds_starting_until_ready_1_and_shows_status() {
 fn ready_notify_with_a_health_check_needs_both_in_either_order() {
     for ready_first in [true, false] {
         let mut s = spec(RestartPolicy::Always, 3);
-        s.ready_notify = true;
+        s.process.ready_notify = true;
         s.health_check = Some(check(2));
         let mut t = T::with(s);
         t.on(Event::Start).unwrap();
@@ -360,7 +360,7 @@ fn ready_notify_with_a_health_check_needs_both_in_either_order() {
 #[test]
 fn a_missed_keep_alive_restarts_through_backoff() {
     let mut s = spec(RestartPolicy::Always, 3);
-    s.watchdog = Some(Duration::from_millis(1000));
+    s.process.watchdog = Some(Duration::from_millis(1000));
     let mut t = T::with(s);
     t.on(Event::Start).unwrap();
     t.spawned();
@@ -393,8 +393,8 @@ fn a_missed_keep_alive_restarts_through_backoff() {
 #[test]
 fn the_watchdog_is_armed_only_once_running() {
     let mut s = spec(RestartPolicy::Always, 3);
-    s.watchdog = Some(Duration::from_millis(1000));
-    s.ready_notify = true;
+    s.process.watchdog = Some(Duration::from_millis(1000));
+    s.process.ready_notify = true;
     let mut t = T::with(s);
     t.on(Event::Start).unwrap();
     t.spawned();
@@ -407,7 +407,7 @@ fn the_watchdog_is_armed_only_once_running() {
 #[test]
 fn watchdog_trigger_restarts_at_once() {
     let mut s = spec(RestartPolicy::Always, 3);
-    s.watchdog = Some(Duration::from_millis(1000));
+    s.process.watchdog = Some(Duration::from_millis(1000));
     let mut t = T::with(s);
     t.on(Event::Start).unwrap();
     t.spawned();
@@ -419,7 +419,7 @@ fn watchdog_trigger_restarts_at_once() {
 #[test]
 fn a_hang_after_reset_after_gets_a_fresh_backoff() {
     let mut s = spec(RestartPolicy::Always, 3);
-    s.watchdog = Some(Duration::from_millis(1000));
+    s.process.watchdog = Some(Duration::from_millis(1000));
     s.reset_after = Duration::from_secs(10);
     let mut t = T::with(s);
     t.on(Event::Start).unwrap();

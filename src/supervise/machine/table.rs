@@ -22,7 +22,7 @@ fn reach(phase: &str) -> T {
         "starting" | "stopping" | "draining" => with_check(),
         "launching" | "await-pid" => {
             let mut s = spec(RestartPolicy::Always, 3);
-            s.pid_file = Some("/run/svc.pid".into());
+            s.process.pid_file = Some("/run/svc.pid".into());
             T::with(s)
         }
         _ => T::new(RestartPolicy::Always, 3),
