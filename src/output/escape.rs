@@ -18,25 +18,66 @@ fn is_control(c: char) -> bool {
 /// C1. So no line can forge another record, hide one, or drive a terminal. Runs
 /// without controls (nearly every line) are copied in one go.
 pub fn push_escaped(out: &mut String, s: &str) {
+    // Scanned as bytes, on the log path's every line: a C0 control or DEL is one
+    // byte, a C1 control is 0xC2 then 0x80-0x9F (a 0xC2 is never a continuation byte,
+    // so this cannot match inside another character).
+    let bytes = s.as_bytes();
+    // Nearly every line is printable ASCII: that is found eight bytes at a time, and
+    // the line copied in one go.
+    if printable_ascii(bytes) {
+        out.push_str(s);
+        return;
+    }
     let mut run = 0;
-    for (i, c) in s.char_indices() {
-        if !is_control(c) {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let width = match b {
+            b'\t' => 0,
+            0..=0x1f | 0x7f => 1,
+            0xc2 if matches!(bytes.get(i + 1), Some(0x80..=0x9f)) => 2,
+            _ => 0,
+        };
+        if width == 0 {
+            i += 1;
             continue;
         }
         out.push_str(&s[run..i]);
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x80 => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
+        match b {
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            0xc2 => {
+                let _ = write!(out, "\\u{{{:x}}}", bytes[i + 1]);
             }
-            c => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            b => {
+                let _ = write!(out, "\\x{b:02x}");
             }
         }
-        run = i + c.len_utf8();
+        i += width;
+        run = i;
     }
     out.push_str(&s[run..]);
+}
+
+/// Whether every byte is in 0x20..0x7f (printable ASCII; tab, controls and anything
+/// not ASCII take the careful path). Eight bytes at a time, with the classic
+/// "has a byte less than n" word trick: the log path formats every line through here.
+fn printable_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let x = u64::from_ne_bytes(b);
+        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let del = x ^ (ONES * 0x7f);
+        let is_del = del.wrapping_sub(ONES) & !del & HIGH;
+        if (below_space | is_del | (x & HIGH)) != 0 {
+            return false;
+        }
+    }
+    words.remainder().iter().all(|b| (0x20..0x7f).contains(b))
 }
 
 /// `s` with control characters escaped as `push_escaped` does (for the client).
@@ -47,4 +88,26 @@ pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
     let mut out = String::with_capacity(s.len() + 8);
     push_escaped(&mut out, s);
     std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_path_agrees_with_the_careful_one() {
+        // Every byte value, at every position of a 17-byte line: the word scan must
+        // flag exactly what is not printable ASCII.
+        for b in 0u8..=255 {
+            for at in 0..17 {
+                let mut line = vec![b'a'; 17];
+                line[at] = b;
+                let plain = (0x20..0x7f).contains(&b);
+                assert_eq!(printable_ascii(&line), plain, "byte {b:#x} at {at}");
+            }
+        }
+        let mut out = String::new();
+        push_escaped(&mut out, "tab\there, bell\u{7}, é, csi\u{9b}, del\u{7f}");
+        assert_eq!(out, "tab\there, bell\\x07, é, csi\\u{9b}, del\\x7f");
+    }
 }
