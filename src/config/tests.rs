@@ -1,0 +1,170 @@
+//! Unit tests of `config`.
+
+use super::*;
+
+fn parse_err(text: &str) -> String {
+    parse(text).unwrap_err()
+}
+
+#[test]
+fn empty_object_gives_defaults() {
+    let f = parse("{}").unwrap();
+    assert_eq!(f.orchestrator, Settings::default());
+    assert!(f.services.is_empty());
+}
+
+#[test]
+fn unknown_key_suggests_nearest() {
+    let e = parse_err("{\"orchestrator\": {\"max_restart_attemps\": 3}}");
+    assert!(
+        e.contains("unknown key `max_restart_attemps` (did you mean `max_restart_attempts`?)"),
+        "{e}"
+    );
+    assert!(e.starts_with("1:"), "{e}");
+    assert!(e.contains("in orchestrator"), "{e}");
+}
+
+#[test]
+fn unknown_service_key_names_the_service_and_position() {
+    let e = parse_err("{\n \"services\": {\n  \"web\": {\n   \"enabeld\": false}}}");
+    assert!(e.starts_with("4:"), "{e}");
+    assert!(e.contains("did you mean `enabled`"), "{e}");
+    assert!(e.contains("in services.web"), "{e}");
+}
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let e = parse_err("{\n  \"orchestrator\": {,}\n}");
+    assert!(e.starts_with("2:"), "{e}");
+}
+
+#[test]
+fn bad_enum_value_suggests() {
+    let e = parse_err("{\"services\": {\"a\": {\"restart\": \"on-falure\"}}}");
+    assert!(e.contains("did you mean `on-failure`"), "{e}");
+}
+
+#[test]
+fn wrong_type_is_reported() {
+    let e = parse_err("{\"orchestrator\": {\"stop_timeout_ms\": \"5s\"}}");
+    assert!(e.contains("invalid type"), "{e}");
+}
+
+#[test]
+fn pid_file_is_relative_to_the_config_dir() {
+    let f = parse(r#"{"services": {"a": {"pid_file": "run/a.pid"}, "b": {}}}"#).unwrap();
+    let (_, services) = settle(
+        f,
+        &Overrides::default(),
+        "t",
+        Path::new("/etc/orchestrator"),
+    )
+    .unwrap();
+    assert_eq!(
+        services["a"].pid_file.as_deref(),
+        Some(Path::new("/etc/orchestrator/run/a.pid"))
+    );
+    assert_eq!(services["b"].pid_file, None);
+}
+
+#[test]
+fn names() {
+    assert!(valid_service_name("web-1.api_x"));
+    assert!(!valid_service_name(".hidden"));
+    assert!(!valid_service_name("a/b"));
+    assert!(!valid_service_name(""));
+    assert!(!valid_service_name(&"x".repeat(65)));
+    assert!(valid_service_name(&"x".repeat(64)));
+}
+
+#[test]
+fn signals() {
+    assert_eq!(parse_signal("SIGTERM"), Some(libc::SIGTERM));
+    assert_eq!(parse_signal("int"), Some(libc::SIGINT));
+    assert_eq!(parse_signal("9"), Some(9));
+    assert_eq!(parse_signal("SIGFOO"), None);
+}
+
+#[test]
+fn validation_reports_every_error() {
+    let f = parse(
+        "{\"orchestrator\": {\"backoff_jitter\": 2}, \"services\": {\"bad/name\": {\"stop_signal\": \"NOPE\"}}}",
+    )
+    .unwrap();
+    let mut errors = Vec::new();
+    validate(&f.orchestrator, &f.services, "x.json", &mut errors);
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(errors[0].starts_with("x.json: orchestrator.backoff_jitter:"));
+}
+
+#[test]
+fn sockets_are_checked() {
+    let f = parse(
+        r#"{"services": {"a": {"sockets": [{"listen": "127.0.0.1:8080"}, {"listen": "unix:/run/a.sock"},
+                                           {"listen": "localhost"}, {"listen": "unix:rel"},
+                                           {"listen": "udp:127.0.0.1:53", "name": "dns"}]}}}"#,
+    )
+    .unwrap();
+    let mut errors = Vec::new();
+    validate(&f.orchestrator, &f.services, "x.json", &mut errors);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].contains("`localhost` is neither"));
+}
+
+/// Regression (fuzz target `config`): a key or value holding a newline, quoted in
+/// the message, split one problem over several lines.
+#[test]
+fn every_problem_is_on_one_line() {
+    let found_by_fuzzing = "{\"nix:/\\\"0\u{fffd}ix:/#\\n{ \"01\\\"\"ujix:/n ";
+    let e = parse_and_validate(found_by_fuzzing).unwrap_err();
+    assert_eq!(e.0.len(), 1);
+    assert!(
+        e.0[0].contains("unknown key `nix:/\"0\u{fffd}ix:/#\\n{ `"),
+        "{e}"
+    );
+    let e = parse_and_validate(
+        r#"{"services": {"a\nb": {"stop_signal": "TERM\r", "environment": {"X\n=": ""}}}}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.0.len(), 3, "{e}");
+    assert_eq!(e.to_string().lines().count(), 3, "{e}");
+    assert!(e.0[0].contains("services.a\\nb"), "{e}");
+    assert!(e.0[1].contains("`TERM\\r`"), "{e}");
+}
+
+/// Regression: a backtick in an unknown key or value cut the name short and turned
+/// the list of valid names into debris.
+#[test]
+fn backticks_in_unknown_names_are_kept_whole() {
+    let e = parse_err(r#"{"orchestrator": {"max`restart_attempts": 3}}"#);
+    assert!(
+        e.contains("unknown key `max`restart_attempts` (did you mean `max_restart_attempts`?)"),
+        "{e}"
+    );
+    let e = parse_err(r#"{"services": {"a": {"restart": "on`failure"}}}"#);
+    assert!(
+        e.contains("unknown value `on`failure` (did you mean `on-failure`?)"),
+        "{e}"
+    );
+    let e = parse_err(r#"{"services": {"a": {"limits": {"`": 1}}}}"#);
+    assert!(
+        e.contains("unknown key ``` (expected one of `nofile`, "),
+        "{e}"
+    );
+}
+
+#[test]
+fn levenshtein_distances() {
+    assert_eq!(levenshtein("kitten", "sitting"), 3);
+    assert_eq!(levenshtein("", "abc"), 3);
+    assert_eq!(
+        nearest("servces", ["services", "orchestrator"].into_iter()),
+        Some("services")
+    );
+    assert_eq!(nearest("zzzzzz", ["services"].into_iter()), None);
+    assert_eq!(levenshtein("stauts", "status"), 1);
+    assert_eq!(
+        nearest("stauts", ["start", "status"].into_iter()),
+        Some("status")
+    );
+}

@@ -1,0 +1,376 @@
+//! The configuration file's types, mirroring SPEC section 2: what each key holds and
+//! its default. Deserializing checks shapes and names; `validate` (in `mod.rs`)
+//! checks values.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LogLevel> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "error" => LogLevel::Error,
+            "warn" | "warning" => LogLevel::Warn,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            _ => return None,
+        })
+    }
+
+    pub fn to_filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum RestartPolicy {
+    #[serde(rename = "always")]
+    Always,
+    #[serde(rename = "on-failure")]
+    OnFailure,
+    #[serde(rename = "never")]
+    Never,
+}
+
+/// `ready`: how a service says it is up, besides its health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ReadyMode {
+    /// `READY=1` on `NOTIFY_SOCKET` (sd_notify).
+    #[serde(rename = "notify")]
+    Notify,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+    }
+}
+
+/// The `orchestrator` section. Field names are the contract; defaults are SPEC 2's.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub services_dir: PathBuf,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
+    pub auto_restart: bool,
+    pub max_restart_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub backoff_jitter: f64,
+    pub reset_after_ms: u64,
+    pub stop_timeout_ms: u64,
+    pub shutdown_timeout_ms: u64,
+    pub control_socket: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+    pub log_max_bytes: u64,
+    pub log_max_files: u32,
+    pub log_max_total_bytes: Option<u64>,
+    pub max_line_bytes: usize,
+    pub run_unconfigured: bool,
+    pub subreaper: bool,
+    pub metrics_listen: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub watchdog: Option<Watchdog>,
+    /// As root, refuse service binaries that others can write to (sshd's StrictModes).
+    pub strict_modes: bool,
+    /// Retry a service left `failed` by its restart attempts this often (SPEC 4).
+    pub retry_failed_ms: Option<u64>,
+}
+
+impl Settings {
+    /// The per-service log file settings, when `log_dir` is set.
+    pub fn log_files(&self) -> Option<crate::output::files::FileConfig> {
+        self.log_dir
+            .as_ref()
+            .map(|dir| crate::output::files::FileConfig {
+                dir: dir.clone(),
+                max_bytes: self.log_max_bytes,
+                max_files: self.log_max_files,
+                max_total: self.log_max_total_bytes,
+            })
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            services_dir: PathBuf::from("services"),
+            log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
+            auto_restart: true,
+            max_restart_attempts: 10,
+            initial_backoff_ms: 1000,
+            max_backoff_ms: 30_000,
+            backoff_jitter: 0.2,
+            reset_after_ms: 60_000,
+            stop_timeout_ms: 5000,
+            shutdown_timeout_ms: 30_000,
+            control_socket: None,
+            log_dir: None,
+            log_max_bytes: 10 * 1024 * 1024,
+            log_max_files: 5,
+            log_max_total_bytes: None,
+            max_line_bytes: 65_536,
+            run_unconfigured: true,
+            subreaper: false,
+            metrics_listen: None,
+            state_dir: None,
+            watchdog: None,
+            strict_modes: true,
+            retry_failed_ms: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Watchdog {
+    pub device: PathBuf,
+    #[serde(default = "default_watchdog_interval")]
+    pub interval_ms: u64,
+    #[serde(default)]
+    pub critical: Vec<String>,
+}
+
+fn default_watchdog_interval() -> u64 {
+    10_000
+}
+
+/// One entry of `services`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    pub enabled: bool,
+    pub binary_path: Option<PathBuf>,
+    pub args: Vec<String>,
+    pub pass_service_args: bool,
+    pub environment: BTreeMap<String, String>,
+    pub data_dir: Option<PathBuf>,
+    pub memory_limit: u64,
+    pub restart: Option<RestartPolicy>,
+    pub max_restart_attempts: Option<u32>,
+    pub initial_backoff_ms: Option<u64>,
+    pub max_backoff_ms: Option<u64>,
+    pub stop_signal: String,
+    pub stop_timeout_ms: Option<u64>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub limits: Limits,
+    pub depends_on: Vec<String>,
+    pub health_check: Option<HealthCheck>,
+    pub ready: Option<ReadyMode>,
+    pub watchdog_ms: Option<u64>,
+    pub sockets: Vec<SocketConfig>,
+    pub upgrade_grace_ms: u64,
+    pub retry_failed_ms: Option<u64>,
+    /// For a service that daemonizes itself (SPEC 4): where it writes its pid.
+    pub pid_file: Option<PathBuf>,
+    // SPEC 13, hardening; checked by `process::hardening::validate`.
+    pub capabilities: Option<Vec<String>>,
+    pub syscall_filter: Option<Vec<String>>,
+    pub syscall_filter_action: FilterAction,
+    pub private_network: bool,
+    pub private_tmp: bool,
+    pub read_only_paths: Vec<PathBuf>,
+    pub private_users: bool,
+    pub nice: Option<i32>,
+    pub io_class: Option<IoClass>,
+    pub io_priority: Option<u8>,
+    pub io_weight: Option<u32>,
+}
+
+/// What a syscall the filter denies gets (SPEC 13).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterAction {
+    /// The call fails with EPERM.
+    #[default]
+    Errno,
+    /// The process is killed by SIGSYS.
+    Kill,
+}
+
+/// The I/O scheduling class for ioprio_set (SPEC 13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoClass {
+    Realtime,
+    BestEffort,
+    Idle,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            enabled: true,
+            binary_path: None,
+            args: Vec::new(),
+            pass_service_args: true,
+            environment: BTreeMap::new(),
+            data_dir: None,
+            memory_limit: 0,
+            restart: None,
+            max_restart_attempts: None,
+            initial_backoff_ms: None,
+            max_backoff_ms: None,
+            stop_signal: "SIGTERM".to_string(),
+            stop_timeout_ms: None,
+            user: None,
+            group: None,
+            limits: Limits::default(),
+            depends_on: Vec::new(),
+            health_check: None,
+            ready: None,
+            watchdog_ms: None,
+            sockets: Vec::new(),
+            upgrade_grace_ms: 10_000,
+            retry_failed_ms: None,
+            pid_file: None,
+            capabilities: None,
+            syscall_filter: None,
+            syscall_filter_action: FilterAction::Errno,
+            private_network: false,
+            private_tmp: false,
+            read_only_paths: Vec::new(),
+            private_users: false,
+            nice: None,
+            io_class: None,
+            io_priority: None,
+            io_weight: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub nofile: Option<u64>,
+    pub nproc: Option<u64>,
+    pub core: Option<u64>,
+    pub cpu_percent: Option<u32>,
+    pub pids_max: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckType {
+    Exec,
+    Tcp,
+    Http,
+    Grpc,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(rename = "type")]
+    pub kind: CheckType,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The service name asked about by a `grpc` check; empty = the whole server.
+    #[serde(default)]
+    pub grpc_service: String,
+    #[serde(default = "default_check_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "default_check_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_check_threshold")]
+    pub failure_threshold: u32,
+    #[serde(default)]
+    pub initial_delay_ms: u64,
+}
+
+fn default_check_interval() -> u64 {
+    10_000
+}
+fn default_check_timeout() -> u64 {
+    2000
+}
+fn default_check_threshold() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketConfig {
+    pub listen: String,
+    /// Its `LISTEN_FDNAMES` entry (default: the service's name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A Unix socket file's permissions, octal (default "0666", as systemd's).
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// Command-line values that take precedence over the environment and the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub services_dir: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    pub socket: Option<PathBuf>,
+}
+
+/// The configuration in force: every relative path made absolute against the file's
+/// directory, flags and environment applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from; `None` when no file was found and defaults apply.
+    pub path: Option<PathBuf>,
+    pub settings: Settings,
+    pub services: BTreeMap<String, ServiceConfig>,
+}
