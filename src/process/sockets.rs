@@ -196,21 +196,8 @@ impl ChildPart {
             return true;
         }
         // The raw call: a libc wrapper could answer from a cache of the parent's pid.
-        let mut pid = libc::syscall(libc::SYS_getpid) as u64;
-        let mut digits = [0u8; 20];
-        let mut n = 0;
-        loop {
-            digits[n] = b'0' + (pid % 10) as u8;
-            n += 1;
-            pid /= 10;
-            if pid == 0 {
-                break;
-            }
-        }
-        for i in 0..n {
-            *self.digits.add(i) = digits[n - 1 - i];
-        }
-        *self.digits.add(n) = 0;
+        let pid = libc::syscall(libc::SYS_getpid) as u32;
+        crate::process::spawn::write_pid(self.digits, pid);
         true
     }
 }

@@ -45,6 +45,7 @@ use std::sync::OnceLock;
 
 mod child;
 
+pub(crate) use child::write_pid;
 use child::{child_main, fd_scan_limit, WATCHDOG_PID};
 
 /// A process that exec'd successfully.

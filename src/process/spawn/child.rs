@@ -23,9 +23,10 @@ pub(super) extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 
 pub(super) const WATCHDOG_PID: &[u8] = b"WATCHDOG_PID=";
 
-/// Writes `pid` in decimal at `at`, which has room for 10 digits and a NUL (already
-/// zeroed). No allocation: it runs in the child before exec.
-unsafe fn write_pid(at: *mut u8, pid: u32) {
+/// Writes `pid` in decimal at `at`, then a NUL; `at` has room for 10 digits and the
+/// NUL (the `WATCHDOG_PID=` and `LISTEN_PID=` slots of the child's environment). No
+/// allocation: it runs in the child before exec.
+pub(crate) unsafe fn write_pid(at: *mut u8, pid: u32) {
     let mut digits = [0u8; 10];
     let (mut n, mut v) = (0, pid);
     loop {
@@ -39,6 +40,7 @@ unsafe fn write_pid(at: *mut u8, pid: u32) {
     for i in 0..n {
         *at.add(i) = digits[n - 1 - i];
     }
+    *at.add(n) = 0;
 }
 
 /// Returns the step that failed; on success execve does not return.
