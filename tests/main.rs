@@ -3,6 +3,7 @@
 
 mod util;
 
+mod chaos;
 mod cli_and_config;
 mod control;
 mod dependencies;
@@ -12,6 +13,7 @@ mod lifecycle;
 mod observability;
 mod operator;
 mod output;
+mod races;
 mod reliability;
 mod reload;
 mod terminal;
