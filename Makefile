@@ -6,7 +6,7 @@ CONFIG ?= orchestrator.json
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: build run install test lint fmt bench soak clean
+.PHONY: build run install test lint fmt bench soak chaos clean
 
 build:
 	$(CARGO) build --release
@@ -57,6 +57,15 @@ bench: build
 # daemon must come back to where they were.
 soak:
 	ORCH_SOAK_CYCLES=10000 $(CARGO) test --release --test main restarts_leak -- --nocapture
+
+# Randomized black-box run of the real binary (tests/chaos.rs) for CHAOS_SECONDS over
+# consecutive seeds from CHAOS_SEED (default: from the clock). A violation prints the
+# seed and the last operations; `make chaos CHAOS_SEED=N` replays that seed.
+CHAOS_SECONDS ?= 900
+CHAOS_SEED ?=
+chaos:
+	ORCH_CHAOS_SECONDS=$(CHAOS_SECONDS) ORCH_CHAOS_SEED=$(CHAOS_SEED) \
+		$(CARGO) test --release --test main chaos::long_run -- --nocapture
 
 clean:
 	$(CARGO) clean
