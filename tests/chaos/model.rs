@@ -230,10 +230,16 @@ impl Model {
                 format!("restart of {}: {}", s.name, s.restart)
             }
             3 => {
-                s.deps = if i > 0 && rng.bool() {
-                    vec![format!("s{}", rng.usize(..i))]
-                } else {
-                    Vec::new()
+                // Only on earlier services still configured: no cycle, no unknown name.
+                let earlier: Vec<String> = self.svcs[..i]
+                    .iter()
+                    .filter(|o| o.present)
+                    .map(|o| o.name.clone())
+                    .collect();
+                let s = &mut self.svcs[i];
+                s.deps = match earlier.len() {
+                    n if n > 0 && rng.bool() => vec![earlier[rng.usize(..n)].clone()],
+                    _ => Vec::new(),
                 };
                 format!("depends_on of {}: {:?}", s.name, s.deps)
             }
