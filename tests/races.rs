@@ -151,3 +151,54 @@ fn reload_during_an_operators_stop_keeps_it_a_stop() {
     let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     assert!(String::from_utf8_lossy(&env).contains("V=2"));
 }
+
+/// Found by `make chaos`: a `stop` of a service that a reload is removing (its stop
+/// under way ends in removal, which no other stop overrides) spun the loop for ever.
+#[test]
+fn stop_of_a_service_being_removed_returns() {
+    let sb = Sandbox::new();
+    // Given by binary_path, not discovered: a reload that drops it removes it.
+    std::fs::create_dir_all(sb.path("progs")).unwrap();
+    sb.script(
+        &sb.path("progs/slow"),
+        "trap '' TERM; while :; do sleep 0.02; done",
+    );
+    sb.script(&sb.path("progs/other"), "while :; do sleep 0.02; done");
+    let svc =
+        |n: &str| json!({"binary_path": sb.path(&format!("progs/{n}")), "stop_timeout_ms": 1000});
+    sb.config(
+        json!({}),
+        json!({"slow": svc("slow"), "other": svc("other")}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    let slow = sb.wait_running("slow", None);
+    sb.config(json!({}), json!({"other": svc("other")}));
+    let reload = {
+        let (socket, config) = (sb.socket(), sb.path("orchestrator.json"));
+        std::thread::spawn(move || {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("--socket").arg(socket).arg("--config").arg(config);
+            cmd.arg("reload");
+            run_with_timeout(cmd, Duration::from_secs(10))
+        })
+    };
+    d.wait_log(&["slow[", "stopping"]);
+    let (out, took) = cli_within(&sb, &["stop", "slow"], Duration::from_secs(10));
+    assert!(
+        took < Duration::from_secs(3),
+        "stop took {took:?}: {}",
+        d.log_text()
+    );
+    assert!(
+        out.code == 0 || out.stderr.contains("not found"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(reload.join().expect("the reload client").code, 0);
+    assert!(!alive(slow));
+    // The daemon still answers, and the service is gone.
+    let (out, took) = cli_within(&sb, &["status", "--json"], Duration::from_secs(5));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(took < Duration::from_secs(1), "status took {took:?}");
+    assert!(!out.stdout.contains("\"slow\""), "{}", out.stdout);
+}

@@ -5,7 +5,8 @@
 //! - a running service's pid runs its configured program;
 //! - never two live runs of one service: every live main-mode process of a service
 //!   (its program itself, not the children it starts) is in one process group;
-//! - a stopped or failed service has no process left (by command line or cgroup);
+//! - a stopped, failed or restarting service has no process left (by command line or
+//!   cgroup);
 //! - a service an operator stopped stays stopped until started again;
 //! - no zombie child of the daemon lasts over 1 s.
 //!
@@ -80,7 +81,8 @@ impl Chaos {
                     "{name} has live runs in groups {groups:?}: {mine:?}"
                 ));
             }
-            if matches!(state, "stopped" | "failed") && !mine.is_empty() {
+            // No run: stopped, failed, or waiting out a restart delay.
+            if matches!(state, "stopped" | "failed" | "restarting") && !mine.is_empty() {
                 out.push(format!("{name} is {state} with processes left: {mine:?}"));
             }
             if self.held.contains(name) && state != "stopped" {
