@@ -6,7 +6,7 @@ CONFIG ?= orchestrator.json
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: build run install test lint fmt bench soak props fuzz clean static static-debug
+.PHONY: build run install test lint fmt bench soak props fuzz chaos clean static static-debug
 
 # Static builds name their target explicitly, so that RUSTFLAGS reach the binary and
 # never a build script; musl where its target is installed, else glibc linked
@@ -106,6 +106,15 @@ fuzz:
 			$$(test -f dict/$$t.dict && echo -dict=dict/$$t.dict) \
 			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
 	done
+
+# Randomized black-box run of the real binary (tests/chaos.rs) for CHAOS_SECONDS over
+# consecutive seeds from CHAOS_SEED (default: from the clock). A violation prints the
+# seed and the last operations; `make chaos CHAOS_SEED=N` replays that seed.
+CHAOS_SECONDS ?= 900
+CHAOS_SEED ?=
+chaos:
+	ORCH_CHAOS_SECONDS=$(CHAOS_SECONDS) ORCH_CHAOS_SEED=$(CHAOS_SEED) \
+		$(CARGO) test --release --test main chaos::long_run -- --nocapture
 
 clean:
 	$(CARGO) clean

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod chaos;
 mod cli_and_config;
 mod control;
 mod daemons;
@@ -18,6 +19,7 @@ mod notify;
 mod observability;
 mod operator;
 mod output;
+mod races;
 mod reliability;
 mod reload;
 mod sockets;

@@ -133,6 +133,16 @@ impl Supervisor {
         self.busy_cgroups_at
     }
 
+    /// At exit: the cgroups still busy (a run's members were killed and have not all
+    /// finished exiting, e.g. after a stop that ended in SIGKILL) are waited for, a
+    /// moment each (`Cgroups::remove`: at most 2 s), so that none is left behind.
+    pub(super) fn remove_busy_cgroups_now(&mut self) {
+        self.busy_cgroups_at = None;
+        for (name, dirs, _) in std::mem::take(&mut self.busy_cgroups) {
+            self.cgroups.remove(&name, &dirs);
+        }
+    }
+
     pub(super) fn retry_busy_cgroups(&mut self, now: Instant) {
         if self.busy_cgroups_at.is_none_or(|at| now < at) {
             return;

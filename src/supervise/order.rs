@@ -32,6 +32,14 @@ impl Stops {
     }
 }
 
+/// Whether a requested stop must still be fed to the service's machine: not while a
+/// stop that ends its run for good is under way, an operator's or a removal (which no
+/// other stop overrides). Feeding one there changes nothing, and `advance_stops`,
+/// counting it as progress, would go round for ever.
+fn needs_feeding(under_way: Option<AfterStop>) -> bool {
+    !matches!(under_way, Some(AfterStop::Stay | AfterStop::Remove))
+}
+
 impl Supervisor {
     /// Dependencies of `name` that are not running, as `name (state)`.
     pub(super) fn unmet_dependencies(&self, name: &str) -> Vec<String> {
@@ -110,7 +118,7 @@ impl Supervisor {
                     progress = true;
                     continue;
                 }
-                if e.svc.stopping() == Some(AfterStop::Stay) {
+                if !needs_feeding(e.svc.stopping()) {
                     continue; // Under way.
                 }
                 if e.svc.has_process() {
@@ -146,6 +154,62 @@ impl Supervisor {
             }
             if !progress {
                 return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervise::machine::{Ctx, Event, Service};
+    use crate::supervise::state::Now;
+
+    fn feed(svc: &mut Service, event: Event) {
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut ctx = Ctx {
+            now: Now {
+                mono: std::time::Instant::now(),
+                wall_ms: 0,
+            },
+            rng: &mut rng,
+            unmet: Vec::new(),
+            shutting_down: false,
+        };
+        let _ = svc.on(event, &mut ctx);
+    }
+
+    /// `advance_stops` feeds a requested stop and goes round again: whatever stop was
+    /// under way (a removal by a reload, a restart, a liveness recovery), with a process
+    /// or still spawning, the operator's stop fed once leaves nothing more to feed.
+    /// (A stop of a service that a reload was removing used to spin the loop for ever.)
+    #[test]
+    fn one_operators_stop_leaves_nothing_to_feed() {
+        let thens = [
+            (AfterStop::Stay, Origin::Operator),
+            (AfterStop::Start, Origin::Reload),
+            (AfterStop::Remove, Origin::Reload),
+            (AfterStop::Recover(None), Origin::Liveness),
+        ];
+        for (then, origin) in thens {
+            for spawned in [false, true] {
+                let mut svc = Service::new(crate::config::discovery::test_spec("svc"), 0);
+                feed(&mut svc, Event::Start);
+                if spawned {
+                    feed(&mut svc, Event::Spawned { pid: 4242, gen: 1 });
+                }
+                feed(&mut svc, Event::Stop { then, origin });
+                assert!(svc.stopping().is_some(), "{then:?} spawned={spawned}");
+                let operator = Event::Stop {
+                    then: AfterStop::Stay,
+                    origin: Origin::Operator,
+                };
+                feed(&mut svc, operator);
+                assert!(
+                    !needs_feeding(svc.stopping()),
+                    "{then:?} spawned={spawned}: {:?}",
+                    svc.stopping()
+                );
             }
         }
     }

@@ -253,6 +253,7 @@ impl Supervisor {
             self.settle();
             if self.finished() {
                 // The loop is over: waiting here for the last cgroups delays only exit.
+                self.remove_busy_cgroups_now();
                 self.cgroups.remove_all();
                 self.save_state(true);
                 // Only here: a forced exit leaves the device armed.
