@@ -27,6 +27,7 @@ impl Supervisor {
                         if let Some(result) = self.spawn(name) {
                             let _ = self.feed(name, result);
                         }
+                        self.start_readers();
                     }
                 },
                 Action::Signal { pgid, sig } => self.signal(name, pgid, sig),

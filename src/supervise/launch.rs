@@ -91,6 +91,7 @@ impl Supervisor {
             if let Some(event) = self.finish_spawn(&name, result) {
                 let _ = self.feed(&name, event);
             }
+            self.start_readers();
         }
     }
 
@@ -242,12 +243,23 @@ impl Supervisor {
                 counters: e.counters.clone(),
                 drain: drain.clone(),
             };
+            self.readers.push((fd, ctx));
+        }
+        Some(Event::Spawned { pid, gen })
+    }
+
+    /// Starts the output readers of the runs just spawned, once their machines have
+    /// taken the `Spawned` event: a run's `started` record then comes before its first
+    /// line in `logs` (its output waits in the pipe meanwhile).
+    pub(super) fn start_readers(&mut self) {
+        for (fd, ctx) in std::mem::take(&mut self.readers) {
+            let (service, pid) = (ctx.service.clone(), ctx.pid.clone());
             if let Err(err) = reader::spawn_reader(fd, ctx) {
                 // The waiter will report the exit this causes.
-                log::error!("{name}: cannot create an output thread ({err}): killing pid {pid}");
+                let pid = pid.load(std::sync::atomic::Ordering::Relaxed);
+                log::error!("{service}: cannot create an output thread ({err}): killing pid {pid}");
                 spawn::signal_group(pid, libc::SIGKILL);
             }
         }
-        Some(Event::Spawned { pid, gen })
     }
 }

@@ -116,6 +116,8 @@ pub struct Supervisor {
     pub(super) pool: spawn::Pool,
     /// Start-up collects the spawns the machines ask for, to run them on the pool.
     pub(super) batch: Option<Vec<String>>,
+    /// Output readers of runs just spawned, started once their machines know the run.
+    pub(super) readers: Vec<(std::os::fd::OwnedFd, crate::output::reader::ReaderCtx)>,
     /// Process groups with live members, scanned at most once per loop iteration.
     pub(super) live_groups: Option<HashSet<i32>>,
     pub(super) persist: Option<super::snapshot::Saver>,
@@ -174,6 +176,7 @@ impl Supervisor {
             prober,
             pool: spawn::Pool::new(),
             batch: None,
+            readers: Vec::new(),
             live_groups: None,
             persist: state_dir.map(super::snapshot::Saver::new),
             watchdog: None,

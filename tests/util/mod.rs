@@ -34,6 +34,29 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Where sandboxes go: under the target directory, not /tmp, because as root
+/// strict_modes refuses a config, a binary or a state_dir below a directory others can
+/// write to (sticky or not). A clone that itself sits below such a directory (a
+/// checkout under /tmp) gets a root-owned place of its own instead.
+fn sandbox_base() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let open_to_others = target
+        .ancestors()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .any(|m| m.mode() & 0o022 != 0 || (m.uid() != 0 && root));
+    if !(root && open_to_others) {
+        return target;
+    }
+    let base = PathBuf::from("/var/lib/orchestrator-tests");
+    std::fs::create_dir_all(&base).expect("create /var/lib/orchestrator-tests");
+    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod /var/lib/orchestrator-tests");
+    base
+}
+
 /// A temporary directory holding a config, a services dir and whatever a test writes.
 pub struct Sandbox {
     pub dir: PathBuf,
@@ -46,10 +69,7 @@ impl Sandbox {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         // Fixed width, so no sandbox's path is a prefix of another's: guards find
         // their processes by path and must never match a neighbour's.
-        // Under the target directory, not /tmp: as root, strict_modes refuses a config
-        // or a binary below a world-writable directory (sticky or not).
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("orch-test-{}-{n:05}", std::process::id()));
+        let dir = sandbox_base().join(format!("orch-test-{}-{n:05}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("services")).unwrap();
         Sandbox { dir }
