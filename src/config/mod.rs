@@ -94,6 +94,9 @@ pub fn lookup(flag: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
 /// A config file is read up to this size: anything larger is not one.
 const MAX_CONFIG: u64 = 4 << 20;
 
+/// The most rotated files a service may keep (`log_max_files`).
+const MAX_LOG_FILES: u32 = 1000;
+
 /// Looks the file up, reads, parses, applies precedence and validates it.
 pub fn load(ov: &Overrides) -> Result<Config, ConfigError> {
     let (path, file, base) = read(ov)?;
@@ -467,6 +470,14 @@ fn validate(
     }
     if s.log_max_bytes == 0 {
         err("orchestrator.log_max_bytes", "must be at least 1".into());
+    }
+    // Each rotation renames every kept file on the log writer's thread: a huge count
+    // would stall every service's output there.
+    if s.log_max_files > MAX_LOG_FILES {
+        err(
+            "orchestrator.log_max_files",
+            format!("must be at most {MAX_LOG_FILES}, not {}", s.log_max_files),
+        );
     }
     if s.initial_backoff_ms > s.max_backoff_ms {
         err(

@@ -168,3 +168,14 @@ fn levenshtein_distances() {
         Some("status")
     );
 }
+
+#[test]
+fn log_max_files_is_bounded() {
+    let text = r#"{"orchestrator": {"log_max_files": 4294967295}}"#;
+    let e = parse_and_validate(text).unwrap_err().to_string();
+    assert!(
+        e.contains("log_max_files") && e.contains("at most 1000"),
+        "{e}"
+    );
+    assert!(parse_and_validate(r#"{"orchestrator": {"log_max_files": 1000}}"#).is_ok());
+}
