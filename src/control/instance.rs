@@ -253,8 +253,7 @@ mod tests {
 
     fn tmpdir(tag: &str) -> PathBuf {
         // Not under /tmp: that is the shared case, tested on its own.
-        let d = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target")
+        let d = crate::process::safe_fs::trusted_test_base()
             .join(format!("orch-instance-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();

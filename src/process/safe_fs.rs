@@ -188,6 +188,22 @@ pub fn untrusted(path: &Path) -> Option<Untrusted> {
     None
 }
 
+/// For unit tests: a directory StrictModes trusts, to hold what they create. The
+/// clone's `target/` where it passes (it does not below /tmp, for one), else a
+/// root-owned place of the tests' own.
+#[cfg(test)]
+pub fn trusted_test_base() -> PathBuf {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    if untrusted(&target).is_none() {
+        return target;
+    }
+    let base = PathBuf::from("/var/lib/orchestrator-tests");
+    std::fs::create_dir_all(&base).expect("create /var/lib/orchestrator-tests");
+    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod /var/lib/orchestrator-tests");
+    base
+}
+
 /// A directory opened once: everything inside is reached through its descriptor, never
 /// through its path again, and never through a symlink.
 pub struct Dir {
@@ -427,7 +443,7 @@ mod tests {
         let u = untrusted(&f).expect("/tmp is world-writable");
         assert_eq!(u.path, Path::new("/tmp"));
         // A file owned by someone else, in trusted directories.
-        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        let base = trusted_test_base();
         if untrusted(&base).is_none() {
             let g = base.join(format!("orch-strict-{}", std::process::id()));
             std::fs::write(&g, "x").unwrap();

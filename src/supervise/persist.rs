@@ -435,8 +435,7 @@ mod tests {
 
     fn test_dir(tag: &str) -> std::path::PathBuf {
         // Not under /tmp, which StrictModes refuses.
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target")
+        crate::process::safe_fs::trusted_test_base()
             .join(format!("orch-state-{}-{tag}", std::process::id()))
     }
 
