@@ -132,13 +132,14 @@ impl Supervisor {
                 self.settle();
                 return Ok(Some(group));
             }
-            Cmd::Start => {
-                self.stops.cancel(&name);
-                self.feed(&name, Event::Start).map_err(refused)?;
-            }
             _ => {
+                let event = if req.cmd == Cmd::Start {
+                    Event::Start
+                } else {
+                    Event::Restart
+                };
                 self.stops.cancel(&name);
-                self.feed(&name, Event::Restart).map_err(refused)?;
+                self.feed(&name, event).map_err(refused)?;
             }
         }
         self.settle();

@@ -103,6 +103,9 @@ pub struct Supervisor {
     /// Reap orphaned descendants on SIGCHLD (PID 1, `subreaper`, or a `pid_file`
     /// service, whose daemon must be reparented to us).
     pub(super) reap_orphans: bool,
+    /// Subreaper since a reload, without SIGCHLD registered: orphans are reaped when a
+    /// run of ours exits instead.
+    reap_on_exit: bool,
     pub(super) pending: Vec<Pending>,
     pub(super) stops: Stops,
     pub(super) started: Instant,
@@ -166,6 +169,7 @@ impl Supervisor {
             shutdown: None,
             unreaped: HashSet::new(),
             reap_orphans,
+            reap_on_exit: false,
             pending: Vec::new(),
             stops: Stops::default(),
             started: Instant::now(),
@@ -333,7 +337,9 @@ impl Supervisor {
                     return None;
                 }
                 let _ = self.feed(&service, machine::Event::Exited { gen, exit });
-                self.reap_orphans();
+                if self.reap_on_exit {
+                    self.reap_orphans();
+                }
             }
             Event::Notify { service } => self.notified(&service),
             Event::Signal(sig) => return self.on_signal(sig),
@@ -534,6 +540,7 @@ impl Supervisor {
         // SAFETY: prctl with these arguments has no memory preconditions.
         if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0 {
             self.reap_orphans = true;
+            self.reap_on_exit = true;
         } else {
             log::error!(
                 "cannot become a subreaper for pid_file services: {}",

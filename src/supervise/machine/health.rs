@@ -59,10 +59,10 @@ impl Service {
                             .map_or(String::new(), |p| p.display().to_string()),
                         self.spec.stop_timeout.as_millis()
                     );
-                    let why = self
-                        .last_error
-                        .clone()
-                        .map_or(why.clone(), |e| format!("{why}: {e}"));
+                    let why = match &self.last_error {
+                        Some(e) => format!("{why}: {e}"),
+                        None => why,
+                    };
                     return self.start_failed(why, ctx);
                 }
                 match retry_at {
