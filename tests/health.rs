@@ -296,8 +296,11 @@ fn a_hundred_services_probing_every_100_ms_stay_bounded() {
     let threads = std::fs::read_dir(format!("/proc/{}/task", d.pid))
         .unwrap()
         .count();
+    // Three per service (waiter, two readers), at most one check thread in flight per
+    // service (each tcp/http check has a short-lived thread of its own, so that a hung
+    // check delays only its service), and the fixed few.
     assert!(
-        threads <= 3 * 100 + 16,
+        threads <= 4 * 100 + 16,
         "{threads} threads for 100 services"
     );
 }
