@@ -9,7 +9,6 @@ pub mod safe_fs;
 pub mod signals;
 pub mod sockets;
 pub mod spawn;
-pub mod spawn_pool;
 #[cfg(test)]
 mod spawn_tests;
 pub mod waiter;

@@ -34,7 +34,6 @@
 use crate::config::discovery::ServiceSpec;
 use crate::process::hardening;
 use crate::process::sockets::{ChildPart, Passed};
-pub use crate::process::spawn_pool::Pool;
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

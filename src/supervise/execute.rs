@@ -21,15 +21,14 @@ impl Supervisor {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             match action {
-                Action::Spawn => match &mut self.batch {
-                    Some(batch) => batch.push(name.to_string()),
-                    None => {
-                        if let Some(result) = self.spawn(name) {
-                            let _ = self.feed(name, result);
-                        }
+                Action::Spawn => {
+                    if let Some(result) = self.spawn(name) {
+                        let _ = self.feed(name, result);
+                    }
+                    if !self.starting {
                         self.start_readers();
                     }
-                },
+                }
                 Action::Signal { pgid, sig } => self.signal(name, pgid, sig),
                 Action::CheckGroup(pgid) => {
                     let event = if self.group_alive(name, pgid) {

@@ -1,6 +1,6 @@
 //! Starting a run, around the one audited child set-up in `process/spawn.rs`: the
-//! service's cgroup before the clone, the waiter and the output readers after it, and
-//! the spawner pool for many services at once (start-up). The result goes back to the
+//! service's cgroup before the clone, the waiter and the output readers after it. The
+//! result goes back to the
 //! service's machine as `Spawned` or `SpawnFailed`; nothing here decides anything
 //! about the lifecycle.
 
@@ -47,7 +47,10 @@ impl Supervisor {
         Event::PidFile { gen, result }
     }
 
-    /// Spawns a run of `name` here, on the main thread. `None` if the service is gone.
+    /// Spawns a run of `name` here, on the main thread: every child is cloned by this
+    /// one thread, which lives as long as the orchestrator and survives `upgrade-self`'s
+    /// exec, so a child's parent-death signal fires only when the orchestrator dies.
+    /// `None` if the service is gone.
     pub(super) fn spawn(&mut self, name: &str) -> Option<Event> {
         let files = match self.prepare_spawn(name) {
             Ok(files) => files,
@@ -57,42 +60,6 @@ impl Supervisor {
         let result = spawn::spawn(e.svc.spec(), &files.0, &files.1);
         drop(files);
         self.finish_spawn(name, result)
-    }
-
-    /// Spawns many services at once on the spawner pool (start-up); what follows from
-    /// each result is fed back in order.
-    pub(super) fn spawn_batch(&mut self, names: Vec<String>) {
-        // Each job goes to the pool as soon as it is prepared, so preparing the next one
-        // overlaps with spawning this one.
-        let mut queued = Vec::new();
-        let mut done = Vec::new();
-        for name in names {
-            match self.prepare_spawn(&name) {
-                Ok((files, sockets)) => {
-                    let Some(spec) = self.services.get(&name).map(|e| e.svc.spec().clone()) else {
-                        continue;
-                    };
-                    match self.pool.submit(queued.len(), spec, files, sockets) {
-                        Some(result) => done.push((name, result)),
-                        None => queued.push(name),
-                    }
-                }
-                Err(event) => {
-                    let _ = self.feed(&name, event);
-                }
-            }
-        }
-        for (index, result) in self.pool.collect(queued.len()) {
-            if let Some(name) = queued.get(index) {
-                done.push((name.clone(), result));
-            }
-        }
-        for (name, result) in done {
-            if let Some(event) = self.finish_spawn(&name, result) {
-                let _ = self.feed(&name, event);
-            }
-            self.start_readers();
-        }
     }
 
     /// Everything before the clone: the notify socket (if this service is the first to

@@ -10,9 +10,9 @@
 //! status and metrics views (`views.rs`), reload (`reload.rs`), persistence
 //! (`persist.rs`).
 //!
-//! Only the main thread (and, at start-up, the spawner pool, whose threads live as long
-//! as the process) spawns; only the main thread signals and reaps. Spawning from
-//! long-lived threads is what makes PR_SET_PDEATHSIG reliable; reaping only here, after
+//! Only the main thread spawns, signals and reaps. Spawning from the one thread that
+//! lives as long as the process (and survives `upgrade-self`'s exec) is what makes
+//! PR_SET_PDEATHSIG reliable; reaping only here, after
 //! the waiter reported the exit and the machine said `Reap`, keeps a pid from being
 //! signalled after it was reused. The loop never waits on anything but its channel:
 //! every other call it makes is bounded (each says its bound where it is made).
@@ -116,10 +116,11 @@ pub struct Supervisor {
     pub(super) busy_cgroups_at: Option<Instant>,
     pub(super) binary_ids: BinaryIds,
     pub(super) prober: Prober,
-    pub(super) pool: spawn::Pool,
     /// Start-up collects the spawns the machines ask for, to run them on the pool.
-    pub(super) batch: Option<Vec<String>>,
     /// Output readers of runs just spawned, started once their machines know the run.
+    /// Set while `start_all` spawns: the readers of those runs start after the last
+    /// spawn, so that thread creation does not hold up the services' own start.
+    pub(super) starting: bool,
     pub(super) readers: Vec<(std::os::fd::OwnedFd, crate::output::reader::ReaderCtx)>,
     /// Process groups with live members, scanned at most once per loop iteration.
     pub(super) live_groups: Option<HashSet<i32>>,
@@ -178,8 +179,7 @@ impl Supervisor {
             busy_cgroups_at: None,
             binary_ids: BinaryIds::default(),
             prober,
-            pool: spawn::Pool::new(),
-            batch: None,
+            starting: false,
             readers: Vec::new(),
             live_groups: None,
             persist: state_dir.map(super::snapshot::Saver::new),
@@ -202,7 +202,7 @@ impl Supervisor {
     }
 
     /// Starts every autostart service; the caller then reports readiness and calls `run`.
-    /// The machines first, then every spawn they ask for at once, on the spawner pool.
+    /// Each is spawned on this thread as its machine asks (see `launch.rs`).
     pub fn start_all(&mut self) {
         self.load_upgrades();
         let names: Vec<String> = self
@@ -211,13 +211,13 @@ impl Supervisor {
             .filter(|(_, e)| e.svc.spec().autostart && e.svc.state() != State::Failed)
             .map(|(n, _)| n.clone())
             .collect();
-        self.batch = Some(Vec::new());
+        self.starting = true;
         for name in &names {
             // Autostart services are enabled and have a binary, so Start is accepted.
             let _ = self.feed(name, machine::Event::Start);
         }
-        let batch = self.batch.take().unwrap_or_default();
-        self.spawn_batch(batch);
+        self.starting = false;
+        self.start_readers();
         for e in self.services.values() {
             let spec = e.svc.spec();
             if let Some(err) = spec.binary_error() {
