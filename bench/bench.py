@@ -738,7 +738,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     ap.add_argument("--json", help="also write the raw results here")
-    ap.add_argument("--only", help="comma-separated workloads: footprint,idle,restart,hardening,log,shutdown,kill,size,curve,handover")
+    ap.add_argument("--only", help="comma-separated workloads: footprint,idle,restart,hardening,log,shutdown,kill,size,curve,handover,reexec")
     ap.add_argument("--baseline", help="another orchestrator binary (say, main before a change), "
                     "measured in the same run as a column of its own")
     args = ap.parse_args()
@@ -819,6 +819,18 @@ def main():
             sys.stderr.write(f"  handover {label}...\n")
             handovers.append((label, handover.handover(Orch, run_in, ORCH, with_sockets)))
         results["handover"] = dict(handovers)
+
+    if wanted("reexec"):
+        import reexec
+        for n in (100, big):
+            sys.stderr.write(f"  upgrade-self with {n} services...\n")
+            r = reexec.self_upgrade(Orch, run_in, sleepers, sleepers_body(), n, wait_for)
+            results[f"upgrade-self {n}"] = r
+            note = "" if r.get("kept") and r.get("exe_new") else " (SERVICES NOT KEPT)"
+            rows.append((f"upgrade-self, {n} services: supervision pause (ms){note}",
+                         {"orchestrator": fmt(r.get("pause_ms"))}, "-", "-"))
+            rows.append((f"upgrade-self, {n} services: client round trip, checks included (ms)",
+                         {"orchestrator": fmt(r.get("client_ms"))}, "-", "-"))
 
     # Log-path integrity, shown separately: every supervisor must be lossless.
     integrity = {c.name: results[log_label][c.name] for c in ALL} if log_label in results else {}

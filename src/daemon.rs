@@ -7,12 +7,21 @@ use crate::cli::Cli;
 use crate::control::{instance, socket as control};
 use crate::output::{files, sink as logsink};
 use crate::process::{cgroup, signals};
-use crate::supervise::{persist, supervisor, watchdog};
+use crate::supervise::{persist, resume, supervisor, watchdog};
 use crate::{config_failed, load};
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
+    // A previous image of this process handed its state over (`upgrade-self`).
+    let carried = match resume::take_carried() {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            eprintln!("orchestrator: upgrade-self: {e}");
+            return 1;
+        }
+    };
     let reserve = control::open_reserve();
     let (cfg, plan) = match load(cli) {
         Ok(v) => v,
@@ -29,7 +38,15 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         .control_socket
         .clone()
         .unwrap_or_else(instance::default_socket);
-    let (mut inst, listener) = match instance::Instance::acquire(&socket, pidfile.as_deref()) {
+    let acquired = match &carried {
+        Some(c) => {
+            let i = &c.instance;
+            instance::Instance::adopt(&i.socket, i.lock, i.pidfile.clone(), i.listener)
+                .map_err(instance::InstanceError::Io)
+        }
+        None => instance::Instance::acquire(&socket, pidfile.as_deref()),
+    };
+    let (mut inst, listener) = match acquired {
         Ok(v) => v,
         Err(instance::InstanceError::AlreadyRunning(pid)) => {
             match pid {
@@ -63,11 +80,14 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
                 return 1;
             }
         };
-        if let Err(e) = instance::daemonize(log.file()) {
-            eprintln!("orchestrator: cannot detach: {e}");
-            return 1;
+        // A successor is detached already, and keeps the pid.
+        if carried.is_none() {
+            if let Err(e) = instance::daemonize(log.file()) {
+                eprintln!("orchestrator: cannot detach: {e}");
+                return 1;
+            }
+            inst.record_pid();
         }
-        inst.record_pid();
         out = Box::new(log);
     }
     // SAFETY: getpid has no preconditions.
@@ -86,6 +106,8 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
             return 1;
         }
     };
+    // After a handover, what came during the exec waited, blocked: deliver it now.
+    signals::unblock_handled();
     if reap_orphans {
         // SAFETY: prctl with these arguments has no memory preconditions.
         if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
@@ -115,7 +137,11 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
             log::debug!("no writable cgroup hierarchy: services are tracked by process group")
         }
     }
-    let leftovers = cgroups.clean_up_predecessor();
+    // A successor's cgroups hold its own services.
+    let leftovers = match carried {
+        Some(_) => 0,
+        None => cgroups.clean_up_predecessor(),
+    };
     if leftovers > 0 {
         log::warn!("killed {leftovers} processes left in service cgroups by a previous instance");
     }
@@ -124,7 +150,7 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
     // state_dir that cannot be used is reported; supervision goes on without it.
     let (state_dir, saved) = match s.state_dir.as_deref().map(persist::StateDir::open) {
         Some(Ok(sd)) => {
-            let saved = sd.load();
+            let saved = if carried.is_some() { None } else { sd.load() };
             if let Some(saved) = &saved {
                 // Only processes that carry the environment our plan gives the service
                 // are proven ours (see persist's opening note).
@@ -143,6 +169,7 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         None => (None, None),
     };
     let (tx, rx) = crossbeam_channel::unbounded();
+    let instance_fds = inst.fds(std::os::fd::AsRawFd::as_raw_fd(&listener));
     if let Err(e) = signals::forward(signals, tx.clone())
         .and_then(|()| control::serve(listener, tx.clone(), reserve))
     {
@@ -182,6 +209,7 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         cgroups,
         state_dir,
     );
+    sup.set_instance_fds(instance_fds);
     if let Some(saved) = saved {
         sup.restore(saved);
     }
@@ -196,7 +224,10 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
             ),
         }
     }
-    sup.start_all();
+    match carried {
+        Some(c) => sup.resume(c),
+        None => sup.start_all(),
+    }
     instance::notify_ready();
     let outcome = sup.run();
     control::drain(Duration::from_secs(1));

@@ -97,7 +97,7 @@ fn client_exit_codes_and_messages() {
         (&["upgrade", "nope", "/bin/true"], 1, "service not found"),
         (&["upgrade", "svc", "/nonexistent/x"], 1, "No such file"),
         (&["rollback", "svc"], 1, "no previous binary"),
-        (&["upgrade-self", "/bin/true"], 1, "not supported"),
+        (&["upgrade-self", "/bin/true"], 1, "not an orchestrator"),
         (&["start"], 2, "one service name"),
     ];
     for (args, code, msg) in cases {

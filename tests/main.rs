@@ -26,4 +26,5 @@ mod sockets;
 mod terminal;
 mod trust;
 mod upgrade;
+mod upgrade_self;
 mod watchdog;

@@ -150,7 +150,14 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientErr
             println!("{name}: rolled back to sha256 {sha}");
         }
         Command::UpgradeSelf(path) => {
-            conn.call(&json!({"cmd": "upgrade-self", "path": path}))?;
+            // The daemon has another working directory: a relative PATH is ours.
+            let path = std::path::absolute(path.as_str()).unwrap_or_else(|_| path.into());
+            let reply = conn.call(&json!({"cmd": "upgrade-self", "path": path}))?;
+            println!(
+                "orchestrator {} takes over (pid {})",
+                reply["version"].as_str().unwrap_or("?"),
+                reply["pid"]
+            );
         }
         Command::Run { .. }
         | Command::Check

@@ -6,7 +6,7 @@
 use crate::process::safe_fs;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -168,6 +168,42 @@ impl Instance {
         };
         inst.record_pid();
         Ok((inst, listener))
+    }
+
+    /// The lock, the pidfile and the listener a previous image of this process held
+    /// (`upgrade-self`), taken over: the lock is never let go in between.
+    pub fn adopt(
+        socket: &Path,
+        lock: RawFd,
+        pidfile: Option<(PathBuf, RawFd)>,
+        listener: RawFd,
+    ) -> Result<(Instance, UnixListener), String> {
+        let own = |fd: RawFd| -> Result<OwnedFd, String> {
+            crate::process::inherit::adopt(fd)
+                .ok_or_else(|| format!("descriptor {fd} was not handed over"))
+        };
+        let inst = Instance {
+            lock: File::from(own(lock)?),
+            socket: socket.to_path_buf(),
+            pidfile: match pidfile {
+                Some((p, fd)) => Some((p, File::from(own(fd)?))),
+                None => None,
+            },
+        };
+        Ok((inst, UnixListener::from(own(listener)?)))
+    }
+
+    /// What `upgrade-self` leaves open across its exec, with `listener`'s descriptor.
+    pub fn fds(&self, listener: RawFd) -> crate::supervise::supervisor::InstanceFds {
+        crate::supervise::supervisor::InstanceFds {
+            lock: self.lock.as_raw_fd(),
+            pidfile: self
+                .pidfile
+                .as_ref()
+                .map(|(p, f)| (p.clone(), f.as_raw_fd())),
+            listener,
+            socket: self.socket.clone(),
+        }
     }
 
     /// Writes our pid into the lock file and the pidfile (again after `--daemon` forks).

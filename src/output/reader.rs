@@ -6,6 +6,7 @@
 //! Memory per reader is bounded by `max_line_bytes` plus one read, and an idle reader
 //! holds no buffer at all: it waits in poll() and allocates only when data arrives.
 
+use crate::output::handover;
 use crate::output::sink::{Batch, Line, Sink, Stream};
 use crate::output::timefmt;
 use std::collections::VecDeque;
@@ -127,6 +128,11 @@ impl Ring {
     }
 
     /// The last `n` lines (at most RING_LINES), oldest first, with their batch.
+    /// The kept batches, oldest first.
+    pub fn batches(&self) -> impl Iterator<Item = &Arc<Batch>> {
+        self.batches.iter()
+    }
+
     pub fn tail(&self, n: usize) -> Vec<(Arc<Batch>, Line)> {
         let n = n.min(RING_LINES);
         let mut out = Vec::with_capacity(n.min(self.lines));
@@ -163,7 +169,7 @@ pub struct Drain {
 }
 
 impl Drain {
-    fn finished(&self) {
+    pub(super) fn finished(&self) {
         if let Ok(mut d) = self.done.lock() {
             *d += 1;
             self.cond.notify_all();
@@ -193,19 +199,43 @@ pub struct ReaderCtx {
 }
 
 pub fn spawn_reader(fd: OwnedFd, ctx: ReaderCtx) -> io::Result<()> {
+    spawn_reader_with(fd, ctx, Vec::new())
+}
+
+/// `spawn_reader` for a pipe whose first bytes (`carry`, the unfinished end of a line)
+/// were read before a handover.
+pub fn spawn_reader_with(fd: OwnedFd, ctx: ReaderCtx, carry: Vec<u8>) -> io::Result<()> {
+    let live = handover::enter();
     std::thread::Builder::new()
         .name(format!("out-{}", ctx.pid.load(Ordering::Relaxed)))
         .stack_size(READER_STACK)
         .spawn(move || {
-            read_loop(fd, &ctx);
-            ctx.drain.finished();
+            let _live = live;
+            let (mut fd, mut ctx, mut carry) = (fd, ctx, carry);
+            loop {
+                match read_loop(&fd, &ctx, carry) {
+                    Ended::Eof => return ctx.drain.finished(),
+                    Ended::Handover(rest) => match handover::report(fd, ctx, rest) {
+                        None => return,
+                        // Called off meanwhile: read on.
+                        Some(back) => (fd, ctx, carry) = back,
+                    },
+                }
+            }
         })
         .map(|_| ())
 }
 
-fn read_loop(fd: OwnedFd, ctx: &ReaderCtx) {
-    // The unfinished end of the last line, carried into the next buffer.
-    let mut carry: Vec<u8> = Vec::new();
+/// Why a reader stopped.
+enum Ended {
+    /// The pipe reached its end (or the sink is gone).
+    Eof,
+    /// A handover asked it to stop, at a line boundary: the bytes after the last
+    /// complete line, read but not delivered.
+    Handover(Vec<u8>),
+}
+
+fn read_loop(fd: &OwnedFd, ctx: &ReaderCtx, mut carry: Vec<u8>) -> Ended {
     // A full read suggests more is waiting: read again without asking poll first.
     let mut more = false;
     let mut last_read: Option<std::time::Instant> = None;
@@ -213,9 +243,16 @@ fn read_loop(fd: OwnedFd, ctx: &ReaderCtx) {
         if !more && last_read.is_some_and(|t| t.elapsed() < FLOOD) {
             std::thread::sleep(COALESCE);
         }
+        if handover::asked() {
+            return Ended::Handover(carry);
+        }
         // Wait before allocating: an idle reader holds no buffer at all.
-        if !more && !wait_readable(&fd) {
-            break;
+        if !more {
+            match wait_readable(fd) {
+                Readable::Yes => {}
+                Readable::Handover => return Ended::Handover(carry),
+                Readable::Error => break,
+            }
         }
         // Read straight into the buffer that becomes the batch's text: no copy.
         let mut buf: Vec<u8> = Vec::with_capacity(carry.len() + READ_CHUNK);
@@ -244,30 +281,53 @@ fn read_loop(fd: OwnedFd, ctx: &ReaderCtx) {
         let mut ranges = Vec::with_capacity(n as usize / 48 + 1);
         carry = split(&mut buf, ctx.max_line, false, &mut ranges);
         if !deliver(ctx, make_batch(&ctx.head(), buf, &ranges)) {
-            return;
+            return Ended::Eof;
         }
     }
     // End of stream: the unfinished line is the last one.
     let mut ranges = Vec::new();
     split(&mut carry, ctx.max_line, true, &mut ranges);
     deliver(ctx, make_batch(&ctx.head(), carry, &ranges));
+    Ended::Eof
 }
 
-/// Blocks until the pipe has data or is closed. No timeout: this is a wait, not a poll.
-fn wait_readable(fd: &OwnedFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+enum Readable {
+    Yes,
+    Handover,
+    Error,
+}
+
+/// Blocks until the pipe has data or is closed, or a handover begins. No timeout: this
+/// is a wait, not a poll.
+fn wait_readable(fd: &OwnedFd) -> Readable {
+    let mut pfds = [
+        libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: handover::wake_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // Without a wake descriptor (none could be made), poll ignores a negative fd.
     loop {
-        // SAFETY: pfd is a valid pollfd for the duration of the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+        // SAFETY: pfds is a valid array of two pollfds for the duration of the call.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
         if r >= 0 {
-            return true;
+            if pfds[1].revents != 0 && handover::asked() {
+                return Readable::Handover;
+            }
+            if pfds[0].revents != 0 {
+                return Readable::Yes;
+            }
+            // The wake descriptor of a handover being called off: wait again.
+            continue;
         }
         if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return false;
+            return Readable::Error;
         }
     }
 }

@@ -39,3 +39,52 @@ pub fn forward(mut signals: Signals, tx: Sender<Event>) -> io::Result<()> {
         })
         .map(|_| ())
 }
+
+/// Every signal `register` may take.
+const HANDLED: [i32; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGPWR,
+    libc::SIGCHLD,
+];
+
+fn handled_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset only write the set they are given.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in HANDLED {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks the handled signals on this thread (before `upgrade-self`'s exec: the mask
+/// and what is pending survive it, so a signal that comes before the new image has
+/// its handlers waits for them instead of taking the default action). The old mask.
+pub fn block_handled() -> libc::sigset_t {
+    let set = handled_set();
+    // SAFETY: both sets are valid; pthread_sigmask writes only `old`.
+    unsafe {
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        old
+    }
+}
+
+pub fn restore_mask(old: &libc::sigset_t) {
+    // SAFETY: old is a valid set; no old mask is asked for.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old, std::ptr::null_mut()) };
+}
+
+/// Unblocks the handled signals once their handlers are in place (after a handover,
+/// the ones that came during the exec are delivered now). Call before any other thread
+/// exists, so that every thread inherits the open mask.
+pub fn unblock_handled() {
+    let set = handled_set();
+    // SAFETY: set is valid; no old mask is asked for.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+}

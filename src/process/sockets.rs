@@ -242,6 +242,38 @@ impl Bound {
         self.configs == configs
     }
 
+    /// The descriptors, for `upgrade-self` (which leaves them open across its exec).
+    pub fn raw_fds(&self) -> Vec<RawFd> {
+        self.fds.iter().map(|f| f.as_raw_fd()).collect()
+    }
+
+    /// The sockets a previous image bound, taken over (`upgrade-self`): `fds` in the
+    /// order of `configs`. `None` if their number does not match or one is not open.
+    pub fn adopt(service: &str, configs: &[SocketConfig], fds: &[RawFd]) -> Option<Bound> {
+        if fds.len() != configs.len() {
+            return None;
+        }
+        let mut bound = Bound {
+            configs: configs.to_vec(),
+            fds: Vec::new(),
+            names: String::new(),
+            files: Vec::new(),
+        };
+        for (i, (s, &fd)) in configs.iter().zip(fds).enumerate() {
+            bound.fds.push(crate::process::inherit::adopt(fd)?);
+            if i > 0 {
+                bound.names.push(':');
+            }
+            bound.names.push_str(s.name.as_deref().unwrap_or(service));
+            if let Ok(Address::Unix(path)) = parse(&s.listen) {
+                if let Ok(m) = std::fs::symlink_metadata(&path) {
+                    bound.files.push((path, m.dev(), m.ino()));
+                }
+            }
+        }
+        Some(bound)
+    }
+
     pub fn passed(&self) -> Passed {
         Passed {
             fds: self.fds.iter().map(|f| f.as_raw_fd()).collect(),

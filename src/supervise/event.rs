@@ -31,4 +31,6 @@ pub enum Event {
     /// The file work of an `upgrade` or `rollback` is done (off the loop: copying and
     /// hashing a binary takes as long as the binary is large).
     Installed(crate::supervise::upgrading::Installed),
+    /// `upgrade-self`'s checks of the new binary are done (off the loop: it runs it).
+    SelfChecked(crate::supervise::reexec::SelfChecked),
 }

@@ -38,7 +38,7 @@ pub const PID_FILE_POLL: Duration = Duration::from_millis(50);
 
 /// Who asked for a stop. It decides what the stop leaves behind (an operator's stop is
 /// kept across reloads) and what may override a stop under way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Origin {
     Operator,
     Reload,
@@ -47,7 +47,7 @@ pub enum Origin {
 }
 
 /// What follows a stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AfterStop {
     /// Stay stopped.
     Stay,
@@ -151,38 +151,42 @@ pub enum Action {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Run {
     pid: i32,
     gen: u64,
+    #[serde(with = "carry::mono")]
     started: Instant,
     /// With `pid_file`: the started process, expected to daemonize and exit 0; the
     /// run's main process is then the one the pid file names.
     launcher: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 struct Health {
     /// Failures in a row.
     failures: u32,
     /// A check has passed during this run.
     passed: bool,
     /// When the next probe is due; none while one is in flight.
+    #[serde(with = "carry::mono_opt")]
     next_probe: Option<Instant>,
     in_flight: bool,
 }
 
 /// A run's sd_notify state (SPEC 7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 struct Watch {
     /// `READY=1` came.
     notified: bool,
     /// When the run is declared hung without a keep-alive (`watchdog_ms`, once running).
+    #[serde(with = "carry::mono_opt")]
     deadline: Option<Instant>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Stop {
+    #[serde(with = "carry::mono")]
     deadline: Instant,
     killed: bool,
     then: AfterStop,
@@ -190,24 +194,35 @@ struct Stop {
     /// The state shown until the group is empty (SPEC 4: "the state stays what it was").
     shown: State,
     /// When the draining group is next checked.
+    #[serde(with = "carry::mono_opt")]
     poll_at: Option<Instant>,
 }
 
 /// Where a service is. Each variant carries exactly what that phase needs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 enum Phase {
     /// No process, nothing pending. `held`: an operator (or shutdown) stopped it, so a
     /// reload does not start it again.
     Stopped { held: bool },
     /// Given up (policy, attempts, a binary that cannot run); `retry_at` when
     /// `retry_failed_ms` will try again.
-    Failed { retry_at: Option<Instant> },
+    Failed {
+        #[serde(with = "carry::mono_opt")]
+        retry_at: Option<Instant>,
+    },
     /// A start held back until every `depends_on` runs.
     WaitingDeps,
     /// Waiting out a restart delay.
-    Backoff { until: Instant },
+    Backoff {
+        #[serde(with = "carry::mono")]
+        until: Instant,
+    },
     /// The binary was busy (ETXTBSY): the same start is tried again.
-    BusyRetry { until: Instant, tries: u32 },
+    BusyRetry {
+        #[serde(with = "carry::mono")]
+        until: Instant,
+        tries: u32,
+    },
     /// `Spawn` was asked for and its result is not in yet. A stop that arrives meanwhile
     /// is kept and carried out once the process exists.
     Spawning {
@@ -230,8 +245,11 @@ enum Phase {
     /// service by `deadline` (spawn + `stop_timeout_ms`). Read again at `retry_at`.
     AwaitPidFile {
         gen: u64,
+        #[serde(with = "carry::mono")]
         started: Instant,
+        #[serde(with = "carry::mono")]
         deadline: Instant,
+        #[serde(with = "carry::mono_opt")]
         retry_at: Option<Instant>,
     },
 }
@@ -554,6 +572,7 @@ fn stray(what: &str) -> Action {
     )
 }
 
+pub(super) mod carry;
 mod health;
 mod notify;
 mod requests;

@@ -30,6 +30,11 @@ impl Stops {
     pub fn is_requested(&self, name: &str) -> bool {
         self.requested.contains(name)
     }
+
+    /// The stops asked for, for `upgrade-self`.
+    pub fn names(&self) -> Vec<String> {
+        self.requested.iter().cloned().collect()
+    }
 }
 
 /// Whether a requested stop must still be fed to the service's machine: not while a

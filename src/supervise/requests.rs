@@ -16,7 +16,7 @@ use serde_json::json;
 pub(super) struct Pending {
     waits_for: Vec<String>,
     answer: Answer,
-    reply: Sender<Reply>,
+    pub(super) reply: Sender<Reply>,
 }
 
 enum Answer {
@@ -85,7 +85,10 @@ impl Supervisor {
                 Ok(()) => return,
                 Err(msg) => error_reply(msg).into(),
             },
-            Cmd::UpgradeSelf => error_reply("not supported by this version").into(),
+            Cmd::UpgradeSelf => match self.begin_upgrade_self(&req, reply.clone()) {
+                Ok(()) => return,
+                Err(msg) => error_reply(msg).into(),
+            },
         };
         let _ = reply.try_send(answer);
     }

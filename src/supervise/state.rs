@@ -3,7 +3,7 @@
 //! happens on, the run history, and the refusals a client can get. Plain data only.
 
 /// The states shown to users, exactly SPEC 4's five.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum State {
     Stopped,
     Starting,
@@ -33,7 +33,7 @@ impl State {
 }
 
 /// How a main process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Exit {
     Code(i32),
     Signal(i32),
@@ -75,7 +75,7 @@ pub struct Now {
 }
 
 /// One run in `status`'s history (SPEC 9).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryEntry {
     pub started_ms: u64,
     pub exited_ms: Option<u64>,
@@ -84,7 +84,7 @@ pub struct HistoryEntry {
 
 /// The last exit, for `status NAME`: what ended the run, when, and whether an
 /// operator's stop asked for it (so that 143 after `stop` does not read as a crash).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LastExit {
     pub exit: Exit,
     pub at_ms: u64,

@@ -131,6 +131,16 @@ pub struct Supervisor {
     /// `None` until then, or if it could not be opened (logged once).
     pub(super) notify: Option<Notify>,
     notify_tried: bool,
+    pub(super) instance: Option<InstanceFds>,
+}
+
+/// See `set_instance_fds`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct InstanceFds {
+    pub lock: std::os::fd::RawFd,
+    pub pidfile: Option<(PathBuf, std::os::fd::RawFd)>,
+    pub listener: std::os::fd::RawFd,
+    pub socket: PathBuf,
 }
 
 /// How the loop ended.
@@ -186,6 +196,7 @@ impl Supervisor {
             watchdog: None,
             notify: None,
             notify_tried: false,
+            instance: None,
         }
     }
 
@@ -345,8 +356,28 @@ impl Supervisor {
             Event::Signal(sig) => return self.on_signal(sig),
             Event::Control(req, reply) => self.control(req, reply),
             Event::Installed(done) => self.installed(done),
+            Event::SelfChecked(checked) => return self.upgrade_self(checked),
         }
         None
+    }
+
+    /// `handle`, for `upgrade-self`'s last look at what is queued.
+    pub(super) fn handle_event(&mut self, ev: Event) -> Option<Outcome> {
+        self.handle(ev)
+    }
+
+    pub(super) fn rx_try_recv(&mut self) -> Result<Event, crossbeam_channel::TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// The instance's lock (and pidfile) and the control socket's listener, which
+    /// `upgrade-self` leaves open across its exec.
+    pub fn set_instance_fds(&mut self, fds: InstanceFds) {
+        self.instance = Some(fds);
+    }
+
+    pub(super) fn instance_fds(&self) -> Option<&InstanceFds> {
+        self.instance.as_ref()
     }
 
     fn on_signal(&mut self, sig: i32) -> Option<Outcome> {

@@ -37,13 +37,14 @@ pub enum Verdict {
 
 /// One upgrade in its grace window: from the restart onto the new binary until its
 /// first run has lasted `grace` and is `running`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Watch {
     /// The run that was live when the upgrade restarted the service (None: none was).
     old_gen: Option<u64>,
     /// The first run of the new binary, once it exists.
     new_gen: Option<u64>,
     grace: Duration,
+    #[serde(with = "super::machine::carry::mono_opt")]
     deadline: Option<Instant>,
 }
 

@@ -67,6 +67,41 @@ impl Upgrades {
     pub fn deadline(&self) -> Option<Instant> {
         self.active.as_ref().and_then(|a| a.watch.deadline())
     }
+
+    /// File work in flight (`upgrade-self` waits for it to end).
+    pub fn busy(&self) -> bool {
+        self.busy
+    }
+
+    /// For `upgrade-self`: the window under way (its client, whose connection ends
+    /// with the exec, is not carried) and the history.
+    pub fn carry(&self) -> Option<Value> {
+        let active = self.active.as_ref().map(|a| {
+            json!({"watch": serde_json::to_value(&a.watch).unwrap_or(Value::Null),
+                   "binary": a.binary, "from": a.from, "to": a.to, "at_ms": a.at_ms})
+        });
+        Some(json!({"active": active, "history": self.history.to_json()}))
+    }
+
+    /// What `carry` gave, in the new image.
+    pub fn resume(v: &Value) -> Upgrades {
+        let a = &v["active"];
+        let active = serde_json::from_value::<Watch>(a["watch"].clone())
+            .ok()
+            .map(|watch| Active {
+                watch,
+                binary: PathBuf::from(a["binary"].as_str().unwrap_or_default()),
+                from: a["from"].as_str().unwrap_or_default().to_string(),
+                to: a["to"].as_str().unwrap_or_default().to_string(),
+                at_ms: a["at_ms"].as_u64().unwrap_or_default(),
+                reply: None,
+            });
+        Upgrades {
+            busy: false,
+            active,
+            history: History::from_json(&v["history"]),
+        }
+    }
 }
 
 /// The file work's result, back on the loop.

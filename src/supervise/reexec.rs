@@ -1,0 +1,463 @@
+//! `upgrade-self PATH` (SPEC 11), the old image's side: check the new binary off the
+//! loop (it must say it is an orchestrator and accept the config in force), then hand
+//! everything over and exec it in place, keeping the pid. Every child stays ours: they
+//! were all cloned by this (main) thread, which the exec keeps, so no parent-death
+//! signal fires.
+//!
+//! What crosses the exec (`Carried`, JSON in a memfd whose number the new image finds
+//! in `ORCHESTRATOR_RESUME_FD`): each machine with its deadlines, counters, history,
+//! kept lines, cgroups and sockets; the ordered stops under way; every output pipe with
+//! the unfinished end of its last line (`output::handover` stops the readers at a line
+//! boundary); and the instance's lock and control socket. Waiters, readers and the
+//! other threads are started anew by the new image (`resume.rs`).
+//!
+//! Until the exec nothing has changed that cannot be put back: a refusal or a failed
+//! exec leaves the daemon running as it was, and the client gets the reason.
+
+use super::event::Event;
+use super::machine;
+use super::supervisor::{InstanceFds, Outcome, Supervisor};
+use crate::control::socket::{error_reply, Reply, Request};
+use crate::output::handover::{self, CarriedBatch, CarriedReader, Report};
+use crate::process::inherit;
+use crossbeam_channel::Sender;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The variable that tells a new image where the state is.
+pub const RESUME_ENV: &str = "ORCHESTRATOR_RESUME_FD";
+/// The format of `Carried`; a new image refuses (and exits) on any other.
+const FORMAT: u32 = 1;
+/// How long the output readers get to reach a line boundary, and the log writer to
+/// write out what they delivered.
+const STOP_BOUND: Duration = Duration::from_secs(2);
+/// The longest a check of the new binary may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything the new image takes over.
+#[derive(Serialize, Deserialize)]
+pub struct Carried {
+    pub format: u32,
+    pub from_version: String,
+    pub gen: u64,
+    pub unreaped: Vec<i32>,
+    pub stops: Vec<String>,
+    pub services: Vec<CarriedService>,
+    pub readers: Vec<CarriedReader>,
+    pub instance: InstanceFds,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct CarriedService {
+    pub name: String,
+    pub machine: machine::carry::Carried,
+    pub ring: Vec<CarriedBatch>,
+    pub stdout_lines: u64,
+    pub stderr_lines: u64,
+    pub file_unwritten: u64,
+    pub cgroup_dirs: Vec<PathBuf>,
+    pub output_pid: i32,
+    pub group: Option<(i32, u64)>,
+    pub sockets: Option<Vec<RawFd>>,
+    pub upgrade: Option<serde_json::Value>,
+}
+
+/// The checks' verdict, back on the loop.
+pub struct SelfChecked {
+    path: PathBuf,
+    result: Result<String, String>,
+    reply: Sender<Reply>,
+}
+
+impl Supervisor {
+    /// `upgrade-self PATH`: refused at once when it cannot be done now; otherwise the
+    /// binary is checked on a thread and the answer comes with `SelfChecked`.
+    pub(super) fn begin_upgrade_self(
+        &mut self,
+        req: &Request,
+        reply: Sender<Reply>,
+    ) -> Result<(), String> {
+        let path = PathBuf::from(req.path.as_deref().ok_or("missing path")?);
+        self.refuse_upgrade_self()?;
+        let mut args: Vec<OsString> = vec!["check".into()];
+        if let Some(p) = &self.cfg.path {
+            args.extend(["--config".into(), p.clone().into_os_string()]);
+        }
+        if let Some(d) = &self.overrides.services_dir {
+            args.extend(["--services-dir".into(), d.clone().into_os_string()]);
+        }
+        if let Some(s) = &self.overrides.socket {
+            args.extend(["--socket".into(), s.clone().into_os_string()]);
+        }
+        let tx = self.tx.clone();
+        std::thread::Builder::new()
+            .name("upgrade-self".into())
+            .spawn(move || {
+                let result = check_binary(&path, &args);
+                let _ = tx.send(Event::SelfChecked(SelfChecked {
+                    path,
+                    result,
+                    reply,
+                }));
+            })
+            .map(|_| ())
+            .map_err(|e| format!("cannot create a thread: {e}"))
+    }
+
+    /// What stops a handover now.
+    fn refuse_upgrade_self(&self) -> Result<(), String> {
+        if self.shutdown.is_some() {
+            return Err("orchestrator is shutting down".into());
+        }
+        if let Some(e) = self.services.values().find(|e| e.upgrade.busy()) {
+            return Err(format!(
+                "{}: an upgrade is installing its binary; try again",
+                e.name
+            ));
+        }
+        if self.instance_fds().is_none() {
+            return Err("not supported in this mode".into());
+        }
+        Ok(())
+    }
+
+    /// The new binary passed (or failed) its checks: hand over and exec, or answer why
+    /// not. Returns only if the exec did not happen.
+    pub(super) fn upgrade_self(&mut self, checked: SelfChecked) -> Option<Outcome> {
+        let SelfChecked {
+            path,
+            result,
+            reply,
+        } = checked;
+        let version = match result.and_then(|v| self.refuse_upgrade_self().map(|()| v)) {
+            Ok(v) => v,
+            Err(msg) => {
+                let _ = reply.try_send(error_reply(msg).into());
+                return None;
+            }
+        };
+        if let Err(msg) = self.config_unchanged() {
+            let _ = reply.try_send(error_reply(msg).into());
+            return None;
+        }
+        // What is queued already is taken now: an exit, a signal or a request would
+        // otherwise be lost with the channel.
+        while let Ok(ev) = self.rx_try_recv() {
+            if let Event::SelfChecked(other) = ev {
+                let msg = "another upgrade-self is under way";
+                let _ = other.reply.try_send(error_reply(msg).into());
+                continue;
+            }
+            if let Some(outcome) = self.handle_event(ev) {
+                let _ = reply.try_send(error_reply("orchestrator is exiting").into());
+                return Some(outcome);
+            }
+        }
+        if let Err(msg) = self.refuse_upgrade_self() {
+            let _ = reply.try_send(error_reply(msg).into());
+            return None;
+        }
+        // From here the loop is paused until the new image runs it (the `took over`
+        // record): `make bench` measures between the two.
+        log::info!(
+            "upgrade-self: handing over to {} (orchestrator {version})",
+            path.display()
+        );
+        let reports = match handover::stop_readers(STOP_BOUND) {
+            Ok(r) => r,
+            Err(r) => {
+                handover::resume(r);
+                let msg = "output readers did not stop in time (is the log writer blocked?)";
+                let _ = reply.try_send(error_reply(msg).into());
+                return None;
+            }
+        };
+        if !self.sink.flush(STOP_BOUND) {
+            handover::resume(reports);
+            let msg = "the log writer did not write out in time";
+            let _ = reply.try_send(error_reply(msg).into());
+            return None;
+        }
+        let Some(instance) = self.instance_fds().cloned() else {
+            handover::resume(reports);
+            return None;
+        };
+        let carried = self.carry(&reports, instance);
+        let memfd = match write_memfd(&carried) {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.uncarry(&carried);
+                handover::resume(reports);
+                let msg = format!("cannot hand the state over: {e}");
+                let _ = reply.try_send(error_reply(msg).into());
+                return None;
+            }
+        };
+        for p in std::mem::take(&mut self.pending) {
+            let msg = "orchestrator re-executed onto a new binary: ask again";
+            let _ = p.reply.try_send(error_reply(msg).into());
+        }
+        let answer = json!({"ok": true, "version": version, "pid": std::process::id()});
+        let _ = reply.try_send(answer.into());
+        crate::control::socket::drain(Duration::from_secs(1));
+        self.sink.flush(STOP_BOUND);
+        let cancelled = self.cancel_exec_probes();
+        let err = exec(&path, memfd.as_raw_fd());
+        // Still here: the exec failed. Everything is as it was but the checks killed.
+        drop(memfd);
+        self.uncarry(&carried);
+        handover::resume(reports);
+        for name in cancelled {
+            let _ = self.feed(&name, machine::Event::ProbeSkipped);
+        }
+        log::error!(
+            "upgrade-self: cannot execute {}: {err}; carrying on",
+            path.display()
+        );
+        None
+    }
+
+    /// Kills and reaps the `exec` checks in flight (the new image runs them again, as
+    /// the machines say a check is in flight); the services they were for.
+    fn cancel_exec_probes(&mut self) -> Vec<String> {
+        let mut names = Vec::new();
+        for (name, e) in &mut self.services {
+            if let Some(p) = e.probe.take() {
+                crate::process::spawn::signal_group(p.pid, libc::SIGKILL);
+                crate::process::spawn::reap(p.pid);
+                self.unreaped.remove(&p.pid);
+                names.push(name.clone());
+            }
+        }
+        names
+    }
+
+    /// The state as it crosses the exec; every descriptor in it is left open across it.
+    fn carry(&self, reports: &[Report], instance: InstanceFds) -> Carried {
+        let services = self
+            .services
+            .values()
+            .map(|e| CarriedService {
+                name: e.name.to_string(),
+                machine: e.svc.carry(),
+                ring: e.ring.lock().map(|r| r.carry()).unwrap_or_default(),
+                stdout_lines: load(&e.counters.stdout_lines),
+                stderr_lines: load(&e.counters.stderr_lines),
+                file_unwritten: load(&e.counters.file_unwritten),
+                cgroup_dirs: e.cgroup_dirs.clone(),
+                output_pid: e.output_pid.load(std::sync::atomic::Ordering::Relaxed),
+                group: e.group.map(|g| (g.pgid, g.start_ticks)),
+                sockets: e.sockets.as_ref().map(|b| b.raw_fds()),
+                upgrade: e.upgrade.carry(),
+            })
+            .collect::<Vec<_>>();
+        let carried = Carried {
+            format: FORMAT,
+            from_version: env!("CARGO_PKG_VERSION").into(),
+            gen: self.gen,
+            unreaped: self.unreaped.iter().copied().collect(),
+            stops: self.stops.names(),
+            services,
+            readers: reports.iter().map(Report::describe).collect(),
+            instance,
+        };
+        for fd in carried_fds(&carried) {
+            inherit::clear_cloexec(fd);
+        }
+        carried
+    }
+
+    /// Undoes `carry`'s descriptor flags after a failed exec.
+    fn uncarry(&self, carried: &Carried) {
+        for fd in carried_fds(carried) {
+            inherit::set_cloexec(fd);
+        }
+    }
+
+    /// The file as it is now must give the configuration in force: the new image
+    /// plans from it, and must not run a service differently from how it runs.
+    fn config_unchanged(&self) -> Result<(), String> {
+        let changed = "the config file changed since it was loaded: reload first";
+        let cfg = crate::config::load(&self.overrides).map_err(|e| e.to_string())?;
+        if cfg != self.cfg {
+            return Err(changed.into());
+        }
+        let plan = crate::config::discovery::plan(&cfg).map_err(|e| e.join("; "))?;
+        let same = plan.services.len() == self.services.len()
+            && plan.services.iter().all(|(n, spec)| {
+                self.services
+                    .get(n)
+                    .is_some_and(|e| same_spec(e.svc.spec(), spec))
+            });
+        if !same {
+            return Err(changed.into());
+        }
+        Ok(())
+    }
+}
+
+/// Equal but for what is looked at again before each start anyway (is the binary
+/// there and executable).
+fn same_spec(
+    a: &crate::config::discovery::ServiceSpec,
+    b: &crate::config::discovery::ServiceSpec,
+) -> bool {
+    let mut b = b.clone();
+    b.binary_problem = a.binary_problem.clone();
+    *a == b
+}
+
+fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
+    a.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn carried_fds(c: &Carried) -> Vec<RawFd> {
+    let mut fds = vec![c.instance.lock, c.instance.listener];
+    fds.extend(c.instance.pidfile.as_ref().map(|p| p.1));
+    fds.extend(c.readers.iter().map(|r| r.fd));
+    for s in &c.services {
+        fds.extend(s.sockets.iter().flatten());
+    }
+    fds
+}
+
+/// Runs `PATH --version` and `PATH check ...`: it must be an orchestrator that accepts
+/// the config in force. The version it reports, or why it is refused.
+fn check_binary(path: &Path, check_args: &[OsString]) -> Result<String, String> {
+    crate::process::install::check_new(path)?;
+    let out = run_bounded(path, &[OsString::from("--version")], true)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("orchestrator "))
+        .filter(|v| out.status.success() && !v.trim().is_empty())
+        .ok_or_else(|| {
+            format!(
+                "{}: not an orchestrator (its --version says {:?})",
+                path.display(),
+                text.trim()
+            )
+        })?
+        .trim()
+        .to_string();
+    let out = run_bounded(path, check_args, false)?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err.lines().next().unwrap_or("").trim();
+        return Err(format!(
+            "{} refuses the current config ({}): {first}",
+            path.display(),
+            out.status
+        ));
+    }
+    Ok(version)
+}
+
+/// Runs `path args` with no input and at most `CHECK_TIMEOUT`; its exit status, its
+/// stdout (when `stdout`, else it goes to /dev/null) and its stderr, each read after the
+/// exit, so at most the 64 KiB a pipe holds: enough for `--version` and an error, and
+/// `check`'s plan, which can be longer, is not kept. The wait looks every 10 ms: this
+/// runs only during a check, on its own thread.
+fn run_bounded(
+    path: &Path,
+    args: &[OsString],
+    stdout: bool,
+) -> Result<std::process::Output, String> {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(path)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(if stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(Stdio::piped())
+        .env_remove(RESUME_ENV)
+        .spawn()
+        .map_err(|e| format!("{}: cannot run: {e}", path.display()))?;
+    let end = std::time::Instant::now() + CHECK_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{}: did not answer in time", path.display()));
+            }
+        }
+    };
+    let mut out = std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    if let Some(mut o) = child.stdout.take() {
+        let _ = (&mut o).take(64 * 1024).read_to_end(&mut out.stdout);
+    }
+    if let Some(mut e) = child.stderr.take() {
+        let _ = (&mut e).take(64 * 1024).read_to_end(&mut out.stderr);
+    }
+    Ok(out)
+}
+
+/// The state, in a memfd left open across exec.
+fn write_memfd(c: &Carried) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::io::{Seek, Write};
+    let name = CString::new("orchestrator-state").unwrap_or_default();
+    // SAFETY: name is a valid C string; no MFD_CLOEXEC: the new image reads it.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is ours alone.
+    let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    serde_json::to_writer(std::io::BufWriter::new(&mut f), c)?;
+    f.flush()?;
+    f.seek(std::io::SeekFrom::Start(0))?;
+    Ok(f.into())
+}
+
+/// execve(path, our argv, our environment + RESUME_ENV=fd) with the signals the daemon
+/// handles blocked, so that one arriving before the new image has its handlers stays
+/// pending instead of killing it. Returns only on failure, with the mask restored.
+fn exec(path: &Path, memfd: RawFd) -> std::io::Error {
+    let cstr = |b: &[u8]| CString::new(b).ok();
+    let Some(prog) = cstr(path.as_os_str().as_bytes()) else {
+        return std::io::Error::other("a path with a NUL byte");
+    };
+    let argv: Vec<CString> = std::env::args_os()
+        .filter_map(|a| cstr(a.as_bytes()))
+        .collect();
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k != RESUME_ENV)
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            cstr(&kv)
+        })
+        .collect();
+    env.extend(cstr(format!("{RESUME_ENV}={memfd}").as_bytes()));
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut env_p: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
+    env_p.push(std::ptr::null());
+    let old = crate::process::signals::block_handled();
+    // SAFETY: prog, argv_p and env_p are valid NUL-terminated arrays of C strings that
+    // outlive the call.
+    unsafe { libc::execve(prog.as_ptr(), argv_p.as_ptr(), env_p.as_ptr()) };
+    let err = std::io::Error::last_os_error();
+    crate::process::signals::restore_mask(&old);
+    err
+}

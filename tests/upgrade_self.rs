@@ -1,0 +1,258 @@
+//! `upgrade-self` (SPEC 11): the daemon re-executes onto a copy of itself and keeps
+//! its pid, its children and every line of their output; deadlines (a backoff, a stop,
+//! an upgrade's window) carry on where they were; a binary that cannot take over is
+//! refused and nothing changes.
+
+use crate::sockets::{ask_tcp, free_port, server_body, Prober};
+use crate::util::*;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A copy of the orchestrator under another name, as a new version would be.
+fn new_binary(sb: &Sandbox) -> PathBuf {
+    let p = sb.path("orchestrator-new");
+    std::fs::copy(BIN, &p).unwrap();
+    p
+}
+
+fn exe(pid: i32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default()
+}
+
+fn upgrade_self(sb: &Sandbox, path: &std::path::Path) -> Output {
+    sb.cli(&["upgrade-self", path.to_str().unwrap()])
+}
+
+/// Waits until the daemon has finished taking over (its successor logged it).
+fn wait_took_over(d: &Daemon, n: usize) {
+    let ok = wait_until(DEADLINE, || d.count_log(&["upgrade-self: took over"]) >= n);
+    assert!(ok, "no take-over; log:\n{}", d.log_text());
+}
+
+#[test]
+fn numbered_lines_pass_the_handover_none_lost_or_repeated() {
+    let sb = Sandbox::new();
+    sb.service(
+        "counter",
+        "i=0\nwhile :; do i=$((i+1)); echo \"n $i\"; done",
+    );
+    sb.service("sleeper", "exec sleep 1000");
+    sb.config(
+        json!({"log_dir": "logs", "log_max_bytes": 1_000_000_000u64}),
+        json!({"counter": {}, "sleeper": {}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    let counter = sb.wait_running("counter", None);
+    let sleeper = sb.wait_running("sleeper", None);
+    let new = new_binary(&sb);
+    // Twice: the successor hands over again just as well.
+    for round in 1..=2 {
+        let out = upgrade_self(&sb, &new);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains("takes over"), "{}", out.stdout);
+        wait_took_over(&d, round);
+    }
+    assert_eq!(exe(d.pid), new, "the daemon runs the new binary");
+    // Same daemon pid, same service processes, still supervised.
+    assert_eq!(sb.cli(&["status", "--json"]).code, 0);
+    assert_eq!(sb.service_status("counter")["pid"], counter);
+    assert_eq!(sb.service_status("sleeper")["pid"], sleeper);
+    let out = sb.cli(&["stop", "counter"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // The log file has every number exactly once, in order, across both handovers.
+    let text = std::fs::read_to_string(sb.path("logs/counter.log")).unwrap();
+    let numbers: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.split_once("stdout: n ")?.1.trim().parse().ok())
+        .collect();
+    assert!(numbers.len() > 1000, "only {} lines", numbers.len());
+    for (i, n) in numbers.iter().enumerate() {
+        assert_eq!(*n, i as u64 + 1, "line {} of the log", i + 1);
+    }
+    // The kept lines came over too: `logs` still has the first ones' successors.
+    let out = sb.cli(&["logs", "counter", "-n", "5"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("n "), "{}", out.stdout);
+}
+
+#[test]
+fn a_backoff_restart_comes_when_it_was_due() {
+    let sb = Sandbox::new();
+    sb.service("crash", "echo \"run $$ says hello\"\nexit 3");
+    sb.config(
+        json!({"initial_backoff_ms": 2000, "max_backoff_ms": 2000}),
+        json!({"crash": {}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    let ok = wait_until(DEADLINE, || {
+        sb.service_status("crash")["state"] == "restarting"
+    });
+    assert!(ok, "{}", d.log_text());
+    let s = sb.service_status("crash");
+    let exited = s["history"][0]["exited"].as_i64().unwrap();
+    let kept = sb.cli(&["logs", "crash"]).stdout;
+    assert!(kept.contains("says hello"), "{kept}");
+    let out = upgrade_self(&sb, &new_binary(&sb));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    wait_took_over(&d, 1);
+    // The kept lines came over: the first run's line and records, unchanged.
+    assert_eq!(sb.service_status("crash")["state"], "restarting");
+    assert_eq!(sb.cli(&["logs", "crash"]).stdout, kept);
+    // The second run starts 2 s after the first one's exit (the backoff has a ±10%
+    // jitter at most): neither lost nor started over.
+    let ok = wait_until(DEADLINE, || {
+        sb.service_status("crash")["history"]
+            .as_array()
+            .is_some_and(|h| h.len() >= 2)
+    });
+    assert!(ok, "no restart; log:\n{}", d.log_text());
+    let started = sb.service_status("crash")["history"][1]["started"]
+        .as_i64()
+        .unwrap();
+    let delay = started - exited;
+    assert!(
+        (1700..=2600).contains(&delay),
+        "restarted {delay} ms after the exit"
+    );
+    assert_eq!(sb.service_status("crash")["restarts"], 1);
+}
+
+#[test]
+fn a_stop_under_way_finishes_after_the_handover() {
+    let sb = Sandbox::new();
+    sb.service("stubborn", "trap '' TERM\nwhile :; do sleep 0.05; done");
+    sb.config(json!({}), json!({"stubborn": {"stop_timeout_ms": 2500}}));
+    let d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("stubborn", None);
+    // `stop` waits for the stop; its connection ends with the exec, so it is sent
+    // from a thread that is not waited for.
+    let asked = Instant::now();
+    let cfg = sb.path("orchestrator.json");
+    let stop = std::thread::spawn(move || {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["stop", "stubborn", "--config", cfg.to_str().unwrap()]);
+        run_with_timeout(cmd, Duration::from_secs(30))
+    });
+    let ok = wait_until(DEADLINE, || d.count_log(&["stubborn", "stopping"]) > 0);
+    assert!(ok, "{}", d.log_text());
+    let out = upgrade_self(&sb, &new_binary(&sb));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    wait_took_over(&d, 1);
+    assert!(alive(pid), "the stop timeout has not passed yet");
+    let s = sb.wait_state("stubborn", "stopped");
+    let took = asked.elapsed();
+    assert!(!alive(pid));
+    assert_eq!(s["last_exit_code"], 137, "{s}");
+    assert!(
+        took >= Duration::from_millis(2300) && took < Duration::from_secs(8),
+        "stopped after {took:?}"
+    );
+    let _ = stop.join();
+}
+
+#[test]
+fn an_upgrade_window_under_way_still_rolls_back() {
+    let sb = Sandbox::new();
+    let port = free_port();
+    sb.service("web", &server_body("v1"));
+    sb.config(
+        json!({}),
+        json!({"web": {"sockets": [{"listen": format!("127.0.0.1:{port}")}],
+                       "upgrade_grace_ms": 4000}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("web", None);
+    let prober = Prober::start(port);
+    prober.wait_answer_from(pid);
+    std::fs::create_dir_all(sb.path("new")).unwrap();
+    let bad = sb.path("new/web-bad");
+    sb.script(&bad, "sleep 1.5\nexit 3");
+    let cfg = sb.path("orchestrator.json");
+    let upgrade = std::thread::spawn({
+        let bad = bad.clone();
+        move || {
+            let mut cmd = std::process::Command::new(BIN);
+            cmd.args([
+                "upgrade",
+                "web",
+                bad.to_str().unwrap(),
+                "--config",
+                cfg.to_str().unwrap(),
+            ]);
+            run_with_timeout(cmd, Duration::from_secs(30))
+        }
+    });
+    let ok = wait_until(DEADLINE, || {
+        d.count_log(&["web", "upgrade"]) > 0 && sb.service_status("web")["pid"] != pid
+    });
+    assert!(ok, "{}", d.log_text());
+    let out = upgrade_self(&sb, &new_binary(&sb));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    wait_took_over(&d, 1);
+    let ok = wait_until(DEADLINE, || {
+        sb.service_status("web")["upgrades"]
+            .as_array()
+            .and_then(|u| u.last().cloned())
+            .is_some_and(|u| {
+                u["result"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("rolled back: exited with code 3"))
+            })
+    });
+    assert!(ok, "{}\n{}", sb.service_status("web"), d.log_text());
+    let again = sb.wait_running("web", Some(pid));
+    prober.wait_answer_from(again);
+    assert!(ask_tcp(port).unwrap().starts_with("v1 "));
+    let _ = prober.finish();
+    let _ = upgrade.join();
+}
+
+#[test]
+fn a_binary_that_cannot_take_over_is_refused_and_nothing_changes() {
+    let sb = Sandbox::new();
+    sb.service("sleeper", "exec sleep 1000");
+    sb.config(json!({}), json!({"sleeper": {}}));
+    let services = sb.path("services");
+    let d = Daemon::start(&sb, &["--services-dir", services.to_str().unwrap()]);
+    let pid = sb.wait_running("sleeper", None);
+    let before = exe(d.pid);
+    std::fs::create_dir_all(sb.path("new")).unwrap();
+    // Not an orchestrator; one that says it is but refuses the config; not executable.
+    let impostor = sb.path("new/impostor");
+    sb.script(&impostor, "echo \"orchestrator 9.9\"\n[ \"$1\" = --version ] && exit 0\necho 'unknown key x' >&2\nexit 2");
+    let plain = sb.path("new/plain");
+    std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+    for (path, why) in [
+        (PathBuf::from("/bin/true"), "not an orchestrator"),
+        (impostor, "refuses the current config"),
+        (plain, "is not executable"),
+        (sb.path("new/missing"), "No such file"),
+    ] {
+        let out = upgrade_self(&sb, &path);
+        assert_eq!(
+            out.code,
+            1,
+            "{}: {}{}",
+            path.display(),
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(why),
+            "{}: {}",
+            path.display(),
+            out.stderr
+        );
+        assert_eq!(exe(d.pid), before);
+        assert_eq!(sb.service_status("sleeper")["pid"], pid);
+    }
+    assert_eq!(d.count_log(&["handing over"]), 0, "{}", d.log_text());
+    // A config file changed since it was loaded is refused too: reload first.
+    sb.config(json!({}), json!({"sleeper": {"stop_timeout_ms": 1234}}));
+    let out = upgrade_self(&sb, &new_binary(&sb));
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("reload first"), "{}", out.stderr);
+    assert_eq!(exe(d.pid), before);
+}
