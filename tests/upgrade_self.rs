@@ -256,3 +256,55 @@ fn a_binary_that_cannot_take_over_is_refused_and_nothing_changes() {
     assert!(out.stderr.contains("reload first"), "{}", out.stderr);
     assert_eq!(exe(d.pid), before);
 }
+
+#[test]
+fn a_log_follower_is_told_why_its_stream_ended() {
+    use std::io::{BufRead, BufReader, Read};
+    let sb = Sandbox::new();
+    sb.service("talker", "echo first\nexec sleep 1000");
+    sb.config(json!({}), json!({"talker": {}}));
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("talker", None);
+    let mut follower = std::process::Command::new(BIN)
+        .args(["logs", "-f", "talker", "--config"])
+        .arg(sb.path("orchestrator.json"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(follower.id() as i32);
+    // Streaming once its first line is out.
+    let mut out = BufReader::new(follower.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("first") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the stream ended early");
+    }
+    let up = upgrade_self(&sb, &new_binary(&sb));
+    assert_eq!(up.code, 0, "{}{}", up.stdout, up.stderr);
+    let ok = wait_until(DEADLINE, || matches!(follower.try_wait(), Ok(Some(_))));
+    assert!(ok, "the follower is still connected");
+    let code = follower.wait().unwrap().code();
+    let mut err = String::new();
+    follower
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("follow again"), "{err}");
+    wait_took_over(&d, 1);
+    drop(guard);
+}
+
+/// Kills a client process the test started, should the test fail before it exits.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory preconditions; the pid is a child of this test
+        // not yet reaped (its zombie keeps the pid), or already gone.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}

@@ -325,13 +325,23 @@ fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
 /// some) until the client goes or the service is removed. Only this connection's thread
 /// waits here; the service and the loop never wait for it.
 fn follow(stream: &UnixStream, f: crate::output::reader::Follow) {
+    FOLLOWING.fetch_add(1, Ordering::SeqCst);
+    let _following = Following;
     let mut writer = std::io::BufWriter::new(stream);
     let mut reported = 0;
     loop {
         let batch = match f.rx.recv_timeout(IDLE_TIMEOUT) {
             Ok(b) => Some(b),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                // Ended by `upgrade-self` (the exec ends this thread): say so.
+                if crate::output::handover::asked() {
+                    let msg = "orchestrator re-executed onto a new binary: follow again";
+                    let _ = writeln!(writer, "{}", error_reply(msg));
+                    let _ = writer.flush();
+                }
+                return;
+            }
         };
         let dropped = f.dropped.load(Ordering::Relaxed);
         if dropped > reported {
@@ -359,6 +369,27 @@ fn follow(stream: &UnixStream, f: crate::output::reader::Follow) {
         if f.rx.is_empty() && writer.flush().is_err() {
             return;
         }
+    }
+}
+
+/// `logs -f` streams being written.
+static FOLLOWING: AtomicUsize = AtomicUsize::new(0);
+
+struct Following;
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        FOLLOWING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits (at most `bound`, looking every 5 ms) until every `logs -f` stream has ended:
+/// `upgrade-self` ends them (their services' rings let go of them) and waits here so
+/// that each client gets its last lines and the reason before the exec.
+pub fn wait_followers(bound: Duration) {
+    let end = std::time::Instant::now() + bound;
+    while FOLLOWING.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

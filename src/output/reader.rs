@@ -128,6 +128,11 @@ impl Ring {
     }
 
     /// The last `n` lines (at most RING_LINES), oldest first, with their batch.
+    /// Lets every `logs -f` client go: its stream ends once it has taken what it had.
+    pub fn end_followers(&mut self) {
+        self.followers.clear();
+    }
+
     /// The kept batches, oldest first.
     pub fn batches(&self) -> impl Iterator<Item = &Arc<Batch>> {
         self.batches.iter()

@@ -202,6 +202,12 @@ impl Supervisor {
             let msg = "orchestrator re-executed onto a new binary: ask again";
             let _ = p.reply.try_send(error_reply(msg).into());
         }
+        for e in self.services.values() {
+            if let Ok(mut ring) = e.ring.lock() {
+                ring.end_followers();
+            }
+        }
+        crate::control::socket::wait_followers(Duration::from_millis(500));
         let answer = json!({"ok": true, "version": version, "pid": std::process::id()});
         let _ = reply.try_send(answer.into());
         crate::control::socket::drain(Duration::from_secs(1));
