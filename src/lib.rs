@@ -64,6 +64,10 @@ fn dispatch(cli: Cli) -> i32 {
             print!("{}", cli::USAGE);
             0
         }
+        Command::ResumeFormat => {
+            println!("{}", supervise::reexec::FORMAT);
+            0
+        }
         Command::HelpMan => {
             print!("{}", cli::man::page(cli::USAGE, env!("CARGO_PKG_VERSION")));
             0

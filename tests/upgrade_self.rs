@@ -219,14 +219,21 @@ fn a_binary_that_cannot_take_over_is_refused_and_nothing_changes() {
     let pid = sb.wait_running("sleeper", None);
     let before = exe(d.pid);
     std::fs::create_dir_all(sb.path("new")).unwrap();
-    // Not an orchestrator; one that says it is but refuses the config; not executable.
-    let impostor = sb.path("new/impostor");
-    sb.script(&impostor, "echo \"orchestrator 9.9\"\n[ \"$1\" = --version ] && exit 0\necho 'unknown key x' >&2\nexit 2");
+    // Not an orchestrator; one too old to take over (it knows no --resume-format);
+    // one that refuses the config; not executable; missing.
+    let old = sb.path("new/old");
+    sb.script(&old, "[ \"$1\" = --version ] && echo 'orchestrator 0.0.1' && exit 0\necho \"unknown flag $1\" >&2\nexit 2");
+    let picky = sb.path("new/picky");
+    sb.script(
+        &picky,
+        "case \"$1\" in\n--version) echo 'orchestrator 9.9';;\n--resume-format) echo 1;;\n*) echo 'unknown key x' >&2; exit 2;;\nesac",
+    );
     let plain = sb.path("new/plain");
     std::fs::write(&plain, "#!/bin/sh\n").unwrap();
     for (path, why) in [
         (PathBuf::from("/bin/true"), "not an orchestrator"),
-        (impostor, "refuses the current config"),
+        (old, "cannot take over from this one"),
+        (picky, "refuses the current config"),
         (plain, "is not executable"),
         (sb.path("new/missing"), "No such file"),
     ] {
@@ -278,7 +285,10 @@ fn a_log_follower_is_told_why_its_stream_ended() {
     let mut line = String::new();
     while !line.contains("first") {
         line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "the stream ended early");
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the stream ended early"
+        );
     }
     let up = upgrade_self(&sb, &new_binary(&sb));
     assert_eq!(up.code, 0, "{}{}", up.stdout, up.stderr);

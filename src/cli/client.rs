@@ -165,6 +165,7 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientErr
         | Command::Completion(_)
         | Command::Help
         | Command::HelpMan
+        | Command::ResumeFormat
         | Command::Version => {}
     }
     Ok(false)

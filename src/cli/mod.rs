@@ -47,6 +47,9 @@ pub enum Command {
     /// The man page, generated from `USAGE` (hidden: `make install` calls it).
     HelpMan,
     Version,
+    /// The format of the state this binary takes over from `upgrade-self` (hidden: the
+    /// old image asks before it hands anything over).
+    ResumeFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +171,12 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
             "--help-man" => {
                 return Ok(Cli {
                     command: Some(Command::HelpMan),
+                    ..cli
+                })
+            }
+            "--resume-format" => {
+                return Ok(Cli {
+                    command: Some(Command::ResumeFormat),
                     ..cli
                 })
             }

@@ -31,8 +31,9 @@ use std::time::Duration;
 
 /// The variable that tells a new image where the state is.
 pub const RESUME_ENV: &str = "ORCHESTRATOR_RESUME_FD";
-/// The format of `Carried`; a new image refuses (and exits) on any other.
-const FORMAT: u32 = 1;
+/// The format of `Carried`. A binary prints the one it reads with `--resume-format`;
+/// one that does not (too old to take over) or reads another is refused.
+pub const FORMAT: u32 = 1;
 /// How long the output readers get to reach a line boundary, and the log writer to
 /// write out what they delivered.
 const STOP_BOUND: Duration = Duration::from_secs(2);
@@ -352,6 +353,15 @@ fn check_binary(path: &Path, check_args: &[OsString]) -> Result<String, String> 
         })?
         .trim()
         .to_string();
+    let out = run_bounded(path, &[OsString::from("--resume-format")], true)?;
+    let format = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || format != FORMAT.to_string() {
+        return Err(format!(
+            "{}: orchestrator {version} cannot take over from this one (it reads state format {}, this one writes {FORMAT})",
+            path.display(),
+            if out.status.success() { format.as_str() } else { "none" }
+        ));
+    }
     let out = run_bounded(path, check_args, false)?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);

@@ -40,9 +40,10 @@ pub fn take_carried() -> Option<Result<Carried, String>> {
         serde_json::from_str::<Carried>(&text)
             .map_err(|e| format!("the handed-over state is not readable: {e}"))
             .and_then(|c| match c.format {
-                1 => Ok(c),
+                super::reexec::FORMAT => Ok(c),
                 n => Err(format!(
-                    "the handed-over state has format {n}; this version reads 1"
+                    "the handed-over state has format {n}; this version reads {}",
+                    super::reexec::FORMAT
                 )),
             }),
     )
