@@ -214,6 +214,7 @@ impl Supervisor {
             .filter(|(_, e)| e.svc.spec().autostart && e.svc.state() != State::Failed)
             .map(|(n, _)| n.clone())
             .collect();
+        let ahead = self.cgroups.create_ahead(names.clone());
         self.starting = true;
         for name in &names {
             // Autostart services are enabled and have a binary, so Start is accepted.
@@ -221,6 +222,10 @@ impl Supervisor {
         }
         // A dependent woken by what follows spawns at once, as after start-up.
         self.starting = false;
+        // Before any service's cgroup may be removed (and before the loop runs).
+        if let Some(t) = ahead {
+            let _ = t.join();
+        }
         self.finish_cloned();
         self.start_readers();
         for e in self.services.values() {
