@@ -487,6 +487,28 @@ def footprint(sup_cls, n):
     return run_in(sup_cls, go)
 
 
+def start_time(sup_cls, n, reps=5):
+    """Median seconds from launching the supervisor until each of `n` services has
+    written its marker file (a shell script that touches it, then execs sleep): finer
+    than counting sleepers in /proc, and the same for every supervisor."""
+    def go(sup, work):
+        marks = os.path.join(work, "marks")
+        os.makedirs(marks)
+        sup.setup({f"s{i}": f": > {marks}/s{i}\n{sleepers_body()}" for i in range(n)})
+        t0 = time.time()
+        sup.start()
+        if not wait_for(lambda: len(os.listdir(marks)) >= n, 60, 0.001):
+            return {"error": f"only {len(os.listdir(marks))} of {n} started"}
+        return {"start_s": time.time() - t0}
+    runs = []
+    for _ in range(reps):
+        r = run_in(sup_cls, go)
+        if "error" in r:
+            return r
+        runs.append(r["start_s"])
+    return {"start_s": statistics.median(runs), "runs": runs}
+
+
 def idle(sup_cls, n=100, window=10):
     def go(sup, work):
         sup.setup({f"s{i}": sleepers_body() for i in range(n)})
@@ -738,7 +760,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     ap.add_argument("--json", help="also write the raw results here")
-    ap.add_argument("--only", help="comma-separated workloads: footprint,idle,restart,hardening,log,shutdown,kill,size,curve,handover,reexec")
+    ap.add_argument("--only", help="comma-separated workloads: footprint,start,idle,restart,hardening,log,shutdown,kill,size,curve,handover,reexec")
     ap.add_argument("--baseline", help="another orchestrator binary (say, main before a change), "
                     "measured in the same run as a column of its own")
     args = ap.parse_args()
@@ -778,6 +800,12 @@ def main():
         measure("PSS at 100 services (MB)", lambda c: footprint(c, 100), "pss_mb")
         measure(f"PSS at {big} services (MB)", lambda c: footprint(c, big), "pss_mb")
         measure(f"time to all {big} running (s)", lambda c: results[f"PSS at {big} services (MB)"][c.name], "start_s")
+    if wanted("start"):
+        sys.stderr.write("start\n")
+        reps = 3 if args.quick else 5
+        for n in (10, 100):
+            measure(f"start, {n} services: last one running, median of {reps} (s)",
+                    lambda c, n=n: start_time(c, n, reps), "start_s")
     if wanted("idle"):
         measure("idle wakeups/s (100 services)", lambda c: idle(c, 100, 5 if args.quick else 10), "wakeups_per_s")
     if wanted("restart"):

@@ -9,6 +9,7 @@ use crate::config::{
     parse_signal, valid_service_name, Config, HealthCheck, Limits, RestartPolicy, ServiceConfig,
     Settings, SocketConfig,
 };
+use crate::process::safe_fs::{self, Verdicts};
 use crate::supervise::backoff::Backoff;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -160,7 +161,12 @@ pub fn discover(dir: &Path, notices: &mut Vec<Notice>) -> Vec<Found> {
             continue;
         };
         let path = entry.path();
-        if !path.is_dir() {
+        // The directory entry's type spares a stat; a symlink is followed as before.
+        let is_dir = match entry.file_type() {
+            Ok(t) if !t.is_symlink() => t.is_dir(),
+            _ => path.is_dir(),
+        };
+        if !is_dir {
             continue;
         }
         if !valid_service_name(&name) {
@@ -215,13 +221,19 @@ pub fn binary_problem(path: &Path) -> Option<BinaryProblem> {
 /// The binary's problem, including (as root, under `strict_modes`) failing sshd's
 /// StrictModes rule (`safe_fs::untrusted`).
 pub fn check_binary(path: &Path, strict: bool) -> Option<BinaryProblem> {
+    check_binary_with(path, strict, &mut Verdicts::default())
+}
+
+/// `check_binary`, with the directories judged for StrictModes remembered in `seen`:
+/// a plan's binaries share most of their ancestors.
+fn check_binary_with(path: &Path, strict: bool, seen: &mut Verdicts) -> Option<BinaryProblem> {
     binary_problem(path).or_else(|| {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         if !(strict && root) {
             return None;
         }
-        crate::process::safe_fs::untrusted(path).map(BinaryProblem::Untrusted)
+        safe_fs::untrusted_with(path, seen).map(BinaryProblem::Untrusted)
     })
 }
 
@@ -239,6 +251,7 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
     let env_base = base_environment();
     let mut errors = Vec::new();
     let mut services = BTreeMap::new();
+    let mut verdicts = Verdicts::default();
 
     let unconfigured = ServiceConfig::default();
     // Built by insertion: collecting into an ordered set would link a sort just for this.
@@ -268,7 +281,7 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
                 binary = target;
             }
         }
-        let problem = check_binary(&binary, s.strict_modes);
+        let problem = check_binary_with(&binary, s.strict_modes, &mut verdicts);
         if let Some(BinaryProblem::Untrusted(u)) = &problem {
             notices.push(Notice {
                 level: log::Level::Warn,

@@ -365,6 +365,24 @@ impl Cgroups {
         Ok((files, dirs))
     }
 
+    /// Creates the tracking cgroups of `services` on a thread of its own, ahead of
+    /// `prepare`: making a cgroup is the dearest part of preparing a spawn, and at
+    /// start-up this thread makes them while the loop clones. What it has not made yet
+    /// when `prepare` comes is made there; errors are left for `prepare` to meet and
+    /// report. The caller joins the thread before any service's cgroup may be removed.
+    pub fn create_ahead(&self, services: Vec<String>) -> Option<std::thread::JoinHandle<()>> {
+        let h = self.tracker.clone().filter(|_| services.len() > 1)?;
+        std::thread::Builder::new()
+            .name("cgroups-ahead".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                for s in services {
+                    let _ = fs::create_dir(h.dir(&s));
+                }
+            })
+            .ok()
+    }
+
     fn write_limits(&self, service: &str, l: CgroupLimits) -> Result<(), String> {
         let write = |h: &Hierarchy, file: &str, value: String| -> Result<(), String> {
             let path = h.dir(service).join(file);

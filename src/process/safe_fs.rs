@@ -28,7 +28,7 @@ use std::fs::{File, Metadata};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_encoded_bytes())
@@ -168,24 +168,62 @@ fn judge(p: &Path, m: &Metadata) -> Option<Untrusted> {
 /// A relative path is taken from the current directory. `None`: trusted. A path that
 /// does not exist is not judged here (the caller reports it as missing).
 pub fn untrusted(path: &Path) -> Option<Untrusted> {
+    untrusted_with(path, &mut Verdicts::default())
+}
+
+/// The directories already judged by `untrusted_with`: the ancestors that many paths
+/// share (those of a services directory, for one) are looked at once per scan, not
+/// once per service. Each entry: whether it is a symlink, and its verdict.
+#[derive(Default)]
+pub struct Verdicts(std::collections::HashMap<PathBuf, (bool, Option<Untrusted>)>);
+
+/// `untrusted`, with the verdicts on directories taken from (and added to) `seen`. A
+/// chain without a symlink (nor `.` or `..`) is its own resolved chain: walked once.
+pub fn untrusted_with(path: &Path, seen: &mut Verdicts) -> Option<Untrusted> {
     let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {
         std::env::current_dir().ok()?.join(path)
     };
+    let mut linked = abs
+        .components()
+        .any(|c| matches!(c, Component::CurDir | Component::ParentDir));
+    let (verdict, link) = judge_chain(&abs, seen)?;
+    linked |= link;
+    if !linked {
+        return verdict;
+    }
+    // As before the walk: a path that does not resolve is not judged.
     let resolved = std::fs::canonicalize(&abs).ok()?;
-    for chain in [&abs, &resolved] {
-        for p in chain.ancestors() {
-            if p.as_os_str().is_empty() {
-                continue;
+    verdict.or_else(|| judge_chain(&resolved, seen)?.0)
+}
+
+/// The first verdict against `path` or one of its ancestors, and whether any of those
+/// walked is a symlink. `None` if one cannot be looked at. The path itself is always
+/// looked at afresh; its ancestors are taken from `seen` when judged before.
+fn judge_chain(path: &Path, seen: &mut Verdicts) -> Option<(Option<Untrusted>, bool)> {
+    let mut linked = false;
+    for (i, p) in path.ancestors().enumerate() {
+        if p.as_os_str().is_empty() {
+            continue;
+        }
+        let (link, verdict) = match seen.0.get(p).filter(|_| i > 0) {
+            Some(known) => known.clone(),
+            None => {
+                let m = std::fs::symlink_metadata(p).ok()?;
+                let known = (m.file_type().is_symlink(), judge(p, &m));
+                if i > 0 {
+                    seen.0.insert(p.to_path_buf(), known.clone());
+                }
+                known
             }
-            let m = std::fs::symlink_metadata(p).ok()?;
-            if let Some(u) = judge(p, &m) {
-                return Some(u);
-            }
+        };
+        linked |= link;
+        if verdict.is_some() {
+            return Some((verdict, linked));
         }
     }
-    None
+    Some((None, linked))
 }
 
 /// For unit tests: a directory StrictModes trusts, to hold what they create. The
@@ -422,6 +460,42 @@ mod tests {
             .file_type()
             .is_symlink());
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn shared_verdicts_judge_each_file_afresh_and_follow_links() {
+        if euid() != 0 {
+            eprintln!("skipped: needs root to own files as others");
+            return;
+        }
+        let base = trusted_test_base();
+        if untrusted(&base).is_some() {
+            eprintln!("skipped: no trusted directory to work in");
+            return;
+        }
+        let d = base.join(format!("orch-verdicts-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (f, g) = (d.join("f"), d.join("g"));
+        for p in [&f, &g] {
+            std::fs::write(p, "x").unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let mut seen = Verdicts::default();
+        assert_eq!(untrusted_with(&f, &mut seen), None);
+        // The directories are remembered; the file itself is not.
+        std::os::unix::fs::chown(&g, Some(65534), None).unwrap();
+        assert!(untrusted_with(&g, &mut seen).unwrap().why.contains("65534"));
+        // A link in a trusted directory to a file under /tmp: the resolved chain counts.
+        let t = tmpdir("verdicts");
+        let target = t.join("bin");
+        std::fs::write(&target, "x").unwrap();
+        let link = d.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let u = untrusted_with(&link, &mut seen).expect("/tmp is world-writable");
+        assert_eq!(u.path, Path::new("/tmp"));
+        let _ = std::fs::remove_dir_all(&d);
+        let _ = std::fs::remove_dir_all(&t);
     }
 
     #[test]

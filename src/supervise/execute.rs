@@ -22,7 +22,12 @@ impl Supervisor {
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::Spawn => {
-                    if let Some(result) = self.spawn(name) {
+                    let event = if self.starting {
+                        self.clone_early(name)
+                    } else {
+                        self.spawn(name)
+                    };
+                    if let Some(result) = event {
                         let _ = self.feed(name, result);
                     }
                     if !self.starting {

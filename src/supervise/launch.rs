@@ -62,6 +62,33 @@ impl Supervisor {
         self.finish_spawn(name, result)
     }
 
+    /// Start-up's spawn: the clone only. What follows (the waiter, `Spawned`) waits in
+    /// `cloned` until every autostart service has been cloned (`finish_cloned`), so that
+    /// thread creation holds up no service's start. `Some`: the failed spawn.
+    pub(super) fn clone_early(&mut self, name: &str) -> Option<Event> {
+        let files = match self.prepare_spawn(name) {
+            Ok(files) => files,
+            Err(event) => return Some(event),
+        };
+        let e = self.services.get(name)?;
+        let result = spawn::spawn(e.svc.spec(), &files.0, &files.1);
+        if let Ok(child) = &result {
+            // Ours to reap from now on: no orphan scan may take it meanwhile.
+            self.unreaped.insert(child.pid);
+        }
+        self.cloned.push((name.to_string(), result));
+        None
+    }
+
+    /// The waiters and `Spawned` of the runs `clone_early` started, in their order.
+    pub(super) fn finish_cloned(&mut self) {
+        for (name, result) in std::mem::take(&mut self.cloned) {
+            if let Some(event) = self.finish_spawn(&name, result) {
+                let _ = self.feed(&name, event);
+            }
+        }
+    }
+
     /// Everything before the clone: the notify socket (if this service is the first to
     /// need it), the service's sockets and cgroups. `Err` is the failed spawn (a socket
     /// that cannot be bound, limits configured that cannot be applied).

@@ -116,11 +116,13 @@ pub struct Supervisor {
     pub(super) busy_cgroups_at: Option<Instant>,
     pub(super) binary_ids: BinaryIds,
     pub(super) prober: Prober,
-    /// Start-up collects the spawns the machines ask for, to run them on the pool.
-    /// Output readers of runs just spawned, started once their machines know the run.
-    /// Set while `start_all` spawns: the readers of those runs start after the last
-    /// spawn, so that thread creation does not hold up the services' own start.
+    /// Set while `start_all` feeds the autostart services: their spawns are clones
+    /// only (`launch.rs`); waiters and readers come after the last one, so that thread
+    /// creation does not hold up the services' own start.
     pub(super) starting: bool,
+    /// Runs cloned while `starting`, waiting for their waiter and `Spawned`.
+    pub(super) cloned: Vec<(String, Result<spawn::Child, spawn::SpawnError>)>,
+    /// Output readers of runs just spawned, started once their machines know the run.
     pub(super) readers: Vec<(std::os::fd::OwnedFd, crate::output::reader::ReaderCtx)>,
     /// Process groups with live members, scanned at most once per loop iteration.
     pub(super) live_groups: Option<HashSet<i32>>,
@@ -190,6 +192,7 @@ impl Supervisor {
             binary_ids: BinaryIds::default(),
             prober,
             starting: false,
+            cloned: Vec::new(),
             readers: Vec::new(),
             live_groups: None,
             persist: state_dir.map(super::snapshot::Saver::new),
@@ -222,12 +225,19 @@ impl Supervisor {
             .filter(|(_, e)| e.svc.spec().autostart && e.svc.state() != State::Failed)
             .map(|(n, _)| n.clone())
             .collect();
+        let ahead = self.cgroups.create_ahead(names.clone());
         self.starting = true;
         for name in &names {
             // Autostart services are enabled and have a binary, so Start is accepted.
             let _ = self.feed(name, machine::Event::Start);
         }
+        // A dependent woken by what follows spawns at once, as after start-up.
         self.starting = false;
+        // Before any service's cgroup may be removed (and before the loop runs).
+        if let Some(t) = ahead {
+            let _ = t.join();
+        }
+        self.finish_cloned();
         self.start_readers();
         for e in self.services.values() {
             let spec = e.svc.spec();

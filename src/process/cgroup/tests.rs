@@ -47,3 +47,25 @@ fn paths_join_own_cgroup() {
         PathBuf::from("/sys/fs/cgroup/")
     );
 }
+
+#[test]
+fn creates_tracking_cgroups_ahead() {
+    let base = std::env::temp_dir().join(format!("orch-cg-ahead-{}", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    let cg = Cgroups {
+        tracker: Some(Hierarchy {
+            version: Version::V2,
+            base: base.clone(),
+        }),
+        ..Cgroups::default()
+    };
+    // One service is not worth a thread.
+    assert!(cg.create_ahead(vec!["one".into()]).is_none());
+    let names: Vec<String> = (0..5).map(|i| format!("s{i}")).collect();
+    cg.create_ahead(names.clone()).unwrap().join().unwrap();
+    for n in &names {
+        assert!(base.join(n).is_dir(), "{n} was not created");
+    }
+    assert!(!base.join("one").exists());
+    let _ = std::fs::remove_dir_all(&base);
+}
