@@ -207,8 +207,19 @@ impl Supervisor {
         crate::control::socket::drain(Duration::from_secs(1));
         self.sink.flush(STOP_BOUND);
         let cancelled = self.cancel_exec_probes();
+        // Since the queue was emptied the signals thread has gone on forwarding signals (a
+        // SIGTERM sent the moment `upgrade-self` answered): raised again on this thread
+        // with the handled signals blocked, each stays pending across the exec and
+        // reaches the new image once its handlers are in.
+        let mask = crate::process::signals::block_handled();
+        let late = self.keep_late_signals();
         let err = exec(&path, memfd.as_raw_fd());
-        // Still here: the exec failed. Everything is as it was but the checks killed.
+        // Still here: the exec failed. Everything is as it was but the checks killed;
+        // the signals kept are delivered now, the rest of the queue is put back.
+        crate::process::signals::restore_mask(&mask);
+        for ev in late {
+            let _ = self.tx.send(ev);
+        }
         drop(memfd);
         self.uncarry(&carried);
         handover::resume(reports);
@@ -220,6 +231,24 @@ impl Supervisor {
             path.display()
         );
         None
+    }
+
+    /// Empties the queue with the handled signals blocked on this thread: each signal
+    /// is raised again on this thread, to stay pending; the other events are returned,
+    /// for the old image to deal with should the exec fail (the new image's waiters see
+    /// the exits again; a request's connection ends with the exec).
+    fn keep_late_signals(&mut self) -> Vec<Event> {
+        let mut rest = Vec::new();
+        while let Ok(ev) = self.rx_try_recv() {
+            match ev {
+                // SAFETY: raise has no memory preconditions.
+                Event::Signal(sig) => unsafe {
+                    libc::raise(sig);
+                },
+                other => rest.push(other),
+            }
+        }
+        rest
     }
 
     /// Kills and reaps the `exec` checks in flight (the new image runs them again, as
