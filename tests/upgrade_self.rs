@@ -429,3 +429,52 @@ fn a_signal_right_after_the_answer_still_shuts_everything_down() {
     assert!(!alive(pid));
     drop(stuck);
 }
+
+#[test]
+fn a_second_upgrade_self_during_the_checks_is_refused() {
+    let sb = Sandbox::new();
+    sb.service("sleeper", "exec sleep 1000");
+    sb.config(json!({}), json!({"sleeper": {}}));
+    let d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("sleeper", None);
+    // A new binary whose `check` waits until told: the first upgrade-self is held in
+    // its checks while the second comes.
+    let real = new_binary(&sb);
+    std::fs::create_dir_all(sb.path("new")).unwrap();
+    let (checking, go) = (sb.path("checking"), sb.path("go"));
+    let slow = sb.path("new/orchestrator-slow");
+    sb.script(
+        &slow,
+        &format!(
+            "if [ \"$1\" = check ]; then : > {}; while [ ! -e {} ]; do sleep 0.02; done; fi\nexec {} \"$@\"",
+            checking.display(),
+            go.display(),
+            real.display()
+        ),
+    );
+    let cfg = sb.path("orchestrator.json");
+    let first = std::thread::spawn({
+        let slow = slow.clone();
+        move || {
+            let mut cmd = std::process::Command::new(BIN);
+            cmd.args(["upgrade-self", slow.to_str().unwrap(), "--config"])
+                .arg(cfg);
+            run_with_timeout(cmd, Duration::from_secs(30))
+        }
+    });
+    let ok = wait_until(DEADLINE, || checking.exists());
+    assert!(ok, "{}", d.log_text());
+    let second = upgrade_self(&sb, &slow);
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(second.code, 1, "{}{}", second.stdout, second.stderr);
+    assert!(
+        second.stderr.contains("another upgrade-self is under way"),
+        "{}",
+        second.stderr
+    );
+    let first = first.join().unwrap();
+    assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
+    wait_took_over(&d, 1);
+    assert_eq!(sb.service_status("sleeper")["pid"], pid);
+    assert_eq!(d.count_log(&["upgrade-self: took over"]), 1);
+}

@@ -84,6 +84,10 @@ impl Supervisor {
     ) -> Result<(), String> {
         let path = PathBuf::from(req.path.as_deref().ok_or("missing path")?);
         self.refuse_upgrade_self()?;
+        // Its checks would end with the first one's exec, and its client unanswered.
+        if self.checking_self {
+            return Err("another upgrade-self is under way".into());
+        }
         let mut args: Vec<OsString> = vec!["check".into()];
         if let Some(p) = &self.cfg.path {
             args.extend(["--config".into(), p.clone().into_os_string()]);
@@ -105,7 +109,7 @@ impl Supervisor {
                     reply,
                 }));
             })
-            .map(|_| ())
+            .map(|_| self.checking_self = true)
             .map_err(|e| format!("cannot create a thread: {e}"))
     }
 
@@ -134,6 +138,7 @@ impl Supervisor {
             result,
             reply,
         } = checked;
+        self.checking_self = false;
         let version = match result.and_then(|v| self.refuse_upgrade_self().map(|()| v)) {
             Ok(v) => v,
             Err(msg) => {
