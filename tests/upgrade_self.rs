@@ -394,31 +394,45 @@ fn a_signal_during_the_exec_waits_for_the_new_image() {
     assert!(!alive(pid));
 }
 
-#[test]
-fn a_signal_right_after_the_answer_still_shuts_everything_down() {
+/// A service with kept lines enough for a `logs` answer far larger than a socket's
+/// buffers, and a client that asks for them and does not read: its answer stays
+/// unwritten, so the old image waits its full second for it after answering
+/// `upgrade-self`, and what the test does just after the answer surely meets the old
+/// image, not the new one. The service's pid and the client.
+fn old_image_held_after_the_answer(
+    sb: &Sandbox,
+    d: &Daemon,
+) -> (i64, std::os::unix::net::UnixStream) {
     use std::io::{Read, Write};
-    let sb = Sandbox::new();
-    // Kept lines enough for a `logs` answer far larger than a socket's buffers.
-    sb.service(
-        "big",
-        "i=0\nwhile [ $i -lt 16 ]; do head -c 60000 /dev/zero | tr '\\0' x; echo; i=$((i+1)); done\nexec sleep 1000",
-    );
-    sb.config(json!({}), json!({"big": {}}));
-    let mut d = Daemon::start(&sb, &[]);
     let pid = sb.wait_running("big", None);
     let ok = wait_until(DEADLINE, || {
         sb.cli(&["logs", "big", "-n", "100"]).stdout.lines().count() >= 16
     });
     assert!(ok, "{}", d.log_text());
-    // A client that asks for them and does not read: its answer stays unwritten, so
-    // the old image waits its full second for it after answering `upgrade-self`, and
-    // the signal below surely comes to the old image, not to the new one.
     let mut stuck = std::os::unix::net::UnixStream::connect(sb.socket()).unwrap();
     stuck
         .write_all(b"{\"cmd\":\"logs\",\"service\":\"big\",\"lines\":100}\n")
         .unwrap();
     let mut first = [0u8; 1];
     stuck.read_exact(&mut first).unwrap();
+    (pid, stuck)
+}
+
+/// Starts a daemon with only `big`, which writes 16 lines of 60000 bytes and sleeps.
+fn start_with_big(sb: &Sandbox) -> Daemon {
+    sb.service(
+        "big",
+        "i=0\nwhile [ $i -lt 16 ]; do head -c 60000 /dev/zero | tr '\\0' x; echo; i=$((i+1)); done\nexec sleep 1000",
+    );
+    sb.config(json!({}), json!({"big": {}}));
+    Daemon::start(sb, &[])
+}
+
+#[test]
+fn a_signal_right_after_the_answer_still_shuts_everything_down() {
+    let sb = Sandbox::new();
+    let mut d = start_with_big(&sb);
+    let (pid, stuck) = old_image_held_after_the_answer(&sb, &d);
     let out = upgrade_self(&sb, &new_binary(&sb));
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     d.signal(libc::SIGTERM);
@@ -427,6 +441,27 @@ fn a_signal_right_after_the_answer_still_shuts_everything_down() {
     assert_eq!(d.count_log(&["upgrade-self: took over"]), 1);
     assert_eq!(d.count_log(&["SIGTERM received"]), 1, "{}", d.log_text());
     assert!(!alive(pid));
+    drop(stuck);
+}
+
+#[test]
+fn a_client_right_after_the_answer_is_served_by_the_new_image() {
+    let sb = Sandbox::new();
+    let d = start_with_big(&sb);
+    let (pid, stuck) = old_image_held_after_the_answer(&sb, &d);
+    let out = upgrade_self(&sb, &new_binary(&sb));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    // The old image is still there (for up to a second): this client waits in the
+    // backlog and gets its answer from the new image, not a cut connection.
+    let out = sb.cli(&["status", "big"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        d.count_log(&["upgrade-self: took over"]),
+        1,
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(sb.service_status("big")["pid"], pid);
     drop(stuck);
 }
 

@@ -150,6 +150,10 @@ impl Supervisor {
             let _ = reply.try_send(error_reply(msg).into());
             return None;
         }
+        // No connection is accepted from here until the exec: a client that comes now
+        // waits in the listener's backlog for the new image (or for this one again,
+        // should the handover be called off, which drops the hold).
+        let _held = crate::control::pause::hold(Duration::from_millis(500));
         // What is queued already is taken now: an exit, a signal or a request would
         // otherwise be lost with the channel.
         while let Ok(ev) = self.rx_try_recv() {
