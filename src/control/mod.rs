@@ -4,5 +4,6 @@ pub mod client;
 pub mod instance;
 pub mod metrics;
 pub mod metrics_http;
+pub mod pause;
 pub mod sha256;
 pub mod socket;

@@ -122,6 +122,8 @@ pub fn serve(
         .spawn(move || {
             let mut reserve = reserve;
             loop {
+                // Off the listener while `upgrade-self` hands over (`pause.rs`).
+                super::pause::wait_listener(listener.as_raw_fd());
                 let stream = match listener.accept() {
                     Ok((s, _)) => s,
                     Err(e) if out_of_descriptors(&e) && reserve.is_some() => {

@@ -85,6 +85,10 @@ impl Supervisor {
     ) -> Result<(), String> {
         let path = PathBuf::from(req.path.as_deref().ok_or("missing path")?);
         self.refuse_upgrade_self()?;
+        // Its checks would end with the first one's exec, and its client unanswered.
+        if self.checking_self {
+            return Err("another upgrade-self is under way".into());
+        }
         let mut args: Vec<OsString> = vec!["check".into()];
         if let Some(p) = &self.cfg.path {
             args.extend(["--config".into(), p.clone().into_os_string()]);
@@ -106,7 +110,7 @@ impl Supervisor {
                     reply,
                 }));
             })
-            .map(|_| ())
+            .map(|_| self.checking_self = true)
             .map_err(|e| format!("cannot create a thread: {e}"))
     }
 
@@ -135,6 +139,7 @@ impl Supervisor {
             result,
             reply,
         } = checked;
+        self.checking_self = false;
         let version = match result.and_then(|v| self.refuse_upgrade_self().map(|()| v)) {
             Ok(v) => v,
             Err(msg) => {
@@ -146,6 +151,10 @@ impl Supervisor {
             let _ = reply.try_send(error_reply(msg).into());
             return None;
         }
+        // No connection is accepted from here until the exec: a client that comes now
+        // waits in the listener's backlog for the new image (or for this one again,
+        // should the handover be called off, which drops the hold).
+        let _held = crate::control::pause::hold(Duration::from_millis(500));
         // What is queued already is taken now: an exit, a signal or a request would
         // otherwise be lost with the channel.
         while let Ok(ev) = self.rx_try_recv() {
@@ -214,8 +223,19 @@ impl Supervisor {
         crate::control::socket::drain(Duration::from_secs(1));
         self.sink.flush(STOP_BOUND);
         let cancelled = self.cancel_exec_probes();
+        // Since the queue was emptied the signals thread has gone on forwarding signals (a
+        // SIGTERM sent the moment `upgrade-self` answered): raised again on this thread
+        // with the handled signals blocked, each stays pending across the exec and
+        // reaches the new image once its handlers are in.
+        let mask = crate::process::signals::block_handled();
+        let late = self.keep_late_signals();
         let err = exec(&path, memfd.as_raw_fd());
-        // Still here: the exec failed. Everything is as it was but the checks killed.
+        // Still here: the exec failed. Everything is as it was but the checks killed;
+        // the signals kept are delivered now, the rest of the queue is put back.
+        crate::process::signals::restore_mask(&mask);
+        for ev in late {
+            let _ = self.tx.send(ev);
+        }
         drop(memfd);
         self.uncarry(&carried);
         handover::resume(reports);
@@ -227,6 +247,24 @@ impl Supervisor {
             path.display()
         );
         None
+    }
+
+    /// Empties the queue with the handled signals blocked on this thread: each signal
+    /// is raised again on this thread, to stay pending; the other events are returned,
+    /// for the old image to deal with should the exec fail (the new image's waiters see
+    /// the exits again; a request's connection ends with the exec).
+    fn keep_late_signals(&mut self) -> Vec<Event> {
+        let mut rest = Vec::new();
+        while let Ok(ev) = self.rx_try_recv() {
+            match ev {
+                // SAFETY: raise has no memory preconditions.
+                Event::Signal(sig) => unsafe {
+                    libc::raise(sig);
+                },
+                other => rest.push(other),
+            }
+        }
+        rest
     }
 
     /// Kills and reaps the `exec` checks in flight (the new image runs them again, as

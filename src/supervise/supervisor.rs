@@ -134,6 +134,8 @@ pub struct Supervisor {
     pub(super) notify: Option<Notify>,
     notify_tried: bool,
     pub(super) instance: Option<InstanceFds>,
+    /// An `upgrade-self`'s checks are running (`reexec.rs`): a second one is refused.
+    pub(super) checking_self: bool,
 }
 
 /// See `set_instance_fds`.
@@ -200,6 +202,7 @@ impl Supervisor {
             notify: None,
             notify_tried: false,
             instance: None,
+            checking_self: false,
         }
     }
 

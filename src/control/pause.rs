@@ -1,0 +1,117 @@
+//! Holding the control socket's accept thread off its listener while `upgrade-self`
+//! hands over (SPEC 11): a client that connects then waits in the listener's backlog
+//! for the new image, instead of being accepted by the old one and cut off by its exec.
+//! The accept thread waits in poll() on the listener and on one eventfd; `hold` makes
+//! the eventfd readable and waits until the thread is off the listener. This file never
+//! accepts, reads or closes a connection.
+
+use std::os::fd::RawFd;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+struct Shared {
+    /// Readable while a hold is asked for; -1 (poll ignores it) if none could be made.
+    wake: RawFd,
+    state: Mutex<State>,
+    cond: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    asked: bool,
+    held: bool,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| Shared {
+        // SAFETY: eventfd has no memory preconditions; the descriptor lives as long as
+        // the process.
+        wake: unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) },
+        state: Mutex::default(),
+        cond: Condvar::new(),
+    })
+}
+
+/// The accept thread, before each accept: returns once `listener` has a connection
+/// waiting, staying off it while a hold is asked for.
+pub fn wait_listener(listener: RawFd) {
+    let s = shared();
+    loop {
+        if let Ok(mut st) = s.state.lock() {
+            if st.asked {
+                st.held = true;
+                s.cond.notify_all();
+                while st.asked {
+                    st = match s.cond.wait(st) {
+                        Ok(g) => g,
+                        Err(_) => return,
+                    };
+                }
+                st.held = false;
+            }
+        }
+        let mut pfds = [
+            libc::pollfd {
+                fd: listener,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: s.wake,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: pfds is a valid array of two pollfds for the duration of the call.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
+        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return; // accept() reports what is wrong.
+        }
+        if pfds[1].revents == 0 && pfds[0].revents != 0 {
+            return;
+        }
+        // The wake descriptor (a hold asked for, or one just released): look again.
+    }
+}
+
+/// A hold on the accept thread, released when dropped (a handover called off, or an
+/// exec that failed).
+pub struct Held(());
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let s = shared();
+        if let Ok(mut st) = s.state.lock() {
+            let mut drained: u64 = 0;
+            // SAFETY: reads 8 bytes into a valid u64 from the non-blocking eventfd.
+            unsafe { libc::read(s.wake, (&mut drained as *mut u64).cast(), 8) };
+            st.asked = false;
+            s.cond.notify_all();
+        }
+    }
+}
+
+/// Asks the accept thread off the listener and waits (at most `bound`) until it is.
+/// Past the bound the hold stays asked for and the thread takes it at its next turn.
+pub fn hold(bound: Duration) -> Held {
+    let s = shared();
+    let end = Instant::now() + bound;
+    if let Ok(mut st) = s.state.lock() {
+        st.asked = true;
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to an eventfd (or fails on -1).
+        unsafe { libc::write(s.wake, (&one as *const u64).cast(), 8) };
+        while !st.held {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = match s.cond.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(_) => break,
+            };
+        }
+    }
+    Held(())
+}
