@@ -476,8 +476,8 @@ fn write_memfd(c: &Carried) -> std::io::Result<std::os::fd::OwnedFd> {
     }
     // SAFETY: fd was just created and is ours alone.
     let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    serde_json::to_writer(std::io::BufWriter::new(&mut f), c)?;
-    f.flush()?;
+    // To a Vec, as every other serialisation here: one copy of the serialiser's code.
+    f.write_all(&serde_json::to_vec(c)?)?;
     f.seek(std::io::SeekFrom::Start(0))?;
     Ok(f.into())
 }
