@@ -125,17 +125,22 @@ pub fn stop_readers(bound: Duration) -> Result<Vec<Report>, Vec<Report>> {
     Ok(std::mem::take(&mut i.reports))
 }
 
-/// Calls a handover off: every reader stopped for it reads on where it was.
+/// Calls a handover off: every reader stopped for it reads on where it was, including
+/// one that reported after `stop_readers` gave up waiting (dropping its report would
+/// close its pipe).
 pub fn resume(reports: Vec<Report>) {
     let s = shared();
-    if let Ok(mut i) = s.inner.lock() {
-        let mut drained: u64 = 0;
-        // SAFETY: reads 8 bytes into a valid u64 from the non-blocking eventfd.
-        unsafe { libc::read(s.wake, (&mut drained as *mut u64).cast(), 8) };
-        s.asked.store(false, Ordering::Release);
-        i.reports.clear();
-    }
-    for r in reports {
+    let late = match s.inner.lock() {
+        Ok(mut i) => {
+            let mut drained: u64 = 0;
+            // SAFETY: reads 8 bytes into a valid u64 from the non-blocking eventfd.
+            unsafe { libc::read(s.wake, (&mut drained as *mut u64).cast(), 8) };
+            s.asked.store(false, Ordering::Release);
+            std::mem::take(&mut i.reports)
+        }
+        Err(_) => Vec::new(),
+    };
+    for r in reports.into_iter().chain(late) {
         restart(r.fd, r.ctx, r.carry);
     }
 }

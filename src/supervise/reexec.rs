@@ -132,14 +132,22 @@ impl Supervisor {
     }
 
     /// The new binary passed (or failed) its checks: hand over and exec, or answer why
-    /// not. Returns only if the exec did not happen.
+    /// not. Returns only if the exec did not happen. Until then another `upgrade-self`
+    /// stays refused: one queued behind these checks would otherwise start checks of its
+    /// own (children cloned while the handed-over descriptors are open across exec) and
+    /// lose its client with the exec.
     pub(super) fn upgrade_self(&mut self, checked: SelfChecked) -> Option<Outcome> {
+        let outcome = self.hand_over(checked);
+        self.checking_self = false;
+        outcome
+    }
+
+    fn hand_over(&mut self, checked: SelfChecked) -> Option<Outcome> {
         let SelfChecked {
             path,
             result,
             reply,
         } = checked;
-        self.checking_self = false;
         let version = match result.and_then(|v| self.refuse_upgrade_self().map(|()| v)) {
             Ok(v) => v,
             Err(msg) => {
