@@ -55,6 +55,9 @@ struct Shared {
     /// is done): kept briefly, applied by `register`.
     early: Mutex<VecDeque<Early>>,
     wake: Box<dyn Fn(Arc<str>) + Send + Sync>,
+    /// The reader is off the socket for `upgrade-self`'s handover (`park`).
+    parked: Mutex<bool>,
+    parked_cond: std::sync::Condvar,
 }
 
 struct Early {
@@ -73,6 +76,7 @@ const EARLY_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct Notify {
     shared: Arc<Shared>,
     path: PathBuf,
+    fd: RawFd,
 }
 
 /// Where a daemon with control socket `socket` listens for notifications.
@@ -91,13 +95,35 @@ impl Notify {
         cgroup_id: String,
         wake: impl Fn(Arc<str>) + Send + Sync + 'static,
     ) -> io::Result<Notify> {
-        let fd = bind(path)?;
+        Notify::start(bind(path)?, path, cgroup_id, wake)
+    }
+
+    /// `open` on the socket a previous image bound at `path` and handed over
+    /// (`upgrade-self`): what was sent to it meanwhile is read now.
+    pub fn adopt(
+        fd: OwnedFd,
+        path: &Path,
+        cgroup_id: String,
+        wake: impl Fn(Arc<str>) + Send + Sync + 'static,
+    ) -> io::Result<Notify> {
+        Notify::start(fd, path, cgroup_id, wake)
+    }
+
+    fn start(
+        fd: OwnedFd,
+        path: &Path,
+        cgroup_id: String,
+        wake: impl Fn(Arc<str>) + Send + Sync + 'static,
+    ) -> io::Result<Notify> {
+        let raw = fd.as_raw_fd();
         let shared = Arc::new(Shared {
             groups: Mutex::default(),
             slots: Mutex::default(),
             rejected: AtomicU64::new(0),
             early: Mutex::default(),
             wake: Box::new(wake),
+            parked: Mutex::new(false),
+            parked_cond: std::sync::Condvar::new(),
         });
         let reader = Reader {
             fd,
@@ -111,7 +137,35 @@ impl Notify {
         Ok(Notify {
             shared,
             path: path.to_path_buf(),
+            fd: raw,
         })
+    }
+
+    /// The socket, for `upgrade-self` to hand over.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Waits (at most `bound`) until the reader is off the socket for a handover
+    /// (`output::handover::stop_readers` asked): from then on no slot changes and what
+    /// comes stays in the socket for the new image. The reader reads on by itself if
+    /// the handover is called off.
+    pub fn park(&self, bound: std::time::Duration) -> bool {
+        let end = Instant::now() + bound;
+        let Ok(mut parked) = self.shared.parked.lock() else {
+            return false;
+        };
+        while !*parked {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            parked = match self.shared.parked_cond.wait_timeout(parked, left) {
+                Ok((g, _)) => g,
+                Err(_) => return false,
+            };
+        }
+        true
     }
 
     /// A new run of `service` with process group `pgid` (its main pid). What its main
@@ -275,6 +329,9 @@ impl Reader {
                 + libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) as usize };
         let mut control = vec![0u64; space.div_ceil(8)];
         loop {
+            if !self.wait_readable() {
+                continue;
+            }
             match self.receive(&mut buf, &mut control) {
                 Ok(d) => self.handle(d),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -283,6 +340,44 @@ impl Reader {
                     return;
                 }
             }
+        }
+    }
+
+    /// Blocks until a datagram is there (`true`), or, while `upgrade-self` hands over,
+    /// stays off the socket until the handover is called off (`false`), looking every
+    /// 10 ms: it lasts seconds at most, and ends with the exec if it succeeds.
+    fn wait_readable(&self) -> bool {
+        use crate::output::handover;
+        let mut pfds = [
+            libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: handover::wake_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: pfds is a valid array of two pollfds for the duration of the call.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
+        if !handover::asked() {
+            // Data, an error for recvmsg to report, or a wake-up of a handover gone.
+            return r < 0 || pfds[0].revents != 0;
+        }
+        self.set_parked(true);
+        while handover::asked() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.set_parked(false);
+        false
+    }
+
+    fn set_parked(&self, v: bool) {
+        if let Ok(mut p) = self.shared.parked.lock() {
+            *p = v;
+            self.shared.parked_cond.notify_all();
         }
     }
 

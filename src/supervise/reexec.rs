@@ -51,6 +51,9 @@ pub struct Carried {
     pub services: Vec<CarriedService>,
     pub readers: Vec<CarriedReader>,
     pub instance: InstanceFds,
+    /// The sd_notify socket, if open: what services send during the exec waits in it.
+    #[serde(default)]
+    pub notify: Option<RawFd>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -195,6 +198,20 @@ impl Supervisor {
                 return None;
             }
         };
+        // The notify reader too: no slot changes from here, and what services send
+        // stays in the socket, which the new image reads on.
+        if self.notify.as_ref().is_some_and(|n| !n.park(STOP_BOUND)) {
+            handover::resume(reports);
+            let msg = "the notify reader did not stop in time";
+            let _ = reply.try_send(error_reply(msg).into());
+            return None;
+        }
+        // What it took before it stopped (a READY=1 whose wake-up is still queued)
+        // goes to the machines now, while they can carry it.
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in &names {
+            self.notified(name);
+        }
         if !self.sink.flush(STOP_BOUND) {
             handover::resume(reports);
             let msg = "the log writer did not write out in time";
@@ -318,6 +335,7 @@ impl Supervisor {
             services,
             readers: reports.iter().map(Report::describe).collect(),
             instance,
+            notify: self.notify.as_ref().map(|n| n.raw_fd()),
         };
         for fd in carried_fds(&carried) {
             inherit::clear_cloexec(fd);
@@ -372,6 +390,7 @@ fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
 fn carried_fds(c: &Carried) -> Vec<RawFd> {
     let mut fds = vec![c.instance.lock, c.instance.listener];
     fds.extend(c.instance.pidfile.as_ref().map(|p| p.1));
+    fds.extend(c.notify);
     fds.extend(c.readers.iter().map(|r| r.fd));
     for s in &c.services {
         fds.extend(s.sockets.iter().flatten());

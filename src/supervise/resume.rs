@@ -126,7 +126,11 @@ impl Supervisor {
         for &pid in self.unreaped.iter().filter(|p| !claimed.contains(p)) {
             let _ = waiter::spawn_waiter(pid, 0, Arc::from(""), self.tx.clone(), None);
         }
-        // The notify socket is bound again at the same path; the runs are known by it.
+        // The notify socket handed over, with what was sent to it meanwhile (else it
+        // is bound again at the same path); the runs are known by it.
+        if let Some(fd) = c.notify.and_then(crate::process::inherit::adopt) {
+            self.adopt_notify(fd);
+        }
         let live: Vec<(String, i32)> = self
             .services
             .iter()

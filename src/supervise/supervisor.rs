@@ -612,8 +612,41 @@ impl Supervisor {
         }
     }
 
+    /// The notify socket a previous image handed over (`upgrade-self`), read again at
+    /// the path the services know.
+    pub(super) fn adopt_notify(&mut self, fd: std::os::fd::OwnedFd) {
+        let path = self.services.values().find_map(|e| {
+            e.svc
+                .spec()
+                .process
+                .env
+                .iter()
+                .find(|(k, _)| k == "NOTIFY_SOCKET")
+                .map(|(_, v)| PathBuf::from(v))
+        });
+        let Some(path) = path else { return };
+        self.notify_tried = true;
+        let socket = self
+            .cfg
+            .settings
+            .control_socket
+            .clone()
+            .unwrap_or_else(crate::control::instance::default_socket);
+        let id = crate::process::cgroup::instance_id(&socket);
+        let tx = self.tx.clone();
+        match Notify::adopt(fd, &path, id, move |service| {
+            let _ = tx.send(Event::Notify { service });
+        }) {
+            Ok(n) => self.notify = Some(n),
+            Err(e) => log::error!(
+                "notify socket {}: {e}; services with ready or watchdog_ms cannot report",
+                path.display()
+            ),
+        }
+    }
+
     /// A service's notify slot changed: its news, in the order they matter.
-    fn notified(&mut self, name: &str) {
+    pub(super) fn notified(&mut self, name: &str) {
         let Some(slot) = self.notify.as_ref().and_then(|n| n.take(name)) else {
             return;
         };
