@@ -621,3 +621,78 @@ fn a_ready_sent_while_the_old_image_finishes_reaches_the_new_one() {
     wait_took_over(&d, 1);
     drop(stuck);
 }
+
+/// A known defect, kept for its fix: `--daemon` moves to `/`, and the overrides (and
+/// the argv the exec reuses) keep the relative `--config`: the handover is refused
+/// ("config file not found"), as is a reload; made to pass the check alone, the new
+/// image would fail to start and the services die with it.
+#[test]
+#[ignore = "relative --config with --daemon: upgrade-self refused, new image's argv relative"]
+fn a_detached_daemon_started_with_relative_paths_takes_over() {
+    let sb = Sandbox::new();
+    sb.service("sleeper", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services", "log_dir": "logs"}),
+        json!({"sleeper": {}}),
+    );
+    let pidfile = sb.path("d.pid");
+    let mut cmd = std::process::Command::new(BIN);
+    // Relative to the directory it was started in; --daemon moves to /.
+    cmd.args([
+        "run",
+        "--daemon",
+        "--config",
+        "orchestrator.json",
+        "--pidfile",
+        "d.pid",
+    ])
+    .current_dir(sb.path(""));
+    let out = run_with_timeout(cmd, DEADLINE);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(wait_until(DEADLINE, || std::fs::read_to_string(&pidfile)
+        .is_ok_and(|s| !s.trim().is_empty())));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _guard = KillOnDrop(pid);
+    let sleeper = sb.wait_running("sleeper", None);
+    let out = upgrade_self(&sb, &new_binary(&sb));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let log = || std::fs::read_to_string(sb.path("logs/orchestrator.log")).unwrap_or_default();
+    let ok = wait_until(DEADLINE, || log().contains("upgrade-self: took over"));
+    assert!(ok, "no take-over; log:\n{}", log());
+    assert!(alive(pid as i64));
+    assert_eq!(sb.service_status("sleeper")["pid"], sleeper);
+    let _ = sb.cli(&["shutdown"]);
+}
+
+/// A known defect, kept for its fix: the answer goes before the exec, so an exec that
+/// fails (here the binary is gone once checked) is reported to the client as a success.
+#[test]
+#[ignore = "a failed exec is answered ok (the answer goes before the exec)"]
+fn an_exec_that_fails_after_the_checks_is_not_reported_as_done() {
+    let sb = Sandbox::new();
+    sb.service("sleeper", "exec sleep 1000");
+    sb.config(json!({}), json!({"sleeper": {}}));
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("sleeper", None);
+    let real = new_binary(&sb);
+    std::fs::create_dir_all(sb.path("new")).unwrap();
+    let vanishing = sb.path("new/orchestrator-vanishing");
+    sb.script(
+        &vanishing,
+        &format!(
+            "if [ \"$1\" = check ]; then {} \"$@\"; s=$?; rm -f \"$0\"; exit $s; fi\nexec {} \"$@\"",
+            real.display(),
+            real.display()
+        ),
+    );
+    let out = upgrade_self(&sb, &vanishing);
+    let failed = wait_until(Duration::from_secs(5), || {
+        d.count_log(&["upgrade-self: cannot execute"]) > 0
+    });
+    assert!(failed, "the exec did not fail; log:\n{}", d.log_text());
+    assert_eq!(out.code, 1, "told success: {}{}", out.stdout, out.stderr);
+}
