@@ -169,7 +169,8 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         None => (None, None),
     };
     let (tx, rx) = crossbeam_channel::unbounded();
-    let instance_fds = inst.fds(std::os::fd::AsRawFd::as_raw_fd(&listener));
+    let mut instance_fds = inst.fds(std::os::fd::AsRawFd::as_raw_fd(&listener));
+    instance_fds.argv = successor_argv(cli, cfg.path.as_deref(), daemon, pidfile.as_deref());
     if let Err(e) = signals::forward(signals, tx.clone())
         .and_then(|()| control::serve(listener, tx.clone(), reserve))
     {
@@ -242,4 +243,49 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
     // Give the writer a moment to drain what the readers still hold; never hang on it.
     sink.flush(Duration::from_secs(2));
     code
+}
+
+/// The argv `upgrade-self` starts the new image with: `run` and this daemon's flags, its
+/// paths absolute (the CLI made them so, against the directory we were started in:
+/// `--daemon` has moved to / since) and the config file named even when it was looked
+/// up, so that the new image reads exactly the files this one does.
+fn successor_argv(
+    cli: &Cli,
+    config: Option<&std::path::Path>,
+    daemon: bool,
+    pidfile: Option<&std::path::Path>,
+) -> Vec<std::ffi::OsString> {
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        std::env::args_os()
+            .next()
+            .unwrap_or_else(|| "orchestrator".into()),
+        "run".into(),
+    ];
+    let mut flag = |name: &str, value: std::ffi::OsString| {
+        argv.push(name.into());
+        argv.push(value);
+    };
+    if let Some(c) = config {
+        flag("--config", c.into());
+    }
+    let ov = &cli.overrides;
+    if let Some(d) = &ov.services_dir {
+        flag("--services-dir", d.into());
+    }
+    if let Some(s) = &ov.socket {
+        flag("--socket", s.into());
+    }
+    if let Some(l) = &ov.log_level {
+        flag("--log-level", l.into());
+    }
+    if let Some(f) = &ov.log_format {
+        flag("--log-format", f.into());
+    }
+    if let Some(p) = pidfile {
+        flag("--pidfile", p.into());
+    }
+    if daemon {
+        argv.push("--daemon".into());
+    }
+    argv
 }

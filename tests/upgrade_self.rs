@@ -57,7 +57,7 @@ fn numbered_lines_pass_the_handover_none_lost_or_repeated() {
     for round in 1..=2 {
         let out = upgrade_self(&sb, &new);
         assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-        assert!(out.stdout.contains("takes over"), "{}", out.stdout);
+        assert!(out.stdout.contains("took over"), "{}", out.stdout);
         wait_took_over(&d, round);
     }
     assert_eq!(exe(d.pid), new, "the daemon runs the new binary");
@@ -622,12 +622,10 @@ fn a_ready_sent_while_the_old_image_finishes_reaches_the_new_one() {
     drop(stuck);
 }
 
-/// A known defect, kept for its fix: `--daemon` moves to `/`, and the overrides (and
-/// the argv the exec reuses) keep the relative `--config`: the handover is refused
-/// ("config file not found"), as is a reload; made to pass the check alone, the new
-/// image would fail to start and the services die with it.
+/// `--daemon` moves to `/`: the relative `--config` and `--pidfile` it was started with
+/// must still name the same files for the checks, for a reload and for the new image
+/// (its argv is made absolute, not reused as typed).
 #[test]
-#[ignore = "relative --config with --daemon: upgrade-self refused, new image's argv relative"]
 fn a_detached_daemon_started_with_relative_paths_takes_over() {
     let sb = Sandbox::new();
     sb.service("sleeper", "exec sleep 1000");
@@ -665,13 +663,19 @@ fn a_detached_daemon_started_with_relative_paths_takes_over() {
     assert!(ok, "no take-over; log:\n{}", log());
     assert!(alive(pid as i64));
     assert_eq!(sb.service_status("sleeper")["pid"], sleeper);
+    // The relative paths still name the same files for a reload, and the pidfile.
+    let out = sb.cli(&["reload"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        pid.to_string()
+    );
     let _ = sb.cli(&["shutdown"]);
 }
 
-/// A known defect, kept for its fix: the answer goes before the exec, so an exec that
-/// fails (here the binary is gone once checked) is reported to the client as a success.
+/// The answer comes from the new image: an exec that fails (here the binary is gone once
+/// checked) is reported to the client as the failure it is.
 #[test]
-#[ignore = "a failed exec is answered ok (the answer goes before the exec)"]
 fn an_exec_that_fails_after_the_checks_is_not_reported_as_done() {
     let sb = Sandbox::new();
     sb.service("sleeper", "exec sleep 1000");

@@ -154,7 +154,7 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientErr
             let path = std::path::absolute(path.as_str()).unwrap_or_else(|_| path.into());
             let reply = conn.call(&json!({"cmd": "upgrade-self", "path": path}))?;
             println!(
-                "orchestrator {} takes over (pid {})",
+                "orchestrator {} took over (pid {})",
                 reply["version"].as_str().unwrap_or("?"),
                 reply["pid"]
             );

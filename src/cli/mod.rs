@@ -186,14 +186,17 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
                     ..cli
                 })
             }
-            "--config" => cli.overrides.config = Some(PathBuf::from(value("--config")?)),
-            "--socket" => cli.overrides.socket = Some(PathBuf::from(value("--socket")?)),
+            // Paths are made absolute here, against the directory we were started in:
+            // `--daemon` moves to /, and a reload or `upgrade-self` later must still
+            // find the same files.
+            "--config" => cli.overrides.config = Some(absolute(value("--config")?)),
+            "--socket" => cli.overrides.socket = Some(absolute(value("--socket")?)),
             "--services-dir" => {
-                cli.overrides.services_dir = Some(PathBuf::from(value("--services-dir")?))
+                cli.overrides.services_dir = Some(absolute(value("--services-dir")?))
             }
             "--log-level" => cli.overrides.log_level = Some(value("--log-level")?),
             "--log-format" => cli.overrides.log_format = Some(value("--log-format")?),
-            "--pidfile" => pidfile = Some(PathBuf::from(value("--pidfile")?)),
+            "--pidfile" => pidfile = Some(absolute(value("--pidfile")?)),
             "-n" | "--lines" => {
                 let v = value(flag)?;
                 lines = Some(
@@ -345,6 +348,11 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
     };
     cli.command = Some(command);
     Ok(cli)
+}
+
+/// `path` against the current directory (unchanged if that cannot be read).
+fn absolute(path: String) -> PathBuf {
+    std::path::absolute(&path).unwrap_or_else(|_| PathBuf::from(path))
 }
 
 #[cfg(test)]

@@ -203,6 +203,7 @@ impl Instance {
                 .map(|(p, f)| (p.clone(), f.as_raw_fd())),
             listener,
             socket: self.socket.clone(),
+            argv: Vec::new(),
         }
     }
 

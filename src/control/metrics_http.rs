@@ -108,6 +108,7 @@ fn answer(mut stream: TcpStream, tx: &Sender<Event>, deadline: Instant) -> io::R
                 dry_run: false,
                 path: None,
                 follow: false,
+                conn: None,
             };
             if tx.send(Event::Control(req, reply_tx)).is_err() {
                 return respond(

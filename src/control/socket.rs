@@ -61,6 +61,10 @@ pub struct Request {
     /// `logs -f`: after the reply, keep the connection and stream new lines.
     #[serde(default)]
     pub follow: bool,
+    /// The connection's descriptor, set by its thread (never from the client):
+    /// `upgrade-self` answers on it from the new image.
+    #[serde(skip)]
+    pub conn: Option<std::os::fd::RawFd>,
 }
 
 /// The main loop's answer: ready, or work to finish on the connection's own thread
@@ -71,6 +75,9 @@ pub enum Reply {
     /// `logs -f`: the first answer, then every new line until the client or the service
     /// goes (see `follow`).
     Follow(serde_json::Value, crate::output::reader::Follow),
+    /// The answer will be written by someone else, on a duplicate of the connection
+    /// (`upgrade-self`'s new image): the connection's thread writes nothing and ends.
+    Handed,
 }
 
 impl Reply {
@@ -79,6 +86,7 @@ impl Reply {
         match self {
             Reply::Ready(v) | Reply::Follow(v, _) => v,
             Reply::Finish(f) => f(),
+            Reply::Handed => serde_json::Value::Null,
         }
     }
 }
@@ -282,7 +290,7 @@ fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
             let _ = writeln!(writer, "{}", error_reply(msg));
             return;
         }
-        let req = match parse_request(&line) {
+        let mut req = match parse_request(&line) {
             Ok(r) => r,
             Err(e) => {
                 let _ = writeln!(writer, "{}", error_reply(e));
@@ -290,6 +298,7 @@ fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
             }
         };
         let shutdown = req.cmd == Cmd::Shutdown;
+        req.conn = Some(stream.as_raw_fd());
         let (reply_tx, reply_rx) = bounded(1);
         let in_flight = InFlight::enter();
         if tx.send(Event::Control(req, reply_tx)).is_err() {
@@ -304,6 +313,7 @@ fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
                 }
                 return;
             }
+            Ok(Reply::Handed) => return,
             Ok(r) => r.into_value(),
             Err(_) => error_reply("operation timed out"),
         };

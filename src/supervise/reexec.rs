@@ -54,6 +54,10 @@ pub struct Carried {
     /// The sd_notify socket, if open: what services send during the exec waits in it.
     #[serde(default)]
     pub notify: Option<RawFd>,
+    /// A duplicate of the `upgrade-self` client's connection: the new image answers it
+    /// once it has taken over, so the client's exit says whether it did.
+    #[serde(default)]
+    pub reply: Option<RawFd>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -76,6 +80,8 @@ pub struct SelfChecked {
     path: PathBuf,
     result: Result<String, String>,
     reply: Sender<Reply>,
+    /// The client's connection, answered from the new image.
+    conn: Option<RawFd>,
 }
 
 impl Supervisor {
@@ -103,6 +109,7 @@ impl Supervisor {
             args.extend(["--socket".into(), s.clone().into_os_string()]);
         }
         let tx = self.tx.clone();
+        let conn = req.conn;
         std::thread::Builder::new()
             .name("upgrade-self".into())
             .spawn(move || {
@@ -111,6 +118,7 @@ impl Supervisor {
                     path,
                     result,
                     reply,
+                    conn,
                 }));
             })
             .map(|_| self.checking_self = true)
@@ -150,6 +158,7 @@ impl Supervisor {
             path,
             result,
             reply,
+            conn,
         } = checked;
         let version = match result.and_then(|v| self.refuse_upgrade_self().map(|()| v)) {
             Ok(v) => v,
@@ -222,11 +231,20 @@ impl Supervisor {
             handover::resume(reports);
             return None;
         };
-        let carried = self.carry(&reports, instance);
+        let argv = instance.argv.clone();
+        let mut carried = self.carry(&reports, instance);
+        // The client's connection, duplicated (without close-on-exec) while its thread
+        // still holds it: the thread lets go, the new image answers.
+        carried.reply = conn.and_then(|fd| {
+            // SAFETY: dup of a descriptor the connection's thread keeps open meanwhile.
+            let d = unsafe { libc::dup(fd) };
+            (d >= 0).then_some(d)
+        });
         let memfd = match write_memfd(&carried) {
             Ok(fd) => fd,
             Err(e) => {
                 self.uncarry(&carried);
+                close_reply(&carried);
                 handover::resume(reports);
                 let msg = format!("cannot hand the state over: {e}");
                 let _ = reply.try_send(error_reply(msg).into());
@@ -243,8 +261,11 @@ impl Supervisor {
             }
         }
         crate::control::socket::wait_followers(Duration::from_millis(500));
-        let answer = json!({"ok": true, "version": version, "pid": std::process::id()});
-        let _ = reply.try_send(answer.into());
+        let answer = match carried.reply {
+            Some(_) => Reply::Handed,
+            None => json!({"ok": true, "version": version, "pid": std::process::id()}).into(),
+        };
+        let _ = reply.try_send(answer);
         crate::control::socket::drain(Duration::from_secs(1));
         self.sink.flush(STOP_BOUND);
         let cancelled = self.cancel_exec_probes();
@@ -254,7 +275,7 @@ impl Supervisor {
         // reaches the new image once its handlers are in.
         let mask = crate::process::signals::block_handled();
         let late = self.keep_late_signals();
-        let err = exec(&path, memfd.as_raw_fd());
+        let err = exec(&path, &argv, memfd.as_raw_fd());
         // Still here: the exec failed. Everything is as it was but the checks killed;
         // the signals kept are delivered now, the rest of the queue is put back.
         crate::process::signals::restore_mask(&mask);
@@ -267,10 +288,11 @@ impl Supervisor {
         for name in cancelled {
             let _ = self.feed(&name, machine::Event::ProbeSkipped);
         }
-        log::error!(
-            "upgrade-self: cannot execute {}: {err}; carrying on",
-            path.display()
-        );
+        let msg = format!("cannot execute {}: {err}; carrying on", path.display());
+        log::error!("upgrade-self: {msg}");
+        if let Some(fd) = carried.reply {
+            answer_on(fd, &error_reply(msg));
+        }
         None
     }
 
@@ -336,6 +358,7 @@ impl Supervisor {
             readers: reports.iter().map(Report::describe).collect(),
             instance,
             notify: self.notify.as_ref().map(|n| n.raw_fd()),
+            reply: None,
         };
         for fd in carried_fds(&carried) {
             inherit::clear_cloexec(fd);
@@ -387,8 +410,27 @@ fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
     a.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Writes `answer` as the reply line on connection `fd` (a duplicate handed over), and
+/// closes it. Bounded: the client is waiting for it, and a full socket buffer fails
+/// the write (non-blocking) rather than hold the loop.
+pub fn answer_on(fd: RawFd, answer: &serde_json::Value) {
+    use std::io::Write;
+    let Some(fd) = inherit::adopt(fd) else { return };
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    let _ = stream.set_nonblocking(true);
+    let _ = writeln!(&stream, "{answer}");
+}
+
+/// Closes the handed-over connection of a handover called off before the answer.
+fn close_reply(c: &Carried) {
+    if let Some(fd) = c.reply.and_then(inherit::adopt) {
+        drop(fd);
+    }
+}
+
 fn carried_fds(c: &Carried) -> Vec<RawFd> {
     let mut fds = vec![c.instance.lock, c.instance.listener];
+    fds.extend(c.reply);
     fds.extend(c.instance.pidfile.as_ref().map(|p| p.1));
     fds.extend(c.notify);
     fds.extend(c.readers.iter().map(|r| r.fd));
@@ -512,14 +554,12 @@ fn write_memfd(c: &Carried) -> std::io::Result<std::os::fd::OwnedFd> {
 /// execve(path, our argv, our environment + RESUME_ENV=fd) with the signals the daemon
 /// handles blocked, so that one arriving before the new image has its handlers stays
 /// pending instead of killing it. Returns only on failure, with the mask restored.
-fn exec(path: &Path, memfd: RawFd) -> std::io::Error {
+fn exec(path: &Path, argv: &[OsString], memfd: RawFd) -> std::io::Error {
     let cstr = |b: &[u8]| CString::new(b).ok();
     let Some(prog) = cstr(path.as_os_str().as_bytes()) else {
         return std::io::Error::other("a path with a NUL byte");
     };
-    let argv: Vec<CString> = std::env::args_os()
-        .filter_map(|a| cstr(a.as_bytes()))
-        .collect();
+    let argv: Vec<CString> = argv.iter().filter_map(|a| cstr(a.as_bytes())).collect();
     let mut env: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| k != RESUME_ENV)
         .filter_map(|(k, v)| {

@@ -53,6 +53,7 @@ impl Supervisor {
     /// Carries on from `c` instead of `start_all`.
     pub fn resume(&mut self, c: Carried) {
         let now = Instant::now();
+        let c_reply = c.reply;
         self.gen = c.gen;
         self.unreaped = c.unreaped.into_iter().collect();
         for name in &c.stops {
@@ -183,5 +184,11 @@ impl Supervisor {
             self.services.len()
         );
         self.settle();
+        // The `upgrade-self` client learns it is done only now, from us.
+        if let Some(fd) = c_reply {
+            let answer = serde_json::json!({"ok": true, "version": env!("CARGO_PKG_VERSION"),
+                                            "pid": std::process::id()});
+            super::reexec::answer_on(fd, &answer);
+        }
     }
 }

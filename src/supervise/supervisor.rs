@@ -145,6 +145,8 @@ pub struct InstanceFds {
     pub pidfile: Option<(PathBuf, std::os::fd::RawFd)>,
     pub listener: std::os::fd::RawFd,
     pub socket: PathBuf,
+    /// The argv a successor is started with (see `daemon::successor_argv`).
+    pub argv: Vec<std::ffi::OsString>,
 }
 
 /// How the loop ended.
