@@ -389,7 +389,9 @@ mod tests {
                 json: true
             })
         );
-        assert_eq!(c.overrides.config, Some(PathBuf::from("a.json")));
+        // Made absolute against where we run (`--daemon` moves to /).
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.overrides.config, Some(cwd.join("a.json")));
         let c = p("stop web --socket=/tmp/s").unwrap();
         assert_eq!(c.command, Some(Command::Stop("web".into())));
         assert_eq!(c.overrides.socket, Some(PathBuf::from("/tmp/s")));
