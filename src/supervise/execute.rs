@@ -176,3 +176,42 @@ impl Supervisor {
         }
     }
 }
+
+/// Orphans: children that are not ours to wait for (PID 1, subreaper, `pid_file`).
+impl Supervisor {
+    /// A reload brought the first `pid_file` service: become a subreaper now, so that
+    /// its daemon is reparented to us. (SIGCHLD was not registered at start-up: orphans
+    /// are then reaped whenever a run of ours exits.)
+    pub(super) fn become_subreaper(&mut self) {
+        // SAFETY: prctl with these arguments has no memory preconditions.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0 {
+            self.reap_orphans = true;
+            self.reap_on_exit = true;
+        } else {
+            log::error!(
+                "cannot become a subreaper for pid_file services: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
+    /// Reaps children that are not ours to wait for: orphans handed to us as PID 1 or
+    /// subreaper. Managed pids (runs and exec probes) are skipped, so no waiter ever
+    /// loses its status. Bound: one /proc/self/task/*/children read and one WNOHANG
+    /// wait per child.
+    pub(super) fn reap_orphans(&mut self) {
+        if !self.reap_orphans {
+            return;
+        }
+        for pid in procfs::children() {
+            if self.unreaped.contains(&pid) {
+                continue;
+            }
+            let mut status = 0;
+            // SAFETY: status is a valid out-pointer; WNOHANG never blocks.
+            unsafe {
+                libc::waitpid(pid, &mut status, libc::WNOHANG);
+            }
+        }
+    }
+}

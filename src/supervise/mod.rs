@@ -7,6 +7,7 @@ pub mod event;
 mod execute;
 mod launch;
 pub mod machine;
+mod notifying;
 mod order;
 pub mod persist;
 mod probes;

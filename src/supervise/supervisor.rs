@@ -8,7 +8,8 @@
 //! spawning a run (`launch.rs`), dependency order (`order.rs`), health checks
 //! (`probes.rs`), control requests and their deferred replies (`requests.rs`), the
 //! status and metrics views (`views.rs`), reload (`reload.rs`), persistence
-//! (`persist.rs`).
+//! (`persist.rs`), sd_notify (`notifying.rs`), `upgrade-self` (`reexec.rs`, and
+//! `resume.rs` in the new image).
 //!
 //! Only the main thread spawns, signals and reaps. Spawning from the one thread that
 //! lives as long as the process (and survives `upgrade-self`'s exec) is what makes
@@ -35,7 +36,7 @@ use crate::output::sink::{Batch, EventRecord, Line, Sink, Stream};
 use crate::output::timefmt;
 use crate::process::cgroup::Cgroups;
 use crate::process::sockets::Bound;
-use crate::process::{procfs, spawn};
+use crate::process::spawn;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -105,7 +106,7 @@ pub struct Supervisor {
     pub(super) reap_orphans: bool,
     /// Subreaper since a reload, without SIGCHLD registered: orphans are reaped when a
     /// run of ours exits instead.
-    reap_on_exit: bool,
+    pub(super) reap_on_exit: bool,
     pub(super) pending: Vec<Pending>,
     pub(super) stops: Stops,
     pub(super) started: Instant,
@@ -132,7 +133,7 @@ pub struct Supervisor {
     /// The sd_notify socket, opened before the first spawn of a service that uses it;
     /// `None` until then, or if it could not be opened (logged once).
     pub(super) notify: Option<Notify>,
-    notify_tried: bool,
+    pub(super) notify_tried: bool,
     pub(super) instance: Option<InstanceFds>,
     /// An `upgrade-self`'s checks are running (`reexec.rs`): a second one is refused.
     pub(super) checking_self: bool,
@@ -577,145 +578,5 @@ impl Supervisor {
             msg,
             file: entry.map(|e| (e.name.clone(), e.counters.file_unwritten.clone())),
         });
-    }
-
-    /// A reload brought the first `pid_file` service: become a subreaper now, so that
-    /// its daemon is reparented to us. (SIGCHLD was not registered at start-up: orphans
-    /// are then reaped whenever a run of ours exits.)
-    pub(super) fn become_subreaper(&mut self) {
-        // SAFETY: prctl with these arguments has no memory preconditions.
-        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0 {
-            self.reap_orphans = true;
-            self.reap_on_exit = true;
-        } else {
-            log::error!(
-                "cannot become a subreaper for pid_file services: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-
-    /// Opens the notify socket before the first spawn of a service given one (its
-    /// `NOTIFY_SOCKET`): a daemon whose services do not use it has no socket, thread
-    /// or descriptor for it.
-    pub(super) fn ensure_notify(&mut self, name: &str) {
-        if self.notify.is_some() || self.notify_tried {
-            return;
-        }
-        let path = self.services.get(name).and_then(|e| {
-            let env = &e.svc.spec().process.env;
-            env.iter()
-                .find(|(k, _)| k == "NOTIFY_SOCKET")
-                .map(|(_, v)| PathBuf::from(v))
-        });
-        if let Some(path) = path {
-            self.notify_tried = true;
-            self.notify = open_notify(&path, &self.cfg, self.tx.clone());
-        }
-    }
-
-    /// The notify socket a previous image handed over (`upgrade-self`), read again at
-    /// the path the services know.
-    pub(super) fn adopt_notify(&mut self, fd: std::os::fd::OwnedFd) {
-        let path = self.services.values().find_map(|e| {
-            e.svc
-                .spec()
-                .process
-                .env
-                .iter()
-                .find(|(k, _)| k == "NOTIFY_SOCKET")
-                .map(|(_, v)| PathBuf::from(v))
-        });
-        let Some(path) = path else { return };
-        self.notify_tried = true;
-        let socket = self
-            .cfg
-            .settings
-            .control_socket
-            .clone()
-            .unwrap_or_else(crate::control::instance::default_socket);
-        let id = crate::process::cgroup::instance_id(&socket);
-        let tx = self.tx.clone();
-        match Notify::adopt(fd, &path, id, move |service| {
-            let _ = tx.send(Event::Notify { service });
-        }) {
-            Ok(n) => self.notify = Some(n),
-            Err(e) => log::error!(
-                "notify socket {}: {e}; services with ready or watchdog_ms cannot report",
-                path.display()
-            ),
-        }
-    }
-
-    /// A service's notify slot changed: its news, in the order they matter.
-    pub(super) fn notified(&mut self, name: &str) {
-        let Some(slot) = self.notify.as_ref().and_then(|n| n.take(name)) else {
-            return;
-        };
-        let mut notices = Vec::new();
-        notices.extend(slot.keepalive.map(machine::Notice::KeepAlive));
-        notices.extend(slot.status.map(machine::Notice::Status));
-        if slot.ready {
-            notices.push(machine::Notice::Ready);
-        }
-        if slot.trigger {
-            notices.push(machine::Notice::Trigger);
-        }
-        for n in notices {
-            let _ = self.feed(name, machine::Event::Notify(n));
-        }
-    }
-
-    /// Keep-alives only stamp the service's slot; its watchdog deadline has come, so
-    /// the machine learns the last one now.
-    fn feed_keepalive(&mut self, name: &str) {
-        let watching = self.services.get(name).is_some_and(|e| e.svc.watching());
-        let at = self.notify.as_ref().and_then(|n| n.keepalive(name));
-        if let (true, Some(at)) = (watching, at) {
-            let _ = self.feed(name, machine::Event::Notify(machine::Notice::KeepAlive(at)));
-        }
-    }
-
-    /// Reaps children that are not ours to wait for: orphans handed to us as PID 1 or
-    /// subreaper. Managed pids (runs and exec probes) are skipped, so no waiter ever
-    /// loses its status. Bound: one /proc/self/task/*/children read and one WNOHANG
-    /// wait per child.
-    pub(super) fn reap_orphans(&mut self) {
-        if !self.reap_orphans {
-            return;
-        }
-        for pid in procfs::children() {
-            if self.unreaped.contains(&pid) {
-                continue;
-            }
-            let mut status = 0;
-            // SAFETY: status is a valid out-pointer; WNOHANG never blocks.
-            unsafe {
-                libc::waitpid(pid, &mut status, libc::WNOHANG);
-            }
-        }
-    }
-}
-
-/// Opens the sd_notify socket at `path`; every datagram wakes the loop at most once
-/// per service (see `health::notify`).
-fn open_notify(path: &std::path::Path, cfg: &Config, tx: Sender<Event>) -> Option<Notify> {
-    let socket = cfg
-        .settings
-        .control_socket
-        .clone()
-        .unwrap_or_else(crate::control::instance::default_socket);
-    let id = crate::process::cgroup::instance_id(&socket);
-    match Notify::open(path, id, move |service| {
-        let _ = tx.send(Event::Notify { service });
-    }) {
-        Ok(n) => Some(n),
-        Err(e) => {
-            log::error!(
-                "notify socket {}: {e}; services with ready or watchdog_ms cannot report",
-                path.display()
-            );
-            None
-        }
     }
 }
