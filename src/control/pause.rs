@@ -5,13 +5,14 @@
 //! the eventfd readable and waits until the thread is off the listener. This file never
 //! accepts, reads or closes a connection.
 
+use crate::process::wake::{self, Wake};
 use std::os::fd::RawFd;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 struct Shared {
-    /// Readable while a hold is asked for; -1 (poll ignores it) if none could be made.
-    wake: RawFd,
+    /// Raised while a hold is asked for.
+    wake: Wake,
     state: Mutex<State>,
     cond: Condvar,
 }
@@ -25,9 +26,7 @@ struct State {
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| Shared {
-        // SAFETY: eventfd has no memory preconditions; the descriptor lives as long as
-        // the process.
-        wake: unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) },
+        wake: Wake::new(),
         state: Mutex::default(),
         cond: Condvar::new(),
     })
@@ -51,25 +50,10 @@ pub fn wait_listener(listener: RawFd) {
                 st.held = false;
             }
         }
-        let mut pfds = [
-            libc::pollfd {
-                fd: listener,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: s.wake,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: pfds is a valid array of two pollfds for the duration of the call.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
-        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return; // accept() reports what is wrong.
-        }
-        if pfds[1].revents == 0 && pfds[0].revents != 0 {
-            return;
+        match wake::wait(listener, s.wake.fd()) {
+            Err(_) => return, // accept() reports what is wrong.
+            Ok((true, false)) => return,
+            Ok(_) => {}
         }
         // The wake descriptor (a hold asked for, or one just released): look again.
     }
@@ -83,9 +67,7 @@ impl Drop for Held {
     fn drop(&mut self) {
         let s = shared();
         if let Ok(mut st) = s.state.lock() {
-            let mut drained: u64 = 0;
-            // SAFETY: reads 8 bytes into a valid u64 from the non-blocking eventfd.
-            unsafe { libc::read(s.wake, (&mut drained as *mut u64).cast(), 8) };
+            s.wake.clear();
             st.asked = false;
             s.cond.notify_all();
         }
@@ -99,9 +81,7 @@ pub fn hold(bound: Duration) -> Held {
     let end = Instant::now() + bound;
     if let Ok(mut st) = s.state.lock() {
         st.asked = true;
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to an eventfd (or fails on -1).
-        unsafe { libc::write(s.wake, (&one as *const u64).cast(), 8) };
+        s.wake.raise();
         while !st.held {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {

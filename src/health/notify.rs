@@ -348,23 +348,10 @@ impl Reader {
     /// 10 ms: it lasts seconds at most, and ends with the exec if it succeeds.
     fn wait_readable(&self) -> bool {
         use crate::output::handover;
-        let mut pfds = [
-            libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: handover::wake_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: pfds is a valid array of two pollfds for the duration of the call.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
+        let r = crate::process::wake::wait(self.fd.as_raw_fd(), handover::wake_fd());
         if !handover::asked() {
             // Data, an error for recvmsg to report, or a wake-up of a handover gone.
-            return r < 0 || pfds[0].revents != 0;
+            return r.map_or(true, |(ready, _)| ready);
         }
         self.set_parked(true);
         while handover::asked() {

@@ -13,6 +13,7 @@
 use crate::output::reader::ReaderCtx;
 use crate::output::reader::{spawn_reader_with, Ring};
 use crate::output::sink::{Batch, Line, Stream};
+use crate::process::wake::Wake;
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,8 +28,8 @@ pub struct Report {
 }
 
 struct Shared {
-    /// Readable while a handover is asked for; -1 (poll ignores it) if none could be made.
-    wake: RawFd,
+    /// Raised while a handover is asked for.
+    wake: Wake,
     asked: AtomicBool,
     inner: Mutex<Inner>,
     cond: Condvar,
@@ -43,9 +44,7 @@ struct Inner {
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| Shared {
-        // SAFETY: eventfd has no memory preconditions; the descriptor lives as long as
-        // the process.
-        wake: unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) },
+        wake: Wake::new(),
         asked: AtomicBool::new(false),
         inner: Mutex::default(),
         cond: Condvar::new(),
@@ -79,7 +78,7 @@ pub fn asked() -> bool {
 
 /// The descriptor a reader polls beside its pipe.
 pub fn wake_fd() -> RawFd {
-    shared().wake
+    shared().wake.fd()
 }
 
 /// A stopped reader's report. `Some` gives it back when the handover was called off
@@ -105,9 +104,7 @@ pub fn report(
 pub fn stop_readers(bound: Duration) -> Result<Vec<Report>, Vec<Report>> {
     let s = shared();
     s.asked.store(true, Ordering::Release);
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a valid u64 to an eventfd (or fails on -1).
-    unsafe { libc::write(s.wake, (&one as *const u64).cast(), 8) };
+    s.wake.raise();
     let end = Instant::now() + bound;
     let Ok(mut i) = s.inner.lock() else {
         return Err(Vec::new());
@@ -132,9 +129,7 @@ pub fn resume(reports: Vec<Report>) {
     let s = shared();
     let late = match s.inner.lock() {
         Ok(mut i) => {
-            let mut drained: u64 = 0;
-            // SAFETY: reads 8 bytes into a valid u64 from the non-blocking eventfd.
-            unsafe { libc::read(s.wake, (&mut drained as *mut u64).cast(), 8) };
+            s.wake.clear();
             s.asked.store(false, Ordering::Release);
             std::mem::take(&mut i.reports)
         }

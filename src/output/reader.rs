@@ -305,34 +305,13 @@ enum Readable {
 /// Blocks until the pipe has data or is closed, or a handover begins. No timeout: this
 /// is a wait, not a poll.
 fn wait_readable(fd: &OwnedFd) -> Readable {
-    let mut pfds = [
-        libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: handover::wake_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    // Without a wake descriptor (none could be made), poll ignores a negative fd.
     loop {
-        // SAFETY: pfds is a valid array of two pollfds for the duration of the call.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
-        if r >= 0 {
-            if pfds[1].revents != 0 && handover::asked() {
-                return Readable::Handover;
-            }
-            if pfds[0].revents != 0 {
-                return Readable::Yes;
-            }
+        match crate::process::wake::wait(fd.as_raw_fd(), handover::wake_fd()) {
+            Ok((_, true)) if handover::asked() => return Readable::Handover,
+            Ok((true, _)) => return Readable::Yes,
             // The wake descriptor of a handover being called off: wait again.
-            continue;
-        }
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return Readable::Error;
+            Ok(_) => continue,
+            Err(_) => return Readable::Error,
         }
     }
 }

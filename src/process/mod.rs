@@ -13,3 +13,4 @@ pub mod spawn;
 #[cfg(test)]
 mod spawn_tests;
 pub mod waiter;
+pub mod wake;

@@ -1,0 +1,58 @@
+//! A wake-up descriptor: an eventfd that threads blocked in poll() on a descriptor of
+//! their own watch too, so that one write reaches every one of them at once and none
+//! needs a timeout. `upgrade-self` uses two: one for the output and notify readers
+//! (`output::handover`), one for the control socket's accept thread (`control::pause`).
+//! It carries no data: what the wake-up means is kept beside it by its owner.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Raised until cleared. Lives as long as the process (it sits in a static).
+pub struct Wake(RawFd);
+
+impl Wake {
+    /// Without a descriptor (none could be made), `fd` is -1, which poll ignores: the
+    /// waiters then see only their own descriptor.
+    pub fn new() -> Wake {
+        // SAFETY: eventfd has no memory preconditions.
+        Wake(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.0
+    }
+
+    /// Makes the descriptor readable, for every waiter.
+    pub fn raise(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to an eventfd (or fails on -1).
+        unsafe { libc::write(self.0, (&one as *const u64).cast(), 8) };
+    }
+
+    /// Makes it unreadable again.
+    pub fn clear(&self) {
+        let mut drained: u64 = 0;
+        // SAFETY: reads 8 bytes into a valid u64 from the non-blocking eventfd.
+        unsafe { libc::read(self.0, (&mut drained as *mut u64).cast(), 8) };
+    }
+}
+
+/// Blocks in poll() until `fd` is readable (or closed, or in error) or `wake` is
+/// raised: (fd ready, wake raised). EINTR is waited through; another error is returned.
+pub fn wait(fd: RawFd, wake: RawFd) -> io::Result<(bool, bool)> {
+    let mut pfds = [fd, wake].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: pfds is a valid array of two pollfds for the duration of the call.
+        if unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) } >= 0 {
+            return Ok((pfds[0].revents != 0, pfds[1].revents != 0));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
