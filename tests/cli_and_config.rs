@@ -333,10 +333,15 @@ fn check_warns_when_a_third_party_binary_gets_service_args() {
     let sb = Sandbox::new();
     sb.config(
         json!({}),
-        json!({"web": {"binary_path": "/bin/true", "args": ["-m", "http.server"]}}),
+        json!({
+            "web": {"binary_path": "/bin/true", "args": ["-m", "http.server"], "pass_service_args": true},
+            "plain": {"binary_path": "/bin/true"},
+        }),
     );
     let out = run_expect(&sb, &["check", "--config", "orchestrator.json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+    // The default for a binary_path passes nothing: no warning.
+    assert!(!out.stderr.contains("plain:"), "{}", out.stderr);
     let warning = out
         .stderr
         .lines()

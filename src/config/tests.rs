@@ -179,3 +179,18 @@ fn log_max_files_is_bounded() {
     );
     assert!(parse_and_validate(r#"{"orchestrator": {"log_max_files": 1000}}"#).is_ok());
 }
+
+#[test]
+fn pass_service_args_defaults_by_where_the_binary_comes_from() {
+    let f = parse(
+        r#"{"services": {"found": {}, "third": {"binary_path": "/bin/sleep"},
+            "forced": {"binary_path": "/bin/sleep", "pass_service_args": true},
+            "bare": {"pass_service_args": false}}}"#,
+    )
+    .unwrap();
+    let passes = |n: &str| f.services[n].passes_service_args();
+    assert!(passes("found"));
+    assert!(!passes("third"));
+    assert!(passes("forced"));
+    assert!(!passes("bare"));
+}

@@ -192,7 +192,9 @@ pub struct ServiceConfig {
     pub enabled: bool,
     pub binary_path: Option<PathBuf>,
     pub args: Vec<String>,
-    pub pass_service_args: bool,
+    /// Prepend `--service NAME --log-level LEVEL`; unset: only for a binary found in
+    /// `services_dir` (no `binary_path`), since third-party programs reject them.
+    pub pass_service_args: Option<bool>,
     pub environment: BTreeMap<String, String>,
     pub data_dir: Option<PathBuf>,
     pub memory_limit: u64,
@@ -248,13 +250,22 @@ pub enum IoClass {
     Idle,
 }
 
+impl ServiceConfig {
+    /// Whether argv gets `--service NAME --log-level LEVEL`: as set, else only when the
+    /// binary is the one found in `services_dir` (a `binary_path`, wherever it points,
+    /// is taken for a third-party program).
+    pub fn passes_service_args(&self) -> bool {
+        self.pass_service_args.unwrap_or(self.binary_path.is_none())
+    }
+}
+
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
             enabled: true,
             binary_path: None,
             args: Vec::new(),
-            pass_service_args: true,
+            pass_service_args: None,
             environment: BTreeMap::new(),
             data_dir: None,
             memory_limit: 0,
