@@ -127,6 +127,12 @@ pub(crate) fn check(cli: &Cli) -> i32 {
         for line in limit_lines(spec, &cgroups) {
             say!("  limit: {line}");
         }
+        match cgroups.oom_detection(spec.process.memory_limit_mib > 0) {
+            Ok(how) => say!("  oom detection: from {how}"),
+            Err(why) => say!(
+                "  oom detection: unavailable ({why}): a kill by the OOM killer reads as killed by SIGKILL"
+            ),
+        }
         let mut off = Vec::new();
         for l in hardening::describe::lines(spec, &cgroups) {
             match l.how {

@@ -263,6 +263,25 @@ pub fn detail(s: &Value, lines: &[Value], now: u64) -> String {
     if let Some(cg) = s["cgroup"].as_str() {
         field("cgroup", cg.to_string());
     }
+    if let Some(runs) = s["history"].as_array().filter(|h| !h.is_empty()) {
+        let _ = writeln!(out);
+        let _ = match runs.len() {
+            1 => writeln!(out, "last run:"),
+            n => writeln!(out, "last {n} runs:"),
+        };
+        for r in runs {
+            let started = r["started"].as_u64().map_or("?".into(), timefmt::rfc3339);
+            let _ = match (r["exited"].as_u64(), r["reason"].as_str()) {
+                (None, _) => writeln!(out, "  {started}  running"),
+                (Some(t), why) => writeln!(
+                    out,
+                    "  {started}  to {}  {}",
+                    timefmt::rfc3339(t),
+                    escaped(why.unwrap_or("ended"))
+                ),
+            };
+        }
+    }
     let _ = writeln!(out);
     if lines.is_empty() {
         let _ = writeln!(out, "no output kept");
