@@ -188,10 +188,10 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         }
     }
     log::info!(
-        "orchestrator {} started (pid {}, {} services, control socket {}{})",
+        "orchestrator {} started (pid {}, {}, control socket {}{})",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
-        plan.services.len(),
+        crate::output::count(plan.services.len(), "service", "services"),
         socket.display(),
         if reap_orphans {
             ", reaping orphans"
