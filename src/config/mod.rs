@@ -410,15 +410,14 @@ fn with_section(msg: String, context: &str) -> String {
     else {
         return msg;
     };
-    // A key is a field of a section when a null for it is not "unknown there".
-    let mut probe = serde_json::Map::new();
-    probe.insert(key.to_string(), serde_json::Value::Null);
-    let probe = serde_json::Value::Object(probe);
+    // A key is a field of a section when a null for it is not "unknown there". Parsed
+    // from text, as the file is: no other deserializer is compiled in for this.
+    let probe = format!("{{{}:null}}", serde_json::Value::String(key.to_string()));
     let known_in = |err: Option<serde_json::Error>| {
         err.is_none_or(|e| !e.to_string().starts_with("unknown field"))
     };
-    let settings = known_in(serde_json::from_value::<Settings>(probe.clone()).err());
-    let service = known_in(serde_json::from_value::<ServiceConfig>(probe).err());
+    let settings = known_in(serde_json::from_str::<Settings>(&probe).err());
+    let service = known_in(serde_json::from_str::<ServiceConfig>(&probe).err());
     let home = match (context, settings, service) {
         ("", true, _) => "the `orchestrator` section",
         ("", false, true) => {
