@@ -620,6 +620,42 @@ fn retry_failed_ms_brings_a_service_back_after_a_long_outage() {
     sb.wait_running("patient", None);
 }
 
+/// A service's own `retry_failed_ms` beats the orchestrator's, and a service without
+/// one takes the orchestrator's: seen in `next_restart_ms` and in the retries made.
+#[test]
+fn a_services_own_retry_failed_ms_beats_the_orchestrators() {
+    let sb = Sandbox::new();
+    sb.service("own", "exit 1");
+    sb.service("inherits", "exit 1");
+    sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 10, "max_backoff_ms": 10,
+               "max_restart_attempts": 1, "retry_failed_ms": 600_000}),
+        json!({"own": {"retry_failed_ms": 200}, "inherits": {}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let runs = |st: &serde_json::Value| st["history"].as_array().map_or(0, |h| h.len());
+    let st = sb.wait_state("inherits", "failed");
+    let next = st["next_restart_ms"].as_u64();
+    assert!(
+        next.is_some_and(|ms| ms > 300_000 && ms <= 600_000),
+        "the orchestrator's value: {st}"
+    );
+    let st = sb.wait_state("own", "failed");
+    let next = st["next_restart_ms"].as_u64();
+    assert!(next.is_some_and(|ms| ms <= 200), "its own value: {st}");
+    // Retried at its own pace, again and again, while the other waits its ten minutes.
+    let before = runs(&st);
+    assert!(
+        wait_until(DEADLINE, || runs(&sb.service_status("own")) >= before + 3),
+        "own was not retried at its own interval"
+    );
+    assert_eq!(
+        runs(&sb.service_status("inherits")),
+        2,
+        "max_restart_attempts 1"
+    );
+}
+
 /// SPEC 4 `pid_file`: the started process daemonizes and exits 0; the pid in its file
 /// is the run's main process. A file that names no live process, or a process outside
 /// the service, is a failed start with the reason.
