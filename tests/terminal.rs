@@ -143,6 +143,12 @@ fn failed_and_restarting_rows_are_coloured_on_a_terminal_only() {
     // NO_COLOR set: none.
     let screen = t.run(&format!("NO_COLOR=1 {status}"));
     assert!(!row("ghost", &screen).contains('\x1b'), "{screen:?}");
+    // NO_COLOR set but empty counts as unset (no-color.org): colour stays. Rows are
+    // looked for below the command, so that an earlier command's cannot answer.
+    let screen = t.run(&format!("NO_COLOR= {status}"));
+    let below = &screen[screen.rfind("NO_COLOR= ").unwrap()..];
+    assert!(row("ghost", below).contains("\x1b[31m"), "{screen:?}");
+    assert!(row("crashy", below).contains("\x1b[33m"), "{screen:?}");
     // Not a terminal: none.
     let out = sb.cli(&["status"]);
     assert!(out.stdout.contains("ghost") && !out.stdout.contains('\x1b'));
