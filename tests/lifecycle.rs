@@ -656,6 +656,51 @@ fn a_services_own_retry_failed_ms_beats_the_orchestrators() {
     );
 }
 
+/// The other halves of `retry_failed_ms`: `stop` cancels the pending retry, and a
+/// service without one (null) stays failed. A third service retrying at the same pace
+/// is the clock: once it has been tried three more times, the other two would have
+/// been too.
+#[test]
+fn stop_cancels_a_retry_of_a_failed_service_and_null_means_never() {
+    let sb = Sandbox::new();
+    for s in ["clock", "stopped", "never"] {
+        sb.service(s, "exit 1");
+    }
+    sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 10, "max_backoff_ms": 10,
+               "max_restart_attempts": 1}),
+        json!({"clock": {"retry_failed_ms": 100}, "stopped": {"retry_failed_ms": 100},
+               "never": {}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let runs = |name: &str| {
+        sb.service_status(name)["history"]
+            .as_array()
+            .map_or(0, |h| h.len())
+    };
+    let st = sb.wait_state("never", "failed");
+    assert!(st["next_restart_ms"].is_null(), "{st}");
+    let st = sb.wait_state("stopped", "failed");
+    assert!(st["next_restart_ms"].is_u64(), "{st}");
+    let out = sb.cli(&["stop", "stopped"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let st = sb.service_status("stopped");
+    assert_eq!(st["state"], "stopped", "{st}");
+    assert!(st["next_restart_ms"].is_null(), "{st}");
+    let (stopped, never) = (runs("stopped"), runs("never"));
+    assert_eq!(never, 2, "max_restart_attempts 1");
+
+    let clock = runs("clock");
+    assert!(
+        wait_until(DEADLINE, || runs("clock") >= clock + 3),
+        "clock was not retried"
+    );
+    assert_eq!(runs("stopped"), stopped, "retried after stop");
+    assert_eq!(sb.service_status("stopped")["state"], "stopped");
+    assert_eq!(runs("never"), never, "retried without retry_failed_ms");
+    assert_eq!(sb.service_status("never")["state"], "failed");
+}
+
 /// SPEC 4 `pid_file`: the started process daemonizes and exits 0; the pid in its file
 /// is the run's main process. A file that names no live process, or a process outside
 /// the service, is a failed start with the reason.
