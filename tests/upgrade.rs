@@ -416,3 +416,54 @@ fn an_automatic_rollback_of_a_service_stopped_in_its_window_leaves_it_stopped() 
     let back = sb.wait_running("web", None);
     assert_eq!(ask_tcp(port).unwrap(), format!("v1 {back} web"));
 }
+
+/// The other half of settling a crash: an upgrade that passed its window before the
+/// orchestrator died keeps the new binary at the next start.
+#[test]
+fn a_crash_after_the_window_keeps_the_new_binary() {
+    let (sb, port, bin) = web(300, json!({"state_dir": "state"}));
+    let mut d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("web", None);
+    let v2 = candidate(&sb, "web-v2", &server_body("v2"));
+    let out = sb.cli(&["upgrade", "web", v2.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    sb.wait_running("web", Some(pid));
+    d.signal(libc::SIGKILL);
+    assert!(d.wait_exit(DEADLINE).is_some());
+    drop(d);
+
+    let d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("web", None);
+    assert_eq!(
+        std::fs::read(&bin).unwrap(),
+        std::fs::read(&v2).unwrap(),
+        "a passed upgrade was undone; log:\n{}",
+        d.log_text()
+    );
+    assert_eq!(ask_tcp(port).unwrap(), format!("v2 {pid} web"));
+    let u = upgrades(&sb);
+    assert_eq!(u.len(), 1, "{u:?}");
+    assert_eq!(u[0]["result"], "ok");
+}
+
+/// An upgrade of a stopped service starts it on the new binary (and a rollback by
+/// hand then leaves it running on the old one).
+#[test]
+fn an_upgrade_of_a_stopped_service_starts_it() {
+    let (sb, port, _bin) = web(300, json!({}));
+    let _d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("web", None);
+    assert_eq!(sb.cli(&["stop", "web"]).code, 0);
+    sb.wait_state("web", "stopped");
+    assert!(wait_until(DEADLINE, || !alive(pid)));
+    let v2 = candidate(&sb, "web-v2", &server_body("v2"));
+    let out = sb.cli(&["upgrade", "web", v2.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let new_pid = sb.wait_running("web", None);
+    assert_eq!(ask_tcp(port).unwrap(), format!("v2 {new_pid} web"));
+    let out = sb.cli(&["rollback", "web"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let back = sb.wait_running("web", Some(new_pid));
+    assert!(wait_until(DEADLINE, || ask_tcp(port)
+        .is_ok_and(|l| l == format!("v1 {back} web"))));
+}
