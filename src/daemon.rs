@@ -28,6 +28,9 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         Err(code) => return code,
     };
     let s = cfg.settings.clone();
+    // Reloads read the file found now, wherever the daemon's directory is by then.
+    let mut overrides = cli.overrides.clone();
+    overrides.pin(cfg.path.as_deref());
     if daemon && s.log_dir.is_none() {
         return config_failed(&[format!(
             "{}: --daemon needs orchestrator.log_dir: the daemon's log goes to log_dir/orchestrator.log",
@@ -170,7 +173,7 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
     };
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut instance_fds = inst.fds(std::os::fd::AsRawFd::as_raw_fd(&listener));
-    instance_fds.argv = successor_argv(cli, cfg.path.as_deref(), daemon, pidfile.as_deref());
+    instance_fds.argv = successor_argv(&overrides, cfg.path.as_deref(), daemon, pidfile.as_deref());
     if let Err(e) = signals::forward(signals, tx.clone())
         .and_then(|()| control::serve(listener, tx.clone(), reserve))
     {
@@ -200,7 +203,7 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         }
     );
     let mut sup = supervisor::Supervisor::new(
-        cli.overrides.clone(),
+        overrides,
         cfg,
         plan,
         tx,
@@ -250,7 +253,7 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
 /// `--daemon` has moved to / since) and the config file named even when it was looked
 /// up, so that the new image reads exactly the files this one does.
 fn successor_argv(
-    cli: &Cli,
+    ov: &crate::config::Overrides,
     config: Option<&std::path::Path>,
     daemon: bool,
     pidfile: Option<&std::path::Path>,
@@ -268,7 +271,6 @@ fn successor_argv(
     if let Some(c) = config {
         flag("--config", c.into());
     }
-    let ov = &cli.overrides;
     if let Some(d) = &ov.services_dir {
         flag("--services-dir", d.into());
     }
