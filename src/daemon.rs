@@ -13,6 +13,23 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
+    let mut starting = None;
+    let code = serve(cli, daemon, pidfile, &mut starting);
+    // Detached, and failed before it served: the caller's process exits with this.
+    if let Some(s) = starting {
+        s.failed(code);
+    }
+    code
+}
+
+/// `run` itself; `starting` holds the detached daemon's promise to the caller's
+/// process until it is kept.
+fn serve(
+    cli: &Cli,
+    daemon: bool,
+    pidfile: Option<PathBuf>,
+    starting: &mut Option<instance::Starting>,
+) -> i32 {
     // A previous image of this process handed its state over (`upgrade-self`).
     let carried = match resume::take_carried() {
         None => None,
@@ -85,9 +102,12 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         };
         // A successor is detached already, and keeps the pid.
         if carried.is_none() {
-            if let Err(e) = instance::daemonize(log.file()) {
-                eprintln!("orchestrator: cannot detach: {e}");
-                return 1;
+            match instance::daemonize(log.file()) {
+                Ok(s) => *starting = Some(s),
+                Err(e) => {
+                    eprintln!("orchestrator: cannot detach: {e}");
+                    return 1;
+                }
             }
             inst.record_pid();
         }
@@ -233,6 +253,9 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         None => sup.start_all(),
     }
     instance::notify_ready();
+    if let Some(s) = starting.take() {
+        s.ready();
+    }
     let outcome = sup.run();
     control::drain(Duration::from_secs(1));
     inst.release();
