@@ -9,21 +9,17 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Whether `program` is on PATH; otherwise the test is skipped (or failed where
+/// packages are required) naming the Debian package that has it.
 fn have(program: &str, package: &str) -> bool {
-    let found = || {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {program}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !found() {
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-q", package])
-            .output();
-    }
-    let ok = found();
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("skipped: {program} (Debian package {package}) is unavailable");
+        crate::util::packages::missing(&format!(
+            "{program} is missing: install the Debian package {package}"
+        ));
     }
     ok
 }

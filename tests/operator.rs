@@ -249,6 +249,11 @@ fn refusals_name_the_service() {
             "{args:?}"
         );
     }
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"alpha": {"enabled": false}}),
+    );
+    assert_eq!(sb.cli(&["reload"]).code, 0);
     let out = sb.cli(&["start", "alpha"]);
     assert_eq!(out.code, 1);
     assert!(

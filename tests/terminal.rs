@@ -26,16 +26,10 @@ static TMUX_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 impl Tmux {
     /// A 200x50 pane running `sh` in `dir`, or None (with the reason printed) when tmux
-    /// is missing and cannot be installed.
+    /// is missing.
     fn start(dir: &Path, env: &[(&str, &str)]) -> Option<Tmux> {
-        if !have("tmux") && unsafe { libc::geteuid() } == 0 {
-            let _ = Command::new("apt-get")
-                .args(["install", "-y", "-q", "tmux"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .output();
-        }
         if !have("tmux") {
-            eprintln!("skipped: tmux is not installed");
+            crate::util::packages::missing("tmux is missing: install the Debian package tmux");
             return None;
         }
         let t = Tmux {

@@ -383,7 +383,7 @@ fn build_spec(
     // than UTF-8: the file name, which is what multi-call binaries look at, is UTF-8
     // either way (a JSON string, or a discovered name that passed the name check).
     let mut args = vec![configured_path.to_string_lossy().into_owned()];
-    if svc.pass_service_args {
+    if svc.passes_service_args() {
         args.extend([
             "--service".to_string(),
             name.to_string(),
