@@ -102,7 +102,10 @@ impl ServiceSpec {
     pub fn binary_error(&self) -> Option<String> {
         self.binary_problem.as_ref().map(|p| match p {
             BinaryProblem::Missing => {
-                format!("service binary not found: {}", self.process.binary.display())
+                format!(
+                    "service binary not found: {}",
+                    self.process.binary.display()
+                )
             }
             BinaryProblem::NotExecutable => {
                 format!(
@@ -111,7 +114,8 @@ impl ServiceSpec {
                 )
             }
             BinaryProblem::Untrusted(u) => format!(
-                "service binary refused: {u} (strict_modes: it and every directory above it must be owned by root and not writable by group or others)"
+                "service binary refused: {u} (strict_modes: {})",
+                safe_fs::RULE
             ),
         })
     }

@@ -215,8 +215,9 @@ fn refuse_if_untrusted(p: &Path) -> Result<(), ConfigError> {
     }
     match crate::process::safe_fs::untrusted(p) {
         Some(u) => Err(ConfigError::one(format!(
-            "{}: refusing a config file that another user could change: {u} (it and every directory above it must be owned by root and not writable by group or others)",
-            p.display()
+            "{}: refusing a config file that another user could change: {u} ({})",
+            p.display(),
+            crate::process::safe_fs::RULE
         ))),
         None => Ok(()),
     }
