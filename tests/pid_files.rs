@@ -4,6 +4,7 @@
 //! signal, and a file is believed only when it names a process of the service, read
 //! never through a symlink.
 
+use crate::util::packages;
 use crate::util::*;
 use serde_json::json;
 use std::os::unix::process::CommandExt;
@@ -131,4 +132,166 @@ fn postgres_through_pg_ctl_runs_and_stops_clean() {
     assert_eq!(sb.cli(&["stop", "postgres"]).code, 0);
     sb.wait_state("postgres", "stopped");
     assert!(!alive(again));
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+fn memcached_version(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 64];
+    s.write_all(b"version\r\n").is_ok()
+        && s.read(&mut buf)
+            .is_ok_and(|n| buf[..n].starts_with(b"VERSION "))
+}
+
+/// memcached `-d -P FILE`: the launcher's exit 0 is no run's end. While the daemon runs,
+/// no exit code, an open history record and no error; its SIGKILL is the run's end
+/// (137), which the next launcher's 0 does not overwrite.
+#[test]
+fn memcached_daemonized_is_the_run_and_its_crash_stays_shown() {
+    packages::with("memcached", "/usr/bin/memcached", |memcached| {
+        let sb = Sandbox::new();
+        let port = free_port();
+        let run = sb.path("run");
+        std::fs::create_dir(&run).unwrap();
+        let pid_file = run.join("memcached.pid");
+        // As root memcached wants `-u`; as nobody it needs none, and writes its pid
+        // file in a directory nobody owns.
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut entry = json!({
+            "binary_path": memcached,
+            "args": ["-d", "-P", pid_file, "-p", port.to_string(), "-U", "0",
+                     "-l", "127.0.0.1", "-m", "8"],
+            "pass_service_args": false,
+            "pid_file": pid_file,
+            "restart": "always",
+        });
+        if root {
+            sb.open_to_other_users();
+            std::os::unix::fs::chown(&run, Some(65534), Some(65534)).unwrap();
+            entry["user"] = json!("nobody");
+        }
+        sb.config(json!({}), json!({ "memcached": entry }));
+        let d = Daemon::start(&sb, &[]);
+        let pid = sb.wait_running("memcached", None);
+        assert_eq!(Some(pid), first_line_pid(&pid_file));
+        assert!(
+            wait_until(DEADLINE, || memcached_version(port)),
+            "memcached does not answer; log:\n{}",
+            d.log_text()
+        );
+        let st = sb.service_status("memcached");
+        assert!(st["last_exit_code"].is_null(), "no run has ended: {st}");
+        assert!(st["last_error"].is_null(), "{st}");
+        let history = st["history"].as_array().unwrap();
+        assert_eq!(history.len(), 1, "{st}");
+        assert!(history[0]["exited"].is_null(), "the run goes on: {st}");
+        assert!(history[0]["exit_code"].is_null(), "{st}");
+
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let again = sb.wait_running("memcached", Some(pid));
+        assert!(wait_until(DEADLINE, || memcached_version(port)));
+        let st = sb.service_status("memcached");
+        assert_eq!(st["last_exit_code"], 137, "the crash stays shown: {st}");
+        assert_eq!(st["pid"], again);
+        let history = st["history"].as_array().unwrap();
+        assert_eq!(history.len(), 2, "{st}");
+        assert_eq!(history[0]["exit_code"], 137, "{st}");
+        assert!(history[1]["exited"].is_null(), "{st}");
+        assert!(
+            !st["last_error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("No such file"),
+            "{st}"
+        );
+
+        let out = sb.cli(&["stop", "memcached"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        sb.wait_state("memcached", "stopped");
+        assert!(!alive(again), "memcached is gone after stop");
+    });
+}
+
+/// A launcher that forks a daemon which is slow to write its pid file (here: never, in
+/// time), and which notes each SIGTERM it gets in `log`; with `ignore`, it lives on.
+fn slow_daemon(sb: &Sandbox, name: &str, ignore: bool) -> (PathBuf, PathBuf) {
+    let log = sb.path(&format!("{name}.log"));
+    let pid_file = sb.path(&format!("{name}.pid"));
+    let daemon = sb.path(&format!("{name}-daemon.sh"));
+    let on_term = if ignore {
+        format!("echo TERM >> {}", log.display())
+    } else {
+        format!("echo TERM >> {}; exit 0", log.display())
+    };
+    sb.script(
+        &daemon,
+        &format!(
+            "trap '{on_term}' TERM\necho up >> {log}\nwhile :; do sleep 0.05; done",
+            log = log.display()
+        ),
+    );
+    sb.service(name, &format!("{} & exit 0", daemon.display()));
+    (log, pid_file)
+}
+
+fn daemon_pid(sb: &Sandbox, name: &str) -> Option<i64> {
+    let script = sb.path(&format!("{name}-daemon.sh"));
+    let needle = script.to_str().unwrap();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i64>().ok())
+        .find(|p| cmdline(*p).contains(needle))
+}
+
+/// A stop between the launcher's exit and the pid file naming the daemon: whatever
+/// runs of the service gets the stop signal, and SIGKILL only at the stop timeout.
+#[test]
+fn a_stop_while_the_pid_file_is_awaited_sends_the_stop_signal_first() {
+    let sb = Sandbox::new();
+    let (polite_log, polite_pid) = slow_daemon(&sb, "polite", false);
+    let (stubborn_log, stubborn_pid) = slow_daemon(&sb, "stubborn", true);
+    let entry = |pid_file: &Path, timeout: u64| json!({"pid_file": pid_file, "stop_timeout_ms": timeout, "pass_service_args": false});
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"polite": entry(&polite_pid, 60_000), "stubborn": entry(&stubborn_pid, 5_000)}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    let up = |log: &Path| std::fs::read_to_string(log).is_ok_and(|t| t.contains("up"));
+    assert!(wait_until(DEADLINE, || up(&polite_log) && up(&stubborn_log)));
+    d.wait_log(&["polite", "reading the pid file"]);
+    d.wait_log(&["stubborn", "reading the pid file"]);
+    let polite = daemon_pid(&sb, "polite").expect("the polite daemon runs");
+    let stubborn = daemon_pid(&sb, "stubborn").expect("the stubborn daemon runs");
+    assert_eq!(sb.service_status("polite")["state"], "starting");
+
+    let out = sb.cli(&["stop", "polite"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    sb.wait_state("polite", "stopped");
+    assert!(wait_until(DEADLINE, || !alive(polite)));
+    let text = std::fs::read_to_string(&polite_log).unwrap();
+    assert!(
+        text.contains("TERM"),
+        "the daemon got the stop signal: {text}"
+    );
+    assert_eq!(d.count_log(&["polite", "SIGKILL"]), 0, "{}", d.log_text());
+
+    let out = sb.cli(&["stop", "stubborn"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    sb.wait_state("stubborn", "stopped");
+    assert!(!alive(stubborn), "killed at the timeout");
+    let text = std::fs::read_to_string(&stubborn_log).unwrap();
+    assert!(text.contains("TERM"), "the stop signal came first: {text}");
+    d.wait_log(&["stubborn", "still running after 5000 ms: sending SIGKILL"]);
 }
