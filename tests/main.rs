@@ -19,6 +19,7 @@ mod notify;
 mod observability;
 mod operator;
 mod output;
+mod pid_files;
 mod races;
 mod reliability;
 mod reload;

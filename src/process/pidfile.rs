@@ -2,7 +2,7 @@
 //! launcher wrote, and deciding whether the pid in it is a live process of that
 //! service. The file is the service's (in a directory it may own): it is opened as a
 //! regular file only, never through a symlink at its last component, without blocking,
-//! and at most a few bytes are read; the pid is believed only if the process is in the
+//! and only its first line is read; the pid is believed only if the process is in the
 //! service's cgroup, or (without cgroups) is our own child: the daemon is reparented to
 //! us as subreaper once its launcher has exited.
 
@@ -10,23 +10,34 @@ use crate::process::{procfs, safe_fs};
 use std::io::Read;
 use std::path::Path;
 
+/// How much of the file is read: the pid is its first line (as systemd's `PIDFile=`
+/// reads it); what follows, PostgreSQL's `postmaster.pid` has a data directory, a port,
+/// a socket directory and more there, is no concern of ours.
+const FIRST_LINE_MAX: u64 = 64;
+
+/// The first line of `head`, without surrounding blanks.
+fn first_line(head: &[u8]) -> String {
+    let end = head.iter().position(|b| *b == b'\n').unwrap_or(head.len());
+    String::from_utf8_lossy(&head[..end]).trim().to_string()
+}
+
 /// The pid `path` names, if it is a live process of the service: `members` are the
 /// service's cgroup members (`None` without a cgroup).
 pub fn main_process(path: &Path, members: Option<&[i32]>) -> Result<i32, String> {
     let shown = path.display();
     let (mut f, _) =
         safe_fs::open_regular(path, false).map_err(|e| format!("pid file {shown}: {e}"))?;
-    let mut text = String::new();
+    let mut head = Vec::new();
     (&mut f)
-        .take(32)
-        .read_to_string(&mut text)
+        .take(FIRST_LINE_MAX)
+        .read_to_end(&mut head)
         .map_err(|e| format!("pid file {shown}: {e}"))?;
-    let pid: i32 = text
-        .trim()
+    let line = first_line(&head);
+    let pid: i32 = line
         .parse()
         .ok()
         .filter(|p| *p > 1)
-        .ok_or_else(|| format!("pid file {shown} holds no pid: {:?}", text.trim()))?;
+        .ok_or_else(|| format!("pid file {shown} holds no pid: {line:?}"))?;
     let alive = procfs::stat(pid).filter(|s| s.state != b'Z');
     let Some(stat) = alive else {
         return Err(format!("pid file {shown} is stale: no process {pid}"));
@@ -43,4 +54,20 @@ pub fn main_process(path: &Path, members: Option<&[i32]>) -> Result<i32, String>
         ));
     }
     Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_line;
+
+    #[test]
+    fn the_pid_is_the_first_line_and_the_rest_is_ignored() {
+        assert_eq!(first_line(b"4242\n"), "4242");
+        assert_eq!(first_line(b" 4242 "), "4242");
+        let postmaster =
+            b"4242\n/var/lib/postgresql/16/main\n1733550000\n5432\n/var/run/postgresql\n";
+        assert_eq!(first_line(postmaster), "4242");
+        assert_eq!(first_line(b"\n4242\n"), "");
+        assert_eq!(first_line(b""), "");
+    }
 }

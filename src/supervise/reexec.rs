@@ -19,6 +19,7 @@ use super::machine;
 use super::supervisor::{InstanceFds, Outcome, Supervisor};
 use crate::control::socket::{error_reply, Reply, Request};
 use crate::output::handover::{self, CarriedBatch, CarriedReader, Report};
+use crate::process::helper::Helper;
 use crate::process::inherit;
 use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
@@ -494,8 +495,8 @@ fn run_bounded(
 ) -> Result<std::process::Output, String> {
     use std::io::Read;
     use std::process::{Command, Stdio};
-    let mut child = Command::new(path)
-        .args(args)
+    let mut cmd = Command::new(path);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(if stdout {
             Stdio::piped()
@@ -503,9 +504,11 @@ fn run_bounded(
             Stdio::null()
         })
         .stderr(Stdio::piped())
-        .env_remove(RESUME_ENV)
-        .spawn()
-        .map_err(|e| format!("{}: cannot run: {e}", path.display()))?;
+        .env_remove(RESUME_ENV);
+    // Registered with the orphan reaper, which would otherwise take its exit status.
+    let mut helper =
+        Helper::spawn(&mut cmd).map_err(|e| format!("{}: cannot run: {e}", path.display()))?;
+    let child = &mut helper.child;
     let end = std::time::Instant::now() + CHECK_TIMEOUT;
     let status = loop {
         match child.try_wait() {

@@ -45,12 +45,14 @@ impl Service {
             }
             Phase::AwaitPidFile {
                 gen,
+                launcher,
+                why,
                 deadline,
                 retry_at,
                 ..
             } => {
                 if due(*deadline) {
-                    let why = format!(
+                    let message = format!(
                         "the pid file {} names no live process of the service within {} ms",
                         self.spec
                             .process
@@ -59,11 +61,12 @@ impl Service {
                             .map_or(String::new(), |p| p.display().to_string()),
                         self.spec.stop_timeout.as_millis()
                     );
-                    let why = match &self.last_error {
-                        Some(e) => format!("{why}: {e}"),
-                        None => why,
+                    let why = match why.take() {
+                        Some(e) => format!("{message}: {e}"),
+                        None => message,
                     };
-                    return self.start_failed(why, ctx);
+                    let launcher = *launcher;
+                    return self.start_failed(launcher, why, ctx);
                 }
                 match retry_at {
                     Some(t) if due(*t) => {

@@ -79,11 +79,14 @@ impl Service {
     }
 
     /// `pid_file`: the launcher daemonized and exited 0. What its pid file names is
-    /// the run's main process from now on; it is read until the start's deadline.
+    /// the run's main process from now on; it is read until the start's deadline. The
+    /// launcher is reaped once that is settled.
     fn launcher_done(&mut self, run: Run, ctx: &mut Ctx) -> Vec<Action> {
         let deadline = run.started + self.spec.stop_timeout;
         self.phase = Phase::AwaitPidFile {
             gen: run.gen,
+            launcher: run.pid,
+            why: None,
             started: run.started,
             deadline,
             retry_at: None,
@@ -96,7 +99,6 @@ impl Service {
                 Some(run.pid),
                 "launcher exited 0: reading the pid file",
             ),
-            Action::Reap(run.pid),
             Action::ReadPidFile { gen: run.gen },
         ]
     }
@@ -111,6 +113,7 @@ impl Service {
         let now = ctx.now.mono;
         let Phase::AwaitPidFile {
             gen: awaited,
+            launcher,
             started,
             deadline,
             ..
@@ -130,39 +133,53 @@ impl Service {
                     launcher: false,
                 };
                 self.up(run, now);
-                vec![log(
-                    log::Level::Info,
-                    "started",
-                    Some(pid),
-                    "main process from the pid file",
-                )]
+                vec![
+                    log(
+                        log::Level::Info,
+                        "started",
+                        Some(pid),
+                        "main process from the pid file",
+                    ),
+                    Action::Reap(launcher),
+                ]
             }
             Err(why) if now + PID_FILE_POLL < deadline => {
                 self.phase = Phase::AwaitPidFile {
                     gen,
+                    launcher,
+                    why: Some(why),
                     started,
                     deadline,
                     retry_at: Some(now + PID_FILE_POLL),
                 };
-                self.last_error = Some(why);
                 Vec::new()
             }
-            Err(why) => self.start_failed(why, ctx),
+            Err(why) => self.start_failed(launcher, why, ctx),
         }
     }
 
     /// A start that produced no main process (a pid file missing, stale or naming a
-    /// process outside the service): a failed run, through the backoff path.
-    pub(super) fn start_failed(&mut self, why: String, ctx: &mut Ctx) -> Vec<Action> {
+    /// process outside the service): a failed run, through the backoff path. What the
+    /// launcher left in its group (and the service's cgroup) goes with it.
+    pub(super) fn start_failed(
+        &mut self,
+        launcher: i32,
+        why: String,
+        ctx: &mut Ctx,
+    ) -> Vec<Action> {
         if let Some(h) = self.history.back_mut() {
             h.exited_ms.get_or_insert(ctx.now.wall_ms);
         }
-        let mut actions = vec![log(
-            log::Level::Error,
-            "failed",
-            None,
-            format!("cannot start: {why}"),
-        )];
+        let mut actions = vec![
+            log(
+                log::Level::Error,
+                "failed",
+                None,
+                format!("cannot start: {why}"),
+            ),
+            kill(launcher),
+            Action::Reap(launcher),
+        ];
         self.last_error = Some(why);
         actions.extend(self.after_run(false, ctx));
         actions
@@ -230,6 +247,11 @@ impl Service {
             Phase::Stopping { run, stop } if run.gen == gen => (*run, Some(*stop)),
             _ => return vec![stray("exit reported for no live run")],
         };
+        // The launcher's expected exit is no run's end: the exit code, the history and
+        // last_error are the daemon's to write.
+        if run.launcher && stop.is_none() && exit.success() {
+            return self.launcher_done(run, ctx);
+        }
         self.last_exit = Some(LastExit {
             exit,
             at_ms: now.wall_ms,
@@ -246,9 +268,6 @@ impl Service {
             log::Level::Warn
         };
         let mut actions = vec![log(level, "exited", Some(run.pid), exit.describe())];
-        if run.launcher && stop.is_none() && exit.success() {
-            return self.launcher_done(run, ctx);
-        }
         if let Some(mut stop) = stop {
             if stop.killed {
                 actions.push(Action::Reap(run.pid));

@@ -442,3 +442,37 @@ fn a_hang_after_reset_after_gets_a_fresh_backoff() {
     t.ev(Event::GroupEmpty);
     assert_eq!((t.phase().as_str(), t.due()), ("backoff", "+100".into()));
 }
+
+#[test]
+fn a_launchers_exit_0_is_no_runs_end_the_daemons_exit_is() {
+    let mut s = spec(RestartPolicy::Always, 3);
+    s.process.pid_file = Some("/run/svc.pid".into());
+    let mut t = T::with(s);
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    let gen = t.gen;
+    t.exit(Exit::Code(0));
+    assert_eq!(t.svc.last_exit_code(), None, "no run has ended");
+    assert_eq!(t.svc.history().back().map(|h| h.exit_code), Some(None));
+    let missing = Err("pid file /run/svc.pid: No such file or directory".into());
+    t.ev(Event::PidFile {
+        gen,
+        result: missing,
+    });
+    assert_eq!(t.svc.last_error(), None, "a read too early is no error");
+    t.ev(Event::PidFile {
+        gen,
+        result: Ok(4242),
+    });
+    assert_eq!(t.svc.state(), State::Running);
+    assert_eq!(t.svc.last_error(), None);
+    assert_eq!(t.svc.history().back().map(|h| h.exited_ms), Some(None));
+    t.exit(Exit::Signal(libc::SIGKILL));
+    assert_eq!(t.svc.last_exit_code(), Some(137));
+    t.fire();
+    t.spawned();
+    t.exit(Exit::Code(0));
+    assert_eq!(t.svc.last_exit_code(), Some(137), "the crash stays shown");
+    let codes: Vec<_> = t.svc.history().iter().map(|h| h.exit_code).collect();
+    assert_eq!(codes, [Some(137), None]);
+}
