@@ -338,3 +338,28 @@ fn a_key_that_cannot_be_applied_fails_the_start_with_the_reason() {
         check.stdout
     );
 }
+
+#[test]
+fn an_io_priority_with_the_idle_class_is_warned_about_and_ignored() {
+    // No root needed: the idle class is open to everyone.
+    let sb = Sandbox::new();
+    let svc = sb.service("idle", "exec sleep 60");
+    let keys = |prio: Value| {
+        json!({"idle": {"binary_path": svc, "pass_service_args": false,
+                        "io_class": "idle", "io_priority": prio}})
+    };
+    sb.config(json!({}), keys(json!(5)));
+    let check = sb.cli(&["check"]);
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+    let warning = "idle: io_priority 5 is ignored: the idle class has no priority levels";
+    assert!(check.stderr.contains(warning), "{}", check.stderr);
+    let d = Daemon::start(&sb, &[]);
+    d.wait_log(&[warning]);
+    let pid = sb.wait_running("idle", None);
+    // SAFETY: ioprio_get takes no pointers.
+    let io = unsafe { libc::syscall(libc::SYS_ioprio_get, 1, pid as i32) };
+    assert_eq!(io, 3 << 13, "the idle class, its only level");
+    // Without a priority there is nothing to warn about.
+    sb.config(json!({}), keys(Value::Null));
+    assert!(!sb.cli(&["check"]).stderr.contains("io_priority"));
+}

@@ -69,15 +69,21 @@ pub fn validate(svc: &ServiceConfig, err: &mut dyn FnMut(&str, String)) {
     if let Some(p) = svc.io_priority.filter(|p| *p > 7) {
         err("io_priority", format!("must be between 0 and 7, not {p}"));
     }
-    if svc.io_class == Some(IoClass::Idle) && svc.io_priority.is_some() {
-        err(
-            "io_priority",
-            "the idle class has no priority levels".into(),
-        );
-    }
     if let Some(w) = svc.io_weight.filter(|w| !(1..=10_000).contains(w)) {
         err("io_weight", format!("must be between 1 and 10000, not {w}"));
     }
+}
+
+/// What is accepted but worth a warning in `svc`'s hardening keys (logged at start
+/// and reload, printed by `check`).
+pub fn warnings(svc: &ServiceConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if let (Some(IoClass::Idle), Some(p)) = (svc.io_class, svc.io_priority) {
+        out.push(format!(
+            "io_priority {p} is ignored: the idle class has no priority levels"
+        ));
+    }
+    out
 }
 
 /// The hardening of a validated `svc`.
@@ -86,7 +92,13 @@ pub fn resolve(svc: &ServiceConfig) -> Hardening {
         (None, None) => None,
         (class, level) => Some((
             class.unwrap_or(IoClass::BestEffort),
-            level.unwrap_or(if class == Some(IoClass::Idle) { 0 } else { 4 }),
+            // The idle class has no levels: a level given with it is ignored (and
+            // warned about, see `warnings`), as ionice does.
+            if class == Some(IoClass::Idle) {
+                0
+            } else {
+                level.unwrap_or(4)
+            },
         )),
     };
     Hardening {
@@ -349,10 +361,12 @@ mod tests {
             3
         );
         assert_eq!(problems(r#"{"read_only_paths": ["etc"]}"#).len(), 1);
-        assert_eq!(
-            problems(r#"{"io_class": "idle", "io_priority": 2}"#).len(),
-            1
-        );
+        // The idle class has no levels: warned about, not refused.
+        let idle = r#"{"io_class": "idle", "io_priority": 2}"#;
+        assert!(problems(idle).is_empty());
+        assert!(warnings(&svc(idle))[0].contains("idle class has no priority levels"));
+        assert_eq!(resolve(&svc(idle)).ioprio(), Some(3 << 13));
+        assert!(warnings(&svc(r#"{"io_class": "idle"}"#)).is_empty());
     }
 
     #[test]
