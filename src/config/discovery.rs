@@ -299,6 +299,12 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
                 None
             }
         };
+        for w in crate::process::hardening::warnings(svc) {
+            notices.push(Notice {
+                level: log::Level::Warn,
+                msg: format!("{name}: {w}"),
+            });
+        }
         let spec = build_spec(
             name,
             configured.is_some(),

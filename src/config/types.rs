@@ -290,6 +290,7 @@ pub struct ServiceConfig {
     // SPEC 13, hardening; checked by `process::hardening::validate`.
     pub capabilities: Option<Vec<String>>,
     pub syscall_filter: Option<Vec<String>>,
+    pub syscall_allow: Option<Vec<String>>,
     pub syscall_filter_action: FilterAction,
     pub private_network: bool,
     pub private_tmp: bool,
@@ -359,6 +360,7 @@ impl Default for ServiceConfig {
             pid_file: None,
             capabilities: None,
             syscall_filter: None,
+            syscall_allow: None,
             syscall_filter_action: FilterAction::Errno,
             private_network: false,
             private_tmp: false,
