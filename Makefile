@@ -106,7 +106,7 @@ props:
 # New inputs go to fuzz/target/corpus; the committed seeds in fuzz/corpus stay as they are.
 # A crash stops the run and leaves its input in fuzz/artifacts/TARGET/.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= config control log_lines
+FUZZ_TARGETS ?= config control log_lines hpack http2_answer
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
