@@ -22,6 +22,7 @@ mod output;
 mod races;
 mod reliability;
 mod reload;
+mod signals;
 mod sockets;
 mod terminal;
 mod trust;
