@@ -304,6 +304,110 @@ pub fn unblock_handled() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    /// Runs `fault_child` in a process of its own (this test binary again) in `mode`.
+    fn child(mode: &str) -> std::process::Child {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "process::signals::tests::fault_child",
+                "--ignored",
+            ])
+            .args(["--test-threads=1", "--nocapture"])
+            .env("FAULT_CHILD", mode)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn wait(c: &mut std::process::Child) -> std::process::ExitStatus {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > end {
+                let _ = c.kill();
+                panic!("the child neither died nor finished");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The child's side: with the handler installed, either fault for real (`kernel`),
+    /// or wait to be sent SIGSEGV (`sent`) and exit 0 once it was seen and survived.
+    #[test]
+    #[ignore = "run by the fault tests in a process of its own"]
+    fn fault_child() {
+        let Ok(mode) = std::env::var("FAULT_CHILD") else {
+            return;
+        };
+        let _signals = register(false).unwrap();
+        if mode == "kernel" {
+            // SAFETY: a fresh page nobody may touch; the write faults (SEGV_ACCERR).
+            unsafe {
+                let page = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                assert_ne!(page, libc::MAP_FAILED);
+                std::ptr::write_volatile(page.cast::<u8>(), 1);
+            }
+            return;
+        }
+        println!("ready");
+        let bit = 1 << (libc::SIGSEGV - 1);
+        let end = Instant::now() + Duration::from_secs(10);
+        // Twice: after the first, std's handler (which runs first) has reset SIGSEGV.
+        for _ in 0..2 {
+            while PENDING.fetch_and(!bit, Ordering::AcqRel) & bit == 0 {
+                assert!(Instant::now() < end, "no SIGSEGV came");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            println!("survived");
+        }
+        std::process::exit(0);
+    }
+
+    #[test]
+    fn a_fault_the_kernel_raises_keeps_its_default_action() {
+        let mut c = child("kernel");
+        let st = wait(&mut c);
+        assert_eq!(st.signal(), Some(libc::SIGSEGV), "{st:?}");
+    }
+
+    #[test]
+    fn a_fault_signal_another_process_sends_is_survived() {
+        use std::io::BufRead;
+        let mut c = child("sent");
+        let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("ready") {
+            line.clear();
+            assert_ne!(
+                out.read_line(&mut line).unwrap(),
+                0,
+                "the child ended early"
+            );
+        }
+        for _ in 0..2 {
+            // SAFETY: kill has no memory preconditions; the child is ours, not reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGSEGV) };
+            line.clear();
+            while !line.contains("survived") {
+                line.clear();
+                assert_ne!(out.read_line(&mut line).unwrap(), 0, "the child died");
+            }
+        }
+        let st = wait(&mut c);
+        assert!(st.success(), "{st:?}");
+    }
 
     #[test]
     fn a_signal_is_logged_at_most_once_a_second() {
