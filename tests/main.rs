@@ -23,6 +23,7 @@ mod pid_files;
 mod races;
 mod reliability;
 mod reload;
+mod signals;
 mod sockets;
 mod terminal;
 mod trust;
