@@ -12,6 +12,7 @@ mod empty_root;
 mod grpc;
 mod hardening;
 mod health;
+mod history;
 mod isolation;
 mod lifecycle;
 mod logs;

@@ -425,3 +425,42 @@ fn a_flood_of_datagrams_delays_neither_the_loop_nor_other_services() {
     assert_eq!(f["state"], "running");
     assert_eq!(f["restarts"], 0);
 }
+
+/// A service's STATUS= text reaches the operator's terminal escaped, in the table and
+/// in `status NAME`: no escape sequence, no carriage return that overwrites the line.
+#[test]
+fn status_text_cannot_drive_the_terminal() {
+    if !have("systemd-notify", "systemd") {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.service(
+        "web",
+        "systemd-notify --ready --status=\"$(printf 'up\\033[2J\\rFORGED\\302\\233')\"\nexec sleep 1000",
+    );
+    sb.config(json!({}), json!({"web": {"ready": "notify"}}));
+    let _d = Daemon::start(&sb, &[]);
+    let s = wait_status(&sb, "web", "its status", |s| {
+        s["notify_status"]
+            .as_str()
+            .is_some_and(|t| t.contains("FORGED"))
+    });
+    assert_eq!(
+        s["notify_status"], "up\u{1b}[2J\rFORGED\u{9b}",
+        "kept as sent"
+    );
+    for args in [&["status"][..], &["status", "web"]] {
+        let out = sb.cli(args);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(
+            !out.stdout.contains(['\u{1b}', '\r', '\u{9b}']),
+            "{args:?}: {:?}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains("up\\x1b[2J\\rFORGED\\u{9b}"),
+            "{args:?}: {}",
+            out.stdout
+        );
+    }
+}

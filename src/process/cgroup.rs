@@ -318,6 +318,55 @@ impl Cgroups {
         self.hierarchies().iter().map(|h| h.dir(service)).collect()
     }
 
+    /// How many processes of `service` the kernel's OOM killer has killed: the
+    /// `oom_kill` count of its memory cgroup (`memory.events` on v2,
+    /// `memory.oom_control` on v1 since Linux 4.13). None where none can be read (no
+    /// memory cgroup for it, an older kernel).
+    pub fn oom_kills(&self, service: &str) -> Option<u64> {
+        let (h, file) = self.oom_source()?;
+        let text = fs::read_to_string(h.dir(service).join(file)).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+    }
+
+    fn oom_source(&self) -> Option<(&Hierarchy, &'static str)> {
+        match (&self.memory, &self.tracker) {
+            (Some(h), _) if h.version == Version::V1 => Some((h, "memory.oom_control")),
+            (Some(h), _) => Some((h, "memory.events")),
+            (None, Some(t)) if t.version == Version::V2 => Some((t, "memory.events")),
+            _ => None,
+        }
+    }
+
+    /// Whether an OOM kill of a service (with or without a memory limit) can be told
+    /// from another SIGKILL, for `check`: where from, or why not.
+    pub fn oom_detection(&self, memory_limited: bool) -> Result<String, String> {
+        let (h, file) = self
+            .oom_source()
+            .ok_or("no memory cgroup hierarchy is writable here")?;
+        if h.version == Version::V1 && !memory_limited {
+            return Err("without memory_limit the service has no memory cgroup".into());
+        }
+        // The service's cgroup may not exist yet: its nearest existing ancestor has
+        // the same files.
+        let probe = h
+            .dir("")
+            .ancestors()
+            .map(|d| d.join(file))
+            .find(|f| f.exists());
+        match probe.and_then(|f| fs::read_to_string(&f).ok().map(|t| (f, t))) {
+            Some((f, t)) if t.lines().any(|l| l.starts_with("oom_kill ")) => {
+                Ok(format!("its oom_kill count in {}", f.display()))
+            }
+            Some((f, _)) => Err(format!(
+                "{} has no oom_kill count (Linux 4.13 and later)",
+                f.display()
+            )),
+            None => Err(format!("no {file} to read")),
+        }
+    }
+
     pub fn tracker_dir(&self, service: &str) -> Option<PathBuf> {
         self.tracker.as_ref().map(|h| h.dir(service))
     }

@@ -218,6 +218,7 @@ impl Supervisor {
         if self.persist.is_some() {
             e.group = persist::Group::of(pid);
         }
+        e.oom_kills = self.cgroups.oom_kills(&e.name);
         e.output_pid = Arc::new(std::sync::atomic::AtomicI32::new(pid));
         if let Some(n) = &self.notify {
             n.register(pid, &e.name);

@@ -14,7 +14,7 @@
 //! that may go to its process group: the leader stays a zombie until then, so its pid
 //! (the group id) cannot be reused while anyone may still signal it.
 
-use super::state::{Exit, HistoryEntry, LastExit, Now, Refusal, State};
+use super::state::{reason, Exit, HistoryEntry, LastExit, Now, Refusal, State};
 use crate::config::discovery::{BinaryProblem, ServiceSpec};
 use crate::config::RestartPolicy;
 use std::collections::VecDeque;
@@ -277,6 +277,10 @@ pub struct Service {
     history: VecDeque<HistoryEntry>,
     /// Wall-clock ms of the last change of the shown state.
     since_ms: u64,
+    /// Why the current run is being ended, where more than its exit and the stop's
+    /// origin say so (a liveness failure, an upgrade, the OOM killer): its `history`
+    /// reason when it ends.
+    ending: Option<String>,
 }
 
 fn log(level: log::Level, event: &'static str, pid: Option<i32>, msg: impl Into<String>) -> Action {
@@ -308,6 +312,7 @@ impl Service {
             notify_status: None,
             history: VecDeque::new(),
             since_ms: now_ms,
+            ending: None,
         }
     }
 
@@ -317,6 +322,12 @@ impl Service {
         for h in history {
             self.push_history(h);
         }
+    }
+
+    /// The current run is ended by an upgrade (or its rollback), or was killed by the
+    /// OOM killer: `why` is its `history` reason, whatever stop is asked for next.
+    pub fn ending(&mut self, why: String) {
+        self.ending = Some(why);
     }
 
     /// The binary was looked at again (before a start, or at reload).

@@ -10,6 +10,7 @@
 //! handling but bounded file operations (a rename and an fsync, a small JSON file).
 
 use super::machine::{AfterStop, Event as MachineEvent};
+use super::state::reason;
 use super::supervisor::Supervisor;
 use super::upgrade::{History, Pending, Record, Verdict, View, Watch};
 use crate::control::socket::{error_reply, Cmd, Reply, Request};
@@ -228,6 +229,10 @@ impl Supervisor {
                 result: "rollback".into(),
             });
             let active = e.svc.is_active();
+            if active {
+                e.svc
+                    .ending(reason::rolled_back("by an operator (rollback)"));
+            }
             self.event(
                 log::Level::Warn,
                 &service,
@@ -269,6 +274,9 @@ impl Supervisor {
             // Shutdown began while the file was copied: judged (and undone) at once.
             self.settle();
             return;
+        }
+        if let Some(e) = self.services.get_mut(&service) {
+            e.svc.ending(reason::UPGRADE.into());
         }
         if let Err(r) = self.feed(&service, MachineEvent::Restart) {
             self.conclude(&service, Verdict::Failed(r.message()));
@@ -363,6 +371,9 @@ impl Supervisor {
         self.forget_pending(name);
         self.save_upgrades();
         if !ok && self.shutdown.is_none() && !stays {
+            if let Some(e) = self.services.get_mut(name) {
+                e.svc.ending(result.clone());
+            }
             let _ = self.feed(name, MachineEvent::Restart);
         }
         a.answer(answer);

@@ -39,6 +39,7 @@ impl Service {
                     "did not daemonize within {} ms (pid_file)",
                     self.spec.stop_timeout.as_millis()
                 );
+                self.ending = Some(reason::start_failed(&why));
                 self.last_error = Some(why);
                 let then = AfterStop::Recover(self.next_attempt(ctx.rng));
                 self.begin_stop(run, ready, then, Origin::Liveness, now)
@@ -211,6 +212,7 @@ impl Service {
                     pid,
                     format!("health check failed {n} times in a row ({why}): restarting"),
                 )];
+                self.ending = Some(reason::health(&why));
                 actions.extend(self.begin_stop(run, true, then, Origin::Liveness, now));
                 actions
             }
