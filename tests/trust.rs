@@ -6,7 +6,7 @@
 use crate::util::*;
 use serde_json::json;
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -445,4 +445,249 @@ fn a_root_owned_directory_under_tmp_is_trusted_and_nobodys_is_not() {
         "{}",
         out.stderr
     );
+}
+
+/// As user nobody (this thread's file-system uid only), whenever a socket appears at
+/// `sock`, renames a symlink to `victim` over it, then clears the way for the next
+/// bind. Runs until `stop`; returns how many swaps it made.
+fn swap_links_over_sockets(
+    sock: std::path::PathBuf,
+    victim: std::path::PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        unsafe { libc::syscall(libc::SYS_setfsuid, NOBODY) };
+        unsafe { libc::syscall(libc::SYS_setfsgid, NOBODY) };
+        let tmp = sock.with_extension("link");
+        let mut swaps = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // The link is made beforehand: once the socket shows, one rename.
+            if std::fs::symlink_metadata(&tmp).is_err() {
+                let _ = std::os::unix::fs::symlink(&victim, &tmp);
+            }
+            let is_socket =
+                std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket());
+            if is_socket && std::fs::rename(&tmp, &sock).is_ok() {
+                swaps += 1;
+                std::thread::sleep(Duration::from_millis(30));
+                let _ = std::fs::remove_file(&sock);
+            }
+        }
+        swaps
+    })
+}
+
+#[test]
+fn a_symlink_raced_over_a_fresh_service_socket_changes_no_files_mode() {
+    if !is_root() {
+        eprintln!("skipped: needs root to race as another user");
+        return;
+    }
+    let sb = Sandbox::new();
+    let victim = sb.path("victim");
+    std::fs::write(&victim, "root only\n").unwrap();
+    chmod(&victim, 0o600);
+    // Nobody's socket directory: refused before any bind. A squatted port makes every
+    // start fail and retry, so that the old code bound again and again, each time
+    // chmodding by path what stood at the socket's path a moment later. That moment is
+    // stretched so that the race is won at once: the configured path goes through a
+    // link whose target is thousands of `d/..` steps, which each lookup of the path
+    // (the chmod's) walks, while nobody watches the socket through the short path.
+    let theirs = std::env::temp_dir().join(format!("orch-race-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&theirs);
+    std::fs::create_dir_all(theirs.join("d")).unwrap();
+    std::os::unix::fs::symlink("d/../".repeat(800) + "d", theirs.join("s")).unwrap();
+    let mut long = theirs.display().to_string() + "/";
+    while long.len() + "s/../s/x.sock".len() <= 107 {
+        long.push_str("s/../");
+    }
+    long.push_str("s/x.sock");
+    for p in [theirs.join("d"), theirs.clone()] {
+        std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let sock = theirs.join("d/x.sock");
+    // A sticky directory of root's: bound (the kernel keeps nobody from renaming over
+    // root's socket there), and born with its mode.
+    let shared = sb.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    chmod(&shared, 0o1777);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    sb.service("web", "exec sleep 1000");
+    sb.service("ok", "exec sleep 1000");
+    let ok_sock = shared.join("s.sock");
+    sb.config(
+        json!({"services_dir": "services", "max_restart_attempts": 100000,
+               "initial_backoff_ms": 1, "max_backoff_ms": 5}),
+        json!({
+            "web": {"sockets": [
+                {"listen": format!("unix:{long}"), "mode": "0666"},
+                {"listen": format!("127.0.0.1:{port}")}]},
+            "plain": {"binary_path": sb.path("services/ok/ok"),
+                      "sockets": [{"listen": format!("unix:{}", theirs.join("d/y.sock").display())}]},
+            "ok": {"sockets": [{"listen": format!("unix:{}", ok_sock.display()), "mode": "0660"}]},
+        }),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attackers = [
+        swap_links_over_sockets(sock.clone(), victim.clone(), stop.clone()),
+        swap_links_over_sockets(ok_sock.clone(), victim.clone(), stop.clone()),
+    ];
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("ok", None);
+    let meta = std::fs::symlink_metadata(&ok_sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+    // Many starts of web, each a chance for the race; stop early if it was won.
+    let victim_mode = || std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+    wait_until(Duration::from_secs(20), || {
+        victim_mode() != 0o600 || d.count_log(&["web", "cannot bind socket"]) >= 100
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps: Vec<usize> = attackers.into_iter().map(|t| t.join().unwrap()).collect();
+    let starts = d.count_log(&["web", "cannot bind socket"]);
+    eprintln!("{starts} starts of web, swaps {swaps:?}");
+    assert_eq!(
+        victim_mode(),
+        0o600,
+        "the victim's mode changed; swaps {swaps:?}"
+    );
+    let st = sb.service_status("web");
+    let err = st["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("in a directory others control"), "{st}");
+    // Without the link: the directory itself is judged, and the fix named.
+    let st = sb.service_status("plain");
+    let err = st["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("socket directory refused") && err.contains("fix: chown root"),
+        "{st}"
+    );
+    assert!(!theirs.join("d/y.sock").exists());
+    assert_eq!(
+        swaps[1], 0,
+        "nobody renamed over root's socket in a sticky directory"
+    );
+    assert!(std::fs::symlink_metadata(&ok_sock).is_ok_and(|m| m.file_type().is_socket()));
+    drop(taken);
+    let _ = std::fs::remove_dir_all(&theirs);
+}
+
+/// A directory under /tmp that user nobody owns, holding `d/` and the link `s` to it
+/// through thousands of `d/..` steps, and a socket path of at most 107 bytes that goes
+/// through `s` many times and ends in `d/NAME`: every lookup of it (a chmod by path)
+/// takes long, while nobody watches `d/NAME` through the short path. `room`: bytes
+/// left for a suffix.
+fn slow_path_in_nobodys_dir(tag: &str, name: &str, room: usize) -> (std::path::PathBuf, String) {
+    let theirs = std::env::temp_dir().join(format!("orch-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&theirs);
+    std::fs::create_dir_all(theirs.join("d")).unwrap();
+    std::os::unix::fs::symlink("d/../".repeat(800) + "d", theirs.join("s")).unwrap();
+    let mut long = theirs.display().to_string() + "/";
+    while long.len() + "s/../s/".len() + name.len() + room <= 107 {
+        long.push_str("s/../");
+    }
+    long.push_str("s/");
+    long.push_str(name);
+    for p in [theirs.join("d"), theirs.clone()] {
+        std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    (theirs, long)
+}
+
+#[test]
+fn a_symlink_raced_over_the_control_or_notify_socket_changes_no_files_mode() {
+    if !is_root() {
+        eprintln!("skipped: needs root to race as another user");
+        return;
+    }
+    let sb = Sandbox::new();
+    let victim = sb.path("victim");
+    std::fs::write(&victim, "root's\n").unwrap();
+    chmod(&victim, 0o644);
+    // The ".notify" suffix must fit too.
+    let (theirs, long) = slow_path_in_nobodys_dir("ctl-race", "c.sock", ".notify".len());
+    sb.service("web", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services", "control_socket": long}),
+        json!({"web": {"ready": "notify"}}),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attackers = [
+        swap_links_over_sockets(theirs.join("d/c.sock"), victim.clone(), stop.clone()),
+        swap_links_over_sockets(theirs.join("d/c.sock.notify"), victim.clone(), stop.clone()),
+    ];
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"])
+        .arg(sb.path("orchestrator.json"))
+        .current_dir(&sb.dir);
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Refused at start; the old daemon ran (and chmodded both sockets by path).
+    let victim_mode = || std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+    let exited = wait_until(DEADLINE, || {
+        victim_mode() != 0o644 || child.try_wait().ok().flatten().is_some()
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps: Vec<usize> = attackers.into_iter().map(|t| t.join().unwrap()).collect();
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&theirs);
+    assert_eq!(
+        victim_mode(),
+        0o644,
+        "the victim's mode changed; swaps {swaps:?}"
+    );
+    assert!(exited, "swaps {swaps:?}: {err}");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("in a directory others control"), "{err}");
+}
+
+#[test]
+fn control_and_notify_sockets_are_born_with_their_modes() {
+    let sb = Sandbox::new();
+    sb.service("web", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"web": {"ready": "notify"}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let mut notify = sb.socket().into_os_string();
+    notify.push(".notify");
+    assert!(wait_until(DEADLINE, || std::path::Path::new(&notify).exists()));
+    for (p, mode) in [(sb.socket(), 0o600), (notify.into(), 0o666)] {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        assert!(m.file_type().is_socket(), "{}", p.display());
+        assert_eq!(m.permissions().mode() & 0o7777, mode, "{}", p.display());
+    }
+    // Refused: a socket directory writable by others without the sticky bit.
+    if is_root() {
+        let open = sb.path("open");
+        std::fs::create_dir(&open).unwrap();
+        chmod(&open, 0o777);
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"])
+            .arg(sb.path("orchestrator.json"))
+            .arg("--socket")
+            .arg(open.join("c.sock"))
+            .current_dir(&sb.dir);
+        let out = run_with_timeout(cmd, DEADLINE);
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(
+            out.stderr.contains("socket directory refused")
+                && out.stderr.contains("fix: chmod go-w"),
+            "{}",
+            out.stderr
+        );
+        assert!(!open.join("c.sock").exists());
+    }
 }
