@@ -691,3 +691,180 @@ fn control_and_notify_sockets_are_born_with_their_modes() {
         assert!(!open.join("c.sock").exists());
     }
 }
+
+fn sha256_of(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits until the took-over record of the new image shows in the log.
+fn wait_took_over(d: &Daemon) {
+    let ok = wait_until(DEADLINE, || d.count_log(&["upgrade-self: took over"]) >= 1);
+    assert!(ok, "no take-over; log:\n{}", d.log_text());
+}
+
+#[test]
+fn upgrade_paths_another_user_could_change_are_refused() {
+    if !is_root() {
+        eprintln!("skipped: StrictModes applies when running as root");
+        return;
+    }
+    // Everything in a root-owned directory right under /tmp.
+    let sb = sandbox_under_tmp("upgrade");
+    sb.service("app", "echo v1; exec sleep 1000");
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("app", None);
+    // A binary in a directory others may write to (no sticky bit), and one nobody owns
+    // right in /tmp: refused by both, with the fix, and nothing changes.
+    let open = sb.path("open");
+    std::fs::create_dir(&open).unwrap();
+    let in_open = open.join("app");
+    sb.script(&in_open, "echo evil; exec sleep 1000");
+    std::fs::copy(BIN, open.join("orchestrator")).unwrap();
+    chmod(&open, 0o777);
+    let theirs = std::env::temp_dir().join(format!("orch-tmp-theirs-{}", std::process::id()));
+    let theirs_self =
+        std::env::temp_dir().join(format!("orch-tmp-theirs-self-{}", std::process::id()));
+    sb.script(&theirs, "echo evil; exec sleep 1000");
+    std::fs::copy(BIN, &theirs_self).unwrap();
+    for p in [&theirs, &theirs_self] {
+        std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let cases = [
+        (vec!["upgrade", "app"], in_open.clone(), "fix: chmod go-w"),
+        (vec!["upgrade", "app"], theirs.clone(), "fix: chown root"),
+        (
+            vec!["upgrade-self"],
+            open.join("orchestrator"),
+            "fix: chmod go-w",
+        ),
+        (vec!["upgrade-self"], theirs_self.clone(), "fix: chown root"),
+    ];
+    for (cmd, path, fix) in cases {
+        let mut args = cmd.clone();
+        args.push(path.to_str().unwrap());
+        let out = sb.cli(&args);
+        assert_eq!(out.code, 1, "{args:?}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains("which another user could change") && out.stderr.contains(fix),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let _ = std::fs::remove_file(&theirs);
+    let _ = std::fs::remove_file(&theirs_self);
+    assert_eq!(sb.service_status("app")["pid"], pid);
+    assert_eq!(d.count_log(&["handing over"]), 0, "{}", d.log_text());
+    // Root's own files under /tmp: accepted by both.
+    std::fs::create_dir(sb.path("new")).unwrap();
+    let v2 = sb.path("new/app");
+    sb.script(&v2, "echo v2; exec sleep 1000");
+    let out = sb.cli(&["upgrade", "app", v2.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    d.wait_log(&["app[", "v2"]);
+    let new = sb.path("new/orchestrator");
+    std::fs::copy(BIN, &new).unwrap();
+    let out = sb.cli(&["upgrade-self", new.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    wait_took_over(&d);
+}
+
+/// Whether process `pid` has `path` open.
+fn has_open(pid: i32, path: &Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|it| {
+        it.flatten()
+            .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == path))
+    })
+}
+
+#[test]
+fn a_binary_swapped_after_the_upgrade_checks_is_not_what_is_installed() {
+    let sb = Sandbox::new();
+    // A big service binary: hashing it (the first thing the upgrade does after its
+    // checks) holds it open long enough to swap the new one meanwhile.
+    let bin = sb.service("app", "echo v1; exec sleep 1000");
+    let mut text = std::fs::read(&bin).unwrap();
+    text.extend(std::iter::repeat_n(b"# padding to make hashing slow\n", 1 << 19).flatten());
+    std::fs::write(&bin, &text).unwrap();
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"app": {"upgrade_grace_ms": 200}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("app", None);
+    std::fs::create_dir(sb.path("new")).unwrap();
+    let (v2, evil) = (sb.path("new/app"), sb.path("new/evil"));
+    sb.script(&v2, "echo v2; exec sleep 1000");
+    sb.script(&evil, "echo evil; exec sleep 1000");
+    let checked = sha256_of(&v2);
+    let upgrade = std::thread::spawn({
+        let (socket, cfg, v2) = (sb.socket(), sb.path("orchestrator.json"), v2.clone());
+        move || {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("--socket").arg(socket).arg("--config").arg(cfg);
+            cmd.args(["upgrade", "app"]).arg(v2);
+            run_with_timeout(cmd, Duration::from_secs(60))
+        }
+    });
+    let hashing = wait_until(DEADLINE, || has_open(d.pid, &bin));
+    std::fs::rename(&evil, &v2).unwrap();
+    let out = upgrade.join().unwrap();
+    assert!(hashing, "never saw the hashing of the old binary");
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    d.wait_log(&["app[", "v2"]);
+    assert_eq!(d.count_log(&["app[", "evil"]), 0, "{}", d.log_text());
+    let st = sb.service_status("app");
+    assert_eq!(st["binary"]["sha256"], checked.as_str(), "{st}");
+}
+
+#[test]
+fn a_binary_swapped_after_the_upgrade_self_checks_is_not_what_is_executed() {
+    let sb = Sandbox::new();
+    sb.service("sleeper", "exec sleep 1000");
+    sb.config(json!({}), json!({"sleeper": {}}));
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("sleeper", None);
+    let real = sb.path("orchestrator-real");
+    std::fs::copy(BIN, &real).unwrap();
+    std::fs::create_dir(sb.path("new")).unwrap();
+    // The binary checked: its `check` run waits until told, so that the path can be
+    // swapped after every check. The one swapped in leaves a mark, then takes over.
+    let (checking, go, mark) = (sb.path("checking"), sb.path("go"), sb.path("mark"));
+    let good = sb.path("new/orchestrator");
+    sb.script(
+        &good,
+        &format!(
+            "if [ \"$1\" = check ]; then : > {}; while [ ! -e {} ]; do sleep 0.02; done; fi\nexec {} \"$@\"",
+            checking.display(),
+            go.display(),
+            real.display()
+        ),
+    );
+    let evil = sb.path("new/evil");
+    sb.script(
+        &evil,
+        &format!(": > {}\nexec {} \"$@\"", mark.display(), real.display()),
+    );
+    let upgrade = std::thread::spawn({
+        let (socket, cfg, good) = (sb.socket(), sb.path("orchestrator.json"), good.clone());
+        move || {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("--socket").arg(socket).arg("--config").arg(cfg);
+            cmd.arg("upgrade-self").arg(good);
+            run_with_timeout(cmd, Duration::from_secs(60))
+        }
+    });
+    let held = wait_until(DEADLINE, || checking.exists());
+    std::fs::rename(&evil, &good).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let out = upgrade.join().unwrap();
+    assert!(held, "{}", d.log_text());
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    wait_took_over(&d);
+    assert!(!mark.exists(), "the file swapped in after the checks ran");
+}
