@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -246,26 +246,7 @@ impl Drop for Notify {
 }
 
 fn bind(path: &Path) -> io::Result<OwnedFd> {
-    let bytes = path.as_os_str().as_encoded_bytes();
-    // SAFETY: sockaddr_un is plain data.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::other(format!(
-            "{}: path too long for a socket",
-            path.display()
-        )));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: plain socket call; the result is checked.
-    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: raw is a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = crate::process::safe_fs::unix_socket(libc::SOCK_DGRAM)?;
     let on: libc::c_int = 1;
     // SAFETY: valid descriptor and option pointer of the right size.
     let r = unsafe {
@@ -282,20 +263,9 @@ fn bind(path: &Path) -> io::Result<OwnedFd> {
     }
     // A stale socket from a crash; a live daemon on it was ruled out by the instance lock.
     let _ = std::fs::remove_file(path);
-    // SAFETY: addr is a valid sockaddr_un.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // Services may run as other users: anyone may send, only services are heard.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    // Services may run as other users: anyone may send, only services are heard. The
+    // socket is born 0666 (never chmodded by path, which a link could redirect).
+    crate::process::safe_fs::bind_unix(fd.as_raw_fd(), path, 0o666)?;
     Ok(fd)
 }
 
