@@ -295,3 +295,95 @@ fn a_stop_while_the_pid_file_is_awaited_sends_the_stop_signal_first() {
     assert!(text.contains("TERM"), "the stop signal came first: {text}");
     d.wait_log(&["stubborn", "still running after 5000 ms: sending SIGKILL"]);
 }
+
+/// Without cgroups (as root, the daemon runs as nobody, so it has none), a pid file is
+/// believed only for a process descending from the run's launcher: one in its session
+/// or group, or one that left them (setsid) and was reparented to us. Another service's
+/// process is refused, and that service is untouched.
+#[test]
+fn without_cgroups_a_pid_file_naming_another_service_is_refused() {
+    let sb = Sandbox::new();
+    let root = unsafe { libc::geteuid() } == 0;
+    let run = sb.path("run");
+    std::fs::create_dir(&run).unwrap();
+    let (grouped, detached, evil) = (
+        run.join("grouped.pid"),
+        run.join("detached.pid"),
+        run.join("evil.pid"),
+    );
+    let victim_pid = run.join("victim");
+    sb.service("victim", "exec sleep 1000");
+    sb.service(
+        "grouped",
+        &format!("sleep 1000 & echo $! > {}; exit 0", grouped.display()),
+    );
+    sb.service(
+        "detached",
+        &format!(
+            "setsid sleep 1000 & echo $! > {}; exit 0",
+            detached.display()
+        ),
+    );
+    sb.service(
+        "evil",
+        &format!(
+            "while [ ! -s {v} ]; do sleep 0.05; done; cat {v} > {}; exit 0",
+            evil.display(),
+            v = victim_pid.display()
+        ),
+    );
+    let entry = |p: &Path| json!({"pid_file": p, "restart": "never", "pass_service_args": false});
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"victim": {}, "grouped": entry(&grouped), "detached": entry(&detached),
+               "evil": {"pid_file": evil, "restart": "never", "pass_service_args": false,
+                        "stop_timeout_ms": 5_000}}),
+    );
+    let uid = root.then_some(65534);
+    if root {
+        for d in [sb.dir.clone(), sb.path("services"), run.clone()] {
+            std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+        }
+    }
+    let d = Daemon::spawn_as(&sb, &[], &[], uid);
+    assert!(
+        wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0),
+        "{}",
+        d.log_text()
+    );
+    let victim = sb.wait_running("victim", None);
+    // What evil's launcher waits for, then writes into its own pid file.
+    std::fs::write(&victim_pid, format!("{victim}\n")).unwrap();
+    let st = sb.service_status("victim");
+    assert!(
+        st["cgroup"].is_null(),
+        "this test needs a daemon without cgroups: {st}"
+    );
+    // Its own daemon, in its group or detached from it, is believed.
+    assert_eq!(
+        Some(sb.wait_running("grouped", None)),
+        first_line_pid(&grouped)
+    );
+    assert_eq!(
+        Some(sb.wait_running("detached", None)),
+        first_line_pid(&detached)
+    );
+
+    let st = sb.wait_state("evil", "failed");
+    let why = st["last_error"].as_str().unwrap_or("");
+    assert!(
+        why.contains(&format!(
+            "names process {victim}, which is not the service's"
+        )),
+        "{st}"
+    );
+    assert_eq!(sb.service_status("victim")["pid"], victim);
+    assert_eq!(sb.service_status("victim")["state"], "running");
+    assert!(alive(victim));
+    assert_eq!(
+        sb.cli(&["stop", "evil"]).code,
+        1,
+        "evil has nothing to stop"
+    );
+    assert!(alive(victim), "the other service is untouched");
+}
