@@ -387,3 +387,46 @@ fn without_cgroups_a_pid_file_naming_another_service_is_refused() {
     );
     assert!(alive(victim), "the other service is untouched");
 }
+
+/// The pid file is never read through a symlink: one pointing at a file that names
+/// the service's own daemon is refused all the same.
+#[test]
+fn a_symlinked_pid_file_is_refused() {
+    let sb = Sandbox::new();
+    let (real, link) = (sb.path("real.pid"), sb.path("link.pid"));
+    sb.service(
+        "linked",
+        &format!(
+            "sleep 1000 & echo $! > {}; ln -s {} {}; exit 0",
+            real.display(),
+            real.display(),
+            link.display()
+        ),
+    );
+    sb.service(
+        "plain",
+        &format!(
+            "sleep 1000 & echo $! > {}; exit 0",
+            sb.path("plain.pid").display()
+        ),
+    );
+    let entry = |p: PathBuf| {
+        json!({"pid_file": p, "restart": "never", "stop_timeout_ms": 1000,
+               "pass_service_args": false})
+    };
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"linked": entry(link.clone()), "plain": entry(sb.path("plain.pid"))}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("plain", None);
+    let st = sb.wait_state("linked", "failed");
+    let why = st["last_error"].as_str().unwrap_or("");
+    assert!(why.contains("link.pid"), "{st}");
+    assert!(why.contains("symbolic link"), "{st}");
+    let daemon = first_line_pid(&real).expect("the launcher wrote the real file");
+    assert!(
+        wait_until(DEADLINE, || !alive(daemon)),
+        "what the failed start left is killed"
+    );
+}
