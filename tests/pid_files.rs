@@ -430,3 +430,54 @@ fn a_symlinked_pid_file_is_refused() {
         "what the failed start left is killed"
     );
 }
+
+/// A daemon whose own parent lives on (a monitor that forked it and waits for it) is
+/// not the orchestrator's child: it is the run all the same, which lasts as long as it
+/// does, and its exit ends the run.
+#[test]
+fn a_daemon_with_a_parent_of_its_own_is_the_run_until_it_exits() {
+    let sb = Sandbox::new();
+    let pid_file = sb.path("watched.pid");
+    sb.service(
+        "watched",
+        &format!(
+            "( sleep 1000 & echo $! > {}; wait ) & exit 0",
+            pid_file.display()
+        ),
+    );
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"watched": {"pid_file": pid_file, "restart": "always",
+                           "pass_service_args": false}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("watched", None);
+    assert_eq!(Some(pid), first_line_pid(&pid_file));
+    let parent = procfs_ppid(pid).expect("the daemon runs");
+    assert_ne!(parent, d.pid as i64, "its parent is the monitor, not us");
+    // It stays the run: no exit reported while it lives.
+    let since = Instant::now();
+    let steady = wait_until(DEADLINE, || {
+        let st = sb.service_status("watched");
+        assert_eq!(st["pid"], pid, "{st}; log:\n{}", d.log_text());
+        assert_eq!(st["restarts"], 0, "{st}");
+        since.elapsed() > Duration::from_secs(1)
+    });
+    assert!(steady);
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let again = sb.wait_running("watched", Some(pid));
+    assert_eq!(sb.service_status("watched")["restarts"], 1);
+    assert_eq!(sb.cli(&["stop", "watched"]).code, 0);
+    sb.wait_state("watched", "stopped");
+    assert!(wait_until(DEADLINE, || !alive(again)));
+}
+
+fn procfs_ppid(pid: i64) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
