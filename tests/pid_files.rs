@@ -481,3 +481,66 @@ fn procfs_ppid(pid: i64) -> Option<i64> {
         .parse()
         .ok()
 }
+
+/// A daemon adopted through the subreaper outlives an orchestrator killed with SIGKILL
+/// (the parent-death signal cannot reach it); the next start kills it: through the
+/// service's cgroup, or without cgroups through the group recorded in `state_dir`.
+#[test]
+fn an_adopted_daemon_outlives_a_sigkill_until_the_next_start() {
+    let root = unsafe { libc::geteuid() } == 0;
+    // With cgroups (root), then without (as root: the daemon as nobody).
+    let runs: &[Option<u32>] = if root { &[None, Some(65534)] } else { &[None] };
+    for &uid in runs {
+        let sb = Sandbox::new();
+        let run = sb.path("run");
+        std::fs::create_dir(&run).unwrap();
+        let pid_file = run.join("adopted.pid");
+        let daemon = sb.path("adopted-daemon.sh");
+        sb.script(&daemon, "while :; do sleep 0.2; done");
+        sb.service(
+            "adopted",
+            &format!(
+                "setsid {} & echo $! > {}; exit 0",
+                daemon.display(),
+                pid_file.display()
+            ),
+        );
+        sb.config(
+            json!({"services_dir": "services", "state_dir": "state"}),
+            json!({"adopted": {"pid_file": pid_file, "pass_service_args": false}}),
+        );
+        if uid.is_some() {
+            for d in [sb.dir.clone(), sb.path("services"), run.clone()] {
+                std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+            }
+        }
+        let mut d = Daemon::spawn_as(&sb, &[], &[], uid);
+        assert!(wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0));
+        let pid = sb.wait_running("adopted", None);
+        let cgroups = !sb.service_status("adopted")["cgroup"].is_null();
+        assert_eq!(cgroups, root && uid.is_none(), "uid {uid:?}");
+        let state = sb.path("state/state.json");
+        assert!(wait_until(DEADLINE, || std::fs::read_to_string(&state)
+            .is_ok_and(|t| t.contains(&format!("\"pgid\":{pid}")))));
+        d.signal(libc::SIGKILL);
+        d.wait_exit(DEADLINE);
+        assert!(alive(pid), "the adopted daemon lives on (uid {uid:?})");
+        let d2 = Daemon::spawn_as(&sb, &[], &[], uid);
+        assert!(
+            wait_until(DEADLINE, || !alive(pid)),
+            "the next start kills it (uid {uid:?}); log:\n{}",
+            d2.log_text()
+        );
+        if cgroups {
+            d2.wait_log(&["left in service cgroups by a previous instance"]);
+        } else {
+            d2.wait_log(&[
+                "adopted: killing process group",
+                "left by a previous instance",
+            ]);
+        }
+        let again = sb.wait_running("adopted", Some(pid));
+        assert_eq!(sb.cli(&["stop", "adopted"]).code, 0);
+        assert!(wait_until(DEADLINE, || !alive(again)));
+    }
+}
