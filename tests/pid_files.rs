@@ -259,6 +259,15 @@ fn daemon_pid(sb: &Sandbox, name: &str) -> Option<i64> {
 /// runs of the service gets the stop signal, and SIGKILL only at the stop timeout.
 #[test]
 fn a_stop_while_the_pid_file_is_awaited_sends_the_stop_signal_first() {
+    // Through the service's cgroup (as root), then through the launcher's process
+    // group alone (as root, the daemon as nobody has no cgroups).
+    stop_while_awaited(None);
+    if unsafe { libc::geteuid() } == 0 {
+        stop_while_awaited(Some(65534));
+    }
+}
+
+fn stop_while_awaited(uid: Option<u32>) {
     let sb = Sandbox::new();
     let (polite_log, polite_pid) = slow_daemon(&sb, "polite", false);
     let (stubborn_log, stubborn_pid) = slow_daemon(&sb, "stubborn", true);
@@ -267,7 +276,17 @@ fn a_stop_while_the_pid_file_is_awaited_sends_the_stop_signal_first() {
         json!({"services_dir": "services"}),
         json!({"polite": entry(&polite_pid, 60_000), "stubborn": entry(&stubborn_pid, 5_000)}),
     );
-    let d = Daemon::start(&sb, &[]);
+    if uid.is_some() {
+        for d in [sb.dir.clone(), sb.path("services")] {
+            std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+        }
+    }
+    let d = Daemon::spawn_as(&sb, &[], &[], uid);
+    assert!(wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0));
+    let cgroup = sb.service_status("polite")["cgroup"].clone();
+    if uid.is_some() {
+        assert!(cgroup.is_null(), "nobody has no cgroups here: {cgroup}");
+    }
     let up = |log: &Path| std::fs::read_to_string(log).is_ok_and(|t| t.contains("up"));
     assert!(wait_until(DEADLINE, || up(&polite_log) && up(&stubborn_log)));
     d.wait_log(&["polite", "reading the pid file"]);
