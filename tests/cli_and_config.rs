@@ -31,6 +31,42 @@ fn unknown_key_is_rejected_with_position_and_suggestion() {
     assert!(group_of_sandbox_processes(&sb).is_empty());
 }
 
+/// `check` names what each key expected and where a misplaced key belongs, with the
+/// file, line and column.
+#[test]
+fn check_says_what_was_expected() {
+    let sb = Sandbox::new();
+    let cases = [
+        (
+            "{\n  \"services\": {\n    \"web\": {\"restart\": true}\n  }\n}\n",
+            ":3:",
+            "expected one of always, on-failure, never, got a boolean",
+        ),
+        (
+            "{\n  \"orchestrator\": {\n    \"stop_timeout_ms\": \"1s\"\n  }\n}\n",
+            ":3:",
+            "expected a number of milliseconds, got the string \"1s\"",
+        ),
+        (
+            "{\n  \"services_dir\": \"services\"\n}\n",
+            ":2:",
+            "unknown key `services_dir`: it belongs in the `orchestrator` section",
+        ),
+    ];
+    for (text, place, msg) in cases {
+        let cfg = sb.write_config(text);
+        let out = run_expect(&sb, &["check", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        let line = out.stderr.trim();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(
+            line.contains(&format!("orchestrator.json{place}")),
+            "{line}"
+        );
+        assert!(line.contains(msg), "{line}");
+    }
+}
+
 fn group_of_sandbox_processes(sb: &Sandbox) -> Vec<i64> {
     let needle = sb.dir.to_string_lossy().to_string();
     std::fs::read_dir("/proc")
@@ -333,10 +369,15 @@ fn check_warns_when_a_third_party_binary_gets_service_args() {
     let sb = Sandbox::new();
     sb.config(
         json!({}),
-        json!({"web": {"binary_path": "/bin/true", "args": ["-m", "http.server"]}}),
+        json!({
+            "web": {"binary_path": "/bin/true", "args": ["-m", "http.server"], "pass_service_args": true},
+            "plain": {"binary_path": "/bin/true"},
+        }),
     );
     let out = run_expect(&sb, &["check", "--config", "orchestrator.json"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+    // The default for a binary_path passes nothing: no warning.
+    assert!(!out.stderr.contains("plain:"), "{}", out.stderr);
     let warning = out
         .stderr
         .lines()

@@ -91,8 +91,6 @@ fn client_exit_codes_and_messages() {
         (&["start", "nope"], 1, "service not found"),
         (&["start", "off"], 1, "service is disabled"),
         (&["restart", "off"], 1, "service is disabled"),
-        (&["stop", "off"], 1, "service is not running"),
-        (&["start", "svc"], 1, "service is already running"),
         (&["logs", "nope"], 1, "service not found"),
         (&["upgrade", "nope", "/bin/true"], 1, "service not found"),
         (&["upgrade", "svc", "/nonexistent/x"], 1, "No such file"),
@@ -110,6 +108,107 @@ fn client_exit_codes_and_messages() {
     cmd.args(["status", "--socket"]).arg(sb.path("nobody.sock"));
     let out = run_with_timeout(cmd, DEADLINE);
     assert_eq!(out.code, 3);
+}
+
+/// `start` of a running service and `stop` of a stopped one succeed and say so, as
+/// systemctl and sv do; `start` of a restarting or failed one starts it now, `stop` of
+/// one leaves it stopped.
+#[test]
+fn start_and_stop_succeed_when_already_done() {
+    let sb = Sandbox::new();
+    basic(&sb);
+    sb.service("crash", "exit 1");
+    sb.service("broken", "exit 1");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({
+            "off": {"enabled": false},
+            "crash": {"initial_backoff_ms": 600_000, "max_backoff_ms": 600_000},
+            "broken": {"restart": "never"},
+        }),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("svc", None);
+    let out = sb.cli(&["start", "svc"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "svc: already running\n");
+    let reply = raw(&sb, b"{\"cmd\":\"start\",\"service\":\"svc\"}\n");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&reply).unwrap(),
+        json!({"ok": true, "message": "already running"})
+    );
+    assert_eq!(sb.wait_running("svc", None), pid, "the run is left alone");
+    let out = sb.cli(&["stop", "svc"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "svc: stopped\n");
+    let out = sb.cli(&["stop", "svc"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "svc: already stopped\n");
+    let reply = raw(&sb, b"{\"cmd\":\"stop\",\"service\":\"off\"}\n");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&reply).unwrap(),
+        json!({"ok": true, "message": "already stopped"})
+    );
+    // Restarting: `start` starts it now instead of after the ten-minute delay.
+    sb.wait_state("crash", "restarting");
+    let out = sb.cli(&["start", "crash"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(wait_until(DEADLINE, || sb.service_status("crash")
+        ["history"]
+        .as_array()
+        .is_some_and(|h| h.len() >= 2)));
+    // Restarting again: `stop` cancels the pending attempt.
+    sb.wait_state("crash", "restarting");
+    let out = sb.cli(&["stop", "crash"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let st = sb.service_status("crash");
+    assert_eq!(st["state"], "stopped", "{st}");
+    assert!(st["next_restart_ms"].is_null(), "{st}");
+    // Failed: `start` runs it again, `stop` leaves it stopped.
+    sb.wait_state("broken", "failed");
+    let out = sb.cli(&["start", "broken"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(wait_until(DEADLINE, || sb.service_status("broken")
+        ["history"]
+        .as_array()
+        .is_some_and(|h| h.len() == 2)));
+    sb.wait_state("broken", "failed");
+    let out = sb.cli(&["stop", "broken"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(sb.service_status("broken")["state"], "stopped");
+}
+
+/// `status NAME` answers as LSB's status does: 0 running, 3 any other state, 1 an
+/// unknown service, 4 no daemon; plain `status` is 0 whatever the states, 3 no daemon.
+#[test]
+fn status_exit_codes_follow_the_lsb_convention() {
+    let sb = Sandbox::new();
+    basic(&sb);
+    let mut d = Daemon::start(&sb, &[]);
+    sb.wait_running("svc", None);
+    for json in [false, true] {
+        let with = |args: &[&str]| {
+            let mut a = args.to_vec();
+            if json {
+                a.push("--json");
+            }
+            sb.cli(&a)
+        };
+        assert_eq!(with(&["status", "svc"]).code, 0, "running, json {json}");
+        let out = with(&["status", "off"]);
+        assert_eq!(out.code, 3, "stopped, json {json}: {}", out.stderr);
+        assert!(out.stdout.contains("stopped"), "{}", out.stdout);
+        assert_eq!(with(&["status", "nope"]).code, 1, "unknown, json {json}");
+        assert_eq!(with(&["status"]).code, 0, "the table, json {json}");
+    }
+    assert_eq!(sb.cli(&["shutdown"]).code, 0);
+    assert_eq!(d.wait_exit(DEADLINE), Some(0));
+    for json in [&[][..], &["--json"]] {
+        let out = sb.cli(&[&["status", "svc"][..], json].concat());
+        assert_eq!(out.code, 4, "{}", out.stderr);
+        assert!(out.stderr.contains("cannot reach"), "{}", out.stderr);
+        assert_eq!(sb.cli(&[&["status"][..], json].concat()).code, 3);
+    }
 }
 
 #[test]
@@ -336,6 +435,67 @@ fn daemon_mode_detaches_and_logs_to_file() {
     let out = sb.cli(&["shutdown"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(!alive(pid));
+    assert!(!pidfile.exists());
+}
+
+/// `run --daemon` returns only once the daemon serves: the pidfile, read the instant the
+/// command returns, names the live daemon, which answers on its socket at once (as
+/// systemd's `Type=forking`, start-stop-daemon and OpenRC expect). 100 starts, so that
+/// a window between the caller's exit and the daemon's pid being written shows.
+#[test]
+fn run_daemon_returns_once_the_daemon_serves() {
+    let sb = Sandbox::new();
+    sb.config(json!({"log_dir": "logs"}), json!({}));
+    let pidfile = sb.path("d.pid");
+    let start = || {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["run", "--daemon", "--config"])
+            .arg(sb.path("orchestrator.json"))
+            .arg("--pidfile")
+            .arg(&pidfile);
+        run_with_timeout(cmd, DEADLINE)
+    };
+    for i in 0..100 {
+        let out = start();
+        assert_eq!(out.code, 0, "start {i}: {}", out.stderr);
+        let text = std::fs::read_to_string(&pidfile).unwrap_or_default();
+        let pid: i64 = text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("start {i}: pidfile holds {text:?}"));
+        let _guard = KillPid(pid);
+        assert!(alive(pid), "start {i}: pid {pid} from the pidfile is gone");
+        assert!(
+            cmdline(pid).contains(" run "),
+            "start {i}: {}",
+            cmdline(pid)
+        );
+        let status = sb.cli(&["status"]);
+        assert_eq!(status.code, 0, "start {i}: {}", status.stderr);
+        if i == 0 {
+            // A second instance is refused with run's code, on the caller's stderr.
+            let second = start();
+            assert_eq!(second.code, 1, "{}", second.stderr);
+            assert!(
+                second
+                    .stderr
+                    .contains(&format!("already running (pid {pid})")),
+                "{}",
+                second.stderr
+            );
+            assert!(alive(pid));
+        }
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        assert!(
+            wait_until(DEADLINE, || !alive(pid) && !pidfile.exists()),
+            "start {i}: the daemon did not exit"
+        );
+    }
+    // A configuration error is exit 2, with the reason on the caller's stderr.
+    sb.write_config("{\"orchestrator\": {\"log_dir\": \"logs\", \"services_dri\": 1}}");
+    let out = start();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("services_dri"), "{}", out.stderr);
     assert!(!pidfile.exists());
 }
 

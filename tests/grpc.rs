@@ -44,24 +44,14 @@ fn has_grpc() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Installs grpcio and grpcio-health-checking from PyPI when they are missing.
+/// Whether python3 has grpcio and grpcio-health-checking (never installed here: a
+/// missing one skips the test, or fails it where packages are required).
 fn grpc_available() -> bool {
-    if has_grpc() {
-        return true;
-    }
-    let _ = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "grpcio",
-            "grpcio-health-checking",
-        ])
-        .status();
     let ok = has_grpc();
     if !ok {
-        eprintln!("skipped: python3 with grpcio and grpcio-health-checking is unavailable");
+        crate::util::packages::missing(
+            "python3 lacks grpcio or grpcio-health-checking: pip install grpcio grpcio-health-checking",
+        );
     }
     ok
 }

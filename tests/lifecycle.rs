@@ -115,6 +115,83 @@ fn pass_service_args_false_gives_bare_args() {
     assert_eq!(argv.lines().skip(1).collect::<Vec<_>>(), ["x"]);
 }
 
+/// A third-party program named by `binary_path` gets only its own arguments unless
+/// asked otherwise, so it runs instead of crash-looping on `--service`; a binary found
+/// in services_dir still gets them.
+#[test]
+fn binary_path_programs_get_no_service_args_by_default() {
+    let sb = Sandbox::new();
+    sb.service("rec", RECORDER);
+    let out = sb.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({
+            "sleeper": {"binary_path": "/bin/sleep", "args": ["1000"], "restart": "never"},
+            "rec": {"environment": {"OUT": out}},
+        }),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("sleeper", None);
+    assert_eq!(cmdline(pid), "/bin/sleep 1000 ");
+    assert!(wait_until(DEADLINE, || std::fs::read_to_string(
+        out.join("argv")
+    )
+    .is_ok_and(|s| s.lines().count() == 5)));
+    let argv = std::fs::read_to_string(out.join("argv")).unwrap();
+    assert_eq!(
+        argv.lines().skip(1).collect::<Vec<_>>(),
+        ["--service", "rec", "--log-level", "info"]
+    );
+    // Still the same run: sleep took its arguments.
+    assert_eq!(sb.wait_running("sleeper", None), pid);
+}
+
+/// The default follows `binary_path`: a reload that names the same binary by path
+/// changes argv, and that is a restart; an explicit value wins over the default.
+#[test]
+fn a_default_only_argv_change_restarts_on_reload() {
+    let sb = Sandbox::new();
+    let bin = sb.service("rec", RECORDER);
+    let out = sb.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"rec": {"environment": {"OUT": out}}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let first = sb.wait_running("rec", None);
+    assert!(wait_until(DEADLINE, || std::fs::read_to_string(
+        out.join("argv")
+    )
+    .is_ok_and(|s| s.lines().count() == 5)));
+    // The same binary, with pass_service_args explicit: nothing changes.
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"rec": {"environment": {"OUT": out}, "binary_path": bin, "pass_service_args": true}}),
+    );
+    let plan = sb.cli(&["reload", "--dry-run"]);
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    assert!(!plan.stdout.contains("rec: restart"), "{}", plan.stdout);
+    // The key left out: the default for a binary_path drops the service args.
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"rec": {"environment": {"OUT": out}, "binary_path": bin}}),
+    );
+    let plan = sb.cli(&["reload", "--dry-run"]);
+    assert!(plan.stdout.contains("rec: restart"), "{}", plan.stdout);
+    std::fs::remove_file(out.join("argv")).unwrap();
+    let r = sb.cli(&["reload"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    sb.wait_running("rec", Some(first));
+    assert!(wait_until(DEADLINE, || std::fs::read_to_string(
+        out.join("argv")
+    )
+    .is_ok_and(|s| !s.is_empty())));
+    let argv = std::fs::read_to_string(out.join("argv")).unwrap();
+    assert_eq!(argv, format!("{}\n", bin.display()));
+}
+
 #[test]
 fn missing_binary_is_failed_while_others_run() {
     let sb = Sandbox::new();
@@ -333,10 +410,10 @@ while :; do sleep 0.05; done"#,
     let st = sb.service_status("family");
     assert_eq!(st["state"], "stopped");
     assert!(st["pid"].is_null());
-    // A stopped service stays stopped; stopping again is refused.
+    // A stopped service stays stopped; stopping again succeeds and says so.
     let out = sb.cli(&["stop", "family"]);
-    assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("service is not running"));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "family: already stopped\n");
 }
 
 #[test]
@@ -391,8 +468,8 @@ fn restart_gives_a_new_pid_and_resets_counter() {
     assert_ne!(new, pid);
     assert!(!alive(pid));
     let out = sb.cli(&["start", "svc"]);
-    assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("service is already running"));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "svc: already running\n");
 }
 
 #[test]
@@ -618,6 +695,87 @@ fn retry_failed_ms_brings_a_service_back_after_a_long_outage() {
     // The outage ends: the next retry runs for good.
     std::fs::write(&needed, "").unwrap();
     sb.wait_running("patient", None);
+}
+
+/// A service's own `retry_failed_ms` beats the orchestrator's, and a service without
+/// one takes the orchestrator's: seen in `next_restart_ms` and in the retries made.
+#[test]
+fn a_services_own_retry_failed_ms_beats_the_orchestrators() {
+    let sb = Sandbox::new();
+    sb.service("own", "exit 1");
+    sb.service("inherits", "exit 1");
+    sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 10, "max_backoff_ms": 10,
+               "max_restart_attempts": 1, "retry_failed_ms": 600_000}),
+        json!({"own": {"retry_failed_ms": 200}, "inherits": {}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let runs = |st: &serde_json::Value| st["history"].as_array().map_or(0, |h| h.len());
+    let st = sb.wait_state("inherits", "failed");
+    let next = st["next_restart_ms"].as_u64();
+    assert!(
+        next.is_some_and(|ms| ms > 300_000 && ms <= 600_000),
+        "the orchestrator's value: {st}"
+    );
+    let st = sb.wait_state("own", "failed");
+    let next = st["next_restart_ms"].as_u64();
+    assert!(next.is_some_and(|ms| ms <= 200), "its own value: {st}");
+    // Retried at its own pace, again and again, while the other waits its ten minutes.
+    let before = runs(&st);
+    assert!(
+        wait_until(DEADLINE, || runs(&sb.service_status("own")) >= before + 3),
+        "own was not retried at its own interval"
+    );
+    assert_eq!(
+        runs(&sb.service_status("inherits")),
+        2,
+        "max_restart_attempts 1"
+    );
+}
+
+/// The other halves of `retry_failed_ms`: `stop` cancels the pending retry, and a
+/// service without one (null) stays failed. A third service retrying at the same pace
+/// is the clock: once it has been tried three more times, the other two would have
+/// been too.
+#[test]
+fn stop_cancels_a_retry_of_a_failed_service_and_null_means_never() {
+    let sb = Sandbox::new();
+    for s in ["clock", "stopped", "never"] {
+        sb.service(s, "exit 1");
+    }
+    sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 10, "max_backoff_ms": 10,
+               "max_restart_attempts": 1}),
+        json!({"clock": {"retry_failed_ms": 100}, "stopped": {"retry_failed_ms": 100},
+               "never": {}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let runs = |name: &str| {
+        sb.service_status(name)["history"]
+            .as_array()
+            .map_or(0, |h| h.len())
+    };
+    let st = sb.wait_state("never", "failed");
+    assert!(st["next_restart_ms"].is_null(), "{st}");
+    let st = sb.wait_state("stopped", "failed");
+    assert!(st["next_restart_ms"].is_u64(), "{st}");
+    let out = sb.cli(&["stop", "stopped"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let st = sb.service_status("stopped");
+    assert_eq!(st["state"], "stopped", "{st}");
+    assert!(st["next_restart_ms"].is_null(), "{st}");
+    let (stopped, never) = (runs("stopped"), runs("never"));
+    assert_eq!(never, 2, "max_restart_attempts 1");
+
+    let clock = runs("clock");
+    assert!(
+        wait_until(DEADLINE, || runs("clock") >= clock + 3),
+        "clock was not retried"
+    );
+    assert_eq!(runs("stopped"), stopped, "retried after stop");
+    assert_eq!(sb.service_status("stopped")["state"], "stopped");
+    assert_eq!(runs("never"), never, "retried without retry_failed_ms");
+    assert_eq!(sb.service_status("never")["state"], "failed");
 }
 
 /// SPEC 4 `pid_file`: the started process daemonizes and exits 0; the pid in its file

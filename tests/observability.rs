@@ -155,6 +155,13 @@ fn total_cap_bounds_all_services_files_together() {
         .map(|e| e.metadata().unwrap().len())
         .sum();
     assert!(total <= cap, "{total} > {cap}");
+    // No more than needed went: with log_max_files never reached, only the cap deletes,
+    // and its last deletion (one file, at most log_max_bytes) took the total just under
+    // the cap, which only grew from there.
+    assert!(
+        total > cap - 32768,
+        "{total}: deleted more than the cap asks"
+    );
     // Each service keeps a contiguous run of its newest lines (a service that finished
     // early may keep only its active file: its rotated ones were the oldest).
     for s in ["a", "b", "c"] {
@@ -163,6 +170,53 @@ fn total_cap_bounds_all_services_files_together() {
         assert!(n > 0);
         assert_run(&nums, 30001 - n, 30000);
     }
+}
+
+/// The other half of the cap: files that fit under it are all kept. Each rotation drops
+/// the oldest file; a running total that forgot those bytes grew past the cap and
+/// deleted logs that still fit.
+#[test]
+fn total_cap_keeps_every_file_that_fits_after_many_rotations() {
+    let sb = Sandbox::new();
+    for s in ["a", "b"] {
+        sb.service(s, "seq 1 3000; exec sleep 1000");
+    }
+    // Each service keeps at most its active file and two rotated ones, each at most
+    // max_bytes: 6 files of 2000 bytes fit under the cap exactly.
+    let (max_bytes, cap) = (2000u64, 12_000u64);
+    sb.config(
+        json!({"services_dir": "services", "log_dir": "logs", "log_max_bytes": max_bytes,
+               "log_max_files": 2, "log_max_total_bytes": cap, "log_level": "error"}),
+        json!({}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let logs = sb.path("logs");
+    for s in ["a", "b"] {
+        let (nums, files) = settled(&logs, s, 3000);
+        assert_eq!(files, 3, "{s}: {s}.log, {s}.log.1, {s}.log.2");
+        let n = nums.len() as u64;
+        // Some 50 rotations each: only the newest lines are left, in one run.
+        assert!(n < 200, "{s}: {n} lines: never rotated");
+        assert_run(&nums, 3001 - n, 3000);
+    }
+    let mut names = Vec::new();
+    let mut total = 0;
+    for e in std::fs::read_dir(&logs).unwrap().flatten() {
+        let len = e.metadata().unwrap().len();
+        let name = e.file_name().to_string_lossy().into_owned();
+        // The rotated files were full: a line more would have passed max_bytes.
+        if name.contains(".log.") {
+            assert!(len > max_bytes - 100, "{name}: {len} bytes");
+        }
+        total += len;
+        names.push(name);
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        ["a.log", "a.log.1", "a.log.2", "b.log", "b.log.1", "b.log.2"]
+    );
+    assert!(total <= cap, "{total} > {cap}");
 }
 
 #[test]

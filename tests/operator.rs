@@ -249,6 +249,11 @@ fn refusals_name_the_service() {
             "{args:?}"
         );
     }
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"alpha": {"enabled": false}}),
+    );
+    assert_eq!(sb.cli(&["reload"]).code, 0);
     let out = sb.cli(&["start", "alpha"]);
     assert_eq!(out.code, 1);
     assert!(
@@ -412,18 +417,29 @@ fn logs_follow_runs_until_interrupted() {
             )
         }),
     );
-    let mut child = Command::new(BIN)
-        .args([
-            "--socket",
-            sb.socket().to_str().unwrap(),
-            "logs",
-            "web",
-            "-f",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--socket",
+        sb.socket().to_str().unwrap(),
+        "logs",
+        "web",
+        "-f",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    // A test runner started in the background by a script (`cargo test &`) inherits
+    // SIGINT ignored, and so would the client: start it as a terminal would.
+    // SAFETY: only async-signal-safe calls on memory of this frame, no allocation.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)

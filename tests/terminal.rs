@@ -26,16 +26,10 @@ static TMUX_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 impl Tmux {
     /// A 200x50 pane running `sh` in `dir`, or None (with the reason printed) when tmux
-    /// is missing and cannot be installed.
+    /// is missing.
     fn start(dir: &Path, env: &[(&str, &str)]) -> Option<Tmux> {
-        if !have("tmux") && unsafe { libc::geteuid() } == 0 {
-            let _ = Command::new("apt-get")
-                .args(["install", "-y", "-q", "tmux"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .output();
-        }
         if !have("tmux") {
-            eprintln!("skipped: tmux is not installed");
+            crate::util::packages::missing("tmux is missing: install the Debian package tmux");
             return None;
         }
         let t = Tmux {
@@ -143,6 +137,12 @@ fn failed_and_restarting_rows_are_coloured_on_a_terminal_only() {
     // NO_COLOR set: none.
     let screen = t.run(&format!("NO_COLOR=1 {status}"));
     assert!(!row("ghost", &screen).contains('\x1b'), "{screen:?}");
+    // NO_COLOR set but empty counts as unset (no-color.org): colour stays. Rows are
+    // looked for below the command, so that an earlier command's cannot answer.
+    let screen = t.run(&format!("NO_COLOR= {status}"));
+    let below = &screen[screen.rfind("NO_COLOR= ").unwrap()..];
+    assert!(row("ghost", below).contains("\x1b[31m"), "{screen:?}");
+    assert!(row("crashy", below).contains("\x1b[33m"), "{screen:?}");
     // Not a terminal: none.
     let out = sb.cli(&["status"]);
     assert!(out.stdout.contains("ghost") && !out.stdout.contains('\x1b'));

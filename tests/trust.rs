@@ -363,3 +363,86 @@ fn daemon_log_is_private_and_capped_like_service_files() {
     assert!(!logs.join("orchestrator.log.3").exists());
     assert_eq!(sb.cli(&["shutdown"]).code, 0);
 }
+
+/// A sandbox directly below the sticky, world-writable /tmp (as a clone under /tmp
+/// is), made by root with mode 0755.
+fn sandbox_under_tmp(tag: &str) -> Sandbox {
+    let dir = std::env::temp_dir().join(format!("orch-tmp-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("services")).unwrap();
+    chmod(&dir, 0o755);
+    Sandbox { dir }
+}
+
+#[test]
+fn a_root_owned_directory_under_tmp_is_trusted_and_nobodys_is_not() {
+    if !is_root() {
+        eprintln!("skipped: StrictModes applies when running as root");
+        return;
+    }
+    let sb = sandbox_under_tmp("sticky");
+    sb.service("app", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services", "state_dir": sb.path("state")}),
+        json!({}),
+    );
+    let out = sb.cli(&["check"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("app: will start"), "{}", out.stdout);
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("app", None);
+    assert!(wait_until(DEADLINE, || sb
+        .path("state/state.json")
+        .exists()));
+    assert!(
+        !d.log_text().contains("state_dir refused"),
+        "{}",
+        d.log_text()
+    );
+    drop(d);
+
+    // Below /tmp, a directory nobody owns: its binary is refused, with the fix.
+    let theirs = std::env::temp_dir().join(format!("orch-tmp-nobody-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&theirs);
+    std::fs::create_dir(&theirs).unwrap();
+    let bin = theirs.join("bin");
+    sb.script(&bin, "exec sleep 1000");
+    std::os::unix::fs::chown(&theirs, Some(NOBODY), Some(NOBODY)).unwrap();
+    // A root-owned directory writable by others without the sticky bit.
+    let open = sb.path("open");
+    std::fs::create_dir(&open).unwrap();
+    sb.script(&open.join("bin"), "exec sleep 1000");
+    chmod(&open, 0o777);
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"theirs": {"binary_path": bin}, "open": {"binary_path": open.join("bin")}}),
+    );
+    let out = sb.cli(&["check"]);
+    let _ = std::fs::remove_dir_all(&theirs);
+    assert!(
+        out.stdout
+            .contains("theirs: will fail: service binary refused: ")
+            && out
+                .stdout
+                .contains("is owned by uid 65534 (not root); fix: chown root"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("open: will fail: service binary refused: ")
+            && out.stdout.contains("fix: chmod go-w"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("app: will start"), "{}", out.stdout);
+    // The config file in such a directory: refused, and so is a nobody-owned sandbox.
+    std::os::unix::fs::chown(&sb.dir, Some(NOBODY), None).unwrap();
+    let out = sb.cli(&["check"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("refusing a config file") && out.stderr.contains("fix: chown root"),
+        "{}",
+        out.stderr
+    );
+}

@@ -52,7 +52,7 @@ pub(crate) fn check(cli: &Cli) -> i32 {
         if cfg
             .services
             .get(&spec.name)
-            .is_some_and(|c| c.binary_path.is_some() && c.pass_service_args)
+            .is_some_and(|c| c.binary_path.is_some() && c.pass_service_args == Some(true))
         {
             eprintln!(
                 "orchestrator: warning: {}: `--service {} --log-level {}` is prepended to the arguments of {}; third-party programs usually reject them: set pass_service_args to false",

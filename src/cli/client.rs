@@ -1,6 +1,7 @@
 //! The client commands (SPEC 1): find the daemon's socket (`locate.rs`), send the
 //! request, print the answer (tables in `status.rs`), and follow a log stream. Exit
-//! codes: 0 success, 1 refused or failed, 2 a config that cannot be read, 3 unreachable.
+//! codes: 0 success, 1 refused or failed, 2 a config that cannot be read, 3 unreachable;
+//! `status NAME` answers LSB-style: 0 running, 3 any other state, 4 unreachable.
 //! An error about one service names it: `orchestrator: web: service not found`.
 
 use crate::cli::{locate, status, Cli, Command};
@@ -21,11 +22,17 @@ pub(crate) fn client_command(cli: &Cli, command: Command) -> i32 {
         Command::Upgrade { name, .. } | Command::Rollback(name) => Some(name.clone()),
         _ => None,
     };
+    // `status NAME` follows LSB's status convention: 4 ("unknown") when the daemon
+    // cannot be reached, so that 3 always means "not running".
+    let unreachable = match &command {
+        Command::Status { name: Some(_), .. } => 4,
+        _ => 3,
+    };
     let result = Connection::open(&target.socket, &target.how)
-        .and_then(|mut conn| run_client(&mut conn, command).map(|wait| (conn, wait)));
+        .and_then(|mut conn| run_client(&mut conn, command).map(|done| (conn, done)));
     match result {
-        Ok((conn, wait_for_exit)) => {
-            if wait_for_exit && !conn.wait_closed(Duration::from_secs(600)) {
+        Ok((conn, Done::AwaitExit)) => {
+            if !conn.wait_closed(Duration::from_secs(600)) {
                 eprintln!(
                     "orchestrator: shutdown requested, but the orchestrator has not exited yet"
                 );
@@ -33,9 +40,10 @@ pub(crate) fn client_command(cli: &Cli, command: Command) -> i32 {
             }
             0
         }
+        Ok((_, Done::Exit(code))) => code,
         Err(ClientError::Unreachable(e)) => {
             eprintln!("orchestrator: {e}");
-            3
+            unreachable
         }
         Err(ClientError::Refused(e)) => {
             match service {
@@ -59,12 +67,25 @@ fn emit(text: &str) -> bool {
         .is_ok()
 }
 
-/// Runs one client command and prints its result. `Ok(true)`: wait for the daemon to exit.
-fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientError> {
+/// How a client command that got its answer ends.
+enum Done {
+    /// With this exit code.
+    Exit(i32),
+    /// Once the daemon has exited (`shutdown`).
+    AwaitExit,
+}
+
+/// Runs one client command and prints its result.
+fn run_client(conn: &mut Connection, command: Command) -> Result<Done, ClientError> {
     match command {
         Command::Status { name, json } => {
             let reply = conn.call(&json!({"cmd": "status", "service": name}))?;
             let services = reply["services"].as_array().cloned().unwrap_or_default();
+            // `status NAME`: 0 only while the service is running, 3 in any other state.
+            let code = match &name {
+                Some(_) if services.first().is_none_or(|s| s["state"] != "running") => 3,
+                _ => 0,
+            };
             if json {
                 emit(&format!(
                     "{}\n",
@@ -85,6 +106,7 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientErr
                     status::now_ms(),
                 ));
             }
+            return Ok(Done::Exit(code));
         }
         Command::Start(ref n) | Command::Stop(ref n) | Command::Restart(ref n) => {
             let cmd = match command {
@@ -93,7 +115,9 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientErr
                 _ => "restart",
             };
             let reply = conn.call(&json!({"cmd": cmd, "service": n}))?;
-            if let Some(s) = reply["services"].get(0) {
+            if let Some(m) = reply["message"].as_str() {
+                emit(&format!("{n}: {m}\n"));
+            } else if let Some(s) = reply["services"].get(0) {
                 emit(&format!("{}: {}\n", n, describe_state(s)));
             }
         }
@@ -119,7 +143,7 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientErr
             let reply = conn.call(&req)?;
             for l in reply["lines"].as_array().cloned().unwrap_or_default() {
                 if !emit(&format!("{}\n", status::log_line(&name, &l))) {
-                    return Ok(false);
+                    return Ok(Done::Exit(0));
                 }
             }
             if follow {
@@ -132,7 +156,7 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientErr
         }
         Command::Shutdown => {
             conn.call(&json!({"cmd": "shutdown"}))?;
-            return Ok(true);
+            return Ok(Done::AwaitExit);
         }
         Command::Upgrade { name, path } => {
             // The daemon has another working directory: a relative PATH is ours.
@@ -168,7 +192,7 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<bool, ClientErr
         | Command::ResumeFormat
         | Command::Version => {}
     }
-    Ok(false)
+    Ok(Done::Exit(0))
 }
 
 fn describe_state(s: &Value) -> String {

@@ -102,7 +102,10 @@ impl ServiceSpec {
     pub fn binary_error(&self) -> Option<String> {
         self.binary_problem.as_ref().map(|p| match p {
             BinaryProblem::Missing => {
-                format!("service binary not found: {}", self.process.binary.display())
+                format!(
+                    "service binary not found: {}",
+                    self.process.binary.display()
+                )
             }
             BinaryProblem::NotExecutable => {
                 format!(
@@ -111,7 +114,8 @@ impl ServiceSpec {
                 )
             }
             BinaryProblem::Untrusted(u) => format!(
-                "service binary refused: {u} (strict_modes: it and every directory above it must be owned by root and not writable by group or others)"
+                "service binary refused: {u} (strict_modes: {})",
+                safe_fs::RULE
             ),
         })
     }
@@ -295,6 +299,12 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
                 None
             }
         };
+        for w in crate::process::hardening::warnings(svc) {
+            notices.push(Notice {
+                level: log::Level::Warn,
+                msg: format!("{name}: {w}"),
+            });
+        }
         let spec = build_spec(
             name,
             configured.is_some(),
@@ -383,7 +393,7 @@ fn build_spec(
     // than UTF-8: the file name, which is what multi-call binaries look at, is UTF-8
     // either way (a JSON string, or a discovered name that passed the name check).
     let mut args = vec![configured_path.to_string_lossy().into_owned()];
-    if svc.pass_service_args {
+    if svc.passes_service_args() {
         args.extend([
             "--service".to_string(),
             name.to_string(),

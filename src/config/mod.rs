@@ -91,6 +91,26 @@ pub fn lookup(flag: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
     Ok(None)
 }
 
+impl Overrides {
+    /// Fixes what every later reload reads to what `run` found at start: the file (or
+    /// that there was none), and the environment's relative paths made absolute against
+    /// the directory it started in, since `--daemon` moves to / and a reload must not
+    /// find another file, or none, there.
+    pub fn pin(&mut self, found: Option<&Path>) {
+        self.pinned = Some(match found {
+            Some(p) => Pinned::File(absolute(p)),
+            None => Pinned::Defaults,
+        });
+        let from_env = |name| env_value(name).map(|v| absolute(Path::new(&v)));
+        if self.services_dir.is_none() {
+            self.services_dir = from_env("ORCHESTRATOR_SERVICES_DIR");
+        }
+        if self.socket.is_none() {
+            self.socket = from_env("ORCHESTRATOR_SOCKET");
+        }
+    }
+}
+
 /// A config file is read up to this size: anything larger is not one.
 const MAX_CONFIG: u64 = 4 << 20;
 
@@ -131,7 +151,11 @@ pub fn load_unvalidated(ov: &Overrides) -> Result<Config, ConfigError> {
 /// Lookup, read and parse: the file (if any), its contents, and the directory its
 /// relative paths start from.
 fn read(ov: &Overrides) -> Result<(Option<PathBuf>, ConfigFile, PathBuf), ConfigError> {
-    let path = lookup(ov.config.as_deref())?;
+    let path = match &ov.pinned {
+        Some(Pinned::File(p)) => Some(p.clone()),
+        Some(Pinned::Defaults) => None,
+        None => lookup(ov.config.as_deref())?,
+    };
     let (file, base) = match &path {
         Some(p) => {
             refuse_if_untrusted(p)?;
@@ -191,8 +215,9 @@ fn refuse_if_untrusted(p: &Path) -> Result<(), ConfigError> {
     }
     match crate::process::safe_fs::untrusted(p) {
         Some(u) => Err(ConfigError::one(format!(
-            "{}: refusing a config file that another user could change: {u} (it and every directory above it must be owned by root and not writable by group or others)",
-            p.display()
+            "{}: refusing a config file that another user could change: {u} ({})",
+            p.display(),
+            crate::process::safe_fs::RULE
         ))),
         None => Ok(()),
     }
@@ -352,7 +377,7 @@ fn parse(text: &str) -> Result<ConfigFile, String> {
             Some(i) => raw[..i].to_string(),
             None => raw,
         };
-        let msg = with_suggestion(&msg);
+        let msg = with_section(with_suggestion(&expected_got(&msg)), &context);
         let place = if context.is_empty() || e.is_syntax() || e.is_eof() {
             String::new()
         } else {
@@ -360,6 +385,75 @@ fn parse(text: &str) -> Result<ConfigFile, String> {
         };
         format!("{}:{}: {msg}{place}", e.line(), e.column())
     })
+}
+
+/// Rewrites serde's "invalid type: boolean `true`, expected X" (and "invalid value")
+/// into "expected X, got a boolean": what to write first, then what was written.
+fn expected_got(msg: &str) -> String {
+    let Some(rest) = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "))
+    else {
+        return msg.to_string();
+    };
+    let Some((got, expected)) = rest.split_once(", expected ") else {
+        return msg.to_string();
+    };
+    let quoted = |kind: &str| got.strip_prefix(kind).map(|v| v.trim_matches('`'));
+    let got = if got.starts_with("boolean") {
+        "a boolean".to_string()
+    } else if let Some(v) = got.strip_prefix("string ") {
+        format!("the string {v}")
+    } else if let Some(v) = quoted("integer ").or_else(|| quoted("floating point ")) {
+        format!("the number {v}")
+    } else {
+        match got {
+            "map" => "an object".to_string(),
+            "sequence" => "an array".to_string(),
+            "unit value" | "null" => "null".to_string(),
+            other => other.to_string(),
+        }
+    };
+    let expected = match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number, 0 or more",
+        "i8" | "i16" | "i32" | "i64" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a string" | "a boolean" => expected,
+        e if e.starts_with("struct ") || e.starts_with("a map") => "an object",
+        other => other,
+    };
+    format!("expected {expected}, got {got}")
+}
+
+/// A key unknown where it stands but valid in another section says where it belongs
+/// (`services_dir` written at the top level belongs in `orchestrator`).
+fn with_section(msg: String, context: &str) -> String {
+    let Some(key) = msg
+        .strip_prefix("unknown key `")
+        .and_then(|r| r.split_once('`'))
+        .map(|(k, _)| k)
+    else {
+        return msg;
+    };
+    // A key is a field of a section when a null for it is not "unknown there".
+    let mut probe = serde_json::Map::new();
+    probe.insert(key.to_string(), serde_json::Value::Null);
+    let probe = serde_json::Value::Object(probe);
+    let known_in = |err: Option<serde_json::Error>| {
+        err.is_none_or(|e| !e.to_string().starts_with("unknown field"))
+    };
+    let settings = known_in(serde_json::from_value::<Settings>(probe.clone()).err());
+    let service = known_in(serde_json::from_value::<ServiceConfig>(probe).err());
+    let home = match (context, settings, service) {
+        ("", true, _) => "the `orchestrator` section",
+        ("", false, true) => {
+            "a service's entry under `services` (`\"services\": {\"NAME\": {...}}`)"
+        }
+        (c, true, false) if c.starts_with("services.") => "the `orchestrator` section",
+        ("orchestrator", false, true) => "a service's entry under `services`",
+        _ => return msg,
+    };
+    format!("unknown key `{key}`: it belongs in {home}")
 }
 
 /// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" (and unknown variant)

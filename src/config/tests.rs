@@ -46,8 +46,8 @@ fn bad_enum_value_suggests() {
 
 #[test]
 fn wrong_type_is_reported() {
-    let e = parse_err("{\"orchestrator\": {\"stop_timeout_ms\": \"5s\"}}");
-    assert!(e.contains("invalid type"), "{e}");
+    let e = parse_err("{\"orchestrator\": {\"log_dir\": 5}}");
+    assert!(e.contains("got the number 5"), "{e}");
 }
 
 #[test]
@@ -178,4 +178,64 @@ fn log_max_files_is_bounded() {
         "{e}"
     );
     assert!(parse_and_validate(r#"{"orchestrator": {"log_max_files": 1000}}"#).is_ok());
+}
+
+#[test]
+fn pass_service_args_defaults_by_where_the_binary_comes_from() {
+    let f = parse(
+        r#"{"services": {"found": {}, "third": {"binary_path": "/bin/sleep"},
+            "forced": {"binary_path": "/bin/sleep", "pass_service_args": true},
+            "bare": {"pass_service_args": false}}}"#,
+    )
+    .unwrap();
+    let passes = |n: &str| f.services[n].passes_service_args();
+    assert!(passes("found"));
+    assert!(!passes("third"));
+    assert!(passes("forced"));
+    assert!(!passes("bare"));
+}
+
+#[test]
+fn a_wrong_type_says_what_was_expected() {
+    let e = parse_err("{\"services\": {\"a\": {\"restart\": true}}}");
+    assert!(
+        e.contains("expected one of always, on-failure, never, got a boolean"),
+        "{e}"
+    );
+    assert!(e.starts_with("1:") && e.contains("in services.a"), "{e}");
+    let e = parse_err("{\"orchestrator\": {\n \"stop_timeout_ms\": \"1s\"}}");
+    assert!(
+        e.contains("expected a number of milliseconds, got the string \"1s\""),
+        "{e}"
+    );
+    assert!(e.starts_with("2:"), "{e}");
+    let e = parse_err("{\"services\": {\"a\": {\"stop_timeout_ms\": -5}}}");
+    assert!(e.contains("expected a number of milliseconds"), "{e}");
+    let e = parse_err("{\"orchestrator\": {\"max_restart_attempts\": \"3\"}}");
+    assert!(e.contains("expected a whole number"), "{e}");
+    // The right values still pass.
+    let f =
+        parse(r#"{"services": {"a": {"restart": "on-failure", "stop_timeout_ms": 100}}}"#).unwrap();
+    assert_eq!(f.services["a"].restart, Some(RestartPolicy::OnFailure));
+    assert_eq!(f.services["a"].stop_timeout_ms, Some(100));
+}
+
+#[test]
+fn a_key_in_the_wrong_section_says_where_it_belongs() {
+    let e = parse_err("{\n  \"services_dir\": \"/srv\"}");
+    assert!(e.starts_with("2:"), "{e}");
+    assert!(
+        e.contains("unknown key `services_dir`: it belongs in the `orchestrator` section"),
+        "{e}"
+    );
+    let e = parse_err("{\"binary_path\": \"/bin/true\"}");
+    assert!(
+        e.contains("belongs in a service's entry under `services`"),
+        "{e}"
+    );
+    let e = parse_err("{\"services\": {\"a\": {\"log_dir\": \"/var/log\"}}}");
+    assert!(e.contains("belongs in the `orchestrator` section"), "{e}");
+    // A typo is still a typo.
+    let e = parse_err("{\"orchestratr\": {}}");
+    assert!(e.contains("did you mean `orchestrator`"), "{e}");
 }

@@ -2,7 +2,7 @@
 //! its default. Deserializing checks shapes and names; `validate` (in `mod.rs`)
 //! checks values.
 
-use serde::Deserialize;
+use serde::{de, Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -66,14 +66,70 @@ impl LogFormat {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartPolicy {
-    #[serde(rename = "always")]
     Always,
-    #[serde(rename = "on-failure")]
     OnFailure,
-    #[serde(rename = "never")]
     Never,
+}
+
+impl<'de> Deserialize<'de> for RestartPolicy {
+    /// A string, so that `"restart": true` is told which strings there are.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["always", "on-failure", "never"];
+        struct Policy;
+        impl de::Visitor<'_> for Policy {
+            type Value = RestartPolicy;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("one of always, on-failure, never")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RestartPolicy, E> {
+                match v {
+                    "always" => Ok(RestartPolicy::Always),
+                    "on-failure" => Ok(RestartPolicy::OnFailure),
+                    "never" => Ok(RestartPolicy::Never),
+                    _ => Err(E::unknown_variant(v, NAMES)),
+                }
+            }
+        }
+        d.deserialize_str(Policy)
+    }
+}
+
+/// Durations are plain numbers of milliseconds: `"1s"` is refused saying so.
+pub(crate) mod millis {
+    use serde::{de, Deserialize, Deserializer};
+
+    struct Millis(u64);
+
+    impl<'de> Deserialize<'de> for Millis {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl de::Visitor<'_> for V {
+                type Value = Millis;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a number of milliseconds")
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Millis, E> {
+                    Ok(Millis(v))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Millis, E> {
+                    u64::try_from(v)
+                        .map(Millis)
+                        .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+                }
+            }
+            d.deserialize_u64(V)
+        }
+    }
+
+    pub fn one<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        Millis::deserialize(d).map(|m| m.0)
+    }
+
+    pub fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        Option::<Millis>::deserialize(d).map(|m| m.map(|m| m.0))
+    }
 }
 
 /// `ready`: how a service says it is up, besides its health check.
@@ -103,11 +159,16 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub auto_restart: bool,
     pub max_restart_attempts: u32,
+    #[serde(deserialize_with = "millis::one")]
     pub initial_backoff_ms: u64,
+    #[serde(deserialize_with = "millis::one")]
     pub max_backoff_ms: u64,
     pub backoff_jitter: f64,
+    #[serde(deserialize_with = "millis::one")]
     pub reset_after_ms: u64,
+    #[serde(deserialize_with = "millis::one")]
     pub stop_timeout_ms: u64,
+    #[serde(deserialize_with = "millis::one")]
     pub shutdown_timeout_ms: u64,
     pub control_socket: Option<PathBuf>,
     pub log_dir: Option<PathBuf>,
@@ -123,6 +184,7 @@ pub struct Settings {
     /// As root, refuse service binaries that others can write to (sshd's StrictModes).
     pub strict_modes: bool,
     /// Retry a service left `failed` by its restart attempts this often (SPEC 4).
+    #[serde(deserialize_with = "millis::opt")]
     pub retry_failed_ms: Option<u64>,
 }
 
@@ -175,7 +237,10 @@ impl Default for Settings {
 #[serde(deny_unknown_fields)]
 pub struct Watchdog {
     pub device: PathBuf,
-    #[serde(default = "default_watchdog_interval")]
+    #[serde(
+        default = "default_watchdog_interval",
+        deserialize_with = "millis::one"
+    )]
     pub interval_ms: u64,
     #[serde(default)]
     pub critical: Vec<String>,
@@ -192,15 +257,20 @@ pub struct ServiceConfig {
     pub enabled: bool,
     pub binary_path: Option<PathBuf>,
     pub args: Vec<String>,
-    pub pass_service_args: bool,
+    /// Prepend `--service NAME --log-level LEVEL`; unset: only for a binary found in
+    /// `services_dir` (no `binary_path`), since third-party programs reject them.
+    pub pass_service_args: Option<bool>,
     pub environment: BTreeMap<String, String>,
     pub data_dir: Option<PathBuf>,
     pub memory_limit: u64,
     pub restart: Option<RestartPolicy>,
     pub max_restart_attempts: Option<u32>,
+    #[serde(deserialize_with = "millis::opt")]
     pub initial_backoff_ms: Option<u64>,
+    #[serde(deserialize_with = "millis::opt")]
     pub max_backoff_ms: Option<u64>,
     pub stop_signal: String,
+    #[serde(deserialize_with = "millis::opt")]
     pub stop_timeout_ms: Option<u64>,
     pub user: Option<String>,
     pub group: Option<String>,
@@ -208,15 +278,19 @@ pub struct ServiceConfig {
     pub depends_on: Vec<String>,
     pub health_check: Option<HealthCheck>,
     pub ready: Option<ReadyMode>,
+    #[serde(deserialize_with = "millis::opt")]
     pub watchdog_ms: Option<u64>,
     pub sockets: Vec<SocketConfig>,
+    #[serde(deserialize_with = "millis::one")]
     pub upgrade_grace_ms: u64,
+    #[serde(deserialize_with = "millis::opt")]
     pub retry_failed_ms: Option<u64>,
     /// For a service that daemonizes itself (SPEC 4): where it writes its pid.
     pub pid_file: Option<PathBuf>,
     // SPEC 13, hardening; checked by `process::hardening::validate`.
     pub capabilities: Option<Vec<String>>,
     pub syscall_filter: Option<Vec<String>>,
+    pub syscall_allow: Option<Vec<String>>,
     pub syscall_filter_action: FilterAction,
     pub private_network: bool,
     pub private_tmp: bool,
@@ -248,13 +322,22 @@ pub enum IoClass {
     Idle,
 }
 
+impl ServiceConfig {
+    /// Whether argv gets `--service NAME --log-level LEVEL`: as set, else only when the
+    /// binary is the one found in `services_dir` (a `binary_path`, wherever it points,
+    /// is taken for a third-party program).
+    pub fn passes_service_args(&self) -> bool {
+        self.pass_service_args.unwrap_or(self.binary_path.is_none())
+    }
+}
+
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
             enabled: true,
             binary_path: None,
             args: Vec::new(),
-            pass_service_args: true,
+            pass_service_args: None,
             environment: BTreeMap::new(),
             data_dir: None,
             memory_limit: 0,
@@ -277,6 +360,7 @@ impl Default for ServiceConfig {
             pid_file: None,
             capabilities: None,
             syscall_filter: None,
+            syscall_allow: None,
             syscall_filter_action: FilterAction::Errno,
             private_network: false,
             private_tmp: false,
@@ -323,13 +407,13 @@ pub struct HealthCheck {
     /// The service name asked about by a `grpc` check; empty = the whole server.
     #[serde(default)]
     pub grpc_service: String,
-    #[serde(default = "default_check_interval")]
+    #[serde(default = "default_check_interval", deserialize_with = "millis::one")]
     pub interval_ms: u64,
-    #[serde(default = "default_check_timeout")]
+    #[serde(default = "default_check_timeout", deserialize_with = "millis::one")]
     pub timeout_ms: u64,
     #[serde(default = "default_check_threshold")]
     pub failure_threshold: u32,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "millis::one")]
     pub initial_delay_ms: u64,
 }
 
@@ -359,10 +443,22 @@ pub struct SocketConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub config: Option<PathBuf>,
+    /// Set by `run` once it has looked the file up at start: what every reload reads,
+    /// whatever the current directory or the environment say by then.
+    pub pinned: Option<Pinned>,
     pub services_dir: Option<PathBuf>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
     pub socket: Option<PathBuf>,
+}
+
+/// The config file a running daemon reads on every reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pinned {
+    /// The absolute path of the file found at start.
+    File(PathBuf),
+    /// No file existed at start: the built-in defaults, always.
+    Defaults,
 }
 
 /// The configuration in force: every relative path made absolute against the file's

@@ -366,22 +366,39 @@ impl DaemonLog {
 }
 
 impl Write for DaemonLog {
-    /// The sink writes whole records, so a rotation here never splits a line.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.size > 0 && self.size + buf.len() as u64 > self.max_bytes {
-            self.rotate()?;
-        }
-        let n = self.file.write(buf)?;
-        self.size += n as u64;
-        Ok(n)
+        self.write_all(buf)?;
+        Ok(buf.len())
     }
 
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        if self.size > 0 && self.size + buf.len() as u64 > self.max_bytes {
-            self.rotate()?;
+    /// The sink hands over many records at once (a busy service's batch formats to
+    /// megabytes), so the cap is kept line by line: the whole lines that fit go to this
+    /// file, the rest to the next one, and a file outgrows `log_max_bytes` only by a
+    /// single line longer than that. 0 turns rotation off (logrotate's job then).
+    fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let room = self.max_bytes.saturating_sub(self.size);
+            let take = if self.max_bytes == 0 || buf.len() as u64 <= room {
+                buf.len()
+            } else {
+                let fits = usize::try_from(room).unwrap_or(usize::MAX);
+                match buf[..fits].iter().rposition(|b| *b == b'\n') {
+                    Some(end) => end + 1,
+                    None if self.size > 0 => {
+                        self.rotate()?;
+                        continue;
+                    }
+                    // A line longer than the cap, alone in its file.
+                    None => buf
+                        .iter()
+                        .position(|b| *b == b'\n')
+                        .map_or(buf.len(), |end| end + 1),
+                }
+            };
+            self.file.write_all(&buf[..take])?;
+            self.size += take as u64;
+            buf = &buf[take..];
         }
-        self.file.write_all(buf)?;
-        self.size += buf.len() as u64;
         Ok(())
     }
 
@@ -562,6 +579,39 @@ mod tests {
         assert_eq!(lost.load(Ordering::Relaxed), 2, "app and jam counted");
         assert_eq!(fs::read_to_string(dir.join("ok.log")).unwrap(), "line\n");
         // Rotation renames the link itself, never what it points to.
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn daemon_log_keeps_the_cap_line_by_line_within_one_write() {
+        let dir = tmpdir("daemonlines");
+        let cfg = FileConfig {
+            dir: dir.clone(),
+            max_bytes: 1000,
+            max_files: 100,
+            max_total: None,
+        };
+        let mut log = DaemonLog::open(&cfg).unwrap();
+        // SAFETY: dup of stderr, restored below: rotation moves descriptor 2.
+        let saved = unsafe { libc::dup(2) };
+        // One write of 50 KB of numbered 10-byte lines, as the sink hands a batch over.
+        let batch: String = (0..5000u64).map(|i| format!("{i:09}\n")).collect();
+        log.write_all(batch.as_bytes()).unwrap();
+        // SAFETY: restore stderr.
+        unsafe {
+            libc::dup2(saved, 2);
+            libc::close(saved);
+        }
+        let mut lines = Vec::new();
+        for n in (0..=100).rev() {
+            let p = dir.join(name_of("orchestrator", n));
+            if let Ok(s) = fs::read_to_string(&p) {
+                assert!(s.len() <= 1000, "{}: {} bytes", p.display(), s.len());
+                assert!(s.ends_with('\n'));
+                lines.extend(s.lines().map(|l| l.parse::<u64>().unwrap()));
+            }
+        }
+        assert_eq!(lines, (0..5000).collect::<Vec<_>>());
         let _ = fs::remove_dir_all(&dir);
     }
 

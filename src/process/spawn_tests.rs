@@ -23,7 +23,7 @@ fn spawn_sleep(environment: &[(&str, &str)]) -> Reaped {
     let svc = ServiceConfig {
         binary_path: Some(PathBuf::from("/bin/sleep")),
         args: vec!["1000".into()],
-        pass_service_args: false,
+        pass_service_args: Some(false),
         environment: environment
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

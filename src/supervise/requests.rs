@@ -2,9 +2,9 @@
 //! the machines, and an answer now or later. `stop`, `restart` and `reload` answer once
 //! what they caused has finished: their reply waits in `pending` until then.
 
-use super::machine::Event;
+use super::machine::{AfterStop, Event, Origin};
 use super::reload::summarize;
-use super::state::Refusal;
+use super::state::{Refusal, State};
 use super::supervisor::Supervisor;
 use crate::config::discovery;
 use crate::control::socket::{error_reply, Cmd, Reply, Request};
@@ -26,13 +26,24 @@ enum Answer {
     Value(serde_json::Value),
 }
 
+/// When a start, stop or restart is answered.
+enum Done {
+    /// Now, with the service's status.
+    Now,
+    /// Now: nothing to do, the service is already where it was asked to be.
+    Already(&'static str),
+    /// Once these services have stopped, with the status then.
+    After(Vec<String>),
+}
+
 impl Supervisor {
     pub(super) fn control(&mut self, req: Request, reply: Sender<Reply>) {
         let answer: Reply = match req.cmd {
             Cmd::Status => self.status(req.service.as_deref()),
             Cmd::Start | Cmd::Stop | Cmd::Restart => match self.lifecycle(&req) {
-                Ok(None) => self.status(req.service.as_deref()),
-                Ok(Some(waits_for)) => {
+                Ok(Done::Now) => self.status(req.service.as_deref()),
+                Ok(Done::Already(what)) => json!({"ok": true, "message": what}).into(),
+                Ok(Done::After(waits_for)) => {
                     let name = req.service.clone().unwrap_or_default();
                     self.defer(waits_for, Answer::Status(name), reply);
                     return;
@@ -102,8 +113,8 @@ impl Supervisor {
         self.answer_pending();
     }
 
-    /// start/stop/restart. `Ok(Some(names))`: answer once these have stopped.
-    fn lifecycle(&mut self, req: &Request) -> Result<Option<Vec<String>>, String> {
+    /// start/stop/restart, and when to answer.
+    fn lifecycle(&mut self, req: &Request) -> Result<Done, String> {
         let name = req.service.clone().ok_or("missing service name")?;
         if self.shutdown.is_some() && req.cmd != Cmd::Stop {
             return Err("orchestrator is shutting down".into());
@@ -119,7 +130,20 @@ impl Supervisor {
         match req.cmd {
             Cmd::Stop => {
                 if !e.svc.stoppable() && !self.stops.is_requested(&name) {
-                    return Err(Refusal::NotRunning.message());
+                    // Nothing runs or is pending: stopped already, or failed (then
+                    // left stopped); either way held, so that no reload starts it.
+                    let failed = e.svc.state() == State::Failed;
+                    let stop = Event::Stop {
+                        then: AfterStop::Stay,
+                        origin: Origin::Operator,
+                    };
+                    self.feed(&name, stop).map_err(refused)?;
+                    self.settle();
+                    return Ok(if failed {
+                        Done::Now
+                    } else {
+                        Done::Already("already stopped")
+                    });
                 }
                 // Dependents go first, as at shutdown; each is stopped once what depends
                 // on it has stopped, and this one last.
@@ -133,7 +157,7 @@ impl Supervisor {
                     self.stops.request(n);
                 }
                 self.settle();
-                return Ok(Some(group));
+                return Ok(Done::After(group));
             }
             _ => {
                 let event = if req.cmd == Cmd::Start {
@@ -142,7 +166,10 @@ impl Supervisor {
                     Event::Restart
                 };
                 self.stops.cancel(&name);
-                self.feed(&name, event).map_err(refused)?;
+                match self.feed(&name, event) {
+                    Err(Refusal::AlreadyRunning) => return Ok(Done::Already("already running")),
+                    r => r.map_err(refused)?,
+                }
             }
         }
         self.settle();
@@ -150,7 +177,11 @@ impl Supervisor {
             .services
             .get(&name)
             .is_some_and(|e| e.svc.stopping().is_some());
-        Ok(stopping.then(|| vec![name]))
+        Ok(if stopping {
+            Done::After(vec![name])
+        } else {
+            Done::Now
+        })
     }
 
     /// Sends the answers whose services have all finished stopping.

@@ -9,7 +9,7 @@
 //! would send, and the window only reads it. Nothing here runs during an event's
 //! handling but bounded file operations (a rename and an fsync, a small JSON file).
 
-use super::machine::Event as MachineEvent;
+use super::machine::{AfterStop, Event as MachineEvent};
 use super::supervisor::Supervisor;
 use super::upgrade::{History, Pending, Record, Verdict, View, Watch};
 use crate::control::socket::{error_reply, Cmd, Reply, Request};
@@ -325,6 +325,9 @@ impl Supervisor {
             return;
         };
         let binary = a.binary.clone();
+        // An operator's stop (or a reload's) within the window is obeyed: the old binary
+        // goes back, but nothing starts until someone asks.
+        let stays = e.svc.held() || e.svc.stopping() == Some(AfterStop::Stay);
         let (result, answer) = match verdict {
             Verdict::Failed(reason) => {
                 let reason = match install::restore_prev(&binary) {
@@ -359,7 +362,7 @@ impl Supervisor {
         self.event(level, name, None, event, msg);
         self.forget_pending(name);
         self.save_upgrades();
-        if !ok && self.shutdown.is_none() {
+        if !ok && self.shutdown.is_none() && !stays {
             let _ = self.feed(name, MachineEvent::Restart);
         }
         a.answer(answer);

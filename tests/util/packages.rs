@@ -1,124 +1,85 @@
-//! Third-party programs for the tests that run real daemons: found on the box, or
-//! installed from Debian packages on first use (CI runs as root and reaches the
-//! registry). It only ever installs; it never removes or upgrades what is there.
-//!
-//! Installs are serialised twice: a mutex for the test threads of this process, and an
-//! flock on a file in /tmp for other test processes, since apt refuses to run twice at
-//! once (it would fail rather than wait). Each answer is remembered, so a package that
-//! cannot be had costs one attempt per test process, not one per test.
+//! Third-party programs for the tests that run real daemons (nginx, redis, BusyBox,
+//! python's grpcio...). Tests never install anything: `make test` must not change the
+//! machine it runs on. A program that is missing skips its test with the reason, and
+//! every skip is appended to `SKIPPED`, from which `make test` prints one summary line
+//! at the end. Under `ORCH_REQUIRE_PACKAGES=1` (CI, which installs the packages first)
+//! a missing program fails the test instead, so that no real-daemon test is skipped
+//! there unnoticed.
 
-use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Mutex;
 
-/// Per package: the program's path, or why it cannot be had.
-static KNOWN: Mutex<BTreeMap<String, Result<PathBuf, String>>> = Mutex::new(BTreeMap::new());
-/// Whether `apt-get update` already ran in this process.
-static UPDATED: Mutex<bool> = Mutex::new(false);
+/// Where skips are recorded, one `test: reason` a line; `make test` empties it first.
+pub const SKIPPED: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped-tests.txt");
 
-/// `program` (an absolute path) when it exists, after installing Debian `package` if it
-/// does not; otherwise why it cannot be had, for the test to print as its skip reason.
+/// `program` (an absolute path) when it exists; otherwise why the test cannot run.
 pub fn ensure(package: &str, program: &str) -> Result<PathBuf, String> {
-    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
-    let key = format!("{package} {program}");
-    if let Some(answer) = known.get(&key) {
-        return answer.clone();
-    }
-    let answer = if Path::new(program).exists() {
+    if Path::new(program).exists() {
         Ok(PathBuf::from(program))
     } else {
-        install(package).and_then(|()| {
-            if Path::new(program).exists() {
-                Ok(PathBuf::from(program))
-            } else {
-                Err(format!(
-                    "package {package} installed, but {program} is missing"
-                ))
-            }
-        })
-    };
-    known.insert(key, answer.clone());
-    answer
+        Err(format!(
+            "{program} is missing: install the Debian package {package}"
+        ))
+    }
 }
 
-/// Runs `test` with the program, or prints why the test is skipped.
+/// Runs `test` with the program, or skips it (fails it, when packages are required).
 pub fn with(package: &str, program: &str, test: impl FnOnce(PathBuf)) {
-    match ensure(package, program) {
-        Ok(path) => test(path),
-        Err(why) => eprintln!("skipped: {why}"),
+    if let Some(path) = find(package, program) {
+        test(path);
     }
 }
 
-fn install(package: &str) -> Result<(), String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(format!(
-            "{package} is not installed and installing needs root"
-        ));
-    }
-    if !Path::new("/usr/bin/apt-get").exists() {
-        return Err(format!(
-            "{package} is not installed and there is no apt-get"
-        ));
-    }
-    let _lock = FileLock::take("/tmp/orchestrator-tests-apt.lock")?;
-    if apt(&["install", "-y", "--no-install-recommends", package]).is_ok() {
-        return Ok(());
-    }
-    // Package lists missing or stale (a fresh container): refresh them once.
-    let mut updated = UPDATED.lock().unwrap_or_else(|e| e.into_inner());
-    if !*updated {
-        apt(&["update"]).map_err(|e| format!("{package}: apt-get update failed: {e}"))?;
-        *updated = true;
-    }
-    apt(&["install", "-y", "--no-install-recommends", package])
-        .map_err(|e| format!("{package} cannot be installed: {e}"))
+/// The program, or None after `missing` has recorded why (or panicked).
+pub fn find(package: &str, program: &str) -> Option<PathBuf> {
+    ensure(package, program).map_err(|why| missing(&why)).ok()
 }
 
-/// One apt-get run, non-interactive; its last lines of output on failure.
-fn apt(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("apt-get")
-        .args(["-q", "-o", "DPkg::Lock::Timeout=120"])
-        .args(args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run apt-get: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let text = String::from_utf8_lossy(&out.stderr);
-    let tail: Vec<&str> = text.lines().rev().take(3).collect();
-    Err(format!(
-        "apt-get {} exited with {}: {}",
-        args.join(" "),
-        out.status,
-        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-    ))
+/// A test that cannot run because something it needs is not installed: skipped with
+/// `why` (printed and recorded in `SKIPPED`), or failed under `ORCH_REQUIRE_PACKAGES=1`.
+pub fn missing(why: &str) {
+    let required = std::env::var("ORCH_REQUIRE_PACKAGES").is_ok_and(|v| v == "1");
+    skip_or_fail(why, required, Path::new(SKIPPED));
 }
 
-/// An exclusive flock, released when dropped (with the file).
-struct FileLock(std::fs::File);
-
-impl FileLock {
-    fn take(path: &str) -> Result<FileLock, String> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| format!("cannot open {path}: {e}"))?;
-        loop {
-            // SAFETY: a valid open descriptor.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(FileLock(f));
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(format!("cannot lock {path}: {e}"));
-            }
-        }
+fn skip_or_fail(why: &str, required: bool, record: &Path) {
+    if required {
+        panic!("{why} (ORCH_REQUIRE_PACKAGES=1: a missing package fails the test)");
     }
+    eprintln!("skipped: {why}");
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string();
+    // One short append per skip: concurrent tests' lines do not mix.
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(record)
+        .and_then(|mut f| f.write_all(format!("{test}: {why}\n").as_bytes()));
+}
+
+#[test]
+fn a_missing_program_skips_with_its_reason_or_fails_when_required() {
+    let program = "/nonexistent/orchestrator-test-program";
+    let why = ensure("no-such-package", program).unwrap_err();
+    assert!(
+        why.contains(program) && why.contains("no-such-package"),
+        "{why}"
+    );
+    assert_eq!(ensure("coreutils", "/bin/sh"), Ok(PathBuf::from("/bin/sh")));
+    let record = std::env::temp_dir().join(format!("orch-skipped-{}", std::process::id()));
+    let _ = std::fs::remove_file(&record);
+    skip_or_fail(&why, false, &record);
+    let text = std::fs::read_to_string(&record).unwrap_or_default();
+    let _ = std::fs::remove_file(&record);
+    assert_eq!(
+        text,
+        format!("util::packages::a_missing_program_skips_with_its_reason_or_fails_when_required: {why}\n")
+    );
+    let failed = std::panic::catch_unwind(|| skip_or_fail(&why, true, &record));
+    let msg = failed.expect_err("a required program that is missing fails the test");
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains(program), "{msg}");
+    assert!(!record.exists(), "a failure is not recorded as a skip");
 }

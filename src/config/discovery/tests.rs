@@ -103,7 +103,7 @@ fn argv_and_environment() {
         .process
         .env
         .contains(&("GOMEMLIMIT".into(), "64MiB".into())));
-    c.pass_service_args = false;
+    c.pass_service_args = Some(false);
     let sp = build_spec(
         "web",
         true,
@@ -139,7 +139,7 @@ fn symlinked_binary_runs_its_target_with_the_configured_path_as_argv0() {
             "byconfig".to_string(),
             ServiceConfig {
                 binary_path: Some(other.clone()),
-                pass_service_args: false,
+                pass_service_args: Some(false),
                 ..Default::default()
             },
         )]),

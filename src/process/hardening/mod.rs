@@ -22,10 +22,12 @@ use std::path::PathBuf;
 pub struct Hardening {
     /// Capability numbers to keep; `None` leaves capabilities as they are.
     pub capabilities: Option<Vec<u32>>,
-    /// `syscall_filter` as written.
+    /// `syscall_filter` and `syscall_allow` as written.
     pub syscall_filter: Option<Vec<String>>,
-    /// The numbers it denies on this architecture, resolved once.
-    pub denied: Vec<u32>,
+    pub syscall_allow: Option<Vec<String>>,
+    /// What they make the filter do on this architecture, resolved once; `None`: no
+    /// filter.
+    pub filter: Option<seccomp::Rule>,
     pub filter_kill: bool,
     pub private_network: bool,
     pub private_tmp: bool,
@@ -45,14 +47,16 @@ pub fn validate(svc: &ServiceConfig, err: &mut dyn FnMut(&str, String)) {
             err("capabilities", format!("unknown capability `{name}`{hint}"));
         }
     }
-    for entry in svc.syscall_filter.iter().flatten() {
-        if !seccomp::known(entry) {
-            let hint = crate::config::nearest(entry, seccomp::names())
-                .map_or(String::new(), |n| format!(" (did you mean `{n}`?)"));
-            err(
-                "syscall_filter",
-                format!("unknown system call or group `{entry}`{hint}"),
-            );
+    for (key, list) in [
+        ("syscall_filter", &svc.syscall_filter),
+        ("syscall_allow", &svc.syscall_allow),
+    ] {
+        for entry in list.iter().flatten() {
+            if !seccomp::known(entry) {
+                let hint = crate::config::nearest(entry, seccomp::names())
+                    .map_or(String::new(), |n| format!(" (did you mean `{n}`?)"));
+                err(key, format!("unknown system call or group `{entry}`{hint}"));
+            }
         }
     }
     for p in &svc.read_only_paths {
@@ -69,15 +73,21 @@ pub fn validate(svc: &ServiceConfig, err: &mut dyn FnMut(&str, String)) {
     if let Some(p) = svc.io_priority.filter(|p| *p > 7) {
         err("io_priority", format!("must be between 0 and 7, not {p}"));
     }
-    if svc.io_class == Some(IoClass::Idle) && svc.io_priority.is_some() {
-        err(
-            "io_priority",
-            "the idle class has no priority levels".into(),
-        );
-    }
     if let Some(w) = svc.io_weight.filter(|w| !(1..=10_000).contains(w)) {
         err("io_weight", format!("must be between 1 and 10000, not {w}"));
     }
+}
+
+/// What is accepted but worth a warning in `svc`'s hardening keys (logged at start
+/// and reload, printed by `check`).
+pub fn warnings(svc: &ServiceConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if let (Some(IoClass::Idle), Some(p)) = (svc.io_class, svc.io_priority) {
+        out.push(format!(
+            "io_priority {p} is ignored: the idle class has no priority levels"
+        ));
+    }
+    out
 }
 
 /// The hardening of a validated `svc`.
@@ -86,7 +96,13 @@ pub fn resolve(svc: &ServiceConfig) -> Hardening {
         (None, None) => None,
         (class, level) => Some((
             class.unwrap_or(IoClass::BestEffort),
-            level.unwrap_or(if class == Some(IoClass::Idle) { 0 } else { 4 }),
+            // The idle class has no levels: a level given with it is ignored (and
+            // warned about, see `warnings`), as ionice does.
+            if class == Some(IoClass::Idle) {
+                0
+            } else {
+                level.unwrap_or(4)
+            },
         )),
     };
     Hardening {
@@ -97,7 +113,8 @@ pub fn resolve(svc: &ServiceConfig) -> Hardening {
             n
         }),
         syscall_filter: svc.syscall_filter.clone(),
-        denied: seccomp::resolve(svc.syscall_filter.as_deref().unwrap_or_default()),
+        syscall_allow: svc.syscall_allow.clone(),
+        filter: filter_rule(svc),
         filter_kill: svc.syscall_filter_action == FilterAction::Kill,
         private_network: svc.private_network,
         private_tmp: svc.private_tmp,
@@ -106,6 +123,26 @@ pub fn resolve(svc: &ServiceConfig) -> Hardening {
         nice: svc.nice,
         io,
         io_weight: svc.io_weight,
+    }
+}
+
+/// The filter `syscall_allow` and `syscall_filter` ask for: an allow list of the
+/// listed calls and `@default` (always added, as systemd does) less the denied ones
+/// (deny wins), or a deny list alone.
+fn filter_rule(svc: &ServiceConfig) -> Option<seccomp::Rule> {
+    let denied = seccomp::resolve(svc.syscall_filter.as_deref().unwrap_or_default());
+    match &svc.syscall_allow {
+        Some(allow) => {
+            let mut entries: Vec<&str> = allow.iter().map(String::as_str).collect();
+            entries.push("@default");
+            Some(seccomp::Rule::Allow(
+                seccomp::resolve(&entries).without(&denied),
+            ))
+        }
+        None => svc
+            .syscall_filter
+            .as_ref()
+            .map(|_| seccomp::Rule::Deny(denied)),
     }
 }
 
@@ -199,10 +236,15 @@ pub fn prepare(h: &Hardening, identity: Option<&Identity>) -> Result<Prepared, S
             ambient: identity.is_some_and(|id| id.uid != 0),
         });
     }
-    if h.syscall_filter.is_some() {
-        seccomp::supported(h.filter_kill).map_err(|e| format!("syscall_filter: {e}"))?;
-        let (arch, _) = seccomp::ARCH.ok_or("syscall_filter: unsupported architecture")?;
-        p.filter = Some(seccomp::program(arch, &h.denied, h.filter_kill));
+    if let Some(rule) = &h.filter {
+        let key = if h.syscall_allow.is_some() {
+            "syscall_allow"
+        } else {
+            "syscall_filter"
+        };
+        seccomp::supported(h.filter_kill).map_err(|e| format!("{key}: {e}"))?;
+        let (arch, _) = seccomp::ARCH.ok_or(format!("{key}: unsupported architecture"))?;
+        p.filter = Some(seccomp::program(arch, rule, h.filter_kill));
     }
     Ok(p)
 }
@@ -344,15 +386,43 @@ mod tests {
         );
         let p = problems(r#"{"syscall_filter": ["@mout"]}"#);
         assert!(p[0].contains("did you mean `@mount`"), "{p:?}");
+        let p = problems(r#"{"syscall_allow": ["@system-servic", "read"]}"#);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("syscall_allow: "), "{p:?}");
+        assert!(p[0].contains("did you mean `@system-service`"), "{p:?}");
         assert_eq!(
             problems(r#"{"nice": 20, "io_priority": 8, "io_weight": 0}"#).len(),
             3
         );
         assert_eq!(problems(r#"{"read_only_paths": ["etc"]}"#).len(), 1);
-        assert_eq!(
-            problems(r#"{"io_class": "idle", "io_priority": 2}"#).len(),
-            1
+        // The idle class has no levels: warned about, not refused.
+        let idle = r#"{"io_class": "idle", "io_priority": 2}"#;
+        assert!(problems(idle).is_empty());
+        assert!(warnings(&svc(idle))[0].contains("idle class has no priority levels"));
+        assert_eq!(resolve(&svc(idle)).ioprio(), Some(3 << 13));
+        assert!(warnings(&svc(r#"{"io_class": "idle"}"#)).is_empty());
+    }
+
+    #[test]
+    fn the_allow_list_adds_default_and_loses_what_syscall_filter_denies() {
+        use seccomp::{resolve as calls, Rule};
+        let h = resolve(&svc(r#"{"syscall_allow": []}"#));
+        assert_eq!(h.filter, Some(Rule::Allow(calls(&["@default"]))));
+        let h = resolve(&svc(
+            r#"{"syscall_allow": ["@system-service"], "syscall_filter": ["@chown", "ioctl"]}"#,
+        ));
+        let Some(Rule::Allow(allowed)) = h.filter else {
+            panic!("{:?}", h.filter)
+        };
+        let expected = calls(&["@system-service"]).without(&calls(&["@chown", "ioctl"]));
+        assert_eq!(allowed, expected);
+        assert!(allowed.contains(libc::SYS_read as u32));
+        assert!(
+            !allowed.contains(libc::SYS_ioctl as u32) && !allowed.contains(libc::SYS_fchown as u32)
         );
+        let h = resolve(&svc(r#"{"syscall_filter": ["@mount"]}"#));
+        assert_eq!(h.filter, Some(Rule::Deny(calls(&["@mount"]))));
+        assert_eq!(resolve(&svc("{}")).filter, None);
     }
 
     #[test]

@@ -77,6 +77,16 @@ impl Service {
                     AfterStop::Remove => Ok(vec![Action::Remove]),
                     AfterStop::Start => self.start(ctx),
                     AfterStop::Stay if retry_pending => Ok(self.cancel(origin, "retry")),
+                    // An operator's stop leaves a failed service stopped, as a stop
+                    // during a restart delay does, and either held: no reload starts
+                    // it until the operator does.
+                    AfterStop::Stay if origin == Origin::Operator => match self.phase {
+                        Phase::Failed { .. } => Ok(self.cancel(origin, "failed state")),
+                        _ => {
+                            self.phase = Phase::Stopped { held: true };
+                            Ok(Vec::new())
+                        }
+                    },
                     AfterStop::Stay => Err(Refusal::NotRunning),
                     AfterStop::Recover(_) => Ok(Vec::new()),
                 }

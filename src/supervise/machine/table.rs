@@ -207,7 +207,7 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     // phase, event, => phase, actions, deadline, last_error
     ("stopped", "start", "spawning", "spawn", "-", "-"),
     ("stopped", "restart", "spawning", "spawn", "-", "-"),
-    ("stopped", "stop", "stopped", "refused: service is not running", "-", "-"),
+    ("stopped", "stop", "held", "", "-", "-"),
     ("stopped", "remove", "stopped", "remove", "-", "-"),
     ("stopped", "deps", "stopped", "", "-", "-"),
     ("stopped", "spawned", "stopped", "internal kill", "-", "-"),
@@ -228,7 +228,7 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
 
     ("held", "start", "spawning", "spawn", "-", "-"),
     ("held", "restart", "spawning", "spawn", "-", "-"),
-    ("held", "stop", "held", "refused: service is not running", "-", "-"),
+    ("held", "stop", "held", "", "-", "-"),
     ("held", "remove", "held", "remove", "-", "-"),
     ("held", "deps", "held", "", "-", "-"),
     ("held", "spawned", "held", "internal kill", "-", "-"),
@@ -249,7 +249,7 @@ const TABLE: &[(&str, &str, &str, &str, &str, &str)] = &[
 
     ("failed", "start", "spawning", "spawn", "-", "exited with code 1"),
     ("failed", "restart", "spawning", "spawn", "-", "exited with code 1"),
-    ("failed", "stop", "failed", "refused: service is not running", "-", "exited with code 1"),
+    ("failed", "stop", "held", "stopped", "-", "-"),
     ("failed", "remove", "failed", "remove", "-", "exited with code 1"),
     ("failed", "deps", "failed", "", "-", "exited with code 1"),
     ("failed", "spawned", "failed", "internal kill", "-", "exited with code 1"),
