@@ -2,7 +2,9 @@
 //! one shows the behaviour: the pid is the file's first line (PostgreSQL), the daemon
 //! it names is the run (memcached), a stop while the file is awaited gets the stop
 //! signal, and a file is believed only when it names a process of the service, read
-//! never through a symlink.
+//! never through a symlink. A daemon whose own parent lives on is the run all the same;
+//! one adopted through the subreaper outlives a SIGKILLed orchestrator until the next
+//! start clears it.
 
 use crate::util::packages;
 use crate::util::*;
