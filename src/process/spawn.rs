@@ -576,6 +576,9 @@ pub fn signal_group(pgid: i32, sig: i32) {
 
 /// Reaps `pid`, which the waiter has seen exit (so this does not block for long).
 pub fn reap(pid: i32) {
+    if pid <= 0 {
+        return; // Not one process: waitpid would take any child's status.
+    }
     let mut status = 0;
     loop {
         // SAFETY: status is a valid out-pointer.

@@ -370,6 +370,14 @@ impl Service {
         self.run().map(|r| r.pid)
     }
 
+    /// `pid_file`: the launcher of the run whose pid file is awaited (exited, unreaped).
+    pub fn awaited_launcher(&self) -> Option<i32> {
+        match self.phase {
+            Phase::AwaitPidFile { launcher, .. } if launcher > 0 => Some(launcher),
+            _ => None,
+        }
+    }
+
     /// The current run's spawn generation.
     pub fn gen(&self) -> Option<u64> {
         self.run().map(|r| r.gen)

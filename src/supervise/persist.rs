@@ -367,6 +367,7 @@ mod tests {
             state: b'S',
             ppid: 1,
             pgrp,
+            session: pgrp,
             utime: 0,
             stime: 0,
             rss_pages: 0,

@@ -135,15 +135,16 @@ impl Service {
                     launcher: false,
                 };
                 self.up(run, now);
-                vec![
-                    log(
-                        log::Level::Info,
-                        "started",
-                        Some(pid),
-                        "main process from the pid file",
-                    ),
-                    Action::Reap(launcher),
-                ]
+                let mut actions = vec![log(
+                    log::Level::Info,
+                    "started",
+                    Some(pid),
+                    "main process from the pid file",
+                )];
+                if launcher > 0 {
+                    actions.push(Action::Reap(launcher));
+                }
+                actions
             }
             Err(why) if now + PID_FILE_POLL < deadline => {
                 self.phase = Phase::AwaitPidFile {
@@ -173,16 +174,16 @@ impl Service {
             h.exited_ms.get_or_insert(ctx.now.wall_ms);
             h.reason.get_or_insert_with(|| reason::start_failed(&why));
         }
-        let mut actions = vec![
-            log(
-                log::Level::Error,
-                "failed",
-                None,
-                format!("cannot start: {why}"),
-            ),
-            kill(launcher),
-            Action::Reap(launcher),
-        ];
+        let mut actions = vec![log(
+            log::Level::Error,
+            "failed",
+            None,
+            format!("cannot start: {why}"),
+        )];
+        // Unknown (0) only in a state handed over by an older image.
+        if launcher > 0 {
+            actions.extend([kill(launcher), Action::Reap(launcher)]);
+        }
         self.last_error = Some(why);
         actions.extend(self.after_run(false, ctx));
         actions
