@@ -63,6 +63,10 @@ elif act == "walk":
         r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(-1)] * 6)
         res.append("%d:%s" % (nr, "ok" if r >= 0 else ctypes.get_errno()))
     report(" ".join(res))
+elif act == "rootless":
+    report("uid %d, append %s, shadow %s, cwd owner %d" % (os.getuid(),
+           attempt(lambda: open(arg, "a").write("x")),
+           attempt(lambda: open("/etc/shadow").read()), os.stat(".").st_uid))
 elif act == "ids":
     report("uid %d, / owned by %d, uid_map %s" % (os.getuid(), os.stat("/").st_uid,
            " ".join(open("/proc/self/uid_map").read().split())))
@@ -657,4 +661,122 @@ fn real_daemons_serve_under_the_system_service_allow_list() {
             "{name} runs unfiltered:\n{status}"
         );
     }
+}
+
+/// The host id in /proc/PID/uid_map: "0 HOST 1" expected.
+fn mapped_host(pid: i64) -> u32 {
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    let f: Vec<&str> = map.split_whitespace().collect();
+    assert_eq!(
+        (f.len(), f[0], f[2]),
+        (3, "0", "1"),
+        "only root inside is mapped: {map}"
+    );
+    f[1].parse().unwrap()
+}
+
+#[test]
+fn private_users_gives_a_root_service_one_unprivileged_host_id() {
+    let Some(sb) = sandbox() else { return };
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+    if !Path::new("/proc/self/ns/user").exists() || max.trim() == "0" {
+        eprintln!("skipped: user namespaces are not available");
+        return;
+    }
+    // A root-owned 0644 file: root on the host could append to it.
+    let target = sb.path("root-owned");
+    std::fs::write(&target, "").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let data = sb.path("rootless-data");
+    let mut keys = json!({"private_users": true, "data_dir": data,
+                          "capabilities": ["CAP_DAC_OVERRIDE", "CAP_CHOWN"],
+                          "environment": {"HOLD": "60"}});
+    let arg = target.display().to_string();
+    let mut as_root = keys.clone();
+    as_root["user"] = json!("root");
+    as_root["data_dir"] = json!(sb.path("as-root-data"));
+    keys["restart"] = json!("always");
+    let d = run(
+        &sb,
+        json!({
+            "rootless": probe(&sb, "rootless", "rootless", &arg, keys),
+            "as-root": probe(&sb, "as-root", "rootless", &arg, as_root),
+            "host": probe(&sb, "host", "rootless", &arg, json!({})),
+        }),
+    );
+    let pid = sb.wait_running("rootless", None);
+    let host = mapped_host(pid);
+    assert!((61184..=65519).contains(&host), "{host}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ids = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(ids("Uid:"), format!("Uid:\t{host}\t{host}\t{host}\t{host}"));
+    assert_eq!(ids("Gid:"), format!("Gid:\t{host}\t{host}\t{host}\t{host}"));
+    assert_eq!(
+        ids("Groups:").trim_end(),
+        "Groups:",
+        "the daemon's groups are dropped"
+    );
+    let eacces = format!("errno {}", libc::EACCES);
+    // Root inside, capabilities inside: still nothing a root-owned file would allow.
+    assert_eq!(
+        result(&sb, &d, "rootless"),
+        format!("uid 0, append {eacces}, shadow {eacces}, cwd owner 0")
+    );
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&data).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (host, host),
+        "data_dir is the host id's"
+    );
+    // `user: "root"` is the same case, with an id of its own.
+    let other = mapped_host(sb.wait_running("as-root", None));
+    assert_ne!(other, host);
+    assert_eq!(
+        result(&sb, &d, "as-root"),
+        format!("uid 0, append {eacces}, shadow {eacces}, cwd owner 0")
+    );
+    // Without private_users, root is root.
+    assert_eq!(
+        result(&sb, &d, "host"),
+        "uid 0, append ok, shadow ok, cwd owner 0"
+    );
+    // check and status name the id.
+    let named = format!("root inside is host uid/gid {host}");
+    let check = sb.cli(&["check"]);
+    assert!(check.stdout.contains(&named), "{}", check.stdout);
+    let how = sb.service_status("rootless")["hardening"]["private_users"].clone();
+    assert!(how.as_str().is_some_and(|h| h.contains(&named)), "{how}");
+    // The same id at the next start.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let again = sb.wait_running("rootless", Some(pid));
+    assert_eq!(mapped_host(again), host);
+}
+
+#[test]
+fn private_users_refuses_a_binary_the_host_id_cannot_execute() {
+    let Some(sb) = sandbox() else { return };
+    let private = sb.path("private-bin");
+    std::fs::copy("/bin/true", &private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let svc = |users: bool| {
+        json!({"binary_path": private, "pass_service_args": false, "restart": "always",
+               "max_restart_attempts": 0, "private_users": users})
+    };
+    let _d = run(&sb, json!({"x": svc(true), "control": svc(false)}));
+    let mut last = Value::Null;
+    let ok = wait_until(DEADLINE, || {
+        last = sb.service_status("x");
+        last["last_error"].as_str().is_some_and(|e| {
+            e.contains("cannot execute") && e.contains("mode 0700") && e.contains("host uid 6")
+        })
+    });
+    assert!(ok, "{last}");
+    assert!(sb.service_status("control")["last_exit"]["code"] == 0);
 }
