@@ -780,3 +780,139 @@ fn private_users_refuses_a_binary_the_host_id_cannot_execute() {
     assert!(ok, "{last}");
     assert!(sb.service_status("control")["last_exit"]["code"] == 0);
 }
+
+/// The five capability sets of `pid`, from /proc/PID/status, as
+/// [CapInh, CapPrm, CapEff, CapBnd, CapAmb].
+fn cap_sets(pid: i64) -> [u64; 5] {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let mut out = [u64::MAX; 5];
+    for (i, key) in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"]
+        .iter()
+        .enumerate()
+    {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        out[i] = u64::from_str_radix(line[key.len()..].trim(), 16).unwrap();
+    }
+    out
+}
+
+#[test]
+fn capabilities_leave_exactly_the_listed_ones_in_all_five_sets() {
+    let Some(sb) = sandbox() else { return };
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // What the daemon itself may hand out: this process's bounding set (a container
+    // may have cut it).
+    let own = cap_sets(std::process::id() as i64)[3];
+    let (chown, bind, highest) = (1u64 << 0, 1u64 << 10, 1u64 << last);
+    let hold = json!({"HOLD": "60"});
+    let keys = |caps: Value, user: Option<&str>| {
+        let mut k = json!({"capabilities": caps, "environment": hold});
+        if let Some(u) = user {
+            k["user"] = json!(u);
+        }
+        k
+    };
+    let d = run(
+        &sb,
+        json!({
+            "root-two": probe(&sb, "root-two", "exists", "/",
+                keys(json!(["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]), None)),
+            "root-none": probe(&sb, "root-none", "exists", "/", keys(json!([]), None)),
+            "user-bind": probe(&sb, "user-bind", "exists", "/",
+                keys(json!(["CAP_NET_BIND_SERVICE"]), Some("nobody"))),
+            "root-all": probe(&sb, "root-all", "exists", "/",
+                json!({"environment": hold})),
+        }),
+    );
+    let _ = &d;
+    let sets = |name: &str| cap_sets(sb.wait_running(name, None));
+    // Root keeps the listed ones in the inheritable, permitted, effective and
+    // bounding sets, nothing ambient (it needs none to keep them across exec).
+    let two = chown | bind;
+    assert_eq!(sets("root-two"), [two, two, two, two, 0], "root-two");
+    assert_eq!(sets("root-none"), [0; 5], "root-none");
+    // A user keeps them as ambient capabilities across the switch and exec.
+    assert_eq!(
+        sets("user-bind"),
+        [bind, bind, bind, bind, bind],
+        "user-bind"
+    );
+    // Without the key, root's sets are whole, up to the highest capability.
+    let free = sets("root-all");
+    assert_eq!((free[1], free[3]), (own, own), "root-all");
+    assert_ne!(own & highest, 0, "the highest capability is ours to drop");
+}
+
+/// Mounts made below a directory by the test, undone (lazily) on drop.
+struct Mounted(Vec<PathBuf>);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a valid path string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+#[test]
+fn read_only_paths_cover_the_mounts_below_them() {
+    let Some(sb) = sandbox() else { return };
+    let ro = sb.path("ro");
+    let (tmpfs, bound, source) = (ro.join("tmpfs"), ro.join("bound"), sb.path("source"));
+    for d in [&tmpfs, &bound, &source] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let mut guard = Mounted(Vec::new());
+    // SAFETY: valid strings; the mounts are undone by the guard.
+    let ok = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            c(&tmpfs).as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    } == 0;
+    assert!(ok, "mount tmpfs: {}", std::io::Error::last_os_error());
+    guard.0.push(tmpfs.clone());
+    // SAFETY: as above.
+    let ok = unsafe {
+        let none = std::ptr::null();
+        libc::mount(
+            c(&source).as_ptr(),
+            c(&bound).as_ptr(),
+            none,
+            libc::MS_BIND,
+            none.cast(),
+        )
+    } == 0;
+    assert!(ok, "bind mount: {}", std::io::Error::last_os_error());
+    guard.0.push(bound.clone());
+    let keys = json!({"read_only_paths": [ro]});
+    let file = |dir: &Path, name: &str| dir.join(name).display().to_string();
+    let d = run(
+        &sb,
+        json!({
+            "in-tmpfs": probe(&sb, "in-tmpfs", "write", &file(&tmpfs, "a"), keys.clone()),
+            "in-bound": probe(&sb, "in-bound", "write", &file(&bound, "a"), keys.clone()),
+            "top": probe(&sb, "top", "write", &file(&ro, "a"), keys),
+            "free-tmpfs": probe(&sb, "free-tmpfs", "write", &file(&tmpfs, "b"), json!({})),
+            "free-bound": probe(&sb, "free-bound", "write", &file(&bound, "b"), json!({})),
+        }),
+    );
+    let erofs = format!("errno {}", libc::EROFS);
+    for name in ["in-tmpfs", "in-bound", "top"] {
+        assert_eq!(result(&sb, &d, name), erofs, "{name}");
+    }
+    for name in ["free-tmpfs", "free-bound"] {
+        assert_eq!(result(&sb, &d, name), "ok", "{name}");
+    }
+    drop(d);
+}
