@@ -3,6 +3,21 @@
 //! happened; each test runs it with the key and, where that proves the key did it,
 //! without. Root-only; skipped with a printed reason elsewhere or when the kernel lacks
 //! the feature.
+//!
+//! Each behaviour is tested in both halves; a new key adds its pair here:
+//! - syscall_filter: every call of every deny group fails with EPERM (walked call by
+//!   call against a table of our own) / the same calls unfiltered do not; errno / kill.
+//! - syscall_allow: calls outside the list fail / python3, nginx, redis and memcached
+//!   run under it; syscall_filter beside it denies an allowed call; kill; a change
+//!   restarts on reload; check and status count the calls / say "off" without it.
+//! - capabilities: the listed ones in all five sets / nothing else (the highest one
+//!   included); root / a user (ambient); `[]` / no key (everything).
+//! - read_only_paths: a write under the path, and under mounts below it, fails / the
+//!   same write without the key succeeds.
+//! - private_users: a root service gets a host id and no root powers / without the key
+//!   it is root; a user service is mapped to itself; a binary the id cannot execute is
+//!   refused / the same binary runs without the key.
+//! - io_priority with the idle class: warned about and ignored / no warning without it.
 
 use crate::util::*;
 use serde_json::{json, Value};
