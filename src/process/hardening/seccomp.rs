@@ -1,4 +1,4 @@
-//! `syscall_filter` and `syscall_allow` (SPEC 13): systemd's syscall groups, resolved
+//! `syscall_filter` and `syscall_allow`: systemd's syscall groups, resolved
 //! to this architecture's numbers, and the classic BPF program that carries them out,
 //! written by hand. The program is built in the parent; the child only installs it
 //! (`install`), the last thing before exec. Nothing here allocates in the child.
