@@ -466,6 +466,44 @@ fn idle_connections_never_starve_metrics_scrapes() {
 }
 
 #[test]
+fn log_line_counts_are_kept_per_stream() {
+    let sb = Sandbox::new();
+    // 3 lines on stdout and 5 on stderr, the last without a newline (read at exit).
+    sb.service(
+        "mixed",
+        "echo o1; echo o2; echo o3\n\
+         for i in 1 2 3 4; do echo e$i >&2; done; printf e5 >&2\n\
+         exec sleep 1000",
+    );
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("mixed", None);
+    d.wait_log(&["mixed[", "stderr: e4"]);
+    let value = |stream: &str| -> Option<u64> {
+        let series =
+            format!("orchestrator_log_lines_total{{service=\"mixed\",stream=\"{stream}\"}} ");
+        sb.cli(&["metrics"])
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+    };
+    // Lines are counted when read, before they are logged.
+    let mut last = (None, None);
+    let counted = wait_until(DEADLINE, || {
+        last = (value("stdout"), value("stderr"));
+        last == (Some(3), Some(4))
+    });
+    assert!(counted, "stdout and stderr lines: {last:?}");
+    // The last stderr line, without its newline, is counted once the service ends.
+    assert_eq!(sb.cli(&["stop", "mixed"]).code, 0);
+    let counted = wait_until(DEADLINE, || {
+        last = (value("stdout"), value("stderr"));
+        last == (Some(3), Some(5))
+    });
+    assert!(counted, "after the stop: {last:?}");
+}
+
+#[test]
 fn rss_and_cpu_come_from_proc_for_the_whole_service() {
     let sb = Sandbox::new();
     // dd fills a 48 MiB buffer, then blocks writing it into a pipe nobody reads: a child
