@@ -385,6 +385,11 @@ fn every_process_field_restarts_and_every_other_applies_in_place() {
             json!({"health_check": {"type": "exec", "command": ["true"], "interval_ms": 200}}),
         ),
         ("deps", json!({}), json!({"depends_on": ["same"]})),
+        (
+            "retry",
+            json!({"retry_failed_ms": 1000}),
+            json!({"retry_failed_ms": 2000}),
+        ),
     ];
     let mut before = serde_json::Map::new();
     let mut after = serde_json::Map::new();
