@@ -279,6 +279,17 @@ fn a_reload_replaces_the_critical_list_and_the_interval() {
     sb.wait_running("b", None);
     assert!(wait_until(DEADLINE, || count(&fed) >= 3), "never fed");
 
+    // A list naming an unknown service is refused, at a reload as at start.
+    config(&["b", "nosuch"], 100);
+    let out = sb.cli(&["reload"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("orchestrator.watchdog.critical: unknown service `nosuch`"),
+        "{}",
+        out.stderr
+    );
+
     config(&["b"], 100);
     let out = sb.cli(&["reload"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
