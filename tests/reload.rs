@@ -219,10 +219,8 @@ fn every_process_field_restarts_and_every_other_applies_in_place() {
                 "/bin/sh {} --service binary --log-level info",
                 script("binary")
             ),
-            format!(
-                "/bin/sh {} --service binary --log-level info",
-                alt.display()
-            ),
+            // A binary_path of its own: no service args by default any more.
+            format!("/bin/sh {}", alt.display()),
         ),
         (
             "args",
