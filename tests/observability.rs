@@ -219,6 +219,48 @@ fn total_cap_keeps_every_file_that_fits_after_many_rotations() {
     assert!(total <= cap, "{total} > {cap}");
 }
 
+/// Start and reload: a cap a reload sets applies to the files already there and to
+/// what comes next.
+#[test]
+fn a_total_cap_set_by_reload_applies_to_the_next_lines() {
+    let sb = Sandbox::new();
+    let more = sb.path("more");
+    sb.service(
+        "talk",
+        &format!(
+            "seq 1 1000; while [ ! -e {} ]; do sleep 0.05; done; seq 1001 2000; exec sleep 1000",
+            more.display()
+        ),
+    );
+    let settings = |cap: Option<u64>| {
+        json!({"services_dir": "services", "log_dir": "logs", "log_max_bytes": 2000,
+               "log_max_files": 2, "log_max_total_bytes": cap, "log_level": "error"})
+    };
+    sb.config(settings(None), json!({}));
+    let _d = Daemon::start(&sb, &[]);
+    let logs = sb.path("logs");
+    let total = || -> u64 {
+        std::fs::read_dir(&logs)
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    assert_eq!(settled(&logs, "talk", 1000).1, 3);
+    // Two full rotated files alone pass this cap.
+    let cap = 3500;
+    assert!(total() > cap, "{}", total());
+
+    sb.config(settings(Some(cap)), json!({}));
+    let out = sb.cli(&["reload"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    std::fs::write(&more, "").unwrap();
+    let (nums, _) = settled(&logs, "talk", 2000);
+    let n = nums.len() as u64;
+    assert_run(&nums, 2001 - n, 2000);
+    assert!(total() <= cap, "{} > {cap}", total());
+}
+
 #[test]
 fn unwritable_log_dir_is_counted_and_survived() {
     let sb = Sandbox::new();

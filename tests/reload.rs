@@ -219,10 +219,8 @@ fn every_process_field_restarts_and_every_other_applies_in_place() {
                 "/bin/sh {} --service binary --log-level info",
                 script("binary")
             ),
-            format!(
-                "/bin/sh {} --service binary --log-level info",
-                alt.display()
-            ),
+            // A binary_path of its own: no service args by default any more.
+            format!("/bin/sh {}", alt.display()),
         ),
         (
             "args",
@@ -385,6 +383,11 @@ fn every_process_field_restarts_and_every_other_applies_in_place() {
             json!({"health_check": {"type": "exec", "command": ["true"], "interval_ms": 200}}),
         ),
         ("deps", json!({}), json!({"depends_on": ["same"]})),
+        (
+            "retry",
+            json!({"retry_failed_ms": 1000}),
+            json!({"retry_failed_ms": 2000}),
+        ),
     ];
     let mut before = serde_json::Map::new();
     let mut after = serde_json::Map::new();
