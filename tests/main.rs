@@ -5,6 +5,7 @@ mod util;
 
 mod chaos;
 mod cli_and_config;
+mod contrib;
 mod control;
 mod daemons;
 mod dependencies;
