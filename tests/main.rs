@@ -9,6 +9,7 @@ mod contrib;
 mod control;
 mod daemons;
 mod dependencies;
+mod docs;
 mod empty_root;
 mod grpc;
 mod hardening;
