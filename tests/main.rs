@@ -5,9 +5,11 @@ mod util;
 
 mod chaos;
 mod cli_and_config;
+mod contrib;
 mod control;
 mod daemons;
 mod dependencies;
+mod docs;
 mod empty_root;
 mod grpc;
 mod hardening;
