@@ -578,8 +578,37 @@ fn a_foreground_daemon_reloads_the_file_it_found_at_start() {
     let sb = Sandbox::new();
     sb.service("sleeper", "exec sleep 1000");
     sb.config(json!({"services_dir": "services"}), json!({"sleeper": {}}));
-    let d = Daemon::start_found(&sb);
+    let d = Daemon::start_found(&sb, &[]);
     reloads_read_the_file_found_at_start(&sb, &|| d.log_text());
+}
+
+/// Without a config file at start the built-in defaults apply, and keep applying: a file
+/// that appears later is not the daemon's (only a restart looks the file up again).
+#[test]
+fn without_a_file_at_start_reloads_keep_the_defaults() {
+    let sb = Sandbox::new();
+    sb.service("sleeper", "exec sleep 1000");
+    let socket = sb.socket();
+    let d = Daemon::start_found(
+        &sb,
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "--services-dir",
+            "services",
+        ],
+    );
+    let pid = sb.wait_running("sleeper", None);
+    std::fs::write(
+        sb.path("orchestrator.json"),
+        r#"{"services": {"sleeper": {"enabled": false}}}"#,
+    )
+    .unwrap();
+    let out = reload_by_socket(&sb);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("sleeper: unchanged"), "{}", out.stdout);
+    assert_eq!(sb.service_status("sleeper")["pid"], pid);
+    drop(d);
 }
 
 struct KillOnDrop(i32);
