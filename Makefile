@@ -6,7 +6,11 @@ CONFIG ?= orchestrator.json
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: build run install test lint fmt bench soak props fuzz chaos clean static static-debug
+.PHONY: build run install man size test lint fmt bench soak props fuzz chaos clean static \
+	static-debug
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+DOCDIR = $(PREFIX)/share/doc/orchestrator
 
 # Static builds name their target explicitly, so that RUSTFLAGS reach the binary and
 # never a build script; musl where its target is installed, else glibc linked
@@ -38,18 +42,63 @@ run: build
 	@trap 'interrupted=1' INT; $(BIN) run --config $(CONFIG); code=$$?; \
 	if [ $$code -eq 1 ] && [ -n "$$interrupted" ]; then exit 0; fi; exit $$code
 
-# The binary, the man page (generated from the --help text, so the two cannot drift
-# apart) and the completion scripts, where man, bash-completion, zsh and fish look.
+# The man pages, orchestrator(1) and orchestrator.json(5), are generated from the
+# reference in docs/ (the same text, so the two cannot drift apart) by a POSIX awk
+# script on the build host: nothing runs the target binary, so a cross-compiled
+# install works. $(call MAN1,FILE) and $(call MAN5,FILE) write one page each.
+MD2MAN = awk -v version='$(VERSION)' -v docdir='$(DOCDIR)'
+MAN1 = $(MD2MAN) -v title=ORCHESTRATOR -v section=1 \
+	-v name='orchestrator - a process supervisor for small Linux machines' \
+	-v synopsis='orchestrator run [--config FILE] [--services-dir DIR] [--log-level LEVEL]\n    [--log-format text|json] [--daemon] [--pidfile FILE] [--socket PATH]\norchestrator check|discover [--config FILE] [--services-dir DIR]\norchestrator status [NAME] [--json]\norchestrator start|stop|restart NAME\norchestrator reload [--dry-run]\norchestrator logs NAME [-n LINES] [-f]\norchestrator metrics|shutdown\norchestrator upgrade NAME PATH\norchestrator rollback NAME\norchestrator upgrade-self PATH\norchestrator completion bash|zsh|fish\norchestrator --help|--version' \
+	-f contrib/md2man.awk docs/cli.md > $(1)
+MAN5 = $(MD2MAN) -v title=ORCHESTRATOR.JSON -v section=5 \
+	-v name='orchestrator.json - the configuration of orchestrator' \
+	-v synopsis='/etc/orchestrator/orchestrator.json\n./orchestrator.json\n$$ORCHESTRATOR_CONFIG\norchestrator --config FILE' \
+	-f contrib/md2man.awk docs/configuration.md > $(1)
+
+man: target/man/orchestrator.1 target/man/orchestrator.json.5
+
+target/man/orchestrator.1: docs/cli.md contrib/md2man.awk Cargo.toml
+	@mkdir -p $(@D)
+	$(call MAN1,$@)
+
+target/man/orchestrator.json.5: docs/configuration.md contrib/md2man.awk Cargo.toml
+	@mkdir -p $(@D)
+	$(call MAN5,$@)
+
+# The binary, the man pages, the reference, the completion scripts and the files of
+# contrib/ for init systems, where man, bash-completion, zsh, fish, systemd and people
+# look. The pages are written straight into place (a `sudo make install` leaves no
+# root-owned file in target/). Paths in the init files follow PREFIX.
+CONTRIB_DIR = $(DESTDIR)$(PREFIX)/share/orchestrator/contrib
+AT_PREFIX = sed 's|/usr/local/bin/orchestrator|$(PREFIX)/bin/orchestrator|g'
 install: $(BIN)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+		$(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(DOCDIR) $(CONTRIB_DIR) \
+		$(DESTDIR)$(PREFIX)/lib/systemd/system \
 		$(DESTDIR)$(PREFIX)/share/bash-completion/completions \
 		$(DESTDIR)$(PREFIX)/share/zsh/site-functions \
 		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
 	install -m 755 $(BIN) $(DESTDIR)$(PREFIX)/bin/orchestrator
-	$(BIN) --help-man > $(DESTDIR)$(PREFIX)/share/man/man1/orchestrator.1
-	$(BIN) completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/orchestrator
-	$(BIN) completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_orchestrator
-	$(BIN) completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/orchestrator.fish
+	$(call MAN1,$(DESTDIR)$(PREFIX)/share/man/man1/orchestrator.1)
+	$(call MAN5,$(DESTDIR)$(PREFIX)/share/man/man5/orchestrator.json.5)
+	install -m 644 docs/*.md $(DESTDIR)$(DOCDIR)/
+	$(AT_PREFIX) contrib/orchestrator.service > \
+		$(DESTDIR)$(PREFIX)/lib/systemd/system/orchestrator.service
+	for f in orchestrator.init orchestrator.openrc inittab; do \
+		$(AT_PREFIX) contrib/$$f > $(CONTRIB_DIR)/$$f || exit 1; \
+	done
+	chmod 755 $(CONTRIB_DIR)/orchestrator.init $(CONTRIB_DIR)/orchestrator.openrc
+	install -m 644 contrib/logrotate contrib/Dockerfile $(CONTRIB_DIR)/
+	@# The completion scripts come from the binary itself: skipped, loudly, when it
+	@# cannot run here (built for another machine).
+	@if $(BIN) --version >/dev/null 2>&1; then \
+		$(BIN) completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/orchestrator && \
+		$(BIN) completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_orchestrator && \
+		$(BIN) completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/orchestrator.fish; \
+	else \
+		echo "make install: $(BIN) does not run on this machine: no completion scripts installed" >&2; \
+	fi
 
 # A statically linked release binary at target/static/orchestrator: no shared library,
 # no NSS (users and groups come from /etc/passwd and /etc/group).
@@ -106,7 +155,7 @@ props:
 # New inputs go to fuzz/target/corpus; the committed seeds in fuzz/corpus stay as they are.
 # A crash stops the run and leaves its input in fuzz/artifacts/TARGET/.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= config control log_lines
+FUZZ_TARGETS ?= config control log_lines hpack http2_answer
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
 	cd fuzz && for t in $(FUZZ_TARGETS); do \

@@ -13,6 +13,23 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
+    let mut starting = None;
+    let code = serve(cli, daemon, pidfile, &mut starting);
+    // Detached, and failed before it served: the caller's process exits with this.
+    if let Some(s) = starting {
+        s.failed(code);
+    }
+    code
+}
+
+/// `run` itself; `starting` holds the detached daemon's promise to the caller's
+/// process until it is kept.
+fn serve(
+    cli: &Cli,
+    daemon: bool,
+    pidfile: Option<PathBuf>,
+    starting: &mut Option<instance::Starting>,
+) -> i32 {
     // A previous image of this process handed its state over (`upgrade-self`).
     let carried = match resume::take_carried() {
         None => None,
@@ -28,6 +45,9 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         Err(code) => return code,
     };
     let s = cfg.settings.clone();
+    // Reloads read the file found now, wherever the daemon's directory is by then.
+    let mut overrides = cli.overrides.clone();
+    overrides.pin(cfg.path.as_deref());
     if daemon && s.log_dir.is_none() {
         return config_failed(&[format!(
             "{}: --daemon needs orchestrator.log_dir: the daemon's log goes to log_dir/orchestrator.log",
@@ -62,7 +82,7 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
     };
     // With --daemon, the daemon's log is log_dir/orchestrator.log, opened and rotated
     // like a service's file (`files::DaemonLog`); otherwise stderr.
-    let mut out: Box<dyn std::io::Write + Send> = Box::new(std::io::stderr());
+    let mut out: Box<dyn files::Destination> = Box::new(std::io::stderr());
     if daemon {
         let files = s.log_files().unwrap_or_else(|| files::FileConfig {
             dir: s.log_dir.clone().unwrap_or_default(),
@@ -82,9 +102,12 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         };
         // A successor is detached already, and keeps the pid.
         if carried.is_none() {
-            if let Err(e) = instance::daemonize(log.file()) {
-                eprintln!("orchestrator: cannot detach: {e}");
-                return 1;
+            match instance::daemonize(log.file()) {
+                Ok(s) => *starting = Some(s),
+                Err(e) => {
+                    eprintln!("orchestrator: cannot detach: {e}");
+                    return 1;
+                }
             }
             inst.record_pid();
         }
@@ -170,7 +193,7 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
     };
     let (tx, rx) = crossbeam_channel::unbounded();
     let mut instance_fds = inst.fds(std::os::fd::AsRawFd::as_raw_fd(&listener));
-    instance_fds.argv = successor_argv(cli, cfg.path.as_deref(), daemon, pidfile.as_deref());
+    instance_fds.argv = successor_argv(&overrides, cfg.path.as_deref(), daemon, pidfile.as_deref());
     if let Err(e) = signals::forward(signals, tx.clone())
         .and_then(|()| control::serve(listener, tx.clone(), reserve))
     {
@@ -200,7 +223,7 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         }
     );
     let mut sup = supervisor::Supervisor::new(
-        cli.overrides.clone(),
+        overrides,
         cfg,
         plan,
         tx,
@@ -230,6 +253,9 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
         None => sup.start_all(),
     }
     instance::notify_ready();
+    if let Some(s) = starting.take() {
+        s.ready();
+    }
     let outcome = sup.run();
     control::drain(Duration::from_secs(1));
     inst.release();
@@ -250,7 +276,7 @@ pub(crate) fn run(cli: &Cli, daemon: bool, pidfile: Option<PathBuf>) -> i32 {
 /// `--daemon` has moved to / since) and the config file named even when it was looked
 /// up, so that the new image reads exactly the files this one does.
 fn successor_argv(
-    cli: &Cli,
+    ov: &crate::config::Overrides,
     config: Option<&std::path::Path>,
     daemon: bool,
     pidfile: Option<&std::path::Path>,
@@ -268,7 +294,6 @@ fn successor_argv(
     if let Some(c) = config {
         flag("--config", c.into());
     }
-    let ov = &cli.overrides;
     if let Some(d) = &ov.services_dir {
         flag("--services-dir", d.into());
     }

@@ -22,6 +22,36 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// The HPACK decoder on a header block, decoded twice on one connection (as headers
+/// and then trailers are). Checked: whatever the block's references to the dynamic
+/// table, the fields handed out add up to no more than the bound, so one answer cannot
+/// make the daemon allocate more than that.
+pub fn hpack(data: &[u8]) {
+    use crate::health::hpack::{Decoder, MAX_HEADER_LIST};
+    let mut decoder = Decoder::default();
+    let mut listed = 0;
+    for _ in 0..2 {
+        if let Ok(fields) = decoder.decode(data) {
+            listed += fields
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 32)
+                .sum::<usize>();
+        }
+    }
+    assert!(listed <= MAX_HEADER_LIST, "{listed} bytes of header fields");
+}
+
+/// A gRPC health check reading `data` as the server's HTTP/2 answer: frames, padding,
+/// CONTINUATION, SETTINGS and PING, HPACK, the verdict. Checked: the decoded header
+/// list and the body stay within their bounds.
+pub fn http2_answer(data: &[u8]) {
+    use crate::health::{grpc, hpack::MAX_HEADER_LIST};
+    if let Ok((listed, body)) = grpc::fuzz_answer(data) {
+        assert!(listed <= MAX_HEADER_LIST, "{listed} bytes of header fields");
+        assert!(body <= grpc::MAX_RESPONSE, "a body of {body} bytes");
+    }
+}
+
 /// The control socket's request parser, on one request line.
 pub fn control_request(data: &[u8]) {
     let _ = crate::control::socket::parse_request(data);
@@ -130,6 +160,8 @@ mod tests {
         seeds("config").iter().for_each(|s| config(s));
         seeds("control").iter().for_each(|s| control_request(s));
         seeds("log_lines").iter().for_each(|s| log_lines(s));
+        seeds("hpack").iter().for_each(|s| hpack(s));
+        seeds("http2_answer").iter().for_each(|s| http2_answer(s));
     }
 
     /// The seed with every key of the file is a valid config, so the fuzzer starts from

@@ -68,10 +68,6 @@ fn dispatch(cli: Cli) -> i32 {
             println!("{}", supervise::reexec::FORMAT);
             0
         }
-        Command::HelpMan => {
-            print!("{}", cli::man::page(cli::USAGE, env!("CARGO_PKG_VERSION")));
-            0
-        }
         Command::Completion(shell) => {
             print!("{}", cli::completion::script(shell));
             0

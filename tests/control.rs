@@ -438,6 +438,67 @@ fn daemon_mode_detaches_and_logs_to_file() {
     assert!(!pidfile.exists());
 }
 
+/// `run --daemon` returns only once the daemon serves: the pidfile, read the instant the
+/// command returns, names the live daemon, which answers on its socket at once (as
+/// systemd's `Type=forking`, start-stop-daemon and OpenRC expect). 100 starts, so that
+/// a window between the caller's exit and the daemon's pid being written shows.
+#[test]
+fn run_daemon_returns_once_the_daemon_serves() {
+    let sb = Sandbox::new();
+    sb.config(json!({"log_dir": "logs"}), json!({}));
+    let pidfile = sb.path("d.pid");
+    let start = || {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["run", "--daemon", "--config"])
+            .arg(sb.path("orchestrator.json"))
+            .arg("--pidfile")
+            .arg(&pidfile);
+        run_with_timeout(cmd, DEADLINE)
+    };
+    for i in 0..100 {
+        let out = start();
+        assert_eq!(out.code, 0, "start {i}: {}", out.stderr);
+        let text = std::fs::read_to_string(&pidfile).unwrap_or_default();
+        let pid: i64 = text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("start {i}: pidfile holds {text:?}"));
+        let _guard = KillPid(pid);
+        assert!(alive(pid), "start {i}: pid {pid} from the pidfile is gone");
+        assert!(
+            cmdline(pid).contains(" run "),
+            "start {i}: {}",
+            cmdline(pid)
+        );
+        let status = sb.cli(&["status"]);
+        assert_eq!(status.code, 0, "start {i}: {}", status.stderr);
+        if i == 0 {
+            // A second instance is refused with run's code, on the caller's stderr.
+            let second = start();
+            assert_eq!(second.code, 1, "{}", second.stderr);
+            assert!(
+                second
+                    .stderr
+                    .contains(&format!("already running (pid {pid})")),
+                "{}",
+                second.stderr
+            );
+            assert!(alive(pid));
+        }
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        assert!(
+            wait_until(DEADLINE, || !alive(pid) && !pidfile.exists()),
+            "start {i}: the daemon did not exit"
+        );
+    }
+    // A configuration error is exit 2, with the reason on the caller's stderr.
+    sb.write_config("{\"orchestrator\": {\"log_dir\": \"logs\", \"services_dri\": 1}}");
+    let out = start();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("services_dri"), "{}", out.stderr);
+    assert!(!pidfile.exists());
+}
+
 struct KillPid(i64);
 
 impl Drop for KillPid {

@@ -324,3 +324,82 @@ fn reload_that_drops_a_check_makes_a_starting_service_running() {
     let st = sb.wait_state("svc", "running");
     assert_eq!(st["pid"], pid, "applied in place, same process");
 }
+
+/// An HTTP server on $PORT that answers each request as the file $MODE says at that
+/// moment: `301` or `302` a redirect, `garbage` a first line that is no status line,
+/// `hang` nothing at all (the connection stays open), `200` success.
+const MODAL: &str = r#"
+import os, socket, threading, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"])))
+s.listen(16)
+answers = {
+    "301": b"HTTP/1.1 301 Moved Permanently\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n",
+    "302": b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n",
+    "garbage": b"FOO 200 OK\r\n\r\n",
+    "200": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+}
+def serve(c):
+    c.recv(4096)
+    mode = open(os.environ["MODE"]).read().strip()
+    if mode == "hang":
+        time.sleep(5)
+    else:
+        c.sendall(answers[mode])
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+#[test]
+fn http_check_fails_redirects_and_non_http_answers_and_names_its_timeout() {
+    if !python() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let server = fixture(&sb, "modal.py", MODAL);
+    let mode = sb.path("mode");
+    std::fs::write(&mode, "301").unwrap();
+    let port = free_port();
+    sb.service("web", &format!("exec python3 {server}"));
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    sb.config(
+        json!({}),
+        json!({"web": {
+            "environment": {"PORT": port.to_string(), "MODE": mode.display().to_string()},
+            "health_check": {"type": "http", "url": url, "interval_ms": 100,
+                             "timeout_ms": 300, "failure_threshold": 1000},
+        }}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let expect = |error: &str| {
+        let mut last = serde_json::Value::Null;
+        let seen = wait_until(DEADLINE, || {
+            last = sb.service_status("web");
+            last["last_error"]
+                .as_str()
+                .is_some_and(|e| e.ends_with(error))
+        });
+        assert!(seen, "never {error:?}: {last}");
+        assert_eq!(last["state"], "starting", "{last}");
+    };
+    // Every answer below fails the check: the service never becomes ready.
+    expect(&format!("GET {url}: status 301"));
+    std::fs::write(&mode, "302").unwrap();
+    expect(&format!("GET {url}: status 302"));
+    std::fs::write(&mode, "garbage").unwrap();
+    expect(&format!(
+        "GET {url}: not an HTTP answer (no `HTTP/1.x NNN` status line)"
+    ));
+    std::fs::write(&mode, "hang").unwrap();
+    expect(&format!("GET {url}: timed out after 300 ms"));
+    // The other half: a 200 passes.
+    std::fs::write(&mode, "200").unwrap();
+    sb.wait_running("web", None);
+    assert_eq!(
+        sb.service_status("web")["last_error"],
+        serde_json::Value::Null
+    );
+}

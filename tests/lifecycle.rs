@@ -697,6 +697,147 @@ fn retry_failed_ms_brings_a_service_back_after_a_long_outage() {
     sb.wait_running("patient", None);
 }
 
+/// A service's own `retry_failed_ms` beats the orchestrator's, and a service without
+/// one takes the orchestrator's: seen in `next_restart_ms` and in the retries made.
+#[test]
+fn a_services_own_retry_failed_ms_beats_the_orchestrators() {
+    let sb = Sandbox::new();
+    sb.service("own", "exit 1");
+    sb.service("inherits", "exit 1");
+    sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 10, "max_backoff_ms": 10,
+               "max_restart_attempts": 1, "retry_failed_ms": 600_000}),
+        json!({"own": {"retry_failed_ms": 200}, "inherits": {}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let runs = |st: &serde_json::Value| st["history"].as_array().map_or(0, |h| h.len());
+    let st = sb.wait_state("inherits", "failed");
+    let next = st["next_restart_ms"].as_u64();
+    assert!(
+        next.is_some_and(|ms| ms > 300_000 && ms <= 600_000),
+        "the orchestrator's value: {st}"
+    );
+    let st = sb.wait_state("own", "failed");
+    let next = st["next_restart_ms"].as_u64();
+    assert!(next.is_some_and(|ms| ms <= 200), "its own value: {st}");
+    // Retried at its own pace, again and again, while the other waits its ten minutes.
+    let before = runs(&st);
+    assert!(
+        wait_until(DEADLINE, || runs(&sb.service_status("own")) >= before + 3),
+        "own was not retried at its own interval"
+    );
+    assert_eq!(
+        runs(&sb.service_status("inherits")),
+        2,
+        "max_restart_attempts 1"
+    );
+}
+
+/// The other halves of `retry_failed_ms`: `stop` cancels the pending retry, and a
+/// service without one (null) stays failed. A third service retrying at the same pace
+/// is the clock: once it has been tried three more times, the other two would have
+/// been too.
+#[test]
+fn stop_cancels_a_retry_of_a_failed_service_and_null_means_never() {
+    let sb = Sandbox::new();
+    for s in ["clock", "stopped", "never"] {
+        sb.service(s, "exit 1");
+    }
+    sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 10, "max_backoff_ms": 10,
+               "max_restart_attempts": 1}),
+        json!({"clock": {"retry_failed_ms": 100}, "stopped": {"retry_failed_ms": 100},
+               "never": {}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let runs = |name: &str| {
+        sb.service_status(name)["history"]
+            .as_array()
+            .map_or(0, |h| h.len())
+    };
+    let st = sb.wait_state("never", "failed");
+    assert!(st["next_restart_ms"].is_null(), "{st}");
+    let st = sb.wait_state("stopped", "failed");
+    assert!(st["next_restart_ms"].is_u64(), "{st}");
+    let out = sb.cli(&["stop", "stopped"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let st = sb.service_status("stopped");
+    assert_eq!(st["state"], "stopped", "{st}");
+    assert!(st["next_restart_ms"].is_null(), "{st}");
+    let (stopped, never) = (runs("stopped"), runs("never"));
+    assert_eq!(never, 2, "max_restart_attempts 1");
+
+    let clock = runs("clock");
+    assert!(
+        wait_until(DEADLINE, || runs("clock") >= clock + 3),
+        "clock was not retried"
+    );
+    assert_eq!(runs("stopped"), stopped, "retried after stop");
+    assert_eq!(sb.service_status("stopped")["state"], "stopped");
+    assert_eq!(runs("never"), never, "retried without retry_failed_ms");
+    assert_eq!(sb.service_status("never")["state"], "failed");
+}
+
+/// Start and reload: a retry already pending follows the `retry_failed_ms` a reload
+/// gives. A shorter interval brings it sooner; null cancels it (the service stays
+/// failed, as if the setting had never been there).
+#[test]
+fn a_reload_reschedules_or_cancels_a_pending_retry() {
+    let sb = Sandbox::new();
+    for s in ["clock", "patient"] {
+        sb.service(s, "exit 1");
+    }
+    let config = |retry: Option<u64>| {
+        sb.config(
+            json!({"services_dir": "services", "initial_backoff_ms": 10, "max_backoff_ms": 10,
+                   "max_restart_attempts": 1}),
+            json!({"clock": {"retry_failed_ms": 100}, "patient": {"retry_failed_ms": retry}}),
+        )
+    };
+    config(Some(600_000));
+    let _d = Daemon::start(&sb, &[]);
+    let runs = |name: &str| {
+        sb.service_status(name)["history"]
+            .as_array()
+            .map_or(0, |h| h.len())
+    };
+    let st = sb.wait_state("patient", "failed");
+    assert!(st["next_restart_ms"].as_u64() > Some(300_000), "{st}");
+    let before = runs("patient");
+
+    // Ten minutes become 200 ms: the pending retry comes within that.
+    config(Some(200));
+    let out = sb.cli(&["reload"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let st = sb.service_status("patient");
+    assert!(
+        st["next_restart_ms"].as_u64().is_some_and(|ms| ms <= 200),
+        "{st}"
+    );
+    assert!(
+        wait_until(DEADLINE, || runs("patient") >= before + 2),
+        "the retry kept its old ten minutes"
+    );
+
+    // Null: no retry is pending any more, and none comes.
+    config(None);
+    let out = sb.cli(&["reload"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // (A retry under way when the reload came ends failed, with nothing pending.)
+    let st = sb.wait_state("patient", "failed");
+    assert!(st["next_restart_ms"].is_null(), "{st}");
+    let (patient, clock) = (runs("patient"), runs("clock"));
+    assert!(
+        wait_until(DEADLINE, || runs("clock") >= clock + 3),
+        "clock was not retried"
+    );
+    assert_eq!(
+        runs("patient"),
+        patient,
+        "retried after retry_failed_ms went"
+    );
+}
+
 /// SPEC 4 `pid_file`: the started process daemonizes and exits 0; the pid in its file
 /// is the run's main process. A file that names no live process, or a process outside
 /// the service, is a failed start with the reason.

@@ -206,3 +206,67 @@ fn a_runs_last_lines_come_before_its_exited_record() {
     }
     assert_eq!(runs, 21, "every run checked");
 }
+
+/// With `--daemon`, the daemon's own log keeps `log_max_bytes` within one line: a
+/// service that floods short lines makes the log writer hand over megabytes at once,
+/// and no `orchestrator.log*` may grow past the cap by more than a line.
+#[test]
+fn the_daemon_log_cap_holds_per_line_under_a_flood() {
+    let sb = Sandbox::new();
+    sb.service(
+        "flood",
+        "yes | head -n 300000\necho flood-done\nexec sleep 1000",
+    );
+    sb.config(
+        json!({"services_dir": "services", "log_dir": "logs", "log_max_bytes": 100_000,
+               "log_max_files": 50}),
+        json!({}),
+    );
+    let pidfile = sb.path("d.pid");
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["run", "--daemon", "--config"])
+        .arg(sb.path("orchestrator.json"))
+        .arg("--pidfile")
+        .arg(&pidfile);
+    let out = run_with_timeout(cmd, DEADLINE);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _guard = KillPid(pid);
+    let log = || std::fs::read_to_string(sb.path("logs/orchestrator.log")).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(60), || log().contains("flood-done")),
+        "the flood never ended"
+    );
+    let mut files = 0;
+    for e in std::fs::read_dir(sb.path("logs")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("orchestrator.log") {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let longest = text.lines().map(|l| l.len() + 1).max().unwrap_or(0);
+        assert!(
+            text.len() <= 100_000 + longest,
+            "{name}: {} bytes, lines of at most {longest}",
+            text.len()
+        );
+        files += 1;
+    }
+    assert!(
+        files > 5,
+        "only {files} log files: the flood did not rotate"
+    );
+    assert_eq!(sb.cli(&["shutdown"]).code, 0);
+}
+
+struct KillPid(i32);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}

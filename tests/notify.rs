@@ -1,11 +1,12 @@
 //! sd_notify against real peers: `systemd-notify` (READY, STATUS), redis-server with
 //! `--supervised systemd`, a fixture that stops sending keep-alives, a process of
-//! another service (and one of no service) claiming readiness, and a flood of 100,000
-//! datagrams while other services must stay on time.
+//! another service (and one of no service) claiming readiness, and a flood of datagrams,
+//! lasting as long as the measurement needs, while other services must stay on time.
 
 use crate::util::*;
 use serde_json::{json, Value};
 use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -279,16 +280,45 @@ fn another_services_process_claiming_readiness_is_ignored() {
     assert_eq!(v["pid"].as_i64(), Some(pid));
 }
 
-/// Sends $COUNT datagrams as fast as the socket takes them, then writes $DONE.
+/// Sends datagrams as fast as the socket takes them, from when $GO exists until $STOP
+/// exists (looked at every 1000 datagrams), at most $COUNT of them and for at most
+/// $SECONDS: the flood lasts as long as the test measures through it, and no longer
+/// than the bound if the test never says stop. Writes the time it began (ms since the
+/// epoch) to $STARTED, ends with `STATUS=done` and writes how many it sent to $DONE.
 const FLOOD: &str = r#"
 import os, socket, time
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 target = os.environ["NOTIFY_SOCKET"]
-for i in range(int(os.environ["COUNT"])):
+while not os.path.exists(os.environ["GO"]):
+    time.sleep(0.01)
+s.sendto(b"WATCHDOG=1", target)
+with open(os.environ["STARTED"] + ".tmp", "w") as f:
+    f.write("%d\n" % (time.time() * 1000))
+os.rename(os.environ["STARTED"] + ".tmp", os.environ["STARTED"])
+end = time.monotonic() + float(os.environ["SECONDS"])
+stop = os.environ["STOP"]
+i = 1
+while i < int(os.environ["COUNT"]):
     s.sendto(b"WATCHDOG=1\nSTATUS=%d" % i if i % 2 else b"WATCHDOG=1", target)
-open(os.environ["DONE"], "w").close()
+    i += 1
+    if i % 1000 == 0 and (os.path.exists(stop) or time.monotonic() > end):
+        break
+s.sendto(b"STATUS=done", target)
+with open(os.environ["DONE"] + ".tmp", "w") as f:
+    f.write("%d\n" % (i + 1))
+os.rename(os.environ["DONE"] + ".tmp", os.environ["DONE"])
 time.sleep(1000)
 "#;
+
+/// The checks of another service that ran at or after `since` (ms since the epoch).
+fn stamps_since(path: &std::path::Path, since: u64) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|&t| t >= since)
+        .collect()
+}
 
 #[test]
 fn a_flood_of_datagrams_delays_neither_the_loop_nor_other_services() {
@@ -299,6 +329,7 @@ fn a_flood_of_datagrams_delays_neither_the_loop_nor_other_services() {
     let flood = sb.path("flood.py");
     std::fs::write(&flood, FLOOD).unwrap();
     let (done, go, stamps) = (sb.path("done"), sb.path("go"), sb.path("stamps"));
+    let (started, stop) = (sb.path("started"), sb.path("stop"));
     sb.service("flood", &format!("exec python3 {}", flood.display()));
     sb.service(
         "steady",
@@ -308,11 +339,14 @@ fn a_flood_of_datagrams_delays_neither_the_loop_nor_other_services() {
         ),
     );
     sb.service("pinger", "exec sleep 1000");
+    let path = |p: &std::path::Path| p.display().to_string();
     sb.config(
         json!({}),
         json!({
             "flood": {"watchdog_ms": 60000,
-                      "environment": {"COUNT": "100000", "DONE": done.display().to_string()}},
+                      "environment": {"COUNT": "5000000", "SECONDS": "30",
+                                      "GO": path(&go), "STOP": path(&stop),
+                                      "STARTED": path(&started), "DONE": path(&done)}},
             "steady": {"ready": "notify"},
             "pinger": {"health_check": {"type": "exec", "interval_ms": 100,
                 "command": ["sh", "-c", format!("date +%s%3N >> {}", stamps.display())]}},
@@ -321,12 +355,16 @@ fn a_flood_of_datagrams_delays_neither_the_loop_nor_other_services() {
     let _d = Daemon::start(&sb, &[]);
     sb.wait_running("pinger", None);
     sb.wait_running("flood", None);
-    // Mid-flood: status answers quickly and another service's READY=1 gets through.
+    // Mid-flood: status answers quickly, another service's READY=1 gets through, and
+    // the other service's checks keep their rhythm. The flood goes on until a dozen
+    // checks ran during it, however slow the machine: a loop held up by the flood
+    // shows as a long gap between them, never as a flood that ended too soon.
     std::fs::write(&go, "").unwrap();
     let sent = Instant::now();
     let mut slowest = Duration::ZERO;
     let mut steady_ready = None;
-    while !done.exists() || steady_ready.is_none() {
+    let mut began = None;
+    while !done.exists() {
         let t = Instant::now();
         let all = sb.status();
         slowest = slowest.max(t.elapsed());
@@ -334,46 +372,57 @@ fn a_flood_of_datagrams_delays_neither_the_loop_nor_other_services() {
         if steady_ready.is_none() && steady.is_some_and(|s| s["state"] == "running") {
             steady_ready = Some(sent.elapsed());
         }
-        assert!(
-            sent.elapsed() < Duration::from_secs(30),
-            "flood never ended"
-        );
         let pinger = all
             .iter()
             .find(|s| s["name"] == "pinger")
             .cloned()
             .unwrap_or_default();
         assert_eq!(pinger["state"], "running", "{pinger}");
+        if began.is_none() {
+            began = std::fs::read_to_string(&started)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok());
+        }
+        let during = began.map_or(0, |b| stamps_since(&stamps, b).len());
+        if steady_ready.is_some() && during >= 12 && !stop.exists() {
+            std::fs::write(&stop, "").unwrap();
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(60),
+            "flood never ended"
+        );
     }
+    let count = std::fs::read_to_string(&done).unwrap();
     eprintln!(
-        "flood of 100000 sent in {:?}; slowest status {slowest:?}; another service's READY=1 after {:?}",
+        "flood of {} datagrams over {:?}; slowest status {slowest:?}; another service's READY=1 after {:?}",
+        count.trim(),
         sent.elapsed(),
         steady_ready
+    );
+    let steady_ready = steady_ready.expect("READY=1 of another service got through");
+    assert!(
+        stop.exists(),
+        "the flood hit its bound before a dozen checks ran"
     );
     assert!(
         slowest < Duration::from_millis(500),
         "status took {slowest:?}"
     );
-    let steady_ready = steady_ready.unwrap();
     assert!(
         steady_ready < Duration::from_secs(2),
         "READY=1 took {steady_ready:?}"
     );
     // The other service's checks kept their 100 ms rhythm through the flood.
-    let times: Vec<u64> = std::fs::read_to_string(&stamps)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
+    let times = stamps_since(&stamps, began.unwrap());
     let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
     let worst = gaps.iter().max().copied().unwrap_or(0);
     eprintln!(
-        "{} checks of another service, longest gap {worst} ms",
+        "{} checks of another service during the flood, longest gap {worst} ms",
         times.len()
     );
     assert!(times.len() >= 10, "{times:?}");
     assert!(worst < 600, "a check was {worst} ms late: {gaps:?}");
-    let f = wait_status(&sb, "flood", "coalesced", |s| s["notify_status"] == "99999");
+    let f = wait_status(&sb, "flood", "coalesced", |s| s["notify_status"] == "done");
     assert_eq!(f["state"], "running");
     assert_eq!(f["restarts"], 0);
 }
@@ -448,4 +497,237 @@ fn a_service_waiting_for_ready_says_so() {
         "{}",
         out.stdout
     );
+}
+
+/// Joins the cgroups whose `cgroup.procs` files $JOIN lists (colon-separated), sends
+/// $MSG to $TARGET, then writes $DONE.
+const JOIN_AND_CLAIM: &str = r#"
+import os, socket, time
+for procs in filter(None, os.environ["JOIN"].split(":")):
+    with open(procs, "w") as f:
+        f.write(str(os.getpid()))
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(os.environ["MSG"].encode(), os.environ["TARGET"])
+open(os.environ["DONE"], "w").close()
+time.sleep(1000)
+"#;
+
+/// Cgroups a test made, and the processes it put in them: killed, then removed.
+struct LookAlikes {
+    children: Vec<std::process::Child>,
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl Drop for LookAlikes {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// The cgroup mount points.
+fn cgroup_mounts() -> Vec<std::path::PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            matches!(right.split(' ').next()?, "cgroup2" | "cgroup").then(|| point.into())
+        })
+        .collect()
+}
+
+/// A helper process of a service: sends argv[1] (`\n` for a newline) to its
+/// NOTIFY_SOCKET from a group of its own (setsid), or from the service's group with
+/// $STAY, and writes $LEFT if set. It lives on until its parent (the service's main
+/// process) is gone, so that the daemon can always look at the sender.
+const HELPER: &str = r#"
+import os, socket, sys, time
+parent = os.getppid()
+if not os.environ.get("STAY"):
+    os.setsid()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(sys.argv[1].replace("\\n", "\n").encode(), os.environ["NOTIFY_SOCKET"])
+if os.environ.get("LEFT"):
+    open(os.environ["LEFT"], "w").close()
+while os.getppid() == parent:
+    time.sleep(0.1)
+"#;
+
+#[test]
+fn a_look_alike_cgroup_outside_the_daemons_own_speaks_for_no_service() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: making cgroups elsewhere in the hierarchy needs root");
+        return;
+    }
+    if !python() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let claim = sb.path("claim.py");
+    std::fs::write(&claim, JOIN_AND_CLAIM).unwrap();
+    let go = sb.path("go");
+    let helper = sb.path("helper.py");
+    std::fs::write(&helper, HELPER).unwrap();
+    // Its helper leaves the service's process group (setsid) but stays in its cgroup.
+    sb.service(
+        "probe",
+        &format!(
+            "while [ ! -e {go} ]; do sleep 0.02; done\n\
+             python3 {helper} 'READY=1\nSTATUS=helper in its own group' &\n\
+             exec sleep 1000",
+            go = go.display(),
+            helper = helper.display()
+        ),
+    );
+    sb.service("victim", "exec sleep 1000");
+    sb.config(
+        json!({}),
+        json!({"probe": {"ready": "notify"}, "victim": {"watchdog_ms": 60000}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let probe = wait_status(&sb, "probe", "started", |s| s["pid"].as_i64().is_some());
+    let Some(own) = probe["cgroup"].as_str().map(std::path::PathBuf::from) else {
+        eprintln!("skipped: the daemon found no cgroup hierarchy: {probe}");
+        return;
+    };
+    sb.wait_running("victim", None);
+    // own = <mount>/<daemon's own path>/orchestrator-<id>/probe.
+    let id = own.parent().unwrap().file_name().unwrap().to_owned();
+    let mounts = cgroup_mounts();
+    let tracker_mount = mounts
+        .iter()
+        .filter(|m| own.starts_with(m))
+        .max_by_key(|m| m.as_os_str().len())
+        .cloned()
+        .unwrap();
+    let relative = own.strip_prefix(&tracker_mount).unwrap().to_owned();
+    let mut made = LookAlikes {
+        children: Vec::new(),
+        dirs: Vec::new(),
+    };
+    let mut make = |dir: std::path::PathBuf| -> String {
+        let mut at = std::path::PathBuf::new();
+        for c in dir.components() {
+            at.push(c);
+            if !at.exists() {
+                std::fs::create_dir(&at).unwrap();
+                made.dirs.push(at.clone());
+            }
+        }
+        dir.join("cgroup.procs").display().to_string()
+    };
+    // Same hierarchy, same names, another place: <mount>/<unique>/orchestrator-<id>/NAME.
+    let unique = sb.dir.file_name().unwrap().to_owned();
+    let elsewhere = |name: &str| tracker_mount.join(&unique).join(&id).join(name);
+    // Another hierarchy, the very path of the daemon's cgroup there.
+    // (name=systemd where it is mounted: nothing of the daemon's is ever there.)
+    let mut others: Vec<_> = mounts.iter().filter(|m| **m != tracker_mount).collect();
+    others.sort_by_key(|m| !m.ends_with("systemd"));
+    let other = others.first();
+    let mut join_probe = make(elsewhere("probe"));
+    let mut join_victim = make(elsewhere("victim"));
+    if let Some(m) = &other {
+        join_probe = format!("{join_probe}:{}", make(m.join(&relative)));
+        let victim = m.join(relative.parent().unwrap()).join("victim");
+        join_victim = format!("{join_victim}:{}", make(victim));
+    }
+    eprintln!("look-alikes: {join_probe} and {join_victim}");
+    let target = notify_socket(&sb);
+    for (i, (join, msg)) in [
+        (join_probe, "READY=1\nSTATUS=hijacked"),
+        (join_victim, "WATCHDOG=trigger"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let child = Command::new("python3")
+            .arg(&claim)
+            .env("JOIN", join)
+            .env("MSG", msg)
+            .env("TARGET", &target)
+            .env("DONE", sb.path(&format!("done{i}")))
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        made.children.push(child);
+    }
+    // Both were heard and refused.
+    assert!(wait_until(DEADLINE, || metric(
+        &sb,
+        "orchestrator_notify_rejected_total"
+    ) >= 2));
+    let p = sb.service_status("probe");
+    assert_eq!(p["state"], "starting", "{p}");
+    assert_eq!(p["notify_status"], Value::Null, "{p}");
+    let v = sb.service_status("victim");
+    assert_eq!(v["restarts"], 0, "{v}");
+    assert_eq!(v["state"], "running", "{v}");
+    // The other half: the service's own helper, out of its process group but in its
+    // cgroup, speaks for it.
+    std::fs::write(&go, "").unwrap();
+    let p = wait_status(&sb, "probe", "ready", |s| s["state"] == "running");
+    assert_eq!(p["notify_status"], "helper in its own group", "{p}");
+}
+
+#[test]
+fn without_cgroups_a_services_process_group_speaks_for_it_and_no_other() {
+    // As root, the daemon runs as nobody so that it has no cgroups: the process group
+    // is then all that tells a service's processes.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: running the daemon without cgroups needs root (to be nobody)");
+        return;
+    }
+    if !python() {
+        return;
+    }
+    let sb = Sandbox::new();
+    for d in [sb.dir.clone(), sb.path("services")] {
+        std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+    }
+    let (go, left) = (sb.path("go"), sb.path("left"));
+    let helper = sb.path("helper.py");
+    std::fs::write(&helper, HELPER).unwrap();
+    // A helper that leaves the group (setsid) speaks first; then, once told, a child
+    // that stays in the group (not the main process: its pid is no group's id).
+    sb.service(
+        "svc",
+        &format!(
+            "LEFT={left} python3 {helper} 'READY=1\nSTATUS=from another group' &\n\
+             while [ ! -e {go} ]; do sleep 0.02; done\n\
+             STAY=1 python3 {helper} 'READY=1\nSTATUS=from its group' &\n\
+             exec sleep 1000",
+            go = go.display(),
+            left = left.display(),
+            helper = helper.display()
+        ),
+    );
+    sb.config(json!({}), json!({"svc": {"ready": "notify"}}));
+    let mut d = Daemon::spawn_as(&sb, &[], &[], Some(65534));
+    assert!(
+        wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0),
+        "{}",
+        d.log_text()
+    );
+    let s = wait_status(&sb, "svc", "started", |s| s["pid"].as_i64().is_some());
+    assert_eq!(s["cgroup"], Value::Null, "no cgroups as nobody: {s}");
+    assert!(wait_until(DEADLINE, || left.exists()));
+    assert!(wait_until(DEADLINE, || metric(
+        &sb,
+        "orchestrator_notify_rejected_total"
+    ) >= 1));
+    let s = sb.service_status("svc");
+    assert_eq!(s["state"], "starting", "{s}");
+    assert_eq!(s["notify_status"], Value::Null, "{s}");
+    std::fs::write(&go, "").unwrap();
+    let s = wait_status(&sb, "svc", "ready", |s| s["state"] == "running");
+    assert_eq!(s["notify_status"], "from its group", "{s}");
+    d.signal(libc::SIGTERM);
+    d.wait_exit(DEADLINE);
 }

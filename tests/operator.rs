@@ -417,18 +417,29 @@ fn logs_follow_runs_until_interrupted() {
             )
         }),
     );
-    let mut child = Command::new(BIN)
-        .args([
-            "--socket",
-            sb.socket().to_str().unwrap(),
-            "logs",
-            "web",
-            "-f",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--socket",
+        sb.socket().to_str().unwrap(),
+        "logs",
+        "web",
+        "-f",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    // A test runner started in the background by a script (`cargo test &`) inherits
+    // SIGINT ignored, and so would the client: start it as a terminal would.
+    // SAFETY: only async-signal-safe calls on memory of this frame, no allocation.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)

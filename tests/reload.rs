@@ -383,6 +383,11 @@ fn every_process_field_restarts_and_every_other_applies_in_place() {
             json!({"health_check": {"type": "exec", "command": ["true"], "interval_ms": 200}}),
         ),
         ("deps", json!({}), json!({"depends_on": ["same"]})),
+        (
+            "retry",
+            json!({"retry_failed_ms": 1000}),
+            json!({"retry_failed_ms": 2000}),
+        ),
     ];
     let mut before = serde_json::Map::new();
     let mut after = serde_json::Map::new();
@@ -511,4 +516,146 @@ fn an_added_service_is_a_start_in_the_plan() {
         "{ghost}"
     );
     assert_eq!(sb.service_status("off")["state"], "stopped");
+}
+
+/// `reload` through the socket alone: the client looks no config file up, so that a
+/// broken or missing file is the daemon's to report.
+fn reload_by_socket(sb: &Sandbox) -> Output {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("--socket")
+        .arg(sb.socket())
+        .arg("reload")
+        .current_dir("/")
+        .env_remove("ORCHESTRATOR_CONFIG");
+    run_with_timeout(cmd, DEADLINE)
+}
+
+/// The file found at start (here `./orchestrator.json`, no `--config`) is the one every
+/// reload reads: a reload that cannot read or parse it stops nothing and says why, and
+/// one that can applies it.
+fn reloads_read_the_file_found_at_start(sb: &Sandbox, log: &dyn Fn() -> String) {
+    let pid = sb.wait_running("sleeper", None);
+    let out = reload_by_socket(sb);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("sleeper: unchanged"), "{}", out.stdout);
+    assert_eq!(sb.service_status("sleeper")["pid"], pid);
+    let file = sb.path("orchestrator.json");
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, "{\"orchestrator\": ").unwrap();
+    let out = reload_by_socket(sb);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(&file.display().to_string()),
+        "{}",
+        out.stderr
+    );
+    std::fs::remove_file(&file).unwrap();
+    let out = reload_by_socket(sb);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(&file.display().to_string()),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        wait_until(DEADLINE, || log().matches("reload failed").count() >= 2),
+        "{}",
+        log()
+    );
+    assert_eq!(sb.service_status("sleeper")["state"], "running");
+    assert_eq!(sb.service_status("sleeper")["pid"], pid);
+    // The same file, back with one more service: applied.
+    sb.service("late", "exec sleep 1000");
+    let with_late = good.replace("\"sleeper\": {}", "\"sleeper\": {}, \"late\": {}");
+    assert_ne!(with_late, good);
+    std::fs::write(&file, with_late).unwrap();
+    let out = reload_by_socket(sb);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    sb.wait_running("late", None);
+    assert_eq!(sb.service_status("sleeper")["pid"], pid);
+}
+
+#[test]
+fn a_detached_daemon_reloads_the_file_it_found_at_start() {
+    let sb = Sandbox::new();
+    sb.service("sleeper", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services", "log_dir": "logs"}),
+        json!({"sleeper": {}}),
+    );
+    let pidfile = sb.path("d.pid");
+    let mut cmd = std::process::Command::new(BIN);
+    // No --config: ./orchestrator.json is found, and --daemon then moves to /.
+    cmd.args(["run", "--daemon", "--pidfile"])
+        .arg(&pidfile)
+        .current_dir(&sb.dir)
+        .env_remove("ORCHESTRATOR_CONFIG");
+    let out = run_with_timeout(cmd, DEADLINE);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(wait_until(DEADLINE, || sb.cli(&["status"]).code == 0));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _guard = KillOnDrop(pid);
+    let log = || std::fs::read_to_string(sb.path("logs/orchestrator.log")).unwrap_or_default();
+    reloads_read_the_file_found_at_start(&sb, &log);
+    // SIGHUP reads it too.
+    sb.service("later", "exec sleep 1000");
+    let text = std::fs::read_to_string(sb.path("orchestrator.json")).unwrap();
+    std::fs::write(
+        sb.path("orchestrator.json"),
+        text.replace("\"late\": {}", "\"late\": {}, \"later\": {}"),
+    )
+    .unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    sb.wait_running("later", None);
+    assert_eq!(sb.cli(&["shutdown"]).code, 0);
+}
+
+#[test]
+fn a_foreground_daemon_reloads_the_file_it_found_at_start() {
+    let sb = Sandbox::new();
+    sb.service("sleeper", "exec sleep 1000");
+    sb.config(json!({"services_dir": "services"}), json!({"sleeper": {}}));
+    let d = Daemon::start_found(&sb, &[]);
+    reloads_read_the_file_found_at_start(&sb, &|| d.log_text());
+}
+
+/// Without a config file at start the built-in defaults apply, and keep applying: a file
+/// that appears later is not the daemon's (only a restart looks the file up again).
+#[test]
+fn without_a_file_at_start_reloads_keep_the_defaults() {
+    let sb = Sandbox::new();
+    sb.service("sleeper", "exec sleep 1000");
+    let socket = sb.socket();
+    let d = Daemon::start_found(
+        &sb,
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "--services-dir",
+            "services",
+        ],
+    );
+    let pid = sb.wait_running("sleeper", None);
+    std::fs::write(
+        sb.path("orchestrator.json"),
+        r#"{"services": {"sleeper": {"enabled": false}}}"#,
+    )
+    .unwrap();
+    let out = reload_by_socket(&sb);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("sleeper: unchanged"), "{}", out.stdout);
+    assert_eq!(sb.service_status("sleeper")["pid"], pid);
+    drop(d);
+}
+
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
 }

@@ -347,3 +347,61 @@ fn an_unprivileged_service_serves_a_privileged_port() {
         .to_string();
     assert!(!uid.split_whitespace().skip(1).any(|u| u == "0"), "{uid}");
 }
+
+/// The other half of removal: a service a reload disables (`enabled: false`) lets its
+/// sockets go too, and the daemon holds none of them any more; enabled again, it binds
+/// them afresh and serves.
+#[test]
+fn reload_closes_the_sockets_of_a_disabled_service_and_binds_them_when_enabled() {
+    let sb = Sandbox::new();
+    let port = free_port();
+    let unix = sb.path("run/off.sock");
+    sb.service("off", &server_body("v1"));
+    sb.service("stays", "exec sleep 1000");
+    let services = |enabled: bool| {
+        json!({"off": {"enabled": enabled, "sockets": [
+            {"listen": format!("127.0.0.1:{port}")},
+            {"listen": format!("unix:{}", unix.display())},
+        ]}})
+    };
+    sb.config(json!({"services_dir": "services"}), services(true));
+    let d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("off", None);
+    let stays = sb.wait_running("stays", None);
+    assert_eq!(ask_tcp(port).unwrap(), format!("v1 {pid} off"));
+    let passed: Vec<String> = socket_inodes(pid)
+        .into_iter()
+        .filter(|(fd, _)| (3..5).contains(fd))
+        .map(|(_, i)| i)
+        .collect();
+    assert_eq!(passed.len(), 2);
+    let daemon_holds = || {
+        socket_inodes(i64::from(d.pid))
+            .into_iter()
+            .filter(|(_, i)| passed.contains(i))
+            .count()
+    };
+    assert_eq!(daemon_holds(), 2, "the daemon keeps them between runs");
+
+    sb.config(json!({"services_dir": "services"}), services(false));
+    let out = sb.cli(&["reload"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    sb.wait_state("off", "stopped");
+    assert!(wait_until(DEADLINE, || !alive(pid)));
+    assert_eq!(daemon_holds(), 0, "a disabled service's sockets stay open");
+    let refused = TcpStream::connect(("127.0.0.1", port))
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(refused, Some(std::io::ErrorKind::ConnectionRefused));
+    assert!(TcpListener::bind(("127.0.0.1", port)).is_ok(), "port held");
+    assert!(!unix.exists(), "the socket file stays");
+    // The rest untouched.
+    assert_eq!(sb.service_status("stays")["pid"], stays);
+
+    sb.config(json!({"services_dir": "services"}), services(true));
+    let out = sb.cli(&["reload"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let again = sb.wait_running("off", None);
+    assert_eq!(ask_tcp(port).unwrap(), format!("v1 {again} off"));
+    assert!(unix.exists());
+}

@@ -137,6 +137,12 @@ fn failed_and_restarting_rows_are_coloured_on_a_terminal_only() {
     // NO_COLOR set: none.
     let screen = t.run(&format!("NO_COLOR=1 {status}"));
     assert!(!row("ghost", &screen).contains('\x1b'), "{screen:?}");
+    // NO_COLOR set but empty counts as unset (no-color.org): colour stays. Rows are
+    // looked for below the command, so that an earlier command's cannot answer.
+    let screen = t.run(&format!("NO_COLOR= {status}"));
+    let below = &screen[screen.rfind("NO_COLOR= ").unwrap()..];
+    assert!(row("ghost", below).contains("\x1b[31m"), "{screen:?}");
+    assert!(row("crashy", below).contains("\x1b[33m"), "{screen:?}");
     // Not a terminal: none.
     let out = sb.cli(&["status"]);
     assert!(out.stdout.contains("ghost") && !out.stdout.contains('\x1b'));
@@ -209,6 +215,17 @@ fn make_install_puts_binary_man_page_and_completions_under_prefix() {
     for (path, first) in [
         ("share/man/man1/orchestrator.1", ".TH ORCHESTRATOR 1"),
         (
+            "share/man/man5/orchestrator.json.5",
+            ".TH ORCHESTRATOR.JSON 5",
+        ),
+        ("share/doc/orchestrator/configuration.md", "# Configuration"),
+        ("lib/systemd/system/orchestrator.service", "# systemd unit"),
+        ("share/orchestrator/contrib/orchestrator.init", "#!/bin/sh"),
+        (
+            "share/orchestrator/contrib/orchestrator.openrc",
+            "#!/sbin/openrc-run",
+        ),
+        (
             "share/bash-completion/completions/orchestrator",
             "# bash completion",
         ),
@@ -224,35 +241,49 @@ fn make_install_puts_binary_man_page_and_completions_under_prefix() {
         let text = std::fs::read_to_string(prefix.join(path)).unwrap_or_default();
         assert!(text.starts_with(first), "{path}: {text}");
     }
+    // The init files name the binary where it was installed.
+    let unit = std::fs::read_to_string(prefix.join("lib/systemd/system/orchestrator.service"))
+        .unwrap_or_default();
+    let installed = format!("ExecStart={}/bin/orchestrator run", prefix.display());
+    assert!(unit.contains(&installed), "{unit}");
     if !have("man") {
-        eprintln!("skipped: man is not installed; the page was not rendered");
+        eprintln!("skipped: man is not installed; the pages were not rendered");
         return;
     }
-    // The rendered page says everything --help says.
-    let page = prefix.join("share/man/man1/orchestrator.1");
-    let rendered = Command::new("man")
-        .arg("-l")
-        .arg(&page)
-        .env("MANPAGER", "cat")
-        .env("MANWIDTH", "100")
-        .env("LC_ALL", "C")
-        .output()
-        .unwrap();
-    assert!(rendered.status.success());
-    let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    let rendered = squash(&String::from_utf8_lossy(&rendered.stdout));
-    let help = String::from_utf8(Command::new(BIN).arg("--help").output().unwrap().stdout).unwrap();
-    for line in help.lines().filter(|l| !l.trim().is_empty()) {
-        let want = if line.starts_with(' ') || !line.ends_with(':') {
-            squash(line.trim_start_matches("usage:"))
+    // Both pages render without a warning, and the commands' page names every command.
+    for page in [
+        "share/man/man1/orchestrator.1",
+        "share/man/man5/orchestrator.json.5",
+    ] {
+        let rendered = Command::new("man")
+            .arg("-l")
+            .arg(prefix.join(page))
+            .env("MANPAGER", "cat")
+            .env("MANWIDTH", "80")
+            .env("LC_ALL", "C")
+            .output()
+            .unwrap();
+        assert!(rendered.status.success(), "{page}");
+        let warnings = String::from_utf8_lossy(&rendered.stderr);
+        assert!(warnings.is_empty(), "{page}: {warnings}");
+        let text = String::from_utf8_lossy(&rendered.stdout);
+        assert!(text.contains("SYNOPSIS"), "{page}: {text}");
+        if page.ends_with(".1") {
+            let help = Command::new(BIN).arg("--help").output().unwrap().stdout;
+            let help = String::from_utf8_lossy(&help);
+            let commands = help
+                .lines()
+                .skip_while(|l| *l != "commands:")
+                .skip(1)
+                .take_while(|l| !l.is_empty())
+                .filter(|l| !l.starts_with("   "))
+                .filter_map(|l| l.split_whitespace().next());
+            for command in commands.flat_map(|c| c.split('|')) {
+                assert!(text.contains(command), "{page} lacks `{command}`");
+            }
         } else {
-            line.trim_end_matches(':').to_uppercase()
-        };
-        // The description is one filled paragraph: look for each of its lines' words.
-        assert!(
-            rendered.contains(&want),
-            "man page lacks `{want}`:\n{rendered}"
-        );
+            assert!(text.contains("max_restart_attempts"), "{page}: {text}");
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! `upgrade` and `rollback` (SPEC 8) with a real sd_listen_fds server behind a held
 //! socket: no client refused during an upgrade, a failing binary rolled back to the
 //! very file that was installed, a late failure restarted normally, one upgrade at a
-//! time, the version history and metric, and a crash in the window settled at the
-//! next start.
+//! time, the version history and metric, a crash in or after the window settled at
+//! the next start, the health gate passed and failed, and stopped services (an upgrade
+//! starts one; a rollback, by hand or automatic, leaves one stopped).
 
 use crate::sockets::{ask_tcp, free_port, server_body, Prober};
 use crate::util::*;
@@ -322,4 +323,182 @@ fn a_shutdown_in_the_window_puts_the_old_binary_back() {
         out.stderr
     );
     assert_eq!(std::fs::read(&bin).unwrap(), old);
+}
+
+/// The runs `web` has had so far.
+fn runs(sb: &Sandbox) -> usize {
+    sb.service_status("web")["history"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+/// The other half of a rollback by hand: of a stopped service, it puts the old binary
+/// back and starts nothing.
+#[test]
+fn a_rollback_by_hand_of_a_stopped_service_leaves_it_stopped() {
+    let (sb, port, bin) = web(300, json!({}));
+    let old = std::fs::read(&bin).unwrap();
+    let d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("web", None);
+    let v2 = candidate(&sb, "web-v2", &server_body("v2"));
+    let out = sb.cli(&["upgrade", "web", v2.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let new_pid = sb.wait_running("web", Some(pid));
+    assert_eq!(sb.cli(&["stop", "web"]).code, 0);
+    sb.wait_state("web", "stopped");
+    assert!(wait_until(DEADLINE, || !alive(new_pid)));
+    let before = runs(&sb);
+
+    let out = sb.cli(&["rollback", "web"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read(&bin).unwrap(), old, "the old binary is back");
+    assert_eq!(upgrades(&sb).last().unwrap()["result"], "rollback");
+    d.wait_log(&["web", "rolled back by hand"]);
+    let st = sb.service_status("web");
+    assert_eq!(st["state"], "stopped", "{st}");
+    assert!(st["pid"].is_null(), "{st}");
+    assert_eq!(runs(&sb), before, "a run was started");
+    // A start later runs the old binary.
+    assert_eq!(sb.cli(&["start", "web"]).code, 0);
+    let back = sb.wait_running("web", None);
+    assert_eq!(ask_tcp(port).unwrap(), format!("v1 {back} web"));
+    assert_eq!(runs(&sb), before + 1);
+}
+
+/// An automatic rollback of a service an operator stopped within the window puts the
+/// old binary back and leaves the service stopped, as the operator asked.
+#[test]
+fn an_automatic_rollback_of_a_service_stopped_in_its_window_leaves_it_stopped() {
+    let (sb, port, bin) = web(20_000, json!({}));
+    let old = std::fs::read(&bin).unwrap();
+    let d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("web", None);
+    let v2 = candidate(&sb, "web-v2", &server_body("v2"));
+    let client = {
+        let (sock, cfg, v2) = (sb.socket(), sb.path("orchestrator.json"), v2.clone());
+        std::thread::spawn(move || {
+            let mut cmd = std::process::Command::new(BIN);
+            cmd.arg("--socket").arg(sock).arg("--config").arg(cfg);
+            cmd.arg("upgrade").arg("web").arg(v2);
+            run_with_timeout(cmd, DEADLINE)
+        })
+    };
+    let new_pid = sb.wait_running("web", Some(pid));
+    assert!(wait_until(DEADLINE, || ask_tcp(port)
+        .is_ok_and(|l| l.starts_with(&format!("v2 {new_pid} ")))));
+    // The runs so far, the new binary's included: its stop ends it, and nothing else
+    // may run until an operator says so.
+    let before = runs(&sb);
+    assert_eq!(sb.cli(&["stop", "web"]).code, 0);
+    let out = client.join().unwrap();
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("upgrade rolled back: stopped within the grace window"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(&bin).unwrap(), old, "the old binary is back");
+    let st = sb.wait_state("web", "stopped");
+    assert!(st["pid"].is_null(), "{st}");
+    assert!(wait_until(DEADLINE, || !alive(new_pid)));
+    d.wait_log(&["web", "rolled back"]);
+    // Nothing was started behind the operator's back, not even for a moment: no run
+    // was added, and the log has no start after the rollback.
+    assert_eq!(runs(&sb), before, "log:\n{}", d.log_text());
+    let log = d.log_lines();
+    let at = log.iter().position(|l| l.contains("rolled back")).unwrap();
+    assert!(
+        !log[at..].iter().any(|l| l.contains("] started")),
+        "started after the rollback:\n{}",
+        d.log_text()
+    );
+    assert_eq!(sb.cli(&["start", "web"]).code, 0);
+    let back = sb.wait_running("web", None);
+    assert_eq!(ask_tcp(port).unwrap(), format!("v1 {back} web"));
+}
+
+/// The other half of settling a crash: an upgrade that passed its window before the
+/// orchestrator died keeps the new binary at the next start.
+#[test]
+fn a_crash_after_the_window_keeps_the_new_binary() {
+    let (sb, port, bin) = web(300, json!({"state_dir": "state"}));
+    let mut d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("web", None);
+    let v2 = candidate(&sb, "web-v2", &server_body("v2"));
+    let out = sb.cli(&["upgrade", "web", v2.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    sb.wait_running("web", Some(pid));
+    d.signal(libc::SIGKILL);
+    assert!(d.wait_exit(DEADLINE).is_some());
+    drop(d);
+
+    let d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("web", None);
+    assert_eq!(
+        std::fs::read(&bin).unwrap(),
+        std::fs::read(&v2).unwrap(),
+        "a passed upgrade was undone; log:\n{}",
+        d.log_text()
+    );
+    assert_eq!(ask_tcp(port).unwrap(), format!("v2 {pid} web"));
+    let u = upgrades(&sb);
+    assert_eq!(u.len(), 1, "{u:?}");
+    assert_eq!(u[0]["result"], "ok");
+}
+
+/// An upgrade of a stopped service starts it on the new binary (and a rollback by
+/// hand then leaves it running on the old one).
+#[test]
+fn an_upgrade_of_a_stopped_service_starts_it() {
+    let (sb, port, _bin) = web(300, json!({}));
+    let _d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("web", None);
+    assert_eq!(sb.cli(&["stop", "web"]).code, 0);
+    sb.wait_state("web", "stopped");
+    assert!(wait_until(DEADLINE, || !alive(pid)));
+    let v2 = candidate(&sb, "web-v2", &server_body("v2"));
+    let out = sb.cli(&["upgrade", "web", v2.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let new_pid = sb.wait_running("web", None);
+    assert_eq!(ask_tcp(port).unwrap(), format!("v2 {new_pid} web"));
+    let out = sb.cli(&["rollback", "web"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let back = sb.wait_running("web", Some(new_pid));
+    assert!(wait_until(DEADLINE, || ask_tcp(port)
+        .is_ok_and(|l| l == format!("v1 {back} web"))));
+}
+
+/// The other half of the health gate: a new binary that becomes ready within the
+/// window, after a few failed probes of its start-up, is kept.
+#[test]
+fn a_binary_that_becomes_healthy_within_the_window_is_kept() {
+    let sb = Sandbox::new();
+    let port = free_port();
+    std::fs::create_dir_all(sb.path("data")).unwrap();
+    let bin = sb.service("web", &format!("touch ready; {}", server_body("v1")));
+    sb.config(
+        json!({}),
+        json!({"web": {"sockets": [{"listen": format!("127.0.0.1:{port}")}],
+                       "data_dir": sb.path("data"),
+                       "upgrade_grace_ms": 3000,
+                       "health_check": {"type": "exec", "command": ["test", "-e", "ready"],
+                                        "interval_ms": 100, "failure_threshold": 1000}}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("web", None);
+    // Not ready for its first half second: the probes fail, then pass. The old run's
+    // marker goes first, so that no probe of the new run can see it.
+    let slow = candidate(
+        &sb,
+        "web-slow",
+        &format!("(sleep 0.5; touch ready) & {}", server_body("v2")),
+    );
+    std::fs::remove_file(sb.path("data/ready")).unwrap();
+    let out = sb.cli(&["upgrade", "web", slow.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(std::fs::read(&bin).unwrap(), std::fs::read(&slow).unwrap());
+    let new_pid = sb.wait_running("web", Some(pid));
+    assert_eq!(ask_tcp(port).unwrap(), format!("v2 {new_pid} web"));
+    assert_eq!(upgrades(&sb).last().unwrap()["result"], "ok");
 }

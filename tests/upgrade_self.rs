@@ -647,8 +647,7 @@ fn a_detached_daemon_started_with_relative_paths_takes_over() {
     .current_dir(sb.path(""));
     let out = run_with_timeout(cmd, DEADLINE);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(wait_until(DEADLINE, || std::fs::read_to_string(&pidfile)
-        .is_ok_and(|s| !s.trim().is_empty())));
+    // `run --daemon` returns once the daemon serves: the pidfile names it already.
     let pid: i32 = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()
@@ -673,8 +672,8 @@ fn a_detached_daemon_started_with_relative_paths_takes_over() {
     let _ = sb.cli(&["shutdown"]);
 }
 
-/// The answer comes from the new image: an exec that fails (here the binary is gone once
-/// checked) is reported to the client as the failure it is.
+/// The answer comes from the new image: an exec that fails (here the binary checked
+/// loses its execute bits once checked) is reported to the client as the failure it is.
 #[test]
 fn an_exec_that_fails_after_the_checks_is_not_reported_as_done() {
     let sb = Sandbox::new();
@@ -684,11 +683,11 @@ fn an_exec_that_fails_after_the_checks_is_not_reported_as_done() {
     sb.wait_running("sleeper", None);
     let real = new_binary(&sb);
     std::fs::create_dir_all(sb.path("new")).unwrap();
-    let vanishing = sb.path("new/orchestrator-vanishing");
+    let vanishing = sb.path("new/orchestrator-unexecutable");
     sb.script(
         &vanishing,
         &format!(
-            "if [ \"$1\" = check ]; then {} \"$@\"; s=$?; rm -f \"$0\"; exit $s; fi\nexec {} \"$@\"",
+            "if [ \"$1\" = check ]; then {} \"$@\"; s=$?; chmod a-x \"$0\"; exit $s; fi\nexec {} \"$@\"",
             real.display(),
             real.display()
         ),
@@ -699,4 +698,103 @@ fn an_exec_that_fails_after_the_checks_is_not_reported_as_done() {
     });
     assert!(failed, "the exec did not fail; log:\n{}", d.log_text());
     assert_eq!(out.code, 1, "told success: {}{}", out.stdout, out.stderr);
+}
+
+/// `upgrade-self` from a daemon that reaps orphans: the checks of the new binary are
+/// children of the daemon, which its orphan reaper must leave to their waiter.
+fn upgrade_twice_while_reaping_orphans(sb: &Sandbox, d: &Daemon, service: &str) {
+    let pid = sb.wait_running(service, None);
+    d.wait_log(&["reaping orphans"]);
+    let new = new_binary(sb);
+    for round in 1..=2 {
+        let out = upgrade_self(sb, &new);
+        assert_eq!(out.code, 0, "round {round}: {}{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains("took over"), "{}", out.stdout);
+        wait_took_over(d, round);
+        assert_eq!(exe(d.pid), new);
+        assert_eq!(sb.service_status(service)["pid"], pid);
+    }
+}
+
+#[test]
+fn a_subreaper_daemon_upgrades_itself() {
+    let sb = Sandbox::new();
+    sb.service("sleeper", "exec sleep 1000");
+    sb.config(json!({"subreaper": true}), json!({"sleeper": {}}));
+    let d = Daemon::start(&sb, &[]);
+    upgrade_twice_while_reaping_orphans(&sb, &d, "sleeper");
+}
+
+/// A `pid_file` service makes the daemon a subreaper (its daemon is reparented to us).
+#[test]
+fn a_daemon_with_a_pid_file_service_upgrades_itself() {
+    let sb = Sandbox::new();
+    let pid_file = sb.path("forks.pid");
+    sb.service(
+        "forks",
+        &format!("sleep 1000 & echo $! > {}; exit 0", pid_file.display()),
+    );
+    sb.config(
+        json!({}),
+        json!({"forks": {"pid_file": pid_file, "pass_service_args": false}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    upgrade_twice_while_reaping_orphans(&sb, &d, "forks");
+}
+
+/// As PID 1 of a PID namespace (an init's own deployment), `upgrade-self` works too.
+#[test]
+fn as_pid_1_the_daemon_upgrades_itself() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: PID namespaces need root");
+        return;
+    }
+    let probe = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: unshare --pid --fork --mount-proc is not available here");
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.service("sleeper", "exec sleep 1000");
+    sb.config(json!({}), json!({"sleeper": {}}));
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount-proc",
+        BIN,
+        "run",
+        "--config",
+    ])
+    .arg(sb.path("orchestrator.json"))
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut unshare = cmd.spawn().unwrap();
+    let _guard = PidNamespace(sb.dir.clone(), unshare.id() as i32);
+    assert!(wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0));
+    let pid = sb.wait_running("sleeper", None);
+    let new = new_binary(&sb);
+    for round in 1..=2 {
+        let out = upgrade_self(&sb, &new);
+        assert_eq!(out.code, 0, "round {round}: {}{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains("took over"), "{}", out.stdout);
+        assert_eq!(sb.service_status("sleeper")["pid"], pid);
+    }
+    assert_eq!(sb.cli(&["shutdown"]).code, 0);
+    assert_eq!(unshare.wait().unwrap().code(), Some(0));
+}
+
+/// Kills what a PID-namespace test left: the namespace goes with unshare's group.
+struct PidNamespace(PathBuf, i32);
+
+impl Drop for PidNamespace {
+    fn drop(&mut self) {
+        kill_processes_mentioning(&self.0);
+        unsafe { libc::killpg(self.1, libc::SIGKILL) };
+    }
 }

@@ -1,7 +1,8 @@
 //! The hardware watchdog (SPEC 11), with a FIFO or a plain file standing in for the
 //! device: fed at the interval only while every critical service is running, stopped
-//! and resumed with a log line each, disarmed with `V` at a clean shutdown only, and a
-//! critical service that is not in the config refused.
+//! and resumed with a log line each, disarmed with `V` at a clean shutdown only, a
+//! critical service that is not in the config refused, and the critical list a reload
+//! gives obeyed (services taken off and put on, and its interval).
 
 use crate::util::*;
 use serde_json::json;
@@ -245,4 +246,94 @@ fn a_critical_service_not_in_the_config_is_a_configuration_error() {
         "{}",
         check.stdout
     );
+}
+
+/// The critical list after a reload is the new one: a service taken off it no longer
+/// stops the feeding when it fails, one put on it does, and taking a failed service
+/// off resumes the feeding at once, at the reloaded interval.
+#[test]
+fn a_reload_replaces_the_critical_list_and_the_interval() {
+    let sb = Sandbox::new();
+    let fifo = sb.path("watchdog.fifo");
+    let fed = fifo_reader(&fifo);
+    let (fail_a, fail_b) = (sb.path("fail-a"), sb.path("fail-b"));
+    for (name, trigger) in [("a", &fail_a), ("b", &fail_b)] {
+        sb.service(
+            name,
+            &format!(
+                "while [ ! -e {} ]; do sleep 0.05; done; exit 3",
+                trigger.display()
+            ),
+        );
+    }
+    let config = |critical: &[&str], interval_ms: u64| {
+        sb.config(
+            json!({"services_dir": "services",
+                   "watchdog": {"device": fifo, "interval_ms": interval_ms, "critical": critical}}),
+            json!({"a": {"restart": "never"}, "b": {"restart": "never"}}),
+        )
+    };
+    config(&["a"], 100);
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("a", None);
+    sb.wait_running("b", None);
+    assert!(wait_until(DEADLINE, || count(&fed) >= 3), "never fed");
+
+    // A list naming an unknown service is refused, at a reload as at start.
+    config(&["b", "nosuch"], 100);
+    let out = sb.cli(&["reload"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("orchestrator.watchdog.critical: unknown service `nosuch`"),
+        "{}",
+        out.stderr
+    );
+
+    config(&["b"], 100);
+    let out = sb.cli(&["reload"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // Taken off: its failure changes nothing.
+    std::fs::write(&fail_a, "").unwrap();
+    sb.wait_state("a", "failed");
+    let now = count(&fed);
+    assert!(
+        wait_until(DEADLINE, || count(&fed) >= now + 5),
+        "a was taken off the critical list, yet its failure stopped the feeding:\n{}",
+        d.log_text()
+    );
+    assert_eq!(d.count_log(&["watchdog", "not feeding"]), 0);
+
+    // Put on: its failure stops the feeding.
+    std::fs::write(&fail_b, "").unwrap();
+    sb.wait_state("b", "failed");
+    d.wait_log(&["watchdog", "not feeding", "b is failed"]);
+    let stalled = count(&fed);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        count(&fed) <= stalled + 1,
+        "fed while b, now critical, was failed: {} feeds",
+        count(&fed) - stalled
+    );
+
+    // Taken off while it blocks: the reload itself resumes the feeding, at the
+    // interval that reload gives. Counted, not timed: however late the reader sees
+    // them, no more feeds can have come since the reload than that interval allows.
+    config(&[], 400);
+    let reloaded = Instant::now();
+    let out = sb.cli(&["reload"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        wait_until(DEADLINE, || count(&fed) >= stalled + 4),
+        "feeding never resumed once b was no longer critical"
+    );
+    let since = count(&fed) - stalled;
+    let allowed = (reloaded.elapsed().as_millis() / 400) as usize + 2;
+    assert!(
+        since <= allowed,
+        "{since} feeds in {:?}: not at the reloaded interval",
+        reloaded.elapsed()
+    );
+    assert_eq!(sb.service_status("b")["state"], "failed");
 }

@@ -190,7 +190,6 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<Done, ClientErr
         | Command::Discover
         | Command::Completion(_)
         | Command::Help
-        | Command::HelpMan
         | Command::ResumeFormat
         | Command::Version => {}
     }

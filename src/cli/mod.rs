@@ -5,7 +5,6 @@ pub mod check;
 pub mod client;
 pub mod completion;
 pub mod locate;
-pub mod man;
 pub mod status;
 
 use crate::config::Overrides;
@@ -44,8 +43,6 @@ pub enum Command {
     UpgradeSelf(String),
     Shutdown,
     Help,
-    /// The man page, generated from `USAGE` (hidden: `make install` calls it).
-    HelpMan,
     Version,
     /// The format of the state this binary takes over from `upgrade-self` (hidden: the
     /// old image asks before it hands anything over).
@@ -84,8 +81,8 @@ pub struct Cli {
     pub overrides: Overrides,
 }
 
-/// The `--help` text, and the source of the man page (`man.rs`): a line ending in `:`
-/// at the left margin starts a section; everything else is shown as written.
+/// The `--help` text: a summary. The whole reference is docs/cli.md, from which the
+/// man page is generated.
 pub const USAGE: &str = "\
 usage: orchestrator <command> [options]
 
@@ -165,12 +162,6 @@ pub fn parse(args: &[String]) -> Result<Cli, String> {
             "-h" | "--help" => {
                 return Ok(Cli {
                     command: Some(Command::Help),
-                    ..cli
-                })
-            }
-            "--help-man" => {
-                return Ok(Cli {
-                    command: Some(Command::HelpMan),
                     ..cli
                 })
             }

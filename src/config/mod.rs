@@ -91,6 +91,26 @@ pub fn lookup(flag: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
     Ok(None)
 }
 
+impl Overrides {
+    /// Fixes what every later reload reads to what `run` found at start: the file (or
+    /// that there was none), and the environment's relative paths made absolute against
+    /// the directory it started in, since `--daemon` moves to / and a reload must not
+    /// find another file, or none, there.
+    pub fn pin(&mut self, found: Option<&Path>) {
+        self.pinned = Some(match found {
+            Some(p) => Pinned::File(absolute(p)),
+            None => Pinned::Defaults,
+        });
+        let from_env = |name| env_value(name).map(|v| absolute(Path::new(&v)));
+        if self.services_dir.is_none() {
+            self.services_dir = from_env("ORCHESTRATOR_SERVICES_DIR");
+        }
+        if self.socket.is_none() {
+            self.socket = from_env("ORCHESTRATOR_SOCKET");
+        }
+    }
+}
+
 /// A config file is read up to this size: anything larger is not one.
 const MAX_CONFIG: u64 = 4 << 20;
 
@@ -131,7 +151,11 @@ pub fn load_unvalidated(ov: &Overrides) -> Result<Config, ConfigError> {
 /// Lookup, read and parse: the file (if any), its contents, and the directory its
 /// relative paths start from.
 fn read(ov: &Overrides) -> Result<(Option<PathBuf>, ConfigFile, PathBuf), ConfigError> {
-    let path = lookup(ov.config.as_deref())?;
+    let path = match &ov.pinned {
+        Some(Pinned::File(p)) => Some(p.clone()),
+        Some(Pinned::Defaults) => None,
+        None => lookup(ov.config.as_deref())?,
+    };
     let (file, base) = match &path {
         Some(p) => {
             refuse_if_untrusted(p)?;
@@ -191,8 +215,9 @@ fn refuse_if_untrusted(p: &Path) -> Result<(), ConfigError> {
     }
     match crate::process::safe_fs::untrusted(p) {
         Some(u) => Err(ConfigError::one(format!(
-            "{}: refusing a config file that another user could change: {u} (it and every directory above it must be owned by root and not writable by group or others)",
-            p.display()
+            "{}: refusing a config file that another user could change: {u} ({})",
+            p.display(),
+            crate::process::safe_fs::RULE
         ))),
         None => Ok(()),
     }
@@ -535,9 +560,6 @@ fn validate(
     }
     if s.max_line_bytes == 0 {
         err("orchestrator.max_line_bytes", "must be at least 1".into());
-    }
-    if s.log_max_bytes == 0 {
-        err("orchestrator.log_max_bytes", "must be at least 1".into());
     }
     // Each rotation renames every kept file on the log writer's thread: a huge count
     // would stall every service's output there.

@@ -290,6 +290,7 @@ pub struct ServiceConfig {
     // SPEC 13, hardening; checked by `process::hardening::validate`.
     pub capabilities: Option<Vec<String>>,
     pub syscall_filter: Option<Vec<String>>,
+    pub syscall_allow: Option<Vec<String>>,
     pub syscall_filter_action: FilterAction,
     pub private_network: bool,
     pub private_tmp: bool,
@@ -359,6 +360,7 @@ impl Default for ServiceConfig {
             pid_file: None,
             capabilities: None,
             syscall_filter: None,
+            syscall_allow: None,
             syscall_filter_action: FilterAction::Errno,
             private_network: false,
             private_tmp: false,
@@ -441,10 +443,22 @@ pub struct SocketConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub config: Option<PathBuf>,
+    /// Set by `run` once it has looked the file up at start: what every reload reads,
+    /// whatever the current directory or the environment say by then.
+    pub pinned: Option<Pinned>,
     pub services_dir: Option<PathBuf>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
     pub socket: Option<PathBuf>,
+}
+
+/// The config file a running daemon reads on every reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pinned {
+    /// The absolute path of the file found at start.
+    File(PathBuf),
+    /// No file existed at start: the built-in defaults, always.
+    Defaults,
 }
 
 /// The configuration in force: every relative path made absolute against the file's

@@ -6,8 +6,7 @@
 use crate::process::safe_fs;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -127,13 +126,7 @@ impl Instance {
         let io_err = |what: &str, p: &Path, e: io::Error| {
             InstanceError::Io(format!("{what} {}: {e}", p.display()))
         };
-        if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)
-                .map_err(|e| io_err("cannot create", dir, e))?;
-        }
+        safe_fs::socket_dir(socket).map_err(|e| io_err("cannot use the socket", socket, e))?;
         let lock_file =
             lock_path(socket).map_err(|e| io_err("cannot place the lock for", socket, e))?;
         let lock = match try_lock(&lock_file).map_err(|e| io_err("cannot lock", &lock_file, e))? {
@@ -153,14 +146,17 @@ impl Instance {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("cannot remove stale socket", socket, e)),
         }
-        // Bind with a restrictive umask so the socket never exists with wider access.
-        // SAFETY: umask has no preconditions.
-        let old = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(socket);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
-        let listener = bound.map_err(|e| io_err("cannot bind", socket, e))?;
-        let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600));
+        // Born 0600: never wider for a moment, and never chmodded by path afterwards.
+        let listener = safe_fs::unix_socket(libc::SOCK_STREAM)
+            .and_then(|fd| {
+                safe_fs::bind_unix(fd.as_raw_fd(), socket, 0o600)?;
+                // SAFETY: listen on a descriptor we own.
+                if unsafe { libc::listen(fd.as_raw_fd(), libc::SOMAXCONN) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(UnixListener::from(fd))
+            })
+            .map_err(|e| io_err("cannot bind", socket, e))?;
         let mut inst = Instance {
             lock,
             socket: socket.to_path_buf(),
@@ -226,15 +222,60 @@ impl Instance {
     }
 }
 
+/// The daemon's end of the pipe back to the process that `run --daemon` was started
+/// as, which waits on it (see `daemonize`): descriptor 2 is this pipe until then, so
+/// that a start-up error reaches the caller's stderr.
+pub struct Starting {
+    pipe: File,
+    /// The daemon's log, for descriptor 2 once the caller is gone.
+    log: File,
+}
+
+impl Starting {
+    /// The daemon serves (socket listening, pidfile holding its pid): the caller exits 0.
+    pub fn ready(self) {
+        self.finish(0);
+    }
+
+    /// Start-up failed after detaching: the caller exits with `code`, having printed
+    /// whatever the daemon wrote to stderr meanwhile.
+    pub fn failed(self, code: i32) {
+        self.finish(u8::try_from(code).unwrap_or(1).max(1));
+    }
+
+    fn finish(mut self, code: u8) {
+        // The log takes descriptor 2 first: nothing may write to the pipe once the
+        // caller has stopped reading it.
+        // SAFETY: dup2 of a descriptor we own onto stderr.
+        unsafe { libc::dup2(self.log.as_raw_fd(), 2) };
+        let _ = self.pipe.write_all(&[0, code]);
+    }
+}
+
 /// Detaches from the terminal and the caller's session (double fork). Must run before
-/// any thread is started. The caller's process exits 0 once the daemon exists.
-pub fn daemonize(log: &File) -> io::Result<()> {
+/// any thread is started. The process the caller started stays until the daemon says
+/// it serves or why it could not (`Starting`), and exits with that: a pidfile read the
+/// moment `run --daemon` returns holds the daemon's own pid (systemd's `Type=forking`,
+/// start-stop-daemon and OpenRC read it then).
+pub fn daemonize(log: &File) -> io::Result<Starting> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two descriptors for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just opened both; each is owned once, here.
+    let (read, write) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let log = log.try_clone()?;
     // SAFETY: no other thread exists yet (checked by the caller's order), so fork is safe.
     match unsafe { libc::fork() } {
         -1 => return Err(io::Error::last_os_error()),
         0 => {}
-        _ => std::process::exit(0),
+        _ => {
+            drop(write);
+            std::process::exit(relay_until_ready(read));
+        }
     }
+    drop(read);
     // SAFETY: setsid has no preconditions; in the child it cannot fail with EPERM.
     unsafe { libc::setsid() };
     // SAFETY: still single-threaded.
@@ -251,10 +292,44 @@ pub fn daemonize(log: &File) -> io::Result<()> {
     unsafe {
         libc::dup2(null.as_raw_fd(), 0);
         libc::dup2(null.as_raw_fd(), 1);
-        libc::dup2(log.as_raw_fd(), 2);
+        libc::dup2(write.as_raw_fd(), 2);
     }
     let _ = std::env::set_current_dir("/");
-    Ok(())
+    Ok(Starting { pipe: write, log })
+}
+
+/// The waiting side: copies what the daemon writes to stderr until its verdict (a zero
+/// byte, then the exit code); a daemon that ends without one failed (exit 1).
+fn relay_until_ready(mut pipe: File) -> i32 {
+    let mut stderr = io::stderr();
+    let mut buf = [0u8; 4096];
+    let mut verdict = false;
+    loop {
+        let n = match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let mut text = &buf[..n];
+        if verdict {
+            return i32::from(text[0]);
+        }
+        if let Some(i) = text.iter().position(|b| *b == 0) {
+            let _ = stderr.write_all(&text[..i]);
+            match text.get(i + 1) {
+                Some(code) => return i32::from(*code),
+                None => verdict = true,
+            }
+            text = &[];
+        }
+        let _ = stderr.write_all(text);
+    }
+    let _ = writeln!(
+        stderr,
+        "orchestrator: the daemon exited before it was ready"
+    );
+    1
 }
 
 /// Tells systemd (Type=notify) that we are ready, when NOTIFY_SOCKET is set.
@@ -287,6 +362,7 @@ pub fn notify_ready() {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::PermissionsExt;
 
     fn tmpdir(tag: &str) -> PathBuf {
         // Not under /tmp: that is the shared case, tested on its own.

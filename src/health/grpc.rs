@@ -16,7 +16,7 @@ const PATH: &str = "/grpc.health.v1.Health/Check";
 /// The largest frame we accept (the HTTP/2 default; we never advertise another).
 const MAX_FRAME: usize = 16_384;
 /// Bound on the header blocks and body of the one response.
-const MAX_RESPONSE: usize = 64 * 1024;
+pub(crate) const MAX_RESPONSE: usize = 64 * 1024;
 
 const DATA: u8 = 0;
 const HEADERS: u8 = 1;
@@ -60,6 +60,40 @@ fn call(address: &str, service: &str, deadline: Instant) -> Result<(), String> {
     verdict(&response)
 }
 
+/// The answer-reading half of a check on `bytes` as a server's answer, for the fuzz
+/// target: what it decoded (the header fields, counted as the bound counts them, and
+/// the body's length), or why it failed.
+pub(crate) fn fuzz_answer(bytes: &[u8]) -> Result<(usize, usize), String> {
+    struct Replay<'a>(&'a [u8]);
+    impl Read for Replay<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl Write for Replay<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Wire for Replay<'_> {
+        fn set_timeouts(&self, _: Duration) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut wire = Replay(bytes);
+    let mut conn = Conn {
+        stream: &mut wire,
+        deadline: Instant::now() + Duration::from_secs(3600),
+    };
+    let response = conn.read_response()?;
+    let listed = response.headers.iter().map(|(n, v)| n.len() + v.len() + 32);
+    let _ = verdict(&response);
+    Ok((listed.sum(), response.body.len()))
+}
+
 /// What came back on stream 1.
 #[derive(Default)]
 struct Response {
@@ -67,8 +101,20 @@ struct Response {
     body: Vec<u8>,
 }
 
+/// The connection as `Conn` uses it: the check's TCP stream, or bytes a fuzzer made.
+trait Wire: Read + Write {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()>;
+}
+
+impl Wire for TcpStream {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
 struct Conn<'a> {
-    stream: &'a mut TcpStream,
+    stream: &'a mut dyn Wire,
     deadline: Instant,
 }
 
@@ -83,7 +129,7 @@ impl Conn<'_> {
     fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
         let t = self.left()?;
         self.stream
-            .set_write_timeout(Some(t))
+            .set_timeouts(t)
             .and_then(|_| self.stream.write_all(bytes))
             .map_err(|e| io_error("send", e))
     }
@@ -93,7 +139,7 @@ impl Conn<'_> {
         while at < buf.len() {
             let t = self.left()?;
             self.stream
-                .set_read_timeout(Some(t))
+                .set_timeouts(t)
                 .map_err(|e| io_error("receive", e))?;
             match self.stream.read(&mut buf[at..]) {
                 Ok(0) => return Err("connection closed before the answer".into()),
@@ -274,7 +320,10 @@ fn request(authority: &str, service: &str) -> Vec<u8> {
     body.extend_from_slice(&message);
 
     let mut out = PREFACE.to_vec();
-    out.extend(frame(SETTINGS, 0, 0, &[0, 2, 0, 0, 0, 0])); // ENABLE_PUSH = 0
+    // ENABLE_PUSH = 0, and MAX_HEADER_LIST_SIZE: the bound the decoder holds to.
+    let mut settings = vec![0, 2, 0, 0, 0, 0, 0, 6];
+    settings.extend_from_slice(&(hpack::MAX_HEADER_LIST as u32).to_be_bytes());
+    out.extend(frame(SETTINGS, 0, 0, &settings));
     out.extend(frame(HEADERS, END_HEADERS, 1, &headers));
     out.extend(frame(DATA, END_STREAM, 1, &body));
     out
@@ -456,8 +505,8 @@ mod tests {
         assert!(r.starts_with(PREFACE));
         assert!(r.ends_with(&[0, 0, 0, 0, 5, 0x0a, 3, b's', b'v', b'c']));
         let mut d = hpack::Decoder::default();
-        // The HEADERS frame follows the preface and the 6-byte SETTINGS frame.
-        let at = PREFACE.len() + 9 + 6;
+        // The HEADERS frame follows the preface and the 12-byte SETTINGS frame.
+        let at = PREFACE.len() + 9 + 12;
         let len = usize::from(r[at + 2]);
         let h = d.decode(&r[at + 9..at + 9 + len]).unwrap();
         assert!(h.contains(&(":path".into(), PATH.into())));
@@ -475,5 +524,28 @@ mod tests {
         drop(l);
         let e = check(&addr, "", Duration::from_millis(300)).unwrap_err();
         assert!(e.contains("connect"), "{e}");
+    }
+
+    /// A server whose answer is one 4 KB table entry referenced over and over, in a
+    /// header block of HEADERS and CONTINUATION frames: the check fails, saying why,
+    /// instead of decoding hundreds of megabytes.
+    #[test]
+    fn an_amplifying_header_block_fails_the_check() {
+        let attack = include_bytes!("../../fuzz/corpus/http2_answer/amplification");
+        let e = fuzz_answer(attack).unwrap_err();
+        assert!(e.contains("header list larger than 16384 bytes"), "{e}");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            c.write_all(attack).unwrap();
+            let _ = c.read(&mut [0u8; 1024]);
+        });
+        let e = check(&addr, "", Duration::from_secs(5)).unwrap_err();
+        assert!(e.contains("header list larger than"), "{e}");
+        server.join().unwrap();
+        // The same frames with a small answer pass.
+        let serving = include_bytes!("../../fuzz/corpus/http2_answer/serving");
+        assert!(fuzz_answer(serving).is_ok_and(|(listed, body)| listed > 0 && body == 7));
     }
 }

@@ -9,6 +9,12 @@ use std::collections::VecDeque;
 /// The table size we allow the peer (the HTTP/2 default; we never advertise another).
 pub const TABLE_SIZE: usize = 4096;
 
+/// The most a decoder hands out over all its header blocks, counted as HTTP/2's
+/// `SETTINGS_MAX_HEADER_LIST_SIZE` counts (name + value + 32 per field). A short
+/// reference to a table entry decodes to the whole entry, so without this bound one
+/// 64 KiB block of references to a 4 KB entry would decode to 240 MB.
+pub const MAX_HEADER_LIST: usize = 16 * 1024;
+
 const STATIC: [(&str, &str); 61] = [
     (":authority", ""),
     (":method", "GET"),
@@ -165,6 +171,8 @@ pub struct Decoder {
     dynamic: VecDeque<(String, String)>,
     size: usize,
     max: usize,
+    /// What the blocks decoded so far add up to, counted against `MAX_HEADER_LIST`.
+    listed: usize,
 }
 
 impl Default for Decoder {
@@ -173,6 +181,7 @@ impl Default for Decoder {
             dynamic: VecDeque::new(),
             size: 0,
             max: TABLE_SIZE,
+            listed: 0,
         }
     }
 }
@@ -225,15 +234,37 @@ impl Cursor<'_> {
 }
 
 impl Decoder {
-    fn get(&self, index: usize) -> Result<(String, String), String> {
+    fn entry(&self, index: usize) -> Result<(&str, &str), String> {
         let entry = match index {
             0 => None,
-            1..=61 => STATIC
-                .get(index - 1)
-                .map(|(n, v)| (n.to_string(), v.to_string())),
-            _ => self.dynamic.get(index - 62).cloned(),
+            1..=61 => STATIC.get(index - 1).copied(),
+            _ => self
+                .dynamic
+                .get(index - 62)
+                .map(|(n, v)| (n.as_str(), v.as_str())),
         };
         entry.ok_or_else(|| format!("header index {index} out of range"))
+    }
+
+    /// Counts a field of `len` bytes (name + value) against the list's bound, before
+    /// anything is copied for it.
+    fn admit(&mut self, len: usize) -> Result<(), String> {
+        self.listed = self.listed.saturating_add(len).saturating_add(32);
+        if self.listed > MAX_HEADER_LIST {
+            return Err(format!(
+                "header list larger than {MAX_HEADER_LIST} bytes once decoded"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The field at `index`, counted against the list's bound.
+    fn field(&mut self, index: usize) -> Result<(String, String), String> {
+        let (n, v) = self.entry(index)?;
+        let len = n.len() + v.len();
+        self.admit(len)?;
+        let (n, v) = self.entry(index)?;
+        Ok((n.to_string(), v.to_string()))
     }
 
     fn evict_to(&mut self, max: usize) {
@@ -266,7 +297,7 @@ impl Decoder {
             let first = block[c.at];
             if first & 0x80 != 0 {
                 let index = c.int(7)?;
-                headers.push(self.get(index)?);
+                headers.push(self.field(index)?);
             } else if first & 0xc0 == 0x40 {
                 let (name, value) = self.literal(&mut c, 6)?;
                 self.insert(name.clone(), value.clone());
@@ -286,14 +317,18 @@ impl Decoder {
         Ok(headers)
     }
 
-    fn literal(&self, c: &mut Cursor, prefix: u32) -> Result<(String, String), String> {
+    /// A literal field, counted against the list's bound. Its strings are no longer
+    /// than the block, so they may be read before they are counted.
+    fn literal(&mut self, c: &mut Cursor, prefix: u32) -> Result<(String, String), String> {
         let index = c.int(prefix)?;
         let name = if index == 0 {
             c.string()?
         } else {
-            self.get(index)?.0
+            self.entry(index)?.0.to_string()
         };
-        Ok((name, c.string()?))
+        let value = c.string()?;
+        self.admit(name.len() + value.len())?;
+        Ok((name, value))
     }
 }
 
@@ -397,5 +432,42 @@ mod tests {
             "size update above 4096"
         );
         assert!(d.decode(&[0x00, 0x05, b'a']).is_err());
+    }
+
+    /// One 4 KB table entry, then references to it filling a 64 KiB block: each
+    /// reference is one byte and decodes to the whole entry.
+    fn amplification(references: usize) -> Vec<u8> {
+        let mut block = vec![0x40, 0x01, b'x', 0x7f];
+        // The value's length, 4000, as a 7-bit-prefix integer: 127 + 3873.
+        let mut rest = 4000 - 127;
+        while rest >= 128 {
+            block.push((rest % 128) as u8 | 0x80);
+            rest /= 128;
+        }
+        block.push(rest as u8);
+        block.extend(std::iter::repeat_n(b'v', 4000));
+        block.extend(std::iter::repeat_n(0x80 | 62, references));
+        block
+    }
+
+    #[test]
+    fn references_to_a_large_entry_cannot_amplify_the_decoded_list() {
+        let attack = amplification(64 * 1024 - 4010);
+        assert!(attack.len() <= 64 * 1024);
+        let r = Decoder::default().decode(&attack);
+        let e = r.map(|h| h.len()).unwrap_err();
+        assert!(e.contains("header list larger than 16384 bytes"), "{e}");
+        // The same entry referenced a few times stays within the bound and decodes.
+        let h = Decoder::default().decode(&amplification(2)).unwrap();
+        assert_eq!(h.len(), 3);
+        assert!(h.iter().all(|(n, v)| n == "x" && v.len() == 4000));
+        // The bound holds across the blocks of one connection (headers, trailers).
+        let mut d = Decoder::default();
+        d.decode(&amplification(2)).unwrap();
+        assert!(d.decode(&[0x80 | 62]).is_ok(), "16,132 bytes in all");
+        assert!(
+            d.decode(&[0x80 | 62, 0x80 | 62]).is_err(),
+            "over 16 KiB in all"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Health-check clients (SPEC 7).
 pub mod exec;
 pub mod grpc;
-mod hpack;
+pub(crate) mod hpack;
 pub mod notify;
 pub mod probe;

@@ -117,7 +117,19 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
 
 fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, String> {
     let sa = resolve(addr)?;
-    TcpStream::connect_timeout(&sa, timeout).map_err(|e| format!("connect {addr}: {e}"))
+    TcpStream::connect_timeout(&sa, timeout)
+        .map_err(|e| format!("connect {addr}: {}", io_reason(&e, timeout)))
+}
+
+/// An I/O error as a check reports it: a timeout says how long it waited (the OS's
+/// "Resource temporarily unavailable" says nothing to an operator).
+fn io_reason(e: &io::Error, timeout: Duration) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("timed out after {} ms", timeout.as_millis())
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// `http://host[:port]/path` into (host:port, host, path).
@@ -143,8 +155,9 @@ pub fn parse_url(url: &str) -> Result<(String, String, String), String> {
     Ok((addr, authority.to_string(), path.to_string()))
 }
 
-/// GET over HTTP/1.1 on a plain TCP stream; a 2xx status passes. The whole exchange
-/// is bounded by `timeout`.
+/// GET over HTTP/1.1 on a plain TCP stream; a 2xx status passes, anything else fails
+/// (redirects are not followed), and so does an answer whose first line is not an
+/// HTTP status line. The whole exchange is bounded by `timeout`.
 fn http_get(url: &str, timeout: Duration) -> Result<(), String> {
     let start = Instant::now();
     let (addr, host, path) = parse_url(url)?;
@@ -154,7 +167,7 @@ fn http_get(url: &str, timeout: Duration) -> Result<(), String> {
             .saturating_sub(start.elapsed())
             .max(Duration::from_millis(1))
     };
-    let io = |e: io::Error| format!("GET {url}: {e}");
+    let io = |e: io::Error| format!("GET {url}: {}", io_reason(&e, timeout));
     stream.set_write_timeout(Some(left())).map_err(io)?;
     // One write: a server that answers after the first segment must see it all.
     let request = format!(
@@ -171,18 +184,26 @@ fn http_get(url: &str, timeout: Duration) -> Result<(), String> {
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let line = String::from_utf8_lossy(&head);
-    let status = line
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| format!("GET {url}: no HTTP status in the answer"))?;
+    let status = status_code(&head)
+        .ok_or_else(|| format!("GET {url}: not an HTTP answer (no `HTTP/1.x NNN` status line)"))?;
     if (200..300).contains(&status) {
         Ok(())
     } else {
         Err(format!("GET {url}: status {status}"))
     }
+}
+
+/// The code of an `HTTP/x.y NNN reason` status line at the start of `head`.
+fn status_code(head: &[u8]) -> Option<u16> {
+    let line = head.split(|&b| b == b'\n').next()?;
+    let rest = line.strip_prefix(b"HTTP/")?;
+    let at = rest.iter().position(|&b| b == b' ')?;
+    let code = rest.get(at + 1..at + 4)?;
+    let after = rest.get(at + 4).copied();
+    if !code.iter().all(u8::is_ascii_digit) || !matches!(after, None | Some(b' ' | b'\r')) {
+        return None;
+    }
+    std::str::from_utf8(code).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -249,6 +270,21 @@ mod tests {
             started.elapsed()
         );
         drop((hung, ok));
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(status_code(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(
+            status_code(b"HTTP/1.0 302 Found\r\nLocation: /\r\n"),
+            Some(302)
+        );
+        assert_eq!(status_code(b"HTTP/1.1 204\r\n"), Some(204));
+        assert_eq!(status_code(b"FOO 200 OK\r\n"), None);
+        assert_eq!(status_code(b"200 OK\r\n"), None);
+        assert_eq!(status_code(b"HTTP/1.1 2000 OK\r\n"), None);
+        assert_eq!(status_code(b"HTTP/1.1 2x0 OK\r\n"), None);
+        assert_eq!(status_code(b""), None);
     }
 
     #[test]

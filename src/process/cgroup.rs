@@ -51,6 +51,45 @@ pub struct Cgroups {
     pub pids: Option<Hierarchy>,
     /// Where `io_weight` goes, and the file that takes it there.
     pub io: Option<(Hierarchy, &'static str)>,
+    /// How `/proc/PID/cgroup` shows the tracker, for telling whose a process is.
+    pub tracker_proc: Option<ProcKey>,
+}
+
+/// The tracker as `/proc/PID/cgroup` shows it: the line of its hierarchy and the path
+/// of this instance's cgroup on it. A process is service NAME's when that line's path
+/// is `base/NAME` or below it, and only then: the same names anywhere else (another
+/// hierarchy, or a cgroup a user made elsewhere) mean nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcKey {
+    /// v1: a controller (or `name=...`) of the line; `None` for the v2 line (`0::`).
+    pub controller: Option<String>,
+    /// `/<own path>/orchestrator-<id>`, as the daemon reads its own cgroup.
+    pub base: String,
+}
+
+impl ProcKey {
+    /// The service that `text` (a `/proc/PID/cgroup`) puts the process in.
+    pub fn owner<'a>(&self, text: &'a str) -> Option<&'a str> {
+        let path = text.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (id, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let ours = match &self.controller {
+                None => id == "0" && ctrls.is_empty(),
+                Some(c) => ctrls.split(',').any(|x| x == c),
+            };
+            ours.then_some(path)
+        })?;
+        let rest = path.strip_prefix(self.base.as_str())?.strip_prefix('/')?;
+        let name = rest.split('/').next()?;
+        (!name.is_empty()).then_some(name)
+    }
+}
+
+fn proc_key(controller: Option<&str>, own: &str, id: &str) -> ProcKey {
+    ProcKey {
+        controller: controller.map(str::to_string),
+        base: format!("{}/{id}", own.trim_end_matches('/')),
+    }
 }
 
 /// The controllers a service's limits need, each with the config key it enforces.
@@ -245,6 +284,7 @@ impl Cgroups {
             });
         if let Some((h, parent)) = &v2 {
             cg.tracker = Some(h.clone());
+            cg.tracker_proc = own_v2.as_deref().map(|own| proc_key(None, own, id));
             let enabled = if set_up {
                 enable_v2_controllers(parent, &h.base)
             } else {
@@ -284,12 +324,14 @@ impl Cgroups {
             cg.io = v1("blkio").and_then(|h| weight_file(&h).map(|f| (h, f)));
         }
         if cg.tracker.is_none() {
-            cg.tracker = cg
-                .pids
-                .clone()
-                .or_else(|| v1("name=systemd"))
-                .or_else(|| cg.memory.clone())
-                .or_else(|| v1("freezer"));
+            // The first of these we can use (pids and memory as found above).
+            for c in ["pids", "name=systemd", "memory", "freezer"] {
+                if let (Some(h), Some(own)) = (v1(c), own_v1.get(c)) {
+                    cg.tracker = Some(h);
+                    cg.tracker_proc = Some(proc_key(Some(c), own, id));
+                    break;
+                }
+            }
         }
         cg
     }

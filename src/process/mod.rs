@@ -2,6 +2,7 @@
 //! the file-system rules every root-owned file operation follows (`safe_fs`).
 pub mod cgroup;
 pub mod hardening;
+pub mod helper;
 pub mod inherit;
 pub mod install;
 pub mod pidfile;

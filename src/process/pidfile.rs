@@ -2,40 +2,83 @@
 //! launcher wrote, and deciding whether the pid in it is a live process of that
 //! service. The file is the service's (in a directory it may own): it is opened as a
 //! regular file only, never through a symlink at its last component, without blocking,
-//! and at most a few bytes are read; the pid is believed only if the process is in the
-//! service's cgroup, or (without cgroups) is our own child: the daemon is reparented to
-//! us as subreaper once its launcher has exited.
+//! and only its first line is read; the pid is believed only if the process is in the
+//! service's cgroup, or (without cgroups) descends from the run's launcher and is no
+//! other service's (`Lineage`).
 
 use crate::process::{procfs, safe_fs};
 use std::io::Read;
 use std::path::Path;
 
-/// The pid `path` names, if it is a live process of the service: `members` are the
-/// service's cgroup members (`None` without a cgroup).
-pub fn main_process(path: &Path, members: Option<&[i32]>) -> Result<i32, String> {
+/// How much of the file is read: the pid is its first line (as systemd's `PIDFile=`
+/// reads it); what follows, PostgreSQL's `postmaster.pid` has a data directory, a port,
+/// a socket directory and more there, is no concern of ours.
+const FIRST_LINE_MAX: u64 = 64;
+
+/// The first line of `head`, without surrounding blanks.
+fn first_line(head: &[u8]) -> String {
+    let end = head.iter().position(|b| *b == b'\n').unwrap_or(head.len());
+    String::from_utf8_lossy(&head[..end]).trim().to_string()
+}
+
+/// Whose process the pid must be.
+pub enum Owner<'a> {
+    /// The service's cgroup members.
+    Cgroup(&'a [i32]),
+    /// Without a cgroup: what descends from this run's launcher.
+    Lineage(Lineage<'a>),
+}
+
+/// Without cgroups, a process of this run is one in the launcher's session or process
+/// group (each run starts in its own session, whose id is the launcher's pid), or an
+/// orphan reparented to us (the daemon that left the session, its parent gone) that
+/// started no earlier than the launcher; and never a process of another service.
+pub struct Lineage<'a> {
+    /// This run's launcher, kept unreaped so that its pid is not reused meanwhile.
+    pub launcher: i32,
+    /// The pids of the other services' runs: each is also its run's session and group.
+    pub others: &'a [i32],
+}
+
+impl Lineage<'_> {
+    fn owns(&self, p: &procfs::Stat) -> bool {
+        let other = |id: i32| self.others.contains(&id);
+        if other(p.pid) || other(p.pgrp) || other(p.session) {
+            return false;
+        }
+        if p.session == self.launcher || p.pgrp == self.launcher {
+            return true;
+        }
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        let since = procfs::stat(self.launcher).map(|l| l.start_ticks);
+        p.ppid == me && since.is_some_and(|t| p.start_ticks >= t)
+    }
+}
+
+/// The pid `path` names, if it is a live process of the service.
+pub fn main_process(path: &Path, owner: Owner) -> Result<i32, String> {
     let shown = path.display();
     let (mut f, _) =
         safe_fs::open_regular(path, false).map_err(|e| format!("pid file {shown}: {e}"))?;
-    let mut text = String::new();
+    let mut head = Vec::new();
     (&mut f)
-        .take(32)
-        .read_to_string(&mut text)
+        .take(FIRST_LINE_MAX)
+        .read_to_end(&mut head)
         .map_err(|e| format!("pid file {shown}: {e}"))?;
-    let pid: i32 = text
-        .trim()
+    let line = first_line(&head);
+    let pid: i32 = line
         .parse()
         .ok()
         .filter(|p| *p > 1)
-        .ok_or_else(|| format!("pid file {shown} holds no pid: {:?}", text.trim()))?;
+        .ok_or_else(|| format!("pid file {shown} holds no pid: {line:?}"))?;
     let alive = procfs::stat(pid).filter(|s| s.state != b'Z');
     let Some(stat) = alive else {
         return Err(format!("pid file {shown} is stale: no process {pid}"));
     };
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
-    let ours = match members {
-        Some(m) => m.contains(&pid),
-        None => stat.ppid == me,
+    let ours = match owner {
+        Owner::Cgroup(members) => members.contains(&pid),
+        Owner::Lineage(lineage) => lineage.owns(&stat),
     };
     if !ours {
         return Err(format!(
@@ -43,4 +86,20 @@ pub fn main_process(path: &Path, members: Option<&[i32]>) -> Result<i32, String>
         ));
     }
     Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_line;
+
+    #[test]
+    fn the_pid_is_the_first_line_and_the_rest_is_ignored() {
+        assert_eq!(first_line(b"4242\n"), "4242");
+        assert_eq!(first_line(b" 4242 "), "4242");
+        let postmaster =
+            b"4242\n/var/lib/postgresql/16/main\n1733550000\n5432\n/var/run/postgresql\n";
+        assert_eq!(first_line(postmaster), "4242");
+        assert_eq!(first_line(b"\n4242\n"), "");
+        assert_eq!(first_line(b""), "");
+    }
 }

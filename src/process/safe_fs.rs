@@ -16,9 +16,16 @@
 //!   descriptor (`openat`, `renameat`, `unlinkat`, `mkdirat`), so nobody can swap a
 //!   directory on the way between two operations.
 //! - **StrictModes** (sshd's rule), for what decides what root runs (the config file,
-//!   service binaries) and for the state directory: the file and every directory up
+//!   service binaries, `upgrade` paths), for the state directory and for the
+//!   directories of the Unix sockets the daemon binds: the file and every directory up
 //!   to `/` owned by root (or the daemon's user) and not writable by group or others.
-//!   A sticky directory does not pass.
+//!   One exception: a sticky directory owned by root (or us) may be writable by others
+//!   when the entry right below it is owned by root (or us), because the kernel then
+//!   lets nobody else rename or remove that entry (`/tmp/x` made by root).
+//!
+//! - **Unix sockets** are created with their final mode by `bind` itself and never
+//!   chmodded by path afterwards (whoever can write to the directory could rename a
+//!   symlink over the fresh socket in between); their directory passes StrictModes.
 //!
 //! This module never decides what to do about a refusal: callers log, fail the service
 //! or refuse to start.
@@ -124,6 +131,9 @@ pub fn open_lock(path: &Path, mode: u32) -> io::Result<File> {
     settle_regular(open_at(libc::AT_FDCWD, path, flags, mode)?, true).map(|(f, _)| f)
 }
 
+/// The StrictModes rule in one sentence, for refusals.
+pub const RULE: &str = "it and every directory above it must be owned by root and not writable by group or others, except a sticky directory such as /tmp right above an entry owned by root";
+
 /// What makes a path untrustworthy under StrictModes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Untrusted {
@@ -138,25 +148,41 @@ impl std::fmt::Display for Untrusted {
 }
 
 /// The StrictModes verdict on one inode: owned by root or us, and (unless a symlink,
-/// whose mode means nothing) not writable by group or others.
-fn judge(p: &Path, m: &Metadata) -> Option<Untrusted> {
+/// whose mode means nothing) not writable by group or others. `below_ours`: the entry
+/// right below this directory on the path is owned by root or us, so a sticky directory
+/// of ours may be writable by others. Each refusal says how to fix it.
+fn judge(p: &Path, m: &Metadata, below_ours: bool) -> Option<Untrusted> {
     let me = euid();
+    let shown = p.display();
     if m.uid() != 0 && m.uid() != me {
         return Some(Untrusted {
             path: p.to_path_buf(),
-            why: format!("is owned by uid {} (not root)", m.uid()),
+            why: format!(
+                "is owned by uid {} (not root); fix: chown root {shown}",
+                m.uid()
+            ),
         });
     }
     let mode = m.permissions().mode();
-    if !m.file_type().is_symlink() && mode & 0o022 != 0 {
+    let sticky = mode & libc::S_ISVTX != 0 && m.file_type().is_dir();
+    if !m.file_type().is_symlink() && mode & 0o022 != 0 && !(sticky && below_ours) {
         let who = if mode & 0o002 != 0 {
             "others"
         } else {
             "its group"
         };
+        let fix = if sticky {
+            // A shared directory such as /tmp itself: the fix is one level down.
+            format!("use a directory of root's below {shown} (mkdir {shown}/NAME)")
+        } else {
+            format!("chmod go-w {shown}")
+        };
         return Some(Untrusted {
             path: p.to_path_buf(),
-            why: format!("is writable by {who} (mode {:o})", mode & 0o7777),
+            why: format!(
+                "is writable by {who} (mode {:o}); fix: {fix}",
+                mode & 0o7777
+            ),
         });
     }
     None
@@ -164,11 +190,19 @@ fn judge(p: &Path, m: &Metadata) -> Option<Untrusted> {
 
 /// sshd's StrictModes on `path`: the file and every directory up to `/`, both as
 /// written (whoever may replace a symlink on the way) and as resolved (what is really
-/// read), owned by root or the daemon's user and not writable by group or others.
-/// A relative path is taken from the current directory. `None`: trusted. A path that
-/// does not exist is not judged here (the caller reports it as missing).
+/// read), owned by root or the daemon's user and not writable by group or others, but
+/// for the sticky exception (see the module's rules). A relative path is taken from the
+/// current directory. `None`: trusted. A path that does not exist is not judged here
+/// (the caller reports it as missing).
 pub fn untrusted(path: &Path) -> Option<Untrusted> {
     untrusted_with(path, &mut Verdicts::default())
+}
+
+/// StrictModes on `dir`, a directory in which the daemon is about to create an entry of
+/// its own (a Unix socket): as `untrusted`, except that `dir` itself may be a sticky
+/// directory such as /tmp, since the entry below it will be root's (or ours).
+pub fn untrusted_home_of_own_entry(dir: &Path) -> Option<Untrusted> {
+    walk(dir, &mut Verdicts::default(), true)
 }
 
 /// The directories already judged by `untrusted_with`: the ancestors that many paths
@@ -180,6 +214,10 @@ pub struct Verdicts(std::collections::HashMap<PathBuf, (bool, Option<Untrusted>)
 /// `untrusted`, with the verdicts on directories taken from (and added to) `seen`. A
 /// chain without a symlink (nor `.` or `..`) is its own resolved chain: walked once.
 pub fn untrusted_with(path: &Path, seen: &mut Verdicts) -> Option<Untrusted> {
+    walk(path, seen, false)
+}
+
+fn walk(path: &Path, seen: &mut Verdicts, leaf_below_ours: bool) -> Option<Untrusted> {
     let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -188,20 +226,26 @@ pub fn untrusted_with(path: &Path, seen: &mut Verdicts) -> Option<Untrusted> {
     let mut linked = abs
         .components()
         .any(|c| matches!(c, Component::CurDir | Component::ParentDir));
-    let (verdict, link) = judge_chain(&abs, seen)?;
+    let (verdict, link) = judge_chain(&abs, seen, leaf_below_ours)?;
     linked |= link;
     if !linked {
         return verdict;
     }
     // As before the walk: a path that does not resolve is not judged.
     let resolved = std::fs::canonicalize(&abs).ok()?;
-    verdict.or_else(|| judge_chain(&resolved, seen)?.0)
+    verdict.or_else(|| judge_chain(&resolved, seen, leaf_below_ours)?.0)
 }
 
 /// The first verdict against `path` or one of its ancestors, and whether any of those
 /// walked is a symlink. `None` if one cannot be looked at. The path itself is always
-/// looked at afresh; its ancestors are taken from `seen` when judged before.
-fn judge_chain(path: &Path, seen: &mut Verdicts) -> Option<(Option<Untrusted>, bool)> {
+/// looked at afresh; its ancestors are taken from `seen` when judged before (their
+/// verdict does not depend on the path: the walk only goes on above an entry that
+/// passed, hence one owned by root or us, so the sticky exception applies to each).
+fn judge_chain(
+    path: &Path,
+    seen: &mut Verdicts,
+    leaf_below_ours: bool,
+) -> Option<(Option<Untrusted>, bool)> {
     let mut linked = false;
     for (i, p) in path.ancestors().enumerate() {
         if p.as_os_str().is_empty() {
@@ -211,7 +255,8 @@ fn judge_chain(path: &Path, seen: &mut Verdicts) -> Option<(Option<Untrusted>, b
             Some(known) => known.clone(),
             None => {
                 let m = std::fs::symlink_metadata(p).ok()?;
-                let known = (m.file_type().is_symlink(), judge(p, &m));
+                let below_ours = i > 0 || leaf_below_ours;
+                let known = (m.file_type().is_symlink(), judge(p, &m, below_ours));
                 if i > 0 {
                     seen.0.insert(p.to_path_buf(), known.clone());
                 }
@@ -227,8 +272,8 @@ fn judge_chain(path: &Path, seen: &mut Verdicts) -> Option<(Option<Untrusted>, b
 }
 
 /// For unit tests: a directory StrictModes trusts, to hold what they create. The
-/// clone's `target/` where it passes (it does not below /tmp, for one), else a
-/// root-owned place of the tests' own.
+/// clone's `target/` where it passes (it does not in a clone another user owns, for
+/// one), else a root-owned place of the tests' own.
 #[cfg(test)]
 pub fn trusted_test_base() -> PathBuf {
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
@@ -273,7 +318,7 @@ impl Dir {
     /// others (for a directory whose contents decide what root does).
     pub fn untrusted(&self) -> Option<Untrusted> {
         let m = File::from(self.fd.try_clone().ok()?).metadata().ok()?;
-        judge(&self.path, &m)
+        judge(&self.path, &m, false)
     }
 
     /// True once the directory itself was removed (its link count drops to 0): whoever
@@ -386,7 +431,7 @@ pub fn create_dir_chain(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io
         walked.push(name);
         let parent_trusted = File::from(cur.try_clone()?)
             .metadata()
-            .is_ok_and(|m| judge(&walked, &m).is_none());
+            .is_ok_and(|m| judge(&walked, &m, false).is_none());
         let nofollow = if parent_trusted { 0 } else { libc::O_NOFOLLOW };
         let flags = libc::O_RDONLY | libc::O_DIRECTORY | nofollow;
         let c = cstr(name)?;
@@ -413,6 +458,81 @@ pub fn create_dir_chain(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io
         cvt(unsafe { libc::fchown(dir.as_raw_fd(), uid, gid) })?;
     }
     Ok(dir)
+}
+
+/// Makes ready the directory of a Unix socket the daemon is about to bind at `path`:
+/// created (0755, component by component, `create_dir_chain`) if missing, then, as
+/// root, judged by StrictModes with the socket counted as root's entry (so a socket
+/// right in /tmp passes, one in a directory another user owns or may write to does
+/// not: they could swap the socket, or the directory, for something else).
+pub fn socket_dir(path: &Path) -> io::Result<()> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_absolute() {
+        create_dir_chain(dir, 0o755, None)?;
+    } else {
+        std::fs::create_dir_all(dir)?;
+    }
+    if euid() != 0 {
+        return Ok(());
+    }
+    match untrusted_home_of_own_entry(dir) {
+        Some(u) => Err(other(format!("socket directory refused: {u} ({RULE})"))),
+        None => Ok(()),
+    }
+}
+
+/// Binds the Unix socket `fd` to `path` so that its file is born with `mode` (the
+/// permission bits, 0o777 at most): `bind` gives the file the socket's own mode (0777)
+/// minus the umask, so the bind runs on a short-lived thread that first leaves the
+/// process's shared file-system context (`unshare(CLONE_FS)`) and sets its own umask.
+/// No other thread's umask changes meanwhile, and no chmod by path follows, which a
+/// symlink renamed over the fresh socket could redirect to any file.
+pub fn bind_unix(fd: RawFd, path: &Path, mode: u32) -> io::Result<()> {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(other(format!(
+            "{}: not a usable socket path (too long?)",
+            path.display()
+        )));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let mask = !mode & 0o777;
+    let bind = move || -> io::Result<()> {
+        // SAFETY: unshare(CLONE_FS) only gives this thread its own copy of the umask,
+        // current and root directories; the thread ends right after the bind.
+        cvt(unsafe { libc::unshare(libc::CLONE_FS) })?;
+        // SAFETY: umask has no preconditions; it is this thread's alone now.
+        unsafe { libc::umask(mask as libc::mode_t) };
+        // SAFETY: addr is a valid sockaddr_un; fd stays open for the call.
+        cvt(unsafe {
+            libc::bind(
+                fd,
+                &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        })
+        .map(drop)
+    };
+    std::thread::scope(|s| {
+        s.spawn(bind)
+            .join()
+            .unwrap_or_else(|_| Err(other("the bind thread failed".into())))
+    })
+}
+
+/// A fresh Unix socket of `kind` (`SOCK_STREAM`, `SOCK_DGRAM`), close-on-exec.
+pub fn unix_socket(kind: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket call; the result is checked.
+    let raw = cvt(unsafe { libc::socket(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: raw is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 #[cfg(test)]
@@ -486,14 +606,16 @@ mod tests {
         // The directories are remembered; the file itself is not.
         std::os::unix::fs::chown(&g, Some(65534), None).unwrap();
         assert!(untrusted_with(&g, &mut seen).unwrap().why.contains("65534"));
-        // A link in a trusted directory to a file under /tmp: the resolved chain counts.
+        // A link in a trusted directory to a file in nobody's directory: the resolved
+        // chain counts.
         let t = tmpdir("verdicts");
         let target = t.join("bin");
         std::fs::write(&target, "x").unwrap();
+        std::os::unix::fs::chown(&t, Some(65534), None).unwrap();
         let link = d.join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let u = untrusted_with(&link, &mut seen).expect("/tmp is world-writable");
-        assert_eq!(u.path, Path::new("/tmp"));
+        let u = untrusted_with(&link, &mut seen).expect("nobody's directory");
+        assert_eq!(u.path, t);
         let _ = std::fs::remove_dir_all(&d);
         let _ = std::fs::remove_dir_all(&t);
     }
@@ -509,13 +631,41 @@ mod tests {
             eprintln!("skipped: needs root to own files as others");
             return;
         }
-        // Under /tmp (sticky, world-writable): refused, even for a root 0600 file.
+        // Under /tmp (sticky, world-writable): a root-owned directory there passes, as
+        // what is in it; a nobody-owned one, a file of nobody's and /tmp itself do not.
         let d = tmpdir("strict");
         let f = d.join("f");
         std::fs::write(&f, "x").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let u = untrusted(&f).expect("/tmp is world-writable");
-        assert_eq!(u.path, Path::new("/tmp"));
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(untrusted(&f), None);
+        assert_eq!(untrusted(&d), None);
+        let u = untrusted(Path::new("/tmp")).expect("/tmp itself is world-writable");
+        assert!(u.why.contains("writable by others"), "{u}");
+        std::os::unix::fs::chown(&f, Some(65534), None).unwrap();
+        let u = untrusted(&f).unwrap();
+        assert!(u.why.contains("fix: chown root"), "{u}");
+        std::os::unix::fs::chown(&f, Some(0), None).unwrap();
+        std::os::unix::fs::chown(&d, Some(65534), None).unwrap();
+        let u = untrusted(&f).unwrap();
+        assert_eq!(u.path, d);
+        std::os::unix::fs::chown(&d, Some(0), None).unwrap();
+        // Writable by others without the sticky bit: refused, with the fix.
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let u = untrusted(&f).unwrap();
+        assert_eq!(u.path, d);
+        assert!(u.why.contains("fix: chmod go-w"), "{u}");
+        // A sticky one of root's passes above a root-owned entry only.
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(untrusted(&f), None);
+        std::os::unix::fs::chown(&f, Some(65534), None).unwrap();
+        assert!(untrusted(&f).is_some());
+        // A symlink an attacker owns in a sticky directory, to a trusted file.
+        std::os::unix::fs::chown(&f, Some(0), None).unwrap();
+        let link = d.join("link");
+        symlink(&f, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(65534), None).unwrap();
+        assert_eq!(untrusted(&link).unwrap().path, link);
         // A file owned by someone else, in trusted directories.
         let base = trusted_test_base();
         if untrusted(&base).is_none() {
@@ -553,6 +703,72 @@ mod tests {
         let ok = user.join("fresh/sub");
         create_dir_chain(&ok, 0o750, Some((65534, 65534))).unwrap();
         assert_eq!(std::fs::metadata(&ok).unwrap().uid(), 65534);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_unix_socket_is_born_with_its_mode_whatever_the_umask() {
+        let d = tmpdir("bind");
+        for mode in [0o600, 0o660, 0o666] {
+            let p = d.join(format!("s{mode:o}"));
+            let fd = unix_socket(libc::SOCK_STREAM).unwrap();
+            bind_unix(fd.as_raw_fd(), &p, mode).unwrap();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            assert!(std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+            assert_eq!(m.permissions().mode() & 0o7777, mode);
+        }
+        // The process's own umask is left alone.
+        // SAFETY: umask has no preconditions; set back at once.
+        let now = unsafe { libc::umask(0o022) };
+        // SAFETY: as above.
+        unsafe { libc::umask(now) };
+        assert_ne!(now, 0o177, "the bind's umask leaked to the process");
+        assert_ne!(now, 0o111);
+        // An existing entry (a symlink an attacker planted) is never bound through.
+        let victim = d.join("victim");
+        std::fs::write(&victim, "x").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        symlink(&victim, d.join("link")).unwrap();
+        let fd = unix_socket(libc::SOCK_STREAM).unwrap();
+        assert!(bind_unix(fd.as_raw_fd(), &d.join("link"), 0o666).is_err());
+        assert_eq!(
+            std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_socket_directory_others_control_is_refused() {
+        if euid() != 0 {
+            eprintln!("skipped: needs root to own directories as others");
+            return;
+        }
+        let d = tmpdir("sockdir");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Created when missing, root's and 0755: fine; right in /tmp: fine.
+        socket_dir(&d.join("new/s.sock")).unwrap();
+        let m = std::fs::metadata(d.join("new")).unwrap();
+        assert_eq!((m.uid(), m.permissions().mode() & 0o777), (0, 0o755));
+        socket_dir(Path::new("/tmp/s.sock")).unwrap();
+        // Nobody's, or writable by others without the sticky bit: refused.
+        std::os::unix::fs::chown(d.join("new"), Some(65534), None).unwrap();
+        let err = socket_dir(&d.join("new/s.sock")).unwrap_err().to_string();
+        assert!(
+            err.contains("socket directory refused") && err.contains("65534"),
+            "{err}"
+        );
+        std::os::unix::fs::chown(d.join("new"), Some(0), None).unwrap();
+        std::fs::set_permissions(d.join("new"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = socket_dir(&d.join("new/s.sock")).unwrap_err().to_string();
+        assert!(err.contains("chmod go-w"), "{err}");
+        // A symlink planted in a directory nobody owns is not followed to create.
+        let theirs = d.join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        symlink("/etc", theirs.join("etc")).unwrap();
+        assert!(socket_dir(&theirs.join("etc/sub/s.sock")).is_err());
+        assert!(!Path::new("/etc/sub").exists());
         let _ = std::fs::remove_dir_all(&d);
     }
 }

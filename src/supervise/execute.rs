@@ -7,7 +7,7 @@
 use super::machine::{self, Action};
 use super::state::State;
 use super::supervisor::Supervisor;
-use crate::process::{procfs, spawn};
+use crate::process::{helper, procfs, spawn};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -196,22 +196,26 @@ impl Supervisor {
     }
 
     /// Reaps children that are not ours to wait for: orphans handed to us as PID 1 or
-    /// subreaper. Managed pids (runs and exec probes) are skipped, so no waiter ever
-    /// loses its status. Bound: one /proc/self/task/*/children read and one WNOHANG
+    /// subreaper. Managed pids (runs, exec probes, daemons named by pid files) and the
+    /// helpers other threads wait for (the checks of a new binary) are skipped, so no
+    /// waiter ever loses its status. Bound: one /proc/self/task/*/children read and one WNOHANG
     /// wait per child.
     pub(super) fn reap_orphans(&mut self) {
         if !self.reap_orphans {
             return;
         }
-        for pid in procfs::children() {
-            if self.unreaped.contains(&pid) {
-                continue;
+        let unreaped = &self.unreaped;
+        helper::excluding(|helpers| {
+            for pid in procfs::children() {
+                if unreaped.contains(&pid) || helpers.contains(&pid) {
+                    continue;
+                }
+                let mut status = 0;
+                // SAFETY: status is a valid out-pointer; WNOHANG never blocks.
+                unsafe {
+                    libc::waitpid(pid, &mut status, libc::WNOHANG);
+                }
             }
-            let mut status = 0;
-            // SAFETY: status is a valid out-pointer; WNOHANG never blocks.
-            unsafe {
-                libc::waitpid(pid, &mut status, libc::WNOHANG);
-            }
-        }
+        });
     }
 }

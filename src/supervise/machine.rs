@@ -243,8 +243,15 @@ enum Phase {
     Draining { run: Run, stop: Stop },
     /// `pid_file`: the launcher exited 0; its pid file must name a live process of the
     /// service by `deadline` (spawn + `stop_timeout_ms`). Read again at `retry_at`.
+    /// The launcher is left unreaped meanwhile: its pid stays the id of its process
+    /// group, which a stop signals, and cannot be reused. `why`: what the last read
+    /// found wrong, reported only if the deadline passes (not in `last_error` meanwhile).
     AwaitPidFile {
         gen: u64,
+        #[serde(default)]
+        launcher: i32,
+        #[serde(default)]
+        why: Option<String>,
         #[serde(with = "carry::mono")]
         started: Instant,
         #[serde(with = "carry::mono")]
@@ -361,6 +368,14 @@ impl Service {
     /// The current run's main pid, until it is reaped.
     pub fn pid(&self) -> Option<i32> {
         self.run().map(|r| r.pid)
+    }
+
+    /// `pid_file`: the launcher of the run whose pid file is awaited (exited, unreaped).
+    pub fn awaited_launcher(&self) -> Option<i32> {
+        match self.phase {
+            Phase::AwaitPidFile { launcher, .. } if launcher > 0 => Some(launcher),
+            _ => None,
+        }
     }
 
     /// The current run's spawn generation.

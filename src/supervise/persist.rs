@@ -80,9 +80,7 @@ impl StateDir {
     pub fn open(dir: &Path) -> Result<StateDir, String> {
         let d = Dir::create(dir, 0o700).map_err(|e| format!("state_dir {}: {e}", dir.display()))?;
         if let Some(u) = safe_fs::untrusted(dir) {
-            return Err(format!(
-                "state_dir refused: {u} (it and every directory above it must be owned by root and not writable by group or others)"
-            ));
+            return Err(format!("state_dir refused: {u} ({})", safe_fs::RULE));
         }
         Ok(StateDir {
             dir: d,
@@ -369,6 +367,7 @@ mod tests {
             state: b'S',
             ppid: 1,
             pgrp,
+            session: pgrp,
             utime: 0,
             stime: 0,
             rss_pages: 0,
@@ -499,8 +498,19 @@ mod tests {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
         let err = StateDir::open(&dir).err().unwrap();
         assert!(err.contains("writable by others"), "{err}");
+        // Below the sticky /tmp: root's own directory passes, one of nobody's does not.
         let tmp = std::env::temp_dir().join(format!("orch-state-{}", std::process::id()));
-        assert!(StateDir::open(&tmp).is_err(), "under a world-writable /tmp");
+        let _ = fs::remove_dir_all(&tmp);
+        assert!(
+            StateDir::open(&tmp).is_ok(),
+            "root's own directory under /tmp"
+        );
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&tmp, Some(65534), None).unwrap();
+            let err = StateDir::open(&tmp).err().unwrap();
+            assert!(err.contains("owned by uid 65534"), "{err}");
+        }
         let _ = fs::remove_dir_all(&tmp);
         let _ = fs::remove_dir_all(&dir);
     }

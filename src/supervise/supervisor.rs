@@ -421,6 +421,7 @@ impl Supervisor {
 
     fn on_signal(&mut self, sig: i32) -> Option<Outcome> {
         match sig {
+            // SIGPWR reaches the loop only as PID 1 (`signals::forward`).
             libc::SIGTERM | libc::SIGINT | libc::SIGQUIT | libc::SIGPWR => {
                 if self.shutdown.is_some() {
                     log::warn!("second {}: killing every service now", signal_name(sig));
@@ -435,6 +436,10 @@ impl Supervisor {
                 Err(e) => log::error!("reload failed, keeping the current configuration: {e}"),
             },
             libc::SIGCHLD => self.reap_orphans(),
+            libc::SIGUSR1 => {
+                log::info!("SIGUSR1 received: reopening the log files");
+                self.sink.reopen();
+            }
             _ => {}
         }
         None

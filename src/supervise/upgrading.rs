@@ -9,7 +9,7 @@
 //! would send, and the window only reads it. Nothing here runs during an event's
 //! handling but bounded file operations (a rename and an fsync, a small JSON file).
 
-use super::machine::Event as MachineEvent;
+use super::machine::{AfterStop, Event as MachineEvent};
 use super::state::reason;
 use super::supervisor::Supervisor;
 use super::upgrade::{History, Pending, Record, Verdict, View, Watch};
@@ -153,8 +153,8 @@ impl Supervisor {
             (true, _) => None,
             (false, None) => return Err("missing path".into()),
             (false, Some(p)) => {
-                install::check_new(Path::new(p))?;
-                Some(PathBuf::from(p))
+                let file = install::open_checked(Path::new(p))?;
+                Some((PathBuf::from(p), file))
             }
         };
         if rollback && std::fs::symlink_metadata(install::prev_path(&binary)).is_err() {
@@ -172,8 +172,10 @@ impl Supervisor {
         let tx = self.tx.clone();
         let service = name.clone();
         let job = move || {
-            let result = match &path {
-                Some(p) => install_new(&service, &binary, p, dir.as_deref()),
+            let result = match path {
+                Some((p, mut file)) => {
+                    install_new(&service, &binary, &p, &mut file, dir.as_deref())
+                }
                 None => put_back(&binary),
             };
             let done = Installed {
@@ -333,6 +335,9 @@ impl Supervisor {
             return;
         };
         let binary = a.binary.clone();
+        // An operator's stop (or a reload's) within the window is obeyed: the old binary
+        // goes back, but nothing starts until someone asks.
+        let stays = e.svc.held() || e.svc.stopping() == Some(AfterStop::Stay);
         let (result, answer) = match verdict {
             Verdict::Failed(reason) => {
                 let reason = match install::restore_prev(&binary) {
@@ -367,7 +372,7 @@ impl Supervisor {
         self.event(level, name, None, event, msg);
         self.forget_pending(name);
         self.save_upgrades();
-        if !ok && self.shutdown.is_none() {
+        if !ok && self.shutdown.is_none() && !stays {
             if let Some(e) = self.services.get_mut(name) {
                 e.svc.ending(result.clone());
             }
@@ -466,15 +471,17 @@ fn short(sha: &str) -> &str {
 }
 
 /// The thread's part of an upgrade: both hashes, the marker in `state_dir`, then the
-/// binary in place.
+/// binary in place. `file` is `new` as opened and checked: what is hashed and copied.
 fn install_new(
     service: &str,
     binary: &Path,
     new: &Path,
+    file: &mut std::fs::File,
     dir: Option<&super::persist::StateDir>,
 ) -> Result<Done, String> {
     let from = sha(binary).map_err(|e| format!("service binary {e}"))?;
-    let to = sha(new)?;
+    let to = crate::control::sha256::open_file_hex(file)
+        .map_err(|e| format!("{}: {e}", new.display()))?;
     if from == to {
         return Ok(Done {
             from,
@@ -493,7 +500,7 @@ fn install_new(
         d.write_file(&marker, &p.to_text())
             .map_err(|e| format!("state_dir: cannot record the upgrade: {e}"))?;
     }
-    install::install(binary, new).inspect_err(|_| {
+    install::install(binary, new, file).inspect_err(|_| {
         if let Some(d) = dir {
             let _ = d.remove_file(&marker);
         }

@@ -407,8 +407,24 @@ impl Daemon {
         cmd.arg("run")
             .arg("--config")
             .arg(sb.dir.join("orchestrator.json"))
-            .args(extra)
-            .current_dir(&sb.dir)
+            .args(extra);
+        Daemon::launch(sb, cmd, env)
+    }
+
+    /// Starts `orchestrator run` in the sandbox without `--config`, with `extra` args:
+    /// the daemon looks its config up (`./orchestrator.json`, or none). Waits until its
+    /// socket (the sandbox's) answers.
+    pub fn start_found(sb: &Sandbox, extra: &[&str]) -> Daemon {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").args(extra);
+        let d = Daemon::launch(sb, cmd, &[]);
+        let ok = wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0);
+        assert!(ok, "daemon did not come up; log:\n{}", d.log_text());
+        d
+    }
+
+    fn launch(sb: &Sandbox, mut cmd: Command, env: &[(&str, &str)]) -> Daemon {
+        cmd.current_dir(&sb.dir)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", "/root")

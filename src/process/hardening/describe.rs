@@ -8,9 +8,10 @@ use crate::config::IoClass;
 use crate::process::cgroup::Cgroups;
 
 /// Every hardening key, in the config reference's order.
-pub const KEYS: [&str; 11] = [
+pub const KEYS: [&str; 12] = [
     "capabilities",
     "syscall_filter",
+    "syscall_allow",
     "syscall_filter_action",
     "private_network",
     "private_tmp",
@@ -92,19 +93,42 @@ pub fn lines(spec: &ServiceSpec, cgroups: &Cgroups) -> Vec<Line> {
             }
         }),
     );
-    let filter = h.syscall_filter.as_ref();
+    let arch = seccomp::ARCH.map_or("?", |a| a.1);
+    let list = |l: &Option<Vec<String>>| {
+        l.as_ref()
+            .map_or("null".into(), |f| format!("[{}]", f.join(", ")))
+    };
+    let how = |what: String| match seccomp::supported(h.filter_kill) {
+        Err(e) => cannot(e),
+        Ok(()) => what,
+    };
+    let denied = seccomp::resolve(h.syscall_filter.as_deref().unwrap_or_default());
     push(
         "syscall_filter",
-        filter.map_or("null".into(), |f| format!("[{}]", f.join(", "))),
-        filter.map(|_| match seccomp::supported(h.filter_kill) {
-            Err(e) => cannot(e),
-            Ok(()) => format!(
-                "seccomp filter denying {} system calls of {}; other architectures' calls denied too",
-                h.denied.len(),
-                seccomp::ARCH.map_or("?", |a| a.1)
-            ),
+        list(&h.syscall_filter),
+        h.syscall_filter.as_ref().map(|_| match h.filter {
+            Some(seccomp::Rule::Allow(_)) => how(format!(
+                "{} system calls of {arch} removed from syscall_allow's",
+                denied.count()
+            )),
+            _ => how(format!(
+                "seccomp filter denying {} system calls of {arch}; other architectures' calls denied too",
+                denied.count()
+            )),
         }),
     );
+    push(
+        "syscall_allow",
+        list(&h.syscall_allow),
+        match h.filter {
+            Some(seccomp::Rule::Allow(allowed)) => Some(how(format!(
+                "seccomp filter allowing {} system calls of {arch} (@default included), denying every other; other architectures' calls denied too",
+                allowed.count()
+            ))),
+            _ => None,
+        },
+    );
+    let filter = h.filter.as_ref();
     push(
         "syscall_filter_action",
         if h.filter_kill { "kill" } else { "errno" }.into(),
@@ -160,6 +184,13 @@ pub fn lines(spec: &ServiceSpec, cgroups: &Cgroups) -> Vec<Line> {
         "private_users",
         h.private_users.to_string(),
         h.private_users.then(|| {
+            if let Some(host) = h.host_id {
+                return ns_how(
+                    "user",
+                    h,
+                    &format!("new user namespace: root inside is host uid/gid {host} (unprivileged), no other id mapped"),
+                );
+            }
             let who = spec.process.identity.as_ref().map_or_else(
                 // SAFETY: geteuid has no preconditions.
                 || format!("uid {}", unsafe { libc::geteuid() }),

@@ -22,15 +22,21 @@ use std::path::PathBuf;
 pub struct Hardening {
     /// Capability numbers to keep; `None` leaves capabilities as they are.
     pub capabilities: Option<Vec<u32>>,
-    /// `syscall_filter` as written.
+    /// `syscall_filter` and `syscall_allow` as written.
     pub syscall_filter: Option<Vec<String>>,
-    /// The numbers it denies on this architecture, resolved once.
-    pub denied: Vec<u32>,
+    pub syscall_allow: Option<Vec<String>>,
+    /// What they make the filter do on this architecture, resolved once; `None`: no
+    /// filter.
+    pub filter: Option<seccomp::Rule>,
     pub filter_kill: bool,
     pub private_network: bool,
     pub private_tmp: bool,
     pub read_only_paths: Vec<PathBuf>,
     pub private_users: bool,
+    /// `private_users` for a service whose user is root: the one unprivileged host id
+    /// (uid and gid) root inside maps to. Set by the plan (`assign_host_ids`), which
+    /// sees every service.
+    pub host_id: Option<u32>,
     pub nice: Option<i32>,
     pub io: Option<(IoClass, u8)>,
     pub io_weight: Option<u32>,
@@ -45,14 +51,16 @@ pub fn validate(svc: &ServiceConfig, err: &mut dyn FnMut(&str, String)) {
             err("capabilities", format!("unknown capability `{name}`{hint}"));
         }
     }
-    for entry in svc.syscall_filter.iter().flatten() {
-        if !seccomp::known(entry) {
-            let hint = crate::config::nearest(entry, seccomp::names())
-                .map_or(String::new(), |n| format!(" (did you mean `{n}`?)"));
-            err(
-                "syscall_filter",
-                format!("unknown system call or group `{entry}`{hint}"),
-            );
+    for (key, list) in [
+        ("syscall_filter", &svc.syscall_filter),
+        ("syscall_allow", &svc.syscall_allow),
+    ] {
+        for entry in list.iter().flatten() {
+            if !seccomp::known(entry) {
+                let hint = crate::config::nearest(entry, seccomp::names())
+                    .map_or(String::new(), |n| format!(" (did you mean `{n}`?)"));
+                err(key, format!("unknown system call or group `{entry}`{hint}"));
+            }
         }
     }
     for p in &svc.read_only_paths {
@@ -69,15 +77,21 @@ pub fn validate(svc: &ServiceConfig, err: &mut dyn FnMut(&str, String)) {
     if let Some(p) = svc.io_priority.filter(|p| *p > 7) {
         err("io_priority", format!("must be between 0 and 7, not {p}"));
     }
-    if svc.io_class == Some(IoClass::Idle) && svc.io_priority.is_some() {
-        err(
-            "io_priority",
-            "the idle class has no priority levels".into(),
-        );
-    }
     if let Some(w) = svc.io_weight.filter(|w| !(1..=10_000).contains(w)) {
         err("io_weight", format!("must be between 1 and 10000, not {w}"));
     }
+}
+
+/// What is accepted but worth a warning in `svc`'s hardening keys (logged at start
+/// and reload, printed by `check`).
+pub fn warnings(svc: &ServiceConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if let (Some(IoClass::Idle), Some(p)) = (svc.io_class, svc.io_priority) {
+        out.push(format!(
+            "io_priority {p} is ignored: the idle class has no priority levels"
+        ));
+    }
+    out
 }
 
 /// The hardening of a validated `svc`.
@@ -86,7 +100,13 @@ pub fn resolve(svc: &ServiceConfig) -> Hardening {
         (None, None) => None,
         (class, level) => Some((
             class.unwrap_or(IoClass::BestEffort),
-            level.unwrap_or(if class == Some(IoClass::Idle) { 0 } else { 4 }),
+            // The idle class has no levels: a level given with it is ignored (and
+            // warned about, see `warnings`), as ionice does.
+            if class == Some(IoClass::Idle) {
+                0
+            } else {
+                level.unwrap_or(4)
+            },
         )),
     };
     Hardening {
@@ -97,15 +117,64 @@ pub fn resolve(svc: &ServiceConfig) -> Hardening {
             n
         }),
         syscall_filter: svc.syscall_filter.clone(),
-        denied: seccomp::resolve(svc.syscall_filter.as_deref().unwrap_or_default()),
+        syscall_allow: svc.syscall_allow.clone(),
+        filter: filter_rule(svc),
         filter_kill: svc.syscall_filter_action == FilterAction::Kill,
         private_network: svc.private_network,
         private_tmp: svc.private_tmp,
         read_only_paths: svc.read_only_paths.clone(),
         private_users: svc.private_users,
+        host_id: None,
         nice: svc.nice,
         io,
         io_weight: svc.io_weight,
+    }
+}
+
+/// The host ids a root service with `private_users` may get, as systemd's
+/// `DynamicUser=` range.
+pub const HOST_IDS: std::ops::RangeInclusive<u32> = 61184..=65519;
+
+/// The host id for service `name`: derived from the name (FNV-1a), so the same at
+/// every start, or the next one up (wrapping within `HOST_IDS`) that `taken` does not
+/// claim.
+pub fn host_id(name: &str, taken: impl Fn(u32) -> bool) -> Option<u32> {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let (first, n) = (*HOST_IDS.start(), HOST_IDS.end() - HOST_IDS.start() + 1);
+    (0..n)
+        .map(|i| first + (h % n + i) % n)
+        .find(|id| !taken(*id))
+}
+
+/// Whether a service running as `identity` needs a host id of its own under
+/// `private_users`: its user is root, and so is the daemon (only root may map another
+/// id; an unprivileged daemon maps itself, as before).
+pub fn needs_host_id(h: &Hardening, identity: Option<&Identity>) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    h.private_users && identity.is_none_or(|id| id.uid == 0) && unsafe { libc::geteuid() } == 0
+}
+
+/// The filter `syscall_allow` and `syscall_filter` ask for: an allow list of the
+/// listed calls and `@default` (always added, as systemd does) less the denied ones
+/// (deny wins), or a deny list alone.
+fn filter_rule(svc: &ServiceConfig) -> Option<seccomp::Rule> {
+    let denied = seccomp::resolve(svc.syscall_filter.as_deref().unwrap_or_default());
+    match &svc.syscall_allow {
+        Some(allow) => {
+            let mut entries: Vec<&str> = allow.iter().map(String::as_str).collect();
+            entries.push("@default");
+            Some(seccomp::Rule::Allow(
+                seccomp::resolve(&entries).without(&denied),
+            ))
+        }
+        None => svc
+            .syscall_filter
+            .as_ref()
+            .map(|_| seccomp::Rule::Deny(denied)),
     }
 }
 
@@ -169,7 +238,16 @@ pub fn prepare(h: &Hardening, identity: Option<&Identity>) -> Result<Prepared, S
     }
     if h.private_users {
         p.clone_flags |= libc::CLONE_NEWUSER;
-        p.id_maps = Some(id_maps(identity));
+        p.id_maps = Some(match h.host_id {
+            // setgroups stays allowed (we write the maps as root): the child drops the
+            // daemon's supplementary groups with it before it switches to root inside.
+            Some(host) => IdMaps {
+                uid_map: format!("0 {host} 1\n"),
+                gid_map: format!("0 {host} 1\n"),
+                deny_setgroups: false,
+            },
+            None => id_maps(identity),
+        });
         // Raising priority needs CAP_SYS_NICE (or CAP_SYS_ADMIN) toward the host,
         // which a child in its own user namespace no longer has; lowering it does not.
         // The child starts at this thread's nice value.
@@ -199,16 +277,22 @@ pub fn prepare(h: &Hardening, identity: Option<&Identity>) -> Result<Prepared, S
             ambient: identity.is_some_and(|id| id.uid != 0),
         });
     }
-    if h.syscall_filter.is_some() {
-        seccomp::supported(h.filter_kill).map_err(|e| format!("syscall_filter: {e}"))?;
-        let (arch, _) = seccomp::ARCH.ok_or("syscall_filter: unsupported architecture")?;
-        p.filter = Some(seccomp::program(arch, &h.denied, h.filter_kill));
+    if let Some(rule) = &h.filter {
+        let key = if h.syscall_allow.is_some() {
+            "syscall_allow"
+        } else {
+            "syscall_filter"
+        };
+        seccomp::supported(h.filter_kill).map_err(|e| format!("{key}: {e}"))?;
+        let (arch, _) = seccomp::ARCH.ok_or(format!("{key}: unsupported architecture"))?;
+        p.filter = Some(seccomp::program(arch, rule, h.filter_kill));
     }
     Ok(p)
 }
 
 /// The service's user mapped to itself (and, with a `user`, its groups), every other
-/// id left unmapped, which the kernel shows as nobody.
+/// id left unmapped, which the kernel shows as nobody. (A root service with a host id
+/// gets `0 HOST 1` instead; see `prepare`.)
 fn id_maps(identity: Option<&Identity>) -> IdMaps {
     // SAFETY: these getters have no preconditions.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -230,6 +314,34 @@ fn id_maps(identity: Option<&Identity>) -> IdMaps {
             deny_setgroups: true,
         },
     }
+}
+
+/// For a root service under `private_users`: whether its host id may execute
+/// `binary` (by the file's mode; directories on the way are not judged), or why not.
+pub fn host_id_can_execute(h: &Hardening, binary: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(host) = h.host_id else {
+        return Ok(());
+    };
+    let m = std::fs::metadata(binary).map_err(|e| format!("{}: {e}", binary.display()))?;
+    let mode = m.mode();
+    let bit = if m.uid() == host {
+        0o100
+    } else if m.gid() == host {
+        0o010
+    } else {
+        0o001
+    };
+    if mode & bit != 0 {
+        return Ok(());
+    }
+    Err(format!(
+        "private_users: host uid {host} cannot execute {} (mode {:04o}, owner {}:{}); make it executable by others",
+        binary.display(),
+        mode & 0o7777,
+        m.uid(),
+        m.gid()
+    ))
 }
 
 impl Prepared {
@@ -344,15 +456,43 @@ mod tests {
         );
         let p = problems(r#"{"syscall_filter": ["@mout"]}"#);
         assert!(p[0].contains("did you mean `@mount`"), "{p:?}");
+        let p = problems(r#"{"syscall_allow": ["@system-servic", "read"]}"#);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("syscall_allow: "), "{p:?}");
+        assert!(p[0].contains("did you mean `@system-service`"), "{p:?}");
         assert_eq!(
             problems(r#"{"nice": 20, "io_priority": 8, "io_weight": 0}"#).len(),
             3
         );
         assert_eq!(problems(r#"{"read_only_paths": ["etc"]}"#).len(), 1);
-        assert_eq!(
-            problems(r#"{"io_class": "idle", "io_priority": 2}"#).len(),
-            1
+        // The idle class has no levels: warned about, not refused.
+        let idle = r#"{"io_class": "idle", "io_priority": 2}"#;
+        assert!(problems(idle).is_empty());
+        assert!(warnings(&svc(idle))[0].contains("idle class has no priority levels"));
+        assert_eq!(resolve(&svc(idle)).ioprio(), Some(3 << 13));
+        assert!(warnings(&svc(r#"{"io_class": "idle"}"#)).is_empty());
+    }
+
+    #[test]
+    fn the_allow_list_adds_default_and_loses_what_syscall_filter_denies() {
+        use seccomp::{resolve as calls, Rule};
+        let h = resolve(&svc(r#"{"syscall_allow": []}"#));
+        assert_eq!(h.filter, Some(Rule::Allow(calls(&["@default"]))));
+        let h = resolve(&svc(
+            r#"{"syscall_allow": ["@system-service"], "syscall_filter": ["@chown", "ioctl"]}"#,
+        ));
+        let Some(Rule::Allow(allowed)) = h.filter else {
+            panic!("{:?}", h.filter)
+        };
+        let expected = calls(&["@system-service"]).without(&calls(&["@chown", "ioctl"]));
+        assert_eq!(allowed, expected);
+        assert!(allowed.contains(libc::SYS_read as u32));
+        assert!(
+            !allowed.contains(libc::SYS_ioctl as u32) && !allowed.contains(libc::SYS_fchown as u32)
         );
+        let h = resolve(&svc(r#"{"syscall_filter": ["@mount"]}"#));
+        assert_eq!(h.filter, Some(Rule::Deny(calls(&["@mount"]))));
+        assert_eq!(resolve(&svc("{}")).filter, None);
     }
 
     #[test]
@@ -383,6 +523,47 @@ mod tests {
         }
         let m = id_maps(None);
         assert!(m.deny_setgroups, "nobody calls setgroups: deny it");
+    }
+
+    #[test]
+    fn host_ids_are_stable_in_range_and_skip_taken_ones() {
+        let a = host_id("web", |_| false).unwrap();
+        assert!(HOST_IDS.contains(&a));
+        assert_eq!(
+            host_id("web", |_| false),
+            Some(a),
+            "the same at every start"
+        );
+        assert_ne!(host_id("db", |_| false), Some(a));
+        let next = host_id("web", |id| id == a).unwrap();
+        assert_eq!(
+            next,
+            if a == *HOST_IDS.end() {
+                *HOST_IDS.start()
+            } else {
+                a + 1
+            }
+        );
+        assert_eq!(host_id("web", |_| true), None);
+    }
+
+    #[test]
+    fn a_root_service_with_a_host_id_maps_only_root_to_it() {
+        let h = Hardening {
+            private_users: true,
+            host_id: Some(61_200),
+            ..Hardening::default()
+        };
+        let p = prepare(&h, None).unwrap();
+        let m = p.id_maps.unwrap();
+        assert_eq!(
+            (m.uid_map.as_str(), m.gid_map.as_str()),
+            ("0 61200 1\n", "0 61200 1\n")
+        );
+        assert!(
+            !m.deny_setgroups,
+            "the child drops the daemon's groups with setgroups"
+        );
     }
 
     #[test]

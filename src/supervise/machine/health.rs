@@ -46,12 +46,14 @@ impl Service {
             }
             Phase::AwaitPidFile {
                 gen,
+                launcher,
+                why,
                 deadline,
                 retry_at,
                 ..
             } => {
                 if due(*deadline) {
-                    let why = format!(
+                    let message = format!(
                         "the pid file {} names no live process of the service within {} ms",
                         self.spec
                             .process
@@ -60,11 +62,12 @@ impl Service {
                             .map_or(String::new(), |p| p.display().to_string()),
                         self.spec.stop_timeout.as_millis()
                     );
-                    let why = match &self.last_error {
-                        Some(e) => format!("{why}: {e}"),
-                        None => why,
+                    let why = match why.take() {
+                        Some(e) => format!("{message}: {e}"),
+                        None => message,
                     };
-                    return self.start_failed(why, ctx);
+                    let launcher = *launcher;
+                    return self.start_failed(launcher, why, ctx);
                 }
                 match retry_at {
                     Some(t) if due(*t) => {
@@ -218,9 +221,11 @@ impl Service {
 
     /// In-place settings from a reload. A running process without a check any more is
     /// up; one that just got a check is probed from now on; a failed service whose
-    /// binary can run again is `stopped`, one whose binary went says why.
+    /// binary can run again is `stopped`, one whose binary went says why; a pending
+    /// retry of a failed service follows the new `retry_failed_ms` (null cancels it).
     pub(super) fn reconfigured(&mut self, spec: ServiceSpec, ctx: &mut Ctx) -> Vec<Action> {
         let had_problem = self.spec.binary_problem.is_some();
+        let old_retry = self.spec.retry_failed;
         self.spec = spec;
         let now = ctx.now.mono;
         let check = self.spec.health_check.clone();
@@ -237,7 +242,12 @@ impl Service {
             {
                 health.next_probe = Some(now + Duration::from_millis(hc.initial_delay_ms));
             }
-            (Phase::Failed { .. }, _) => {
+            (Phase::Failed { retry_at }, _) => {
+                // Counted from the reload: ten minutes lowered to one bring the retry
+                // within a minute, and null means never, at once.
+                if retry_at.is_some() && self.spec.retry_failed != old_retry {
+                    *retry_at = self.spec.retry_failed.map(|r| now + r);
+                }
                 if let Some(err) = self.spec.binary_error() {
                     self.last_error = Some(err);
                 } else if had_problem {

@@ -26,6 +26,9 @@ use std::collections::HashSet;
 struct World {
     /// The live run: pid, gen, when it started (ms), whether its exit was reported.
     live: Option<(i32, u64, u64, bool)>,
+    /// A `pid_file` run's launcher once the daemon took over as the live run: exited,
+    /// not reaped yet.
+    launcher: Option<i32>,
     reaped: HashSet<i32>,
     /// A SIGKILL went to the live group: it exits at the next step.
     killed: bool,
@@ -82,6 +85,9 @@ impl Case {
                             self.fail(format!("spawn while pid {pid} is not reaped"));
                         }
                     }
+                    if let Some(pid) = self.w.launcher {
+                        self.fail(format!("spawn while launcher {pid} is not reaped"));
+                    }
                     let ev = if self.t.rng.u8(..10) == 0 {
                         Event::SpawnFailed {
                             error: "EAGAIN".into(),
@@ -120,6 +126,7 @@ impl Case {
                 }
                 Action::Reap(pid) => {
                     match self.w.live {
+                        _ if self.w.launcher == Some(pid) => self.w.launcher = None,
                         Some((p, _, _, true)) if p == pid => {}
                         _ => self.fail(format!("reap of pid {pid} that did not exit")),
                     }
@@ -133,7 +140,10 @@ impl Case {
                     let result = if self.t.rng.u8(..3) == 0 {
                         Err("pid file missing".into())
                     } else {
-                        // The run started with its launcher.
+                        // The run started with its launcher, which is left unreaped.
+                        if let Some((launcher, _, _, true)) = self.w.live {
+                            self.w.launcher = Some(launcher);
+                        }
                         let pid = 5000 + self.t.gen as i32;
                         let started = self.w.live.map_or(self.t.ms, |l| l.2);
                         self.w.live = Some((pid, gen, started, false));

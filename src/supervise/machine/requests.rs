@@ -9,7 +9,7 @@ impl Service {
             return Err(Refusal::Disabled);
         }
         match &mut self.phase {
-            Phase::Up { .. } => Err(Refusal::AlreadyRunning),
+            Phase::Up { .. } | Phase::AwaitPidFile { .. } => Err(Refusal::AlreadyRunning),
             Phase::Spawning { stop, .. } => match stop {
                 Some(_) => {
                     *stop = None;
@@ -39,7 +39,12 @@ impl Service {
         if !self.spec.enabled {
             return Err(Refusal::Disabled);
         }
-        if self.has_process() || matches!(self.phase, Phase::Spawning { .. }) {
+        if self.has_process()
+            || matches!(
+                self.phase,
+                Phase::Spawning { .. } | Phase::AwaitPidFile { .. }
+            )
+        {
             self.attempts = 0;
             return self.stop(AfterStop::Start, Origin::Operator, ctx);
         }
@@ -86,9 +91,25 @@ impl Service {
                     AfterStop::Recover(_) => Ok(Vec::new()),
                 }
             }
-            // No process yet: the pending start is cancelled at once.
-            // No process known yet (a pid file not read yet: whatever the daemon left
-            // goes with the service's cgroup).
+            // The daemon may be up already, its pid file not written yet: whatever runs
+            // in the launcher's group or the service's cgroup is stopped like a run.
+            Phase::AwaitPidFile {
+                gen,
+                launcher,
+                started,
+                ..
+            } if *launcher > 0 => {
+                let run = Run {
+                    pid: *launcher,
+                    gen: *gen,
+                    started: *started,
+                    launcher: false,
+                };
+                Ok(self.begin_drain(run, then, origin, now))
+            }
+            // No process yet (or, handed over by an older image, no launcher known:
+            // whatever the daemon left goes with the service's cgroup): the pending
+            // start is cancelled at once.
             Phase::WaitingDeps
             | Phase::Backoff { .. }
             | Phase::BusyRetry { .. }
@@ -148,6 +169,44 @@ impl Service {
                 Some(run.pid),
                 format!(
                     "stopping with {}",
+                    crate::supervise::state::signal_name(self.spec.stop_signal)
+                ),
+            ),
+            Action::Signal {
+                pgid: run.pid,
+                sig: self.spec.stop_signal,
+            },
+        ]
+    }
+
+    /// A stop with no main process to wait for (its launcher gone, the pid file not yet
+    /// read): `stop_signal` to what is left of the run, which is then drained as after
+    /// a main process's exit, SIGKILL at the timeout.
+    fn begin_drain(
+        &mut self,
+        run: Run,
+        then: AfterStop,
+        origin: Origin,
+        now: Instant,
+    ) -> Vec<Action> {
+        self.phase = Phase::Draining {
+            run,
+            stop: Stop {
+                deadline: now + self.spec.stop_timeout,
+                killed: false,
+                then,
+                origin,
+                shown: State::Starting,
+                poll_at: Some(now + GROUP_POLL),
+            },
+        };
+        vec![
+            log(
+                log::Level::Info,
+                "stopping",
+                None,
+                format!(
+                    "stopping with {} (the pid file names no process yet)",
                     crate::supervise::state::signal_name(self.spec.stop_signal)
                 ),
             ),

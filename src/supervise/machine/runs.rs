@@ -81,11 +81,14 @@ impl Service {
     }
 
     /// `pid_file`: the launcher daemonized and exited 0. What its pid file names is
-    /// the run's main process from now on; it is read until the start's deadline.
+    /// the run's main process from now on; it is read until the start's deadline. The
+    /// launcher is reaped once that is settled.
     fn launcher_done(&mut self, run: Run, ctx: &mut Ctx) -> Vec<Action> {
         let deadline = run.started + self.spec.stop_timeout;
         self.phase = Phase::AwaitPidFile {
             gen: run.gen,
+            launcher: run.pid,
+            why: None,
             started: run.started,
             deadline,
             retry_at: None,
@@ -98,7 +101,6 @@ impl Service {
                 Some(run.pid),
                 "launcher exited 0: reading the pid file",
             ),
-            Action::Reap(run.pid),
             Action::ReadPidFile { gen: run.gen },
         ]
     }
@@ -113,6 +115,7 @@ impl Service {
         let now = ctx.now.mono;
         let Phase::AwaitPidFile {
             gen: awaited,
+            launcher,
             started,
             deadline,
             ..
@@ -132,30 +135,41 @@ impl Service {
                     launcher: false,
                 };
                 self.up(run, now);
-                vec![log(
+                let mut actions = vec![log(
                     log::Level::Info,
                     "started",
                     Some(pid),
                     "main process from the pid file",
-                )]
+                )];
+                if launcher > 0 {
+                    actions.push(Action::Reap(launcher));
+                }
+                actions
             }
             Err(why) if now + PID_FILE_POLL < deadline => {
                 self.phase = Phase::AwaitPidFile {
                     gen,
+                    launcher,
+                    why: Some(why),
                     started,
                     deadline,
                     retry_at: Some(now + PID_FILE_POLL),
                 };
-                self.last_error = Some(why);
                 Vec::new()
             }
-            Err(why) => self.start_failed(why, ctx),
+            Err(why) => self.start_failed(launcher, why, ctx),
         }
     }
 
     /// A start that produced no main process (a pid file missing, stale or naming a
-    /// process outside the service): a failed run, through the backoff path.
-    pub(super) fn start_failed(&mut self, why: String, ctx: &mut Ctx) -> Vec<Action> {
+    /// process outside the service): a failed run, through the backoff path. What the
+    /// launcher left in its group (and the service's cgroup) goes with it.
+    pub(super) fn start_failed(
+        &mut self,
+        launcher: i32,
+        why: String,
+        ctx: &mut Ctx,
+    ) -> Vec<Action> {
         if let Some(h) = self.history.back_mut() {
             h.exited_ms.get_or_insert(ctx.now.wall_ms);
             h.reason.get_or_insert_with(|| reason::start_failed(&why));
@@ -166,6 +180,10 @@ impl Service {
             None,
             format!("cannot start: {why}"),
         )];
+        // Unknown (0) only in a state handed over by an older image.
+        if launcher > 0 {
+            actions.extend([kill(launcher), Action::Reap(launcher)]);
+        }
         self.last_error = Some(why);
         actions.extend(self.after_run(false, ctx));
         actions
@@ -234,13 +252,16 @@ impl Service {
             Phase::Stopping { run, stop } if run.gen == gen => (*run, Some(*stop)),
             _ => return vec![stray("exit reported for no live run")],
         };
+        // The launcher's expected exit is no run's end: the exit code, the history and
+        // last_error are the daemon's to write.
+        if run.launcher && stop.is_none() && exit.success() {
+            return self.launcher_done(run, ctx);
+        }
         self.last_exit = Some(LastExit {
             exit,
             at_ms: now.wall_ms,
             by_operator: stop.is_some_and(|s| s.origin == Origin::Operator),
         });
-        // The launcher's expected exit 0 is no end of the run: its daemon carries on.
-        let launched = run.launcher && stop.is_none() && exit.success();
         let why = self.ending.take().unwrap_or_else(|| match stop {
             Some(stop) => stop_reason(stop.origin, stop.then, exit),
             None => reason::exit(exit),
@@ -248,7 +269,7 @@ impl Service {
         if let Some(h) = self.history.back_mut() {
             h.exited_ms = Some(now.wall_ms);
             h.exit_code = Some(exit.code());
-            h.reason = (!launched).then_some(why);
+            h.reason = Some(why);
         }
         // An exit we asked for is news, not a warning.
         let level = if exit.success() || stop.is_some() {
@@ -257,9 +278,6 @@ impl Service {
             log::Level::Warn
         };
         let mut actions = vec![log(level, "exited", Some(run.pid), exit.describe())];
-        if launched {
-            return self.launcher_done(run, ctx);
-        }
         if let Some(mut stop) = stop {
             if stop.killed {
                 actions.push(Action::Reap(run.pid));

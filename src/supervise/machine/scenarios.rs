@@ -187,6 +187,32 @@ fn retry_failed_tries_again_and_keeps_failing_fast() {
 }
 
 #[test]
+fn a_reload_reschedules_or_cancels_a_pending_retry() {
+    let mut s = spec(RestartPolicy::Always, 1);
+    s.retry_failed = Some(Duration::from_secs(600));
+    let mut t = T::with(s.clone());
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    t.exit(Exit::Code(1));
+    t.fire();
+    t.spawned();
+    t.exit(Exit::Code(1));
+    assert_eq!(t.due(), "+600000");
+    t.ms += 1000;
+    // Unchanged: the retry keeps its time.
+    t.ev(Event::Reconfigured(Box::new(s.clone())));
+    assert_eq!(t.due(), "+599000");
+    // Lowered: counted from the reload.
+    s.retry_failed = Some(Duration::from_secs(1));
+    t.ev(Event::Reconfigured(Box::new(s.clone())));
+    assert_eq!(t.due(), "+1000");
+    // Null: cancelled; still failed, nothing pending.
+    s.retry_failed = None;
+    t.ev(Event::Reconfigured(Box::new(s)));
+    assert_eq!((t.svc.state(), t.due().as_str()), (State::Failed, "-"));
+}
+
+#[test]
 fn a_wall_clock_jump_changes_no_decision() {
     // The same runs, with the wall clock steady or jumping: backoff, attempts and
     // reset-after follow the monotonic clock; the wall clock only stamps the history.
@@ -441,4 +467,38 @@ fn a_hang_after_reset_after_gets_a_fresh_backoff() {
     t.exit(Exit::Signal(libc::SIGTERM));
     t.ev(Event::GroupEmpty);
     assert_eq!((t.phase().as_str(), t.due()), ("backoff", "+100".into()));
+}
+
+#[test]
+fn a_launchers_exit_0_is_no_runs_end_the_daemons_exit_is() {
+    let mut s = spec(RestartPolicy::Always, 3);
+    s.process.pid_file = Some("/run/svc.pid".into());
+    let mut t = T::with(s);
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    let gen = t.gen;
+    t.exit(Exit::Code(0));
+    assert_eq!(t.svc.last_exit_code(), None, "no run has ended");
+    assert_eq!(t.svc.history().back().map(|h| h.exit_code), Some(None));
+    let missing = Err("pid file /run/svc.pid: No such file or directory".into());
+    t.ev(Event::PidFile {
+        gen,
+        result: missing,
+    });
+    assert_eq!(t.svc.last_error(), None, "a read too early is no error");
+    t.ev(Event::PidFile {
+        gen,
+        result: Ok(4242),
+    });
+    assert_eq!(t.svc.state(), State::Running);
+    assert_eq!(t.svc.last_error(), None);
+    assert_eq!(t.svc.history().back().map(|h| h.exited_ms), Some(None));
+    t.exit(Exit::Signal(libc::SIGKILL));
+    assert_eq!(t.svc.last_exit_code(), Some(137));
+    t.fire();
+    t.spawned();
+    t.exit(Exit::Code(0));
+    assert_eq!(t.svc.last_exit_code(), Some(137), "the crash stays shown");
+    let codes: Vec<_> = t.svc.history().iter().map(|h| h.exit_code).collect();
+    assert_eq!(codes, [Some(137), None]);
 }
