@@ -211,10 +211,10 @@ fn serve(
         }
     }
     log::info!(
-        "orchestrator {} started (pid {}, {} services, control socket {}{})",
+        "orchestrator {} started (pid {}, {}, control socket {}{})",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
-        plan.services.len(),
+        crate::output::count(plan.services.len(), "service", "services"),
         socket.display(),
         if reap_orphans {
             ", reaping orphans"

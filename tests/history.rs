@@ -162,3 +162,44 @@ fn an_oom_kill_is_named_with_the_limit() {
     let r = wait_ended(&sb, "plain", 1);
     assert_eq!(r, ["killed by SIGKILL"]);
 }
+
+/// A liveness check that fails restarts the run, and says so; an upgrade replaces the
+/// run, and says so.
+#[test]
+fn health_failures_and_upgrades_are_named() {
+    let sb = Sandbox::new();
+    let flag = sb.path("sick");
+    sb.service("web", "exec sleep 1000");
+    sb.service("app", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({
+            "web": {"upgrade_grace_ms": 300},
+            "app": {"health_check": {"type": "exec", "interval_ms": 100, "failure_threshold": 1,
+                                     "command": ["/bin/sh", "-c", format!("test ! -e {}", flag.display())]}},
+        }),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let first = sb.wait_running("app", None);
+    std::fs::write(&flag, "").unwrap();
+    let r = wait_ended(&sb, "app", 1);
+    assert!(
+        r[0].as_str()
+            .is_some_and(|w| w.starts_with("health check failed: ")),
+        "{r:?}"
+    );
+    std::fs::remove_file(&flag).unwrap();
+    sb.wait_running("app", Some(first));
+
+    let pid = sb.wait_running("web", None);
+    std::fs::create_dir_all(sb.path("new")).unwrap();
+    let v2 = sb.path("new/web-v2");
+    sb.script(&v2, "exec sleep 999");
+    let out = sb.cli(&["upgrade", "web", v2.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    sb.wait_running("web", Some(pid));
+    assert_eq!(
+        reasons(&sb, "web"),
+        [json!("replaced by an upgrade"), Value::Null]
+    );
+}

@@ -618,3 +618,44 @@ impl Drop for KillOnDrop {
         unsafe { libc::kill(self.0, libc::SIGKILL) };
     }
 }
+
+/// `reload --dry-run` calls a service the reload adds a `start`, even one whose binary
+/// is missing (its start fails with the reason), and one that is not to run
+/// `unchanged`: never `update`.
+#[test]
+fn an_added_service_is_a_start_in_the_plan() {
+    let sb = Sandbox::new();
+    sb.service("keep", "exec sleep 1000");
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("keep", None);
+    d.wait_log(&["started (pid", ", 1 service, control socket"]);
+    sb.service("added", "exec sleep 1000");
+    sb.service("off", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"ghost": {}, "off": {"enabled": false}}),
+    );
+    let out = sb.cli(&["reload", "--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan = out.stdout;
+    for line in [
+        "added: start",
+        "ghost: start",
+        "off: unchanged",
+        "keep: unchanged",
+    ] {
+        assert!(plan.lines().any(|l| l == line), "no `{line}` in:\n{plan}");
+    }
+    assert!(!plan.contains("update"), "{plan}");
+    assert_eq!(sb.cli(&["reload"]).code, 0);
+    sb.wait_running("added", None);
+    let ghost = sb.wait_state("ghost", "failed");
+    assert!(
+        ghost["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("service binary not found")),
+        "{ghost}"
+    );
+    assert_eq!(sb.service_status("off")["state"], "stopped");
+}

@@ -104,6 +104,9 @@ pub fn table(services: &[Value], colour: bool, now: u64) -> String {
         let mut info: Vec<String> = Vec::new();
         let mut exit = "-".to_string();
         if has_process(s) {
+            if let Some(w) = s["waiting_for"].as_str() {
+                info.push(format!("waiting for {w}"));
+            }
             if let Some(st) = s["notify_status"].as_str().filter(|v| !v.is_empty()) {
                 info.push(st.to_string());
             }
@@ -179,19 +182,22 @@ pub fn detail(s: &Value, lines: &[Value], now: u64) -> String {
     let name = escaped(s["name"].as_str().unwrap_or("?"));
     let state = escaped(s["state"].as_str().unwrap_or("?"));
     let mut out = String::new();
+    let waiting = s["waiting_for"]
+        .as_str()
+        .map_or(String::new(), |w| format!(", waiting for {}", escaped(w)));
     let _ = match since_ms(s, now) {
         Some(t) => writeln!(
             out,
-            "{name}: {state} since {} ({})",
+            "{name}: {state} since {} ({}){waiting}",
             timefmt::rfc3339(t),
             ago(t, now)
         ),
-        None => writeln!(out, "{name}: {state}"),
+        None => writeln!(out, "{name}: {state}{waiting}"),
     };
     // Every value is escaped: STATUS= text and last_error come from the service or a
     // health-check peer.
     let mut field = |key: &str, value: String| {
-        let _ = writeln!(out, "  {:<11}{}", format!("{key}:"), escaped(&value));
+        let _ = writeln!(out, "  {:<12}{}", format!("{key}:"), escaped(&value));
     };
     if s["enabled"] == Value::Bool(false) {
         field("enabled", "no (disabled in the config)".into());
@@ -352,7 +358,7 @@ mod tests {
         );
         assert!(t.contains("1m0s ago"), "{t}");
         let d = detail(&s, &[], NOW);
-        assert!(d.contains("last exit: SIGTERM at"), "{d}");
+        assert!(d.contains("last exit:  SIGTERM at"), "{d}");
         assert!(d.contains("stopped by the operator"), "{d}");
     }
 
@@ -367,6 +373,24 @@ mod tests {
             assert!(!out.contains(['\u{1b}', '\r']), "{out:?}");
             assert!(out.contains("bad\\x1b[2J\\r\\nFORGED"), "{out}");
         }
+    }
+
+    #[test]
+    fn labels_read_as_english() {
+        let s = json!({"name": "web", "state": "failed", "pid": null, "restarts": 1,
+            "last_exit_code": 1, "last_error": "exited with code 1"});
+        let d = detail(&s, &[], NOW);
+        assert!(d.contains("  last error: exited with code 1\n"), "{d}");
+        let s = json!({"name": "web", "state": "starting", "pid": 7, "restarts": 0,
+            "uptime": 1_000_000_000u64, "waiting_for": "READY=1"});
+        let t = table(std::slice::from_ref(&s), false, NOW);
+        assert!(t.contains("waiting for READY=1"), "{t}");
+        let d = detail(&s, &[], NOW);
+        assert!(d.starts_with("web: starting since "), "{d}");
+        assert!(
+            d.lines().next().unwrap().ends_with(", waiting for READY=1"),
+            "{d}"
+        );
     }
 
     #[test]

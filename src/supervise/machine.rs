@@ -410,6 +410,16 @@ impl Service {
         self.is_active() || self.next_restart().is_some()
     }
 
+    /// A live run of a `ready: notify` service that has not sent READY=1 yet.
+    pub fn awaiting_ready(&self) -> bool {
+        match &self.phase {
+            Phase::Up { ready, watch, .. } => {
+                !ready && self.spec.process.ready_notify && !watch.notified
+            }
+            _ => false,
+        }
+    }
+
     pub fn waiting_for_deps(&self) -> bool {
         self.phase == Phase::WaitingDeps
     }

@@ -183,9 +183,11 @@ impl Supervisor {
             handover::restart(fd, ctx, r.carry);
         }
         log::info!(
-            "upgrade-self: took over from orchestrator {}: {} services, {runs} running processes, {pipes} output pipes",
+            "upgrade-self: took over from orchestrator {}: {}, {}, {}",
             c.from_version,
-            self.services.len()
+            crate::output::count(self.services.len(), "service", "services"),
+            crate::output::count(runs, "running process", "running processes"),
+            crate::output::count(pipes, "output pipe", "output pipes"),
         );
         self.settle();
         // The `upgrade-self` client learns it is done only now, from us.

@@ -281,6 +281,9 @@ fn status_json(e: &Entry, now: Instant) -> Value {
         "history": history,
         "upgrades": super::upgrading::history_json(&e.upgrade),
     });
+    if svc.awaiting_ready() {
+        v["waiting_for"] = json!("READY=1");
+    }
     if !svc.spec().process.sockets.is_empty() {
         let bound = e
             .sockets
