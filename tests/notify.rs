@@ -466,39 +466,6 @@ fn status_text_cannot_drive_the_terminal() {
     }
 }
 
-/// A run that waits for READY=1 says so, in the table and in `status NAME`; one that
-/// does not wait for it says nothing of the kind.
-#[test]
-fn a_service_waiting_for_ready_says_so() {
-    let sb = Sandbox::new();
-    sb.service("slow", "exec sleep 1000");
-    sb.service("plain", "exec sleep 1000");
-    sb.config(json!({}), json!({"slow": {"ready": "notify"}}));
-    let _d = Daemon::start(&sb, &[]);
-    sb.wait_running("plain", None);
-    let s = wait_status(&sb, "slow", "a pid", |s| s["pid"].as_i64().is_some());
-    assert_eq!(s["state"], "starting", "{s}");
-    assert_eq!(s["waiting_for"], "READY=1", "{s}");
-    let table = sb.cli(&["status"]).stdout;
-    let row = |n: &str| {
-        table
-            .lines()
-            .find(|l| l.starts_with(n))
-            .unwrap_or("")
-            .to_string()
-    };
-    assert!(row("slow").ends_with("waiting for READY=1"), "{table}");
-    assert!(!row("plain").contains("waiting"), "{table}");
-    let out = sb.cli(&["status", "slow"]);
-    assert_eq!(out.code, 3, "starting is not running: {}", out.stderr);
-    let first = out.stdout.lines().next().unwrap_or("");
-    assert!(
-        first.starts_with("slow: starting since ") && first.ends_with(", waiting for READY=1"),
-        "{}",
-        out.stdout
-    );
-}
-
 /// Joins the cgroups whose `cgroup.procs` files $JOIN lists (colon-separated), sends
 /// $MSG to $TARGET, then writes $DONE.
 const JOIN_AND_CLAIM: &str = r#"
@@ -730,4 +697,37 @@ fn without_cgroups_a_services_process_group_speaks_for_it_and_no_other() {
     assert_eq!(s["notify_status"], "from its group", "{s}");
     d.signal(libc::SIGTERM);
     d.wait_exit(DEADLINE);
+}
+
+/// A run that waits for READY=1 says so, in the table and in `status NAME`; one that
+/// does not wait for it says nothing of the kind.
+#[test]
+fn a_service_waiting_for_ready_says_so() {
+    let sb = Sandbox::new();
+    sb.service("slow", "exec sleep 1000");
+    sb.service("plain", "exec sleep 1000");
+    sb.config(json!({}), json!({"slow": {"ready": "notify"}}));
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("plain", None);
+    let s = wait_status(&sb, "slow", "a pid", |s| s["pid"].as_i64().is_some());
+    assert_eq!(s["state"], "starting", "{s}");
+    assert_eq!(s["waiting_for"], "READY=1", "{s}");
+    let table = sb.cli(&["status"]).stdout;
+    let row = |n: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(n))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(row("slow").ends_with("waiting for READY=1"), "{table}");
+    assert!(!row("plain").contains("waiting"), "{table}");
+    let out = sb.cli(&["status", "slow"]);
+    assert_eq!(out.code, 3, "starting is not running: {}", out.stderr);
+    let first = out.stdout.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with("slow: starting since ") && first.ends_with(", waiting for READY=1"),
+        "{}",
+        out.stdout
+    );
 }

@@ -219,7 +219,7 @@ fn every_process_field_restarts_and_every_other_applies_in_place() {
                 "/bin/sh {} --service binary --log-level info",
                 script("binary")
             ),
-            // A binary_path gets no service arguments unless asked.
+            // A binary_path of its own: no service args by default any more.
             format!("/bin/sh {}", alt.display()),
         ),
         (
@@ -477,47 +477,6 @@ fn a_service_dropped_from_the_config_stops_when_unconfigured_ones_do_not_run() {
     assert_eq!(sb.service_status("kept")["pid"], kept);
 }
 
-/// `reload --dry-run` calls a service the reload adds a `start`, even one whose binary
-/// is missing (its start fails with the reason), and one that is not to run
-/// `unchanged`: never `update`.
-#[test]
-fn an_added_service_is_a_start_in_the_plan() {
-    let sb = Sandbox::new();
-    sb.service("keep", "exec sleep 1000");
-    sb.config(json!({"services_dir": "services"}), json!({}));
-    let d = Daemon::start(&sb, &[]);
-    sb.wait_running("keep", None);
-    d.wait_log(&["started (pid", ", 1 service, control socket"]);
-    sb.service("added", "exec sleep 1000");
-    sb.service("off", "exec sleep 1000");
-    sb.config(
-        json!({"services_dir": "services"}),
-        json!({"ghost": {}, "off": {"enabled": false}}),
-    );
-    let out = sb.cli(&["reload", "--dry-run"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let plan = out.stdout;
-    for line in [
-        "added: start",
-        "ghost: start",
-        "off: unchanged",
-        "keep: unchanged",
-    ] {
-        assert!(plan.lines().any(|l| l == line), "no `{line}` in:\n{plan}");
-    }
-    assert!(!plan.contains("update"), "{plan}");
-    assert_eq!(sb.cli(&["reload"]).code, 0);
-    sb.wait_running("added", None);
-    let ghost = sb.wait_state("ghost", "failed");
-    assert!(
-        ghost["last_error"]
-            .as_str()
-            .is_some_and(|e| e.starts_with("service binary not found")),
-        "{ghost}"
-    );
-    assert_eq!(sb.service_status("off")["state"], "stopped");
-}
-
 /// `reload` through the socket alone: the client looks no config file up, so that a
 /// broken or missing file is the daemon's to report.
 fn reload_by_socket(sb: &Sandbox) -> Output {
@@ -658,4 +617,45 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         unsafe { libc::kill(self.0, libc::SIGKILL) };
     }
+}
+
+/// `reload --dry-run` calls a service the reload adds a `start`, even one whose binary
+/// is missing (its start fails with the reason), and one that is not to run
+/// `unchanged`: never `update`.
+#[test]
+fn an_added_service_is_a_start_in_the_plan() {
+    let sb = Sandbox::new();
+    sb.service("keep", "exec sleep 1000");
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("keep", None);
+    d.wait_log(&["started (pid", ", 1 service, control socket"]);
+    sb.service("added", "exec sleep 1000");
+    sb.service("off", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"ghost": {}, "off": {"enabled": false}}),
+    );
+    let out = sb.cli(&["reload", "--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan = out.stdout;
+    for line in [
+        "added: start",
+        "ghost: start",
+        "off: unchanged",
+        "keep: unchanged",
+    ] {
+        assert!(plan.lines().any(|l| l == line), "no `{line}` in:\n{plan}");
+    }
+    assert!(!plan.contains("update"), "{plan}");
+    assert_eq!(sb.cli(&["reload"]).code, 0);
+    sb.wait_running("added", None);
+    let ghost = sb.wait_state("ghost", "failed");
+    assert!(
+        ghost["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("service binary not found")),
+        "{ghost}"
+    );
+    assert_eq!(sb.service_status("off")["state"], "stopped");
 }

@@ -521,7 +521,9 @@ pub fn bind_unix(fd: RawFd, path: &Path, mode: u32) -> io::Result<()> {
         .map(drop)
     };
     std::thread::scope(|s| {
-        s.spawn(bind)
+        std::thread::Builder::new()
+            .name("bind".into())
+            .spawn_scoped(s, bind)?
             .join()
             .unwrap_or_else(|_| Err(other("the bind thread failed".into())))
     })

@@ -2,7 +2,9 @@
 //! loop (it must say it is an orchestrator and accept the config in force), then hand
 //! everything over and exec it in place, keeping the pid. Every child stays ours: they
 //! were all cloned by this (main) thread, which the exec keeps, so no parent-death
-//! signal fires.
+//! signal fires. The new binary is opened once (StrictModes as root) and every check
+//! run and the exec itself go through that descriptor (`execveat`), never its path
+//! again, so that what was checked is what runs.
 //!
 //! What crosses the exec (`Carried`, JSON in a memfd whose number the new image finds
 //! in `ORCHESTRATOR_RESUME_FD`): each machine with its deadlines, counters, history,
