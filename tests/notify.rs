@@ -456,8 +456,11 @@ impl Drop for LookAlikes {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // A cgroup whose last process just died may stay busy for a moment.
         for d in self.dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
+            wait_until(Duration::from_secs(2), || {
+                std::fs::remove_dir(d).is_ok() || !d.exists()
+            });
         }
     }
 }
