@@ -83,10 +83,11 @@ const MAX_EARLY: usize = 64;
 const EARLY_TTL: Duration = Duration::from_secs(5);
 
 /// How long a pid found to be of no service is refused without another look at /proc,
-/// and how many such pids are remembered. A process the daemon spawns always leads its
-/// own group and is registered, so it is heard whatever this remembers; only a
-/// process that left its service's group, and got the pid of a refused one less than
-/// this ago, would wait out the rest of it.
+/// and how many such pids are remembered. The process group is looked up first, so a
+/// registered run is heard whatever this remembers; only a process whose pid belonged
+/// to a refused sender less than this ago (the pid space wrapped within a second)
+/// and that speaks before its group is registered, or from outside it, would wait out
+/// the rest of it.
 const REFUSED_TTL: Duration = Duration::from_secs(1);
 const MAX_REFUSED: usize = 4096;
 /// The reader thread's nice value.
