@@ -83,12 +83,15 @@ const MAX_EARLY: usize = 64;
 const EARLY_TTL: Duration = Duration::from_secs(5);
 
 /// How long a pid found to be of no service is refused without another look at /proc,
-/// and how many such pids are remembered. A process the daemon spawns always leads its
-/// own group and is registered, so it is heard whatever this remembers; only a
-/// process that left its service's group, and got the pid of a refused one less than
-/// this ago, would wait out the rest of it.
+/// and how many such pids are remembered. The process group is looked up first, so a
+/// registered run is heard whatever this remembers; only a process whose pid belonged
+/// to a refused sender less than this ago (the pid space wrapped within a second)
+/// and that speaks before its group is registered, or from outside it, would wait out
+/// the rest of it.
 const REFUSED_TTL: Duration = Duration::from_secs(1);
 const MAX_REFUSED: usize = 4096;
+/// The reader thread's nice value.
+const READER_NICE: libc::c_int = -10;
 
 /// The daemon's notify socket. Dropping it removes the socket file; the reader thread
 /// lives as long as the process.
@@ -315,6 +318,17 @@ struct Datagram<'a> {
 
 impl Reader {
     fn run(mut self) {
+        // Ahead of the senders: while the socket's short queue is full, every sender
+        // waits, and a waiter that is woken loses its place to a flooder that is
+        // running, so a flood by many processes could hold a service's keep-alive back
+        // for seconds. A reader that runs as soon as a datagram comes keeps the queue
+        // from filling; it does little per datagram. (Only a privileged daemon may;
+        // otherwise it stays as it is.)
+        // SAFETY: plain syscalls on the calling thread; a failure changes nothing.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, READER_NICE);
+        }
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let space =
             // SAFETY: CMSG_SPACE only computes a size.
@@ -325,12 +339,20 @@ impl Reader {
             if !self.wait_readable() {
                 continue;
             }
-            match self.receive(&mut buf, &mut control) {
-                Ok(d) => self.handle(d),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log::error!("notify socket: {e}; readiness notifications are no longer read");
-                    return;
+            // Everything queued, without a poll between datagrams: the socket's queue is
+            // short (`net.unix.max_dgram_qlen`, often 10), and while it is full every
+            // sender, a service's keep-alive too, waits for the reader.
+            while !crate::output::handover::asked() {
+                match self.receive(&mut buf, &mut control) {
+                    Ok(d) => self.handle(d),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        log::error!(
+                            "notify socket: {e}; readiness notifications are no longer read"
+                        );
+                        return;
+                    }
                 }
             }
         }
@@ -361,7 +383,8 @@ impl Reader {
         }
     }
 
-    /// Blocks for one datagram; closes whatever descriptors came with it.
+    /// Takes one datagram if there is one (`WouldBlock` if not); closes whatever
+    /// descriptors came with it.
     fn receive<'a>(&self, buf: &'a mut [u8], control: &mut [u64]) -> io::Result<Datagram<'a>> {
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr() as *mut libc::c_void,
@@ -373,9 +396,10 @@ impl Reader {
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
         msg.msg_controllen = std::mem::size_of_val(control) as _;
+        let flags = libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT;
         // SAFETY: valid descriptor and msghdr; MSG_CMSG_CLOEXEC keeps passed fds from
         // leaking into children before we close them.
-        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, flags) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
