@@ -1,7 +1,7 @@
-//! `pid_file` services, which daemonize themselves (SPEC 4), against real daemons where
-//! one shows the behaviour: the pid is the file's first line (PostgreSQL), the daemon
-//! it names is the run (memcached), a stop while the file is awaited gets the stop
-//! signal, and a file is believed only when it names a process of the service, read
+//! `pid_file` services, which daemonize themselves (docs/lifecycle.md), against real
+//! daemons where one shows the behaviour: the pid is the file's first line (PostgreSQL),
+//! the daemon it names is the run (memcached), a stop while the file is awaited gets the
+//! stop signal, and a file is believed only when it names a process of the service, read
 //! never through a symlink.
 
 use crate::util::packages;

@@ -1,8 +1,8 @@
-//! `upgrade` and `rollback` (SPEC 8) with a real sd_listen_fds server behind a held
-//! socket: no client refused during an upgrade, a failing binary rolled back to the
-//! very file that was installed, a late failure restarted normally, one upgrade at a
-//! time, the version history and metric, and a crash in the window settled at the
-//! next start.
+//! `upgrade` and `rollback` (docs/sockets-and-upgrades.md) with a real sd_listen_fds
+//! server behind a held socket: no client refused during an upgrade, a failing binary
+//! rolled back to the very file that was installed, a late failure restarted normally, one
+//! upgrade at a time, the version history and metric, and a crash in the window settled at
+//! the next start.
 
 use crate::sockets::{ask_tcp, free_port, server_body, Prober};
 use crate::util::*;

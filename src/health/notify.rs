@@ -1,7 +1,7 @@
-//! The sd_notify socket (SPEC 7 `ready: "notify"`, `watchdog_ms`): one datagram socket
-//! for the daemon with `SO_PASSCRED`, read by a single thread that blocks while nothing
-//! comes. Each datagram (at most 4 KiB) belongs to the service that owns the sending
-//! process, found by the sender's cgroup (`orchestrator-<id>/NAME`) or its process
+//! The sd_notify socket (docs/health.md `ready: "notify"`, `watchdog_ms`): one datagram
+//! socket for the daemon with `SO_PASSCRED`, read by a single thread that blocks while
+//! nothing comes. Each datagram (at most 4 KiB) belongs to the service that owns the
+//! sending process, found by the sender's cgroup (`orchestrator-<id>/NAME`) or its process
 //! group (registered at spawn); anything else is dropped and counted.
 //!
 //! Messages are coalesced into one small slot per service (ready, status, trigger, last
@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// The largest datagram accepted (SPEC 7); longer ones are dropped and counted.
+/// The largest datagram accepted (docs/health.md); longer ones are dropped and counted.
 pub const MAX_DATAGRAM: usize = 4096;
 /// Descriptors accepted with one datagram (systemd-notify's barrier sends one); all are
 /// closed at once.
