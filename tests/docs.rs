@@ -238,3 +238,41 @@ fn every_metric_is_in_the_reference_and_no_other() {
         );
     }
 }
+
+/// Every field the daemon's status view writes is in the status reference (or, for
+/// the envelope of a reply, in the control protocol's).
+#[test]
+fn every_status_field_is_in_the_reference() {
+    let src = read("src/supervise/views.rs");
+    let code: String = src
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut fields = BTreeSet::new();
+    for (open, close) in [("\"", "\":"), ("v[\"", "\"]")] {
+        for (i, _) in code.match_indices(close) {
+            let before = &code[..i];
+            let Some(start) = before.rfind(open) else {
+                continue;
+            };
+            let name = &before[start + open.len()..];
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                fields.insert(name.to_string());
+            }
+        }
+    }
+    assert!(
+        fields.contains("last_exit_code") && fields.contains("rss_bytes"),
+        "{fields:?}"
+    );
+    let docs = read("docs/status-and-metrics.md") + &read("docs/control-protocol.md");
+    let missing: Vec<&String> = fields
+        .iter()
+        .filter(|f| !docs.contains(&format!("`{f}`")) && !docs.contains(&format!("\"{f}\"")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "status fields not in the reference: {missing:?}"
+    );
+}
