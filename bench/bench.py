@@ -558,12 +558,12 @@ HARDENING = {
 SPAWNED = re.compile(r"spawned pid \d+ in (\d+) us")
 
 
-def hardening_cost(helpers, window=6):
-    """A crashing service restarted with zero backoff, first without hardening and then
-    with every key, in the same run: the median time of the spawn itself (clone to exec,
-    from the daemon's debug log) and of the whole restart cycle (exit, reap, spawn,
-    exec; the exit tears the namespaces down). Runs outside /tmp, which private_tmp
-    hides, with its own copy of the stamp helper."""
+def spawn_costs(helpers, kinds, window):
+    """A crashing service restarted with zero backoff, once per entry of `kinds` (name:
+    the service's extra keys), alternated three times in the same run: the median time
+    of the spawn itself (clone to exec, from the daemon's debug log) and of the whole
+    restart cycle (exit, reap, spawn, exec; the exit tears the namespaces down). Runs
+    outside /tmp, which private_tmp hides, with its own copy of the stamp helper."""
     def cycle(keys):
         base = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "target")
         work = tempfile.mkdtemp(prefix="orch-bench-hardening-", dir=base)
@@ -589,10 +589,10 @@ def hardening_cost(helpers, window=6):
         finally:
             sup.cleanup()
             shutil.rmtree(work, ignore_errors=True)
-    # Alternated, so that a burst of load elsewhere on the machine hits both alike.
-    runs = {"plain": ([], []), "hardened": ([], [])}
+    # Alternated, so that a burst of load elsewhere on the machine hits all alike.
+    runs = {kind: ([], []) for kind in kinds}
     for _ in range(3):
-        for kind, keys in (("plain", None), ("hardened", HARDENING)):
+        for kind, keys in kinds.items():
             spawns, gaps = cycle(keys)
             runs[kind][0].extend(spawns)
             runs[kind][1].extend(gaps)
@@ -605,7 +605,29 @@ def hardening_cost(helpers, window=6):
         out[f"{kind}_spawn_p10_ms"] = spawns[len(spawns) // 10]
         out[f"{kind}_cycle_ms"] = statistics.median(gaps)
         out[f"{kind}_spawns"] = len(spawns)
-    out["extra_ms"] = out["hardened_spawn_ms"] - out["plain_spawn_ms"]
+    return out
+
+
+def hardening_cost(helpers, window=6):
+    """The spawn without hardening and with every key (see spawn_costs)."""
+    out = spawn_costs(helpers, {"plain": None, "hardened": HARDENING}, window)
+    if "error" not in out:
+        out["extra_ms"] = out["hardened_spawn_ms"] - out["plain_spawn_ms"]
+    return out
+
+
+def filter_cost(helpers, window=6):
+    """The spawn with the deny list above and with the allow list most systemd units
+    use (@system-service, some 300 calls): building and installing the larger filter."""
+    kinds = {
+        "plain": None,
+        "deny": {"syscall_filter": HARDENING["syscall_filter"]},
+        "allow": {"syscall_allow": ["@system-service"]},
+    }
+    out = spawn_costs(helpers, kinds, window)
+    if "error" not in out:
+        out["allow_extra_ms"] = out["allow_spawn_ms"] - out["plain_spawn_ms"]
+        out["deny_extra_ms"] = out["deny_spawn_ms"] - out["plain_spawn_ms"]
     return out
 
 
@@ -760,7 +782,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     ap.add_argument("--json", help="also write the raw results here")
-    ap.add_argument("--only", help="comma-separated workloads: footprint,start,idle,restart,hardening,log,shutdown,kill,size,curve,handover,reexec")
+    ap.add_argument("--only", help="comma-separated workloads: footprint,start,idle,restart,hardening,seccomp,log,shutdown,kill,size,curve,handover,reexec")
     ap.add_argument("--baseline", help="another orchestrator binary (say, main before a change), "
                     "measured in the same run as a column of its own")
     args = ap.parse_args()
@@ -816,6 +838,14 @@ def main():
         results["hardening"] = r
         rows.append(("spawn with every hardening key: extra per spawn (ms; target < 1)",
                      {"orchestrator": fmt(r.get("extra_ms"))}, "-", "-"))
+    if wanted("seccomp"):
+        sys.stderr.write("  seccomp: orchestrator, no filter, deny list, allow list...\n")
+        r = filter_cost(helpers, 1 if args.quick else 3)
+        results["seccomp"] = r
+        rows.append(("spawn with syscall_filter (deny list): extra per spawn (ms)",
+                     {"orchestrator": fmt(r.get("deny_extra_ms"))}, "-", "-"))
+        rows.append(("spawn with syscall_allow @system-service: extra per spawn (ms)",
+                     {"orchestrator": fmt(r.get("allow_extra_ms"))}, "-", "-"))
     log_label = f"log path: CPU for {lines} lines (s)"
     if wanted("log"):
         measure(log_label, lambda c: log_path(c, helpers, lines), "cpu_s")
@@ -898,6 +928,13 @@ def main():
               f"({r['hardened_spawn_p10_ms']:.3f}) with every key over {r['hardened_spawns']}; "
               f"the restart cycle (exit, namespace teardown, reap, spawn) {r['plain_cycle_ms']:.2f} "
               f"ms and {r['hardened_cycle_ms']:.2f} ms.")
+    if "seccomp" in results and "allow_extra_ms" in results["seccomp"]:
+        r = results["seccomp"]
+        print(f"\nSyscall filters: a spawn, median (10th percentile), took "
+              f"{r['plain_spawn_ms']:.3f} ms ({r['plain_spawn_p10_ms']:.3f}) with none, "
+              f"{r['deny_spawn_ms']:.3f} ms ({r['deny_spawn_p10_ms']:.3f}) with the deny list "
+              f"and {r['allow_spawn_ms']:.3f} ms ({r['allow_spawn_p10_ms']:.3f}) with "
+              f"syscall_allow @system-service, over {r['allow_spawns']} spawns.")
     if curve:
         print("\nScale curve, orchestrator (start = until all services run):\n")
         print("| services | start (s) | PSS (MB) | RSS (MB) | threads | PSS per service (KB) |")

@@ -82,7 +82,7 @@ fn serve(
     };
     // With --daemon, the daemon's log is log_dir/orchestrator.log, opened and rotated
     // like a service's file (`files::DaemonLog`); otherwise stderr.
-    let mut out: Box<dyn std::io::Write + Send> = Box::new(std::io::stderr());
+    let mut out: Box<dyn files::Destination> = Box::new(std::io::stderr());
     if daemon {
         let files = s.log_files().unwrap_or_else(|| files::FileConfig {
             dir: s.log_dir.clone().unwrap_or_default(),
@@ -211,10 +211,10 @@ fn serve(
         }
     }
     log::info!(
-        "orchestrator {} started (pid {}, {} services, control socket {}{})",
+        "orchestrator {} started (pid {}, {}, control socket {}{})",
         env!("CARGO_PKG_VERSION"),
         std::process::id(),
-        plan.services.len(),
+        crate::output::count(plan.services.len(), "service", "services"),
         socket.display(),
         if reap_orphans {
             ", reaping orphans"

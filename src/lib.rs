@@ -86,7 +86,9 @@ fn dispatch(cli: Cli) -> i32 {
 /// Prints configuration errors, one per line, and returns exit code 2.
 pub(crate) fn config_failed(lines: &[String]) -> i32 {
     for l in lines {
-        eprintln!("orchestrator: {l}");
+        // A path or key from the file may carry control characters: escaped, so that
+        // none reaches the terminal.
+        eprintln!("orchestrator: {}", output::escape::escaped(l));
     }
     2
 }
@@ -103,7 +105,7 @@ pub(crate) fn print_notices(plan: &discovery::Plan, min: log::Level) {
             eprintln!(
                 "orchestrator: {}: {}",
                 n.level.as_str().to_ascii_lowercase(),
-                n.msg
+                output::escape::escaped(&n.msg)
             );
         }
     }

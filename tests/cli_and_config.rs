@@ -67,6 +67,36 @@ fn check_says_what_was_expected() {
     }
 }
 
+/// A directory name in services_dir reaches `discover` and `check` escaped: it cannot
+/// drive the terminal or forge a line of its own.
+#[test]
+fn directory_names_cannot_drive_the_terminal() {
+    let sb = Sandbox::new();
+    sb.service("ok", "exec sleep 100");
+    let evil = "ev\u{1b}]0;pwned\u{7}il\rname\nFORGED";
+    std::fs::create_dir_all(sb.path("services").join(evil)).unwrap();
+    let cfg = sb.config(json!({"services_dir": "services"}), json!({}));
+    for cmd in ["discover", "check"] {
+        let out = run_expect(&sb, &[cmd, "--config", cfg.to_str().unwrap()]);
+        assert_eq!(out.code, 0, "{cmd}: {}", out.stderr);
+        let all = format!("{}{}", out.stdout, out.stderr);
+        assert!(!all.contains(['\u{1b}', '\r', '\u{7}']), "{cmd}: {all:?}");
+        assert!(
+            !all.lines().any(|l| l.starts_with("FORGED")),
+            "{cmd}: a line of its own: {all}"
+        );
+        let warning = out
+            .stderr
+            .lines()
+            .find(|l| l.contains("invalid service name"))
+            .unwrap_or_else(|| panic!("{cmd}: no warning: {}", out.stderr));
+        assert!(
+            warning.contains("ev\\x1b]0;pwned\\x07il\\rname\\nFORGED"),
+            "{warning}"
+        );
+    }
+}
+
 fn group_of_sandbox_processes(sb: &Sandbox) -> Vec<i64> {
     let needle = sb.dir.to_string_lossy().to_string();
     std::fs::read_dir("/proc")

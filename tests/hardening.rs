@@ -3,6 +3,21 @@
 //! happened; each test runs it with the key and, where that proves the key did it,
 //! without. Root-only; skipped with a printed reason elsewhere or when the kernel lacks
 //! the feature.
+//!
+//! Each behaviour is tested in both halves; a new key adds its pair here:
+//! - syscall_filter: every call of every deny group fails with EPERM (walked call by
+//!   call against a table of our own) / the same calls unfiltered do not; errno / kill.
+//! - syscall_allow: calls outside the list fail / python3, nginx, redis and memcached
+//!   run under it; syscall_filter beside it denies an allowed call; kill; a change
+//!   restarts on reload; check and status count the calls / say "off" without it.
+//! - capabilities: the listed ones in all five sets / nothing else (the highest one
+//!   included); root / a user (ambient); `[]` / no key (everything).
+//! - read_only_paths: a write under the path, and under mounts below it, fails / the
+//!   same write without the key succeeds.
+//! - private_users: a root service gets a host id and no root powers / without the key
+//!   it is root; a user service is mapped to itself; a binary the id cannot execute is
+//!   refused / the same binary runs without the key.
+//! - io_priority with the idle class: warned about and ignored / no warning without it.
 
 use crate::util::*;
 use serde_json::{json, Value};
@@ -63,6 +78,10 @@ elif act == "walk":
         r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(-1)] * 6)
         res.append("%d:%s" % (nr, "ok" if r >= 0 else ctypes.get_errno()))
     report(" ".join(res))
+elif act == "rootless":
+    report("uid %d, append %s, shadow %s, cwd owner %d" % (os.getuid(),
+           attempt(lambda: open(arg, "a").write("x")),
+           attempt(lambda: open("/etc/shadow").read()), os.stat(".").st_uid))
 elif act == "ids":
     report("uid %d, / owned by %d, uid_map %s" % (os.getuid(), os.stat("/").st_uid,
            " ".join(open("/proc/self/uid_map").read().split())))
@@ -657,4 +676,258 @@ fn real_daemons_serve_under_the_system_service_allow_list() {
             "{name} runs unfiltered:\n{status}"
         );
     }
+}
+
+/// The host id in /proc/PID/uid_map: "0 HOST 1" expected.
+fn mapped_host(pid: i64) -> u32 {
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    let f: Vec<&str> = map.split_whitespace().collect();
+    assert_eq!(
+        (f.len(), f[0], f[2]),
+        (3, "0", "1"),
+        "only root inside is mapped: {map}"
+    );
+    f[1].parse().unwrap()
+}
+
+#[test]
+fn private_users_gives_a_root_service_one_unprivileged_host_id() {
+    let Some(sb) = sandbox() else { return };
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+    if !Path::new("/proc/self/ns/user").exists() || max.trim() == "0" {
+        eprintln!("skipped: user namespaces are not available");
+        return;
+    }
+    // A root-owned 0644 file: root on the host could append to it.
+    let target = sb.path("root-owned");
+    std::fs::write(&target, "").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let data = sb.path("rootless-data");
+    let mut keys = json!({"private_users": true, "data_dir": data,
+                          "capabilities": ["CAP_DAC_OVERRIDE", "CAP_CHOWN"],
+                          "environment": {"HOLD": "60"}});
+    let arg = target.display().to_string();
+    let mut as_root = keys.clone();
+    as_root["user"] = json!("root");
+    as_root["data_dir"] = json!(sb.path("as-root-data"));
+    keys["restart"] = json!("always");
+    let d = run(
+        &sb,
+        json!({
+            "rootless": probe(&sb, "rootless", "rootless", &arg, keys),
+            "as-root": probe(&sb, "as-root", "rootless", &arg, as_root),
+            "host": probe(&sb, "host", "rootless", &arg, json!({})),
+        }),
+    );
+    let pid = sb.wait_running("rootless", None);
+    let host = mapped_host(pid);
+    assert!((61184..=65519).contains(&host), "{host}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ids = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(ids("Uid:"), format!("Uid:\t{host}\t{host}\t{host}\t{host}"));
+    assert_eq!(ids("Gid:"), format!("Gid:\t{host}\t{host}\t{host}\t{host}"));
+    assert_eq!(
+        ids("Groups:").trim_end(),
+        "Groups:",
+        "the daemon's groups are dropped"
+    );
+    let eacces = format!("errno {}", libc::EACCES);
+    // Root inside, capabilities inside: still nothing a root-owned file would allow.
+    assert_eq!(
+        result(&sb, &d, "rootless"),
+        format!("uid 0, append {eacces}, shadow {eacces}, cwd owner 0")
+    );
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&data).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (host, host),
+        "data_dir is the host id's"
+    );
+    // `user: "root"` is the same case, with an id of its own.
+    let other = mapped_host(sb.wait_running("as-root", None));
+    assert_ne!(other, host);
+    assert_eq!(
+        result(&sb, &d, "as-root"),
+        format!("uid 0, append {eacces}, shadow {eacces}, cwd owner 0")
+    );
+    // Without private_users, root is root.
+    assert_eq!(
+        result(&sb, &d, "host"),
+        "uid 0, append ok, shadow ok, cwd owner 0"
+    );
+    // check and status name the id.
+    let named = format!("root inside is host uid/gid {host}");
+    let check = sb.cli(&["check"]);
+    assert!(check.stdout.contains(&named), "{}", check.stdout);
+    let how = sb.service_status("rootless")["hardening"]["private_users"].clone();
+    assert!(how.as_str().is_some_and(|h| h.contains(&named)), "{how}");
+    // The same id at the next start.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let again = sb.wait_running("rootless", Some(pid));
+    assert_eq!(mapped_host(again), host);
+}
+
+#[test]
+fn private_users_refuses_a_binary_the_host_id_cannot_execute() {
+    let Some(sb) = sandbox() else { return };
+    let private = sb.path("private-bin");
+    std::fs::copy("/bin/true", &private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let svc = |users: bool| {
+        json!({"binary_path": private, "pass_service_args": false, "restart": "always",
+               "max_restart_attempts": 0, "private_users": users})
+    };
+    let _d = run(&sb, json!({"x": svc(true), "control": svc(false)}));
+    let mut last = Value::Null;
+    let ok = wait_until(DEADLINE, || {
+        last = sb.service_status("x");
+        last["last_error"].as_str().is_some_and(|e| {
+            e.contains("cannot execute") && e.contains("mode 0700") && e.contains("host uid 6")
+        })
+    });
+    assert!(ok, "{last}");
+    assert!(sb.service_status("control")["last_exit"]["code"] == 0);
+}
+
+/// The five capability sets of `pid`, from /proc/PID/status, as
+/// [CapInh, CapPrm, CapEff, CapBnd, CapAmb].
+fn cap_sets(pid: i64) -> [u64; 5] {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let mut out = [u64::MAX; 5];
+    for (i, key) in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"]
+        .iter()
+        .enumerate()
+    {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        out[i] = u64::from_str_radix(line[key.len()..].trim(), 16).unwrap();
+    }
+    out
+}
+
+#[test]
+fn capabilities_leave_exactly_the_listed_ones_in_all_five_sets() {
+    let Some(sb) = sandbox() else { return };
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // What the daemon itself may hand out: this process's bounding set (a container
+    // may have cut it).
+    let own = cap_sets(std::process::id() as i64)[3];
+    let (chown, bind, highest) = (1u64 << 0, 1u64 << 10, 1u64 << last);
+    let hold = json!({"HOLD": "60"});
+    let keys = |caps: Value, user: Option<&str>| {
+        let mut k = json!({"capabilities": caps, "environment": hold});
+        if let Some(u) = user {
+            k["user"] = json!(u);
+        }
+        k
+    };
+    let d = run(
+        &sb,
+        json!({
+            "root-two": probe(&sb, "root-two", "exists", "/",
+                keys(json!(["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]), None)),
+            "root-none": probe(&sb, "root-none", "exists", "/", keys(json!([]), None)),
+            "user-bind": probe(&sb, "user-bind", "exists", "/",
+                keys(json!(["CAP_NET_BIND_SERVICE"]), Some("nobody"))),
+            "root-all": probe(&sb, "root-all", "exists", "/",
+                json!({"environment": hold})),
+        }),
+    );
+    let _ = &d;
+    let sets = |name: &str| cap_sets(sb.wait_running(name, None));
+    // Root keeps the listed ones in the inheritable, permitted, effective and
+    // bounding sets, nothing ambient (it needs none to keep them across exec).
+    let two = chown | bind;
+    assert_eq!(sets("root-two"), [two, two, two, two, 0], "root-two");
+    assert_eq!(sets("root-none"), [0; 5], "root-none");
+    // A user keeps them as ambient capabilities across the switch and exec.
+    assert_eq!(
+        sets("user-bind"),
+        [bind, bind, bind, bind, bind],
+        "user-bind"
+    );
+    // Without the key, root's sets are whole, up to the highest capability.
+    let free = sets("root-all");
+    assert_eq!((free[1], free[3]), (own, own), "root-all");
+    assert_ne!(own & highest, 0, "the highest capability is ours to drop");
+}
+
+/// Mounts made below a directory by the test, undone (lazily) on drop.
+struct Mounted(Vec<PathBuf>);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a valid path string.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+#[test]
+fn read_only_paths_cover_the_mounts_below_them() {
+    let Some(sb) = sandbox() else { return };
+    let ro = sb.path("ro");
+    let (tmpfs, bound, source) = (ro.join("tmpfs"), ro.join("bound"), sb.path("source"));
+    for d in [&tmpfs, &bound, &source] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let mut guard = Mounted(Vec::new());
+    // SAFETY: valid strings; the mounts are undone by the guard.
+    let ok = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            c(&tmpfs).as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    } == 0;
+    assert!(ok, "mount tmpfs: {}", std::io::Error::last_os_error());
+    guard.0.push(tmpfs.clone());
+    // SAFETY: as above.
+    let ok = unsafe {
+        let none = std::ptr::null();
+        libc::mount(
+            c(&source).as_ptr(),
+            c(&bound).as_ptr(),
+            none,
+            libc::MS_BIND,
+            none.cast(),
+        )
+    } == 0;
+    assert!(ok, "bind mount: {}", std::io::Error::last_os_error());
+    guard.0.push(bound.clone());
+    let keys = json!({"read_only_paths": [ro]});
+    let file = |dir: &Path, name: &str| dir.join(name).display().to_string();
+    let d = run(
+        &sb,
+        json!({
+            "in-tmpfs": probe(&sb, "in-tmpfs", "write", &file(&tmpfs, "a"), keys.clone()),
+            "in-bound": probe(&sb, "in-bound", "write", &file(&bound, "a"), keys.clone()),
+            "top": probe(&sb, "top", "write", &file(&ro, "a"), keys),
+            "free-tmpfs": probe(&sb, "free-tmpfs", "write", &file(&tmpfs, "b"), json!({})),
+            "free-bound": probe(&sb, "free-bound", "write", &file(&bound, "b"), json!({})),
+        }),
+    );
+    let erofs = format!("errno {}", libc::EROFS);
+    for name in ["in-tmpfs", "in-bound", "top"] {
+        assert_eq!(result(&sb, &d, name), erofs, "{name}");
+    }
+    for name in ["free-tmpfs", "free-bound"] {
+        assert_eq!(result(&sb, &d, name), "ok", "{name}");
+    }
+    drop(d);
 }

@@ -778,6 +778,66 @@ fn stop_cancels_a_retry_of_a_failed_service_and_null_means_never() {
     assert_eq!(sb.service_status("never")["state"], "failed");
 }
 
+/// Start and reload: a retry already pending follows the `retry_failed_ms` a reload
+/// gives. A shorter interval brings it sooner; null cancels it (the service stays
+/// failed, as if the setting had never been there).
+#[test]
+fn a_reload_reschedules_or_cancels_a_pending_retry() {
+    let sb = Sandbox::new();
+    for s in ["clock", "patient"] {
+        sb.service(s, "exit 1");
+    }
+    let config = |retry: Option<u64>| {
+        sb.config(
+            json!({"services_dir": "services", "initial_backoff_ms": 10, "max_backoff_ms": 10,
+                   "max_restart_attempts": 1}),
+            json!({"clock": {"retry_failed_ms": 100}, "patient": {"retry_failed_ms": retry}}),
+        )
+    };
+    config(Some(600_000));
+    let _d = Daemon::start(&sb, &[]);
+    let runs = |name: &str| {
+        sb.service_status(name)["history"]
+            .as_array()
+            .map_or(0, |h| h.len())
+    };
+    let st = sb.wait_state("patient", "failed");
+    assert!(st["next_restart_ms"].as_u64() > Some(300_000), "{st}");
+    let before = runs("patient");
+
+    // Ten minutes become 200 ms: the pending retry comes within that.
+    config(Some(200));
+    let out = sb.cli(&["reload"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let st = sb.service_status("patient");
+    assert!(
+        st["next_restart_ms"].as_u64().is_some_and(|ms| ms <= 200),
+        "{st}"
+    );
+    assert!(
+        wait_until(DEADLINE, || runs("patient") >= before + 2),
+        "the retry kept its old ten minutes"
+    );
+
+    // Null: no retry is pending any more, and none comes.
+    config(None);
+    let out = sb.cli(&["reload"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // (A retry under way when the reload came ends failed, with nothing pending.)
+    let st = sb.wait_state("patient", "failed");
+    assert!(st["next_restart_ms"].is_null(), "{st}");
+    let (patient, clock) = (runs("patient"), runs("clock"));
+    assert!(
+        wait_until(DEADLINE, || runs("clock") >= clock + 3),
+        "clock was not retried"
+    );
+    assert_eq!(
+        runs("patient"),
+        patient,
+        "retried after retry_failed_ms went"
+    );
+}
+
 /// docs/lifecycle.md `pid_file`: the started process daemonizes and exits 0; the pid in
 /// its file is the run's main process. A file that names no live process, or a process
 /// outside the service, is a failed start with the reason.

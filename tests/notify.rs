@@ -6,6 +6,7 @@
 use crate::util::*;
 use serde_json::{json, Value};
 use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -424,4 +425,309 @@ fn a_flood_of_datagrams_delays_neither_the_loop_nor_other_services() {
     let f = wait_status(&sb, "flood", "coalesced", |s| s["notify_status"] == "done");
     assert_eq!(f["state"], "running");
     assert_eq!(f["restarts"], 0);
+}
+
+/// A service's STATUS= text reaches the operator's terminal escaped, in the table and
+/// in `status NAME`: no escape sequence, no carriage return that overwrites the line.
+#[test]
+fn status_text_cannot_drive_the_terminal() {
+    if !have("systemd-notify", "systemd") {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.service(
+        "web",
+        "systemd-notify --ready --status=\"$(printf 'up\\033[2J\\rFORGED\\302\\233')\"\nexec sleep 1000",
+    );
+    sb.config(json!({}), json!({"web": {"ready": "notify"}}));
+    let _d = Daemon::start(&sb, &[]);
+    let s = wait_status(&sb, "web", "its status", |s| {
+        s["notify_status"]
+            .as_str()
+            .is_some_and(|t| t.contains("FORGED"))
+    });
+    assert_eq!(
+        s["notify_status"], "up\u{1b}[2J\rFORGED\u{9b}",
+        "kept as sent"
+    );
+    for args in [&["status"][..], &["status", "web"]] {
+        let out = sb.cli(args);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(
+            !out.stdout.contains(['\u{1b}', '\r', '\u{9b}']),
+            "{args:?}: {:?}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains("up\\x1b[2J\\rFORGED\\u{9b}"),
+            "{args:?}: {}",
+            out.stdout
+        );
+    }
+}
+
+/// Joins the cgroups whose `cgroup.procs` files $JOIN lists (colon-separated), sends
+/// $MSG to $TARGET, then writes $DONE.
+const JOIN_AND_CLAIM: &str = r#"
+import os, socket, time
+for procs in filter(None, os.environ["JOIN"].split(":")):
+    with open(procs, "w") as f:
+        f.write(str(os.getpid()))
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(os.environ["MSG"].encode(), os.environ["TARGET"])
+open(os.environ["DONE"], "w").close()
+time.sleep(1000)
+"#;
+
+/// Cgroups a test made, and the processes it put in them: killed, then removed.
+struct LookAlikes {
+    children: Vec<std::process::Child>,
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl Drop for LookAlikes {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// The cgroup mount points.
+fn cgroup_mounts() -> Vec<std::path::PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            matches!(right.split(' ').next()?, "cgroup2" | "cgroup").then(|| point.into())
+        })
+        .collect()
+}
+
+/// A helper process of a service: sends argv[1] (`\n` for a newline) to its
+/// NOTIFY_SOCKET from a group of its own (setsid), or from the service's group with
+/// $STAY, and writes $LEFT if set. It lives on until its parent (the service's main
+/// process) is gone, so that the daemon can always look at the sender.
+const HELPER: &str = r#"
+import os, socket, sys, time
+parent = os.getppid()
+if not os.environ.get("STAY"):
+    os.setsid()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(sys.argv[1].replace("\\n", "\n").encode(), os.environ["NOTIFY_SOCKET"])
+if os.environ.get("LEFT"):
+    open(os.environ["LEFT"], "w").close()
+while os.getppid() == parent:
+    time.sleep(0.1)
+"#;
+
+#[test]
+fn a_look_alike_cgroup_outside_the_daemons_own_speaks_for_no_service() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: making cgroups elsewhere in the hierarchy needs root");
+        return;
+    }
+    if !python() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let claim = sb.path("claim.py");
+    std::fs::write(&claim, JOIN_AND_CLAIM).unwrap();
+    let go = sb.path("go");
+    let helper = sb.path("helper.py");
+    std::fs::write(&helper, HELPER).unwrap();
+    // Its helper leaves the service's process group (setsid) but stays in its cgroup.
+    sb.service(
+        "probe",
+        &format!(
+            "while [ ! -e {go} ]; do sleep 0.02; done\n\
+             python3 {helper} 'READY=1\nSTATUS=helper in its own group' &\n\
+             exec sleep 1000",
+            go = go.display(),
+            helper = helper.display()
+        ),
+    );
+    sb.service("victim", "exec sleep 1000");
+    sb.config(
+        json!({}),
+        json!({"probe": {"ready": "notify"}, "victim": {"watchdog_ms": 60000}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let probe = wait_status(&sb, "probe", "started", |s| s["pid"].as_i64().is_some());
+    let Some(own) = probe["cgroup"].as_str().map(std::path::PathBuf::from) else {
+        eprintln!("skipped: the daemon found no cgroup hierarchy: {probe}");
+        return;
+    };
+    sb.wait_running("victim", None);
+    // own = <mount>/<daemon's own path>/orchestrator-<id>/probe.
+    let id = own.parent().unwrap().file_name().unwrap().to_owned();
+    let mounts = cgroup_mounts();
+    let tracker_mount = mounts
+        .iter()
+        .filter(|m| own.starts_with(m))
+        .max_by_key(|m| m.as_os_str().len())
+        .cloned()
+        .unwrap();
+    let relative = own.strip_prefix(&tracker_mount).unwrap().to_owned();
+    let mut made = LookAlikes {
+        children: Vec::new(),
+        dirs: Vec::new(),
+    };
+    let mut make = |dir: std::path::PathBuf| -> String {
+        let mut at = std::path::PathBuf::new();
+        for c in dir.components() {
+            at.push(c);
+            if !at.exists() {
+                std::fs::create_dir(&at).unwrap();
+                made.dirs.push(at.clone());
+            }
+        }
+        dir.join("cgroup.procs").display().to_string()
+    };
+    // Same hierarchy, same names, another place: <mount>/<unique>/orchestrator-<id>/NAME.
+    let unique = sb.dir.file_name().unwrap().to_owned();
+    let elsewhere = |name: &str| tracker_mount.join(&unique).join(&id).join(name);
+    // Another hierarchy, the very path of the daemon's cgroup there.
+    // (name=systemd where it is mounted: nothing of the daemon's is ever there.)
+    let mut others: Vec<_> = mounts.iter().filter(|m| **m != tracker_mount).collect();
+    others.sort_by_key(|m| !m.ends_with("systemd"));
+    let other = others.first();
+    let mut join_probe = make(elsewhere("probe"));
+    let mut join_victim = make(elsewhere("victim"));
+    if let Some(m) = &other {
+        join_probe = format!("{join_probe}:{}", make(m.join(&relative)));
+        let victim = m.join(relative.parent().unwrap()).join("victim");
+        join_victim = format!("{join_victim}:{}", make(victim));
+    }
+    eprintln!("look-alikes: {join_probe} and {join_victim}");
+    let target = notify_socket(&sb);
+    for (i, (join, msg)) in [
+        (join_probe, "READY=1\nSTATUS=hijacked"),
+        (join_victim, "WATCHDOG=trigger"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let child = Command::new("python3")
+            .arg(&claim)
+            .env("JOIN", join)
+            .env("MSG", msg)
+            .env("TARGET", &target)
+            .env("DONE", sb.path(&format!("done{i}")))
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        made.children.push(child);
+    }
+    // Both were heard and refused.
+    assert!(wait_until(DEADLINE, || metric(
+        &sb,
+        "orchestrator_notify_rejected_total"
+    ) >= 2));
+    let p = sb.service_status("probe");
+    assert_eq!(p["state"], "starting", "{p}");
+    assert_eq!(p["notify_status"], Value::Null, "{p}");
+    let v = sb.service_status("victim");
+    assert_eq!(v["restarts"], 0, "{v}");
+    assert_eq!(v["state"], "running", "{v}");
+    // The other half: the service's own helper, out of its process group but in its
+    // cgroup, speaks for it.
+    std::fs::write(&go, "").unwrap();
+    let p = wait_status(&sb, "probe", "ready", |s| s["state"] == "running");
+    assert_eq!(p["notify_status"], "helper in its own group", "{p}");
+}
+
+#[test]
+fn without_cgroups_a_services_process_group_speaks_for_it_and_no_other() {
+    // As root, the daemon runs as nobody so that it has no cgroups: the process group
+    // is then all that tells a service's processes.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: running the daemon without cgroups needs root (to be nobody)");
+        return;
+    }
+    if !python() {
+        return;
+    }
+    let sb = Sandbox::new();
+    for d in [sb.dir.clone(), sb.path("services")] {
+        std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+    }
+    let (go, left) = (sb.path("go"), sb.path("left"));
+    let helper = sb.path("helper.py");
+    std::fs::write(&helper, HELPER).unwrap();
+    // A helper that leaves the group (setsid) speaks first; then, once told, a child
+    // that stays in the group (not the main process: its pid is no group's id).
+    sb.service(
+        "svc",
+        &format!(
+            "LEFT={left} python3 {helper} 'READY=1\nSTATUS=from another group' &\n\
+             while [ ! -e {go} ]; do sleep 0.02; done\n\
+             STAY=1 python3 {helper} 'READY=1\nSTATUS=from its group' &\n\
+             exec sleep 1000",
+            go = go.display(),
+            left = left.display(),
+            helper = helper.display()
+        ),
+    );
+    sb.config(json!({}), json!({"svc": {"ready": "notify"}}));
+    let mut d = Daemon::spawn_as(&sb, &[], &[], Some(65534));
+    assert!(
+        wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0),
+        "{}",
+        d.log_text()
+    );
+    let s = wait_status(&sb, "svc", "started", |s| s["pid"].as_i64().is_some());
+    assert_eq!(s["cgroup"], Value::Null, "no cgroups as nobody: {s}");
+    assert!(wait_until(DEADLINE, || left.exists()));
+    assert!(wait_until(DEADLINE, || metric(
+        &sb,
+        "orchestrator_notify_rejected_total"
+    ) >= 1));
+    let s = sb.service_status("svc");
+    assert_eq!(s["state"], "starting", "{s}");
+    assert_eq!(s["notify_status"], Value::Null, "{s}");
+    std::fs::write(&go, "").unwrap();
+    let s = wait_status(&sb, "svc", "ready", |s| s["state"] == "running");
+    assert_eq!(s["notify_status"], "from its group", "{s}");
+    d.signal(libc::SIGTERM);
+    d.wait_exit(DEADLINE);
+}
+
+/// A run that waits for READY=1 says so, in the table and in `status NAME`; one that
+/// does not wait for it says nothing of the kind.
+#[test]
+fn a_service_waiting_for_ready_says_so() {
+    let sb = Sandbox::new();
+    sb.service("slow", "exec sleep 1000");
+    sb.service("plain", "exec sleep 1000");
+    sb.config(json!({}), json!({"slow": {"ready": "notify"}}));
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("plain", None);
+    let s = wait_status(&sb, "slow", "a pid", |s| s["pid"].as_i64().is_some());
+    assert_eq!(s["state"], "starting", "{s}");
+    assert_eq!(s["waiting_for"], "READY=1", "{s}");
+    let table = sb.cli(&["status"]).stdout;
+    let row = |n: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(n))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(row("slow").ends_with("waiting for READY=1"), "{table}");
+    assert!(!row("plain").contains("waiting"), "{table}");
+    let out = sb.cli(&["status", "slow"]);
+    assert_eq!(out.code, 3, "starting is not running: {}", out.stderr);
+    let first = out.stdout.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with("slow: starting since ") && first.ends_with(", waiting for READY=1"),
+        "{}",
+        out.stdout
+    );
 }

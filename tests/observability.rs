@@ -219,6 +219,48 @@ fn total_cap_keeps_every_file_that_fits_after_many_rotations() {
     assert!(total <= cap, "{total} > {cap}");
 }
 
+/// Start and reload: a cap a reload sets applies to the files already there and to
+/// what comes next.
+#[test]
+fn a_total_cap_set_by_reload_applies_to_the_next_lines() {
+    let sb = Sandbox::new();
+    let more = sb.path("more");
+    sb.service(
+        "talk",
+        &format!(
+            "seq 1 1000; while [ ! -e {} ]; do sleep 0.05; done; seq 1001 2000; exec sleep 1000",
+            more.display()
+        ),
+    );
+    let settings = |cap: Option<u64>| {
+        json!({"services_dir": "services", "log_dir": "logs", "log_max_bytes": 2000,
+               "log_max_files": 2, "log_max_total_bytes": cap, "log_level": "error"})
+    };
+    sb.config(settings(None), json!({}));
+    let _d = Daemon::start(&sb, &[]);
+    let logs = sb.path("logs");
+    let total = || -> u64 {
+        std::fs::read_dir(&logs)
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    assert_eq!(settled(&logs, "talk", 1000).1, 3);
+    // Two full rotated files alone pass this cap.
+    let cap = 3500;
+    assert!(total() > cap, "{}", total());
+
+    sb.config(settings(Some(cap)), json!({}));
+    let out = sb.cli(&["reload"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    std::fs::write(&more, "").unwrap();
+    let (nums, _) = settled(&logs, "talk", 2000);
+    let n = nums.len() as u64;
+    assert_run(&nums, 2001 - n, 2000);
+    assert!(total() <= cap, "{} > {cap}", total());
+}
+
 #[test]
 fn unwritable_log_dir_is_counted_and_survived() {
     let sb = Sandbox::new();
@@ -428,6 +470,133 @@ fn metrics_endpoint_serves_valid_exposition() {
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     // The CLI gives the same families.
     check_exposition(&sb.cli(&["metrics"]).stdout);
+}
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all ours),
+/// so that one test can be several peers.
+fn connect_from(from: [u8; 4], to: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(to) = to else {
+        panic!("{to}: not IPv4");
+    };
+    let addr = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor we own, with valid addresses.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let local = addr(from, 0);
+        assert_eq!(
+            libc::bind(fd, &local as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        let remote = addr(to.ip().octets(), to.port());
+        assert_eq!(
+            libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        stream
+    }
+}
+
+/// Whether the server closed `s` (end of file or a reset), without waiting.
+fn closed_by_server(s: &mut std::net::TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let r = s.read(&mut [0u8; 1]);
+    s.set_nonblocking(false).unwrap();
+    !matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+#[test]
+fn idle_connections_never_starve_metrics_scrapes() {
+    let sb = Sandbox::new();
+    sb.service("web", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services", "metrics_listen": "127.0.0.1:0"}),
+        json!({}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    let line = d.wait_log(&["metrics on http://"]);
+    let addr: std::net::SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+    // One peer opening 16 connections and sending nothing keeps its 4 newest: each new
+    // one beyond that closes its own oldest idle one.
+    let mut one_peer: Vec<_> = (0..16)
+        .map(|_| connect_from([127, 0, 0, 2], addr))
+        .collect();
+    let mut state = Vec::new();
+    let settled = wait_until(DEADLINE, || {
+        state = one_peer.iter_mut().map(closed_by_server).collect();
+        state[..12].iter().all(|&c| c)
+    });
+    assert!(settled, "closed by the server: {state:?}");
+    assert!(
+        state[12..].iter().all(|&c| !c),
+        "the newest stay: {state:?}"
+    );
+    // Sixteen more idle connections from four other peers (4 each): every slot is
+    // taken by an idle connection, now and after each scrape.
+    let _others: Vec<_> = (3..7u8)
+        .flat_map(|p| (0..4).map(move |_| connect_from([127, 0, 0, p], addr)))
+        .collect();
+    // Each real scrape still gets its answer, evicting the oldest idle connection.
+    for i in 0..20 {
+        let (head, body) = http_get(&addr.to_string(), "/metrics");
+        assert!(head.starts_with("HTTP/1.1 200"), "scrape {i}: {head}");
+        assert!(body.contains("orchestrator_service_up{service=\"web\"}"));
+    }
+    drop(one_peer);
+}
+
+#[test]
+fn log_line_counts_are_kept_per_stream() {
+    let sb = Sandbox::new();
+    // 3 lines on stdout and 5 on stderr, the last without a newline (read at exit).
+    sb.service(
+        "mixed",
+        "echo o1; echo o2; echo o3\n\
+         for i in 1 2 3 4; do echo e$i >&2; done; printf e5 >&2\n\
+         exec sleep 1000",
+    );
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("mixed", None);
+    d.wait_log(&["mixed[", "stderr: e4"]);
+    let value = |stream: &str| -> Option<u64> {
+        let series =
+            format!("orchestrator_log_lines_total{{service=\"mixed\",stream=\"{stream}\"}} ");
+        sb.cli(&["metrics"])
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+    };
+    // Lines are counted when read, before they are logged.
+    let mut last = (None, None);
+    let counted = wait_until(DEADLINE, || {
+        last = (value("stdout"), value("stderr"));
+        last == (Some(3), Some(4))
+    });
+    assert!(counted, "stdout and stderr lines: {last:?}");
+    // The last stderr line, without its newline, is counted once the service ends.
+    assert_eq!(sb.cli(&["stop", "mixed"]).code, 0);
+    let counted = wait_until(DEADLINE, || {
+        last = (value("stdout"), value("stderr"));
+        last == (Some(3), Some(5))
+    });
+    assert!(counted, "after the stop: {last:?}");
 }
 
 #[test]

@@ -281,12 +281,12 @@ fn status_name_shows_one_service_in_detail() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let s = &out.stdout;
     assert!(s.starts_with("web: running since "), "{s}");
-    assert!(s.contains(&format!("  pid:       {pid}")), "{s}");
+    assert!(s.contains(&format!("  pid:        {pid}")), "{s}");
     assert!(
-        s.contains(&format!("  binary:    {}", bin.display())),
+        s.contains(&format!("  binary:     {}", bin.display())),
         "{s}"
     );
-    assert!(s.contains("  restarts:  0"), "{s}");
+    assert!(s.contains("  restarts:   0"), "{s}");
     assert!(s.contains("last 10 lines:"), "{s}");
     assert!(s.contains(&format!("web[{pid}] stdout: line15\n")), "{s}");
     assert!(s.contains("stdout: line6\n"), "{s}");
@@ -357,10 +357,10 @@ fn an_operator_stop_reads_as_one_and_the_detail_says_when() {
     let s = &out.stdout;
     assert!(s.starts_with("web: stopped since "), "{s}");
     assert!(
-        s.contains("  last exit: SIGTERM at ") && s.contains("stopped by the operator"),
+        s.contains("  last exit:  SIGTERM at ") && s.contains("stopped by the operator"),
         "{s}"
     );
-    assert!(s.contains("  limits:    nofile: setrlimit"), "{s}");
+    assert!(s.contains("  limits:     nofile: setrlimit"), "{s}");
     assert!(s.contains("web[7] stdout: bye"), "{s}");
     let logs = fake
         .requests()

@@ -1,8 +1,10 @@
-//! `pid_file` services, which daemonize themselves (docs/lifecycle.md), against real
-//! daemons where one shows the behaviour: the pid is the file's first line (PostgreSQL),
-//! the daemon it names is the run (memcached), a stop while the file is awaited gets the
-//! stop signal, and a file is believed only when it names a process of the service, read
-//! never through a symlink.
+//! `pid_file` services, which daemonize themselves, against real daemons where
+//! one shows the behaviour: the pid is the file's first line (PostgreSQL), the daemon
+//! it names is the run (memcached), a stop while the file is awaited gets the stop
+//! signal, and a file is believed only when it names a process of the service, read
+//! never through a symlink. A daemon whose own parent lives on is the run all the same;
+//! one adopted through the subreaper outlives a SIGKILLed orchestrator until the next
+//! start clears it.
 
 use crate::util::packages;
 use crate::util::*;
@@ -259,6 +261,15 @@ fn daemon_pid(sb: &Sandbox, name: &str) -> Option<i64> {
 /// runs of the service gets the stop signal, and SIGKILL only at the stop timeout.
 #[test]
 fn a_stop_while_the_pid_file_is_awaited_sends_the_stop_signal_first() {
+    // Through the service's cgroup (as root), then through the launcher's process
+    // group alone (as root, the daemon as nobody has no cgroups).
+    stop_while_awaited(None);
+    if unsafe { libc::geteuid() } == 0 {
+        stop_while_awaited(Some(65534));
+    }
+}
+
+fn stop_while_awaited(uid: Option<u32>) {
     let sb = Sandbox::new();
     let (polite_log, polite_pid) = slow_daemon(&sb, "polite", false);
     let (stubborn_log, stubborn_pid) = slow_daemon(&sb, "stubborn", true);
@@ -267,7 +278,17 @@ fn a_stop_while_the_pid_file_is_awaited_sends_the_stop_signal_first() {
         json!({"services_dir": "services"}),
         json!({"polite": entry(&polite_pid, 60_000), "stubborn": entry(&stubborn_pid, 5_000)}),
     );
-    let d = Daemon::start(&sb, &[]);
+    if uid.is_some() {
+        for d in [sb.dir.clone(), sb.path("services")] {
+            std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+        }
+    }
+    let d = Daemon::spawn_as(&sb, &[], &[], uid);
+    assert!(wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0));
+    let cgroup = sb.service_status("polite")["cgroup"].clone();
+    if uid.is_some() {
+        assert!(cgroup.is_null(), "nobody has no cgroups here: {cgroup}");
+    }
     let up = |log: &Path| std::fs::read_to_string(log).is_ok_and(|t| t.contains("up"));
     assert!(wait_until(DEADLINE, || up(&polite_log) && up(&stubborn_log)));
     d.wait_log(&["polite", "reading the pid file"]);
@@ -290,8 +311,256 @@ fn a_stop_while_the_pid_file_is_awaited_sends_the_stop_signal_first() {
     let out = sb.cli(&["stop", "stubborn"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     sb.wait_state("stubborn", "stopped");
-    assert!(!alive(stubborn), "killed at the timeout");
+    assert!(
+        wait_until(DEADLINE, || !alive(stubborn)),
+        "killed at the timeout"
+    );
     let text = std::fs::read_to_string(&stubborn_log).unwrap();
     assert!(text.contains("TERM"), "the stop signal came first: {text}");
     d.wait_log(&["stubborn", "still running after 5000 ms: sending SIGKILL"]);
+}
+
+/// Without cgroups (as root, the daemon runs as nobody, so it has none), a pid file is
+/// believed only for a process descending from the run's launcher: one in its session
+/// or group, or one that left them (setsid) and was reparented to us. Another service's
+/// process is refused, and that service is untouched.
+#[test]
+fn without_cgroups_a_pid_file_naming_another_service_is_refused() {
+    let sb = Sandbox::new();
+    let root = unsafe { libc::geteuid() } == 0;
+    let run = sb.path("run");
+    std::fs::create_dir(&run).unwrap();
+    let (grouped, detached, evil) = (
+        run.join("grouped.pid"),
+        run.join("detached.pid"),
+        run.join("evil.pid"),
+    );
+    let victim_pid = run.join("victim");
+    sb.service("victim", "exec sleep 1000");
+    sb.service(
+        "grouped",
+        &format!("sleep 1000 & echo $! > {}; exit 0", grouped.display()),
+    );
+    sb.service(
+        "detached",
+        &format!(
+            "setsid sleep 1000 & echo $! > {}; exit 0",
+            detached.display()
+        ),
+    );
+    sb.service(
+        "evil",
+        &format!(
+            "while [ ! -s {v} ]; do sleep 0.05; done; cat {v} > {}; exit 0",
+            evil.display(),
+            v = victim_pid.display()
+        ),
+    );
+    let entry = |p: &Path| json!({"pid_file": p, "restart": "never", "pass_service_args": false});
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"victim": {}, "grouped": entry(&grouped), "detached": entry(&detached),
+               "evil": {"pid_file": evil, "restart": "never", "pass_service_args": false,
+                        "stop_timeout_ms": 5_000}}),
+    );
+    let uid = root.then_some(65534);
+    if root {
+        for d in [sb.dir.clone(), sb.path("services"), run.clone()] {
+            std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+        }
+    }
+    let d = Daemon::spawn_as(&sb, &[], &[], uid);
+    assert!(
+        wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0),
+        "{}",
+        d.log_text()
+    );
+    let victim = sb.wait_running("victim", None);
+    // What evil's launcher waits for, then writes into its own pid file.
+    std::fs::write(&victim_pid, format!("{victim}\n")).unwrap();
+    let st = sb.service_status("victim");
+    assert!(
+        st["cgroup"].is_null(),
+        "this test needs a daemon without cgroups: {st}"
+    );
+    // Its own daemon, in its group or detached from it, is believed.
+    assert_eq!(
+        Some(sb.wait_running("grouped", None)),
+        first_line_pid(&grouped)
+    );
+    assert_eq!(
+        Some(sb.wait_running("detached", None)),
+        first_line_pid(&detached)
+    );
+
+    let st = sb.wait_state("evil", "failed");
+    let why = st["last_error"].as_str().unwrap_or("");
+    assert!(
+        why.contains(&format!(
+            "names process {victim}, which is not the service's"
+        )),
+        "{st}"
+    );
+    assert_eq!(sb.service_status("victim")["pid"], victim);
+    assert_eq!(sb.service_status("victim")["state"], "running");
+    assert!(alive(victim));
+    sb.cli(&["stop", "evil"]);
+    assert!(alive(victim), "the other service is untouched");
+}
+
+/// The pid file is never read through a symlink: one pointing at a file that names
+/// the service's own daemon is refused all the same.
+#[test]
+fn a_symlinked_pid_file_is_refused() {
+    let sb = Sandbox::new();
+    let (real, link) = (sb.path("real.pid"), sb.path("link.pid"));
+    sb.service(
+        "linked",
+        &format!(
+            "sleep 1000 & echo $! > {}; ln -s {} {}; exit 0",
+            real.display(),
+            real.display(),
+            link.display()
+        ),
+    );
+    sb.service(
+        "plain",
+        &format!(
+            "sleep 1000 & echo $! > {}; exit 0",
+            sb.path("plain.pid").display()
+        ),
+    );
+    let entry = |p: PathBuf| {
+        json!({"pid_file": p, "restart": "never", "stop_timeout_ms": 1000,
+               "pass_service_args": false})
+    };
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"linked": entry(link.clone()), "plain": entry(sb.path("plain.pid"))}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("plain", None);
+    let st = sb.wait_state("linked", "failed");
+    let why = st["last_error"].as_str().unwrap_or("");
+    assert!(why.contains("link.pid"), "{st}");
+    assert!(why.contains("symbolic link"), "{st}");
+    let daemon = first_line_pid(&real).expect("the launcher wrote the real file");
+    assert!(
+        wait_until(DEADLINE, || !alive(daemon)),
+        "what the failed start left is killed"
+    );
+}
+
+/// A daemon whose own parent lives on (a monitor that forked it and waits for it) is
+/// not the orchestrator's child: it is the run all the same, which lasts as long as it
+/// does, and its exit ends the run.
+#[test]
+fn a_daemon_with_a_parent_of_its_own_is_the_run_until_it_exits() {
+    let sb = Sandbox::new();
+    let pid_file = sb.path("watched.pid");
+    sb.service(
+        "watched",
+        &format!(
+            "( sleep 1000 & echo $! > {}; wait ) & exit 0",
+            pid_file.display()
+        ),
+    );
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"watched": {"pid_file": pid_file, "restart": "always",
+                           "pass_service_args": false}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("watched", None);
+    assert_eq!(Some(pid), first_line_pid(&pid_file));
+    let parent = procfs_ppid(pid).expect("the daemon runs");
+    assert_ne!(parent, d.pid as i64, "its parent is the monitor, not us");
+    // It stays the run: no exit reported while it lives.
+    let since = Instant::now();
+    let steady = wait_until(DEADLINE, || {
+        let st = sb.service_status("watched");
+        assert_eq!(st["pid"], pid, "{st}; log:\n{}", d.log_text());
+        assert_eq!(st["restarts"], 0, "{st}");
+        since.elapsed() > Duration::from_secs(1)
+    });
+    assert!(steady);
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let again = sb.wait_running("watched", Some(pid));
+    assert_eq!(sb.service_status("watched")["restarts"], 1);
+    assert_eq!(sb.cli(&["stop", "watched"]).code, 0);
+    sb.wait_state("watched", "stopped");
+    assert!(wait_until(DEADLINE, || !alive(again)));
+}
+
+fn procfs_ppid(pid: i64) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A daemon adopted through the subreaper outlives an orchestrator killed with SIGKILL
+/// (the parent-death signal cannot reach it); the next start kills it: through the
+/// service's cgroup, or without cgroups through the group recorded in `state_dir`.
+#[test]
+fn an_adopted_daemon_outlives_a_sigkill_until_the_next_start() {
+    let root = unsafe { libc::geteuid() } == 0;
+    // With cgroups (root), then without (as root: the daemon as nobody).
+    let runs: &[Option<u32>] = if root { &[None, Some(65534)] } else { &[None] };
+    for &uid in runs {
+        let sb = Sandbox::new();
+        let run = sb.path("run");
+        std::fs::create_dir(&run).unwrap();
+        let pid_file = run.join("adopted.pid");
+        let daemon = sb.path("adopted-daemon.sh");
+        sb.script(&daemon, "while :; do sleep 0.2; done");
+        sb.service(
+            "adopted",
+            &format!(
+                "setsid {} & echo $! > {}; exit 0",
+                daemon.display(),
+                pid_file.display()
+            ),
+        );
+        sb.config(
+            json!({"services_dir": "services", "state_dir": "state"}),
+            json!({"adopted": {"pid_file": pid_file, "pass_service_args": false}}),
+        );
+        if uid.is_some() {
+            for d in [sb.dir.clone(), sb.path("services"), run.clone()] {
+                std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+            }
+        }
+        let mut d = Daemon::spawn_as(&sb, &[], &[], uid);
+        assert!(wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0));
+        let pid = sb.wait_running("adopted", None);
+        let cgroups = !sb.service_status("adopted")["cgroup"].is_null();
+        assert_eq!(cgroups, root && uid.is_none(), "uid {uid:?}");
+        let state = sb.path("state/state.json");
+        assert!(wait_until(DEADLINE, || std::fs::read_to_string(&state)
+            .is_ok_and(|t| t.contains(&format!("\"pgid\":{pid}")))));
+        d.signal(libc::SIGKILL);
+        d.wait_exit(DEADLINE);
+        assert!(alive(pid), "the adopted daemon lives on (uid {uid:?})");
+        let d2 = Daemon::spawn_as(&sb, &[], &[], uid);
+        assert!(
+            wait_until(DEADLINE, || !alive(pid)),
+            "the next start kills it (uid {uid:?}); log:\n{}",
+            d2.log_text()
+        );
+        if cgroups {
+            d2.wait_log(&["left in service cgroups by a previous instance"]);
+        } else {
+            d2.wait_log(&[
+                "adopted: killing process group",
+                "left by a previous instance",
+            ]);
+        }
+        let again = sb.wait_running("adopted", Some(pid));
+        assert_eq!(sb.cli(&["stop", "adopted"]).code, 0);
+        assert!(wait_until(DEADLINE, || !alive(again)));
+    }
 }

@@ -353,6 +353,7 @@ fn state_dir_lets_a_successor_kill_what_a_crashed_daemon_left_and_keep_history()
     let history = st["history"].as_array().unwrap();
     assert_eq!(history.len(), 2, "{st}");
     assert!(history[0]["exited"].as_u64().is_some(), "{st}");
+    assert_eq!(history[0]["reason"], "ended with the orchestrator", "{st}");
     assert!(history[1]["exited"].is_null(), "{st}");
     assert_eq!(st["pid"], second);
     // A clean shutdown leaves a state with no live group and every run closed.
@@ -364,6 +365,9 @@ fn state_dir_lets_a_successor_kill_what_a_crashed_daemon_left_and_keep_history()
     let runs = parent["history"].as_array().unwrap();
     assert_eq!(runs.len(), 2, "{text}");
     assert!(runs.iter().all(|r| r[1].is_u64()), "{text}");
+    // Each closed run keeps why it ended, across the restart too.
+    assert_eq!(runs[0][3], "ended with the orchestrator", "{text}");
+    assert_eq!(runs[1][3], "stopped by shutdown", "{text}");
 }
 
 #[test]

@@ -220,10 +220,8 @@ fn every_process_field_restarts_and_every_other_applies_in_place() {
                 "/bin/sh {} --service binary --log-level info",
                 script("binary")
             ),
-            format!(
-                "/bin/sh {} --service binary --log-level info",
-                alt.display()
-            ),
+            // A binary_path of its own: no service args by default any more.
+            format!("/bin/sh {}", alt.display()),
         ),
         (
             "args",
@@ -386,6 +384,11 @@ fn every_process_field_restarts_and_every_other_applies_in_place() {
             json!({"health_check": {"type": "exec", "command": ["true"], "interval_ms": 200}}),
         ),
         ("deps", json!({}), json!({"depends_on": ["same"]})),
+        (
+            "retry",
+            json!({"retry_failed_ms": 1000}),
+            json!({"retry_failed_ms": 2000}),
+        ),
     ];
     let mut before = serde_json::Map::new();
     let mut after = serde_json::Map::new();
@@ -577,8 +580,37 @@ fn a_foreground_daemon_reloads_the_file_it_found_at_start() {
     let sb = Sandbox::new();
     sb.service("sleeper", "exec sleep 1000");
     sb.config(json!({"services_dir": "services"}), json!({"sleeper": {}}));
-    let d = Daemon::start_found(&sb);
+    let d = Daemon::start_found(&sb, &[]);
     reloads_read_the_file_found_at_start(&sb, &|| d.log_text());
+}
+
+/// Without a config file at start the built-in defaults apply, and keep applying: a file
+/// that appears later is not the daemon's (only a restart looks the file up again).
+#[test]
+fn without_a_file_at_start_reloads_keep_the_defaults() {
+    let sb = Sandbox::new();
+    sb.service("sleeper", "exec sleep 1000");
+    let socket = sb.socket();
+    let d = Daemon::start_found(
+        &sb,
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "--services-dir",
+            "services",
+        ],
+    );
+    let pid = sb.wait_running("sleeper", None);
+    std::fs::write(
+        sb.path("orchestrator.json"),
+        r#"{"services": {"sleeper": {"enabled": false}}}"#,
+    )
+    .unwrap();
+    let out = reload_by_socket(&sb);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("sleeper: unchanged"), "{}", out.stdout);
+    assert_eq!(sb.service_status("sleeper")["pid"], pid);
+    drop(d);
 }
 
 struct KillOnDrop(i32);
@@ -587,4 +619,45 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         unsafe { libc::kill(self.0, libc::SIGKILL) };
     }
+}
+
+/// `reload --dry-run` calls a service the reload adds a `start`, even one whose binary
+/// is missing (its start fails with the reason), and one that is not to run
+/// `unchanged`: never `update`.
+#[test]
+fn an_added_service_is_a_start_in_the_plan() {
+    let sb = Sandbox::new();
+    sb.service("keep", "exec sleep 1000");
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("keep", None);
+    d.wait_log(&["started (pid", ", 1 service, control socket"]);
+    sb.service("added", "exec sleep 1000");
+    sb.service("off", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"ghost": {}, "off": {"enabled": false}}),
+    );
+    let out = sb.cli(&["reload", "--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan = out.stdout;
+    for line in [
+        "added: start",
+        "ghost: start",
+        "off: unchanged",
+        "keep: unchanged",
+    ] {
+        assert!(plan.lines().any(|l| l == line), "no `{line}` in:\n{plan}");
+    }
+    assert!(!plan.contains("update"), "{plan}");
+    assert_eq!(sb.cli(&["reload"]).code, 0);
+    sb.wait_running("added", None);
+    let ghost = sb.wait_state("ghost", "failed");
+    assert!(
+        ghost["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("service binary not found")),
+        "{ghost}"
+    );
+    assert_eq!(sb.service_status("off")["state"], "stopped");
 }

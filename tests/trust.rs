@@ -6,7 +6,7 @@
 use crate::util::*;
 use serde_json::json;
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -445,4 +445,426 @@ fn a_root_owned_directory_under_tmp_is_trusted_and_nobodys_is_not() {
         "{}",
         out.stderr
     );
+}
+
+/// As user nobody (this thread's file-system uid only), whenever a socket appears at
+/// `sock`, renames a symlink to `victim` over it, then clears the way for the next
+/// bind. Runs until `stop`; returns how many swaps it made.
+fn swap_links_over_sockets(
+    sock: std::path::PathBuf,
+    victim: std::path::PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        unsafe { libc::syscall(libc::SYS_setfsuid, NOBODY) };
+        unsafe { libc::syscall(libc::SYS_setfsgid, NOBODY) };
+        let tmp = sock.with_extension("link");
+        let mut swaps = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            // The link is made beforehand: once the socket shows, one rename.
+            if std::fs::symlink_metadata(&tmp).is_err() {
+                let _ = std::os::unix::fs::symlink(&victim, &tmp);
+            }
+            let is_socket =
+                std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket());
+            if is_socket && std::fs::rename(&tmp, &sock).is_ok() {
+                swaps += 1;
+                std::thread::sleep(Duration::from_millis(30));
+                let _ = std::fs::remove_file(&sock);
+            }
+        }
+        swaps
+    })
+}
+
+#[test]
+fn a_symlink_raced_over_a_fresh_service_socket_changes_no_files_mode() {
+    if !is_root() {
+        eprintln!("skipped: needs root to race as another user");
+        return;
+    }
+    let sb = Sandbox::new();
+    let victim = sb.path("victim");
+    std::fs::write(&victim, "root only\n").unwrap();
+    chmod(&victim, 0o600);
+    // Nobody's socket directory: refused before any bind. A squatted port makes every
+    // start fail and retry, so that the old code bound again and again, each time
+    // chmodding by path what stood at the socket's path a moment later. That moment is
+    // stretched so that the race is won at once: the configured path goes through a
+    // link whose target is thousands of `d/..` steps, which each lookup of the path
+    // (the chmod's) walks, while nobody watches the socket through the short path.
+    let theirs = std::env::temp_dir().join(format!("orch-race-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&theirs);
+    std::fs::create_dir_all(theirs.join("d")).unwrap();
+    std::os::unix::fs::symlink("d/../".repeat(800) + "d", theirs.join("s")).unwrap();
+    let mut long = theirs.display().to_string() + "/";
+    while long.len() + "s/../s/x.sock".len() <= 107 {
+        long.push_str("s/../");
+    }
+    long.push_str("s/x.sock");
+    for p in [theirs.join("d"), theirs.clone()] {
+        std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let sock = theirs.join("d/x.sock");
+    // A sticky directory of root's: bound (the kernel keeps nobody from renaming over
+    // root's socket there), and born with its mode.
+    let shared = sb.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    chmod(&shared, 0o1777);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    sb.service("web", "exec sleep 1000");
+    sb.service("ok", "exec sleep 1000");
+    let ok_sock = shared.join("s.sock");
+    sb.config(
+        json!({"services_dir": "services", "max_restart_attempts": 100000,
+               "initial_backoff_ms": 1, "max_backoff_ms": 5}),
+        json!({
+            "web": {"sockets": [
+                {"listen": format!("unix:{long}"), "mode": "0666"},
+                {"listen": format!("127.0.0.1:{port}")}]},
+            "plain": {"binary_path": sb.path("services/ok/ok"),
+                      "sockets": [{"listen": format!("unix:{}", theirs.join("d/y.sock").display())}]},
+            "ok": {"sockets": [{"listen": format!("unix:{}", ok_sock.display()), "mode": "0660"}]},
+        }),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attackers = [
+        swap_links_over_sockets(sock.clone(), victim.clone(), stop.clone()),
+        swap_links_over_sockets(ok_sock.clone(), victim.clone(), stop.clone()),
+    ];
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("ok", None);
+    let meta = std::fs::symlink_metadata(&ok_sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+    // Many starts of web, each a chance for the race; stop early if it was won.
+    let victim_mode = || std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+    wait_until(Duration::from_secs(20), || {
+        victim_mode() != 0o600 || d.count_log(&["web", "cannot bind socket"]) >= 100
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps: Vec<usize> = attackers.into_iter().map(|t| t.join().unwrap()).collect();
+    let starts = d.count_log(&["web", "cannot bind socket"]);
+    eprintln!("{starts} starts of web, swaps {swaps:?}");
+    assert_eq!(
+        victim_mode(),
+        0o600,
+        "the victim's mode changed; swaps {swaps:?}"
+    );
+    let st = sb.service_status("web");
+    let err = st["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("in a directory others control"), "{st}");
+    // Without the link: the directory itself is judged, and the fix named.
+    let st = sb.service_status("plain");
+    let err = st["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("socket directory refused") && err.contains("fix: chown root"),
+        "{st}"
+    );
+    assert!(!theirs.join("d/y.sock").exists());
+    assert_eq!(
+        swaps[1], 0,
+        "nobody renamed over root's socket in a sticky directory"
+    );
+    assert!(std::fs::symlink_metadata(&ok_sock).is_ok_and(|m| m.file_type().is_socket()));
+    drop(taken);
+    let _ = std::fs::remove_dir_all(&theirs);
+}
+
+/// A directory under /tmp that user nobody owns, holding `d/` and the link `s` to it
+/// through thousands of `d/..` steps, and a socket path of at most 107 bytes that goes
+/// through `s` many times and ends in `d/NAME`: every lookup of it (a chmod by path)
+/// takes long, while nobody watches `d/NAME` through the short path. `room`: bytes
+/// left for a suffix.
+fn slow_path_in_nobodys_dir(tag: &str, name: &str, room: usize) -> (std::path::PathBuf, String) {
+    let theirs = std::env::temp_dir().join(format!("orch-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&theirs);
+    std::fs::create_dir_all(theirs.join("d")).unwrap();
+    std::os::unix::fs::symlink("d/../".repeat(800) + "d", theirs.join("s")).unwrap();
+    let mut long = theirs.display().to_string() + "/";
+    while long.len() + "s/../s/".len() + name.len() + room <= 107 {
+        long.push_str("s/../");
+    }
+    long.push_str("s/");
+    long.push_str(name);
+    for p in [theirs.join("d"), theirs.clone()] {
+        std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    (theirs, long)
+}
+
+#[test]
+fn a_symlink_raced_over_the_control_or_notify_socket_changes_no_files_mode() {
+    if !is_root() {
+        eprintln!("skipped: needs root to race as another user");
+        return;
+    }
+    let sb = Sandbox::new();
+    let victim = sb.path("victim");
+    std::fs::write(&victim, "root's\n").unwrap();
+    chmod(&victim, 0o644);
+    // The ".notify" suffix must fit too.
+    let (theirs, long) = slow_path_in_nobodys_dir("ctl-race", "c.sock", ".notify".len());
+    sb.service("web", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services", "control_socket": long}),
+        json!({"web": {"ready": "notify"}}),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attackers = [
+        swap_links_over_sockets(theirs.join("d/c.sock"), victim.clone(), stop.clone()),
+        swap_links_over_sockets(theirs.join("d/c.sock.notify"), victim.clone(), stop.clone()),
+    ];
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"])
+        .arg(sb.path("orchestrator.json"))
+        .current_dir(&sb.dir);
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Refused at start; the old daemon ran (and chmodded both sockets by path).
+    let victim_mode = || std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+    let exited = wait_until(DEADLINE, || {
+        victim_mode() != 0o644 || child.try_wait().ok().flatten().is_some()
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps: Vec<usize> = attackers.into_iter().map(|t| t.join().unwrap()).collect();
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&theirs);
+    assert_eq!(
+        victim_mode(),
+        0o644,
+        "the victim's mode changed; swaps {swaps:?}"
+    );
+    assert!(exited, "swaps {swaps:?}: {err}");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("in a directory others control"), "{err}");
+}
+
+#[test]
+fn control_and_notify_sockets_are_born_with_their_modes() {
+    let sb = Sandbox::new();
+    sb.service("web", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"web": {"ready": "notify"}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let mut notify = sb.socket().into_os_string();
+    notify.push(".notify");
+    assert!(wait_until(DEADLINE, || std::path::Path::new(&notify).exists()));
+    for (p, mode) in [(sb.socket(), 0o600), (notify.into(), 0o666)] {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        assert!(m.file_type().is_socket(), "{}", p.display());
+        assert_eq!(m.permissions().mode() & 0o7777, mode, "{}", p.display());
+    }
+    // Refused: a socket directory writable by others without the sticky bit.
+    if is_root() {
+        let open = sb.path("open");
+        std::fs::create_dir(&open).unwrap();
+        chmod(&open, 0o777);
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"])
+            .arg(sb.path("orchestrator.json"))
+            .arg("--socket")
+            .arg(open.join("c.sock"))
+            .current_dir(&sb.dir);
+        let out = run_with_timeout(cmd, DEADLINE);
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(
+            out.stderr.contains("socket directory refused")
+                && out.stderr.contains("fix: chmod go-w"),
+            "{}",
+            out.stderr
+        );
+        assert!(!open.join("c.sock").exists());
+    }
+}
+
+fn sha256_of(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits until the took-over record of the new image shows in the log.
+fn wait_took_over(d: &Daemon) {
+    let ok = wait_until(DEADLINE, || d.count_log(&["upgrade-self: took over"]) >= 1);
+    assert!(ok, "no take-over; log:\n{}", d.log_text());
+}
+
+#[test]
+fn upgrade_paths_another_user_could_change_are_refused() {
+    if !is_root() {
+        eprintln!("skipped: StrictModes applies when running as root");
+        return;
+    }
+    // Everything in a root-owned directory right under /tmp.
+    let sb = sandbox_under_tmp("upgrade");
+    sb.service("app", "echo v1; exec sleep 1000");
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("app", None);
+    // A binary in a directory others may write to (no sticky bit), and one nobody owns
+    // right in /tmp: refused by both, with the fix, and nothing changes.
+    let open = sb.path("open");
+    std::fs::create_dir(&open).unwrap();
+    let in_open = open.join("app");
+    sb.script(&in_open, "echo evil; exec sleep 1000");
+    std::fs::copy(BIN, open.join("orchestrator")).unwrap();
+    chmod(&open, 0o777);
+    let theirs = std::env::temp_dir().join(format!("orch-tmp-theirs-{}", std::process::id()));
+    let theirs_self =
+        std::env::temp_dir().join(format!("orch-tmp-theirs-self-{}", std::process::id()));
+    sb.script(&theirs, "echo evil; exec sleep 1000");
+    std::fs::copy(BIN, &theirs_self).unwrap();
+    for p in [&theirs, &theirs_self] {
+        std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let cases = [
+        (vec!["upgrade", "app"], in_open.clone(), "fix: chmod go-w"),
+        (vec!["upgrade", "app"], theirs.clone(), "fix: chown root"),
+        (
+            vec!["upgrade-self"],
+            open.join("orchestrator"),
+            "fix: chmod go-w",
+        ),
+        (vec!["upgrade-self"], theirs_self.clone(), "fix: chown root"),
+    ];
+    for (cmd, path, fix) in cases {
+        let mut args = cmd.clone();
+        args.push(path.to_str().unwrap());
+        let out = sb.cli(&args);
+        assert_eq!(out.code, 1, "{args:?}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains("which another user could change") && out.stderr.contains(fix),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let _ = std::fs::remove_file(&theirs);
+    let _ = std::fs::remove_file(&theirs_self);
+    assert_eq!(sb.service_status("app")["pid"], pid);
+    assert_eq!(d.count_log(&["handing over"]), 0, "{}", d.log_text());
+    // Root's own files under /tmp: accepted by both.
+    std::fs::create_dir(sb.path("new")).unwrap();
+    let v2 = sb.path("new/app");
+    sb.script(&v2, "echo v2; exec sleep 1000");
+    let out = sb.cli(&["upgrade", "app", v2.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    d.wait_log(&["app[", "v2"]);
+    let new = sb.path("new/orchestrator");
+    std::fs::copy(BIN, &new).unwrap();
+    let out = sb.cli(&["upgrade-self", new.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    wait_took_over(&d);
+}
+
+/// Whether process `pid` has `path` open.
+fn has_open(pid: i32, path: &Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|it| {
+        it.flatten()
+            .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == path))
+    })
+}
+
+#[test]
+fn a_binary_swapped_after_the_upgrade_checks_is_not_what_is_installed() {
+    let sb = Sandbox::new();
+    // A big service binary: hashing it (the first thing the upgrade does after its
+    // checks) holds it open long enough to swap the new one meanwhile.
+    let bin = sb.service("app", "echo v1; exec sleep 1000");
+    let mut text = std::fs::read(&bin).unwrap();
+    text.extend(std::iter::repeat_n(b"# padding to make hashing slow\n", 1 << 19).flatten());
+    std::fs::write(&bin, &text).unwrap();
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"app": {"upgrade_grace_ms": 200}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("app", None);
+    std::fs::create_dir(sb.path("new")).unwrap();
+    let (v2, evil) = (sb.path("new/app"), sb.path("new/evil"));
+    sb.script(&v2, "echo v2; exec sleep 1000");
+    sb.script(&evil, "echo evil; exec sleep 1000");
+    let checked = sha256_of(&v2);
+    let upgrade = std::thread::spawn({
+        let (socket, cfg, v2) = (sb.socket(), sb.path("orchestrator.json"), v2.clone());
+        move || {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("--socket").arg(socket).arg("--config").arg(cfg);
+            cmd.args(["upgrade", "app"]).arg(v2);
+            run_with_timeout(cmd, Duration::from_secs(60))
+        }
+    });
+    let hashing = wait_until(DEADLINE, || has_open(d.pid, &bin));
+    std::fs::rename(&evil, &v2).unwrap();
+    let out = upgrade.join().unwrap();
+    assert!(hashing, "never saw the hashing of the old binary");
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    d.wait_log(&["app[", "v2"]);
+    assert_eq!(d.count_log(&["app[", "evil"]), 0, "{}", d.log_text());
+    let st = sb.service_status("app");
+    assert_eq!(st["binary"]["sha256"], checked.as_str(), "{st}");
+}
+
+#[test]
+fn a_binary_swapped_after_the_upgrade_self_checks_is_not_what_is_executed() {
+    let sb = Sandbox::new();
+    sb.service("sleeper", "exec sleep 1000");
+    sb.config(json!({}), json!({"sleeper": {}}));
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("sleeper", None);
+    let real = sb.path("orchestrator-real");
+    std::fs::copy(BIN, &real).unwrap();
+    std::fs::create_dir(sb.path("new")).unwrap();
+    // The binary checked: its `check` run waits until told, so that the path can be
+    // swapped after every check. The one swapped in leaves a mark, then takes over.
+    let (checking, go, mark) = (sb.path("checking"), sb.path("go"), sb.path("mark"));
+    let good = sb.path("new/orchestrator");
+    sb.script(
+        &good,
+        &format!(
+            "if [ \"$1\" = check ]; then : > {}; while [ ! -e {} ]; do sleep 0.02; done; fi\nexec {} \"$@\"",
+            checking.display(),
+            go.display(),
+            real.display()
+        ),
+    );
+    let evil = sb.path("new/evil");
+    sb.script(
+        &evil,
+        &format!(": > {}\nexec {} \"$@\"", mark.display(), real.display()),
+    );
+    let upgrade = std::thread::spawn({
+        let (socket, cfg, good) = (sb.socket(), sb.path("orchestrator.json"), good.clone());
+        move || {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("--socket").arg(socket).arg("--config").arg(cfg);
+            cmd.arg("upgrade-self").arg(good);
+            run_with_timeout(cmd, Duration::from_secs(60))
+        }
+    });
+    let held = wait_until(DEADLINE, || checking.exists());
+    std::fs::rename(&evil, &good).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let out = upgrade.join().unwrap();
+    assert!(held, "{}", d.log_text());
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    wait_took_over(&d);
+    assert!(!mark.exists(), "the file swapped in after the checks ran");
 }

@@ -1,8 +1,9 @@
 //! `upgrade` and `rollback` (docs/sockets-and-upgrades.md) with a real sd_listen_fds
 //! server behind a held socket: no client refused during an upgrade, a failing binary
 //! rolled back to the very file that was installed, a late failure restarted normally, one
-//! upgrade at a time, the version history and metric, and a crash in the window settled at
-//! the next start.
+//! upgrade at a time, the version history and metric, a crash in or after the window
+//! settled at the next start, the health gate passed and failed, and stopped services (an
+//! upgrade starts one; a rollback, by hand or automatic, leaves one stopped).
 
 use crate::sockets::{ask_tcp, free_port, server_body, Prober};
 use crate::util::*;
@@ -466,4 +467,38 @@ fn an_upgrade_of_a_stopped_service_starts_it() {
     let back = sb.wait_running("web", Some(new_pid));
     assert!(wait_until(DEADLINE, || ask_tcp(port)
         .is_ok_and(|l| l == format!("v1 {back} web"))));
+}
+
+/// The other half of the health gate: a new binary that becomes ready within the
+/// window, after a few failed probes of its start-up, is kept.
+#[test]
+fn a_binary_that_becomes_healthy_within_the_window_is_kept() {
+    let sb = Sandbox::new();
+    let port = free_port();
+    std::fs::create_dir_all(sb.path("data")).unwrap();
+    let bin = sb.service("web", &format!("touch ready; {}", server_body("v1")));
+    sb.config(
+        json!({}),
+        json!({"web": {"sockets": [{"listen": format!("127.0.0.1:{port}")}],
+                       "data_dir": sb.path("data"),
+                       "upgrade_grace_ms": 3000,
+                       "health_check": {"type": "exec", "command": ["test", "-e", "ready"],
+                                        "interval_ms": 100, "failure_threshold": 1000}}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("web", None);
+    // Not ready for its first half second: the probes fail, then pass. The old run's
+    // marker goes first, so that no probe of the new run can see it.
+    let slow = candidate(
+        &sb,
+        "web-slow",
+        &format!("(sleep 0.5; touch ready) & {}", server_body("v2")),
+    );
+    std::fs::remove_file(sb.path("data/ready")).unwrap();
+    let out = sb.cli(&["upgrade", "web", slow.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(std::fs::read(&bin).unwrap(), std::fs::read(&slow).unwrap());
+    let new_pid = sb.wait_running("web", Some(pid));
+    assert_eq!(ask_tcp(port).unwrap(), format!("v2 {new_pid} web"));
+    assert_eq!(upgrades(&sb).last().unwrap()["result"], "ok");
 }

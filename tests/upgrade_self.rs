@@ -672,8 +672,8 @@ fn a_detached_daemon_started_with_relative_paths_takes_over() {
     let _ = sb.cli(&["shutdown"]);
 }
 
-/// The answer comes from the new image: an exec that fails (here the binary is gone once
-/// checked) is reported to the client as the failure it is.
+/// The answer comes from the new image: an exec that fails (here the binary checked
+/// loses its execute bits once checked) is reported to the client as the failure it is.
 #[test]
 fn an_exec_that_fails_after_the_checks_is_not_reported_as_done() {
     let sb = Sandbox::new();
@@ -683,11 +683,11 @@ fn an_exec_that_fails_after_the_checks_is_not_reported_as_done() {
     sb.wait_running("sleeper", None);
     let real = new_binary(&sb);
     std::fs::create_dir_all(sb.path("new")).unwrap();
-    let vanishing = sb.path("new/orchestrator-vanishing");
+    let vanishing = sb.path("new/orchestrator-unexecutable");
     sb.script(
         &vanishing,
         &format!(
-            "if [ \"$1\" = check ]; then {} \"$@\"; s=$?; rm -f \"$0\"; exit $s; fi\nexec {} \"$@\"",
+            "if [ \"$1\" = check ]; then {} \"$@\"; s=$?; chmod a-x \"$0\"; exit $s; fi\nexec {} \"$@\"",
             real.display(),
             real.display()
         ),

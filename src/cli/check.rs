@@ -10,6 +10,19 @@ use crate::process::{cgroup, hardening};
 use crate::supervise::state as service;
 use crate::{config_failed, load, print_notices};
 
+/// One line of output. Paths, names and messages here come from the config file and
+/// from directory names in services_dir: escaped as the text log escapes a service's
+/// output, so that none can drive the terminal or forge another line.
+macro_rules! say {
+    () => { println!() };
+    ($($t:tt)*) => { println!("{}", crate::output::escape::escaped(&format!($($t)*))) };
+}
+
+/// `say!` on stderr.
+macro_rules! say_err {
+    ($($t:tt)*) => { eprintln!("{}", crate::output::escape::escaped(&format!($($t)*))) };
+}
+
 pub(crate) fn check(cli: &Cli) -> i32 {
     let (cfg, plan) = match load(cli) {
         Ok(v) => v,
@@ -17,25 +30,25 @@ pub(crate) fn check(cli: &Cli) -> i32 {
     };
     print_notices(&plan, log::Level::Warn);
     let s = &cfg.settings;
-    println!(
+    say!(
         "config: {}",
         cfg.path
             .as_ref()
             .map_or("(none found: defaults)".into(), |p| p.display().to_string())
     );
-    println!("services_dir: {}", s.services_dir.display());
+    say!("services_dir: {}", s.services_dir.display());
     let socket = s
         .control_socket
         .clone()
         .unwrap_or_else(instance::default_socket);
-    println!("control_socket: {}", socket.display());
+    say!("control_socket: {}", socket.display());
     let cgroups = cgroup::Cgroups::inspect(&socket);
     match &cgroups.tracker {
-        Some(h) => println!("cgroups: {}", h.base.display()),
-        None => println!("cgroups: none writable (services are tracked by process group)"),
+        Some(h) => say!("cgroups: {}", h.base.display()),
+        None => say!("cgroups: none writable (services are tracked by process group)"),
     }
     if let Some(w) = &s.watchdog {
-        println!(
+        say!(
             "watchdog: {} fed every {} ms while running: {}",
             w.device.display(),
             w.interval_ms,
@@ -46,7 +59,7 @@ pub(crate) fn check(cli: &Cli) -> i32 {
             }
         );
     }
-    println!("services: {}", plan.services.len());
+    say!("services: {}", plan.services.len());
     let mut failing = Vec::new();
     for spec in plan.services.values() {
         if cfg
@@ -54,7 +67,7 @@ pub(crate) fn check(cli: &Cli) -> i32 {
             .get(&spec.name)
             .is_some_and(|c| c.binary_path.is_some() && c.pass_service_args == Some(true))
         {
-            eprintln!(
+            say_err!(
                 "orchestrator: warning: {}: `--service {} --log-level {}` is prepended to the arguments of {}; third-party programs usually reject them: set pass_service_args to false",
                 spec.name,
                 spec.name,
@@ -72,18 +85,18 @@ pub(crate) fn check(cli: &Cli) -> i32 {
         } else {
             "not started (unconfigured and run_unconfigured is false)".to_string()
         };
-        println!();
-        println!("{}: {what}", spec.name);
-        println!("  binary: {}", spec.process.binary.display());
+        say!();
+        say!("{}: {what}", spec.name);
+        say!("  binary: {}", spec.process.binary.display());
         let argv: Vec<String> = spec.process.argv.iter().map(|a| shell_quote(a)).collect();
-        println!("  argv: {}", argv.join(" "));
+        say!("  argv: {}", argv.join(" "));
         let env: Vec<&str> = spec.process.env.iter().map(|(k, _)| k.as_str()).collect();
-        println!("  environment: {}", env.join(" "));
+        say!("  environment: {}", env.join(" "));
         if let Some(dir) = &spec.process.cwd {
-            println!("  data_dir: {}", dir.display());
+            say!("  data_dir: {}", dir.display());
         }
         if let Some(id) = &spec.process.identity {
-            println!(
+            say!(
                 "  identity: uid {} gid {} groups {:?}{}",
                 id.uid,
                 id.gid,
@@ -93,7 +106,7 @@ pub(crate) fn check(cli: &Cli) -> i32 {
                     .map_or(String::new(), |u| format!(" ({u})"))
             );
         }
-        println!(
+        say!(
             "  restart: {}, max {} attempts{}, backoff {}..{} ms, jitter {}",
             spec.policy.as_str(),
             spec.max_restart_attempts,
@@ -106,13 +119,19 @@ pub(crate) fn check(cli: &Cli) -> i32 {
             spec.backoff.max_ms,
             spec.backoff.jitter
         );
-        println!(
+        say!(
             "  stop: {}, then SIGKILL after {} ms",
             service::signal_name(spec.stop_signal),
             spec.stop_timeout.as_millis()
         );
         for line in limit_lines(spec, &cgroups) {
-            println!("  limit: {line}");
+            say!("  limit: {line}");
+        }
+        match cgroups.oom_detection(spec.process.memory_limit_mib > 0) {
+            Ok(how) => say!("  oom detection: from {how}"),
+            Err(why) => say!(
+                "  oom detection: unavailable ({why}): a kill by the OOM killer reads as killed by SIGKILL"
+            ),
         }
         let mut off = Vec::new();
         for l in hardening::describe::lines(spec, &cgroups) {
@@ -124,16 +143,16 @@ pub(crate) fn check(cli: &Cli) -> i32 {
                     {
                         failing.push(spec.name.as_str());
                     }
-                    println!("  hardening: {} = {}: {how}", l.key, l.value);
+                    say!("  hardening: {} = {}: {how}", l.key, l.value);
                 }
                 None => off.push(l.key),
             }
         }
         if !off.is_empty() {
-            println!("  hardening off: {}", off.join(", "));
+            say!("  hardening off: {}", off.join(", "));
         }
         if !spec.depends_on.is_empty() {
-            println!("  depends_on: {}", spec.depends_on.join(", "));
+            say!("  depends_on: {}", spec.depends_on.join(", "));
         }
         if let Some(hc) = &spec.health_check {
             let target = match hc.kind {
@@ -146,16 +165,16 @@ pub(crate) fn check(cli: &Cli) -> i32 {
                     hc.grpc_service
                 ),
             };
-            println!(
+            say!(
                 "  health_check: {target}, first after {} ms, every {} ms, timeout {} ms, restart after {} failures",
                 hc.initial_delay_ms, hc.interval_ms, hc.timeout_ms, hc.failure_threshold
             );
         }
         if spec.process.ready_notify {
-            println!("  ready: on READY=1 over NOTIFY_SOCKET");
+            say!("  ready: on READY=1 over NOTIFY_SOCKET");
         }
         if let Some(w) = spec.process.watchdog {
-            println!(
+            say!(
                 "  watchdog: restart without WATCHDOG=1 for {} ms once running",
                 w.as_millis()
             );
@@ -169,13 +188,13 @@ pub(crate) fn check(cli: &Cli) -> i32 {
             if let Some(mode) = &sock.mode {
                 line.push_str(&format!(" mode {mode}"));
             }
-            println!("{line}");
+            say!("{line}");
         }
     }
     if failing.is_empty() {
         return 0;
     }
-    eprintln!(
+    say_err!(
         "orchestrator: the plan says {} will fail: {}",
         if failing.len() == 1 {
             "1 service"
@@ -220,7 +239,7 @@ pub(crate) fn discover(cli: &Cli) -> i32 {
     let found = discovery::discover(&cfg.settings.services_dir, &mut notices);
     for n in &notices {
         if n.level <= log::Level::Warn {
-            eprintln!(
+            say_err!(
                 "orchestrator: {}: {}",
                 n.level.as_str().to_ascii_lowercase(),
                 n.msg
@@ -233,7 +252,7 @@ pub(crate) fn discover(cli: &Cli) -> i32 {
         } else {
             "unconfigured"
         };
-        println!("{}\t{}\t{configured}", f.name, f.binary.display());
+        say!("{}\t{}\t{configured}", f.name, f.binary.display());
     }
     0
 }

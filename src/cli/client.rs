@@ -46,6 +46,8 @@ pub(crate) fn client_command(cli: &Cli, command: Command) -> i32 {
             unreachable
         }
         Err(ClientError::Refused(e)) => {
+            // The reason may quote a service or a peer (a health check's answer).
+            let e = crate::output::escape::escaped(&e);
             match service {
                 // The daemon's message may already start with the name.
                 Some(n) if !e.starts_with(&format!("{n}:")) => {
@@ -126,7 +128,7 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<Done, ClientErr
             for p in reply["plan"].as_array().cloned().unwrap_or_default() {
                 emit(&format!(
                     "{}: {}\n",
-                    p["service"].as_str().unwrap_or("?"),
+                    crate::output::escape::escaped(p["service"].as_str().unwrap_or("?")),
                     p["action"].as_str().unwrap_or("?")
                 ));
             }

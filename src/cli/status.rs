@@ -7,6 +7,7 @@
 //! service that is not running, so a fresh start never shows a stale failure. This file
 //! formats; it never talks to the daemon.
 
+use crate::output::escape::escaped;
 use crate::output::timefmt;
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -103,6 +104,9 @@ pub fn table(services: &[Value], colour: bool, now: u64) -> String {
         let mut info: Vec<String> = Vec::new();
         let mut exit = "-".to_string();
         if has_process(s) {
+            if let Some(w) = s["waiting_for"].as_str() {
+                info.push(format!("waiting for {w}"));
+            }
             if let Some(st) = s["notify_status"].as_str().filter(|v| !v.is_empty()) {
                 info.push(st.to_string());
             }
@@ -127,18 +131,19 @@ pub fn table(services: &[Value], colour: bool, now: u64) -> String {
             "restarting" => Some(YELLOW),
             _ => None,
         };
-        rows.push((
-            [
-                s["name"].as_str().unwrap_or("?").to_string(),
-                state.to_string(),
-                since,
-                pid,
-                s["restarts"].to_string(),
-                exit,
-                info.join("; "),
-            ],
-            paint.filter(|_| colour),
-        ));
+        // STATUS= text, last_error (a peer's grpc-message, a child's words) and the
+        // rest are escaped as the text log is: none may drive the terminal.
+        let cells = [
+            s["name"].as_str().unwrap_or("?").to_string(),
+            state.to_string(),
+            since,
+            pid,
+            s["restarts"].to_string(),
+            exit,
+            info.join("; "),
+        ]
+        .map(|c| escaped(&c).into_owned());
+        rows.push((cells, paint.filter(|_| colour)));
     }
     let mut widths = header.map(str::len);
     for (r, _) in &rows {
@@ -174,20 +179,25 @@ pub fn table(services: &[Value], colour: bool, now: u64) -> String {
 
 /// `status NAME`: one service in detail, then its last lines of output.
 pub fn detail(s: &Value, lines: &[Value], now: u64) -> String {
-    let name = s["name"].as_str().unwrap_or("?");
-    let state = s["state"].as_str().unwrap_or("?");
+    let name = escaped(s["name"].as_str().unwrap_or("?"));
+    let state = escaped(s["state"].as_str().unwrap_or("?"));
     let mut out = String::new();
+    let waiting = s["waiting_for"]
+        .as_str()
+        .map_or(String::new(), |w| format!(", waiting for {}", escaped(w)));
     let _ = match since_ms(s, now) {
         Some(t) => writeln!(
             out,
-            "{name}: {state} since {} ({})",
+            "{name}: {state} since {} ({}){waiting}",
             timefmt::rfc3339(t),
             ago(t, now)
         ),
-        None => writeln!(out, "{name}: {state}"),
+        None => writeln!(out, "{name}: {state}{waiting}"),
     };
+    // Every value is escaped: STATUS= text and last_error come from the service or a
+    // health-check peer.
     let mut field = |key: &str, value: String| {
-        let _ = writeln!(out, "  {:<11}{value}", format!("{key}:"));
+        let _ = writeln!(out, "  {:<12}{}", format!("{key}:"), escaped(&value));
     };
     if s["enabled"] == Value::Bool(false) {
         field("enabled", "no (disabled in the config)".into());
@@ -259,6 +269,25 @@ pub fn detail(s: &Value, lines: &[Value], now: u64) -> String {
     if let Some(cg) = s["cgroup"].as_str() {
         field("cgroup", cg.to_string());
     }
+    if let Some(runs) = s["history"].as_array().filter(|h| !h.is_empty()) {
+        let _ = writeln!(out);
+        let _ = match runs.len() {
+            1 => writeln!(out, "last run:"),
+            n => writeln!(out, "last {n} runs:"),
+        };
+        for r in runs {
+            let started = r["started"].as_u64().map_or("?".into(), timefmt::rfc3339);
+            let _ = match (r["exited"].as_u64(), r["reason"].as_str()) {
+                (None, _) => writeln!(out, "  {started}  running"),
+                (Some(t), why) => writeln!(
+                    out,
+                    "  {started}  to {}  {}",
+                    timefmt::rfc3339(t),
+                    escaped(why.unwrap_or("ended"))
+                ),
+            };
+        }
+    }
     let _ = writeln!(out);
     if lines.is_empty() {
         let _ = writeln!(out, "no output kept");
@@ -268,7 +297,7 @@ pub fn detail(s: &Value, lines: &[Value], now: u64) -> String {
             n => writeln!(out, "last {n} lines:"),
         };
         for l in lines {
-            let _ = writeln!(out, "  {}", log_line(name, l));
+            let _ = writeln!(out, "  {}", log_line(&name, l));
         }
     }
     out
@@ -290,7 +319,7 @@ pub fn log_line(name: &str, l: &Value) -> String {
         "{} {name}[{pid}] {source}: {}{}",
         l["ts"].as_str().unwrap_or(""),
         // A service's bytes must not drive the reader's terminal.
-        crate::output::escape::escaped(l["msg"].as_str().unwrap_or("")),
+        escaped(l["msg"].as_str().unwrap_or("")),
         if l["partial"] == Value::Bool(true) {
             " [...]"
         } else {
@@ -329,8 +358,39 @@ mod tests {
         );
         assert!(t.contains("1m0s ago"), "{t}");
         let d = detail(&s, &[], NOW);
-        assert!(d.contains("last exit: SIGTERM at"), "{d}");
+        assert!(d.contains("last exit:  SIGTERM at"), "{d}");
         assert!(d.contains("stopped by the operator"), "{d}");
+    }
+
+    #[test]
+    fn a_peers_words_are_escaped() {
+        let s = json!({"name": "api", "state": "starting", "pid": null, "restarts": 0,
+            "last_exit_code": null,
+            "last_error": "health check failed: grpc-message: bad\u{1b}[2J\r\nFORGED"});
+        let t = table(std::slice::from_ref(&s), false, NOW);
+        let d = detail(&s, &[], NOW);
+        for out in [t, d] {
+            assert!(!out.contains(['\u{1b}', '\r']), "{out:?}");
+            assert!(out.contains("bad\\x1b[2J\\r\\nFORGED"), "{out}");
+        }
+    }
+
+    #[test]
+    fn labels_read_as_english() {
+        let s = json!({"name": "web", "state": "failed", "pid": null, "restarts": 1,
+            "last_exit_code": 1, "last_error": "exited with code 1"});
+        let d = detail(&s, &[], NOW);
+        assert!(d.contains("  last error: exited with code 1\n"), "{d}");
+        let s = json!({"name": "web", "state": "starting", "pid": 7, "restarts": 0,
+            "uptime": 1_000_000_000u64, "waiting_for": "READY=1"});
+        let t = table(std::slice::from_ref(&s), false, NOW);
+        assert!(t.contains("waiting for READY=1"), "{t}");
+        let d = detail(&s, &[], NOW);
+        assert!(d.starts_with("web: starting since "), "{d}");
+        assert!(
+            d.lines().next().unwrap().ends_with(", waiting for READY=1"),
+            "{d}"
+        );
     }
 
     #[test]

@@ -242,6 +242,26 @@ fn check_binary_with(path: &Path, strict: bool, seen: &mut Verdicts) -> Option<B
     })
 }
 
+/// Gives each root service with `private_users` its host id (in name order), skipping
+/// ids an account on this box or an earlier service already has.
+fn assign_host_ids(services: &mut BTreeMap<String, ServiceSpec>) {
+    use super::accounts;
+    let mut given = BTreeSet::new();
+    for (name, spec) in services.iter_mut() {
+        let p = &mut spec.process;
+        if !crate::process::hardening::needs_host_id(&p.hardening, p.identity.as_ref()) {
+            continue;
+        }
+        let taken = |id: u32| {
+            given.contains(&id)
+                || !matches!(accounts::user(&id.to_string()), Ok(None))
+                || !matches!(accounts::group(&id.to_string()), Ok(None))
+        };
+        p.hardening.host_id = crate::process::hardening::host_id(name, taken);
+        given.extend(p.hardening.host_id);
+    }
+}
+
 /// Builds the plan from a loaded config: discovery merged with the `services` section.
 /// Errors (unknown users, unknown dependencies, cycles) are configuration errors.
 pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
@@ -319,6 +339,7 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
         );
         services.insert(name.to_string(), spec);
     }
+    assign_host_ids(&mut services);
     if s.log_dir.is_some() && services.contains_key("orchestrator") {
         errors.push(format!(
             "{label}: services.orchestrator: with log_dir set, a service cannot be named `orchestrator` (log_dir/orchestrator.log is the orchestrator's own log)"

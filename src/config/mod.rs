@@ -563,9 +563,6 @@ fn validate(
     if s.max_line_bytes == 0 {
         err("orchestrator.max_line_bytes", "must be at least 1".into());
     }
-    if s.log_max_bytes == 0 {
-        err("orchestrator.log_max_bytes", "must be at least 1".into());
-    }
     // Each rotation renames every kept file on the log writer's thread: a huge count
     // would stall every service's output there.
     if s.log_max_files > MAX_LOG_FILES {

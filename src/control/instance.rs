@@ -8,7 +8,6 @@ use crate::process::safe_fs;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -129,13 +128,7 @@ impl Instance {
         let io_err = |what: &str, p: &Path, e: io::Error| {
             InstanceError::Io(format!("{what} {}: {e}", p.display()))
         };
-        if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)
-                .map_err(|e| io_err("cannot create", dir, e))?;
-        }
+        safe_fs::socket_dir(socket).map_err(|e| io_err("cannot use the socket", socket, e))?;
         let lock_file =
             lock_path(socket).map_err(|e| io_err("cannot place the lock for", socket, e))?;
         let lock = match try_lock(&lock_file).map_err(|e| io_err("cannot lock", &lock_file, e))? {
@@ -155,14 +148,17 @@ impl Instance {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("cannot remove stale socket", socket, e)),
         }
-        // Bind with a restrictive umask so the socket never exists with wider access.
-        // SAFETY: umask has no preconditions.
-        let old = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(socket);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
-        let listener = bound.map_err(|e| io_err("cannot bind", socket, e))?;
-        let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600));
+        // Born 0600: never wider for a moment, and never chmodded by path afterwards.
+        let listener = safe_fs::unix_socket(libc::SOCK_STREAM)
+            .and_then(|fd| {
+                safe_fs::bind_unix(fd.as_raw_fd(), socket, 0o600)?;
+                // SAFETY: listen on a descriptor we own.
+                if unsafe { libc::listen(fd.as_raw_fd(), libc::SOMAXCONN) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(UnixListener::from(fd))
+            })
+            .map_err(|e| io_err("cannot bind", socket, e))?;
         let mut inst = Instance {
             lock,
             socket: socket.to_path_buf(),
@@ -368,6 +364,7 @@ pub fn notify_ready() {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::PermissionsExt;
 
     fn tmpdir(tag: &str) -> PathBuf {
         // Not under /tmp: that is the shared case, tested on its own.

@@ -3,18 +3,21 @@
 //! read (bounded in size), the metrics come from the main loop over the event channel like
 //! any control request, and the connection is closed after the answer.
 //!
-//! Each connection gets a small short-lived thread, at most `MAX_CONNS` at once (more
-//! are closed at once), and one deadline for the whole exchange, not per read: a client
-//! dribbling a byte at a time holds one slot for `REQUEST_DEADLINE` at most and never
-//! delays anyone else's scrape.
+//! Each connection gets a small short-lived thread, at most `MAX_CONNS` at once, and one
+//! deadline for the whole exchange, not per read: a client dribbling a byte at a time
+//! holds one slot for `REQUEST_DEADLINE` at most. Idle connections (no whole request
+//! yet) never starve a scrape: when every slot is taken, the oldest idle connection is
+//! closed to make room for the new one, and one peer (address) holds at most
+//! `MAX_PER_PEER` slots, its own oldest idle one closed first. Only when every slot is
+//! busy answering is a new connection closed at once.
 
 use crate::control::socket::Request;
 use crate::supervise::event::Event;
 use crossbeam_channel::{bounded, Sender};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const MAX_HEAD: usize = 8 * 1024;
@@ -22,16 +25,53 @@ const MAX_HEAD: usize = 8 * 1024;
 const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 /// Connections served at once; each costs a thread with a small stack.
 const MAX_CONNS: usize = 8;
+/// Connections one peer address holds at once.
+const MAX_PER_PEER: usize = 4;
+
+/// A connection being served, as the acceptor sees it.
+struct Held {
+    id: u64,
+    peer: IpAddr,
+    /// A second handle on the socket, to close it from the acceptor.
+    handle: TcpStream,
+    /// No whole request head has come yet.
+    idle: Arc<AtomicBool>,
+}
+
+/// Closes the oldest idle connection that `pick` selects; false if there is none.
+fn evict(held: &mut Vec<Held>, pick: impl Fn(&Held) -> bool) -> bool {
+    let Some(at) = held
+        .iter()
+        .position(|h| pick(h) && h.idle.load(Ordering::Acquire))
+    else {
+        return false;
+    };
+    let h = held.remove(at);
+    // Its thread's read ends at once; its slot is free from now on.
+    let _ = h.handle.shutdown(Shutdown::Both);
+    true
+}
+
+/// Makes room for a connection from `peer`: false if it must be closed instead.
+fn admit(held: &mut Vec<Held>, peer: IpAddr) -> bool {
+    if held.iter().filter(|h| h.peer == peer).count() >= MAX_PER_PEER
+        && !evict(held, |h| h.peer == peer)
+    {
+        return false;
+    }
+    held.len() < MAX_CONNS || evict(held, |_| true)
+}
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 pub fn serve(addr: SocketAddr, tx: Sender<Event>) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
-    let active = Arc::new(AtomicUsize::new(0));
+    let held: Arc<Mutex<Vec<Held>>> = Arc::default();
     std::thread::Builder::new()
         .name("metrics-http".into())
         .stack_size(64 * 1024)
         .spawn(move || {
+            let mut next_id = 0u64;
             for conn in listener.incoming() {
                 let stream = match conn {
                     Ok(s) => s,
@@ -41,22 +81,42 @@ pub fn serve(addr: SocketAddr, tx: Sender<Event>) -> io::Result<SocketAddr> {
                         continue;
                     }
                 };
-                if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNS {
-                    // Full: closing is all a flood gets (no write that could block).
-                    active.fetch_sub(1, Ordering::AcqRel);
+                // Closing is all a connection that finds no room gets (no write that
+                // could block).
+                let (Ok(peer), Ok(handle)) = (stream.peer_addr(), stream.try_clone()) else {
                     continue;
+                };
+                next_id += 1;
+                let (id, idle) = (next_id, Arc::new(AtomicBool::new(true)));
+                {
+                    let Ok(mut held) = held.lock() else {
+                        return;
+                    };
+                    if !admit(&mut held, peer.ip()) {
+                        continue;
+                    }
+                    held.push(Held {
+                        id,
+                        peer: peer.ip(),
+                        handle,
+                        idle: idle.clone(),
+                    });
                 }
                 let tx = tx.clone();
-                let slot = active.clone();
+                let table = held.clone();
                 let spawned = std::thread::Builder::new()
                     .name("metrics-conn".into())
                     .stack_size(64 * 1024)
                     .spawn(move || {
-                        let _ = answer(stream, &tx, Instant::now() + REQUEST_DEADLINE);
-                        slot.fetch_sub(1, Ordering::AcqRel);
+                        let _ = answer(stream, &tx, Instant::now() + REQUEST_DEADLINE, &idle);
+                        if let Ok(mut held) = table.lock() {
+                            held.retain(|h| h.id != id);
+                        }
                     });
                 if spawned.is_err() {
-                    active.fetch_sub(1, Ordering::AcqRel);
+                    if let Ok(mut held) = held.lock() {
+                        held.retain(|h| h.id != id);
+                    }
                 }
             }
         })?;
@@ -73,7 +133,12 @@ fn until(stream: &TcpStream, deadline: Instant) -> io::Result<()> {
     stream.set_write_timeout(Some(left))
 }
 
-fn answer(mut stream: TcpStream, tx: &Sender<Event>, deadline: Instant) -> io::Result<()> {
+fn answer(
+    mut stream: TcpStream,
+    tx: &Sender<Event>,
+    deadline: Instant,
+    idle: &AtomicBool,
+) -> io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
@@ -93,6 +158,7 @@ fn answer(mut stream: TcpStream, tx: &Sender<Event>, deadline: Instant) -> io::R
             );
         }
     }
+    idle.store(false, Ordering::Release);
     let line = String::from_utf8_lossy(&head);
     let mut parts = line.lines().next().unwrap_or("").split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));

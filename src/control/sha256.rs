@@ -118,14 +118,22 @@ pub const MAX_HASHED: u64 = 256 << 20;
 /// size `fstat` reported (at most `MAX_HASHED`) is read, so a file that grows while
 /// hashed cannot keep us reading.
 pub fn file_hex(path: &std::path::Path) -> io::Result<String> {
-    let (f, m) = crate::process::safe_fs::open_regular(path, true)?;
-    if m.len() > MAX_HASHED {
+    let (mut f, _) = crate::process::safe_fs::open_regular(path, true)?;
+    open_file_hex(&mut f)
+}
+
+/// `file_hex` of a file already open (read from its start, as much as `fstat` says).
+pub fn open_file_hex(f: &mut std::fs::File) -> io::Result<String> {
+    use std::io::Seek;
+    let len = f.metadata()?.len();
+    if len > MAX_HASHED {
         return Err(io::Error::other(format!(
             "larger than {} MiB: not hashed",
             MAX_HASHED >> 20
         )));
     }
-    let mut f = f.take(m.len());
+    f.seek(io::SeekFrom::Start(0))?;
+    let mut f = f.take(len);
     let mut h = Sha256::default();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

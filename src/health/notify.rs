@@ -1,8 +1,15 @@
 //! The sd_notify socket (docs/health.md `ready: "notify"`, `watchdog_ms`): one datagram
 //! socket for the daemon with `SO_PASSCRED`, read by a single thread that blocks while
 //! nothing comes. Each datagram (at most 4 KiB) belongs to the service that owns the
-//! sending process, found by the sender's cgroup (`orchestrator-<id>/NAME`) or its process
-//! group (registered at spawn); anything else is dropped and counted.
+//! sending process, found by its process group (registered at spawn), or else by its
+//! cgroup: the exact path of the service's cgroup on the daemon's tracking hierarchy
+//! (`<own>/orchestrator-<id>/NAME`), never a look-alike elsewhere. Anything else is
+//! dropped and counted.
+//!
+//! The socket is world-writable, so a flood by unrelated local processes must cost
+//! little: a sender's process group is a map lookup after one syscall, and a pid found
+//! to be of no service is remembered for `REFUSED_TTL`, its datagrams dropped without
+//! another read of /proc, so the reader keeps up and services' datagrams keep flowing.
 //!
 //! Messages are coalesced into one small slot per service (ready, status, trigger, last
 //! keep-alive), so the queue to the main loop is bounded by the number of services: the
@@ -17,11 +24,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use crate::process::cgroup::ProcKey;
 
 /// The largest datagram accepted (docs/health.md); longer ones are dropped and counted.
 pub const MAX_DATAGRAM: usize = 4096;
@@ -50,6 +59,8 @@ struct Shared {
     slots: Mutex<HashMap<Arc<str>, Slot>>,
     /// Datagrams from processes of no service.
     rejected: AtomicU64,
+    /// Senders looked up in /proc: a flood from one pid must not make more of these.
+    proc_reads: AtomicU64,
     /// Datagrams from a main process we just spawned whose group the loop has not
     /// registered yet (a spawn on the start-up pool is registered once the whole batch
     /// is done): kept briefly, applied by `register`.
@@ -69,7 +80,15 @@ struct Early {
 
 /// How many early datagrams are kept, and how long.
 const MAX_EARLY: usize = 64;
-const EARLY_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+const EARLY_TTL: Duration = Duration::from_secs(5);
+
+/// How long a pid found to be of no service is refused without another look at /proc,
+/// and how many such pids are remembered. A process the daemon spawns always leads its
+/// own group and is registered, so it is heard whatever this remembers; only a
+/// process that left its service's group, and got the pid of a refused one less than
+/// this ago, would wait out the rest of it.
+const REFUSED_TTL: Duration = Duration::from_secs(1);
+const MAX_REFUSED: usize = 4096;
 
 /// The daemon's notify socket. Dropping it removes the socket file; the reader thread
 /// lives as long as the process.
@@ -87,15 +106,15 @@ pub fn socket_path(socket: &Path) -> PathBuf {
 }
 
 impl Notify {
-    /// Binds `path` (replacing a stale file) and starts the reader. `cgroup_id` is the
-    /// instance's cgroup directory name (`orchestrator-<id>`); `wake` tells the main
-    /// loop that a service's slot changed.
+    /// Binds `path` (replacing a stale file) and starts the reader. `tracking` says
+    /// where the services' cgroups are (none: senders are told by process group only);
+    /// `wake` tells the main loop that a service's slot changed.
     pub fn open(
         path: &Path,
-        cgroup_id: String,
+        tracking: Option<ProcKey>,
         wake: impl Fn(Arc<str>) + Send + Sync + 'static,
     ) -> io::Result<Notify> {
-        Notify::start(bind(path)?, path, cgroup_id, wake)
+        Notify::start(bind(path)?, path, tracking, wake)
     }
 
     /// `open` on the socket a previous image bound at `path` and handed over
@@ -103,16 +122,16 @@ impl Notify {
     pub fn adopt(
         fd: OwnedFd,
         path: &Path,
-        cgroup_id: String,
+        tracking: Option<ProcKey>,
         wake: impl Fn(Arc<str>) + Send + Sync + 'static,
     ) -> io::Result<Notify> {
-        Notify::start(fd, path, cgroup_id, wake)
+        Notify::start(fd, path, tracking, wake)
     }
 
     fn start(
         fd: OwnedFd,
         path: &Path,
-        cgroup_id: String,
+        tracking: Option<ProcKey>,
         wake: impl Fn(Arc<str>) + Send + Sync + 'static,
     ) -> io::Result<Notify> {
         let raw = fd.as_raw_fd();
@@ -120,6 +139,7 @@ impl Notify {
             groups: Mutex::default(),
             slots: Mutex::default(),
             rejected: AtomicU64::new(0),
+            proc_reads: AtomicU64::new(0),
             early: Mutex::default(),
             wake: Box::new(wake),
             parked: Mutex::new(false),
@@ -128,7 +148,8 @@ impl Notify {
         let reader = Reader {
             fd,
             shared: shared.clone(),
-            cgroup_id,
+            tracking,
+            refused: HashMap::new(),
         };
         std::thread::Builder::new()
             .name("notify".into())
@@ -246,26 +267,7 @@ impl Drop for Notify {
 }
 
 fn bind(path: &Path) -> io::Result<OwnedFd> {
-    let bytes = path.as_os_str().as_encoded_bytes();
-    // SAFETY: sockaddr_un is plain data.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::other(format!(
-            "{}: path too long for a socket",
-            path.display()
-        )));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: plain socket call; the result is checked.
-    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: raw is a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = crate::process::safe_fs::unix_socket(libc::SOCK_DGRAM)?;
     let on: libc::c_int = 1;
     // SAFETY: valid descriptor and option pointer of the right size.
     let r = unsafe {
@@ -282,27 +284,18 @@ fn bind(path: &Path) -> io::Result<OwnedFd> {
     }
     // A stale socket from a crash; a live daemon on it was ruled out by the instance lock.
     let _ = std::fs::remove_file(path);
-    // SAFETY: addr is a valid sockaddr_un.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // Services may run as other users: anyone may send, only services are heard.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    // Services may run as other users: anyone may send, only services are heard. The
+    // socket is born 0666 (never chmodded by path, which a link could redirect).
+    crate::process::safe_fs::bind_unix(fd.as_raw_fd(), path, 0o666)?;
     Ok(fd)
 }
 
 struct Reader {
     fd: OwnedFd,
     shared: Arc<Shared>,
-    cgroup_id: String,
+    tracking: Option<ProcKey>,
+    /// Pids lately found to be of no service, and when.
+    refused: HashMap<i32, Instant>,
 }
 
 /// Whom a datagram comes from.
@@ -321,7 +314,7 @@ struct Datagram<'a> {
 }
 
 impl Reader {
-    fn run(self) {
+    fn run(mut self) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let space =
             // SAFETY: CMSG_SPACE only computes a size.
@@ -419,8 +412,9 @@ impl Reader {
 
     /// Who sent from `pid`: the service whose registered process group it is in, else
     /// the service whose cgroup holds it (a process that left the group), else a main
-    /// process we spawned a moment ago (our child, leading its own group).
-    fn sender(&self, pid: i32) -> Sender {
+    /// process we spawned a moment ago (our child, leading its own group). A pid
+    /// refused lately is refused again without a look at /proc.
+    fn sender(&mut self, pid: i32, now: Instant) -> Sender {
         if pid <= 0 {
             return Sender::Nobody;
         }
@@ -438,7 +432,25 @@ impl Reader {
         {
             return Sender::Service(s);
         }
-        if let Some(name) = cgroup_owner(pid, &self.cgroup_id) {
+        if self
+            .refused
+            .get(&pid)
+            .is_some_and(|&at| now.duration_since(at) < REFUSED_TTL)
+        {
+            return Sender::Nobody;
+        }
+        let sender = self.look_up(pid, pgid);
+        if matches!(sender, Sender::Nobody) {
+            self.refuse(pid, now);
+        }
+        sender
+    }
+
+    /// `sender`'s reads of /proc, for a pid whose group is no service's.
+    fn look_up(&mut self, pid: i32, pgid: i32) -> Sender {
+        self.shared.proc_reads.fetch_add(1, Ordering::Relaxed);
+        let owner = self.tracking.as_ref().and_then(|t| cgroup_owner(pid, t));
+        if let Some(name) = owner {
             let known = self
                 .shared
                 .slots
@@ -453,8 +465,22 @@ impl Reader {
         Sender::Nobody
     }
 
-    fn handle(&self, d: Datagram) {
-        match d.pid.map_or(Sender::Nobody, |p| self.sender(p)) {
+    /// Remembers `pid` as of no service; forgets the stale ones when the table fills,
+    /// and everything if they are all fresh (a pid forgotten is only looked up again).
+    fn refuse(&mut self, pid: i32, now: Instant) {
+        if self.refused.len() >= MAX_REFUSED {
+            self.refused
+                .retain(|_, at| now.duration_since(*at) < REFUSED_TTL);
+            if self.refused.len() >= MAX_REFUSED {
+                self.refused.clear();
+            }
+        }
+        self.refused.insert(pid, now);
+    }
+
+    fn handle(&mut self, d: Datagram) {
+        let now = Instant::now();
+        match d.pid.map_or(Sender::Nobody, |p| self.sender(p, now)) {
             Sender::Service(s) => self.shared.apply(&s, d.text, d.truncated),
             Sender::Early(pgid) => self.shared.keep_early(pgid, d.text, d.truncated),
             Sender::Nobody => {
@@ -532,15 +558,10 @@ fn parent_of(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The service named by `pid`'s cgroup path, `.../<cgroup_id>/NAME[/...]`.
-fn cgroup_owner(pid: i32, cgroup_id: &str) -> Option<String> {
+/// The service whose cgroup on the tracking hierarchy holds `pid`.
+fn cgroup_owner(pid: i32, tracking: &ProcKey) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines().find_map(|line| {
-        let path = line.splitn(3, ':').nth(2)?;
-        let mut parts = path.split('/');
-        parts.find(|p| *p == cgroup_id)?;
-        parts.next().filter(|n| !n.is_empty()).map(str::to_string)
-    })
+    tracking.owner(&text).map(str::to_string)
 }
 
 #[cfg(test)]
@@ -566,7 +587,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("n.sock");
         let (tx, rx) = crossbeam_channel::unbounded();
-        let n = Notify::open(&path, "orchestrator-none".into(), move |s| {
+        let n = Notify::open(&path, None, move |s| {
             let _ = tx.send(s);
         })
         .unwrap();
@@ -609,7 +630,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("n.sock");
         let (tx, rx) = crossbeam_channel::unbounded();
-        let n = Notify::open(&path, "orchestrator-none".into(), move |s| {
+        let n = Notify::open(&path, None, move |s| {
             let _ = tx.send(s);
         })
         .unwrap();
@@ -643,9 +664,32 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A flood from processes of no service costs one look at /proc per sender, not
+    /// one per datagram, and a registered group is heard in the middle of it.
     #[test]
-    fn cgroup_paths_name_the_service() {
-        let me = std::process::id() as i32;
-        assert_eq!(cgroup_owner(me, "orchestrator-not-there"), None);
+    fn a_refused_sender_is_not_looked_up_again_for_every_datagram() {
+        let dir = std::env::temp_dir().join(format!("notify-refused-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("n.sock");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let n = Notify::open(&path, None, move |s| {
+            let _ = tx.send(s);
+        })
+        .unwrap();
+        let client = UnixDatagram::unbound().unwrap();
+        for _ in 0..500 {
+            client.send_to(b"WATCHDOG=1", &path).unwrap();
+        }
+        assert!(wait(|| n.rejected() == 500));
+        assert_eq!(n.shared.proc_reads.load(Ordering::Relaxed), 1);
+        // The same process, once its group is a service's, is heard at once.
+        // SAFETY: getpgrp has no preconditions.
+        let svc: Arc<str> = "svc".into();
+        n.register(unsafe { libc::getpgrp() }, &svc);
+        client.send_to(b"READY=1", &path).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), svc);
+        assert_eq!(n.shared.proc_reads.load(Ordering::Relaxed), 1);
+        drop(n);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -77,6 +77,15 @@ fn size_of(dir: Option<&Dir>, name: &str) -> u64 {
         .map_or(0, |st| st.st_size as u64)
 }
 
+/// Bytes in every service's `NAME.log` and `NAME.log.<n>` in `dir`.
+fn count_total(dir: &Dir) -> u64 {
+    dir.names()
+        .iter()
+        .filter(|n| log_file_number(n).is_some())
+        .map(|n| size_of(Some(dir), n))
+        .sum()
+}
+
 /// Opens log_dir (creating it), or `None` when it cannot be used now.
 fn open_dir(path: &std::path::Path) -> Option<Dir> {
     Dir::create(path, 0o755).ok()
@@ -98,13 +107,7 @@ impl LogFiles {
             );
         }
         let dir = open_dir(&cfg.dir);
-        let total = dir.as_ref().map_or(0, |d| {
-            d.names()
-                .iter()
-                .filter(|n| log_file_number(n).is_some())
-                .map(|n| size_of(Some(d), n))
-                .sum()
-        });
+        let total = dir.as_ref().map_or(0, count_total);
         LogFiles {
             cfg,
             dir,
@@ -120,9 +123,10 @@ impl LogFiles {
     /// Queues one formatted line (ending in a newline) for `service`'s file.
     pub fn write(&mut self, service: &Arc<str>, line: &[u8], unwritten: &Arc<AtomicU64>) {
         let len = line.len() as u64;
+        let max_bytes = self.cfg.max_bytes;
         let needs_rotation = {
             let a = self.entry(service, unwritten);
-            a.size > 0 && a.size + len > self.cfg.max_bytes
+            max_bytes > 0 && a.size > 0 && a.size + len > max_bytes
         };
         if needs_rotation {
             self.flush_one(service);
@@ -272,6 +276,42 @@ impl LogFiles {
         }
     }
 
+    /// SIGUSR1, after logrotate renamed the files: what is buffered goes to the file it
+    /// was meant for, then every service's `NAME.log` is opened afresh by name (append,
+    /// created 0640 if missing, never truncated), its size taken from the opened file,
+    /// and the total recounted over `NAME.log` and `NAME.log.<n>` alone (logrotate's
+    /// compressed or dated files are its business).
+    pub fn reopen(&mut self) {
+        self.flush();
+        if self.dir.as_ref().is_none_or(Dir::removed) {
+            self.dir = open_dir(&self.cfg.dir);
+        }
+        let names: Vec<Arc<str>> = self.active.keys().cloned().collect();
+        for service in names {
+            let opened = self.open_active(&service);
+            let Some(a) = self.active.get_mut(&service) else {
+                continue;
+            };
+            a.file = None;
+            a.size = 0;
+            match opened.and_then(|f| f.metadata().map(|m| (m.len(), f))) {
+                Ok((size, f)) => {
+                    a.size = size;
+                    a.file = Some(f);
+                    a.warned = false;
+                }
+                Err(e) => {
+                    a.warned = true;
+                    log::warn!(
+                        "{service}: cannot reopen {}: {e}",
+                        self.cfg.dir.join(name_of(&service, 0)).display()
+                    );
+                }
+            }
+        }
+        self.total = self.dir.as_ref().map_or(0, count_total);
+    }
+
     /// Deletes the oldest rotated files (of any service) until the total fits; if only
     /// active files are left, the writing service's file is started afresh.
     fn enforce_total(&mut self, writing: &str) {
@@ -319,6 +359,7 @@ impl LogFiles {
 /// not counted against `log_max_total_bytes` (docs/logs.md). Descriptor 2 follows each new
 /// file, so that whatever else reaches stderr lands there too.
 pub struct DaemonLog {
+    path: PathBuf,
     dir: Dir,
     file: File,
     size: u64,
@@ -327,6 +368,22 @@ pub struct DaemonLog {
 }
 
 const DAEMON_LOG: &str = "orchestrator.log";
+
+/// Where the daemon's own records go: stderr, or with `--daemon` its `DaemonLog`.
+pub trait Destination: Write + Send {
+    /// Opens the file afresh by name (SIGUSR1); stderr has nothing to reopen.
+    fn reopen(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Destination for io::Stderr {}
+
+impl Destination for DaemonLog {
+    fn reopen(&mut self) -> io::Result<()> {
+        DaemonLog::reopen(self)
+    }
+}
 
 impl DaemonLog {
     pub fn open(cfg: &FileConfig) -> io::Result<DaemonLog> {
@@ -337,6 +394,7 @@ impl DaemonLog {
         unsafe { libc::fchmod(file.as_raw_fd(), FILE_MODE) };
         let size = file.metadata()?.len();
         Ok(DaemonLog {
+            path: cfg.dir.clone(),
             dir,
             file,
             size,
@@ -348,6 +406,18 @@ impl DaemonLog {
     /// The open file (for descriptor 2 when detaching).
     pub fn file(&self) -> &File {
         &self.file
+    }
+
+    /// Opens `orchestrator.log` afresh by name (SIGUSR1, after logrotate renamed it).
+    pub fn reopen(&mut self) -> io::Result<()> {
+        if self.dir.removed() {
+            self.dir = Dir::create(&self.path, 0o755)?;
+        }
+        self.file = self.dir.open_append(DAEMON_LOG, FILE_MODE)?;
+        self.size = self.file.metadata()?.len();
+        // SAFETY: dup2 of a descriptor we own onto stderr.
+        unsafe { libc::dup2(self.file.as_raw_fd(), 2) };
+        Ok(())
     }
 
     fn rotate(&mut self) -> io::Result<()> {
@@ -612,6 +682,55 @@ mod tests {
             }
         }
         assert_eq!(lines, (0..5000).collect::<Vec<_>>());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn reopen_follows_a_renamed_file_and_recounts_the_total() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmpdir("reopen");
+        let mut lf = LogFiles::new(FileConfig {
+            dir: dir.clone(),
+            max_bytes: 0,
+            max_files: 5,
+            max_total: Some(1_000_000),
+        });
+        let svc: Arc<str> = "svc".into();
+        let lost = Arc::new(AtomicU64::new(0));
+        for i in 0..100u64 {
+            lf.write(&svc, format!("{i:09}\n").as_bytes(), &lost);
+        }
+        lf.flush();
+        // log_max_bytes 0: no rotation of our own.
+        assert_eq!(fs::metadata(path_of(&dir, "svc", 0)).unwrap().len(), 1000);
+        assert!(!path_of(&dir, "svc", 1).exists());
+        // logrotate renames the file to a name of its own (not counted), and a line is
+        // still buffered: it goes to the file it was written for.
+        fs::rename(path_of(&dir, "svc", 0), dir.join("svc.log-20261207")).unwrap();
+        lf.write(&svc, b"000000100\n", &lost);
+        lf.reopen();
+        assert_eq!(lf.total, 0);
+        assert_eq!(lf.active[&svc].size, 0);
+        lf.write(&svc, b"000000101\n", &lost);
+        lf.flush();
+        assert_eq!(lines_in(&dir, "svc", 0), vec![101]);
+        let old = fs::read_to_string(dir.join("svc.log-20261207")).unwrap();
+        assert_eq!(old.lines().count(), 101);
+        let mode = fs::metadata(path_of(&dir, "svc", 0))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640);
+        // A file that stands there already is appended to, never truncated, and its
+        // size is the opened file's.
+        fs::write(path_of(&dir, "svc", 0), "000000007\n000000008\n").unwrap();
+        lf.reopen();
+        assert_eq!(lf.active[&svc].size, 20);
+        assert_eq!(lf.total, 20);
+        lf.write(&svc, b"000000102\n", &lost);
+        lf.flush();
+        assert_eq!(lines_in(&dir, "svc", 0), vec![7, 8, 102]);
+        assert_eq!(lost.load(Ordering::Relaxed), 0);
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -5,3 +5,11 @@ pub mod handover;
 pub mod reader;
 pub mod sink;
 pub mod timefmt;
+
+/// `1 service`, `3 services`: a count for a message a person reads.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    match n {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    }
+}

@@ -11,7 +11,7 @@
 
 use crate::config::{LogFormat, LogLevel};
 use crate::output::escape::push_escaped;
-use crate::output::files::{FileConfig, LogFiles};
+use crate::output::files::{Destination, FileConfig, LogFiles};
 use crate::output::timefmt;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 use std::fmt::Write as _;
@@ -122,6 +122,8 @@ pub enum SinkMsg {
     /// Other slow file work the main loop must not wait for (the state_dir file):
     /// this thread is the one that does I/O.
     Job(Box<dyn FnOnce() + Send>),
+    /// Wakes the writer for a reopen (`Sink::reopen`).
+    Reopen,
 }
 
 /// What the writer applies to every record; changed in place by a reload.
@@ -145,6 +147,8 @@ pub struct Sink {
     filter: Arc<Filter>,
     files: Arc<FilesSetting>,
     write_errors: Arc<AtomicU64>,
+    /// Set by `reopen`, taken by the writer.
+    reopen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The per-service log file settings, replaced by a reload; the writer picks a new one
@@ -158,7 +162,7 @@ struct FilesSetting {
 impl Sink {
     /// Starts the writer thread on `out`.
     pub fn start(
-        out: Box<dyn Write + Send>,
+        out: Box<dyn Destination>,
         level: LogLevel,
         format: LogFormat,
         files: Option<FileConfig>,
@@ -179,6 +183,7 @@ impl Sink {
             }),
             files: Arc::new(setting),
             write_errors: Arc::new(AtomicU64::new(0)),
+            reopen: Arc::default(),
         };
         let writer = Writer {
             out,
@@ -190,6 +195,7 @@ impl Sink {
             files_generation: 0,
             write_errors: sink.write_errors.clone(),
             prefix: String::with_capacity(96),
+            reopen: sink.reopen.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("log-sink".into())
@@ -216,6 +222,14 @@ impl Sink {
                 self.files.generation.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Has the writer open every log file afresh by name (SIGUSR1, after logrotate):
+    /// once it has written what it holds. Never blocks; a full queue means the writer
+    /// is busy and sees the request with its next record.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+        let _ = self.tx.try_send(SinkMsg::Reopen);
     }
 
     /// Writes to the daemon's own log (stderr or orchestrator.log) that failed.
@@ -283,7 +297,7 @@ fn level_to_log(l: LogLevel) -> log::Level {
 
 struct Writer {
     /// Unbuffered: `buf` is the buffer, written out when large or when the queue idles.
-    out: Box<dyn Write + Send>,
+    out: Box<dyn Destination>,
     filter: Arc<Filter>,
     dropped: Arc<AtomicU64>,
     buf: String,
@@ -293,6 +307,7 @@ struct Writer {
     write_errors: Arc<AtomicU64>,
     /// The text prefix of the batch being written.
     prefix: String,
+    reopen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Writer {
@@ -303,6 +318,10 @@ impl Writer {
             let msg = match rx.try_recv() {
                 Ok(m) => m,
                 Err(TryRecvError::Empty) => {
+                    // A request whose wake-up found the queue full is taken now.
+                    if self.reopen.swap(false, Ordering::AcqRel) {
+                        self.reopen_all();
+                    }
                     self.flush_all();
                     match rx.recv() {
                         Ok(m) => m,
@@ -371,6 +390,13 @@ impl Writer {
                     job();
                     continue;
                 }
+                // In its place in the queue: what came before goes to the old files.
+                SinkMsg::Reopen => {
+                    if self.reopen.swap(false, Ordering::AcqRel) {
+                        self.reopen_all();
+                    }
+                    continue;
+                }
             }
             let dropped = self.dropped.load(Ordering::Relaxed);
             if dropped > reported_drops {
@@ -417,6 +443,22 @@ impl Writer {
         if let Some(files) = &mut self.files {
             files.flush();
         }
+    }
+
+    /// What was formatted goes where it was meant to, then every file is opened anew.
+    fn reopen_all(&mut self) {
+        self.flush_all();
+        match self.out.reopen() {
+            Ok(()) => {}
+            Err(e) => {
+                self.write_errors.fetch_add(1, Ordering::Relaxed);
+                log::error!("cannot reopen the orchestrator's log: {e}");
+            }
+        }
+        if let Some(files) = &mut self.files {
+            files.reopen();
+        }
+        log::info!("log files reopened");
     }
 
     /// Picks up new per-service file settings after a reload.

@@ -52,6 +52,45 @@ pub struct Cgroups {
     pub pids: Option<Hierarchy>,
     /// Where `io_weight` goes, and the file that takes it there.
     pub io: Option<(Hierarchy, &'static str)>,
+    /// How `/proc/PID/cgroup` shows the tracker, for telling whose a process is.
+    pub tracker_proc: Option<ProcKey>,
+}
+
+/// The tracker as `/proc/PID/cgroup` shows it: the line of its hierarchy and the path
+/// of this instance's cgroup on it. A process is service NAME's when that line's path
+/// is `base/NAME` or below it, and only then: the same names anywhere else (another
+/// hierarchy, or a cgroup a user made elsewhere) mean nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcKey {
+    /// v1: a controller (or `name=...`) of the line; `None` for the v2 line (`0::`).
+    pub controller: Option<String>,
+    /// `/<own path>/orchestrator-<id>`, as the daemon reads its own cgroup.
+    pub base: String,
+}
+
+impl ProcKey {
+    /// The service that `text` (a `/proc/PID/cgroup`) puts the process in.
+    pub fn owner<'a>(&self, text: &'a str) -> Option<&'a str> {
+        let path = text.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (id, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let ours = match &self.controller {
+                None => id == "0" && ctrls.is_empty(),
+                Some(c) => ctrls.split(',').any(|x| x == c),
+            };
+            ours.then_some(path)
+        })?;
+        let rest = path.strip_prefix(self.base.as_str())?.strip_prefix('/')?;
+        let name = rest.split('/').next()?;
+        (!name.is_empty()).then_some(name)
+    }
+}
+
+fn proc_key(controller: Option<&str>, own: &str, id: &str) -> ProcKey {
+    ProcKey {
+        controller: controller.map(str::to_string),
+        base: format!("{}/{id}", own.trim_end_matches('/')),
+    }
 }
 
 /// The controllers a service's limits need, each with the config key it enforces.
@@ -246,6 +285,7 @@ impl Cgroups {
             });
         if let Some((h, parent)) = &v2 {
             cg.tracker = Some(h.clone());
+            cg.tracker_proc = own_v2.as_deref().map(|own| proc_key(None, own, id));
             let enabled = if set_up {
                 enable_v2_controllers(parent, &h.base)
             } else {
@@ -285,12 +325,14 @@ impl Cgroups {
             cg.io = v1("blkio").and_then(|h| weight_file(&h).map(|f| (h, f)));
         }
         if cg.tracker.is_none() {
-            cg.tracker = cg
-                .pids
-                .clone()
-                .or_else(|| v1("name=systemd"))
-                .or_else(|| cg.memory.clone())
-                .or_else(|| v1("freezer"));
+            // The first of these we can use (pids and memory as found above).
+            for c in ["pids", "name=systemd", "memory", "freezer"] {
+                if let (Some(h), Some(own)) = (v1(c), own_v1.get(c)) {
+                    cg.tracker = Some(h);
+                    cg.tracker_proc = Some(proc_key(Some(c), own, id));
+                    break;
+                }
+            }
         }
         cg
     }
@@ -317,6 +359,55 @@ impl Cgroups {
     /// The cgroup directories of `service`, one per hierarchy (tracker first).
     pub fn dirs(&self, service: &str) -> Vec<PathBuf> {
         self.hierarchies().iter().map(|h| h.dir(service)).collect()
+    }
+
+    /// How many processes of `service` the kernel's OOM killer has killed: the
+    /// `oom_kill` count of its memory cgroup (`memory.events` on v2,
+    /// `memory.oom_control` on v1 since Linux 4.13). None where none can be read (no
+    /// memory cgroup for it, an older kernel).
+    pub fn oom_kills(&self, service: &str) -> Option<u64> {
+        let (h, file) = self.oom_source()?;
+        let text = fs::read_to_string(h.dir(service).join(file)).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+    }
+
+    fn oom_source(&self) -> Option<(&Hierarchy, &'static str)> {
+        match (&self.memory, &self.tracker) {
+            (Some(h), _) if h.version == Version::V1 => Some((h, "memory.oom_control")),
+            (Some(h), _) => Some((h, "memory.events")),
+            (None, Some(t)) if t.version == Version::V2 => Some((t, "memory.events")),
+            _ => None,
+        }
+    }
+
+    /// Whether an OOM kill of a service (with or without a memory limit) can be told
+    /// from another SIGKILL, for `check`: where from, or why not.
+    pub fn oom_detection(&self, memory_limited: bool) -> Result<String, String> {
+        let (h, file) = self
+            .oom_source()
+            .ok_or("no memory cgroup hierarchy is writable here")?;
+        if h.version == Version::V1 && !memory_limited {
+            return Err("without memory_limit the service has no memory cgroup".into());
+        }
+        // The service's cgroup may not exist yet: its nearest existing ancestor has
+        // the same files.
+        let probe = h
+            .dir("")
+            .ancestors()
+            .map(|d| d.join(file))
+            .find(|f| f.exists());
+        match probe.and_then(|f| fs::read_to_string(&f).ok().map(|t| (f, t))) {
+            Some((f, t)) if t.lines().any(|l| l.starts_with("oom_kill ")) => {
+                Ok(format!("its oom_kill count in {}", f.display()))
+            }
+            Some((f, _)) => Err(format!(
+                "{} has no oom_kill count (Linux 4.13 and later)",
+                f.display()
+            )),
+            None => Err(format!("no {file} to read")),
+        }
     }
 
     pub fn tracker_dir(&self, service: &str) -> Option<PathBuf> {

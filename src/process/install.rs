@@ -6,13 +6,17 @@
 //! owner); then one rename puts the new one in place and the directory is fsynced.
 //! Rollback is the one rename back.
 //!
+//! The new binary is opened once, when checked (`open_checked`), and only that
+//! descriptor is hashed and copied: replacing the path after the checks changes nothing.
+//!
 //! This never follows a symlink at the binary's place (the caller passes the resolved
 //! path, which is what runs), never writes into the running binary (a new inode every
 //! time, so no ETXTBSY and no half-written file), and never decides anything about the
 //! service.
 
+use crate::process::safe_fs;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -34,22 +38,38 @@ fn beside(binary: &Path, tag: &str) -> io::Result<PathBuf> {
     Ok(binary.with_file_name(n))
 }
 
-/// Checks `new` before anything is touched: a regular file someone may execute.
-pub fn check_new(new: &Path) -> Result<(), String> {
-    let m = fs::metadata(new).map_err(|e| format!("{}: {e}", new.display()))?;
-    if !m.is_file() {
-        return Err(format!("{} is not a regular file", new.display()));
-    }
+/// Opens `new` once and checks it before anything is touched: a regular file someone
+/// may execute, and, as root, one that passes StrictModes (owned by root or us, in
+/// directories nobody else may write to, but for the sticky exception), so that nobody
+/// else can change it after the checks. What runs or is installed afterwards is read
+/// from this descriptor, never from the path again; the path must still name the very
+/// file opened once judged, or it is refused as changed while checked.
+pub fn open_checked(new: &Path) -> Result<File, String> {
+    let shown = new.display();
+    let (f, m) = safe_fs::open_regular(new, true).map_err(|e| format!("{shown}: {e}"))?;
     if m.permissions().mode() & 0o111 == 0 {
-        return Err(format!("{} is not executable", new.display()));
+        return Err(format!("{shown} is not executable"));
     }
-    Ok(())
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        if let Some(u) = safe_fs::untrusted(new) {
+            return Err(format!(
+                "refusing {shown}, which another user could change: {u} ({})",
+                safe_fs::RULE
+            ));
+        }
+    }
+    let same = fs::metadata(new).is_ok_and(|now| now.dev() == m.dev() && now.ino() == m.ino());
+    if !same {
+        return Err(format!("{shown} changed while it was being checked"));
+    }
+    Ok(f)
 }
 
-/// Installs `new` at `binary`, keeping the old one as `<binary>.prev` (replacing an
-/// older `.prev`). On error nothing has changed at `binary`.
-pub fn install(binary: &Path, new: &Path) -> Result<(), String> {
-    check_new(new)?;
+/// Installs the file `src` (opened by `open_checked` from `new`, named in messages) at
+/// `binary`, keeping the old one as `<binary>.prev` (replacing an older `.prev`). On
+/// error nothing has changed at `binary`.
+pub fn install(binary: &Path, new: &Path, src: &mut File) -> Result<(), String> {
     let old = fs::symlink_metadata(binary)
         .map_err(|e| format!("service binary {}: {e}", binary.display()))?;
     if !old.is_file() {
@@ -59,7 +79,7 @@ pub fn install(binary: &Path, new: &Path) -> Result<(), String> {
         ));
     }
     let tmp = beside(binary, ".upgrade").map_err(|e| e.to_string())?;
-    let result = copy_in(new, &tmp, &old).and_then(|()| {
+    let result = copy_in(src, &tmp, &old).and_then(|()| {
         let prev = prev_path(binary);
         let prev_tmp = beside(binary, ".prev.tmp")?;
         let _ = fs::remove_file(&prev_tmp);
@@ -78,11 +98,11 @@ pub fn install(binary: &Path, new: &Path) -> Result<(), String> {
     })
 }
 
-/// The copy of `new` at `tmp`, with the owner and mode of the binary it replaces, on
-/// disk.
-fn copy_in(new: &Path, tmp: &Path, old: &fs::Metadata) -> io::Result<()> {
+/// The copy of `src`, from its start, at `tmp`, with the owner and mode of the binary
+/// it replaces, on disk.
+fn copy_in(src: &mut File, tmp: &Path, old: &fs::Metadata) -> io::Result<()> {
     let _ = fs::remove_file(tmp);
-    let mut src = File::open(new)?;
+    src.seek(io::SeekFrom::Start(0))?;
     let mut dst = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -145,9 +165,13 @@ mod tests {
         let ino = fs::metadata(&bin).unwrap().ino();
         let new = dir.join("new");
         fs::write(&new, b"new").unwrap();
-        assert!(install(&bin, &new).unwrap_err().contains("not executable"));
+        assert!(open_checked(&new).unwrap_err().contains("not executable"));
         fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).unwrap();
-        install(&bin, &new).unwrap();
+        let mut src = open_checked(&new).unwrap();
+        // Replaced after the checks: the file checked is the one installed.
+        fs::remove_file(&new).unwrap();
+        fs::write(&new, b"evil").unwrap();
+        install(&bin, &new, &mut src).unwrap();
         assert_eq!(fs::read(&bin).unwrap(), b"new");
         assert_eq!(fs::metadata(&bin).unwrap().mode() & 0o7777, 0o751);
         assert_eq!(fs::metadata(prev_path(&bin)).unwrap().ino(), ino);

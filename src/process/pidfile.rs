@@ -3,8 +3,8 @@
 //! service. The file is the service's (in a directory it may own): it is opened as a
 //! regular file only, never through a symlink at its last component, without blocking,
 //! and only its first line is read; the pid is believed only if the process is in the
-//! service's cgroup, or (without cgroups) is our own child: the daemon is reparented to
-//! us as subreaper once its launcher has exited.
+//! service's cgroup, or (without cgroups) descends from the run's launcher and is no
+//! other service's (`Lineage`).
 
 use crate::process::{procfs, safe_fs};
 use std::io::Read;
@@ -21,9 +21,43 @@ fn first_line(head: &[u8]) -> String {
     String::from_utf8_lossy(&head[..end]).trim().to_string()
 }
 
-/// The pid `path` names, if it is a live process of the service: `members` are the
-/// service's cgroup members (`None` without a cgroup).
-pub fn main_process(path: &Path, members: Option<&[i32]>) -> Result<i32, String> {
+/// Whose process the pid must be.
+pub enum Owner<'a> {
+    /// The service's cgroup members.
+    Cgroup(&'a [i32]),
+    /// Without a cgroup: what descends from this run's launcher.
+    Lineage(Lineage<'a>),
+}
+
+/// Without cgroups, a process of this run is one in the launcher's session or process
+/// group (each run starts in its own session, whose id is the launcher's pid), or an
+/// orphan reparented to us (the daemon that left the session, its parent gone) that
+/// started no earlier than the launcher; and never a process of another service.
+pub struct Lineage<'a> {
+    /// This run's launcher, kept unreaped so that its pid is not reused meanwhile.
+    pub launcher: i32,
+    /// The pids of the other services' runs: each is also its run's session and group.
+    pub others: &'a [i32],
+}
+
+impl Lineage<'_> {
+    fn owns(&self, p: &procfs::Stat) -> bool {
+        let other = |id: i32| self.others.contains(&id);
+        if other(p.pid) || other(p.pgrp) || other(p.session) {
+            return false;
+        }
+        if p.session == self.launcher || p.pgrp == self.launcher {
+            return true;
+        }
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        let since = procfs::stat(self.launcher).map(|l| l.start_ticks);
+        p.ppid == me && since.is_some_and(|t| p.start_ticks >= t)
+    }
+}
+
+/// The pid `path` names, if it is a live process of the service.
+pub fn main_process(path: &Path, owner: Owner) -> Result<i32, String> {
     let shown = path.display();
     let (mut f, _) =
         safe_fs::open_regular(path, false).map_err(|e| format!("pid file {shown}: {e}"))?;
@@ -42,11 +76,9 @@ pub fn main_process(path: &Path, members: Option<&[i32]>) -> Result<i32, String>
     let Some(stat) = alive else {
         return Err(format!("pid file {shown} is stale: no process {pid}"));
     };
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
-    let ours = match members {
-        Some(m) => m.contains(&pid),
-        None => stat.ppid == me,
+    let ours = match owner {
+        Owner::Cgroup(members) => members.contains(&pid),
+        Owner::Lineage(lineage) => lineage.owns(&stat),
     };
     if !ours {
         return Err(format!(

@@ -23,6 +23,10 @@
 //!   when the entry right below it is owned by root (or us), because the kernel then
 //!   lets nobody else rename or remove that entry (`/tmp/x` made by root).
 //!
+//! - **Unix sockets** are created with their final mode by `bind` itself and never
+//!   chmodded by path afterwards (whoever can write to the directory could rename a
+//!   symlink over the fresh socket in between); their directory passes StrictModes.
+//!
 //! This module never decides what to do about a refusal: callers log, fail the service
 //! or refuse to start.
 
@@ -192,6 +196,13 @@ fn judge(p: &Path, m: &Metadata, below_ours: bool) -> Option<Untrusted> {
 /// (the caller reports it as missing).
 pub fn untrusted(path: &Path) -> Option<Untrusted> {
     untrusted_with(path, &mut Verdicts::default())
+}
+
+/// StrictModes on `dir`, a directory in which the daemon is about to create an entry of
+/// its own (a Unix socket): as `untrusted`, except that `dir` itself may be a sticky
+/// directory such as /tmp, since the entry below it will be root's (or ours).
+pub fn untrusted_home_of_own_entry(dir: &Path) -> Option<Untrusted> {
+    walk(dir, &mut Verdicts::default(), true)
 }
 
 /// The directories already judged by `untrusted_with`: the ancestors that many paths
@@ -449,6 +460,83 @@ pub fn create_dir_chain(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io
     Ok(dir)
 }
 
+/// Makes ready the directory of a Unix socket the daemon is about to bind at `path`:
+/// created (0755, component by component, `create_dir_chain`) if missing, then, as
+/// root, judged by StrictModes with the socket counted as root's entry (so a socket
+/// right in /tmp passes, one in a directory another user owns or may write to does
+/// not: they could swap the socket, or the directory, for something else).
+pub fn socket_dir(path: &Path) -> io::Result<()> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_absolute() {
+        create_dir_chain(dir, 0o755, None)?;
+    } else {
+        std::fs::create_dir_all(dir)?;
+    }
+    if euid() != 0 {
+        return Ok(());
+    }
+    match untrusted_home_of_own_entry(dir) {
+        Some(u) => Err(other(format!("socket directory refused: {u} ({RULE})"))),
+        None => Ok(()),
+    }
+}
+
+/// Binds the Unix socket `fd` to `path` so that its file is born with `mode` (the
+/// permission bits, 0o777 at most): `bind` gives the file the socket's own mode (0777)
+/// minus the umask, so the bind runs on a short-lived thread that first leaves the
+/// process's shared file-system context (`unshare(CLONE_FS)`) and sets its own umask.
+/// No other thread's umask changes meanwhile, and no chmod by path follows, which a
+/// symlink renamed over the fresh socket could redirect to any file.
+pub fn bind_unix(fd: RawFd, path: &Path, mode: u32) -> io::Result<()> {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(other(format!(
+            "{}: not a usable socket path (too long?)",
+            path.display()
+        )));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let mask = !mode & 0o777;
+    let bind = move || -> io::Result<()> {
+        // SAFETY: unshare(CLONE_FS) only gives this thread its own copy of the umask,
+        // current and root directories; the thread ends right after the bind.
+        cvt(unsafe { libc::unshare(libc::CLONE_FS) })?;
+        // SAFETY: umask has no preconditions; it is this thread's alone now.
+        unsafe { libc::umask(mask as libc::mode_t) };
+        // SAFETY: addr is a valid sockaddr_un; fd stays open for the call.
+        cvt(unsafe {
+            libc::bind(
+                fd,
+                &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        })
+        .map(drop)
+    };
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("bind".into())
+            .spawn_scoped(s, bind)?
+            .join()
+            .unwrap_or_else(|_| Err(other("the bind thread failed".into())))
+    })
+}
+
+/// A fresh Unix socket of `kind` (`SOCK_STREAM`, `SOCK_DGRAM`), close-on-exec.
+pub fn unix_socket(kind: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket call; the result is checked.
+    let raw = cvt(unsafe { libc::socket(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: raw is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,6 +705,72 @@ mod tests {
         let ok = user.join("fresh/sub");
         create_dir_chain(&ok, 0o750, Some((65534, 65534))).unwrap();
         assert_eq!(std::fs::metadata(&ok).unwrap().uid(), 65534);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_unix_socket_is_born_with_its_mode_whatever_the_umask() {
+        let d = tmpdir("bind");
+        for mode in [0o600, 0o660, 0o666] {
+            let p = d.join(format!("s{mode:o}"));
+            let fd = unix_socket(libc::SOCK_STREAM).unwrap();
+            bind_unix(fd.as_raw_fd(), &p, mode).unwrap();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            assert!(std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()));
+            assert_eq!(m.permissions().mode() & 0o7777, mode);
+        }
+        // The process's own umask is left alone.
+        // SAFETY: umask has no preconditions; set back at once.
+        let now = unsafe { libc::umask(0o022) };
+        // SAFETY: as above.
+        unsafe { libc::umask(now) };
+        assert_ne!(now, 0o177, "the bind's umask leaked to the process");
+        assert_ne!(now, 0o111);
+        // An existing entry (a symlink an attacker planted) is never bound through.
+        let victim = d.join("victim");
+        std::fs::write(&victim, "x").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        symlink(&victim, d.join("link")).unwrap();
+        let fd = unix_socket(libc::SOCK_STREAM).unwrap();
+        assert!(bind_unix(fd.as_raw_fd(), &d.join("link"), 0o666).is_err());
+        assert_eq!(
+            std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_socket_directory_others_control_is_refused() {
+        if euid() != 0 {
+            eprintln!("skipped: needs root to own directories as others");
+            return;
+        }
+        let d = tmpdir("sockdir");
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Created when missing, root's and 0755: fine; right in /tmp: fine.
+        socket_dir(&d.join("new/s.sock")).unwrap();
+        let m = std::fs::metadata(d.join("new")).unwrap();
+        assert_eq!((m.uid(), m.permissions().mode() & 0o777), (0, 0o755));
+        socket_dir(Path::new("/tmp/s.sock")).unwrap();
+        // Nobody's, or writable by others without the sticky bit: refused.
+        std::os::unix::fs::chown(d.join("new"), Some(65534), None).unwrap();
+        let err = socket_dir(&d.join("new/s.sock")).unwrap_err().to_string();
+        assert!(
+            err.contains("socket directory refused") && err.contains("65534"),
+            "{err}"
+        );
+        std::os::unix::fs::chown(d.join("new"), Some(0), None).unwrap();
+        std::fs::set_permissions(d.join("new"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = socket_dir(&d.join("new/s.sock")).unwrap_err().to_string();
+        assert!(err.contains("chmod go-w"), "{err}");
+        // A symlink planted in a directory nobody owns is not followed to create.
+        let theirs = d.join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+        symlink("/etc", theirs.join("etc")).unwrap();
+        assert!(socket_dir(&theirs.join("etc/sub/s.sock")).is_err());
+        assert!(!Path::new("/etc/sub").exists());
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -11,12 +11,12 @@
 //! Unix socket's file.
 
 use crate::config::SocketConfig;
+use crate::process::safe_fs;
 use std::ffi::CString;
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::UnixListener;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// What a `listen` string names.
@@ -289,29 +289,27 @@ impl Bound {
             Address::Tcp(addr) => OwnedFd::from(TcpListener::bind(addr)?),
             Address::Udp(addr) => return Ok(OwnedFd::from(UdpSocket::bind(addr)?)),
             Address::Unix(path) => {
-                remove_stale(&path)?;
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                let listener = UnixListener::bind(&path)?;
                 let mode = s
                     .mode
                     .as_deref()
                     .map(parse_mode)
                     .transpose()
                     .map_err(invalid)?;
-                // systemd's default SocketMode.
-                let perm = std::fs::Permissions::from_mode(mode.unwrap_or(0o666));
-                std::fs::set_permissions(&path, perm)?;
+                safe_fs::socket_dir(&path)?;
+                remove_stale(&path)?;
+                // Born with its mode (systemd's default SocketMode, 0666): never
+                // chmodded by path, which a symlink renamed over it could redirect.
+                let fd = safe_fs::unix_socket(libc::SOCK_STREAM)?;
+                safe_fs::bind_unix(fd.as_raw_fd(), &path, mode.unwrap_or(0o666) & 0o777)?;
                 let m = std::fs::symlink_metadata(&path)?;
                 self.files.push((path, m.dev(), m.ino()));
-                OwnedFd::from(listener)
+                fd
             }
         };
         // The largest backlog the kernel allows (std asks for 128): while the service
         // restarts, clients wait in it instead of being refused.
-        // SAFETY: listen on a descriptor we own; it is already listening, this only
-        // changes the backlog.
+        // SAFETY: listen on a descriptor we own (for TCP, already listening: this only
+        // changes the backlog).
         if unsafe { libc::listen(fd.as_raw_fd(), libc::SOMAXCONN) } < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -347,6 +345,7 @@ fn remove_stale(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn cfg(listen: &str) -> SocketConfig {
         SocketConfig {

@@ -167,6 +167,7 @@ pub fn spawn(
     cgroup_files: &[std::fs::File],
     sockets: &Passed,
 ) -> Result<Child, SpawnError> {
+    hardening::host_id_can_execute(&spec.process.hardening, &spec.process.binary)?;
     if let Some(dir) = &spec.process.cwd {
         ensure_data_dir(dir, spec).map_err(|e| format!("data_dir {}: {e}", dir.display()))?;
     }
@@ -403,11 +404,18 @@ fn spawn_with(
             nproc: spec.process.limits.nproc,
             core: spec.process.limits.core,
         },
-        identity: spec
-            .process
-            .identity
-            .as_ref()
-            .map(|i| (i.uid, i.gid, groups.as_slice())),
+        // A root service with a host id becomes root of its user namespace, which is
+        // that id on the host: until it switches, the child is still the host's root
+        // (unmapped inside, but the owner of every root-owned file). Its supplementary
+        // groups, the daemon's, go too.
+        identity: match spec.process.hardening.host_id {
+            Some(_) => Some((0, 0, &[][..])),
+            None => spec
+                .process
+                .identity
+                .as_ref()
+                .map(|i| (i.uid, i.gid, groups.as_slice())),
+        },
         sockets: listen.as_mut().map_or(ChildPart::NONE, |l| l.child_part()),
         // SAFETY: getpid has no preconditions.
         parent: unsafe { libc::getpid() },
@@ -533,7 +541,8 @@ fn release_child(
     }
 }
 
-/// Creates `data_dir` (0750) if missing, owned by the service's identity. As root, and
+/// Creates `data_dir` (0750) if missing, owned by the service's identity (or, for a
+/// root service under `private_users`, by its host id). As root, and
 /// often inside a directory the service's user owns: every component is created and
 /// opened relative to its parent, a symlink is followed only where it stands in a
 /// directory that passes StrictModes, and the new directory is handed over with
@@ -544,7 +553,10 @@ fn ensure_data_dir(dir: &Path, spec: &ServiceSpec) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    let owner = spec.process.identity.as_ref().map(|id| (id.uid, id.gid));
+    let owner = match spec.process.hardening.host_id {
+        Some(host) => Some((host, host)),
+        None => spec.process.identity.as_ref().map(|id| (id.uid, id.gid)),
+    };
     crate::process::safe_fs::create_dir_chain(dir, 0o750, owner).map(drop)
 }
 /// Makes sure descriptors 0, 1 and 2 are open (on /dev/null if they were closed), so
@@ -577,6 +589,9 @@ pub fn signal_group(pgid: i32, sig: i32) {
 
 /// Reaps `pid`, which the waiter has seen exit (so this does not block for long).
 pub fn reap(pid: i32) {
+    if pid <= 0 {
+        return; // Not one process: waitpid would take any child's status.
+    }
     let mut status = 0;
     loop {
         // SAFETY: status is a valid out-pointer.

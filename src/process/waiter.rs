@@ -47,24 +47,34 @@ pub fn spawn_waiter(
 
 /// Blocks until `pid` has exited, without reaping it.
 pub fn wait_exit(pid: i32) -> Exit {
+    let mut not_ours = false;
     loop {
         // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: info is a valid, writable siginfo_t.
+        let once = if not_ours { libc::WNOHANG } else { 0 };
         let r = unsafe {
             libc::waitid(
                 libc::P_PID,
                 pid as libc::id_t,
                 &mut info,
-                libc::WEXITED | libc::WNOWAIT,
+                libc::WEXITED | libc::WNOWAIT | once,
             )
         };
-        if r < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+        let err = io::Error::last_os_error();
+        if r < 0 && err.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        // SAFETY: reading the pid of a siginfo waitid filled (0 if nothing was found).
+        if r < 0 || (not_ours && unsafe { info.si_pid() } == 0) {
+            // ECHILD: not our child. A run we spawned always is, until the loop reaps
+            // it; a daemon named by a pid file may have a parent of its own still
+            // alive. Its exit is seen through a pidfd all the same (no status: that is
+            // its parent's to read, unless it was reparented to us meanwhile).
+            if err.raw_os_error() == Some(libc::ECHILD) && !not_ours && wait_pidfd(pid) {
+                not_ours = true;
                 continue;
             }
-            // ECHILD: not our child any more. Cannot happen while the main loop is the
-            // only reaper; report a failure rather than hang.
             return Exit::Code(255);
         }
         // SAFETY: waitid filled info for a child state change.
@@ -75,5 +85,32 @@ pub fn wait_exit(pid: i32) -> Exit {
             // Stopped/continued are not requested (no WSTOPPED/WCONTINUED).
             _ => continue,
         };
+    }
+}
+
+/// Blocks until `pid`, not our child, has exited; false if that cannot be watched
+/// (no pidfd on this kernel, or the process is gone already).
+fn wait_pidfd(pid: i32) -> bool {
+    // SAFETY: pidfd_open takes plain integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: fd was just opened and is owned here alone.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut p = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: p is one valid pollfd; a pidfd turns readable when the process exits.
+        let r = unsafe { libc::poll(&mut p, 1, -1) };
+        if r > 0 {
+            return true;
+        }
+        if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
+        }
     }
 }

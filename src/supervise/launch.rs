@@ -10,8 +10,9 @@ use super::supervisor::Supervisor;
 use crate::output::reader::{self, Drain, ReaderCtx};
 use crate::output::sink::Stream;
 use crate::process::cgroup::CgroupLimits;
+use crate::process::pidfile::{self, Lineage, Owner};
 use crate::process::sockets::{Bound, Passed};
-use crate::process::{pidfile, spawn, waiter};
+use crate::process::{spawn, waiter};
 use std::sync::Arc;
 
 impl Supervisor {
@@ -28,8 +29,26 @@ impl Supervisor {
             return Event::PidFile { gen, result };
         };
         let members = (!e.cgroup_dirs.is_empty()).then(|| self.cgroups.members(name));
-        // Bound: one small file read and a /proc read.
-        let result = pidfile::main_process(&path, members.as_deref());
+        let launcher = e.svc.awaited_launcher().unwrap_or(0);
+        let others: Vec<i32> = self
+            .services
+            .values()
+            .filter(|o| *o.name != *name)
+            .filter_map(|o| o.svc.pid().or(o.svc.awaited_launcher()))
+            .collect();
+        let owner = match &members {
+            Some(m) => Owner::Cgroup(m),
+            None => Owner::Lineage(Lineage {
+                launcher,
+                others: &others,
+            }),
+        };
+        // Bound: one small file read and a few /proc reads.
+        let result = pidfile::main_process(&path, owner);
+        let Some(e) = self.services.get_mut(name) else {
+            let result = Err("service removed".into());
+            return Event::PidFile { gen, result };
+        };
         if let Ok(pid) = result {
             self.unreaped.insert(pid);
             let waiter = waiter::spawn_waiter(pid, gen, e.name.clone(), self.tx.clone(), None);
@@ -218,6 +237,7 @@ impl Supervisor {
         if self.persist.is_some() {
             e.group = persist::Group::of(pid);
         }
+        e.oom_kills = self.cgroups.oom_kills(&e.name);
         e.output_pid = Arc::new(std::sync::atomic::AtomicI32::new(pid));
         if let Some(n) = &self.notify {
             n.register(pid, &e.name);

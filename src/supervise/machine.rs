@@ -14,7 +14,7 @@
 //! that may go to its process group: the leader stays a zombie until then, so its pid
 //! (the group id) cannot be reused while anyone may still signal it.
 
-use super::state::{Exit, HistoryEntry, LastExit, Now, Refusal, State};
+use super::state::{reason, Exit, HistoryEntry, LastExit, Now, Refusal, State};
 use crate::config::discovery::{BinaryProblem, ServiceSpec};
 use crate::config::RestartPolicy;
 use std::collections::VecDeque;
@@ -278,6 +278,10 @@ pub struct Service {
     history: VecDeque<HistoryEntry>,
     /// Wall-clock ms of the last change of the shown state.
     since_ms: u64,
+    /// Why the current run is being ended, where more than its exit and the stop's
+    /// origin say so (a liveness failure, an upgrade, the OOM killer): its `history`
+    /// reason when it ends.
+    ending: Option<String>,
 }
 
 fn log(level: log::Level, event: &'static str, pid: Option<i32>, msg: impl Into<String>) -> Action {
@@ -309,6 +313,7 @@ impl Service {
             notify_status: None,
             history: VecDeque::new(),
             since_ms: now_ms,
+            ending: None,
         }
     }
 
@@ -318,6 +323,12 @@ impl Service {
         for h in history {
             self.push_history(h);
         }
+    }
+
+    /// The current run is ended by an upgrade (or its rollback), or was killed by the
+    /// OOM killer: `why` is its `history` reason, whatever stop is asked for next.
+    pub fn ending(&mut self, why: String) {
+        self.ending = Some(why);
     }
 
     /// The binary was looked at again (before a start, or at reload).
@@ -360,6 +371,14 @@ impl Service {
         self.run().map(|r| r.pid)
     }
 
+    /// `pid_file`: the launcher of the run whose pid file is awaited (exited, unreaped).
+    pub fn awaited_launcher(&self) -> Option<i32> {
+        match self.phase {
+            Phase::AwaitPidFile { launcher, .. } if launcher > 0 => Some(launcher),
+            _ => None,
+        }
+    }
+
     /// The current run's spawn generation.
     pub fn gen(&self) -> Option<u64> {
         self.run().map(|r| r.gen)
@@ -390,6 +409,16 @@ impl Service {
     /// What a `stop` acts on: a process, a pending start, or a pending retry.
     pub fn stoppable(&self) -> bool {
         self.is_active() || self.next_restart().is_some()
+    }
+
+    /// A live run of a `ready: notify` service that has not sent READY=1 yet.
+    pub fn awaiting_ready(&self) -> bool {
+        match &self.phase {
+            Phase::Up { ready, watch, .. } => {
+                !ready && self.spec.process.ready_notify && !watch.notified
+            }
+            _ => false,
+        }
     }
 
     pub fn waiting_for_deps(&self) -> bool {

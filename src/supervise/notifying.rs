@@ -23,8 +23,8 @@ impl Supervisor {
             .and_then(|e| notify_path(e.svc.spec()))
         {
             self.notify_tried = true;
-            let (id, tx) = (self.instance_id(), self.tx.clone());
-            let opened = Notify::open(&path, id, move |service| {
+            let (tracking, tx) = (self.cgroups.tracker_proc.clone(), self.tx.clone());
+            let opened = Notify::open(&path, tracking, move |service| {
                 let _ = tx.send(Event::Notify { service });
             });
             self.notify = report(opened, &path);
@@ -40,23 +40,11 @@ impl Supervisor {
             .find_map(|e| notify_path(e.svc.spec()));
         let Some(path) = path else { return };
         self.notify_tried = true;
-        let (id, tx) = (self.instance_id(), self.tx.clone());
-        let adopted = Notify::adopt(fd, &path, id, move |service| {
+        let (tracking, tx) = (self.cgroups.tracker_proc.clone(), self.tx.clone());
+        let adopted = Notify::adopt(fd, &path, tracking, move |service| {
             let _ = tx.send(Event::Notify { service });
         });
         self.notify = report(adopted, &path);
-    }
-
-    /// The instance's cgroup directory name (`orchestrator-<id>`), which the notify
-    /// reader checks a sender's cgroup against.
-    fn instance_id(&self) -> String {
-        let socket = self
-            .cfg
-            .settings
-            .control_socket
-            .clone()
-            .unwrap_or_else(crate::control::instance::default_socket);
-        crate::process::cgroup::instance_id(&socket)
     }
 
     /// A service's notify slot changed: its news, in the order they matter.

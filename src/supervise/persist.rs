@@ -184,10 +184,11 @@ fn to_text(saved: &Saved) -> String {
             let sep = if j == 0 { "" } else { "," };
             let _ = write!(
                 out,
-                "{sep}[{},{},{}]",
+                "{sep}[{},{},{},{}]",
                 h.started_ms,
                 opt(h.exited_ms.map(|v| v.to_string())),
-                opt(h.exit_code.map(|v| v.to_string()))
+                opt(h.exit_code.map(|v| v.to_string())),
+                opt(h.reason.as_deref().map(str_json))
             );
         }
         let group = s
@@ -214,6 +215,8 @@ fn from_json(v: &Value) -> Option<Saved> {
                     started_ms: h.get(0)?.as_u64()?,
                     exited_ms: h.get(1)?.as_u64(),
                     exit_code: h.get(2)?.as_i64().and_then(|c| i32::try_from(c).ok()),
+                    // Written since reasons were kept: an older file has three fields.
+                    reason: h.get(3).and_then(Value::as_str).map(str::to_string),
                 })
             })
             .collect::<Option<Vec<_>>>()?;
@@ -365,6 +368,7 @@ mod tests {
             state: b'S',
             ppid: 1,
             pgrp,
+            session: pgrp,
             utime: 0,
             stime: 0,
             rss_pages: 0,
@@ -520,13 +524,31 @@ mod tests {
         assert_eq!(sd.load(), None);
         let mut s = saved(sd.boot_id(), &[("a", 10, 20)]);
         s.services[0].1.restarts = 7;
-        s.services[0].1.history = vec![HistoryEntry {
-            started_ms: 1,
-            exited_ms: Some(2),
-            exit_code: Some(3),
-        }];
+        s.services[0].1.history = vec![
+            HistoryEntry {
+                started_ms: 1,
+                exited_ms: Some(2),
+                exit_code: Some(3),
+                reason: Some("exited with code 3 \"quoted\"".into()),
+            },
+            HistoryEntry {
+                started_ms: 4,
+                exited_ms: None,
+                exit_code: None,
+                reason: None,
+            },
+        ];
         sd.save(&s).unwrap();
-        assert_eq!(sd.load(), Some(s));
+        assert_eq!(sd.load(), Some(s.clone()));
+        // A file written before reasons were kept reads back with none.
+        let old = format!(
+            "{{\"boot_id\":\"{}\",\"services\":{{\"a\":{{\"restarts\":7,\"history\":[[1,2,3]],\"group\":null}}}}}}\n",
+            sd.boot_id()
+        );
+        fs::write(dir.join(FILE), old).unwrap();
+        let back = sd.load().expect("an older file is read");
+        assert_eq!(back.services[0].1.history[0].reason, None);
+        assert_eq!(back.services[0].1.history[0].exit_code, Some(3));
         fs::write(dir.join(FILE), "{not json").unwrap();
         assert_eq!(sd.load(), None);
         assert!(dir.join("state.json.bad").exists());

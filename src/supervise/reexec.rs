@@ -2,7 +2,9 @@
 //! off the loop (it must say it is an orchestrator and accept the config in force), then
 //! hand everything over and exec it in place, keeping the pid. Every child stays ours: they
 //! were all cloned by this (main) thread, which the exec keeps, so no parent-death
-//! signal fires.
+//! signal fires. The new binary is opened once (StrictModes as root) and every check
+//! run and the exec itself go through that descriptor (`execveat`), never its path
+//! again, so that what was checked is what runs.
 //!
 //! What crosses the exec (`Carried`, JSON in a memfd whose number the new image finds
 //! in `ORCHESTRATOR_RESUME_FD`): each machine with its deadlines, counters, history,
@@ -79,7 +81,8 @@ pub struct CarriedService {
 /// The checks' verdict, back on the loop.
 pub struct SelfChecked {
     path: PathBuf,
-    result: Result<String, String>,
+    /// The version, and the binary as opened and checked: what is executed.
+    result: Result<(String, std::fs::File), String>,
     reply: Sender<Reply>,
     /// The client's connection, answered from the new image.
     conn: Option<RawFd>,
@@ -161,7 +164,7 @@ impl Supervisor {
             reply,
             conn,
         } = checked;
-        let version = match result.and_then(|v| self.refuse_upgrade_self().map(|()| v)) {
+        let (version, binary) = match result.and_then(|v| self.refuse_upgrade_self().map(|()| v)) {
             Ok(v) => v,
             Err(msg) => {
                 let _ = reply.try_send(error_reply(msg).into());
@@ -276,7 +279,7 @@ impl Supervisor {
         // reaches the new image once its handlers are in.
         let mask = crate::process::signals::block_handled();
         let late = self.keep_late_signals();
-        let err = exec(&path, &argv, memfd.as_raw_fd());
+        let err = exec(&binary, &argv, memfd.as_raw_fd());
         // Still here: the exec failed. Everything is as it was but the checks killed;
         // the signals kept are delivered now, the rest of the queue is put back.
         crate::process::signals::restore_mask(&mask);
@@ -442,10 +445,12 @@ fn carried_fds(c: &Carried) -> Vec<RawFd> {
 }
 
 /// Runs `PATH --version` and `PATH check ...`: it must be an orchestrator that accepts
-/// the config in force. The version it reports, or why it is refused.
-fn check_binary(path: &Path, check_args: &[OsString]) -> Result<String, String> {
-    crate::process::install::check_new(path)?;
-    let out = run_bounded(path, &[OsString::from("--version")], true)?;
+/// the config in force. PATH is opened once (`install::open_checked`: StrictModes as
+/// root) and every run, the exec included, goes through that descriptor, so that what
+/// was checked is what runs. The version it reports and the file, or why it is refused.
+fn check_binary(path: &Path, check_args: &[OsString]) -> Result<(String, std::fs::File), String> {
+    let file = crate::process::install::open_checked(path)?;
+    let out = run_bounded(&file, path, &[OsString::from("--version")], true)?;
     let text = String::from_utf8_lossy(&out.stdout);
     let version = text
         .lines()
@@ -461,7 +466,7 @@ fn check_binary(path: &Path, check_args: &[OsString]) -> Result<String, String> 
         })?
         .trim()
         .to_string();
-    let out = run_bounded(path, &[OsString::from("--resume-format")], true)?;
+    let out = run_bounded(&file, path, &[OsString::from("--resume-format")], true)?;
     let format = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() || format != FORMAT.to_string() {
         return Err(format!(
@@ -470,7 +475,7 @@ fn check_binary(path: &Path, check_args: &[OsString]) -> Result<String, String> 
             if out.status.success() { format.as_str() } else { "none" }
         ));
     }
-    let out = run_bounded(path, check_args, false)?;
+    let out = run_bounded(&file, path, check_args, false)?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let first = err.lines().next().unwrap_or("").trim();
@@ -480,31 +485,120 @@ fn check_binary(path: &Path, check_args: &[OsString]) -> Result<String, String> 
             out.status
         ));
     }
-    Ok(version)
+    Ok((version, file))
 }
 
-/// Runs `path args` with no input and at most `CHECK_TIMEOUT`; its exit status, its
-/// stdout (when `stdout`, else it goes to /dev/null) and its stderr, each read after the
-/// exit, so at most the 64 KiB a pipe holds: enough for `--version` and an error, and
-/// `check`'s plan, which can be longer, is not kept. The wait looks every 10 ms: this
-/// runs only during a check, on its own thread.
+/// An argv and an environment for `execveat`, built before any fork: the child of a
+/// fork may not allocate.
+struct ExecArgs {
+    _strings: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the pointers point into `_strings`' heap buffers, owned by the same value and
+// never changed or freed while it lives.
+unsafe impl Send for ExecArgs {}
+// SAFETY: as above; nothing is ever written through them.
+unsafe impl Sync for ExecArgs {}
+
+impl ExecArgs {
+    /// `argv`, and our environment without `RESUME_ENV` plus `extra` (a `K=V`).
+    fn new<'a>(argv: impl IntoIterator<Item = &'a [u8]>, extra: Option<String>) -> ExecArgs {
+        let mut strings: Vec<CString> = argv
+            .into_iter()
+            .filter_map(|a| CString::new(a).ok())
+            .collect();
+        let n = strings.len();
+        strings.extend(
+            std::env::vars_os()
+                .filter(|(k, _)| k != RESUME_ENV)
+                .filter_map(|(k, v)| {
+                    let mut kv = k.as_bytes().to_vec();
+                    kv.push(b'=');
+                    kv.extend_from_slice(v.as_bytes());
+                    CString::new(kv).ok()
+                }),
+        );
+        strings.extend(extra.and_then(|e| CString::new(e).ok()));
+        let ptrs = |from: &[CString]| -> Vec<*const libc::c_char> {
+            from.iter()
+                .map(|c| c.as_ptr())
+                .chain([std::ptr::null()])
+                .collect()
+        };
+        ExecArgs {
+            argv: ptrs(&strings[..n]),
+            envp: ptrs(&strings[n..]),
+            _strings: strings,
+        }
+    }
+
+    /// `execveat(fd, "", argv, envp, AT_EMPTY_PATH)`: executes the file `fd` is open on,
+    /// whatever its path names now. A raw call, no allocation: fit for a forked child.
+    /// Returns only on failure.
+    fn exec(&self, fd: RawFd) {
+        // SAFETY: a valid descriptor, an empty C string, and NULL-terminated arrays of
+        // C strings that live as long as self.
+        unsafe {
+            libc::syscall(
+                libc::SYS_execveat,
+                fd,
+                c"".as_ptr(),
+                self.argv.as_ptr(),
+                self.envp.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        };
+    }
+}
+
+/// Whether the file starts with `#!`: a script's interpreter opens it again by its
+/// `/dev/fd/N` name, so the descriptor must stay open across the exec.
+fn is_script(file: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 2];
+    file.read_at(&mut head, 0).is_ok_and(|n| n == 2) && &head == b"#!"
+}
+
+/// Runs the checked `file` (`path` is its name, for argv[0] and messages) with `args`,
+/// no input and at most `CHECK_TIMEOUT`; its exit status, its stdout (when `stdout`,
+/// else it goes to /dev/null) and its stderr, each read after the exit, so at most the
+/// 64 KiB a pipe holds: enough for `--version` and an error, and `check`'s plan, which
+/// can be longer, is not kept. The wait looks every 10 ms: this runs only during a
+/// check, on its own thread.
 fn run_bounded(
+    file: &std::fs::File,
     path: &Path,
     args: &[OsString],
     stdout: bool,
 ) -> Result<std::process::Output, String> {
     use std::io::Read;
+    use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
+    let fd = file.as_raw_fd();
+    let exec_args = ExecArgs::new(
+        std::iter::once(path.as_os_str().as_bytes()).chain(args.iter().map(|a| a.as_bytes())),
+        None,
+    );
     let mut cmd = Command::new(path);
-    cmd.args(args)
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(if stdout {
             Stdio::piped()
         } else {
             Stdio::null()
         })
-        .stderr(Stdio::piped())
-        .env_remove(RESUME_ENV);
+        .stderr(Stdio::piped());
+    // SAFETY: in the child, after the fork: a fcntl and the execveat, raw calls with
+    // what was prepared before; no allocation, no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            // A script's interpreter reopens it as /dev/fd/N: left open across the exec.
+            libc::fcntl(fd, libc::F_SETFD, 0);
+            exec_args.exec(fd);
+            Err(std::io::Error::last_os_error())
+        });
+    }
     // Registered with the orphan reaper, which would otherwise take its exit status.
     let mut helper =
         Helper::spawn(&mut cmd).map_err(|e| format!("{}: cannot run: {e}", path.display()))?;
@@ -554,34 +648,27 @@ fn write_memfd(c: &Carried) -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(f.into())
 }
 
-/// execve(path, our argv, our environment + RESUME_ENV=fd) with the signals the daemon
-/// handles blocked, so that one arriving before the new image has its handlers stays
-/// pending instead of killing it. Returns only on failure, with the mask restored.
-fn exec(path: &Path, argv: &[OsString], memfd: RawFd) -> std::io::Error {
-    let cstr = |b: &[u8]| CString::new(b).ok();
-    let Some(prog) = cstr(path.as_os_str().as_bytes()) else {
-        return std::io::Error::other("a path with a NUL byte");
-    };
-    let argv: Vec<CString> = argv.iter().filter_map(|a| cstr(a.as_bytes())).collect();
-    let mut env: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| k != RESUME_ENV)
-        .filter_map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            cstr(&kv)
-        })
-        .collect();
-    env.extend(cstr(format!("{RESUME_ENV}={memfd}").as_bytes()));
-    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    argv_p.push(std::ptr::null());
-    let mut env_p: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
-    env_p.push(std::ptr::null());
+/// execveat of the checked binary with our argv, our environment + RESUME_ENV=fd, and
+/// the signals the daemon handles blocked, so that one arriving before the new image
+/// has its handlers stays pending instead of killing it. Returns only on failure, with
+/// the mask restored.
+fn exec(binary: &std::fs::File, argv: &[OsString], memfd: RawFd) -> std::io::Error {
+    let args = ExecArgs::new(
+        argv.iter().map(|a| a.as_bytes()),
+        Some(format!("{RESUME_ENV}={memfd}")),
+    );
+    // A script (a wrapper in tests) is read again through its descriptor by its
+    // interpreter; an orchestrator binary leaves it closed behind.
+    let script = is_script(binary);
+    if script {
+        inherit::clear_cloexec(binary.as_raw_fd());
+    }
     let old = crate::process::signals::block_handled();
-    // SAFETY: prog, argv_p and env_p are valid NUL-terminated arrays of C strings that
-    // outlive the call.
-    unsafe { libc::execve(prog.as_ptr(), argv_p.as_ptr(), env_p.as_ptr()) };
+    args.exec(binary.as_raw_fd());
     let err = std::io::Error::last_os_error();
     crate::process::signals::restore_mask(&old);
+    if script {
+        inherit::set_cloexec(binary.as_raw_fd());
+    }
     err
 }

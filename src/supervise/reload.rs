@@ -33,8 +33,10 @@ impl Decision {
 /// What a reload does to one service, from what it is and what the new plan says.
 pub fn decide(old: Option<&Service>, new: Option<&ServiceSpec>) -> Decision {
     let (o, n) = match (old, new) {
-        (None, Some(n)) if n.autostart && n.binary_problem.is_none() => return Decision::Start,
-        (None, Some(_)) | (None, None) => return Decision::Update,
+        // An added service is started (a binary that cannot run makes that start fail
+        // with the reason, as any start); one that is not to run changes nothing.
+        (None, Some(n)) if n.enabled && n.autostart => return Decision::Start,
+        (None, Some(_)) | (None, None) => return Decision::Unchanged,
         (Some(_), None) => return Decision::Stop,
         (Some(o), Some(n)) => (o, n),
     };

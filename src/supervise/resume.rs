@@ -61,6 +61,9 @@ impl Supervisor {
         }
         let (mut drains, mut runs) = (HashMap::new(), 0);
         for s in c.services {
+            // The OOM kill count is read afresh: a kill during the handover itself
+            // reads as the SIGKILL it is.
+            let oom_kills = self.cgroups.oom_kills(&s.name);
             let Some(e) = self.services.get_mut(&s.name) else {
                 // Cannot happen (the config was checked unchanged): a run of a service
                 // this image does not know is not left without supervision.
@@ -85,6 +88,7 @@ impl Supervisor {
                 .file_unwritten
                 .store(s.file_unwritten, Ordering::Relaxed);
             e.cgroup_dirs = s.cgroup_dirs;
+            e.oom_kills = oom_kills;
             e.output_pid.store(s.output_pid, Ordering::Relaxed);
             e.group = s
                 .group
@@ -179,9 +183,11 @@ impl Supervisor {
             handover::restart(fd, ctx, r.carry);
         }
         log::info!(
-            "upgrade-self: took over from orchestrator {}: {} services, {runs} running processes, {pipes} output pipes",
+            "upgrade-self: took over from orchestrator {}: {}, {}, {}",
             c.from_version,
-            self.services.len()
+            crate::output::count(self.services.len(), "service", "services"),
+            crate::output::count(runs, "running process", "running processes"),
+            crate::output::count(pipes, "output pipe", "output pipes"),
         );
         self.settle();
         // The `upgrade-self` client learns it is done only now, from us.

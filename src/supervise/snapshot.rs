@@ -4,6 +4,7 @@
 //! owns the file; this owns the timing and the carrying on of a predecessor's record.
 
 use super::persist;
+use super::state::reason;
 use super::supervisor::Supervisor;
 use crate::output::timefmt;
 use std::sync::Arc;
@@ -42,7 +43,10 @@ impl Supervisor {
                 continue;
             };
             let history = s.history.into_iter().map(|mut h| {
-                h.exited_ms.get_or_insert(now_ms);
+                if h.exited_ms.is_none() {
+                    h.exited_ms = Some(now_ms);
+                    h.reason = Some(reason::ORCHESTRATOR_GONE.into());
+                }
                 h
             });
             e.svc.restore(s.restarts, history);
@@ -81,7 +85,7 @@ impl Supervisor {
             let live = e.svc.pid();
             let s = persist::SavedService {
                 restarts: e.svc.restarts(),
-                history: e.svc.history().iter().copied().collect(),
+                history: e.svc.history().iter().cloned().collect(),
                 group: e.group.filter(|g| Some(g.pgid) == live),
             };
             saved.services.push((name.clone(), s));

@@ -75,11 +75,62 @@ pub struct Now {
 }
 
 /// One run in `status`'s history (docs/status-and-metrics.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryEntry {
     pub started_ms: u64,
     pub exited_ms: Option<u64>,
     pub exit_code: Option<i32>,
+    /// Why the run ended (one of `reason`'s words); None while it runs. Absent from
+    /// what an older image handed over or saved.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Why a run ended, in the exact words `history` uses. Where several apply, the first
+/// of the list in the status documentation wins: the OOM killer, then a liveness
+/// failure, an upgrade, whoever asked for a stop, a start that failed, and last the
+/// exit itself.
+pub mod reason {
+    use super::{signal_name, Exit};
+
+    pub const OPERATOR_STOP: &str = "stopped by an operator";
+    pub const OPERATOR_RESTART: &str = "restarted by an operator";
+    pub const RELOAD_RESTART: &str = "restarted by reload";
+    pub const RELOAD_STOP: &str = "stopped by reload";
+    pub const SHUTDOWN: &str = "stopped by shutdown";
+    pub const ORCHESTRATOR_GONE: &str = "ended with the orchestrator";
+    pub const UPGRADE: &str = "replaced by an upgrade";
+    pub const WATCHDOG_TRIGGER: &str = "watchdog trigger";
+
+    pub fn oom(memory_limit_mib: u64) -> String {
+        match memory_limit_mib {
+            0 => "killed by the OOM killer (no memory_limit)".into(),
+            n => format!("killed by the OOM killer (memory_limit {n} MiB)"),
+        }
+    }
+
+    pub fn watchdog_timeout(ms: u128) -> String {
+        format!("watchdog timeout (no keep-alive in {ms} ms)")
+    }
+
+    pub fn health(why: &str) -> String {
+        format!("health check failed: {why}")
+    }
+
+    pub fn rolled_back(why: &str) -> String {
+        format!("rolled back: {why}")
+    }
+
+    pub fn start_failed(why: &str) -> String {
+        format!("start failed: {why}")
+    }
+
+    pub fn exit(exit: Exit) -> String {
+        match exit {
+            Exit::Code(c) => format!("exited with code {c}"),
+            Exit::Signal(s) => format!("killed by {}", signal_name(s)),
+        }
+    }
 }
 
 /// The last exit, for `status NAME`: what ended the run, when, and whether an
@@ -109,5 +160,33 @@ impl Refusal {
             Refusal::NotRunning => "service is not running".into(),
             Refusal::Binary(why) => why.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an older image hands over at `upgrade-self` has no reasons: read as none.
+    #[test]
+    fn a_history_entry_without_a_reason_is_read() {
+        let h: HistoryEntry =
+            serde_json::from_str(r#"{"started_ms":1,"exited_ms":2,"exit_code":0}"#).unwrap();
+        assert_eq!(h.reason, None);
+        assert_eq!(h.exit_code, Some(0));
+    }
+
+    #[test]
+    fn reasons_read_as_documented() {
+        assert_eq!(reason::exit(Exit::Code(3)), "exited with code 3");
+        assert_eq!(
+            reason::exit(Exit::Signal(libc::SIGKILL)),
+            "killed by SIGKILL"
+        );
+        assert_eq!(
+            reason::oom(16),
+            "killed by the OOM killer (memory_limit 16 MiB)"
+        );
+        assert_eq!(reason::oom(0), "killed by the OOM killer (no memory_limit)");
     }
 }

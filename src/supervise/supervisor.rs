@@ -63,6 +63,9 @@ pub(super) struct Entry {
     pub sockets: Option<Bound>,
     /// Its upgrade under way and its version history (docs/sockets-and-upgrades.md).
     pub upgrade: super::upgrading::Upgrades,
+    /// Its memory cgroup's OOM kill count when the current run started, where one can
+    /// be read: a SIGKILL with the count risen since is the OOM killer's.
+    pub oom_kills: Option<u64>,
 }
 
 impl Entry {
@@ -78,6 +81,7 @@ impl Entry {
             output_pid: Arc::default(),
             sockets: None,
             upgrade: Default::default(),
+            oom_kills: None,
         }
     }
 }
@@ -364,6 +368,7 @@ impl Supervisor {
                     }
                     return None;
                 }
+                self.note_oom_kill(&service, exit);
                 let _ = self.feed(&service, machine::Event::Exited { gen, exit });
                 if self.reap_on_exit {
                     self.reap_orphans();
@@ -376,6 +381,24 @@ impl Supervisor {
             Event::SelfChecked(checked) => return self.upgrade_self(checked),
         }
         None
+    }
+
+    /// A main process killed by SIGKILL while its memory cgroup's OOM kill count rose
+    /// was the OOM killer's victim: the run's history says so.
+    fn note_oom_kill(&mut self, service: &str, exit: super::state::Exit) {
+        if exit != super::state::Exit::Signal(libc::SIGKILL) {
+            return;
+        }
+        let Some(e) = self.services.get_mut(service) else {
+            return;
+        };
+        let now = self.cgroups.oom_kills(service);
+        if let (Some(before), Some(now)) = (e.oom_kills, now) {
+            if now > before {
+                let limit = e.svc.spec().process.memory_limit_mib;
+                e.svc.ending(super::state::reason::oom(limit));
+            }
+        }
     }
 
     /// `handle`, for `upgrade-self`'s last look at what is queued.
@@ -399,6 +422,7 @@ impl Supervisor {
 
     fn on_signal(&mut self, sig: i32) -> Option<Outcome> {
         match sig {
+            // SIGPWR reaches the loop only as PID 1 (`signals::forward`).
             libc::SIGTERM | libc::SIGINT | libc::SIGQUIT | libc::SIGPWR => {
                 if self.shutdown.is_some() {
                     log::warn!("second {}: killing every service now", signal_name(sig));
@@ -413,6 +437,10 @@ impl Supervisor {
                 Err(e) => log::error!("reload failed, keeping the current configuration: {e}"),
             },
             libc::SIGCHLD => self.reap_orphans(),
+            libc::SIGUSR1 => {
+                log::info!("SIGUSR1 received: reopening the log files");
+                self.sink.reopen();
+            }
             _ => {}
         }
         None

@@ -10,6 +10,7 @@
 //! handling but bounded file operations (a rename and an fsync, a small JSON file).
 
 use super::machine::{AfterStop, Event as MachineEvent};
+use super::state::reason;
 use super::supervisor::Supervisor;
 use super::upgrade::{History, Pending, Record, Verdict, View, Watch};
 use crate::control::socket::{error_reply, Cmd, Reply, Request};
@@ -152,8 +153,8 @@ impl Supervisor {
             (true, _) => None,
             (false, None) => return Err("missing path".into()),
             (false, Some(p)) => {
-                install::check_new(Path::new(p))?;
-                Some(PathBuf::from(p))
+                let file = install::open_checked(Path::new(p))?;
+                Some((PathBuf::from(p), file))
             }
         };
         if rollback && std::fs::symlink_metadata(install::prev_path(&binary)).is_err() {
@@ -171,8 +172,10 @@ impl Supervisor {
         let tx = self.tx.clone();
         let service = name.clone();
         let job = move || {
-            let result = match &path {
-                Some(p) => install_new(&service, &binary, p, dir.as_deref()),
+            let result = match path {
+                Some((p, mut file)) => {
+                    install_new(&service, &binary, &p, &mut file, dir.as_deref())
+                }
                 None => put_back(&binary),
             };
             let done = Installed {
@@ -228,6 +231,10 @@ impl Supervisor {
                 result: "rollback".into(),
             });
             let active = e.svc.is_active();
+            if active {
+                e.svc
+                    .ending(reason::rolled_back("by an operator (rollback)"));
+            }
             self.event(
                 log::Level::Warn,
                 &service,
@@ -269,6 +276,9 @@ impl Supervisor {
             // Shutdown began while the file was copied: judged (and undone) at once.
             self.settle();
             return;
+        }
+        if let Some(e) = self.services.get_mut(&service) {
+            e.svc.ending(reason::UPGRADE.into());
         }
         if let Err(r) = self.feed(&service, MachineEvent::Restart) {
             self.conclude(&service, Verdict::Failed(r.message()));
@@ -363,6 +373,9 @@ impl Supervisor {
         self.forget_pending(name);
         self.save_upgrades();
         if !ok && self.shutdown.is_none() && !stays {
+            if let Some(e) = self.services.get_mut(name) {
+                e.svc.ending(result.clone());
+            }
             let _ = self.feed(name, MachineEvent::Restart);
         }
         a.answer(answer);
@@ -458,15 +471,17 @@ fn short(sha: &str) -> &str {
 }
 
 /// The thread's part of an upgrade: both hashes, the marker in `state_dir`, then the
-/// binary in place.
+/// binary in place. `file` is `new` as opened and checked: what is hashed and copied.
 fn install_new(
     service: &str,
     binary: &Path,
     new: &Path,
+    file: &mut std::fs::File,
     dir: Option<&super::persist::StateDir>,
 ) -> Result<Done, String> {
     let from = sha(binary).map_err(|e| format!("service binary {e}"))?;
-    let to = sha(new)?;
+    let to = crate::control::sha256::open_file_hex(file)
+        .map_err(|e| format!("{}: {e}", new.display()))?;
     if from == to {
         return Ok(Done {
             from,
@@ -485,7 +500,7 @@ fn install_new(
         d.write_file(&marker, &p.to_text())
             .map_err(|e| format!("state_dir: cannot record the upgrade: {e}"))?;
     }
-    install::install(binary, new).inspect_err(|_| {
+    install::install(binary, new, file).inspect_err(|_| {
         if let Some(d) = dir {
             let _ = d.remove_file(&marker);
         }

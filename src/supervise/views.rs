@@ -253,7 +253,7 @@ fn status_json(e: &Entry, now: Instant) -> Value {
     let history: Vec<Value> = svc
         .history()
         .iter()
-        .map(|h| json!({"started": h.started_ms, "exited": h.exited_ms, "exit_code": h.exit_code}))
+        .map(|h| json!({"started": h.started_ms, "exited": h.exited_ms, "exit_code": h.exit_code, "reason": h.reason}))
         .collect();
     let last_exit = svc.last_exit().map(|l| {
         let (code, signal) = match l.exit {
@@ -282,6 +282,9 @@ fn status_json(e: &Entry, now: Instant) -> Value {
         "history": history,
         "upgrades": super::upgrading::history_json(&e.upgrade),
     });
+    if svc.awaiting_ready() {
+        v["waiting_for"] = json!("READY=1");
+    }
     if !svc.spec().process.sockets.is_empty() {
         let bound = e
             .sockets

@@ -411,11 +411,12 @@ impl Daemon {
         Daemon::launch(sb, cmd, env)
     }
 
-    /// Starts `orchestrator run` in the sandbox without `--config`: the daemon finds
-    /// `./orchestrator.json` by the lookup order. Waits until its socket answers.
-    pub fn start_found(sb: &Sandbox) -> Daemon {
+    /// Starts `orchestrator run` in the sandbox without `--config`, with `extra` args:
+    /// the daemon looks its config up (`./orchestrator.json`, or none). Waits until its
+    /// socket (the sandbox's) answers.
+    pub fn start_found(sb: &Sandbox, extra: &[&str]) -> Daemon {
         let mut cmd = Command::new(BIN);
-        cmd.arg("run");
+        cmd.arg("run").args(extra);
         let d = Daemon::launch(sb, cmd, &[]);
         let ok = wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0);
         assert!(ok, "daemon did not come up; log:\n{}", d.log_text());

@@ -69,3 +69,35 @@ fn creates_tracking_cgroups_ahead() {
     assert!(!base.join("one").exists());
     let _ = std::fs::remove_dir_all(&base);
 }
+
+#[test]
+fn only_the_tracking_hierarchy_s_own_path_names_a_service() {
+    let v2 = ProcKey {
+        controller: None,
+        base: "/system.slice/orch.service/orchestrator-ab".into(),
+    };
+    let on = |path: &str| format!("12:pids:/\n1:name=systemd:/\n0::{path}\n");
+    let ours = "/system.slice/orch.service/orchestrator-ab";
+    assert_eq!(v2.owner(&on(&format!("{ours}/web"))), Some("web"));
+    assert_eq!(v2.owner(&on(&format!("{ours}/web/sub"))), Some("web"));
+    // The same names under a user's delegated cgroup, or with a longer id.
+    let user = "/user.slice/user-1000.slice/user@1000.service/orchestrator-ab/web";
+    assert_eq!(v2.owner(&on(user)), None);
+    assert_eq!(v2.owner(&on(&format!("{ours}x/web"))), None);
+    assert_eq!(v2.owner(&on(ours)), None);
+    assert_eq!(v2.owner(&on(&format!("{ours}/"))), None);
+    // The right path on another hierarchy means nothing.
+    let elsewhere = format!("4:memory:{ours}/web\n1:name=systemd:{ours}/web\n0::/\n");
+    assert_eq!(v2.owner(&elsewhere), None);
+    // A v1 tracker reads its own controller's line, co-mounted or not.
+    let v1 = ProcKey {
+        controller: Some("pids".into()),
+        base: "/orchestrator-ab".into(),
+    };
+    assert_eq!(v1.owner("5:pids:/orchestrator-ab/db\n0::/\n"), Some("db"));
+    assert_eq!(v1.owner("5:cpu,pids:/orchestrator-ab/db\n"), Some("db"));
+    assert_eq!(
+        v1.owner("5:pids:/\n4:memory:/orchestrator-ab/db\n0::/orchestrator-ab/db\n"),
+        None
+    );
+}

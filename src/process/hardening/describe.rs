@@ -184,6 +184,13 @@ pub fn lines(spec: &ServiceSpec, cgroups: &Cgroups) -> Vec<Line> {
         "private_users",
         h.private_users.to_string(),
         h.private_users.then(|| {
+            if let Some(host) = h.host_id {
+                return ns_how(
+                    "user",
+                    h,
+                    &format!("new user namespace: root inside is host uid/gid {host} (unprivileged), no other id mapped"),
+                );
+            }
             let who = spec.process.identity.as_ref().map_or_else(
                 // SAFETY: geteuid has no preconditions.
                 || format!("uid {}", unsafe { libc::geteuid() }),

@@ -33,6 +33,10 @@ pub struct Hardening {
     pub private_tmp: bool,
     pub read_only_paths: Vec<PathBuf>,
     pub private_users: bool,
+    /// `private_users` for a service whose user is root: the one unprivileged host id
+    /// (uid and gid) root inside maps to. Set by the plan (`assign_host_ids`), which
+    /// sees every service.
+    pub host_id: Option<u32>,
     pub nice: Option<i32>,
     pub io: Option<(IoClass, u8)>,
     pub io_weight: Option<u32>,
@@ -120,10 +124,38 @@ pub fn resolve(svc: &ServiceConfig) -> Hardening {
         private_tmp: svc.private_tmp,
         read_only_paths: svc.read_only_paths.clone(),
         private_users: svc.private_users,
+        host_id: None,
         nice: svc.nice,
         io,
         io_weight: svc.io_weight,
     }
+}
+
+/// The host ids a root service with `private_users` may get, as systemd's
+/// `DynamicUser=` range.
+pub const HOST_IDS: std::ops::RangeInclusive<u32> = 61184..=65519;
+
+/// The host id for service `name`: derived from the name (FNV-1a), so the same at
+/// every start, or the next one up (wrapping within `HOST_IDS`) that `taken` does not
+/// claim.
+pub fn host_id(name: &str, taken: impl Fn(u32) -> bool) -> Option<u32> {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let (first, n) = (*HOST_IDS.start(), HOST_IDS.end() - HOST_IDS.start() + 1);
+    (0..n)
+        .map(|i| first + (h % n + i) % n)
+        .find(|id| !taken(*id))
+}
+
+/// Whether a service running as `identity` needs a host id of its own under
+/// `private_users`: its user is root, and so is the daemon (only root may map another
+/// id; an unprivileged daemon maps itself, as before).
+pub fn needs_host_id(h: &Hardening, identity: Option<&Identity>) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    h.private_users && identity.is_none_or(|id| id.uid == 0) && unsafe { libc::geteuid() } == 0
 }
 
 /// The filter `syscall_allow` and `syscall_filter` ask for: an allow list of the
@@ -206,7 +238,16 @@ pub fn prepare(h: &Hardening, identity: Option<&Identity>) -> Result<Prepared, S
     }
     if h.private_users {
         p.clone_flags |= libc::CLONE_NEWUSER;
-        p.id_maps = Some(id_maps(identity));
+        p.id_maps = Some(match h.host_id {
+            // setgroups stays allowed (we write the maps as root): the child drops the
+            // daemon's supplementary groups with it before it switches to root inside.
+            Some(host) => IdMaps {
+                uid_map: format!("0 {host} 1\n"),
+                gid_map: format!("0 {host} 1\n"),
+                deny_setgroups: false,
+            },
+            None => id_maps(identity),
+        });
         // Raising priority needs CAP_SYS_NICE (or CAP_SYS_ADMIN) toward the host,
         // which a child in its own user namespace no longer has; lowering it does not.
         // The child starts at this thread's nice value.
@@ -250,7 +291,8 @@ pub fn prepare(h: &Hardening, identity: Option<&Identity>) -> Result<Prepared, S
 }
 
 /// The service's user mapped to itself (and, with a `user`, its groups), every other
-/// id left unmapped, which the kernel shows as nobody.
+/// id left unmapped, which the kernel shows as nobody. (A root service with a host id
+/// gets `0 HOST 1` instead; see `prepare`.)
 fn id_maps(identity: Option<&Identity>) -> IdMaps {
     // SAFETY: these getters have no preconditions.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
@@ -272,6 +314,34 @@ fn id_maps(identity: Option<&Identity>) -> IdMaps {
             deny_setgroups: true,
         },
     }
+}
+
+/// For a root service under `private_users`: whether its host id may execute
+/// `binary` (by the file's mode; directories on the way are not judged), or why not.
+pub fn host_id_can_execute(h: &Hardening, binary: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(host) = h.host_id else {
+        return Ok(());
+    };
+    let m = std::fs::metadata(binary).map_err(|e| format!("{}: {e}", binary.display()))?;
+    let mode = m.mode();
+    let bit = if m.uid() == host {
+        0o100
+    } else if m.gid() == host {
+        0o010
+    } else {
+        0o001
+    };
+    if mode & bit != 0 {
+        return Ok(());
+    }
+    Err(format!(
+        "private_users: host uid {host} cannot execute {} (mode {:04o}, owner {}:{}); make it executable by others",
+        binary.display(),
+        mode & 0o7777,
+        m.uid(),
+        m.gid()
+    ))
 }
 
 impl Prepared {
@@ -453,6 +523,47 @@ mod tests {
         }
         let m = id_maps(None);
         assert!(m.deny_setgroups, "nobody calls setgroups: deny it");
+    }
+
+    #[test]
+    fn host_ids_are_stable_in_range_and_skip_taken_ones() {
+        let a = host_id("web", |_| false).unwrap();
+        assert!(HOST_IDS.contains(&a));
+        assert_eq!(
+            host_id("web", |_| false),
+            Some(a),
+            "the same at every start"
+        );
+        assert_ne!(host_id("db", |_| false), Some(a));
+        let next = host_id("web", |id| id == a).unwrap();
+        assert_eq!(
+            next,
+            if a == *HOST_IDS.end() {
+                *HOST_IDS.start()
+            } else {
+                a + 1
+            }
+        );
+        assert_eq!(host_id("web", |_| true), None);
+    }
+
+    #[test]
+    fn a_root_service_with_a_host_id_maps_only_root_to_it() {
+        let h = Hardening {
+            private_users: true,
+            host_id: Some(61_200),
+            ..Hardening::default()
+        };
+        let p = prepare(&h, None).unwrap();
+        let m = p.id_maps.unwrap();
+        assert_eq!(
+            (m.uid_map.as_str(), m.gid_map.as_str()),
+            ("0 61200 1\n", "0 61200 1\n")
+        );
+        assert!(
+            !m.deny_setgroups,
+            "the child drops the daemon's groups with setgroups"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! `syscall_filter` and `syscall_allow` (docs/hardening.md): systemd's syscall groups,
-//! resolved to this architecture's numbers, and the classic BPF program that carries them
-//! out, written by hand. The program is built in the parent; the child only installs it
+//! `syscall_filter` and `syscall_allow`: systemd's syscall groups, resolved
+//! to this architecture's numbers, and the classic BPF program that carries them out,
+//! written by hand. The program is built in the parent; the child only installs it
 //! (`install`), the last thing before exec. Nothing here allocates in the child.
 //!
 //! The tables are kept compact (space-separated names, `u16` numbers): the binary is

@@ -28,6 +28,9 @@ pub struct Carried {
     notify_status: Option<String>,
     history: VecDeque<HistoryEntry>,
     since_ms: u64,
+    /// Absent from what an older image hands over.
+    #[serde(default)]
+    ending: Option<String>,
 }
 
 impl Service {
@@ -41,6 +44,7 @@ impl Service {
             notify_status: self.notify_status.clone(),
             history: self.history.clone(),
             since_ms: self.since_ms,
+            ending: self.ending.clone(),
         }
     }
 
@@ -66,6 +70,7 @@ impl Service {
             notify_status: c.notify_status,
             history: c.history,
             since_ms: c.since_ms,
+            ending: c.ending,
         }
     }
 

@@ -39,6 +39,7 @@ impl Service {
                     "did not daemonize within {} ms (pid_file)",
                     self.spec.stop_timeout.as_millis()
                 );
+                self.ending = Some(reason::start_failed(&why));
                 self.last_error = Some(why);
                 let then = AfterStop::Recover(self.next_attempt(ctx.rng));
                 self.begin_stop(run, ready, then, Origin::Liveness, now)
@@ -211,6 +212,7 @@ impl Service {
                     pid,
                     format!("health check failed {n} times in a row ({why}): restarting"),
                 )];
+                self.ending = Some(reason::health(&why));
                 actions.extend(self.begin_stop(run, true, then, Origin::Liveness, now));
                 actions
             }
@@ -219,9 +221,11 @@ impl Service {
 
     /// In-place settings from a reload. A running process without a check any more is
     /// up; one that just got a check is probed from now on; a failed service whose
-    /// binary can run again is `stopped`, one whose binary went says why.
+    /// binary can run again is `stopped`, one whose binary went says why; a pending
+    /// retry of a failed service follows the new `retry_failed_ms` (null cancels it).
     pub(super) fn reconfigured(&mut self, spec: ServiceSpec, ctx: &mut Ctx) -> Vec<Action> {
         let had_problem = self.spec.binary_problem.is_some();
+        let old_retry = self.spec.retry_failed;
         self.spec = spec;
         let now = ctx.now.mono;
         let check = self.spec.health_check.clone();
@@ -238,7 +242,12 @@ impl Service {
             {
                 health.next_probe = Some(now + Duration::from_millis(hc.initial_delay_ms));
             }
-            (Phase::Failed { .. }, _) => {
+            (Phase::Failed { retry_at }, _) => {
+                // Counted from the reload: ten minutes lowered to one bring the retry
+                // within a minute, and null means never, at once.
+                if retry_at.is_some() && self.spec.retry_failed != old_retry {
+                    *retry_at = self.spec.retry_failed.map(|r| now + r);
+                }
                 if let Some(err) = self.spec.binary_error() {
                     self.last_error = Some(err);
                 } else if had_problem {

@@ -72,6 +72,7 @@ impl Service {
                 };
                 let why = "watchdog triggered by the service (WATCHDOG=trigger)";
                 self.last_error = Some(why.into());
+                self.ending = Some(reason::WATCHDOG_TRIGGER.into());
                 let then = AfterStop::Recover(self.liveness_attempt(run, ctx));
                 let mut actions = vec![log(
                     log::Level::Warn,
@@ -88,7 +89,8 @@ impl Service {
     /// No keep-alive within `watchdog_ms`: the run is hung.
     pub(super) fn watchdog_timeout(&mut self, run: Run, ctx: &mut Ctx) -> Vec<Action> {
         let ms = self.spec.process.watchdog.map_or(0, |w| w.as_millis());
-        let why = format!("watchdog timeout (no keep-alive in {ms} ms)");
+        let why = reason::watchdog_timeout(ms);
+        self.ending = Some(why.clone());
         let then = AfterStop::Recover(self.liveness_attempt(run, ctx));
         let mut actions = vec![log(
             log::Level::Warn,

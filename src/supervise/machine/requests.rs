@@ -98,7 +98,7 @@ impl Service {
                 launcher,
                 started,
                 ..
-            } => {
+            } if *launcher > 0 => {
                 let run = Run {
                     pid: *launcher,
                     gen: *gen,
@@ -107,8 +107,13 @@ impl Service {
                 };
                 Ok(self.begin_drain(run, then, origin, now))
             }
-            // No process yet: the pending start is cancelled at once.
-            Phase::WaitingDeps | Phase::Backoff { .. } | Phase::BusyRetry { .. } => match then {
+            // No process yet (or, handed over by an older image, no launcher known:
+            // whatever the daemon left goes with the service's cgroup): the pending
+            // start is cancelled at once.
+            Phase::WaitingDeps
+            | Phase::Backoff { .. }
+            | Phase::BusyRetry { .. }
+            | Phase::AwaitPidFile { .. } => match then {
                 AfterStop::Remove => Ok(vec![Action::Remove]),
                 AfterStop::Start => {
                     self.attempts = 0;

@@ -20,6 +20,7 @@ impl Service {
         if self.phase == Phase::WaitingDeps {
             self.last_error = None;
         }
+        self.ending = None;
         self.phase = Phase::Spawning { tries, stop: None };
         vec![Action::Spawn]
     }
@@ -46,6 +47,7 @@ impl Service {
             started_ms: now.wall_ms,
             exited_ms: None,
             exit_code: None,
+            reason: None,
         });
         let ready = self.up(run, now.mono);
         let mut actions = vec![log(log::Level::Info, "started", Some(pid), "started")];
@@ -133,15 +135,16 @@ impl Service {
                     launcher: false,
                 };
                 self.up(run, now);
-                vec![
-                    log(
-                        log::Level::Info,
-                        "started",
-                        Some(pid),
-                        "main process from the pid file",
-                    ),
-                    Action::Reap(launcher),
-                ]
+                let mut actions = vec![log(
+                    log::Level::Info,
+                    "started",
+                    Some(pid),
+                    "main process from the pid file",
+                )];
+                if launcher > 0 {
+                    actions.push(Action::Reap(launcher));
+                }
+                actions
             }
             Err(why) if now + PID_FILE_POLL < deadline => {
                 self.phase = Phase::AwaitPidFile {
@@ -169,17 +172,18 @@ impl Service {
     ) -> Vec<Action> {
         if let Some(h) = self.history.back_mut() {
             h.exited_ms.get_or_insert(ctx.now.wall_ms);
+            h.reason.get_or_insert_with(|| reason::start_failed(&why));
         }
-        let mut actions = vec![
-            log(
-                log::Level::Error,
-                "failed",
-                None,
-                format!("cannot start: {why}"),
-            ),
-            kill(launcher),
-            Action::Reap(launcher),
-        ];
+        let mut actions = vec![log(
+            log::Level::Error,
+            "failed",
+            None,
+            format!("cannot start: {why}"),
+        )];
+        // Unknown (0) only in a state handed over by an older image.
+        if launcher > 0 {
+            actions.extend([kill(launcher), Action::Reap(launcher)]);
+        }
         self.last_error = Some(why);
         actions.extend(self.after_run(false, ctx));
         actions
@@ -223,6 +227,7 @@ impl Service {
             started_ms: now.wall_ms,
             exited_ms: Some(now.wall_ms),
             exit_code: None,
+            reason: Some(reason::start_failed(&error)),
         });
         let mut actions = vec![log(
             log::Level::Error,
@@ -257,9 +262,14 @@ impl Service {
             at_ms: now.wall_ms,
             by_operator: stop.is_some_and(|s| s.origin == Origin::Operator),
         });
+        let why = self.ending.take().unwrap_or_else(|| match stop {
+            Some(stop) => stop_reason(stop.origin, stop.then, exit),
+            None => reason::exit(exit),
+        });
         if let Some(h) = self.history.back_mut() {
             h.exited_ms = Some(now.wall_ms);
             h.exit_code = Some(exit.code());
+            h.reason = Some(why);
         }
         // An exit we asked for is news, not a warning.
         let level = if exit.success() || stop.is_some() {
@@ -363,5 +373,18 @@ impl Service {
                 )
             }
         }
+    }
+}
+
+/// Why a run that a stop ended ended, by who asked for the stop.
+fn stop_reason(origin: Origin, then: AfterStop, exit: Exit) -> String {
+    match (origin, then) {
+        (Origin::Operator, AfterStop::Start) => reason::OPERATOR_RESTART.into(),
+        (Origin::Operator, _) => reason::OPERATOR_STOP.into(),
+        (Origin::Reload, AfterStop::Start) => reason::RELOAD_RESTART.into(),
+        (Origin::Reload, _) => reason::RELOAD_STOP.into(),
+        (Origin::Shutdown, _) => reason::SHUTDOWN.into(),
+        // A liveness stop says why in `ending`; without it, the exit is all there is.
+        (Origin::Liveness, _) => reason::exit(exit),
     }
 }

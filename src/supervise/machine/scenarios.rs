@@ -187,6 +187,32 @@ fn retry_failed_tries_again_and_keeps_failing_fast() {
 }
 
 #[test]
+fn a_reload_reschedules_or_cancels_a_pending_retry() {
+    let mut s = spec(RestartPolicy::Always, 1);
+    s.retry_failed = Some(Duration::from_secs(600));
+    let mut t = T::with(s.clone());
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    t.exit(Exit::Code(1));
+    t.fire();
+    t.spawned();
+    t.exit(Exit::Code(1));
+    assert_eq!(t.due(), "+600000");
+    t.ms += 1000;
+    // Unchanged: the retry keeps its time.
+    t.ev(Event::Reconfigured(Box::new(s.clone())));
+    assert_eq!(t.due(), "+599000");
+    // Lowered: counted from the reload.
+    s.retry_failed = Some(Duration::from_secs(1));
+    t.ev(Event::Reconfigured(Box::new(s.clone())));
+    assert_eq!(t.due(), "+1000");
+    // Null: cancelled; still failed, nothing pending.
+    s.retry_failed = None;
+    t.ev(Event::Reconfigured(Box::new(s)));
+    assert_eq!((t.svc.state(), t.due().as_str()), (State::Failed, "-"));
+}
+
+#[test]
 fn a_wall_clock_jump_changes_no_decision() {
     // The same runs, with the wall clock steady or jumping: backoff, attempts and
     // reset-after follow the monotonic clock; the wall clock only stamps the history.
