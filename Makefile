@@ -136,6 +136,15 @@ fmt:
 bench: build
 	bash bench/run.sh
 
+# The one place that states the binary's size: the line after the marker in
+# BENCHMARKS.md, rewritten from the binary just built (release profile: stripped).
+size: build
+	@bytes=$$(wc -c < $(BIN) | tr -d ' '); \
+	line="$$(date -u +%Y-%m-%d), $(HOST), orchestrator $(VERSION): the stripped release binary is $$bytes bytes ($$(awk "BEGIN { printf \"%.3f\", $$bytes / 1048576 }") MiB)."; \
+	awk -v line="$$line" 'put { print line; put = 0; next } { print } /^<!-- size: written by `make size`/ { put = 1 }' \
+		BENCHMARKS.md > BENCHMARKS.md.tmp && mv BENCHMARKS.md.tmp BENCHMARKS.md; \
+	echo "$$line"
+
 # 10,000 crash-and-restart cycles with zero backoff: descriptors, threads and RSS of the
 # daemon must come back to where they were.
 soak:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Benchmarks: orchestrator against supervisord, s6 and runit, on the same machine in
-the same run, for the workloads of issue 7. Prints one table of figures and ratios
+the same run, for the workloads of BENCHMARKS.md. Prints one table of figures and ratios
 (orchestrator / best anchor), plus the scale curve of orchestrator.
 
 Every workload runs in a fresh temp dir and kills, by PID, every process it started.
@@ -538,7 +538,7 @@ def restart_reaction(sup_cls, helpers, window=6):
     return run_in(sup_cls, go)
 
 
-# Every hardening key of SPEC 13 at once.
+# Every hardening key of docs/hardening.md at once.
 HARDENING = {
     "capabilities": [],
     "syscall_filter": ["@mount", "@reboot", "@module", "@swap", "@raw-io", "@clock", "@debug",

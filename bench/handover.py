@@ -1,4 +1,4 @@
-"""The handover row of `make bench` (issue 13): a client opens about 1,000 connections a
+"""The handover row of `make bench`: a client opens about 1,000 connections a
 second to one service while it is restarted and while it is upgraded, with `sockets`
 (the orchestrator holds the listening socket and passes it as fd 3) and without (the
 service binds the port itself), in the same run. Reports connections refused and the

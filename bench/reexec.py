@@ -1,4 +1,4 @@
-"""The upgrade-self row of `make bench` (issue 14): the daemon re-executes onto a copy of
+"""The upgrade-self row of `make bench`: the daemon re-executes onto a copy of
 its own binary with N sleeping services. Reports the supervision pause (from the old
 image's `handing over` record to the new image's `took over`, both on the daemon's own
 clock, in its log), the client's round trip (checks of the new binary included), and

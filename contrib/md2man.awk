@@ -22,6 +22,7 @@ BEGIN {
     mode = "text"      # text, item, code, table
     fresh = 1          # right after a heading: a paragraph needs no .PP
     para = 0           # lines of the current paragraph or item
+    buf = ""           # their text, printed when the block ends
     split("", head)
     printf ".TH %s %s \"\" \"orchestrator %s\" \"%s\"\n", title, section, version, \
         (section == 5 ? "File Formats" : "User Commands")
@@ -100,11 +101,19 @@ function inline(s,    out, c, i, j, k, t, u) {
     return out
 }
 
-# Ends a table: nothing to flush, rows are printed as they come.
+# Ends a block: a paragraph or an item is printed whole, so that a `code span` or a
+# **bold** run may cross a line break of the markdown; table rows are printed as they
+# come.
 function endblock() {
+    if (buf != "") print lead(inline(buf))
+    buf = ""
     if (mode == "table") split("", head)
     mode = "text"
     para = 0
+}
+
+function add(text) {
+    buf = (buf == "" ? text : buf " " text)
 }
 
 function cells(line, arr,    n, i) {
@@ -190,14 +199,14 @@ mode == "code" {
     mode = "item"
     fresh = 0
     print ".IP \\(bu 2"
-    print lead(inline(substr($0, 3)))
+    add(substr($0, 3))
     next
 }
 
 /^[ \t]+[^ \t]/ && mode == "item" {
     line = $0
     sub(/^[ \t]+/, "", line)
-    print lead(inline(line))
+    add(line)
     next
 }
 
@@ -206,5 +215,7 @@ mode == "code" {
     if (para == 0 && !fresh) print ".PP"
     fresh = 0
     para++
-    print lead(inline($0))
+    add($0)
 }
+
+END { endblock() }

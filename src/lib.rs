@@ -29,7 +29,7 @@ pub mod fuzz;
 use cli::{Cli, Command};
 use config::discovery;
 
-/// Runs the command line and returns the process's exit code (SPEC 1).
+/// Runs the command line and returns the process's exit code (docs/cli.md).
 pub fn main() -> i32 {
     // Descriptors 0-2 must be open so that no pipe of ours is ever given one of them.
     process::spawn::ensure_std_fds();

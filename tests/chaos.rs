@@ -1,4 +1,4 @@
-//! Chaos: a randomized, seeded black-box run of the real binary (issue 22). Random
+//! Chaos: a randomized, seeded black-box run of the real binary. Random
 //! operations (start, stop, restart, reload edits valid and invalid, SIGHUP, `kill -9`
 //! of services and their children, SIGSTOP/SIGCONT, bursts of concurrent clients) over
 //! services of every kind, with the lifecycle's invariants checked after every step

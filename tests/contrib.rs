@@ -196,3 +196,23 @@ fn make_install_works_with_a_binary_that_cannot_run_here() {
         assert!(text.starts_with(first), "{page}: {text}");
     }
 }
+
+/// logrotate accepts the snippet as it is (a dry run: nothing is rotated).
+#[test]
+fn logrotate_snippet_parses() {
+    packages::with("logrotate", "/usr/sbin/logrotate", |logrotate| {
+        let sb = Sandbox::new();
+        let conf = sb.path("orchestrator.logrotate");
+        std::fs::write(&conf, contrib("logrotate")).unwrap();
+        let mut cmd = Command::new(logrotate);
+        cmd.arg("--debug")
+            .arg("--state")
+            .arg(sb.path("logrotate.state"))
+            .arg(&conf);
+        let out = run_with_timeout(cmd, DEADLINE);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        let said = format!("{}{}", out.stdout, out.stderr);
+        assert!(!said.contains("error"), "{said}");
+        assert!(said.contains("/var/log/orchestrator/*.log"), "{said}");
+    });
+}

@@ -135,10 +135,10 @@ fn exercise(sb: &Sandbox, d: &Daemon, name: &str, own: &str, serves: impl Fn() -
     }
 }
 
-/// SPEC 4 without any package: a symlink to `cat` (discovered in `services_dir`, and
-/// as a relative `binary_path`) prints its own /proc/self/cmdline, whose first entry
-/// is argv[0]: the path as configured, not /usr/bin/cat. (A shell script cannot show
-/// this: the kernel hands the interpreter the path it resolved, not argv[0].)
+/// docs/lifecycle.md without any package: a symlink to `cat` (discovered in
+/// `services_dir`, and as a relative `binary_path`) prints its own /proc/self/cmdline,
+/// whose first entry is argv[0]: the path as configured, not /usr/bin/cat. (A shell script
+/// cannot show this: the kernel hands the interpreter the path it resolved, not argv[0].)
 #[test]
 fn symlinked_binary_gets_its_configured_path_as_argv0() {
     let sb = Sandbox::new();

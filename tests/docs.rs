@@ -133,6 +133,67 @@ fn every_command_is_in_the_reference_and_no_other() {
     same("commands", &code, &docs, "docs/cli.md");
 }
 
+/// Every flag the parser takes, as the completion scripts list them (for every command,
+/// and per command), is in docs/cli.md: the global ones in the options section, the
+/// others in their command's entry.
+#[test]
+fn every_flag_is_in_the_commands_reference() {
+    let src = read("src/cli/completion.rs");
+    let doc = read("docs/cli.md");
+    let quoted = |text: &str| -> Vec<String> {
+        text.split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    let global = src
+        .split_once("const GLOBAL: &[&str] = &[")
+        .expect("the global flags")
+        .1;
+    let global = quoted(&global[..global.find("];").expect("the list ends")]);
+    let options = doc
+        .split_once("\n## Options for every command\n")
+        .expect("an options section")
+        .1;
+    let options = &options[..options.find("\n## ").unwrap_or(options.len())];
+    for flag in &global {
+        assert!(
+            options.contains(&format!("`{flag}")),
+            "docs/cli.md: no `{flag}` in the options"
+        );
+    }
+    let table = src
+        .split_once("pub const FLAGS: &[(&str, &[&str])] = &[")
+        .expect("the per-command flags")
+        .1;
+    let table = &table[..table.find("\n];").expect("the table ends")];
+    let mut seen = 0;
+    for entry in table.split("\n    (").skip(1) {
+        let words = quoted(entry);
+        let Some((command, flags)) = words.split_first() else {
+            continue;
+        };
+        let start = format!("\n### `{command}`\n");
+        let section = doc
+            .split_once(&start)
+            .unwrap_or_else(|| panic!("docs/cli.md: no entry for `{command}`"))
+            .1;
+        let section = &section[..section.find("\n### ").unwrap_or(section.len())];
+        for flag in flags {
+            assert!(
+                section.contains(&format!("`{flag}")) || section.contains(&format!("[{flag}")),
+                "docs/cli.md: `{command}` does not mention {flag}"
+            );
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 10,
+        "only {seen} flags found in the completion table"
+    );
+}
+
 /// Every `orchestrator_...` name in `text`.
 fn metric_names(text: &str) -> BTreeSet<String> {
     text.match_indices("orchestrator_")
@@ -176,4 +237,42 @@ fn every_metric_is_in_the_reference_and_no_other() {
             path.display()
         );
     }
+}
+
+/// Every field the daemon's status view writes is in the status reference (or, for
+/// the envelope of a reply, in the control protocol's).
+#[test]
+fn every_status_field_is_in_the_reference() {
+    let src = read("src/supervise/views.rs");
+    let code: String = src
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut fields = BTreeSet::new();
+    for (open, close) in [("\"", "\":"), ("v[\"", "\"]")] {
+        for (i, _) in code.match_indices(close) {
+            let before = &code[..i];
+            let Some(start) = before.rfind(open) else {
+                continue;
+            };
+            let name = &before[start + open.len()..];
+            if !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                fields.insert(name.to_string());
+            }
+        }
+    }
+    assert!(
+        fields.contains("last_exit_code") && fields.contains("rss_bytes"),
+        "{fields:?}"
+    );
+    let docs = read("docs/status-and-metrics.md") + &read("docs/control-protocol.md");
+    let missing: Vec<&String> = fields
+        .iter()
+        .filter(|f| !docs.contains(&format!("`{f}`")) && !docs.contains(&format!("\"{f}\"")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "status fields not in the reference: {missing:?}"
+    );
 }

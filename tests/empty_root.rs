@@ -1,6 +1,6 @@
-//! PID 1 in an empty namespace (SPEC 11): the statically linked build, chrooted into a
-//! root that holds only itself, its config, /proc, /etc/passwd and /etc/group (and an
-//! nsswitch.conf that would make NSS fail), and
+//! PID 1 in an empty namespace (docs/unattended.md): the statically linked build, chrooted
+//! into a root that holds only itself, its config, /proc, /etc/passwd and /etc/group (and
+//! an nsswitch.conf that would make NSS fail), and
 //! BusyBox's static build from Debian (`busybox-static`), as PID 1 of new PID and mount
 //! namespaces. Services start (one as a user of /etc/passwd: no NSS), a hundred
 //! double-forked orphans leave no zombie, SIGTERM and SIGPWR shut everything down with

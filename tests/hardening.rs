@@ -1,4 +1,4 @@
-//! Hardening (SPEC 13): each protection bites. A small Python fixture tries the
+//! Hardening (docs/hardening.md): each protection bites. A small Python fixture tries the
 //! forbidden thing (calls that fail harmlessly when they are permitted) and writes what
 //! happened; each test runs it with the key and, where that proves the key did it,
 //! without. Root-only; skipped with a printed reason elsewhere or when the kernel lacks

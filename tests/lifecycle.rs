@@ -657,8 +657,8 @@ fn zero_backoff_restarts_immediately_and_keeps_going() {
     assert!(d.count_log(&["fast", "restarting in 0 ms"]) >= 50);
 }
 
-/// SPEC 4 `retry_failed_ms`: a service whose restart attempts ran out is tried again at
-/// that interval while it keeps failing (state `failed`, next attempt shown), and
+/// docs/lifecycle.md `retry_failed_ms`: a service whose restart attempts ran out is tried
+/// again at that interval while it keeps failing (state `failed`, next attempt shown), and
 /// recovers by itself once what it needs comes back.
 #[test]
 fn retry_failed_ms_brings_a_service_back_after_a_long_outage() {
@@ -838,9 +838,9 @@ fn a_reload_reschedules_or_cancels_a_pending_retry() {
     );
 }
 
-/// SPEC 4 `pid_file`: the started process daemonizes and exits 0; the pid in its file
-/// is the run's main process. A file that names no live process, or a process outside
-/// the service, is a failed start with the reason.
+/// docs/lifecycle.md `pid_file`: the started process daemonizes and exits 0; the pid in
+/// its file is the run's main process. A file that names no live process, or a process
+/// outside the service, is a failed start with the reason.
 #[test]
 fn pid_file_follows_a_daemonizing_service_and_refuses_a_bad_file() {
     let sb = Sandbox::new();

@@ -1,6 +1,6 @@
-//! `logs` as an operator uses it (SPEC 1, 9): lifecycle events among a service's lines
-//! and in its log file, `logs -f` following new lines without ever slowing the service,
-//! and a run's own last lines before its `exited` record.
+//! `logs` as an operator uses it (docs/cli.md, docs/logs.md): lifecycle events among a
+//! service's lines and in its log file, `logs -f` following new lines without ever slowing
+//! the service, and a run's own last lines before its `exited` record.
 
 use crate::util::*;
 use serde_json::{json, Value};

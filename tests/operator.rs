@@ -1,4 +1,4 @@
-//! The operator's side of the client (SPEC 1): finding the daemon from anywhere and
+//! The operator's side of the client (docs/cli.md): finding the daemon from anywhere and
 //! saying how, errors that name the service, suggestions, `status NAME`, the status
 //! table, and following logs. Where the daemon's side is not the point, a fake daemon
 //! (a plain Unix socket in this process) answers with exactly the reply under test.

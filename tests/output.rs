@@ -227,7 +227,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// SPEC 9: a last line without a newline is logged when the service exits, whole and
+/// docs/logs.md: a last line without a newline is logged when the service exits, whole and
 /// after its earlier lines, in the ring `logs` reads and in the service's log file.
 #[test]
 fn a_last_line_without_newline_is_kept_when_the_service_exits() {

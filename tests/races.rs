@@ -1,4 +1,4 @@
-//! Lifecycle races found by a randomized run (issue 22), each with its minimal config:
+//! Lifecycle races found by a randomized run, each with its minimal config:
 //! a stop during backoff with a running dependent, a dependent added by a reload, and a
 //! reload that would restart a service while an operator's stop of it is under way.
 

@@ -195,8 +195,9 @@ fn probe(sb: &Sandbox, name: &str, pid: i64, p: Probe) -> Option<String> {
     }
 }
 
-/// SPEC 5: a reload restarts a service whose process would change, one field at a time,
-/// and the new run has the new value; any other change is applied in place (same pid).
+/// docs/lifecycle.md: a reload restarts a service whose process would change, one field at
+/// a time, and the new run has the new value; any other change is applied in place (same
+/// pid).
 #[test]
 fn every_process_field_restarts_and_every_other_applies_in_place() {
     let root = unsafe { libc::geteuid() } == 0;
@@ -451,7 +452,8 @@ fn every_process_field_restarts_and_every_other_applies_in_place() {
     assert_eq!(sb.wait_state("health", "running")["pid"], pids["health"]);
 }
 
-/// Regression (SPEC 5): a service dropped from the config while its binary stays in
+/// Regression (docs/lifecycle.md): a service dropped from the config while its binary
+/// stays in
 /// `services_dir` counts as removed when `run_unconfigured` is false. The plan said
 /// `update` and the service kept running.
 #[test]

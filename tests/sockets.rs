@@ -1,5 +1,5 @@
-//! Sockets held by the orchestrator (SPEC 8): passed the systemd way to a real
-//! sd_listen_fds-style server, kept across restarts and reloads so no client is
+//! Sockets held by the orchestrator (docs/sockets-and-upgrades.md): passed the systemd way
+//! to a real sd_listen_fds-style server, kept across restarts and reloads so no client is
 //! refused, held by that service alone, closed when it goes, and a socket that cannot
 //! be bound failing only its own service.
 
@@ -326,7 +326,7 @@ fn an_unprivileged_service_serves_a_privileged_port() {
         return;
     };
     let sb = Sandbox::new();
-    // A copy in the sandbox: nobody may not reach the clone (issue 20: a clone in a
+    // A copy in the sandbox: nobody may not reach the clone (a clone in a
     // private directory).
     let server = sb.path("listen_server.py");
     std::fs::copy(SERVER, &server).unwrap();

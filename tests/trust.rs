@@ -1,4 +1,4 @@
-//! Trust boundaries (issue 17): the daemon runs as root, and nothing a service or a local
+//! Trust boundaries: the daemon runs as root, and nothing a service or a local
 //! user can write may make it act for them. Each test reproduces one attack against the
 //! real binary. (The file-level rules have unit tests in `process::safe_fs`, `persist`,
 //! `instance`, `files` and `sha256`.)

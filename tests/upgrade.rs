@@ -1,9 +1,9 @@
-//! `upgrade` and `rollback` (SPEC 8) with a real sd_listen_fds server behind a held
-//! socket: no client refused during an upgrade, a failing binary rolled back to the
-//! very file that was installed, a late failure restarted normally, one upgrade at a
-//! time, the version history and metric, a crash in or after the window settled at
-//! the next start, the health gate passed and failed, and stopped services (an upgrade
-//! starts one; a rollback, by hand or automatic, leaves one stopped).
+//! `upgrade` and `rollback` (docs/sockets-and-upgrades.md) with a real sd_listen_fds
+//! server behind a held socket: no client refused during an upgrade, a failing binary
+//! rolled back to the very file that was installed, a late failure restarted normally, one
+//! upgrade at a time, the version history and metric, a crash in or after the window
+//! settled at the next start, the health gate passed and failed, and stopped services (an
+//! upgrade starts one; a rollback, by hand or automatic, leaves one stopped).
 
 use crate::sockets::{ask_tcp, free_port, server_body, Prober};
 use crate::util::*;

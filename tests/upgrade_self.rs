@@ -1,6 +1,6 @@
-//! `upgrade-self` (SPEC 11): the daemon re-executes onto a copy of itself and keeps
-//! its pid, its children and every line of their output; deadlines (a backoff, a stop,
-//! an upgrade's window) carry on where they were; a binary that cannot take over is
+//! `upgrade-self` (docs/unattended.md): the daemon re-executes onto a copy of itself and
+//! keeps its pid, its children and every line of their output; deadlines (a backoff, a
+//! stop, an upgrade's window) carry on where they were; a binary that cannot take over is
 //! refused and nothing changes.
 
 use crate::sockets::{ask_tcp, free_port, server_body, Prober};

@@ -1,5 +1,5 @@
-//! The hardware watchdog (SPEC 11), with a FIFO or a plain file standing in for the
-//! device: fed at the interval only while every critical service is running, stopped
+//! The hardware watchdog (docs/unattended.md), with a FIFO or a plain file standing in for
+//! the device: fed at the interval only while every critical service is running, stopped
 //! and resumed with a log line each, disarmed with `V` at a clean shutdown only, a
 //! critical service that is not in the config refused, and the critical list a reload
 //! gives obeyed (services taken off and put on, and its interval).

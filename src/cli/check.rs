@@ -1,6 +1,6 @@
 //! `check` and `discover`: what the configuration and discovery make of this box,
 //! printed without starting anything or talking to a daemon. `check` exits 1 when the
-//! config is valid but its plan says a service will fail (SPEC 1), so that a script
+//! config is valid but its plan says a service will fail (docs/cli.md), so that a script
 //! that checks before it reloads stops there.
 
 use crate::cli::Cli;

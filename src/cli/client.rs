@@ -1,4 +1,4 @@
-//! The client commands (SPEC 1): find the daemon's socket (`locate.rs`), send the
+//! The client commands (docs/cli.md): find the daemon's socket (`locate.rs`), send the
 //! request, print the answer (tables in `status.rs`), and follow a log stream. Exit
 //! codes: 0 success, 1 refused or failed, 2 a config that cannot be read, 3 unreachable;
 //! `status NAME` answers LSB-style: 0 running, 3 any other state, 4 unreachable.

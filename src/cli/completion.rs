@@ -1,4 +1,4 @@
-//! `completion bash|zsh|fish`: a shell completion script on stdout (SPEC 1). It
+//! `completion bash|zsh|fish`: a shell completion script on stdout (docs/cli.md). It
 //! completes the commands, their flags, and service names, which it asks the running
 //! daemon for with `status --json` (one cheap request; nothing when none answers).
 //!

@@ -1,5 +1,5 @@
-//! Which control socket a client talks to (SPEC 1), and why: `--socket`, else
-//! `$ORCHESTRATOR_SOCKET`, else the `control_socket` of the config found by SPEC 2's
+//! Which control socket a client talks to (docs/cli.md), and why: `--socket`, else
+//! `$ORCHESTRATOR_SOCKET`, else the `control_socket` of the config found by the
 //! lookup order, else the default path. The reason travels with the path, so that an
 //! unreachable daemon is reported with the socket tried and how it was chosen.
 //!

@@ -1,4 +1,4 @@
-//! Arguments into a typed command (SPEC 1). Hand-written: the grammar is small and a
+//! Arguments into a typed command (docs/cli.md). Hand-written: the grammar is small and a
 //! parser crate would weigh more than the whole supervisor. A usage error is one line.
 
 pub mod check;
@@ -354,7 +354,7 @@ mod tests {
         parse(&s.split_whitespace().map(String::from).collect::<Vec<_>>())
     }
 
-    /// `--help` names every command that parses (SPEC 1), upgrades included.
+    /// `--help` names every command that parses (docs/cli.md), upgrades included.
     #[test]
     fn usage_lists_the_upgrade_commands() {
         for (line, cmd) in [

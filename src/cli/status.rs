@@ -1,7 +1,7 @@
-//! How `status` looks to a person (SPEC 1, 9): the aligned table of every service, and
-//! the detailed view of one (`status NAME`). Both are rendered from `status --json`
-//! objects; fields a daemon may not send (`since`, `last_exit`, `notify_status`) are
-//! optional, with a fallback on the older fields.
+//! How `status` looks to a person (docs/cli.md, docs/status-and-metrics.md): the aligned
+//! table of every service, and the detailed view of one (`status NAME`). Both are rendered
+//! from `status --json` objects; fields a daemon may not send (`since`, `last_exit`,
+//! `notify_status`) are optional, with a fallback on the older fields.
 //!
 //! A row shows the current run only: the last exit and the last error belong to a
 //! service that is not running, so a fresh start never shows a stale failure. This file

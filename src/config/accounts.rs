@@ -1,5 +1,5 @@
-//! Users and groups by name or number, for `user`/`group` (SPEC 6, 11): the account,
-//! its primary group, home and supplementary groups.
+//! Users and groups by name or number, for `user`/`group` (docs/hardening.md,
+//! docs/unattended.md): the account, its primary group, home and supplementary groups.
 //!
 //! A dynamically linked build asks the C library, so NSS (LDAP, systemd-userdb, ...)
 //! answers as for any program on the box. A statically linked build (`make static`,

@@ -1,5 +1,6 @@
-//! Discovery (SPEC 3) and the plan: the services found in `services_dir` merged with the
-//! configured ones into fully resolved `ServiceSpec`s (argv, environment, identity).
+//! Discovery (docs/configuration.md) and the plan: the services found in `services_dir`
+//! merged with the configured ones into fully resolved `ServiceSpec`s (argv, environment,
+//! identity).
 //!
 //! Everything a spawn needs is computed here, once, so that the spawn path does no lookups
 //! and a reload can compare old and new specs field by field. Nothing here starts a
@@ -38,15 +39,15 @@ pub enum BinaryProblem {
 }
 
 /// What shapes a service's process: everything the child is given. A reload that
-/// changes any of it restarts the service (SPEC 5), so the struct is compared whole:
-/// a field added here can never be forgotten by the reload diff.
+/// changes any of it restarts the service (docs/lifecycle.md), so the struct is compared
+/// whole: a field added here can never be forgotten by the reload diff.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessSpec {
     /// What execve opens: the configured path with a symlink resolved (once, at plan
     /// time, so that what runs changes only with a reload).
     pub binary: PathBuf,
     /// The whole argv, argv[0] included: the binary's path as configured, never the
-    /// resolved one (SPEC 4), since multi-call binaries (BusyBox applets,
+    /// resolved one (docs/lifecycle.md), since multi-call binaries (BusyBox applets,
     /// redis-server) choose what they are from argv[0]. An empty list runs `binary`
     /// with itself as argv[0].
     pub argv: Vec<String>,
@@ -62,7 +63,7 @@ pub struct ProcessSpec {
     pub ready_notify: bool,
     /// `watchdog_ms`: the longest silence between keep-alives once running.
     pub watchdog: Option<Duration>,
-    /// SPEC 13: applied in the child before exec, or the start fails.
+    /// docs/hardening.md: applied in the child before exec, or the start fails.
     pub hardening: crate::process::hardening::Hardening,
 }
 
@@ -92,9 +93,9 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
-    /// True when `other` would run a different process (SPEC 5: binary, args,
+    /// True when `other` would run a different process (docs/lifecycle.md: binary, args,
     /// environment, data_dir, identity, limits, sockets, ready, watchdog_ms, pid_file;
-    /// SPEC 13: every hardening key), so a reload must restart it.
+    /// docs/hardening.md: every hardening key), so a reload must restart it.
     pub fn process_differs(&self, other: &ServiceSpec) -> bool {
         self.process != other.process
     }
@@ -375,7 +376,7 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
     }
 }
 
-/// What every service's environment starts from (SPEC 4): PATH and HOME of the
+/// What every service's environment starts from (docs/lifecycle.md): PATH and HOME of the
 /// orchestrator, TEMP and TMP set to the system temp dir.
 fn base_environment() -> Vec<(String, String)> {
     let path = std::env::var("PATH")

@@ -1,5 +1,5 @@
-//! The configuration file: serde types mirroring SPEC section 2, the lookup order, the
-//! precedence of flags and environment over the file, and validation.
+//! The configuration file: serde types documented in docs/configuration.md, the lookup
+//! order, the precedence of flags and environment over the file, and validation.
 //!
 //! Everything a user can get wrong is reported here, before anything starts, as one line
 //! per problem naming the file, the key and (for JSON errors) line:column. This module
@@ -65,8 +65,9 @@ pub fn one_line(msg: String) -> String {
         .collect()
 }
 
-/// The config file to read, by SPEC 2's lookup order. `Ok(None)`: no file anywhere, so
-/// the defaults apply. A file named explicitly (flag or environment) must exist.
+/// The config file to read, by the lookup order of docs/configuration.md. `Ok(None)`: no
+/// file anywhere, so the defaults apply. A file named explicitly (flag or environment)
+/// must exist.
 pub fn lookup(flag: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
     let explicit = flag.map(|p| (p.to_path_buf(), "--config")).or_else(|| {
         std::env::var_os("ORCHESTRATOR_CONFIG")
@@ -519,7 +520,7 @@ fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// SPEC 2: 1-64 characters of `[A-Za-z0-9._-]`, not starting with `.`.
+/// docs/configuration.md: 1-64 characters of `[A-Za-z0-9._-]`, not starting with `.`.
 pub fn valid_service_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64

@@ -1,5 +1,5 @@
-//! The configuration file's types, mirroring SPEC section 2: what each key holds and
-//! its default. Deserializing checks shapes and names; `validate` (in `mod.rs`)
+//! The configuration file's types, documented in docs/configuration.md: what each key
+//! holds and its default. Deserializing checks shapes and names; `validate` (in `mod.rs`)
 //! checks values.
 
 use serde::{de, Deserialize, Deserializer};
@@ -150,7 +150,8 @@ impl RestartPolicy {
     }
 }
 
-/// The `orchestrator` section. Field names are the contract; defaults are SPEC 2's.
+/// The `orchestrator` section. Field names are the contract; defaults are those of
+/// docs/configuration.md.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -183,7 +184,8 @@ pub struct Settings {
     pub watchdog: Option<Watchdog>,
     /// As root, refuse service binaries that others can write to (sshd's StrictModes).
     pub strict_modes: bool,
-    /// Retry a service left `failed` by its restart attempts this often (SPEC 4).
+    /// Retry a service left `failed` by its restart attempts this often
+    /// (docs/lifecycle.md).
     #[serde(deserialize_with = "millis::opt")]
     pub retry_failed_ms: Option<u64>,
 }
@@ -285,9 +287,9 @@ pub struct ServiceConfig {
     pub upgrade_grace_ms: u64,
     #[serde(deserialize_with = "millis::opt")]
     pub retry_failed_ms: Option<u64>,
-    /// For a service that daemonizes itself (SPEC 4): where it writes its pid.
+    /// For a service that daemonizes itself (docs/lifecycle.md): where it writes its pid.
     pub pid_file: Option<PathBuf>,
-    // SPEC 13, hardening; checked by `process::hardening::validate`.
+    // Hardening (docs/hardening.md); checked by `process::hardening::validate`.
     pub capabilities: Option<Vec<String>>,
     pub syscall_filter: Option<Vec<String>>,
     pub syscall_allow: Option<Vec<String>>,
@@ -302,7 +304,7 @@ pub struct ServiceConfig {
     pub io_weight: Option<u32>,
 }
 
-/// What a syscall the filter denies gets (SPEC 13).
+/// What a syscall the filter denies gets (docs/hardening.md).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FilterAction {
@@ -313,7 +315,7 @@ pub enum FilterAction {
     Kill,
 }
 
-/// The I/O scheduling class for ioprio_set (SPEC 13).
+/// The I/O scheduling class for ioprio_set (docs/hardening.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum IoClass {

@@ -1,5 +1,5 @@
 //! The client side of the control socket: one request, one reply, and what to print.
-//! Exit codes (SPEC 1): 0 success, 1 refused or failed, 2 usage, 3 unreachable.
+//! Exit codes (docs/cli.md): 0 success, 1 refused or failed, 2 usage, 3 unreachable.
 
 type Reply = serde_json::Value;
 use std::io::{BufRead, BufReader, Write};

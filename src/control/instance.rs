@@ -1,7 +1,8 @@
-//! One orchestrator per control socket (SPEC 5): a lock file beside the socket decides
-//! who owns it, so a stale socket or pidfile left by a crash is recognised for what it is
-//! (nobody holds the lock) and replaced, and a live daemon is never displaced. Also the
-//! start-up chores that belong with it: the pidfile, `--daemon`, and systemd readiness.
+//! One orchestrator per control socket (docs/lifecycle.md): a lock file beside the socket
+//! decides who owns it, so a stale socket or pidfile left by a crash is recognised for
+//! what it is (nobody holds the lock) and replaced, and a live daemon is never displaced.
+//! Also the start-up chores that belong with it: the pidfile, `--daemon`, and systemd
+//! readiness.
 
 use crate::process::safe_fs;
 use std::fs::{File, OpenOptions};
@@ -24,7 +25,8 @@ pub struct Instance {
     pidfile: Option<(PathBuf, File)>,
 }
 
-/// The socket path when neither flag, environment nor config names one (SPEC 2).
+/// The socket path when neither flag, environment nor config names one
+/// (docs/configuration.md).
 pub fn default_socket() -> PathBuf {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };

@@ -1,5 +1,5 @@
-//! Prometheus text exposition (SPEC 9): every known service has every metric, whatever
-//! its state, each family with HELP and TYPE, counters ending in `_total`.
+//! Prometheus text exposition (docs/status-and-metrics.md): every known service has every
+//! metric, whatever its state, each family with HELP and TYPE, counters ending in `_total`.
 
 use crate::process::procfs::Usage;
 use crate::supervise::state::State;

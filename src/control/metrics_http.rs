@@ -1,7 +1,7 @@
-//! `metrics_listen` (SPEC 9): a tiny HTTP/1.x endpoint that answers `GET /metrics`
-//! with the Prometheus text exposition. No framework: a request head is read (bounded
-//! in size), the metrics come from the main loop over the event channel like any
-//! control request, and the connection is closed after the answer.
+//! `metrics_listen` (docs/status-and-metrics.md): a tiny HTTP/1.x endpoint that answers
+//! `GET /metrics` with the Prometheus text exposition. No framework: a request head is
+//! read (bounded in size), the metrics come from the main loop over the event channel like
+//! any control request, and the connection is closed after the answer.
 //!
 //! Each connection gets a small short-lived thread, at most `MAX_CONNS` at once, and one
 //! deadline for the whole exchange, not per read: a client dribbling a byte at a time

@@ -1,7 +1,7 @@
 //! Holding the control socket's accept thread off its listener while `upgrade-self`
-//! hands over (SPEC 11): a client that connects then waits in the listener's backlog
-//! for the new image, instead of being accepted by the old one and cut off by its exec.
-//! The accept thread waits in poll() on the listener and on one eventfd; `hold` makes
+//! hands over (docs/unattended.md): a client that connects then waits in the listener's
+//! backlog for the new image, instead of being accepted by the old one and cut off by its
+//! exec. The accept thread waits in poll() on the listener and on one eventfd; `hold` makes
 //! the eventfd readable and waits until the thread is off the listener. This file never
 //! accepts, reads or closes a connection.
 

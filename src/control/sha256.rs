@@ -1,5 +1,6 @@
-//! SHA-256 (FIPS 180-4), for the binary identity in `status` (SPEC 8). Small and
-//! dependency-free: it hashes a few files now and then, it need not be fast.
+//! SHA-256 (FIPS 180-4), for the binary identity in `status`
+//! (docs/sockets-and-upgrades.md). Small and dependency-free: it hashes a few files now
+//! and then, it need not be fast.
 
 use std::io::{self, Read};
 

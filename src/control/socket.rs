@@ -1,7 +1,7 @@
-//! The control socket (SPEC 10): a Unix stream socket, one JSON request per line, one
-//! JSON reply per line. One thread accepts; each connection gets a short-lived thread
-//! that checks the peer, reads bounded requests with a timeout, hands each to the main
-//! loop over the event channel and writes back the answer.
+//! The control socket (docs/control-protocol.md): a Unix stream socket, one JSON request
+//! per line, one JSON reply per line. One thread accepts; each connection gets a
+//! short-lived thread that checks the peer, reads bounded requests with a timeout, hands
+//! each to the main loop over the event channel and writes back the answer.
 //!
 //! Nothing a client does can block the main loop or another client: requests are size-
 //! and time-bounded here, connections are capped, and the main loop only ever sees a

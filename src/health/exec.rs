@@ -1,7 +1,7 @@
-//! An `exec` health check in progress (SPEC 7): a process of the service's identity,
-//! environment and cgroup, in its own process group, bounded by `timeout_ms`. The main
-//! loop spawns it, its waiter reports the exit like a run's, and the loop reaps it.
-//! This holds only the check's bookkeeping; it never spawns or signals.
+//! An `exec` health check in progress (docs/health.md): a process of the service's
+//! identity, environment and cgroup, in its own process group, bounded by `timeout_ms`.
+//! The main loop spawns it, its waiter reports the exit like a run's, and the loop reaps
+//! it. This holds only the check's bookkeeping; it never spawns or signals.
 
 use std::time::Instant;
 

@@ -1,4 +1,4 @@
-//! The `grpc` health check (SPEC 7): one `grpc.health.v1.Health/Check` call over
+//! The `grpc` health check (docs/health.md): one `grpc.health.v1.Health/Check` call over
 //! plaintext HTTP/2 with prior knowledge. It speaks just enough HTTP/2 for one unary
 //! call on stream 1: the preface, the SETTINGS exchange (with the ACK servers wait for),
 //! PING answers, one HEADERS + DATA request, and the response's HEADERS, DATA and
@@ -290,7 +290,8 @@ fn int(out: &mut Vec<u8>, prefix: u32, bits: u8, mut v: usize) {
 /// The connection preface, our SETTINGS (no server push), and the whole request.
 fn request(authority: &str, service: &str) -> Vec<u8> {
     let mut headers = vec![0x83, 0x86]; // :method POST, :scheme http (static indices)
-                                        // Literals without indexing, with the name from the static table where it is.
+                                        // Literals without indexing, with the name from
+                                        // the static table where it is.
     for (index, value) in [(4, PATH), (1, authority), (31, "application/grpc")] {
         int(&mut headers, 4, 0, index);
         literal(&mut headers, value);

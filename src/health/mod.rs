@@ -1,4 +1,4 @@
-//! Health-check clients (SPEC 7).
+//! Health-check clients (docs/health.md).
 pub mod exec;
 pub mod grpc;
 pub(crate) mod hpack;

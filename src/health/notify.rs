@@ -1,8 +1,8 @@
-//! The sd_notify socket (SPEC 7 `ready: "notify"`, `watchdog_ms`): one datagram socket
-//! for the daemon with `SO_PASSCRED`, read by a single thread that blocks while nothing
-//! comes. Each datagram (at most 4 KiB) belongs to the service that owns the sending
-//! process, found by its process group (registered at spawn), or else by its cgroup:
-//! the exact path of the service's cgroup on the daemon's tracking hierarchy
+//! The sd_notify socket (docs/health.md `ready: "notify"`, `watchdog_ms`): one datagram
+//! socket for the daemon with `SO_PASSCRED`, read by a single thread that blocks while
+//! nothing comes. Each datagram (at most 4 KiB) belongs to the service that owns the
+//! sending process, found by its process group (registered at spawn), or else by its
+//! cgroup: the exact path of the service's cgroup on the daemon's tracking hierarchy
 //! (`<own>/orchestrator-<id>/NAME`), never a look-alike elsewhere. Anything else is
 //! dropped and counted.
 //!
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use crate::process::cgroup::ProcKey;
 
-/// The largest datagram accepted (SPEC 7); longer ones are dropped and counted.
+/// The largest datagram accepted (docs/health.md); longer ones are dropped and counted.
 pub const MAX_DATAGRAM: usize = 4096;
 /// Descriptors accepted with one datagram (systemd-notify's barrier sends one); all are
 /// closed at once.

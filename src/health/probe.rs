@@ -1,7 +1,7 @@
-//! Health checks of type `tcp`, `http` and `grpc` (SPEC 7), run off the main loop. Each check
-//! gets its own short-lived thread with a small stack, bounded by its `timeout_ms`
-//! (name resolution aside), and its result goes back to the main loop as an event.
-//! A service has at most one check in flight: one whose checks hang only delays
+//! Health checks of type `tcp`, `http` and `grpc` (docs/health.md), run off the main loop.
+//! Each check gets its own short-lived thread with a small stack, bounded by its
+//! `timeout_ms` (name resolution aside), and its result goes back to the main loop as an
+//! event. A service has at most one check in flight: one whose checks hang only delays
 //! itself, never another service's check (a shared pool of four did: eight hung
 //! services delayed everyone's by seconds). `MAX_IN_FLIGHT` bounds the threads of all
 //! services together. (`exec` checks are processes, so the main loop spawns those

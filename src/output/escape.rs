@@ -1,4 +1,4 @@
-//! Visible escapes for the text log format (SPEC 9): control characters a service (or
+//! Visible escapes for the text log format (docs/logs.md): control characters a service (or
 //! a directory name in a daemon message) carries are written as `\r`, `\n`, `\x1b`,
 //! `\u{9b}`, so that a line can never forge another record, hide one, or drive the
 //! terminal of whoever reads the log. Used by the sink's text format and by the
@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-/// True for what the text format must not pass through raw (SPEC 9): the C0 controls
+/// True for what the text format must not pass through raw (docs/logs.md): the C0 controls
 /// but tab (CR, LF, ESC, BEL, ...), DEL, and the C1 controls (U+0080-U+009F, which
 /// some terminals obey like ESC sequences).
 fn is_control(c: char) -> bool {

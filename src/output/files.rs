@@ -1,4 +1,4 @@
-//! Per-service log files (SPEC 9): `log_dir/NAME.log`, rotated by rename into
+//! Per-service log files (docs/logs.md): `log_dir/NAME.log`, rotated by rename into
 //! `NAME.log.1` (newest) .. `NAME.log.<log_max_files>` before a line would take the
 //! active file past `log_max_bytes`, with `log_max_total_bytes` capping all services'
 //! files together (the oldest rotated files go first), so small flash never fills.
@@ -352,11 +352,11 @@ impl LogFiles {
     }
 }
 
-/// With `--daemon`, the daemon's own log, `log_dir/orchestrator.log` (SPEC 1): every
+/// With `--daemon`, the daemon's own log, `log_dir/orchestrator.log` (docs/cli.md): every
 /// record the daemon writes to stderr otherwise, services' lines included. Opened like
 /// a service's file (no symlink, no FIFO, mode 0640 even if it existed wider), rotated
 /// the same way at `log_max_bytes` into `orchestrator.log.1` .. `.<log_max_files>`, but
-/// not counted against `log_max_total_bytes` (SPEC 9). Descriptor 2 follows each new
+/// not counted against `log_max_total_bytes` (docs/logs.md). Descriptor 2 follows each new
 /// file, so that whatever else reaches stderr lands there too.
 pub struct DaemonLog {
     path: PathBuf,

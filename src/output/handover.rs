@@ -1,9 +1,9 @@
-//! Stopping every output reader at a line boundary for `upgrade-self` (SPEC 11), and
-//! carrying the kept lines over. Each reader waits in poll() on its pipe and on one
-//! eventfd shared by all; a handover sets a flag and makes the eventfd readable, and
-//! every reader, once done with what it read (its lines delivered to the ring and the
-//! sink), hands back its pipe, its context and the unfinished end of its last line.
-//! Nothing is read twice or dropped: what is still in a pipe stays there for the new
+//! Stopping every output reader at a line boundary for `upgrade-self`
+//! (docs/unattended.md), and carrying the kept lines over. Each reader waits in poll() on
+//! its pipe and on one eventfd shared by all; a handover sets a flag and makes the eventfd
+//! readable, and every reader, once done with what it read (its lines delivered to the
+//! ring and the sink), hands back its pipe, its context and the unfinished end of its last
+//! line. Nothing is read twice or dropped: what is still in a pipe stays there for the new
 //! image's reader, what was read is either delivered or travels as `carry`.
 //!
 //! If some reader does not stop in time (its sink is blocked), the handover is called

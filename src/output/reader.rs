@@ -1,6 +1,6 @@
-//! The per-stream reader threads (SPEC 9): each reads one pipe of one run, cuts it into
-//! lines, keeps them in the service's ring for `logs`, counts them and hands them to the
-//! sink. A reader never decides liveness: the run ends when the waiter says so, and a
+//! The per-stream reader threads (docs/logs.md): each reads one pipe of one run, cuts it
+//! into lines, keeps them in the service's ring for `logs`, counts them and hands them to
+//! the sink. A reader never decides liveness: the run ends when the waiter says so, and a
 //! reader whose pipe a descendant keeps open simply stays blocked in read().
 //!
 //! Memory per reader is bounded by `max_line_bytes` plus one read, and an idle reader
@@ -166,7 +166,7 @@ pub struct Counters {
 
 /// How many of a run's readers have reached the end of their pipe. The waiter waits
 /// on it (bounded) before it reports the exit, so that a run's own lines come before
-/// its `exited` record (SPEC 9).
+/// its `exited` record (docs/logs.md).
 #[derive(Default)]
 pub struct Drain {
     done: Mutex<u8>,

@@ -1,4 +1,4 @@
-//! The log sink: the one thread that writes log records (SPEC 9).
+//! The log sink: the one thread that writes log records (docs/logs.md).
 //!
 //! Service lines arrive from the output readers over a bounded channel with a blocking
 //! send: when the destination is slow or blocked, readers stop reading and children block
@@ -106,8 +106,8 @@ pub struct EventRecord {
     pub pid: Option<i32>,
     pub event: Option<&'static str>,
     pub msg: String,
-    /// The service's log file also gets this record (SPEC 1: lifecycle events among its
-    /// lines), with the service's count of unwritten lines.
+    /// The service's log file also gets this record (docs/cli.md: lifecycle events among
+    /// its lines), with the service's count of unwritten lines.
     pub file: Option<(Arc<str>, Arc<AtomicU64>)>,
 }
 

@@ -1,6 +1,7 @@
-//! Per-service cgroups (SPEC 6): finding a writable hierarchy for each job, creating one
-//! cgroup per service, writing its limits, and using it to find and kill every process
-//! of a service, including those that left its process group (setsid, double fork).
+//! Per-service cgroups (docs/hardening.md): finding a writable hierarchy for each job,
+//! creating one cgroup per service, writing its limits, and using it to find and kill
+//! every process of a service, including those that left its process group (setsid, double
+//! fork).
 //!
 //! Layouts differ by box: pure v2 (controllers in the unified tree), pure v1 (one mount
 //! per controller), and hybrid (v1 controllers beside an empty v2 tree, common on

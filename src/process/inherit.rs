@@ -1,7 +1,7 @@
-//! Descriptors that cross `upgrade-self`'s exec (SPEC 11): everything the daemon opens
-//! is close-on-exec, so the old image clears the flag on exactly what it hands over,
-//! and the new image takes each one back by number and sets the flag again. Nothing
-//! else is ever left open across an exec.
+//! Descriptors that cross `upgrade-self`'s exec (docs/unattended.md): everything the
+//! daemon opens is close-on-exec, so the old image clears the flag on exactly what it
+//! hands over, and the new image takes each one back by number and sets the flag again.
+//! Nothing else is ever left open across an exec.
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 

@@ -1,10 +1,10 @@
-//! Putting a service's binary in place for `upgrade` and `rollback` (SPEC 8), so that
-//! the path execve opens always names a whole binary: the new one is copied beside the
-//! old one (so the final rename never crosses a file system, wherever PATH lives),
-//! fsynced, given the old one's owner and mode; the old one is kept as `<binary>.prev`
-//! by a hard link (the same inode: the same bytes, mode and owner); then one rename
-//! puts the new one in place and the directory is fsynced. Rollback is the one rename
-//! back.
+//! Putting a service's binary in place for `upgrade` and `rollback`
+//! (docs/sockets-and-upgrades.md), so that the path execve opens always names a whole
+//! binary: the new one is copied beside the old one (so the final rename never crosses a
+//! file system, wherever PATH lives), fsynced, given the old one's owner and mode; the old
+//! one is kept as `<binary>.prev` by a hard link (the same inode: the same bytes, mode and
+//! owner); then one rename puts the new one in place and the directory is fsynced.
+//! Rollback is the one rename back.
 //!
 //! The new binary is opened once, when checked (`open_checked`), and only that
 //! descriptor is hashed and copied: replacing the path after the checks changes nothing.

@@ -1,5 +1,5 @@
-//! `pid_file` (SPEC 4), for a service that daemonizes itself: reading the file its
-//! launcher wrote, and deciding whether the pid in it is a live process of that
+//! `pid_file` (docs/lifecycle.md), for a service that daemonizes itself: reading the file
+//! its launcher wrote, and deciding whether the pid in it is a live process of that
 //! service. The file is the service's (in a directory it may own): it is opened as a
 //! regular file only, never through a symlink at its last component, without blocking,
 //! and only its first line is read; the pid is believed only if the process is in the

@@ -1,6 +1,6 @@
-//! A service's listening sockets (SPEC 8): what a `sockets` entry means (TCP, UDP or a
-//! Unix stream socket, with its name and mode), binding them once on the orchestrator's
-//! side, and the descriptors and `LISTEN_FDNAMES` handed to every run.
+//! A service's listening sockets (docs/sockets-and-upgrades.md): what a `sockets` entry
+//! means (TCP, UDP or a Unix stream socket, with its name and mode), binding them once on
+//! the orchestrator's side, and the descriptors and `LISTEN_FDNAMES` handed to every run.
 //!
 //! Every descriptor here is close-on-exec: only the spawn of that service's own runs
 //! puts them at fd 3 and up (and clears the flag there, with `LISTEN_PID` written by

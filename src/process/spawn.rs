@@ -1,6 +1,6 @@
-//! Building a service's process (SPEC 4 and 6): exact argv, no shell, a clean
-//! environment, stdin on /dev/null, stdout and stderr on pipes, its own session and
-//! process group, its cgroups, limits and identity applied, and death with the
+//! Building a service's process (docs/lifecycle.md, docs/hardening.md): exact argv, no
+//! shell, a clean environment, stdin on /dev/null, stdout and stderr on pipes, its own
+//! session and process group, its cgroups, limits and identity applied, and death with the
 //! orchestrator.
 //!
 //! Why not `std::process::Command`: with a `pre_exec` hook it must `fork()`, and fork
@@ -19,8 +19,8 @@
 //! blocked around the clone so no handler of ours ever runs in the child, which resets
 //! every disposition to the default and starts with an empty mask.
 //!
-//! Hardening (SPEC 13, `process::hardening`) is prepared before the clone like the
-//! rest; the order of the child's steps, and why, is written in `child_setup`. The one
+//! Hardening (docs/hardening.md, `process::hardening`) is prepared before the clone like
+//! the rest; the order of the child's steps, and why, is written in `child_setup`. The one
 //! exception to CLONE_VFORK is `private_users`: the parent must write the new
 //! namespace's id maps while the child waits on a pipe, which a suspended parent cannot
 //! do. That child still shares our memory (CLONE_VM: a fork-style copy costs the page
@@ -126,7 +126,7 @@ struct ChildArgs<'a> {
     cgroup_fds: &'a [RawFd],
     limits: Rlimits,
     identity: Option<(u32, u32, &'a [libc::gid_t])>,
-    /// Sockets to put at fd 3 and up, with `LISTEN_PID` (SPEC 8).
+    /// Sockets to put at fd 3 and up, with `LISTEN_PID` (docs/sockets-and-upgrades.md).
     sockets: ChildPart,
     parent: libc::pid_t,
     fd_limit: libc::c_int,
@@ -291,8 +291,9 @@ fn dev_null() -> Result<RawFd, String> {
 }
 
 /// What a service reads as stdin: /dev/null, or where there is none (PID 1 in a root
-/// that holds nothing but the orchestrator and its services, SPEC 11) the read end of
-/// an empty pipe whose write end is closed, which reads as end-of-file just the same.
+/// that holds nothing but the orchestrator and its services, docs/unattended.md) the read
+/// end of an empty pipe whose write end is closed, which reads as end-of-file just the
+/// same.
 fn null_stdin() -> Result<RawFd, String> {
     static EMPTY: OnceLock<Option<OwnedFd>> = OnceLock::new();
     dev_null().or_else(|e| {

@@ -60,8 +60,8 @@ fn environ(pid: i32) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// SPEC 4: exactly PATH, HOME, TEMP and TMP, then the service's own variables; nothing
-/// else of the orchestrator's environment.
+/// docs/lifecycle.md: exactly PATH, HOME, TEMP and TMP, then the service's own variables;
+/// nothing else of the orchestrator's environment.
 #[test]
 fn the_environment_is_exactly_the_base_four_and_the_configured() {
     let child = spawn_sleep(&[("MINE", "1"), ("TMP", "/var/tmp/svc")]);

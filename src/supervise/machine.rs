@@ -1,4 +1,4 @@
-//! The per-service lifecycle (SPEC 4) as a closed machine, in the manner of
+//! The per-service lifecycle (docs/lifecycle.md) as a closed machine, in the manner of
 //! s6-supervise's state x event table: one private `Phase` names where a service is,
 //! one entry point (`Service::on`) takes an `Event` with its context (the time, the
 //! random source, which dependencies are not running, whether shutdown is under way)
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 /// How often a stopping service whose main process has exited is checked for the rest of
 /// its group. Polling happens only then, never while idle.
 pub const GROUP_POLL: Duration = Duration::from_millis(20);
-/// Runs kept for `status` (SPEC 9).
+/// Runs kept for `status` (docs/status-and-metrics.md).
 pub const HISTORY_LEN: usize = 10;
 /// The shortest wait before retrying a spawn that failed (EMFILE, EAGAIN, ENOENT...).
 /// Backoff 0 means "restart at once after an exit"; it must not turn a resource
@@ -95,9 +95,9 @@ pub enum Event {
     },
     /// The health check could not be started (too many in flight).
     ProbeSkipped,
-    /// A reload changed settings that apply in place (SPEC 5 `update`).
+    /// A reload changed settings that apply in place (docs/lifecycle.md `update`).
     Reconfigured(Box<ServiceSpec>),
-    /// What the service said on its notify socket (SPEC 7), about its current run.
+    /// What the service said on its notify socket (docs/health.md), about its current run.
     Notify(Notice),
 }
 
@@ -174,7 +174,7 @@ struct Health {
     in_flight: bool,
 }
 
-/// A run's sd_notify state (SPEC 7).
+/// A run's sd_notify state (docs/health.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 struct Watch {
     /// `READY=1` came.
@@ -191,7 +191,8 @@ struct Stop {
     killed: bool,
     then: AfterStop,
     origin: Origin,
-    /// The state shown until the group is empty (SPEC 4: "the state stays what it was").
+    /// The state shown until the group is empty (docs/lifecycle.md: "the state stays what
+    /// it was").
     shown: State,
     /// When the draining group is next checked.
     #[serde(with = "carry::mono_opt")]

@@ -1,7 +1,7 @@
-//! sd_notify on the loop (SPEC 7): the notify socket, opened before the first spawn of
-//! a service that uses it (or taken over from a previous image by `upgrade-self`), and
-//! what a service's slot says, fed to its machine. The datagrams themselves are read
-//! by `health::notify`'s thread; nothing here reads the socket.
+//! sd_notify on the loop (docs/health.md): the notify socket, opened before the first
+//! spawn of a service that uses it (or taken over from a previous image by
+//! `upgrade-self`), and what a service's slot says, fed to its machine. The datagrams
+//! themselves are read by `health::notify`'s thread; nothing here reads the socket.
 
 use super::event::Event;
 use super::machine;

@@ -1,7 +1,7 @@
-//! Dependency order (SPEC 5, 7): a start waits until every `depends_on` runs (the
-//! machine is told which are not running, as its `unmet` input), and a stop, or the
-//! shutdown, takes a service down only once nothing that still has a process depends
-//! on it, directly or through services that are already stopped.
+//! Dependency order (docs/lifecycle.md, docs/health.md): a start waits until every
+//! `depends_on` runs (the machine is told which are not running, as its `unmet` input),
+//! and a stop, or the shutdown, takes a service down only once nothing that still has a
+//! process depends on it, directly or through services that are already stopped.
 //!
 //! The stops asked for and not yet carried out are one set here, not flags on the
 //! services; `advance_stops` carries out whichever may go now and is called after

@@ -1,6 +1,7 @@
-//! `state_dir` (SPEC 11; issue 4's crash clean-up): what must outlive the orchestrator
-//! process. One file, `state.json`, holds each service's restart count and run history
-//! and, for every live run, its process group and the start time of the group's leader.
+//! `state_dir` (docs/unattended.md, and the crash clean-up): what must outlive the
+//! orchestrator process. One file, `state.json`, holds each service's restart count and
+//! run history and, for every live run, its process group and the start time of the
+//! group's leader.
 //!
 //! It is written whole (temporary file, fsync, rename, fsync of the directory), so a
 //! crash or a power cut leaves the old file or the new one, never half of one; at most
@@ -283,7 +284,7 @@ pub fn surviving_members(
 }
 
 /// True when process `pid` was started with every variable of `env` (what this daemon
-/// gives the service: SPEC 4's fixed set plus the service's `environment`).
+/// gives the service: the fixed set of docs/lifecycle.md plus the service's `environment`).
 /// /proc/PID/environ is the block the process was started with, which a local user
 /// cannot give to a process they do not own; no process outside our services carries
 /// this exact set.

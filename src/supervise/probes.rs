@@ -1,4 +1,5 @@
-//! Health checks from the loop's side (SPEC 7): the machine asks for a probe of a run;
+//! Health checks from the loop's side (docs/health.md): the machine asks for a probe of a
+//! run;
 //! `tcp` and `http` checks go to the probe threads, `exec` checks are processes spawned
 //! here, in the service's cgroup, and bounded by `timeout_ms`. Every result goes back
 //! to the machine as a `Probe` event tagged with the run it checked.

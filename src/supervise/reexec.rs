@@ -1,6 +1,6 @@
-//! `upgrade-self PATH` (SPEC 11), the old image's side: check the new binary off the
-//! loop (it must say it is an orchestrator and accept the config in force), then hand
-//! everything over and exec it in place, keeping the pid. Every child stays ours: they
+//! `upgrade-self PATH` (docs/unattended.md), the old image's side: check the new binary
+//! off the loop (it must say it is an orchestrator and accept the config in force), then
+//! hand everything over and exec it in place, keeping the pid. Every child stays ours: they
 //! were all cloned by this (main) thread, which the exec keeps, so no parent-death
 //! signal fires. The new binary is opened once (StrictModes as root) and every check
 //! run and the exec itself go through that descriptor (`execveat`), never its path

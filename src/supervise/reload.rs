@@ -1,5 +1,5 @@
-//! Reload (SPEC 5): re-read the file, re-run discovery, decide for each service what
-//! the new plan means for it, and carry that out through the machines. Either the new
+//! Reload (docs/lifecycle.md): re-read the file, re-run discovery, decide for each service
+//! what the new plan means for it, and carry that out through the machines. Either the new
 //! configuration is valid and applied whole, or nothing changes.
 
 use super::machine::{AfterStop, Event, Origin, Service};

@@ -1,6 +1,7 @@
-//! Control requests on the loop's side (SPEC 1, 10): each command becomes events for
-//! the machines, and an answer now or later. `stop`, `restart` and `reload` answer once
-//! what they caused has finished: their reply waits in `pending` until then.
+//! Control requests on the loop's side (docs/cli.md, docs/control-protocol.md): each
+//! command becomes events for the machines, and an answer now or later. `stop`, `restart`
+//! and `reload` answer once what they caused has finished: their reply waits in `pending`
+//! until then.
 
 use super::machine::{AfterStop, Event, Origin};
 use super::reload::summarize;

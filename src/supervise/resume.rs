@@ -1,5 +1,5 @@
-//! `upgrade-self`, the new image's side (SPEC 11): take the state the old image left
-//! in a memfd and carry on from it. Each machine is put back with its deadlines, each
+//! `upgrade-self`, the new image's side (docs/unattended.md): take the state the old image
+//! left in a memfd and carry on from it. Each machine is put back with its deadlines, each
 //! run that has not exited gets its waiter again, and each output pipe its reader,
 //! starting with the unfinished end of the line the old reader had read. Nothing is
 //! spawned or stopped here: the machines decide, as before the exec.

@@ -1,5 +1,5 @@
-//! When and what the supervisor saves to `state_dir` (SPEC 11): restart counts, run
-//! histories and live process groups, at most once per `persist::SAVE_INTERVAL`, the
+//! When and what the supervisor saves to `state_dir` (docs/unattended.md): restart counts,
+//! run histories and live process groups, at most once per `persist::SAVE_INTERVAL`, the
 //! writing itself done by the log writer thread (never the main loop). `persist.rs`
 //! owns the file; this owns the timing and the carrying on of a predecessor's record.
 

@@ -1,8 +1,8 @@
 //! The words the lifecycle is described in, outside the machine that moves through it:
-//! the five states a user sees (SPEC 4), how a process ended, the two clocks an event
-//! happens on, the run history, and the refusals a client can get. Plain data only.
+//! the five states a user sees (docs/lifecycle.md), how a process ended, the two clocks an
+//! event happens on, the run history, and the refusals a client can get. Plain data only.
 
-/// The states shown to users, exactly SPEC 4's five.
+/// The states shown to users, exactly the five of docs/lifecycle.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum State {
     Stopped,
@@ -74,7 +74,7 @@ pub struct Now {
     pub wall_ms: u64,
 }
 
-/// One run in `status`'s history (SPEC 9).
+/// One run in `status`'s history (docs/status-and-metrics.md).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryEntry {
     pub started_ms: u64,
@@ -142,7 +142,7 @@ pub struct LastExit {
     pub by_operator: bool,
 }
 
-/// Why a lifecycle request was refused (SPEC 4's client errors).
+/// Why a lifecycle request was refused (the refusals of docs/cli.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     Disabled,

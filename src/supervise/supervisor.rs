@@ -1,8 +1,8 @@
-//! The main loop (SPEC 4, 5, 10): owns the map of services, sleeps in one blocking
-//! receive until the next event or the earliest deadline, feeds each event to the
-//! service's machine and carries out the actions it returns. Nothing polls while idle:
-//! the only timers are the machines' deadlines, the shutdown bound, the state file's
-//! next save and a busy cgroup's next removal attempt.
+//! The main loop (docs/lifecycle.md, docs/control-protocol.md): owns the map of services,
+//! sleeps in one blocking receive until the next event or the earliest deadline, feeds
+//! each event to the service's machine and carries out the actions it returns. Nothing
+//! polls while idle: the only timers are the machines' deadlines, the shutdown bound, the
+//! state file's next save and a busy cgroup's next removal attempt.
 //!
 //! The jobs around the loop each have a file: carrying out actions (`execute.rs`),
 //! spawning a run (`launch.rs`), dependency order (`order.rs`), health checks
@@ -58,10 +58,10 @@ pub(super) struct Entry {
     pub group: Option<persist::Group>,
     /// The pid the current run's output is tagged with (its readers share it).
     pub output_pid: Arc<std::sync::atomic::AtomicI32>,
-    /// Its `sockets`, bound before its first run and kept across runs (SPEC 8);
-    /// dropping the entry closes them.
+    /// Its `sockets`, bound before its first run and kept across runs
+    /// (docs/sockets-and-upgrades.md); dropping the entry closes them.
     pub sockets: Option<Bound>,
-    /// Its upgrade under way and its version history (SPEC 8).
+    /// Its upgrade under way and its version history (docs/sockets-and-upgrades.md).
     pub upgrade: super::upgrading::Upgrades,
     /// Its memory cgroup's OOM kill count when the current run started, where one can
     /// be read: a SIGKILL with the count risen since is the OOM killer's.
@@ -284,7 +284,8 @@ impl Supervisor {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                // We hold a sender ourselves, so this cannot happen; stop cleanly if it does.
+                // We hold a sender ourselves, so this cannot happen; stop cleanly if it
+                // does.
                 Err(RecvTimeoutError::Disconnected) => return Outcome::Forced,
             }
             self.tick(Instant::now());
@@ -566,7 +567,7 @@ impl Supervisor {
     }
 
     /// A lifecycle record of `service`: to the daemon's log, to the service's log file,
-    /// and among its kept lines for `logs` (SPEC 1).
+    /// and among its kept lines for `logs` (docs/cli.md).
     pub(super) fn event(
         &self,
         level: log::Level,

@@ -1,7 +1,7 @@
-//! An upgrade's grace window (SPEC 8), as a pure judge fed by the loop: after each
-//! batch of events, and at the window's deadline, the loop shows it what the service's
-//! machine says (state, run generation, whether a stop is under way, why it last
-//! failed) and it answers wait, passed or failed. It also owns the version history
+//! An upgrade's grace window (docs/sockets-and-upgrades.md), as a pure judge fed by the
+//! loop: after each batch of events, and at the window's deadline, the loop shows it what
+//! the service's machine says (state, run generation, whether a stop is under way, why it
+//! last failed) and it answers wait, passed or failed. It also owns the version history
 //! (`upgrades` in status, the last 10) and its file format for `state_dir`.
 //!
 //! No clock, no file, no thread here: the loop passes `now`, does the file work

@@ -1,7 +1,8 @@
-//! What `status`, `metrics` and `logs` show (SPEC 9). The loop takes a snapshot of its
-//! own state (cheap: copies of a few fields per service) and leaves the slow part, the
-//! /proc readings and the binaries' SHA-256, to the thread of the connection that asked
-//! (`Reply::Finish`): a slow disk or a large binary never holds up supervision.
+//! What `status`, `metrics` and `logs` show (docs/status-and-metrics.md). The loop takes a
+//! snapshot of its own state (cheap: copies of a few fields per service) and leaves the
+//! slow part, the /proc readings and the binaries' SHA-256, to the thread of the
+//! connection that asked (`Reply::Finish`): a slow disk or a large binary never holds up
+//! supervision.
 
 use super::state::State;
 use super::supervisor::{Entry, Supervisor};

@@ -1,6 +1,6 @@
-//! The hardware watchdog (SPEC 11): the device is opened once at start-up, and fed (one
-//! byte) every `interval_ms` only while every critical service is `running`, so that a
-//! box whose essential services cannot recover is reset by the hardware. A clean
+//! The hardware watchdog (docs/unattended.md): the device is opened once at start-up, and
+//! fed (one byte) every `interval_ms` only while every critical service is `running`, so
+//! that a box whose essential services cannot recover is reset by the hardware. A clean
 //! shutdown disarms it with the magic close (`V`, then close).
 //!
 //! Feeding is a deadline of the main loop, not a thread: `Feeder` is the pure part

@@ -118,8 +118,8 @@ fn argv_and_environment() {
     assert_eq!(sp.process.argv, ["/bin/true", "-x"]);
 }
 
-/// SPEC 4: a symlink decides what runs, but argv[0] stays the configured path, for
-/// both a discovered binary and a `binary_path`.
+/// docs/lifecycle.md: a symlink decides what runs, but argv[0] stays the configured path,
+/// for both a discovered binary and a `binary_path`.
 #[test]
 fn symlinked_binary_runs_its_target_with_the_configured_path_as_argv0() {
     let dir = std::env::temp_dir().join(format!("orch-argv0-{}", std::process::id()));
@@ -165,8 +165,8 @@ fn restart_differs_only_on_process_fields() {
     assert!(!a.process_differs(&b));
     b.process.argv.push("x".into());
     assert!(a.process_differs(&b));
-    // SPEC 5: ready and watchdog_ms change what the process is told (NOTIFY_SOCKET,
-    // WATCHDOG_USEC), so they restart it.
+    // docs/lifecycle.md: ready and watchdog_ms change what the process is told
+    // (NOTIFY_SOCKET, WATCHDOG_USEC), so they restart it.
     let mut c = a.clone();
     c.process.ready_notify = true;
     assert!(a.process_differs(&c));

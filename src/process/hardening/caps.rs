@@ -1,5 +1,5 @@
-//! `capabilities` (SPEC 13): capability names, and the child's steps that limit the
-//! bounding, permitted, effective and inheritable sets to the listed ones, and raise
+//! `capabilities` (docs/hardening.md): capability names, and the child's steps that limit
+//! the bounding, permitted, effective and inheritable sets to the listed ones, and raise
 //! them as ambient capabilities for a service with `user`. Raw syscalls only; nothing
 //! here allocates in the child.
 

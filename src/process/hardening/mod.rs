@@ -1,5 +1,5 @@
-//! Hardening a service (SPEC 13): the keys resolved from the config, everything the
-//! child will need prepared before the clone (`prepare`: namespace flags, uid/gid map
+//! Hardening a service (docs/hardening.md): the keys resolved from the config, everything
+//! the child will need prepared before the clone (`prepare`: namespace flags, uid/gid map
 //! text, the mount plan, the capability sets, the BPF program), the parent's part for
 //! `private_users`, the child's small steps, and what `check` and `status` say about
 //! each key on this box.

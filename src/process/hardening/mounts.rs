@@ -1,8 +1,8 @@
-//! `private_tmp` and `read_only_paths` (SPEC 13): the mount plan, prepared in the parent
-//! from /proc/self/mountinfo, and the child's steps that carry it out in the service's
-//! own mount namespace. Only the child's copy of the mount table changes: propagation
-//! is made private first, so nothing done here ever reaches the host. The child makes
-//! raw mount(2) calls on prepared strings and allocates nothing.
+//! `private_tmp` and `read_only_paths` (docs/hardening.md): the mount plan, prepared in
+//! the parent from /proc/self/mountinfo, and the child's steps that carry it out in the
+//! service's own mount namespace. Only the child's copy of the mount table changes:
+//! propagation is made private first, so nothing done here ever reaches the host. The
+//! child makes raw mount(2) calls on prepared strings and allocates nothing.
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
-//! A machine carried across `upgrade-self`'s exec (SPEC 11): the phase with every
-//! deadline, the counters and the history, as data the new image reads back. The spec
+//! A machine carried across `upgrade-self`'s exec (docs/unattended.md): the phase with
+//! every deadline, the counters and the history, as data the new image reads back. The spec
 //! is not carried: the new image plans it from the same config file, checked equal
 //! before the handover.
 //!

@@ -1,5 +1,5 @@
-//! The machine's side of sd_notify (SPEC 7): readiness that needs `READY=1` (and the
-//! health check's first pass, when there is one), `STATUS=...`, and the watchdog: a
+//! The machine's side of sd_notify (docs/health.md): readiness that needs `READY=1` (and
+//! the health check's first pass, when there is one), `STATUS=...`, and the watchdog: a
 //! deadline armed once the run is `running`, moved by keep-alives, whose expiry (or a
 //! `WATCHDOG=trigger`) is a liveness failure restarted through the backoff path.
 
@@ -104,8 +104,8 @@ impl Service {
     }
 
     /// The restart delay after a liveness failure of `run`. A run that lasted
-    /// `reset_after` before it hung resets the counter first (SPEC 4), as an exit
-    /// after that long would: a hang after a day of service gets a fresh backoff.
+    /// `reset_after` before it hung resets the counter first (docs/lifecycle.md), as an
+    /// exit after that long would: a hang after a day of service gets a fresh backoff.
     fn liveness_attempt(&mut self, run: Run, ctx: &mut Ctx) -> Option<Duration> {
         if ctx.now.mono.saturating_duration_since(run.started) >= self.spec.reset_after {
             self.attempts = 0;

@@ -3,7 +3,7 @@
 //! (spawns succeed or fail, processes exit on their own or on a signal, groups drain,
 //! probes pass or fail), while random requests, exits, sd_notify messages and clock
 //! jumps come in. After
-//! every step the invariants of the architecture issue are checked:
+//! every step the lifecycle's invariants are checked:
 //! - never two live runs of one service;
 //! - no signal (or group check) to a pid after it was reaped, and no double reap;
 //! - every operator stop ends `stopped` within the stop timeout plus a bound;
