@@ -16,6 +16,7 @@
 //! Only `main` (here) chooses exit codes and prints errors for the user.
 
 mod cli;
+mod common;
 mod config;
 mod control;
 mod daemon;
