@@ -6,7 +6,7 @@ CONFIG ?= orchestrator.json
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: build run install man size test lint fmt bench soak props fuzz chaos clean static \
+.PHONY: build run install man size test lint layers fmt bench soak props fuzz chaos clean static \
 	static-debug
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
@@ -129,6 +129,10 @@ test: lint static-debug
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# Layers import downwards only (ARCHITECTURE.md): lists every upward import, fails on one.
+layers:
+	@sh scripts/layers.sh -v
 
 fmt:
 	$(CARGO) fmt
