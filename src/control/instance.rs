@@ -11,6 +11,19 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
+/// The descriptors of an instance that `upgrade-self` leaves open across its exec (the
+/// lock, the pidfile, the control socket's listener), and what the new image needs to
+/// take them back.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct InstanceFds {
+    pub lock: RawFd,
+    pub pidfile: Option<(PathBuf, RawFd)>,
+    pub listener: RawFd,
+    pub socket: PathBuf,
+    /// The argv a successor is started with (see `daemon::successor_argv`).
+    pub argv: Vec<std::ffi::OsString>,
+}
+
 pub enum InstanceError {
     /// Another live orchestrator holds the lock (exit 1).
     AlreadyRunning(Option<i32>),
@@ -192,8 +205,8 @@ impl Instance {
     }
 
     /// What `upgrade-self` leaves open across its exec, with `listener`'s descriptor.
-    pub fn fds(&self, listener: RawFd) -> crate::supervise::supervisor::InstanceFds {
-        crate::supervise::supervisor::InstanceFds {
+    pub fn fds(&self, listener: RawFd) -> InstanceFds {
+        InstanceFds {
             lock: self.lock.as_raw_fd(),
             pidfile: self
                 .pidfile

@@ -1,8 +1,8 @@
 //! Prometheus text exposition (docs/status-and-metrics.md): every known service has every
 //! metric, whatever its state, each family with HELP and TYPE, counters ending in `_total`.
 
+use crate::common::state::State;
 use crate::process::procfs::Usage;
-use crate::supervise::state::State;
 use std::fmt::Write;
 use std::time::Duration;
 

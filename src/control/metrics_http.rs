@@ -11,8 +11,8 @@
 //! `MAX_PER_PEER` slots, its own oldest idle one closed first. Only when every slot is
 //! busy answering is a new connection closed at once.
 
-use crate::control::socket::Request;
-use crate::supervise::event::Event;
+use crate::common::event::Event;
+use crate::control::socket::{Call, Request};
 use crossbeam_channel::{bounded, Sender};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -63,7 +63,10 @@ fn admit(held: &mut Vec<Held>, peer: IpAddr) -> bool {
 }
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
-pub fn serve(addr: SocketAddr, tx: Sender<Event>) -> io::Result<SocketAddr> {
+pub fn serve<A: From<Call> + Send + 'static>(
+    addr: SocketAddr,
+    tx: Sender<Event<A>>,
+) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     let held: Arc<Mutex<Vec<Held>>> = Arc::default();
@@ -133,9 +136,9 @@ fn until(stream: &TcpStream, deadline: Instant) -> io::Result<()> {
     stream.set_write_timeout(Some(left))
 }
 
-fn answer(
+fn answer<A: From<Call>>(
     mut stream: TcpStream,
-    tx: &Sender<Event>,
+    tx: &Sender<Event<A>>,
     deadline: Instant,
     idle: &AtomicBool,
 ) -> io::Result<()> {
@@ -176,7 +179,7 @@ fn answer(
                 follow: false,
                 conn: None,
             };
-            if tx.send(Event::Control(req, reply_tx)).is_err() {
+            if tx.send(Event::Above(Call(req, reply_tx).into())).is_err() {
                 return respond(
                     &mut stream,
                     "503 Service Unavailable",

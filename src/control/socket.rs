@@ -7,7 +7,7 @@
 //! and time-bounded here, connections are capped, and the main loop only ever sees a
 //! parsed `Request`.
 
-use crate::supervise::event::Event;
+use crate::common::event::Event;
 use crossbeam_channel::{bounded, Sender};
 use serde::Deserialize;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -67,6 +67,10 @@ pub struct Request {
     pub conn: Option<std::os::fd::RawFd>,
 }
 
+/// A request and where its answer goes: what a control connection hands the main loop,
+/// inside its event (`common::event`) as news from above.
+pub struct Call(pub Request, pub Sender<Reply>);
+
 /// The main loop's answer: ready, or work to finish on the connection's own thread
 /// (hashing binaries, reading /proc), so that the loop never does that work itself.
 pub enum Reply {
@@ -118,9 +122,9 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
 }
 
 /// Starts the accept thread. `reserve` is a descriptor held back (see `open_reserve`).
-pub fn serve(
+pub fn serve<A: From<Call> + Send + 'static>(
     listener: UnixListener,
-    tx: Sender<Event>,
+    tx: Sender<Event<A>>,
     reserve: Option<std::fs::File>,
 ) -> io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
@@ -247,7 +251,7 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
     (r == 0).then_some(cred.uid)
 }
 
-fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
+fn serve_conn<A: From<Call>>(stream: UnixStream, tx: &Sender<Event<A>>) {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     match peer_uid(&stream) {
@@ -301,7 +305,7 @@ fn serve_conn(stream: UnixStream, tx: &Sender<Event>) {
         req.conn = Some(stream.as_raw_fd());
         let (reply_tx, reply_rx) = bounded(1);
         let in_flight = InFlight::enter();
-        if tx.send(Event::Control(req, reply_tx)).is_err() {
+        if tx.send(Event::Above(Call(req, reply_tx).into())).is_err() {
             let _ = writeln!(writer, "{}", error_reply("orchestrator is shutting down"));
             return;
         }

@@ -7,8 +7,8 @@
 //! services together. (`exec` checks are processes, so the main loop spawns those
 //! itself: see the supervisor.)
 
+use crate::common::event::Event;
 use crate::config::{CheckType, HealthCheck};
-use crate::supervise::event::Event;
 use crossbeam_channel::Sender;
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
@@ -28,14 +28,14 @@ pub struct Job {
 }
 
 /// Starts checks, one thread each.
-pub struct Prober {
-    events: Sender<Event>,
+pub struct Prober<A> {
+    events: Sender<Event<A>>,
     /// The services with a check in flight.
     in_flight: Arc<Mutex<HashSet<Arc<str>>>>,
 }
 
-impl Prober {
-    pub fn new(events: Sender<Event>) -> Prober {
+impl<A: Send + 'static> Prober<A> {
+    pub fn new(events: Sender<Event<A>>) -> Prober<A> {
         Prober {
             events,
             in_flight: Arc::default(),
@@ -217,7 +217,7 @@ mod tests {
         let hung_addr = hung.local_addr().unwrap();
         let ok = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let ok_addr = ok.local_addr().unwrap();
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = crossbeam_channel::unbounded::<Event<()>>();
         let mut prober = Prober::new(tx);
         let check = |url: String| HealthCheck {
             kind: CheckType::Http,

@@ -9,6 +9,7 @@
 use crate::output::handover;
 use crate::output::sink::{Batch, Line, Sink, Stream};
 use crate::output::timefmt;
+use crate::process::waiter::Drain;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -162,31 +163,6 @@ pub struct Counters {
     pub stderr_lines: AtomicU64,
     /// Lines that could not be written to the service's log file.
     pub file_unwritten: Arc<AtomicU64>,
-}
-
-/// How many of a run's readers have reached the end of their pipe. The waiter waits
-/// on it (bounded) before it reports the exit, so that a run's own lines come before
-/// its `exited` record (docs/logs.md).
-#[derive(Default)]
-pub struct Drain {
-    done: Mutex<u8>,
-    cond: std::sync::Condvar,
-}
-
-impl Drain {
-    pub(super) fn finished(&self) {
-        if let Ok(mut d) = self.done.lock() {
-            *d += 1;
-            self.cond.notify_all();
-        }
-    }
-
-    /// Waits until `readers` have finished, or `bound` has passed (a descendant may keep
-    /// a pipe open for ever).
-    pub fn wait(&self, readers: u8, bound: std::time::Duration) {
-        let Ok(guard) = self.done.lock() else { return };
-        let _ = self.cond.wait_timeout_while(guard, bound, |d| *d < readers);
-    }
 }
 
 /// What a reader needs to know about the run it serves.

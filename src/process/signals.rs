@@ -18,7 +18,7 @@
 //! - every other one (SIGUSR2, SIGALRM, SIGTSTP, SIGTTIN, SIGTTOU, SIGXCPU, real-time
 //!   signals, ...) is logged, at most once a second per signal, and ignored.
 
-use crate::supervise::event::Event;
+use crate::common::event::Event;
 use crossbeam_channel::Sender;
 use std::fs::File;
 use std::io::{self, Read};
@@ -221,7 +221,7 @@ fn log_ignored(sig: i32, sender: i32) {
     }
 }
 
-pub fn forward(mut signals: Signals, tx: Sender<Event>) -> io::Result<()> {
+pub fn forward<A: Send + 'static>(mut signals: Signals, tx: Sender<Event<A>>) -> io::Result<()> {
     // SAFETY: getpid has no preconditions.
     let pid1 = unsafe { libc::getpid() } == 1;
     std::thread::Builder::new()

@@ -3,14 +3,38 @@
 //! main loop reaps when it is done signalling the group, so the pid (and the process group
 //! id) cannot be reused while anyone may still send it a signal.
 
-use crate::output::reader::Drain;
-use crate::supervise::event::Event;
-use crate::supervise::state::Exit;
+use crate::common::event::Event;
+use crate::common::state::Exit;
 use crossbeam_channel::Sender;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 const WAITER_STACK: usize = 64 * 1024;
+
+/// How many of a run's readers have reached the end of their pipe. The waiter waits
+/// on it (bounded) before it reports the exit, so that a run's own lines come before
+/// its `exited` record (docs/logs.md).
+#[derive(Default)]
+pub struct Drain {
+    done: Mutex<u8>,
+    cond: std::sync::Condvar,
+}
+
+impl Drain {
+    pub fn finished(&self) {
+        if let Ok(mut d) = self.done.lock() {
+            *d += 1;
+            self.cond.notify_all();
+        }
+    }
+
+    /// Waits until `readers` have finished, or `bound` has passed (a descendant may keep
+    /// a pipe open for ever).
+    pub fn wait(&self, readers: u8, bound: std::time::Duration) {
+        let Ok(guard) = self.done.lock() else { return };
+        let _ = self.cond.wait_timeout_while(guard, bound, |d| *d < readers);
+    }
+}
 
 /// How long a reported exit waits for the run's output to be drained: a descendant may
 /// keep the pipes open for ever, and the run must still end.
@@ -19,11 +43,11 @@ const DRAIN_BOUND: std::time::Duration = std::time::Duration::from_millis(100);
 /// Starts the waiter of `pid`. With `drain` (a run's two output readers), the exit is
 /// reported once both have read to the end of their pipe, or after `DRAIN_BOUND`: a
 /// run's own last lines come before its `exited` record.
-pub fn spawn_waiter(
+pub fn spawn_waiter<A: Send + 'static>(
     pid: i32,
     gen: u64,
     service: Arc<str>,
-    tx: Sender<Event>,
+    tx: Sender<Event<A>>,
     drain: Option<Arc<Drain>>,
 ) -> io::Result<()> {
     std::thread::Builder::new()

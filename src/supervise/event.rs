@@ -1,31 +1,14 @@
-//! The one enum that travels on the main loop's channel. Every thread that has news for
-//! the supervisor (waiters, the signal forwarder, control connections) sends one of these;
-//! only the main loop receives them.
+//! The main loop's channel carries `common::event::Event`; what only this layer and the
+//! control layer can name travels in it as `Above`, defined here.
 
-use crate::control::socket::{Reply, Request};
-use crate::supervise::state::Exit;
+use crate::control::socket::{Call, Reply, Request};
 use crossbeam_channel::Sender;
-use std::sync::Arc;
 
-pub enum Event {
-    /// A run's main process exited (observed, not yet reaped).
-    Exited {
-        service: Arc<str>,
-        gen: u64,
-        pid: i32,
-        exit: Exit,
-    },
-    /// A tcp/http health check finished (from the probe pool).
-    Probe {
-        service: Arc<str>,
-        gen: u64,
-        result: Result<(), String>,
-    },
-    /// A service's notify slot changed (READY, STATUS, WATCHDOG=trigger); at most one
-    /// in flight per service (see `health::notify`).
-    Notify { service: Arc<str> },
-    /// A signal arrived (forwarded from the self-pipe).
-    Signal(i32),
+/// The loop's event, with this layer's news in it.
+pub type Event = crate::common::event::Event<Above>;
+
+/// News the layers below carry without opening.
+pub enum Above {
     /// A control-socket request; the answer goes to the sender.
     Control(Request, Sender<Reply>),
     /// The file work of an `upgrade` or `rollback` is done (off the loop: copying and
@@ -33,4 +16,10 @@ pub enum Event {
     Installed(crate::supervise::upgrading::Installed),
     /// `upgrade-self`'s checks of the new binary are done (off the loop: it runs it).
     SelfChecked(crate::supervise::reexec::SelfChecked),
+}
+
+impl From<Call> for Above {
+    fn from(Call(req, reply): Call) -> Above {
+        Above::Control(req, reply)
+    }
 }

@@ -7,11 +7,12 @@
 use super::machine::Event;
 use super::persist;
 use super::supervisor::Supervisor;
-use crate::output::reader::{self, Drain, ReaderCtx};
+use crate::output::reader::{self, ReaderCtx};
 use crate::output::sink::Stream;
 use crate::process::cgroup::CgroupLimits;
 use crate::process::pidfile::{self, Lineage, Owner};
 use crate::process::sockets::{Bound, Passed};
+use crate::process::waiter::Drain;
 use crate::process::{spawn, waiter};
 use std::sync::Arc;
 

@@ -16,9 +16,10 @@
 //! Until the exec nothing has changed that cannot be put back: a refusal or a failed
 //! exec leaves the daemon running as it was, and the client gets the reason.
 
-use super::event::Event;
+use super::event::{Above, Event};
 use super::machine;
-use super::supervisor::{InstanceFds, Outcome, Supervisor};
+use super::supervisor::{Outcome, Supervisor};
+use crate::control::instance::InstanceFds;
 use crate::control::socket::{error_reply, Reply, Request};
 use crate::output::handover::{self, CarriedBatch, CarriedReader, Report};
 use crate::process::helper::Helper;
@@ -118,12 +119,12 @@ impl Supervisor {
             .name("upgrade-self".into())
             .spawn(move || {
                 let result = check_binary(&path, &args);
-                let _ = tx.send(Event::SelfChecked(SelfChecked {
+                let _ = tx.send(Event::Above(Above::SelfChecked(SelfChecked {
                     path,
                     result,
                     reply,
                     conn,
-                }));
+                })));
             })
             .map(|_| self.checking_self = true)
             .map_err(|e| format!("cannot create a thread: {e}"))
@@ -182,7 +183,7 @@ impl Supervisor {
         // What is queued already is taken now: an exit, a signal or a request would
         // otherwise be lost with the channel.
         while let Ok(ev) = self.rx_try_recv() {
-            if let Event::SelfChecked(other) = ev {
+            if let Event::Above(Above::SelfChecked(other)) = ev {
                 let msg = "another upgrade-self is under way";
                 let _ = other.reply.try_send(error_reply(msg).into());
                 continue;

@@ -18,7 +18,7 @@
 //! signalled after it was reused. The loop never waits on anything but its channel:
 //! every other call it makes is bounded (each says its bound where it is made).
 
-use super::event::Event;
+use super::event::{Above, Event};
 use super::machine::{self, AfterStop, Ctx, Origin, Service};
 use super::order::Stops;
 use super::persist;
@@ -28,6 +28,7 @@ use super::views::BinaryIds;
 use super::watchdog::Watchdog;
 use crate::config::discovery::{Plan, ServiceSpec};
 use crate::config::{Config, Overrides};
+use crate::control::instance::InstanceFds;
 use crate::health::exec::ExecProbe;
 use crate::health::notify::Notify;
 use crate::health::probe::Prober;
@@ -120,7 +121,7 @@ pub struct Supervisor {
     pub(super) busy_cgroups: Vec<(String, Vec<PathBuf>, u32)>,
     pub(super) busy_cgroups_at: Option<Instant>,
     pub(super) binary_ids: BinaryIds,
-    pub(super) prober: Prober,
+    pub(super) prober: Prober<Above>,
     /// Set while `start_all` feeds the autostart services: their spawns are clones
     /// only (`launch.rs`); waiters and readers come after the last one, so that thread
     /// creation does not hold up the services' own start.
@@ -141,17 +142,6 @@ pub struct Supervisor {
     pub(super) instance: Option<InstanceFds>,
     /// An `upgrade-self`'s checks are running (`reexec.rs`): a second one is refused.
     pub(super) checking_self: bool,
-}
-
-/// See `set_instance_fds`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct InstanceFds {
-    pub lock: std::os::fd::RawFd,
-    pub pidfile: Option<(PathBuf, std::os::fd::RawFd)>,
-    pub listener: std::os::fd::RawFd,
-    pub socket: PathBuf,
-    /// The argv a successor is started with (see `daemon::successor_argv`).
-    pub argv: Vec<std::ffi::OsString>,
 }
 
 /// How the loop ended.
@@ -376,9 +366,9 @@ impl Supervisor {
             }
             Event::Notify { service } => self.notified(&service),
             Event::Signal(sig) => return self.on_signal(sig),
-            Event::Control(req, reply) => self.control(req, reply),
-            Event::Installed(done) => self.installed(done),
-            Event::SelfChecked(checked) => return self.upgrade_self(checked),
+            Event::Above(Above::Control(req, reply)) => self.control(req, reply),
+            Event::Above(Above::Installed(done)) => self.installed(done),
+            Event::Above(Above::SelfChecked(checked)) => return self.upgrade_self(checked),
         }
         None
     }

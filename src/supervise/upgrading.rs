@@ -184,7 +184,9 @@ impl Supervisor {
                 result,
                 reply,
             };
-            let _ = tx.send(super::event::Event::Installed(done));
+            let _ = tx.send(super::event::Event::Above(super::event::Above::Installed(
+                done,
+            )));
         };
         std::thread::Builder::new()
             .name("upgrade".into())
