@@ -4,6 +4,7 @@
 //! thread, then the threads and the main loop.
 
 use crate::cli::Cli;
+use crate::config::paths;
 use crate::control::{instance, socket as control};
 use crate::output::{files, sink as logsink};
 use crate::process::{cgroup, signals};
@@ -57,7 +58,7 @@ fn serve(
     let socket = s
         .control_socket
         .clone()
-        .unwrap_or_else(instance::default_socket);
+        .unwrap_or_else(paths::default_socket);
     let acquired = match &carried {
         Some(c) => {
             let i = &c.instance;

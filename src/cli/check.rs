@@ -4,8 +4,8 @@
 //! that checks before it reloads stops there.
 
 use crate::cli::Cli;
+use crate::config::paths;
 use crate::config::{self, discovery};
-use crate::control::instance;
 use crate::process::{cgroup, hardening};
 use crate::supervise::state as service;
 use crate::{config_failed, load, print_notices};
@@ -40,7 +40,7 @@ pub(crate) fn check(cli: &Cli) -> i32 {
     let socket = s
         .control_socket
         .clone()
-        .unwrap_or_else(instance::default_socket);
+        .unwrap_or_else(paths::default_socket);
     say!("control_socket: {}", socket.display());
     let cgroups = cgroup::Cgroups::inspect(&socket);
     match &cgroups.tracker {

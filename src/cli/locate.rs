@@ -8,8 +8,8 @@
 //! used to hide a running daemon. Validation is not applied (see
 //! `config::load_unvalidated`). Nothing here connects to anything.
 
+use crate::config::paths;
 use crate::config::{self, ConfigError, Overrides};
-use crate::control::instance;
 use std::path::PathBuf;
 
 /// A socket and the reason it was chosen, e.g. "control_socket in /etc/o.json".
@@ -45,11 +45,11 @@ pub fn locate(ov: &Overrides) -> Result<Target, ConfigError> {
             how: format!("control_socket in {}", file.display()),
         },
         (_, Some(file)) => Target {
-            socket: instance::default_socket(),
+            socket: paths::default_socket(),
             how: format!("the default: {} sets no control_socket", file.display()),
         },
         (_, None) => Target {
-            socket: instance::default_socket(),
+            socket: paths::default_socket(),
             how: "the default: no config file found".into(),
         },
     })

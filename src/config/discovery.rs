@@ -438,8 +438,8 @@ fn build_spec(
         let socket = s
             .control_socket
             .clone()
-            .unwrap_or_else(crate::control::instance::default_socket);
-        let path = crate::health::notify::socket_path(&socket);
+            .unwrap_or_else(super::paths::default_socket);
+        let path = super::paths::notify_socket(&socket);
         env.insert("NOTIFY_SOCKET".into(), path.display().to_string());
     }
     if let Some(ms) = svc.watchdog_ms {

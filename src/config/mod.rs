@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod discovery;
+pub mod paths;
 mod types;
 
 pub use types::*;

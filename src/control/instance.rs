@@ -38,20 +38,6 @@ pub struct Instance {
     pidfile: Option<(PathBuf, File)>,
 }
 
-/// The socket path when neither flag, environment nor config names one
-/// (docs/configuration.md).
-pub fn default_socket() -> PathBuf {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    if uid == 0 {
-        return PathBuf::from("/run/orchestrator.sock");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join("orchestrator.sock"),
-        None => PathBuf::from(format!("/tmp/orchestrator-{uid}.sock")),
-    }
-}
-
 /// Where the lock for `socket` lives. Beside the socket (`SOCKET.lock`) when the
 /// socket's directory is ours (owned by root or us, not writable by group or others).
 /// In a shared directory such as /tmp (the default socket of a user without

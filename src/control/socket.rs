@@ -351,7 +351,7 @@ fn follow(stream: &UnixStream, f: crate::output::reader::Follow) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                 // Ended by `upgrade-self` (the exec ends this thread): say so.
-                if crate::output::handover::asked() {
+                if crate::process::wake::handover().is_up() {
                     let msg = "orchestrator re-executed onto a new binary: follow again";
                     let _ = writeln!(writer, "{}", error_reply(msg));
                     let _ = writer.flush();

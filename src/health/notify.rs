@@ -101,13 +101,6 @@ pub struct Notify {
     fd: RawFd,
 }
 
-/// Where a daemon with control socket `socket` listens for notifications.
-pub fn socket_path(socket: &Path) -> PathBuf {
-    let mut p = socket.as_os_str().to_owned();
-    p.push(".notify");
-    PathBuf::from(p)
-}
-
 impl Notify {
     /// Binds `path` (replacing a stale file) and starts the reader. `tracking` says
     /// where the services' cgroups are (none: senders are told by process group only);
@@ -342,7 +335,7 @@ impl Reader {
             // Everything queued, without a poll between datagrams: the socket's queue is
             // short (`net.unix.max_dgram_qlen`, often 10), and while it is full every
             // sender, a service's keep-alive too, waits for the reader.
-            while !crate::output::handover::asked() {
+            while !crate::process::wake::handover().is_up() {
                 match self.receive(&mut buf, &mut control) {
                     Ok(d) => self.handle(d),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -362,14 +355,14 @@ impl Reader {
     /// stays off the socket until the handover is called off (`false`), looking every
     /// 10 ms: it lasts seconds at most, and ends with the exec if it succeeds.
     fn wait_readable(&self) -> bool {
-        use crate::output::handover;
-        let r = crate::process::wake::wait(self.fd.as_raw_fd(), handover::wake_fd());
-        if !handover::asked() {
+        let handover = crate::process::wake::handover();
+        let r = crate::process::wake::wait(self.fd.as_raw_fd(), handover.fd());
+        if !handover.is_up() {
             // Data, an error for recvmsg to report, or a wake-up of a handover gone.
             return r.map_or(true, |(ready, _)| ready);
         }
         self.set_parked(true);
-        while handover::asked() {
+        while handover.is_up() {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         self.set_parked(false);

@@ -13,10 +13,10 @@
 use crate::output::reader::ReaderCtx;
 use crate::output::reader::{spawn_reader_with, Ring};
 use crate::output::sink::{Batch, Line, Stream};
-use crate::process::wake::Wake;
+use crate::process::wake;
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,10 +27,8 @@ pub struct Report {
     pub carry: Vec<u8>,
 }
 
+/// The readers' count and reports; the ask itself is `wake::handover()`.
 struct Shared {
-    /// Raised while a handover is asked for.
-    wake: Wake,
-    asked: AtomicBool,
     inner: Mutex<Inner>,
     cond: Condvar,
 }
@@ -44,8 +42,6 @@ struct Inner {
 fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| Shared {
-        wake: Wake::new(),
-        asked: AtomicBool::new(false),
         inner: Mutex::default(),
         cond: Condvar::new(),
     })
@@ -73,12 +69,7 @@ pub fn enter() -> Live {
 
 /// A handover is asked for: a reader stops at its next line boundary.
 pub fn asked() -> bool {
-    shared().asked.load(Ordering::Acquire)
-}
-
-/// The descriptor a reader polls beside its pipe.
-pub fn wake_fd() -> RawFd {
-    shared().wake.fd()
+    wake::handover().is_up()
 }
 
 /// A stopped reader's report. `Some` gives it back when the handover was called off
@@ -92,7 +83,7 @@ pub fn report(
     let Ok(mut i) = s.inner.lock() else {
         return Some((fd, ctx, carry));
     };
-    if !s.asked.load(Ordering::Acquire) {
+    if !asked() {
         return Some((fd, ctx, carry));
     }
     i.reports.push(Report { fd, ctx, carry });
@@ -103,8 +94,7 @@ pub fn report(
 /// the ones that stopped when some did not: give them to `resume`.
 pub fn stop_readers(bound: Duration) -> Result<Vec<Report>, Vec<Report>> {
     let s = shared();
-    s.asked.store(true, Ordering::Release);
-    s.wake.raise();
+    wake::handover().raise();
     let end = Instant::now() + bound;
     let Ok(mut i) = s.inner.lock() else {
         return Err(Vec::new());
@@ -129,8 +119,7 @@ pub fn resume(reports: Vec<Report>) {
     let s = shared();
     let late = match s.inner.lock() {
         Ok(mut i) => {
-            s.wake.clear();
-            s.asked.store(false, Ordering::Release);
+            wake::handover().lower();
             std::mem::take(&mut i.reports)
         }
         Err(_) => Vec::new(),

@@ -282,7 +282,7 @@ enum Readable {
 /// is a wait, not a poll.
 fn wait_readable(fd: &OwnedFd) -> Readable {
     loop {
-        match crate::process::wake::wait(fd.as_raw_fd(), handover::wake_fd()) {
+        match crate::process::wake::wait(fd.as_raw_fd(), crate::process::wake::handover().fd()) {
             Ok((_, true)) if handover::asked() => return Readable::Handover,
             Ok((true, _)) => return Readable::Yes,
             // The wake descriptor of a handover being called off: wait again.

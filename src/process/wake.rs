@@ -1,11 +1,55 @@
 //! A wake-up descriptor: an eventfd that threads blocked in poll() on a descriptor of
 //! their own watch too, so that one write reaches every one of them at once and none
-//! needs a timeout. `upgrade-self` uses two: one for the output and notify readers
-//! (`output::handover`), one for the control socket's accept thread (`control::pause`).
-//! It carries no data: what the wake-up means is kept beside it by its owner.
+//! needs a timeout. `upgrade-self` uses two: `handover()`, for the output and notify
+//! readers (`output::handover`, `health::notify`), and one for the control socket's
+//! accept thread (`control::pause`). A `Wake` carries no data: what the wake-up means
+//! is kept beside it by its owner, or by a `Flag`.
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+/// A wake-up with its meaning: a flag raised and lowered with the descriptor, so that
+/// a woken thread can tell whether it was asked for (and a thread about to wait can
+/// see that it already was).
+pub struct Flag {
+    wake: Wake,
+    up: AtomicBool,
+}
+
+impl Flag {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// The descriptor to poll beside one's own.
+    pub fn fd(&self) -> RawFd {
+        self.wake.fd()
+    }
+
+    /// Sets the flag, then wakes every waiter: a waiter woken sees it set.
+    pub fn raise(&self) {
+        self.up.store(true, Ordering::Release);
+        self.wake.raise();
+    }
+
+    /// Makes the descriptor unreadable, then clears the flag.
+    pub fn lower(&self) {
+        self.wake.clear();
+        self.up.store(false, Ordering::Release);
+    }
+}
+
+/// Raised while `upgrade-self` asks every output reader and the notify reader to stop
+/// for the handover to the new image (`output::handover`).
+pub fn handover() -> &'static Flag {
+    static HANDOVER: OnceLock<Flag> = OnceLock::new();
+    HANDOVER.get_or_init(|| Flag {
+        wake: Wake::new(),
+        up: AtomicBool::new(false),
+    })
+}
 
 /// Raised until cleared. Lives as long as the process (it sits in a static).
 pub struct Wake(RawFd);
