@@ -85,7 +85,7 @@ fn serve(
     // like a service's file (`files::DaemonLog`); otherwise stderr.
     let mut out: Box<dyn files::Destination> = Box::new(std::io::stderr());
     if daemon {
-        let files = s.log_files().unwrap_or_else(|| files::FileConfig {
+        let files = files::FileConfig::of(&s).unwrap_or_else(|| files::FileConfig {
             dir: s.log_dir.clone().unwrap_or_default(),
             max_bytes: u64::MAX,
             max_files: 0,
@@ -143,7 +143,7 @@ fn serve(
         }
     }
     let (sink, _sink_thread) =
-        match logsink::Sink::start(out, s.log_level, s.log_format, s.log_files()) {
+        match logsink::Sink::start(out, s.log_level, s.log_format, files::FileConfig::of(&s)) {
             Ok(v) => v,
             Err(e) => {
                 eprintln!("orchestrator: cannot start the log writer: {e}");

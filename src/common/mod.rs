@@ -3,4 +3,5 @@
 //! may import from here.
 
 pub mod event;
+pub mod safe_fs;
 pub mod state;

@@ -6,12 +6,11 @@
 //! and a reload can compare old and new specs field by field. Nothing here starts a
 //! process; a plan that cannot be built is a configuration error.
 
+use crate::common::safe_fs::{self, Verdicts};
 use crate::config::{
     parse_signal, valid_service_name, Config, HealthCheck, Limits, RestartPolicy, ServiceConfig,
     Settings, SocketConfig,
 };
-use crate::process::safe_fs::{self, Verdicts};
-use crate::supervise::backoff::Backoff;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -35,7 +34,7 @@ pub enum BinaryProblem {
     /// Fails StrictModes while we run as root (it or a directory above it is owned by
     /// another user, or writable by group or others): they could swap what runs.
     /// Refused under `strict_modes`.
-    Untrusted(crate::process::safe_fs::Untrusted),
+    Untrusted(crate::common::safe_fs::Untrusted),
 }
 
 /// What shapes a service's process: everything the child is given. A reload that
@@ -65,6 +64,15 @@ pub struct ProcessSpec {
     pub watchdog: Option<Duration>,
     /// docs/hardening.md: applied in the child before exec, or the start fails.
     pub hardening: crate::process::hardening::Hardening,
+}
+
+/// A service's restart delays as configured; `supervise::backoff` turns them into the
+/// delay before each restart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    pub jitter: f64,
 }
 
 /// One service, resolved: the plan's unit and what the supervisor runs.

@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod discovery;
 pub mod paths;
+pub mod sockets;
 mod types;
 
 pub use types::*;
@@ -162,7 +163,7 @@ fn read(ov: &Overrides) -> Result<(Option<PathBuf>, ConfigFile, PathBuf), Config
         Some(p) => {
             refuse_if_untrusted(p)?;
             // A regular file only (a FIFO would hang the start), and bounded.
-            let text = crate::process::safe_fs::open_regular(p, true)
+            let text = crate::common::safe_fs::open_regular(p, true)
                 .and_then(|(f, _)| {
                     let mut t = String::new();
                     std::io::Read::read_to_string(&mut std::io::Read::take(f, MAX_CONFIG), &mut t)
@@ -215,11 +216,11 @@ fn refuse_if_untrusted(p: &Path) -> Result<(), ConfigError> {
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
-    match crate::process::safe_fs::untrusted(p) {
+    match crate::common::safe_fs::untrusted(p) {
         Some(u) => Err(ConfigError::one(format!(
             "{}: refusing a config file that another user could change: {u} ({})",
             p.display(),
-            crate::process::safe_fs::RULE
+            crate::common::safe_fs::RULE
         ))),
         None => Ok(()),
     }
@@ -662,7 +663,7 @@ fn validate(
             }
         }
         for s in &svc.sockets {
-            if let Err(e) = crate::process::sockets::check(s) {
+            if let Err(e) = sockets::check(s) {
                 err(&key("sockets"), e);
             }
         }

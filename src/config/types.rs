@@ -190,20 +190,6 @@ pub struct Settings {
     pub retry_failed_ms: Option<u64>,
 }
 
-impl Settings {
-    /// The per-service log file settings, when `log_dir` is set.
-    pub fn log_files(&self) -> Option<crate::output::files::FileConfig> {
-        self.log_dir
-            .as_ref()
-            .map(|dir| crate::output::files::FileConfig {
-                dir: dir.clone(),
-                max_bytes: self.log_max_bytes,
-                max_files: self.log_max_files,
-                max_total: self.log_max_total_bytes,
-            })
-    }
-}
-
 impl Default for Settings {
     fn default() -> Self {
         Settings {

@@ -4,7 +4,7 @@
 //! Also the start-up chores that belong with it: the pidfile, `--daemon`, and systemd
 //! readiness.
 
-use crate::process::safe_fs;
+use crate::common::safe_fs;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -367,7 +367,7 @@ mod tests {
 
     fn tmpdir(tag: &str) -> PathBuf {
         // Not under /tmp: that is the shared case, tested on its own.
-        let d = crate::process::safe_fs::trusted_test_base()
+        let d = crate::common::safe_fs::trusted_test_base()
             .join(format!("orch-instance-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();

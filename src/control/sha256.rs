@@ -118,7 +118,7 @@ pub const MAX_HASHED: u64 = 256 << 20;
 /// size `fstat` reported (at most `MAX_HASHED`) is read, so a file that grows while
 /// hashed cannot keep us reading.
 pub fn file_hex(path: &std::path::Path) -> io::Result<String> {
-    let (mut f, _) = crate::process::safe_fs::open_regular(path, true)?;
+    let (mut f, _) = crate::common::safe_fs::open_regular(path, true)?;
     open_file_hex(&mut f)
 }
 

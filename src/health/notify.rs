@@ -263,7 +263,7 @@ impl Drop for Notify {
 }
 
 fn bind(path: &Path) -> io::Result<OwnedFd> {
-    let fd = crate::process::safe_fs::unix_socket(libc::SOCK_DGRAM)?;
+    let fd = crate::common::safe_fs::unix_socket(libc::SOCK_DGRAM)?;
     let on: libc::c_int = 1;
     // SAFETY: valid descriptor and option pointer of the right size.
     let r = unsafe {
@@ -282,7 +282,7 @@ fn bind(path: &Path) -> io::Result<OwnedFd> {
     let _ = std::fs::remove_file(path);
     // Services may run as other users: anyone may send, only services are heard. The
     // socket is born 0666 (never chmodded by path, which a link could redirect).
-    crate::process::safe_fs::bind_unix(fd.as_raw_fd(), path, 0o666)?;
+    crate::common::safe_fs::bind_unix(fd.as_raw_fd(), path, 0o666)?;
     Ok(fd)
 }
 

@@ -7,7 +7,7 @@
 //! as unwritten (disk full, directory gone): never split, never silently dropped. The
 //! orchestrator's own `orchestrator.log` is not counted against the cap.
 
-use crate::process::safe_fs::Dir;
+use crate::common::safe_fs::Dir;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
@@ -27,6 +27,18 @@ pub struct FileConfig {
     pub max_bytes: u64,
     pub max_files: u32,
     pub max_total: Option<u64>,
+}
+
+impl FileConfig {
+    /// The per-service log file settings of `s`, when `log_dir` is set.
+    pub fn of(s: &crate::config::Settings) -> Option<FileConfig> {
+        s.log_dir.as_ref().map(|dir| FileConfig {
+            dir: dir.clone(),
+            max_bytes: s.log_max_bytes,
+            max_files: s.log_max_files,
+            max_total: s.log_max_total_bytes,
+        })
+    }
 }
 
 struct Active {
@@ -96,11 +108,7 @@ impl LogFiles {
         // log_dir itself may belong to a service's user (its files are safe from them),
         // but a directory above it that another user controls could swap it for a link
         // before we open it: said, not refused, since the files stay safe from the rest.
-        if let Some(u) = cfg
-            .dir
-            .parent()
-            .and_then(crate::process::safe_fs::untrusted)
-        {
+        if let Some(u) = cfg.dir.parent().and_then(crate::common::safe_fs::untrusted) {
             log::warn!(
                 "log_dir {}: {u}: another user could replace log_dir before it is opened",
                 cfg.dir.display()

@@ -14,7 +14,7 @@
 //! time, so no ETXTBSY and no half-written file), and never decides anything about the
 //! service.
 
-use crate::process::safe_fs;
+use crate::common::safe_fs;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};

@@ -1,5 +1,5 @@
-//! Processes: the one audited spawn path, waiting, signals, cgroups, /proc readings, and
-//! the file-system rules every root-owned file operation follows (`safe_fs`).
+//! Processes: the one audited spawn path, waiting, signals, cgroups, /proc readings and
+//! hardening. (The file-system rules they follow are `common::safe_fs`.)
 pub mod cgroup;
 pub mod hardening;
 pub mod helper;
@@ -7,7 +7,6 @@ pub mod inherit;
 pub mod install;
 pub mod pidfile;
 pub mod procfs;
-pub mod safe_fs;
 pub mod signals;
 pub mod sockets;
 pub mod spawn;

@@ -6,7 +6,8 @@
 //! service's cgroup, or (without cgroups) descends from the run's launcher and is no
 //! other service's (`Lineage`).
 
-use crate::process::{procfs, safe_fs};
+use crate::common::safe_fs;
+use crate::process::procfs;
 use std::io::Read;
 use std::path::Path;
 

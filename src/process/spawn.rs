@@ -557,7 +557,7 @@ fn ensure_data_dir(dir: &Path, spec: &ServiceSpec) -> io::Result<()> {
         Some(host) => Some((host, host)),
         None => spec.process.identity.as_ref().map(|id| (id.uid, id.gid)),
     };
-    crate::process::safe_fs::create_dir_chain(dir, 0o750, owner).map(drop)
+    crate::common::safe_fs::create_dir_chain(dir, 0o750, owner).map(drop)
 }
 /// Makes sure descriptors 0, 1 and 2 are open (on /dev/null if they were closed), so
 /// that no pipe or socket of ours is ever given one of those numbers. Call first thing.

@@ -1,14 +1,10 @@
 //! Restart delays: `min(initial * 2^n, max)`, scaled by a random factor in
 //! `[1 - jitter, 1 + jitter]`. Pure: the random source is passed in so tests are exact.
+//! The settings themselves are config's value (`config::discovery::Backoff`); what
+//! they mean for the next restart is decided here.
 
+use crate::config::discovery::Backoff;
 use std::time::Duration;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Backoff {
-    pub initial_ms: u64,
-    pub max_ms: u64,
-    pub jitter: f64,
-}
 
 impl Backoff {
     /// The delay before restart number `n` (0 for the first restart).

@@ -21,8 +21,8 @@
 //! with its leader's true start time, kills nothing: nobody outside our services runs
 //! with exactly that environment.
 
+use crate::common::safe_fs::{self, Dir};
 use crate::process::procfs;
-use crate::process::safe_fs::{self, Dir};
 use crate::supervise::state::HistoryEntry;
 use serde_json::Value;
 use std::fs;
@@ -438,7 +438,7 @@ mod tests {
 
     fn test_dir(tag: &str) -> std::path::PathBuf {
         // Not under /tmp, which StrictModes refuses.
-        crate::process::safe_fs::trusted_test_base()
+        crate::common::safe_fs::trusted_test_base()
             .join(format!("orch-state-{}-{tag}", std::process::id()))
     }
 

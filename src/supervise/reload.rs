@@ -138,7 +138,7 @@ impl Supervisor {
         }
         let s = &self.cfg.settings;
         self.sink.set_filter(s.log_level, s.log_format);
-        self.sink.set_files(s.log_files());
+        self.sink.set_files(crate::output::files::FileConfig::of(s));
         let mut new_specs = plan.services;
         for (name, decision) in &decisions {
             let spec = new_specs.remove(name);

@@ -2,8 +2,8 @@
 //! scenarios and the property test.
 
 use super::*;
+use crate::config::discovery::Backoff;
 use crate::config::{CheckType, HealthCheck};
-use crate::supervise::backoff::Backoff;
 
 /// A service under test with its own clock (ms from `t0`) and a seeded random source.
 pub(super) struct T {

@@ -18,7 +18,7 @@
 
 use super::harness::{check, spec, T};
 use super::*;
-use crate::supervise::backoff::Backoff;
+use crate::config::discovery::Backoff;
 use std::collections::HashSet;
 
 /// The world as the machine's actions left it.
