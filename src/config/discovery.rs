@@ -63,7 +63,7 @@ pub struct ProcessSpec {
     /// `watchdog_ms`: the longest silence between keep-alives once running.
     pub watchdog: Option<Duration>,
     /// docs/hardening.md: applied in the child before exec, or the start fails.
-    pub hardening: crate::process::hardening::Hardening,
+    pub hardening: super::hardening::Hardening,
 }
 
 /// A service's restart delays as configured; `supervise::backoff` turns them into the
@@ -257,7 +257,7 @@ fn assign_host_ids(services: &mut BTreeMap<String, ServiceSpec>) {
     let mut given = BTreeSet::new();
     for (name, spec) in services.iter_mut() {
         let p = &mut spec.process;
-        if !crate::process::hardening::needs_host_id(&p.hardening, p.identity.as_ref()) {
+        if !super::hardening::needs_host_id(&p.hardening, p.identity.as_ref()) {
             continue;
         }
         let taken = |id: u32| {
@@ -265,7 +265,7 @@ fn assign_host_ids(services: &mut BTreeMap<String, ServiceSpec>) {
                 || !matches!(accounts::user(&id.to_string()), Ok(None))
                 || !matches!(accounts::group(&id.to_string()), Ok(None))
         };
-        p.hardening.host_id = crate::process::hardening::host_id(name, taken);
+        p.hardening.host_id = super::hardening::host_id(name, taken);
         given.extend(p.hardening.host_id);
     }
 }
@@ -328,7 +328,7 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
                 None
             }
         };
-        for w in crate::process::hardening::warnings(svc) {
+        for w in super::hardening::warnings(svc) {
             notices.push(Notice {
                 level: log::Level::Warn,
                 msg: format!("{name}: {w}"),
@@ -481,7 +481,7 @@ fn build_spec(
             pid_file: svc.pid_file.clone(),
             ready_notify: svc.ready == Some(crate::config::ReadyMode::Notify),
             watchdog: svc.watchdog_ms.map(Duration::from_millis),
-            hardening: crate::process::hardening::resolve(svc),
+            hardening: super::hardening::resolve(svc),
         },
         upgrade_grace_ms: svc.upgrade_grace_ms,
         policy,

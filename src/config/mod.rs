@@ -6,9 +6,12 @@
 //! never touches processes; discovery and the plan are built on what it returns.
 
 pub mod accounts;
+pub mod capabilities;
 pub mod discovery;
+pub mod hardening;
 pub mod paths;
 pub mod sockets;
+pub mod syscalls;
 mod types;
 
 pub use types::*;
@@ -656,7 +659,7 @@ fn validate(
                 );
             }
         }
-        crate::process::hardening::validate(svc, &mut |k, msg| err(&key(k), msg));
+        hardening::validate(svc, &mut |k, msg| err(&key(k), msg));
         for dep in &svc.depends_on {
             if dep == name {
                 err(&key("depends_on"), format!("`{name}` depends on itself"));

@@ -275,7 +275,7 @@ pub struct ServiceConfig {
     pub retry_failed_ms: Option<u64>,
     /// For a service that daemonizes itself (docs/lifecycle.md): where it writes its pid.
     pub pid_file: Option<PathBuf>,
-    // Hardening (docs/hardening.md); checked by `process::hardening::validate`.
+    // Hardening (docs/hardening.md); checked by `hardening::validate`.
     pub capabilities: Option<Vec<String>>,
     pub syscall_filter: Option<Vec<String>>,
     pub syscall_allow: Option<Vec<String>>,
