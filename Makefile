@@ -126,7 +126,7 @@ test: lint static-debug
 			"$$(wc -l < $(SKIPPED) | tr -d ' ') test(s)" "$$(sort $(SKIPPED) | paste -sd';' - | sed 's/;/; /g')"; \
 	fi; exit $$code
 
-lint:
+lint: layers
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 

@@ -16,6 +16,7 @@ mod hardening;
 mod health;
 mod history;
 mod isolation;
+mod layers;
 mod lifecycle;
 mod logs;
 mod notify;

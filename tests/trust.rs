@@ -1,6 +1,6 @@
 //! Trust boundaries: the daemon runs as root, and nothing a service or a local
 //! user can write may make it act for them. Each test reproduces one attack against the
-//! real binary. (The file-level rules have unit tests in `process::safe_fs`, `persist`,
+//! real binary. (The file-level rules have unit tests in `common::safe_fs`, `persist`,
 //! `instance`, `files` and `sha256`.)
 
 use crate::util::*;
