@@ -114,8 +114,7 @@ fn serve(
         }
         out = Box::new(log);
     }
-    // SAFETY: getpid has no preconditions.
-    let pid1 = unsafe { libc::getpid() } == 1;
+    let pid1 = std::process::id() == 1;
     // A service with `pid_file` daemonizes: its daemon must be reparented to us, so
     // that its exit is seen and it is reaped.
     let daemonizing = plan

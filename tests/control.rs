@@ -257,7 +257,7 @@ fn socket_is_private_and_hostile_requests_are_contained() {
 
 #[test]
 fn refuses_peers_of_other_users() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::util::is_root() {
         eprintln!("skipped: needs root to connect as another user");
         return;
     }
@@ -286,7 +286,7 @@ fn refuses_peers_of_other_users() {
 /// user is refused even though the socket's mode lets it connect.
 #[test]
 fn a_daemon_run_by_another_user_admits_only_that_user_and_root() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::util::is_root() {
         eprintln!("skipped: needs root to run the daemon and clients as other users");
         return;
     }

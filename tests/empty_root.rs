@@ -280,7 +280,7 @@ fn all_running(root: &Path, count: usize) -> bool {
 }
 
 fn setup(orphans: bool) -> Option<(Sandbox, PathBuf)> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::util::is_root() {
         eprintln!("skipped: PID and mount namespaces and chroot need root");
         return None;
     }

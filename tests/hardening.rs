@@ -90,8 +90,7 @@ time.sleep(float(os.environ.get("HOLD", "0")))
 
 /// A sandbox with the fixture, or `None` (reason printed) where these tests cannot run.
 fn sandbox() -> Option<Sandbox> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::util::is_root() {
         eprintln!("skipped: hardening tests need root");
         return None;
     }

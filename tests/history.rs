@@ -122,7 +122,7 @@ while True:\n    s.sendto(b\"WATCHDOG=1\", os.environ[\"NOTIFY_SOCKET\"]); time.
 /// so, naming the limit, and `check` says where the count comes from.
 #[test]
 fn an_oom_kill_is_named_with_the_limit() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::util::is_root() {
         eprintln!("skipped: memory cgroups need root");
         return;
     }

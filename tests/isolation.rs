@@ -5,10 +5,6 @@ use crate::util::*;
 use serde_json::json;
 use std::time::Duration;
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// True when the daemon will have service cgroups here (root and a writable hierarchy).
 fn cgroups_available(sb: &Sandbox) -> bool {
     if !is_root() {

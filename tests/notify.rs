@@ -532,7 +532,7 @@ while os.getppid() == parent:
 
 #[test]
 fn a_look_alike_cgroup_outside_the_daemons_own_speaks_for_no_service() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::util::is_root() {
         eprintln!("skipped: making cgroups elsewhere in the hierarchy needs root");
         return;
     }
@@ -650,7 +650,7 @@ fn a_look_alike_cgroup_outside_the_daemons_own_speaks_for_no_service() {
 fn without_cgroups_a_services_process_group_speaks_for_it_and_no_other() {
     // As root, the daemon runs as nobody so that it has no cgroups: the process group
     // is then all that tells a service's processes.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::util::is_root() {
         eprintln!("skipped: running the daemon without cgroups needs root (to be nobody)");
         return;
     }

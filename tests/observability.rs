@@ -291,7 +291,7 @@ fn unwritable_log_dir_is_counted_and_survived() {
 
 #[test]
 fn full_disk_is_counted_and_survived() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::util::is_root() {
         eprintln!("skipped: mounting a small tmpfs needs root");
         return;
     }

@@ -52,7 +52,7 @@ fn first_line_pid(path: &Path) -> Option<i64> {
 /// next start finds no crash to recover from).
 #[test]
 fn postgres_through_pg_ctl_runs_and_stops_clean() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::util::is_root() {
         eprintln!("skipped: PostgreSQL refuses root; running it as postgres needs root");
         return;
     }
@@ -169,7 +169,7 @@ fn memcached_daemonized_is_the_run_and_its_crash_stays_shown() {
         let pid_file = run.join("memcached.pid");
         // As root memcached wants `-u`; as nobody it needs none, and writes its pid
         // file in a directory nobody owns.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = crate::util::is_root();
         let mut entry = json!({
             "binary_path": memcached,
             "args": ["-d", "-P", pid_file, "-p", port.to_string(), "-U", "0",
@@ -264,7 +264,7 @@ fn a_stop_while_the_pid_file_is_awaited_sends_the_stop_signal_first() {
     // Through the service's cgroup (as root), then through the launcher's process
     // group alone (as root, the daemon as nobody has no cgroups).
     stop_while_awaited(None);
-    if unsafe { libc::geteuid() } == 0 {
+    if crate::util::is_root() {
         stop_while_awaited(Some(65534));
     }
 }
@@ -327,7 +327,7 @@ fn stop_while_awaited(uid: Option<u32>) {
 #[test]
 fn without_cgroups_a_pid_file_naming_another_service_is_refused() {
     let sb = Sandbox::new();
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = crate::util::is_root();
     let run = sb.path("run");
     std::fs::create_dir(&run).unwrap();
     let (grouped, detached, evil) = (
@@ -507,7 +507,7 @@ fn procfs_ppid(pid: i64) -> Option<i64> {
 /// service's cgroup, or without cgroups through the group recorded in `state_dir`.
 #[test]
 fn an_adopted_daemon_outlives_a_sigkill_until_the_next_start() {
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = crate::util::is_root();
     // With cgroups (root), then without (as root: the daemon as nobody).
     let runs: &[Option<u32>] = if root { &[None, Some(65534)] } else { &[None] };
     for &uid in runs {

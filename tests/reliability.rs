@@ -87,7 +87,7 @@ fn subreaper_adopts_and_reaps_orphans_without_stealing_statuses() {
 
 #[test]
 fn as_pid_1_in_a_pid_namespace_reaps_and_shuts_down_cleanly() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::util::is_root() {
         eprintln!("skipped: PID namespaces need root");
         return;
     }
@@ -290,7 +290,7 @@ fn state_dir_lets_a_successor_kill_what_a_crashed_daemon_left_and_keep_history()
     // Without cgroups (as root, the daemon runs as nobody so it has none), the process
     // groups recorded in state_dir are all a successor has to find leftovers by.
     let sb = Sandbox::new();
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = crate::util::is_root();
     let uid = root.then_some(65534);
     if root {
         // The daemon's own user owns its directories (a world-writable one would fail

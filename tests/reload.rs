@@ -200,7 +200,7 @@ fn probe(sb: &Sandbox, name: &str, pid: i64, p: Probe) -> Option<String> {
 /// pid).
 #[test]
 fn every_process_field_restarts_and_every_other_applies_in_place() {
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = crate::util::is_root();
     let sb = Sandbox::new();
     // A shell that stays the main process, so its command line shows the arguments.
     const BODY: &str = "sleep 1000 & wait";

@@ -11,10 +11,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
 const NOBODY: u32 = 65534;
 
 fn chmod(p: &Path, mode: u32) {

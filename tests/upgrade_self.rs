@@ -745,7 +745,7 @@ fn a_daemon_with_a_pid_file_service_upgrades_itself() {
 /// As PID 1 of a PID namespace (an init's own deployment), `upgrade-self` works too.
 #[test]
 fn as_pid_1_the_daemon_upgrades_itself() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::util::is_root() {
         eprintln!("skipped: PID namespaces need root");
         return;
     }

@@ -51,8 +51,7 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 fn other(msg: String) -> io::Error {

@@ -241,8 +241,7 @@ pub fn check_binary(path: &Path, strict: bool) -> Option<BinaryProblem> {
 /// a plan's binaries share most of their ancestors.
 fn check_binary_with(path: &Path, strict: bool, seen: &mut Verdicts) -> Option<BinaryProblem> {
     binary_problem(path).or_else(|| {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = nix::unistd::geteuid().is_root();
         if !(strict && root) {
             return None;
         }

@@ -149,8 +149,7 @@ pub fn host_id(name: &str, taken: impl Fn(u32) -> bool) -> Option<u32> {
 /// `private_users`: its user is root, and so is the daemon (only root may map another
 /// id; an unprivileged daemon maps itself, as before).
 pub fn needs_host_id(h: &Hardening, identity: Option<&Identity>) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    h.private_users && identity.is_none_or(|id| id.uid == 0) && unsafe { libc::geteuid() } == 0
+    h.private_users && identity.is_none_or(|id| id.uid == 0) && nix::unistd::geteuid().is_root()
 }
 
 /// The filter `syscall_allow` and `syscall_filter` ask for: an allow list of the

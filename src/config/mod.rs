@@ -215,8 +215,7 @@ pub fn parse_and_validate(text: &str) -> Result<(), ConfigError> {
 /// such as `./orchestrator.json` included. (Not a setting: the file itself cannot be
 /// trusted to turn this off.)
 fn refuse_if_untrusted(p: &Path) -> Result<(), ConfigError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
     match crate::common::safe_fs::untrusted(p) {

@@ -54,8 +54,7 @@ fn lock_path(socket: &Path) -> io::Result<PathBuf> {
     };
     let shared = std::fs::metadata(&dir).is_ok_and(|m| {
         use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
+        let me = nix::unistd::geteuid().as_raw();
         (m.uid() != 0 && m.uid() != me) || m.mode() & 0o022 != 0
     });
     if !shared {
@@ -82,8 +81,7 @@ fn lock_path(socket: &Path) -> io::Result<PathBuf> {
 
 /// Our home directory from the password database (not `$HOME`, which the caller sets).
 fn home_dir() -> Option<PathBuf> {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
+    let uid = nix::unistd::geteuid();
     crate::config::accounts::user(&uid.to_string())
         .ok()
         .flatten()
@@ -403,8 +401,7 @@ mod tests {
                 assert!(!p.starts_with(std::env::temp_dir()), "{}", p.display());
                 let dir = p.parent().unwrap();
                 let m = std::fs::metadata(dir).unwrap();
-                // SAFETY: geteuid has no preconditions.
-                assert_eq!(m.uid(), unsafe { libc::geteuid() });
+                assert_eq!(m.uid(), nix::unistd::geteuid().as_raw());
                 assert_eq!(m.mode() & 0o077, 0);
             }
             Err(e) => assert!(e.to_string().contains("no home directory"), "{e}"),

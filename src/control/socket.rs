@@ -252,8 +252,7 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
 }
 
 fn serve_conn<A: From<Call>>(stream: UnixStream, tx: &Sender<Event<A>>) {
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = nix::unistd::geteuid().as_raw();
     match peer_uid(&stream) {
         Some(uid) if uid == 0 || uid == me => {}
         other => {

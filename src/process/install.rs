@@ -50,8 +50,7 @@ pub fn open_checked(new: &Path) -> Result<File, String> {
     if m.permissions().mode() & 0o111 == 0 {
         return Err(format!("{shown} is not executable"));
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         if let Some(u) = safe_fs::untrusted(new) {
             return Err(format!(
                 "refusing {shown}, which another user could change: {u} ({})",

@@ -50,8 +50,7 @@ impl Lineage<'_> {
         if p.session == self.launcher || p.pgrp == self.launcher {
             return true;
         }
-        // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() };
+        let me = nix::unistd::getpid().as_raw();
         let since = procfs::stat(self.launcher).map(|l| l.start_ticks);
         p.ppid == me && since.is_some_and(|t| p.start_ticks >= t)
     }

@@ -222,8 +222,7 @@ fn log_ignored(sig: i32, sender: i32) {
 }
 
 pub fn forward<A: Send + 'static>(mut signals: Signals, tx: Sender<Event<A>>) -> io::Result<()> {
-    // SAFETY: getpid has no preconditions.
-    let pid1 = unsafe { libc::getpid() } == 1;
+    let pid1 = std::process::id() == 1;
     std::thread::Builder::new()
         .name("signals".into())
         .stack_size(64 * 1024)

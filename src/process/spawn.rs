@@ -417,8 +417,7 @@ fn spawn_with(
                 .map(|i| (i.uid, i.gid, groups.as_slice())),
         },
         sockets: listen.as_mut().map_or(ChildPart::NONE, |l| l.child_part()),
-        // SAFETY: getpid has no preconditions.
-        parent: unsafe { libc::getpid() },
+        parent: nix::unistd::getpid().as_raw(),
         fd_limit: fd_scan_limit(),
         signals: libc::SIGRTMAX() + 1,
         hardening: &prepared,

@@ -122,19 +122,15 @@ fn wait_pidfd(pid: i32) -> bool {
     }
     // SAFETY: fd was just opened and is owned here alone.
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut p = libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    // A pidfd turns readable when the process exits.
+    let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
     loop {
-        // SAFETY: p is one valid pollfd; a pidfd turns readable when the process exits.
-        let r = unsafe { libc::poll(&mut p, 1, -1) };
-        if r > 0 {
-            return true;
-        }
-        if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return false;
+        match poll(&mut p, PollTimeout::NONE) {
+            Ok(n) if n > 0 => return true,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return false,
         }
     }
 }

@@ -5,8 +5,9 @@
 //! accept thread (`control::pause`). A `Wake` carries no data: what the wake-up means
 //! is kept beside it by its owner, or by a `Flag`.
 
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
@@ -52,32 +53,32 @@ pub fn handover() -> &'static Flag {
 }
 
 /// Raised until cleared. Lives as long as the process (it sits in a static).
-pub struct Wake(RawFd);
+pub struct Wake(Option<EventFd>);
 
 impl Wake {
     /// Without a descriptor (none could be made), `fd` is -1, which poll ignores: the
     /// waiters then see only their own descriptor.
     pub fn new() -> Wake {
-        // SAFETY: eventfd has no memory preconditions.
-        Wake(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
+        Wake(EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).ok())
     }
 
     pub fn fd(&self) -> RawFd {
-        self.0
+        self.0.as_ref().map_or(-1, |e| e.as_raw_fd())
     }
 
     /// Makes the descriptor readable, for every waiter.
     pub fn raise(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to an eventfd (or fails on -1).
-        unsafe { libc::write(self.0, (&one as *const u64).cast(), 8) };
+        if let Some(e) = &self.0 {
+            let _ = e.write(1);
+        }
     }
 
-    /// Makes it unreadable again.
+    /// Makes it unreadable again (a read of the non-blocking eventfd, which fails
+    /// harmlessly when it was not raised).
     pub fn clear(&self) {
-        let mut drained: u64 = 0;
-        // SAFETY: reads 8 bytes into a valid u64 from the non-blocking eventfd.
-        unsafe { libc::read(self.0, (&mut drained as *mut u64).cast(), 8) };
+        if let Some(e) = &self.0 {
+            let _ = e.read();
+        }
     }
 }
 

@@ -506,8 +506,7 @@ mod tests {
             StateDir::open(&tmp).is_ok(),
             "root's own directory under /tmp"
         );
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        if nix::unistd::geteuid().is_root() {
             std::os::unix::fs::chown(&tmp, Some(65534), None).unwrap();
             let err = StateDir::open(&tmp).err().unwrap();
             assert!(err.contains("owned by uid 65534"), "{err}");

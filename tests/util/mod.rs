@@ -35,14 +35,18 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// Where sandboxes go: under the target directory, not /tmp, because as root
+/// Whether the tests run as root (the tests that need it skip, saying why, if not).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
 /// strict_modes refuses a config, a binary or a state_dir below a directory others can
 /// write to (sticky or not). A clone that itself sits below such a directory (a
 /// checkout under /tmp) gets a root-owned place of its own instead.
 fn sandbox_base() -> PathBuf {
     use std::os::unix::fs::MetadataExt;
     let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = is_root();
     let open_to_others = target
         .ancestors()
         .filter_map(|p| std::fs::metadata(p).ok())

@@ -31,8 +31,7 @@ pub struct Line {
 }
 
 fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 fn cannot(reason: impl std::fmt::Display) -> String {
@@ -192,8 +191,7 @@ pub fn lines(spec: &ServiceSpec, cgroups: &Cgroups) -> Vec<Line> {
                 );
             }
             let who = spec.process.identity.as_ref().map_or_else(
-                // SAFETY: geteuid has no preconditions.
-                || format!("uid {}", unsafe { libc::geteuid() }),
+                || format!("uid {}", nix::unistd::geteuid()),
                 |id| format!("uid {} (and its groups)", id.uid),
             );
             ns_how(

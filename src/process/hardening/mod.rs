@@ -128,8 +128,10 @@ pub fn prepare(h: &Hardening, identity: Option<&Identity>) -> Result<Prepared, S
 /// id left unmapped, which the kernel shows as nobody. (A root service with a host id
 /// gets `0 HOST 1` instead; see `prepare`.)
 fn id_maps(identity: Option<&Identity>) -> IdMaps {
-    // SAFETY: these getters have no preconditions.
-    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (euid, egid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
     match identity {
         Some(id) if euid == 0 => {
             let mut gids = id.groups.clone();
@@ -350,8 +352,7 @@ mod tests {
             groups: vec![100, 27],
             home: None,
         };
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        if nix::unistd::geteuid().is_root() {
             let m = id_maps(Some(&id));
             assert_eq!(m.uid_map, "1000 1000 1\n");
             assert_eq!(m.gid_map, "27 27 1\n100 100 1\n");

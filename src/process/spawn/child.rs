@@ -26,6 +26,11 @@ pub(super) const WATCHDOG_PID: &[u8] = b"WATCHDOG_PID=";
 /// Writes `pid` in decimal at `at`, then a NUL; `at` has room for 10 digits and the
 /// NUL (the `WATCHDOG_PID=` and `LISTEN_PID=` slots of the child's environment). No
 /// allocation: it runs in the child before exec.
+///
+/// # Safety
+///
+/// `at` must be valid for writes of 11 bytes, and nothing else may read or write
+/// those bytes during the call.
 pub(crate) unsafe fn write_pid(at: *mut u8, pid: u32) {
     let mut digits = [0u8; 10];
     let (mut n, mut v) = (0, pid);
@@ -64,6 +69,13 @@ pub(crate) unsafe fn write_pid(at: *mut u8, pid: u32) {
 /// 8. no_new_privs, the parent-death signal (after every credential change, which
 ///    clears it), descriptors closed on exec.
 /// 9. The syscall filter, last: everything above may use calls it denies.
+///
+/// # Safety
+///
+/// Only in the clone's child, between the clone and exec, on the borrowed stack: it
+/// changes the whole process's signal dispositions, mounts, identity and descriptors,
+/// and `a` (prepared by the parent before the clone, not freed until the child has
+/// exec'd or reported) must hold valid, NUL-terminated pointers for exec.
 unsafe fn child_setup(a: &ChildArgs) -> Step {
     // Default dispositions for every signal (ignored ones included: SIGPIPE is ignored
     // by the Rust runtime, others may have been by whoever started us), then an empty
@@ -192,6 +204,12 @@ type Resource = libc::__rlimit_resource_t;
 #[cfg(not(target_env = "gnu"))]
 type Resource = libc::c_int;
 
+/// Sets both limits of `resource` to `value` (nothing for `None`).
+///
+/// # Safety
+///
+/// Only in the child before exec (the limits are the whole process's); `resource`
+/// must be a valid `RLIMIT_*`.
 unsafe fn set_limit(resource: Resource, value: Option<u64>) -> bool {
     match value {
         Some(v) => {
@@ -214,6 +232,11 @@ pub(super) fn fd_scan_limit() -> i32 {
 
 /// Marks every descriptor above 2 close-on-exec, so that exec closes whatever the
 /// orchestrator inherited or opened (our own are close-on-exec already).
+///
+/// # Safety
+///
+/// Only in the child before exec: in the orchestrator it would change every
+/// descriptor of every thread. `limit` bounds the fallback scan.
 unsafe fn close_inherited_fds(limit: i32) {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
     let r = libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
