@@ -16,7 +16,8 @@
 //!   same write without the key succeeds.
 //! - private_users: a root service gets a host id and no root powers / without the key
 //!   it is root; a user service is mapped to itself; a binary the id cannot execute is
-//!   refused / the same binary runs without the key.
+//!   refused / the same binary runs without the key; with no accounts files the
+//!   name's id is still given / with unreadable ones the start fails (never root).
 //! - io_priority with the idle class: warned about and ignored / no warning without it.
 
 use crate::util::*;
@@ -772,6 +773,81 @@ fn private_users_gives_a_root_service_one_unprivileged_host_id() {
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let again = sb.wait_running("rootless", Some(pid));
     assert_eq!(mapped_host(again), host);
+}
+
+/// `orchestrator ARGS` in a mount namespace of its own whose /etc is an empty tmpfs,
+/// after `setup` (shell) ran in it.
+fn with_empty_etc(setup: &str, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs tmpfs /etc && {setup} exec \"$0\" \"$@\""
+        ))
+        .arg(BIN)
+        .args(args);
+    cmd
+}
+
+#[test]
+fn private_users_never_maps_root_to_root_when_the_accounts_are_missing_or_unreadable() {
+    let Some(sb) = sandbox() else { return };
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+    if !Path::new("/proc/self/ns/user").exists() || max.trim() == "0" {
+        eprintln!("skipped: user namespaces are not available");
+        return;
+    }
+    let keys = json!({"private_users": true, "restart": "always",
+                      "environment": {"HOLD": "60"}});
+    sb.config(
+        json!({}),
+        json!({"rootless": probe(&sb, "rootless", "ids", "", keys)}),
+    );
+    let config = sb.path("orchestrator.json").display().to_string();
+    let run = ["run", "--config", config.as_str()];
+
+    // No /etc/passwd nor /etc/group (an empty root): no accounts, so the name's id.
+    let up = |d: &Daemon| {
+        let ok = wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0);
+        assert!(ok, "daemon did not come up; log:\n{}", d.log_text());
+    };
+    let d = Daemon::launch(&sb, with_empty_etc("", &run), &[]);
+    up(&d);
+    let pid = sb.wait_running("rootless", None);
+    let host = mapped_host(pid);
+    assert!(
+        (61184..=65519).contains(&host),
+        "{host}; log:\n{}",
+        d.log_text()
+    );
+    drop(d);
+
+    // Accounts that cannot be read (a symlink loop: ELOOP even for root): the start
+    // fails with the reason, and check says so; root is never mapped to root.
+    let looped = "ln -s passwd /etc/passwd && ln -s group /etc/group &&";
+    let _ = std::fs::remove_file(sb.socket());
+    let d = Daemon::launch(&sb, with_empty_etc(looped, &run), &[]);
+    up(&d);
+    let mut last = Value::Null;
+    let ok = wait_until(DEADLINE, || {
+        last = sb.service_status("rootless");
+        last["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot choose a host id"))
+    });
+    assert!(ok, "{last}; log:\n{}", d.log_text());
+    assert!(last["pid"].is_null(), "it runs: {last}");
+    let check = run_with_timeout(
+        with_empty_etc(looped, &["check", "--config", &config]),
+        DEADLINE,
+    );
+    assert_eq!(check.code, 1, "{}{}", check.stdout, check.stderr);
+    assert!(
+        check
+            .stdout
+            .contains("cannot be applied: cannot choose a host id"),
+        "{}",
+        check.stdout
+    );
 }
 
 #[test]

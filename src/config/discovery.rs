@@ -243,22 +243,19 @@ fn check_binary_with(path: &Path, strict: bool, seen: &mut Verdicts) -> Option<B
 }
 
 /// Gives each root service with `private_users` its host id (in name order), skipping
-/// ids an account on this box or an earlier service already has.
+/// ids an account on this box or an earlier service already has. Accounts that cannot
+/// be read leave the service with the reason instead of an id: its start fails.
 fn assign_host_ids(services: &mut BTreeMap<String, ServiceSpec>) {
-    use super::accounts;
     let mut given = BTreeSet::new();
     for (name, spec) in services.iter_mut() {
         let p = &mut spec.process;
         if !crate::process::hardening::needs_host_id(&p.hardening, p.identity.as_ref()) {
             continue;
         }
-        let taken = |id: u32| {
-            given.contains(&id)
-                || !matches!(accounts::user(&id.to_string()), Ok(None))
-                || !matches!(accounts::group(&id.to_string()), Ok(None))
-        };
-        p.hardening.host_id = crate::process::hardening::host_id(name, taken);
-        given.extend(p.hardening.host_id);
+        let in_use = |id: u32| Ok(given.contains(&id) || super::accounts::id_in_use(id)?);
+        let id = crate::process::hardening::host_id(name, in_use);
+        given.extend(id.as_ref().ok().copied());
+        p.hardening.host_id = Some(id);
     }
 }
 

@@ -554,7 +554,9 @@ fn ensure_data_dir(dir: &Path, spec: &ServiceSpec) -> io::Result<()> {
         return Ok(());
     }
     let owner = match spec.process.hardening.host_id {
-        Some(host) => Some((host, host)),
+        Some(Ok(host)) => Some((host, host)),
+        // Checked before (`host_id_can_execute`); never create it as root's here.
+        Some(Err(ref e)) => return Err(io::Error::other(e.clone())),
         None => spec.process.identity.as_ref().map(|id| (id.uid, id.gid)),
     };
     crate::process::safe_fs::create_dir_chain(dir, 0o750, owner).map(drop)

@@ -184,7 +184,10 @@ pub fn lines(spec: &ServiceSpec, cgroups: &Cgroups) -> Vec<Line> {
         "private_users",
         h.private_users.to_string(),
         h.private_users.then(|| {
-            if let Some(host) = h.host_id {
+            if let Some(Err(e)) = &h.host_id {
+                return cannot(e);
+            }
+            if let Some(Ok(host)) = h.host_id {
                 return ns_how(
                     "user",
                     h,

@@ -34,9 +34,10 @@ pub struct Hardening {
     pub read_only_paths: Vec<PathBuf>,
     pub private_users: bool,
     /// `private_users` for a service whose user is root: the one unprivileged host id
-    /// (uid and gid) root inside maps to. Set by the plan (`assign_host_ids`), which
-    /// sees every service.
-    pub host_id: Option<u32>,
+    /// (uid and gid) root inside maps to, or why none could be chosen (the start then
+    /// fails with it: root inside is never root outside). Set by the plan
+    /// (`assign_host_ids`), which sees every service.
+    pub host_id: Option<Result<u32, String>>,
     pub nice: Option<i32>,
     pub io: Option<(IoClass, u8)>,
     pub io_weight: Option<u32>,
@@ -136,18 +137,26 @@ pub fn resolve(svc: &ServiceConfig) -> Hardening {
 pub const HOST_IDS: std::ops::RangeInclusive<u32> = 61184..=65519;
 
 /// The host id for service `name`: derived from the name (FNV-1a), so the same at
-/// every start, or the next one up (wrapping within `HOST_IDS`) that `taken` does not
-/// claim.
-pub fn host_id(name: &str, taken: impl Fn(u32) -> bool) -> Option<u32> {
+/// every start, or the next one up (wrapping within `HOST_IDS`) that `in_use` does not
+/// claim. An error from `in_use` (the accounts cannot be read) is the answer: an id
+/// nobody can vouch for is never given, nor is root's in its place.
+pub fn host_id(name: &str, in_use: impl Fn(u32) -> Result<bool, String>) -> Result<u32, String> {
     let mut h: u32 = 0x811c_9dc5;
     for b in name.bytes() {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
     let (first, n) = (*HOST_IDS.start(), HOST_IDS.end() - HOST_IDS.start() + 1);
-    (0..n)
-        .map(|i| first + (h % n + i) % n)
-        .find(|id| !taken(*id))
+    for id in (0..n).map(|i| first + (h % n + i) % n) {
+        if !in_use(id).map_err(|e| format!("cannot choose a host id: {e}"))? {
+            return Ok(id);
+        }
+    }
+    Err(format!(
+        "no free host id: every one of {}-{} is an account's or another service's",
+        HOST_IDS.start(),
+        HOST_IDS.end()
+    ))
 }
 
 /// Whether a service running as `identity` needs a host id of its own under
@@ -238,14 +247,19 @@ pub fn prepare(h: &Hardening, identity: Option<&Identity>) -> Result<Prepared, S
     }
     if h.private_users {
         p.clone_flags |= libc::CLONE_NEWUSER;
-        p.id_maps = Some(match h.host_id {
+        p.id_maps = Some(match &h.host_id {
             // setgroups stays allowed (we write the maps as root): the child drops the
             // daemon's supplementary groups with it before it switches to root inside.
-            Some(host) => IdMaps {
+            Some(Ok(host)) => IdMaps {
                 uid_map: format!("0 {host} 1\n"),
                 gid_map: format!("0 {host} 1\n"),
                 deny_setgroups: false,
             },
+            Some(Err(e)) => return Err(format!("private_users: {e}")),
+            // Mapping root to itself would give the service the host's root: never.
+            None if needs_host_id(h, identity) => {
+                return Err("private_users: no host id was chosen for this root service".into())
+            }
             None => id_maps(identity),
         });
         // Raising priority needs CAP_SYS_NICE (or CAP_SYS_ADMIN) toward the host,
@@ -320,8 +334,10 @@ fn id_maps(identity: Option<&Identity>) -> IdMaps {
 /// `binary` (by the file's mode; directories on the way are not judged), or why not.
 pub fn host_id_can_execute(h: &Hardening, binary: &std::path::Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
-    let Some(host) = h.host_id else {
-        return Ok(());
+    let host = match &h.host_id {
+        None => return Ok(()),
+        Some(Err(e)) => return Err(format!("private_users: {e}")),
+        Some(Ok(host)) => *host,
     };
     let m = std::fs::metadata(binary).map_err(|e| format!("{}: {e}", binary.display()))?;
     let mode = m.mode();
@@ -527,15 +543,12 @@ mod tests {
 
     #[test]
     fn host_ids_are_stable_in_range_and_skip_taken_ones() {
-        let a = host_id("web", |_| false).unwrap();
+        let free = |_| Ok(false);
+        let a = host_id("web", free).unwrap();
         assert!(HOST_IDS.contains(&a));
-        assert_eq!(
-            host_id("web", |_| false),
-            Some(a),
-            "the same at every start"
-        );
-        assert_ne!(host_id("db", |_| false), Some(a));
-        let next = host_id("web", |id| id == a).unwrap();
+        assert_eq!(host_id("web", free), Ok(a), "the same at every start");
+        assert_ne!(host_id("db", free), Ok(a));
+        let next = host_id("web", |id| Ok(id == a)).unwrap();
         assert_eq!(
             next,
             if a == *HOST_IDS.end() {
@@ -544,14 +557,53 @@ mod tests {
                 a + 1
             }
         );
-        assert_eq!(host_id("web", |_| true), None);
+    }
+
+    #[test]
+    fn no_host_id_is_given_when_the_accounts_cannot_be_read_or_all_are_taken() {
+        let e = host_id("web", |_| {
+            Err("cannot read /etc/passwd: Permission denied".into())
+        });
+        assert_eq!(
+            e,
+            Err("cannot choose a host id: cannot read /etc/passwd: Permission denied".into())
+        );
+        // An error after some taken ids is still an error, not the next id.
+        let a = host_id("web", |_| Ok(false)).unwrap();
+        let e = host_id("web", |id| match id == a {
+            true => Ok(true),
+            false => Err("cannot look up uid: EIO".into()),
+        });
+        assert!(e.is_err(), "{e:?}");
+        let e = host_id("web", |_| Ok(true)).unwrap_err();
+        assert!(e.starts_with("no free host id"), "{e}");
+    }
+
+    #[test]
+    fn a_root_service_without_a_host_id_is_refused_never_mapped_to_root() {
+        let h = Hardening {
+            private_users: true,
+            host_id: Some(Err(
+                "cannot choose a host id: cannot read /etc/passwd: EIO".into()
+            )),
+            ..Hardening::default()
+        };
+        let e = prepare(&h, None).unwrap_err();
+        assert!(e.contains("cannot read /etc/passwd"), "{e}");
+        assert!(host_id_can_execute(&h, std::path::Path::new("/bin/sh")).is_err());
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let h = Hardening { host_id: None, ..h };
+            let e = prepare(&h, None).unwrap_err();
+            assert!(e.contains("no host id"), "{e}");
+        }
     }
 
     #[test]
     fn a_root_service_with_a_host_id_maps_only_root_to_it() {
         let h = Hardening {
             private_users: true,
-            host_id: Some(61_200),
+            host_id: Some(Ok(61_200)),
             ..Hardening::default()
         };
         let p = prepare(&h, None).unwrap();
