@@ -122,7 +122,7 @@ pub fn lines(spec: &ServiceSpec, cgroups: &Cgroups) -> Vec<Line> {
         list(&h.syscall_allow),
         match h.filter {
             Some(seccomp::Rule::Allow(allowed)) => Some(how(format!(
-                "seccomp filter allowing {} system calls of {arch} (@default included), denying every other; other architectures' calls denied too",
+                "seccomp filter allowing {} system calls of {arch} (@default included), denying every other (ENOSYS for calls newer than this build); other architectures' calls denied too",
                 allowed.count()
             ))),
             _ => None,
