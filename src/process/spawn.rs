@@ -169,6 +169,7 @@ pub fn spawn(
 ) -> Result<Child, SpawnError> {
     hardening::host_id_can_execute(&spec.process.hardening, &spec.process.binary)?;
     if let Some(dir) = &spec.process.cwd {
+        hardening::host_id_can_enter(&spec.process.hardening, dir)?;
         ensure_data_dir(dir, spec).map_err(|e| format!("data_dir {}: {e}", dir.display()))?;
     }
     let (out_r, out_w) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;

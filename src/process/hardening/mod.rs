@@ -136,27 +136,77 @@ pub fn resolve(svc: &ServiceConfig) -> Hardening {
 /// `DynamicUser=` range.
 pub const HOST_IDS: std::ops::RangeInclusive<u32> = 61184..=65519;
 
-/// The host id for service `name`: derived from the name (FNV-1a), so the same at
-/// every start, or the next one up (wrapping within `HOST_IDS`) that `in_use` does not
-/// claim. An error from `in_use` (the accounts cannot be read) is the answer: an id
-/// nobody can vouch for is never given, nor is root's in its place.
-pub fn host_id(name: &str, in_use: impl Fn(u32) -> Result<bool, String>) -> Result<u32, String> {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in name.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
+/// The host ids of the root services with `private_users`, `wanted` in name order,
+/// each with the id its existing `data_dir` belongs to, if any. The same at every
+/// start, whatever services are added or removed, as far as the range allows:
+///
+/// - A service whose `data_dir` belongs to an id of the range keeps that id (the
+///   directory is the record of what it was given; taking another would leave the
+///   service outside its own data).
+/// - Every other service starts at an id derived from its name (FNV-1a) and takes the
+///   next free one up on a clash (wrapping within `HOST_IDS`), all services moving up
+///   one step per round: a service on its first choice is never pushed off it by
+///   another's search, only by a service with the same first choice and an earlier
+///   name.
+///
+/// `in_use` says whether an account has an id; its error (the accounts cannot be read)
+/// is that service's answer, as is a range with nothing free: an id nobody can vouch
+/// for is never given, nor is root's in its place.
+pub fn host_ids(
+    wanted: &[(&str, Option<u32>)],
+    in_use: impl Fn(u32) -> Result<bool, String>,
+) -> Vec<Result<u32, String>> {
     let (first, n) = (*HOST_IDS.start(), HOST_IDS.end() - HOST_IDS.start() + 1);
-    for id in (0..n).map(|i| first + (h % n + i) % n) {
-        if !in_use(id).map_err(|e| format!("cannot choose a host id: {e}"))? {
-            return Ok(id);
+    let mut out: Vec<Option<Result<u32, String>>> = vec![None; wanted.len()];
+    let mut given = std::collections::BTreeSet::new();
+    let mut take = |slot: &mut Option<Result<u32, String>>, id: u32| {
+        if given.contains(&id) {
+            return;
+        }
+        match in_use(id) {
+            Err(e) => *slot = Some(Err(format!("cannot choose a host id: {e}"))),
+            Ok(true) => {}
+            Ok(false) => {
+                given.insert(id);
+                *slot = Some(Ok(id));
+            }
+        }
+    };
+    for ((_, claim), slot) in wanted.iter().zip(&mut out) {
+        if let Some(id) = claim.filter(|id| HOST_IDS.contains(id)) {
+            take(slot, id);
         }
     }
-    Err(format!(
-        "no free host id: every one of {}-{} is an account's or another service's",
-        HOST_IDS.start(),
-        HOST_IDS.end()
-    ))
+    for step in 0..n {
+        let mut open = false;
+        for ((name, _), slot) in wanted.iter().zip(&mut out) {
+            if slot.is_none() {
+                open = true;
+                take(slot, first + (name_hash(name) % n + step) % n);
+            }
+        }
+        if !open {
+            break;
+        }
+    }
+    out.into_iter()
+        .map(|slot| {
+            slot.unwrap_or_else(|| {
+                Err(format!(
+                    "no free host id: every one of {}-{} is an account's or another service's",
+                    HOST_IDS.start(),
+                    HOST_IDS.end()
+                ))
+            })
+        })
+        .collect()
+}
+
+/// FNV-1a of a service name: where its host id search starts.
+fn name_hash(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5, |h: u32, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Whether a service running as `identity` needs a host id of its own under
@@ -333,14 +383,51 @@ fn id_maps(identity: Option<&Identity>) -> IdMaps {
 /// For a root service under `private_users`: whether its host id may execute
 /// `binary` (by the file's mode; directories on the way are not judged), or why not.
 pub fn host_id_can_execute(h: &Hardening, binary: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let host = match &h.host_id {
-        None => return Ok(()),
-        Some(Err(e)) => return Err(format!("private_users: {e}")),
-        Some(Ok(host)) => *host,
+    let Some(host) = host_of(h)? else {
+        return Ok(());
     };
     let m = std::fs::metadata(binary).map_err(|e| format!("{}: {e}", binary.display()))?;
-    let mode = m.mode();
+    if may_search(host, &m) {
+        return Ok(());
+    }
+    Err(format!(
+        "private_users: host uid {host} cannot execute {} ({}); make it executable by others",
+        binary.display(),
+        mode_and_owner(&m)
+    ))
+}
+
+/// For a root service under `private_users`: whether its host id may enter its
+/// existing `data_dir` (by the mode, as above), or why not. A missing one is created
+/// as the id's; an existing one is never handed over, since its files may be meant to
+/// keep their owners (say, one the service wrote as the host's root before it had
+/// `private_users`): the reason says how to do it.
+pub fn host_id_can_enter(h: &Hardening, dir: &std::path::Path) -> Result<(), String> {
+    let Some(host) = host_of(h)? else {
+        return Ok(());
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() && !may_search(host, &m) => Err(format!(
+            "private_users: host uid {host} cannot enter data_dir {0} ({1}); hand it over with `chown -R {host}:{host} {0}`",
+            dir.display(),
+            mode_and_owner(&m)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The host id, `None` for a service without one, or why it has none.
+fn host_of(h: &Hardening) -> Result<Option<u32>, String> {
+    match &h.host_id {
+        None => Ok(None),
+        Some(Err(e)) => Err(format!("private_users: {e}")),
+        Some(Ok(host)) => Ok(Some(*host)),
+    }
+}
+
+/// Whether `host` (as uid and gid, no other groups) has the x bit of a file with `m`.
+fn may_search(host: u32, m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
     let bit = if m.uid() == host {
         0o100
     } else if m.gid() == host {
@@ -348,16 +435,17 @@ pub fn host_id_can_execute(h: &Hardening, binary: &std::path::Path) -> Result<()
     } else {
         0o001
     };
-    if mode & bit != 0 {
-        return Ok(());
-    }
-    Err(format!(
-        "private_users: host uid {host} cannot execute {} (mode {:04o}, owner {}:{}); make it executable by others",
-        binary.display(),
-        mode & 0o7777,
+    m.mode() & bit != 0
+}
+
+fn mode_and_owner(m: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "mode {:04o}, owner {}:{}",
+        m.mode() & 0o7777,
         m.uid(),
         m.gid()
-    ))
+    )
 }
 
 impl Prepared {
@@ -541,6 +629,29 @@ mod tests {
         assert!(m.deny_setgroups, "nobody calls setgroups: deny it");
     }
 
+    /// The one id of a lone service `name`.
+    fn host_id(name: &str, in_use: impl Fn(u32) -> Result<bool, String>) -> Result<u32, String> {
+        host_ids(&[(name, None)], in_use).remove(0)
+    }
+
+    /// The id after `id` in the range, wrapping.
+    fn up(id: u32) -> u32 {
+        if id == *HOST_IDS.end() {
+            *HOST_IDS.start()
+        } else {
+            id + 1
+        }
+    }
+
+    /// A name whose first choice is `id`, and that sorts after `after`, found by search.
+    fn named_for(id: u32, after: &str) -> String {
+        let n = HOST_IDS.end() - HOST_IDS.start() + 1;
+        (0..)
+            .map(|i| format!("{after}-{i}"))
+            .find(|name| HOST_IDS.start() + name_hash(name) % n == id)
+            .unwrap_or_default()
+    }
+
     #[test]
     fn host_ids_are_stable_in_range_and_skip_taken_ones() {
         let free = |_| Ok(false);
@@ -548,14 +659,38 @@ mod tests {
         assert!(HOST_IDS.contains(&a));
         assert_eq!(host_id("web", free), Ok(a), "the same at every start");
         assert_ne!(host_id("db", free), Ok(a));
-        let next = host_id("web", |id| Ok(id == a)).unwrap();
+        assert_eq!(host_id("web", |id| Ok(id == a)), Ok(up(a)));
+    }
+
+    #[test]
+    fn a_service_keeps_its_host_id_when_others_come_and_go() {
+        let free = |_| Ok(false);
+        let late = "web".to_string();
+        let x = host_id(&late, free).unwrap();
+        let early = named_for(x, "ahead");
+        assert!(early < late);
+        // A clash: the earlier name keeps the first choice, the other the next one up.
+        let both = host_ids(&[(&early, None), (&late, None)], free);
+        assert_eq!(both, [Ok(x), Ok(up(x))]);
+        // The id its data_dir belongs to is its record: a newcomer with the same first
+        // choice and an earlier name does not take it.
+        let both = host_ids(&[(&early, None), (&late, Some(x))], free);
+        assert_eq!(both, [Ok(up(x)), Ok(x)]);
+        // Another's search never pushes a service off its first choice: `next`, whose
+        // first choice is where the clash's loser would go, keeps it; the loser goes on.
+        let next = named_for(up(x), &late);
+        assert!(
+            late < next,
+            "next sorts last, so name order alone would lose"
+        );
+        let three = host_ids(&[(&early, None), (&late, None), (&next, None)], free);
+        assert_eq!(three, [Ok(x), Ok(up(up(x))), Ok(up(x))]);
+        // A claim outside the range, or an account's, is not taken.
+        assert_eq!(host_ids(&[(&late, Some(0))], free), [Ok(x)]);
+        let taken = |id| Ok(id == 61_300);
         assert_eq!(
-            next,
-            if a == *HOST_IDS.end() {
-                *HOST_IDS.start()
-            } else {
-                a + 1
-            }
+            host_ids(&[(&late, Some(61_300))], taken),
+            [host_id(&late, taken)]
         );
     }
 
