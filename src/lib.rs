@@ -91,7 +91,7 @@ fn dispatch(cli: Cli) -> i32 {
             Err(lines) => config_failed(&lines),
         },
         Command::Discover => cli::check::discover(&cli).unwrap_or_else(|e| config_failed(&e)),
-        other => cli::client::client_command(&cli, other),
+        other => cli::client::client_command(&cli, other).unwrap_or_else(client_failed),
     }
 }
 
@@ -111,6 +111,31 @@ fn start_failed(failure: daemon::StartFailure) -> i32 {
         caller.failed(code);
     }
     code
+}
+
+/// Prints why a client command failed and returns its exit code.
+fn client_failed(failure: cli::client::ClientFailure) -> i32 {
+    use cli::client::ClientFailure;
+    match failure {
+        ClientFailure::Config(lines) => config_failed(&lines),
+        ClientFailure::Unreachable { error, code } => {
+            eprintln!("orchestrator: {error}");
+            code
+        }
+        ClientFailure::Refused { error, service } => {
+            let e = output::escape::escaped(&error);
+            match service {
+                // The daemon's message may already start with the name.
+                Some(n) if !e.starts_with(&format!("{n}:")) => eprintln!("orchestrator: {n}: {e}"),
+                _ => eprintln!("orchestrator: {e}"),
+            }
+            1
+        }
+        ClientFailure::StillRunning => {
+            eprintln!("orchestrator: shutdown requested, but the orchestrator has not exited yet");
+            1
+        }
+    }
 }
 
 /// Prints configuration errors, one per line, and returns exit code 2.
