@@ -118,7 +118,7 @@ fn start(
     instance_fds.argv = successor_argv(&overrides, cfg.path.as_deref(), daemon, pidfile.as_deref());
     start_threads(signals, listener, reserve, &tx, &s)?;
     log_started(&plan, &socket, reap_orphans);
-    let parts = supervisor::Supervisor::new(
+    let sup = supervisor::Supervisor::new(
         overrides,
         cfg,
         plan,
@@ -129,7 +129,7 @@ fn start(
         cgroups,
         state_dir,
     );
-    let mut sup = build_supervisor(parts, instance_fds, saved, &s);
+    let mut sup = build_supervisor(sup, instance_fds, saved, &s);
     match carried {
         Some(c) => sup.resume(c),
         None => sup.start_all(),
