@@ -108,7 +108,7 @@ pub const KNOWN: &str = "@known";
 macro_rules! numbers {
     ($($sys:ident)*; $($new:ident = $nr:literal,)*) => {
         const NAMES: &str = concat!($(stringify!($sys), " ",)* $(stringify!($new), " ",)*);
-        const NUMBERS: &[u16] = &[$(libc::$sys as u16,)* $($nr,)*];
+        pub const NUMBERS: &[u16] = &[$(libc::$sys as u16,)* $($nr,)*];
     };
 }
 
@@ -304,7 +304,7 @@ pub const ARCH: Option<(u32, &str)> = if cfg!(target_arch = "x86_64") {
     None
 };
 
-fn number(name: &str) -> Option<u16> {
+pub fn number(name: &str) -> Option<u16> {
     let i = NAMES
         .split(' ')
         .position(|s| s.strip_prefix("SYS_") == Some(name))?;

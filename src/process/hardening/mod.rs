@@ -14,6 +14,7 @@ pub mod mounts;
 pub mod seccomp;
 
 use crate::config::discovery::Identity;
+use crate::config::hardening::needs_host_id;
 pub use crate::config::hardening::Hardening;
 use crate::config::IoClass;
 
@@ -72,14 +73,19 @@ pub fn prepare(h: &Hardening, identity: Option<&Identity>) -> Result<Prepared, S
     }
     if h.private_users {
         p.clone_flags |= libc::CLONE_NEWUSER;
-        p.id_maps = Some(match h.host_id {
+        p.id_maps = Some(match &h.host_id {
             // setgroups stays allowed (we write the maps as root): the child drops the
             // daemon's supplementary groups with it before it switches to root inside.
-            Some(host) => IdMaps {
+            Some(Ok(host)) => IdMaps {
                 uid_map: format!("0 {host} 1\n"),
                 gid_map: format!("0 {host} 1\n"),
                 deny_setgroups: false,
             },
+            Some(Err(e)) => return Err(format!("private_users: {e}")),
+            // Mapping root to itself would give the service the host's root: never.
+            None if needs_host_id(h, identity) => {
+                return Err("private_users: no host id was chosen for this root service".into())
+            }
             None => id_maps(identity),
         });
         // Raising priority needs CAP_SYS_NICE (or CAP_SYS_ADMIN) toward the host,
@@ -155,12 +161,51 @@ fn id_maps(identity: Option<&Identity>) -> IdMaps {
 /// For a root service under `private_users`: whether its host id may execute
 /// `binary` (by the file's mode; directories on the way are not judged), or why not.
 pub fn host_id_can_execute(h: &Hardening, binary: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let Some(host) = h.host_id else {
+    let Some(host) = host_of(h)? else {
         return Ok(());
     };
     let m = std::fs::metadata(binary).map_err(|e| format!("{}: {e}", binary.display()))?;
-    let mode = m.mode();
+    if may_search(host, &m) {
+        return Ok(());
+    }
+    Err(format!(
+        "private_users: host uid {host} cannot execute {} ({}); make it executable by others",
+        binary.display(),
+        mode_and_owner(&m)
+    ))
+}
+
+/// For a root service under `private_users`: whether its host id may enter its
+/// existing `data_dir` (by the mode, as above), or why not. A missing one is created
+/// as the id's; an existing one is never handed over, since its files may be meant to
+/// keep their owners (say, one the service wrote as the host's root before it had
+/// `private_users`): the reason says how to do it.
+pub fn host_id_can_enter(h: &Hardening, dir: &std::path::Path) -> Result<(), String> {
+    let Some(host) = host_of(h)? else {
+        return Ok(());
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() && !may_search(host, &m) => Err(format!(
+            "private_users: host uid {host} cannot enter data_dir {0} ({1}); hand it over with `chown -R {host}:{host} {0}`",
+            dir.display(),
+            mode_and_owner(&m)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The host id, `None` for a service without one, or why it has none.
+fn host_of(h: &Hardening) -> Result<Option<u32>, String> {
+    match &h.host_id {
+        None => Ok(None),
+        Some(Err(e)) => Err(format!("private_users: {e}")),
+        Some(Ok(host)) => Ok(Some(*host)),
+    }
+}
+
+/// Whether `host` (as uid and gid, no other groups) has the x bit of a file with `m`.
+fn may_search(host: u32, m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
     let bit = if m.uid() == host {
         0o100
     } else if m.gid() == host {
@@ -168,16 +213,17 @@ pub fn host_id_can_execute(h: &Hardening, binary: &std::path::Path) -> Result<()
     } else {
         0o001
     };
-    if mode & bit != 0 {
-        return Ok(());
-    }
-    Err(format!(
-        "private_users: host uid {host} cannot execute {} (mode {:04o}, owner {}:{}); make it executable by others",
-        binary.display(),
-        mode & 0o7777,
+    m.mode() & bit != 0
+}
+
+fn mode_and_owner(m: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "mode {:04o}, owner {}:{}",
+        m.mode() & 0o7777,
         m.uid(),
         m.gid()
-    ))
+    )
 }
 
 impl Prepared {
@@ -363,32 +409,29 @@ mod tests {
     }
 
     #[test]
-    fn host_ids_are_stable_in_range_and_skip_taken_ones() {
-        let a = host_id("web", |_| false).unwrap();
-        assert!(HOST_IDS.contains(&a));
-        assert_eq!(
-            host_id("web", |_| false),
-            Some(a),
-            "the same at every start"
-        );
-        assert_ne!(host_id("db", |_| false), Some(a));
-        let next = host_id("web", |id| id == a).unwrap();
-        assert_eq!(
-            next,
-            if a == *HOST_IDS.end() {
-                *HOST_IDS.start()
-            } else {
-                a + 1
-            }
-        );
-        assert_eq!(host_id("web", |_| true), None);
+    fn a_root_service_without_a_host_id_is_refused_never_mapped_to_root() {
+        let h = Hardening {
+            private_users: true,
+            host_id: Some(Err(
+                "cannot choose a host id: cannot read /etc/passwd: EIO".into()
+            )),
+            ..Hardening::default()
+        };
+        let e = prepare(&h, None).unwrap_err();
+        assert!(e.contains("cannot read /etc/passwd"), "{e}");
+        assert!(host_id_can_execute(&h, std::path::Path::new("/bin/sh")).is_err());
+        if nix::unistd::geteuid().is_root() {
+            let h = Hardening { host_id: None, ..h };
+            let e = prepare(&h, None).unwrap_err();
+            assert!(e.contains("no host id"), "{e}");
+        }
     }
 
     #[test]
     fn a_root_service_with_a_host_id_maps_only_root_to_it() {
         let h = Hardening {
             private_users: true,
-            host_id: Some(61_200),
+            host_id: Some(Ok(61_200)),
             ..Hardening::default()
         };
         let p = prepare(&h, None).unwrap();

@@ -150,7 +150,11 @@ pub unsafe fn install(filter: &[sock_filter]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::syscalls::Calls;
+    use crate::config::syscalls::{number, Calls, NUMBERS};
+
+    fn nr(name: &str) -> u32 {
+        u32::from(number(name).unwrap_or_else(|| panic!("no number for {name}")))
+    }
 
     /// Runs `p` as the kernel would on one call.
     fn run(p: &[sock_filter], arch: u32, nr: u32) -> u32 {
@@ -178,6 +182,31 @@ mod tests {
             } else {
                 panic!("unexpected instruction {code:#x}");
             }
+        }
+    }
+
+    #[test]
+    fn an_allow_list_answers_enosys_only_above_the_known_calls() {
+        let arch = 0xC000_003E;
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        let kill = libc::SECCOMP_RET_KILL_PROCESS;
+        let allowed = resolve(&["@default"]);
+        let mount = nr("mount");
+        assert!(!allowed.contains(mount));
+        // A number below the highest known one that the tables do not name (a gap,
+        // or a call in no group) is not "newer than the tables": denied, not ENOSYS.
+        let unnamed = (0..u32::from(known_max()))
+            .find(|n| !NUMBERS.contains(&(*n as u16)))
+            .expect("the tables leave some number unnamed");
+        let newer = u32::from(known_max()) + 1;
+        for (kill_action, deny) in [(false, eperm), (true, kill)] {
+            let p = program(arch, &Rule::Allow(allowed), kill_action);
+            assert_eq!(run(&p, arch, mount), deny, "a known call not allowed");
+            assert_eq!(run(&p, arch, unnamed), deny, "unnamed {unnamed}");
+            assert_eq!(run(&p, arch, newer), enosys, "newer than the tables");
+            assert_eq!(run(&p, arch, 511), enosys, "newer than the tables");
+            assert_eq!(run(&p, arch, nr("exit_group")), libc::SECCOMP_RET_ALLOW);
         }
     }
 
