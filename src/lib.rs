@@ -105,7 +105,7 @@ pub(crate) fn print_notices(plan: &discovery::Plan, min: log::Level) {
         if n.level <= min {
             eprintln!(
                 "orchestrator: {}: {}",
-                n.level.as_str().to_ascii_lowercase(),
+                common::level::name(n.level),
                 output::escape::escaped(&n.msg)
             );
         }

@@ -241,7 +241,7 @@ pub(crate) fn discover(cli: &Cli) -> i32 {
         if n.level <= log::Level::Warn {
             say_err!(
                 "orchestrator: {}: {}",
-                n.level.as_str().to_ascii_lowercase(),
+                crate::common::level::name(n.level),
                 n.msg
             );
         }

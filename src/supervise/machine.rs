@@ -17,6 +17,7 @@
 use super::state::{reason, Exit, HistoryEntry, LastExit, Now, Refusal, State};
 use crate::config::discovery::{BinaryProblem, ServiceSpec};
 use crate::config::RestartPolicy;
+use crate::output::record::RecordKind;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -145,7 +146,7 @@ pub enum Action {
     /// Write an event record.
     Log {
         level: log::Level,
-        event: &'static str,
+        event: RecordKind,
         pid: Option<i32>,
         msg: String,
     },
@@ -284,7 +285,7 @@ pub struct Service {
     ending: Option<String>,
 }
 
-fn log(level: log::Level, event: &'static str, pid: Option<i32>, msg: impl Into<String>) -> Action {
+fn log(level: log::Level, event: RecordKind, pid: Option<i32>, msg: impl Into<String>) -> Action {
     Action::Log {
         level,
         event,
@@ -603,7 +604,7 @@ fn kill(pgid: i32) -> Action {
 fn stray(what: &str) -> Action {
     log(
         log::Level::Warn,
-        "internal",
+        RecordKind::Internal,
         None,
         format!("{what} (ignored)"),
     )

@@ -32,6 +32,7 @@ use crate::health::exec::ExecProbe;
 use crate::health::notify::Notify;
 use crate::health::probe::Prober;
 use crate::output::reader::{Counters, Ring};
+use crate::output::record::RecordKind;
 use crate::output::sink::{Batch, EventRecord, Line, Sink, Stream};
 use crate::output::timefmt;
 use crate::process::cgroup::Cgroups;
@@ -253,7 +254,7 @@ impl Supervisor {
             let spec = e.svc.spec();
             if let Some(err) = spec.binary_error() {
                 if spec.autostart || spec.configured {
-                    self.event(log::Level::Error, &e.name, None, "failed", err);
+                    self.event(log::Level::Error, &e.name, None, RecordKind::Failed, err);
                 }
             }
         }
@@ -573,7 +574,7 @@ impl Supervisor {
         level: log::Level,
         service: &str,
         pid: Option<i32>,
-        event: &'static str,
+        event: RecordKind,
         msg: String,
     ) {
         let ts_ms = timefmt::unix_ms(SystemTime::now());

@@ -133,7 +133,7 @@ impl Service {
         self.last_error = None;
         vec![log(
             log::Level::Info,
-            "stopped",
+            RecordKind::Stopped,
             None,
             format!("stopped ({what} cancelled)"),
         )]
@@ -165,7 +165,7 @@ impl Service {
         vec![
             log(
                 log::Level::Info,
-                "stopping",
+                RecordKind::Stopping,
                 Some(run.pid),
                 format!(
                     "stopping with {}",
@@ -203,7 +203,7 @@ impl Service {
         vec![
             log(
                 log::Level::Info,
-                "stopping",
+                RecordKind::Stopping,
                 None,
                 format!(
                     "stopping with {} (the pid file names no process yet)",
@@ -221,7 +221,7 @@ impl Service {
         self.phase = Phase::Stopped {
             held: matches!(stop.origin, Origin::Operator | Origin::Shutdown),
         };
-        let mut actions = vec![log(log::Level::Info, "stopped", None, "stopped")];
+        let mut actions = vec![log(log::Level::Info, RecordKind::Stopped, None, "stopped")];
         match stop.then {
             AfterStop::Stay => self.last_error = None,
             AfterStop::Remove => actions.push(Action::Remove),
