@@ -36,16 +36,6 @@ fn postgres_bin() -> Option<PathBuf> {
     dirs.pop()
 }
 
-fn first_line_pid(path: &Path) -> Option<i64> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// PostgreSQL started the way its packages do (`pg_ctl start`): `postmaster.pid` holds
 /// the pid on its first line and other facts after it. The postmaster is the run; it
 /// stays running past `stop_timeout_ms`, and a stop shuts the cluster down cleanly (the
@@ -225,8 +215,8 @@ fn memcached_daemonized_is_the_run_and_its_crash_stays_shown() {
     });
 }
 
-/// A launcher that forks a daemon which is slow to write its pid file (here: never, in
-/// time), and which notes each SIGTERM it gets in `log`; with `ignore`, it lives on.
+/// A launcher that forks a daemon (in a session of its own) which is slow to write its
+/// pid file (here: never, in time), and which notes each SIGTERM it gets in `log`; with `ignore`, it lives on.
 fn slow_daemon(sb: &Sandbox, name: &str, ignore: bool) -> (PathBuf, PathBuf) {
     let log = sb.path(&format!("{name}.log"));
     let pid_file = sb.path(&format!("{name}.pid"));
@@ -243,7 +233,8 @@ fn slow_daemon(sb: &Sandbox, name: &str, ignore: bool) -> (PathBuf, PathBuf) {
             log = log.display()
         ),
     );
-    sb.service(name, &format!("{} & exit 0", daemon.display()));
+    // The daemon leaves the launcher's session and group, as a real one does.
+    sb.service(name, &format!("setsid {} & exit 0", daemon.display()));
     (log, pid_file)
 }
 
@@ -261,22 +252,31 @@ fn daemon_pid(sb: &Sandbox, name: &str) -> Option<i64> {
 /// runs of the service gets the stop signal, and SIGKILL only at the stop timeout.
 #[test]
 fn a_stop_while_the_pid_file_is_awaited_sends_the_stop_signal_first() {
-    // Through the service's cgroup (as root), then through the launcher's process
-    // group alone (as root, the daemon as nobody has no cgroups).
-    stop_while_awaited(None);
-    if unsafe { libc::geteuid() } == 0 {
-        stop_while_awaited(Some(65534));
+    // Through the service's cgroup (as root), then without cgroups (as root, the daemon
+    // as nobody has none) through what descends from the launcher: the daemon left its
+    // session and group, and was reparented to us. One service at a time: without
+    // cgroups, two daemons that left the sessions of launchers started together cannot
+    // be told apart, and a stop reaches neither.
+    let runs: &[Option<u32>] = if unsafe { libc::geteuid() } == 0 {
+        &[None, Some(65534)]
+    } else {
+        &[None]
+    };
+    for &uid in runs {
+        stop_while_awaited(uid, "polite", false);
+        stop_while_awaited(uid, "stubborn", true);
     }
 }
 
-fn stop_while_awaited(uid: Option<u32>) {
+/// `name`'s daemon is slow to write its pid file; with `ignore`, it ignores SIGTERM.
+fn stop_while_awaited(uid: Option<u32>, name: &str, ignore: bool) {
     let sb = Sandbox::new();
-    let (polite_log, polite_pid) = slow_daemon(&sb, "polite", false);
-    let (stubborn_log, stubborn_pid) = slow_daemon(&sb, "stubborn", true);
-    let entry = |pid_file: &Path, timeout: u64| json!({"pid_file": pid_file, "stop_timeout_ms": timeout, "pass_service_args": false});
+    let (log, pid_file) = slow_daemon(&sb, name, ignore);
+    let timeout = if ignore { 5_000 } else { 60_000 };
     sb.config(
         json!({"services_dir": "services"}),
-        json!({"polite": entry(&polite_pid, 60_000), "stubborn": entry(&stubborn_pid, 5_000)}),
+        json!({name: {"pid_file": pid_file, "stop_timeout_ms": timeout,
+                      "pass_service_args": false}}),
     );
     if uid.is_some() {
         for d in [sb.dir.clone(), sb.path("services")] {
@@ -285,39 +285,31 @@ fn stop_while_awaited(uid: Option<u32>) {
     }
     let d = Daemon::spawn_as(&sb, &[], &[], uid);
     assert!(wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0));
-    let cgroup = sb.service_status("polite")["cgroup"].clone();
+    let cgroup = sb.service_status(name)["cgroup"].clone();
     if uid.is_some() {
         assert!(cgroup.is_null(), "nobody has no cgroups here: {cgroup}");
     }
     let up = |log: &Path| std::fs::read_to_string(log).is_ok_and(|t| t.contains("up"));
-    assert!(wait_until(DEADLINE, || up(&polite_log) && up(&stubborn_log)));
-    d.wait_log(&["polite", "reading the pid file"]);
-    d.wait_log(&["stubborn", "reading the pid file"]);
-    let polite = daemon_pid(&sb, "polite").expect("the polite daemon runs");
-    let stubborn = daemon_pid(&sb, "stubborn").expect("the stubborn daemon runs");
-    assert_eq!(sb.service_status("polite")["state"], "starting");
+    assert!(wait_until(DEADLINE, || up(&log)));
+    d.wait_log(&[name, "reading the pid file"]);
+    let daemon = daemon_pid(&sb, name).expect("the daemon runs");
+    assert_eq!(sb.service_status(name)["state"], "starting");
 
-    let out = sb.cli(&["stop", "polite"]);
+    let out = sb.cli(&["stop", name]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    sb.wait_state("polite", "stopped");
-    assert!(wait_until(DEADLINE, || !alive(polite)));
-    let text = std::fs::read_to_string(&polite_log).unwrap();
+    sb.wait_state(name, "stopped");
     assert!(
-        text.contains("TERM"),
-        "the daemon got the stop signal: {text}"
+        wait_until(DEADLINE, || !alive(daemon)),
+        "{name} (uid {uid:?}): the daemon is gone once stopped; log:\n{}",
+        d.log_text()
     );
-    assert_eq!(d.count_log(&["polite", "SIGKILL"]), 0, "{}", d.log_text());
-
-    let out = sb.cli(&["stop", "stubborn"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    sb.wait_state("stubborn", "stopped");
-    assert!(
-        wait_until(DEADLINE, || !alive(stubborn)),
-        "killed at the timeout"
-    );
-    let text = std::fs::read_to_string(&stubborn_log).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("TERM"), "the stop signal came first: {text}");
-    d.wait_log(&["stubborn", "still running after 5000 ms: sending SIGKILL"]);
+    if ignore {
+        d.wait_log(&[name, "still running after 5000 ms: sending SIGKILL"]);
+    } else {
+        assert_eq!(d.count_log(&[name, "SIGKILL"]), 0, "{}", d.log_text());
+    }
 }
 
 /// Without cgroups (as root, the daemon runs as nobody, so it has none), a pid file is

@@ -38,6 +38,11 @@ impl Drop for Helper {
     }
 }
 
+/// The helpers' pids now.
+pub fn pids() -> Vec<i32> {
+    helpers().iter().copied().collect()
+}
+
 /// Runs `pass` with the helpers' pids, which it must not wait for; no helper is started
 /// meanwhile.
 pub fn excluding<R>(pass: impl FnOnce(&BTreeSet<i32>) -> R) -> R {

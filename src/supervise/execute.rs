@@ -7,7 +7,7 @@
 use super::machine::{self, Action};
 use super::state::State;
 use super::supervisor::Supervisor;
-use crate::process::{helper, procfs, spawn};
+use crate::process::{helper, pidfile, procfs, spawn};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,7 @@ impl Supervisor {
                 Action::Reap(pid) => {
                     spawn::reap(pid);
                     self.unreaped.remove(&pid);
+                    self.launchers.remove(&pid);
                     if let Some(n) = &self.notify {
                         n.forget(pid);
                     }
@@ -83,15 +84,19 @@ impl Supervisor {
     }
 
     /// `sig` to the group, and to members of the cgroup that left the group
-    /// (setsid, double fork).
-    fn signal(&mut self, name: &str, pgid: i32, sig: i32) {
+    /// (setsid, double fork); without a cgroup, to a launcher's lineage.
+    pub(super) fn signal(&mut self, name: &str, pgid: i32, sig: i32) {
         spawn::signal_group(pgid, sig);
         self.kill_probe(name);
-        if sig == libc::SIGKILL {
-            self.cgroups.kill(name);
-            return;
-        }
-        for pid in self.cgroups.members(name) {
+        let members = match self.lineage(name, pgid) {
+            Some(lineage) => lineage,
+            None if sig == libc::SIGKILL => {
+                self.cgroups.kill(name);
+                return;
+            }
+            None => self.cgroups.members(name),
+        };
+        for pid in members {
             if procfs::stat(pid).is_some_and(|s| s.pgrp != pgid) {
                 // SAFETY: kill has no memory preconditions.
                 unsafe { libc::kill(pid, sig) };
@@ -99,9 +104,59 @@ impl Supervisor {
         }
     }
 
+    /// Without a cgroup, what descends from `pgid` if it is a `pid_file` launcher: its
+    /// daemon may have left its session and group (setsid) and been reparented to us,
+    /// so the group alone would miss it. One /proc scan.
+    fn lineage(&self, name: &str, pgid: i32) -> Option<Vec<i32>> {
+        let e = self.services.get(name)?;
+        if !e.cgroup_dirs.is_empty() || !self.launchers.contains(&pgid) {
+            return None;
+        }
+        let others = self.others_than(name, pgid);
+        let rivals: Vec<i32> = self
+            .services
+            .values()
+            .filter(|o| *o.name != *name && o.cgroup_dirs.is_empty())
+            .filter_map(|o| o.svc.launcher())
+            .collect();
+        let lineage = pidfile::Lineage::new(pgid, &others).without_rivals(&rivals);
+        Some(lineage.members())
+    }
+
+    /// What a `pid_file` run of `name` (launched as `launcher`) must never take for its
+    /// own: every other service's run and launcher, with the session and group of its
+    /// main process and its cgroup's members, and our other children (checks, the
+    /// helpers of `upgrade-self`). Bound: a /proc read per service, a cgroupfs read per
+    /// service with a cgroup.
+    pub(super) fn others_than(&self, name: &str, launcher: i32) -> Vec<i32> {
+        let mut others: Vec<i32> = self
+            .unreaped
+            .iter()
+            .copied()
+            .filter(|p| *p != launcher)
+            .collect();
+        for o in self.services.values().filter(|o| *o.name != *name) {
+            if let Some(pid) = o.svc.pid().or(o.svc.awaited_launcher()) {
+                others.push(pid);
+                if let Some(s) = procfs::stat(pid) {
+                    others.extend([s.pgrp, s.session]);
+                }
+            }
+            if !o.cgroup_dirs.is_empty() {
+                others.extend(self.cgroups.members(&o.name));
+            }
+        }
+        others.extend(helper::pids());
+        // Never this run's own session and group (a process of another service in
+        // them would be odd, and must not hide the run from its own stop).
+        others.retain(|p| *p > 1 && *p != launcher);
+        others
+    }
+
     /// Whether anything of a stopping service is left: its cgroup's members where it has
-    /// one (a superset of its process group), else the live members of its group, from a
-    /// /proc scan shared by every check of this loop iteration.
+    /// one (a superset of its process group), without one what descends from a
+    /// `pid_file` launcher, else the live members of its group, from a /proc scan
+    /// shared by every check of this loop iteration.
     fn group_alive(&mut self, name: &str, pgid: i32) -> bool {
         if self
             .services
@@ -109,6 +164,9 @@ impl Supervisor {
             .is_some_and(|e| !e.cgroup_dirs.is_empty())
         {
             return !self.cgroups.members(name).is_empty();
+        }
+        if let Some(lineage) = self.lineage(name, pgid) {
+            return !lineage.is_empty();
         }
         self.live_groups
             .get_or_insert_with(|| {

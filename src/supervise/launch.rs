@@ -30,18 +30,10 @@ impl Supervisor {
         };
         let members = (!e.cgroup_dirs.is_empty()).then(|| self.cgroups.members(name));
         let launcher = e.svc.awaited_launcher().unwrap_or(0);
-        let others: Vec<i32> = self
-            .services
-            .values()
-            .filter(|o| *o.name != *name)
-            .filter_map(|o| o.svc.pid().or(o.svc.awaited_launcher()))
-            .collect();
+        let others = self.others_than(name, launcher);
         let owner = match &members {
             Some(m) => Owner::Cgroup(m),
-            None => Owner::Lineage(Lineage {
-                launcher,
-                others: &others,
-            }),
+            None => Owner::Lineage(Lineage::new(launcher, &others)),
         };
         // Bound: one small file read and a few /proc reads.
         let result = pidfile::main_process(&path, owner);
@@ -216,6 +208,9 @@ impl Supervisor {
         self.gen += 1;
         let (pid, gen) = (child.pid, self.gen);
         self.unreaped.insert(pid);
+        if e.svc.spec().process.pid_file.is_some() {
+            self.launchers.insert(pid);
+        }
         let drain = Arc::new(Drain::default());
         let waiter = waiter::spawn_waiter(
             pid,
@@ -229,6 +224,7 @@ impl Supervisor {
             spawn::signal_group(pid, libc::SIGKILL);
             spawn::reap(pid);
             self.unreaped.remove(&pid);
+            self.launchers.remove(&pid);
             return Some(Event::SpawnFailed {
                 error: format!("cannot create a thread: {err}"),
                 busy: false,

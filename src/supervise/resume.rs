@@ -128,6 +128,11 @@ impl Supervisor {
             .values()
             .filter_map(|e| e.svc.run_pid())
             .collect();
+        self.launchers = self
+            .services
+            .values()
+            .filter_map(|e| e.svc.launcher())
+            .collect();
         for &pid in self.unreaped.iter().filter(|p| !claimed.contains(p)) {
             let _ = waiter::spawn_waiter(pid, 0, Arc::from(""), self.tx.clone(), None);
         }

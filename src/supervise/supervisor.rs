@@ -105,6 +105,9 @@ pub struct Supervisor {
     pub(super) shutdown: Option<Shutdown>,
     /// Main pids spawned and not yet reaped: the orphan reaper must leave them alone.
     pub(super) unreaped: HashSet<i32>,
+    /// Of those, the `pid_file` launchers: without a cgroup, a signal to one goes to
+    /// what descends from it (`execute.rs`), as a daemon leaves its group.
+    pub(super) launchers: HashSet<i32>,
     /// Reap orphaned descendants on SIGCHLD (PID 1, `subreaper`, or a `pid_file`
     /// service, whose daemon must be reparented to us).
     pub(super) reap_orphans: bool,
@@ -190,6 +193,7 @@ impl Supervisor {
             gen: 0,
             shutdown: None,
             unreaped: HashSet::new(),
+            launchers: HashSet::new(),
             reap_orphans,
             reap_on_exit: false,
             pending: Vec::new(),
@@ -361,6 +365,7 @@ impl Supervisor {
                 if !current {
                     // A run nobody tracks any more: reap it so that it is no zombie.
                     if self.unreaped.remove(&pid) {
+                        self.launchers.remove(&pid);
                         spawn::reap(pid);
                         if let Some(n) = &self.notify {
                             n.forget(pid);
@@ -446,13 +451,16 @@ impl Supervisor {
         None
     }
 
-    /// SIGKILL to every group that may still have a process.
+    /// SIGKILL to every run that may still have a process, a launcher whose pid file is
+    /// awaited included.
     fn kill_all(&mut self) {
-        for (name, e) in &self.services {
-            if let Some(pid) = e.svc.pid() {
-                spawn::signal_group(pid, libc::SIGKILL);
-                self.cgroups.kill(name);
-            }
+        let runs: Vec<(String, i32)> = self
+            .services
+            .iter()
+            .filter_map(|(n, e)| Some((n.clone(), e.svc.pid().or(e.svc.launcher())?)))
+            .collect();
+        for (name, pid) in runs {
+            self.signal(&name, pid, libc::SIGKILL);
         }
     }
 

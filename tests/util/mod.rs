@@ -542,6 +542,17 @@ pub fn proc_stat(pid: i64) -> Option<Vec<String>> {
     Some(fields)
 }
 
+/// The pid on the first line of a pid file.
+pub fn first_line_pid(path: &std::path::Path) -> Option<i64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Alive and not a zombie.
 pub fn alive(pid: i64) -> bool {
     proc_stat(pid).is_some_and(|f| f[2] != "Z")
