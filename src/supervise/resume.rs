@@ -123,10 +123,14 @@ impl Supervisor {
         // Pids not reaped yet that no run claims (a stale run whose exit the old image
         // saw after its last look at the channel): waited for under no generation, so
         // the loop reaps them as no one's.
+        // A `pid_file` launcher whose file is awaited has exited and is claimed all the
+        // same: it stays unreaped (its pid is its lineage's session and group, and must
+        // not be reused) until its machine says `Reap`.
         let claimed: std::collections::HashSet<i32> = self
             .services
             .values()
-            .filter_map(|e| e.svc.run_pid())
+            .flat_map(|e| [e.svc.run_pid(), e.svc.launcher()])
+            .flatten()
             .collect();
         self.launchers = self
             .services
