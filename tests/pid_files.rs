@@ -445,7 +445,7 @@ fn a_symlinked_pid_file_is_refused() {
 
 /// A daemon whose own parent lives on (a monitor that forked it and waits for it) is
 /// not the orchestrator's child: it is the run all the same, which lasts as long as it
-/// does, and its exit ends the run.
+/// does, and its exit ends the run, with a status that is not ours to know.
 #[test]
 fn a_daemon_with_a_parent_of_its_own_is_the_run_until_it_exits() {
     let sb = Sandbox::new();
@@ -478,7 +478,17 @@ fn a_daemon_with_a_parent_of_its_own_is_the_run_until_it_exits() {
     assert!(steady);
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let again = sb.wait_running("watched", Some(pid));
-    assert_eq!(sb.service_status("watched")["restarts"], 1);
+    // Its status was its parent's to read: the run says so, and invents no code.
+    let st = sb.service_status("watched");
+    assert_eq!(st["restarts"], 1, "{st}");
+    assert!(st["last_exit_code"].is_null(), "{st}");
+    let ended = &st["history"][0];
+    assert!(ended["exit_code"].is_null(), "{st}");
+    assert_eq!(
+        ended["reason"], "exited with an unknown status (not the orchestrator's child)",
+        "{st}"
+    );
+    d.wait_log(&["watched", "exited with an unknown status"]);
     assert_eq!(sb.cli(&["stop", "watched"]).code, 0);
     sb.wait_state("watched", "stopped");
     assert!(wait_until(DEADLINE, || !alive(again)));

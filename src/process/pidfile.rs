@@ -100,8 +100,10 @@ impl<'a> Lineage<'a> {
     }
 }
 
-/// The pid `path` names, if it is a live process of the service.
-pub fn main_process(path: &Path, owner: Owner) -> Result<i32, String> {
+/// The pid `path` names, if it is a live process of the service, with when it started
+/// (clock ticks since boot: a pidfd opened later is that process's if the pid still
+/// started then).
+pub fn main_process(path: &Path, owner: Owner) -> Result<(i32, u64), String> {
     let shown = path.display();
     let (mut f, _) =
         safe_fs::open_regular(path, false).map_err(|e| format!("pid file {shown}: {e}"))?;
@@ -129,7 +131,7 @@ pub fn main_process(path: &Path, owner: Owner) -> Result<i32, String> {
             "pid file {shown} names process {pid}, which is not the service's"
         ));
     }
-    Ok(pid)
+    Ok((pid, stat.start_ticks))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use super::state::State;
 use super::supervisor::Supervisor;
 use crate::process::{helper, pidfile, procfs, spawn};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often removal of a cgroup that still had members is tried again, and how many
@@ -49,7 +50,7 @@ impl Supervisor {
                     let _ = self.feed(name, event);
                 }
                 Action::Reap(pid) => {
-                    spawn::reap(pid);
+                    self.reap(name, pid);
                     self.unreaped.remove(&pid);
                     self.launchers.remove(&pid);
                     if let Some(n) = &self.notify {
@@ -86,7 +87,10 @@ impl Supervisor {
     /// `sig` to the group, and to members of the cgroup that left the group
     /// (setsid, double fork); without a cgroup, to a launcher's lineage.
     pub(super) fn signal(&mut self, name: &str, pgid: i32, sig: i32) {
-        spawn::signal_group(pgid, sig);
+        match self.daemon_pidfd(name, pgid) {
+            Some(fd) => spawn::signal_pidfd(&fd, pgid, sig),
+            None => spawn::signal_group(pgid, sig),
+        }
         self.kill_probe(name);
         let members = match self.lineage(name, pgid) {
             Some(lineage) => lineage,
@@ -101,6 +105,27 @@ impl Supervisor {
                 // SAFETY: kill has no memory preconditions.
                 unsafe { libc::kill(pid, sig) };
             }
+        }
+    }
+
+    /// The pidfd of `name`'s daemon if `pid` is it.
+    fn daemon_pidfd(&self, name: &str, pid: i32) -> Option<Arc<std::os::fd::OwnedFd>> {
+        let (daemon, fd) = self.services.get(name)?.daemon.as_ref()?;
+        (*daemon == pid).then(|| fd.clone())
+    }
+
+    /// Reaps `pid`, which its waiter saw exit: a daemon named by a pid file through its
+    /// pidfd (never waiting: it may not be our child, and its pid may be another's by
+    /// now), anything else by pid.
+    pub(super) fn reap(&mut self, name: &str, pid: i32) {
+        match self.daemon_pidfd(name, pid) {
+            Some(fd) => {
+                spawn::reap_pidfd(&fd);
+                if let Some(e) = self.services.get_mut(name) {
+                    e.daemon = None;
+                }
+            }
+            None => spawn::reap(pid),
         }
     }
 

@@ -485,7 +485,7 @@ impl Service {
     }
 
     pub fn last_exit_code(&self) -> Option<i32> {
-        self.last_exit.map(|l| l.exit.code())
+        self.last_exit.and_then(|l| l.exit.code())
     }
 
     pub fn last_error(&self) -> Option<&str> {

@@ -109,6 +109,7 @@ impl Supervisor {
                     e.name.clone(),
                     self.tx.clone(),
                     Some(drain.clone()),
+                    None,
                 );
                 if let Err(err) = started {
                     log::error!(
@@ -138,7 +139,7 @@ impl Supervisor {
             .filter_map(|e| e.svc.launcher())
             .collect();
         for &pid in self.unreaped.iter().filter(|p| !claimed.contains(p)) {
-            let _ = waiter::spawn_waiter(pid, 0, Arc::from(""), self.tx.clone(), None);
+            let _ = waiter::spawn_waiter(pid, 0, Arc::from(""), self.tx.clone(), None, None);
         }
         // The notify socket handed over, with what was sent to it meanwhile (else it
         // is bound again at the same path); the runs are known by it.

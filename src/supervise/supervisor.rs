@@ -66,6 +66,9 @@ pub(super) struct Entry {
     /// Its memory cgroup's OOM kill count when the current run started, where one can
     /// be read: a SIGKILL with the count risen since is the OOM killer's.
     pub oom_kills: Option<u64>,
+    /// `pid_file`: the daemon the file named, and a pidfd for it, through which it is
+    /// signalled and reaped (it may not be our child: its pid could be reused).
+    pub daemon: Option<(i32, Arc<std::os::fd::OwnedFd>)>,
 }
 
 impl Entry {
@@ -82,6 +85,7 @@ impl Entry {
             sockets: None,
             upgrade: Default::default(),
             oom_kills: None,
+            daemon: None,
         }
     }
 }
@@ -366,7 +370,7 @@ impl Supervisor {
                     // A run nobody tracks any more: reap it so that it is no zombie.
                     if self.unreaped.remove(&pid) {
                         self.launchers.remove(&pid);
-                        spawn::reap(pid);
+                        self.reap(&service, pid);
                         if let Some(n) = &self.notify {
                             n.forget(pid);
                         }
