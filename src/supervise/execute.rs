@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 const CGROUP_RETRY: Duration = Duration::from_millis(100);
 const CGROUP_TRIES: u32 = 20;
 
+/// How soon an orphan reaping pass that a helper's spawn held back comes again.
+const ORPHANS_RETRY: Duration = Duration::from_millis(10);
+
 impl Supervisor {
     pub(super) fn execute(&mut self, name: &str, actions: Vec<Action>) {
         let mut queue: VecDeque<Action> = actions.into();
@@ -282,13 +285,13 @@ impl Supervisor {
     /// subreaper. Managed pids (runs, exec probes, daemons named by pid files) and the
     /// helpers other threads wait for (the checks of a new binary) are skipped, so no
     /// waiter ever loses its status. Bound: one /proc/self/task/*/children read and one WNOHANG
-    /// wait per child.
+    /// wait per child; never a wait for a helper's spawn.
     pub(super) fn reap_orphans(&mut self) {
         if !self.reap_orphans {
             return;
         }
         let unreaped = &self.unreaped;
-        helper::excluding(|helpers| {
+        let pass = helper::excluding(|helpers| {
             for pid in procfs::children() {
                 if unreaped.contains(&pid) || helpers.contains(&pid) {
                     continue;
@@ -300,5 +303,18 @@ impl Supervisor {
                 }
             }
         });
+        // A helper is being spawned: its child cannot be told from an orphan until it
+        // is registered, so the pass comes again shortly (a deadline only while a
+        // spawn is under way, never while idle).
+        self.orphans_retry_at = match pass {
+            Some(()) => None,
+            None => Some(Instant::now() + ORPHANS_RETRY),
+        };
+    }
+
+    pub(super) fn retry_orphans(&mut self, now: Instant) {
+        if self.orphans_retry_at.is_some_and(|at| at <= now) {
+            self.reap_orphans();
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! sleeps in one blocking receive until the next event or the earliest deadline, feeds
 //! each event to the service's machine and carries out the actions it returns. Nothing
 //! polls while idle: the only timers are the machines' deadlines, the shutdown bound, the
-//! state file's next save and a busy cgroup's next removal attempt.
+//! state file's next save, a busy cgroup's next removal attempt and, while a helper is
+//! being spawned, the next orphan reaping pass.
 //!
 //! The jobs around the loop each have a file: carrying out actions (`execute.rs`),
 //! spawning a run (`launch.rs`), dependency order (`order.rs`), health checks
@@ -118,6 +119,8 @@ pub struct Supervisor {
     /// Subreaper since a reload, without SIGCHLD registered: orphans are reaped when a
     /// run of ours exits instead.
     pub(super) reap_on_exit: bool,
+    /// An orphan reaping pass held back by a helper's spawn is due again then.
+    pub(super) orphans_retry_at: Option<Instant>,
     pub(super) pending: Vec<Pending>,
     pub(super) stops: Stops,
     pub(super) started: Instant,
@@ -200,6 +203,7 @@ impl Supervisor {
             launchers: HashSet::new(),
             reap_orphans,
             reap_on_exit: false,
+            orphans_retry_at: None,
             pending: Vec::new(),
             stops: Stops::default(),
             started: Instant::now(),
@@ -337,6 +341,7 @@ impl Supervisor {
             shutdown,
             self.state_deadline(),
             self.cgroup_retry_at(),
+            self.orphans_retry_at,
             watchdog,
         ]
         .into_iter()
@@ -513,6 +518,7 @@ impl Supervisor {
         }
         self.probe_timeouts(now);
         self.retry_busy_cgroups(now);
+        self.retry_orphans(now);
         if let Some(w) = &mut self.watchdog {
             let services = &self.services;
             w.tick(|name| services.get(name).map(|e| e.svc.state()), now);
