@@ -46,12 +46,15 @@ fn postgres_through_pg_ctl_runs_and_stops_clean() {
         eprintln!("skipped: PostgreSQL refuses root; running it as postgres needs root");
         return;
     }
+    // Recorded skips (failures under ORCH_REQUIRE_PACKAGES=1), as for any program.
     let Some(bin) = postgres_bin() else {
-        eprintln!("skipped: no PostgreSQL in /usr/lib/postgresql");
+        packages::missing(
+            "no PostgreSQL in /usr/lib/postgresql/*/bin: install the Debian package postgresql",
+        );
         return;
     };
     let Some((uid, gid)) = account("postgres") else {
-        eprintln!("skipped: no postgres user");
+        packages::missing("no postgres user: install the Debian package postgresql");
         return;
     };
     let sb = Sandbox::new();

@@ -648,12 +648,8 @@ fn a_detached_daemon_started_with_relative_paths_takes_over() {
     let out = run_with_timeout(cmd, DEADLINE);
     assert_eq!(out.code, 0, "{}", out.stderr);
     // `run --daemon` returns once the daemon serves: the pidfile names it already.
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _guard = KillOnDrop(pid);
+    let d = Detached::from_pidfile(&sb, &pidfile).expect("the pidfile names the daemon");
+    let pid = d.pid;
     let sleeper = sb.wait_running("sleeper", None);
     let out = upgrade_self(&sb, &new_binary(&sb));
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
