@@ -403,6 +403,79 @@ fn without_cgroups_a_pid_file_naming_another_service_is_refused() {
     assert!(alive(victim), "the other service is untouched");
 }
 
+/// Without cgroups, a process that left its own parent but not another service's
+/// session and group (a sibling of that service's daemon, reparented to us, started
+/// after this launcher) is that service's: a pid file naming it is refused.
+#[test]
+fn without_cgroups_a_process_in_another_services_session_is_refused() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (the daemon runs as nobody, without cgroups)");
+        return;
+    }
+    let sb = Sandbox::new();
+    let run = sb.path("run");
+    std::fs::create_dir(&run).unwrap();
+    let (grouped, evil, sibling, go) = (
+        run.join("grouped.pid"),
+        run.join("evil.pid"),
+        run.join("sibling"),
+        run.join("go"),
+    );
+    // grouped's daemon stays in its launcher's session and group; so does a sibling
+    // forked once `go` exists, whose parent then exits (it is reparented to us).
+    sb.service(
+        "grouped",
+        &format!(
+            "sleep 1000 & echo $! > {grouped}\n\
+             ( while [ ! -e {go} ]; do sleep 0.05; done; sleep 1000 & echo $! > {sibling} ) &\n\
+             exit 0",
+            grouped = grouped.display(),
+            go = go.display(),
+            sibling = sibling.display()
+        ),
+    );
+    sb.service(
+        "evil",
+        &format!(
+            "while [ ! -s {s} ]; do sleep 0.05; done; cat {s} > {}; exit 0",
+            evil.display(),
+            s = sibling.display()
+        ),
+    );
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"grouped": {"pid_file": grouped, "restart": "never", "pass_service_args": false},
+               "evil": {"pid_file": evil, "restart": "never", "pass_service_args": false,
+                        "stop_timeout_ms": 10_000}}),
+    );
+    for d in [sb.dir.clone(), sb.path("services"), run.clone()] {
+        std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+    }
+    let d = Daemon::spawn_as(&sb, &[], &[], Some(65534));
+    assert!(
+        wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0),
+        "{}",
+        d.log_text()
+    );
+    let daemon = sb.wait_running("grouped", None);
+    assert!(sb.service_status("grouped")["cgroup"].is_null());
+    // evil's launcher runs: what starts from now on started after it.
+    assert_eq!(sb.service_status("evil")["state"], "starting");
+    std::fs::write(&go, "").unwrap();
+    assert!(wait_until(DEADLINE, || first_line_pid(&sibling).is_some()));
+    let sibling_pid = first_line_pid(&sibling).unwrap();
+    let st = sb.wait_state("evil", "failed");
+    let why = st["last_error"].as_str().unwrap_or("");
+    assert!(
+        why.contains(&format!(
+            "names process {sibling_pid}, which is not the service's"
+        )),
+        "{st}"
+    );
+    assert!(alive(sibling_pid), "grouped's process is untouched");
+    assert_eq!(sb.service_status("grouped")["pid"], daemon);
+}
+
 /// The pid file is never read through a symlink: one pointing at a file that names
 /// the service's own daemon is refused all the same.
 #[test]
