@@ -315,6 +315,46 @@ fn stop_while_awaited(uid: Option<u32>, name: &str, ignore: bool) {
     }
 }
 
+/// A second SIGTERM to the orchestrator kills every service at once, one whose pid
+/// file is still awaited included: without cgroups, its daemon that left the
+/// launcher's session and ignores SIGTERM too.
+#[test]
+fn a_forced_exit_kills_a_daemon_whose_pid_file_is_awaited() {
+    let root = unsafe { libc::geteuid() } == 0;
+    let runs: &[Option<u32>] = if root { &[None, Some(65534)] } else { &[None] };
+    for &uid in runs {
+        let sb = Sandbox::new();
+        let (log, pid_file) = slow_daemon(&sb, "stubborn", true);
+        sb.config(
+            json!({"services_dir": "services", "shutdown_timeout_ms": 60_000}),
+            json!({"stubborn": {"pid_file": pid_file, "stop_timeout_ms": 60_000,
+                                "pass_service_args": false}}),
+        );
+        if uid.is_some() {
+            for d in [sb.dir.clone(), sb.path("services")] {
+                std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+            }
+        }
+        let mut d = Daemon::spawn_as(&sb, &[], &[], uid);
+        assert!(wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0));
+        assert!(wait_until(DEADLINE, || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("up"))));
+        d.wait_log(&["stubborn", "reading the pid file"]);
+        let daemon = daemon_pid(&sb, "stubborn").expect("the daemon runs");
+        d.signal(libc::SIGTERM);
+        d.wait_log(&["stubborn", "stopping with SIGTERM"]);
+        assert!(wait_until(DEADLINE, || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("TERM"))));
+        assert!(alive(daemon), "it ignores SIGTERM");
+        d.signal(libc::SIGTERM);
+        d.wait_exit(DEADLINE);
+        assert!(
+            wait_until(DEADLINE, || !alive(daemon)),
+            "killed with the forced exit (uid {uid:?})"
+        );
+    }
+}
+
 /// Without cgroups (as root, the daemon runs as nobody, so it has none), a pid file is
 /// believed only for a process descending from the run's launcher: one in its session
 /// or group, or one that left them (setsid) and was reparented to us. Another service's
