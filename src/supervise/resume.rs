@@ -102,6 +102,14 @@ impl Supervisor {
             }
             if let Some((pid, gen)) = e.svc.unexited_run() {
                 runs += 1;
+                // A daemon named by a pid file gets its pidfd again (the old image's
+                // went with the exec); the pid is still unreaped, so still that process
+                // unless, not our child, it exited during the handover.
+                let daemon = e.svc.spec().process.pid_file.is_some() && e.svc.launcher().is_none();
+                e.daemon = daemon
+                    .then(|| waiter::pidfd_open(pid))
+                    .flatten()
+                    .map(|fd| (pid, Arc::new(fd)));
                 let drain = Arc::new(Drain::default());
                 let started = waiter::spawn_waiter(
                     pid,
@@ -109,7 +117,7 @@ impl Supervisor {
                     e.name.clone(),
                     self.tx.clone(),
                     Some(drain.clone()),
-                    None,
+                    e.daemon.as_ref().map(|(_, fd)| fd.clone()),
                 );
                 if let Err(err) = started {
                     log::error!(
