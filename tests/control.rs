@@ -104,6 +104,27 @@ fn client_exit_codes_and_messages() {
         assert!(out.stderr.contains(msg), "{args:?}: {}", out.stderr);
         assert_eq!(out.stderr.trim().lines().count(), 1);
     }
+    // A refusal carries what the caller typed (a path, a name) escaped: a title-setting
+    // sequence in it reaches the terminal as text, never as ESC or BEL.
+    let hostile = "/nonexistent/\x1b]0;x\x07";
+    for args in [
+        &["upgrade", "svc", hostile][..],
+        &["status", hostile],
+        &["start", hostile],
+    ] {
+        let out = sb.cli(args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("\\x1b]0;x"),
+            "{args:?}: {:?}",
+            out.stderr
+        );
+        assert!(
+            !out.stderr.contains(['\x1b', '\x07']),
+            "{args:?}: {:?}",
+            out.stderr
+        );
+    }
     let mut cmd = std::process::Command::new(BIN);
     cmd.args(["status", "--socket"]).arg(sb.path("nobody.sock"));
     let out = run_with_timeout(cmd, DEADLINE);
