@@ -204,9 +204,25 @@ fn start_and_stop_succeed_when_already_done() {
 #[test]
 fn status_exit_codes_follow_the_lsb_convention() {
     let sb = Sandbox::new();
-    basic(&sb);
+    sb.service("svc", "exec sleep 1000");
+    sb.service("off", "exec sleep 1000");
+    sb.service("broken", "exit 1");
+    sb.service("crash", "exit 1");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({
+            "off": {"enabled": false},
+            "broken": {"restart": "never"},
+            "crash": {"restart": "always", "initial_backoff_ms": 600000,
+                      "max_backoff_ms": 600000},
+        }),
+    );
     let mut d = Daemon::start(&sb, &[]);
     sb.wait_running("svc", None);
+    for (name, state) in [("broken", "failed"), ("crash", "restarting")] {
+        let ok = wait_until(DEADLINE, || sb.service_status(name)["state"] == state);
+        assert!(ok, "{name} never {state}: {}", sb.service_status(name));
+    }
     for json in [false, true] {
         let with = |args: &[&str]| {
             let mut a = args.to_vec();
@@ -219,6 +235,11 @@ fn status_exit_codes_follow_the_lsb_convention() {
         let out = with(&["status", "off"]);
         assert_eq!(out.code, 3, "stopped, json {json}: {}", out.stderr);
         assert!(out.stdout.contains("stopped"), "{}", out.stdout);
+        for (name, state) in [("broken", "failed"), ("crash", "restarting")] {
+            let out = with(&["status", name]);
+            assert_eq!(out.code, 3, "{state}, json {json}: {}", out.stderr);
+            assert!(out.stdout.contains(state), "{}", out.stdout);
+        }
         assert_eq!(with(&["status", "nope"]).code, 1, "unknown, json {json}");
         assert_eq!(with(&["status"]).code, 0, "the table, json {json}");
     }
