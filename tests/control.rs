@@ -448,20 +448,9 @@ fn daemon_mode_detaches_and_logs_to_file() {
         json!({"off": {"enabled": false}}),
     );
     let pidfile = sb.path("d.pid");
-    let mut cmd = std::process::Command::new(BIN);
-    cmd.args(["run", "--daemon", "--config"])
-        .arg(sb.path("orchestrator.json"))
-        .arg("--pidfile")
-        .arg(&pidfile);
-    let out = run_with_timeout(cmd, DEADLINE);
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let d = start_detached(&sb, &pidfile);
     assert!(wait_until(DEADLINE, || sb.cli(&["status"]).code == 0));
-    let pid: i64 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _guard = KillPid(pid);
+    let pid = i64::from(d.pid);
     assert!(alive(pid));
     let stat = proc_stat(pid).unwrap();
     assert_ne!(
@@ -489,23 +478,15 @@ fn run_daemon_returns_once_the_daemon_serves() {
     let sb = Sandbox::new();
     sb.config(json!({"log_dir": "logs"}), json!({}));
     let pidfile = sb.path("d.pid");
-    let start = || {
-        let mut cmd = std::process::Command::new(BIN);
-        cmd.args(["run", "--daemon", "--config"])
-            .arg(sb.path("orchestrator.json"))
-            .arg("--pidfile")
-            .arg(&pidfile);
-        run_with_timeout(cmd, DEADLINE)
-    };
+    let start = || run_detached(&sb, &pidfile);
     for i in 0..100 {
         let out = start();
         assert_eq!(out.code, 0, "start {i}: {}", out.stderr);
-        let text = std::fs::read_to_string(&pidfile).unwrap_or_default();
-        let pid: i64 = text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("start {i}: pidfile holds {text:?}"));
-        let _guard = KillPid(pid);
+        let d = Detached::from_pidfile(&sb, &pidfile).unwrap_or_else(|| {
+            let text = std::fs::read_to_string(&pidfile).unwrap_or_default();
+            panic!("start {i}: pidfile holds {text:?}")
+        });
+        let pid = i64::from(d.pid);
         assert!(alive(pid), "start {i}: pid {pid} from the pidfile is gone");
         assert!(
             cmdline(pid).contains(" run "),
@@ -539,16 +520,6 @@ fn run_daemon_returns_once_the_daemon_serves() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("services_dri"), "{}", out.stderr);
     assert!(!pidfile.exists());
-}
-
-struct KillPid(i64);
-
-impl Drop for KillPid {
-    fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.0 as i32, libc::SIGKILL);
-        }
-    }
 }
 
 #[test]

@@ -301,16 +301,6 @@ fn data_dir_is_never_created_through_a_link_the_service_user_planted() {
     );
 }
 
-struct KillPid(i32);
-
-impl Drop for KillPid {
-    fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.0, libc::SIGKILL);
-        }
-    }
-}
-
 #[test]
 fn daemon_log_is_private_and_capped_like_service_files() {
     let sb = Sandbox::new();
@@ -324,23 +314,7 @@ fn daemon_log_is_private_and_capped_like_service_files() {
                "log_max_bytes": 100_000, "log_max_files": 2}),
         json!({}),
     );
-    let pidfile = sb.path("d.pid");
-    let mut cmd = Command::new(BIN);
-    cmd.args(["run", "--daemon", "--config"])
-        .arg(sb.path("orchestrator.json"))
-        .arg("--pidfile")
-        .arg(&pidfile);
-    let out = run_with_timeout(cmd, DEADLINE);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let mut pid = 0;
-    assert!(wait_until(DEADLINE, || {
-        pid = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        pid > 0
-    }));
-    let _guard = KillPid(pid);
+    let _d = start_detached(&sb, &sb.path("d.pid"));
     let logs = sb.path("logs");
     assert!(wait_until(DEADLINE, || {
         std::fs::read_to_string(logs.join("flood.log")).is_ok_and(|s| s.contains("flood-done"))
