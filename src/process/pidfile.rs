@@ -162,7 +162,10 @@ mod tests {
              *\n  5432001         0\nready   \n"
         );
         std::fs::write(&path, &postmaster).unwrap();
-        assert_eq!(main_process(&path, Owner::Cgroup(&[me])), Ok(me));
+        assert_eq!(
+            main_process(&path, Owner::Cgroup(&[me])).map(|(p, _)| p),
+            Ok(me)
+        );
         // The other half: the same file names no process of the service's.
         let e = main_process(&path, Owner::Cgroup(&[])).unwrap_err();
         assert!(
