@@ -104,6 +104,27 @@ fn client_exit_codes_and_messages() {
         assert!(out.stderr.contains(msg), "{args:?}: {}", out.stderr);
         assert_eq!(out.stderr.trim().lines().count(), 1);
     }
+    // A refusal carries what the caller typed (a path, a name) escaped: a title-setting
+    // sequence in it reaches the terminal as text, never as ESC or BEL.
+    let hostile = "/nonexistent/\x1b]0;x\x07";
+    for args in [
+        &["upgrade", "svc", hostile][..],
+        &["status", hostile],
+        &["start", hostile],
+    ] {
+        let out = sb.cli(args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("\\x1b]0;x"),
+            "{args:?}: {:?}",
+            out.stderr
+        );
+        assert!(
+            !out.stderr.contains(['\x1b', '\x07']),
+            "{args:?}: {:?}",
+            out.stderr
+        );
+    }
     let mut cmd = std::process::Command::new(BIN);
     cmd.args(["status", "--socket"]).arg(sb.path("nobody.sock"));
     let out = run_with_timeout(cmd, DEADLINE);
@@ -183,9 +204,25 @@ fn start_and_stop_succeed_when_already_done() {
 #[test]
 fn status_exit_codes_follow_the_lsb_convention() {
     let sb = Sandbox::new();
-    basic(&sb);
+    sb.service("svc", "exec sleep 1000");
+    sb.service("off", "exec sleep 1000");
+    sb.service("broken", "exit 1");
+    sb.service("crash", "exit 1");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({
+            "off": {"enabled": false},
+            "broken": {"restart": "never"},
+            "crash": {"restart": "always", "initial_backoff_ms": 600000,
+                      "max_backoff_ms": 600000},
+        }),
+    );
     let mut d = Daemon::start(&sb, &[]);
     sb.wait_running("svc", None);
+    for (name, state) in [("broken", "failed"), ("crash", "restarting")] {
+        let ok = wait_until(DEADLINE, || sb.service_status(name)["state"] == state);
+        assert!(ok, "{name} never {state}: {}", sb.service_status(name));
+    }
     for json in [false, true] {
         let with = |args: &[&str]| {
             let mut a = args.to_vec();
@@ -198,6 +235,11 @@ fn status_exit_codes_follow_the_lsb_convention() {
         let out = with(&["status", "off"]);
         assert_eq!(out.code, 3, "stopped, json {json}: {}", out.stderr);
         assert!(out.stdout.contains("stopped"), "{}", out.stdout);
+        for (name, state) in [("broken", "failed"), ("crash", "restarting")] {
+            let out = with(&["status", name]);
+            assert_eq!(out.code, 3, "{state}, json {json}: {}", out.stderr);
+            assert!(out.stdout.contains(state), "{}", out.stdout);
+        }
         assert_eq!(with(&["status", "nope"]).code, 1, "unknown, json {json}");
         assert_eq!(with(&["status"]).code, 0, "the table, json {json}");
     }

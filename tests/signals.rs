@@ -59,6 +59,9 @@ fn no_stray_signal_ends_the_daemon_or_its_services() {
     for (sig, name) in stray {
         survives(&d, &sb, sleeper, sig, &[&format!("{name} {me} ignored")]);
     }
+    // The last real-time signal too: the handled range ends at SIGRTMAX, inclusive.
+    let last = format!("SIGRTMIN+{} {me} ignored", libc::SIGRTMAX() - sigrtmin());
+    survives(&d, &sb, sleeper, libc::SIGRTMAX(), &[&last]);
     // A fault signal another process sends is a message, not a fault.
     let faults = [
         (libc::SIGSEGV, "SIGSEGV"),

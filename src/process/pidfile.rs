@@ -136,7 +136,7 @@ pub fn main_process(path: &Path, owner: Owner) -> Result<(i32, u64), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::first_line;
+    use super::{first_line, main_process, Owner};
 
     #[test]
     fn the_pid_is_the_first_line_and_the_rest_is_ignored() {
@@ -147,5 +147,35 @@ mod tests {
         assert_eq!(first_line(postmaster), "4242");
         assert_eq!(first_line(b"\n4242\n"), "");
         assert_eq!(first_line(b""), "");
+    }
+
+    #[test]
+    fn a_postmaster_pid_file_names_its_first_line() {
+        let me = std::process::id() as i32;
+        let dir = std::env::temp_dir().join(format!("orch-pidfile-{me}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("postmaster.pid");
+        // PostgreSQL's layout: the pid, then the data directory, start time, port,
+        // socket directory, listen address, shared memory key and status.
+        let postmaster = format!(
+            "{me}\n/var/lib/postgresql/16/main\n1733550000\n5432\n/var/run/postgresql\n\
+             *\n  5432001         0\nready   \n"
+        );
+        std::fs::write(&path, &postmaster).unwrap();
+        assert_eq!(
+            main_process(&path, Owner::Cgroup(&[me])).map(|(p, _)| p),
+            Ok(me)
+        );
+        // The other half: the same file names no process of the service's.
+        let e = main_process(&path, Owner::Cgroup(&[])).unwrap_err();
+        assert!(
+            e.contains(&format!("names process {me}, which is not")),
+            "{e}"
+        );
+        // A pid on the second line only is no pid.
+        std::fs::write(&path, format!("\n{postmaster}")).unwrap();
+        let e = main_process(&path, Owner::Cgroup(&[me])).unwrap_err();
+        assert!(e.contains("holds no pid: \"\""), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
