@@ -3,5 +3,6 @@
 //! may import from here.
 
 pub mod event;
+pub mod level;
 pub mod safe_fs;
 pub mod state;

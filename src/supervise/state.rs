@@ -67,8 +67,11 @@ pub mod reason {
         match exit {
             Exit::Code(c) => format!("exited with code {c}"),
             Exit::Signal(s) => format!("killed by {}", signal_name(s)),
+            Exit::Unknown => UNKNOWN_EXIT.to_string(),
         }
     }
+
+    pub use crate::common::state::UNKNOWN_EXIT;
 }
 
 /// The last exit, for `status NAME`: what ended the run, when, and whether an

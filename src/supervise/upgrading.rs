@@ -14,6 +14,7 @@ use super::state::reason;
 use super::supervisor::Supervisor;
 use super::upgrade::{History, Pending, Record, Verdict, View, Watch};
 use crate::control::socket::{error_reply, Cmd, Reply, Request};
+use crate::output::record::RecordKind;
 use crate::output::timefmt;
 use crate::process::install;
 use crossbeam_channel::Sender;
@@ -241,7 +242,7 @@ impl Supervisor {
                 log::Level::Warn,
                 &service,
                 None,
-                "rollback",
+                RecordKind::Rollback,
                 format!("rolled back by hand to {}", short(&d.to)),
             );
             self.save_upgrades();
@@ -266,7 +267,7 @@ impl Supervisor {
             log::Level::Info,
             &service,
             None,
-            "upgrading",
+            RecordKind::Upgrading,
             format!(
                 "upgrading {} to {}: restarting onto it, grace window {} ms",
                 short(&d.from),
@@ -362,9 +363,9 @@ impl Supervisor {
             result: result.clone(),
         });
         let (level, event) = if ok {
-            (log::Level::Info, "upgraded")
+            (log::Level::Info, RecordKind::Upgraded)
         } else {
-            (log::Level::Error, "rolled back")
+            (log::Level::Error, RecordKind::RolledBack)
         };
         let msg = if ok {
             format!("upgrade to {} passed its grace window", short(&a.to))
