@@ -11,7 +11,7 @@
 //! `MAX_PER_PEER` slots, its own oldest idle one closed first. Only when every slot is
 //! busy answering is a new connection closed at once.
 
-use crate::control::socket::Request;
+use crate::common::protocol::{Cmd, Request};
 use crate::supervise::event::Event;
 use crossbeam_channel::{bounded, Sender};
 use std::io::{self, Read, Write};
@@ -167,16 +167,10 @@ fn answer(
     match (method, path) {
         ("GET" | "HEAD", "/metrics") => {
             let (reply_tx, reply_rx) = bounded(1);
-            let req = Request {
-                cmd: crate::control::socket::Cmd::Metrics,
-                service: None,
-                lines: None,
-                dry_run: false,
-                path: None,
-                follow: false,
-                conn: None,
-            };
-            if tx.send(Event::Control(req, reply_tx)).is_err() {
+            if tx
+                .send(Event::Control(Request::new(Cmd::Metrics), reply_tx))
+                .is_err()
+            {
                 return respond(
                     &mut stream,
                     "503 Service Unavailable",
@@ -188,9 +182,14 @@ fn answer(
             let left = deadline.saturating_duration_since(Instant::now());
             match reply_rx.recv_timeout(left) {
                 Ok(reply) => {
-                    let reply = reply.into_value();
-                    let body = reply["metrics"].as_str().unwrap_or("").as_bytes().to_vec();
-                    respond(&mut stream, "200 OK", CONTENT_TYPE, &body, with_body)
+                    let body = reply.into_response().metrics.unwrap_or_default();
+                    respond(
+                        &mut stream,
+                        "200 OK",
+                        CONTENT_TYPE,
+                        body.as_bytes(),
+                        with_body,
+                    )
                 }
                 Err(_) => respond(
                     &mut stream,
