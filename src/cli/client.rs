@@ -5,7 +5,7 @@
 //! An error about one service names it: `orchestrator: web: service not found`.
 
 use crate::cli::{locate, status, Cli, Command};
-use crate::common::protocol::{Cmd, Request, StatusRow};
+use crate::common::protocol::{self, Cmd, Request, StatusRow};
 use crate::control::client::{ClientError, Connection};
 use std::io::Write;
 use std::time::Duration;
@@ -100,9 +100,12 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<Done, ClientErr
                 _ => 0,
             };
             if json {
+                // Pretty-printed from the one encoding of the rows (see `encode`).
+                let rows: serde_json::Value =
+                    serde_json::from_str(&protocol::encode(&services)).unwrap_or_default();
                 emit(&format!(
                     "{}\n",
-                    serde_json::to_string_pretty(&services).unwrap_or_default()
+                    serde_json::to_string_pretty(&rows).unwrap_or_default()
                 ));
             } else if let (Some(name), Some(s)) = (&name, services.first()) {
                 // The last lines are a nicety: a daemon that cannot give them still

@@ -35,22 +35,23 @@ pub enum Cmd {
 }
 
 /// One request line. Fields left at their defaults are not written, so that a request
-/// reads as the few words it says (`{"cmd":"status"}`).
+/// reads as the few words it says (`{"cmd":"status"}`); the rest in name order, as
+/// clients have always written them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
     pub cmd: Cmd,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lines: Option<usize>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub dry_run: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
     /// `logs -f`: after the reply, keep the connection and stream new lines.
     #[serde(default, skip_serializing_if = "is_false")]
     pub follow: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
     /// The connection's descriptor, set by its thread (never from the client):
     /// `upgrade-self` answers on it from the new image.
     #[serde(skip)]
@@ -71,11 +72,11 @@ impl Request {
     pub fn new(cmd: Cmd) -> Request {
         Request {
             cmd,
-            service: None,
-            lines: None,
             dry_run: false,
-            path: None,
             follow: false,
+            lines: None,
+            path: None,
+            service: None,
             conn: None,
         }
     }
@@ -163,9 +164,15 @@ pub struct Streamed {
     pub ok: Option<bool>,
 }
 
-/// Writes a value as its one line of JSON on the socket.
+/// A message as its one line of JSON. This is the only encoder of each type: anything
+/// else that prints one (`status --json`'s pretty print) starts from this line, since
+/// every other serde_json writer would compile each type's encoder again.
+pub fn encode(v: &impl Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
 fn line(v: &impl Serialize, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    f.write_str(&serde_json::to_string(v).map_err(|_| fmt::Error)?)
+    f.write_str(&encode(v))
 }
 
 impl fmt::Display for Response {
@@ -175,6 +182,12 @@ impl fmt::Display for Response {
 }
 
 impl fmt::Display for Streamed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        line(self, f)
+    }
+}
+
+impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         line(self, f)
     }
@@ -443,6 +456,10 @@ mod tests {
         every.sha256 = Some("s".into());
         every.version = Some("v".into());
         same_bytes_as_sorted(&every);
+        let mut req = Request::new(Cmd::Logs);
+        (req.dry_run, req.follow, req.lines) = (true, true, Some(1));
+        (req.path, req.service) = (Some("/p".into()), Some("s".into()));
+        same_bytes_as_sorted(&req);
         same_bytes_as_sorted(&Streamed {
             dropped: Some(1),
             line: Some(LogLine::default()),
@@ -506,13 +523,13 @@ mod tests {
         req.service = Some("web".into());
         req.lines = Some(5);
         req.follow = true;
-        let text = serde_json::to_string(&req).unwrap();
+        let text = req.to_string();
         assert_eq!(
             text,
-            r#"{"cmd":"logs","service":"web","lines":5,"follow":true}"#
+            r#"{"cmd":"logs","follow":true,"lines":5,"service":"web"}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
-        let bare = serde_json::to_string(&Request::new(Cmd::UpgradeSelf)).unwrap();
+        let bare = Request::new(Cmd::UpgradeSelf).to_string();
         assert_eq!(bare, r#"{"cmd":"upgrade-self"}"#);
     }
 

@@ -44,8 +44,6 @@ impl Connection {
         };
         // A refusing daemon may answer and close before we finish writing: read its
         // answer even when the write fails.
-        let req = serde_json::to_string(req)
-            .map_err(|e| ClientError::Refused(format!("cannot write the request: {e}")))?;
         let written = writeln!(self.writer, "{req}");
         let mut line = String::new();
         let n = match self.reader.read_line(&mut line) {

@@ -115,12 +115,10 @@ impl Supervisor {
                 .tracker_dir(&e.name)
                 .filter(|_| e.svc.has_process())
                 .map(|d| d.display().to_string());
-            row.limits = self
-                .cgroups
-                .enforcement(e.svc.spec())
-                .into_iter()
-                .map(|(name, _, how)| (name.to_string(), how))
-                .collect();
+            // Inserted one by one: collecting into a map would compile a sort for it.
+            for (name, _, how) in self.cgroups.enforcement(e.svc.spec()) {
+                row.limits.insert(name.to_string(), how);
+            }
             row.hardening = hardening::describe::summary(e.svc.spec(), &self.cgroups);
             rows.push((
                 row,

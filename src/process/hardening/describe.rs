@@ -248,8 +248,10 @@ pub fn summary(
     spec: &ServiceSpec,
     cgroups: &Cgroups,
 ) -> std::collections::BTreeMap<String, String> {
-    lines(spec, cgroups)
-        .into_iter()
-        .map(|l| (l.key.to_string(), l.how.unwrap_or_else(|| "off".into())))
-        .collect()
+    // Inserted one by one: collecting into a map would compile a sort for it.
+    let mut m = std::collections::BTreeMap::new();
+    for l in lines(spec, cgroups) {
+        m.insert(l.key.to_string(), l.how.unwrap_or_else(|| "off".into()));
+    }
+    m
 }
