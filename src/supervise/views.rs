@@ -2,7 +2,8 @@
 //! snapshot of its own state (cheap: copies of a few fields per service) and leaves the
 //! slow part, the /proc readings and the binaries' SHA-256, to the thread of the
 //! connection that asked (`Reply::Finish`): a slow disk or a large binary never holds up
-//! supervision.
+//! supervision. Answers are the protocol's types (`common/protocol.rs`), never JSON: the
+//! socket encodes them.
 
 use super::supervisor::{Entry, Supervisor};
 use crate::common::protocol::{
