@@ -169,6 +169,7 @@ pub fn spawn(
 ) -> Result<Child, SpawnError> {
     hardening::host_id_can_execute(&spec.process.hardening, &spec.process.binary)?;
     if let Some(dir) = &spec.process.cwd {
+        hardening::host_id_can_enter(&spec.process.hardening, dir)?;
         ensure_data_dir(dir, spec).map_err(|e| format!("data_dir {}: {e}", dir.display()))?;
     }
     let (out_r, out_w) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
@@ -554,7 +555,9 @@ fn ensure_data_dir(dir: &Path, spec: &ServiceSpec) -> io::Result<()> {
         return Ok(());
     }
     let owner = match spec.process.hardening.host_id {
-        Some(host) => Some((host, host)),
+        Some(Ok(host)) => Some((host, host)),
+        // Checked before (`host_id_can_execute`); never create it as root's here.
+        Some(Err(ref e)) => return Err(io::Error::other(e.clone())),
         None => spec.process.identity.as_ref().map(|id| (id.uid, id.gid)),
     };
     crate::process::safe_fs::create_dir_chain(dir, 0o750, owner).map(drop)

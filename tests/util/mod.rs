@@ -423,7 +423,9 @@ impl Daemon {
         d
     }
 
-    fn launch(sb: &Sandbox, mut cmd: Command, env: &[(&str, &str)]) -> Daemon {
+    /// Launches `cmd` (which must end up as `orchestrator run` for this sandbox, e.g.
+    /// through a wrapper that execs it) with the daemon's environment and guard.
+    pub fn launch(sb: &Sandbox, mut cmd: Command, env: &[(&str, &str)]) -> Daemon {
         cmd.current_dir(&sb.dir)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
