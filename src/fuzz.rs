@@ -4,7 +4,7 @@
 //! promise, not only on a crash. Nothing in the daemon calls this module.
 
 use crate::output::reader::{json_level, split};
-use crate::output::sink::{format_line, Batch, Line, Stream};
+use crate::output::sink::{Batch, Line, Stream};
 use std::sync::Arc;
 
 /// The configuration parser and validator, on a file's contents. Every problem must be
@@ -125,12 +125,12 @@ fn check_format(raw: &[u8], partial: bool, ts_ms: u64) {
         lines: Vec::new(),
         event: None,
     };
-    let mut out = String::new();
-    format_line(&mut out, &batch, &line, false);
-    assert!(out.ends_with('\n') && out.matches('\n').count() == 1);
+    let mut out = Vec::new();
+    batch.record(&line).write(&mut out, false);
+    assert!(out.ends_with(b"\n") && out.iter().filter(|&&b| b == b'\n').count() == 1);
     out.clear();
-    format_line(&mut out, &batch, &line, true);
-    let record: serde_json::Value = serde_json::from_str(&out).expect("a JSON record");
+    batch.record(&line).write(&mut out, true);
+    let record: serde_json::Value = serde_json::from_slice(&out).expect("a JSON record");
     assert_eq!(record["msg"].as_str(), Some(batch.text.as_str()));
     assert_eq!(record["service"].as_str(), Some("fuzz\"svc"));
 }

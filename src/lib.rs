@@ -123,8 +123,9 @@ fn client_failed(failure: cli::client::ClientFailure) -> i32 {
             code
         }
         ClientFailure::Refused { error, service } => {
+            // Both come from the caller or the daemon and may carry control characters.
             let e = output::escape::escaped(&error);
-            match service {
+            match service.map(|n| output::escape::escaped(&n).into_owned()) {
                 // The daemon's message may already start with the name.
                 Some(n) if !e.starts_with(&format!("{n}:")) => eprintln!("orchestrator: {n}: {e}"),
                 _ => eprintln!("orchestrator: {e}"),

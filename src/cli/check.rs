@@ -326,7 +326,7 @@ pub(crate) fn print(report: &Report) {
     for (level, msg) in &report.notices {
         eprintln!(
             "orchestrator: {}: {}",
-            level.as_str().to_ascii_lowercase(),
+            crate::common::level::name(*level),
             crate::output::escape::escaped(msg)
         );
     }
@@ -432,7 +432,7 @@ pub(crate) fn discover(cli: &Cli) -> Result<i32, Vec<String>> {
         if n.level <= log::Level::Warn {
             say_err!(
                 "orchestrator: {}: {}",
-                n.level.as_str().to_ascii_lowercase(),
+                crate::common::level::name(n.level),
                 n.msg
             );
         }

@@ -2,4 +2,5 @@
 //! them. Nothing here imports from any other module of the crate; every other module
 //! may import from here.
 
+pub mod level;
 pub mod protocol;

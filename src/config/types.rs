@@ -18,12 +18,17 @@ pub enum LogLevel {
 
 impl LogLevel {
     pub fn as_str(self) -> &'static str {
+        crate::common::level::name(self.level())
+    }
+
+    /// The `log` crate's level of the same name.
+    pub fn level(self) -> log::Level {
         match self {
-            LogLevel::Error => "error",
-            LogLevel::Warn => "warn",
-            LogLevel::Info => "info",
-            LogLevel::Debug => "debug",
-            LogLevel::Trace => "trace",
+            LogLevel::Error => log::Level::Error,
+            LogLevel::Warn => log::Level::Warn,
+            LogLevel::Info => log::Level::Info,
+            LogLevel::Debug => log::Level::Debug,
+            LogLevel::Trace => log::Level::Trace,
         }
     }
 
@@ -39,13 +44,7 @@ impl LogLevel {
     }
 
     pub fn to_filter(self) -> log::LevelFilter {
-        match self {
-            LogLevel::Error => log::LevelFilter::Error,
-            LogLevel::Warn => log::LevelFilter::Warn,
-            LogLevel::Info => log::LevelFilter::Info,
-            LogLevel::Debug => log::LevelFilter::Debug,
-            LogLevel::Trace => log::LevelFilter::Trace,
-        }
+        self.level().to_level_filter()
     }
 }
 

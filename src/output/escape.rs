@@ -4,8 +4,6 @@
 //! terminal of whoever reads the log. Used by the sink's text format and by the
 //! `logs` client. Never used for JSON, which has its own escapes.
 
-use std::fmt::Write as _;
-
 /// True for what the text format must not pass through raw (docs/logs.md): the C0 controls
 /// but tab (CR, LF, ESC, BEL, ...), DEL, and the C1 controls (U+0080-U+009F, which
 /// some terminals obey like ESC sequences).
@@ -17,7 +15,7 @@ fn is_control(c: char) -> bool {
 /// `\n`, `\r`, `\xNN` for the other C0 controls and DEL (`\x1b` for ESC), `\u{NN}` for
 /// C1. So no line can forge another record, hide one, or drive a terminal. Runs
 /// without controls (nearly every line) are copied in one go.
-pub fn push_escaped(out: &mut String, s: &str) {
+pub fn push_escaped(out: &mut Vec<u8>, s: &str) {
     // Scanned as bytes, on the log path's every line: a C0 control or DEL is one
     // byte, a C1 control is 0xC2 then 0x80-0x9F (a 0xC2 is never a continuation byte,
     // so this cannot match inside another character).
@@ -25,7 +23,7 @@ pub fn push_escaped(out: &mut String, s: &str) {
     // Nearly every line is printable ASCII: that is found eight bytes at a time, and
     // the line copied in one go.
     if printable_ascii(bytes) {
-        out.push_str(s);
+        out.extend_from_slice(bytes);
         return;
     }
     let mut run = 0;
@@ -42,21 +40,31 @@ pub fn push_escaped(out: &mut String, s: &str) {
             i += 1;
             continue;
         }
-        out.push_str(&s[run..i]);
+        out.extend_from_slice(&bytes[run..i]);
         match b {
-            b'\n' => out.push_str("\\n"),
-            b'\r' => out.push_str("\\r"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
             0xc2 => {
-                let _ = write!(out, "\\u{{{:x}}}", bytes[i + 1]);
+                out.extend_from_slice(b"\\u{");
+                push_hex(out, bytes[i + 1]);
+                out.push(b'}');
             }
             b => {
-                let _ = write!(out, "\\x{b:02x}");
+                out.extend_from_slice(b"\\x");
+                push_hex(out, b);
             }
         }
         i += width;
         run = i;
     }
-    out.push_str(&s[run..]);
+    out.extend_from_slice(&bytes[run..]);
+}
+
+/// Two lowercase hex digits.
+fn push_hex(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(HEX[usize::from(b >> 4)]);
+    out.push(HEX[usize::from(b & 0xf)]);
 }
 
 /// Whether every byte is in 0x20..0x7f (printable ASCII; tab, controls and anything
@@ -85,9 +93,12 @@ pub fn escaped(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.chars().any(is_control) {
         return std::borrow::Cow::Borrowed(s);
     }
-    let mut out = String::with_capacity(s.len() + 8);
+    let mut out = Vec::with_capacity(s.len() + 8);
     push_escaped(&mut out, s);
-    std::borrow::Cow::Owned(out)
+    // Runs of `s` and ASCII escapes, cut only before and after ASCII bytes: UTF-8.
+    std::borrow::Cow::Owned(
+        String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into()),
+    )
 }
 
 #[cfg(test)]
@@ -106,8 +117,14 @@ mod tests {
                 assert_eq!(printable_ascii(&line), plain, "byte {b:#x} at {at}");
             }
         }
-        let mut out = String::new();
-        push_escaped(&mut out, "tab\there, bell\u{7}, é, csi\u{9b}, del\u{7f}");
-        assert_eq!(out, "tab\there, bell\\x07, é, csi\\u{9b}, del\\x7f");
+        let mut out = Vec::new();
+        push_escaped(
+            &mut out,
+            "tab\there, bell\u{7}, é, csi\u{9b}, del\u{7f}, nl\n",
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "tab\there, bell\\x07, é, csi\\u{9b}, del\\x7f, nl\\n"
+        );
     }
 }

@@ -3,6 +3,7 @@ pub mod escape;
 pub mod files;
 pub mod handover;
 pub mod reader;
+pub mod record;
 pub mod sink;
 pub mod timefmt;
 

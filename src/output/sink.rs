@@ -9,13 +9,13 @@
 //!
 //! This module formats; it never decides anything about services.
 
+use crate::common::level;
 use crate::common::protocol::LogLine;
 use crate::config::{LogFormat, LogLevel};
-use crate::output::escape::push_escaped;
 use crate::output::files::{Destination, FileConfig, LogFiles};
+use crate::output::record::{Record, RecordKind};
 use crate::output::timefmt;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
-use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,7 +58,7 @@ pub struct Batch {
     pub text: String,
     pub lines: Vec<Line>,
     /// A lifecycle record kept among the service's lines (`logs`), not output.
-    pub event: Option<&'static str>,
+    pub event: Option<RecordKind>,
 }
 
 /// One line of a batch: `text[start..end]`.
@@ -79,16 +79,37 @@ impl Batch {
     /// One line as `logs` shows it: `{ts, level, pid, stream, msg, partial}`, and
     /// `event` (with `stream` and, for no process, `pid` null) for a lifecycle record.
     pub fn log_line(&self, line: &Line) -> LogLine {
-        let event = self.event.map(str::to_string);
+        let event = self.event.map(|e| e.as_str().to_string());
         LogLine {
             ts: timefmt::rfc3339(self.ts_ms),
-            level: line.level.as_str().to_ascii_lowercase(),
+            level: level::name(line.level).to_string(),
             pid: (event.is_none() || self.pid != 0).then_some(self.pid),
             stream: event.is_none().then(|| self.stream.as_str().to_string()),
             msg: self.msg(line).to_string(),
             partial: line.partial,
             event,
         }
+    }
+
+    /// One line as the log writes it.
+    pub fn record(&self, line: &Line) -> Record<'_> {
+        let mut rec = Record {
+            ts_ms: self.ts_ms,
+            level: line.level,
+            service: Some(&self.service),
+            pid: Some(self.pid),
+            stream: Some(self.stream),
+            event: None,
+            msg: self.msg(line),
+            partial: line.partial,
+        };
+        // A lifecycle record kept for `logs` has no stream, and pid 0 for no process.
+        if self.event.is_some() {
+            rec.event = self.event;
+            rec.stream = None;
+            rec.pid = rec.pid.filter(|&pid| pid != 0);
+        }
+        rec
     }
 }
 
@@ -99,11 +120,26 @@ pub struct EventRecord {
     pub level: log::Level,
     pub service: Option<String>,
     pub pid: Option<i32>,
-    pub event: Option<&'static str>,
+    pub event: Option<RecordKind>,
     pub msg: String,
     /// The service's log file also gets this record (docs/cli.md: lifecycle events among
     /// its lines), with the service's count of unwritten lines.
     pub file: Option<(Arc<str>, Arc<AtomicU64>)>,
+}
+
+impl EventRecord {
+    pub fn record(&self) -> Record<'_> {
+        Record {
+            ts_ms: self.ts_ms,
+            level: self.level,
+            service: self.service.as_deref(),
+            pid: self.pid,
+            stream: None,
+            event: self.event,
+            msg: &self.msg,
+            partial: false,
+        }
+    }
 }
 
 pub enum SinkMsg {
@@ -111,7 +147,7 @@ pub enum SinkMsg {
     Lines(Arc<Batch>),
     Event(EventRecord),
     /// A daemon record already formatted (by env_logger's format hook).
-    Raw(String),
+    Raw(Vec<u8>),
     /// Wakes the writer so that it flushes, and answers when done.
     Flush(Sender<()>),
     /// Other slow file work the main loop must not wait for (the state_dir file):
@@ -172,7 +208,7 @@ impl Sink {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
             filter: Arc::new(Filter {
-                level: AtomicU8::new(level_rank(level_to_log(level))),
+                level: AtomicU8::new(level_rank(level.level())),
                 format: AtomicU8::new(format as u8),
                 rust_log: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -184,12 +220,12 @@ impl Sink {
             out,
             filter: sink.filter.clone(),
             dropped: sink.dropped.clone(),
-            buf: String::with_capacity(256),
+            buf: Vec::with_capacity(256),
             files: None,
             files_setting: sink.files.clone(),
             files_generation: 0,
             write_errors: sink.write_errors.clone(),
-            prefix: String::with_capacity(96),
+            head: Vec::with_capacity(96),
             reopen: sink.reopen.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -202,7 +238,7 @@ impl Sink {
     pub fn set_filter(&self, level: LogLevel, format: LogFormat) {
         self.filter
             .level
-            .store(level_rank(level_to_log(level)), Ordering::Relaxed);
+            .store(level_rank(level.level()), Ordering::Relaxed);
         self.filter.format.store(format as u8, Ordering::Relaxed);
         if !self.filter.rust_log.load(Ordering::Relaxed) {
             log::set_max_level(level.to_filter());
@@ -280,28 +316,19 @@ impl Sink {
     }
 }
 
-fn level_to_log(l: LogLevel) -> log::Level {
-    match l {
-        LogLevel::Error => log::Level::Error,
-        LogLevel::Warn => log::Level::Warn,
-        LogLevel::Info => log::Level::Info,
-        LogLevel::Debug => log::Level::Debug,
-        LogLevel::Trace => log::Level::Trace,
-    }
-}
-
 struct Writer {
     /// Unbuffered: `buf` is the buffer, written out when large or when the queue idles.
     out: Box<dyn Destination>,
     filter: Arc<Filter>,
     dropped: Arc<AtomicU64>,
-    buf: String,
+    buf: Vec<u8>,
     files: Option<LogFiles>,
     files_setting: Arc<FilesSetting>,
     files_generation: u64,
     write_errors: Arc<AtomicU64>,
-    /// The text prefix of the batch being written.
-    prefix: String,
+    /// The text form's `svc[pid] stream: `, the same for every line of the batch
+    /// being written.
+    head: Vec<u8>,
     reopen: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -330,29 +357,25 @@ impl Writer {
             let json = self.filter.format.load(Ordering::Relaxed) == LogFormat::Json as u8;
             match msg {
                 SinkMsg::Lines(batch) => {
-                    // `svc[pid] stream: ` is the same for every line of a batch.
-                    if !json {
-                        self.prefix.clear();
-                        push_prefix(&mut self.prefix, &batch);
-                    }
+                    self.head.clear();
                     for line in &batch.lines {
                         let shown = level_rank(line.level) <= max;
                         if !shown && self.files.is_none() {
                             continue;
                         }
                         let start = self.buf.len();
+                        let rec = batch.record(line);
                         if json {
-                            format_line(&mut self.buf, &batch, line, true);
+                            rec.push_json(&mut self.buf);
                         } else {
-                            format_text(&mut self.buf, &batch, line, &self.prefix);
+                            if self.head.is_empty() {
+                                rec.push_head(&mut self.head);
+                            }
+                            rec.push_text(&mut self.buf, &self.head);
                         }
                         // The service's file gets every line, whatever the level filter.
                         if let Some(files) = &mut self.files {
-                            files.write(
-                                &batch.service,
-                                &self.buf.as_bytes()[start..],
-                                &batch.unwritten,
-                            );
+                            files.write(&batch.service, &self.buf[start..], &batch.unwritten);
                         }
                         if !shown {
                             self.buf.truncate(start);
@@ -364,18 +387,18 @@ impl Writer {
                     let shown = level_rank(rec.level) <= max;
                     let to_file = rec.file.as_ref().filter(|_| self.files.is_some());
                     if shown || to_file.is_some() {
-                        format_event(&mut self.buf, &rec, json);
+                        rec.record().write(&mut self.buf, json);
                     }
                     // The service's file gets its lifecycle records, whatever the filter;
                     // one it cannot take is counted with the service's unwritten lines.
                     if let (Some(files), Some((service, unwritten))) = (&mut self.files, to_file) {
-                        files.write(service, &self.buf.as_bytes()[start..], unwritten);
+                        files.write(service, &self.buf[start..], unwritten);
                     }
                     if !shown {
                         self.buf.truncate(start);
                     }
                 }
-                SinkMsg::Raw(text) => self.buf.push_str(&text),
+                SinkMsg::Raw(text) => self.buf.extend_from_slice(&text),
                 SinkMsg::Flush(done) => {
                     self.flush_all();
                     let _ = done.send(());
@@ -400,7 +423,7 @@ impl Writer {
                     level: log::Level::Warn,
                     service: None,
                     pid: None,
-                    event: Some("log_dropped"),
+                    event: Some(RecordKind::LogDropped),
                     msg: format!(
                         "{} orchestrator log records dropped while the log could not be written",
                         dropped - reported_drops
@@ -408,7 +431,7 @@ impl Writer {
                     file: None,
                 };
                 reported_drops = dropped;
-                format_event(&mut self.buf, &rec, json);
+                rec.record().write(&mut self.buf, json);
             }
             if self.buf.len() >= OUT_CHUNK {
                 self.write_out();
@@ -421,7 +444,7 @@ impl Writer {
     /// the writer, or readers would block forever: it is counted, and the per-service
     /// log files (when set) keep their own copy.
     fn write_out(&mut self) {
-        if !self.buf.is_empty() && self.out.write_all(self.buf.as_bytes()).is_err() {
+        if !self.buf.is_empty() && self.out.write_all(&self.buf).is_err() {
             self.write_errors.fetch_add(1, Ordering::Relaxed);
         }
         self.buf.clear();
@@ -480,175 +503,6 @@ impl Writer {
     }
 }
 
-fn level_name(l: log::Level) -> &'static str {
-    match l {
-        log::Level::Error => "ERROR",
-        log::Level::Warn => "WARN",
-        log::Level::Info => "INFO",
-        log::Level::Debug => "DEBUG",
-        log::Level::Trace => "TRACE",
-    }
-}
-
-fn level_json(l: log::Level) -> &'static str {
-    match l {
-        log::Level::Error => "error",
-        log::Level::Warn => "warn",
-        log::Level::Info => "info",
-        log::Level::Debug => "debug",
-        log::Level::Trace => "trace",
-    }
-}
-
-/// Text: `2026-11-27T05:53:17.123Z INFO  echo[1234] stdout: hello`.
-/// JSON: `{"ts":..,"level":..,"service":..,"pid":..,"stream":..,"msg":..}`.
-pub fn format_line(out: &mut String, b: &Batch, line: &Line, json: bool) {
-    // Pieces pushed one by one, without the fmt machinery: this runs for every line.
-    if json {
-        out.push_str("{\"ts\":\"");
-        timefmt::push_rfc3339(out, b.ts_ms);
-        out.push_str("\",\"level\":\"");
-        out.push_str(level_json(line.level));
-        out.push_str("\",\"service\":");
-        push_json_str(out, &b.service);
-        out.push_str(",\"pid\":");
-        push_int(out, b.pid);
-        out.push_str(",\"stream\":\"");
-        out.push_str(b.stream.as_str());
-        out.push_str("\",\"msg\":");
-        push_json_str(out, b.msg(line));
-        if line.partial {
-            out.push_str(",\"partial\":true");
-        }
-        out.push_str("}\n");
-    } else {
-        let mut prefix = String::with_capacity(64);
-        push_prefix(&mut prefix, b);
-        format_text(out, b, line, &prefix);
-    }
-}
-
-/// `svc[pid] stream: `, the part of a text line that a whole batch shares.
-fn push_prefix(out: &mut String, b: &Batch) {
-    push_escaped(out, &b.service);
-    out.push('[');
-    push_int(out, b.pid);
-    out.push_str("] ");
-    out.push_str(b.stream.as_str());
-    out.push_str(": ");
-}
-
-/// The text form with the batch's `svc[pid] stream: ` already rendered.
-fn format_text(out: &mut String, b: &Batch, line: &Line, prefix: &str) {
-    timefmt::push_rfc3339(out, b.ts_ms);
-    out.push(' ');
-    out.push_str(level_padded(line.level));
-    out.push(' ');
-    out.push_str(prefix);
-    push_escaped(out, b.msg(line));
-    if line.partial {
-        out.push_str(" [...]");
-    }
-    out.push('\n');
-}
-
-/// The level name padded to five columns, as `{:<5}` would.
-fn level_padded(l: log::Level) -> &'static str {
-    match l {
-        log::Level::Error => "ERROR",
-        log::Level::Warn => "WARN ",
-        log::Level::Info => "INFO ",
-        log::Level::Debug => "DEBUG",
-        log::Level::Trace => "TRACE",
-    }
-}
-
-fn push_int(out: &mut String, n: i32) {
-    if n < 0 {
-        out.push('-');
-    }
-    let mut v = n.unsigned_abs();
-    let mut digits = [0u8; 10];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    for d in &digits[i..] {
-        out.push(*d as char);
-    }
-}
-
-/// Text: `TS LEVEL echo[1234] exited with code 1`, or `TS LEVEL orchestrator: msg`.
-/// JSON: the line form with `event` in place of `stream`.
-pub fn format_event(out: &mut String, rec: &EventRecord, json: bool) {
-    if json {
-        out.push_str("{\"ts\":\"");
-        timefmt::push_rfc3339(out, rec.ts_ms);
-        let _ = write!(out, "\",\"level\":\"{}\"", level_json(rec.level));
-        out.push_str(",\"service\":");
-        push_json_str(out, rec.service.as_deref().unwrap_or("orchestrator"));
-        if let Some(pid) = rec.pid {
-            let _ = write!(out, ",\"pid\":{pid}");
-        }
-        if let Some(ev) = rec.event {
-            let _ = write!(out, ",\"event\":\"{ev}\"");
-        }
-        out.push_str(",\"msg\":");
-        push_json_str(out, &rec.msg);
-        out.push_str("}\n");
-    } else {
-        timefmt::push_rfc3339(out, rec.ts_ms);
-        let _ = write!(out, " {:<5} ", level_name(rec.level));
-        match (&rec.service, rec.pid) {
-            (Some(s), Some(pid)) => {
-                push_escaped(out, s);
-                let _ = write!(out, "[{pid}] ");
-            }
-            (Some(s), None) => {
-                push_escaped(out, s);
-                out.push_str(": ");
-            }
-            (None, _) => out.push_str("orchestrator: "),
-        }
-        push_escaped(out, &rec.msg);
-        out.push('\n');
-    }
-}
-
-/// Appends `s` as a JSON string literal.
-pub fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    // Copy runs that need no escaping in one go; only ASCII bytes are ever escaped,
-    // so the run boundaries are character boundaries.
-    let bytes = s.as_bytes();
-    let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&s[run..i]);
-        if esc.is_empty() {
-            let _ = write!(out, "\\u{:04x}", b);
-        } else {
-            out.push_str(esc);
-        }
-        run = i + 1;
-    }
-    out.push_str(&s[run..]);
-    out.push('"');
-}
-
 /// Routes the `log` macros through env_logger (for `RUST_LOG`-style filtering) into the
 /// sink, without ever blocking the caller.
 pub fn install_logger(sink: &Sink, level: LogLevel) {
@@ -678,9 +532,9 @@ pub fn install_logger(sink: &Sink, level: LogLevel) {
             msg: record.args().to_string(),
             file: None,
         };
-        let mut s = String::with_capacity(128);
-        format_event(&mut s, &rec, fmt_sink.json());
-        buf.write_all(s.as_bytes())
+        let mut s = Vec::with_capacity(128);
+        rec.record().write(&mut s, fmt_sink.json());
+        buf.write_all(&s)
     });
     builder.target(env_logger::Target::Pipe(Box::new(LoggerPipe {
         sink: sink.clone(),
@@ -699,8 +553,7 @@ struct LoggerPipe {
 
 impl Write for LoggerPipe {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.sink
-            .offer(SinkMsg::Raw(String::from_utf8_lossy(buf).into_owned()));
+        self.sink.offer(SinkMsg::Raw(buf.to_vec()));
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {

@@ -19,41 +19,40 @@ thread_local! {
 }
 
 /// Appends `2026-11-27T05:53:17.123Z` for `ms` milliseconds since the epoch.
-pub fn push_rfc3339(out: &mut String, ms: u64) {
+pub fn push_rfc3339(out: &mut Vec<u8>, ms: u64) {
     let secs = ms / 1000;
     let frac = (ms % 1000) as u32;
     let cached = LAST.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs {
-            let mut s = String::with_capacity(24);
+            let mut s = Vec::with_capacity(24);
             push_rfc3339_slow(&mut s, secs * 1000);
             if s.len() != 24 {
                 return false; // Years beyond 9999: no cache, format in full.
             }
-            c.1.copy_from_slice(&s.as_bytes()[..20]);
+            c.1.copy_from_slice(&s[..20]);
             c.0 = secs;
         }
-        // The cached bytes are ASCII digits and punctuation written above.
-        out.push_str(std::str::from_utf8(&c.1).unwrap_or_default());
+        out.extend_from_slice(&c.1);
         true
     });
     if !cached {
         push_rfc3339_slow(out, ms);
         return;
     }
-    out.push((b'0' + (frac / 100) as u8) as char);
-    out.push((b'0' + (frac / 10 % 10) as u8) as char);
-    out.push((b'0' + (frac % 10) as u8) as char);
-    out.push('Z');
+    out.push(b'0' + (frac / 100) as u8);
+    out.push(b'0' + (frac / 10 % 10) as u8);
+    out.push(b'0' + (frac % 10) as u8);
+    out.push(b'Z');
 }
 
-fn push_rfc3339_slow(out: &mut String, ms: u64) {
+fn push_rfc3339_slow(out: &mut Vec<u8>, ms: u64) {
     let secs = ms / 1000;
     let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
     let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    use std::fmt::Write;
-    // Writing to a String cannot fail.
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
     let _ = write!(
         out,
         "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
@@ -62,9 +61,10 @@ fn push_rfc3339_slow(out: &mut String, ms: u64) {
 }
 
 pub fn rfc3339(ms: u64) -> String {
-    let mut s = String::with_capacity(24);
+    let mut s = Vec::with_capacity(24);
     push_rfc3339(&mut s, ms);
-    s
+    // ASCII digits and punctuation only.
+    String::from_utf8_lossy(&s).into_owned()
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
@@ -97,9 +97,9 @@ mod tests {
             1_795_758_798_000,
             5,
         ] {
-            let mut slow = String::new();
+            let mut slow = Vec::new();
             push_rfc3339_slow(&mut slow, ms);
-            assert_eq!(rfc3339(ms), slow);
+            assert_eq!(rfc3339(ms).as_bytes(), slow);
         }
     }
 

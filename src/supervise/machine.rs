@@ -17,6 +17,7 @@
 use super::state::{reason, Exit, HistoryEntry, LastExit, Now, Refusal, State};
 use crate::config::discovery::{BinaryProblem, ServiceSpec};
 use crate::config::RestartPolicy;
+use crate::output::record::RecordKind;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -145,7 +146,7 @@ pub enum Action {
     /// Write an event record.
     Log {
         level: log::Level,
-        event: &'static str,
+        event: RecordKind,
         pid: Option<i32>,
         msg: String,
     },
@@ -284,7 +285,7 @@ pub struct Service {
     ending: Option<String>,
 }
 
-fn log(level: log::Level, event: &'static str, pid: Option<i32>, msg: impl Into<String>) -> Action {
+fn log(level: log::Level, event: RecordKind, pid: Option<i32>, msg: impl Into<String>) -> Action {
     Action::Log {
         level,
         event,
@@ -375,6 +376,20 @@ impl Service {
     pub fn awaited_launcher(&self) -> Option<i32> {
         match self.phase {
             Phase::AwaitPidFile { launcher, .. } if launcher > 0 => Some(launcher),
+            _ => None,
+        }
+    }
+
+    /// `pid_file`: the pid of the current run's launcher while it is the run (not yet
+    /// daemonized, or exited and its pid file awaited or a stop draining what it left).
+    pub fn launcher(&self) -> Option<i32> {
+        match &self.phase {
+            Phase::AwaitPidFile { launcher, .. } if *launcher > 0 => Some(*launcher),
+            Phase::Up { run, .. } | Phase::Stopping { run, .. } | Phase::Draining { run, .. }
+                if run.launcher =>
+            {
+                Some(run.pid)
+            }
             _ => None,
         }
     }
@@ -471,7 +486,7 @@ impl Service {
     }
 
     pub fn last_exit_code(&self) -> Option<i32> {
-        self.last_exit.map(|l| l.exit.code())
+        self.last_exit.and_then(|l| l.exit.code())
     }
 
     pub fn last_error(&self) -> Option<&str> {
@@ -603,7 +618,7 @@ fn kill(pgid: i32) -> Action {
 fn stray(what: &str) -> Action {
     log(
         log::Level::Warn,
-        "internal",
+        RecordKind::Internal,
         None,
         format!("{what} (ignored)"),
     )

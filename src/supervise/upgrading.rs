@@ -15,6 +15,7 @@ use super::supervisor::Supervisor;
 use super::upgrade::{History, Pending, Record, Verdict, View, Watch};
 use crate::common::protocol::Response;
 use crate::control::socket::{error_reply, Cmd, Reply, Request};
+use crate::output::record::RecordKind;
 use crate::output::timefmt;
 use crate::process::install;
 use crossbeam_channel::Sender;
@@ -248,7 +249,7 @@ impl Supervisor {
                 log::Level::Warn,
                 &service,
                 None,
-                "rollback",
+                RecordKind::Rollback,
                 format!("rolled back by hand to {}", short(&d.to)),
             );
             self.save_upgrades();
@@ -272,7 +273,7 @@ impl Supervisor {
             log::Level::Info,
             &service,
             None,
-            "upgrading",
+            RecordKind::Upgrading,
             format!(
                 "upgrading {} to {}: restarting onto it, grace window {} ms",
                 short(&d.from),
@@ -368,9 +369,9 @@ impl Supervisor {
             result: result.clone(),
         });
         let (level, event) = if ok {
-            (log::Level::Info, "upgraded")
+            (log::Level::Info, RecordKind::Upgraded)
         } else {
-            (log::Level::Error, "rolled back")
+            (log::Level::Error, RecordKind::RolledBack)
         };
         let msg = if ok {
             format!("upgrade to {} passed its grace window", short(&a.to))

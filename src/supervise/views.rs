@@ -250,6 +250,7 @@ fn status_row(e: &Entry, now: Instant) -> StatusRow {
         let (code, signal) = match l.exit {
             super::state::Exit::Code(c) => (Some(c), None),
             super::state::Exit::Signal(s) => (None, Some(super::state::signal_name(s))),
+            super::state::Exit::Unknown => (None, None),
         };
         protocol::LastExit {
             at: Some(l.at_ms),

@@ -3,96 +3,84 @@
 use super::*;
 
 #[test]
-fn text_and_json_lines() {
-    let text = "hello \"x\"".to_string();
-    let line = Line {
-        start: 0,
-        end: text.len(),
-        level: log::Level::Info,
-        partial: false,
-    };
-    let rec = Batch {
+fn a_batch_gives_its_lines_as_records() {
+    let text = "one\ntwo".to_string();
+    let lines = vec![
+        Line {
+            start: 0,
+            end: 3,
+            level: log::Level::Info,
+            partial: true,
+        },
+        Line {
+            start: 4,
+            end: 7,
+            level: log::Level::Warn,
+            partial: false,
+        },
+    ];
+    let mut batch = Batch {
         ts_ms: 1_795_758_797_123,
         service: "echo".into(),
         pid: 1234,
-        stream: Stream::Stdout,
+        stream: Stream::Stderr,
         unwritten: Arc::default(),
         text,
-        lines: vec![line],
+        lines: lines.clone(),
         event: None,
     };
-    let mut s = String::new();
-    format_line(&mut s, &rec, &line, false);
+    let mut s = Vec::new();
+    for line in &lines {
+        batch.record(line).write(&mut s, false);
+    }
     assert_eq!(
-        s,
-        "2026-11-27T05:53:17.123Z INFO  echo[1234] stdout: hello \"x\"\n"
+        String::from_utf8_lossy(&s),
+        "2026-11-27T05:53:17.123Z INFO  echo[1234] stderr: one [...]\n\
+         2026-11-27T05:53:17.123Z WARN  echo[1234] stderr: two\n"
     );
-    s.clear();
-    format_line(&mut s, &rec, &line, true);
-    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
-    assert_eq!(v["msg"], "hello \"x\"");
-    assert_eq!(v["service"], "echo");
-    assert_eq!(v["pid"], 1234);
-    assert_eq!(v["stream"], "stdout");
-    assert_eq!(v["level"], "info");
-    assert!(v.get("partial").is_none());
+    // A lifecycle record kept for `logs`: no stream, and no pid for no process.
+    batch.event = Some(RecordKind::Stopped);
+    batch.pid = 0;
+    let r = batch.record(&lines[1]);
+    assert_eq!((r.stream, r.pid, r.event), (None, None, batch.event));
+    let v = batch.log_line(&lines[1]);
+    assert_eq!(v.event.as_deref(), Some("stopped"));
+    assert_eq!(v.level, "warn");
+    assert!(v.pid.is_none() && v.stream.is_none());
 }
 
 #[test]
-fn text_escapes_control_characters_visibly() {
-    let text =
-        "ok\r2026-11-27T00:00:00.000Z ERROR orchestrator: forged\n\u{1b}]0;t\u{7}\u{9b}x\ty\u{7f}é"
-            .to_string();
-    let line = Line {
-        start: 0,
-        end: text.len(),
-        level: log::Level::Info,
-        partial: false,
-    };
-    let rec = Batch {
+fn an_event_record_is_a_record_without_a_stream() {
+    let rec = EventRecord {
         ts_ms: 0,
-        service: "svc".into(),
-        pid: 1,
-        stream: Stream::Stdout,
-        unwritten: Arc::default(),
-        text,
-        lines: vec![line],
+        level: log::Level::Warn,
+        service: None,
+        pid: None,
         event: None,
+        msg: "services directory /srv/a\nb\u{1b}[2J: gone".into(),
+        file: None,
     };
-    let mut s = String::new();
-    format_line(&mut s, &rec, &line, false);
+    let mut e = Vec::new();
+    rec.record().write(&mut e, false);
     assert_eq!(
-        s,
-        "1970-01-01T00:00:00.000Z INFO  svc[1] stdout: ok\\r2026-11-27T00:00:00.000Z ERROR orchestrator: forged\\n\\x1b]0;t\\x07\\u{9b}x\ty\\x7fé\n"
+        String::from_utf8_lossy(&e),
+        "1970-01-01T00:00:00.000Z WARN  orchestrator: services directory /srv/a\\nb\\x1b[2J: gone\n",
     );
-    assert_eq!(s.matches('\n').count(), 1, "one record, one line");
-    let mut e = String::new();
-    format_event(
-        &mut e,
-        &EventRecord {
-            ts_ms: 0,
-            level: log::Level::Warn,
-            service: None,
-            pid: None,
-            event: None,
-            msg: "services directory /srv/a\nb\u{1b}[2J: gone".into(),
-            file: None,
-        },
-        false,
-    );
-    assert!(
-        e.ends_with("orchestrator: services directory /srv/a\\nb\\x1b[2J: gone\n"),
-        "{e}"
+    let rec = EventRecord {
+        ts_ms: 0,
+        level: log::Level::Error,
+        service: Some("web".into()),
+        pid: Some(7),
+        event: Some(RecordKind::Exited),
+        msg: "exited with code 1".into(),
+        file: None,
+    };
+    e.clear();
+    rec.record().write(&mut e, true);
+    assert_eq!(
+        String::from_utf8_lossy(&e),
+        "{\"ts\":\"1970-01-01T00:00:00.000Z\",\"level\":\"error\",\"service\":\"web\",\"pid\":7,\"event\":\"exited\",\"msg\":\"exited with code 1\"}\n"
     );
     assert_eq!(crate::output::escape::escaped("plain"), "plain");
     assert_eq!(crate::output::escape::escaped("a\u{0}b"), "a\\x00b");
-}
-
-#[test]
-fn json_escapes_control_characters() {
-    let mut s = String::new();
-    push_json_str(&mut s, "a\u{1}\tb\u{fffd}");
-    assert_eq!(s, "\"a\\u0001\\tb\u{fffd}\"");
-    let back: String = serde_json::from_str(&s).unwrap();
-    assert_eq!(back, "a\u{1}\tb\u{fffd}");
 }

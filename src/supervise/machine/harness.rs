@@ -172,7 +172,7 @@ pub(super) fn kinds(actions: &[Action]) -> String {
             Action::Remove => "remove",
             Action::Probe { .. } => "probe",
             Action::ReadPidFile { .. } => "read-pid",
-            Action::Log { event, .. } => event,
+            Action::Log { event, .. } => event.as_str(),
         })
         .collect();
     words.join(" ")

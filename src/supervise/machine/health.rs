@@ -23,7 +23,7 @@ impl Service {
                 self.restarts += 1;
                 let mut actions = vec![log(
                     log::Level::Info,
-                    "retrying",
+                    RecordKind::Retrying,
                     None,
                     "trying a failed service again (retry_failed_ms)",
                 )];
@@ -123,7 +123,7 @@ impl Service {
     pub(super) fn kill_log(&self, pid: i32) -> Action {
         log(
             log::Level::Warn,
-            "killed",
+            RecordKind::Killed,
             Some(pid),
             format!(
                 "still running after {} ms: sending SIGKILL",
@@ -178,7 +178,7 @@ impl Service {
                 match self.ready_if_due(now) {
                     true => vec![log(
                         log::Level::Info,
-                        "ready",
+                        RecordKind::Ready,
                         pid,
                         "health check passed: ready",
                     )],
@@ -200,7 +200,7 @@ impl Service {
                     };
                     return vec![log(
                         level,
-                        "unhealthy",
+                        RecordKind::Unhealthy,
                         pid,
                         format!("health check failed ({n} in a row): {why}"),
                     )];
@@ -208,7 +208,7 @@ impl Service {
                 let then = AfterStop::Recover(self.next_attempt(ctx.rng));
                 let mut actions = vec![log(
                     log::Level::Warn,
-                    "unhealthy",
+                    RecordKind::Unhealthy,
                     pid,
                     format!("health check failed {n} times in a row ({why}): restarting"),
                 )];

@@ -55,7 +55,12 @@ impl Service {
                     return Vec::new();
                 }
                 self.last_error = None;
-                vec![log(log::Level::Info, "ready", Some(pid), "READY=1: ready")]
+                vec![log(
+                    log::Level::Info,
+                    RecordKind::Ready,
+                    Some(pid),
+                    "READY=1: ready",
+                )]
             }
             Notice::KeepAlive(at) => {
                 let watchdog = self.spec.process.watchdog;
@@ -76,7 +81,7 @@ impl Service {
                 let then = AfterStop::Recover(self.liveness_attempt(run, ctx));
                 let mut actions = vec![log(
                     log::Level::Warn,
-                    "watchdog",
+                    RecordKind::Watchdog,
                     Some(run.pid),
                     format!("{why}: restarting"),
                 )];
@@ -94,7 +99,7 @@ impl Service {
         let then = AfterStop::Recover(self.liveness_attempt(run, ctx));
         let mut actions = vec![log(
             log::Level::Warn,
-            "watchdog",
+            RecordKind::Watchdog,
             Some(run.pid),
             format!("{why}: restarting"),
         )];

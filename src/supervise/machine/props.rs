@@ -154,7 +154,7 @@ impl Case {
                 }
                 Action::Remove => {}
                 Action::Log {
-                    event: "restarting",
+                    event: RecordKind::Restarting,
                     ..
                 } => {
                     self.w.consecutive += 1;

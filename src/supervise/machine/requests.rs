@@ -92,7 +92,8 @@ impl Service {
                 }
             }
             // The daemon may be up already, its pid file not written yet: whatever runs
-            // in the launcher's group or the service's cgroup is stopped like a run.
+            // of the service (its cgroup, or without one what descends from the
+            // launcher) is stopped like a run.
             Phase::AwaitPidFile {
                 gen,
                 launcher,
@@ -103,7 +104,7 @@ impl Service {
                     pid: *launcher,
                     gen: *gen,
                     started: *started,
-                    launcher: false,
+                    launcher: true,
                 };
                 Ok(self.begin_drain(run, then, origin, now))
             }
@@ -133,7 +134,7 @@ impl Service {
         self.last_error = None;
         vec![log(
             log::Level::Info,
-            "stopped",
+            RecordKind::Stopped,
             None,
             format!("stopped ({what} cancelled)"),
         )]
@@ -165,7 +166,7 @@ impl Service {
         vec![
             log(
                 log::Level::Info,
-                "stopping",
+                RecordKind::Stopping,
                 Some(run.pid),
                 format!(
                     "stopping with {}",
@@ -203,7 +204,7 @@ impl Service {
         vec![
             log(
                 log::Level::Info,
-                "stopping",
+                RecordKind::Stopping,
                 None,
                 format!(
                     "stopping with {} (the pid file names no process yet)",
@@ -221,7 +222,7 @@ impl Service {
         self.phase = Phase::Stopped {
             held: matches!(stop.origin, Origin::Operator | Origin::Shutdown),
         };
-        let mut actions = vec![log(log::Level::Info, "stopped", None, "stopped")];
+        let mut actions = vec![log(log::Level::Info, RecordKind::Stopped, None, "stopped")];
         match stop.then {
             AfterStop::Stay => self.last_error = None,
             AfterStop::Remove => actions.push(Action::Remove),

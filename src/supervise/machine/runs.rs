@@ -50,7 +50,12 @@ impl Service {
             reason: None,
         });
         let ready = self.up(run, now.mono);
-        let mut actions = vec![log(log::Level::Info, "started", Some(pid), "started")];
+        let mut actions = vec![log(
+            log::Level::Info,
+            RecordKind::Started,
+            Some(pid),
+            "started",
+        )];
         if let Some((then, origin)) = stop {
             actions.extend(self.begin_stop(run, ready, then, origin, now.mono));
         }
@@ -97,7 +102,7 @@ impl Service {
         vec![
             log(
                 log::Level::Info,
-                "daemonized",
+                RecordKind::Daemonized,
                 Some(run.pid),
                 "launcher exited 0: reading the pid file",
             ),
@@ -137,7 +142,7 @@ impl Service {
                 self.up(run, now);
                 let mut actions = vec![log(
                     log::Level::Info,
-                    "started",
+                    RecordKind::Started,
                     Some(pid),
                     "main process from the pid file",
                 )];
@@ -176,7 +181,7 @@ impl Service {
         }
         let mut actions = vec![log(
             log::Level::Error,
-            "failed",
+            RecordKind::Failed,
             None,
             format!("cannot start: {why}"),
         )];
@@ -221,7 +226,7 @@ impl Service {
                 BUSY_RETRY.as_millis()
             );
             self.last_error = Some(error);
-            return vec![log(log::Level::Warn, "retrying", None, msg)];
+            return vec![log(log::Level::Warn, RecordKind::Retrying, None, msg)];
         }
         self.push_history(HistoryEntry {
             started_ms: now.wall_ms,
@@ -231,7 +236,7 @@ impl Service {
         });
         let mut actions = vec![log(
             log::Level::Error,
-            "failed",
+            RecordKind::Failed,
             None,
             format!("cannot start: {error}"),
         )];
@@ -268,16 +273,21 @@ impl Service {
         });
         if let Some(h) = self.history.back_mut() {
             h.exited_ms = Some(now.wall_ms);
-            h.exit_code = Some(exit.code());
+            h.exit_code = exit.code();
             h.reason = Some(why);
         }
         // An exit we asked for is news, not a warning.
-        let level = if exit.success() || stop.is_some() {
+        let level = if exit.clean() || stop.is_some() {
             log::Level::Info
         } else {
             log::Level::Warn
         };
-        let mut actions = vec![log(level, "exited", Some(run.pid), exit.describe())];
+        let mut actions = vec![log(
+            level,
+            RecordKind::Exited,
+            Some(run.pid),
+            exit.describe(),
+        )];
         if let Some(mut stop) = stop {
             if stop.killed {
                 actions.push(Action::Reap(run.pid));
@@ -298,8 +308,8 @@ impl Service {
         if now.mono.saturating_duration_since(run.started) >= self.spec.reset_after {
             self.attempts = 0;
         }
-        self.last_error = (!exit.success()).then(|| exit.describe());
-        actions.extend(self.after_run(exit.success(), ctx));
+        self.last_error = (!exit.clean()).then(|| exit.describe());
+        actions.extend(self.after_run(exit.clean(), ctx));
         actions
     }
 
@@ -343,7 +353,7 @@ impl Service {
                 self.phase = Phase::Backoff { until: now + delay };
                 log(
                     log::Level::Info,
-                    "restarting",
+                    RecordKind::Restarting,
                     None,
                     format!(
                         "restarting in {} ms (attempt {})",
@@ -364,7 +374,7 @@ impl Service {
                 };
                 log(
                     log::Level::Error,
-                    "failed",
+                    RecordKind::Failed,
                     None,
                     format!(
                         "maximum restart attempts exceeded ({}); {then}",
