@@ -295,10 +295,11 @@ pub fn log_line(name: &str, l: &LogLine) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::common::protocol::FromJson;
     use serde_json::json;
 
     fn row(v: serde_json::Value) -> StatusRow {
-        serde_json::from_value(v).unwrap()
+        StatusRow::from_json(&v)
     }
 
     const NOW: u64 = 1_800_000_000_000;

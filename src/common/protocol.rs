@@ -1,6 +1,6 @@
 //! The control protocol (docs/control-protocol.md), typed once for both ends: the daemon
 //! fills these values and the client reads them back; JSON exists only on the socket,
-//! where `Display` writes a value as one line and serde reads one back.
+//! where `Display` writes a value as one line and `FromJson` reads one back.
 //!
 //! The wire is older than these types, and it stays byte for byte what it was: every
 //! object's fields are declared in the order the daemon has always written them (by
@@ -10,10 +10,16 @@
 //! ignored, fields it misses take their defaults. Only the request is strict, as the
 //! daemon refuses what it does not understand.
 //!
+//! Replies are read back by hand from serde_json's one `Value` parser (`FromJson`):
+//! serde's derived decoders compile every field's parser again for each type, and for
+//! these types that cost some 78 KB of a binary counted in bytes. The round-trip tests
+//! hold each reader to its writer.
+//!
 //! Metrics travel as Prometheus text, their one encoding; `Metrics` is the value that
 //! text is rendered from (`control/metrics.rs`), on the daemon's side only.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -62,11 +68,6 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// A row that does not say is of a configured, enabled service.
-fn yes() -> bool {
-    true
-}
-
 impl Request {
     /// `cmd` with no arguments.
     pub fn new(cmd: Cmd) -> Request {
@@ -85,8 +86,7 @@ impl Request {
 /// One reply line: `{"ok":true,...}` with the fields of the command's answer, or
 /// `{"error":"...","ok":false}`. Every field any answer carries is here, in wire order;
 /// each answer sets its own and the rest are not written.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Response {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -151,8 +151,7 @@ impl Response {
 
 /// One message of a `logs -f` stream after its first reply: `{"line":{...}}`, a
 /// `{"dropped":N}` for lines the reader was too slow to get, or an error that ends it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Streamed {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dropped: Option<u64>,
@@ -195,8 +194,7 @@ impl fmt::Display for Request {
 
 /// One kept line of output, or a lifecycle record among them (`event` set, `stream`
 /// null, and `pid` null when there was no process).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LogLine {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<String>,
@@ -211,18 +209,15 @@ pub struct LogLine {
 }
 
 /// One service in `status`. Times are Unix milliseconds, `uptime` nanoseconds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StatusRow {
     /// The binary the service runs; null when it cannot be read.
     pub binary: Option<Binary>,
     /// The service's own cgroup, while it has a process there.
     pub cgroup: Option<String>,
     /// False for a service discovered without a config entry.
-    #[serde(default = "yes")]
     pub configured: bool,
     pub cpu_seconds: Option<f64>,
-    #[serde(default = "yes")]
     pub enabled: bool,
     /// Every hardening key: `"off"` or how it is applied.
     pub hardening: BTreeMap<String, String>,
@@ -264,8 +259,7 @@ pub struct StatusRow {
 pub const STATES: [&str; 5] = ["stopped", "starting", "running", "failed", "restarting"];
 
 /// A binary's identity: a new version shows as a new hash.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Binary {
     pub mtime: i64,
     pub path: String,
@@ -275,8 +269,7 @@ pub struct Binary {
 }
 
 /// One run of a service.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Run {
     pub exit_code: Option<i32>,
     /// Null while it runs.
@@ -288,8 +281,7 @@ pub struct Run {
 
 /// How the last run ended: a code or a signal's name, when, and whether an operator
 /// asked for it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct LastExit {
     pub at: Option<u64>,
     pub by_operator: bool,
@@ -298,8 +290,7 @@ pub struct LastExit {
 }
 
 /// A socket the orchestrator holds for a service.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Socket {
     pub bound: bool,
     pub listen: String,
@@ -307,8 +298,7 @@ pub struct Socket {
 }
 
 /// One line of a service's version history.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Upgrade {
     pub at: u64,
     pub from: String,
@@ -318,8 +308,7 @@ pub struct Upgrade {
 }
 
 /// `status`'s word about the daemon itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Orchestrator {
     pub log_records_dropped: u64,
     pub log_write_errors: u64,
@@ -329,8 +318,7 @@ pub struct Orchestrator {
 }
 
 /// One service's part of a reload.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PlanStep {
     pub action: String,
     pub service: String,
@@ -365,6 +353,203 @@ pub struct ServiceMetrics {
     pub notify_dropped: u64,
     /// SHA-256 of the service's binary, when it can be read.
     pub sha256: Option<String>,
+}
+
+/// Reading a message back from JSON: what is missing takes its default, what is not
+/// known is ignored, and a value of the wrong type counts as missing.
+pub trait FromJson: Sized {
+    fn from_json(v: &Value) -> Self;
+
+    /// A message from its line.
+    fn parse(line: &str) -> serde_json::Result<Self> {
+        Ok(Self::from_json(&serde_json::from_str(line)?))
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+fn num(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_default()
+}
+
+fn int(v: &Value) -> Option<i32> {
+    v.as_i64().and_then(|n| i32::try_from(n).ok())
+}
+
+fn list<T: FromJson>(v: &Value) -> Option<Vec<T>> {
+    v.as_array().map(|a| a.iter().map(T::from_json).collect())
+}
+
+fn object<T: FromJson>(v: &Value) -> Option<T> {
+    v.is_object().then(|| T::from_json(v))
+}
+
+/// Inserted one by one: collecting into a map would compile a sort for it.
+fn words(v: &Value) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for (k, x) in v.as_object().into_iter().flatten() {
+        if let Some(x) = x.as_str() {
+            m.insert(k.clone(), x.to_string());
+        }
+    }
+    m
+}
+
+impl FromJson for Response {
+    fn from_json(v: &Value) -> Response {
+        Response {
+            error: text(&v["error"]),
+            lines: list(&v["lines"]),
+            message: text(&v["message"]),
+            metrics: text(&v["metrics"]),
+            ok: v["ok"].as_bool().unwrap_or_default(),
+            orchestrator: object(&v["orchestrator"]),
+            pid: v["pid"].as_u64().and_then(|n| u32::try_from(n).ok()),
+            plan: list(&v["plan"]),
+            result: text(&v["result"]),
+            services: list(&v["services"]),
+            sha256: text(&v["sha256"]),
+            version: text(&v["version"]),
+        }
+    }
+}
+
+impl FromJson for Streamed {
+    fn from_json(v: &Value) -> Streamed {
+        Streamed {
+            dropped: v["dropped"].as_u64(),
+            error: text(&v["error"]),
+            line: object(&v["line"]),
+            ok: v["ok"].as_bool(),
+        }
+    }
+}
+
+impl FromJson for LogLine {
+    fn from_json(v: &Value) -> LogLine {
+        LogLine {
+            event: text(&v["event"]),
+            level: text(&v["level"]).unwrap_or_default(),
+            msg: text(&v["msg"]).unwrap_or_default(),
+            partial: v["partial"].as_bool().unwrap_or_default(),
+            pid: int(&v["pid"]),
+            stream: text(&v["stream"]),
+            ts: text(&v["ts"]).unwrap_or_default(),
+        }
+    }
+}
+
+impl FromJson for StatusRow {
+    fn from_json(v: &Value) -> StatusRow {
+        StatusRow {
+            binary: object(&v["binary"]),
+            cgroup: text(&v["cgroup"]),
+            // A row that does not say is of a configured, enabled service.
+            configured: v["configured"].as_bool().unwrap_or(true),
+            cpu_seconds: v["cpu_seconds"].as_f64(),
+            enabled: v["enabled"].as_bool().unwrap_or(true),
+            hardening: words(&v["hardening"]),
+            history: list(&v["history"]).unwrap_or_default(),
+            last_error: text(&v["last_error"]),
+            last_exit: object(&v["last_exit"]),
+            last_exit_code: int(&v["last_exit_code"]),
+            limits: words(&v["limits"]),
+            log_lines_unwritten: num(&v["log_lines_unwritten"]),
+            name: text(&v["name"]).unwrap_or_default(),
+            next_restart_ms: v["next_restart_ms"].as_u64(),
+            notify_dropped: num(&v["notify_dropped"]),
+            notify_status: text(&v["notify_status"]),
+            pid: int(&v["pid"]),
+            restarts: num(&v["restarts"]),
+            rss_bytes: v["rss_bytes"].as_u64(),
+            since: v["since"].as_u64(),
+            sockets: list(&v["sockets"]),
+            state: text(&v["state"]).unwrap_or_default(),
+            upgrades: list(&v["upgrades"]).unwrap_or_default(),
+            uptime: num(&v["uptime"]),
+            waiting_for: text(&v["waiting_for"]),
+        }
+    }
+}
+
+impl FromJson for Binary {
+    fn from_json(v: &Value) -> Binary {
+        Binary {
+            mtime: v["mtime"].as_i64().unwrap_or_default(),
+            path: text(&v["path"]).unwrap_or_default(),
+            sha256: text(&v["sha256"]),
+            size: num(&v["size"]),
+        }
+    }
+}
+
+impl FromJson for Run {
+    fn from_json(v: &Value) -> Run {
+        Run {
+            exit_code: int(&v["exit_code"]),
+            exited: v["exited"].as_u64(),
+            reason: text(&v["reason"]),
+            started: num(&v["started"]),
+        }
+    }
+}
+
+impl FromJson for LastExit {
+    fn from_json(v: &Value) -> LastExit {
+        LastExit {
+            at: v["at"].as_u64(),
+            by_operator: v["by_operator"].as_bool().unwrap_or_default(),
+            code: int(&v["code"]),
+            signal: text(&v["signal"]),
+        }
+    }
+}
+
+impl FromJson for Socket {
+    fn from_json(v: &Value) -> Socket {
+        Socket {
+            bound: v["bound"].as_bool().unwrap_or_default(),
+            listen: text(&v["listen"]).unwrap_or_default(),
+            name: text(&v["name"]).unwrap_or_default(),
+        }
+    }
+}
+
+impl FromJson for Upgrade {
+    fn from_json(v: &Value) -> Upgrade {
+        Upgrade {
+            at: num(&v["at"]),
+            from: text(&v["from"]).unwrap_or_default(),
+            result: text(&v["result"]).unwrap_or_default(),
+            to: text(&v["to"]).unwrap_or_default(),
+        }
+    }
+}
+
+impl FromJson for Orchestrator {
+    fn from_json(v: &Value) -> Orchestrator {
+        Orchestrator {
+            log_records_dropped: num(&v["log_records_dropped"]),
+            log_write_errors: num(&v["log_write_errors"]),
+            notify_rejected: num(&v["notify_rejected"]),
+            pid: v["pid"]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or_default(),
+            uptime: num(&v["uptime"]),
+        }
+    }
+}
+
+impl FromJson for PlanStep {
+    fn from_json(v: &Value) -> PlanStep {
+        PlanStep {
+            action: text(&v["action"]).unwrap_or_default(),
+            service: text(&v["service"]).unwrap_or_default(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -517,8 +702,41 @@ mod tests {
             pid: 4,
             uptime: 5,
         });
-        let back: Response = serde_json::from_str(&r.to_string()).unwrap();
+        let back = Response::parse(&r.to_string()).unwrap();
         assert_eq!(back, r);
+        let line = LogLine {
+            event: Some("exited".into()),
+            level: "warn".into(),
+            msg: "bye".into(),
+            partial: true,
+            pid: Some(9),
+            stream: Some("stderr".into()),
+            ts: "2026-11-27T05:53:17.123Z".into(),
+        };
+        let every = Response {
+            error: Some("e".into()),
+            lines: Some(vec![line.clone()]),
+            message: Some("already running".into()),
+            metrics: Some("# HELP\n".into()),
+            ok: true,
+            pid: Some(8),
+            plan: Some(vec![PlanStep {
+                action: "restart".into(),
+                service: "web".into(),
+            }]),
+            result: Some("ok".into()),
+            sha256: Some("ab".into()),
+            version: Some("0.1.0".into()),
+            ..Response::default()
+        };
+        assert_eq!(Response::parse(&every.to_string()).unwrap(), every);
+        let streamed = Streamed {
+            dropped: Some(2),
+            error: Some("gone".into()),
+            line: Some(line),
+            ok: Some(false),
+        };
+        assert_eq!(Streamed::parse(&streamed.to_string()).unwrap(), streamed);
         let mut req = Request::new(Cmd::Logs);
         req.service = Some("web".into());
         req.lines = Some(5);
@@ -555,7 +773,7 @@ mod tests {
             "restarts": 0, "last_exit_code": null, "last_error": null, "rss_bytes": 10,
             "cpu_seconds": 0.5, "binary": null,
             "history": [{"started": 1, "exited": null, "exit_code": null}]}]});
-        let r: Response = serde_json::from_value(old).unwrap();
+        let r = Response::from_json(&old);
         let row = &r.services.as_ref().unwrap()[0];
         assert_eq!(
             (row.pid, row.since, row.last_exit.is_none()),
@@ -566,7 +784,7 @@ mod tests {
         let newer = json!({"ok": false, "error": "no", "hint": {"a": [1]},
             "lines": [{"ts": "t", "level": "info", "pid": 1, "stream": "stdout",
                        "msg": "m", "partial": false, "colour": "red"}]});
-        let r: Response = serde_json::from_value(newer).unwrap();
+        let r = Response::from_json(&newer);
         assert_eq!(r.lines.as_ref().unwrap()[0].msg, "m");
         assert_eq!(r.into_result(), Err("no".to_string()));
     }

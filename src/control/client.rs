@@ -1,7 +1,7 @@
 //! The client side of the control socket: one request, one reply, and what to print.
 //! Exit codes (docs/cli.md): 0 success, 1 refused or failed, 2 usage, 3 unreachable.
 
-use crate::common::protocol::{Request, Response, Streamed};
+use crate::common::protocol::{FromJson, Request, Response, Streamed};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -55,7 +55,7 @@ impl Connection {
                 "the orchestrator closed the connection without answering".into(),
             ));
         }
-        let reply: Response = serde_json::from_str(&line).map_err(|e| {
+        let reply = Response::parse(&line).map_err(|e| {
             ClientError::Refused(format!("unreadable reply from the orchestrator: {e}"))
         })?;
         reply.into_result().map_err(ClientError::Refused)
@@ -67,7 +67,7 @@ impl Connection {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => Ok(None),
-            Ok(_) => serde_json::from_str(&line).map(Some).map_err(|e| {
+            Ok(_) => Streamed::parse(&line).map(Some).map_err(|e| {
                 ClientError::Refused(format!("unreadable reply from the orchestrator: {e}"))
             }),
             Err(e) => Err(ClientError::Unreachable(format!(
