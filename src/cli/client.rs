@@ -6,8 +6,8 @@
 //! An error about one service names it: `orchestrator: web: service not found`.
 
 use crate::cli::{locate, status, Cli, Command};
+use crate::common::protocol::{self, Cmd, Request, StatusRow};
 use crate::control::client::{ClientError, Connection};
-use serde_json::{json, Value};
 use std::io::Write;
 use std::time::Duration;
 
@@ -81,28 +81,46 @@ enum Done {
     AwaitExit,
 }
 
+/// A request for `cmd` about `service`.
+fn about(cmd: Cmd, service: &str) -> Request {
+    Request {
+        service: Some(service.to_string()),
+        ..Request::new(cmd)
+    }
+}
+
 /// Runs one client command and prints its result.
 fn run_client(conn: &mut Connection, command: Command) -> Result<Done, ClientError> {
     match command {
         Command::Status { name, json } => {
-            let reply = conn.call(&json!({"cmd": "status", "service": name}))?;
-            let services = reply["services"].as_array().cloned().unwrap_or_default();
+            let req = Request {
+                service: name.clone(),
+                ..Request::new(Cmd::Status)
+            };
+            let services = conn.call(&req)?.services.unwrap_or_default();
             // `status NAME`: 0 only while the service is running, 3 in any other state.
             let code = match &name {
-                Some(_) if services.first().is_none_or(|s| s["state"] != "running") => 3,
+                Some(_) if services.first().is_none_or(|s| s.state != "running") => 3,
                 _ => 0,
             };
             if json {
+                // Pretty-printed from the one encoding of the rows (see `encode`).
+                let rows: serde_json::Value =
+                    serde_json::from_str(&protocol::encode(&services)).unwrap_or_default();
                 emit(&format!(
                     "{}\n",
-                    serde_json::to_string_pretty(&services).unwrap_or_default()
+                    serde_json::to_string_pretty(&rows).unwrap_or_default()
                 ));
             } else if let (Some(name), Some(s)) = (&name, services.first()) {
                 // The last lines are a nicety: a daemon that cannot give them still
                 // gets its detailed status shown.
+                let req = Request {
+                    lines: Some(10),
+                    ..about(Cmd::Logs, name)
+                };
                 let lines = conn
-                    .call(&json!({"cmd": "logs", "service": name, "lines": 10}))
-                    .map(|r| r["lines"].as_array().cloned().unwrap_or_default())
+                    .call(&req)
+                    .map(|r| r.lines.unwrap_or_default())
                     .unwrap_or_default();
                 emit(&status::detail(s, &lines, status::now_ms()));
             } else {
@@ -116,24 +134,27 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<Done, ClientErr
         }
         Command::Start(ref n) | Command::Stop(ref n) | Command::Restart(ref n) => {
             let cmd = match command {
-                Command::Start(_) => "start",
-                Command::Stop(_) => "stop",
-                _ => "restart",
+                Command::Start(_) => Cmd::Start,
+                Command::Stop(_) => Cmd::Stop,
+                _ => Cmd::Restart,
             };
-            let reply = conn.call(&json!({"cmd": cmd, "service": n}))?;
-            if let Some(m) = reply["message"].as_str() {
+            let reply = conn.call(&about(cmd, n))?;
+            if let Some(m) = &reply.message {
                 emit(&format!("{n}: {m}\n"));
-            } else if let Some(s) = reply["services"].get(0) {
+            } else if let Some(s) = reply.services.as_ref().and_then(|s| s.first()) {
                 emit(&format!("{}: {}\n", n, describe_state(s)));
             }
         }
         Command::Reload { dry_run } => {
-            let reply = conn.call(&json!({"cmd": "reload", "dry_run": dry_run}))?;
-            for p in reply["plan"].as_array().cloned().unwrap_or_default() {
+            let req = Request {
+                dry_run,
+                ..Request::new(Cmd::Reload)
+            };
+            for p in conn.call(&req)?.plan.unwrap_or_default() {
                 emit(&format!(
                     "{}: {}\n",
-                    crate::output::escape::escaped(p["service"].as_str().unwrap_or("?")),
-                    p["action"].as_str().unwrap_or("?")
+                    crate::output::escape::escaped(&p.service),
+                    p.action
                 ));
             }
         }
@@ -142,12 +163,13 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<Done, ClientErr
             lines,
             follow,
         } => {
-            let mut req = json!({"cmd": "logs", "service": name, "lines": lines});
-            if follow {
-                req["follow"] = json!(true);
-            }
+            let req = Request {
+                lines: Some(lines),
+                follow,
+                ..about(Cmd::Logs, &name)
+            };
             let reply = conn.call(&req)?;
-            for l in reply["lines"].as_array().cloned().unwrap_or_default() {
+            for l in reply.lines.unwrap_or_default() {
                 if !emit(&format!("{}\n", status::log_line(&name, &l))) {
                     return Ok(Done::Exit(0));
                 }
@@ -157,36 +179,44 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<Done, ClientErr
             }
         }
         Command::Metrics => {
-            let reply = conn.call(&json!({"cmd": "metrics"}))?;
-            emit(reply["metrics"].as_str().unwrap_or(""));
+            let reply = conn.call(&Request::new(Cmd::Metrics))?;
+            emit(reply.metrics.as_deref().unwrap_or(""));
         }
         Command::Shutdown => {
-            conn.call(&json!({"cmd": "shutdown"}))?;
+            conn.call(&Request::new(Cmd::Shutdown))?;
             return Ok(Done::AwaitExit);
         }
         Command::Upgrade { name, path } => {
             // The daemon has another working directory: a relative PATH is ours.
             let path = std::path::absolute(path.as_str()).unwrap_or_else(|_| path.into());
-            let reply = conn.call(&json!({"cmd": "upgrade", "service": name, "path": path}))?;
-            let sha = reply["sha256"].as_str().unwrap_or("");
-            match reply["result"].as_str() {
+            let req = Request {
+                path: Some(path.to_string_lossy().into_owned()),
+                ..about(Cmd::Upgrade, &name)
+            };
+            let reply = conn.call(&req)?;
+            let sha = reply.sha256.as_deref().unwrap_or("");
+            match reply.result.as_deref() {
                 Some("unchanged") => println!("{name}: already runs this binary (sha256 {sha})"),
                 _ => println!("{name}: upgraded to sha256 {sha}"),
             }
         }
         Command::Rollback(name) => {
-            let reply = conn.call(&json!({"cmd": "rollback", "service": name}))?;
-            let sha = reply["sha256"].as_str().unwrap_or("");
+            let reply = conn.call(&about(Cmd::Rollback, &name))?;
+            let sha = reply.sha256.as_deref().unwrap_or("");
             println!("{name}: rolled back to sha256 {sha}");
         }
         Command::UpgradeSelf(path) => {
             // The daemon has another working directory: a relative PATH is ours.
             let path = std::path::absolute(path.as_str()).unwrap_or_else(|_| path.into());
-            let reply = conn.call(&json!({"cmd": "upgrade-self", "path": path}))?;
+            let req = Request {
+                path: Some(path.to_string_lossy().into_owned()),
+                ..Request::new(Cmd::UpgradeSelf)
+            };
+            let reply = conn.call(&req)?;
             println!(
                 "orchestrator {} took over (pid {})",
-                reply["version"].as_str().unwrap_or("?"),
-                reply["pid"]
+                reply.version.as_deref().unwrap_or("?"),
+                reply.pid.map_or("null".into(), |p| p.to_string())
             );
         }
         Command::Run { .. }
@@ -200,11 +230,10 @@ fn run_client(conn: &mut Connection, command: Command) -> Result<Done, ClientErr
     Ok(Done::Exit(0))
 }
 
-fn describe_state(s: &Value) -> String {
-    let state = s["state"].as_str().unwrap_or("?");
-    match s["pid"].as_i64() {
-        Some(pid) => format!("{state} (pid {pid})"),
-        None => state.to_string(),
+fn describe_state(s: &StatusRow) -> String {
+    match s.pid {
+        Some(pid) => format!("{} (pid {pid})", s.state),
+        None => s.state.clone(),
     }
 }
 
@@ -214,18 +243,15 @@ fn describe_state(s: &Value) -> String {
 /// object ends the stream with its error.
 fn follow_stream(conn: &mut Connection, name: &str) -> Result<(), ClientError> {
     while let Some(msg) = conn.next()? {
-        if let Some(l) = msg.get("line") {
+        if let Some(l) = &msg.line {
             if !emit(&format!("{}\n", status::log_line(name, l))) {
                 return Ok(());
             }
-        } else if let Some(n) = msg.get("dropped").and_then(Value::as_u64) {
+        } else if let Some(n) = msg.dropped {
             eprintln!("-- {n} lines dropped (follower too slow) --");
-        } else if msg["ok"] == Value::Bool(false) {
+        } else if msg.ok == Some(false) {
             return Err(ClientError::Refused(
-                msg["error"]
-                    .as_str()
-                    .unwrap_or("log stream ended")
-                    .to_string(),
+                msg.error.unwrap_or_else(|| "log stream ended".into()),
             ));
         }
     }

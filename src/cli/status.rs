@@ -1,15 +1,15 @@
 //! How `status` looks to a person (docs/cli.md, docs/status-and-metrics.md): the aligned
 //! table of every service, and the detailed view of one (`status NAME`). Both are rendered
-//! from `status --json` objects; fields a daemon may not send (`since`, `last_exit`,
-//! `notify_status`) are optional, with a fallback on the older fields.
+//! from the protocol's status rows; fields an older daemon does not send (`since`,
+//! `last_exit`, `notify_status`) are optional, with a fallback on the older fields.
 //!
 //! A row shows the current run only: the last exit and the last error belong to a
 //! service that is not running, so a fresh start never shows a stale failure. This file
 //! formats; it never talks to the daemon.
 
+use crate::common::protocol::{LogLine, StatusRow};
 use crate::output::escape::escaped;
 use crate::output::timefmt;
-use serde_json::Value;
 use std::fmt::Write as _;
 
 const RED: &str = "\x1b[31m";
@@ -30,45 +30,30 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn has_process(s: &Value) -> bool {
-    s["pid"].as_i64().is_some()
-}
-
 /// When the service entered its state: `since`, else derived from the uptime of a
 /// running process or the end of the last run.
-fn since_ms(s: &Value, now: u64) -> Option<u64> {
-    if let Some(t) = s["since"].as_u64() {
+fn since_ms(s: &StatusRow, now: u64) -> Option<u64> {
+    if let Some(t) = s.since {
         return Some(t);
     }
-    if has_process(s) {
-        return Some(now.saturating_sub(s["uptime"].as_u64().unwrap_or(0) / 1_000_000));
+    if s.pid.is_some() {
+        return Some(now.saturating_sub(s.uptime / 1_000_000));
     }
-    s["history"]
-        .as_array()
-        .and_then(|h| h.last())
-        .and_then(|r| r["exited"].as_u64())
+    s.history.last().and_then(|r| r.exited)
 }
 
 /// The last exit as `(what, at_ms, by_operator)`: `("code 1", ..)`, `("SIGKILL", ..)`.
-fn last_exit(s: &Value) -> Option<(String, Option<u64>, bool)> {
-    let e = &s["last_exit"];
-    if e.is_object() {
-        let what = match (e["signal"].as_str(), e["code"].as_i64()) {
-            (Some(sig), _) => sig.to_string(),
+fn last_exit(s: &StatusRow) -> Option<(String, Option<u64>, bool)> {
+    if let Some(e) = &s.last_exit {
+        let what = match (&e.signal, e.code) {
+            (Some(sig), _) => sig.clone(),
             (None, Some(code)) => format!("code {code}"),
             (None, None) => "unknown".to_string(),
         };
-        return Some((
-            what,
-            e["at"].as_u64(),
-            e["by_operator"] == Value::Bool(true),
-        ));
+        return Some((what, e.at, e.by_operator));
     }
-    let code = s["last_exit_code"].as_i64()?;
-    let at = s["history"]
-        .as_array()
-        .and_then(|h| h.last())
-        .and_then(|r| r["exited"].as_u64());
+    let code = s.last_exit_code?;
+    let at = s.history.last().and_then(|r| r.exited);
     Some((format!("code {code}"), at, false))
 }
 
@@ -94,21 +79,21 @@ fn ago(at_ms: u64, now: u64) -> String {
     )
 }
 
-pub fn table(services: &[Value], colour: bool, now: u64) -> String {
+pub fn table(services: &[StatusRow], colour: bool, now: u64) -> String {
     let header = ["NAME", "STATE", "SINCE", "PID", "RESTARTS", "EXIT", "INFO"];
     let mut rows: Vec<([String; 7], Option<&str>)> = Vec::new();
     for s in services {
-        let state = s["state"].as_str().unwrap_or("?");
-        let pid = s["pid"].as_i64().map_or("-".into(), |p| p.to_string());
+        let state = s.state.as_str();
+        let pid = s.pid.map_or("-".into(), |p| p.to_string());
         let since = since_ms(s, now).map_or("-".into(), |t| ago(t, now));
         let mut info: Vec<String> = Vec::new();
         let mut exit = "-".to_string();
-        if has_process(s) {
-            if let Some(w) = s["waiting_for"].as_str() {
+        if s.pid.is_some() {
+            if let Some(w) = &s.waiting_for {
                 info.push(format!("waiting for {w}"));
             }
-            if let Some(st) = s["notify_status"].as_str().filter(|v| !v.is_empty()) {
-                info.push(st.to_string());
+            if let Some(st) = s.notify_status.as_ref().filter(|v| !v.is_empty()) {
+                info.push(st.clone());
             }
         } else {
             match last_exit(s) {
@@ -116,14 +101,14 @@ pub fn table(services: &[Value], colour: bool, now: u64) -> String {
                 Some((what, _, false)) => exit = what.trim_start_matches("code ").to_string(),
                 None => {}
             }
-            if let Some(ms) = s["next_restart_ms"].as_u64() {
+            if let Some(ms) = s.next_restart_ms {
                 info.push(format!("next restart in {:.1}s", ms as f64 / 1000.0));
             }
-            if let Some(e) = s["last_error"].as_str().filter(|e| !e.is_empty()) {
-                info.push(e.to_string());
+            if let Some(e) = s.last_error.as_ref().filter(|e| !e.is_empty()) {
+                info.push(e.clone());
             }
         }
-        if s["enabled"] == Value::Bool(false) {
+        if !s.enabled {
             info.insert(0, "disabled".into());
         }
         let paint = match state {
@@ -134,11 +119,11 @@ pub fn table(services: &[Value], colour: bool, now: u64) -> String {
         // STATUS= text, last_error (a peer's grpc-message, a child's words) and the
         // rest are escaped as the text log is: none may drive the terminal.
         let cells = [
-            s["name"].as_str().unwrap_or("?").to_string(),
+            s.name.clone(),
             state.to_string(),
             since,
             pid,
-            s["restarts"].to_string(),
+            s.restarts.to_string(),
             exit,
             info.join("; "),
         ]
@@ -178,12 +163,13 @@ pub fn table(services: &[Value], colour: bool, now: u64) -> String {
 }
 
 /// `status NAME`: one service in detail, then its last lines of output.
-pub fn detail(s: &Value, lines: &[Value], now: u64) -> String {
-    let name = escaped(s["name"].as_str().unwrap_or("?"));
-    let state = escaped(s["state"].as_str().unwrap_or("?"));
+pub fn detail(s: &StatusRow, lines: &[LogLine], now: u64) -> String {
+    let name = escaped(&s.name);
+    let state = escaped(&s.state);
     let mut out = String::new();
-    let waiting = s["waiting_for"]
-        .as_str()
+    let waiting = s
+        .waiting_for
+        .as_ref()
         .map_or(String::new(), |w| format!(", waiting for {}", escaped(w)));
     let _ = match since_ms(s, now) {
         Some(t) => writeln!(
@@ -199,27 +185,27 @@ pub fn detail(s: &Value, lines: &[Value], now: u64) -> String {
     let mut field = |key: &str, value: String| {
         let _ = writeln!(out, "  {:<12}{}", format!("{key}:"), escaped(&value));
     };
-    if s["enabled"] == Value::Bool(false) {
+    if !s.enabled {
         field("enabled", "no (disabled in the config)".into());
     }
-    if s["configured"] == Value::Bool(false) {
+    if !s.configured {
         field(
             "configured",
             "no (discovered, run with the defaults)".into(),
         );
     }
-    if let Some(pid) = s["pid"].as_i64() {
+    if let Some(pid) = s.pid {
         let mut v = pid.to_string();
-        if let Some(rss) = s["rss_bytes"].as_u64() {
+        if let Some(rss) = s.rss_bytes {
             let _ = write!(v, ", rss {:.1} MiB", rss as f64 / (1024.0 * 1024.0));
         }
-        if let Some(cpu) = s["cpu_seconds"].as_f64() {
+        if let Some(cpu) = s.cpu_seconds {
             let _ = write!(v, ", cpu {cpu:.2} s");
         }
         field("pid", v);
     }
-    if let Some(st) = s["notify_status"].as_str().filter(|v| !v.is_empty()) {
-        field("status", st.to_string());
+    if let Some(st) = s.notify_status.as_ref().filter(|v| !v.is_empty()) {
+        field("status", st.clone());
     }
     if let Some((what, at, by_operator)) = last_exit(s) {
         let mut v = what;
@@ -231,59 +217,48 @@ pub fn detail(s: &Value, lines: &[Value], now: u64) -> String {
         }
         field("last exit", v);
     }
-    if let Some(e) = s["last_error"].as_str().filter(|e| !e.is_empty()) {
-        field("last error", e.to_string());
+    if let Some(e) = s.last_error.as_ref().filter(|e| !e.is_empty()) {
+        field("last error", e.clone());
     }
-    let mut restarts = s["restarts"].to_string();
-    if let Some(ms) = s["next_restart_ms"].as_u64() {
+    let mut restarts = s.restarts.to_string();
+    if let Some(ms) = s.next_restart_ms {
         let _ = write!(restarts, ", next attempt in {:.1}s", ms as f64 / 1000.0);
     }
     field("restarts", restarts);
-    let b = &s["binary"];
-    if let Some(path) = b["path"].as_str() {
-        let mut v = path.to_string();
-        if let Some(size) = b["size"].as_u64() {
-            let _ = write!(v, " ({size} bytes");
-            if let Some(h) = b["sha256"].as_str() {
-                let _ = write!(v, ", sha256 {}", h.get(..12).unwrap_or(h));
-            }
-            v.push(')');
+    if let Some(b) = &s.binary {
+        let mut v = format!("{} ({} bytes", b.path, b.size);
+        if let Some(h) = &b.sha256 {
+            let _ = write!(v, ", sha256 {}", h.get(..12).unwrap_or(h));
         }
+        v.push(')');
         field("binary", v);
     }
-    if let Some(limits) = s["limits"].as_object().filter(|m| !m.is_empty()) {
-        let v: Vec<String> = limits
+    if !s.limits.is_empty() {
+        let v: Vec<String> = s
+            .limits
             .iter()
-            .map(|(k, how)| match how {
-                Value::String(h) => format!("{k}: {h}"),
-                Value::Object(o) => format!(
-                    "{k} = {}: {}",
-                    o.get("value").map_or(String::new(), plain),
-                    o.get("how").map_or(String::new(), plain)
-                ),
-                other => format!("{k}: {other}"),
-            })
+            .map(|(k, how)| format!("{k}: {how}"))
             .collect();
         field("limits", v.join("; "));
     }
-    if let Some(cg) = s["cgroup"].as_str() {
-        field("cgroup", cg.to_string());
+    if let Some(cg) = &s.cgroup {
+        field("cgroup", cg.clone());
     }
-    if let Some(runs) = s["history"].as_array().filter(|h| !h.is_empty()) {
+    if !s.history.is_empty() {
         let _ = writeln!(out);
-        let _ = match runs.len() {
+        let _ = match s.history.len() {
             1 => writeln!(out, "last run:"),
             n => writeln!(out, "last {n} runs:"),
         };
-        for r in runs {
-            let started = r["started"].as_u64().map_or("?".into(), timefmt::rfc3339);
-            let _ = match (r["exited"].as_u64(), r["reason"].as_str()) {
+        for r in &s.history {
+            let started = timefmt::rfc3339(r.started);
+            let _ = match (r.exited, &r.reason) {
                 (None, _) => writeln!(out, "  {started}  running"),
                 (Some(t), why) => writeln!(
                     out,
                     "  {started}  to {}  {}",
                     timefmt::rfc3339(t),
-                    escaped(why.unwrap_or("ended"))
+                    escaped(why.as_deref().unwrap_or("ended"))
                 ),
             };
         }
@@ -303,43 +278,39 @@ pub fn detail(s: &Value, lines: &[Value], now: u64) -> String {
     out
 }
 
-fn plain(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_string)
-}
-
 /// One kept line (`logs`), as the daemon's text log shows it: `TS NAME[PID] STREAM: MSG`,
 /// a lifecycle event as `TS NAME[PID] EVENT: MSG`.
-pub fn log_line(name: &str, l: &Value) -> String {
-    let source = l["event"]
-        .as_str()
-        .or_else(|| l["stream"].as_str())
-        .unwrap_or("");
-    let pid = l["pid"].as_i64().map_or("-".into(), |p| p.to_string());
+pub fn log_line(name: &str, l: &LogLine) -> String {
+    let source = l.event.as_ref().or(l.stream.as_ref()).map_or("", |s| s);
+    let pid = l.pid.map_or("-".into(), |p| p.to_string());
     format!(
         "{} {name}[{pid}] {source}: {}{}",
-        l["ts"].as_str().unwrap_or(""),
+        l.ts,
         // A service's bytes must not drive the reader's terminal.
-        escaped(l["msg"].as_str().unwrap_or("")),
-        if l["partial"] == Value::Bool(true) {
-            " [...]"
-        } else {
-            ""
-        }
+        escaped(&l.msg),
+        if l.partial { " [...]" } else { "" }
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::common::protocol::FromJson;
     use serde_json::json;
+
+    fn row(v: serde_json::Value) -> StatusRow {
+        StatusRow::from_json(&v)
+    }
 
     const NOW: u64 = 1_800_000_000_000;
 
     #[test]
     fn a_running_row_shows_no_stale_failure() {
-        let s = json!({"name": "web", "state": "running", "pid": 42, "uptime": 5_000_000_000u64,
+        let s = row(
+            json!({"name": "web", "state": "running", "pid": 42, "uptime": 5_000_000_000u64,
             "restarts": 3, "last_exit_code": 1, "last_error": "maximum restart attempts exceeded",
-            "enabled": true});
+            "enabled": true}),
+        );
         let t = table(&[s], false, NOW);
         assert!(!t.contains("maximum"), "{t}");
         let row = t.lines().nth(1).unwrap();
@@ -348,9 +319,11 @@ mod tests {
 
     #[test]
     fn an_operator_stop_is_not_a_crash() {
-        let s = json!({"name": "web", "state": "stopped", "pid": null, "restarts": 0,
+        let s = row(
+            json!({"name": "web", "state": "stopped", "pid": null, "restarts": 0,
             "last_exit_code": 143, "last_error": null, "since": NOW - 60_000,
-            "last_exit": {"code": null, "signal": "SIGTERM", "at": NOW - 60_000, "by_operator": true}});
+            "last_exit": {"code": null, "signal": "SIGTERM", "at": NOW - 60_000, "by_operator": true}}),
+        );
         let t = table(std::slice::from_ref(&s), false, NOW);
         assert!(
             t.contains("stopped by operator") && !t.contains("143"),
@@ -364,9 +337,11 @@ mod tests {
 
     #[test]
     fn a_peers_words_are_escaped() {
-        let s = json!({"name": "api", "state": "starting", "pid": null, "restarts": 0,
+        let s = row(
+            json!({"name": "api", "state": "starting", "pid": null, "restarts": 0,
             "last_exit_code": null,
-            "last_error": "health check failed: grpc-message: bad\u{1b}[2J\r\nFORGED"});
+            "last_error": "health check failed: grpc-message: bad\u{1b}[2J\r\nFORGED"}),
+        );
         let t = table(std::slice::from_ref(&s), false, NOW);
         let d = detail(&s, &[], NOW);
         for out in [t, d] {
@@ -377,12 +352,16 @@ mod tests {
 
     #[test]
     fn labels_read_as_english() {
-        let s = json!({"name": "web", "state": "failed", "pid": null, "restarts": 1,
-            "last_exit_code": 1, "last_error": "exited with code 1"});
+        let s = row(
+            json!({"name": "web", "state": "failed", "pid": null, "restarts": 1,
+            "last_exit_code": 1, "last_error": "exited with code 1"}),
+        );
         let d = detail(&s, &[], NOW);
         assert!(d.contains("  last error: exited with code 1\n"), "{d}");
-        let s = json!({"name": "web", "state": "starting", "pid": 7, "restarts": 0,
-            "uptime": 1_000_000_000u64, "waiting_for": "READY=1"});
+        let s = row(
+            json!({"name": "web", "state": "starting", "pid": 7, "restarts": 0,
+            "uptime": 1_000_000_000u64, "waiting_for": "READY=1"}),
+        );
         let t = table(std::slice::from_ref(&s), false, NOW);
         assert!(t.contains("waiting for READY=1"), "{t}");
         let d = detail(&s, &[], NOW);
@@ -395,8 +374,10 @@ mod tests {
 
     #[test]
     fn failed_rows_are_red_only_with_colour() {
-        let s = json!({"name": "bad", "state": "failed", "pid": null, "restarts": 10,
-            "last_exit_code": 1, "last_error": "maximum restart attempts exceeded"});
+        let s = row(
+            json!({"name": "bad", "state": "failed", "pid": null, "restarts": 10,
+            "last_exit_code": 1, "last_error": "maximum restart attempts exceeded"}),
+        );
         let t = table(std::slice::from_ref(&s), true, NOW);
         assert!(t.lines().nth(1).unwrap().starts_with(RED), "{t:?}");
         assert!(!table(&[s], false, NOW).contains('\x1b'));

@@ -4,5 +4,6 @@
 
 pub mod event;
 pub mod level;
+pub mod protocol;
 pub mod safe_fs;
 pub mod state;

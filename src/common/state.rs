@@ -12,6 +12,9 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in the order the protocol lists them (`protocol::STATES`, which a
+    /// test holds to this).
+    #[cfg(test)]
     pub const ALL: [State; 5] = [
         State::Stopped,
         State::Starting,

@@ -1,7 +1,7 @@
 //! The client side of the control socket: one request, one reply, and what to print.
 //! Exit codes (docs/cli.md): 0 success, 1 refused or failed, 2 usage, 3 unreachable.
 
-type Reply = serde_json::Value;
+use crate::common::protocol::{FromJson, Request, Response, Streamed};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -38,7 +38,7 @@ impl Connection {
     }
 
     /// Sends one request and returns the reply's body when it is `ok`.
-    pub fn call(&mut self, req: &serde_json::Value) -> Result<Reply, ClientError> {
+    pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
         let lost = |e: std::io::Error| {
             ClientError::Unreachable(format!("connection to the orchestrator lost: {e}"))
         };
@@ -55,28 +55,19 @@ impl Connection {
                 "the orchestrator closed the connection without answering".into(),
             ));
         }
-        let reply: Reply = serde_json::from_str(&line).map_err(|e| {
+        let reply = Response::parse(&line).map_err(|e| {
             ClientError::Refused(format!("unreadable reply from the orchestrator: {e}"))
         })?;
-        if reply["ok"] == serde_json::Value::Bool(true) {
-            Ok(reply)
-        } else {
-            Err(ClientError::Refused(
-                reply["error"]
-                    .as_str()
-                    .unwrap_or("request failed")
-                    .to_string(),
-            ))
-        }
+        reply.into_result().map_err(ClientError::Refused)
     }
 
     /// The next line of a streamed answer (`logs -f`), parsed; `Ok(None)` at the end
     /// of the stream (the daemon closed it).
-    pub fn next(&mut self) -> Result<Option<serde_json::Value>, ClientError> {
+    pub fn next(&mut self) -> Result<Option<Streamed>, ClientError> {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => Ok(None),
-            Ok(_) => serde_json::from_str(&line).map(Some).map_err(|e| {
+            Ok(_) => Streamed::parse(&line).map(Some).map_err(|e| {
                 ClientError::Refused(format!("unreadable reply from the orchestrator: {e}"))
             }),
             Err(e) => Err(ClientError::Unreachable(format!(

@@ -1,25 +1,8 @@
 //! Prometheus text exposition (docs/status-and-metrics.md): every known service has every
 //! metric, whatever its state, each family with HELP and TYPE, counters ending in `_total`.
 
-use crate::common::state::State;
-use crate::process::procfs::Usage;
+use crate::common::protocol::{Metrics, ServiceMetrics as Row, STATES};
 use std::fmt::Write;
-use std::time::Duration;
-
-pub struct Row<'a> {
-    pub name: &'a str,
-    pub state: State,
-    pub restarts: u64,
-    pub uptime: Duration,
-    pub usage: Usage,
-    pub stdout_lines: u64,
-    pub stderr_lines: u64,
-    pub unwritten: u64,
-    /// Notify datagrams from the service that were too long or not text.
-    pub notify_dropped: u64,
-    /// SHA-256 of the service's binary, when it can be read.
-    pub sha256: Option<&'a str>,
-}
 
 /// Escapes a label value: backslash, double quote and newline.
 pub fn escape_label(v: &str) -> String {
@@ -35,19 +18,18 @@ pub fn escape_label(v: &str) -> String {
     out
 }
 
-pub fn render(
-    rows: &[Row],
-    dropped_records: u64,
-    write_errors: u64,
-    notify_rejected: u64,
-) -> String {
+/// The text `metrics` and `/metrics` answer with, the one rendering of `m`.
+pub fn render(m: &Metrics) -> String {
+    let rows = &m.services;
+    let (dropped_records, write_errors, notify_rejected) =
+        (m.log_records_dropped, m.log_write_errors, m.notify_rejected);
     let mut out = String::with_capacity(256 + rows.len() * 1024);
     let mut family =
         |name: &str, kind: &str, help: &str, body: &dyn Fn(&mut String, &Row, &str)| {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
             for r in rows {
-                let label = escape_label(r.name);
+                let label = escape_label(&r.name);
                 body(&mut out, r, &label);
             }
         };
@@ -59,7 +41,7 @@ pub fn render(
             let _ = writeln!(
                 o,
                 "orchestrator_service_up{{service=\"{l}\"}} {}",
-                u8::from(r.state == State::Running)
+                u8::from(r.state == "running")
             );
         },
     );
@@ -68,7 +50,7 @@ pub fn render(
         "gauge",
         "Always 1; labels say which binary the service runs (SHA-256), for grouping a fleet by version.",
         &|o, r, l| {
-            if let Some(sha) = r.sha256 {
+            if let Some(sha) = &r.sha256 {
                 let _ = writeln!(
                     o,
                     "orchestrator_service_info{{service=\"{l}\",sha256=\"{}\"}} 1",
@@ -94,11 +76,10 @@ pub fn render(
         "gauge",
         "1 for the state the service is in, 0 for the others.",
         &|o, r, l| {
-            for s in State::ALL {
+            for s in STATES {
                 let _ = writeln!(
                     o,
-                    "orchestrator_service_state{{service=\"{l}\",state=\"{}\"}} {}",
-                    s.as_str(),
+                    "orchestrator_service_state{{service=\"{l}\",state=\"{s}\"}} {}",
                     u8::from(r.state == s)
                 );
             }
@@ -112,7 +93,7 @@ pub fn render(
             let _ = writeln!(
                 o,
                 "orchestrator_service_uptime_seconds{{service=\"{l}\"}} {:.3}",
-                r.uptime.as_secs_f64()
+                r.uptime_seconds
             );
         },
     );
@@ -124,7 +105,7 @@ pub fn render(
             let _ = writeln!(
                 o,
                 "orchestrator_service_memory_rss_bytes{{service=\"{l}\"}} {}",
-                r.usage.rss_bytes
+                r.rss_bytes
             );
         },
     );
@@ -136,7 +117,7 @@ pub fn render(
             let _ = writeln!(
                 o,
                 "orchestrator_service_cpu_seconds_total{{service=\"{l}\"}} {:.2}",
-                r.usage.cpu_seconds
+                r.cpu_seconds
             );
         },
     );
@@ -201,36 +182,29 @@ mod tests {
 
     #[test]
     fn every_family_has_help_type_and_each_service() {
-        let rows = [
+        let services = vec![
             Row {
-                name: "a\"b",
-                state: State::Running,
+                name: "a\"b".into(),
+                state: "running",
                 restarts: 2,
-                uptime: Duration::from_millis(1500),
-                usage: Usage {
-                    rss_bytes: 4096,
-                    cpu_seconds: 0.5,
-                },
+                uptime_seconds: 1.5,
+                rss_bytes: 4096,
+                cpu_seconds: 0.5,
                 stdout_lines: 3,
                 stderr_lines: 1,
-                unwritten: 0,
-                notify_dropped: 0,
-                sha256: Some("ab12"),
+                sha256: Some("ab12".into()),
+                ..Row::default()
             },
             Row {
-                name: "idle",
-                state: State::Stopped,
-                restarts: 0,
-                uptime: Duration::ZERO,
-                usage: Usage::default(),
-                stdout_lines: 0,
-                stderr_lines: 0,
-                unwritten: 0,
-                notify_dropped: 0,
-                sha256: None,
+                name: "idle".into(),
+                state: "stopped",
+                ..Row::default()
             },
         ];
-        let text = render(&rows, 0, 0, 0);
+        let text = render(&Metrics {
+            services,
+            ..Metrics::default()
+        });
         for fam in [
             "orchestrator_service_up",
             "orchestrator_service_restarts_total",

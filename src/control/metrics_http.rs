@@ -12,7 +12,8 @@
 //! busy answering is a new connection closed at once.
 
 use crate::common::event::Event;
-use crate::control::socket::{Call, Request};
+use crate::common::protocol::{Cmd, Request};
+use crate::control::socket::Call;
 use crossbeam_channel::{bounded, Sender};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -170,16 +171,12 @@ fn answer<A: From<Call>>(
     match (method, path) {
         ("GET" | "HEAD", "/metrics") => {
             let (reply_tx, reply_rx) = bounded(1);
-            let req = Request {
-                cmd: crate::control::socket::Cmd::Metrics,
-                service: None,
-                lines: None,
-                dry_run: false,
-                path: None,
-                follow: false,
-                conn: None,
-            };
-            if tx.send(Event::Above(Call(req, reply_tx).into())).is_err() {
+            if tx
+                .send(Event::Above(
+                    Call(Request::new(Cmd::Metrics), reply_tx).into(),
+                ))
+                .is_err()
+            {
                 return respond(
                     &mut stream,
                     "503 Service Unavailable",
@@ -191,9 +188,14 @@ fn answer<A: From<Call>>(
             let left = deadline.saturating_duration_since(Instant::now());
             match reply_rx.recv_timeout(left) {
                 Ok(reply) => {
-                    let reply = reply.into_value();
-                    let body = reply["metrics"].as_str().unwrap_or("").as_bytes().to_vec();
-                    respond(&mut stream, "200 OK", CONTENT_TYPE, &body, with_body)
+                    let body = reply.into_response().metrics.unwrap_or_default();
+                    respond(
+                        &mut stream,
+                        "200 OK",
+                        CONTENT_TYPE,
+                        body.as_bytes(),
+                        with_body,
+                    )
                 }
                 Err(_) => respond(
                     &mut stream,

@@ -8,8 +8,9 @@
 //! parsed `Request`.
 
 use crate::common::event::Event;
+pub use crate::common::protocol::{Cmd, Request};
+use crate::common::protocol::{Response, Streamed};
 use crossbeam_channel::{bounded, Sender};
-use serde::Deserialize;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -29,44 +30,6 @@ const CONN_STACK: usize = 128 * 1024;
 /// Pause after a failed accept() (descriptor or memory shortage).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// The commands of the control protocol.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Cmd {
-    Status,
-    Start,
-    Stop,
-    Restart,
-    Reload,
-    Logs,
-    Metrics,
-    Shutdown,
-    Upgrade,
-    Rollback,
-    UpgradeSelf,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Request {
-    pub cmd: Cmd,
-    #[serde(default)]
-    pub service: Option<String>,
-    #[serde(default)]
-    pub lines: Option<usize>,
-    #[serde(default)]
-    pub dry_run: bool,
-    #[serde(default)]
-    pub path: Option<String>,
-    /// `logs -f`: after the reply, keep the connection and stream new lines.
-    #[serde(default)]
-    pub follow: bool,
-    /// The connection's descriptor, set by its thread (never from the client):
-    /// `upgrade-self` answers on it from the new image.
-    #[serde(skip)]
-    pub conn: Option<std::os::fd::RawFd>,
-}
-
 /// A request and where its answer goes: what a control connection hands the main loop,
 /// inside its event (`common::event`) as news from above.
 pub struct Call(pub Request, pub Sender<Reply>);
@@ -74,11 +37,11 @@ pub struct Call(pub Request, pub Sender<Reply>);
 /// The main loop's answer: ready, or work to finish on the connection's own thread
 /// (hashing binaries, reading /proc), so that the loop never does that work itself.
 pub enum Reply {
-    Ready(serde_json::Value),
-    Finish(Box<dyn FnOnce() -> serde_json::Value + Send>),
+    Ready(Response),
+    Finish(Box<dyn FnOnce() -> Response + Send>),
     /// `logs -f`: the first answer, then every new line until the client or the service
     /// goes (see `follow`).
-    Follow(serde_json::Value, crate::output::reader::Follow),
+    Follow(Response, crate::output::reader::Follow),
     /// The answer will be written by someone else, on a duplicate of the connection
     /// (`upgrade-self`'s new image): the connection's thread writes nothing and ends.
     Handed,
@@ -86,23 +49,23 @@ pub enum Reply {
 
 impl Reply {
     /// The answer, finishing it here if it was left to finish.
-    pub fn into_value(self) -> serde_json::Value {
+    pub fn into_response(self) -> Response {
         match self {
             Reply::Ready(v) | Reply::Follow(v, _) => v,
             Reply::Finish(f) => f(),
-            Reply::Handed => serde_json::Value::Null,
+            Reply::Handed => Response::default(),
         }
     }
 }
 
-impl From<serde_json::Value> for Reply {
-    fn from(v: serde_json::Value) -> Reply {
+impl From<Response> for Reply {
+    fn from(v: Response) -> Reply {
         Reply::Ready(v)
     }
 }
 
-pub fn error_reply(msg: impl Into<String>) -> serde_json::Value {
-    serde_json::json!({"ok": false, "error": msg.into()})
+pub fn error_reply(msg: impl Into<String>) -> Response {
+    Response::error(msg)
 }
 
 /// One request line as a client sent it; the error is the reply's message.
@@ -317,7 +280,7 @@ fn serve_conn<A: From<Call>>(stream: UnixStream, tx: &Sender<Event<A>>) {
                 return;
             }
             Ok(Reply::Handed) => return,
-            Ok(r) => r.into_value(),
+            Ok(r) => r.into_response(),
             Err(_) => error_reply("operation timed out"),
         };
         let written = writeln!(writer, "{reply}").is_ok();
@@ -360,7 +323,10 @@ fn follow(stream: &UnixStream, f: crate::output::reader::Follow) {
         };
         let dropped = f.dropped.load(Ordering::Relaxed);
         if dropped > reported {
-            let msg = serde_json::json!({"dropped": dropped - reported});
+            let msg = Streamed {
+                dropped: Some(dropped - reported),
+                ..Streamed::default()
+            };
             if writeln!(writer, "{msg}").is_err() {
                 return;
             }
@@ -370,7 +336,10 @@ fn follow(stream: &UnixStream, f: crate::output::reader::Follow) {
             Some(b) => {
                 f.taken(&b);
                 for l in &b.lines {
-                    let msg = serde_json::json!({"line": b.line_json(l)});
+                    let msg = Streamed {
+                        line: Some(b.log_line(l)),
+                        ..Streamed::default()
+                    };
                     if writeln!(writer, "{msg}").is_err() {
                         return;
                     }
@@ -418,22 +387,4 @@ fn client_gone(stream: &UnixStream) -> bool {
     // SAFETY: pfd is valid for the call; a zero timeout never blocks.
     let r = unsafe { libc::poll(&mut pfd, 1, 0) };
     r > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_parse_strictly() {
-        let r: Request = serde_json::from_str(r#"{"cmd":"status","service":"echo"}"#).unwrap();
-        assert_eq!(r.service.as_deref(), Some("echo"));
-        assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","bogus":1}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"service":"x"}"#).is_err());
-        assert!(!r.follow);
-        let r: Request =
-            serde_json::from_str(r#"{"cmd":"logs","service":"a","lines":5,"follow":true}"#)
-                .unwrap();
-        assert!(r.follow);
-    }
 }

@@ -288,11 +288,11 @@ mod tests {
         );
         let mut new = Ring::default();
         new.restore(&"web".into(), &Arc::default(), carried);
-        let shown = |r: &Ring| -> Vec<serde_json::Value> {
-            r.tail(10).iter().map(|(b, l)| b.line_json(l)).collect()
+        let shown = |r: &Ring| -> Vec<crate::common::protocol::LogLine> {
+            r.tail(10).iter().map(|(b, l)| b.log_line(l)).collect()
         };
         assert_eq!(shown(&new), shown(&old));
-        assert_eq!(shown(&new)[1]["event"], "rolled back");
-        assert_eq!(shown(&new)[2]["level"], "trace");
+        assert_eq!(shown(&new)[1].event.as_deref(), Some("rolled back"));
+        assert_eq!(shown(&new)[2].level, "trace");
     }
 }

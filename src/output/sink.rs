@@ -10,6 +10,7 @@
 //! This module formats; it never decides anything about services.
 
 use crate::common::level;
+use crate::common::protocol::LogLine;
 use crate::config::{LogFormat, LogLevel};
 use crate::output::files::{Destination, FileConfig, LogFiles};
 use crate::output::record::{Record, RecordKind};
@@ -77,23 +78,17 @@ impl Batch {
 
     /// One line as `logs` shows it: `{ts, level, pid, stream, msg, partial}`, and
     /// `event` (with `stream` and, for no process, `pid` null) for a lifecycle record.
-    pub fn line_json(&self, line: &Line) -> serde_json::Value {
-        let mut v = serde_json::json!({
-            "ts": timefmt::rfc3339(self.ts_ms),
-            "level": level::name(line.level),
-            "pid": self.pid,
-            "stream": self.stream.as_str(),
-            "msg": self.msg(line),
-            "partial": line.partial,
-        });
-        if let Some(event) = self.event {
-            v["event"] = event.as_str().into();
-            v["stream"] = serde_json::Value::Null;
-            if self.pid == 0 {
-                v["pid"] = serde_json::Value::Null;
-            }
+    pub fn log_line(&self, line: &Line) -> LogLine {
+        let event = self.event.map(|e| e.as_str().to_string());
+        LogLine {
+            ts: timefmt::rfc3339(self.ts_ms),
+            level: level::name(line.level).to_string(),
+            pid: (event.is_none() || self.pid != 0).then_some(self.pid),
+            stream: event.is_none().then(|| self.stream.as_str().to_string()),
+            msg: self.msg(line).to_string(),
+            partial: line.partial,
+            event,
         }
-        v
     }
 
     /// One line as the log writes it.

@@ -19,6 +19,7 @@
 use super::event::{Above, Event};
 use super::machine;
 use super::supervisor::{Outcome, Supervisor};
+use crate::common::protocol::Response;
 use crate::control::instance::InstanceFds;
 use crate::control::socket::{error_reply, Reply, Request};
 use crate::output::handover::{self, CarriedBatch, CarriedReader, Report};
@@ -26,7 +27,6 @@ use crate::process::helper::Helper;
 use crate::process::inherit;
 use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -268,7 +268,7 @@ impl Supervisor {
         crate::control::socket::wait_followers(Duration::from_millis(500));
         let answer = match carried.reply {
             Some(_) => Reply::Handed,
-            None => json!({"ok": true, "version": version, "pid": std::process::id()}).into(),
+            None => took_over(version).into(),
         };
         let _ = reply.try_send(answer);
         crate::control::socket::drain(Duration::from_secs(1));
@@ -415,10 +415,19 @@ fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
     a.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The answer to `upgrade-self` from the image that runs now.
+pub fn took_over(version: impl Into<String>) -> Response {
+    Response {
+        pid: Some(std::process::id()),
+        version: Some(version.into()),
+        ..Response::ok()
+    }
+}
+
 /// Writes `answer` as the reply line on connection `fd` (a duplicate handed over), and
 /// closes it. Bounded: the client is waiting for it, and a full socket buffer fails
 /// the write (non-blocking) rather than hold the loop.
-pub fn answer_on(fd: RawFd, answer: &serde_json::Value) {
+pub fn answer_on(fd: RawFd, answer: &Response) {
     use std::io::Write;
     let Some(fd) = inherit::adopt(fd) else { return };
     let stream = std::os::unix::net::UnixStream::from(fd);

@@ -7,10 +7,10 @@ use super::machine::{AfterStop, Event, Origin};
 use super::reload::summarize;
 use super::state::{Refusal, State};
 use super::supervisor::Supervisor;
+use crate::common::protocol::{PlanStep, Response};
 use crate::config::discovery;
 use crate::control::socket::{error_reply, Cmd, Reply, Request};
 use crossbeam_channel::Sender;
-use serde_json::json;
 
 /// An answer held back until every service in `waits_for` has finished stopping (and
 /// left the ordered stops).
@@ -23,8 +23,15 @@ pub(super) struct Pending {
 enum Answer {
     /// The status of this service (an empty list if it is gone by then).
     Status(String),
-    /// This value as it is (a reload's plan).
-    Value(serde_json::Value),
+    /// A reload's plan.
+    Plan(Vec<PlanStep>),
+}
+
+fn plan_reply(plan: Vec<PlanStep>) -> Response {
+    Response {
+        plan: Some(plan),
+        ..Response::ok()
+    }
 }
 
 /// When a start, stop or restart is answered.
@@ -43,7 +50,11 @@ impl Supervisor {
             Cmd::Status => self.status(req.service.as_deref()),
             Cmd::Start | Cmd::Stop | Cmd::Restart => match self.lifecycle(&req) {
                 Ok(Done::Now) => self.status(req.service.as_deref()),
-                Ok(Done::Already(what)) => json!({"ok": true, "message": what}).into(),
+                Ok(Done::Already(what)) => Response {
+                    message: Some(what.to_string()),
+                    ..Response::ok()
+                }
+                .into(),
                 Ok(Done::After(waits_for)) => {
                     let name = req.service.clone().unwrap_or_default();
                     self.defer(waits_for, Answer::Status(name), reply);
@@ -65,16 +76,18 @@ impl Supervisor {
                         })
                         .map(|(n, _)| n.clone())
                         .collect();
-                    let list: Vec<_> = plan
+                    let list = plan
                         .iter()
-                        .map(|(n, a)| json!({"service": n, "action": a.as_str()}))
+                        .map(|(n, a)| PlanStep {
+                            action: a.as_str().to_string(),
+                            service: n.clone(),
+                        })
                         .collect();
-                    let value = json!({"ok": true, "plan": list});
                     if !waits_for.is_empty() {
-                        self.defer(waits_for, Answer::Value(value), reply);
+                        self.defer(waits_for, Answer::Plan(list), reply);
                         return;
                     }
-                    value.into()
+                    plan_reply(list).into()
                 }
                 Err(e) => {
                     if !req.dry_run {
@@ -86,7 +99,7 @@ impl Supervisor {
             Cmd::Logs => self.logs(req.service.as_deref(), req.lines.unwrap_or(100), req.follow),
             Cmd::Metrics => self.metrics(),
             Cmd::Shutdown => {
-                let _ = reply.try_send(json!({"ok": true}).into());
+                let _ = reply.try_send(Response::ok().into());
                 if self.shutdown.is_none() {
                     log::info!("shutdown requested");
                     self.begin_shutdown();
@@ -207,8 +220,12 @@ impl Supervisor {
                 Answer::Status(name) if self.services.contains_key(&name) => {
                     self.status(Some(&name))
                 }
-                Answer::Status(_) => json!({"ok": true, "services": []}).into(),
-                Answer::Value(v) => v.into(),
+                Answer::Status(_) => Response {
+                    services: Some(Vec::new()),
+                    ..Response::ok()
+                }
+                .into(),
+                Answer::Plan(list) => plan_reply(list).into(),
             };
             let _ = p.reply.try_send(answer);
         }

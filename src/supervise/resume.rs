@@ -211,8 +211,7 @@ impl Supervisor {
         self.settle();
         // The `upgrade-self` client learns it is done only now, from us.
         if let Some(fd) = c_reply {
-            let answer = serde_json::json!({"ok": true, "version": env!("CARGO_PKG_VERSION"),
-                                            "pid": std::process::id()});
+            let answer = super::reexec::took_over(env!("CARGO_PKG_VERSION"));
             super::reexec::answer_on(fd, &answer);
         }
     }

@@ -149,6 +149,11 @@ impl History {
         Value::Array(self.0.iter().map(Record::to_json).collect())
     }
 
+    /// Oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Record> {
+        self.0.iter()
+    }
+
     pub fn from_json(v: &Value) -> History {
         let mut h = History::default();
         for r in v

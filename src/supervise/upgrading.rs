@@ -13,6 +13,7 @@ use super::machine::{AfterStop, Event as MachineEvent};
 use super::state::reason;
 use super::supervisor::Supervisor;
 use super::upgrade::{History, Pending, Record, Verdict, View, Watch};
+use crate::common::protocol::Response;
 use crate::control::socket::{error_reply, Cmd, Reply, Request};
 use crate::output::record::RecordKind;
 use crate::output::timefmt;
@@ -21,6 +22,15 @@ use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
+
+/// The answer to `upgrade` or `rollback`: what happened, and the binary now installed.
+fn installed_reply(result: &str, sha256: String) -> Response {
+    Response {
+        result: Some(result.to_string()),
+        sha256: Some(sha256),
+        ..Response::ok()
+    }
+}
 
 /// Where the version history lives in `state_dir`.
 const HISTORY_FILE: &str = "upgrades.json";
@@ -221,8 +231,7 @@ impl Supervisor {
             }
         };
         if d.unchanged {
-            let answer = json!({"ok": true, "result": "unchanged", "sha256": d.to});
-            let _ = reply.try_send(answer.into());
+            let _ = reply.try_send(installed_reply("unchanged", d.to).into());
             return;
         }
         let at_ms = now_ms();
@@ -249,8 +258,7 @@ impl Supervisor {
             if active {
                 let _ = self.feed(&service, MachineEvent::Restart);
             }
-            let _ =
-                reply.try_send(json!({"ok": true, "result": "rollback", "sha256": d.to}).into());
+            let _ = reply.try_send(installed_reply("rollback", d.to).into());
             self.settle();
             return;
         }
@@ -352,7 +360,7 @@ impl Supervisor {
             }
             _ => (
                 "ok".to_string(),
-                Reply::from(json!({"ok": true, "result": "ok", "sha256": a.to})),
+                Reply::from(installed_reply("ok", a.to.clone())),
             ),
         };
         let ok = result == "ok";
@@ -528,6 +536,14 @@ fn put_back(binary: &Path) -> Result<Done, String> {
 }
 
 /// For `status --json`.
-pub(super) fn history_json(u: &Upgrades) -> Value {
-    u.history.to_json()
+pub(super) fn history_rows(u: &Upgrades) -> Vec<crate::common::protocol::Upgrade> {
+    u.history
+        .iter()
+        .map(|r| crate::common::protocol::Upgrade {
+            at: r.at_ms,
+            from: r.from.clone(),
+            result: r.result.clone(),
+            to: r.to.clone(),
+        })
+        .collect()
 }

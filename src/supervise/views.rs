@@ -2,17 +2,19 @@
 //! snapshot of its own state (cheap: copies of a few fields per service) and leaves the
 //! slow part, the /proc readings and the binaries' SHA-256, to the thread of the
 //! connection that asked (`Reply::Finish`): a slow disk or a large binary never holds up
-//! supervision.
+//! supervision. Answers are the protocol's types (`common/protocol.rs`), never JSON: the
+//! socket encodes them.
 
-use super::state::State;
 use super::supervisor::{Entry, Supervisor};
+use crate::common::protocol::{
+    self, Binary, LogLine, Metrics, Orchestrator, Response, ServiceMetrics, StatusRow,
+};
 use crate::control::metrics;
 use crate::control::socket::{error_reply, Reply};
 use crate::output::sink::{Batch, Line};
 use crate::process::cgroup::Cgroups;
 use crate::process::hardening;
 use crate::process::procfs::{self, Usage};
-use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -28,13 +30,11 @@ type FileVersion = (u64, i64, i64, u64);
 pub(super) struct BinaryIds(Arc<Mutex<HashMap<PathBuf, (FileVersion, String)>>>);
 
 impl BinaryIds {
-    /// `{"path", "size", "mtime", "sha256"}`; the hash is computed once per version of
-    /// the file, and only for a regular file.
-    fn identity(&self, path: &Path) -> Value {
+    /// Path, size, mtime and SHA-256; the hash is computed once per version of the
+    /// file, and only for a regular file.
+    fn identity(&self, path: &Path) -> Option<Binary> {
         use std::os::unix::fs::MetadataExt;
-        let Ok(m) = std::fs::metadata(path) else {
-            return Value::Null;
-        };
+        let m = std::fs::metadata(path).ok()?;
         let key = (m.len(), m.mtime(), m.mtime_nsec(), m.ino());
         let cached = self.0.lock().ok().and_then(|c| {
             c.get(path)
@@ -48,7 +48,12 @@ impl BinaryIds {
             }
             Some(h)
         });
-        json!({"path": path.display().to_string(), "size": m.len(), "mtime": m.mtime(), "sha256": hash})
+        Some(Binary {
+            mtime: m.mtime(),
+            path: path.display().to_string(),
+            sha256: hash,
+            size: m.len(),
+        })
     }
 }
 
@@ -104,27 +109,31 @@ impl Supervisor {
         };
         let mut rows = Vec::with_capacity(selected.len());
         for e in selected {
-            let mut v = status_json(e, now);
-            v["notify_dropped"] = json!(self.notify.as_ref().map_or(0, |n| n.dropped(&e.name)));
-            v["cgroup"] = json!(self
+            let mut row = status_row(e, now);
+            row.notify_dropped = self.notify.as_ref().map_or(0, |n| n.dropped(&e.name));
+            row.cgroup = self
                 .cgroups
                 .tracker_dir(&e.name)
-                .filter(|_| e.svc.has_process()));
-            v["limits"] = limits_json(&self.cgroups, e);
-            v["hardening"] = hardening::describe::json(e.svc.spec(), &self.cgroups);
+                .filter(|_| e.svc.has_process())
+                .map(|d| d.display().to_string());
+            // Inserted one by one: collecting into a map would compile a sort for it.
+            for (name, _, how) in self.cgroups.enforcement(e.svc.spec()) {
+                row.limits.insert(name.to_string(), how);
+            }
+            row.hardening = hardening::describe::summary(e.svc.spec(), &self.cgroups);
             rows.push((
-                v,
+                row,
                 e.svc.spec().process.binary.clone(),
                 source(&self.cgroups, e),
             ));
         }
-        let orchestrator = json!({
-            "pid": std::process::id(),
-            "uptime": self.started.elapsed().as_nanos() as u64,
-            "log_records_dropped": self.sink.dropped(),
-            "log_write_errors": self.sink.write_errors(),
-            "notify_rejected": self.notify.as_ref().map_or(0, |n| n.rejected()),
-        });
+        let orchestrator = Orchestrator {
+            pid: std::process::id(),
+            uptime: self.started.elapsed().as_nanos() as u64,
+            log_records_dropped: self.sink.dropped(),
+            log_write_errors: self.sink.write_errors(),
+            notify_rejected: self.notify.as_ref().map_or(0, |n| n.rejected()),
+        };
         let (cgroups, ids) = (self.cgroups.clone(), self.binary_ids.clone());
         Reply::Finish(Box::new(move || {
             let sources: Vec<Source> = rows
@@ -132,85 +141,68 @@ impl Supervisor {
                 .map(|r| std::mem::replace(&mut r.2, Source::None))
                 .collect();
             let usage = usage(&cgroups, &sources);
-            let list: Vec<Value> = rows
+            let list: Vec<StatusRow> = rows
                 .into_iter()
                 .zip(usage)
-                .map(|((mut v, binary, _), u)| {
-                    v["rss_bytes"] = json!(u.map(|u| u.rss_bytes));
-                    v["cpu_seconds"] = json!(u.map(|u| u.cpu_seconds));
-                    v["binary"] = ids.identity(&binary);
-                    v
+                .map(|((mut row, binary, _), u)| {
+                    row.rss_bytes = u.map(|u| u.rss_bytes);
+                    row.cpu_seconds = u.map(|u| u.cpu_seconds);
+                    row.binary = ids.identity(&binary);
+                    row
                 })
                 .collect();
-            json!({"ok": true, "services": list, "orchestrator": orchestrator})
+            Response {
+                services: Some(list),
+                orchestrator: Some(orchestrator),
+                ..Response::ok()
+            }
         }))
     }
 
     pub(super) fn metrics(&self) -> Reply {
         let now = Instant::now();
-        struct Snap {
-            name: String,
-            state: State,
-            restarts: u64,
-            uptime: std::time::Duration,
-            source: Source,
-            lines: [u64; 3],
-            notify_dropped: u64,
-            binary: PathBuf,
-        }
-        let snaps: Vec<Snap> = self
+        let mut snaps: Vec<(ServiceMetrics, Source, PathBuf)> = self
             .services
             .values()
-            .map(|e| Snap {
-                name: e.name.to_string(),
-                state: e.svc.state(),
-                restarts: e.svc.restarts(),
-                uptime: e.svc.uptime(now),
-                source: source(&self.cgroups, e),
-                lines: [
-                    e.counters.stdout_lines.load(Ordering::Relaxed),
-                    e.counters.stderr_lines.load(Ordering::Relaxed),
-                    e.counters.file_unwritten.load(Ordering::Relaxed),
-                ],
-                notify_dropped: self.notify.as_ref().map_or(0, |n| n.dropped(&e.name)),
-                binary: e.svc.spec().process.binary.clone(),
+            .map(|e| {
+                let row = ServiceMetrics {
+                    name: e.name.to_string(),
+                    state: e.svc.state().as_str(),
+                    restarts: e.svc.restarts(),
+                    uptime_seconds: e.svc.uptime(now).as_secs_f64(),
+                    stdout_lines: e.counters.stdout_lines.load(Ordering::Relaxed),
+                    stderr_lines: e.counters.stderr_lines.load(Ordering::Relaxed),
+                    unwritten: e.counters.file_unwritten.load(Ordering::Relaxed),
+                    notify_dropped: self.notify.as_ref().map_or(0, |n| n.dropped(&e.name)),
+                    ..ServiceMetrics::default()
+                };
+                let binary = e.svc.spec().process.binary.clone();
+                (row, source(&self.cgroups, e), binary)
             })
             .collect();
-        let (dropped, errors) = (self.sink.dropped(), self.sink.write_errors());
-        let rejected = self.notify.as_ref().map_or(0, |n| n.rejected());
+        let mut m = Metrics {
+            services: Vec::with_capacity(snaps.len()),
+            log_records_dropped: self.sink.dropped(),
+            log_write_errors: self.sink.write_errors(),
+            notify_rejected: self.notify.as_ref().map_or(0, |n| n.rejected()),
+        };
         let (cgroups, ids) = (self.cgroups.clone(), self.binary_ids.clone());
         Reply::Finish(Box::new(move || {
-            let (sources, snaps): (Vec<Source>, Vec<Snap>) = snaps
-                .into_iter()
-                .map(|mut s| (std::mem::replace(&mut s.source, Source::None), s))
-                .unzip();
+            let sources: Vec<Source> = snaps
+                .iter_mut()
+                .map(|s| std::mem::replace(&mut s.1, Source::None))
+                .collect();
             let usage = usage(&cgroups, &sources);
-            let shas: Vec<Option<String>> = snaps
-                .iter()
-                .map(|s| {
-                    ids.identity(&s.binary)["sha256"]
-                        .as_str()
-                        .map(str::to_string)
-                })
-                .collect();
-            let rows: Vec<metrics::Row> = snaps
-                .iter()
-                .zip(usage)
-                .zip(&shas)
-                .map(|((s, u), sha)| metrics::Row {
-                    name: &s.name,
-                    state: s.state,
-                    restarts: s.restarts,
-                    uptime: s.uptime,
-                    usage: u.unwrap_or_default(),
-                    stdout_lines: s.lines[0],
-                    stderr_lines: s.lines[1],
-                    unwritten: s.lines[2],
-                    notify_dropped: s.notify_dropped,
-                    sha256: sha.as_deref(),
-                })
-                .collect();
-            json!({"ok": true, "metrics": metrics::render(&rows, dropped, errors, rejected)})
+            for ((mut row, _, binary), u) in snaps.into_iter().zip(usage) {
+                let u = u.unwrap_or_default();
+                (row.rss_bytes, row.cpu_seconds) = (u.rss_bytes, u.cpu_seconds);
+                row.sha256 = ids.identity(&binary).and_then(|b| b.sha256);
+                m.services.push(row);
+            }
+            Response {
+                metrics: Some(metrics::render(&m)),
+                ..Response::ok()
+            }
         }))
     }
 
@@ -226,34 +218,33 @@ impl Supervisor {
         let Ok(mut ring) = e.ring.lock() else {
             return error_reply("log ring unavailable").into();
         };
-        let lines_json = |tail: &[(Arc<Batch>, Line)]| -> Vec<Value> {
-            tail.iter().map(|(b, l)| b.line_json(l)).collect()
+        let lines = |tail: &[(Arc<Batch>, Line)]| -> Response {
+            let lines: Vec<LogLine> = tail.iter().map(|(b, l)| b.log_line(l)).collect();
+            Response {
+                lines: Some(lines),
+                ..Response::ok()
+            }
         };
         if follow {
             let f = ring.follow(n);
-            let first = json!({"ok": true, "lines": lines_json(&f.tail)});
-            return Reply::Follow(first, f);
+            return Reply::Follow(lines(&f.tail), f);
         }
-        json!({"ok": true, "lines": lines_json(&ring.tail(n))}).into()
+        lines(&ring.tail(n)).into()
     }
-}
-
-/// How each configured limit is enforced: `{"nofile": "setrlimit", "memory_limit": ...}`.
-fn limits_json(cgroups: &Cgroups, e: &Entry) -> Value {
-    let mut m = serde_json::Map::new();
-    for (name, _, how) in cgroups.enforcement(e.svc.spec()) {
-        m.insert(name.into(), json!(how));
-    }
-    Value::Object(m)
 }
 
 /// The seed's fields and ours, without the parts read from outside the loop.
-fn status_json(e: &Entry, now: Instant) -> Value {
+fn status_row(e: &Entry, now: Instant) -> StatusRow {
     let svc = &e.svc;
-    let history: Vec<Value> = svc
+    let history = svc
         .history()
         .iter()
-        .map(|h| json!({"started": h.started_ms, "exited": h.exited_ms, "exit_code": h.exit_code, "reason": h.reason}))
+        .map(|h| protocol::Run {
+            exit_code: h.exit_code,
+            exited: h.exited_ms,
+            reason: h.reason.clone(),
+            started: h.started_ms,
+        })
         .collect();
     let last_exit = svc.last_exit().map(|l| {
         let (code, signal) = match l.exit {
@@ -261,46 +252,59 @@ fn status_json(e: &Entry, now: Instant) -> Value {
             super::state::Exit::Signal(s) => (None, Some(super::state::signal_name(s))),
             super::state::Exit::Unknown => (None, None),
         };
-        json!({"code": code, "signal": signal, "at": l.at_ms, "by_operator": l.by_operator})
+        protocol::LastExit {
+            at: Some(l.at_ms),
+            by_operator: l.by_operator,
+            code,
+            signal,
+        }
     });
-    let mut v = json!({
-        "name": &*e.name,
-        "configured": svc.spec().configured,
-        "enabled": svc.spec().enabled,
-        "state": svc.state().as_str(),
-        "since": svc.since_ms(),
-        "pid": svc.pid(),
-        "uptime": svc.uptime(now).as_nanos() as u64,
-        "restarts": svc.restarts(),
-        "last_exit_code": svc.last_exit_code(),
-        "last_exit": last_exit,
-        "last_error": svc.last_error(),
-        "notify_status": svc.notify_status(),
-        "rss_bytes": null,
-        "cpu_seconds": null,
-        "binary": null,
-        "log_lines_unwritten": e.counters.file_unwritten.load(Ordering::Relaxed),
-        "history": history,
-        "upgrades": super::upgrading::history_json(&e.upgrade),
-    });
-    if svc.awaiting_ready() {
-        v["waiting_for"] = json!("READY=1");
-    }
-    if !svc.spec().process.sockets.is_empty() {
-        let bound = e
-            .sockets
-            .as_ref()
-            .is_some_and(|b| b.matches(&svc.spec().process.sockets));
-        let list: Vec<Value> = svc
-            .spec()
-            .process.sockets
+    let sockets = &svc.spec().process.sockets;
+    let sockets = (!sockets.is_empty()).then(|| {
+        let bound = e.sockets.as_ref().is_some_and(|b| b.matches(sockets));
+        sockets
             .iter()
-            .map(|s| json!({"listen": s.listen, "name": s.name.as_deref().unwrap_or(&e.name), "bound": bound}))
-            .collect();
-        v["sockets"] = json!(list);
+            .map(|s| protocol::Socket {
+                bound,
+                listen: s.listen.clone(),
+                name: s.name.clone().unwrap_or_else(|| e.name.to_string()),
+            })
+            .collect()
+    });
+    StatusRow {
+        name: e.name.to_string(),
+        configured: svc.spec().configured,
+        enabled: svc.spec().enabled,
+        state: svc.state().as_str().to_string(),
+        since: Some(svc.since_ms()),
+        pid: svc.pid(),
+        uptime: svc.uptime(now).as_nanos() as u64,
+        restarts: svc.restarts(),
+        last_exit_code: svc.last_exit_code(),
+        last_exit,
+        last_error: svc.last_error().map(str::to_string),
+        notify_status: svc.notify_status().map(str::to_string),
+        log_lines_unwritten: e.counters.file_unwritten.load(Ordering::Relaxed),
+        history,
+        upgrades: super::upgrading::history_rows(&e.upgrade),
+        waiting_for: svc.awaiting_ready().then(|| "READY=1".to_string()),
+        sockets,
+        next_restart_ms: svc
+            .next_restart()
+            .map(|t| t.saturating_duration_since(now).as_millis() as u64),
+        ..StatusRow::default()
     }
-    if let Some(t) = svc.next_restart() {
-        v["next_restart_ms"] = json!(t.saturating_duration_since(now).as_millis() as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::common::protocol::STATES;
+    use crate::supervise::state::State;
+
+    /// The protocol names the states without knowing the machine: the two lists must
+    /// agree, in order (the metrics list them so).
+    #[test]
+    fn the_protocol_names_every_state() {
+        assert_eq!(State::ALL.map(State::as_str), STATES);
     }
-    v
 }

@@ -43,10 +43,10 @@ fn a_batch_gives_its_lines_as_records() {
     batch.pid = 0;
     let r = batch.record(&lines[1]);
     assert_eq!((r.stream, r.pid, r.event), (None, None, batch.event));
-    let v = batch.line_json(&lines[1]);
-    assert_eq!(v["event"], "stopped");
-    assert_eq!(v["level"], "warn");
-    assert!(v["pid"].is_null() && v["stream"].is_null());
+    let v = batch.log_line(&lines[1]);
+    assert_eq!(v.event.as_deref(), Some("stopped"));
+    assert_eq!(v.level, "warn");
+    assert!(v.pid.is_none() && v.stream.is_none());
 }
 
 #[test]

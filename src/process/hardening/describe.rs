@@ -245,13 +245,14 @@ pub fn lines(spec: &ServiceSpec, cgroups: &Cgroups) -> Vec<Line> {
 }
 
 /// `status --json`'s `hardening`: every key, with `"off"` or how it is applied.
-pub fn json(spec: &ServiceSpec, cgroups: &Cgroups) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
+pub fn summary(
+    spec: &ServiceSpec,
+    cgroups: &Cgroups,
+) -> std::collections::BTreeMap<String, String> {
+    // Inserted one by one: collecting into a map would compile a sort for it.
+    let mut m = std::collections::BTreeMap::new();
     for l in lines(spec, cgroups) {
-        m.insert(
-            l.key.into(),
-            serde_json::Value::String(l.how.unwrap_or_else(|| "off".into())),
-        );
+        m.insert(l.key.to_string(), l.how.unwrap_or_else(|| "off".into()));
     }
-    serde_json::Value::Object(m)
+    m
 }
