@@ -13,9 +13,12 @@
 //! - `output/`: pipe readers, the log sink thread, log files, time formats;
 //! - `control/`: the control socket, the client connection, metrics, the instance lock.
 //!
-//! Only `main` (here) chooses exit codes and prints errors for the user.
+//! Only this file prints errors for the user and chooses exit codes: the commands
+//! return what went wrong as values (`StartError`, configuration lines, `check`'s
+//! report), and `dispatch` turns each into its lines on stderr and its exit code.
 
 mod cli;
+mod common;
 mod config;
 mod control;
 mod daemon;
@@ -76,10 +79,63 @@ fn dispatch(cli: Cli) -> i32 {
             println!("orchestrator {}", env!("CARGO_PKG_VERSION"));
             0
         }
-        Command::Run { daemon, pidfile } => daemon::run(&cli, daemon, pidfile),
-        Command::Check => cli::check::check(&cli),
-        Command::Discover => cli::check::discover(&cli),
-        other => cli::client::client_command(&cli, other),
+        Command::Run { daemon, pidfile } => match daemon::run(&cli, daemon, pidfile) {
+            Ok(code) => code,
+            Err(failure) => start_failed(failure),
+        },
+        Command::Check => match cli::check::check(&cli) {
+            Ok(report) => {
+                cli::check::print(&report);
+                report.exit_code()
+            }
+            Err(lines) => config_failed(&lines),
+        },
+        Command::Discover => cli::check::discover(&cli).unwrap_or_else(|e| config_failed(&e)),
+        other => cli::client::client_command(&cli, other).unwrap_or_else(client_failed),
+    }
+}
+
+/// Prints why `run` could not start and returns its exit code: 2 for the
+/// configuration, 1 for anything else. A daemon that had detached already tells the
+/// caller's process the same code once the lines are out: that process relays our
+/// stderr until then.
+fn start_failed(failure: daemon::StartFailure) -> i32 {
+    let code = match &failure.error {
+        daemon::StartError::Config(lines) => config_failed(lines),
+        e => {
+            eprintln!("orchestrator: {e}");
+            1
+        }
+    };
+    if let Some(caller) = failure.caller {
+        caller.failed(code);
+    }
+    code
+}
+
+/// Prints why a client command failed and returns its exit code.
+fn client_failed(failure: cli::client::ClientFailure) -> i32 {
+    use cli::client::ClientFailure;
+    match failure {
+        ClientFailure::Config(lines) => config_failed(&lines),
+        ClientFailure::Unreachable { error, code } => {
+            eprintln!("orchestrator: {error}");
+            code
+        }
+        ClientFailure::Refused { error, service } => {
+            // Both come from the caller or the daemon and may carry control characters.
+            let e = output::escape::escaped(&error);
+            match service.map(|n| output::escape::escaped(&n).into_owned()) {
+                // The daemon's message may already start with the name.
+                Some(n) if !e.starts_with(&format!("{n}:")) => eprintln!("orchestrator: {n}: {e}"),
+                _ => eprintln!("orchestrator: {e}"),
+            }
+            1
+        }
+        ClientFailure::StillRunning => {
+            eprintln!("orchestrator: shutdown requested, but the orchestrator has not exited yet");
+            1
+        }
     }
 }
 
@@ -93,20 +149,9 @@ pub(crate) fn config_failed(lines: &[String]) -> i32 {
     2
 }
 
-pub(crate) fn load(cli: &Cli) -> Result<(config::Config, discovery::Plan), i32> {
-    let cfg = config::load(&cli.overrides).map_err(|e| config_failed(&e.0))?;
-    let plan = discovery::plan(&cfg).map_err(|e| config_failed(&e))?;
+/// The configuration and the plan made of it, or why not: one line per problem.
+pub(crate) fn load(cli: &Cli) -> Result<(config::Config, discovery::Plan), Vec<String>> {
+    let cfg = config::load(&cli.overrides).map_err(|e| e.0)?;
+    let plan = discovery::plan(&cfg)?;
     Ok((cfg, plan))
-}
-
-pub(crate) fn print_notices(plan: &discovery::Plan, min: log::Level) {
-    for n in &plan.notices {
-        if n.level <= min {
-            eprintln!(
-                "orchestrator: {}: {}",
-                n.level.as_str().to_ascii_lowercase(),
-                output::escape::escaped(&n.msg)
-            );
-        }
-    }
 }

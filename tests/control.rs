@@ -104,6 +104,27 @@ fn client_exit_codes_and_messages() {
         assert!(out.stderr.contains(msg), "{args:?}: {}", out.stderr);
         assert_eq!(out.stderr.trim().lines().count(), 1);
     }
+    // A refusal carries what the caller typed (a path, a name) escaped: a title-setting
+    // sequence in it reaches the terminal as text, never as ESC or BEL.
+    let hostile = "/nonexistent/\x1b]0;x\x07";
+    for args in [
+        &["upgrade", "svc", hostile][..],
+        &["status", hostile],
+        &["start", hostile],
+    ] {
+        let out = sb.cli(args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("\\x1b]0;x"),
+            "{args:?}: {:?}",
+            out.stderr
+        );
+        assert!(
+            !out.stderr.contains(['\x1b', '\x07']),
+            "{args:?}: {:?}",
+            out.stderr
+        );
+    }
     let mut cmd = std::process::Command::new(BIN);
     cmd.args(["status", "--socket"]).arg(sb.path("nobody.sock"));
     let out = run_with_timeout(cmd, DEADLINE);
@@ -183,9 +204,25 @@ fn start_and_stop_succeed_when_already_done() {
 #[test]
 fn status_exit_codes_follow_the_lsb_convention() {
     let sb = Sandbox::new();
-    basic(&sb);
+    sb.service("svc", "exec sleep 1000");
+    sb.service("off", "exec sleep 1000");
+    sb.service("broken", "exit 1");
+    sb.service("crash", "exit 1");
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({
+            "off": {"enabled": false},
+            "broken": {"restart": "never"},
+            "crash": {"restart": "always", "initial_backoff_ms": 600000,
+                      "max_backoff_ms": 600000},
+        }),
+    );
     let mut d = Daemon::start(&sb, &[]);
     sb.wait_running("svc", None);
+    for (name, state) in [("broken", "failed"), ("crash", "restarting")] {
+        let ok = wait_until(DEADLINE, || sb.service_status(name)["state"] == state);
+        assert!(ok, "{name} never {state}: {}", sb.service_status(name));
+    }
     for json in [false, true] {
         let with = |args: &[&str]| {
             let mut a = args.to_vec();
@@ -198,6 +235,11 @@ fn status_exit_codes_follow_the_lsb_convention() {
         let out = with(&["status", "off"]);
         assert_eq!(out.code, 3, "stopped, json {json}: {}", out.stderr);
         assert!(out.stdout.contains("stopped"), "{}", out.stdout);
+        for (name, state) in [("broken", "failed"), ("crash", "restarting")] {
+            let out = with(&["status", name]);
+            assert_eq!(out.code, 3, "{state}, json {json}: {}", out.stderr);
+            assert!(out.stdout.contains(state), "{}", out.stdout);
+        }
         assert_eq!(with(&["status", "nope"]).code, 1, "unknown, json {json}");
         assert_eq!(with(&["status"]).code, 0, "the table, json {json}");
     }
@@ -406,20 +448,9 @@ fn daemon_mode_detaches_and_logs_to_file() {
         json!({"off": {"enabled": false}}),
     );
     let pidfile = sb.path("d.pid");
-    let mut cmd = std::process::Command::new(BIN);
-    cmd.args(["run", "--daemon", "--config"])
-        .arg(sb.path("orchestrator.json"))
-        .arg("--pidfile")
-        .arg(&pidfile);
-    let out = run_with_timeout(cmd, DEADLINE);
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let d = start_detached(&sb, &pidfile);
     assert!(wait_until(DEADLINE, || sb.cli(&["status"]).code == 0));
-    let pid: i64 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _guard = KillPid(pid);
+    let pid = i64::from(d.pid);
     assert!(alive(pid));
     let stat = proc_stat(pid).unwrap();
     assert_ne!(
@@ -447,23 +478,15 @@ fn run_daemon_returns_once_the_daemon_serves() {
     let sb = Sandbox::new();
     sb.config(json!({"log_dir": "logs"}), json!({}));
     let pidfile = sb.path("d.pid");
-    let start = || {
-        let mut cmd = std::process::Command::new(BIN);
-        cmd.args(["run", "--daemon", "--config"])
-            .arg(sb.path("orchestrator.json"))
-            .arg("--pidfile")
-            .arg(&pidfile);
-        run_with_timeout(cmd, DEADLINE)
-    };
+    let start = || run_detached(&sb, &pidfile);
     for i in 0..100 {
         let out = start();
         assert_eq!(out.code, 0, "start {i}: {}", out.stderr);
-        let text = std::fs::read_to_string(&pidfile).unwrap_or_default();
-        let pid: i64 = text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("start {i}: pidfile holds {text:?}"));
-        let _guard = KillPid(pid);
+        let d = Detached::from_pidfile(&sb, &pidfile).unwrap_or_else(|| {
+            let text = std::fs::read_to_string(&pidfile).unwrap_or_default();
+            panic!("start {i}: pidfile holds {text:?}")
+        });
+        let pid = i64::from(d.pid);
         assert!(alive(pid), "start {i}: pid {pid} from the pidfile is gone");
         assert!(
             cmdline(pid).contains(" run "),
@@ -497,16 +520,6 @@ fn run_daemon_returns_once_the_daemon_serves() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("services_dri"), "{}", out.stderr);
     assert!(!pidfile.exists());
-}
-
-struct KillPid(i64);
-
-impl Drop for KillPid {
-    fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.0 as i32, libc::SIGKILL);
-        }
-    }
 }
 
 #[test]

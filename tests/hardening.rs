@@ -16,7 +16,10 @@
 //!   same write without the key succeeds.
 //! - private_users: a root service gets a host id and no root powers / without the key
 //!   it is root; a user service is mapped to itself; a binary the id cannot execute is
-//!   refused / the same binary runs without the key.
+//!   refused / the same binary runs without the key; with no accounts files the
+//!   name's id is still given / with unreadable ones the start fails (never root);
+//!   a service keeps its id when a clashing one is added / the newcomer moves; a root
+//!   data_dir the id cannot enter is refused with the reason / an open one is entered.
 //! - io_priority with the idle class: warned about and ignored / no warning without it.
 
 use crate::util::*;
@@ -772,6 +775,180 @@ fn private_users_gives_a_root_service_one_unprivileged_host_id() {
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let again = sb.wait_running("rootless", Some(pid));
     assert_eq!(mapped_host(again), host);
+}
+
+/// `orchestrator ARGS` in a mount namespace of its own whose /etc is an empty tmpfs,
+/// after `setup` (shell) ran in it.
+fn with_empty_etc(setup: &str, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs tmpfs /etc && {setup} exec \"$0\" \"$@\""
+        ))
+        .arg(BIN)
+        .args(args);
+    cmd
+}
+
+#[test]
+fn private_users_never_maps_root_to_root_when_the_accounts_are_missing_or_unreadable() {
+    let Some(sb) = sandbox() else { return };
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+    if !Path::new("/proc/self/ns/user").exists() || max.trim() == "0" {
+        eprintln!("skipped: user namespaces are not available");
+        return;
+    }
+    let keys = json!({"private_users": true, "restart": "always",
+                      "environment": {"HOLD": "60"}});
+    sb.config(
+        json!({}),
+        json!({"rootless": probe(&sb, "rootless", "ids", "", keys)}),
+    );
+    let config = sb.path("orchestrator.json").display().to_string();
+    let run = ["run", "--config", config.as_str()];
+
+    // No /etc/passwd nor /etc/group (an empty root): no accounts, so the name's id.
+    let up = |d: &Daemon| {
+        let ok = wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0);
+        assert!(ok, "daemon did not come up; log:\n{}", d.log_text());
+    };
+    let d = Daemon::launch(&sb, with_empty_etc("", &run), &[]);
+    up(&d);
+    let pid = sb.wait_running("rootless", None);
+    let host = mapped_host(pid);
+    assert!(
+        (61184..=65519).contains(&host),
+        "{host}; log:\n{}",
+        d.log_text()
+    );
+    drop(d);
+
+    // Accounts that cannot be read (a symlink loop: ELOOP even for root): the start
+    // fails with the reason, and check says so; root is never mapped to root.
+    let looped = "ln -s passwd /etc/passwd && ln -s group /etc/group &&";
+    let _ = std::fs::remove_file(sb.socket());
+    let d = Daemon::launch(&sb, with_empty_etc(looped, &run), &[]);
+    up(&d);
+    let mut last = Value::Null;
+    let ok = wait_until(DEADLINE, || {
+        last = sb.service_status("rootless");
+        last["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot choose a host id"))
+    });
+    assert!(ok, "{last}; log:\n{}", d.log_text());
+    assert!(last["pid"].is_null(), "it runs: {last}");
+    let check = run_with_timeout(
+        with_empty_etc(looped, &["check", "--config", &config]),
+        DEADLINE,
+    );
+    assert_eq!(check.code, 1, "{}{}", check.stdout, check.stderr);
+    assert!(
+        check
+            .stdout
+            .contains("cannot be applied: cannot choose a host id"),
+        "{}",
+        check.stdout
+    );
+}
+
+/// A service name, sorting before "web", whose host id search starts at `id`: the
+/// daemon's rule (FNV-1a of the name, into 61184-65519), searched.
+fn name_starting_at(id: u32) -> String {
+    let fnv = |name: &str| {
+        name.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        })
+    };
+    (0..)
+        .map(|i| format!("a-{i}"))
+        .find(|n| 61184 + fnv(n) % (65519 - 61184 + 1) == id)
+        .unwrap()
+}
+
+#[test]
+fn private_users_keeps_a_services_host_id_when_a_clashing_one_is_added() {
+    let Some(sb) = sandbox() else { return };
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+    if !Path::new("/proc/self/ns/user").exists() || max.trim() == "0" {
+        eprintln!("skipped: user namespaces are not available");
+        return;
+    }
+    let data = sb.path("web-data");
+    let keys = json!({"private_users": true, "restart": "always", "data_dir": data,
+                      "environment": {"HOLD": "60"}});
+    let web = probe(&sb, "web", "ids", "", keys.clone());
+    let d = run(&sb, json!({"web": web}));
+    let pid = sb.wait_running("web", None);
+    let host = mapped_host(pid);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&data).unwrap().uid(), host);
+    // A service whose name would take that id first, and sorts earlier.
+    let newcomer = name_starting_at(host);
+    let mut other = keys.clone();
+    other["data_dir"] = json!(sb.path("newcomer-data"));
+    sb.config(
+        json!({}),
+        json!({"web": web, newcomer.as_str(): probe(&sb, &newcomer, "ids", "", other)}),
+    );
+    let r = sb.cli(&["reload"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let theirs = mapped_host(sb.wait_running(&newcomer, None));
+    assert_ne!(theirs, host, "{newcomer} got web's id");
+    // web was not even restarted; and at its next start it has the same id, so its
+    // data_dir is still its own.
+    assert_eq!(sb.service_status("web")["pid"].as_i64(), Some(pid));
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let again = sb.wait_running("web", Some(pid));
+    assert_eq!(mapped_host(again), host, "log:\n{}", d.log_text());
+}
+
+#[test]
+fn private_users_refuses_a_data_dir_its_host_id_cannot_enter() {
+    let Some(sb) = sandbox() else { return };
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+    if !Path::new("/proc/self/ns/user").exists() || max.trim() == "0" {
+        eprintln!("skipped: user namespaces are not available");
+        return;
+    }
+    // Root's directories, as a service that ran without private_users left them: a
+    // private one is not handed over; one open to others is entered as it is.
+    let (locked, open) = (sb.path("locked"), sb.path("open"));
+    for (dir, mode) in [(&locked, 0o700), (&open, 0o755)] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let svc = |dir: &PathBuf, name: &str| {
+        probe(
+            &sb,
+            name,
+            "ids",
+            "",
+            json!({"private_users": true, "data_dir": dir,
+                                          "restart": "always", "max_restart_attempts": 0}),
+        )
+    };
+    let d = run(
+        &sb,
+        json!({"locked": svc(&locked, "locked"), "open": svc(&open, "open")}),
+    );
+    let mut last = Value::Null;
+    let ok = wait_until(DEADLINE, || {
+        last = sb.service_status("locked");
+        last["last_error"].as_str().is_some_and(|e| {
+            e.contains("cannot enter data_dir")
+                && e.contains("mode 0700, owner 0:0")
+                && e.contains("chown -R 6")
+        })
+    });
+    assert!(ok, "{last}; log:\n{}", d.log_text());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&locked).unwrap().uid(),
+        0,
+        "left as it was"
+    );
+    assert!(result(&sb, &d, "open").starts_with("uid 0, / owned by 65534"));
 }
 
 #[test]

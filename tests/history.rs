@@ -178,6 +178,59 @@ fn an_oom_kill_is_named_with_the_limit() {
     assert_eq!(r, ["killed by SIGKILL"]);
 }
 
+/// The OOM killer is named for the run it killed only: the same service's next run,
+/// killed by a plain SIGKILL, reads as that, though its cgroup counted an OOM kill.
+#[test]
+fn an_oom_kill_is_named_for_its_own_run_only() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: memory cgroups need root");
+        return;
+    }
+    let sb = Sandbox::new();
+    let flag = sb.path("hogged");
+    sb.service(
+        "hog",
+        &format!(
+            "test -e {f} && exec sleep 1000\n: > {f}\n\
+             exec /usr/bin/python3 -c 'x = b\"\\x01\" * (200 << 20); import time; time.sleep(100)'",
+            f = flag.display()
+        ),
+    );
+    let cfg = sb.config(
+        json!({"services_dir": "services", "initial_backoff_ms": 100}),
+        json!({"hog": {"memory_limit": 16, "restart": "always"}}),
+    );
+    let check = sb.cli(&["check", "--config", cfg.to_str().unwrap()]);
+    if !check.stdout.contains("oom detection: from") {
+        eprintln!(
+            "skipped: no OOM kill count can be read here: {}",
+            check.stdout
+        );
+        return;
+    }
+    let _d = Daemon::start(&sb, &[]);
+    let mut r = Vec::new();
+    let restarted = wait_until(DEADLINE, || {
+        r = reasons(&sb, "hog");
+        r.len() == 2 && r[1].is_null()
+    });
+    assert!(restarted, "hog never ran again: {r:?}");
+    assert_eq!(
+        r[0], "killed by the OOM killer (memory_limit 16 MiB)",
+        "{r:?}"
+    );
+    let pid = sb.wait_running("hog", None);
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let r = wait_ended(&sb, "hog", 2);
+    assert_eq!(
+        r,
+        [
+            "killed by the OOM killer (memory_limit 16 MiB)",
+            "killed by SIGKILL"
+        ]
+    );
+}
+
 /// A liveness check that fails restarts the run, and says so; an upgrade replaces the
 /// run, and says so.
 #[test]

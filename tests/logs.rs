@@ -222,20 +222,7 @@ fn the_daemon_log_cap_holds_per_line_under_a_flood() {
                "log_max_files": 50}),
         json!({}),
     );
-    let pidfile = sb.path("d.pid");
-    let mut cmd = std::process::Command::new(BIN);
-    cmd.args(["run", "--daemon", "--config"])
-        .arg(sb.path("orchestrator.json"))
-        .arg("--pidfile")
-        .arg(&pidfile);
-    let out = run_with_timeout(cmd, DEADLINE);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _guard = KillPid(pid);
+    let _d = start_detached(&sb, &sb.path("d.pid"));
     let log = || std::fs::read_to_string(sb.path("logs/orchestrator.log")).unwrap_or_default();
     assert!(
         wait_until(Duration::from_secs(60), || log().contains("flood-done")),
@@ -261,12 +248,4 @@ fn the_daemon_log_cap_holds_per_line_under_a_flood() {
         "only {files} log files: the flood did not rotate"
     );
     assert_eq!(sb.cli(&["shutdown"]).code, 0);
-}
-
-struct KillPid(i32);
-
-impl Drop for KillPid {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0, libc::SIGKILL) };
-    }
 }

@@ -561,6 +561,55 @@ fn idle_connections_never_starve_metrics_scrapes() {
     drop(one_peer);
 }
 
+/// A peer at its limit of idle connections makes room among its own: another peer's
+/// idle connections, older than all of them, stay open.
+#[test]
+fn a_peer_at_its_limit_evicts_only_its_own_idle_connections() {
+    let sb = Sandbox::new();
+    sb.service("web", "exec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services", "metrics_listen": "127.0.0.1:0"}),
+        json!({}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    let line = d.wait_log(&["metrics on http://"]);
+    let addr: std::net::SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+    let mut b: Vec<_> = (0..4).map(|_| connect_from([127, 0, 0, 3], addr)).collect();
+    let mut a: Vec<_> = (0..16)
+        .map(|_| connect_from([127, 0, 0, 2], addr))
+        .collect();
+    let mut state = Vec::new();
+    let settled = wait_until(DEADLINE, || {
+        state = a.iter_mut().map(closed_by_server).collect();
+        state[..12].iter().all(|&c| c)
+    });
+    let b_state: Vec<_> = b.iter_mut().map(closed_by_server).collect();
+    assert!(
+        settled,
+        "A's closed by the server: {state:?}; B's: {b_state:?}"
+    );
+    assert!(
+        state[12..].iter().all(|&c| !c),
+        "A's newest stay: {state:?}"
+    );
+    assert!(b_state.iter().all(|&c| !c), "B's stay: {b_state:?}");
+    // B's are still served.
+    for s in &mut b {
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
+}
+
 #[test]
 fn log_line_counts_are_kept_per_stream() {
     let sb = Sandbox::new();

@@ -36,16 +36,6 @@ fn postgres_bin() -> Option<PathBuf> {
     dirs.pop()
 }
 
-fn first_line_pid(path: &Path) -> Option<i64> {
-    std::fs::read_to_string(path)
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// PostgreSQL started the way its packages do (`pg_ctl start`): `postmaster.pid` holds
 /// the pid on its first line and other facts after it. The postmaster is the run; it
 /// stays running past `stop_timeout_ms`, and a stop shuts the cluster down cleanly (the
@@ -56,12 +46,15 @@ fn postgres_through_pg_ctl_runs_and_stops_clean() {
         eprintln!("skipped: PostgreSQL refuses root; running it as postgres needs root");
         return;
     }
+    // Recorded skips (failures under ORCH_REQUIRE_PACKAGES=1), as for any program.
     let Some(bin) = postgres_bin() else {
-        eprintln!("skipped: no PostgreSQL in /usr/lib/postgresql");
+        packages::missing(
+            "no PostgreSQL in /usr/lib/postgresql/*/bin: install the Debian package postgresql",
+        );
         return;
     };
     let Some((uid, gid)) = account("postgres") else {
-        eprintln!("skipped: no postgres user");
+        packages::missing("no postgres user: install the Debian package postgresql");
         return;
     };
     let sb = Sandbox::new();
@@ -225,8 +218,8 @@ fn memcached_daemonized_is_the_run_and_its_crash_stays_shown() {
     });
 }
 
-/// A launcher that forks a daemon which is slow to write its pid file (here: never, in
-/// time), and which notes each SIGTERM it gets in `log`; with `ignore`, it lives on.
+/// A launcher that forks a daemon (in a session of its own) which is slow to write its
+/// pid file (here: never, in time), and which notes each SIGTERM it gets in `log`; with `ignore`, it lives on.
 fn slow_daemon(sb: &Sandbox, name: &str, ignore: bool) -> (PathBuf, PathBuf) {
     let log = sb.path(&format!("{name}.log"));
     let pid_file = sb.path(&format!("{name}.pid"));
@@ -243,7 +236,8 @@ fn slow_daemon(sb: &Sandbox, name: &str, ignore: bool) -> (PathBuf, PathBuf) {
             log = log.display()
         ),
     );
-    sb.service(name, &format!("{} & exit 0", daemon.display()));
+    // The daemon leaves the launcher's session and group, as a real one does.
+    sb.service(name, &format!("setsid {} & exit 0", daemon.display()));
     (log, pid_file)
 }
 
@@ -261,22 +255,31 @@ fn daemon_pid(sb: &Sandbox, name: &str) -> Option<i64> {
 /// runs of the service gets the stop signal, and SIGKILL only at the stop timeout.
 #[test]
 fn a_stop_while_the_pid_file_is_awaited_sends_the_stop_signal_first() {
-    // Through the service's cgroup (as root), then through the launcher's process
-    // group alone (as root, the daemon as nobody has no cgroups).
-    stop_while_awaited(None);
-    if unsafe { libc::geteuid() } == 0 {
-        stop_while_awaited(Some(65534));
+    // Through the service's cgroup (as root), then without cgroups (as root, the daemon
+    // as nobody has none) through what descends from the launcher: the daemon left its
+    // session and group, and was reparented to us. One service at a time: without
+    // cgroups, two daemons that left the sessions of launchers started together cannot
+    // be told apart, and a stop reaches neither.
+    let runs: &[Option<u32>] = if unsafe { libc::geteuid() } == 0 {
+        &[None, Some(65534)]
+    } else {
+        &[None]
+    };
+    for &uid in runs {
+        stop_while_awaited(uid, "polite", false);
+        stop_while_awaited(uid, "stubborn", true);
     }
 }
 
-fn stop_while_awaited(uid: Option<u32>) {
+/// `name`'s daemon is slow to write its pid file; with `ignore`, it ignores SIGTERM.
+fn stop_while_awaited(uid: Option<u32>, name: &str, ignore: bool) {
     let sb = Sandbox::new();
-    let (polite_log, polite_pid) = slow_daemon(&sb, "polite", false);
-    let (stubborn_log, stubborn_pid) = slow_daemon(&sb, "stubborn", true);
-    let entry = |pid_file: &Path, timeout: u64| json!({"pid_file": pid_file, "stop_timeout_ms": timeout, "pass_service_args": false});
+    let (log, pid_file) = slow_daemon(&sb, name, ignore);
+    let timeout = if ignore { 5_000 } else { 60_000 };
     sb.config(
         json!({"services_dir": "services"}),
-        json!({"polite": entry(&polite_pid, 60_000), "stubborn": entry(&stubborn_pid, 5_000)}),
+        json!({name: {"pid_file": pid_file, "stop_timeout_ms": timeout,
+                      "pass_service_args": false}}),
     );
     if uid.is_some() {
         for d in [sb.dir.clone(), sb.path("services")] {
@@ -285,39 +288,71 @@ fn stop_while_awaited(uid: Option<u32>) {
     }
     let d = Daemon::spawn_as(&sb, &[], &[], uid);
     assert!(wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0));
-    let cgroup = sb.service_status("polite")["cgroup"].clone();
+    let cgroup = sb.service_status(name)["cgroup"].clone();
     if uid.is_some() {
         assert!(cgroup.is_null(), "nobody has no cgroups here: {cgroup}");
     }
     let up = |log: &Path| std::fs::read_to_string(log).is_ok_and(|t| t.contains("up"));
-    assert!(wait_until(DEADLINE, || up(&polite_log) && up(&stubborn_log)));
-    d.wait_log(&["polite", "reading the pid file"]);
-    d.wait_log(&["stubborn", "reading the pid file"]);
-    let polite = daemon_pid(&sb, "polite").expect("the polite daemon runs");
-    let stubborn = daemon_pid(&sb, "stubborn").expect("the stubborn daemon runs");
-    assert_eq!(sb.service_status("polite")["state"], "starting");
+    assert!(wait_until(DEADLINE, || up(&log)));
+    d.wait_log(&[name, "reading the pid file"]);
+    let daemon = daemon_pid(&sb, name).expect("the daemon runs");
+    assert_eq!(sb.service_status(name)["state"], "starting");
 
-    let out = sb.cli(&["stop", "polite"]);
+    let out = sb.cli(&["stop", name]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    sb.wait_state("polite", "stopped");
-    assert!(wait_until(DEADLINE, || !alive(polite)));
-    let text = std::fs::read_to_string(&polite_log).unwrap();
+    sb.wait_state(name, "stopped");
     assert!(
-        text.contains("TERM"),
-        "the daemon got the stop signal: {text}"
+        wait_until(DEADLINE, || !alive(daemon)),
+        "{name} (uid {uid:?}): the daemon is gone once stopped; log:\n{}",
+        d.log_text()
     );
-    assert_eq!(d.count_log(&["polite", "SIGKILL"]), 0, "{}", d.log_text());
-
-    let out = sb.cli(&["stop", "stubborn"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    sb.wait_state("stubborn", "stopped");
-    assert!(
-        wait_until(DEADLINE, || !alive(stubborn)),
-        "killed at the timeout"
-    );
-    let text = std::fs::read_to_string(&stubborn_log).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("TERM"), "the stop signal came first: {text}");
-    d.wait_log(&["stubborn", "still running after 5000 ms: sending SIGKILL"]);
+    if ignore {
+        d.wait_log(&[name, "still running after 5000 ms: sending SIGKILL"]);
+    } else {
+        assert_eq!(d.count_log(&[name, "SIGKILL"]), 0, "{}", d.log_text());
+    }
+}
+
+/// A second SIGTERM to the orchestrator kills every service at once, one whose pid
+/// file is still awaited included: without cgroups, its daemon that left the
+/// launcher's session and ignores SIGTERM too.
+#[test]
+fn a_forced_exit_kills_a_daemon_whose_pid_file_is_awaited() {
+    let root = unsafe { libc::geteuid() } == 0;
+    let runs: &[Option<u32>] = if root { &[None, Some(65534)] } else { &[None] };
+    for &uid in runs {
+        let sb = Sandbox::new();
+        let (log, pid_file) = slow_daemon(&sb, "stubborn", true);
+        sb.config(
+            json!({"services_dir": "services", "shutdown_timeout_ms": 60_000}),
+            json!({"stubborn": {"pid_file": pid_file, "stop_timeout_ms": 60_000,
+                                "pass_service_args": false}}),
+        );
+        if uid.is_some() {
+            for d in [sb.dir.clone(), sb.path("services")] {
+                std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+            }
+        }
+        let mut d = Daemon::spawn_as(&sb, &[], &[], uid);
+        assert!(wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0));
+        assert!(wait_until(DEADLINE, || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("up"))));
+        d.wait_log(&["stubborn", "reading the pid file"]);
+        let daemon = daemon_pid(&sb, "stubborn").expect("the daemon runs");
+        d.signal(libc::SIGTERM);
+        d.wait_log(&["stubborn", "stopping with SIGTERM"]);
+        assert!(wait_until(DEADLINE, || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("TERM"))));
+        assert!(alive(daemon), "it ignores SIGTERM");
+        d.signal(libc::SIGTERM);
+        d.wait_exit(DEADLINE);
+        assert!(
+            wait_until(DEADLINE, || !alive(daemon)),
+            "killed with the forced exit (uid {uid:?})"
+        );
+    }
 }
 
 /// Without cgroups (as root, the daemon runs as nobody, so it has none), a pid file is
@@ -408,6 +443,79 @@ fn without_cgroups_a_pid_file_naming_another_service_is_refused() {
     assert!(alive(victim), "the other service is untouched");
 }
 
+/// Without cgroups, a process that left its own parent but not another service's
+/// session and group (a sibling of that service's daemon, reparented to us, started
+/// after this launcher) is that service's: a pid file naming it is refused.
+#[test]
+fn without_cgroups_a_process_in_another_services_session_is_refused() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (the daemon runs as nobody, without cgroups)");
+        return;
+    }
+    let sb = Sandbox::new();
+    let run = sb.path("run");
+    std::fs::create_dir(&run).unwrap();
+    let (grouped, evil, sibling, go) = (
+        run.join("grouped.pid"),
+        run.join("evil.pid"),
+        run.join("sibling"),
+        run.join("go"),
+    );
+    // grouped's daemon stays in its launcher's session and group; so does a sibling
+    // forked once `go` exists, whose parent then exits (it is reparented to us).
+    sb.service(
+        "grouped",
+        &format!(
+            "sleep 1000 & echo $! > {grouped}\n\
+             ( while [ ! -e {go} ]; do sleep 0.05; done; sleep 1000 & echo $! > {sibling} ) &\n\
+             exit 0",
+            grouped = grouped.display(),
+            go = go.display(),
+            sibling = sibling.display()
+        ),
+    );
+    sb.service(
+        "evil",
+        &format!(
+            "while [ ! -s {s} ]; do sleep 0.05; done; cat {s} > {}; exit 0",
+            evil.display(),
+            s = sibling.display()
+        ),
+    );
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"grouped": {"pid_file": grouped, "restart": "never", "pass_service_args": false},
+               "evil": {"pid_file": evil, "restart": "never", "pass_service_args": false,
+                        "stop_timeout_ms": 10_000}}),
+    );
+    for d in [sb.dir.clone(), sb.path("services"), run.clone()] {
+        std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+    }
+    let d = Daemon::spawn_as(&sb, &[], &[], Some(65534));
+    assert!(
+        wait_until(DEADLINE, || sb.cli(&["status", "--json"]).code == 0),
+        "{}",
+        d.log_text()
+    );
+    let daemon = sb.wait_running("grouped", None);
+    assert!(sb.service_status("grouped")["cgroup"].is_null());
+    // evil's launcher runs: what starts from now on started after it.
+    assert_eq!(sb.service_status("evil")["state"], "starting");
+    std::fs::write(&go, "").unwrap();
+    assert!(wait_until(DEADLINE, || first_line_pid(&sibling).is_some()));
+    let sibling_pid = first_line_pid(&sibling).unwrap();
+    let st = sb.wait_state("evil", "failed");
+    let why = st["last_error"].as_str().unwrap_or("");
+    assert!(
+        why.contains(&format!(
+            "names process {sibling_pid}, which is not the service's"
+        )),
+        "{st}"
+    );
+    assert!(alive(sibling_pid), "grouped's process is untouched");
+    assert_eq!(sb.service_status("grouped")["pid"], daemon);
+}
+
 /// The pid file is never read through a symlink: one pointing at a file that names
 /// the service's own daemon is refused all the same.
 #[test]
@@ -453,7 +561,7 @@ fn a_symlinked_pid_file_is_refused() {
 
 /// A daemon whose own parent lives on (a monitor that forked it and waits for it) is
 /// not the orchestrator's child: it is the run all the same, which lasts as long as it
-/// does, and its exit ends the run.
+/// does, and its exit ends the run, with a status that is not ours to know.
 #[test]
 fn a_daemon_with_a_parent_of_its_own_is_the_run_until_it_exits() {
     let sb = Sandbox::new();
@@ -486,7 +594,17 @@ fn a_daemon_with_a_parent_of_its_own_is_the_run_until_it_exits() {
     assert!(steady);
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let again = sb.wait_running("watched", Some(pid));
-    assert_eq!(sb.service_status("watched")["restarts"], 1);
+    // Its status was its parent's to read: the run says so, and invents no code.
+    let st = sb.service_status("watched");
+    assert_eq!(st["restarts"], 1, "{st}");
+    assert!(st["last_exit_code"].is_null(), "{st}");
+    let ended = &st["history"][0];
+    assert!(ended["exit_code"].is_null(), "{st}");
+    assert_eq!(
+        ended["reason"], "exited with an unknown status (not the orchestrator's child)",
+        "{st}"
+    );
+    d.wait_log(&["watched", "exited with an unknown status"]);
     assert_eq!(sb.cli(&["stop", "watched"]).code, 0);
     sb.wait_state("watched", "stopped");
     assert!(wait_until(DEADLINE, || !alive(again)));

@@ -554,12 +554,8 @@ fn a_detached_daemon_reloads_the_file_it_found_at_start() {
     let out = run_with_timeout(cmd, DEADLINE);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(wait_until(DEADLINE, || sb.cli(&["status"]).code == 0));
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _guard = KillOnDrop(pid);
+    let d = Detached::from_pidfile(&sb, &pidfile).expect("the pidfile names the daemon");
+    let pid = d.pid;
     let log = || std::fs::read_to_string(sb.path("logs/orchestrator.log")).unwrap_or_default();
     reloads_read_the_file_found_at_start(&sb, &log);
     // SIGHUP reads it too.
@@ -611,14 +607,6 @@ fn without_a_file_at_start_reloads_keep_the_defaults() {
     assert!(out.stdout.contains("sleeper: unchanged"), "{}", out.stdout);
     assert_eq!(sb.service_status("sleeper")["pid"], pid);
     drop(d);
-}
-
-struct KillOnDrop(i32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0, libc::SIGKILL) };
-    }
 }
 
 /// `reload --dry-run` calls a service the reload adds a `start`, even one whose binary

@@ -59,6 +59,9 @@ fn no_stray_signal_ends_the_daemon_or_its_services() {
     for (sig, name) in stray {
         survives(&d, &sb, sleeper, sig, &[&format!("{name} {me} ignored")]);
     }
+    // The last real-time signal too: the handled range ends at SIGRTMAX, inclusive.
+    let last = format!("SIGRTMIN+{} {me} ignored", libc::SIGRTMAX() - sigrtmin());
+    survives(&d, &sb, sleeper, libc::SIGRTMAX(), &[&last]);
     // A fault signal another process sends is a message, not a fault.
     let faults = [
         (libc::SIGSEGV, "SIGSEGV"),
@@ -112,20 +115,8 @@ fn sigusr1_reopens_every_log_file_for_logrotate() {
         json!({"services_dir": "services", "log_dir": "logs", "log_max_bytes": 0}),
         json!({"talker": {}}),
     );
-    let pidfile = sb.path("d.pid");
-    let mut cmd = std::process::Command::new(BIN);
-    cmd.args(["run", "--daemon", "--config"])
-        .arg(sb.path("orchestrator.json"))
-        .arg("--pidfile")
-        .arg(&pidfile);
-    let out = run_with_timeout(cmd, DEADLINE);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _guard = KillPid(pid);
+    let d = start_detached(&sb, &sb.path("d.pid"));
+    let pid = d.pid;
     let talker = sb.wait_running("talker", None);
     let read =
         |name: &str| std::fs::read_to_string(sb.path(&format!("logs/{name}"))).unwrap_or_default();
@@ -177,12 +168,4 @@ fn sigusr1_reopens_every_log_file_for_logrotate() {
     assert_eq!(sb.service_status("talker")["pid"], talker);
     assert!(alive(pid.into()));
     assert_eq!(sb.cli(&["shutdown"]).code, 0);
-}
-
-struct KillPid(i32);
-
-impl Drop for KillPid {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0, libc::SIGKILL) };
-    }
 }

@@ -301,16 +301,6 @@ fn data_dir_is_never_created_through_a_link_the_service_user_planted() {
     );
 }
 
-struct KillPid(i32);
-
-impl Drop for KillPid {
-    fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.0, libc::SIGKILL);
-        }
-    }
-}
-
 /// A path outside the sandbox (under /tmp, where another user may own it), removed
 /// when the test ends, also when one of its asserts fails first.
 struct Removed(std::path::PathBuf);
@@ -361,23 +351,7 @@ fn daemon_log_is_private_and_capped_like_service_files() {
                "log_max_bytes": 100_000, "log_max_files": 2}),
         json!({}),
     );
-    let pidfile = sb.path("d.pid");
-    let mut cmd = Command::new(BIN);
-    cmd.args(["run", "--daemon", "--config"])
-        .arg(sb.path("orchestrator.json"))
-        .arg("--pidfile")
-        .arg(&pidfile);
-    let out = run_with_timeout(cmd, DEADLINE);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let mut pid = 0;
-    assert!(wait_until(DEADLINE, || {
-        pid = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        pid > 0
-    }));
-    let _guard = KillPid(pid);
+    let _d = start_detached(&sb, &sb.path("d.pid"));
     let logs = sb.path("logs");
     assert!(wait_until(DEADLINE, || {
         std::fs::read_to_string(logs.join("flood.log")).is_ok_and(|s| s.contains("flood-done"))
@@ -726,6 +700,70 @@ fn control_and_notify_sockets_are_born_with_their_modes() {
         );
         assert!(!open.join("c.sock").exists());
     }
+}
+
+/// The umask a socket is bound with is the bind's alone: the daemon's other threads,
+/// and what they create afterwards (log_dir, log files), keep the daemon's own.
+#[test]
+fn files_made_after_the_sockets_are_bound_keep_their_modes() {
+    let sb = Sandbox::new();
+    let logs = sb.path("logs");
+    let flag = sb.path("go");
+    sb.service("web", "exec sleep 1000");
+    sb.service(
+        "late",
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.05; done\necho hello\nexec sleep 1000",
+            flag.display()
+        ),
+    );
+    sb.config(
+        json!({"services_dir": "services", "log_dir": logs}),
+        json!({"web": {"ready": "notify"}}),
+    );
+    let umask_of = |status: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .map(|m| m.trim().to_string())
+    };
+    let ours = umask_of(&std::fs::read_to_string("/proc/self/status").unwrap());
+    assert!(ours.is_some());
+    let d = Daemon::start(&sb, &[]);
+    let mut notify = sb.socket().into_os_string();
+    notify.push(".notify");
+    assert!(wait_until(DEADLINE, || Path::new(&notify).exists()));
+    sb.wait_running("late", None);
+    // Every thread of the daemon still has the umask it was started with.
+    for task in std::fs::read_dir(format!("/proc/{}/task", d.pid)).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status"));
+        if let Ok(status) = status {
+            assert_eq!(umask_of(&status), ours, "{status}");
+        }
+    }
+    // A log_dir made by a reload, and a log file opened in it, after the binds.
+    let logs = sb.path("logs2");
+    sb.config(
+        json!({"services_dir": "services", "log_dir": logs}),
+        json!({"web": {"ready": "notify"}}),
+    );
+    let out = sb.cli(&["reload"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    std::fs::write(&flag, "").unwrap();
+    let log = logs.join("late.log");
+    let written = wait_until(DEADLINE, || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("hello"))
+    });
+    assert!(written, "{} never written", log.display());
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&logs), 0o755 & !umask_bits(&ours));
+    assert_eq!(mode(&log), 0o640 & !umask_bits(&ours));
+}
+
+fn umask_bits(m: &Option<String>) -> u32 {
+    m.as_deref()
+        .and_then(|m| u32::from_str_radix(m, 8).ok())
+        .unwrap_or(0)
 }
 
 fn sha256_of(p: &Path) -> String {

@@ -648,12 +648,8 @@ fn a_detached_daemon_started_with_relative_paths_takes_over() {
     let out = run_with_timeout(cmd, DEADLINE);
     assert_eq!(out.code, 0, "{}", out.stderr);
     // `run --daemon` returns once the daemon serves: the pidfile names it already.
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let _guard = KillOnDrop(pid);
+    let d = Detached::from_pidfile(&sb, &pidfile).expect("the pidfile names the daemon");
+    let pid = d.pid;
     let sleeper = sb.wait_running("sleeper", None);
     let out = upgrade_self(&sb, &new_binary(&sb));
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
@@ -797,4 +793,68 @@ impl Drop for PidNamespace {
         kill_processes_mentioning(&self.0);
         unsafe { libc::killpg(self.1, libc::SIGKILL) };
     }
+}
+
+/// `upgrade-self` while a `pid_file` service's launcher has exited and its pid file is
+/// not written yet: the new image keeps the launcher unreaped (a zombie: its pid is
+/// still its daemon's group, and must not be reused), and the start carries on.
+#[test]
+fn a_launcher_whose_pid_file_is_awaited_stays_unreaped_across_the_handover() {
+    let sb = Sandbox::new();
+    let (pid_file, launcher_file, go) =
+        (sb.path("late.pid"), sb.path("launcher.pid"), sb.path("go"));
+    let daemon = sb.path("late-daemon.sh");
+    sb.script(
+        &daemon,
+        &format!(
+            "while [ ! -e {go} ]; do sleep 0.05; done\necho $$ > {pid}\nexec sleep 1000",
+            go = go.display(),
+            pid = pid_file.display()
+        ),
+    );
+    sb.service(
+        "late",
+        &format!(
+            "echo $$ > {}; {} & exit 0",
+            launcher_file.display(),
+            daemon.display()
+        ),
+    );
+    sb.config(
+        json!({}),
+        json!({"late": {"pid_file": pid_file, "stop_timeout_ms": 60_000,
+                        "pass_service_args": false}}),
+    );
+    let d = Daemon::start(&sb, &[]);
+    d.wait_log(&["late", "reading the pid file"]);
+    let launcher: i64 = std::fs::read_to_string(&launcher_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let zombie = |pid: i64| proc_stat(pid).is_some_and(|f| f[2] == "Z");
+    assert!(zombie(launcher), "the launcher is kept unreaped");
+
+    let out = upgrade_self(&sb, &new_binary(&sb));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    wait_took_over(&d, 1);
+    // A request answered after the take-over: whatever the new image did with the
+    // launcher on resuming, it has done.
+    assert_eq!(sb.service_status("late")["state"], "starting");
+    assert!(
+        zombie(launcher),
+        "the launcher is still unreaped after the handover; log:\n{}",
+        d.log_text()
+    );
+
+    std::fs::write(&go, "").unwrap();
+    let pid = sb.wait_running("late", None);
+    assert_eq!(Some(pid), first_line_pid(&pid_file));
+    assert!(
+        wait_until(DEADLINE, || !zombie(launcher)),
+        "reaped once read"
+    );
+    assert_eq!(sb.cli(&["stop", "late"]).code, 0);
+    sb.wait_state("late", "stopped");
+    assert!(wait_until(DEADLINE, || !alive(pid)));
 }

@@ -1,7 +1,8 @@
 //! The client commands (docs/cli.md): find the daemon's socket (`locate.rs`), send the
 //! request, print the answer (tables in `status.rs`), and follow a log stream. Exit
 //! codes: 0 success, 1 refused or failed, 2 a config that cannot be read, 3 unreachable;
-//! `status NAME` answers LSB-style: 0 running, 3 any other state, 4 unreachable.
+//! `status NAME` answers LSB-style: 0 running, 3 any other state, 4 unreachable. The
+//! failures come back as `ClientFailure`, which `lib.rs` prints.
 //! An error about one service names it: `orchestrator: web: service not found`.
 
 use crate::cli::{locate, status, Cli, Command};
@@ -10,11 +11,27 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::time::Duration;
 
-pub(crate) fn client_command(cli: &Cli, command: Command) -> i32 {
-    let target = match locate::locate(&cli.overrides) {
-        Ok(t) => t,
-        Err(e) => return crate::config_failed(&e.0),
-    };
+/// Why a client command failed: `lib.rs` prints it and maps it to the exit code.
+#[derive(Debug)]
+pub(crate) enum ClientFailure {
+    /// The config that names the socket cannot be read: one line each (exit 2).
+    Config(Vec<String>),
+    /// No daemon answers: exit `code`, 3, or 4 for `status NAME` (LSB's "unknown").
+    Unreachable { error: String, code: i32 },
+    /// The daemon refused, or the request failed (exit 1). The reason may quote a
+    /// service or a peer (a health check's answer); `service` is the one asked about.
+    Refused {
+        error: String,
+        service: Option<String>,
+    },
+    /// `shutdown` was accepted, but the daemon has not exited in time (exit 1).
+    StillRunning,
+}
+
+/// Runs a client command; its exit code once answered (`status NAME`: 0 running, 3
+/// any other state).
+pub(crate) fn client_command(cli: &Cli, command: Command) -> Result<i32, ClientFailure> {
+    let target = locate::locate(&cli.overrides).map_err(|e| ClientFailure::Config(e.0))?;
     let service = match &command {
         Command::Start(n) | Command::Stop(n) | Command::Restart(n) => Some(n.clone()),
         Command::Status { name, .. } => name.clone(),
@@ -32,31 +49,18 @@ pub(crate) fn client_command(cli: &Cli, command: Command) -> i32 {
         .and_then(|mut conn| run_client(&mut conn, command).map(|done| (conn, done)));
     match result {
         Ok((conn, Done::AwaitExit)) => {
-            if !conn.wait_closed(Duration::from_secs(600)) {
-                eprintln!(
-                    "orchestrator: shutdown requested, but the orchestrator has not exited yet"
-                );
-                return 1;
+            if conn.wait_closed(Duration::from_secs(600)) {
+                Ok(0)
+            } else {
+                Err(ClientFailure::StillRunning)
             }
-            0
         }
-        Ok((_, Done::Exit(code))) => code,
-        Err(ClientError::Unreachable(e)) => {
-            eprintln!("orchestrator: {e}");
-            unreachable
-        }
-        Err(ClientError::Refused(e)) => {
-            // The reason may quote a service or a peer (a health check's answer).
-            let e = crate::output::escape::escaped(&e);
-            match service {
-                // The daemon's message may already start with the name.
-                Some(n) if !e.starts_with(&format!("{n}:")) => {
-                    eprintln!("orchestrator: {n}: {e}")
-                }
-                _ => eprintln!("orchestrator: {e}"),
-            }
-            1
-        }
+        Ok((_, Done::Exit(code))) => Ok(code),
+        Err(ClientError::Unreachable(error)) => Err(ClientFailure::Unreachable {
+            error,
+            code: unreachable,
+        }),
+        Err(ClientError::Refused(error)) => Err(ClientFailure::Refused { error, service }),
     }
 }
 

@@ -27,7 +27,7 @@ pub struct Group {
     pub gid: u32,
 }
 
-pub use imp::{group, supplementary_groups, user};
+pub use imp::{group, id_in_use, supplementary_groups, user};
 
 /// The C library's lookups, NSS included.
 #[cfg(not(target_feature = "crt-static"))]
@@ -75,6 +75,36 @@ mod imp {
             .map(|g| g.into_iter().map(Gid::as_raw).collect())
             .map_err(|e| e.to_string())
     }
+
+    /// Whether a user or a group has the number `id` (see `found`).
+    pub fn id_in_use(id: u32) -> Result<bool, String> {
+        let user = super::found(nix::unistd::User::from_uid(Uid::from_raw(id)))
+            .map_err(|e| format!("cannot look up uid {id}: {e}"))?;
+        let group = super::found(nix::unistd::Group::from_gid(Gid::from_raw(id)))
+            .map_err(|e| format!("cannot look up gid {id}: {e}"))?;
+        Ok(user || group)
+    }
+}
+
+/// Whether a C library lookup found an entry. glibc answers ENOENT when /etc/passwd or
+/// /etc/group is missing: no file is no accounts there. Any other failure is not an
+/// answer, and never taken for "nobody has it".
+#[cfg_attr(target_feature = "crt-static", allow(dead_code))]
+fn found<T>(r: nix::Result<Option<T>>) -> Result<bool, nix::Error> {
+    match r {
+        Ok(entry) => Ok(entry.is_some()),
+        Err(nix::errno::Errno::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The text of an accounts file read directly: a missing file has no accounts; a
+/// file that cannot be read is an error.
+fn accounts_text(path: &str, read: std::io::Result<String>) -> Result<String, String> {
+    match read {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        r => r.map_err(|e| format!("cannot read {path}: {e}")),
+    }
 }
 
 /// `/etc/passwd` and `/etc/group`, read directly.
@@ -96,6 +126,14 @@ mod imp {
 
     pub fn supplementary_groups(user: &User) -> Result<Vec<u32>, String> {
         Ok(super::member_of(&read("/etc/group")?, &user.name, user.gid))
+    }
+
+    /// Whether a user or a group has the number `id` (see `accounts_text`).
+    pub fn id_in_use(id: u32) -> Result<bool, String> {
+        let text = |path| super::accounts_text(path, std::fs::read_to_string(path));
+        let key = id.to_string();
+        Ok(super::find_user(&text("/etc/passwd")?, &key).is_some()
+            || super::find_group(&text("/etc/group")?, &key).is_some())
     }
 }
 
@@ -228,10 +266,31 @@ dup:x:1000:web
     }
 
     #[test]
+    fn a_missing_accounts_file_is_no_accounts_and_an_unreadable_one_an_error() {
+        use std::io::{Error, ErrorKind};
+        let missing = Err(Error::from(ErrorKind::NotFound));
+        assert_eq!(accounts_text("/etc/passwd", missing), Ok(String::new()));
+        let denied = Err(Error::from_raw_os_error(libc::EACCES));
+        let e = accounts_text("/etc/passwd", denied).unwrap_err();
+        assert!(e.starts_with("cannot read /etc/passwd: "), "{e}");
+        assert_eq!(
+            accounts_text("/etc/group", Ok(GROUP.into())),
+            Ok(GROUP.into())
+        );
+        use nix::errno::Errno;
+        assert_eq!(found::<()>(Err(Errno::ENOENT)), Ok(false));
+        assert_eq!(found(Ok(Some(()))), Ok(true));
+        assert_eq!(found::<()>(Ok(None)), Ok(false));
+        assert_eq!(found::<()>(Err(Errno::EACCES)), Err(Errno::EACCES));
+        assert_eq!(found::<()>(Err(Errno::EIO)), Err(Errno::EIO));
+    }
+
+    #[test]
     fn this_build_finds_root() {
         let root = user("root").unwrap().expect("root exists");
         assert_eq!((root.uid, root.gid), (0, 0));
         assert_eq!(group("0").unwrap().map(|g| g.gid), Some(0));
         assert_eq!(supplementary_groups(&root).unwrap().first(), Some(&0));
+        assert_eq!(id_in_use(0), Ok(true));
     }
 }

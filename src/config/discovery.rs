@@ -242,23 +242,34 @@ fn check_binary_with(path: &Path, strict: bool, seen: &mut Verdicts) -> Option<B
     })
 }
 
-/// Gives each root service with `private_users` its host id (in name order), skipping
-/// ids an account on this box or an earlier service already has.
+/// Gives each root service with `private_users` its host id (`hardening::host_ids`):
+/// skipping ids an account on this box has, and keeping the one its existing
+/// `data_dir` belongs to. Accounts that cannot be read leave the service with the
+/// reason instead of an id: its start fails.
 fn assign_host_ids(services: &mut BTreeMap<String, ServiceSpec>) {
-    use super::accounts;
-    let mut given = BTreeSet::new();
-    for (name, spec) in services.iter_mut() {
-        let p = &mut spec.process;
-        if !crate::process::hardening::needs_host_id(&p.hardening, p.identity.as_ref()) {
-            continue;
+    use std::os::unix::fs::MetadataExt;
+    let mut wanted = Vec::new();
+    for (name, spec) in services.iter() {
+        let p = &spec.process;
+        if crate::process::hardening::needs_host_id(&p.hardening, p.identity.as_ref()) {
+            // Ours only when its uid and gid are one id, as created, and only root
+            // could have made it there (StrictModes on the directory above): another
+            // service's id must not plant a directory to be given its own id.
+            let claim = p.cwd.as_ref().and_then(|dir| {
+                let m = std::fs::metadata(dir).ok()?;
+                let parent = dir.parent()?;
+                (m.is_dir() && m.uid() == m.gid() && safe_fs::untrusted(parent).is_none())
+                    .then(|| m.uid())
+            });
+            wanted.push((name.clone(), claim));
         }
-        let taken = |id: u32| {
-            given.contains(&id)
-                || !matches!(accounts::user(&id.to_string()), Ok(None))
-                || !matches!(accounts::group(&id.to_string()), Ok(None))
-        };
-        p.hardening.host_id = crate::process::hardening::host_id(name, taken);
-        given.extend(p.hardening.host_id);
+    }
+    let named: Vec<(&str, Option<u32>)> = wanted.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    let ids = crate::process::hardening::host_ids(&named, super::accounts::id_in_use);
+    for ((name, _), id) in wanted.iter().zip(ids) {
+        if let Some(spec) = services.get_mut(name) {
+            spec.process.hardening.host_id = Some(id);
+        }
     }
 }
 

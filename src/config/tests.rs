@@ -235,6 +235,11 @@ fn a_key_in_the_wrong_section_says_where_it_belongs() {
     );
     let e = parse_err("{\"services\": {\"a\": {\"log_dir\": \"/var/log\"}}}");
     assert!(e.contains("belongs in the `orchestrator` section"), "{e}");
+    let e = parse_err("{\"orchestrator\": {\"restart\": \"always\"}}");
+    assert!(
+        e.contains("unknown key `restart`: it belongs in a service's entry under `services`"),
+        "{e}"
+    );
     // A typo is still a typo.
     let e = parse_err("{\"orchestratr\": {}}");
     assert!(e.contains("did you mean `orchestrator`"), "{e}");

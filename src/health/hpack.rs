@@ -470,4 +470,28 @@ mod tests {
             "over 16 KiB in all"
         );
     }
+
+    /// `n` literal fields without indexing, each a one-byte name and a one-byte value:
+    /// 34 bytes each as the list's bound counts them.
+    fn small_fields(n: usize) -> Vec<u8> {
+        [0x00, 0x01, b'a', 0x01, b'b'].repeat(n)
+    }
+
+    #[test]
+    fn many_small_fields_count_their_per_field_overhead() {
+        // 481 * 34 = 16,354 bytes: within the bound.
+        let h = Decoder::default().decode(&small_fields(481)).unwrap();
+        assert_eq!(h.len(), 481);
+        assert!(h.iter().all(|(n, v)| n == "a" && v == "b"));
+        // 482 * 34 = 16,388, and 600 * 34 = 20,400: over it, though their names and
+        // values alone are a few hundred bytes.
+        for n in [482, 600] {
+            let r = Decoder::default().decode(&small_fields(n));
+            let e = r.map(|h| h.len()).unwrap_err();
+            assert!(
+                e.contains("header list larger than 16384 bytes"),
+                "{n}: {e}"
+            );
+        }
+    }
 }

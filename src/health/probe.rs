@@ -346,4 +346,52 @@ mod tests {
         };
         assert!(run(&tcp).is_err());
     }
+
+    #[test]
+    fn only_2xx_answers_pass_an_http_check() {
+        let answers = [
+            (199, false),
+            (200, true),
+            (299, true),
+            (300, false),
+            (399, false),
+        ];
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            for ((code, _), conn) in answers.iter().zip(l.incoming()) {
+                let mut s = conn.unwrap();
+                let mut head = Vec::new();
+                let mut b = [0u8; 512];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let _ = write!(s, "HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        for (code, passes) in answers {
+            let check = HealthCheck {
+                kind: CheckType::Http,
+                command: vec![],
+                address: None,
+                url: Some(format!("http://{addr}/")),
+                grpc_service: String::new(),
+                interval_ms: 1000,
+                timeout_ms: 2000,
+                failure_threshold: 1,
+                initial_delay_ms: 0,
+            };
+            let r = run(&check);
+            if passes {
+                assert_eq!(r, Ok(()), "{code}");
+            } else {
+                let e = r.unwrap_err();
+                assert!(e.ends_with(&format!(": status {code}")), "{code}: {e}");
+            }
+        }
+        server.join().unwrap();
+    }
 }

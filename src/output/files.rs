@@ -664,14 +664,21 @@ mod tests {
         let mut log = DaemonLog::open(&cfg).unwrap();
         // SAFETY: dup of stderr, restored below: rotation moves descriptor 2.
         let saved = unsafe { libc::dup(2) };
-        // One write of 50 KB of numbered 10-byte lines, as the sink hands a batch over.
+        // One write of 50 KB of numbered 10-byte lines, as the sink hands a batch over;
+        // on a thread, so that a write that never ends fails the test instead of
+        // hanging it.
         let batch: String = (0..5000u64).map(|i| format!("{i:09}\n")).collect();
-        log.write_all(batch.as_bytes()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(log.write_all(batch.as_bytes()).map_err(|e| e.to_string()));
+        });
+        let written = rx.recv_timeout(std::time::Duration::from_secs(30));
         // SAFETY: restore stderr.
         unsafe {
             libc::dup2(saved, 2);
             libc::close(saved);
         }
+        assert_eq!(written, Ok(Ok(())), "the write never ended, or failed");
         let mut lines = Vec::new();
         for n in (0..=100).rev() {
             let p = dir.join(name_of("orchestrator", n));

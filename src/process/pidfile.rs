@@ -32,18 +32,49 @@ pub enum Owner<'a> {
 /// Without cgroups, a process of this run is one in the launcher's session or process
 /// group (each run starts in its own session, whose id is the launcher's pid), or an
 /// orphan reparented to us (the daemon that left the session, its parent gone) that
-/// started no earlier than the launcher; and never a process of another service.
+/// started no earlier than the launcher; and never a process of another service. The
+/// same set is what a stop signals and waits for while the pid file is awaited.
 pub struct Lineage<'a> {
     /// This run's launcher, kept unreaped so that its pid is not reused meanwhile.
-    pub launcher: i32,
-    /// The pids of the other services' runs: each is also its run's session and group.
-    pub others: &'a [i32],
+    launcher: i32,
+    /// When the launcher started (clock ticks since boot); `None` if it is gone.
+    since: Option<u64>,
+    /// What is another service's: its runs' and launchers' pids, the sessions and
+    /// groups of their processes, the members of their cgroups, and our other
+    /// children (checks, helpers). A process whose pid, group or session is one of
+    /// these is never this run's.
+    others: &'a [i32],
+    /// When the other services' launchers without a cgroup started: an orphan that
+    /// started after one of them too may be its daemon as well as ours.
+    rivals: Vec<u64>,
 }
 
-impl Lineage<'_> {
-    fn owns(&self, p: &procfs::Stat) -> bool {
+impl<'a> Lineage<'a> {
+    pub fn new(launcher: i32, others: &'a [i32]) -> Lineage<'a> {
+        let since = procfs::stat(launcher).map(|l| l.start_ticks);
+        Lineage {
+            launcher,
+            since,
+            others,
+            rivals: Vec::new(),
+        }
+    }
+
+    /// For a stop: `launchers`, the other services' launchers without a cgroup. An
+    /// orphan that started after one of them as well as after ours cannot be told
+    /// apart, and is left alone (a stop never reaches another service's process).
+    pub fn without_rivals(mut self, launchers: &[i32]) -> Self {
+        self.rivals = launchers
+            .iter()
+            .filter_map(|l| procfs::stat(*l))
+            .map(|l| l.start_ticks)
+            .collect();
+        self
+    }
+
+    pub fn owns(&self, p: &procfs::Stat) -> bool {
         let other = |id: i32| self.others.contains(&id);
-        if other(p.pid) || other(p.pgrp) || other(p.session) {
+        if p.pid <= 1 || other(p.pid) || other(p.pgrp) || other(p.session) {
             return false;
         }
         if p.session == self.launcher || p.pgrp == self.launcher {
@@ -51,13 +82,28 @@ impl Lineage<'_> {
         }
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::getpid() };
-        let since = procfs::stat(self.launcher).map(|l| l.start_ticks);
-        p.ppid == me && since.is_some_and(|t| p.start_ticks >= t)
+        p.ppid == me && self.since.is_some_and(|t| p.start_ticks >= t)
+    }
+
+    /// The live processes of this run, from one scan of /proc.
+    pub fn members(&self) -> Vec<i32> {
+        let rival = |p: &procfs::Stat| {
+            p.session != self.launcher
+                && p.pgrp != self.launcher
+                && self.rivals.iter().any(|t| p.start_ticks >= *t)
+        };
+        procfs::all()
+            .into_iter()
+            .filter(|p| p.state != b'Z' && self.owns(p) && !rival(p))
+            .map(|p| p.pid)
+            .collect()
     }
 }
 
-/// The pid `path` names, if it is a live process of the service.
-pub fn main_process(path: &Path, owner: Owner) -> Result<i32, String> {
+/// The pid `path` names, if it is a live process of the service, with when it started
+/// (clock ticks since boot: a pidfd opened later is that process's if the pid still
+/// started then).
+pub fn main_process(path: &Path, owner: Owner) -> Result<(i32, u64), String> {
     let shown = path.display();
     let (mut f, _) =
         safe_fs::open_regular(path, false).map_err(|e| format!("pid file {shown}: {e}"))?;
@@ -85,12 +131,12 @@ pub fn main_process(path: &Path, owner: Owner) -> Result<i32, String> {
             "pid file {shown} names process {pid}, which is not the service's"
         ));
     }
-    Ok(pid)
+    Ok((pid, stat.start_ticks))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::first_line;
+    use super::{first_line, main_process, Owner};
 
     #[test]
     fn the_pid_is_the_first_line_and_the_rest_is_ignored() {
@@ -101,5 +147,35 @@ mod tests {
         assert_eq!(first_line(postmaster), "4242");
         assert_eq!(first_line(b"\n4242\n"), "");
         assert_eq!(first_line(b""), "");
+    }
+
+    #[test]
+    fn a_postmaster_pid_file_names_its_first_line() {
+        let me = std::process::id() as i32;
+        let dir = std::env::temp_dir().join(format!("orch-pidfile-{me}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("postmaster.pid");
+        // PostgreSQL's layout: the pid, then the data directory, start time, port,
+        // socket directory, listen address, shared memory key and status.
+        let postmaster = format!(
+            "{me}\n/var/lib/postgresql/16/main\n1733550000\n5432\n/var/run/postgresql\n\
+             *\n  5432001         0\nready   \n"
+        );
+        std::fs::write(&path, &postmaster).unwrap();
+        assert_eq!(
+            main_process(&path, Owner::Cgroup(&[me])).map(|(p, _)| p),
+            Ok(me)
+        );
+        // The other half: the same file names no process of the service's.
+        let e = main_process(&path, Owner::Cgroup(&[])).unwrap_err();
+        assert!(
+            e.contains(&format!("names process {me}, which is not")),
+            "{e}"
+        );
+        // A pid on the second line only is no pid.
+        std::fs::write(&path, format!("\n{postmaster}")).unwrap();
+        let e = main_process(&path, Owner::Cgroup(&[me])).unwrap_err();
+        assert!(e.contains("holds no pid: \"\""), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

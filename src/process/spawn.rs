@@ -169,6 +169,7 @@ pub fn spawn(
 ) -> Result<Child, SpawnError> {
     hardening::host_id_can_execute(&spec.process.hardening, &spec.process.binary)?;
     if let Some(dir) = &spec.process.cwd {
+        hardening::host_id_can_enter(&spec.process.hardening, dir)?;
         ensure_data_dir(dir, spec).map_err(|e| format!("data_dir {}: {e}", dir.display()))?;
     }
     let (out_r, out_w) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
@@ -554,7 +555,9 @@ fn ensure_data_dir(dir: &Path, spec: &ServiceSpec) -> io::Result<()> {
         return Ok(());
     }
     let owner = match spec.process.hardening.host_id {
-        Some(host) => Some((host, host)),
+        Some(Ok(host)) => Some((host, host)),
+        // Checked before (`host_id_can_execute`); never create it as root's here.
+        Some(Err(ref e)) => return Err(io::Error::other(e.clone())),
         None => spec.process.identity.as_ref().map(|id| (id.uid, id.gid)),
     };
     crate::process::safe_fs::create_dir_chain(dir, 0o750, owner).map(drop)
@@ -583,6 +586,47 @@ pub fn signal_group(pgid: i32, sig: i32) {
         // signal goes to it alone.
         if libc::killpg(pgid, sig) != 0 {
             libc::kill(pgid, sig);
+        }
+    }
+}
+
+/// Sends `sig` to a daemon named by a pid file through its pidfd (it may not be our
+/// child, so its pid could be reused once it exits), and to its group if it leads one:
+/// while it lives its pid is its own, and once it is gone, only while no process has
+/// taken the number (a group with members left keeps it from reuse).
+pub fn signal_pidfd(fd: &OwnedFd, pgid: i32, sig: i32) {
+    // SAFETY: pidfd_send_signal takes a descriptor we own, a signal and no info.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    } == 0;
+    if pgid > 1 && (sent || crate::process::procfs::stat(pgid).is_none()) {
+        // SAFETY: killpg has no memory preconditions.
+        unsafe { libc::killpg(pgid, sig) };
+    }
+}
+
+/// Reaps the process `fd` refers to if it is our child and has exited; never blocks.
+pub fn reap_pidfd(fd: &OwnedFd) {
+    loop {
+        // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: info is a valid, writable siginfo_t; WNOHANG never blocks.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                fd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
+        if r >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::supervise::event::Event;
 use crate::supervise::state::Exit;
 use crossbeam_channel::Sender;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 const WAITER_STACK: usize = 64 * 1024;
@@ -18,19 +19,21 @@ const DRAIN_BOUND: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Starts the waiter of `pid`. With `drain` (a run's two output readers), the exit is
 /// reported once both have read to the end of their pipe, or after `DRAIN_BOUND`: a
-/// run's own last lines come before its `exited` record.
+/// run's own last lines come before its `exited` record. With `pidfd` (a daemon named
+/// by a pid file), the process is waited for through it, whoever its parent is.
 pub fn spawn_waiter(
     pid: i32,
     gen: u64,
     service: Arc<str>,
     tx: Sender<Event>,
     drain: Option<Arc<Drain>>,
+    pidfd: Option<Arc<OwnedFd>>,
 ) -> io::Result<()> {
     std::thread::Builder::new()
         .name(format!("wait-{pid}"))
         .stack_size(WAITER_STACK)
         .spawn(move || {
-            let exit = wait_exit(pid);
+            let exit = wait_exit(pid, pidfd.as_deref());
             if let Some(d) = drain {
                 d.wait(2, DRAIN_BOUND);
             }
@@ -45,61 +48,77 @@ pub fn spawn_waiter(
         .map(|_| ())
 }
 
-/// Blocks until `pid` has exited, without reaping it.
-pub fn wait_exit(pid: i32) -> Exit {
-    let mut not_ours = false;
+/// A pidfd for `pid`, if this kernel has them and the process exists.
+pub fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes plain integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    // SAFETY: fd was just opened and is owned here alone.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Blocks until `pid` (or the process `pidfd` refers to) has exited, without reaping
+/// it. A process that is not our child (a daemon named by a pid file whose own parent
+/// lives on) is watched through a pidfd; its status is its parent's to read, so it is
+/// `Exit::Unknown` unless it was reparented to us before it exited.
+pub fn wait_exit(pid: i32, pidfd: Option<&OwnedFd>) -> Exit {
+    let mut opened: Option<OwnedFd>;
+    let mut fd = pidfd.map(AsRawFd::as_raw_fd);
+    // waitid on a pidfd (Linux 5.4), so that a pid reused meanwhile is never waited
+    // for; by pid where the kernel cannot.
+    let mut by_fd = fd.is_some();
+    let mut watched = false;
     loop {
+        let (idtype, id) = match fd.filter(|_| by_fd) {
+            Some(fd) => (libc::P_PIDFD, fd as libc::id_t),
+            None => (libc::P_PID, pid as libc::id_t),
+        };
+        let once = if watched { libc::WNOHANG } else { 0 };
         // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: info is a valid, writable siginfo_t.
-        let once = if not_ours { libc::WNOHANG } else { 0 };
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT | once,
-            )
-        };
+        let r =
+            unsafe { libc::waitid(idtype, id, &mut info, libc::WEXITED | libc::WNOWAIT | once) };
         let err = io::Error::last_os_error();
         if r < 0 && err.kind() == io::ErrorKind::Interrupted {
             continue;
         }
-        // SAFETY: reading the pid of a siginfo waitid filled (0 if nothing was found).
-        if r < 0 || (not_ours && unsafe { info.si_pid() } == 0) {
-            // ECHILD: not our child. A run we spawned always is, until the loop reaps
-            // it; a daemon named by a pid file may have a parent of its own still
-            // alive. Its exit is seen through a pidfd all the same (no status: that is
-            // its parent's to read, unless it was reparented to us meanwhile).
-            if err.raw_os_error() == Some(libc::ECHILD) && !not_ours && wait_pidfd(pid) {
-                not_ours = true;
-                continue;
-            }
-            return Exit::Code(255);
+        if r < 0 && by_fd && err.raw_os_error() == Some(libc::EINVAL) {
+            by_fd = false;
+            continue;
         }
-        // SAFETY: waitid filled info for a child state change.
-        let (code, status) = unsafe { (info.si_code, info.si_status()) };
-        return match code {
-            libc::CLD_EXITED => Exit::Code(status),
-            libc::CLD_KILLED | libc::CLD_DUMPED => Exit::Signal(status),
-            // Stopped/continued are not requested (no WSTOPPED/WCONTINUED).
-            _ => continue,
-        };
+        // SAFETY: reading the pid of a siginfo waitid filled (0 if nothing was found).
+        if r == 0 && unsafe { info.si_pid() } != 0 {
+            // SAFETY: waitid filled info for a child state change.
+            let (code, status) = unsafe { (info.si_code, info.si_status()) };
+            match code {
+                libc::CLD_EXITED => return Exit::Code(status),
+                libc::CLD_KILLED | libc::CLD_DUMPED => return Exit::Signal(status),
+                // Stopped/continued are not requested (no WSTOPPED/WCONTINUED).
+                _ => continue,
+            }
+        }
+        // ECHILD: not our child. A run we spawned always is, until the loop reaps it;
+        // a daemon named by a pid file may have a parent of its own still alive.
+        if watched || err.raw_os_error() != Some(libc::ECHILD) {
+            return Exit::Unknown;
+        }
+        if fd.is_none() {
+            opened = pidfd_open(pid);
+            fd = opened.as_ref().map(AsRawFd::as_raw_fd);
+            by_fd = fd.is_some();
+        }
+        match fd {
+            Some(fd) if wait_readable(fd) => watched = true,
+            _ => return Exit::Unknown,
+        }
     }
 }
 
-/// Blocks until `pid`, not our child, has exited; false if that cannot be watched
-/// (no pidfd on this kernel, or the process is gone already).
-fn wait_pidfd(pid: i32) -> bool {
-    // SAFETY: pidfd_open takes plain integers and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if fd < 0 {
-        return false;
-    }
-    // SAFETY: fd was just opened and is owned here alone.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+/// Blocks until the pidfd turns readable (its process has exited); false if it cannot
+/// be watched.
+fn wait_readable(fd: i32) -> bool {
     let mut p = libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+        fd,
         events: libc::POLLIN,
         revents: 0,
     };

@@ -7,14 +7,18 @@
 use super::machine::{self, Action};
 use super::state::State;
 use super::supervisor::Supervisor;
-use crate::process::{helper, procfs, spawn};
+use crate::process::{helper, pidfile, procfs, spawn};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often removal of a cgroup that still had members is tried again, and how many
 /// times (together, about the 2 s that teardown of a big group can take).
 const CGROUP_RETRY: Duration = Duration::from_millis(100);
 const CGROUP_TRIES: u32 = 20;
+
+/// How soon an orphan reaping pass that a helper's spawn held back comes again.
+const ORPHANS_RETRY: Duration = Duration::from_millis(10);
 
 impl Supervisor {
     pub(super) fn execute(&mut self, name: &str, actions: Vec<Action>) {
@@ -49,8 +53,9 @@ impl Supervisor {
                     let _ = self.feed(name, event);
                 }
                 Action::Reap(pid) => {
-                    spawn::reap(pid);
+                    self.reap(name, pid);
                     self.unreaped.remove(&pid);
+                    self.launchers.remove(&pid);
                     if let Some(n) = &self.notify {
                         n.forget(pid);
                     }
@@ -83,15 +88,22 @@ impl Supervisor {
     }
 
     /// `sig` to the group, and to members of the cgroup that left the group
-    /// (setsid, double fork).
-    fn signal(&mut self, name: &str, pgid: i32, sig: i32) {
-        spawn::signal_group(pgid, sig);
-        self.kill_probe(name);
-        if sig == libc::SIGKILL {
-            self.cgroups.kill(name);
-            return;
+    /// (setsid, double fork); without a cgroup, to a launcher's lineage.
+    pub(super) fn signal(&mut self, name: &str, pgid: i32, sig: i32) {
+        match self.daemon_pidfd(name, pgid) {
+            Some(fd) => spawn::signal_pidfd(&fd, pgid, sig),
+            None => spawn::signal_group(pgid, sig),
         }
-        for pid in self.cgroups.members(name) {
+        self.kill_probe(name);
+        let members = match self.lineage(name, pgid) {
+            Some(lineage) => lineage,
+            None if sig == libc::SIGKILL => {
+                self.cgroups.kill(name);
+                return;
+            }
+            None => self.cgroups.members(name),
+        };
+        for pid in members {
             if procfs::stat(pid).is_some_and(|s| s.pgrp != pgid) {
                 // SAFETY: kill has no memory preconditions.
                 unsafe { libc::kill(pid, sig) };
@@ -99,9 +111,80 @@ impl Supervisor {
         }
     }
 
+    /// The pidfd of `name`'s daemon if `pid` is it.
+    fn daemon_pidfd(&self, name: &str, pid: i32) -> Option<Arc<std::os::fd::OwnedFd>> {
+        let (daemon, fd) = self.services.get(name)?.daemon.as_ref()?;
+        (*daemon == pid).then(|| fd.clone())
+    }
+
+    /// Reaps `pid`, which its waiter saw exit: a daemon named by a pid file through its
+    /// pidfd (never waiting: it may not be our child, and its pid may be another's by
+    /// now), anything else by pid.
+    pub(super) fn reap(&mut self, name: &str, pid: i32) {
+        match self.daemon_pidfd(name, pid) {
+            Some(fd) => {
+                spawn::reap_pidfd(&fd);
+                if let Some(e) = self.services.get_mut(name) {
+                    e.daemon = None;
+                }
+            }
+            None => spawn::reap(pid),
+        }
+    }
+
+    /// Without a cgroup, what descends from `pgid` if it is a `pid_file` launcher: its
+    /// daemon may have left its session and group (setsid) and been reparented to us,
+    /// so the group alone would miss it. One /proc scan.
+    fn lineage(&self, name: &str, pgid: i32) -> Option<Vec<i32>> {
+        let e = self.services.get(name)?;
+        if !e.cgroup_dirs.is_empty() || !self.launchers.contains(&pgid) {
+            return None;
+        }
+        let others = self.others_than(name, pgid);
+        let rivals: Vec<i32> = self
+            .services
+            .values()
+            .filter(|o| *o.name != *name && o.cgroup_dirs.is_empty())
+            .filter_map(|o| o.svc.launcher())
+            .collect();
+        let lineage = pidfile::Lineage::new(pgid, &others).without_rivals(&rivals);
+        Some(lineage.members())
+    }
+
+    /// What a `pid_file` run of `name` (launched as `launcher`) must never take for its
+    /// own: every other service's run and launcher, with the session and group of its
+    /// main process and its cgroup's members, and our other children (checks, the
+    /// helpers of `upgrade-self`). Bound: a /proc read per service, a cgroupfs read per
+    /// service with a cgroup.
+    pub(super) fn others_than(&self, name: &str, launcher: i32) -> Vec<i32> {
+        let mut others: Vec<i32> = self
+            .unreaped
+            .iter()
+            .copied()
+            .filter(|p| *p != launcher)
+            .collect();
+        for o in self.services.values().filter(|o| *o.name != *name) {
+            if let Some(pid) = o.svc.pid().or(o.svc.awaited_launcher()) {
+                others.push(pid);
+                if let Some(s) = procfs::stat(pid) {
+                    others.extend([s.pgrp, s.session]);
+                }
+            }
+            if !o.cgroup_dirs.is_empty() {
+                others.extend(self.cgroups.members(&o.name));
+            }
+        }
+        others.extend(helper::pids());
+        // Never this run's own session and group (a process of another service in
+        // them would be odd, and must not hide the run from its own stop).
+        others.retain(|p| *p > 1 && *p != launcher);
+        others
+    }
+
     /// Whether anything of a stopping service is left: its cgroup's members where it has
-    /// one (a superset of its process group), else the live members of its group, from a
-    /// /proc scan shared by every check of this loop iteration.
+    /// one (a superset of its process group), without one what descends from a
+    /// `pid_file` launcher, else the live members of its group, from a /proc scan
+    /// shared by every check of this loop iteration.
     fn group_alive(&mut self, name: &str, pgid: i32) -> bool {
         if self
             .services
@@ -109,6 +192,9 @@ impl Supervisor {
             .is_some_and(|e| !e.cgroup_dirs.is_empty())
         {
             return !self.cgroups.members(name).is_empty();
+        }
+        if let Some(lineage) = self.lineage(name, pgid) {
+            return !lineage.is_empty();
         }
         self.live_groups
             .get_or_insert_with(|| {
@@ -199,13 +285,13 @@ impl Supervisor {
     /// subreaper. Managed pids (runs, exec probes, daemons named by pid files) and the
     /// helpers other threads wait for (the checks of a new binary) are skipped, so no
     /// waiter ever loses its status. Bound: one /proc/self/task/*/children read and one WNOHANG
-    /// wait per child.
+    /// wait per child; never a wait for a helper's spawn.
     pub(super) fn reap_orphans(&mut self) {
         if !self.reap_orphans {
             return;
         }
         let unreaped = &self.unreaped;
-        helper::excluding(|helpers| {
+        let pass = helper::excluding(|helpers| {
             for pid in procfs::children() {
                 if unreaped.contains(&pid) || helpers.contains(&pid) {
                     continue;
@@ -217,5 +303,18 @@ impl Supervisor {
                 }
             }
         });
+        // A helper is being spawned: its child cannot be told from an orphan until it
+        // is registered, so the pass comes again shortly (a deadline only while a
+        // spawn is under way, never while idle).
+        self.orphans_retry_at = match pass {
+            Some(()) => None,
+            None => Some(Instant::now() + ORPHANS_RETRY),
+        };
+    }
+
+    pub(super) fn retry_orphans(&mut self, now: Instant) {
+        if self.orphans_retry_at.is_some_and(|at| at <= now) {
+            self.reap_orphans();
+        }
     }
 }

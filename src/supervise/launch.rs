@@ -12,7 +12,7 @@ use crate::output::sink::Stream;
 use crate::process::cgroup::CgroupLimits;
 use crate::process::pidfile::{self, Lineage, Owner};
 use crate::process::sockets::{Bound, Passed};
-use crate::process::{spawn, waiter};
+use crate::process::{procfs, spawn, waiter};
 use std::sync::Arc;
 
 impl Supervisor {
@@ -30,18 +30,10 @@ impl Supervisor {
         };
         let members = (!e.cgroup_dirs.is_empty()).then(|| self.cgroups.members(name));
         let launcher = e.svc.awaited_launcher().unwrap_or(0);
-        let others: Vec<i32> = self
-            .services
-            .values()
-            .filter(|o| *o.name != *name)
-            .filter_map(|o| o.svc.pid().or(o.svc.awaited_launcher()))
-            .collect();
+        let others = self.others_than(name, launcher);
         let owner = match &members {
             Some(m) => Owner::Cgroup(m),
-            None => Owner::Lineage(Lineage {
-                launcher,
-                others: &others,
-            }),
+            None => Owner::Lineage(Lineage::new(launcher, &others)),
         };
         // Bound: one small file read and a few /proc reads.
         let result = pidfile::main_process(&path, owner);
@@ -49,9 +41,27 @@ impl Supervisor {
             let result = Err("service removed".into());
             return Event::PidFile { gen, result };
         };
+        let result = result.and_then(|(pid, started)| {
+            // Held for the run: the daemon may not be our child, and then only a pidfd
+            // waits for it and signals it without ever reaching a reused pid. Opened
+            // after the checks, it is that process's only if the pid still started
+            // then. (None on a kernel without pidfds.)
+            let fd = waiter::pidfd_open(pid).map(Arc::new);
+            if procfs::stat(pid).is_none_or(|s| s.start_ticks != started) {
+                return Err(format!("process {pid} exited while its pid file was read"));
+            }
+            Ok((pid, fd))
+        });
+        e.daemon = match &result {
+            Ok((pid, Some(fd))) => Some((*pid, fd.clone())),
+            _ => None,
+        };
+        let result = result.map(|(pid, _)| pid);
         if let Ok(pid) = result {
             self.unreaped.insert(pid);
-            let waiter = waiter::spawn_waiter(pid, gen, e.name.clone(), self.tx.clone(), None);
+            let pidfd = e.daemon.as_ref().map(|(_, fd)| fd.clone());
+            let waiter =
+                waiter::spawn_waiter(pid, gen, e.name.clone(), self.tx.clone(), None, pidfd);
             if let Err(err) = waiter {
                 spawn::signal_group(pid, libc::SIGKILL);
                 let result = Err(format!("cannot create a thread: {err}"));
@@ -216,6 +226,9 @@ impl Supervisor {
         self.gen += 1;
         let (pid, gen) = (child.pid, self.gen);
         self.unreaped.insert(pid);
+        if e.svc.spec().process.pid_file.is_some() {
+            self.launchers.insert(pid);
+        }
         let drain = Arc::new(Drain::default());
         let waiter = waiter::spawn_waiter(
             pid,
@@ -223,12 +236,14 @@ impl Supervisor {
             e.name.clone(),
             self.tx.clone(),
             Some(drain.clone()),
+            None,
         );
         if let Err(err) = waiter {
             // Without a waiter nobody would see this run end: undo it.
             spawn::signal_group(pid, libc::SIGKILL);
             spawn::reap(pid);
             self.unreaped.remove(&pid);
+            self.launchers.remove(&pid);
             return Some(Event::SpawnFailed {
                 error: format!("cannot create a thread: {err}"),
                 busy: false,

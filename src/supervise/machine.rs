@@ -379,6 +379,20 @@ impl Service {
         }
     }
 
+    /// `pid_file`: the pid of the current run's launcher while it is the run (not yet
+    /// daemonized, or exited and its pid file awaited or a stop draining what it left).
+    pub fn launcher(&self) -> Option<i32> {
+        match &self.phase {
+            Phase::AwaitPidFile { launcher, .. } if *launcher > 0 => Some(*launcher),
+            Phase::Up { run, .. } | Phase::Stopping { run, .. } | Phase::Draining { run, .. }
+                if run.launcher =>
+            {
+                Some(run.pid)
+            }
+            _ => None,
+        }
+    }
+
     /// The current run's spawn generation.
     pub fn gen(&self) -> Option<u64> {
         self.run().map(|r| r.gen)
@@ -471,7 +485,7 @@ impl Service {
     }
 
     pub fn last_exit_code(&self) -> Option<i32> {
-        self.last_exit.map(|l| l.exit.code())
+        self.last_exit.and_then(|l| l.exit.code())
     }
 
     pub fn last_error(&self) -> Option<&str> {

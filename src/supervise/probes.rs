@@ -69,7 +69,8 @@ impl Supervisor {
         };
         self.gen += 1;
         let service = e.name.clone();
-        if let Err(err) = waiter::spawn_waiter(pid, self.gen, service, self.tx.clone(), None) {
+        if let Err(err) = waiter::spawn_waiter(pid, self.gen, service, self.tx.clone(), None, None)
+        {
             spawn::signal_group(pid, libc::SIGKILL);
             spawn::reap(pid);
             let result = Err(format!("cannot create a thread: {err}"));

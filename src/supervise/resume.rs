@@ -102,6 +102,14 @@ impl Supervisor {
             }
             if let Some((pid, gen)) = e.svc.unexited_run() {
                 runs += 1;
+                // A daemon named by a pid file gets its pidfd again (the old image's
+                // went with the exec); the pid is still unreaped, so still that process
+                // unless, not our child, it exited during the handover.
+                let daemon = e.svc.spec().process.pid_file.is_some() && e.svc.launcher().is_none();
+                e.daemon = daemon
+                    .then(|| waiter::pidfd_open(pid))
+                    .flatten()
+                    .map(|fd| (pid, Arc::new(fd)));
                 let drain = Arc::new(Drain::default());
                 let started = waiter::spawn_waiter(
                     pid,
@@ -109,6 +117,7 @@ impl Supervisor {
                     e.name.clone(),
                     self.tx.clone(),
                     Some(drain.clone()),
+                    e.daemon.as_ref().map(|(_, fd)| fd.clone()),
                 );
                 if let Err(err) = started {
                     log::error!(
@@ -123,13 +132,22 @@ impl Supervisor {
         // Pids not reaped yet that no run claims (a stale run whose exit the old image
         // saw after its last look at the channel): waited for under no generation, so
         // the loop reaps them as no one's.
+        // A `pid_file` launcher whose file is awaited has exited and is claimed all the
+        // same: it stays unreaped (its pid is its lineage's session and group, and must
+        // not be reused) until its machine says `Reap`.
         let claimed: std::collections::HashSet<i32> = self
             .services
             .values()
-            .filter_map(|e| e.svc.run_pid())
+            .flat_map(|e| [e.svc.run_pid(), e.svc.launcher()])
+            .flatten()
+            .collect();
+        self.launchers = self
+            .services
+            .values()
+            .filter_map(|e| e.svc.launcher())
             .collect();
         for &pid in self.unreaped.iter().filter(|p| !claimed.contains(p)) {
-            let _ = waiter::spawn_waiter(pid, 0, Arc::from(""), self.tx.clone(), None);
+            let _ = waiter::spawn_waiter(pid, 0, Arc::from(""), self.tx.clone(), None, None);
         }
         // The notify socket handed over, with what was sent to it meanwhile (else it
         // is bound again at the same path); the runs are known by it.

@@ -37,14 +37,19 @@ impl State {
 pub enum Exit {
     Code(i32),
     Signal(i32),
+    /// A `pid_file` daemon that was not our child: its exit was seen, its status is
+    /// its own parent's to read.
+    Unknown,
 }
 
 impl Exit {
-    /// The shell convention: the exit code, or 128 + the signal number.
-    pub fn code(self) -> i32 {
+    /// The shell convention: the exit code, or 128 + the signal number; none for an
+    /// unknown status.
+    pub fn code(self) -> Option<i32> {
         match self {
-            Exit::Code(c) => c,
-            Exit::Signal(s) => 128 + s,
+            Exit::Code(c) => Some(c),
+            Exit::Signal(s) => Some(128 + s),
+            Exit::Unknown => None,
         }
     }
 
@@ -52,10 +57,18 @@ impl Exit {
         self == Exit::Code(0)
     }
 
+    /// Not known to have failed: exit 0, or an unknown status (the restart policy
+    /// takes that as a clean exit: a daemon with a parent of its own is that
+    /// parent's to judge).
+    pub fn clean(self) -> bool {
+        matches!(self, Exit::Code(0) | Exit::Unknown)
+    }
+
     pub fn describe(self) -> String {
         match self {
             Exit::Code(c) => format!("exited with code {c}"),
             Exit::Signal(s) => format!("killed by signal {}", signal_name(s)),
+            Exit::Unknown => reason::UNKNOWN_EXIT.to_string(),
         }
     }
 }
@@ -129,8 +142,11 @@ pub mod reason {
         match exit {
             Exit::Code(c) => format!("exited with code {c}"),
             Exit::Signal(s) => format!("killed by {}", signal_name(s)),
+            Exit::Unknown => UNKNOWN_EXIT.to_string(),
         }
     }
+
+    pub const UNKNOWN_EXIT: &str = "exited with an unknown status (not the orchestrator's child)";
 }
 
 /// The last exit, for `status NAME`: what ended the run, when, and whether an

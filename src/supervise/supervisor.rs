@@ -2,7 +2,8 @@
 //! sleeps in one blocking receive until the next event or the earliest deadline, feeds
 //! each event to the service's machine and carries out the actions it returns. Nothing
 //! polls while idle: the only timers are the machines' deadlines, the shutdown bound, the
-//! state file's next save and a busy cgroup's next removal attempt.
+//! state file's next save, a busy cgroup's next removal attempt and, while a helper is
+//! being spawned, the next orphan reaping pass.
 //!
 //! The jobs around the loop each have a file: carrying out actions (`execute.rs`),
 //! spawning a run (`launch.rs`), dependency order (`order.rs`), health checks
@@ -66,6 +67,9 @@ pub(super) struct Entry {
     /// Its memory cgroup's OOM kill count when the current run started, where one can
     /// be read: a SIGKILL with the count risen since is the OOM killer's.
     pub oom_kills: Option<u64>,
+    /// `pid_file`: the daemon the file named, and a pidfd for it, through which it is
+    /// signalled and reaped (it may not be our child: its pid could be reused).
+    pub daemon: Option<(i32, Arc<std::os::fd::OwnedFd>)>,
 }
 
 impl Entry {
@@ -82,6 +86,7 @@ impl Entry {
             sockets: None,
             upgrade: Default::default(),
             oom_kills: None,
+            daemon: None,
         }
     }
 }
@@ -105,12 +110,17 @@ pub struct Supervisor {
     pub(super) shutdown: Option<Shutdown>,
     /// Main pids spawned and not yet reaped: the orphan reaper must leave them alone.
     pub(super) unreaped: HashSet<i32>,
+    /// Of those, the `pid_file` launchers: without a cgroup, a signal to one goes to
+    /// what descends from it (`execute.rs`), as a daemon leaves its group.
+    pub(super) launchers: HashSet<i32>,
     /// Reap orphaned descendants on SIGCHLD (PID 1, `subreaper`, or a `pid_file`
     /// service, whose daemon must be reparented to us).
     pub(super) reap_orphans: bool,
     /// Subreaper since a reload, without SIGCHLD registered: orphans are reaped when a
     /// run of ours exits instead.
     pub(super) reap_on_exit: bool,
+    /// An orphan reaping pass held back by a helper's spawn is due again then.
+    pub(super) orphans_retry_at: Option<Instant>,
     pub(super) pending: Vec<Pending>,
     pub(super) stops: Stops,
     pub(super) started: Instant,
@@ -190,8 +200,10 @@ impl Supervisor {
             gen: 0,
             shutdown: None,
             unreaped: HashSet::new(),
+            launchers: HashSet::new(),
             reap_orphans,
             reap_on_exit: false,
+            orphans_retry_at: None,
             pending: Vec::new(),
             stops: Stops::default(),
             started: Instant::now(),
@@ -329,6 +341,7 @@ impl Supervisor {
             shutdown,
             self.state_deadline(),
             self.cgroup_retry_at(),
+            self.orphans_retry_at,
             watchdog,
         ]
         .into_iter()
@@ -361,7 +374,8 @@ impl Supervisor {
                 if !current {
                     // A run nobody tracks any more: reap it so that it is no zombie.
                     if self.unreaped.remove(&pid) {
-                        spawn::reap(pid);
+                        self.launchers.remove(&pid);
+                        self.reap(&service, pid);
                         if let Some(n) = &self.notify {
                             n.forget(pid);
                         }
@@ -446,13 +460,16 @@ impl Supervisor {
         None
     }
 
-    /// SIGKILL to every group that may still have a process.
+    /// SIGKILL to every run that may still have a process, a launcher whose pid file is
+    /// awaited included.
     fn kill_all(&mut self) {
-        for (name, e) in &self.services {
-            if let Some(pid) = e.svc.pid() {
-                spawn::signal_group(pid, libc::SIGKILL);
-                self.cgroups.kill(name);
-            }
+        let runs: Vec<(String, i32)> = self
+            .services
+            .iter()
+            .filter_map(|(n, e)| Some((n.clone(), e.svc.pid().or(e.svc.launcher())?)))
+            .collect();
+        for (name, pid) in runs {
+            self.signal(&name, pid, libc::SIGKILL);
         }
     }
 
@@ -501,6 +518,7 @@ impl Supervisor {
         }
         self.probe_timeouts(now);
         self.retry_busy_cgroups(now);
+        self.retry_orphans(now);
         if let Some(w) = &mut self.watchdog {
             let services = &self.services;
             w.tick(|name| services.get(name).map(|e| e.svc.state()), now);

@@ -259,6 +259,7 @@ fn status_json(e: &Entry, now: Instant) -> Value {
         let (code, signal) = match l.exit {
             super::state::Exit::Code(c) => (Some(c), None),
             super::state::Exit::Signal(s) => (None, Some(super::state::signal_name(s))),
+            super::state::Exit::Unknown => (None, None),
         };
         json!({"code": code, "signal": signal, "at": l.at_ms, "by_operator": l.by_operator})
     });

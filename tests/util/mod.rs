@@ -423,7 +423,9 @@ impl Daemon {
         d
     }
 
-    fn launch(sb: &Sandbox, mut cmd: Command, env: &[(&str, &str)]) -> Daemon {
+    /// Launches `cmd` (which must end up as `orchestrator run` for this sandbox, e.g.
+    /// through a wrapper that execs it) with the daemon's environment and guard.
+    pub fn launch(sb: &Sandbox, mut cmd: Command, env: &[(&str, &str)]) -> Daemon {
         cmd.current_dir(&sb.dir)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -542,6 +544,80 @@ pub fn proc_stat(pid: i64) -> Option<Vec<String>> {
     Some(fields)
 }
 
+/// An `orchestrator run --daemon` the test started: detached, so not our child, and
+/// its pid could be another process's once it has exited. Dropping it SIGKILLs it
+/// only if the pid still names the same process (same start time in /proc), and what
+/// it left in the sandbox.
+pub struct Detached {
+    pub pid: i32,
+    started: Option<String>,
+    sandbox_dir: PathBuf,
+}
+
+impl Detached {
+    /// The daemon `pidfile` names, once a `run --daemon` has returned (it returns only
+    /// once the daemon serves, its pid written); `None` if the file holds no pid.
+    pub fn from_pidfile(sb: &Sandbox, pidfile: &Path) -> Option<Detached> {
+        let pid = first_line_pid(pidfile)? as i32;
+        Some(Detached {
+            pid,
+            started: start_time(pid),
+            sandbox_dir: sb.dir.clone(),
+        })
+    }
+
+    /// Whether it still runs (the same process, not a zombie).
+    pub fn alive(&self) -> bool {
+        self.started.is_some() && start_time(self.pid) == self.started
+    }
+}
+
+/// Field 22 of /proc/PID/stat (when the process started), for a live process.
+fn start_time(pid: i32) -> Option<String> {
+    proc_stat(pid.into())
+        .filter(|f| f[2] != "Z")
+        .and_then(|f| f.get(21).cloned())
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if self.alive() {
+            // SAFETY: kill has no memory preconditions; the pid is still that process.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+        kill_processes_mentioning(&self.sandbox_dir);
+    }
+}
+
+/// `orchestrator run --daemon --config SANDBOX/orchestrator.json --pidfile PIDFILE`,
+/// without waiting for anything but its return.
+pub fn run_detached(sb: &Sandbox, pidfile: &Path) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--daemon", "--config"])
+        .arg(sb.path("orchestrator.json"))
+        .arg("--pidfile")
+        .arg(pidfile);
+    run_with_timeout(cmd, DEADLINE)
+}
+
+/// `run_detached`, which must succeed, and the daemon it started.
+pub fn start_detached(sb: &Sandbox, pidfile: &Path) -> Detached {
+    let out = run_detached(sb, pidfile);
+    assert_eq!(out.code, 0, "run --daemon: {}", out.stderr);
+    Detached::from_pidfile(sb, pidfile).expect("run --daemon returned with its pid written")
+}
+
+/// The pid on the first line of a pid file.
+pub fn first_line_pid(path: &std::path::Path) -> Option<i64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Alive and not a zombie.
 pub fn alive(pid: i64) -> bool {
     proc_stat(pid).is_some_and(|f| f[2] != "Z")
@@ -606,4 +682,32 @@ pub fn kill_processes_mentioning(dir: &Path) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A `Detached` guard kills its daemon, and never a process that took the pid after
+/// the daemon exited (here: one whose start time is not the one recorded).
+#[test]
+fn a_detached_guard_kills_only_the_process_it_recorded() {
+    let sb = Sandbox::new();
+    let pidfile = sb.path("d.pid");
+    let spawn = || {
+        let child = Command::new("sleep").arg("1000").spawn().unwrap();
+        std::fs::write(&pidfile, format!("{}\n", child.id())).unwrap();
+        child
+    };
+    let mut ours = spawn();
+    let guard = Detached::from_pidfile(&sb, &pidfile).unwrap();
+    assert!(guard.alive());
+    drop(guard);
+    assert!(ours.wait().is_ok_and(|s| !s.success()), "killed on drop");
+
+    let mut other = spawn();
+    let mut guard = Detached::from_pidfile(&sb, &pidfile).unwrap();
+    // As if the pid had been the daemon's, which exited, and was taken since.
+    guard.started = Some("0".into());
+    assert!(!guard.alive());
+    drop(guard);
+    assert!(alive(other.id().into()), "left alone");
+    let _ = other.kill();
+    let _ = other.wait();
 }

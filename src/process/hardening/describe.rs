@@ -122,7 +122,7 @@ pub fn lines(spec: &ServiceSpec, cgroups: &Cgroups) -> Vec<Line> {
         list(&h.syscall_allow),
         match h.filter {
             Some(seccomp::Rule::Allow(allowed)) => Some(how(format!(
-                "seccomp filter allowing {} system calls of {arch} (@default included), denying every other; other architectures' calls denied too",
+                "seccomp filter allowing {} system calls of {arch} (@default included), denying every other (ENOSYS for calls newer than this build); other architectures' calls denied too",
                 allowed.count()
             ))),
             _ => None,
@@ -184,7 +184,10 @@ pub fn lines(spec: &ServiceSpec, cgroups: &Cgroups) -> Vec<Line> {
         "private_users",
         h.private_users.to_string(),
         h.private_users.then(|| {
-            if let Some(host) = h.host_id {
+            if let Some(Err(e)) = &h.host_id {
+                return cannot(e);
+            }
+            if let Some(Ok(host)) = h.host_id {
                 return ns_how(
                     "user",
                     h,

@@ -34,9 +34,10 @@ pub struct Hardening {
     pub read_only_paths: Vec<PathBuf>,
     pub private_users: bool,
     /// `private_users` for a service whose user is root: the one unprivileged host id
-    /// (uid and gid) root inside maps to. Set by the plan (`assign_host_ids`), which
-    /// sees every service.
-    pub host_id: Option<u32>,
+    /// (uid and gid) root inside maps to, or why none could be chosen (the start then
+    /// fails with it: root inside is never root outside). Set by the plan
+    /// (`assign_host_ids`), which sees every service.
+    pub host_id: Option<Result<u32, String>>,
     pub nice: Option<i32>,
     pub io: Option<(IoClass, u8)>,
     pub io_weight: Option<u32>,
@@ -135,19 +136,77 @@ pub fn resolve(svc: &ServiceConfig) -> Hardening {
 /// `DynamicUser=` range.
 pub const HOST_IDS: std::ops::RangeInclusive<u32> = 61184..=65519;
 
-/// The host id for service `name`: derived from the name (FNV-1a), so the same at
-/// every start, or the next one up (wrapping within `HOST_IDS`) that `taken` does not
-/// claim.
-pub fn host_id(name: &str, taken: impl Fn(u32) -> bool) -> Option<u32> {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in name.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
+/// The host ids of the root services with `private_users`, `wanted` in name order,
+/// each with the id its existing `data_dir` belongs to, if any. The same at every
+/// start, whatever services are added or removed, as far as the range allows:
+///
+/// - A service whose `data_dir` belongs to an id of the range keeps that id (the
+///   directory is the record of what it was given; taking another would leave the
+///   service outside its own data).
+/// - Every other service starts at an id derived from its name (FNV-1a) and takes the
+///   next free one up on a clash (wrapping within `HOST_IDS`), all services moving up
+///   one step per round: a service on its first choice is never pushed off it by
+///   another's search, only by a service with the same first choice and an earlier
+///   name.
+///
+/// `in_use` says whether an account has an id; its error (the accounts cannot be read)
+/// is that service's answer, as is a range with nothing free: an id nobody can vouch
+/// for is never given, nor is root's in its place.
+pub fn host_ids(
+    wanted: &[(&str, Option<u32>)],
+    in_use: impl Fn(u32) -> Result<bool, String>,
+) -> Vec<Result<u32, String>> {
     let (first, n) = (*HOST_IDS.start(), HOST_IDS.end() - HOST_IDS.start() + 1);
-    (0..n)
-        .map(|i| first + (h % n + i) % n)
-        .find(|id| !taken(*id))
+    let mut out: Vec<Option<Result<u32, String>>> = vec![None; wanted.len()];
+    let mut given = std::collections::BTreeSet::new();
+    let mut take = |slot: &mut Option<Result<u32, String>>, id: u32| {
+        if given.contains(&id) {
+            return;
+        }
+        match in_use(id) {
+            Err(e) => *slot = Some(Err(format!("cannot choose a host id: {e}"))),
+            Ok(true) => {}
+            Ok(false) => {
+                given.insert(id);
+                *slot = Some(Ok(id));
+            }
+        }
+    };
+    for ((_, claim), slot) in wanted.iter().zip(&mut out) {
+        if let Some(id) = claim.filter(|id| HOST_IDS.contains(id)) {
+            take(slot, id);
+        }
+    }
+    for step in 0..n {
+        let mut open = false;
+        for ((name, _), slot) in wanted.iter().zip(&mut out) {
+            if slot.is_none() {
+                open = true;
+                take(slot, first + (name_hash(name) % n + step) % n);
+            }
+        }
+        if !open {
+            break;
+        }
+    }
+    out.into_iter()
+        .map(|slot| {
+            slot.unwrap_or_else(|| {
+                Err(format!(
+                    "no free host id: every one of {}-{} is an account's or another service's",
+                    HOST_IDS.start(),
+                    HOST_IDS.end()
+                ))
+            })
+        })
+        .collect()
+}
+
+/// FNV-1a of a service name: where its host id search starts.
+fn name_hash(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5, |h: u32, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Whether a service running as `identity` needs a host id of its own under
@@ -238,14 +297,19 @@ pub fn prepare(h: &Hardening, identity: Option<&Identity>) -> Result<Prepared, S
     }
     if h.private_users {
         p.clone_flags |= libc::CLONE_NEWUSER;
-        p.id_maps = Some(match h.host_id {
+        p.id_maps = Some(match &h.host_id {
             // setgroups stays allowed (we write the maps as root): the child drops the
             // daemon's supplementary groups with it before it switches to root inside.
-            Some(host) => IdMaps {
+            Some(Ok(host)) => IdMaps {
                 uid_map: format!("0 {host} 1\n"),
                 gid_map: format!("0 {host} 1\n"),
                 deny_setgroups: false,
             },
+            Some(Err(e)) => return Err(format!("private_users: {e}")),
+            // Mapping root to itself would give the service the host's root: never.
+            None if needs_host_id(h, identity) => {
+                return Err("private_users: no host id was chosen for this root service".into())
+            }
             None => id_maps(identity),
         });
         // Raising priority needs CAP_SYS_NICE (or CAP_SYS_ADMIN) toward the host,
@@ -319,12 +383,51 @@ fn id_maps(identity: Option<&Identity>) -> IdMaps {
 /// For a root service under `private_users`: whether its host id may execute
 /// `binary` (by the file's mode; directories on the way are not judged), or why not.
 pub fn host_id_can_execute(h: &Hardening, binary: &std::path::Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let Some(host) = h.host_id else {
+    let Some(host) = host_of(h)? else {
         return Ok(());
     };
     let m = std::fs::metadata(binary).map_err(|e| format!("{}: {e}", binary.display()))?;
-    let mode = m.mode();
+    if may_search(host, &m) {
+        return Ok(());
+    }
+    Err(format!(
+        "private_users: host uid {host} cannot execute {} ({}); make it executable by others",
+        binary.display(),
+        mode_and_owner(&m)
+    ))
+}
+
+/// For a root service under `private_users`: whether its host id may enter its
+/// existing `data_dir` (by the mode, as above), or why not. A missing one is created
+/// as the id's; an existing one is never handed over, since its files may be meant to
+/// keep their owners (say, one the service wrote as the host's root before it had
+/// `private_users`): the reason says how to do it.
+pub fn host_id_can_enter(h: &Hardening, dir: &std::path::Path) -> Result<(), String> {
+    let Some(host) = host_of(h)? else {
+        return Ok(());
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() && !may_search(host, &m) => Err(format!(
+            "private_users: host uid {host} cannot enter data_dir {0} ({1}); hand it over with `chown -R {host}:{host} {0}`",
+            dir.display(),
+            mode_and_owner(&m)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The host id, `None` for a service without one, or why it has none.
+fn host_of(h: &Hardening) -> Result<Option<u32>, String> {
+    match &h.host_id {
+        None => Ok(None),
+        Some(Err(e)) => Err(format!("private_users: {e}")),
+        Some(Ok(host)) => Ok(Some(*host)),
+    }
+}
+
+/// Whether `host` (as uid and gid, no other groups) has the x bit of a file with `m`.
+fn may_search(host: u32, m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
     let bit = if m.uid() == host {
         0o100
     } else if m.gid() == host {
@@ -332,16 +435,17 @@ pub fn host_id_can_execute(h: &Hardening, binary: &std::path::Path) -> Result<()
     } else {
         0o001
     };
-    if mode & bit != 0 {
-        return Ok(());
-    }
-    Err(format!(
-        "private_users: host uid {host} cannot execute {} (mode {:04o}, owner {}:{}); make it executable by others",
-        binary.display(),
-        mode & 0o7777,
+    m.mode() & bit != 0
+}
+
+fn mode_and_owner(m: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "mode {:04o}, owner {}:{}",
+        m.mode() & 0o7777,
         m.uid(),
         m.gid()
-    ))
+    )
 }
 
 impl Prepared {
@@ -525,33 +629,116 @@ mod tests {
         assert!(m.deny_setgroups, "nobody calls setgroups: deny it");
     }
 
+    /// The one id of a lone service `name`.
+    fn host_id(name: &str, in_use: impl Fn(u32) -> Result<bool, String>) -> Result<u32, String> {
+        host_ids(&[(name, None)], in_use).remove(0)
+    }
+
+    /// The id after `id` in the range, wrapping.
+    fn up(id: u32) -> u32 {
+        if id == *HOST_IDS.end() {
+            *HOST_IDS.start()
+        } else {
+            id + 1
+        }
+    }
+
+    /// A name whose first choice is `id`, and that sorts after `after`, found by search.
+    fn named_for(id: u32, after: &str) -> String {
+        let n = HOST_IDS.end() - HOST_IDS.start() + 1;
+        (0..)
+            .map(|i| format!("{after}-{i}"))
+            .find(|name| HOST_IDS.start() + name_hash(name) % n == id)
+            .unwrap_or_default()
+    }
+
     #[test]
     fn host_ids_are_stable_in_range_and_skip_taken_ones() {
-        let a = host_id("web", |_| false).unwrap();
+        let free = |_| Ok(false);
+        let a = host_id("web", free).unwrap();
         assert!(HOST_IDS.contains(&a));
-        assert_eq!(
-            host_id("web", |_| false),
-            Some(a),
-            "the same at every start"
+        assert_eq!(host_id("web", free), Ok(a), "the same at every start");
+        assert_ne!(host_id("db", free), Ok(a));
+        assert_eq!(host_id("web", |id| Ok(id == a)), Ok(up(a)));
+    }
+
+    #[test]
+    fn a_service_keeps_its_host_id_when_others_come_and_go() {
+        let free = |_| Ok(false);
+        let late = "web".to_string();
+        let x = host_id(&late, free).unwrap();
+        let early = named_for(x, "ahead");
+        assert!(early < late);
+        // A clash: the earlier name keeps the first choice, the other the next one up.
+        let both = host_ids(&[(&early, None), (&late, None)], free);
+        assert_eq!(both, [Ok(x), Ok(up(x))]);
+        // The id its data_dir belongs to is its record: a newcomer with the same first
+        // choice and an earlier name does not take it.
+        let both = host_ids(&[(&early, None), (&late, Some(x))], free);
+        assert_eq!(both, [Ok(up(x)), Ok(x)]);
+        // Another's search never pushes a service off its first choice: `next`, whose
+        // first choice is where the clash's loser would go, keeps it; the loser goes on.
+        let next = named_for(up(x), &late);
+        assert!(
+            late < next,
+            "next sorts last, so name order alone would lose"
         );
-        assert_ne!(host_id("db", |_| false), Some(a));
-        let next = host_id("web", |id| id == a).unwrap();
+        let three = host_ids(&[(&early, None), (&late, None), (&next, None)], free);
+        assert_eq!(three, [Ok(x), Ok(up(up(x))), Ok(up(x))]);
+        // A claim outside the range, or an account's, is not taken.
+        assert_eq!(host_ids(&[(&late, Some(0))], free), [Ok(x)]);
+        let taken = |id| Ok(id == 61_300);
         assert_eq!(
-            next,
-            if a == *HOST_IDS.end() {
-                *HOST_IDS.start()
-            } else {
-                a + 1
-            }
+            host_ids(&[(&late, Some(61_300))], taken),
+            [host_id(&late, taken)]
         );
-        assert_eq!(host_id("web", |_| true), None);
+    }
+
+    #[test]
+    fn no_host_id_is_given_when_the_accounts_cannot_be_read_or_all_are_taken() {
+        let e = host_id("web", |_| {
+            Err("cannot read /etc/passwd: Permission denied".into())
+        });
+        assert_eq!(
+            e,
+            Err("cannot choose a host id: cannot read /etc/passwd: Permission denied".into())
+        );
+        // An error after some taken ids is still an error, not the next id.
+        let a = host_id("web", |_| Ok(false)).unwrap();
+        let e = host_id("web", |id| match id == a {
+            true => Ok(true),
+            false => Err("cannot look up uid: EIO".into()),
+        });
+        assert!(e.is_err(), "{e:?}");
+        let e = host_id("web", |_| Ok(true)).unwrap_err();
+        assert!(e.starts_with("no free host id"), "{e}");
+    }
+
+    #[test]
+    fn a_root_service_without_a_host_id_is_refused_never_mapped_to_root() {
+        let h = Hardening {
+            private_users: true,
+            host_id: Some(Err(
+                "cannot choose a host id: cannot read /etc/passwd: EIO".into()
+            )),
+            ..Hardening::default()
+        };
+        let e = prepare(&h, None).unwrap_err();
+        assert!(e.contains("cannot read /etc/passwd"), "{e}");
+        assert!(host_id_can_execute(&h, std::path::Path::new("/bin/sh")).is_err());
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let h = Hardening { host_id: None, ..h };
+            let e = prepare(&h, None).unwrap_err();
+            assert!(e.contains("no host id"), "{e}");
+        }
     }
 
     #[test]
     fn a_root_service_with_a_host_id_maps_only_root_to_it() {
         let h = Hardening {
             private_users: true,
-            host_id: Some(61_200),
+            host_id: Some(Ok(61_200)),
             ..Hardening::default()
         };
         let p = prepare(&h, None).unwrap();

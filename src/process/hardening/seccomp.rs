@@ -720,6 +720,31 @@ mod tests {
     }
 
     #[test]
+    fn an_allow_list_answers_enosys_only_above_the_known_calls() {
+        let arch = 0xC000_003E;
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        let kill = libc::SECCOMP_RET_KILL_PROCESS;
+        let allowed = resolve(&["@default"]);
+        let mount = nr("mount");
+        assert!(!allowed.contains(mount));
+        // A number below the highest known one that the tables do not name (a gap,
+        // or a call in no group) is not "newer than the tables": denied, not ENOSYS.
+        let unnamed = (0..u32::from(known_max()))
+            .find(|n| !NUMBERS.contains(&(*n as u16)))
+            .expect("the tables leave some number unnamed");
+        let newer = u32::from(known_max()) + 1;
+        for (kill_action, deny) in [(false, eperm), (true, kill)] {
+            let p = program(arch, &Rule::Allow(allowed), kill_action);
+            assert_eq!(run(&p, arch, mount), deny, "a known call not allowed");
+            assert_eq!(run(&p, arch, unnamed), deny, "unnamed {unnamed}");
+            assert_eq!(run(&p, arch, newer), enosys, "newer than the tables");
+            assert_eq!(run(&p, arch, 511), enosys, "newer than the tables");
+            assert_eq!(run(&p, arch, nr("exit_group")), libc::SECCOMP_RET_ALLOW);
+        }
+    }
+
+    #[test]
     fn programs_decide_every_number_as_the_rule_says() {
         let arch = 0xC000_003E;
         let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;

@@ -92,7 +92,8 @@ impl Service {
                 }
             }
             // The daemon may be up already, its pid file not written yet: whatever runs
-            // in the launcher's group or the service's cgroup is stopped like a run.
+            // of the service (its cgroup, or without one what descends from the
+            // launcher) is stopped like a run.
             Phase::AwaitPidFile {
                 gen,
                 launcher,
@@ -103,7 +104,7 @@ impl Service {
                     pid: *launcher,
                     gen: *gen,
                     started: *started,
-                    launcher: false,
+                    launcher: true,
                 };
                 Ok(self.begin_drain(run, then, origin, now))
             }

@@ -268,11 +268,11 @@ impl Service {
         });
         if let Some(h) = self.history.back_mut() {
             h.exited_ms = Some(now.wall_ms);
-            h.exit_code = Some(exit.code());
+            h.exit_code = exit.code();
             h.reason = Some(why);
         }
         // An exit we asked for is news, not a warning.
-        let level = if exit.success() || stop.is_some() {
+        let level = if exit.clean() || stop.is_some() {
             log::Level::Info
         } else {
             log::Level::Warn
@@ -298,8 +298,8 @@ impl Service {
         if now.mono.saturating_duration_since(run.started) >= self.spec.reset_after {
             self.attempts = 0;
         }
-        self.last_error = (!exit.success()).then(|| exit.describe());
-        actions.extend(self.after_run(exit.success(), ctx));
+        self.last_error = (!exit.clean()).then(|| exit.describe());
+        actions.extend(self.after_run(exit.clean(), ctx));
         actions
     }
 

@@ -83,7 +83,11 @@ fn policies_decide_what_an_exit_leads_to() {
         (RestartPolicy::OnFailure, Exit::Code(0), State::Stopped),
         (RestartPolicy::OnFailure, Exit::Code(3), State::Restarting),
         (RestartPolicy::OnFailure, Exit::Signal(9), State::Restarting),
+        // A daemon that was not our child: its parent judges it, not the policy.
+        (RestartPolicy::OnFailure, Exit::Unknown, State::Stopped),
+        (RestartPolicy::Never, Exit::Unknown, State::Stopped),
         (RestartPolicy::Always, Exit::Code(0), State::Restarting),
+        (RestartPolicy::Always, Exit::Unknown, State::Restarting),
     ] {
         let mut t = T::new(policy, 5);
         t.on(Event::Start).unwrap();
