@@ -90,6 +90,79 @@ fn stop_of_a_dependency_stops_its_dependents_first() {
     assert_eq!(sb.cli(&["stop", "web"]).stdout, "web: already stopped\n");
 }
 
+/// A dependent waiting for its dependency (`starting`, no process) is stopped with it,
+/// also when the dependency was stopped already: left waiting, it would start the
+/// moment the dependency is started again, stop or no stop.
+#[test]
+fn stop_of_a_stopped_dependency_stops_a_dependent_waiting_for_it() {
+    let sb = Sandbox::new();
+    for n in ["db", "app"] {
+        sb.service(n, "exec sleep 1000");
+    }
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"app": {"depends_on": ["db"]}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("app", None);
+    assert_eq!(sb.cli(&["stop", "db"]).code, 0);
+    assert_eq!(sb.cli(&["start", "app"]).code, 0);
+    let app = sb.service_status("app");
+    assert_eq!(app["state"], "starting", "{app}");
+    assert!(app["pid"].is_null(), "{app}");
+    assert_eq!(app["last_error"], "waiting for db (stopped)", "{app}");
+
+    let out = sb.cli(&["stop", "db"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let app = sb.service_status("app");
+    assert_eq!(app["state"], "stopped", "{app}");
+    // With nothing left waiting, a stop of the stopped service changes nothing.
+    assert_eq!(sb.cli(&["stop", "db"]).stdout, "db: already stopped\n");
+    // Held: db running again does not bring app up.
+    assert_eq!(sb.cli(&["start", "db"]).code, 0);
+    sb.wait_running("db", None);
+    assert_eq!(sb.service_status("app")["state"], "stopped");
+    assert_eq!(sb.cli(&["start", "app"]).code, 0);
+    sb.wait_running("app", None);
+}
+
+/// A service that fails for good while its `stop` waits for its dependents to stop is
+/// left stopped (and held) all the same, not failed.
+#[test]
+fn a_dependency_that_fails_while_its_stop_waits_is_left_stopped() {
+    let sb = Sandbox::new();
+    let trigger = sb.path("fail-now");
+    sb.service(
+        "db",
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.02; done; exit 3",
+            trigger.display()
+        ),
+    );
+    // app, asked to stop, makes db fail and stops only once the daemon has seen it.
+    sb.service(
+        "app",
+        &format!(
+            "trap 'touch {t}; while {bin} --socket {s} status db >/dev/null 2>&1; do sleep 0.02; done; exit 0' TERM; while :; do sleep 0.02; done",
+            t = trigger.display(),
+            bin = BIN,
+            s = sb.socket().display()
+        ),
+    );
+    sb.config(
+        json!({"services_dir": "services"}),
+        json!({"db": {"restart": "never"}, "app": {"depends_on": ["db"]}}),
+    );
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("app", None);
+    let out = sb.cli(&["stop", "db"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let db = sb.service_status("db");
+    assert_eq!(db["state"], "stopped", "{db}");
+    assert_eq!(db["last_exit_code"], 3, "db did fail meanwhile: {db}");
+    assert_eq!(sb.service_status("app")["state"], "stopped");
+}
+
 #[test]
 fn a_failed_dependency_holds_its_dependents_back() {
     let sb = Sandbox::new();

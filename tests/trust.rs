@@ -297,6 +297,43 @@ fn data_dir_is_never_created_through_a_link_the_service_user_planted() {
     );
 }
 
+/// A path outside the sandbox (under /tmp, where another user may own it), removed
+/// when the test ends, also when one of its asserts fails first.
+struct Removed(std::path::PathBuf);
+
+impl Removed {
+    /// `path`, cleared of whatever an earlier run left there.
+    fn new(path: std::path::PathBuf) -> Removed {
+        let r = Removed(path);
+        r.remove();
+        r
+    }
+
+    fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl std::ops::Deref for Removed {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Removed {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
 #[test]
 fn daemon_log_is_private_and_capped_like_service_files() {
     let sb = Sandbox::new();
@@ -372,8 +409,8 @@ fn a_root_owned_directory_under_tmp_is_trusted_and_nobodys_is_not() {
     drop(d);
 
     // Below /tmp, a directory nobody owns: its binary is refused, with the fix.
-    let theirs = std::env::temp_dir().join(format!("orch-tmp-nobody-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&theirs);
+    let theirs =
+        Removed::new(std::env::temp_dir().join(format!("orch-tmp-nobody-{}", std::process::id())));
     std::fs::create_dir(&theirs).unwrap();
     let bin = theirs.join("bin");
     sb.script(&bin, "exec sleep 1000");
@@ -388,7 +425,7 @@ fn a_root_owned_directory_under_tmp_is_trusted_and_nobodys_is_not() {
         json!({"theirs": {"binary_path": bin}, "open": {"binary_path": open.join("bin")}}),
     );
     let out = sb.cli(&["check"]);
-    let _ = std::fs::remove_dir_all(&theirs);
+    drop(theirs);
     assert!(
         out.stdout
             .contains("theirs: will fail: service binary refused: ")
@@ -463,8 +500,8 @@ fn a_symlink_raced_over_a_fresh_service_socket_changes_no_files_mode() {
     // stretched so that the race is won at once: the configured path goes through a
     // link whose target is thousands of `d/..` steps, which each lookup of the path
     // (the chmod's) walks, while nobody watches the socket through the short path.
-    let theirs = std::env::temp_dir().join(format!("orch-race-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&theirs);
+    let theirs =
+        Removed::new(std::env::temp_dir().join(format!("orch-race-{}", std::process::id())));
     std::fs::create_dir_all(theirs.join("d")).unwrap();
     std::os::unix::fs::symlink("d/../".repeat(800) + "d", theirs.join("s")).unwrap();
     let mut long = theirs.display().to_string() + "/";
@@ -472,7 +509,7 @@ fn a_symlink_raced_over_a_fresh_service_socket_changes_no_files_mode() {
         long.push_str("s/../");
     }
     long.push_str("s/x.sock");
-    for p in [theirs.join("d"), theirs.clone()] {
+    for p in [theirs.join("d"), theirs.to_path_buf()] {
         std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
     }
     let sock = theirs.join("d/x.sock");
@@ -538,7 +575,6 @@ fn a_symlink_raced_over_a_fresh_service_socket_changes_no_files_mode() {
     );
     assert!(std::fs::symlink_metadata(&ok_sock).is_ok_and(|m| m.file_type().is_socket()));
     drop(taken);
-    let _ = std::fs::remove_dir_all(&theirs);
 }
 
 /// A directory under /tmp that user nobody owns, holding `d/` and the link `s` to it
@@ -546,9 +582,9 @@ fn a_symlink_raced_over_a_fresh_service_socket_changes_no_files_mode() {
 /// through `s` many times and ends in `d/NAME`: every lookup of it (a chmod by path)
 /// takes long, while nobody watches `d/NAME` through the short path. `room`: bytes
 /// left for a suffix.
-fn slow_path_in_nobodys_dir(tag: &str, name: &str, room: usize) -> (std::path::PathBuf, String) {
-    let theirs = std::env::temp_dir().join(format!("orch-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&theirs);
+fn slow_path_in_nobodys_dir(tag: &str, name: &str, room: usize) -> (Removed, String) {
+    let theirs =
+        Removed::new(std::env::temp_dir().join(format!("orch-{tag}-{}", std::process::id())));
     std::fs::create_dir_all(theirs.join("d")).unwrap();
     std::os::unix::fs::symlink("d/../".repeat(800) + "d", theirs.join("s")).unwrap();
     let mut long = theirs.display().to_string() + "/";
@@ -557,7 +593,7 @@ fn slow_path_in_nobodys_dir(tag: &str, name: &str, room: usize) -> (std::path::P
     }
     long.push_str("s/");
     long.push_str(name);
-    for p in [theirs.join("d"), theirs.clone()] {
+    for p in [theirs.join("d"), theirs.to_path_buf()] {
         std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).unwrap();
     }
     (theirs, long)
@@ -611,7 +647,7 @@ fn a_symlink_raced_over_the_control_or_notify_socket_changes_no_files_mode() {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    let _ = std::fs::remove_dir_all(&theirs);
+    drop(theirs);
     assert_eq!(
         victim_mode(),
         0o644,
@@ -761,9 +797,11 @@ fn upgrade_paths_another_user_could_change_are_refused() {
     sb.script(&in_open, "echo evil; exec sleep 1000");
     std::fs::copy(BIN, open.join("orchestrator")).unwrap();
     chmod(&open, 0o777);
-    let theirs = std::env::temp_dir().join(format!("orch-tmp-theirs-{}", std::process::id()));
-    let theirs_self =
-        std::env::temp_dir().join(format!("orch-tmp-theirs-self-{}", std::process::id()));
+    let theirs =
+        Removed::new(std::env::temp_dir().join(format!("orch-tmp-theirs-{}", std::process::id())));
+    let theirs_self = Removed::new(
+        std::env::temp_dir().join(format!("orch-tmp-theirs-self-{}", std::process::id())),
+    );
     sb.script(&theirs, "echo evil; exec sleep 1000");
     std::fs::copy(BIN, &theirs_self).unwrap();
     for p in [&theirs, &theirs_self] {
@@ -771,13 +809,21 @@ fn upgrade_paths_another_user_could_change_are_refused() {
     }
     let cases = [
         (vec!["upgrade", "app"], in_open.clone(), "fix: chmod go-w"),
-        (vec!["upgrade", "app"], theirs.clone(), "fix: chown root"),
+        (
+            vec!["upgrade", "app"],
+            theirs.to_path_buf(),
+            "fix: chown root",
+        ),
         (
             vec!["upgrade-self"],
             open.join("orchestrator"),
             "fix: chmod go-w",
         ),
-        (vec!["upgrade-self"], theirs_self.clone(), "fix: chown root"),
+        (
+            vec!["upgrade-self"],
+            theirs_self.to_path_buf(),
+            "fix: chown root",
+        ),
     ];
     for (cmd, path, fix) in cases {
         let mut args = cmd.clone();
@@ -790,8 +836,7 @@ fn upgrade_paths_another_user_could_change_are_refused() {
             out.stderr
         );
     }
-    let _ = std::fs::remove_file(&theirs);
-    let _ = std::fs::remove_file(&theirs_self);
+    drop((theirs, theirs_self));
     assert_eq!(sb.service_status("app")["pid"], pid);
     assert_eq!(d.count_log(&["handing over"]), 0, "{}", d.log_text());
     // Root's own files under /tmp: accepted by both.

@@ -77,6 +77,28 @@ fn longest_gap_after(fed: &Arc<Mutex<Fed>>, since: usize) -> Duration {
         .unwrap_or_default()
 }
 
+/// A witness that the daemon's clock moved on: a non-critical service whose exec
+/// health check, run by the daemon every 100 ms (the watchdog's interval in these
+/// tests), appends a byte to a file. Returns its config and the file.
+fn ticker(sb: &Sandbox) -> (serde_json::Value, std::path::PathBuf) {
+    sb.service("ticker", "exec sleep 1000");
+    let ticks = sb.path("ticks");
+    let check = json!({"health_check": {"type": "exec", "interval_ms": 100,
+        "command": ["/bin/sh", "-c", format!("printf . >> {}", ticks.display())]}});
+    (check, ticks)
+}
+
+/// Waits until the ticker's check has run `n` more times: `n - 1` whole intervals of
+/// the daemon's own timing have passed, however slowly the machine runs.
+fn wait_ticks(ticks: &Path, n: u64) {
+    let len = || std::fs::metadata(ticks).map_or(0, |m| m.len());
+    let from = len();
+    assert!(
+        wait_until(DEADLINE, || len() >= from + n),
+        "the ticker's check stopped running"
+    );
+}
+
 #[test]
 fn fed_only_while_critical_services_run_and_disarmed_at_shutdown() {
     let sb = Sandbox::new();
@@ -92,12 +114,14 @@ fn fed_only_while_critical_services_run_and_disarmed_at_shutdown() {
         ),
     );
     sb.service("other", "exec sleep 1000");
+    let (tick_check, ticks) = ticker(&sb);
     sb.config(
         json!({"services_dir": "services",
                "watchdog": {"device": fifo, "interval_ms": 100, "critical": ["crit", "once"]}}),
         json!({"crit": {"initial_backoff_ms": 1500, "max_backoff_ms": 1500},
                "once": {"restart": "never"},
-               "other": {}}),
+               "other": {},
+               "ticker": tick_check}),
     );
     let mut d = Daemon::start(&sb, &[]);
     sb.wait_running("crit", None);
@@ -153,7 +177,8 @@ fn fed_only_while_critical_services_run_and_disarmed_at_shutdown() {
     d.wait_log(&["watchdog", "not feeding", "once is failed"]);
     std::fs::remove_file(&trigger).unwrap();
     let stalled = count(&fed);
-    std::thread::sleep(Duration::from_millis(500));
+    // Five intervals by the daemon's own clock: at least four feeds, were it feeding.
+    wait_ticks(&ticks, 6);
     assert!(
         count(&fed) <= stalled + 1,
         "fed while once was failed: {} feeds",
@@ -266,11 +291,12 @@ fn a_reload_replaces_the_critical_list_and_the_interval() {
             ),
         );
     }
+    let (tick_check, ticks) = ticker(&sb);
     let config = |critical: &[&str], interval_ms: u64| {
         sb.config(
             json!({"services_dir": "services",
                    "watchdog": {"device": fifo, "interval_ms": interval_ms, "critical": critical}}),
-            json!({"a": {"restart": "never"}, "b": {"restart": "never"}}),
+            json!({"a": {"restart": "never"}, "b": {"restart": "never"}, "ticker": tick_check}),
         )
     };
     config(&["a"], 100);
@@ -310,7 +336,7 @@ fn a_reload_replaces_the_critical_list_and_the_interval() {
     sb.wait_state("b", "failed");
     d.wait_log(&["watchdog", "not feeding", "b is failed"]);
     let stalled = count(&fed);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_ticks(&ticks, 6);
     assert!(
         count(&fed) <= stalled + 1,
         "fed while b, now critical, was failed: {} feeds",

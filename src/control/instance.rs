@@ -221,11 +221,13 @@ impl Instance {
     }
 }
 
-/// The daemon's end of the pipe back to the process that `run --daemon` was started
-/// as, which waits on it (see `daemonize`): descriptor 2 is this pipe until then, so
-/// that a start-up error reaches the caller's stderr.
+/// The daemon's ends of the two pipes back to the process that `run --daemon` was
+/// started as, which waits on them (see `daemonize`): descriptor 2 is the first until
+/// then, so that a start-up error reaches the caller's stderr as it was written, and
+/// the verdict (the caller's exit code, one byte) comes on the second. Whatever bytes
+/// the start-up text holds, a NUL included, it cannot pass for the verdict.
 pub struct Starting {
-    pipe: File,
+    verdict: File,
     /// The daemon's log, for descriptor 2 once the caller is gone.
     log: File,
 }
@@ -243,12 +245,24 @@ impl Starting {
     }
 
     fn finish(mut self, code: u8) {
-        // The log takes descriptor 2 first: nothing may write to the pipe once the
-        // caller has stopped reading it.
+        // The log takes descriptor 2 first, which closes our end of the stderr pipe:
+        // everything written there is in the pipe before the verdict is sent, and
+        // nothing is written there once the caller has stopped reading it.
         // SAFETY: dup2 of a descriptor we own onto stderr.
         unsafe { libc::dup2(self.log.as_raw_fd(), 2) };
-        let _ = self.pipe.write_all(&[0, code]);
+        let _ = self.verdict.write_all(&[code]);
     }
+}
+
+/// A pipe, both ends close-on-exec: (read, write).
+fn pipe() -> io::Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two descriptors for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just opened both; each is owned once, here.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
 }
 
 /// Detaches from the terminal and the caller's session (double fork). Must run before
@@ -257,24 +271,23 @@ impl Starting {
 /// moment `run --daemon` returns holds the daemon's own pid (systemd's `Type=forking`,
 /// start-stop-daemon and OpenRC read it then).
 pub fn daemonize(log: &File) -> io::Result<Starting> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two descriptors for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 just opened both; each is owned once, here.
-    let (read, write) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    let (text_read, text_write) = pipe()?;
+    let (verdict_read, verdict_write) = pipe()?;
     let log = log.try_clone()?;
     // SAFETY: no other thread exists yet (checked by the caller's order), so fork is safe.
     match unsafe { libc::fork() } {
         -1 => return Err(io::Error::last_os_error()),
         0 => {}
         _ => {
-            drop(write);
-            std::process::exit(relay_until_ready(read));
+            drop((text_write, verdict_write));
+            std::process::exit(relay_until_ready(
+                &text_read,
+                verdict_read,
+                &mut io::stderr(),
+            ));
         }
     }
-    drop(read);
+    drop((text_read, verdict_read));
     // SAFETY: setsid has no preconditions; in the child it cannot fail with EPERM.
     unsafe { libc::setsid() };
     // SAFETY: still single-threaded.
@@ -291,43 +304,96 @@ pub fn daemonize(log: &File) -> io::Result<Starting> {
     unsafe {
         libc::dup2(null.as_raw_fd(), 0);
         libc::dup2(null.as_raw_fd(), 1);
-        libc::dup2(write.as_raw_fd(), 2);
+        libc::dup2(text_write.as_raw_fd(), 2);
     }
+    // Descriptor 2 is now the only write end of the text pipe: once `finish` replaces
+    // it, the caller sees the end of the text.
+    drop(text_write);
     let _ = std::env::set_current_dir("/");
-    Ok(Starting { pipe: write, log })
+    Ok(Starting {
+        verdict: verdict_write,
+        log,
+    })
 }
 
-/// The waiting side: copies what the daemon writes to stderr until its verdict (a zero
-/// byte, then the exit code); a daemon that ends without one failed (exit 1).
-fn relay_until_ready(mut pipe: File) -> i32 {
-    let mut stderr = io::stderr();
+/// The waiting side: copies what the daemon writes to stderr (`text`), byte for byte,
+/// to `out` until the verdict comes on its own pipe (one byte, the exit code); then
+/// whatever text is still in the pipe follows, and the code is returned. A daemon that
+/// ends without a verdict failed (exit 1).
+fn relay_until_ready(text: &File, mut verdict: File, out: &mut impl Write) -> i32 {
     let mut buf = [0u8; 4096];
-    let mut verdict = false;
-    loop {
-        let n = match pipe.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        let mut text = &buf[..n];
-        if verdict {
-            return i32::from(text[0]);
-        }
-        if let Some(i) = text.iter().position(|b| *b == 0) {
-            let _ = stderr.write_all(&text[..i]);
-            match text.get(i + 1) {
-                Some(code) => return i32::from(*code),
-                None => verdict = true,
+    // Copies what `text` holds now; false once it has ended (or cannot be read).
+    let mut copy = |wait: bool| -> bool {
+        loop {
+            if !wait {
+                let mut pfd = libc::pollfd {
+                    fd: text.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, no wait.
+                if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
+                    return true;
+                }
             }
-            text = &[];
+            match (&*text).read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    let _ = out.write_all(&buf[..n]);
+                    if wait {
+                        return true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
         }
-        let _ = stderr.write_all(text);
+    };
+    let mut text_open = true;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: verdict.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                // A negative descriptor is left out: the text has ended.
+                fd: if text_open { text.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds, for as long as it takes.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        if fds[0].revents != 0 {
+            let mut code = [0u8; 1];
+            let got = loop {
+                match verdict.read(&mut code) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    r => break r,
+                }
+            };
+            // Everything the daemon wrote to stderr came before its verdict.
+            if text_open {
+                copy(false);
+            }
+            if let Ok(1) = got {
+                let _ = out.flush();
+                return i32::from(code[0]);
+            }
+            break;
+        }
+        if fds[1].revents != 0 {
+            text_open = copy(true);
+        }
     }
-    let _ = writeln!(
-        stderr,
-        "orchestrator: the daemon exited before it was ready"
-    );
+    let _ = writeln!(out, "orchestrator: the daemon exited before it was ready");
     1
 }
 
@@ -371,6 +437,43 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
         d
+    }
+
+    /// Start-up text is relayed as written, a NUL and the bytes after it included, and
+    /// only the verdict pipe decides the exit code. (With the verdict in-band, a NUL
+    /// followed by 2 in the text made the caller exit 2 and cut the text there.)
+    #[test]
+    fn start_up_text_with_a_nul_is_relayed_whole() {
+        let text = b"cannot use key `k\0\x02`: refused\n\0";
+        for code in [0u8, 3] {
+            let (text_r, mut text_w) = pipe().unwrap();
+            let (verdict_r, mut verdict_w) = pipe().unwrap();
+            text_w.write_all(text).unwrap();
+            verdict_w.write_all(&[code]).unwrap();
+            // The daemon's descriptor 2 may outlive the verdict: no wait for its end.
+            let mut out = Vec::new();
+            assert_eq!(
+                relay_until_ready(&text_r, verdict_r, &mut out),
+                i32::from(code)
+            );
+            assert_eq!(out, text);
+            drop(text_w);
+        }
+    }
+
+    /// A daemon that ends without a verdict failed, whatever its text held.
+    #[test]
+    fn no_verdict_is_a_failed_start() {
+        let (text_r, mut text_w) = pipe().unwrap();
+        let (verdict_r, verdict_w) = pipe().unwrap();
+        text_w.write_all(b"died\0\0").unwrap();
+        drop((text_w, verdict_w));
+        let mut out = Vec::new();
+        assert_eq!(relay_until_ready(&text_r, verdict_r, &mut out), 1);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "died\0\0orchestrator: the daemon exited before it was ready\n"
+        );
     }
 
     #[test]

@@ -112,6 +112,15 @@ impl Supervisor {
                 .iter()
                 .map(|l| (l.clone(), self.dependencies_of(l)))
                 .collect();
+            let origin = if self.shutdown.is_some() {
+                Origin::Shutdown
+            } else {
+                Origin::Operator
+            };
+            let stop = machine::Event::Stop {
+                then: AfterStop::Stay,
+                origin,
+            };
             let mut progress = false;
             for name in requested {
                 let Some(e) = self.services.get(&name) else {
@@ -119,7 +128,11 @@ impl Supervisor {
                     continue;
                 };
                 if !e.svc.stoppable() {
+                    // It ended by itself while it waited for its dependents (exited,
+                    // or failed for good): the stop still leaves it stopped and held,
+                    // as a stop of a stopped or failed service does.
                     self.stops.requested.remove(&name);
+                    let _ = self.feed(&name, stop.clone());
                     progress = true;
                     continue;
                 }
@@ -142,16 +155,7 @@ impl Supervisor {
                         continue;
                     }
                 }
-                let origin = if self.shutdown.is_some() {
-                    Origin::Shutdown
-                } else {
-                    Origin::Operator
-                };
-                let stop = machine::Event::Stop {
-                    then: AfterStop::Stay,
-                    origin,
-                };
-                if self.feed(&name, stop).is_err() {
+                if self.feed(&name, stop.clone()).is_err() {
                     // Refused: there was nothing left to stop.
                     self.stops.requested.remove(&name);
                 }

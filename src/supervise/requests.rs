@@ -143,29 +143,38 @@ impl Supervisor {
         let refused = |r: Refusal| r.message();
         match req.cmd {
             Cmd::Stop => {
-                if !e.svc.stoppable() && !self.stops.is_requested(&name) {
+                let idle = !e.svc.stoppable() && !self.stops.is_requested(&name);
+                let failed = e.svc.state() == State::Failed;
+                // Its active dependents are stopped with it, also when it was stopped
+                // already: one waiting for it to run (`starting`, no process) would
+                // otherwise start the moment it is started again, stop or no stop.
+                let dependents: Vec<String> = self
+                    .dependents_of(&name)
+                    .into_iter()
+                    .filter(|d| self.services.get(d).is_some_and(|de| de.svc.is_active()))
+                    .collect();
+                if idle {
                     // Nothing runs or is pending: stopped already, or failed (then
                     // left stopped); either way held, so that no reload starts it.
-                    let failed = e.svc.state() == State::Failed;
                     let stop = Event::Stop {
                         then: AfterStop::Stay,
                         origin: Origin::Operator,
                     };
                     self.feed(&name, stop).map_err(refused)?;
-                    self.settle();
-                    return Ok(if failed {
-                        Done::Now
-                    } else {
-                        Done::Already("already stopped")
-                    });
+                    if dependents.is_empty() {
+                        self.settle();
+                        return Ok(if failed {
+                            Done::Now
+                        } else {
+                            Done::Already("already stopped")
+                        });
+                    }
                 }
                 // Dependents go first, as at shutdown; each is stopped once what depends
                 // on it has stopped, and this one last.
-                let mut group = vec![name.clone()];
-                for d in self.dependents_of(&name) {
-                    if self.services.get(&d).is_some_and(|de| de.svc.is_active()) {
-                        group.push(d);
-                    }
+                let mut group = dependents;
+                if !idle {
+                    group.push(name.clone());
                 }
                 for n in &group {
                     self.stops.request(n);
