@@ -200,6 +200,15 @@ impl Record<'_> {
 
 /// Appends `s` as a JSON string literal.
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Most lines need no escape at all: copied whole, they skip the escaper's calls per
+    // run of plain bytes, which a binary built for size does not inline.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing to a Vec cannot fail.
     let _ = serde_json::Serializer::with_formatter(out, LogJson).serialize_str(s);
 }
