@@ -17,9 +17,6 @@ use std::time::{Duration, Instant};
 const CGROUP_RETRY: Duration = Duration::from_millis(100);
 const CGROUP_TRIES: u32 = 20;
 
-/// How soon an orphan reaping pass that a helper's spawn held back comes again.
-const ORPHANS_RETRY: Duration = Duration::from_millis(10);
-
 impl Supervisor {
     pub(super) fn execute(&mut self, name: &str, actions: Vec<Action>) {
         let mut queue: VecDeque<Action> = actions.into();
@@ -54,8 +51,7 @@ impl Supervisor {
                 }
                 Action::Reap(pid) => {
                     self.reap(name, pid);
-                    self.unreaped.remove(&pid);
-                    self.launchers.remove(&pid);
+                    self.reaper.reaped(pid);
                     if let Some(n) = &self.notify {
                         n.forget(pid);
                     }
@@ -137,7 +133,7 @@ impl Supervisor {
     /// so the group alone would miss it. One /proc scan.
     fn lineage(&self, name: &str, pgid: i32) -> Option<Vec<i32>> {
         let e = self.services.get(name)?;
-        if !e.cgroup_dirs.is_empty() || !self.launchers.contains(&pgid) {
+        if !e.cgroup_dirs.is_empty() || !self.reaper.is_launcher(pgid) {
             return None;
         }
         let others = self.others_than(name, pgid);
@@ -157,12 +153,7 @@ impl Supervisor {
     /// helpers of `upgrade-self`). Bound: a /proc read per service, a cgroupfs read per
     /// service with a cgroup.
     pub(super) fn others_than(&self, name: &str, launcher: i32) -> Vec<i32> {
-        let mut others: Vec<i32> = self
-            .unreaped
-            .iter()
-            .copied()
-            .filter(|p| *p != launcher)
-            .collect();
+        let mut others: Vec<i32> = self.reaper.unreaped().filter(|p| *p != launcher).collect();
         for o in self.services.values().filter(|o| *o.name != *name) {
             if let Some(pid) = o.svc.pid().or(o.svc.awaited_launcher()) {
                 others.push(pid);
@@ -196,15 +187,7 @@ impl Supervisor {
         if let Some(lineage) = self.lineage(name, pgid) {
             return !lineage.is_empty();
         }
-        self.live_groups
-            .get_or_insert_with(|| {
-                procfs::all()
-                    .into_iter()
-                    .filter(|s| s.state != b'Z')
-                    .map(|s| s.pgrp)
-                    .collect()
-            })
-            .contains(&pgid)
+        self.reaper.group_alive(pgid)
     }
 
     /// Removes a done service's cgroups: rmdir is one syscall each; a cgroup that still
@@ -259,62 +242,6 @@ impl Supervisor {
                     CGROUP_RETRY.as_millis() * u128::from(CGROUP_TRIES)
                 );
             }
-        }
-    }
-}
-
-/// Orphans: children that are not ours to wait for (PID 1, subreaper, `pid_file`).
-impl Supervisor {
-    /// A reload brought the first `pid_file` service: become a subreaper now, so that
-    /// its daemon is reparented to us. (SIGCHLD was not registered at start-up: orphans
-    /// are then reaped whenever a run of ours exits.)
-    pub(super) fn become_subreaper(&mut self) {
-        // SAFETY: prctl with these arguments has no memory preconditions.
-        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0 {
-            self.reap_orphans = true;
-            self.reap_on_exit = true;
-        } else {
-            log::error!(
-                "cannot become a subreaper for pid_file services: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-
-    /// Reaps children that are not ours to wait for: orphans handed to us as PID 1 or
-    /// subreaper. Managed pids (runs, exec probes, daemons named by pid files) and the
-    /// helpers other threads wait for (the checks of a new binary) are skipped, so no
-    /// waiter ever loses its status. Bound: one /proc/self/task/*/children read and one WNOHANG
-    /// wait per child; never a wait for a helper's spawn.
-    pub(super) fn reap_orphans(&mut self) {
-        if !self.reap_orphans {
-            return;
-        }
-        let unreaped = &self.unreaped;
-        let pass = helper::excluding(|helpers| {
-            for pid in procfs::children() {
-                if unreaped.contains(&pid) || helpers.contains(&pid) {
-                    continue;
-                }
-                let mut status = 0;
-                // SAFETY: status is a valid out-pointer; WNOHANG never blocks.
-                unsafe {
-                    libc::waitpid(pid, &mut status, libc::WNOHANG);
-                }
-            }
-        });
-        // A helper is being spawned: its child cannot be told from an orphan until it
-        // is registered, so the pass comes again shortly (a deadline only while a
-        // spawn is under way, never while idle).
-        self.orphans_retry_at = match pass {
-            Some(()) => None,
-            None => Some(Instant::now() + ORPHANS_RETRY),
-        };
-    }
-
-    pub(super) fn retry_orphans(&mut self, now: Instant) {
-        if self.orphans_retry_at.is_some_and(|at| at <= now) {
-            self.reap_orphans();
         }
     }
 }

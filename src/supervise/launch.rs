@@ -59,7 +59,7 @@ impl Supervisor {
         };
         let result = result.map(|(pid, _)| pid);
         if let Ok(pid) = result {
-            self.unreaped.insert(pid);
+            self.reaper.claim(pid);
             let pidfd = e.daemon.as_ref().map(|(_, fd)| fd.clone());
             let waiter =
                 waiter::spawn_waiter(pid, gen, e.name.clone(), self.tx.clone(), None, pidfd);
@@ -104,7 +104,7 @@ impl Supervisor {
         let result = spawn::spawn(e.svc.spec(), &files.0, &files.1);
         if let Ok(child) = &result {
             // Ours to reap from now on: no orphan scan may take it meanwhile.
-            self.unreaped.insert(child.pid);
+            self.reaper.claim(child.pid);
         }
         self.cloned.push((name.to_string(), result));
         None
@@ -226,9 +226,10 @@ impl Supervisor {
         };
         self.gen += 1;
         let (pid, gen) = (child.pid, self.gen);
-        self.unreaped.insert(pid);
         if e.svc.spec().process.pid_file.is_some() {
-            self.launchers.insert(pid);
+            self.reaper.claim_launcher(pid);
+        } else {
+            self.reaper.claim(pid);
         }
         let drain = Arc::new(Drain::default());
         let waiter = waiter::spawn_waiter(
@@ -243,8 +244,7 @@ impl Supervisor {
             // Without a waiter nobody would see this run end: undo it.
             spawn::signal_group(pid, libc::SIGKILL);
             spawn::reap(pid);
-            self.unreaped.remove(&pid);
-            self.launchers.remove(&pid);
+            self.reaper.reaped(pid);
             return Some(Event::SpawnFailed {
                 error: format!("cannot create a thread: {err}"),
                 busy: false,

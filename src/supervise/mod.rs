@@ -11,6 +11,7 @@ mod notifying;
 mod order;
 pub mod persist;
 mod probes;
+mod reaper;
 pub mod reexec;
 pub mod reload;
 mod requests;

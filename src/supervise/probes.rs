@@ -77,7 +77,7 @@ impl Supervisor {
             let _ = self.feed(name, Event::Probe { gen, result });
             return;
         }
-        self.unreaped.insert(pid);
+        self.reaper.claim(pid);
         if let Some(e) = self.services.get_mut(name) {
             e.probe = Some(ExecProbe {
                 pid,
@@ -98,7 +98,7 @@ impl Supervisor {
     pub(super) fn probe_exited(&mut self, service: &str, pid: i32, exit: Exit) {
         spawn::signal_group(pid, libc::SIGKILL); // Whatever the check left behind.
         spawn::reap(pid);
-        self.unreaped.remove(&pid);
+        self.reaper.reaped(pid);
         let Some(e) = self.services.get_mut(service) else {
             return;
         };

@@ -327,7 +327,7 @@ impl Supervisor {
             if let Some(p) = e.probe.take() {
                 crate::process::spawn::signal_group(p.pid, libc::SIGKILL);
                 crate::process::spawn::reap(p.pid);
-                self.unreaped.remove(&p.pid);
+                self.reaper.reaped(p.pid);
                 names.push(name.clone());
             }
         }
@@ -357,7 +357,7 @@ impl Supervisor {
             format: FORMAT,
             from_version: env!("CARGO_PKG_VERSION").into(),
             gen: self.gen,
-            unreaped: self.unreaped.iter().copied().collect(),
+            unreaped: self.reaper.unreaped().collect(),
             stops: self.stops.names(),
             services,
             readers: reports.iter().map(Report::describe).collect(),

@@ -124,8 +124,8 @@ impl Supervisor {
         {
             log::warn!("control_socket and subreaper changes take effect at the next start");
         }
-        if !self.reap_orphans && new_specs_daemonize(&plan.services) {
-            self.become_subreaper();
+        if !self.reaper.reaps_orphans() && new_specs_daemonize(&plan.services) {
+            self.reaper.become_subreaper();
         }
         match (&mut self.watchdog, &self.cfg.settings.watchdog) {
             (Some(w), Some(new)) => w.reconfigure(new),

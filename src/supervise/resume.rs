@@ -56,7 +56,7 @@ impl Supervisor {
         let now = Instant::now();
         let c_reply = c.reply;
         self.gen = c.gen;
-        self.unreaped = c.unreaped.into_iter().collect();
+        let unreaped = c.unreaped;
         for name in &c.stops {
             self.stops.request(name);
         }
@@ -142,12 +142,13 @@ impl Supervisor {
             .flat_map(|e| [e.svc.run_pid(), e.svc.launcher()])
             .flatten()
             .collect();
-        self.launchers = self
+        let launchers: Vec<i32> = self
             .services
             .values()
             .filter_map(|e| e.svc.launcher())
             .collect();
-        for &pid in self.unreaped.iter().filter(|p| !claimed.contains(p)) {
+        self.reaper.adopt(unreaped, launchers);
+        for pid in self.reaper.unreaped().filter(|p| !claimed.contains(p)) {
             let _ = waiter::spawn_waiter(pid, 0, Arc::from(""), self.tx.clone(), None, None);
         }
         // The notify socket handed over, with what was sent to it meanwhile (else it

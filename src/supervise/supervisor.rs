@@ -23,6 +23,7 @@ use super::event::{Above, Event};
 use super::machine::{self, AfterStop, Ctx, Origin, Service};
 use super::order::Stops;
 use super::persist;
+use super::reaper::Reaper;
 use super::requests::Pending;
 use super::state::{signal_name, Now, Refusal, State};
 use super::views::BinaryIds;
@@ -41,7 +42,7 @@ use crate::process::cgroup::Cgroups;
 use crate::process::sockets::Bound;
 use crate::process::spawn;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -110,19 +111,9 @@ pub struct Supervisor {
     /// cannot touch run N+1.
     pub(super) gen: u64,
     pub(super) shutdown: Option<Shutdown>,
-    /// Main pids spawned and not yet reaped: the orphan reaper must leave them alone.
-    pub(super) unreaped: HashSet<i32>,
-    /// Of those, the `pid_file` launchers: without a cgroup, a signal to one goes to
-    /// what descends from it (`execute.rs`), as a daemon leaves its group.
-    pub(super) launchers: HashSet<i32>,
-    /// Reap orphaned descendants on SIGCHLD (PID 1, `subreaper`, or a `pid_file`
-    /// service, whose daemon must be reparented to us).
-    pub(super) reap_orphans: bool,
-    /// Subreaper since a reload, without SIGCHLD registered: orphans are reaped when a
-    /// run of ours exits instead.
-    pub(super) reap_on_exit: bool,
-    /// An orphan reaping pass held back by a helper's spawn is due again then.
-    pub(super) orphans_retry_at: Option<Instant>,
+    /// Which children are ours to reap, the orphans that are not, and the live
+    /// process groups of this loop iteration (`reaper.rs`).
+    pub(super) reaper: Reaper,
     pub(super) pending: Vec<Pending>,
     pub(super) stops: Stops,
     pub(super) started: Instant,
@@ -141,8 +132,6 @@ pub struct Supervisor {
     pub(super) cloned: Vec<(String, Result<spawn::Child, spawn::SpawnError>)>,
     /// Output readers of runs just spawned, started once their machines know the run.
     pub(super) readers: Vec<(std::os::fd::OwnedFd, crate::output::reader::ReaderCtx)>,
-    /// Process groups with live members, scanned at most once per loop iteration.
-    pub(super) live_groups: Option<HashSet<i32>>,
     pub(super) persist: Option<super::snapshot::Saver>,
     /// The hardware watchdog, when configured and opened (`watchdog.rs`).
     pub(super) watchdog: Option<Watchdog>,
@@ -190,11 +179,7 @@ impl Supervisor {
             rng: fastrand::Rng::new(),
             gen: 0,
             shutdown: None,
-            unreaped: HashSet::new(),
-            launchers: HashSet::new(),
-            reap_orphans,
-            reap_on_exit: false,
-            orphans_retry_at: None,
+            reaper: Reaper::new(reap_orphans),
             pending: Vec::new(),
             stops: Stops::default(),
             started: Instant::now(),
@@ -206,7 +191,6 @@ impl Supervisor {
             starting: false,
             cloned: Vec::new(),
             readers: Vec::new(),
-            live_groups: None,
             persist: state_dir.map(super::snapshot::Saver::new),
             watchdog: None,
             notify: None,
@@ -271,7 +255,7 @@ impl Supervisor {
                 None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             // Process states may have changed since the last scan.
-            self.live_groups = None;
+            self.reaper.new_iteration();
             match received {
                 Ok(ev) => {
                     if let Some(outcome) = self.handle(ev) {
@@ -332,7 +316,7 @@ impl Supervisor {
             shutdown,
             self.state_deadline(),
             self.cgroup_retry_at(),
-            self.orphans_retry_at,
+            self.reaper.retry_at(),
             watchdog,
         ]
         .into_iter()
@@ -364,8 +348,7 @@ impl Supervisor {
                     .is_some_and(|e| e.svc.gen() == Some(gen));
                 if !current {
                     // A run nobody tracks any more: reap it so that it is no zombie.
-                    if self.unreaped.remove(&pid) {
-                        self.launchers.remove(&pid);
+                    if self.reaper.reaped(pid) {
                         self.reap(&service, pid);
                         if let Some(n) = &self.notify {
                             n.forget(pid);
@@ -375,8 +358,8 @@ impl Supervisor {
                 }
                 self.note_oom_kill(&service, exit);
                 let _ = self.feed(&service, machine::Event::Exited { gen, exit });
-                if self.reap_on_exit {
-                    self.reap_orphans();
+                if self.reaper.reaps_on_exit() {
+                    self.reaper.reap_orphans();
                 }
             }
             Event::Notify { service } => self.notified(&service),
@@ -441,7 +424,7 @@ impl Supervisor {
                 Ok(plan) => log::info!("reloaded: {}", super::reload::summarize(&plan)),
                 Err(e) => log::error!("reload failed, keeping the current configuration: {e}"),
             },
-            libc::SIGCHLD => self.reap_orphans(),
+            libc::SIGCHLD => self.reaper.reap_orphans(),
             libc::SIGUSR1 => {
                 log::info!("SIGUSR1 received: reopening the log files");
                 self.sink.reopen();
@@ -509,7 +492,7 @@ impl Supervisor {
         }
         self.probe_timeouts(now);
         self.retry_busy_cgroups(now);
-        self.retry_orphans(now);
+        self.reaper.retry(now);
         if let Some(w) = &mut self.watchdog {
             let services = &self.services;
             w.tick(|name| services.get(name).map(|e| e.svc.state()), now);
