@@ -79,13 +79,9 @@ impl Reaper {
 
     /// After an exec of ourselves: the pids the old image had not reaped, and the
     /// launchers among the runs it carried.
-    pub(super) fn adopt(
-        &mut self,
-        unreaped: impl IntoIterator<Item = i32>,
-        launchers: impl IntoIterator<Item = i32>,
-    ) {
-        self.unreaped = unreaped.into_iter().collect();
-        self.launchers = launchers.into_iter().collect();
+    pub(super) fn adopt(&mut self, unreaped: HashSet<i32>, launchers: HashSet<i32>) {
+        self.unreaped = unreaped;
+        self.launchers = launchers;
     }
 
     pub(super) fn reaps_orphans(&self) -> bool {
@@ -235,7 +231,7 @@ mod tests {
     fn adoption_replaces_what_is_ours() {
         let mut r = Reaper::new(false);
         r.claim(1);
-        r.adopt([30, 31], [31]);
+        r.adopt(HashSet::from([30, 31]), HashSet::from([31]));
         assert!(!r.is_unreaped(1));
         assert!(r.is_unreaped(30) && r.is_launcher(31) && !r.is_launcher(30));
         let mut all: Vec<i32> = r.unreaped().collect();

@@ -56,7 +56,7 @@ impl Supervisor {
         let now = Instant::now();
         let c_reply = c.reply;
         self.gen = c.gen;
-        let unreaped = c.unreaped;
+        let unreaped = c.unreaped.into_iter().collect();
         for name in &c.stops {
             self.stops.request(name);
         }
@@ -142,7 +142,7 @@ impl Supervisor {
             .flat_map(|e| [e.svc.run_pid(), e.svc.launcher()])
             .flatten()
             .collect();
-        let launchers: Vec<i32> = self
+        let launchers = self
             .services
             .values()
             .filter_map(|e| e.svc.launcher())
