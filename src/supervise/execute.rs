@@ -29,7 +29,7 @@ impl Supervisor {
                         self.spawn(name)
                     };
                     if let Some(result) = event {
-                        let _ = self.feed(name, result);
+                        self.queue(name, result);
                     }
                     if !self.starting {
                         self.start_readers();
@@ -42,12 +42,12 @@ impl Supervisor {
                     } else {
                         machine::Event::GroupEmpty
                     };
-                    let _ = self.feed(name, event);
+                    self.queue(name, event);
                 }
                 Action::Probe { gen } => self.start_probe(name, gen),
                 Action::ReadPidFile { gen } => {
                     let event = self.read_pid_file(name, gen);
-                    let _ = self.feed(name, event);
+                    self.queue(name, event);
                 }
                 Action::Reap(pid) => {
                     self.reap(name, pid);

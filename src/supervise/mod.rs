@@ -23,3 +23,4 @@ pub mod upgrade;
 mod upgrading;
 mod views;
 pub mod watchdog;
+mod work;

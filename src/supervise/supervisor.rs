@@ -5,6 +5,15 @@
 //! state file's next save, a busy cgroup's next removal attempt and, while a helper is
 //! being spawned, the next orphan reaping pass.
 //!
+//! One machine step at a time: `feed` queues the event (`work.rs`) and, unless a step
+//! is already in progress, steps the queue until it is empty, first in first out. What
+//! a step's actions find (spawned, spawn failed, group alive or empty, pid file read)
+//! and the dependents its state change wakes are queued behind it, never fed at once;
+//! so no machine sees an event while it or another is mid-step, a step's actions all
+//! run before the next step, and events arising from one step are stepped in the order
+//! they arose. A top-level `feed` (a request, a deadline, a child's exit) returns once
+//! everything that followed from it was stepped, as with a direct call.
+//!
 //! The jobs around the loop each have a file: carrying out actions (`execute.rs`),
 //! spawning a run (`launch.rs`), dependency order (`order.rs`), health checks
 //! (`probes.rs`), control requests and their deferred replies (`requests.rs`), the
@@ -28,6 +37,7 @@ use super::requests::Pending;
 use super::state::{signal_name, Now, Refusal, State};
 use super::views::BinaryIds;
 use super::watchdog::Watchdog;
+use super::work::Work;
 use crate::config::discovery::{Plan, ServiceSpec};
 use crate::config::{Config, Overrides};
 use crate::control::instance::InstanceFds;
@@ -128,6 +138,8 @@ pub struct Supervisor {
     /// only (`launch.rs`); waiters and readers come after the last one, so that thread
     /// creation does not hold up the services' own start.
     pub(super) starting: bool,
+    /// The machine events still to be stepped, one at a time (`work.rs`).
+    work: Work,
     /// Runs cloned while `starting`, waiting for their waiter and `Spawned`.
     pub(super) cloned: Vec<(String, Result<spawn::Child, spawn::SpawnError>)>,
     /// Output readers of runs just spawned, started once their machines know the run.
@@ -189,6 +201,7 @@ impl Supervisor {
             binary_ids: BinaryIds::default(),
             prober,
             starting: false,
+            work: Work::default(),
             cloned: Vec::new(),
             readers: Vec::new(),
             persist: state_dir.map(super::snapshot::Saver::new),
@@ -518,9 +531,35 @@ impl Supervisor {
         self.answer_pending();
     }
 
-    /// Feeds one event to `name`'s machine with its context, carries out the actions,
-    /// and tells the services that wait on it when its state changed.
+    /// Feeds one event to `name`'s machine. Outside a step, the event and all that
+    /// follows from it (`work.rs`) are stepped before this returns, and the result is
+    /// whether the machine took this event. Within a step (from an action being carried
+    /// out) it is queued, stepped once the current step is done, and `Ok` is returned.
     pub(super) fn feed(&mut self, name: &str, event: machine::Event) -> Result<(), Refusal> {
+        self.work.push(name, event);
+        if !self.work.begin() {
+            return Ok(());
+        }
+        let mut first = None;
+        while let Some((name, event)) = self.work.next() {
+            let result = self.step(&name, event);
+            self.work.stepped();
+            first.get_or_insert(result);
+        }
+        self.work.end();
+        first.unwrap_or(Ok(()))
+    }
+
+    /// What carrying out a step's actions found (spawned, spawn failed, group alive or
+    /// empty, pid file read): queued, stepped after the current step.
+    pub(super) fn queue(&mut self, name: &str, event: machine::Event) {
+        self.work.push(name, event);
+    }
+
+    /// One step: `event` to `name`'s machine with its context, its actions carried out
+    /// (what they find is queued), and the services that wait on it woken (queued too)
+    /// when its state changed.
+    fn step(&mut self, name: &str, event: machine::Event) -> Result<(), Refusal> {
         let unmet = self.unmet_dependencies(name);
         let shutting_down = self.shutdown.is_some();
         let Some(e) = self.services.get_mut(name) else {
@@ -554,7 +593,7 @@ impl Supervisor {
             .map(|(n, _)| n.clone())
             .collect();
         for w in waiting {
-            let _ = self.feed(&w, machine::Event::DepsChanged);
+            self.work.push(&w, machine::Event::DepsChanged);
         }
     }
 
