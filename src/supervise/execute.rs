@@ -8,7 +8,6 @@ use super::machine::{self, Action};
 use super::state::State;
 use super::supervisor::Supervisor;
 use crate::process::{helper, pidfile, procfs, spawn};
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +18,7 @@ const CGROUP_TRIES: u32 = 20;
 
 impl Supervisor {
     pub(super) fn execute(&mut self, name: &str, actions: Vec<Action>) {
-        let mut queue: VecDeque<Action> = actions.into();
-        while let Some(action) = queue.pop_front() {
+        for action in actions {
             match action {
                 Action::Spawn => {
                     let event = if self.starting {
@@ -32,7 +30,7 @@ impl Supervisor {
                         self.queue(name, result);
                     }
                     if !self.starting {
-                        self.start_readers();
+                        self.start_readers_after_drain();
                     }
                 }
                 Action::Signal { pgid, sig } => self.signal(name, pgid, sig),

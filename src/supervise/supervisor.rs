@@ -140,6 +140,9 @@ pub struct Supervisor {
     pub(super) starting: bool,
     /// The machine events still to be stepped, one at a time (`work.rs`).
     work: Work,
+    /// A run was spawned during this drain: its output readers start once its machine
+    /// knows the run (its `Spawned` was stepped), when the drain is over.
+    readers_due: bool,
     /// Runs cloned while `starting`, waiting for their waiter and `Spawned`.
     pub(super) cloned: Vec<(String, Result<spawn::Child, spawn::SpawnError>)>,
     /// Output readers of runs just spawned, started once their machines know the run.
@@ -202,6 +205,7 @@ impl Supervisor {
             prober,
             starting: false,
             work: Work::default(),
+            readers_due: false,
             cloned: Vec::new(),
             readers: Vec::new(),
             persist: state_dir.map(super::snapshot::Saver::new),
@@ -540,20 +544,28 @@ impl Supervisor {
         if !self.work.begin() {
             return Ok(());
         }
-        let mut first = None;
+        // The queue was empty: the first item stepped is this event.
+        let mut result = None;
         while let Some((name, event)) = self.work.next() {
-            let result = self.step(&name, event);
+            let r = self.step(&name, event);
             self.work.stepped();
-            first.get_or_insert(result);
+            result.get_or_insert(r);
         }
         self.work.end();
-        first.unwrap_or(Ok(()))
+        if std::mem::take(&mut self.readers_due) {
+            self.start_readers();
+        }
+        result.unwrap_or(Ok(()))
     }
 
     /// What carrying out a step's actions found (spawned, spawn failed, group alive or
     /// empty, pid file read): queued, stepped after the current step.
     pub(super) fn queue(&mut self, name: &str, event: machine::Event) {
         self.work.push(name, event);
+    }
+
+    pub(super) fn start_readers_after_drain(&mut self) {
+        self.readers_due = true;
     }
 
     /// One step: `event` to `name`'s machine with its context, its actions carried out

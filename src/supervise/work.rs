@@ -9,11 +9,11 @@
 //! mid-step, and the queue is always empty between two top-level calls.
 
 use super::machine::Event;
-use std::collections::VecDeque;
 
 #[derive(Default)]
 pub(super) struct Work {
-    queue: VecDeque<(String, Event)>,
+    /// Oldest first; short (a few items per service), so taking the first is cheap.
+    queue: Vec<(String, Event)>,
     /// Set while a drain runs: a `feed` made meanwhile only queues.
     draining: bool,
     /// Set while one item is being stepped (the machine and its actions).
@@ -21,17 +21,9 @@ pub(super) struct Work {
 }
 
 impl Work {
-    /// Queues `event` for `name`. A `DepsChanged` already queued for `name` is not
-    /// queued twice: when it is stepped it sees the dependencies as they are then.
+    /// Queues `event` for `name`, behind what is queued already.
     pub(super) fn push(&mut self, name: &str, event: Event) {
-        let queued = matches!(event, Event::DepsChanged)
-            && self
-                .queue
-                .iter()
-                .any(|(n, e)| n == name && matches!(e, Event::DepsChanged));
-        if !queued {
-            self.queue.push_back((name.to_string(), event));
-        }
+        self.queue.push((name.to_string(), event));
     }
 
     /// Whether the caller is to drain: no drain runs already. It then owns the drain
@@ -52,7 +44,10 @@ impl Work {
     /// The next item, marked as being stepped until `stepped`.
     pub(super) fn next(&mut self) -> Option<(String, Event)> {
         debug_assert!(self.draining && !self.in_step, "a machine entered mid-step");
-        let item = self.queue.pop_front()?;
+        if self.queue.is_empty() {
+            return None;
+        }
+        let item = self.queue.remove(0);
         self.in_step = true;
         Some(item)
     }
@@ -120,28 +115,6 @@ mod tests {
         assert_eq!(work.len(), 0);
         // The drain is over: the next feed drains again.
         assert!(work.begin());
-        work.end();
-    }
-
-    #[test]
-    fn a_queued_deps_change_is_not_queued_twice() {
-        let mut work = Work::default();
-        work.push("web", Event::DepsChanged);
-        work.push("api", Event::DepsChanged);
-        work.push("web", Event::DepsChanged);
-        work.push("web", Event::Timer);
-        work.push("web", Event::Timer);
-        assert_eq!(work.len(), 4);
-        assert!(work.begin());
-        let first = work.next();
-        assert_eq!(first, Some(("web".to_string(), Event::DepsChanged)));
-        work.stepped();
-        // Stepped already: a new change is queued again.
-        work.push("web", Event::DepsChanged);
-        assert_eq!(work.len(), 4);
-        while work.next().is_some() {
-            work.stepped();
-        }
         work.end();
     }
 
