@@ -76,8 +76,8 @@ fn make_root(sb: &Sandbox, orchestrator: &Path, busybox: &Path, orphans: bool) -
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    std::fs::copy(orchestrator, root.join("orchestrator")).unwrap();
-    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    copy_executable(orchestrator, root.join("orchestrator"));
+    copy_executable(busybox, root.join("bin/busybox"));
     for applet in ["sh", "sleep", "id"] {
         symlink("busybox", root.join("bin").join(applet)).unwrap();
     }

@@ -954,7 +954,7 @@ fn private_users_refuses_a_data_dir_its_host_id_cannot_enter() {
 fn private_users_refuses_a_binary_the_host_id_cannot_execute() {
     let Some(sb) = sandbox() else { return };
     let private = sb.path("private-bin");
-    std::fs::copy("/bin/true", &private).unwrap();
+    copy_executable("/bin/true", &private);
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
     let svc = |users: bool| {
         json!({"binary_path": private, "pass_service_args": false, "restart": "always",

@@ -329,7 +329,7 @@ fn an_unprivileged_service_serves_a_privileged_port() {
     // A copy in the sandbox: nobody may not reach the clone (a clone in a
     // private directory).
     let server = sb.path("listen_server.py");
-    std::fs::copy(SERVER, &server).unwrap();
+    copy_executable(SERVER, &server);
     sb.service("web", &format!("exec {python} {} v1", server.display()));
     sb.config(
         json!({}),

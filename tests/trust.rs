@@ -795,7 +795,7 @@ fn upgrade_paths_another_user_could_change_are_refused() {
     std::fs::create_dir(&open).unwrap();
     let in_open = open.join("app");
     sb.script(&in_open, "echo evil; exec sleep 1000");
-    std::fs::copy(BIN, open.join("orchestrator")).unwrap();
+    copy_executable(BIN, open.join("orchestrator"));
     chmod(&open, 0o777);
     let theirs =
         Removed::new(std::env::temp_dir().join(format!("orch-tmp-theirs-{}", std::process::id())));
@@ -803,7 +803,7 @@ fn upgrade_paths_another_user_could_change_are_refused() {
         std::env::temp_dir().join(format!("orch-tmp-theirs-self-{}", std::process::id())),
     );
     sb.script(&theirs, "echo evil; exec sleep 1000");
-    std::fs::copy(BIN, &theirs_self).unwrap();
+    copy_executable(BIN, &theirs_self);
     for p in [&theirs, &theirs_self] {
         std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).unwrap();
     }
@@ -847,7 +847,7 @@ fn upgrade_paths_another_user_could_change_are_refused() {
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     d.wait_log(&["app[", "v2"]);
     let new = sb.path("new/orchestrator");
-    std::fs::copy(BIN, &new).unwrap();
+    copy_executable(BIN, &new);
     let out = sb.cli(&["upgrade-self", new.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     wait_took_over(&d);
@@ -909,7 +909,7 @@ fn a_binary_swapped_after_the_upgrade_self_checks_is_not_what_is_executed() {
     let d = Daemon::start(&sb, &[]);
     sb.wait_running("sleeper", None);
     let real = sb.path("orchestrator-real");
-    std::fs::copy(BIN, &real).unwrap();
+    copy_executable(BIN, &real);
     std::fs::create_dir(sb.path("new")).unwrap();
     // The binary checked: its `check` run waits until told, so that the path can be
     // swapped after every check. The one swapped in leaves a mark, then takes over.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// A copy of the orchestrator under another name, as a new version would be.
 fn new_binary(sb: &Sandbox) -> PathBuf {
     let p = sb.path("orchestrator-new");
-    std::fs::copy(BIN, &p).unwrap();
+    copy_executable(BIN, &p);
     p
 }
 

@@ -41,11 +41,29 @@ const FAULTS: [i32; 7] = [
 /// Ignored by their default disposition, and not worth a line.
 const SILENT: [i32; 4] = [libc::SIGPIPE, libc::SIGWINCH, libc::SIGURG, libc::SIGCONT];
 
-/// Blocked on every thread but the signals thread: a write to (or read from) a terminal
-/// by a background daemon then goes through instead of raising SIGTTOU (SIGTTIN) and
-/// being restarted after our handler, over and over. Sent by someone, they reach the
-/// signals thread and are logged like any stray signal.
-const TTY: [i32; 2] = [libc::SIGTTIN, libc::SIGTTOU];
+/// Blocked on every thread but the signals thread, which alone takes them.
+///
+/// SIGTTIN and SIGTTOU: a background daemon's write to (or read from) a terminal then
+/// goes through instead of raising SIGTTOU (SIGTTIN) and being restarted after our
+/// handler, over and over; sent by someone, they are logged like any stray signal.
+///
+/// The fault signals: one that another process sends can then only interrupt the
+/// signals thread. On another thread it could land inside std's thread start-up, which
+/// holds the lock that std's own SIGSEGV/SIGBUS handler (run before ours) takes: that
+/// thread would spin forever, and every thread started after it. A fault the kernel
+/// raises on a thread that blocks it still ends the process with the fault's default
+/// action, as it must.
+const ROUTED: [i32; 9] = [
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGFPE,
+    libc::SIGILL,
+    libc::SIGTRAP,
+    libc::SIGSYS,
+    libc::SIGABRT,
+];
 
 /// The highest signal number the pending set covers.
 const MAX_SIG: usize = 64;
@@ -227,7 +245,7 @@ pub fn forward<A: Send + 'static>(mut signals: Signals, tx: Sender<Event<A>>) ->
         .name("signals".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            set_mask(libc::SIG_UNBLOCK, &TTY);
+            set_mask(libc::SIG_UNBLOCK, &ROUTED);
             let mut throttle = Throttle::default();
             let mut buf = [0u8; 64];
             loop {
@@ -290,14 +308,14 @@ pub fn restore_mask(old: &libc::sigset_t) {
 }
 
 /// Unblocks the handled signals once their handlers are in place (after a handover,
-/// the ones that came during the exec are delivered now), but SIGTTIN and SIGTTOU,
-/// which only the signals thread takes. Call before any other thread exists, so that
-/// every thread inherits this mask.
+/// the ones that came during the exec are delivered now), but the ones only the
+/// signals thread takes (`ROUTED`). Call before any other thread exists, so that every
+/// thread inherits this mask.
 pub fn unblock_handled() {
-    let set = set_of(handled(true).filter(|s| !TTY.contains(s)));
+    let set = set_of(handled(true).filter(|s| !ROUTED.contains(s)));
     // SAFETY: set is valid; no old mask is asked for.
     unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
-    set_mask(libc::SIG_BLOCK, &TTY);
+    set_mask(libc::SIG_BLOCK, &ROUTED);
 }
 
 #[cfg(test)]

@@ -547,48 +547,175 @@ impl Service {
         result
     }
 
+    /// The lifecycle, one cell per (phase, event) pair: the table `machine/table.rs`
+    /// checks, written as the code. Each cell names its handler; guards pick between
+    /// cells of the same pair. Requests may be refused (`return`); events that find
+    /// nothing to do in a phase are quietly dropped; every other pair cannot happen and
+    /// reaches the one stray cell at the end.
     fn dispatch(&mut self, event: Event, ctx: &mut Ctx) -> Result<Vec<Action>, Refusal> {
+        use {Event as E, Notice as N, Phase as P};
         let now = ctx.now.mono;
-        Ok(match event {
-            Event::Start => return self.start(ctx),
-            Event::Restart => return self.restart(ctx),
-            Event::Stop { then, origin } => return self.stop(then, origin, ctx),
-            Event::DepsChanged => match self.phase {
-                Phase::WaitingDeps => self.launch(0, ctx),
-                _ => Vec::new(),
-            },
-            Event::Spawned { pid, gen } => self.spawned(pid, gen, ctx),
-            Event::SpawnFailed { error, busy } => self.spawn_failed(error, busy, ctx),
-            Event::Exited { gen, exit } => self.exited(gen, exit, ctx),
-            Event::GroupEmpty => match self.phase {
-                Phase::Draining { run, stop } => {
-                    let mut actions = vec![Action::Reap(run.pid)];
-                    actions.extend(self.finish_stop(stop, ctx));
-                    actions
-                }
-                _ => vec![stray("group check with no draining run")],
-            },
-            Event::GroupAlive => match &mut self.phase {
-                Phase::Draining { stop, .. } => {
-                    stop.poll_at = Some(now + GROUP_POLL);
-                    Vec::new()
-                }
-                _ => vec![stray("group check with no draining run")],
-            },
-            Event::Timer => self.timer(ctx),
-            Event::PidFile { gen, result } => self.pid_file(gen, result, ctx),
-            Event::Probe { gen, result } => self.probe(gen, result, ctx),
-            Event::ProbeSkipped => {
-                let interval = self.check_interval();
-                if let (Phase::Up { health, .. }, Some(interval)) = (&mut self.phase, interval) {
-                    health.in_flight = false;
-                    health.next_probe = Some(now + interval);
-                }
+        Ok(match (&self.phase, event) {
+            // ----- requests ----------------------------------------------------------------
+            (_, E::Start | E::Restart) if !self.spec.enabled => return Err(Refusal::Disabled),
+            (P::Up { .. } | P::AwaitPidFile { .. } | P::Spawning { stop: None, .. }, E::Start) => {
+                return Err(Refusal::AlreadyRunning)
+            }
+            (P::Spawning { stop: Some(_), .. }, E::Start) => self.keep_spawn(),
+            (P::Stopping { .. } | P::Draining { .. }, E::Start) => self.start_after_stop(),
+            (_, E::Start) => return self.start(ctx),
+            (
+                P::Up { .. }
+                | P::Stopping { .. }
+                | P::Draining { .. }
+                | P::Spawning { .. }
+                | P::AwaitPidFile { .. },
+                E::Restart,
+            ) => return self.restart(ctx),
+            (_, E::Restart) => return self.start(ctx),
+            (P::Up { run, ready, .. }, E::Stop { then, origin }) => {
+                let (run, ready) = (*run, *ready);
+                self.begin_stop(run, ready, then, origin, now)
+            }
+            (P::Spawning { .. }, E::Stop { then, origin }) => self.stop_once_spawned(then, origin),
+            (P::Stopping { .. } | P::Draining { .. }, E::Stop { then, origin }) => {
+                self.stop_again(then, origin)
+            }
+            (P::Stopped { .. } | P::Failed { .. }, E::Stop { then, origin }) => {
+                return self.stop_idle(then, origin, ctx)
+            }
+            (P::AwaitPidFile { launcher, .. }, E::Stop { then, origin }) if *launcher > 0 => {
+                self.stop_unnamed(then, origin, now)
+            }
+            (
+                P::WaitingDeps | P::Backoff { .. } | P::BusyRetry { .. } | P::AwaitPidFile { .. },
+                E::Stop { then, origin },
+            ) => self.stop_pending(then, origin, ctx),
+            // ----- runs --------------------------------------------------------------------
+            (P::WaitingDeps, E::DepsChanged) => self.launch(0, ctx),
+            (P::Spawning { stop, .. }, E::Spawned { pid, gen }) => {
+                let stop = *stop;
+                self.spawned(stop, pid, gen, ctx)
+            }
+            (P::Spawning { tries, stop }, E::SpawnFailed { error, busy }) => {
+                let (tries, stop) = (*tries, *stop);
+                self.spawn_failed(tries, stop, error, busy, ctx)
+            }
+            (P::Up { run, .. }, E::Exited { gen, exit }) if run.gen == gen => {
+                let run = *run;
+                self.exited(run, None, exit, ctx)
+            }
+            (P::Stopping { run, stop }, E::Exited { gen, exit }) if run.gen == gen => {
+                let (run, stop) = (*run, *stop);
+                self.exited(run, Some(stop), exit, ctx)
+            }
+            (P::Draining { run, stop }, E::GroupEmpty) => {
+                let (run, stop) = (*run, *stop);
+                self.drained(run, stop, ctx)
+            }
+            (P::Draining { .. }, E::GroupAlive) => self.poll_group_later(now),
+            (P::AwaitPidFile { gen: awaited, .. }, E::PidFile { gen, result })
+                if *awaited == gen =>
+            {
+                self.pid_file(result, ctx)
+            }
+            // ----- deadlines ---------------------------------------------------------------
+            (P::Backoff { until }, E::Timer) if now >= *until => self.backoff_over(ctx),
+            (P::BusyRetry { until, tries }, E::Timer) if now >= *until => {
+                let tries = *tries;
+                self.launch(tries, ctx)
+            }
+            (P::Failed { retry_at: Some(at) }, E::Timer) if now >= *at => self.retry_failed(ctx),
+            (P::Up { run, ready, .. }, E::Timer)
+                if run.launcher && now >= run.started + self.spec.stop_timeout =>
+            {
+                let (run, ready) = (*run, *ready);
+                self.never_daemonized(run, ready, ctx)
+            }
+            (P::AwaitPidFile { deadline, .. }, E::Timer) if now >= *deadline => {
+                self.pid_file_timeout(ctx)
+            }
+            (
+                P::AwaitPidFile {
+                    retry_at: Some(at), ..
+                },
+                E::Timer,
+            ) if now >= *at => self.read_pid_file_again(),
+            (
+                P::Up {
+                    run,
+                    ready: true,
+                    watch:
+                        Watch {
+                            deadline: Some(at), ..
+                        },
+                    ..
+                },
+                E::Timer,
+            ) if now >= *at => {
+                let run = *run;
+                self.watchdog_timeout(run, ctx)
+            }
+            (P::Up { health, .. }, E::Timer)
+                if !health.in_flight && health.next_probe.is_some_and(|at| now >= at) =>
+            {
+                self.probe_due()
+            }
+            (P::Stopping { stop, .. }, E::Timer) if !stop.killed && now >= stop.deadline => {
+                self.stop_timeout()
+            }
+            (P::Draining { run, stop }, E::Timer) if now >= stop.deadline => {
+                let (run, stop) = (*run, *stop);
+                self.drain_timeout(run, stop, ctx)
+            }
+            (P::Draining { stop, .. }, E::Timer) if stop.poll_at.is_some_and(|at| now >= at) => {
+                self.poll_group()
+            }
+            // ----- health, reloads, sd_notify ----------------------------------------------
+            (P::Up { run, .. }, E::Probe { gen, result })
+                if run.gen == gen && self.spec.health_check.is_some() =>
+            {
+                self.probe(result, ctx)
+            }
+            (P::Up { .. }, E::ProbeSkipped) => self.probe_skipped(now),
+            (_, E::Reconfigured(spec)) => self.reconfigured(*spec, ctx),
+            (_, E::Notify(N::Status(text))) => self.status_text(text),
+            (P::Up { .. }, E::Notify(N::Ready)) => self.ready_notified(now),
+            (P::Up { .. }, E::Notify(N::KeepAlive(at))) => self.keep_alive(at),
+            (P::Up { run, ready, .. }, E::Notify(N::Trigger)) => {
+                let (run, ready) = (*run, *ready);
+                self.watchdog_triggered(run, ready, ctx)
+            }
+            // ----- nothing to do: nothing due, late news of a run that is over ------------
+            (_, E::DepsChanged | E::Timer | E::Probe { .. } | E::ProbeSkipped | E::Notify(_)) => {
                 Vec::new()
             }
-            Event::Reconfigured(spec) => self.reconfigured(*spec, ctx),
-            Event::Notify(notice) => self.notified(notice, ctx),
+            // ----- cannot happen in this phase ---------------------------------------------
+            (_, event) => self.stray(event),
         })
+    }
+
+    /// An event that cannot happen in this phase (a spawn nothing asked for, an exit or
+    /// a group check of no such run, a pid file nobody awaits): recorded and ignored.
+    fn stray(&self, event: Event) -> Vec<Action> {
+        let what = match event {
+            // Nothing asked for this process: it must not run untracked.
+            Event::Spawned { pid, .. } => {
+                return vec![
+                    stray("spawn reported while none was asked for: killing it"),
+                    kill(pid),
+                ]
+            }
+            Event::SpawnFailed { .. } => "spawn failure reported while none was asked for",
+            Event::Exited { .. } => "exit reported for no live run",
+            Event::GroupEmpty | Event::GroupAlive => "group check with no draining run",
+            Event::PidFile { .. } if matches!(self.phase, Phase::AwaitPidFile { .. }) => {
+                "pid file answer for another run"
+            }
+            Event::PidFile { .. } => "pid file answer with none awaited",
+            _ => "event with no meaning in this phase",
+        };
+        vec![stray(what)]
     }
 }
 

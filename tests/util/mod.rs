@@ -61,6 +61,21 @@ fn sandbox_base() -> PathBuf {
     base
 }
 
+/// Copies a program a test will run. `cp` writes the copy, in a process of its own: a
+/// descriptor this process held open for writing would be inherited, between fork and
+/// exec, by whatever child another test thread spawns at that moment, and an exec of
+/// the file meanwhile fails with ETXTBSY ("Text file busy").
+pub fn copy_executable(from: impl AsRef<Path>, to: impl AsRef<Path>) {
+    let (from, to) = (from.as_ref(), to.as_ref());
+    let status = Command::new("cp")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "cp {} {}", from.display(), to.display());
+}
+
 /// A temporary directory holding a config, a services dir and whatever a test writes.
 pub struct Sandbox {
     pub dir: PathBuf,
@@ -114,7 +129,7 @@ impl Sandbox {
             std::fs::set_permissions(self.path("bin"), std::fs::Permissions::from_mode(0o755))
                 .unwrap();
             let tmp = bin.with_extension("tmp");
-            std::fs::copy(BIN, &tmp).expect("copy the orchestrator binary into the sandbox");
+            copy_executable(BIN, &tmp);
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
             std::fs::rename(&tmp, &bin).unwrap();
         }

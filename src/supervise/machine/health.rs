@@ -6,118 +6,105 @@ use super::*;
 impl Service {
     // ----- deadlines -------------------------------------------------------------------
 
-    pub(super) fn timer(&mut self, ctx: &mut Ctx) -> Vec<Action> {
-        let now = ctx.now.mono;
-        let due = |t: Instant| now >= t;
-        match &mut self.phase {
-            Phase::Backoff { until } if due(*until) => {
-                self.restarts += 1;
-                self.launch(0, ctx)
-            }
-            Phase::BusyRetry { until, tries } if due(*until) => {
-                let tries = *tries;
-                self.launch(tries, ctx)
-            }
-            Phase::Failed { retry_at: Some(at) } if due(*at) => {
-                // The attempts stay used up: another failure comes straight back here.
-                self.restarts += 1;
-                let mut actions = vec![log(
-                    log::Level::Info,
-                    RecordKind::Retrying,
-                    None,
-                    "trying a failed service again (retry_failed_ms)",
-                )];
-                actions.extend(self.launch(0, ctx));
-                actions
-            }
-            Phase::Up { run, ready, .. }
-                if run.launcher && due(run.started + self.spec.stop_timeout) =>
-            {
-                // Never daemonized: stopped, and restarted through the backoff path.
-                let (run, ready) = (*run, *ready);
-                let why = format!(
-                    "did not daemonize within {} ms (pid_file)",
-                    self.spec.stop_timeout.as_millis()
-                );
-                self.ending = Some(reason::start_failed(&why));
-                self.last_error = Some(why);
-                let then = AfterStop::Recover(self.next_attempt(ctx.rng));
-                self.begin_stop(run, ready, then, Origin::Liveness, now)
-            }
-            Phase::AwaitPidFile {
-                gen,
-                launcher,
-                why,
-                deadline,
-                retry_at,
-                ..
-            } => {
-                if due(*deadline) {
-                    let message = format!(
-                        "the pid file {} names no live process of the service within {} ms",
-                        self.spec
-                            .process
-                            .pid_file
-                            .as_deref()
-                            .map_or(String::new(), |p| p.display().to_string()),
-                        self.spec.stop_timeout.as_millis()
-                    );
-                    let why = match why.take() {
-                        Some(e) => format!("{message}: {e}"),
-                        None => message,
-                    };
-                    let launcher = *launcher;
-                    return self.start_failed(launcher, why, ctx);
-                }
-                match retry_at {
-                    Some(t) if due(*t) => {
-                        *retry_at = None;
-                        vec![Action::ReadPidFile { gen: *gen }]
-                    }
-                    _ => Vec::new(),
-                }
-            }
-            Phase::Up {
-                run,
-                ready: true,
-                watch: Watch {
-                    deadline: Some(t), ..
-                },
-                ..
-            } if due(*t) => {
-                let run = *run;
-                self.watchdog_timeout(run, ctx)
-            }
-            Phase::Up { run, health, .. } => match health.next_probe {
-                Some(t) if due(t) && !health.in_flight => {
-                    health.next_probe = None;
-                    health.in_flight = true;
-                    vec![Action::Probe { gen: run.gen }]
-                }
-                _ => Vec::new(),
-            },
-            Phase::Stopping { run, stop } if !stop.killed && due(stop.deadline) => {
-                stop.killed = true;
-                let pid = run.pid;
-                vec![self.kill_log(pid), kill(pid)]
-            }
-            Phase::Draining { run, stop } if due(stop.deadline) => {
-                // The main process is gone; SIGKILL cannot be ignored: the stop is done.
-                let (run, stop) = (*run, *stop);
-                let mut actions =
-                    vec![self.kill_log(run.pid), kill(run.pid), Action::Reap(run.pid)];
-                actions.extend(self.finish_stop(stop, ctx));
-                actions
-            }
-            Phase::Draining { run, stop } => match stop.poll_at {
-                Some(t) if due(t) => {
-                    stop.poll_at = None;
-                    vec![Action::CheckGroup(run.pid)]
-                }
-                _ => Vec::new(),
-            },
-            _ => Vec::new(),
-        }
+    /// The restart delay is over.
+    pub(super) fn backoff_over(&mut self, ctx: &mut Ctx) -> Vec<Action> {
+        self.restarts += 1;
+        self.launch(0, ctx)
+    }
+
+    /// `retry_failed_ms` came: the attempts stay used up, so another failure comes
+    /// straight back to `failed`.
+    pub(super) fn retry_failed(&mut self, ctx: &mut Ctx) -> Vec<Action> {
+        self.restarts += 1;
+        let mut actions = vec![log(
+            log::Level::Info,
+            RecordKind::Retrying,
+            None,
+            "trying a failed service again (retry_failed_ms)",
+        )];
+        actions.extend(self.launch(0, ctx));
+        actions
+    }
+
+    /// `pid_file`: the launcher never daemonized: stopped, and restarted through the
+    /// backoff path.
+    pub(super) fn never_daemonized(&mut self, run: Run, ready: bool, ctx: &mut Ctx) -> Vec<Action> {
+        let why = format!(
+            "did not daemonize within {} ms (pid_file)",
+            self.spec.stop_timeout.as_millis()
+        );
+        self.ending = Some(reason::start_failed(&why));
+        self.last_error = Some(why);
+        let then = AfterStop::Recover(self.next_attempt(ctx.rng));
+        self.begin_stop(run, ready, then, Origin::Liveness, ctx.now.mono)
+    }
+
+    /// `pid_file`: no live process named by the start's deadline.
+    pub(super) fn pid_file_timeout(&mut self, ctx: &mut Ctx) -> Vec<Action> {
+        let Phase::AwaitPidFile { launcher, why, .. } = &mut self.phase else {
+            return Vec::new();
+        };
+        let (launcher, why) = (*launcher, why.take());
+        let message = format!(
+            "the pid file {} names no live process of the service within {} ms",
+            self.spec
+                .process
+                .pid_file
+                .as_deref()
+                .map_or(String::new(), |p| p.display().to_string()),
+            self.spec.stop_timeout.as_millis()
+        );
+        let why = match why {
+            Some(e) => format!("{message}: {e}"),
+            None => message,
+        };
+        self.start_failed(launcher, why, ctx)
+    }
+
+    /// `pid_file`: time to read it again.
+    pub(super) fn read_pid_file_again(&mut self) -> Vec<Action> {
+        let Phase::AwaitPidFile { gen, retry_at, .. } = &mut self.phase else {
+            return Vec::new();
+        };
+        *retry_at = None;
+        vec![Action::ReadPidFile { gen: *gen }]
+    }
+
+    /// A health check is due.
+    pub(super) fn probe_due(&mut self) -> Vec<Action> {
+        let Phase::Up { run, health, .. } = &mut self.phase else {
+            return Vec::new();
+        };
+        health.next_probe = None;
+        health.in_flight = true;
+        vec![Action::Probe { gen: run.gen }]
+    }
+
+    /// `stop_timeout_ms` passed with the main process still there: SIGKILL.
+    pub(super) fn stop_timeout(&mut self) -> Vec<Action> {
+        let Phase::Stopping { run, stop } = &mut self.phase else {
+            return Vec::new();
+        };
+        stop.killed = true;
+        let pid = run.pid;
+        vec![self.kill_log(pid), kill(pid)]
+    }
+
+    /// The main process is gone and its group outlived the stop timeout; SIGKILL
+    /// cannot be ignored: the stop is done.
+    pub(super) fn drain_timeout(&mut self, run: Run, stop: Stop, ctx: &mut Ctx) -> Vec<Action> {
+        let mut actions = vec![self.kill_log(run.pid), kill(run.pid), Action::Reap(run.pid)];
+        actions.extend(self.finish_stop(stop, ctx));
+        actions
+    }
+
+    /// Time to check the draining group again.
+    pub(super) fn poll_group(&mut self) -> Vec<Action> {
+        let Phase::Draining { run, stop } = &mut self.phase else {
+            return Vec::new();
+        };
+        stop.poll_at = None;
+        vec![Action::CheckGroup(run.pid)]
     }
 
     pub(super) fn kill_log(&self, pid: i32) -> Action {
@@ -143,12 +130,7 @@ impl Service {
 
     /// The first pass makes the service ready; `failure_threshold` failures in a row
     /// while running restart it through backoff (liveness).
-    pub(super) fn probe(
-        &mut self,
-        gen: u64,
-        result: Result<(), String>,
-        ctx: &mut Ctx,
-    ) -> Vec<Action> {
+    pub(super) fn probe(&mut self, result: Result<(), String>, ctx: &mut Ctx) -> Vec<Action> {
         let now = ctx.now.mono;
         let Some(hc) = self.spec.health_check.clone() else {
             return Vec::new();
@@ -157,11 +139,8 @@ impl Service {
             run, ready, health, ..
         } = &mut self.phase
         else {
-            return Vec::new(); // A late answer about a run that is over or stopping.
-        };
-        if run.gen != gen {
             return Vec::new();
-        }
+        };
         health.in_flight = false;
         health.next_probe = Some(now + Duration::from_millis(hc.interval_ms));
         let (run, pid) = (*run, Some(run.pid));
@@ -217,6 +196,16 @@ impl Service {
                 actions
             }
         }
+    }
+
+    /// The check could not be started: tried again an interval later.
+    pub(super) fn probe_skipped(&mut self, now: Instant) -> Vec<Action> {
+        let interval = self.check_interval();
+        if let (Phase::Up { health, .. }, Some(interval)) = (&mut self.phase, interval) {
+            health.in_flight = false;
+            health.next_probe = Some(now + interval);
+        }
+        Vec::new()
     }
 
     /// In-place settings from a reload. A running process without a check any more is

@@ -30,65 +30,69 @@ impl Service {
         true
     }
 
-    pub(super) fn notified(&mut self, notice: Notice, ctx: &mut Ctx) -> Vec<Action> {
-        let now = ctx.now.mono;
-        match notice {
-            Notice::Status(text) => {
-                if self.has_process() {
-                    self.notify_status = Some(text);
-                }
-                Vec::new()
-            }
-            Notice::Ready => {
-                let Phase::Up {
-                    run, ready, watch, ..
-                } = &mut self.phase
-                else {
-                    return Vec::new(); // Late news of a run that is over or stopping.
-                };
-                if *ready || watch.notified {
-                    return Vec::new();
-                }
-                watch.notified = true;
-                let pid = run.pid;
-                if !self.ready_if_due(now) {
-                    return Vec::new();
-                }
-                self.last_error = None;
-                vec![log(
-                    log::Level::Info,
-                    RecordKind::Ready,
-                    Some(pid),
-                    "READY=1: ready",
-                )]
-            }
-            Notice::KeepAlive(at) => {
-                let watchdog = self.spec.process.watchdog;
-                if let (Phase::Up { watch, .. }, Some(w)) = (&mut self.phase, watchdog) {
-                    if let Some(deadline) = &mut watch.deadline {
-                        *deadline = (*deadline).max(at + w);
-                    }
-                }
-                Vec::new()
-            }
-            Notice::Trigger => {
-                let Phase::Up { run, ready, .. } = self.phase else {
-                    return Vec::new();
-                };
-                let why = "watchdog triggered by the service (WATCHDOG=trigger)";
-                self.last_error = Some(why.into());
-                self.ending = Some(reason::WATCHDOG_TRIGGER.into());
-                let then = AfterStop::Recover(self.liveness_attempt(run, ctx));
-                let mut actions = vec![log(
-                    log::Level::Warn,
-                    RecordKind::Watchdog,
-                    Some(run.pid),
-                    format!("{why}: restarting"),
-                )];
-                actions.extend(self.begin_stop(run, ready, then, Origin::Liveness, now));
-                actions
+    /// `STATUS=...`, kept while a process runs.
+    pub(super) fn status_text(&mut self, text: String) -> Vec<Action> {
+        if self.has_process() {
+            self.notify_status = Some(text);
+        }
+        Vec::new()
+    }
+
+    /// `READY=1` from a live run.
+    pub(super) fn ready_notified(&mut self, now: Instant) -> Vec<Action> {
+        let Phase::Up {
+            run, ready, watch, ..
+        } = &mut self.phase
+        else {
+            return Vec::new();
+        };
+        if *ready || watch.notified {
+            return Vec::new();
+        }
+        watch.notified = true;
+        let pid = run.pid;
+        if !self.ready_if_due(now) {
+            return Vec::new();
+        }
+        self.last_error = None;
+        vec![log(
+            log::Level::Info,
+            RecordKind::Ready,
+            Some(pid),
+            "READY=1: ready",
+        )]
+    }
+
+    /// The last `WATCHDOG=1` moves the deadline.
+    pub(super) fn keep_alive(&mut self, at: Instant) -> Vec<Action> {
+        let watchdog = self.spec.process.watchdog;
+        if let (Phase::Up { watch, .. }, Some(w)) = (&mut self.phase, watchdog) {
+            if let Some(deadline) = &mut watch.deadline {
+                *deadline = (*deadline).max(at + w);
             }
         }
+        Vec::new()
+    }
+
+    /// `WATCHDOG=trigger`: a liveness failure.
+    pub(super) fn watchdog_triggered(
+        &mut self,
+        run: Run,
+        ready: bool,
+        ctx: &mut Ctx,
+    ) -> Vec<Action> {
+        let why = "watchdog triggered by the service (WATCHDOG=trigger)";
+        self.last_error = Some(why.into());
+        self.ending = Some(reason::WATCHDOG_TRIGGER.into());
+        let then = AfterStop::Recover(self.liveness_attempt(run, ctx));
+        let mut actions = vec![log(
+            log::Level::Warn,
+            RecordKind::Watchdog,
+            Some(run.pid),
+            format!("{why}: restarting"),
+        )];
+        actions.extend(self.begin_stop(run, ready, then, Origin::Liveness, ctx.now.mono));
+        actions
     }
 
     /// No keep-alive within `watchdog_ms`: the run is hung.

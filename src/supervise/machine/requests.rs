@@ -4,125 +4,138 @@
 use super::*;
 
 impl Service {
+    /// A start from rest (stopped, failed, or a start already pending): the counter
+    /// reset, unless the binary cannot run.
     pub(super) fn start(&mut self, ctx: &mut Ctx) -> Result<Vec<Action>, Refusal> {
         if !self.spec.enabled {
             return Err(Refusal::Disabled);
         }
-        match &mut self.phase {
-            Phase::Up { .. } | Phase::AwaitPidFile { .. } => Err(Refusal::AlreadyRunning),
-            Phase::Spawning { stop, .. } => match stop {
-                Some(_) => {
-                    *stop = None;
-                    Ok(Vec::new())
-                }
-                None => Err(Refusal::AlreadyRunning),
-            },
-            // Started while stopping: the stop finishes, then it starts.
-            Phase::Stopping { stop, .. } | Phase::Draining { stop, .. } => {
-                stop.then = AfterStop::Start;
-                stop.origin = Origin::Operator;
-                Ok(Vec::new())
-            }
-            _ => {
-                if let Some(why) = self.spec.binary_error() {
-                    self.phase = Phase::Failed { retry_at: None };
-                    self.last_error = Some(why.clone());
-                    return Err(Refusal::Binary(why));
-                }
-                self.attempts = 0;
-                Ok(self.launch(0, ctx))
-            }
+        if let Some(why) = self.spec.binary_error() {
+            self.phase = Phase::Failed { retry_at: None };
+            self.last_error = Some(why.clone());
+            return Err(Refusal::Binary(why));
         }
+        self.attempts = 0;
+        Ok(self.launch(0, ctx))
     }
 
+    /// Started while a stop waits for the spawn: the stop is dropped.
+    pub(super) fn keep_spawn(&mut self) -> Vec<Action> {
+        if let Phase::Spawning { stop, .. } = &mut self.phase {
+            *stop = None;
+        }
+        Vec::new()
+    }
+
+    /// Started while stopping: the stop finishes, then it starts.
+    pub(super) fn start_after_stop(&mut self) -> Vec<Action> {
+        if let Phase::Stopping { stop, .. } | Phase::Draining { stop, .. } = &mut self.phase {
+            stop.then = AfterStop::Start;
+            stop.origin = Origin::Operator;
+        }
+        Vec::new()
+    }
+
+    /// Restarted with a process (or one coming): stopped, then started with the counter
+    /// reset.
     pub(super) fn restart(&mut self, ctx: &mut Ctx) -> Result<Vec<Action>, Refusal> {
-        if !self.spec.enabled {
-            return Err(Refusal::Disabled);
-        }
-        if self.has_process()
-            || matches!(
-                self.phase,
-                Phase::Spawning { .. } | Phase::AwaitPidFile { .. }
-            )
-        {
-            self.attempts = 0;
-            return self.stop(AfterStop::Start, Origin::Operator, ctx);
-        }
-        self.start(ctx)
+        self.attempts = 0;
+        self.dispatch(
+            Event::Stop {
+                then: AfterStop::Start,
+                origin: Origin::Operator,
+            },
+            ctx,
+        )
     }
 
-    pub(super) fn stop(
+    /// A stop before the spawn's result: kept, carried out once the process exists.
+    pub(super) fn stop_once_spawned(&mut self, then: AfterStop, origin: Origin) -> Vec<Action> {
+        if let Phase::Spawning { stop, .. } = &mut self.phase {
+            *stop = Some(merge(*stop, then, origin));
+        }
+        Vec::new()
+    }
+
+    /// A stop on top of one under way.
+    pub(super) fn stop_again(&mut self, then: AfterStop, origin: Origin) -> Vec<Action> {
+        if let Phase::Stopping { stop, .. } | Phase::Draining { stop, .. } = &mut self.phase {
+            (stop.then, stop.origin) = merge(Some((stop.then, stop.origin)), then, origin);
+        }
+        Vec::new()
+    }
+
+    /// A stop with nothing running (stopped or failed).
+    pub(super) fn stop_idle(
         &mut self,
         then: AfterStop,
         origin: Origin,
         ctx: &mut Ctx,
     ) -> Result<Vec<Action>, Refusal> {
-        let now = ctx.now.mono;
-        match &mut self.phase {
-            Phase::Up { run, ready, .. } => {
-                let (run, ready) = (*run, *ready);
-                Ok(self.begin_stop(run, ready, then, origin, now))
-            }
-            Phase::Spawning { stop, .. } => {
-                *stop = Some(merge(*stop, then, origin));
-                Ok(Vec::new())
-            }
-            Phase::Stopping { stop, .. } | Phase::Draining { stop, .. } => {
-                (stop.then, stop.origin) = merge(Some((stop.then, stop.origin)), then, origin);
-                Ok(Vec::new())
-            }
-            Phase::Stopped { .. } | Phase::Failed { .. } => {
-                let retry_pending = self.next_restart().is_some();
-                match then {
-                    AfterStop::Remove => Ok(vec![Action::Remove]),
-                    AfterStop::Start => self.start(ctx),
-                    AfterStop::Stay if retry_pending => Ok(self.cancel(origin, "retry")),
-                    // An operator's stop leaves a failed service stopped, as a stop
-                    // during a restart delay does, and either held: no reload starts
-                    // it until the operator does.
-                    AfterStop::Stay if origin == Origin::Operator => match self.phase {
-                        Phase::Failed { .. } => Ok(self.cancel(origin, "failed state")),
-                        _ => {
-                            self.phase = Phase::Stopped { held: true };
-                            Ok(Vec::new())
-                        }
-                    },
-                    AfterStop::Stay => Err(Refusal::NotRunning),
-                    AfterStop::Recover(_) => Ok(Vec::new()),
+        let retry_pending = self.next_restart().is_some();
+        match then {
+            AfterStop::Remove => Ok(vec![Action::Remove]),
+            AfterStop::Start => self.start(ctx),
+            AfterStop::Stay if retry_pending => Ok(self.cancel(origin, "retry")),
+            // An operator's stop leaves a failed service stopped, as a stop during a
+            // restart delay does, and either held: no reload starts it until the
+            // operator does.
+            AfterStop::Stay if origin == Origin::Operator => match self.phase {
+                Phase::Failed { .. } => Ok(self.cancel(origin, "failed state")),
+                _ => {
+                    self.phase = Phase::Stopped { held: true };
+                    Ok(Vec::new())
                 }
-            }
-            // The daemon may be up already, its pid file not written yet: whatever runs
-            // of the service (its cgroup, or without one what descends from the
-            // launcher) is stopped like a run.
-            Phase::AwaitPidFile {
-                gen,
-                launcher,
-                started,
-                ..
-            } if *launcher > 0 => {
-                let run = Run {
-                    pid: *launcher,
-                    gen: *gen,
-                    started: *started,
-                    launcher: true,
-                };
-                Ok(self.begin_drain(run, then, origin, now))
-            }
-            // No process yet (or, handed over by an older image, no launcher known:
-            // whatever the daemon left goes with the service's cgroup): the pending
-            // start is cancelled at once.
-            Phase::WaitingDeps
-            | Phase::Backoff { .. }
-            | Phase::BusyRetry { .. }
-            | Phase::AwaitPidFile { .. } => match then {
-                AfterStop::Remove => Ok(vec![Action::Remove]),
-                AfterStop::Start => {
-                    self.attempts = 0;
-                    Ok(self.launch(0, ctx))
-                }
-                AfterStop::Stay => Ok(self.cancel(origin, "pending start")),
-                AfterStop::Recover(_) => Ok(Vec::new()),
             },
+            AfterStop::Stay => Err(Refusal::NotRunning),
+            AfterStop::Recover(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The daemon may be up already, its pid file not written yet: whatever runs of the
+    /// service (its cgroup, or without one what descends from the launcher) is stopped
+    /// like a run.
+    pub(super) fn stop_unnamed(
+        &mut self,
+        then: AfterStop,
+        origin: Origin,
+        now: Instant,
+    ) -> Vec<Action> {
+        let Phase::AwaitPidFile {
+            gen,
+            launcher,
+            started,
+            ..
+        } = self.phase
+        else {
+            return Vec::new();
+        };
+        let run = Run {
+            pid: launcher,
+            gen,
+            started,
+            launcher: true,
+        };
+        self.begin_drain(run, then, origin, now)
+    }
+
+    /// No process yet (or, handed over by an older image, no launcher known: whatever
+    /// the daemon left goes with the service's cgroup): the pending start is cancelled
+    /// at once.
+    pub(super) fn stop_pending(
+        &mut self,
+        then: AfterStop,
+        origin: Origin,
+        ctx: &mut Ctx,
+    ) -> Vec<Action> {
+        match then {
+            AfterStop::Remove => vec![Action::Remove],
+            AfterStop::Start => {
+                self.attempts = 0;
+                self.launch(0, ctx)
+            }
+            AfterStop::Stay => self.cancel(origin, "pending start"),
+            AfterStop::Recover(_) => Vec::new(),
         }
     }
 
@@ -238,5 +251,20 @@ impl Service {
             }
         }
         actions
+    }
+
+    /// The draining run's group is empty: the stop is done.
+    pub(super) fn drained(&mut self, run: Run, stop: Stop, ctx: &mut Ctx) -> Vec<Action> {
+        let mut actions = vec![Action::Reap(run.pid)];
+        actions.extend(self.finish_stop(stop, ctx));
+        actions
+    }
+
+    /// The draining run's group still has members: checked again later.
+    pub(super) fn poll_group_later(&mut self, now: Instant) -> Vec<Action> {
+        if let Phase::Draining { stop, .. } = &mut self.phase {
+            stop.poll_at = Some(now + GROUP_POLL);
+        }
+        Vec::new()
     }
 }

@@ -25,17 +25,14 @@ impl Service {
         vec![Action::Spawn]
     }
 
-    pub(super) fn spawned(&mut self, pid: i32, gen: u64, ctx: &mut Ctx) -> Vec<Action> {
-        let Phase::Spawning { stop, .. } = self.phase else {
-            // Nothing asked for this process: it must not run untracked.
-            return vec![
-                stray("spawn reported while none was asked for: killing it"),
-                Action::Signal {
-                    pgid: pid,
-                    sig: libc::SIGKILL,
-                },
-            ];
-        };
+    /// The spawn asked for happened; a stop that came meanwhile begins now.
+    pub(super) fn spawned(
+        &mut self,
+        stop: Option<(AfterStop, Origin)>,
+        pid: i32,
+        gen: u64,
+        ctx: &mut Ctx,
+    ) -> Vec<Action> {
         let now = ctx.now;
         let run = Run {
             pid,
@@ -111,26 +108,18 @@ impl Service {
     }
 
     /// The answer to `ReadPidFile`.
-    pub(super) fn pid_file(
-        &mut self,
-        gen: u64,
-        result: Result<i32, String>,
-        ctx: &mut Ctx,
-    ) -> Vec<Action> {
+    pub(super) fn pid_file(&mut self, result: Result<i32, String>, ctx: &mut Ctx) -> Vec<Action> {
         let now = ctx.now.mono;
         let Phase::AwaitPidFile {
-            gen: awaited,
+            gen,
             launcher,
             started,
             deadline,
             ..
         } = self.phase
         else {
-            return vec![stray("pid file answer with none awaited")];
+            return Vec::new();
         };
-        if gen != awaited {
-            return vec![stray("pid file answer for another run")];
-        }
         match result {
             Ok(pid) => {
                 let run = Run {
@@ -196,10 +185,14 @@ impl Service {
 
     /// A failed spawn is a failed run of no duration. A busy binary is first tried again
     /// a few times, whatever the policy: that failure is a moment's, not the service's.
-    pub(super) fn spawn_failed(&mut self, error: String, busy: bool, ctx: &mut Ctx) -> Vec<Action> {
-        let Phase::Spawning { tries, stop } = self.phase else {
-            return vec![stray("spawn failure reported while none was asked for")];
-        };
+    pub(super) fn spawn_failed(
+        &mut self,
+        tries: u32,
+        stop: Option<(AfterStop, Origin)>,
+        error: String,
+        busy: bool,
+        ctx: &mut Ctx,
+    ) -> Vec<Action> {
         let now = ctx.now;
         if let Some((then, origin)) = stop {
             // A stop came first: there is nothing to stop, so it simply holds.
@@ -250,13 +243,15 @@ impl Service {
 
     // ----- exits -----------------------------------------------------------------------
 
-    pub(super) fn exited(&mut self, gen: u64, exit: Exit, ctx: &mut Ctx) -> Vec<Action> {
+    /// Run `run`'s main process exited, by itself or (`stop`) during a stop.
+    pub(super) fn exited(
+        &mut self,
+        run: Run,
+        stop: Option<Stop>,
+        exit: Exit,
+        ctx: &mut Ctx,
+    ) -> Vec<Action> {
         let now = ctx.now;
-        let (run, stop) = match &self.phase {
-            Phase::Up { run, .. } if run.gen == gen => (*run, None),
-            Phase::Stopping { run, stop } if run.gen == gen => (*run, Some(*stop)),
-            _ => return vec![stray("exit reported for no live run")],
-        };
         // The launcher's expected exit is no run's end: the exit code, the history and
         // last_error are the daemon's to write.
         if run.launcher && stop.is_none() && exit.success() {
