@@ -545,17 +545,20 @@ impl Supervisor {
             return Ok(());
         }
         // The queue was empty: the first item stepped is this event.
-        let mut result = None;
+        let mut result = Ok(());
+        let mut first = true;
         while let Some((name, event)) = self.work.next() {
             let r = self.step(&name, event);
             self.work.stepped();
-            result.get_or_insert(r);
+            if std::mem::take(&mut first) {
+                result = r;
+            }
         }
         self.work.end();
         if std::mem::take(&mut self.readers_due) {
             self.start_readers();
         }
-        result.unwrap_or(Ok(()))
+        result
     }
 
     /// What carrying out a step's actions found (spawned, spawn failed, group alive or
@@ -596,16 +599,10 @@ impl Supervisor {
 
     /// A service's state changed: those waiting for it may start now.
     fn wake_dependents(&mut self, name: &str) {
-        let waiting: Vec<String> = self
-            .services
-            .iter()
-            .filter(|(_, e)| {
-                e.svc.waiting_for_deps() && e.svc.spec().depends_on.iter().any(|d| d == name)
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
-        for w in waiting {
-            self.work.push(&w, machine::Event::DepsChanged);
+        for (w, e) in &self.services {
+            if e.svc.waiting_for_deps() && e.svc.spec().depends_on.iter().any(|d| d == name) {
+                self.work.push(w, machine::Event::DepsChanged);
+            }
         }
     }
 
