@@ -71,21 +71,37 @@ fn push_hex(out: &mut Vec<u8>, b: u8) {
 /// not ASCII take the careful path). Eight bytes at a time, with the classic
 /// "has a byte less than n" word trick: the log path formats every line through here.
 fn printable_ascii(bytes: &[u8]) -> bool {
+    printable_ascii_without(bytes, b"")
+}
+
+/// `printable_ascii`, and none of the bytes `but`: for JSON, whose strings escape `"`
+/// and `\` too.
+pub(crate) fn printable_ascii_without(bytes: &[u8], but: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte of `x` that equals `b` (exact as to whether any does).
+    let equal = |x: u64, b: u8| {
+        let d = x ^ (ONES * u64::from(b));
+        d.wrapping_sub(ONES) & !d & HIGH
+    };
     let mut words = bytes.chunks_exact(8);
     for w in &mut words {
         let mut b = [0u8; 8];
         b.copy_from_slice(w);
         let x = u64::from_ne_bytes(b);
         let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
-        let del = x ^ (ONES * 0x7f);
-        let is_del = del.wrapping_sub(ONES) & !del & HIGH;
-        if (below_space | is_del | (x & HIGH)) != 0 {
+        let mut bad = below_space | equal(x, 0x7f) | (x & HIGH);
+        for &c in but {
+            bad |= equal(x, c);
+        }
+        if bad != 0 {
             return false;
         }
     }
-    words.remainder().iter().all(|b| (0x20..0x7f).contains(b))
+    words
+        .remainder()
+        .iter()
+        .all(|b| (0x20..0x7f).contains(b) && !but.contains(b))
 }
 
 /// `s` with control characters escaped as `push_escaped` does (for the client).
