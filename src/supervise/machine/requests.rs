@@ -161,36 +161,14 @@ impl Service {
         origin: Origin,
         now: Instant,
     ) -> Vec<Action> {
-        self.phase = Phase::Stopping {
-            run,
-            stop: Stop {
-                deadline: now + self.spec.stop_timeout,
-                killed: false,
-                then,
-                origin,
-                shown: if ready {
-                    State::Running
-                } else {
-                    State::Starting
-                },
-                poll_at: None,
-            },
+        let shown = if ready {
+            State::Running
+        } else {
+            State::Starting
         };
-        vec![
-            log(
-                log::Level::Info,
-                RecordKind::Stopping,
-                Some(run.pid),
-                format!(
-                    "stopping with {}",
-                    crate::supervise::state::signal_name(self.spec.stop_signal)
-                ),
-            ),
-            Action::Signal {
-                pgid: run.pid,
-                sig: self.spec.stop_signal,
-            },
-        ]
+        let stop = self.new_stop(then, origin, shown, None, now);
+        self.phase = Phase::Stopping { run, stop };
+        self.signal_stop(run, Some(run.pid), "")
     }
 
     /// A stop with no main process to wait for (its launcher gone, the pid file not yet
@@ -203,24 +181,39 @@ impl Service {
         origin: Origin,
         now: Instant,
     ) -> Vec<Action> {
-        self.phase = Phase::Draining {
-            run,
-            stop: Stop {
-                deadline: now + self.spec.stop_timeout,
-                killed: false,
-                then,
-                origin,
-                shown: State::Starting,
-                poll_at: Some(now + GROUP_POLL),
-            },
-        };
+        let stop = self.new_stop(then, origin, State::Starting, Some(now + GROUP_POLL), now);
+        self.phase = Phase::Draining { run, stop };
+        self.signal_stop(run, None, " (the pid file names no process yet)")
+    }
+
+    /// A stop that starts now: SIGKILL is due at `stop_timeout_ms`.
+    fn new_stop(
+        &self,
+        then: AfterStop,
+        origin: Origin,
+        shown: State,
+        poll_at: Option<Instant>,
+        now: Instant,
+    ) -> Stop {
+        Stop {
+            deadline: now + self.spec.stop_timeout,
+            killed: false,
+            then,
+            origin,
+            shown,
+            poll_at,
+        }
+    }
+
+    /// `stop_signal` to the run's group, and the record that says so.
+    fn signal_stop(&self, run: Run, pid: Option<i32>, why: &str) -> Vec<Action> {
         vec![
             log(
                 log::Level::Info,
                 RecordKind::Stopping,
-                None,
+                pid,
                 format!(
-                    "stopping with {} (the pid file names no process yet)",
+                    "stopping with {}{why}",
                     crate::supervise::state::signal_name(self.spec.stop_signal)
                 ),
             ),
