@@ -169,3 +169,57 @@ fn sigusr1_reopens_every_log_file_for_logrotate() {
     assert!(alive(pid.into()));
     assert_eq!(sb.cli(&["shutdown"]).code, 0);
 }
+
+/// Where a sent fault signal or terminal signal can land: only on the signals thread,
+/// which every other thread leaves it to. On any other thread a sent SIGSEGV could
+/// interrupt a thread starting up inside std's own lock, and hang the daemon.
+#[test]
+fn fault_and_terminal_signals_reach_the_signals_thread_only() {
+    let sb = Sandbox::new();
+    sb.service("sleeper", "exec sleep 1000");
+    sb.config(json!({"services_dir": "services"}), json!({"sleeper": {}}));
+    let d = Daemon::start(&sb, &[]);
+    sb.wait_running("sleeper", None);
+    // A client connection starts a thread too: its mask is checked with the others.
+    assert_eq!(sb.cli(&["status"]).code, 0);
+    let routed = [
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGFPE,
+        libc::SIGILL,
+        libc::SIGTRAP,
+        libc::SIGSYS,
+        libc::SIGABRT,
+    ];
+    let bits: u64 = routed.iter().map(|s| 1u64 << (s - 1)).sum();
+    let mut threads = 0;
+    let mut signals_thread = false;
+    for task in std::fs::read_dir(format!("/proc/{}/task", d.pid)).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let Some(blocked) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        else {
+            continue;
+        };
+        threads += 1;
+        if comm.trim() == "signals" {
+            signals_thread = true;
+            assert_eq!(blocked & bits, 0, "the signals thread blocks {blocked:x}");
+        } else {
+            assert_eq!(
+                blocked & bits,
+                bits,
+                "thread {} leaves some of them unblocked: {blocked:x}",
+                comm.trim()
+            );
+        }
+    }
+    assert!(signals_thread, "no signals thread among {threads}");
+    assert!(threads > 2, "{threads} threads");
+}
