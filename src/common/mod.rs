@@ -2,6 +2,7 @@
 //! them. Nothing here imports from any other module of the crate; every other module
 //! may import from here.
 
+pub mod decode;
 pub mod event;
 pub mod level;
 pub mod protocol;

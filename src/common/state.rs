@@ -1,8 +1,11 @@
 //! The words every layer describes a service in: the five states a user sees
 //! (docs/lifecycle.md) and how a process ended. Plain data only.
 
+use super::decode::{self, unknown, variant, Decode};
+use serde_json::Value;
+
 /// The states shown to users, exactly the five of docs/lifecycle.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum State {
     Stopped,
     Starting,
@@ -35,7 +38,7 @@ impl State {
 }
 
 /// How a main process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Exit {
     Code(i32),
     Signal(i32),
@@ -79,9 +82,57 @@ impl Exit {
 /// run's history).
 pub const UNKNOWN_EXIT: &str = "exited with an unknown status (not the orchestrator's child)";
 
+impl Decode for State {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        match variant(v)?.0 {
+            "Stopped" => Ok(State::Stopped),
+            "Starting" => Ok(State::Starting),
+            "Running" => Ok(State::Running),
+            "Failed" => Ok(State::Failed),
+            "Restarting" => Ok(State::Restarting),
+            name => unknown("state", name),
+        }
+    }
+}
+
+impl Decode for Exit {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        match variant(v)? {
+            ("Code", n) => i32::decode(n).map(Exit::Code),
+            ("Signal", n) => i32::decode(n).map(Exit::Signal),
+            ("Unknown", _) => Ok(Exit::Unknown),
+            (name, _) => unknown("exit", name),
+        }
+    }
+}
+
 /// `SIGTERM` for 15; the number itself for a signal nix does not know.
 pub fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
         .map(|s| s.as_str().to_string())
         .unwrap_or_else(|_| format!("{sig}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::common::decode::round_trip;
+
+    #[test]
+    fn states_and_exits_are_read_back_as_written() {
+        for s in State::ALL {
+            let (a, b) = round_trip(&s);
+            assert_eq!(a, b);
+        }
+        for e in [
+            Exit::Code(0),
+            Exit::Code(-1),
+            Exit::Signal(9),
+            Exit::Unknown,
+        ] {
+            let (a, b) = round_trip(&e);
+            assert_eq!(a, b);
+        }
+        assert!(State::decode(&Value::from("Sleeping")).is_err());
+    }
 }

@@ -4,7 +4,9 @@
 //! Also the start-up chores that belong with it: the pidfile, `--daemon`, and systemd
 //! readiness.
 
+use crate::common::decode::{self, field, Decode};
 use crate::common::safe_fs;
+use serde_json::Value;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 /// The descriptors of an instance that `upgrade-self` leaves open across its exec (the
 /// lock, the pidfile, the control socket's listener), and what the new image needs to
 /// take them back.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct InstanceFds {
     pub lock: RawFd,
     pub pidfile: Option<(PathBuf, RawFd)>,
@@ -22,6 +24,18 @@ pub struct InstanceFds {
     pub socket: PathBuf,
     /// The argv a successor is started with (see `daemon::successor_argv`).
     pub argv: Vec<std::ffi::OsString>,
+}
+
+impl Decode for InstanceFds {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        Ok(InstanceFds {
+            lock: field(v, "lock")?,
+            pidfile: field(v, "pidfile")?,
+            listener: field(v, "listener")?,
+            socket: field(v, "socket")?,
+            argv: field(v, "argv")?,
+        })
+    }
 }
 
 pub enum InstanceError {
@@ -426,8 +440,29 @@ pub fn notify_ready() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStringExt;
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::PermissionsExt;
+
+    /// What `upgrade-self` hands over, a path and an argument that is not UTF-8 included.
+    #[test]
+    fn the_carried_descriptors_read_back_as_written() {
+        let fds = InstanceFds {
+            lock: 3,
+            pidfile: Some((PathBuf::from("/run/orchestrator.pid"), 5)),
+            listener: 4,
+            socket: PathBuf::from("/run/orchestrator.sock"),
+            argv: vec![
+                "orchestrator".into(),
+                std::ffi::OsString::from_vec(vec![0xff, b'x']),
+            ],
+        };
+        let (written, again) = crate::common::decode::round_trip(&fds);
+        assert_eq!(written, again);
+        let read = InstanceFds::decode(&written).unwrap();
+        assert_eq!(read.argv, fds.argv);
+        assert_eq!(read.pidfile, fds.pidfile);
+    }
 
     fn tmpdir(tag: &str) -> PathBuf {
         // Not under /tmp: that is the shared case, tested on its own.

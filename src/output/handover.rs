@@ -10,13 +10,15 @@
 //! off and every reader that stopped is started again where it was. This file never
 //! touches a pipe's contents and never closes one.
 
+use crate::common::decode::{self, field, Decode};
 use crate::common::level;
 use crate::output::reader::ReaderCtx;
 use crate::output::reader::{spawn_reader_with, Ring};
 use crate::output::record::RecordKind;
 use crate::output::sink::{Batch, Line, Stream};
 use crate::process::wake;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::Value;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -141,7 +143,7 @@ pub fn restart(fd: OwnedFd, ctx: ReaderCtx, carry: Vec<u8>) {
 }
 
 /// A reader's pipe as the new image finds it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 pub struct CarriedReader {
     pub service: String,
     pub pid: i32,
@@ -164,6 +166,31 @@ impl Report {
     }
 }
 
+impl Decode for CarriedReader {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        Ok(CarriedReader {
+            service: field(v, "service")?,
+            pid: field(v, "pid")?,
+            stderr: field(v, "stderr")?,
+            fd: field(v, "fd")?,
+            carry: field(v, "carry")?,
+        })
+    }
+}
+
+impl Decode for CarriedBatch {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        Ok(CarriedBatch {
+            pid: field(v, "pid")?,
+            stderr: field(v, "stderr")?,
+            ts_ms: field(v, "ts_ms")?,
+            text: field(v, "text")?,
+            lines: field(v, "lines")?,
+            event: field(v, "event")?,
+        })
+    }
+}
+
 impl CarriedReader {
     /// The pipe, owned again (close-on-exec again).
     pub fn take_fd(&self) -> Option<OwnedFd> {
@@ -172,7 +199,7 @@ impl CarriedReader {
 }
 
 /// One batch of a service's kept lines, as carried.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 pub struct CarriedBatch {
     pid: i32,
     stderr: bool,
@@ -250,6 +277,20 @@ impl Ring {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_carried_reader_reads_back_as_written() {
+        let r = CarriedReader {
+            service: "web".into(),
+            pid: 42,
+            stderr: true,
+            fd: 7,
+            carry: b"half a li".to_vec(),
+        };
+        let (written, again) = crate::common::decode::round_trip(&r);
+        assert_eq!(written, again);
+        assert_eq!(CarriedReader::decode(&written).unwrap().carry, r.carry);
+    }
+
     fn batch(event: Option<RecordKind>, level: log::Level) -> Arc<Batch> {
         Arc::new(Batch {
             service: "web".into(),
@@ -279,10 +320,13 @@ mod tests {
         assert_eq!(carried[1].event.as_deref(), Some("rolled back"));
         carried.insert(
             1,
-            serde_json::from_str(
-                &serde_json::to_string(&carried[0])
-                    .unwrap()
-                    .replace("\"event\":null", "\"event\":\"renamed\""),
+            CarriedBatch::decode(
+                &serde_json::from_str(
+                    &serde_json::to_string(&carried[0])
+                        .unwrap()
+                        .replace("\"event\":null", "\"event\":\"renamed\""),
+                )
+                .unwrap(),
             )
             .unwrap(),
         );

@@ -39,7 +39,7 @@ pub const PID_FILE_POLL: Duration = Duration::from_millis(50);
 
 /// Who asked for a stop. It decides what the stop leaves behind (an operator's stop is
 /// kept across reloads) and what may override a stop under way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Origin {
     Operator,
     Reload,
@@ -48,7 +48,7 @@ pub enum Origin {
 }
 
 /// What follows a stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum AfterStop {
     /// Stay stopped.
     Stay,
@@ -152,7 +152,7 @@ pub enum Action {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 struct Run {
     pid: i32,
     gen: u64,
@@ -163,7 +163,7 @@ struct Run {
     launcher: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 struct Health {
     /// Failures in a row.
     failures: u32,
@@ -176,7 +176,7 @@ struct Health {
 }
 
 /// A run's sd_notify state (docs/health.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 struct Watch {
     /// `READY=1` came.
     notified: bool,
@@ -185,7 +185,7 @@ struct Watch {
     deadline: Option<Instant>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 struct Stop {
     #[serde(with = "carry::mono")]
     deadline: Instant,
@@ -201,7 +201,7 @@ struct Stop {
 }
 
 /// Where a service is. Each variant carries exactly what that phase needs.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 enum Phase {
     /// No process, nothing pending. `held`: an operator (or shutdown) stopped it, so a
     /// reload does not start it again.
@@ -250,9 +250,7 @@ enum Phase {
     /// found wrong, reported only if the deadline passes (not in `last_error` meanwhile).
     AwaitPidFile {
         gen: u64,
-        #[serde(default)]
         launcher: i32,
-        #[serde(default)]
         why: Option<String>,
         #[serde(with = "carry::mono")]
         started: Instant,

@@ -19,6 +19,7 @@
 use super::event::{Above, Event};
 use super::machine;
 use super::supervisor::{Outcome, Supervisor};
+use crate::common::decode::{self, field, Decode};
 use crate::common::protocol::Response;
 use crate::control::instance::InstanceFds;
 use crate::control::socket::{error_reply, Reply, Request};
@@ -26,7 +27,8 @@ use crate::output::handover::{self, CarriedBatch, CarriedReader, Report};
 use crate::process::helper::Helper;
 use crate::process::inherit;
 use crossbeam_channel::Sender;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::Value;
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -45,7 +47,7 @@ const STOP_BOUND: Duration = Duration::from_secs(2);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the new image takes over.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 pub struct Carried {
     pub format: u32,
     pub from_version: String,
@@ -56,15 +58,13 @@ pub struct Carried {
     pub readers: Vec<CarriedReader>,
     pub instance: InstanceFds,
     /// The sd_notify socket, if open: what services send during the exec waits in it.
-    #[serde(default)]
     pub notify: Option<RawFd>,
     /// A duplicate of the `upgrade-self` client's connection: the new image answers it
     /// once it has taken over, so the client's exit says whether it did.
-    #[serde(default)]
     pub reply: Option<RawFd>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 pub struct CarriedService {
     pub name: String,
     pub machine: machine::carry::Carried,
@@ -77,6 +77,41 @@ pub struct CarriedService {
     pub group: Option<(i32, u64)>,
     pub sockets: Option<Vec<RawFd>>,
     pub upgrade: Option<serde_json::Value>,
+}
+
+impl Decode for Carried {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        Ok(Carried {
+            format: field(v, "format")?,
+            from_version: field(v, "from_version")?,
+            gen: field(v, "gen")?,
+            unreaped: field(v, "unreaped")?,
+            stops: field(v, "stops")?,
+            services: field(v, "services")?,
+            readers: field(v, "readers")?,
+            instance: field(v, "instance")?,
+            notify: field(v, "notify")?,
+            reply: field(v, "reply")?,
+        })
+    }
+}
+
+impl Decode for CarriedService {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        Ok(CarriedService {
+            name: field(v, "name")?,
+            machine: field(v, "machine")?,
+            ring: field(v, "ring")?,
+            stdout_lines: field(v, "stdout_lines")?,
+            stderr_lines: field(v, "stderr_lines")?,
+            file_unwritten: field(v, "file_unwritten")?,
+            cgroup_dirs: field(v, "cgroup_dirs")?,
+            output_pid: field(v, "output_pid")?,
+            group: field(v, "group")?,
+            sockets: field(v, "sockets")?,
+            upgrade: field(v, "upgrade")?,
+        })
+    }
 }
 
 /// The checks' verdict, back on the loop.

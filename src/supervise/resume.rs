@@ -8,6 +8,7 @@ use super::machine::Service;
 use super::reexec::{Carried, RESUME_ENV};
 use super::supervisor::Supervisor;
 use super::upgrading::Upgrades;
+use crate::common::decode::Decode;
 use crate::output::handover;
 use crate::output::reader::ReaderCtx;
 use crate::output::sink::Stream;
@@ -38,7 +39,9 @@ pub fn take_carried() -> Option<Result<Carried, String>> {
         return Some(Err(format!("cannot read the handed-over state: {e}")));
     }
     Some(
-        serde_json::from_str::<Carried>(&text)
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|v| Carried::decode(&v))
             .map_err(|e| format!("the handed-over state is not readable: {e}"))
             .and_then(|c| match c.format {
                 super::reexec::FORMAT => Ok(c),

@@ -3,7 +3,9 @@
 //! get. Plain data only. The five states a user sees and how a process ended are
 //! shared by every layer, so they live on the ground floor (`common::state`).
 
+use crate::common::decode::{self, field, Decode};
 pub use crate::common::state::{signal_name, Exit, State};
+use serde_json::Value;
 
 /// The time an event happens, on both clocks: monotonic for decisions, wall for records.
 #[derive(Debug, Clone, Copy)]
@@ -13,14 +15,13 @@ pub struct Now {
 }
 
 /// One run in `status`'s history (docs/status-and-metrics.md).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HistoryEntry {
     pub started_ms: u64,
     pub exited_ms: Option<u64>,
     pub exit_code: Option<i32>,
     /// Why the run ended (one of `reason`'s words); None while it runs. Absent from
     /// what an older image handed over or saved.
-    #[serde(default)]
     pub reason: Option<String>,
 }
 
@@ -76,11 +77,32 @@ pub mod reason {
 
 /// The last exit, for `status NAME`: what ended the run, when, and whether an
 /// operator's stop asked for it (so that 143 after `stop` does not read as a crash).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct LastExit {
     pub exit: Exit,
     pub at_ms: u64,
     pub by_operator: bool,
+}
+
+impl Decode for HistoryEntry {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        Ok(HistoryEntry {
+            started_ms: field(v, "started_ms")?,
+            exited_ms: field(v, "exited_ms")?,
+            exit_code: field(v, "exit_code")?,
+            reason: field(v, "reason")?,
+        })
+    }
+}
+
+impl Decode for LastExit {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        Ok(LastExit {
+            exit: field(v, "exit")?,
+            at_ms: field(v, "at_ms")?,
+            by_operator: field(v, "by_operator")?,
+        })
+    }
 }
 
 /// Why a lifecycle request was refused (the refusals of docs/cli.md).
@@ -111,8 +133,10 @@ mod tests {
     /// What an older image hands over at `upgrade-self` has no reasons: read as none.
     #[test]
     fn a_history_entry_without_a_reason_is_read() {
-        let h: HistoryEntry =
-            serde_json::from_str(r#"{"started_ms":1,"exited_ms":2,"exit_code":0}"#).unwrap();
+        let h = HistoryEntry::decode(&serde_json::json!({
+            "started_ms": 1, "exited_ms": 2, "exit_code": 0
+        }))
+        .unwrap();
         assert_eq!(h.reason, None);
         assert_eq!(h.exit_code, Some(0));
     }

@@ -8,7 +8,9 @@
 //! (`process/install.rs`) and feeds the machine. The window never keeps the machine
 //! from acting on its own (restarts, backoff); it only watches what the run does.
 
+use super::machine::carry;
 use super::state::State;
+use crate::common::decode::{self, field, Decode};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -37,7 +39,7 @@ pub enum Verdict {
 
 /// One upgrade in its grace window: from the restart onto the new binary until its
 /// first run has lasted `grace` and is `running`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Watch {
     /// The run that was live when the upgrade restarted the service (None: none was).
     old_gen: Option<u64>,
@@ -46,6 +48,17 @@ pub struct Watch {
     grace: Duration,
     #[serde(with = "super::machine::carry::mono_opt")]
     deadline: Option<Instant>,
+}
+
+impl Decode for Watch {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        Ok(Watch {
+            old_gen: field(v, "old_gen")?,
+            new_gen: field(v, "new_gen")?,
+            grace: field(v, "grace")?,
+            deadline: carry::instant_opt(v, "deadline")?,
+        })
+    }
 }
 
 impl Watch {
@@ -199,6 +212,22 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_under_way_reads_back_as_written() {
+        let mut w = Watch::new(Some(3), Duration::from_millis(1500));
+        w.new_gen = Some(4);
+        let (written, again) = crate::common::decode::round_trip(&w);
+        assert_eq!(written, again);
+        w.deadline = Some(Instant::now() + Duration::from_secs(1));
+        let read = Watch::decode(&serde_json::to_value(&w).unwrap()).unwrap();
+        let (a, b) = (read.deadline.unwrap(), w.deadline.unwrap());
+        assert!(a.max(b) - a.min(b) < Duration::from_millis(1));
+        assert_eq!(
+            (read.old_gen, read.new_gen, read.grace),
+            (w.old_gen, w.new_gen, w.grace)
+        );
+    }
 
     fn view(state: State, gen: Option<u64>, stopping: bool) -> View {
         View {

@@ -13,6 +13,7 @@ use super::machine::{AfterStop, Event as MachineEvent};
 use super::state::reason;
 use super::supervisor::Supervisor;
 use super::upgrade::{History, Pending, Record, Verdict, View, Watch};
+use crate::common::decode::Decode;
 use crate::common::protocol::Response;
 use crate::control::socket::{error_reply, Cmd, Reply, Request};
 use crate::output::record::RecordKind;
@@ -98,16 +99,14 @@ impl Upgrades {
     /// What `carry` gave, in the new image.
     pub fn resume(v: &Value) -> Upgrades {
         let a = &v["active"];
-        let active = serde_json::from_value::<Watch>(a["watch"].clone())
-            .ok()
-            .map(|watch| Active {
-                watch,
-                binary: PathBuf::from(a["binary"].as_str().unwrap_or_default()),
-                from: a["from"].as_str().unwrap_or_default().to_string(),
-                to: a["to"].as_str().unwrap_or_default().to_string(),
-                at_ms: a["at_ms"].as_u64().unwrap_or_default(),
-                reply: None,
-            });
+        let active = Watch::decode(&a["watch"]).ok().map(|watch| Active {
+            watch,
+            binary: PathBuf::from(a["binary"].as_str().unwrap_or_default()),
+            from: a["from"].as_str().unwrap_or_default().to_string(),
+            to: a["to"].as_str().unwrap_or_default().to_string(),
+            at_ms: a["at_ms"].as_u64().unwrap_or_default(),
+            reply: None,
+        });
         Upgrades {
             busy: false,
             active,

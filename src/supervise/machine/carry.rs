@@ -10,15 +10,17 @@
 //! and a run's watchdog window starts afresh (its keep-alives were kept by the old
 //! notify reader).
 
-use super::{Phase, Service};
+use super::{AfterStop, Health, Origin, Phase, Run, Service, Stop, Watch};
+use crate::common::decode::{self, field, field_or_default, unknown, variant, within, Decode};
 use crate::config::discovery::ServiceSpec;
 use crate::supervise::state::{HistoryEntry, LastExit};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::Value;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Everything of a `Service` but its spec.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 pub struct Carried {
     phase: Phase,
     attempts: u32,
@@ -29,7 +31,6 @@ pub struct Carried {
     history: VecDeque<HistoryEntry>,
     since_ms: u64,
     /// Absent from what an older image hands over.
-    #[serde(default)]
     ending: Option<String>,
 }
 
@@ -122,23 +123,163 @@ fn from_ns(v: i64) -> Instant {
     }
 }
 
+/// Field `key`: an `Instant` written by `mono`.
+fn instant(v: &Value, key: &str) -> decode::Result<Instant> {
+    field(v, key).map(from_ns)
+}
+
+/// Field `key`: an `Option<Instant>` written by `mono_opt`.
+pub fn instant_opt(v: &Value, key: &str) -> decode::Result<Option<Instant>> {
+    Ok(field::<Option<i64>>(v, key)?.map(from_ns))
+}
+
+impl Decode for Carried {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        Ok(Carried {
+            phase: field(v, "phase")?,
+            attempts: field(v, "attempts")?,
+            restarts: field(v, "restarts")?,
+            last_exit: field(v, "last_exit")?,
+            last_error: field(v, "last_error")?,
+            notify_status: field(v, "notify_status")?,
+            history: field(v, "history")?,
+            since_ms: field(v, "since_ms")?,
+            ending: field(v, "ending")?,
+        })
+    }
+}
+
+impl Decode for Phase {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        let (name, c) = variant(v)?;
+        let phase = match name {
+            "Stopped" => Phase::Stopped {
+                held: field(c, "held")?,
+            },
+            "Failed" => Phase::Failed {
+                retry_at: instant_opt(c, "retry_at")?,
+            },
+            "WaitingDeps" => Phase::WaitingDeps,
+            "Backoff" => Phase::Backoff {
+                until: instant(c, "until")?,
+            },
+            "BusyRetry" => Phase::BusyRetry {
+                until: instant(c, "until")?,
+                tries: field(c, "tries")?,
+            },
+            "Spawning" => Phase::Spawning {
+                tries: field(c, "tries")?,
+                stop: field(c, "stop")?,
+            },
+            "Up" => Phase::Up {
+                run: field(c, "run")?,
+                ready: field(c, "ready")?,
+                health: field(c, "health")?,
+                watch: field(c, "watch")?,
+            },
+            "Stopping" => Phase::Stopping {
+                run: field(c, "run")?,
+                stop: field(c, "stop")?,
+            },
+            "Draining" => Phase::Draining {
+                run: field(c, "run")?,
+                stop: field(c, "stop")?,
+            },
+            "AwaitPidFile" => Phase::AwaitPidFile {
+                gen: field(c, "gen")?,
+                launcher: field_or_default(c, "launcher")?,
+                why: field(c, "why")?,
+                started: instant(c, "started")?,
+                deadline: instant(c, "deadline")?,
+                retry_at: instant_opt(c, "retry_at")?,
+            },
+            name => return unknown("phase", name),
+        };
+        Ok(phase)
+    }
+}
+
+impl Decode for Run {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        Ok(Run {
+            pid: field(v, "pid")?,
+            gen: field(v, "gen")?,
+            started: instant(v, "started")?,
+            launcher: field(v, "launcher")?,
+        })
+    }
+}
+
+impl Decode for Health {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        Ok(Health {
+            failures: field(v, "failures")?,
+            passed: field(v, "passed")?,
+            next_probe: instant_opt(v, "next_probe")?,
+            in_flight: field(v, "in_flight")?,
+        })
+    }
+}
+
+impl Decode for Watch {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        Ok(Watch {
+            notified: field(v, "notified")?,
+            deadline: instant_opt(v, "deadline")?,
+        })
+    }
+}
+
+impl Decode for Stop {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        Ok(Stop {
+            deadline: instant(v, "deadline")?,
+            killed: field(v, "killed")?,
+            then: field(v, "then")?,
+            origin: field(v, "origin")?,
+            shown: field(v, "shown")?,
+            poll_at: instant_opt(v, "poll_at")?,
+        })
+    }
+}
+
+impl Decode for AfterStop {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        match variant(v)? {
+            ("Stay", _) => Ok(AfterStop::Stay),
+            ("Start", _) => Ok(AfterStop::Start),
+            ("Remove", _) => Ok(AfterStop::Remove),
+            ("Recover", delay) => within(Decode::decode(delay), "Recover").map(AfterStop::Recover),
+            (name, _) => unknown("step after a stop", name),
+        }
+    }
+}
+
+impl Decode for Origin {
+    fn decode(v: &Value) -> decode::Result<Self> {
+        match variant(v)?.0 {
+            "Operator" => Ok(Origin::Operator),
+            "Reload" => Ok(Origin::Reload),
+            "Shutdown" => Ok(Origin::Shutdown),
+            "Liveness" => Ok(Origin::Liveness),
+            name => unknown("stop origin", name),
+        }
+    }
+}
+
 /// An `Instant` as a CLOCK_MONOTONIC reading in nanoseconds.
 pub mod mono {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::Serializer;
     use std::time::Instant;
 
     pub fn serialize<S: Serializer>(t: &Instant, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_i64(super::to_ns(*t))
     }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Instant, D::Error> {
-        i64::deserialize(d).map(super::from_ns)
-    }
 }
 
 /// `mono` for an `Option<Instant>`.
 pub mod mono_opt {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::Serializer;
     use std::time::Instant;
 
     pub fn serialize<S: Serializer>(t: &Option<Instant>, s: S) -> Result<S::Ok, S::Error> {
@@ -147,10 +288,41 @@ pub mod mono_opt {
             None => s.serialize_none(),
         }
     }
+}
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Instant>, D::Error> {
-        Option::<i64>::deserialize(d).map(|v| v.map(super::from_ns))
+/// Checks that `svc`'s carried state reads back as it was written: every field equal,
+/// the deadlines within the microsecond the clock moves between the two conversions.
+#[cfg(test)]
+pub fn assert_reads_back(svc: &Service) {
+    fn same(a: &Value, b: &Value, key: &str) -> bool {
+        const INSTANTS: [&str; 6] = [
+            "started",
+            "until",
+            "deadline",
+            "retry_at",
+            "next_probe",
+            "poll_at",
+        ];
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                x.len() == y.len()
+                    && x.iter()
+                        .all(|(k, v)| y.get(k).is_some_and(|w| same(v, w, k)))
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(v, w)| same(v, w, key))
+            }
+            (Value::Number(x), Value::Number(y)) if INSTANTS.contains(&key) => {
+                matches!((x.as_i64(), y.as_i64()), (Some(x), Some(y)) if x.abs_diff(y) < 1_000_000)
+            }
+            _ => a == b,
+        }
     }
+    let (written, again) = decode::round_trip(&svc.carry());
+    assert!(
+        same(&written, &again, ""),
+        "written {written}\nread back as {again}"
+    );
 }
 
 #[cfg(test)]
