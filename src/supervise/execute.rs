@@ -4,17 +4,13 @@
 //! by the machine; this file only acts, each call bounded (a signal, a few cgroupfs
 //! reads and writes, a /proc scan shared by every check of one loop iteration).
 
+use super::janitor;
 use super::machine::{self, Action};
 use super::state::State;
 use super::supervisor::Supervisor;
 use crate::process::{helper, pidfile, procfs, spawn};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How often removal of a cgroup that still had members is tried again, and how many
-/// times (together, about the 2 s that teardown of a big group can take).
-const CGROUP_RETRY: Duration = Duration::from_millis(100);
-const CGROUP_TRIES: u32 = 20;
+use std::time::Instant;
 
 impl Supervisor {
     pub(super) fn execute(&mut self, name: &str, actions: Vec<Action>) {
@@ -189,57 +185,41 @@ impl Supervisor {
     }
 
     /// Removes a done service's cgroups: rmdir is one syscall each; a cgroup that still
-    /// has members is killed and its removal retried from the loop's deadlines, never
-    /// waited for here.
+    /// has members is killed and its removal left to the janitor, never waited for here.
     pub(super) fn retire_cgroup(&mut self, name: &str, dirs: Vec<std::path::PathBuf>) {
         let busy = self.cgroups.try_remove(&dirs);
         if !busy.is_empty() {
             self.cgroups.kill(name);
-            self.busy_cgroups.push((name.to_string(), busy, 0));
-            self.busy_cgroups_at
-                .get_or_insert_with(|| Instant::now() + CGROUP_RETRY);
+            self.janitor.keep(name, busy, Instant::now());
         }
-    }
-
-    pub(super) fn cgroup_retry_at(&self) -> Option<Instant> {
-        self.busy_cgroups_at
     }
 
     /// At exit: the cgroups still busy (a run's members were killed and have not all
     /// finished exiting, e.g. after a stop that ended in SIGKILL) are waited for, a
     /// moment each (`Cgroups::remove`: at most 2 s), so that none is left behind.
     pub(super) fn remove_busy_cgroups_now(&mut self) {
-        self.busy_cgroups_at = None;
-        for (name, dirs, _) in std::mem::take(&mut self.busy_cgroups) {
-            self.cgroups.remove(&name, &dirs);
+        for b in self.janitor.drain() {
+            self.cgroups.remove(&b.service, &b.dirs);
         }
     }
 
     pub(super) fn retry_busy_cgroups(&mut self, now: Instant) {
-        if self.busy_cgroups_at.is_none_or(|at| now < at) {
-            return;
-        }
-        self.busy_cgroups_at = None;
-        let busy = std::mem::take(&mut self.busy_cgroups);
-        for (name, dirs, tries) in busy {
-            // A service started again meanwhile uses its cgroup again: leave it.
-            let reused = self
-                .services
-                .get(&name)
-                .is_some_and(|e| !e.cgroup_dirs.is_empty());
-            if reused {
-                continue;
-            }
-            let left = self.cgroups.try_remove(&dirs);
-            if !left.is_empty() && tries + 1 < CGROUP_TRIES {
-                self.busy_cgroups.push((name, left, tries + 1));
-                self.busy_cgroups_at = Some(now + CGROUP_RETRY);
-            } else if !left.is_empty() {
-                log::warn!(
-                    "{name}: cgroup still has members after {} ms; left in place",
-                    CGROUP_RETRY.as_millis() * u128::from(CGROUP_TRIES)
-                );
-            }
+        let services = &self.services;
+        // A service started again meanwhile uses its cgroup again.
+        let reused = |name: &str| {
+            services
+                .get(name)
+                .is_some_and(|e| !e.cgroup_dirs.is_empty())
+        };
+        let cgroups = &self.cgroups;
+        for name in self
+            .janitor
+            .retry(now, reused, |dirs| cgroups.try_remove(dirs))
+        {
+            log::warn!(
+                "{name}: cgroup still has members after {} ms; left in place",
+                janitor::RETRY.as_millis() * u128::from(janitor::TRIES)
+            );
         }
     }
 }

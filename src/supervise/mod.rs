@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod event;
 mod execute;
+mod janitor;
 mod launch;
 pub mod machine;
 mod notifying;

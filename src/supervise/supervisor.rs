@@ -29,6 +29,7 @@
 //! every other call it makes is bounded (each says its bound where it is made).
 
 use super::event::{Above, Event};
+use super::janitor::Janitor;
 use super::machine::{self, AfterStop, Ctx, Origin, Service};
 use super::order::Stops;
 use super::persist;
@@ -130,8 +131,7 @@ pub struct Supervisor {
     pub(super) cgroups: Arc<Cgroups>,
     /// Cgroups still busy when their service was done: removal is retried, never
     /// waited for on the loop.
-    pub(super) busy_cgroups: Vec<(String, Vec<PathBuf>, u32)>,
-    pub(super) busy_cgroups_at: Option<Instant>,
+    pub(super) janitor: Janitor,
     pub(super) binary_ids: BinaryIds,
     pub(super) prober: Prober<Above>,
     /// Set while `start_all` feeds the autostart services: their spawns are clones
@@ -199,8 +199,7 @@ impl Supervisor {
             stops: Stops::default(),
             started: Instant::now(),
             cgroups: Arc::new(cgroups),
-            busy_cgroups: Vec::new(),
-            busy_cgroups_at: None,
+            janitor: Janitor::default(),
             binary_ids: BinaryIds::default(),
             prober,
             starting: false,
@@ -332,7 +331,7 @@ impl Supervisor {
             svc,
             shutdown,
             self.state_deadline(),
-            self.cgroup_retry_at(),
+            self.janitor.retry_at(),
             self.reaper.retry_at(),
             watchdog,
         ]
