@@ -1,5 +1,6 @@
 //! Unit tests of `cgroup`.
 
+use super::detect::*;
 use super::*;
 
 const HYBRID: &str = "\
