@@ -68,7 +68,7 @@ fn dispatch(cli: Cli) -> i32 {
             0
         }
         Command::ResumeFormat => {
-            println!("{}", supervise::reexec::FORMAT);
+            println!("{}", supervise::upgrade_self::FORMAT);
             0
         }
         Command::Completion(shell) => {

@@ -141,8 +141,8 @@ fn no_action() -> libc::sigaction {
 /// The handler, for every signal (async-signal-safe: no allocation, no lock).
 fn on_signal(info: &libc::siginfo_t) {
     let sig = info.si_signo;
-    // SAFETY: getpid has no preconditions.
-    let me = unsafe { libc::getpid() };
+    // getpid(2), which is async-signal-safe.
+    let me = std::process::id() as i32;
     // si_pid is meaningful for a signal a process sent (si_code <= 0).
     // SAFETY: reading the union as the kernel filled it for this si_code.
     let sender = if info.si_code <= 0 {

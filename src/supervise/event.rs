@@ -15,7 +15,7 @@ pub enum Above {
     /// hashing a binary takes as long as the binary is large).
     Installed(crate::supervise::upgrading::Installed),
     /// `upgrade-self`'s checks of the new binary are done (off the loop: it runs it).
-    SelfChecked(crate::supervise::reexec::SelfChecked),
+    SelfChecked(crate::supervise::upgrade_self::SelfChecked),
 }
 
 impl From<Call> for Above {

@@ -18,8 +18,8 @@
 //! spawning a run (`launch.rs`), dependency order (`order.rs`), health checks
 //! (`probes.rs`), control requests and their deferred replies (`requests.rs`), the
 //! status and metrics views (`views.rs`), reload (`reload.rs`), persistence
-//! (`persist.rs`), sd_notify (`notifying.rs`), `upgrade-self` (`reexec.rs`, and
-//! `resume.rs` in the new image).
+//! (`persist.rs`), sd_notify (`notifying.rs`), `upgrade-self` (`upgrade_self/`), busy
+//! cgroups (`janitor.rs`).
 //!
 //! Only the main thread spawns, signals and reaps. Spawning from the one thread that
 //! lives as long as the process (and survives `upgrade-self`'s exec) is what makes
@@ -155,7 +155,8 @@ pub struct Supervisor {
     pub(super) notify: Option<Notify>,
     pub(super) notify_tried: bool,
     pub(super) instance: Option<InstanceFds>,
-    /// An `upgrade-self`'s checks are running (`reexec.rs`): a second one is refused.
+    /// An `upgrade-self`'s checks are running (`upgrade_self/old_image.rs`): a second
+    /// one is refused.
     pub(super) checking_self: bool,
 }
 

@@ -1,118 +1,30 @@
-//! `upgrade-self PATH` (docs/unattended.md), the old image's side: check the new binary
-//! off the loop (it must say it is an orchestrator and accept the config in force), then
-//! hand everything over and exec it in place, keeping the pid. Every child stays ours: they
+//! `upgrade-self`, the old image's side: check the new binary off the loop, then hand
+//! everything over and exec it in place, keeping the pid. Every child stays ours: they
 //! were all cloned by this (main) thread, which the exec keeps, so no parent-death
-//! signal fires. The new binary is opened once (StrictModes as root) and every check
-//! run and the exec itself go through that descriptor (`execveat`), never its path
-//! again, so that what was checked is what runs.
-//!
-//! What crosses the exec (`Carried`, JSON in a memfd whose number the new image finds
-//! in `ORCHESTRATOR_RESUME_FD`): each machine with its deadlines, counters, history,
-//! kept lines, cgroups and sockets; the ordered stops under way; every output pipe with
-//! the unfinished end of its last line (`output::handover` stops the readers at a line
-//! boundary); and the instance's lock and control socket. Waiters, readers and the
-//! other threads are started anew by the new image (`resume.rs`).
+//! signal fires.
 //!
 //! Until the exec nothing has changed that cannot be put back: a refusal or a failed
 //! exec leaves the daemon running as it was, and the client gets the reason.
 
-use super::event::{Above, Event};
-use super::machine;
-use super::supervisor::{Outcome, Supervisor};
-use crate::common::decode::{self, field, Decode};
+use super::new_binary::{check_binary, exec};
+use super::{Carried, CarriedService, FORMAT};
 use crate::common::protocol::Response;
 use crate::control::instance::InstanceFds;
 use crate::control::socket::{error_reply, Reply, Request};
-use crate::output::handover::{self, CarriedBatch, CarriedReader, Report};
-use crate::process::helper::Helper;
+use crate::output::handover::{self, Report};
 use crate::process::inherit;
+use crate::supervise::event::{Above, Event};
+use crate::supervise::machine;
+use crate::supervise::supervisor::{Outcome, Supervisor};
 use crossbeam_channel::Sender;
-use serde::Serialize;
-use serde_json::Value;
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-/// The variable that tells a new image where the state is.
-pub const RESUME_ENV: &str = "ORCHESTRATOR_RESUME_FD";
-/// The format of `Carried`. A binary prints the one it reads with `--resume-format`;
-/// one that does not (too old to take over) or reads another is refused.
-pub const FORMAT: u32 = 1;
 /// How long the output readers get to reach a line boundary, and the log writer to
 /// write out what they delivered.
 const STOP_BOUND: Duration = Duration::from_secs(2);
-/// The longest a check of the new binary may take.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Everything the new image takes over.
-#[derive(Serialize)]
-pub struct Carried {
-    pub format: u32,
-    pub from_version: String,
-    pub gen: u64,
-    pub unreaped: Vec<i32>,
-    pub stops: Vec<String>,
-    pub services: Vec<CarriedService>,
-    pub readers: Vec<CarriedReader>,
-    pub instance: InstanceFds,
-    /// The sd_notify socket, if open: what services send during the exec waits in it.
-    pub notify: Option<RawFd>,
-    /// A duplicate of the `upgrade-self` client's connection: the new image answers it
-    /// once it has taken over, so the client's exit says whether it did.
-    pub reply: Option<RawFd>,
-}
-
-#[derive(Serialize)]
-pub struct CarriedService {
-    pub name: String,
-    pub machine: machine::carry::Carried,
-    pub ring: Vec<CarriedBatch>,
-    pub stdout_lines: u64,
-    pub stderr_lines: u64,
-    pub file_unwritten: u64,
-    pub cgroup_dirs: Vec<PathBuf>,
-    pub output_pid: i32,
-    pub group: Option<(i32, u64)>,
-    pub sockets: Option<Vec<RawFd>>,
-    pub upgrade: Option<serde_json::Value>,
-}
-
-impl Decode for Carried {
-    fn decode(v: &Value) -> decode::Result<Self> {
-        Ok(Carried {
-            format: field(v, "format")?,
-            from_version: field(v, "from_version")?,
-            gen: field(v, "gen")?,
-            unreaped: field(v, "unreaped")?,
-            stops: field(v, "stops")?,
-            services: field(v, "services")?,
-            readers: field(v, "readers")?,
-            instance: field(v, "instance")?,
-            notify: field(v, "notify")?,
-            reply: field(v, "reply")?,
-        })
-    }
-}
-
-impl Decode for CarriedService {
-    fn decode(v: &Value) -> decode::Result<Self> {
-        Ok(CarriedService {
-            name: field(v, "name")?,
-            machine: field(v, "machine")?,
-            ring: field(v, "ring")?,
-            stdout_lines: field(v, "stdout_lines")?,
-            stderr_lines: field(v, "stderr_lines")?,
-            file_unwritten: field(v, "file_unwritten")?,
-            cgroup_dirs: field(v, "cgroup_dirs")?,
-            output_pid: field(v, "output_pid")?,
-            group: field(v, "group")?,
-            sockets: field(v, "sockets")?,
-            upgrade: field(v, "upgrade")?,
-        })
-    }
-}
 
 /// The checks' verdict, back on the loop.
 pub struct SelfChecked {
@@ -127,7 +39,7 @@ pub struct SelfChecked {
 impl Supervisor {
     /// `upgrade-self PATH`: refused at once when it cannot be done now; otherwise the
     /// binary is checked on a thread and the answer comes with `SelfChecked`.
-    pub(super) fn begin_upgrade_self(
+    pub(in crate::supervise) fn begin_upgrade_self(
         &mut self,
         req: &Request,
         reply: Sender<Reply>,
@@ -187,7 +99,7 @@ impl Supervisor {
     /// stays refused: one queued behind these checks would otherwise start checks of its
     /// own (children cloned while the handed-over descriptors are open across exec) and
     /// lose its client with the exec.
-    pub(super) fn upgrade_self(&mut self, checked: SelfChecked) -> Option<Outcome> {
+    pub(in crate::supervise) fn upgrade_self(&mut self, checked: SelfChecked) -> Option<Outcome> {
         let outcome = self.hand_over(checked);
         self.checking_self = false;
         outcome
@@ -489,193 +401,6 @@ fn carried_fds(c: &Carried) -> Vec<RawFd> {
     fds
 }
 
-/// Runs `PATH --version` and `PATH check ...`: it must be an orchestrator that accepts
-/// the config in force. PATH is opened once (`install::open_checked`: StrictModes as
-/// root) and every run, the exec included, goes through that descriptor, so that what
-/// was checked is what runs. The version it reports and the file, or why it is refused.
-fn check_binary(path: &Path, check_args: &[OsString]) -> Result<(String, std::fs::File), String> {
-    let file = crate::process::install::open_checked(path)?;
-    let out = run_bounded(&file, path, &[OsString::from("--version")], true)?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let version = text
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("orchestrator "))
-        .filter(|v| out.status.success() && !v.trim().is_empty())
-        .ok_or_else(|| {
-            format!(
-                "{}: not an orchestrator (its --version says {:?})",
-                path.display(),
-                text.trim()
-            )
-        })?
-        .trim()
-        .to_string();
-    let out = run_bounded(&file, path, &[OsString::from("--resume-format")], true)?;
-    let format = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !out.status.success() || format != FORMAT.to_string() {
-        return Err(format!(
-            "{}: orchestrator {version} cannot take over from this one (it reads state format {}, this one writes {FORMAT})",
-            path.display(),
-            if out.status.success() { format.as_str() } else { "none" }
-        ));
-    }
-    let out = run_bounded(&file, path, check_args, false)?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let first = err.lines().next().unwrap_or("").trim();
-        return Err(format!(
-            "{} refuses the current config ({}): {first}",
-            path.display(),
-            out.status
-        ));
-    }
-    Ok((version, file))
-}
-
-/// An argv and an environment for `execveat`, built before any fork: the child of a
-/// fork may not allocate.
-struct ExecArgs {
-    _strings: Vec<CString>,
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
-}
-
-// SAFETY: the pointers point into `_strings`' heap buffers, owned by the same value and
-// never changed or freed while it lives.
-unsafe impl Send for ExecArgs {}
-// SAFETY: as above; nothing is ever written through them.
-unsafe impl Sync for ExecArgs {}
-
-impl ExecArgs {
-    /// `argv`, and our environment without `RESUME_ENV` plus `extra` (a `K=V`).
-    fn new<'a>(argv: impl IntoIterator<Item = &'a [u8]>, extra: Option<String>) -> ExecArgs {
-        let mut strings: Vec<CString> = argv
-            .into_iter()
-            .filter_map(|a| CString::new(a).ok())
-            .collect();
-        let n = strings.len();
-        strings.extend(
-            std::env::vars_os()
-                .filter(|(k, _)| k != RESUME_ENV)
-                .filter_map(|(k, v)| {
-                    let mut kv = k.as_bytes().to_vec();
-                    kv.push(b'=');
-                    kv.extend_from_slice(v.as_bytes());
-                    CString::new(kv).ok()
-                }),
-        );
-        strings.extend(extra.and_then(|e| CString::new(e).ok()));
-        let ptrs = |from: &[CString]| -> Vec<*const libc::c_char> {
-            from.iter()
-                .map(|c| c.as_ptr())
-                .chain([std::ptr::null()])
-                .collect()
-        };
-        ExecArgs {
-            argv: ptrs(&strings[..n]),
-            envp: ptrs(&strings[n..]),
-            _strings: strings,
-        }
-    }
-
-    /// `execveat(fd, "", argv, envp, AT_EMPTY_PATH)`: executes the file `fd` is open on,
-    /// whatever its path names now. A raw call, no allocation: fit for a forked child.
-    /// Returns only on failure.
-    fn exec(&self, fd: RawFd) {
-        // SAFETY: a valid descriptor, an empty C string, and NULL-terminated arrays of
-        // C strings that live as long as self.
-        unsafe {
-            libc::syscall(
-                libc::SYS_execveat,
-                fd,
-                c"".as_ptr(),
-                self.argv.as_ptr(),
-                self.envp.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            )
-        };
-    }
-}
-
-/// Whether the file starts with `#!`: a script's interpreter opens it again by its
-/// `/dev/fd/N` name, so the descriptor must stay open across the exec.
-fn is_script(file: &std::fs::File) -> bool {
-    use std::os::unix::fs::FileExt;
-    let mut head = [0u8; 2];
-    file.read_at(&mut head, 0).is_ok_and(|n| n == 2) && &head == b"#!"
-}
-
-/// Runs the checked `file` (`path` is its name, for argv[0] and messages) with `args`,
-/// no input and at most `CHECK_TIMEOUT`; its exit status, its stdout (when `stdout`,
-/// else it goes to /dev/null) and its stderr, each read after the exit, so at most the
-/// 64 KiB a pipe holds: enough for `--version` and an error, and `check`'s plan, which
-/// can be longer, is not kept. The wait looks every 10 ms: this runs only during a
-/// check, on its own thread.
-fn run_bounded(
-    file: &std::fs::File,
-    path: &Path,
-    args: &[OsString],
-    stdout: bool,
-) -> Result<std::process::Output, String> {
-    use std::io::Read;
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-    let fd = file.as_raw_fd();
-    let exec_args = ExecArgs::new(
-        std::iter::once(path.as_os_str().as_bytes()).chain(args.iter().map(|a| a.as_bytes())),
-        None,
-    );
-    let mut cmd = Command::new(path);
-    cmd.stdin(Stdio::null())
-        .stdout(if stdout {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stderr(Stdio::piped());
-    // SAFETY: in the child, after the fork: a fcntl and the execveat, raw calls with
-    // what was prepared before; no allocation, no lock.
-    unsafe {
-        cmd.pre_exec(move || {
-            // A script's interpreter reopens it as /dev/fd/N: left open across the exec.
-            libc::fcntl(fd, libc::F_SETFD, 0);
-            exec_args.exec(fd);
-            Err(std::io::Error::last_os_error())
-        });
-    }
-    // Registered with the orphan reaper, which would otherwise take its exit status.
-    let mut helper =
-        Helper::spawn(&mut cmd).map_err(|e| format!("{}: cannot run: {e}", path.display()))?;
-    let child = &mut helper.child;
-    let end = std::time::Instant::now() + CHECK_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() < end => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Ok(None) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{}: did not answer in time", path.display()));
-            }
-        }
-    };
-    let mut out = std::process::Output {
-        status,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-    };
-    if let Some(mut o) = child.stdout.take() {
-        let _ = (&mut o).take(64 * 1024).read_to_end(&mut out.stdout);
-    }
-    if let Some(mut e) = child.stderr.take() {
-        let _ = (&mut e).take(64 * 1024).read_to_end(&mut out.stderr);
-    }
-    Ok(out)
-}
-
 /// The state, in a memfd left open across exec.
 fn write_memfd(c: &Carried) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::io::{Seek, Write};
@@ -691,29 +416,4 @@ fn write_memfd(c: &Carried) -> std::io::Result<std::os::fd::OwnedFd> {
     f.write_all(&serde_json::to_vec(c)?)?;
     f.seek(std::io::SeekFrom::Start(0))?;
     Ok(f.into())
-}
-
-/// execveat of the checked binary with our argv, our environment + RESUME_ENV=fd, and
-/// the signals the daemon handles blocked, so that one arriving before the new image
-/// has its handlers stays pending instead of killing it. Returns only on failure, with
-/// the mask restored.
-fn exec(binary: &std::fs::File, argv: &[OsString], memfd: RawFd) -> std::io::Error {
-    let args = ExecArgs::new(
-        argv.iter().map(|a| a.as_bytes()),
-        Some(format!("{RESUME_ENV}={memfd}")),
-    );
-    // A script (a wrapper in tests) is read again through its descriptor by its
-    // interpreter; an orchestrator binary leaves it closed behind.
-    let script = is_script(binary);
-    if script {
-        inherit::clear_cloexec(binary.as_raw_fd());
-    }
-    let old = crate::process::signals::block_handled();
-    args.exec(binary.as_raw_fd());
-    let err = std::io::Error::last_os_error();
-    crate::process::signals::restore_mask(&old);
-    if script {
-        inherit::set_cloexec(binary.as_raw_fd());
-    }
-    err
 }

@@ -4,10 +4,7 @@
 //! starting with the unfinished end of the line the old reader had read. Nothing is
 //! spawned or stopped here: the machines decide, as before the exec.
 
-use super::machine::Service;
-use super::reexec::{Carried, RESUME_ENV};
-use super::supervisor::Supervisor;
-use super::upgrading::Upgrades;
+use super::{Carried, RESUME_ENV};
 use crate::common::decode::Decode;
 use crate::output::handover;
 use crate::output::reader::ReaderCtx;
@@ -15,6 +12,9 @@ use crate::output::sink::Stream;
 use crate::process::sockets::Bound;
 use crate::process::waiter::Drain;
 use crate::process::{spawn, waiter};
+use crate::supervise::machine::Service;
+use crate::supervise::supervisor::Supervisor;
+use crate::supervise::upgrading::Upgrades;
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::Ordering;
@@ -44,10 +44,10 @@ pub fn take_carried() -> Option<Result<Carried, String>> {
             .and_then(|v| Carried::decode(&v))
             .map_err(|e| format!("the handed-over state is not readable: {e}"))
             .and_then(|c| match c.format {
-                super::reexec::FORMAT => Ok(c),
+                super::FORMAT => Ok(c),
                 n => Err(format!(
                     "the handed-over state has format {n}; this version reads {}",
-                    super::reexec::FORMAT
+                    super::FORMAT
                 )),
             }),
     )
@@ -96,7 +96,7 @@ impl Supervisor {
             e.output_pid.store(s.output_pid, Ordering::Relaxed);
             e.group = s
                 .group
-                .map(|(pgid, start_ticks)| super::persist::Group { pgid, start_ticks });
+                .map(|(pgid, start_ticks)| crate::supervise::persist::Group { pgid, start_ticks });
             let configs = &e.svc.spec().process.sockets;
             e.sockets = s
                 .sockets
@@ -215,8 +215,8 @@ impl Supervisor {
         self.settle();
         // The `upgrade-self` client learns it is done only now, from us.
         if let Some(fd) = c_reply {
-            let answer = super::reexec::took_over(env!("CARGO_PKG_VERSION"));
-            super::reexec::answer_on(fd, &answer);
+            let answer = super::took_over(env!("CARGO_PKG_VERSION"));
+            super::answer_on(fd, &answer);
         }
     }
 }
