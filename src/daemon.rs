@@ -14,7 +14,7 @@ use crate::output::{files, sink as logsink};
 use crate::process::{cgroup, signals};
 use crate::supervise::upgrade_self::new_image as resume;
 use crate::supervise::upgrade_self::Carried;
-use crate::supervise::{persist, supervisor, watchdog};
+use crate::supervise::{hw_watchdog, persist, supervisor};
 use std::fmt;
 use std::io;
 use std::os::unix::net::UnixListener;
@@ -379,7 +379,7 @@ fn build_supervisor(
         sup.restore(saved);
     }
     if let Some(w) = &s.watchdog {
-        match watchdog::Watchdog::open(w) {
+        match hw_watchdog::Watchdog::open(w) {
             Ok(wd) => sup.arm_watchdog(wd),
             Err(e) => log::error!(
                 "watchdog: cannot open {}: {e}; running without it",

@@ -555,10 +555,10 @@ fn stray(what: &str) -> Action {
 
 pub(super) mod carry;
 mod health;
-mod notify;
+mod notices;
 mod read;
-mod requests;
 mod runs;
+mod start_stop;
 
 #[cfg(test)]
 mod harness;

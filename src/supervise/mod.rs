@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod event;
 mod execute;
+pub mod hw_watchdog;
 mod janitor;
 mod launch;
 pub mod machine;
@@ -22,5 +23,4 @@ pub mod upgrade;
 pub mod upgrade_self;
 mod upgrading;
 mod views;
-pub mod watchdog;
 mod work;

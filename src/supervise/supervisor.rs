@@ -29,6 +29,7 @@
 //! every other call it makes is bounded (each says its bound where it is made).
 
 use super::event::{Above, Event};
+use super::hw_watchdog::Watchdog;
 use super::janitor::Janitor;
 use super::machine::{self, AfterStop, Ctx, Origin, Service};
 use super::order::Stops;
@@ -37,7 +38,6 @@ use super::reaper::Reaper;
 use super::requests::Pending;
 use super::state::{signal_name, Now, Refusal, State};
 use super::views::BinaryIds;
-use super::watchdog::Watchdog;
 use super::work::Work;
 use crate::config::discovery::{Plan, ServiceSpec};
 use crate::config::{Config, Overrides};
