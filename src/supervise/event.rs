@@ -14,6 +14,9 @@ pub enum Above {
     /// The file work of an `upgrade` or `rollback` is done (off the loop: copying and
     /// hashing a binary takes as long as the binary is large).
     Installed(crate::supervise::upgrading::Installed),
+    /// Files in `services_dir` or `conf.d` changed and have been quiet since
+    /// (`watcher.rs`).
+    Watched(crate::supervise::watcher::Settled),
     /// `upgrade-self`'s checks of the new binary are done (off the loop: it runs it).
     SelfChecked(crate::supervise::reexec::SelfChecked),
 }

@@ -23,4 +23,6 @@ pub mod upgrade;
 mod upgrading;
 mod views;
 pub mod watchdog;
+pub mod watcher;
+mod watching;
 mod work;

@@ -59,6 +59,11 @@ struct Active {
     /// The `upgrade` client, answered when the window is over (or, should the window
     /// end with the service, removed by a reload, when this is dropped).
     reply: Option<Sender<Reply>>,
+    /// The file installed, where known: a rollback never puts the old binary over a
+    /// file that replaced this one since (docs/watching.md).
+    installed: Option<install::Ident>,
+    /// A binary rewritten in place: there is nothing to go back to.
+    no_prev: bool,
 }
 
 impl Active {
@@ -80,6 +85,15 @@ impl Upgrades {
         self.active.as_ref().and_then(|a| a.watch.deadline())
     }
 
+    pub(super) fn set_busy(&mut self) {
+        self.busy = true;
+    }
+
+    /// File work in flight or a grace window open: the watcher's news waits for it.
+    pub fn under_way(&self) -> bool {
+        self.busy || self.active.is_some()
+    }
+
     /// File work in flight (`upgrade-self` waits for it to end).
     pub fn busy(&self) -> bool {
         self.busy
@@ -90,7 +104,8 @@ impl Upgrades {
     pub fn carry(&self) -> Option<Value> {
         let active = self.active.as_ref().map(|a| {
             json!({"watch": serde_json::to_value(&a.watch).unwrap_or(Value::Null),
-                   "binary": a.binary, "from": a.from, "to": a.to, "at_ms": a.at_ms})
+                   "binary": a.binary, "from": a.from, "to": a.to, "at_ms": a.at_ms,
+                   "no_prev": a.no_prev})
         });
         Some(json!({"active": active, "history": self.history.to_json()}))
     }
@@ -107,6 +122,8 @@ impl Upgrades {
                 to: a["to"].as_str().unwrap_or_default().to_string(),
                 at_ms: a["at_ms"].as_u64().unwrap_or_default(),
                 reply: None,
+                installed: None,
+                no_prev: a["no_prev"].as_bool().unwrap_or_default(),
             });
         Upgrades {
             busy: false,
@@ -118,24 +135,31 @@ impl Upgrades {
 
 /// The file work's result, back on the loop.
 pub struct Installed {
-    service: String,
-    rollback: bool,
-    result: Result<Done, String>,
-    reply: Sender<Reply>,
+    pub(super) service: String,
+    pub(super) rollback: bool,
+    /// The watcher saw the new binary in place (docs/watching.md): it has no client,
+    /// and a stopped service is not started by it.
+    pub(super) watched: bool,
+    pub(super) result: Result<Done, String>,
+    pub(super) reply: Sender<Reply>,
 }
 
-struct Done {
-    from: String,
-    to: String,
+pub(super) struct Done {
+    pub(super) from: String,
+    pub(super) to: String,
     /// The new binary is the one installed already: nothing was done.
-    unchanged: bool,
+    pub(super) unchanged: bool,
+    /// The file now at the binary's path, as installed.
+    pub(super) installed: Option<install::Ident>,
+    /// Rewritten in place: no previous binary.
+    pub(super) no_prev: bool,
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     timefmt::unix_ms(SystemTime::now())
 }
 
-fn sha(path: &Path) -> Result<String, String> {
+pub(super) fn sha(path: &Path) -> Result<String, String> {
     crate::control::sha256::file_hex(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -192,6 +216,7 @@ impl Supervisor {
             let done = Installed {
                 service,
                 rollback,
+                watched: false,
                 result,
                 reply,
             };
@@ -215,6 +240,7 @@ impl Supervisor {
         let Installed {
             service,
             rollback,
+            watched,
             result,
             reply,
         } = done;
@@ -226,14 +252,30 @@ impl Supervisor {
         let d = match result {
             Ok(d) => d,
             Err(msg) => {
+                if watched {
+                    let msg = format!("the new binary is not used: {msg}");
+                    self.event(
+                        log::Level::Error,
+                        &service,
+                        None,
+                        RecordKind::Upgrading,
+                        msg,
+                    );
+                }
                 let _ = reply.try_send(error_reply(msg).into());
+                self.rewatch_deferred(&service);
                 return;
             }
         };
+        self.note_installed(&service, watched, d.installed);
         if d.unchanged {
             let _ = reply.try_send(installed_reply("unchanged", d.to).into());
+            self.rewatch_deferred(&service);
             return;
         }
+        let Some(e) = self.services.get_mut(&service) else {
+            return;
+        };
         let at_ms = now_ms();
         if rollback {
             e.upgrade.history.push(Record {
@@ -260,6 +302,11 @@ impl Supervisor {
             }
             let _ = reply.try_send(installed_reply("rollback", d.to).into());
             self.settle();
+            self.rewatch_deferred(&service);
+            return;
+        }
+        if watched && !e.svc.is_active() {
+            self.changed_while_stopped(&service, d);
             return;
         }
         let grace = Duration::from_millis(e.svc.spec().upgrade_grace_ms);
@@ -270,6 +317,8 @@ impl Supervisor {
             to: d.to.clone(),
             at_ms,
             reply: Some(reply),
+            installed: d.installed,
+            no_prev: d.no_prev,
         });
         self.event(
             log::Level::Info,
@@ -349,11 +398,27 @@ impl Supervisor {
         // An operator's stop (or a reload's) within the window is obeyed: the old binary
         // goes back, but nothing starts until someone asks.
         let stays = e.svc.held() || e.svc.stopping() == Some(AfterStop::Stay);
+        let mut restored = false;
+        let replaced = a
+            .installed
+            .is_some_and(|i| install::Ident::at(&binary).is_none_or(|now| !now.same_file(&i)));
         let (result, answer) = match verdict {
             Verdict::Failed(reason) => {
-                let reason = match install::restore_prev(&binary) {
-                    Ok(()) => reason,
-                    Err(err) => format!("{reason}; {err}"),
+                let reason = if a.no_prev {
+                    format!("{reason}; no previous binary")
+                } else if replaced {
+                    format!(
+                        "{reason}; {} was replaced since the upgrade began: left as it is",
+                        binary.display()
+                    )
+                } else {
+                    match install::restore_prev(&binary) {
+                        Ok(()) => {
+                            restored = true;
+                            reason
+                        }
+                        Err(err) => format!("{reason}; {err}"),
+                    }
                 };
                 let answer = error_reply(format!("upgrade rolled back: {reason}")).into();
                 (format!("rolled back: {reason}"), answer)
@@ -381,15 +446,29 @@ impl Supervisor {
             format!("upgrade to {} {result}", short(&a.to))
         };
         self.event(level, name, None, event, msg);
+        if restored {
+            self.relink_running(name);
+        }
         self.forget_pending(name);
         self.save_upgrades();
         if !ok && self.shutdown.is_none() && !stays {
             if let Some(e) = self.services.get_mut(name) {
                 e.svc.ending(result.clone());
             }
-            let _ = self.feed(name, MachineEvent::Restart);
+            if a.no_prev {
+                self.fail_without_prev(name, &result);
+            } else {
+                let _ = self.feed(name, MachineEvent::Restart);
+            }
         }
         a.answer(answer);
+        self.rewatch_deferred(name);
+    }
+
+    /// An upgrade recorded without a window: its marker goes, its history is kept.
+    pub(super) fn upgrade_done(&self, name: &str) {
+        self.forget_pending(name);
+        self.save_upgrades();
     }
 
     fn forget_pending(&self, name: &str) {
@@ -498,29 +577,43 @@ fn install_new(
             from,
             to,
             unchanged: true,
+            installed: None,
+            no_prev: false,
         });
     }
-    let marker = pending_file(service);
-    if let Some(d) = dir {
-        let p = Pending {
-            binary: binary.display().to_string(),
-            from: from.clone(),
-            to: to.clone(),
-            at_ms: now_ms(),
-        };
-        d.write_file(&marker, &p.to_text())
-            .map_err(|e| format!("state_dir: cannot record the upgrade: {e}"))?;
-    }
+    write_pending(service, binary, &from, &to, dir)?;
     install::install(binary, new, file).inspect_err(|_| {
         if let Some(d) = dir {
-            let _ = d.remove_file(&marker);
+            let _ = d.remove_file(&pending_file(service));
         }
     })?;
     Ok(Done {
         from,
         to,
         unchanged: false,
+        installed: install::Ident::at(binary),
+        no_prev: false,
     })
+}
+
+/// The marker of an upgrade under way, written to `state_dir` (if there is one) before
+/// the binary is replaced.
+pub(super) fn write_pending(
+    service: &str,
+    binary: &Path,
+    from: &str,
+    to: &str,
+    dir: Option<&super::persist::StateDir>,
+) -> Result<(), String> {
+    let Some(d) = dir else { return Ok(()) };
+    let p = Pending {
+        binary: binary.display().to_string(),
+        from: from.to_string(),
+        to: to.to_string(),
+        at_ms: now_ms(),
+    };
+    d.write_file(&pending_file(service), &p.to_text())
+        .map_err(|e| format!("state_dir: cannot record the upgrade: {e}"))
 }
 
 /// The thread's part of a rollback by hand.
@@ -532,6 +625,8 @@ fn put_back(binary: &Path) -> Result<Done, String> {
         from,
         to,
         unchanged: false,
+        installed: install::Ident::at(binary),
+        no_prev: false,
     })
 }
 

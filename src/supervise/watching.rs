@@ -1,0 +1,328 @@
+//! The watcher's news on the loop's side (docs/watching.md): once a service's files have
+//! been quiet, the configuration is reloaded (a new directory starts, a removed one
+//! stops, a changed sidecar or drop-in applies, as a reload would) and the service is
+//! compared once with its files: its binary's path against `.NAME.running`, the hard
+//! link the daemon keeps to the binary the service runs. A file renamed over the path
+//! is an upgrade from that link (which becomes `NAME.prev`) with the grace window and
+//! the automatic rollback of `upgrading.rs`; a file rewritten in place is an upgrade
+//! with nothing to go back to; a path gone stops the service.
+//!
+//! What the daemon writes itself (the link, `NAME.prev`, an `upgrade`'s rename) is
+//! never news: every such write is followed by the link made again, so comparing finds
+//! nothing. News about a service whose upgrade is under way waits (`deferred`) and the
+//! service is compared once when the upgrade ends: changes are coalesced, never lost.
+//! The hashing and renaming are done on a thread, as for `upgrade`; the loop only
+//! stats and links (bounded file operations).
+
+use super::event::{Above, Event};
+use super::machine::{AfterStop, Event as MachineEvent, Origin};
+use super::supervisor::Supervisor;
+use super::upgrade::Record;
+use super::upgrading::{now_ms, sha, Done, Installed};
+use super::watcher::Settled;
+use crate::output::record::RecordKind;
+use crate::process::install::{self, Ident};
+use std::path::{Path, PathBuf};
+
+/// What the loop keeps per service for the watcher.
+#[derive(Debug, Default)]
+pub struct Files {
+    /// The file `.NAME.running` was linked to, as it was then; None: not linked yet.
+    running: Option<Ident>,
+    /// News that came during an upgrade: compared once it ends.
+    deferred: bool,
+    /// An upgrade with no previous binary failed: `failed` once the service is at rest.
+    fail_at_rest: Option<String>,
+}
+
+/// What comparing a service's binary with what it runs finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Same,
+    /// Not linked yet (a new service, or the first look).
+    New,
+    /// The path names no file any more.
+    Gone,
+    /// Another file was renamed over the path.
+    Renamed,
+    /// The same file with another content (rewritten in place).
+    Rewritten,
+}
+
+/// Compares what `.NAME.running` was linked to with what the path names now. Pure.
+pub fn compare(known: Option<Ident>, now: Option<Ident>) -> Change {
+    match (known, now) {
+        (_, None) => Change::Gone,
+        (None, Some(_)) => Change::New,
+        (Some(k), Some(n)) if !k.same_file(&n) => Change::Renamed,
+        (Some(k), Some(n)) if k != n => Change::Rewritten,
+        _ => Change::Same,
+    }
+}
+
+impl Supervisor {
+    fn watching(&self) -> bool {
+        self.cfg.settings.watch_services_dir
+    }
+
+    /// The binary the watcher guards for `name`: its path when that is
+    /// `services_dir/NAME/NAME` (a `binary_path` elsewhere, or a symlink, is not).
+    fn guarded(&self, name: &str) -> Option<PathBuf> {
+        let e = self.services.get(name)?;
+        let p = self.cfg.settings.services_dir.join(name).join(name);
+        (self.watching() && e.svc.spec().process.binary == p).then_some(p)
+    }
+
+    /// At load: the link to every guarded binary.
+    pub(super) fn link_all_running(&mut self) {
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            self.relink_running(&name);
+        }
+    }
+
+    /// Links `.NAME.running` to what the path names now, and remembers it.
+    pub(super) fn relink_running(&mut self, name: &str) {
+        let Some(bin) = self.guarded(name) else {
+            return;
+        };
+        let Some(now) = Ident::at(&bin) else {
+            return;
+        };
+        if let Err(e) = install::link_running(&bin) {
+            log::warn!(
+                "{name}: cannot link {}: {e}; a file renamed over it will have no previous binary",
+                install::running_path(&bin).display()
+            );
+        }
+        if let Some(e) = self.services.get_mut(name) {
+            e.files.running = Some(now);
+        }
+    }
+
+    /// After an `upgrade`'s or the watcher's file work: what is in place now is what
+    /// runs (the link is made again unless the watcher's thread made it).
+    pub(super) fn note_installed(&mut self, name: &str, watched: bool, now: Option<Ident>) {
+        let Some(bin) = self.guarded(name) else {
+            return;
+        };
+        if !watched && now.is_some() && Ident::at(&bin) == now {
+            self.relink_running(name);
+        } else if let (true, Some(e)) = (watched, self.services.get_mut(name)) {
+            e.files.running = now.or(e.files.running);
+        }
+    }
+
+    /// The watcher's news: one reload, then each service named compared with its files
+    /// (all of them after a rescan). Services in an upgrade wait for its end.
+    pub(super) fn watched(&mut self, s: Settled) {
+        if !self.watching() || self.shutdown.is_some() {
+            return;
+        }
+        let names: Vec<String> = if s.rescan {
+            self.services.keys().cloned().collect()
+        } else {
+            s.services
+        };
+        let mut now = Vec::new();
+        for name in names {
+            match self.services.get_mut(&name) {
+                Some(e) if e.upgrade.under_way() => e.files.deferred = true,
+                _ => now.push(name),
+            }
+        }
+        if now.is_empty() && !s.confd && !s.rescan {
+            return;
+        }
+        match self.reload(false) {
+            Ok(plan) => log::info!("services_dir changed: {}", super::reload::summarize(&plan)),
+            Err(e) => log::error!("services_dir changed, but the configuration is refused: {e}"),
+        }
+        for name in now {
+            self.compare_files(&name);
+        }
+    }
+
+    /// An upgrade ended: news that came meanwhile is looked at now (through the
+    /// channel, as news: nothing is re-entered).
+    pub(super) fn rewatch_deferred(&mut self, name: &str) {
+        let Some(e) = self.services.get_mut(name) else {
+            return;
+        };
+        if e.upgrade.under_way() || !std::mem::take(&mut e.files.deferred) {
+            return;
+        }
+        let s = Settled {
+            services: vec![name.to_string()],
+            ..Settled::default()
+        };
+        let _ = self.tx.send(Event::Above(Above::Watched(s)));
+    }
+
+    fn compare_files(&mut self, name: &str) {
+        let Some(bin) = self.guarded(name) else {
+            return;
+        };
+        let Some(e) = self.services.get(name) else {
+            return;
+        };
+        match compare(e.files.running, Ident::at(&bin)) {
+            Change::Same => {}
+            Change::New => self.relink_running(name),
+            Change::Gone if e.svc.stoppable() => {
+                let msg = format!("{} was removed: stopping", bin.display());
+                self.event(log::Level::Warn, name, None, RecordKind::Stopping, msg);
+                let stop = MachineEvent::Stop {
+                    then: AfterStop::Stay,
+                    origin: Origin::Reload,
+                };
+                let _ = self.feed(name, stop);
+                self.settle();
+            }
+            Change::Gone => {}
+            Change::Renamed => self.begin_watched(name, bin, false),
+            Change::Rewritten => self.begin_watched(name, bin, true),
+        }
+    }
+
+    /// A new binary at the path: hashed, checked and linked on a thread, then the
+    /// upgrade goes on in `installed` as one asked for by `upgrade`.
+    fn begin_watched(&mut self, name: &str, bin: PathBuf, in_place: bool) {
+        let dir = self.persist.as_ref().map(|p| p.dir());
+        let tx = self.tx.clone();
+        let service = name.to_string();
+        let job = move || {
+            let result = watched_install(&service, &bin, in_place, dir.as_deref());
+            let done = Installed {
+                service,
+                rollback: false,
+                watched: true,
+                result,
+                // Nobody waits for the answer.
+                reply: crossbeam_channel::bounded(1).0,
+            };
+            let _ = tx.send(Event::Above(Above::Installed(done)));
+        };
+        let spawned = std::thread::Builder::new()
+            .name("upgrade".into())
+            .spawn(job);
+        match (spawned, self.services.get_mut(name)) {
+            (Ok(_), Some(e)) => e.upgrade.set_busy(),
+            (Err(err), _) => log::error!("{name}: cannot upgrade: cannot create a thread: {err}"),
+            _ => {}
+        }
+    }
+
+    /// A stopped or failed service's binary changed: recorded, used at its next start.
+    pub(super) fn changed_while_stopped(&mut self, name: &str, d: Done) {
+        let Some(e) = self.services.get_mut(name) else {
+            return;
+        };
+        e.upgrade.history.push(Record {
+            at_ms: now_ms(),
+            from: d.from,
+            to: d.to.clone(),
+            result: "ok".into(),
+        });
+        let msg = format!(
+            "new binary {} in place; used at the next start",
+            d.to.get(..12).unwrap_or(&d.to)
+        );
+        self.event(log::Level::Info, name, None, RecordKind::Upgraded, msg);
+        self.upgrade_done(name);
+        self.rewatch_deferred(name);
+    }
+
+    /// An upgrade with nothing to go back to failed: the service stops and is `failed`.
+    pub(super) fn fail_without_prev(&mut self, name: &str, result: &str) {
+        if let Some(e) = self.services.get_mut(name) {
+            e.files.fail_at_rest = Some(format!("{result} (no previous binary)"));
+        }
+        let stop = MachineEvent::Stop {
+            then: AfterStop::Stay,
+            origin: Origin::Reload,
+        };
+        let _ = self.feed(name, stop);
+        self.fail_at_rest();
+    }
+
+    /// Services waiting to be `failed` once at rest (after each batch of events).
+    pub(super) fn fail_at_rest(&mut self) {
+        for e in self.services.values_mut() {
+            if e.files.fail_at_rest.is_some() && !e.svc.is_active() && e.svc.stopping().is_none() {
+                if let Some(why) = e.files.fail_at_rest.take() {
+                    e.svc.fail_at_rest(why);
+                }
+            }
+        }
+    }
+}
+
+/// The thread's part: the new file checked as `upgrade` checks one (as root, planted by
+/// another user is refused), both hashed, the marker in `state_dir`, the link that held
+/// the old bytes kept as `NAME.prev`, the link made to the new file.
+fn watched_install(
+    service: &str,
+    bin: &Path,
+    in_place: bool,
+    dir: Option<&super::persist::StateDir>,
+) -> Result<Done, String> {
+    let mut file = install::open_checked(bin)?;
+    let installed = file.metadata().ok().map(|m| Ident::of(&m));
+    let to = crate::control::sha256::open_file_hex(&mut file)
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let running = install::running_path(bin);
+    let from = if in_place {
+        String::new()
+    } else {
+        sha(&running)?
+    };
+    if !in_place && from == to {
+        install::link_running(bin).map_err(|e| format!("{}: {e}", running.display()))?;
+        return Ok(Done {
+            from,
+            to,
+            unchanged: true,
+            installed,
+            no_prev: false,
+        });
+    }
+    super::upgrading::write_pending(service, bin, &from, &to, dir)?;
+    if !in_place {
+        install::running_becomes_prev(bin)?;
+    }
+    install::link_running(bin).map_err(|e| format!("{}: {e}", running.display()))?;
+    Ok(Done {
+        from,
+        to,
+        unchanged: false,
+        installed,
+        no_prev: in_place,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ino: u64, size: u64, mtime_ns: i128) -> Ident {
+        Ident {
+            dev: 1,
+            ino,
+            size,
+            mtime_ns,
+        }
+    }
+
+    #[test]
+    fn a_binary_is_compared_with_the_file_it_runs() {
+        let running = Some(id(7, 100, 5));
+        assert_eq!(compare(running, Some(id(7, 100, 5))), Change::Same);
+        assert_eq!(compare(None, Some(id(7, 100, 5))), Change::New);
+        assert_eq!(compare(running, None), Change::Gone);
+        assert_eq!(compare(None, None), Change::Gone);
+        assert_eq!(compare(running, Some(id(8, 100, 5))), Change::Renamed);
+        assert_eq!(compare(running, Some(id(7, 120, 5))), Change::Rewritten);
+        assert_eq!(compare(running, Some(id(7, 100, 6))), Change::Rewritten);
+    }
+}
