@@ -184,6 +184,42 @@ fn a_version_renamed_over_is_upgraded_and_a_broken_one_rolled_back() {
 }
 
 #[test]
+fn a_rollback_never_puts_the_old_binary_over_a_newer_one() {
+    let sb = Sandbox::new();
+    let out = sb.path("out");
+    let body = |v: &str, then: &str| format!("echo {v} > {}\n{then}", out.display());
+    let bin = sb.service("swap", &body("v1", "exec sleep 1000"));
+    watched(&sb, json!({"swap": {"upgrade_grace_ms": 1500}}));
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("swap", None);
+    let says = |v: &str| std::fs::read_to_string(&out).is_ok_and(|s| s.trim() == v);
+    assert!(wait_until(DEADLINE, || says("v1")));
+    rename_over(&sb, "swap", &body("bad", "sleep 1; exit 3"));
+    assert!(
+        wait_until(DEADLINE, || says("bad")),
+        "the new binary never ran"
+    );
+    // Within its window, a newer version arrives: the failing one is not undone over it.
+    rename_over(&sb, "swap", &body("v3", "exec sleep 1000"));
+    assert!(
+        wait_until(DEADLINE, || upgrades(&sb, "swap").len() == 2
+            && upgrades(&sb, "swap")[1]["result"] == "ok"),
+        "{:?}",
+        upgrades(&sb, "swap")
+    );
+    let u = upgrades(&sb, "swap");
+    let first = u[0]["result"].as_str().unwrap();
+    assert!(
+        first.contains("was replaced since the upgrade began"),
+        "{u:?}"
+    );
+    assert_eq!(u[1]["from"], u[0]["to"], "{u:?}");
+    assert!(says("v3"));
+    assert!(std::fs::read_to_string(&bin).unwrap().contains("v3"));
+    assert_eq!(sb.service_status("swap")["state"], "running");
+}
+
+#[test]
 fn a_binary_rewritten_in_place_fails_with_no_previous_binary() {
     let sb = Sandbox::new();
     let bin = sb.service("inplace", "exec sleep 1000");

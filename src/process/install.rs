@@ -130,7 +130,7 @@ fn copy_in(src: &mut File, tmp: &Path, old: &fs::Metadata) -> io::Result<()> {
 /// `.NAME.running` beside `NAME`: the daemon's hard link to the binary a service runs,
 /// so that its bytes survive a new file renamed over `NAME` (docs/watching.md).
 pub fn running_path(binary: &Path) -> PathBuf {
-    beside(binary, ".running").unwrap_or_else(|_| binary.with_extension("running"))
+    beside(binary, ".running").unwrap_or_default()
 }
 
 /// Which file a path names, and its content as far as metadata tells: a rename over

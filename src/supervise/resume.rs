@@ -56,7 +56,7 @@ impl Supervisor {
         let now = Instant::now();
         let c_reply = c.reply;
         self.gen = c.gen;
-        self.link_all_running();
+        self.adopt_running();
         let unreaped = c.unreaped.into_iter().collect();
         for name in &c.stops {
             self.stops.request(name);

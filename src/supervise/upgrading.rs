@@ -85,10 +85,6 @@ impl Upgrades {
         self.active.as_ref().and_then(|a| a.watch.deadline())
     }
 
-    pub(super) fn set_busy(&mut self) {
-        self.busy = true;
-    }
-
     /// File work in flight or a grace window open: the watcher's news waits for it.
     pub fn under_way(&self) -> bool {
         self.busy || self.active.is_some()
@@ -131,6 +127,14 @@ impl Upgrades {
             history: History::from_json(&v["history"]),
         }
     }
+}
+
+/// What the upgrade thread does: install a file (`upgrade`), put the previous binary
+/// back (`rollback`), or take the file the watcher saw in place.
+pub(super) enum Work {
+    Install(PathBuf, std::fs::File),
+    PutBack,
+    Watched { in_place: bool },
 }
 
 /// The file work's result, back on the loop.
@@ -203,20 +207,40 @@ impl Supervisor {
             a.answer(error_reply("upgrade rolled back by hand").into());
             self.forget_pending(&name);
         }
+        let work = match path {
+            Some((p, file)) => Work::Install(p, file),
+            None => Work::PutBack,
+        };
+        self.start_file_work(&name, binary, work, reply)
+    }
+
+    /// Starts the file work of an upgrade or a rollback on a thread of its own (one
+    /// kind of thread for all of them); the result comes back as `Installed`.
+    pub(super) fn start_file_work(
+        &mut self,
+        name: &str,
+        binary: PathBuf,
+        work: Work,
+        reply: Sender<Reply>,
+    ) -> Result<(), String> {
         let dir = self.persist.as_ref().map(|p| p.dir());
         let tx = self.tx.clone();
-        let service = name.clone();
+        let service = name.to_string();
+        let rollback = matches!(work, Work::PutBack);
+        let watched = matches!(work, Work::Watched { .. });
         let job = move || {
-            let result = match path {
-                Some((p, mut file)) => {
-                    install_new(&service, &binary, &p, &mut file, dir.as_deref())
+            let dir = dir.as_deref();
+            let result = match work {
+                Work::Install(p, mut file) => install_new(&service, &binary, &p, &mut file, dir),
+                Work::PutBack => put_back(&binary),
+                Work::Watched { in_place } => {
+                    super::watching::watched_install(&service, &binary, in_place, dir)
                 }
-                None => put_back(&binary),
             };
             let done = Installed {
                 service,
                 rollback,
-                watched: false,
+                watched,
                 result,
                 reply,
             };
@@ -228,7 +252,7 @@ impl Supervisor {
             .name("upgrade".into())
             .spawn(job)
             .map_err(|e| format!("cannot create a thread: {e}"))?;
-        if let Some(e) = self.services.get_mut(&name) {
+        if let Some(e) = self.services.get_mut(name) {
             e.upgrade.busy = true;
         }
         Ok(())
@@ -455,9 +479,11 @@ impl Supervisor {
             if let Some(e) = self.services.get_mut(name) {
                 e.svc.ending(result.clone());
             }
+            // A file that replaced the new one is the watcher's next upgrade, with its
+            // own window: no restart onto it here.
             if a.no_prev {
                 self.fail_without_prev(name, &result);
-            } else {
+            } else if !(replaced && self.guarded(name).is_some()) {
                 let _ = self.feed(name, MachineEvent::Restart);
             }
         }

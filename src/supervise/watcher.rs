@@ -18,7 +18,6 @@
 
 use super::event::{Above, Event};
 use crossbeam_channel::Sender;
-use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -49,46 +48,48 @@ pub enum Key {
 }
 
 /// The settle bookkeeping: one deadline per key, pushed back by every new event for
-/// it. Pure: the caller passes the time.
+/// it. Pure: the caller passes the time. A list, not a map: it holds the services
+/// changing right now, a handful (and a map's code is kilobytes of the binary).
 #[derive(Debug)]
 pub struct Settle {
     quiet: Duration,
-    due: BTreeMap<Key, Instant>,
+    due: Vec<(Key, Instant)>,
 }
 
 impl Settle {
     pub fn new(quiet: Duration) -> Settle {
         Settle {
             quiet,
-            due: BTreeMap::new(),
+            due: Vec::new(),
         }
     }
 
     /// Something of `key` changed at `now`: it acts once quiet for the settle time.
     pub fn touch(&mut self, key: Key, now: Instant) {
-        self.due.insert(key, now + self.quiet);
+        let at = now + self.quiet;
+        match self.due.iter_mut().find(|(k, _)| *k == key) {
+            Some(d) => d.1 = at,
+            None => self.due.push((key, at)),
+        }
     }
 
     /// The earliest deadline, if anything is pending.
     pub fn deadline(&self) -> Option<Instant> {
-        self.due.values().min().copied()
+        self.due.iter().map(|(_, d)| *d).min()
     }
 
     /// The keys quiet since their settle time, gathered into one message (None when
     /// none is due), and forgotten.
     pub fn take_due(&mut self, now: Instant) -> Option<Settled> {
-        let due: Vec<Key> = self
-            .due
-            .iter()
-            .filter(|(_, d)| **d <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        if due.is_empty() {
+        if !self.due.iter().any(|(_, d)| *d <= now) {
             return None;
         }
+        let (due, left) = std::mem::take(&mut self.due)
+            .into_iter()
+            .partition(|(_, d)| *d <= now);
+        self.due = left;
         let mut s = Settled::default();
-        for k in due {
-            self.due.remove(&k);
+        for (k, _) in due {
             match k {
                 Key::Service(n) => s.services.push(n),
                 Key::ConfD => s.confd = true,
@@ -171,7 +172,8 @@ const FILES_MASK: u32 = ROOT_MASK
 /// The inotify descriptor and what each of its watches is.
 struct Watches {
     fd: OwnedFd,
-    dirs: HashMap<i32, Dir>,
+    /// By watch descriptor (a list: one per service directory, looked up per event).
+    dirs: Vec<(i32, Dir)>,
     services_dir: PathBuf,
     confd: Option<PathBuf>,
 }
@@ -184,7 +186,9 @@ impl Watches {
         // SAFETY: a valid descriptor and a NUL-terminated path; returns a watch or -1.
         let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), mask) };
         if wd >= 0 {
-            self.dirs.insert(wd, dir);
+            // Adding a watched path again returns its descriptor.
+            self.dirs.retain(|(w, _)| *w != wd);
+            self.dirs.push((wd, dir));
         } else {
             let e = io::Error::last_os_error();
             // A directory gone again before it was watched is no news.
@@ -246,7 +250,7 @@ pub fn spawn(
     let mut w = Watches {
         // SAFETY: fd was just opened and is owned here alone.
         fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        dirs: HashMap::new(),
+        dirs: Vec::new(),
         services_dir,
         confd,
     };
@@ -337,11 +341,11 @@ fn book(
 ) {
     if mask & libc::IN_IGNORED != 0 {
         // The directory went (or its watch was removed): its descriptor may be reused.
-        w.dirs.remove(&wd);
+        w.dirs.retain(|(w, _)| *w != wd);
         return;
     }
-    let seen = match w.dirs.get(&wd) {
-        Some(dir) => classify(dir, name, mask),
+    let seen = match w.dirs.iter().find(|(w, _)| *w == wd) {
+        Some((_, dir)) => classify(dir, name, mask),
         None => classify(&Dir::Root, None, mask),
     };
     match seen {

@@ -18,7 +18,7 @@ use super::event::{Above, Event};
 use super::machine::{AfterStop, Event as MachineEvent, Origin};
 use super::supervisor::Supervisor;
 use super::upgrade::Record;
-use super::upgrading::{now_ms, sha, Done, Installed};
+use super::upgrading::{now_ms, sha, Done, Work};
 use super::watcher::Settled;
 use crate::output::record::RecordKind;
 use crate::process::install::{self, Ident};
@@ -67,7 +67,7 @@ impl Supervisor {
 
     /// The binary the watcher guards for `name`: its path when that is
     /// `services_dir/NAME/NAME` (a `binary_path` elsewhere, or a symlink, is not).
-    fn guarded(&self, name: &str) -> Option<PathBuf> {
+    pub(super) fn guarded(&self, name: &str) -> Option<PathBuf> {
         let e = self.services.get(name)?;
         let p = self.cfg.settings.services_dir.join(name).join(name);
         (self.watching() && e.svc.spec().process.binary == p).then_some(p)
@@ -78,6 +78,33 @@ impl Supervisor {
         let names: Vec<String> = self.services.keys().cloned().collect();
         for name in names {
             self.relink_running(&name);
+        }
+    }
+
+    /// After `upgrade-self`: the links the previous image made name what the services
+    /// run (a change during the handover is no change to them); every service is then
+    /// compared with its files, since the handover's events were not watched.
+    pub(super) fn adopt_running(&mut self) {
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            let Some(bin) = self.guarded(&name) else {
+                continue;
+            };
+            match Ident::at(&install::running_path(&bin)) {
+                Some(id) => {
+                    if let Some(e) = self.services.get_mut(&name) {
+                        e.files.running = Some(id);
+                    }
+                }
+                None => self.relink_running(&name),
+            }
+        }
+        if self.watching() {
+            let s = Settled {
+                rescan: true,
+                ..Settled::default()
+            };
+            let _ = self.tx.send(Event::Above(Above::Watched(s)));
         }
     }
 
@@ -188,28 +215,10 @@ impl Supervisor {
     /// A new binary at the path: hashed, checked and linked on a thread, then the
     /// upgrade goes on in `installed` as one asked for by `upgrade`.
     fn begin_watched(&mut self, name: &str, bin: PathBuf, in_place: bool) {
-        let dir = self.persist.as_ref().map(|p| p.dir());
-        let tx = self.tx.clone();
-        let service = name.to_string();
-        let job = move || {
-            let result = watched_install(&service, &bin, in_place, dir.as_deref());
-            let done = Installed {
-                service,
-                rollback: false,
-                watched: true,
-                result,
-                // Nobody waits for the answer.
-                reply: crossbeam_channel::bounded(1).0,
-            };
-            let _ = tx.send(Event::Above(Above::Installed(done)));
-        };
-        let spawned = std::thread::Builder::new()
-            .name("upgrade".into())
-            .spawn(job);
-        match (spawned, self.services.get_mut(name)) {
-            (Ok(_), Some(e)) => e.upgrade.set_busy(),
-            (Err(err), _) => log::error!("{name}: cannot upgrade: cannot create a thread: {err}"),
-            _ => {}
+        // Nobody waits for the answer.
+        let reply = crossbeam_channel::bounded(1).0;
+        if let Err(e) = self.start_file_work(name, bin, Work::Watched { in_place }, reply) {
+            log::error!("{name}: cannot upgrade: {e}");
         }
     }
 
@@ -261,7 +270,7 @@ impl Supervisor {
 /// The thread's part: the new file checked as `upgrade` checks one (as root, planted by
 /// another user is refused), both hashed, the marker in `state_dir`, the link that held
 /// the old bytes kept as `NAME.prev`, the link made to the new file.
-fn watched_install(
+pub(super) fn watched_install(
     service: &str,
     bin: &Path,
     in_place: bool,
