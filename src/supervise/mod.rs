@@ -20,6 +20,7 @@ mod snapshot;
 pub mod state;
 pub mod supervisor;
 pub mod upgrade;
+mod upgrade_work;
 mod upgrading;
 mod views;
 pub mod watchdog;

@@ -1,6 +1,6 @@
 //! `upgrade` and `rollback` on the loop's side (docs/sockets-and-upgrades.md): the checks,
-//! the file work handed to a thread (hashing and copying a binary takes as long as it is
-//! large, and the loop never waits on anything but its channel), the restart onto the new
+//! the file work handed to a thread (`upgrade_work.rs`: hashing and copying a binary
+//! takes as long as it is large, and the loop never waits on anything but its channel), the restart onto the new
 //! binary, the grace window judged after every batch of events (`upgrade.rs`), putting the
 //! old binary back when the new one fails, the version history in `status` and in
 //! `state_dir`, and the settling at start-up of an upgrade a crash cut short.
@@ -13,15 +13,15 @@ use super::machine::{AfterStop, Event as MachineEvent};
 use super::state::reason;
 use super::supervisor::Supervisor;
 use super::upgrade::{History, Pending, Record, Verdict, View, Watch};
+use super::upgrade_work::{now_ms, sha, Installed, Work};
 use crate::common::protocol::Response;
 use crate::control::socket::{error_reply, Cmd, Reply, Request};
 use crate::output::record::RecordKind;
-use crate::output::timefmt;
 use crate::process::install;
 use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// The answer to `upgrade` or `rollback`: what happened, and the binary now installed.
 fn installed_reply(result: &str, sha256: String) -> Response {
@@ -36,7 +36,7 @@ fn installed_reply(result: &str, sha256: String) -> Response {
 const HISTORY_FILE: &str = "upgrades.json";
 
 /// The marker of an upgrade under way, in `state_dir`.
-fn pending_file(service: &str) -> String {
+pub(super) fn pending_file(service: &str) -> String {
     format!("upgrade-{service}.pending")
 }
 
@@ -85,6 +85,10 @@ impl Upgrades {
         self.active.as_ref().and_then(|a| a.watch.deadline())
     }
 
+    pub(super) fn set_busy(&mut self) {
+        self.busy = true;
+    }
+
     /// File work in flight or a grace window open: the watcher's news waits for it.
     pub fn under_way(&self) -> bool {
         self.busy || self.active.is_some()
@@ -127,44 +131,6 @@ impl Upgrades {
             history: History::from_json(&v["history"]),
         }
     }
-}
-
-/// What the upgrade thread does: install a file (`upgrade`), put the previous binary
-/// back (`rollback`), or take the file the watcher saw in place.
-pub(super) enum Work {
-    Install(PathBuf, std::fs::File),
-    PutBack,
-    Watched { in_place: bool },
-}
-
-/// The file work's result, back on the loop.
-pub struct Installed {
-    pub(super) service: String,
-    pub(super) rollback: bool,
-    /// The watcher saw the new binary in place (docs/watching.md): it has no client,
-    /// and a stopped service is not started by it.
-    pub(super) watched: bool,
-    pub(super) result: Result<Done, String>,
-    pub(super) reply: Sender<Reply>,
-}
-
-pub(super) struct Done {
-    pub(super) from: String,
-    pub(super) to: String,
-    /// The new binary is the one installed already: nothing was done.
-    pub(super) unchanged: bool,
-    /// The file now at the binary's path, as installed.
-    pub(super) installed: Option<install::Ident>,
-    /// Rewritten in place: no previous binary.
-    pub(super) no_prev: bool,
-}
-
-pub(super) fn now_ms() -> u64 {
-    timefmt::unix_ms(SystemTime::now())
-}
-
-pub(super) fn sha(path: &Path) -> Result<String, String> {
-    crate::control::sha256::file_hex(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 impl Supervisor {
@@ -212,50 +178,6 @@ impl Supervisor {
             None => Work::PutBack,
         };
         self.start_file_work(&name, binary, work, reply)
-    }
-
-    /// Starts the file work of an upgrade or a rollback on a thread of its own (one
-    /// kind of thread for all of them); the result comes back as `Installed`.
-    pub(super) fn start_file_work(
-        &mut self,
-        name: &str,
-        binary: PathBuf,
-        work: Work,
-        reply: Sender<Reply>,
-    ) -> Result<(), String> {
-        let dir = self.persist.as_ref().map(|p| p.dir());
-        let tx = self.tx.clone();
-        let service = name.to_string();
-        let rollback = matches!(work, Work::PutBack);
-        let watched = matches!(work, Work::Watched { .. });
-        let job = move || {
-            let dir = dir.as_deref();
-            let result = match work {
-                Work::Install(p, mut file) => install_new(&service, &binary, &p, &mut file, dir),
-                Work::PutBack => put_back(&binary),
-                Work::Watched { in_place } => {
-                    super::watching::watched_install(&service, &binary, in_place, dir)
-                }
-            };
-            let done = Installed {
-                service,
-                rollback,
-                watched,
-                result,
-                reply,
-            };
-            let _ = tx.send(super::event::Event::Above(super::event::Above::Installed(
-                done,
-            )));
-        };
-        std::thread::Builder::new()
-            .name("upgrade".into())
-            .spawn(job)
-            .map_err(|e| format!("cannot create a thread: {e}"))?;
-        if let Some(e) = self.services.get_mut(name) {
-            e.upgrade.busy = true;
-        }
-        Ok(())
     }
 
     /// The file work is done: restart onto the new binary and open its window, or
@@ -584,76 +506,6 @@ impl Supervisor {
 /// The first 12 hex digits, for log lines.
 fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
-}
-
-/// The thread's part of an upgrade: both hashes, the marker in `state_dir`, then the
-/// binary in place. `file` is `new` as opened and checked: what is hashed and copied.
-fn install_new(
-    service: &str,
-    binary: &Path,
-    new: &Path,
-    file: &mut std::fs::File,
-    dir: Option<&super::persist::StateDir>,
-) -> Result<Done, String> {
-    let from = sha(binary).map_err(|e| format!("service binary {e}"))?;
-    let to = crate::control::sha256::open_file_hex(file)
-        .map_err(|e| format!("{}: {e}", new.display()))?;
-    if from == to {
-        return Ok(Done {
-            from,
-            to,
-            unchanged: true,
-            installed: None,
-            no_prev: false,
-        });
-    }
-    write_pending(service, binary, &from, &to, dir)?;
-    install::install(binary, new, file).inspect_err(|_| {
-        if let Some(d) = dir {
-            let _ = d.remove_file(&pending_file(service));
-        }
-    })?;
-    Ok(Done {
-        from,
-        to,
-        unchanged: false,
-        installed: install::Ident::at(binary),
-        no_prev: false,
-    })
-}
-
-/// The marker of an upgrade under way, written to `state_dir` (if there is one) before
-/// the binary is replaced.
-pub(super) fn write_pending(
-    service: &str,
-    binary: &Path,
-    from: &str,
-    to: &str,
-    dir: Option<&super::persist::StateDir>,
-) -> Result<(), String> {
-    let Some(d) = dir else { return Ok(()) };
-    let p = Pending {
-        binary: binary.display().to_string(),
-        from: from.to_string(),
-        to: to.to_string(),
-        at_ms: now_ms(),
-    };
-    d.write_file(&pending_file(service), &p.to_text())
-        .map_err(|e| format!("state_dir: cannot record the upgrade: {e}"))
-}
-
-/// The thread's part of a rollback by hand.
-fn put_back(binary: &Path) -> Result<Done, String> {
-    let from = sha(binary).unwrap_or_default();
-    let to = sha(&install::prev_path(binary))?;
-    install::restore_prev(binary)?;
-    Ok(Done {
-        from,
-        to,
-        unchanged: false,
-        installed: install::Ident::at(binary),
-        no_prev: false,
-    })
 }
 
 /// For `status --json`.

@@ -18,11 +18,11 @@ use super::event::{Above, Event};
 use super::machine::{AfterStop, Event as MachineEvent, Origin};
 use super::supervisor::Supervisor;
 use super::upgrade::Record;
-use super::upgrading::{now_ms, sha, Done, Work};
+use super::upgrade_work::{now_ms, Done, Work};
 use super::watcher::Settled;
 use crate::output::record::RecordKind;
 use crate::process::install::{self, Ident};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// What the loop keeps per service for the watcher.
 #[derive(Debug, Default)]
@@ -265,49 +265,6 @@ impl Supervisor {
             }
         }
     }
-}
-
-/// The thread's part: the new file checked as `upgrade` checks one (as root, planted by
-/// another user is refused), both hashed, the marker in `state_dir`, the link that held
-/// the old bytes kept as `NAME.prev`, the link made to the new file.
-pub(super) fn watched_install(
-    service: &str,
-    bin: &Path,
-    in_place: bool,
-    dir: Option<&super::persist::StateDir>,
-) -> Result<Done, String> {
-    let mut file = install::open_checked(bin)?;
-    let installed = file.metadata().ok().map(|m| Ident::of(&m));
-    let to = crate::control::sha256::open_file_hex(&mut file)
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
-    let running = install::running_path(bin);
-    let from = if in_place {
-        String::new()
-    } else {
-        sha(&running)?
-    };
-    if !in_place && from == to {
-        install::link_running(bin).map_err(|e| format!("{}: {e}", running.display()))?;
-        return Ok(Done {
-            from,
-            to,
-            unchanged: true,
-            installed,
-            no_prev: false,
-        });
-    }
-    super::upgrading::write_pending(service, bin, &from, &to, dir)?;
-    if !in_place {
-        install::running_becomes_prev(bin)?;
-    }
-    install::link_running(bin).map_err(|e| format!("{}: {e}", running.display()))?;
-    Ok(Done {
-        from,
-        to,
-        unchanged: false,
-        installed,
-        no_prev: in_place,
-    })
 }
 
 #[cfg(test)]
