@@ -37,6 +37,19 @@ pub struct Installed {
     pub(super) reply: Sender<Reply>,
 }
 
+impl Done {
+    /// A binary replaced by another, with a previous version to go back to.
+    fn replaced(from: String, to: String, installed: Option<Ident>) -> Done {
+        Done {
+            from,
+            to,
+            unchanged: false,
+            installed,
+            no_prev: false,
+        }
+    }
+}
+
 pub(super) struct Done {
     pub(super) from: String,
     pub(super) to: String,
@@ -127,13 +140,7 @@ fn install_new(
             let _ = d.remove_file(&pending_file(service));
         }
     })?;
-    Ok(Done {
-        from,
-        to,
-        unchanged: false,
-        installed: install::Ident::at(binary),
-        no_prev: false,
-    })
+    Ok(Done::replaced(from, to, install::Ident::at(binary)))
 }
 
 /// The marker of an upgrade under way, written to `state_dir` (if there is one) before
@@ -161,13 +168,7 @@ fn put_back(binary: &Path) -> Result<Done, String> {
     let from = sha(binary).unwrap_or_default();
     let to = sha(&install::prev_path(binary))?;
     install::restore_prev(binary)?;
-    Ok(Done {
-        from,
-        to,
-        unchanged: false,
-        installed: install::Ident::at(binary),
-        no_prev: false,
-    })
+    Ok(Done::replaced(from, to, install::Ident::at(binary)))
 }
 
 /// The thread's part: the new file checked as `upgrade` checks one (as root, planted by
@@ -199,8 +200,10 @@ pub(super) fn watched_install(
             no_prev: false,
         });
     }
-    write_pending(service, bin, &from, &to, dir)?;
+    // Rewritten in place, there is nothing a next start could put back: no marker
+    // (an older `NAME.prev` is no previous version of this file).
     if !in_place {
+        write_pending(service, bin, &from, &to, dir)?;
         install::running_becomes_prev(bin)?;
     }
     install::link_running(bin).map_err(|e| format!("{}: {e}", running.display()))?;
