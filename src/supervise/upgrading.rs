@@ -1,8 +1,9 @@
 //! `upgrade` and `rollback` on the loop's side (docs/sockets-and-upgrades.md): the checks,
 //! the file work handed to a thread (`upgrade_work.rs`: hashing and copying a binary
-//! takes as long as it is large, and the loop never waits on anything but its channel), the restart onto the new
-//! binary, the grace window judged after every batch of events (`upgrade.rs`), putting the
-//! old binary back when the new one fails, the version history in `status` and in
+//! takes as long as it is large, and the loop never waits on anything but its channel),
+//! the restart onto the new binary, the grace window judged after every batch of events
+//! (`upgrade.rs`), putting the old binary back when the new one fails (never over a file
+//! that replaced the new one since), the version history in `status` and in
 //! `state_dir`, and the settling at start-up of an upgrade a crash cut short.
 //!
 //! The machine is never told about upgrades: it gets the same `Restart` an operator

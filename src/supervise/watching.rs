@@ -35,6 +35,20 @@ pub struct Files {
     fail_at_rest: Option<String>,
 }
 
+impl Files {
+    /// News about the service: act on it now (true), or, with an upgrade under way,
+    /// keep it for the upgrade's end (however many come, one compare then).
+    pub fn news(&mut self, upgrade_under_way: bool) -> bool {
+        self.deferred |= upgrade_under_way;
+        !upgrade_under_way
+    }
+
+    /// The upgrade may have ended: whether news kept meanwhile is due now (once).
+    pub fn due_after(&mut self, upgrade_under_way: bool) -> bool {
+        !upgrade_under_way && std::mem::take(&mut self.deferred)
+    }
+}
+
 /// What comparing a service's binary with what it runs finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -153,9 +167,9 @@ impl Supervisor {
         };
         let mut now = Vec::new();
         for name in names {
-            match self.services.get_mut(&name) {
-                Some(e) if e.upgrade.under_way() => e.files.deferred = true,
-                _ => now.push(name),
+            let entry = self.services.get_mut(&name);
+            if entry.is_none_or(|e| e.files.news(e.upgrade.under_way())) {
+                now.push(name);
             }
         }
         if now.is_empty() && !s.confd && !s.rescan {
@@ -176,7 +190,7 @@ impl Supervisor {
         let Some(e) = self.services.get_mut(name) else {
             return;
         };
-        if e.upgrade.under_way() || !std::mem::take(&mut e.files.deferred) {
+        if !e.files.due_after(e.upgrade.under_way()) {
             return;
         }
         let s = Settled {
@@ -257,12 +271,16 @@ impl Supervisor {
 
     /// Services waiting to be `failed` once at rest (after each batch of events).
     pub(super) fn fail_at_rest(&mut self) {
+        let mut changed = false;
         for e in self.services.values_mut() {
             if e.files.fail_at_rest.is_some() && !e.svc.is_active() && e.svc.stopping().is_none() {
                 if let Some(why) = e.files.fail_at_rest.take() {
-                    e.svc.fail_at_rest(why);
+                    changed |= e.svc.fail_at_rest(why);
                 }
             }
+        }
+        if changed {
+            self.mark_state_dirty();
         }
     }
 }
@@ -278,6 +296,19 @@ mod tests {
             size,
             mtime_ns,
         }
+    }
+
+    #[test]
+    fn news_during_an_upgrade_is_kept_and_looked_at_once_when_it_ends() {
+        let mut f = Files::default();
+        assert!(f.news(false), "no upgrade: at once");
+        assert!(!f.due_after(false), "nothing kept");
+        for _ in 0..1000 {
+            assert!(!f.news(true));
+        }
+        assert!(!f.due_after(true), "still under way");
+        assert!(f.due_after(false));
+        assert!(!f.due_after(false), "once");
     }
 
     #[test]
