@@ -75,6 +75,13 @@ fn a_dropped_directory_runs_within_the_settle_time_and_a_removed_one_stops() {
         "no link to the running binary"
     );
 
+    // A symlink to a directory is a service directory too, as for discovery.
+    let elsewhere = sb.path("elsewhere/linked");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    sb.script(&elsewhere.join("linked"), "exec sleep 1000");
+    std::os::unix::fs::symlink(&elsewhere, sb.path("services/linked")).unwrap();
+    sb.wait_running("linked", None);
+
     std::fs::remove_dir_all(sb.path("services/dropped")).unwrap();
     assert!(
         wait_until(DEADLINE, || status_of(&sb, "dropped").is_null()

@@ -135,10 +135,13 @@ pub fn classify(dir: &Dir, name: Option<&str>, mask: u32) -> Seen {
         return Seen::Nothing;
     };
     let is_dir = mask & libc::IN_ISDIR != 0;
+    // In `services_dir`, a symlink to a directory is a service directory too (as for
+    // discovery), and inotify does not say where a link points: any entry with a
+    // service's name counts; watching a plain file fails quietly.
     let came = mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0;
     let went = mask & (libc::IN_DELETE | libc::IN_MOVED_FROM) != 0;
     match dir {
-        Dir::Root if is_dir && crate::config::valid_service_name(name) => {
+        Dir::Root if crate::config::valid_service_name(name) => {
             if came {
                 Seen::NewService(name.to_string())
             } else if went {
@@ -162,12 +165,8 @@ pub fn classify(dir: &Dir, name: Option<&str>, mask: u32) -> Seen {
 
 const ROOT_MASK: u32 =
     libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO | libc::IN_ONLYDIR;
-const FILES_MASK: u32 = ROOT_MASK
-    | libc::IN_CLOSE_WRITE
-    | libc::IN_MODIFY
-    | libc::IN_ATTRIB
-    | libc::IN_DONT_FOLLOW
-    | libc::IN_EXCL_UNLINK;
+const FILES_MASK: u32 =
+    ROOT_MASK | libc::IN_CLOSE_WRITE | libc::IN_MODIFY | libc::IN_ATTRIB | libc::IN_EXCL_UNLINK;
 
 /// The inotify descriptor and what each of its watches is.
 struct Watches {
@@ -191,8 +190,9 @@ impl Watches {
             self.dirs.push((wd, dir));
         } else {
             let e = io::Error::last_os_error();
-            // A directory gone again before it was watched is no news.
-            if e.raw_os_error() != Some(libc::ENOENT) {
+            // A directory gone again before it was watched, or an entry that is no
+            // directory, is no news.
+            if !matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) {
                 log::warn!("watch_services_dir: cannot watch {}: {e}", path.display());
             }
         }
@@ -223,7 +223,6 @@ impl Watches {
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter_map(|e| e.file_name().to_str().map(str::to_string))
             .filter(|n| crate::config::valid_service_name(n))
             .collect();
@@ -439,7 +438,11 @@ mod tests {
             Seen::NewService("web".into())
         );
         assert_eq!(classify(&root, Some("web"), libc::IN_DELETE | dir), touch);
-        assert_eq!(classify(&root, Some("web"), libc::IN_CREATE), Seen::Nothing);
+        // A symlink to a directory says no IN_ISDIR.
+        assert_eq!(
+            classify(&root, Some("web"), libc::IN_CREATE),
+            Seen::NewService("web".into())
+        );
         assert_eq!(
             classify(&root, Some(".hidden"), libc::IN_CREATE | dir),
             Seen::Nothing
