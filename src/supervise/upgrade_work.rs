@@ -185,6 +185,9 @@ pub(super) fn watched_install(
     let to = crate::control::sha256::open_file_hex(&mut file)
         .map_err(|e| format!("{}: {e}", bin.display()))?;
     let running = install::running_path(bin);
+    // No link kept (a file system without hard links, a directory switched by a
+    // symlink): nothing to go back to, as for a file rewritten in place.
+    let in_place = in_place || std::fs::symlink_metadata(&running).is_err();
     let from = if in_place {
         String::new()
     } else {
