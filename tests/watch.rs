@@ -4,7 +4,7 @@
 //! over the binary is upgraded and a broken one rolled back (a held socket refusing no
 //! connection throughout), a binary rewritten in place with no previous version, a burst
 //! of a thousand changes starting each service once on its last version, and (as root)
-//! a binary planted by another user refused.
+//! a binary or a whole directory planted by another user refused.
 
 use crate::sockets::{ask_tcp, free_port, server_body, Prober};
 use crate::util::*;
@@ -301,4 +301,21 @@ fn as_root_a_binary_planted_by_another_user_is_refused() {
     d.wait_log(&["planted", "refusing"]);
     assert_eq!(sb.service_status("planted")["pid"], pid);
     assert!(upgrades(&sb, "planted").is_empty());
+
+    // A whole directory planted by another user is refused too.
+    let staged = sb.path("staging/intruder");
+    std::fs::create_dir_all(&staged).unwrap();
+    sb.script(&staged.join("intruder"), "exec sleep 1000");
+    for p in [staged.join("intruder"), staged.clone()] {
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+    }
+    std::fs::rename(&staged, sb.path("services/intruder")).unwrap();
+    let s = sb.wait_state("intruder", "failed");
+    assert!(
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused")),
+        "{s}"
+    );
+    assert!(s["pid"].is_null(), "{s}");
 }
