@@ -2,7 +2,8 @@
 //! binary: a dropped directory runs within the settle time and a second, a binary copied
 //! in slowly starts only once whole, a removed directory stops, a new version renamed
 //! over the binary is upgraded and a broken one rolled back (a held socket refusing no
-//! connection throughout), a binary rewritten in place with no previous version, a burst
+//! connection throughout) and never put back over a newer one, a symlinked directory,
+//! a binary rewritten in place with no previous version, a burst
 //! of a thousand changes starting each service once on its last version, and (as root)
 //! a binary or a whole directory planted by another user refused.
 
