@@ -16,6 +16,7 @@
 
 use super::event::{Above, Event};
 use super::machine::{AfterStop, Event as MachineEvent, Origin};
+use super::reload::{summarize, Decision};
 use super::supervisor::Supervisor;
 use super::upgrade::Record;
 use super::upgrade_work::{now_ms, Done, Work};
@@ -176,7 +177,17 @@ impl Supervisor {
             return;
         }
         match self.reload(false) {
-            Ok(plan) => log::info!("services_dir changed: {}", super::reload::summarize(&plan)),
+            // The daemon's own links touch a binary's metadata (its link count): a
+            // reload that finds nothing to do is no news worth a line at info.
+            Ok(plan) => {
+                let quiet = plan.iter().all(|(_, d)| *d == Decision::Unchanged);
+                let level = if quiet {
+                    log::Level::Debug
+                } else {
+                    log::Level::Info
+                };
+                log::log!(level, "services_dir changed: {}", summarize(&plan));
+            }
             Err(e) => log::error!("services_dir changed, but the configuration is refused: {e}"),
         }
         for name in now {
