@@ -264,6 +264,10 @@ class Supervisor:
                 pass
 
 
+# `--watch`: orchestrator runs with its services_dir watcher on.
+WATCH = False
+
+
 class Orch(Supervisor):
     name = "orchestrator"
     # `--baseline PATH` adds a column for another build, measured in the same run.
@@ -289,6 +293,8 @@ class Orch(Supervisor):
             },
             "services": {n: {"pass_service_args": False, **(keys or {})} for n in services},
         }
+        if WATCH:
+            cfg["orchestrator"]["watch_services_dir"] = True
         self.cfg = os.path.join(self.work, "orchestrator.json")
         with open(self.cfg, "w") as f:
             json.dump(cfg, f)
@@ -783,9 +789,13 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--only", help="comma-separated workloads: footprint,start,idle,restart,hardening,seccomp,log,shutdown,kill,size,curve,handover,reexec")
+    ap.add_argument("--watch", action="store_true",
+                    help="orchestrator with watch_services_dir on (its watcher must add no wake-up)")
     ap.add_argument("--baseline", help="another orchestrator binary (say, main before a change), "
                     "measured in the same run as a column of its own")
     args = ap.parse_args()
+    global WATCH
+    WATCH = args.watch
     if args.baseline:
         ALL.insert(1, type("OrchBaseline", (Orch,), {"name": "orchestrator-before",
                                                      "binary": os.path.abspath(args.baseline)}))

@@ -118,6 +118,7 @@ fn start(
     let mut instance_fds = inst.fds(std::os::fd::AsRawFd::as_raw_fd(&listener));
     instance_fds.argv = successor_argv(&overrides, cfg.path.as_deref(), daemon, pidfile.as_deref());
     start_threads(signals, listener, reserve, &tx, &s)?;
+    start_watcher(&cfg, &tx);
     log_started(&plan, &socket, reap_orphans);
     let sup = supervisor::Supervisor::new(
         overrides,
@@ -347,6 +348,28 @@ fn start_threads(
         }
     }
     Ok(())
+}
+
+/// With `watch_services_dir`, the watcher of `services_dir` and `conf.d`. One that
+/// cannot be started is reported, not fatal: the services run, unwatched.
+fn start_watcher(cfg: &Config, tx: &crossbeam_channel::Sender<crate::supervise::event::Event>) {
+    let s = &cfg.settings;
+    if !s.watch_services_dir {
+        return;
+    }
+    let confd = cfg
+        .path
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|d| d.join("conf.d"));
+    let settle = Duration::from_millis(s.watch_settle_ms);
+    match crate::supervise::watcher::spawn(s.services_dir.clone(), confd, settle, tx.clone()) {
+        Ok(()) => log::info!("watching {}", s.services_dir.display()),
+        Err(e) => log::error!(
+            "watch_services_dir: cannot watch {}: {e}; running unwatched",
+            s.services_dir.display()
+        ),
+    }
 }
 
 fn log_started(plan: &Plan, socket: &Path, reap_orphans: bool) {

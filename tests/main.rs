@@ -33,4 +33,5 @@ mod terminal;
 mod trust;
 mod upgrade;
 mod upgrade_self;
+mod watch;
 mod watchdog;

@@ -187,6 +187,11 @@ pub struct Settings {
     /// (docs/lifecycle.md).
     #[serde(deserialize_with = "millis::opt")]
     pub retry_failed_ms: Option<u64>,
+    /// Act on changes in `services_dir` and `conf.d` (docs/watching.md).
+    pub watch_services_dir: bool,
+    /// How long a service's files must be quiet before the watcher acts on them.
+    #[serde(deserialize_with = "millis::one")]
+    pub watch_settle_ms: u64,
 }
 
 impl Default for Settings {
@@ -216,6 +221,8 @@ impl Default for Settings {
             watchdog: None,
             strict_modes: true,
             retry_failed_ms: None,
+            watch_services_dir: false,
+            watch_settle_ms: 500,
         }
     }
 }

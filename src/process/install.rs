@@ -127,6 +127,72 @@ fn copy_in(src: &mut File, tmp: &Path, old: &fs::Metadata) -> io::Result<()> {
     dst.sync_all()
 }
 
+/// `.NAME.running` beside `NAME`: the daemon's hard link to the binary a service runs,
+/// so that its bytes survive a new file renamed over `NAME` (docs/watching.md).
+pub fn running_path(binary: &Path) -> PathBuf {
+    beside(binary, ".running").unwrap_or_default()
+}
+
+/// Which file a path names, and its content as far as metadata tells: a rename over
+/// the path changes the inode, a rewrite in place the size or the modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ident {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+impl Ident {
+    pub fn of(m: &fs::Metadata) -> Ident {
+        Ident {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        }
+    }
+
+    /// The regular file at `path` (a symlink is not followed), if there is one.
+    pub fn at(path: &Path) -> Option<Ident> {
+        fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| Ident::of(&m))
+    }
+
+    /// The same file (whatever its content).
+    pub fn same_file(&self, other: &Ident) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
+    }
+}
+
+/// Makes `.NAME.running` a hard link to what `binary` names now (a new link beside it,
+/// renamed over the old one, so it always names a whole file).
+pub fn link_running(binary: &Path) -> io::Result<()> {
+    let tmp = beside(binary, ".running.tmp")?;
+    let _ = fs::remove_file(&tmp);
+    fs::hard_link(binary, &tmp)?;
+    fs::rename(&tmp, running_path(binary)).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+/// The file `.NAME.running` names becomes `<binary>.prev` (one rename, then the
+/// directory is fsynced): the previous binary of an upgrade by a file renamed over
+/// `binary`.
+pub fn running_becomes_prev(binary: &Path) -> Result<(), String> {
+    let running = running_path(binary);
+    fs::rename(&running, prev_path(binary))
+        .and_then(|()| sync_dir(binary))
+        .map_err(|e| {
+            format!(
+                "cannot keep {} as the previous binary: {e}",
+                running.display()
+            )
+        })
+}
+
 /// Puts `<binary>.prev` back at `binary` (one rename), and fsyncs the directory.
 pub fn restore_prev(binary: &Path) -> Result<(), String> {
     let prev = prev_path(binary);

@@ -13,7 +13,10 @@ pub enum Above {
     Control(Request, Sender<Reply>),
     /// The file work of an `upgrade` or `rollback` is done (off the loop: copying and
     /// hashing a binary takes as long as the binary is large).
-    Installed(crate::supervise::upgrading::Installed),
+    Installed(crate::supervise::upgrade_work::Installed),
+    /// Files in `services_dir` or `conf.d` changed and have been quiet since
+    /// (`watcher.rs`).
+    Watched(crate::supervise::watcher::Settled),
     /// `upgrade-self`'s checks of the new binary are done (off the loop: it runs it).
     SelfChecked(crate::supervise::upgrade_self::SelfChecked),
 }

@@ -330,6 +330,17 @@ impl Service {
         self.ending = Some(why);
     }
 
+    /// At rest (stopped, or failed already): `failed` with `why`, as after an upgrade
+    /// that failed with no previous binary to go back to. Elsewhere nothing changes.
+    pub fn fail_at_rest(&mut self, why: String) -> bool {
+        if !matches!(self.phase, Phase::Stopped { .. } | Phase::Failed { .. }) {
+            return false;
+        }
+        self.phase = Phase::Failed { retry_at: None };
+        self.last_error = Some(why);
+        true
+    }
+
     /// The binary was looked at again (before a start, or at reload).
     pub fn set_binary_problem(&mut self, problem: Option<BinaryProblem>) {
         self.spec.binary_problem = problem;

@@ -84,6 +84,8 @@ pub(super) struct Entry {
     /// `pid_file`: the daemon the file named, and a pidfd for it, through which it is
     /// signalled and reaped (it may not be our child: its pid could be reused).
     pub daemon: Option<(i32, Arc<std::os::fd::OwnedFd>)>,
+    /// What the watcher compares its binary with (`watching.rs`).
+    pub files: super::watching::Files,
 }
 
 impl Entry {
@@ -101,6 +103,7 @@ impl Entry {
             upgrade: Default::default(),
             oom_kills: None,
             daemon: None,
+            files: Default::default(),
         }
     }
 }
@@ -233,6 +236,7 @@ impl Supervisor {
     /// Each is spawned on this thread as its machine asks (see `launch.rs`).
     pub fn start_all(&mut self) {
         self.load_upgrades();
+        self.link_all_running();
         let names: Vec<String> = self
             .services
             .iter()
@@ -383,6 +387,7 @@ impl Supervisor {
             Event::Signal(sig) => return self.on_signal(sig),
             Event::Above(Above::Control(req, reply)) => self.control(req, reply),
             Event::Above(Above::Installed(done)) => self.installed(done),
+            Event::Above(Above::Watched(settled)) => self.watched(settled),
             Event::Above(Above::SelfChecked(checked)) => return self.upgrade_self(checked),
         }
         None
@@ -531,6 +536,7 @@ impl Supervisor {
     pub(super) fn settle(&mut self) {
         self.advance_stops();
         self.judge_upgrades();
+        self.fail_at_rest();
         self.release_sockets();
         self.answer_pending();
     }

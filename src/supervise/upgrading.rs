@@ -1,8 +1,9 @@
 //! `upgrade` and `rollback` on the loop's side (docs/sockets-and-upgrades.md): the checks,
-//! the file work handed to a thread (hashing and copying a binary takes as long as it is
-//! large, and the loop never waits on anything but its channel), the restart onto the new
-//! binary, the grace window judged after every batch of events (`upgrade.rs`), putting the
-//! old binary back when the new one fails, the version history in `status` and in
+//! the file work handed to a thread (`upgrade_work.rs`: hashing and copying a binary
+//! takes as long as it is large, and the loop never waits on anything but its channel),
+//! the restart onto the new binary, the grace window judged after every batch of events
+//! (`upgrade.rs`), putting the old binary back when the new one fails (never over a file
+//! that replaced the new one since), the version history in `status` and in
 //! `state_dir`, and the settling at start-up of an upgrade a crash cut short.
 //!
 //! The machine is never told about upgrades: it gets the same `Restart` an operator
@@ -13,16 +14,16 @@ use super::machine::{AfterStop, Event as MachineEvent};
 use super::state::reason;
 use super::supervisor::Supervisor;
 use super::upgrade::{History, Pending, Record, Verdict, View, Watch};
+use super::upgrade_work::{now_ms, sha, Installed, Work};
 use crate::common::decode::Decode;
 use crate::common::protocol::Response;
 use crate::control::socket::{error_reply, Cmd, Reply, Request};
 use crate::output::record::RecordKind;
-use crate::output::timefmt;
 use crate::process::install;
 use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// The answer to `upgrade` or `rollback`: what happened, and the binary now installed.
 fn installed_reply(result: &str, sha256: String) -> Response {
@@ -37,7 +38,7 @@ fn installed_reply(result: &str, sha256: String) -> Response {
 const HISTORY_FILE: &str = "upgrades.json";
 
 /// The marker of an upgrade under way, in `state_dir`.
-fn pending_file(service: &str) -> String {
+pub(super) fn pending_file(service: &str) -> String {
     format!("upgrade-{service}.pending")
 }
 
@@ -60,6 +61,11 @@ struct Active {
     /// The `upgrade` client, answered when the window is over (or, should the window
     /// end with the service, removed by a reload, when this is dropped).
     reply: Option<Sender<Reply>>,
+    /// The file installed, where known: a rollback never puts the old binary over a
+    /// file that replaced this one since (docs/watching.md).
+    installed: Option<install::Ident>,
+    /// A binary rewritten in place: there is nothing to go back to.
+    no_prev: bool,
 }
 
 impl Active {
@@ -81,6 +87,15 @@ impl Upgrades {
         self.active.as_ref().and_then(|a| a.watch.deadline())
     }
 
+    pub(super) fn set_busy(&mut self) {
+        self.busy = true;
+    }
+
+    /// File work in flight or a grace window open: the watcher's news waits for it.
+    pub fn under_way(&self) -> bool {
+        self.busy || self.active.is_some()
+    }
+
     /// File work in flight (`upgrade-self` waits for it to end).
     pub fn busy(&self) -> bool {
         self.busy
@@ -91,7 +106,8 @@ impl Upgrades {
     pub fn carry(&self) -> Option<Value> {
         let active = self.active.as_ref().map(|a| {
             json!({"watch": serde_json::to_value(&a.watch).unwrap_or(Value::Null),
-                   "binary": a.binary, "from": a.from, "to": a.to, "at_ms": a.at_ms})
+                   "binary": a.binary, "from": a.from, "to": a.to, "at_ms": a.at_ms,
+                   "no_prev": a.no_prev})
         });
         Some(json!({"active": active, "history": self.history.to_json()}))
     }
@@ -106,6 +122,8 @@ impl Upgrades {
             to: a["to"].as_str().unwrap_or_default().to_string(),
             at_ms: a["at_ms"].as_u64().unwrap_or_default(),
             reply: None,
+            installed: None,
+            no_prev: a["no_prev"].as_bool().unwrap_or_default(),
         });
         Upgrades {
             busy: false,
@@ -113,29 +131,6 @@ impl Upgrades {
             history: History::from_json(&v["history"]),
         }
     }
-}
-
-/// The file work's result, back on the loop.
-pub struct Installed {
-    service: String,
-    rollback: bool,
-    result: Result<Done, String>,
-    reply: Sender<Reply>,
-}
-
-struct Done {
-    from: String,
-    to: String,
-    /// The new binary is the one installed already: nothing was done.
-    unchanged: bool,
-}
-
-fn now_ms() -> u64 {
-    timefmt::unix_ms(SystemTime::now())
-}
-
-fn sha(path: &Path) -> Result<String, String> {
-    crate::control::sha256::file_hex(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 impl Supervisor {
@@ -178,34 +173,11 @@ impl Supervisor {
             a.answer(error_reply("upgrade rolled back by hand").into());
             self.forget_pending(&name);
         }
-        let dir = self.persist.as_ref().map(|p| p.dir());
-        let tx = self.tx.clone();
-        let service = name.clone();
-        let job = move || {
-            let result = match path {
-                Some((p, mut file)) => {
-                    install_new(&service, &binary, &p, &mut file, dir.as_deref())
-                }
-                None => put_back(&binary),
-            };
-            let done = Installed {
-                service,
-                rollback,
-                result,
-                reply,
-            };
-            let _ = tx.send(super::event::Event::Above(super::event::Above::Installed(
-                done,
-            )));
+        let work = match path {
+            Some((p, file)) => Work::Install(p, file),
+            None => Work::PutBack,
         };
-        std::thread::Builder::new()
-            .name("upgrade".into())
-            .spawn(job)
-            .map_err(|e| format!("cannot create a thread: {e}"))?;
-        if let Some(e) = self.services.get_mut(&name) {
-            e.upgrade.busy = true;
-        }
-        Ok(())
+        self.start_file_work(&name, binary, work, reply)
     }
 
     /// The file work is done: restart onto the new binary and open its window, or
@@ -214,6 +186,7 @@ impl Supervisor {
         let Installed {
             service,
             rollback,
+            watched,
             result,
             reply,
         } = done;
@@ -225,14 +198,30 @@ impl Supervisor {
         let d = match result {
             Ok(d) => d,
             Err(msg) => {
+                if watched {
+                    let msg = format!("the new binary is not used: {msg}");
+                    self.event(
+                        log::Level::Error,
+                        &service,
+                        None,
+                        RecordKind::Upgrading,
+                        msg,
+                    );
+                }
                 let _ = reply.try_send(error_reply(msg).into());
+                self.rewatch_deferred(&service);
                 return;
             }
         };
+        self.note_installed(&service, watched, d.installed);
         if d.unchanged {
             let _ = reply.try_send(installed_reply("unchanged", d.to).into());
+            self.rewatch_deferred(&service);
             return;
         }
+        let Some(e) = self.services.get_mut(&service) else {
+            return;
+        };
         let at_ms = now_ms();
         if rollback {
             e.upgrade.history.push(Record {
@@ -259,6 +248,11 @@ impl Supervisor {
             }
             let _ = reply.try_send(installed_reply("rollback", d.to).into());
             self.settle();
+            self.rewatch_deferred(&service);
+            return;
+        }
+        if watched && !e.svc.is_active() {
+            self.changed_while_stopped(&service, d);
             return;
         }
         let grace = Duration::from_millis(e.svc.spec().upgrade_grace_ms);
@@ -269,6 +263,8 @@ impl Supervisor {
             to: d.to.clone(),
             at_ms,
             reply: Some(reply),
+            installed: d.installed,
+            no_prev: d.no_prev,
         });
         self.event(
             log::Level::Info,
@@ -348,11 +344,27 @@ impl Supervisor {
         // An operator's stop (or a reload's) within the window is obeyed: the old binary
         // goes back, but nothing starts until someone asks.
         let stays = e.svc.held() || e.svc.stopping() == Some(AfterStop::Stay);
+        let mut restored = false;
+        let replaced = a
+            .installed
+            .is_some_and(|i| install::Ident::at(&binary).is_none_or(|now| !now.same_file(&i)));
         let (result, answer) = match verdict {
             Verdict::Failed(reason) => {
-                let reason = match install::restore_prev(&binary) {
-                    Ok(()) => reason,
-                    Err(err) => format!("{reason}; {err}"),
+                let reason = if a.no_prev {
+                    format!("{reason}; no previous binary")
+                } else if replaced {
+                    format!(
+                        "{reason}; {} was replaced since the upgrade began: left as it is",
+                        binary.display()
+                    )
+                } else {
+                    match install::restore_prev(&binary) {
+                        Ok(()) => {
+                            restored = true;
+                            reason
+                        }
+                        Err(err) => format!("{reason}; {err}"),
+                    }
                 };
                 let answer = error_reply(format!("upgrade rolled back: {reason}")).into();
                 (format!("rolled back: {reason}"), answer)
@@ -380,15 +392,31 @@ impl Supervisor {
             format!("upgrade to {} {result}", short(&a.to))
         };
         self.event(level, name, None, event, msg);
+        if restored {
+            self.relink_running(name);
+        }
         self.forget_pending(name);
         self.save_upgrades();
         if !ok && self.shutdown.is_none() && !stays {
             if let Some(e) = self.services.get_mut(name) {
                 e.svc.ending(result.clone());
             }
-            let _ = self.feed(name, MachineEvent::Restart);
+            // A file that replaced the new one is the watcher's next upgrade, with its
+            // own window: no restart onto it here.
+            if a.no_prev {
+                self.fail_without_prev(name, &result);
+            } else if !(replaced && self.guarded(name).is_some()) {
+                let _ = self.feed(name, MachineEvent::Restart);
+            }
         }
         a.answer(answer);
+        self.rewatch_deferred(name);
+    }
+
+    /// An upgrade recorded without a window: its marker goes, its history is kept.
+    pub(super) fn upgrade_done(&self, name: &str) {
+        self.forget_pending(name);
+        self.save_upgrades();
     }
 
     fn forget_pending(&self, name: &str) {
@@ -478,60 +506,6 @@ impl Supervisor {
 /// The first 12 hex digits, for log lines.
 fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
-}
-
-/// The thread's part of an upgrade: both hashes, the marker in `state_dir`, then the
-/// binary in place. `file` is `new` as opened and checked: what is hashed and copied.
-fn install_new(
-    service: &str,
-    binary: &Path,
-    new: &Path,
-    file: &mut std::fs::File,
-    dir: Option<&super::persist::StateDir>,
-) -> Result<Done, String> {
-    let from = sha(binary).map_err(|e| format!("service binary {e}"))?;
-    let to = crate::control::sha256::open_file_hex(file)
-        .map_err(|e| format!("{}: {e}", new.display()))?;
-    if from == to {
-        return Ok(Done {
-            from,
-            to,
-            unchanged: true,
-        });
-    }
-    let marker = pending_file(service);
-    if let Some(d) = dir {
-        let p = Pending {
-            binary: binary.display().to_string(),
-            from: from.clone(),
-            to: to.clone(),
-            at_ms: now_ms(),
-        };
-        d.write_file(&marker, &p.to_text())
-            .map_err(|e| format!("state_dir: cannot record the upgrade: {e}"))?;
-    }
-    install::install(binary, new, file).inspect_err(|_| {
-        if let Some(d) = dir {
-            let _ = d.remove_file(&marker);
-        }
-    })?;
-    Ok(Done {
-        from,
-        to,
-        unchanged: false,
-    })
-}
-
-/// The thread's part of a rollback by hand.
-fn put_back(binary: &Path) -> Result<Done, String> {
-    let from = sha(binary).unwrap_or_default();
-    let to = sha(&install::prev_path(binary))?;
-    install::restore_prev(binary)?;
-    Ok(Done {
-        from,
-        to,
-        unchanged: false,
-    })
 }
 
 /// For `status --json`.

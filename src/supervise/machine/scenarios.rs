@@ -506,3 +506,26 @@ fn a_launchers_exit_0_is_no_runs_end_the_daemons_exit_is() {
     let codes: Vec<_> = t.svc.history().iter().map(|h| h.exit_code).collect();
     assert_eq!(codes, [Some(137), None]);
 }
+
+#[test]
+fn an_upgrade_with_no_previous_binary_fails_the_service_only_at_rest() {
+    let mut t = T::new(RestartPolicy::Always, 3);
+    t.on(Event::Start).unwrap();
+    t.spawned();
+    assert!(!t.svc.fail_at_rest("no previous binary".into()), "running");
+    assert_eq!(t.svc.state(), State::Running);
+    t.on(Event::Stop {
+        then: AfterStop::Stay,
+        origin: Origin::Reload,
+    })
+    .unwrap();
+    t.exit(Exit::Signal(libc::SIGTERM));
+    assert!(!t.svc.fail_at_rest("no previous binary".into()), "draining");
+    t.ev(Event::GroupEmpty);
+    assert_eq!(t.svc.state(), State::Stopped);
+    assert!(t.svc.fail_at_rest("no previous binary".into()));
+    assert_eq!(t.svc.state(), State::Failed);
+    assert_eq!(t.svc.last_error(), Some("no previous binary"));
+    t.on(Event::Start).unwrap();
+    assert_eq!(t.svc.state(), State::Starting, "a start goes on from there");
+}

@@ -59,6 +59,7 @@ impl Supervisor {
         let now = Instant::now();
         let c_reply = c.reply;
         self.gen = c.gen;
+        self.adopt_running();
         let unreaped = c.unreaped.into_iter().collect();
         for name in &c.stops {
             self.stops.request(name);
