@@ -13,7 +13,7 @@ pub enum Above {
     Control(Request, Sender<Reply>),
     /// The file work of an `upgrade` or `rollback` is done (off the loop: copying and
     /// hashing a binary takes as long as the binary is large).
-    Installed(crate::supervise::upgrade_work::Installed),
+    Installed(crate::supervise::upgrades::files::Installed),
     /// Files in `services_dir` or `conf.d` changed and have been quiet since
     /// (`watcher.rs`).
     Watched(crate::supervise::watcher::Settled),

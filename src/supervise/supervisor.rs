@@ -77,7 +77,7 @@ pub(super) struct Entry {
     /// (docs/sockets-and-upgrades.md); dropping the entry closes them.
     pub sockets: Option<Bound>,
     /// Its upgrade under way and its version history (docs/sockets-and-upgrades.md).
-    pub upgrade: super::upgrading::Upgrades,
+    pub upgrade: super::upgrades::steps::Upgrades,
     /// Its memory cgroup's OOM kill count when the current run started, where one can
     /// be read: a SIGKILL with the count risen since is the OOM killer's.
     pub oom_kills: Option<u64>,

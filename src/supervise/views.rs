@@ -286,7 +286,7 @@ fn status_row(e: &Entry, now: Instant) -> StatusRow {
         notify_status: svc.notify_status().map(str::to_string),
         log_lines_unwritten: e.counters.file_unwritten.load(Ordering::Relaxed),
         history,
-        upgrades: super::upgrading::history_rows(&e.upgrade),
+        upgrades: super::upgrades::steps::history_rows(&e.upgrade),
         waiting_for: svc.awaiting_ready().then(|| "READY=1".to_string()),
         sockets,
         next_restart_ms: svc

@@ -4,7 +4,7 @@
 //! compared once with its files: its binary's path against `.NAME.running`, the hard
 //! link the daemon keeps to the binary the service runs. A file renamed over the path
 //! is an upgrade from that link (which becomes `NAME.prev`) with the grace window and
-//! the automatic rollback of `upgrading.rs`; a file rewritten in place is an upgrade
+//! the automatic rollback of `upgrades/steps.rs`; a file rewritten in place is an upgrade
 //! with nothing to go back to; a path gone stops the service.
 //!
 //! What the daemon writes itself (the link, `NAME.prev`, an `upgrade`'s rename) is
@@ -18,8 +18,8 @@ use super::event::{Above, Event};
 use super::machine::{AfterStop, Event as MachineEvent, Origin};
 use super::reload::{summarize, Decision};
 use super::supervisor::Supervisor;
-use super::upgrade::Record;
-use super::upgrade_work::{now_ms, Done, Work};
+use super::upgrades::files::{now_ms, Done, Work};
+use super::upgrades::window::Record;
 use super::watcher::Settled;
 use crate::output::record::RecordKind;
 use crate::process::install::{self, Ident};

@@ -14,7 +14,7 @@ use crate::process::waiter::Drain;
 use crate::process::{spawn, waiter};
 use crate::supervise::machine::Service;
 use crate::supervise::supervisor::Supervisor;
-use crate::supervise::upgrading::Upgrades;
+use crate::supervise::upgrades::steps::Upgrades;
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::Ordering;

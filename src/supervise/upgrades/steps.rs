@@ -1,8 +1,8 @@
 //! `upgrade` and `rollback` on the loop's side (docs/sockets-and-upgrades.md): the checks,
-//! the file work handed to a thread (`upgrade_work.rs`: hashing and copying a binary
+//! the file work handed to a thread (`files.rs`: hashing and copying a binary
 //! takes as long as it is large, and the loop never waits on anything but its channel),
 //! the restart onto the new binary, the grace window judged after every batch of events
-//! (`upgrade.rs`), putting the old binary back when the new one fails (never over a file
+//! (`window.rs`), putting the old binary back when the new one fails (never over a file
 //! that replaced the new one since), the version history in `status` and in
 //! `state_dir`, and the settling at start-up of an upgrade a crash cut short.
 //!
@@ -10,16 +10,16 @@
 //! would send, and the window only reads it. Nothing here runs during an event's
 //! handling but bounded file operations (a rename and an fsync, a small JSON file).
 
-use super::machine::{AfterStop, Event as MachineEvent};
-use super::state::reason;
-use super::supervisor::Supervisor;
-use super::upgrade::{History, Pending, Record, Verdict, View, Watch};
-use super::upgrade_work::{now_ms, sha, Installed, Work};
+use super::files::{now_ms, sha, Installed, Work};
+use super::window::{History, Pending, Record, Verdict, View, Watch};
 use crate::common::decode::Decode;
 use crate::common::protocol::Response;
 use crate::control::socket::{error_reply, Cmd, Reply, Request};
 use crate::output::record::RecordKind;
 use crate::process::install;
+use crate::supervise::machine::{AfterStop, Event as MachineEvent};
+use crate::supervise::state::reason;
+use crate::supervise::supervisor::Supervisor;
 use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -38,7 +38,7 @@ fn installed_reply(result: &str, sha256: String) -> Response {
 const HISTORY_FILE: &str = "upgrades.json";
 
 /// The marker of an upgrade under way, in `state_dir`.
-pub(super) fn pending_file(service: &str) -> String {
+pub(in crate::supervise) fn pending_file(service: &str) -> String {
     format!("upgrade-{service}.pending")
 }
 
@@ -87,7 +87,7 @@ impl Upgrades {
         self.active.as_ref().and_then(|a| a.watch.deadline())
     }
 
-    pub(super) fn set_busy(&mut self) {
+    pub(in crate::supervise) fn set_busy(&mut self) {
         self.busy = true;
     }
 
@@ -136,7 +136,7 @@ impl Upgrades {
 impl Supervisor {
     /// `upgrade NAME PATH` and `rollback NAME`: checked here, the file work started on
     /// a thread; the answer comes later. `Err` is the refusal, answered at once.
-    pub(super) fn begin_upgrade(
+    pub(in crate::supervise) fn begin_upgrade(
         &mut self,
         req: &Request,
         reply: Sender<Reply>,
@@ -182,7 +182,7 @@ impl Supervisor {
 
     /// The file work is done: restart onto the new binary and open its window, or
     /// record a rollback by hand.
-    pub(super) fn installed(&mut self, done: Installed) {
+    pub(in crate::supervise) fn installed(&mut self, done: Installed) {
         let Installed {
             service,
             rollback,
@@ -294,7 +294,7 @@ impl Supervisor {
 
     /// Looks at every upgrade in its window (after each batch of events, and at the
     /// windows' deadlines).
-    pub(super) fn judge_upgrades(&mut self) {
+    pub(in crate::supervise) fn judge_upgrades(&mut self) {
         let now = Instant::now();
         let shutting_down = self.shutdown.is_some();
         let mut verdicts = Vec::new();
@@ -414,7 +414,7 @@ impl Supervisor {
     }
 
     /// An upgrade recorded without a window: its marker goes, its history is kept.
-    pub(super) fn upgrade_done(&self, name: &str) {
+    pub(in crate::supervise) fn upgrade_done(&self, name: &str) {
         self.forget_pending(name);
         self.save_upgrades();
     }
@@ -446,7 +446,7 @@ impl Supervisor {
     /// At start-up, before anything starts: the history a predecessor kept, and the
     /// upgrades it left in their window (it crashed or lost power): the old binary is
     /// put back, since the new one never passed.
-    pub(super) fn load_upgrades(&mut self) {
+    pub(in crate::supervise) fn load_upgrades(&mut self) {
         let Some(dir) = self.persist.as_ref().map(|p| p.dir()) else {
             return;
         };
@@ -509,7 +509,7 @@ fn short(sha: &str) -> &str {
 }
 
 /// For `status --json`.
-pub(super) fn history_rows(u: &Upgrades) -> Vec<crate::common::protocol::Upgrade> {
+pub(in crate::supervise) fn history_rows(u: &Upgrades) -> Vec<crate::common::protocol::Upgrade> {
     u.history
         .iter()
         .map(|r| crate::common::protocol::Upgrade {

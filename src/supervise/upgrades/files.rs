@@ -2,25 +2,25 @@
 //! (docs/sockets-and-upgrades.md, docs/watching.md), on a thread of its own: hashing
 //! and copying a binary takes as long as the binary is large, and the loop never waits
 //! on anything but its channel. One kind of thread for all of them; the result comes
-//! back to the loop as `Installed` (`upgrading.rs` goes on from there).
+//! back to the loop as `Installed` (`steps.rs` goes on from there).
 //!
 //! Nothing here decides anything about a service or touches the loop's state: it
 //! checks, hashes, records the marker in `state_dir` and renames, in that order, so
 //! that a crash at any point leaves a state the next start can settle.
 
-use super::supervisor::Supervisor;
-use super::upgrade::Pending;
-use super::upgrading::pending_file;
+use super::steps::pending_file;
+use super::window::Pending;
 use crate::control::socket::Reply;
 use crate::output::timefmt;
 use crate::process::install::{self, Ident};
+use crate::supervise::supervisor::Supervisor;
 use crossbeam_channel::Sender;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// What the upgrade thread does: install a file (`upgrade`), put the previous binary
 /// back (`rollback`), or take the file the watcher saw in place.
-pub(super) enum Work {
+pub(in crate::supervise) enum Work {
     Install(PathBuf, std::fs::File),
     PutBack,
     Watched { in_place: bool },
@@ -28,13 +28,13 @@ pub(super) enum Work {
 
 /// The file work's result, back on the loop.
 pub struct Installed {
-    pub(super) service: String,
-    pub(super) rollback: bool,
+    pub(in crate::supervise) service: String,
+    pub(in crate::supervise) rollback: bool,
     /// The watcher saw the new binary in place (docs/watching.md): it has no client,
     /// and a stopped service is not started by it.
-    pub(super) watched: bool,
-    pub(super) result: Result<Done, String>,
-    pub(super) reply: Sender<Reply>,
+    pub(in crate::supervise) watched: bool,
+    pub(in crate::supervise) result: Result<Done, String>,
+    pub(in crate::supervise) reply: Sender<Reply>,
 }
 
 impl Done {
@@ -50,29 +50,29 @@ impl Done {
     }
 }
 
-pub(super) struct Done {
-    pub(super) from: String,
-    pub(super) to: String,
+pub(in crate::supervise) struct Done {
+    pub(in crate::supervise) from: String,
+    pub(in crate::supervise) to: String,
     /// The new binary is the one installed already: nothing was done.
-    pub(super) unchanged: bool,
+    pub(in crate::supervise) unchanged: bool,
     /// The file now at the binary's path, as installed.
-    pub(super) installed: Option<install::Ident>,
+    pub(in crate::supervise) installed: Option<install::Ident>,
     /// Rewritten in place: no previous binary.
-    pub(super) no_prev: bool,
+    pub(in crate::supervise) no_prev: bool,
 }
 
-pub(super) fn now_ms() -> u64 {
+pub(in crate::supervise) fn now_ms() -> u64 {
     timefmt::unix_ms(SystemTime::now())
 }
 
-pub(super) fn sha(path: &Path) -> Result<String, String> {
+pub(in crate::supervise) fn sha(path: &Path) -> Result<String, String> {
     crate::control::sha256::file_hex(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 impl Supervisor {
     /// Starts the file work of an upgrade or a rollback on a thread of its own (one
     /// kind of thread for all of them); the result comes back as `Installed`.
-    pub(super) fn start_file_work(
+    pub(in crate::supervise) fn start_file_work(
         &mut self,
         name: &str,
         binary: PathBuf,
@@ -98,9 +98,9 @@ impl Supervisor {
                 result,
                 reply,
             };
-            let _ = tx.send(super::event::Event::Above(super::event::Above::Installed(
-                done,
-            )));
+            let _ = tx.send(crate::supervise::event::Event::Above(
+                crate::supervise::event::Above::Installed(done),
+            ));
         };
         std::thread::Builder::new()
             .name("upgrade".into())
@@ -120,7 +120,7 @@ fn install_new(
     binary: &Path,
     new: &Path,
     file: &mut std::fs::File,
-    dir: Option<&super::persist::StateDir>,
+    dir: Option<&crate::supervise::persist::StateDir>,
 ) -> Result<Done, String> {
     let from = sha(binary).map_err(|e| format!("service binary {e}"))?;
     let to = crate::control::sha256::open_file_hex(file)
@@ -145,12 +145,12 @@ fn install_new(
 
 /// The marker of an upgrade under way, written to `state_dir` (if there is one) before
 /// the binary is replaced.
-pub(super) fn write_pending(
+pub(in crate::supervise) fn write_pending(
     service: &str,
     binary: &Path,
     from: &str,
     to: &str,
-    dir: Option<&super::persist::StateDir>,
+    dir: Option<&crate::supervise::persist::StateDir>,
 ) -> Result<(), String> {
     let Some(d) = dir else { return Ok(()) };
     let p = Pending {
@@ -174,11 +174,11 @@ fn put_back(binary: &Path) -> Result<Done, String> {
 /// The thread's part: the new file checked as `upgrade` checks one (as root, planted by
 /// another user is refused), both hashed, the marker in `state_dir`, the link that held
 /// the old bytes kept as `NAME.prev`, the link made to the new file.
-pub(super) fn watched_install(
+pub(in crate::supervise) fn watched_install(
     service: &str,
     bin: &Path,
     in_place: bool,
-    dir: Option<&super::persist::StateDir>,
+    dir: Option<&crate::supervise::persist::StateDir>,
 ) -> Result<Done, String> {
     let mut file = install::open_checked(bin)?;
     let installed = file.metadata().ok().map(|m| Ident::of(&m));

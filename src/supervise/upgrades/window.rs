@@ -8,9 +8,9 @@
 //! (`process/install.rs`) and feeds the machine. The window never keeps the machine
 //! from acting on its own (restarts, backoff); it only watches what the run does.
 
-use super::machine::carry;
-use super::state::State;
 use crate::common::decode::{self, field, Decode};
+use crate::supervise::machine::carry;
+use crate::supervise::state::State;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -46,7 +46,7 @@ pub struct Watch {
     /// The first run of the new binary, once it exists.
     new_gen: Option<u64>,
     grace: Duration,
-    #[serde(with = "super::machine::carry::mono_opt")]
+    #[serde(with = "crate::supervise::machine::carry::mono_opt")]
     deadline: Option<Instant>,
 }
 
