@@ -208,6 +208,9 @@ impl Supervisor {
         name: &str,
         result: Result<spawn::Child, spawn::SpawnError>,
     ) -> Option<Event> {
+        // Taken first (the service's entry is borrowed from here on); a generation a
+        // failed spawn leaves unused is never seen.
+        let gen = self.next_gen();
         let Some(e) = self.services.get_mut(name) else {
             if let Ok(child) = result {
                 spawn::signal_group(child.pid, libc::SIGKILL);
@@ -224,8 +227,7 @@ impl Supervisor {
                 })
             }
         };
-        self.gen += 1;
-        let (pid, gen) = (child.pid, self.gen);
+        let pid = child.pid;
         if e.svc.spec().process.pid_file.is_some() {
             self.reaper.claim_launcher(pid);
         } else {

@@ -67,9 +67,9 @@ impl Supervisor {
                 return;
             }
         };
-        self.gen += 1;
         let service = e.name.clone();
-        if let Err(err) = waiter::spawn_waiter(pid, self.gen, service, self.tx.clone(), None, None)
+        let probe_gen = self.next_gen();
+        if let Err(err) = waiter::spawn_waiter(pid, probe_gen, service, self.tx.clone(), None, None)
         {
             spawn::signal_group(pid, libc::SIGKILL);
             spawn::reap(pid);

@@ -239,4 +239,11 @@ impl Supervisor {
             let _ = p.reply.try_send(answer);
         }
     }
+
+    /// Answers every reply still waiting with `msg`, for good: the replies are dropped.
+    pub(super) fn refuse_pending(&mut self, msg: &str) {
+        for p in std::mem::take(&mut self.pending) {
+            let _ = p.reply.try_send(error_reply(msg).into());
+        }
+    }
 }

@@ -123,7 +123,7 @@ pub struct Supervisor {
     pub(super) rng: fastrand::Rng,
     /// Spawn generation: tags every run and probe process so a late event from run N
     /// cannot touch run N+1.
-    pub(super) gen: u64,
+    gen: u64,
     pub(super) shutdown: Option<Shutdown>,
     /// Which children are ours to reap, the orphans that are not, and the live
     /// process groups of this loop iteration (`reaper.rs`).
@@ -565,6 +565,23 @@ impl Supervisor {
             self.start_readers();
         }
         result
+    }
+
+    /// A new spawn generation, for a run or a probe process.
+    pub(super) fn next_gen(&mut self) -> u64 {
+        self.gen += 1;
+        self.gen
+    }
+
+    /// The last generation given, for `upgrade-self` to carry.
+    pub(super) fn gen(&self) -> u64 {
+        self.gen
+    }
+
+    /// Goes on from the generation a predecessor gave last (`upgrade-self`), so that
+    /// no carried run's generation is given again.
+    pub(super) fn continue_gen(&mut self, gen: u64) {
+        self.gen = self.gen.max(gen);
     }
 
     /// What carrying out a step's actions found (spawned, spawn failed, group alive or

@@ -58,7 +58,7 @@ impl Supervisor {
     pub fn resume(&mut self, c: Carried) {
         let now = Instant::now();
         let c_reply = c.reply;
-        self.gen = c.gen;
+        self.continue_gen(c.gen);
         self.adopt_running();
         let unreaped = c.unreaped.into_iter().collect();
         for name in &c.stops {

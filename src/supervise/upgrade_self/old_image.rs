@@ -203,10 +203,7 @@ impl Supervisor {
                 return None;
             }
         };
-        for p in std::mem::take(&mut self.pending) {
-            let msg = "orchestrator re-executed onto a new binary: ask again";
-            let _ = p.reply.try_send(error_reply(msg).into());
-        }
+        self.refuse_pending("orchestrator re-executed onto a new binary: ask again");
         for e in self.services.values() {
             if let Ok(mut ring) = e.ring.lock() {
                 ring.end_followers();
@@ -303,7 +300,7 @@ impl Supervisor {
         let carried = Carried {
             format: FORMAT,
             from_version: env!("CARGO_PKG_VERSION").into(),
-            gen: self.gen,
+            gen: self.gen(),
             unreaped: self.reaper.unreaped().collect(),
             stops: self.stops.names(),
             services,
