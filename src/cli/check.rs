@@ -6,7 +6,7 @@
 //! stops there.
 
 use crate::cli::Cli;
-use crate::config::{self, discovery, paths, Config};
+use crate::config::{self, discovery, layers::Kind, paths, Config};
 use crate::process::{cgroup, hardening};
 use crate::supervise::state as service;
 use std::fmt;
@@ -64,6 +64,8 @@ pub(crate) struct ServiceReport {
     pub ready_notify: bool,
     pub watchdog: Option<String>,
     pub sockets: Vec<String>,
+    /// Where the keys that are not defaults came from: `FILE: key, key` per file.
+    pub sources: Vec<String>,
 }
 
 /// What the daemon would do with a service at start.
@@ -205,7 +207,26 @@ fn service_report(
             )
         }),
         sockets: socket_lines(spec),
+        sources: source_lines(cfg.sources.origins.get(&spec.name)),
     }
+}
+
+/// Each file that set keys of a service, highest layer first, with the keys it set.
+fn source_lines(
+    origins: Option<&std::collections::BTreeMap<String, config::layers::Origin>>,
+) -> Vec<String> {
+    let mut by_file: Vec<(&config::layers::Origin, Vec<&str>)> = Vec::new();
+    for (key, origin) in origins.into_iter().flatten() {
+        match by_file.iter_mut().find(|(o, _)| *o == origin) {
+            Some((_, keys)) => keys.push(key),
+            None => by_file.push((origin, vec![key])),
+        }
+    }
+    by_file.sort_unstable_by(|(a, _), (b, _)| (a.kind, &a.path).cmp(&(b.kind, &b.path)));
+    by_file
+        .into_iter()
+        .map(|(o, keys)| format!("{o}: {}", keys.join(", ")))
+        .collect()
 }
 
 fn verdict(spec: &discovery::ServiceSpec) -> Verdict {
@@ -396,6 +417,9 @@ fn print_service(s: &ServiceReport) {
     for line in &s.sockets {
         say!("  socket: {line}");
     }
+    for line in &s.sources {
+        say!("  set by {line}");
+    }
 }
 
 /// How each configured limit is enforced, for `check`.
@@ -436,8 +460,20 @@ pub(crate) fn discover(cli: &Cli) -> Result<i32, Vec<String>> {
             );
         }
     }
-    for f in found {
-        let configured = if cfg.services.contains_key(&f.name) {
+    // A directory whose sidecar names the binary is a service without NAME/NAME.
+    let named = cfg.services.iter().filter_map(|(name, svc)| {
+        let by_sidecar = cfg.sources.origin(name, "binary_path")?.kind == Kind::Sidecar;
+        let binary = svc.binary_path.clone()?;
+        (by_sidecar && !found.iter().any(|f| &f.name == name)).then(|| discovery::Found {
+            name: name.clone(),
+            binary,
+        })
+    });
+    let mut all: Vec<discovery::Found> = named.collect();
+    all.extend(found);
+    all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    for f in all {
+        let configured = if cfg.sources.configured.contains(&f.name) {
             "configured"
         } else {
             "unconfigured"
@@ -460,14 +496,14 @@ mod tests {
     }
 
     fn config_of(services: Vec<(&str, ServiceConfig)>) -> Config {
-        Config {
-            path: None,
-            settings: Settings::default(),
-            services: services
+        Config::of_file(
+            None,
+            Settings::default(),
+            services
                 .into_iter()
                 .map(|(n, c)| (n.to_string(), c))
                 .collect(),
-        }
+        )
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! process; a plan that cannot be built is a configuration error.
 
 use crate::common::safe_fs::{self, Verdicts};
+use crate::config::layers::Kind;
 use crate::config::{
     parse_signal, valid_service_name, Config, HealthCheck, Limits, RestartPolicy, ServiceConfig,
     Settings, SocketConfig,
@@ -35,6 +36,9 @@ pub enum BinaryProblem {
     /// another user, or writable by group or others): they could swap what runs.
     /// Refused under `strict_modes`.
     Untrusted(crate::common::safe_fs::Untrusted),
+    /// Its sidecar cannot be used: the error, with `file:line:column` where it has one.
+    /// Not a binary's problem, but the same consequence: it cannot run as planned.
+    Sidecar(String),
 }
 
 /// What shapes a service's process: everything the child is given. A reload that
@@ -126,6 +130,7 @@ impl ServiceSpec {
                 "service binary refused: {u} (strict_modes: {})",
                 safe_fs::RULE
             ),
+            BinaryProblem::Sidecar(e) => e.clone(),
         })
     }
 }
@@ -203,7 +208,7 @@ pub fn discover(dir: &Path, notices: &mut Vec<Notice>) -> Vec<Found> {
                 level: log::Level::Warn,
                 msg: format!("{} is not executable: skipped", binary.display()),
             }),
-            Some(BinaryProblem::Untrusted(_)) => {}
+            Some(BinaryProblem::Untrusted(_) | BinaryProblem::Sidecar(_)) => {}
         }
     }
     out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
@@ -301,9 +306,20 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
     let mut names = BTreeSet::new();
     names.extend(cfg.services.keys().map(String::as_str));
     names.extend(found.iter().map(|f| f.name.as_str()));
+    let found_names: BTreeSet<&str> = found.iter().map(|f| f.name.as_str()).collect();
     for name in names {
-        let configured = cfg.services.get(name);
-        let svc = configured.unwrap_or(&unconfigured);
+        let configured = cfg.sources.configured.contains(name);
+        let svc = cfg.services.get(name).unwrap_or(&unconfigured);
+        let broken = cfg.sources.broken.get(name);
+        // A sidecar alone names a service only with its binary: `binary_path`, or
+        // NAME/NAME found.
+        if !configured
+            && broken.is_none()
+            && svc.binary_path.is_none()
+            && !found_names.contains(name)
+        {
+            continue;
+        }
         let configured_path = svc
             .binary_path
             .clone()
@@ -324,7 +340,16 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
                 binary = target;
             }
         }
-        let problem = check_binary_with(&binary, s.strict_modes, &mut verdicts);
+        let mut problem = match broken {
+            Some(e) => {
+                notices.push(Notice {
+                    level: log::Level::Error,
+                    msg: format!("{name}: {e}"),
+                });
+                Some(BinaryProblem::Sidecar(e.clone()))
+            }
+            None => check_binary_with(&binary, s.strict_modes, &mut verdicts),
+        };
         if let Some(BinaryProblem::Untrusted(u)) = &problem {
             notices.push(Notice {
                 level: log::Level::Warn,
@@ -334,7 +359,23 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
         let identity = match resolve_identity(svc) {
             Ok(id) => id,
             Err(e) => {
-                errors.push(format!("{label}: services.{name}: {e}"));
+                // Charged to the file that named the account: a sidecar's fails its
+                // service only.
+                let origin = ["user", "group"]
+                    .iter()
+                    .find_map(|k| cfg.sources.origin(name, k));
+                match origin {
+                    Some(o) if o.kind == Kind::Sidecar => {
+                        let why = format!("{}: {e}", o.path.display());
+                        notices.push(Notice {
+                            level: log::Level::Error,
+                            msg: format!("{name}: {why}"),
+                        });
+                        problem = Some(BinaryProblem::Sidecar(why));
+                    }
+                    Some(o) => errors.push(format!("{}: services.{name}: {e}", o.path.display())),
+                    None => errors.push(format!("{label}: services.{name}: {e}")),
+                }
                 None
             }
         };
@@ -346,7 +387,7 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
         }
         let spec = build_spec(
             name,
-            configured.is_some(),
+            configured,
             svc,
             s,
             &configured_path,
@@ -363,13 +404,31 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
             "{label}: services.orchestrator: with log_dir set, a service cannot be named `orchestrator` (log_dir/orchestrator.log is the orchestrator's own log)"
         ));
     }
+    let mut unknown_deps = Vec::new();
     for (name, spec) in &services {
         for dep in &spec.depends_on {
             if !services.contains_key(dep) {
-                errors.push(format!(
-                    "{label}: services.{name}.depends_on: unknown service `{dep}`"
-                ));
+                let msg = format!("services.{name}.depends_on: unknown service `{dep}`");
+                match cfg.sources.origin(name, "depends_on") {
+                    Some(o) if o.kind == Kind::Sidecar => {
+                        unknown_deps.push((name.clone(), format!("{}: {msg}", o.path.display())))
+                    }
+                    Some(o) => errors.push(format!("{}: {msg}", o.path.display())),
+                    None => errors.push(format!("{label}: {msg}")),
+                }
             }
+        }
+    }
+    // A sidecar's unknown dependency fails its service only, which then waits for
+    // nothing.
+    for (name, why) in unknown_deps {
+        if let Some(spec) = services.get_mut(&name) {
+            notices.push(Notice {
+                level: log::Level::Error,
+                msg: format!("{name}: {why}"),
+            });
+            spec.depends_on.clear();
+            spec.binary_problem = Some(BinaryProblem::Sidecar(why));
         }
     }
     if let Some(cycle) = find_cycle(&services) {

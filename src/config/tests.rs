@@ -85,6 +85,21 @@ fn signals() {
     assert_eq!(parse_signal("SIGFOO"), None);
 }
 
+/// Every check of `load`, the file's services charged to the file.
+fn validate(
+    s: &Settings,
+    services: &BTreeMap<String, ServiceConfig>,
+    label: &str,
+    errors: &mut Vec<String>,
+) {
+    validate_settings(s, services, label, errors);
+    for (name, svc) in services {
+        validate_service(s, name, svc, &mut |key, msg| {
+            errors.push(format!("{label}: services.{name}.{key}: {msg}"))
+        });
+    }
+}
+
 #[test]
 fn validation_reports_every_error() {
     let f = parse(

@@ -438,7 +438,12 @@ impl Supervisor {
                 self.begin_shutdown();
             }
             libc::SIGHUP => match self.reload(false) {
-                Ok(plan) => log::info!("reloaded: {}", super::reload::summarize(&plan)),
+                Ok(done) => {
+                    log::info!("reloaded: {}", super::reload::summarize(&done.decisions));
+                    if let Some(e) = done.error() {
+                        log::error!("{e}");
+                    }
+                }
                 Err(e) => log::error!("reload failed, keeping the current configuration: {e}"),
             },
             libc::SIGCHLD => self.reaper.reap_orphans(),

@@ -1,0 +1,255 @@
+//! The files besides the config file that hold services' settings: the drop-ins
+//! (`conf.d/*.json` beside the config file, each `{"services": {...}}` and nothing
+//! else, read in name order) and the sidecars (`services_dir/NAME/service.json`, the
+//! keys of one service). Each is judged like the config file (StrictModes as root, a
+//! regular file, bounded) and parsed with its errors at `file:line:column`; then each
+//! service's layers are merged (`layers::merge`) and validated, every problem charged
+//! to the file its key came from.
+//!
+//! An error in a drop-in is an error of the whole configuration (pushed on `errors`);
+//! one in a sidecar concerns its service only (`Sources::broken`: the service keeps its
+//! other layers and fails). This module reads these files and nothing else.
+
+use super::layers::{self, Kind, Layer, Origin, Sources};
+use super::{
+    normalize, parse_as, read_judged, services_section, valid_service_name, validate_service,
+    ServiceConfig, Settings, INVALID_NAME,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// A sidecar's file name in its service's directory.
+pub const SIDECAR: &str = "service.json";
+
+/// The directory of drop-ins, beside the config file.
+pub const DROP_INS: &str = "conf.d";
+
+/// A drop-in as written: `services` and nothing else. Parsed only to judge it, with
+/// the config file's errors; the layers are read as JSON values.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DropIn {
+    #[serde(default, deserialize_with = "services_section")]
+    #[allow(dead_code)]
+    services: BTreeMap<String, ServiceConfig>,
+}
+
+/// Each service's layers, highest first.
+type Entries = BTreeMap<String, Vec<Layer>>;
+
+/// Every service's entry, layered: the config file's (`path`, whose contents are `text`)
+/// over the drop-ins' over the sidecars' in `settings.services_dir`.
+pub(super) fn layered(
+    path: Option<&Path>,
+    text: &str,
+    settings: &Settings,
+    errors: &mut Vec<String>,
+) -> (BTreeMap<String, ServiceConfig>, Sources) {
+    let mut entries = Entries::new();
+    let mut sources = Sources::default();
+    if let Some(path) = path {
+        let origin = Origin {
+            kind: Kind::ConfigFile,
+            path: path.to_path_buf(),
+        };
+        for (name, keys) in raw_services(text) {
+            let layer = Layer {
+                origin: origin.clone(),
+                keys,
+            };
+            entries.entry(name).or_default().push(layer);
+        }
+        if let Some(dir) = path.parent() {
+            drop_ins(&dir.join(DROP_INS), &mut entries, errors);
+        }
+    }
+    sources.configured = entries.keys().cloned().collect();
+    sidecars(&settings.services_dir, &mut entries, &mut sources.broken);
+    let mut services = BTreeMap::new();
+    for (name, mut layers) in entries {
+        let svc = settle(&name, &mut layers, settings, &mut sources, errors);
+        services.insert(name, svc);
+    }
+    // A sidecar alone that cannot be read still names a service: it fails, saying why.
+    for name in sources.broken.keys() {
+        services.entry(name.clone()).or_default();
+    }
+    (services, sources)
+}
+
+/// One service's entry from its layers. A problem with a key from the sidecar breaks
+/// the sidecar: the entry is made again without it.
+fn settle(
+    name: &str,
+    layers: &mut Vec<Layer>,
+    settings: &Settings,
+    sources: &mut Sources,
+    errors: &mut Vec<String>,
+) -> ServiceConfig {
+    loop {
+        let merged = layers::merge(layers);
+        let mut svc = typed(name, &merged.keys, errors);
+        let paths = [
+            ("binary_path", &mut svc.binary_path),
+            ("data_dir", &mut svc.data_dir),
+            ("pid_file", &mut svc.pid_file),
+        ];
+        for (key, p) in paths {
+            if let (Some(p), Some(o)) = (p.as_mut(), merged.from.get(key)) {
+                *p = normalize(&o.dir().join(&*p));
+            }
+        }
+        let mut problems = Vec::new();
+        validate_service(settings, name, &svc, &mut |key, msg| {
+            problems.push((key.to_string(), msg))
+        });
+        let origin_of = |key: &str| merged.from.get(key.split('.').next().unwrap_or(key));
+        let sidecar = problems.iter().find_map(|(key, msg)| {
+            let o = origin_of(key).filter(|o| o.kind == Kind::Sidecar)?;
+            Some(format!("{}: {key}: {msg}", o.path.display()))
+        });
+        if let Some(why) = sidecar {
+            sources.broken.insert(name.to_string(), why);
+            layers.retain(|l| l.origin.kind != Kind::Sidecar);
+            continue;
+        }
+        for (key, msg) in problems {
+            let file =
+                origin_of(&key).map_or("(defaults)".into(), |o| o.path.display().to_string());
+            errors.push(format!("{file}: services.{name}.{key}: {msg}"));
+        }
+        sources.origins.insert(name.to_string(), merged.from);
+        return svc;
+    }
+}
+
+/// The merged keys as the typed entry. Each layer was parsed already, so this cannot
+/// fail on what a user wrote; if it does, the error names the service.
+fn typed(name: &str, keys: &Map<String, Value>, errors: &mut Vec<String>) -> ServiceConfig {
+    let text = Value::Object(keys.clone()).to_string();
+    parse_as::<ServiceConfig>(&text, &format!("services.{name}")).unwrap_or_else(|e| {
+        errors.push(format!("services.{name}: {e}"));
+        ServiceConfig::default()
+    })
+}
+
+/// The services of a parsed file's text, each as its keys.
+fn raw_services(text: &str) -> Vec<(String, Map<String, Value>)> {
+    let Ok(Value::Object(mut top)) = serde_json::from_str::<Value>(text) else {
+        return Vec::new();
+    };
+    let Some(Value::Object(services)) = top.remove("services") else {
+        return Vec::new();
+    };
+    services
+        .into_iter()
+        .filter_map(|(name, v)| match v {
+            Value::Object(keys) => Some((name, keys)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The drop-ins of `dir`, in name order, added to `entries`. Any problem is the whole
+/// configuration's.
+fn drop_ins(dir: &Path, entries: &mut Entries, errors: &mut Vec<String>) {
+    let list = match std::fs::read_dir(dir) {
+        Ok(list) => list,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => return errors.push(format!("{}: cannot read: {e}", dir.display())),
+    };
+    // Ordered by insertion: a sort would be linked just for this.
+    let mut files = BTreeSet::new();
+    for entry in list.flatten() {
+        let name = entry.file_name();
+        let name = name.as_encoded_bytes();
+        if name.ends_with(b".json") && !name.starts_with(b".") {
+            files.insert(entry.path());
+        }
+    }
+    let mut defined: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for path in files {
+        let text = match read_judged(&path, "drop-in") {
+            Ok(text) => text,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        if let Err(e) = parse_as::<DropIn>(&text, "") {
+            errors.push(format!("{}:{e}", path.display()));
+            continue;
+        }
+        for (name, keys) in raw_services(&text) {
+            let file = path.display();
+            if !valid_service_name(&name) {
+                errors.push(format!("{file}: services.{name}: {INVALID_NAME}"));
+                continue;
+            }
+            if let Some(first) = defined.get(&name) {
+                errors.push(format!(
+                    "{file}: services.{name}: already defined in {}: a service may be defined in one drop-in only",
+                    first.display()
+                ));
+                continue;
+            }
+            defined.insert(name.clone(), path.clone());
+            let origin = Origin {
+                kind: Kind::DropIn,
+                path: path.clone(),
+            };
+            entries
+                .entry(name)
+                .or_default()
+                .push(Layer { origin, keys });
+        }
+    }
+}
+
+/// The sidecars of the service directories in `dir`, added to `entries`; one that
+/// cannot be used goes to `broken` with its error instead.
+fn sidecars(dir: &Path, entries: &mut Entries, broken: &mut BTreeMap<String, String>) {
+    // A missing or unreadable services_dir is discovery's to report.
+    let Ok(list) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in list.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if !valid_service_name(&name) {
+            continue;
+        }
+        let path = entry.path().join(SIDECAR);
+        match std::fs::symlink_metadata(&path) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => continue,
+            _ => {}
+        }
+        match read_sidecar(&name, &path) {
+            Ok(keys) => {
+                let origin = Origin {
+                    kind: Kind::Sidecar,
+                    path,
+                };
+                entries
+                    .entry(name)
+                    .or_default()
+                    .push(Layer { origin, keys });
+            }
+            Err(e) => {
+                broken.insert(name, crate::config::one_line(e));
+            }
+        }
+    }
+}
+
+/// A sidecar's keys, judged and parsed as the service's entry in the config file
+/// would be.
+fn read_sidecar(name: &str, path: &Path) -> Result<Map<String, Value>, String> {
+    let text = read_judged(path, "sidecar")?;
+    let at = |e: String| format!("{}:{e}", path.display());
+    parse_as::<ServiceConfig>(&text, &format!("services.{name}")).map_err(at)?;
+    serde_json::from_str::<Map<String, Value>>(&text).map_err(|e| at(e.to_string()))
+}
