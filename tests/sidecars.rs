@@ -67,15 +67,13 @@ fn layers_take_each_key_whole_from_the_highest_file_that_sets_it() {
     let out = sb.cli(&["check"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     for line in [
+        format!("  from args: drop-in {}", drop_in.display()),
+        format!("  from data_dir: sidecar {}", sidecar.display()),
         format!(
-            "  set by config file {}: environment",
+            "  from environment: config file {}",
             sb.path("orchestrator.json").display()
         ),
-        format!("  set by drop-in {}: args", drop_in.display()),
-        format!(
-            "  set by sidecar {}: data_dir, stop_signal",
-            sidecar.display()
-        ),
+        format!("  from stop_signal: sidecar {}", sidecar.display()),
         "tool: will start".to_string(),
     ] {
         assert!(
@@ -222,13 +220,14 @@ fn drop_ins_add_services_and_a_broken_one_is_the_whole_configurations_error() {
     // Unknown key, unparsable: the same.
     for text in [
         r#"{"orchestrator": {}, "services": {}}"#,
+        r#"{"services": {"extra": {"arsg": []}}}"#,
         "{\"services\": {\"extra\": {\"args\": [}}}",
     ] {
         let broken = write(&sb, "conf.d/30-broken.json", text);
         let out = sb.cli(&["reload"]);
         assert_eq!(out.code, 1, "{text}: {}", out.stdout);
         assert!(
-            out.stderr.contains(&format!("{}:1:", broken.display())),
+            out.stderr.contains(&format!("{}:", broken.display())),
             "{}",
             out.stderr
         );

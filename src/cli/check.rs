@@ -64,7 +64,7 @@ pub(crate) struct ServiceReport {
     pub ready_notify: bool,
     pub watchdog: Option<String>,
     pub sockets: Vec<String>,
-    /// Where the keys that are not defaults came from: `FILE: key, key` per file.
+    /// Where each key that is not a default came from: `key: KIND FILE`.
     pub sources: Vec<String>,
 }
 
@@ -207,26 +207,14 @@ fn service_report(
             )
         }),
         sockets: socket_lines(spec),
-        sources: source_lines(cfg.sources.origins.get(&spec.name)),
+        sources: cfg
+            .sources
+            .of(&spec.name)
+            .into_iter()
+            .flatten()
+            .map(|(key, origin)| format!("{key}: {origin}"))
+            .collect(),
     }
-}
-
-/// Each file that set keys of a service, highest layer first, with the keys it set.
-fn source_lines(
-    origins: Option<&std::collections::BTreeMap<String, config::layers::Origin>>,
-) -> Vec<String> {
-    let mut by_file: Vec<(&config::layers::Origin, Vec<&str>)> = Vec::new();
-    for (key, origin) in origins.into_iter().flatten() {
-        match by_file.iter_mut().find(|(o, _)| *o == origin) {
-            Some((_, keys)) => keys.push(key),
-            None => by_file.push((origin, vec![key])),
-        }
-    }
-    by_file.sort_unstable_by(|(a, _), (b, _)| (a.kind, &a.path).cmp(&(b.kind, &b.path)));
-    by_file
-        .into_iter()
-        .map(|(o, keys)| format!("{o}: {}", keys.join(", ")))
-        .collect()
 }
 
 fn verdict(spec: &discovery::ServiceSpec) -> Verdict {
@@ -418,7 +406,7 @@ fn print_service(s: &ServiceReport) {
         say!("  socket: {line}");
     }
     for line in &s.sources {
-        say!("  set by {line}");
+        say!("  from {line}");
     }
 }
 
@@ -461,19 +449,20 @@ pub(crate) fn discover(cli: &Cli) -> Result<i32, Vec<String>> {
         }
     }
     // A directory whose sidecar names the binary is a service without NAME/NAME.
-    let named = cfg.services.iter().filter_map(|(name, svc)| {
-        let by_sidecar = cfg.sources.origin(name, "binary_path")?.kind == Kind::Sidecar;
-        let binary = svc.binary_path.clone()?;
-        (by_sidecar && !found.iter().any(|f| &f.name == name)).then(|| discovery::Found {
-            name: name.clone(),
-            binary,
-        })
-    });
-    let mut all: Vec<discovery::Found> = named.collect();
-    all.extend(found);
-    all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    let mut all = found;
+    for (name, svc) in &cfg.services {
+        let Some(o) = cfg.sources.origin(name, "binary_path") else {
+            continue;
+        };
+        let at = all.partition_point(|a| a.name < *name);
+        if o.kind == Kind::Sidecar && all.get(at).is_none_or(|a| a.name != *name) {
+            let binary = svc.binary_path.clone().unwrap_or_default();
+            let name = name.clone();
+            all.insert(at, discovery::Found { name, binary });
+        }
+    }
     for f in all {
-        let configured = if cfg.sources.configured.contains(&f.name) {
+        let configured = if cfg.sources.is_configured(&f.name) {
             "configured"
         } else {
             "unconfigured"

@@ -306,17 +306,16 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
     let mut names = BTreeSet::new();
     names.extend(cfg.services.keys().map(String::as_str));
     names.extend(found.iter().map(|f| f.name.as_str()));
-    let found_names: BTreeSet<&str> = found.iter().map(|f| f.name.as_str()).collect();
     for name in names {
-        let configured = cfg.sources.configured.contains(name);
+        let configured = cfg.sources.is_configured(name);
         let svc = cfg.services.get(name).unwrap_or(&unconfigured);
-        let broken = cfg.sources.broken.get(name);
+        let broken = cfg.sources.broken(name);
         // A sidecar alone names a service only with its binary: `binary_path`, or
         // NAME/NAME found.
         if !configured
             && broken.is_none()
             && svc.binary_path.is_none()
-            && !found_names.contains(name)
+            && !found.iter().any(|f| f.name == name)
         {
             continue;
         }
@@ -341,13 +340,7 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
             }
         }
         let mut problem = match broken {
-            Some(e) => {
-                notices.push(Notice {
-                    level: log::Level::Error,
-                    msg: format!("{name}: {e}"),
-                });
-                Some(BinaryProblem::Sidecar(e.clone()))
-            }
+            Some(e) => Some(BinaryProblem::Sidecar(e.clone())),
             None => check_binary_with(&binary, s.strict_modes, &mut verdicts),
         };
         if let Some(BinaryProblem::Untrusted(u)) = &problem {
@@ -359,21 +352,9 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
         let identity = match resolve_identity(svc) {
             Ok(id) => id,
             Err(e) => {
-                // Charged to the file that named the account: a sidecar's fails its
-                // service only.
-                let origin = ["user", "group"]
-                    .iter()
-                    .find_map(|k| cfg.sources.origin(name, k));
-                match origin {
-                    Some(o) if o.kind == Kind::Sidecar => {
-                        let why = format!("{}: {e}", o.path.display());
-                        notices.push(Notice {
-                            level: log::Level::Error,
-                            msg: format!("{name}: {why}"),
-                        });
-                        problem = Some(BinaryProblem::Sidecar(why));
-                    }
-                    Some(o) => errors.push(format!("{}: services.{name}: {e}", o.path.display())),
+                // A sidecar's account that does not exist fails its service only.
+                match from_sidecar(cfg, name, &["user", "group"]) {
+                    Some(file) => problem = Some(BinaryProblem::Sidecar(format!("{file}: {e}"))),
                     None => errors.push(format!("{label}: services.{name}: {e}")),
                 }
                 None
@@ -409,11 +390,8 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
         for dep in &spec.depends_on {
             if !services.contains_key(dep) {
                 let msg = format!("services.{name}.depends_on: unknown service `{dep}`");
-                match cfg.sources.origin(name, "depends_on") {
-                    Some(o) if o.kind == Kind::Sidecar => {
-                        unknown_deps.push((name.clone(), format!("{}: {msg}", o.path.display())))
-                    }
-                    Some(o) => errors.push(format!("{}: {msg}", o.path.display())),
+                match from_sidecar(cfg, name, &["depends_on"]) {
+                    Some(file) => unknown_deps.push((name.clone(), format!("{file}: {msg}"))),
                     None => errors.push(format!("{label}: {msg}")),
                 }
             }
@@ -423,12 +401,16 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
     // nothing.
     for (name, why) in unknown_deps {
         if let Some(spec) = services.get_mut(&name) {
+            spec.depends_on.clear();
+            spec.binary_problem = Some(BinaryProblem::Sidecar(why));
+        }
+    }
+    for (name, spec) in &services {
+        if let Some(BinaryProblem::Sidecar(why)) = &spec.binary_problem {
             notices.push(Notice {
                 level: log::Level::Error,
                 msg: format!("{name}: {why}"),
             });
-            spec.depends_on.clear();
-            spec.binary_problem = Some(BinaryProblem::Sidecar(why));
         }
     }
     if let Some(cycle) = find_cycle(&services) {
@@ -451,6 +433,14 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
     } else {
         Err(errors.into_iter().map(crate::config::one_line).collect())
     }
+}
+
+/// The sidecar that set one of `keys` of service `name`, if one did.
+fn from_sidecar(cfg: &Config, name: &str, keys: &[&str]) -> Option<String> {
+    keys.iter()
+        .filter_map(|k| cfg.sources.origin(name, k))
+        .find(|o| o.kind == Kind::Sidecar)
+        .map(|o| o.path.display().to_string())
 }
 
 /// What every service's environment starts from (docs/lifecycle.md): PATH and HOME of the

@@ -54,13 +54,25 @@ pub struct Layer {
     pub keys: Map<String, Value>,
 }
 
+/// Each key set and the file it came from, in key order. A sorted list, not a map:
+/// a map of this type would link a tree's code for a handful of keys.
+pub type Origins = Vec<(String, Origin)>;
+
+/// The origin of `key` in `origins`.
+pub fn origin_of<'a>(origins: &'a Origins, key: &str) -> Option<&'a Origin> {
+    let i = origins
+        .binary_search_by(|(k, _)| k.as_str().cmp(key))
+        .ok()?;
+    Some(&origins[i].1)
+}
+
 /// A service's entry as the layers make it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Merged {
     /// The keys set, none of them `null`.
     pub keys: Map<String, Value>,
     /// For each key of `keys`, the layer it came from.
-    pub from: BTreeMap<String, Origin>,
+    pub from: Origins,
 }
 
 /// Merges `layers`, given highest first, per top-level key (see the module's invariant).
@@ -68,11 +80,12 @@ pub fn merge(layers: &[Layer]) -> Merged {
     let mut out = Merged::default();
     for layer in layers {
         for (key, value) in &layer.keys {
-            if value.is_null() || out.keys.contains_key(key) {
+            let at = out.from.partition_point(|(k, _)| k < key);
+            if value.is_null() || out.from.get(at).is_some_and(|(k, _)| k == key) {
                 continue;
             }
             out.keys.insert(key.clone(), value.clone());
-            out.from.insert(key.clone(), layer.origin.clone());
+            out.from.insert(at, (key.clone(), layer.origin.clone()));
         }
     }
     out
@@ -82,8 +95,8 @@ pub fn merge(layers: &[Layer]) -> Merged {
 /// plan, `check` and reloads.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sources {
-    /// Per service, each key set by a layer and the file it came from.
-    pub origins: BTreeMap<String, BTreeMap<String, Origin>>,
+    /// Per service, in name order, each key set by a layer and the file it came from.
+    pub origins: Vec<(String, Origins)>,
     /// The services the config file or a drop-in names: a sidecar alone does not make
     /// a service configured.
     pub configured: BTreeSet<String>,
@@ -93,9 +106,33 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// Whether the config file or a drop-in names service `name`.
+    pub fn is_configured(&self, name: &str) -> bool {
+        self.configured.contains(name)
+    }
+
+    /// Why service `name`'s sidecar cannot be used, if it cannot.
+    pub fn broken(&self, name: &str) -> Option<&String> {
+        self.broken.get(name)
+    }
+
+    /// Records that service `name`'s sidecar cannot be used, and why.
+    pub fn set_broken(&mut self, name: String, why: String) {
+        self.broken.insert(name, why);
+    }
+
     /// The file `key` of service `name` came from, if a layer set it.
     pub fn origin(&self, name: &str, key: &str) -> Option<&Origin> {
-        self.origins.get(name)?.get(key)
+        origin_of(self.of(name)?, key)
+    }
+
+    /// Where each key of service `name` came from.
+    pub fn of(&self, name: &str) -> Option<&Origins> {
+        let i = self
+            .origins
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()?;
+        Some(&self.origins[i].1)
     }
 }
 
@@ -135,10 +172,12 @@ mod tests {
         assert_eq!(m.keys["args"], json!(["file"]));
         assert_eq!(m.keys["stop_signal"], json!("SIGINT"));
         assert_eq!(m.keys["memory_limit"], json!(64));
-        assert_eq!(m.from["args"].kind, Kind::ConfigFile);
-        assert_eq!(m.from["stop_signal"].kind, Kind::DropIn);
-        assert_eq!(m.from["memory_limit"].kind, Kind::Sidecar);
+        let kind = |key| origin_of(&m.from, key).map(|o| o.kind);
+        assert_eq!(kind("args"), Some(Kind::ConfigFile));
+        assert_eq!(kind("stop_signal"), Some(Kind::DropIn));
+        assert_eq!(kind("memory_limit"), Some(Kind::Sidecar));
         assert_eq!(m.from.len(), m.keys.len());
+        assert!(m.from.windows(2).all(|w| w[0].0 < w[1].0), "in key order");
     }
 
     #[test]
@@ -162,10 +201,13 @@ mod tests {
             json!({"stop_signal": null}),
         );
         assert_eq!(m.keys["args"], json!(["drop"]));
-        assert_eq!(m.from["args"].kind, Kind::DropIn);
+        assert_eq!(
+            origin_of(&m.from, "args").map(|o| o.kind),
+            Some(Kind::DropIn)
+        );
         assert!(!m.keys.contains_key("user"));
         assert!(!m.keys.contains_key("stop_signal"));
-        assert!(!m.from.contains_key("stop_signal"));
+        assert!(origin_of(&m.from, "stop_signal").is_none());
     }
 
     #[test]

@@ -246,6 +246,9 @@ fn settle(
     resolve_paths(&mut settings, &mut services, base);
     validate_settings(&settings, &services, label, &mut errors);
     for (name, svc) in &services {
+        if !valid_service_name(name) {
+            errors.push(format!("{label}: services.{name}: {INVALID_NAME}"));
+        }
         validate_service(&settings, name, svc, &mut |key, msg| {
             errors.push(format!("{label}: services.{name}.{key}: {msg}"))
         });
@@ -433,24 +436,28 @@ fn parse(text: &str) -> Result<ConfigFile, String> {
 /// the error lies deeper than `context`.
 fn parse_as<T: serde::de::DeserializeOwned>(text: &str, context: &str) -> Result<T, String> {
     set_context(context);
-    let top = context.to_string();
-    serde_json::from_str::<T>(text).map_err(|e| {
-        let context = CONTEXT.with(|c| c.borrow().clone());
-        set_context("");
-        let raw = e.to_string();
-        // serde_json appends " at line L column C"; we put the position first instead.
-        let msg = match raw.rfind(" at line ") {
-            Some(i) => raw[..i].to_string(),
-            None => raw,
-        };
-        let msg = with_section(with_suggestion(&expected_got(&msg)), &context);
-        let place = if context.is_empty() || context == top || e.is_syntax() || e.is_eof() {
-            String::new()
-        } else {
-            format!(" in {context}")
-        };
-        format!("{}:{}: {msg}{place}", e.line(), e.column())
-    })
+    serde_json::from_str::<T>(text).map_err(|e| located(&e, context))
+}
+
+/// A parse error as `LINE:COL: message`, where the message says what was expected and
+/// what was written, and (below `top`) in which key. Not generic: one copy for every
+/// type parsed.
+fn located(e: &serde_json::Error, top: &str) -> String {
+    let context = CONTEXT.with(|c| c.borrow().clone());
+    set_context("");
+    let raw = e.to_string();
+    // serde_json appends " at line L column C"; we put the position first instead.
+    let msg = match raw.rfind(" at line ") {
+        Some(i) => raw[..i].to_string(),
+        None => raw,
+    };
+    let msg = with_section(with_suggestion(&expected_got(&msg)), &context);
+    let place = if context.is_empty() || context == top || e.is_syntax() || e.is_eof() {
+        String::new()
+    } else {
+        format!(" in {context}")
+    };
+    format!("{}:{}: {msg}{place}", e.line(), e.column())
 }
 
 /// Rewrites serde's "invalid type: boolean `true`, expected X" (and "invalid value")
@@ -615,7 +622,7 @@ pub fn parse_signal(s: &str) -> Option<i32> {
         .map(|s| s as i32)
 }
 
-/// The `orchestrator` section, and the names of the file's services.
+/// The `orchestrator` section (`services`: the file's, for the watchdog's names).
 fn validate_settings(
     s: &Settings,
     services: &BTreeMap<String, ServiceConfig>,
@@ -655,11 +662,6 @@ fn validate_settings(
                 "orchestrator.metrics_listen",
                 format!("`{addr}` is not host:port (for example 127.0.0.1:9100)"),
             );
-        }
-    }
-    for name in services.keys() {
-        if !valid_service_name(name) {
-            err(&format!("services.{name}"), INVALID_NAME.into());
         }
     }
     if let Some(w) = &s.watchdog {

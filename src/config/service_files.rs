@@ -12,12 +12,11 @@
 
 use super::layers::{self, Kind, Layer, Origin, Sources};
 use super::{
-    normalize, parse_as, read_judged, services_section, valid_service_name, validate_service,
-    ServiceConfig, Settings, INVALID_NAME,
+    normalize, parse, parse_as, read_judged, valid_service_name, validate_service, ServiceConfig,
+    Settings, INVALID_NAME,
 };
-use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A sidecar's file name in its service's directory.
@@ -26,18 +25,22 @@ pub const SIDECAR: &str = "service.json";
 /// The directory of drop-ins, beside the config file.
 pub const DROP_INS: &str = "conf.d";
 
-/// A drop-in as written: `services` and nothing else. Parsed only to judge it, with
-/// the config file's errors; the layers are read as JSON values.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DropIn {
-    #[serde(default, deserialize_with = "services_section")]
-    #[allow(dead_code)]
-    services: BTreeMap<String, ServiceConfig>,
-}
+/// A service's keys as written.
+type Keys = Map<String, Value>;
 
-/// Each service's layers, highest first.
-type Entries = BTreeMap<String, Vec<Layer>>;
+/// Each service's layers, highest first, in name order. A list, not a map: a map of
+/// this type would link a tree's code just for this.
+#[derive(Default)]
+struct Entries(Vec<(String, Vec<Layer>)>);
+
+impl Entries {
+    fn push(&mut self, name: String, layer: Layer) {
+        match self.0.binary_search_by(|(n, _)| n.as_str().cmp(&name)) {
+            Ok(i) => self.0[i].1.push(layer),
+            Err(i) => self.0.insert(i, (name, vec![layer])),
+        }
+    }
+}
 
 /// Every service's entry, layered: the config file's (`path`, whose contents are `text`)
 /// over the drop-ins' over the sidecars' in `settings.services_dir`.
@@ -47,34 +50,46 @@ pub(super) fn layered(
     settings: &Settings,
     errors: &mut Vec<String>,
 ) -> (BTreeMap<String, ServiceConfig>, Sources) {
-    let mut entries = Entries::new();
+    let mut entries = Entries::default();
     let mut sources = Sources::default();
     if let Some(path) = path {
         let origin = Origin {
             kind: Kind::ConfigFile,
             path: path.to_path_buf(),
         };
-        for (name, keys) in raw_services(text) {
+        for (name, keys) in raw_services(text).0 {
             let layer = Layer {
                 origin: origin.clone(),
                 keys,
             };
-            entries.entry(name).or_default().push(layer);
+            entries.push(name, layer);
         }
         if let Some(dir) = path.parent() {
             drop_ins(&dir.join(DROP_INS), &mut entries, errors);
         }
     }
-    sources.configured = entries.keys().cloned().collect();
-    sidecars(&settings.services_dir, &mut entries, &mut sources.broken);
+    // By insertion: collecting into an ordered set would link a sort just for this.
+    for (name, _) in &entries.0 {
+        sources.configured.insert(name.clone());
+    }
+    sidecars(&settings.services_dir, &mut entries, &mut sources);
     let mut services = BTreeMap::new();
-    for (name, mut layers) in entries {
+    for (name, mut layers) in entries.0 {
+        // Named by the file or a drop-in (a sidecar's directory name was checked).
+        if !valid_service_name(&name) {
+            let file = layers.first().map(|l| l.origin.path.display().to_string());
+            let file = file.unwrap_or_default();
+            errors.push(format!("{file}: services.{name}: {INVALID_NAME}"));
+            continue;
+        }
         let svc = settle(&name, &mut layers, settings, &mut sources, errors);
         services.insert(name, svc);
     }
     // A sidecar alone that cannot be read still names a service: it fails, saying why.
     for name in sources.broken.keys() {
-        services.entry(name.clone()).or_default();
+        if !services.contains_key(name) {
+            services.insert(name.clone(), ServiceConfig::default());
+        }
     }
     (services, sources)
 }
@@ -97,7 +112,7 @@ fn settle(
             ("pid_file", &mut svc.pid_file),
         ];
         for (key, p) in paths {
-            if let (Some(p), Some(o)) = (p.as_mut(), merged.from.get(key)) {
+            if let (Some(p), Some(o)) = (p.as_mut(), layers::origin_of(&merged.from, key)) {
                 *p = normalize(&o.dir().join(&*p));
             }
         }
@@ -105,13 +120,14 @@ fn settle(
         validate_service(settings, name, &svc, &mut |key, msg| {
             problems.push((key.to_string(), msg))
         });
-        let origin_of = |key: &str| merged.from.get(key.split('.').next().unwrap_or(key));
+        let origin_of =
+            |key: &str| layers::origin_of(&merged.from, key.split('.').next().unwrap_or(key));
         let sidecar = problems.iter().find_map(|(key, msg)| {
             let o = origin_of(key).filter(|o| o.kind == Kind::Sidecar)?;
             Some(format!("{}: {key}: {msg}", o.path.display()))
         });
         if let Some(why) = sidecar {
-            sources.broken.insert(name.to_string(), why);
+            sources.set_broken(name.to_string(), why);
             layers.retain(|l| l.origin.kind != Kind::Sidecar);
             continue;
         }
@@ -120,7 +136,7 @@ fn settle(
                 origin_of(&key).map_or("(defaults)".into(), |o| o.path.display().to_string());
             errors.push(format!("{file}: services.{name}.{key}: {msg}"));
         }
-        sources.origins.insert(name.to_string(), merged.from);
+        sources.origins.push((name.to_string(), merged.from));
         return svc;
     }
 }
@@ -135,21 +151,28 @@ fn typed(name: &str, keys: &Map<String, Value>, errors: &mut Vec<String>) -> Ser
     })
 }
 
-/// The services of a parsed file's text, each as its keys.
-fn raw_services(text: &str) -> Vec<(String, Map<String, Value>)> {
-    let Ok(Value::Object(mut top)) = serde_json::from_str::<Value>(text) else {
-        return Vec::new();
+/// The services of a parsed file's text, each as its keys; and the first top-level
+/// key other than `services`, if any.
+fn raw_services(text: &str) -> (Vec<(String, Keys)>, Option<String>) {
+    let (mut out, mut other) = (Vec::new(), None);
+    let Ok(Value::Object(top)) = serde_json::from_str::<Value>(text) else {
+        return (out, other);
     };
-    let Some(Value::Object(services)) = top.remove("services") else {
-        return Vec::new();
-    };
-    services
-        .into_iter()
-        .filter_map(|(name, v)| match v {
-            Value::Object(keys) => Some((name, keys)),
-            _ => None,
-        })
-        .collect()
+    for (key, value) in top {
+        match value {
+            Value::Object(services) if key == "services" => {
+                for (name, v) in services {
+                    if let Value::Object(keys) = v {
+                        out.push((name, keys));
+                    }
+                }
+            }
+            _ => {
+                other.get_or_insert(key);
+            }
+        }
+    }
+    (out, other)
 }
 
 /// The drop-ins of `dir`, in name order, added to `entries`. Any problem is the whole
@@ -161,15 +184,18 @@ fn drop_ins(dir: &Path, entries: &mut Entries, errors: &mut Vec<String>) {
         Err(e) => return errors.push(format!("{}: cannot read: {e}", dir.display())),
     };
     // Ordered by insertion: a sort would be linked just for this.
-    let mut files = BTreeSet::new();
+    let mut files: Vec<PathBuf> = Vec::new();
     for entry in list.flatten() {
         let name = entry.file_name();
         let name = name.as_encoded_bytes();
         if name.ends_with(b".json") && !name.starts_with(b".") {
-            files.insert(entry.path());
+            let path = entry.path();
+            let at = files.partition_point(|f| f.as_os_str() < path.as_os_str());
+            files.insert(at, path);
         }
     }
-    let mut defined: BTreeMap<String, PathBuf> = BTreeMap::new();
+    // Which drop-in defined each service so far.
+    let mut defined: Vec<(String, PathBuf)> = Vec::new();
     for path in files {
         let text = match read_judged(&path, "drop-in") {
             Ok(text) => text,
@@ -178,39 +204,42 @@ fn drop_ins(dir: &Path, entries: &mut Entries, errors: &mut Vec<String>) {
                 continue;
             }
         };
-        if let Err(e) = parse_as::<DropIn>(&text, "") {
+        // Judged as a config file would be (no second parser is linked for it), then
+        // held to `services` alone.
+        if let Err(e) = parse(&text) {
             errors.push(format!("{}:{e}", path.display()));
             continue;
         }
-        for (name, keys) in raw_services(&text) {
-            let file = path.display();
-            if !valid_service_name(&name) {
-                errors.push(format!("{file}: services.{name}: {INVALID_NAME}"));
-                continue;
-            }
-            if let Some(first) = defined.get(&name) {
+        let (services, other) = raw_services(&text);
+        if let Some(key) = other {
+            errors.push(format!(
+                "{}: `{key}`: a drop-in holds only `services`",
+                path.display()
+            ));
+            continue;
+        }
+        for (name, keys) in services {
+            if let Some((_, first)) = defined.iter().find(|(n, _)| *n == name) {
                 errors.push(format!(
-                    "{file}: services.{name}: already defined in {}: a service may be defined in one drop-in only",
+                    "{}: services.{name}: defined in {} too",
+                    path.display(),
                     first.display()
                 ));
                 continue;
             }
-            defined.insert(name.clone(), path.clone());
+            defined.push((name.clone(), path.clone()));
             let origin = Origin {
                 kind: Kind::DropIn,
                 path: path.clone(),
             };
-            entries
-                .entry(name)
-                .or_default()
-                .push(Layer { origin, keys });
+            entries.push(name, Layer { origin, keys });
         }
     }
 }
 
 /// The sidecars of the service directories in `dir`, added to `entries`; one that
 /// cannot be used goes to `broken` with its error instead.
-fn sidecars(dir: &Path, entries: &mut Entries, broken: &mut BTreeMap<String, String>) {
+fn sidecars(dir: &Path, entries: &mut Entries, sources: &mut Sources) {
     // A missing or unreadable services_dir is discovery's to report.
     let Ok(list) = std::fs::read_dir(dir) else {
         return;
@@ -233,13 +262,10 @@ fn sidecars(dir: &Path, entries: &mut Entries, broken: &mut BTreeMap<String, Str
                     kind: Kind::Sidecar,
                     path,
                 };
-                entries
-                    .entry(name)
-                    .or_default()
-                    .push(Layer { origin, keys });
+                entries.push(name, Layer { origin, keys });
             }
             Err(e) => {
-                broken.insert(name, crate::config::one_line(e));
+                sources.set_broken(name, crate::config::one_line(e));
             }
         }
     }
@@ -251,5 +277,8 @@ fn read_sidecar(name: &str, path: &Path) -> Result<Map<String, Value>, String> {
     let text = read_judged(path, "sidecar")?;
     let at = |e: String| format!("{}:{e}", path.display());
     parse_as::<ServiceConfig>(&text, &format!("services.{name}")).map_err(at)?;
-    serde_json::from_str::<Map<String, Value>>(&text).map_err(|e| at(e.to_string()))
+    match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(keys)) => Ok(keys),
+        _ => Err(at("1:1: expected an object".into())),
+    }
 }

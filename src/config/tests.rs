@@ -94,6 +94,9 @@ fn validate(
 ) {
     validate_settings(s, services, label, errors);
     for (name, svc) in services {
+        if !valid_service_name(name) {
+            errors.push(format!("{label}: services.{name}: {INVALID_NAME}"));
+        }
         validate_service(s, name, svc, &mut |key, msg| {
             errors.push(format!("{label}: services.{name}.{key}: {msg}"))
         });

@@ -83,7 +83,7 @@ impl Outcome {
     pub fn error(&self) -> Option<String> {
         (!self.broken.is_empty()).then(|| {
             format!(
-                "reloaded, but a service kept its previous settings: {}",
+                "reloaded, but kept previous settings: {}",
                 self.broken.join("; ")
             )
         })
@@ -132,6 +132,23 @@ pub fn summarize(plan: &[(String, Decision)]) -> String {
 }
 
 impl Supervisor {
+    /// `reload`, with what it did (or why it did nothing) in the log unless `dry_run`:
+    /// SIGHUP and the `reload` command alike.
+    pub(super) fn reload_logged(&mut self, dry_run: bool) -> Result<Outcome, String> {
+        let done = self.reload(dry_run);
+        match &done {
+            _ if dry_run => {}
+            Ok(d) => {
+                log::info!("reloaded: {}", summarize(&d.decisions));
+                if let Some(e) = d.error() {
+                    log::error!("{e}");
+                }
+            }
+            Err(e) => log::error!("reload failed, keeping the current configuration: {e}"),
+        }
+        done
+    }
+
     /// Re-reads the configuration and re-runs discovery; applies the result unless
     /// `dry_run`. On any error nothing changes. Bound: one config read and one
     /// directory scan.

@@ -4,7 +4,6 @@
 //! until then.
 
 use super::machine::{AfterStop, Event, Origin};
-use super::reload::summarize;
 use super::state::{Refusal, State};
 use super::supervisor::Supervisor;
 use crate::common::protocol::{PlanStep, Response};
@@ -64,16 +63,10 @@ impl Supervisor {
                 }
                 Err(msg) => error_reply(msg).into(),
             },
-            Cmd::Reload => match self.reload(req.dry_run) {
+            Cmd::Reload => match self.reload_logged(req.dry_run) {
                 Ok(done) => {
                     let error = done.error();
                     let plan = done.decisions;
-                    if !req.dry_run {
-                        log::info!("reloaded: {}", summarize(&plan));
-                        if let Some(e) = &error {
-                            log::error!("{e}");
-                        }
-                    }
                     let waits_for: Vec<String> = plan
                         .iter()
                         .filter(|(n, _)| {
@@ -96,12 +89,7 @@ impl Supervisor {
                     }
                     plan_reply(list, error).into()
                 }
-                Err(e) => {
-                    if !req.dry_run {
-                        log::error!("reload failed, keeping the current configuration: {e}");
-                    }
-                    error_reply(e).into()
-                }
+                Err(e) => error_reply(e).into(),
             },
             Cmd::Logs => self.logs(req.service.as_deref(), req.lines.unwrap_or(100), req.follow),
             Cmd::Metrics => self.metrics(),

@@ -437,15 +437,9 @@ impl Supervisor {
                 log::info!("{} received: shutting down", signal_name(sig));
                 self.begin_shutdown();
             }
-            libc::SIGHUP => match self.reload(false) {
-                Ok(done) => {
-                    log::info!("reloaded: {}", super::reload::summarize(&done.decisions));
-                    if let Some(e) = done.error() {
-                        log::error!("{e}");
-                    }
-                }
-                Err(e) => log::error!("reload failed, keeping the current configuration: {e}"),
-            },
+            libc::SIGHUP => {
+                let _ = self.reload_logged(false);
+            }
             libc::SIGCHLD => self.reaper.reap_orphans(),
             libc::SIGUSR1 => {
                 log::info!("SIGUSR1 received: reopening the log files");
