@@ -163,6 +163,9 @@ fn a_reload_with_a_broken_sidecar_keeps_the_running_service_and_applies_the_rest
         json!({"services_dir": "services"}),
         json!({"other": {"args": ["two"]}}),
     );
+    // A service the reload adds, with a broken sidecar of its own: failed, saying why.
+    sb.service("fresh", "exec sleep 1000");
+    write(&sb, "services/fresh/service.json", "{\"nice\": \"low\"}");
     let out = sb.cli(&["reload"]);
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
     assert!(
@@ -181,6 +184,14 @@ fn a_reload_with_a_broken_sidecar_keeps_the_running_service_and_applies_the_rest
             .unwrap_or_default()
             .contains("service.json:1:"),
         "{s}"
+    );
+    let fresh = sb.wait_state("fresh", "failed");
+    assert!(
+        fresh["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fresh/service.json:1:"),
+        "{fresh}"
     );
     // Kept, not forgotten: a second reload with the sidecar still broken changes nothing.
     let out = sb.cli(&["reload"]);

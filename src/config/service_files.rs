@@ -50,6 +50,7 @@ pub(super) fn layered(
     settings: &Settings,
     errors: &mut Vec<String>,
 ) -> (BTreeMap<String, ServiceConfig>, Sources) {
+    let label = path.map_or("(defaults)".into(), |p| p.display().to_string());
     let mut entries = Entries::default();
     let mut sources = Sources::default();
     if let Some(path) = path {
@@ -82,7 +83,7 @@ pub(super) fn layered(
             errors.push(format!("{file}: services.{name}: {INVALID_NAME}"));
             continue;
         }
-        let svc = settle(&name, &mut layers, settings, &mut sources, errors);
+        let svc = settle(&name, &mut layers, settings, &label, &mut sources, errors);
         services.insert(name, svc);
     }
     // A sidecar alone that cannot be read still names a service: it fails, saying why.
@@ -100,6 +101,7 @@ fn settle(
     name: &str,
     layers: &mut Vec<Layer>,
     settings: &Settings,
+    label: &str,
     sources: &mut Sources,
     errors: &mut Vec<String>,
 ) -> ServiceConfig {
@@ -132,8 +134,8 @@ fn settle(
             continue;
         }
         for (key, msg) in problems {
-            let file =
-                origin_of(&key).map_or("(defaults)".into(), |o| o.path.display().to_string());
+            // A key no file set (a check across keys): the config file's problem.
+            let file = origin_of(&key).map_or(label.to_string(), |o| o.path.display().to_string());
             errors.push(format!("{file}: services.{name}.{key}: {msg}"));
         }
         sources.origins.push((name.to_string(), merged.from));
@@ -277,8 +279,9 @@ fn read_sidecar(name: &str, path: &Path) -> Result<Map<String, Value>, String> {
     let text = read_judged(path, "sidecar")?;
     let at = |e: String| format!("{}:{e}", path.display());
     parse_as::<ServiceConfig>(&text, &format!("services.{name}")).map_err(at)?;
+    // Parsed already as an object just above.
     match serde_json::from_str::<Value>(&text) {
         Ok(Value::Object(keys)) => Ok(keys),
-        _ => Err(at("1:1: expected an object".into())),
+        _ => Ok(Map::new()),
     }
 }
