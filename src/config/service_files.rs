@@ -285,3 +285,113 @@ fn read_sidecar(name: &str, path: &Path) -> Result<Map<String, Value>, String> {
         _ => Ok(Map::new()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(kind: Kind, path: &str, text: &str) -> Layer {
+        let Ok(Value::Object(keys)) = serde_json::from_str::<Value>(text) else {
+            panic!("a layer is an object: {text}")
+        };
+        let path = PathBuf::from(path);
+        Layer {
+            origin: Origin { kind, path },
+            keys,
+        }
+    }
+
+    fn settled(layers: &mut Vec<Layer>) -> (ServiceConfig, Sources, Vec<String>) {
+        let (mut sources, mut errors) = (Sources::default(), Vec::new());
+        let s = Settings::default();
+        let svc = settle("web", layers, &s, "/etc/o.json", &mut sources, &mut errors);
+        (svc, sources, errors)
+    }
+
+    #[test]
+    fn each_key_comes_from_its_file_and_relative_paths_start_there() {
+        let mut layers = vec![
+            layer(Kind::ConfigFile, "/etc/o.json", r#"{"args": ["a"]}"#),
+            layer(
+                Kind::DropIn,
+                "/etc/conf.d/10.json",
+                r#"{"pid_file": "web.pid"}"#,
+            ),
+            layer(
+                Kind::Sidecar,
+                "/srv/web/service.json",
+                r#"{"args": ["b"], "data_dir": "data", "stop_signal": "SIGINT"}"#,
+            ),
+        ];
+        let (svc, sources, errors) = settled(&mut layers);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(svc.args, ["a"]);
+        assert_eq!(svc.stop_signal, "SIGINT");
+        assert_eq!(svc.data_dir, Some(PathBuf::from("/srv/web/data")));
+        assert_eq!(svc.pid_file, Some(PathBuf::from("/etc/conf.d/web.pid")));
+        let kind = |key| sources.origin("web", key).map(|o| o.kind);
+        assert_eq!(kind("args"), Some(Kind::ConfigFile));
+        assert_eq!(kind("pid_file"), Some(Kind::DropIn));
+        assert_eq!(kind("data_dir"), Some(Kind::Sidecar));
+        assert_eq!(kind("enabled"), None);
+    }
+
+    #[test]
+    fn a_bad_value_from_the_sidecar_breaks_only_the_sidecar() {
+        let mut layers = vec![
+            layer(Kind::ConfigFile, "/etc/o.json", r#"{"args": ["a"]}"#),
+            layer(
+                Kind::Sidecar,
+                "/srv/web/service.json",
+                r#"{"stop_signal": "NOPE"}"#,
+            ),
+        ];
+        let (svc, sources, errors) = settled(&mut layers);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            sources.broken.get("web").map(String::as_str),
+            Some("/srv/web/service.json: stop_signal: unknown signal `NOPE`")
+        );
+        // The other layers are kept, the sidecar's keys are not.
+        assert_eq!(svc.args, ["a"]);
+        assert_eq!(svc.stop_signal, "SIGTERM");
+    }
+
+    #[test]
+    fn a_bad_value_from_the_file_or_a_drop_in_is_a_configuration_error_naming_it() {
+        let mut layers = vec![
+            layer(Kind::DropIn, "/etc/conf.d/10.json", r#"{"watchdog_ms": 0}"#),
+            layer(Kind::Sidecar, "/srv/web/service.json", r#"{"args": ["b"]}"#),
+        ];
+        let (_, sources, errors) = settled(&mut layers);
+        assert!(sources.broken.is_empty());
+        assert_eq!(
+            errors,
+            ["/etc/conf.d/10.json: services.web.watchdog_ms: must be at least 1"]
+        );
+    }
+
+    #[test]
+    fn a_drop_ins_services_and_its_other_keys_are_told_apart() {
+        let (services, other) = raw_services(r#"{"services": {"a": {"args": []}, "b": {}}}"#);
+        let names: Vec<&str> = services.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!((names, other), (vec!["a", "b"], None));
+        let (_, other) = raw_services(r#"{"orchestrator": {}, "services": {}}"#);
+        assert_eq!(other.as_deref(), Some("orchestrator"));
+    }
+
+    #[test]
+    fn entries_stay_in_name_order_with_their_layers_highest_first() {
+        let mut e = Entries::default();
+        e.push("web".into(), layer(Kind::ConfigFile, "/etc/o.json", "{}"));
+        e.push("db".into(), layer(Kind::DropIn, "/etc/conf.d/1.json", "{}"));
+        e.push(
+            "web".into(),
+            layer(Kind::Sidecar, "/s/web/service.json", "{}"),
+        );
+        let names: Vec<&str> = e.0.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["db", "web"]);
+        let kinds: Vec<Kind> = e.0[1].1.iter().map(|l| l.origin.kind).collect();
+        assert_eq!(kinds, [Kind::ConfigFile, Kind::Sidecar]);
+    }
+}

@@ -262,3 +262,29 @@ fn a_key_in_the_wrong_section_says_where_it_belongs() {
     let e = parse_err("{\"orchestratr\": {}}");
     assert!(e.contains("did you mean `orchestrator`"), "{e}");
 }
+
+/// Every key of a service may be null, which counts as absent: the file's layer must
+/// parse with a null where the key has no null of its own.
+#[test]
+fn every_service_key_accepts_null() {
+    let keys = [
+        "enabled",
+        "args",
+        "environment",
+        "memory_limit",
+        "stop_signal",
+        "limits",
+        "depends_on",
+        "sockets",
+        "upgrade_grace_ms",
+        "syscall_filter_action",
+        "private_network",
+        "private_tmp",
+        "read_only_paths",
+        "private_users",
+    ];
+    for key in keys {
+        let text = format!(r#"{{"services": {{"a": {{"{key}": null}}}}}}"#);
+        assert!(parse(&text).is_ok(), "{key}: {:?}", parse(&text).err());
+    }
+}
