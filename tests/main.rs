@@ -27,6 +27,7 @@ mod pid_files;
 mod races;
 mod reliability;
 mod reload;
+mod sidecars;
 mod signals;
 mod sockets;
 mod terminal;

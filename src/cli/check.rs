@@ -6,7 +6,7 @@
 //! stops there.
 
 use crate::cli::Cli;
-use crate::config::{self, discovery, paths, Config};
+use crate::config::{self, discovery, layers::Kind, paths, Config};
 use crate::process::{cgroup, hardening};
 use crate::supervise::state as service;
 use std::fmt;
@@ -64,6 +64,8 @@ pub(crate) struct ServiceReport {
     pub ready_notify: bool,
     pub watchdog: Option<String>,
     pub sockets: Vec<String>,
+    /// Where each key that is not a default came from: `key: KIND FILE`.
+    pub sources: Vec<String>,
 }
 
 /// What the daemon would do with a service at start.
@@ -205,6 +207,13 @@ fn service_report(
             )
         }),
         sockets: socket_lines(spec),
+        sources: cfg
+            .sources
+            .of(&spec.name)
+            .into_iter()
+            .flatten()
+            .map(|(key, origin)| format!("{key}: {origin}"))
+            .collect(),
     }
 }
 
@@ -396,6 +405,9 @@ fn print_service(s: &ServiceReport) {
     for line in &s.sockets {
         say!("  socket: {line}");
     }
+    for line in &s.sources {
+        say!("  from {line}");
+    }
 }
 
 /// How each configured limit is enforced, for `check`.
@@ -436,8 +448,21 @@ pub(crate) fn discover(cli: &Cli) -> Result<i32, Vec<String>> {
             );
         }
     }
-    for f in found {
-        let configured = if cfg.services.contains_key(&f.name) {
+    // A directory whose sidecar names the binary is a service without NAME/NAME.
+    let mut all = found;
+    for (name, svc) in &cfg.services {
+        let Some(o) = cfg.sources.origin(name, "binary_path") else {
+            continue;
+        };
+        let at = all.partition_point(|a| a.name < *name);
+        if o.kind == Kind::Sidecar && all.get(at).is_none_or(|a| a.name != *name) {
+            let binary = svc.binary_path.clone().unwrap_or_default();
+            let name = name.clone();
+            all.insert(at, discovery::Found { name, binary });
+        }
+    }
+    for f in all {
+        let configured = if cfg.sources.is_configured(&f.name) {
             "configured"
         } else {
             "unconfigured"
@@ -460,14 +485,14 @@ mod tests {
     }
 
     fn config_of(services: Vec<(&str, ServiceConfig)>) -> Config {
-        Config {
-            path: None,
-            settings: Settings::default(),
-            services: services
+        Config::of_file(
+            None,
+            Settings::default(),
+            services
                 .into_iter()
                 .map(|(n, c)| (n.to_string(), c))
                 .collect(),
-        }
+        )
     }
 
     #[test]

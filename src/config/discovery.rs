@@ -7,6 +7,7 @@
 //! process; a plan that cannot be built is a configuration error.
 
 use crate::common::safe_fs::{self, Verdicts};
+use crate::config::layers::Kind;
 use crate::config::{
     parse_signal, valid_service_name, Config, HealthCheck, Limits, RestartPolicy, ServiceConfig,
     Settings, SocketConfig,
@@ -35,6 +36,9 @@ pub enum BinaryProblem {
     /// another user, or writable by group or others): they could swap what runs.
     /// Refused under `strict_modes`.
     Untrusted(crate::common::safe_fs::Untrusted),
+    /// Its sidecar cannot be used: the error, with `file:line:column` where it has one.
+    /// Not a binary's problem, but the same consequence: it cannot run as planned.
+    Sidecar(String),
 }
 
 /// What shapes a service's process: everything the child is given. A reload that
@@ -126,6 +130,7 @@ impl ServiceSpec {
                 "service binary refused: {u} (strict_modes: {})",
                 safe_fs::RULE
             ),
+            BinaryProblem::Sidecar(e) => e.clone(),
         })
     }
 }
@@ -203,7 +208,7 @@ pub fn discover(dir: &Path, notices: &mut Vec<Notice>) -> Vec<Found> {
                 level: log::Level::Warn,
                 msg: format!("{} is not executable: skipped", binary.display()),
             }),
-            Some(BinaryProblem::Untrusted(_)) => {}
+            Some(BinaryProblem::Untrusted(_) | BinaryProblem::Sidecar(_)) => {}
         }
     }
     out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
@@ -302,8 +307,18 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
     names.extend(cfg.services.keys().map(String::as_str));
     names.extend(found.iter().map(|f| f.name.as_str()));
     for name in names {
-        let configured = cfg.services.get(name);
-        let svc = configured.unwrap_or(&unconfigured);
+        let configured = cfg.sources.is_configured(name);
+        let svc = cfg.services.get(name).unwrap_or(&unconfigured);
+        let broken = cfg.sources.broken(name);
+        // A sidecar alone names a service only with its binary: `binary_path`, or
+        // NAME/NAME found.
+        if !configured
+            && broken.is_none()
+            && svc.binary_path.is_none()
+            && !found.iter().any(|f| f.name == name)
+        {
+            continue;
+        }
         let configured_path = svc
             .binary_path
             .clone()
@@ -324,7 +339,10 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
                 binary = target;
             }
         }
-        let problem = check_binary_with(&binary, s.strict_modes, &mut verdicts);
+        let mut problem = match broken {
+            Some(e) => Some(BinaryProblem::Sidecar(e.clone())),
+            None => check_binary_with(&binary, s.strict_modes, &mut verdicts),
+        };
         if let Some(BinaryProblem::Untrusted(u)) = &problem {
             notices.push(Notice {
                 level: log::Level::Warn,
@@ -334,7 +352,11 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
         let identity = match resolve_identity(svc) {
             Ok(id) => id,
             Err(e) => {
-                errors.push(format!("{label}: services.{name}: {e}"));
+                // A sidecar's account that does not exist fails its service only.
+                match from_sidecar(cfg, name, &["user", "group"]) {
+                    Some(file) => problem = Some(BinaryProblem::Sidecar(format!("{file}: {e}"))),
+                    None => errors.push(format!("{label}: services.{name}: {e}")),
+                }
                 None
             }
         };
@@ -346,7 +368,7 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
         }
         let spec = build_spec(
             name,
-            configured.is_some(),
+            configured,
             svc,
             s,
             &configured_path,
@@ -363,13 +385,32 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
             "{label}: services.orchestrator: with log_dir set, a service cannot be named `orchestrator` (log_dir/orchestrator.log is the orchestrator's own log)"
         ));
     }
+    let mut unknown_deps = Vec::new();
     for (name, spec) in &services {
         for dep in &spec.depends_on {
             if !services.contains_key(dep) {
-                errors.push(format!(
-                    "{label}: services.{name}.depends_on: unknown service `{dep}`"
-                ));
+                let msg = format!("services.{name}.depends_on: unknown service `{dep}`");
+                match from_sidecar(cfg, name, &["depends_on"]) {
+                    Some(file) => unknown_deps.push((name.clone(), format!("{file}: {msg}"))),
+                    None => errors.push(format!("{label}: {msg}")),
+                }
             }
+        }
+    }
+    // A sidecar's unknown dependency fails its service only, which then waits for
+    // nothing.
+    for (name, why) in unknown_deps {
+        if let Some(spec) = services.get_mut(&name) {
+            spec.depends_on.clear();
+            spec.binary_problem = Some(BinaryProblem::Sidecar(why));
+        }
+    }
+    for (name, spec) in &services {
+        if let Some(BinaryProblem::Sidecar(why)) = &spec.binary_problem {
+            notices.push(Notice {
+                level: log::Level::Error,
+                msg: format!("{name}: {why}"),
+            });
         }
     }
     if let Some(cycle) = find_cycle(&services) {
@@ -392,6 +433,14 @@ pub fn plan(cfg: &Config) -> Result<Plan, Vec<String>> {
     } else {
         Err(errors.into_iter().map(crate::config::one_line).collect())
     }
+}
+
+/// The sidecar that set one of `keys` of service `name`, if one did.
+fn from_sidecar(cfg: &Config, name: &str, keys: &[&str]) -> Option<String> {
+    keys.iter()
+        .filter_map(|k| cfg.sources.origin(name, k))
+        .find(|o| o.kind == Kind::Sidecar)
+        .map(|o| o.path.display().to_string())
 }
 
 /// What every service's environment starts from (docs/lifecycle.md): PATH and HOME of the

@@ -9,7 +9,9 @@ pub mod accounts;
 pub mod capabilities;
 pub mod discovery;
 pub mod hardening;
+pub mod layers;
 pub mod paths;
+mod service_files;
 pub mod sockets;
 pub mod syscalls;
 mod types;
@@ -97,6 +99,27 @@ pub fn lookup(flag: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
     Ok(None)
 }
 
+impl Config {
+    /// A configuration whose services are all the file's: no drop-in, no sidecar.
+    #[cfg(test)]
+    pub fn of_file(
+        path: Option<PathBuf>,
+        settings: Settings,
+        services: BTreeMap<String, ServiceConfig>,
+    ) -> Config {
+        let sources = layers::Sources {
+            configured: services.keys().cloned().collect(),
+            ..Default::default()
+        };
+        Config {
+            path,
+            settings,
+            services,
+            sources,
+        }
+    }
+}
+
 impl Overrides {
     /// Fixes what every later reload reads to what `run` found at start: the file (or
     /// that there was none), and the environment's relative paths made absolute against
@@ -123,18 +146,32 @@ const MAX_CONFIG: u64 = 4 << 20;
 /// The most rotated files a service may keep (`log_max_files`).
 const MAX_LOG_FILES: u32 = 1000;
 
-/// Looks the file up, reads, parses, applies precedence and validates it.
+/// Looks the file up, reads, parses, applies precedence and validates it; then reads
+/// the drop-ins beside it and the sidecars in `services_dir` and layers each service's
+/// entry (`layers`). An error in the file or a drop-in is an error of the whole
+/// configuration; one in a sidecar fails only its service (`Sources::broken`).
 pub fn load(ov: &Overrides) -> Result<Config, ConfigError> {
-    let (path, file, base) = read(ov)?;
+    let (path, file, base, text) = read(ov)?;
     let label = path
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "(defaults)".to_string());
-    let (settings, services) = settle(file, ov, &label, &base)?;
+    let mut settings = file.orchestrator;
+    let mut errors = Vec::new();
+    apply_overrides(&mut settings, ov, &label, &mut errors);
+    resolve_paths(&mut settings, &mut BTreeMap::new(), &base);
+    validate_settings(&settings, &file.services, &label, &mut errors);
+    let path = path.map(|p| absolute(&p));
+    let (services, sources) =
+        service_files::layered(path.as_deref(), &text, &settings, &mut errors);
+    if !errors.is_empty() {
+        return Err(ConfigError::new(errors));
+    }
     Ok(Config {
-        path: path.map(|p| absolute(&p)),
+        path,
         settings,
         services,
+        sources,
     })
 }
 
@@ -144,43 +181,54 @@ pub fn load(ov: &Overrides) -> Result<Config, ConfigError> {
 /// and must not refuse to talk to a daemon over a problem only the daemon cares about
 /// (a dependency cycle, a user that does not exist on this box).
 pub fn load_unvalidated(ov: &Overrides) -> Result<Config, ConfigError> {
-    let (path, file, base) = read(ov)?;
+    let (path, file, base, _) = read(ov)?;
     let (mut settings, mut services) = (file.orchestrator, file.services);
     resolve_paths(&mut settings, &mut services, &base);
     Ok(Config {
         path: path.map(|p| absolute(&p)),
         settings,
         services,
+        sources: Default::default(),
     })
 }
 
-/// Lookup, read and parse: the file (if any), its contents, and the directory its
-/// relative paths start from.
-fn read(ov: &Overrides) -> Result<(Option<PathBuf>, ConfigFile, PathBuf), ConfigError> {
+/// Lookup, read and parse: the file (if any), its contents parsed and as text, and the
+/// directory its relative paths start from.
+fn read(ov: &Overrides) -> Result<(Option<PathBuf>, ConfigFile, PathBuf, String), ConfigError> {
     let path = match &ov.pinned {
         Some(Pinned::File(p)) => Some(p.clone()),
         Some(Pinned::Defaults) => None,
         None => lookup(ov.config.as_deref())?,
     };
-    let (file, base) = match &path {
+    let (file, base, text) = match &path {
         Some(p) => {
-            refuse_if_untrusted(p)?;
-            // A regular file only (a FIFO would hang the start), and bounded.
-            let text = crate::common::safe_fs::open_regular(p, true)
-                .and_then(|(f, _)| {
-                    let mut t = String::new();
-                    std::io::Read::read_to_string(&mut std::io::Read::take(f, MAX_CONFIG), &mut t)
-                        .map(|_| t)
-                })
-                .map_err(|e| ConfigError::one(format!("{}: cannot read: {e}", p.display())))?;
+            let text = read_judged(p, "config file").map_err(ConfigError::one)?;
             let file =
                 parse(&text).map_err(|e| ConfigError::one(format!("{}:{e}", p.display())))?;
             let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
-            (file, absolute(&dir))
+            (file, absolute(&dir), text)
         }
-        None => (ConfigFile::default(), absolute(Path::new("."))),
+        None => (
+            ConfigFile::default(),
+            absolute(Path::new(".")),
+            String::new(),
+        ),
     };
-    Ok((path, file, base))
+    Ok((path, file, base, text))
+}
+
+/// Reads a file that decides what root runs (the config file, a drop-in, a sidecar):
+/// judged by StrictModes first, then a regular file only (a FIFO would hang the start)
+/// and bounded. `what` names it in the error, which names the file.
+fn read_judged(p: &Path, what: &str) -> Result<String, String> {
+    refuse_if_untrusted(p, what)?;
+    crate::common::safe_fs::open_regular(p, true)
+        .and_then(|(f, _)| {
+            let mut t = String::new();
+            std::io::Read::read_to_string(&mut std::io::Read::take(f, MAX_CONFIG), &mut t)
+                .map(|_| t)
+        })
+        .map_err(|e| format!("{}: cannot read: {e}", p.display()))
 }
 
 /// Precedence, paths and validation on a parsed file: everything `load` does but the
@@ -196,7 +244,15 @@ fn settle(
     let mut errors = Vec::new();
     apply_overrides(&mut settings, ov, label, &mut errors);
     resolve_paths(&mut settings, &mut services, base);
-    validate(&settings, &services, label, &mut errors);
+    validate_settings(&settings, &services, label, &mut errors);
+    for (name, svc) in &services {
+        if !valid_service_name(name) {
+            errors.push(format!("{label}: services.{name}: {INVALID_NAME}"));
+        }
+        validate_service(&settings, name, svc, &mut |key, msg| {
+            errors.push(format!("{label}: services.{name}.{key}: {msg}"))
+        });
+    }
     if !errors.is_empty() {
         return Err(ConfigError::new(errors));
     }
@@ -210,20 +266,20 @@ pub fn parse_and_validate(text: &str) -> Result<(), ConfigError> {
     settle(file, &Overrides::default(), "fuzz", Path::new("/")).map(|_| ())
 }
 
-/// As root, a config file another user can change would let them run anything as
-/// root: it must pass sshd's StrictModes rule (`safe_fs::untrusted`), relative paths
-/// such as `./orchestrator.json` included. (Not a setting: the file itself cannot be
-/// trusted to turn this off.)
-fn refuse_if_untrusted(p: &Path) -> Result<(), ConfigError> {
+/// As root, a config file (or a drop-in, or a sidecar) another user can change would
+/// let them run anything as root: it must pass sshd's StrictModes rule
+/// (`safe_fs::untrusted`), relative paths such as `./orchestrator.json` included. (Not
+/// a setting: the file itself cannot be trusted to turn this off.)
+fn refuse_if_untrusted(p: &Path, what: &str) -> Result<(), String> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(());
     }
     match crate::common::safe_fs::untrusted(p) {
-        Some(u) => Err(ConfigError::one(format!(
-            "{}: refusing a config file that another user could change: {u} ({})",
+        Some(u) => Err(format!(
+            "{}: refusing a {what} that another user could change: {u} ({})",
             p.display(),
             crate::common::safe_fs::RULE
-        ))),
+        )),
         None => Ok(()),
     }
 }
@@ -372,24 +428,36 @@ fn services_section<'de, D: Deserializer<'de>>(
 /// Parses the text; the error is `LINE:COL: [in KEY: ]message`, ready to follow the file
 /// name.
 fn parse(text: &str) -> Result<ConfigFile, String> {
+    parse_as(text, "")
+}
+
+/// Parses the text as a `T` whose keys are those of `context` (`""`: a whole file;
+/// `services.NAME`: a sidecar); the error is `LINE:COL: message`, with ` in KEY` when
+/// the error lies deeper than `context`.
+fn parse_as<T: serde::de::DeserializeOwned>(text: &str, context: &str) -> Result<T, String> {
+    set_context(context);
+    serde_json::from_str::<T>(text).map_err(|e| located(&e, context))
+}
+
+/// A parse error as `LINE:COL: message`, where the message says what was expected and
+/// what was written, and (below `top`) in which key. Not generic: one copy for every
+/// type parsed.
+fn located(e: &serde_json::Error, top: &str) -> String {
+    let context = CONTEXT.with(|c| c.borrow().clone());
     set_context("");
-    serde_json::from_str::<ConfigFile>(text).map_err(|e| {
-        let context = CONTEXT.with(|c| c.borrow().clone());
-        set_context("");
-        let raw = e.to_string();
-        // serde_json appends " at line L column C"; we put the position first instead.
-        let msg = match raw.rfind(" at line ") {
-            Some(i) => raw[..i].to_string(),
-            None => raw,
-        };
-        let msg = with_section(with_suggestion(&expected_got(&msg)), &context);
-        let place = if context.is_empty() || e.is_syntax() || e.is_eof() {
-            String::new()
-        } else {
-            format!(" in {context}")
-        };
-        format!("{}:{}: {msg}{place}", e.line(), e.column())
-    })
+    let raw = e.to_string();
+    // serde_json appends " at line L column C"; we put the position first instead.
+    let msg = match raw.rfind(" at line ") {
+        Some(i) => raw[..i].to_string(),
+        None => raw,
+    };
+    let msg = with_section(with_suggestion(&expected_got(&msg)), &context);
+    let place = if context.is_empty() || context == top || e.is_syntax() || e.is_eof() {
+        String::new()
+    } else {
+        format!(" in {context}")
+    };
+    format!("{}:{}: {msg}{place}", e.line(), e.column())
 }
 
 /// Rewrites serde's "invalid type: boolean `true`, expected X" (and "invalid value")
@@ -524,6 +592,10 @@ fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// What is wrong with a name `valid_service_name` refuses.
+const INVALID_NAME: &str =
+    "invalid service name: use 1-64 characters of A-Z a-z 0-9 . _ -, not starting with `.`";
+
 /// docs/configuration.md: 1-64 characters of `[A-Za-z0-9._-]`, not starting with `.`.
 pub fn valid_service_name(name: &str) -> bool {
     !name.is_empty()
@@ -550,7 +622,8 @@ pub fn parse_signal(s: &str) -> Option<i32> {
         .map(|s| s as i32)
 }
 
-fn validate(
+/// The `orchestrator` section (`services`: the file's, for the watchdog's names).
+fn validate_settings(
     s: &Settings,
     services: &BTreeMap<String, ServiceConfig>,
     label: &str,
@@ -591,85 +664,6 @@ fn validate(
             );
         }
     }
-    for (name, svc) in services {
-        let key = |k: &str| format!("services.{name}.{k}");
-        if !valid_service_name(name) {
-            err(
-                &format!("services.{name}"),
-                "invalid service name: use 1-64 characters of A-Z a-z 0-9 . _ -, not starting with `.`".into(),
-            );
-        }
-        if parse_signal(&svc.stop_signal).is_none() {
-            err(
-                &key("stop_signal"),
-                format!("unknown signal `{}`", svc.stop_signal),
-            );
-        }
-        for (k, v) in &svc.environment {
-            if k.is_empty() || k.contains('=') || k.contains('\0') {
-                err(&key("environment"), format!("invalid variable name `{k}`"));
-            }
-            if v.contains('\0') {
-                err(
-                    &key("environment"),
-                    format!("value of `{k}` contains a NUL byte"),
-                );
-            }
-        }
-        if svc.args.iter().any(|a| a.contains('\0')) {
-            err(&key("args"), "an argument contains a NUL byte".into());
-        }
-        let init = svc.initial_backoff_ms.unwrap_or(s.initial_backoff_ms);
-        let max = svc.max_backoff_ms.unwrap_or(s.max_backoff_ms);
-        if init > max {
-            err(
-                &key("initial_backoff_ms"),
-                format!("{init} is above max_backoff_ms ({max})"),
-            );
-        }
-        if svc.watchdog_ms == Some(0) {
-            err(&key("watchdog_ms"), "must be at least 1".into());
-        }
-        if svc.limits.cpu_percent == Some(0) {
-            err(&key("limits.cpu_percent"), "must be at least 1".into());
-        }
-        if let Some(hc) = &svc.health_check {
-            match hc.kind {
-                CheckType::Exec if hc.command.is_empty() => err(
-                    &key("health_check.command"),
-                    "required for type exec".into(),
-                ),
-                CheckType::Tcp if hc.address.is_none() => {
-                    err(&key("health_check.address"), "required for type tcp".into())
-                }
-                CheckType::Grpc if hc.address.is_none() => err(
-                    &key("health_check.address"),
-                    "required for type grpc".into(),
-                ),
-                CheckType::Http if hc.url.is_none() => {
-                    err(&key("health_check.url"), "required for type http".into())
-                }
-                _ => {}
-            }
-            if hc.failure_threshold == 0 {
-                err(
-                    &key("health_check.failure_threshold"),
-                    "must be at least 1".into(),
-                );
-            }
-        }
-        hardening::validate(svc, &mut |k, msg| err(&key(k), msg));
-        for dep in &svc.depends_on {
-            if dep == name {
-                err(&key("depends_on"), format!("`{name}` depends on itself"));
-            }
-        }
-        for s in &svc.sockets {
-            if let Err(e) = sockets::check(s) {
-                err(&key("sockets"), e);
-            }
-        }
-    }
     if let Some(w) = &s.watchdog {
         // The device's timeout is set from it in whole seconds (an int): a day is far
         // beyond any driver's range and keeps every deadline computable.
@@ -686,6 +680,81 @@ fn validate(
                     format!("invalid service name `{c}`"),
                 );
             }
+        }
+    }
+}
+
+/// One service's entry: `err` gets each problem's key (below `services.NAME`) and
+/// message, so that the caller can say which file the key came from.
+fn validate_service(
+    s: &Settings,
+    name: &str,
+    svc: &ServiceConfig,
+    err: &mut dyn FnMut(&str, String),
+) {
+    if parse_signal(&svc.stop_signal).is_none() {
+        err(
+            "stop_signal",
+            format!("unknown signal `{}`", svc.stop_signal),
+        );
+    }
+    for (k, v) in &svc.environment {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            err("environment", format!("invalid variable name `{k}`"));
+        }
+        if v.contains('\0') {
+            err("environment", format!("value of `{k}` contains a NUL byte"));
+        }
+    }
+    if svc.args.iter().any(|a| a.contains('\0')) {
+        err("args", "an argument contains a NUL byte".into());
+    }
+    let init = svc.initial_backoff_ms.unwrap_or(s.initial_backoff_ms);
+    let max = svc.max_backoff_ms.unwrap_or(s.max_backoff_ms);
+    if init > max {
+        err(
+            "initial_backoff_ms",
+            format!("{init} is above max_backoff_ms ({max})"),
+        );
+    }
+    if svc.watchdog_ms == Some(0) {
+        err("watchdog_ms", "must be at least 1".into());
+    }
+    if svc.limits.cpu_percent == Some(0) {
+        err("limits.cpu_percent", "must be at least 1".into());
+    }
+    if let Some(hc) = &svc.health_check {
+        match hc.kind {
+            CheckType::Exec if hc.command.is_empty() => {
+                err("health_check.command", "required for type exec".into())
+            }
+            CheckType::Tcp if hc.address.is_none() => {
+                err("health_check.address", "required for type tcp".into())
+            }
+            CheckType::Grpc if hc.address.is_none() => {
+                err("health_check.address", "required for type grpc".into())
+            }
+            CheckType::Http if hc.url.is_none() => {
+                err("health_check.url", "required for type http".into())
+            }
+            _ => {}
+        }
+        if hc.failure_threshold == 0 {
+            err(
+                "health_check.failure_threshold",
+                "must be at least 1".into(),
+            );
+        }
+    }
+    hardening::validate(svc, &mut |k, msg| err(k, msg));
+    for dep in &svc.depends_on {
+        if dep == name {
+            err("depends_on", format!("`{name}` depends on itself"));
+        }
+    }
+    for s in &svc.sockets {
+        if let Err(e) = sockets::check(s) {
+            err("sockets", e);
         }
     }
 }

@@ -85,6 +85,24 @@ fn signals() {
     assert_eq!(parse_signal("SIGFOO"), None);
 }
 
+/// Every check of `load`, the file's services charged to the file.
+fn validate(
+    s: &Settings,
+    services: &BTreeMap<String, ServiceConfig>,
+    label: &str,
+    errors: &mut Vec<String>,
+) {
+    validate_settings(s, services, label, errors);
+    for (name, svc) in services {
+        if !valid_service_name(name) {
+            errors.push(format!("{label}: services.{name}: {INVALID_NAME}"));
+        }
+        validate_service(s, name, svc, &mut |key, msg| {
+            errors.push(format!("{label}: services.{name}.{key}: {msg}"))
+        });
+    }
+}
+
 #[test]
 fn validation_reports_every_error() {
     let f = parse(
@@ -243,4 +261,30 @@ fn a_key_in_the_wrong_section_says_where_it_belongs() {
     // A typo is still a typo.
     let e = parse_err("{\"orchestratr\": {}}");
     assert!(e.contains("did you mean `orchestrator`"), "{e}");
+}
+
+/// Every key of a service may be null, which counts as absent: the file's layer must
+/// parse with a null where the key has no null of its own.
+#[test]
+fn every_service_key_accepts_null() {
+    let keys = [
+        "enabled",
+        "args",
+        "environment",
+        "memory_limit",
+        "stop_signal",
+        "limits",
+        "depends_on",
+        "sockets",
+        "upgrade_grace_ms",
+        "syscall_filter_action",
+        "private_network",
+        "private_tmp",
+        "read_only_paths",
+        "private_users",
+    ];
+    for key in keys {
+        let text = format!(r#"{{"services": {{"a": {{"{key}": null}}}}}}"#);
+        assert!(parse(&text).is_ok(), "{key}: {:?}", parse(&text).err());
+    }
 }

@@ -129,6 +129,11 @@ pub(crate) mod millis {
     pub fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         Option::<Millis>::deserialize(d).map(|m| m.map(|m| m.0))
     }
+
+    /// `one` where `null` counts as absent (see `nullable`).
+    pub fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        opt(d).map(Option::unwrap_or_default)
+    }
 }
 
 /// `ready`: how a service says it is up, besides its health check.
@@ -244,18 +249,28 @@ fn default_watchdog_interval() -> u64 {
     10_000
 }
 
-/// One entry of `services`.
+/// A `null` where a service's key has no null of its own: the key counts as absent
+/// (`layers::merge` leaves it out), so the value here is never used.
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+/// One entry of `services`. Every key may be `null`, which counts as absent.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceConfig {
+    #[serde(deserialize_with = "nullable")]
     pub enabled: bool,
     pub binary_path: Option<PathBuf>,
+    #[serde(deserialize_with = "nullable")]
     pub args: Vec<String>,
     /// Prepend `--service NAME --log-level LEVEL`; unset: only for a binary found in
     /// `services_dir` (no `binary_path`), since third-party programs reject them.
     pub pass_service_args: Option<bool>,
+    #[serde(deserialize_with = "nullable")]
     pub environment: BTreeMap<String, String>,
     pub data_dir: Option<PathBuf>,
+    #[serde(deserialize_with = "nullable")]
     pub memory_limit: u64,
     pub restart: Option<RestartPolicy>,
     pub max_restart_attempts: Option<u32>,
@@ -263,19 +278,23 @@ pub struct ServiceConfig {
     pub initial_backoff_ms: Option<u64>,
     #[serde(deserialize_with = "millis::opt")]
     pub max_backoff_ms: Option<u64>,
+    #[serde(deserialize_with = "nullable")]
     pub stop_signal: String,
     #[serde(deserialize_with = "millis::opt")]
     pub stop_timeout_ms: Option<u64>,
     pub user: Option<String>,
     pub group: Option<String>,
+    #[serde(deserialize_with = "nullable")]
     pub limits: Limits,
+    #[serde(deserialize_with = "nullable")]
     pub depends_on: Vec<String>,
     pub health_check: Option<HealthCheck>,
     pub ready: Option<ReadyMode>,
     #[serde(deserialize_with = "millis::opt")]
     pub watchdog_ms: Option<u64>,
+    #[serde(deserialize_with = "nullable")]
     pub sockets: Vec<SocketConfig>,
-    #[serde(deserialize_with = "millis::one")]
+    #[serde(deserialize_with = "millis::nullable")]
     pub upgrade_grace_ms: u64,
     #[serde(deserialize_with = "millis::opt")]
     pub retry_failed_ms: Option<u64>,
@@ -285,10 +304,15 @@ pub struct ServiceConfig {
     pub capabilities: Option<Vec<String>>,
     pub syscall_filter: Option<Vec<String>>,
     pub syscall_allow: Option<Vec<String>>,
+    #[serde(deserialize_with = "nullable")]
     pub syscall_filter_action: FilterAction,
+    #[serde(deserialize_with = "nullable")]
     pub private_network: bool,
+    #[serde(deserialize_with = "nullable")]
     pub private_tmp: bool,
+    #[serde(deserialize_with = "nullable")]
     pub read_only_paths: Vec<PathBuf>,
+    #[serde(deserialize_with = "nullable")]
     pub private_users: bool,
     pub nice: Option<i32>,
     pub io_class: Option<IoClass>,
@@ -463,4 +487,6 @@ pub struct Config {
     pub path: Option<PathBuf>,
     pub settings: Settings,
     pub services: BTreeMap<String, ServiceConfig>,
+    /// Where each service's keys came from, and the sidecars that could not be used.
+    pub sources: super::layers::Sources,
 }

@@ -30,14 +30,14 @@ fn spawn_sleep(environment: &[(&str, &str)]) -> Reaped {
             .collect(),
         ..Default::default()
     };
-    let cfg = Config {
-        path: None,
-        settings: Settings {
+    let cfg = Config::of_file(
+        None,
+        Settings {
             services_dir: PathBuf::from("/nonexistent/orchestrator-spawn-tests"),
             ..Default::default()
         },
-        services: BTreeMap::from([("svc".to_string(), svc)]),
-    };
+        BTreeMap::from([("svc".to_string(), svc)]),
+    );
     let plan = crate::config::discovery::plan(&cfg).expect("a valid plan");
     Reaped(spawn(&plan.services["svc"], &[], &Default::default()).expect("spawn /bin/sleep"))
 }

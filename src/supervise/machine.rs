@@ -341,6 +341,12 @@ impl Service {
         true
     }
 
+    /// A reload could not use the service's new settings (its sidecar is broken): it
+    /// keeps those it has, and `last_error` says why.
+    pub fn keep_settings(&mut self, why: String) {
+        self.last_error = Some(why);
+    }
+
     /// The binary was looked at again (before a start, or at reload).
     pub fn set_binary_problem(&mut self, problem: Option<BinaryProblem>) {
         self.spec.binary_problem = problem;

@@ -4,7 +4,7 @@
 
 use super::machine::{AfterStop, Event, Origin, Service};
 use super::supervisor::{Entry, Supervisor};
-use crate::config::discovery::{self, ServiceSpec};
+use crate::config::discovery::{self, BinaryProblem, ServiceSpec};
 use crate::config::{self};
 
 /// What a reload does to one service (`reload --dry-run` prints these).
@@ -70,6 +70,50 @@ pub fn decide(old: Option<&Service>, new: Option<&ServiceSpec>) -> Decision {
     }
 }
 
+/// What a reload did: its decisions, and the sidecars it could not use (each error
+/// names the file). A service whose sidecar broke keeps the settings it had; the rest
+/// of the new configuration is applied, and the reload reports failure.
+pub struct Outcome {
+    pub decisions: Vec<(String, Decision)>,
+    pub broken: Vec<String>,
+}
+
+impl Outcome {
+    /// The reply's error when a sidecar could not be used.
+    pub fn error(&self) -> Option<String> {
+        (!self.broken.is_empty()).then(|| {
+            format!(
+                "reloaded, but kept previous settings: {}",
+                self.broken.join("; ")
+            )
+        })
+    }
+}
+
+/// The new specs of services whose sidecar broke, replaced by the settings they have
+/// (when they had good ones): returns each broken sidecar's error, and the services to
+/// tell why they kept their settings.
+fn keep_settings(
+    old: &std::collections::BTreeMap<String, Entry>,
+    new: &mut std::collections::BTreeMap<String, ServiceSpec>,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let (mut broken, mut kept) = (Vec::new(), Vec::new());
+    for (name, spec) in new.iter_mut() {
+        let Some(BinaryProblem::Sidecar(why)) = &spec.binary_problem else {
+            continue;
+        };
+        broken.push(format!("{name}: {why}"));
+        let Some(o) = old.get(name).map(|e| e.svc.spec()) else {
+            continue;
+        };
+        if !matches!(o.binary_problem, Some(BinaryProblem::Sidecar(_))) {
+            kept.push((name.clone(), why.clone()));
+            *spec = o.clone();
+        }
+    }
+    (broken, kept)
+}
+
 fn new_specs_daemonize(specs: &std::collections::BTreeMap<String, ServiceSpec>) -> bool {
     specs.values().any(|s| s.process.pid_file.is_some())
 }
@@ -88,12 +132,30 @@ pub fn summarize(plan: &[(String, Decision)]) -> String {
 }
 
 impl Supervisor {
+    /// `reload`, with what it did (or why it did nothing) in the log unless `dry_run`:
+    /// SIGHUP and the `reload` command alike.
+    pub(super) fn reload_logged(&mut self, dry_run: bool) -> Result<Outcome, String> {
+        let done = self.reload(dry_run);
+        match &done {
+            _ if dry_run => {}
+            Ok(d) => {
+                log::info!("reloaded: {}", summarize(&d.decisions));
+                if let Some(e) = d.error() {
+                    log::error!("{e}");
+                }
+            }
+            Err(e) => log::error!("reload failed, keeping the current configuration: {e}"),
+        }
+        done
+    }
+
     /// Re-reads the configuration and re-runs discovery; applies the result unless
     /// `dry_run`. On any error nothing changes. Bound: one config read and one
     /// directory scan.
-    pub(super) fn reload(&mut self, dry_run: bool) -> Result<Vec<(String, Decision)>, String> {
+    pub(super) fn reload(&mut self, dry_run: bool) -> Result<Outcome, String> {
         let cfg = config::load(&self.overrides).map_err(|e| e.0.join("; "))?;
-        let plan = discovery::plan(&cfg).map_err(|e| e.join("; "))?;
+        let mut plan = discovery::plan(&cfg).map_err(|e| e.join("; "))?;
+        let (broken, kept) = keep_settings(&self.services, &mut plan.services);
         let mut names: Vec<String> = self.services.keys().cloned().collect();
         names.extend(
             plan.services
@@ -113,7 +175,7 @@ impl Supervisor {
             })
             .collect();
         if dry_run {
-            return Ok(decisions);
+            return Ok(Outcome { decisions, broken });
         }
         for n in &plan.notices {
             log::log!(n.level, "{}", n.msg);
@@ -180,7 +242,13 @@ impl Supervisor {
         for name in waiting {
             let _ = self.feed(&name, Event::DepsChanged);
         }
+        for (name, why) in kept {
+            if let Some(e) = self.services.get_mut(&name) {
+                log::error!("{name}: keeps its previous settings: {why}");
+                e.svc.keep_settings(why);
+            }
+        }
         self.settle();
-        Ok(decisions)
+        Ok(Outcome { decisions, broken })
     }
 }

@@ -4,7 +4,6 @@
 //! until then.
 
 use super::machine::{AfterStop, Event, Origin};
-use super::reload::summarize;
 use super::state::{Refusal, State};
 use super::supervisor::Supervisor;
 use crate::common::protocol::{PlanStep, Response};
@@ -23,13 +22,15 @@ pub(super) struct Pending {
 enum Answer {
     /// The status of this service (an empty list if it is gone by then).
     Status(String),
-    /// A reload's plan.
-    Plan(Vec<PlanStep>),
+    /// A reload's plan, and its error when a sidecar could not be used.
+    Plan(Vec<PlanStep>, Option<String>),
 }
 
-fn plan_reply(plan: Vec<PlanStep>) -> Response {
+fn plan_reply(plan: Vec<PlanStep>, error: Option<String>) -> Response {
     Response {
         plan: Some(plan),
+        ok: error.is_none(),
+        error,
         ..Response::ok()
     }
 }
@@ -62,11 +63,10 @@ impl Supervisor {
                 }
                 Err(msg) => error_reply(msg).into(),
             },
-            Cmd::Reload => match self.reload(req.dry_run) {
-                Ok(plan) => {
-                    if !req.dry_run {
-                        log::info!("reloaded: {}", summarize(&plan));
-                    }
+            Cmd::Reload => match self.reload_logged(req.dry_run) {
+                Ok(done) => {
+                    let error = done.error();
+                    let plan = done.decisions;
                     let waits_for: Vec<String> = plan
                         .iter()
                         .filter(|(n, _)| {
@@ -84,17 +84,12 @@ impl Supervisor {
                         })
                         .collect();
                     if !waits_for.is_empty() {
-                        self.defer(waits_for, Answer::Plan(list), reply);
+                        self.defer(waits_for, Answer::Plan(list, error), reply);
                         return;
                     }
-                    plan_reply(list).into()
+                    plan_reply(list, error).into()
                 }
-                Err(e) => {
-                    if !req.dry_run {
-                        log::error!("reload failed, keeping the current configuration: {e}");
-                    }
-                    error_reply(e).into()
-                }
+                Err(e) => error_reply(e).into(),
             },
             Cmd::Logs => self.logs(req.service.as_deref(), req.lines.unwrap_or(100), req.follow),
             Cmd::Metrics => self.metrics(),
@@ -135,7 +130,11 @@ impl Supervisor {
         }
         let strict = self.cfg.settings.strict_modes;
         let e = self.services.get_mut(&name).ok_or("service not found")?;
-        if req.cmd != Cmd::Stop && e.svc.spec().binary_problem.is_some() {
+        let looked_again = !matches!(
+            e.svc.spec().binary_problem,
+            None | Some(discovery::BinaryProblem::Sidecar(_))
+        );
+        if req.cmd != Cmd::Stop && looked_again {
             // The binary may have appeared since discovery: look again.
             let problem = discovery::check_binary(&e.svc.spec().process.binary, strict);
             e.svc.set_binary_problem(problem);
@@ -234,7 +233,7 @@ impl Supervisor {
                     ..Response::ok()
                 }
                 .into(),
-                Answer::Plan(list) => plan_reply(list).into(),
+                Answer::Plan(list, error) => plan_reply(list, error).into(),
             };
             let _ = p.reply.try_send(answer);
         }

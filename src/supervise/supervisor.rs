@@ -442,10 +442,9 @@ impl Supervisor {
                 log::info!("{} received: shutting down", signal_name(sig));
                 self.begin_shutdown();
             }
-            libc::SIGHUP => match self.reload(false) {
-                Ok(plan) => log::info!("reloaded: {}", super::reload::summarize(&plan)),
-                Err(e) => log::error!("reload failed, keeping the current configuration: {e}"),
-            },
+            libc::SIGHUP => {
+                let _ = self.reload_logged(false);
+            }
             libc::SIGCHLD => self.reaper.reap_orphans(),
             libc::SIGUSR1 => {
                 log::info!("SIGUSR1 received: reopening the log files");

@@ -179,14 +179,20 @@ impl Supervisor {
         match self.reload(false) {
             // The daemon's own links touch a binary's metadata (its link count): a
             // reload that finds nothing to do is no news worth a line at info.
-            Ok(plan) => {
+            Ok(outcome) => {
+                let plan = &outcome.decisions;
                 let quiet = plan.iter().all(|(_, d)| *d == Decision::Unchanged);
                 let level = if quiet {
                     log::Level::Debug
                 } else {
                     log::Level::Info
                 };
-                log::log!(level, "services_dir changed: {}", summarize(&plan));
+                log::log!(level, "services_dir changed: {}", summarize(plan));
+                // A broken sidecar: the service keeps its settings, `last_error` says
+                // why, and the log names the file.
+                if let Some(e) = outcome.error() {
+                    log::error!("services_dir changed: {e}");
+                }
             }
             Err(e) => log::error!("services_dir changed, but the configuration is refused: {e}"),
         }

@@ -129,13 +129,13 @@ fn symlinked_binary_runs_its_target_with_the_configured_path_as_argv0() {
     std::os::unix::fs::symlink("/bin/true", &link).unwrap();
     let other = dir.join("other");
     std::os::unix::fs::symlink("/bin/true", &other).unwrap();
-    let cfg = Config {
-        path: None,
-        settings: Settings {
+    let cfg = Config::of_file(
+        None,
+        Settings {
             services_dir: dir.join("services"),
             ..Default::default()
         },
-        services: BTreeMap::from([(
+        BTreeMap::from([(
             "byconfig".to_string(),
             ServiceConfig {
                 binary_path: Some(other.clone()),
@@ -143,7 +143,7 @@ fn symlinked_binary_runs_its_target_with_the_configured_path_as_argv0() {
                 ..Default::default()
             },
         )]),
-    };
+    );
     let plan = plan(&cfg);
     std::fs::remove_dir_all(&dir).unwrap();
     let plan = plan.unwrap();
