@@ -5,7 +5,8 @@
 //! connection throughout) and never put back over a newer one, a symlinked directory,
 //! a binary rewritten in place with no previous version, a burst
 //! of a thousand changes starting each service once on its last version, and (as root)
-//! a binary or a whole directory planted by another user refused.
+//! a binary or a whole directory planted by another user refused, and a sidecar or a
+//! drop-in changed (or broken) applied as a reload of what it touches.
 
 use crate::sockets::{ask_tcp, free_port, server_body, Prober};
 use crate::util::*;
@@ -319,4 +320,71 @@ fn as_root_a_binary_planted_by_another_user_is_refused() {
         "{s}"
     );
     assert!(s["pid"].is_null(), "{s}");
+}
+
+/// A sidecar or a drop-in changed under a watched `services_dir` is a reload of what it
+/// touches, with no `reload` asked for: the service whose settings changed restarts
+/// onto them, the others keep their pids; a sidecar broken meanwhile keeps the running
+/// settings and says why in `last_error`; a drop-in adds a service.
+#[test]
+fn a_changed_sidecar_or_drop_in_is_a_reload_of_what_it_touches() {
+    let sb = Sandbox::new();
+    let dir = sb.dir.display().to_string();
+    sb.service(
+        "side",
+        &format!("echo \"$@\" > {dir}/side.args; exec sleep 1000"),
+    );
+    sb.service("other", "exec sleep 1000");
+    watched(&sb, json!({}));
+    let d = Daemon::start(&sb, &[]);
+    let side = sb.wait_running("side", None);
+    let other = sb.wait_running("other", None);
+
+    let sidecar = sb.path("services/side/service.json");
+    std::fs::write(&sidecar, r#"{"args": ["from-the-sidecar"]}"#).unwrap();
+    let restarted = sb.wait_running("side", Some(side));
+    let ok = wait_until(DEADLINE, || {
+        std::fs::read_to_string(sb.path("side.args"))
+            .is_ok_and(|a| a.trim().ends_with(" from-the-sidecar"))
+    });
+    assert!(
+        ok,
+        "the sidecar's args were not applied: {:?}\n{}",
+        std::fs::read_to_string(sb.path("side.args")),
+        d.log_text()
+    );
+    assert_eq!(
+        sb.service_status("other")["pid"],
+        other,
+        "another service restarted"
+    );
+
+    // Broken while running: the service keeps what it runs and says why.
+    std::fs::write(&sidecar, "{\"args\": 5}").unwrap();
+    let ok = wait_until(Duration::from_millis(SETTLE_MS + 3000), || {
+        sb.service_status("side")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("service.json:1:"))
+    });
+    assert!(ok, "{}\n{}", sb.service_status("side"), d.log_text());
+    let s = sb.service_status("side");
+    assert_eq!(
+        (s["pid"].clone(), s["state"].clone()),
+        (json!(restarted), json!("running"))
+    );
+
+    // A drop-in beside the config file adds a service.
+    let confd = sb.path("conf.d");
+    std::fs::create_dir_all(&confd).unwrap();
+    let extra = json!({"services": {"extra": {"binary_path": "/bin/sleep", "args": ["1000"]}}});
+    std::fs::write(confd.join("10-extra.json"), extra.to_string()).unwrap();
+    let ok = wait_until(Duration::from_millis(SETTLE_MS + 3000), || {
+        status_of(&sb, "extra")["state"] == "running"
+    });
+    assert!(ok, "{}\n{}", status_of(&sb, "extra"), d.log_text());
+    assert_eq!(
+        sb.service_status("other")["pid"],
+        other,
+        "another service restarted"
+    );
 }
