@@ -17,7 +17,7 @@ impl Supervisor {
         for action in actions {
             match action {
                 Action::Spawn => {
-                    let event = if self.starting {
+                    let event = if self.held.starting() {
                         self.clone_early(name)
                     } else {
                         self.spawn(name)
@@ -25,9 +25,7 @@ impl Supervisor {
                     if let Some(result) = event {
                         self.queue(name, result);
                     }
-                    if !self.starting {
-                        self.start_readers_after_drain();
-                    }
+                    self.held.spawned();
                 }
                 Action::Signal { pgid, sig } => self.signal(name, pgid, sig),
                 Action::CheckGroup(pgid) => {

@@ -16,6 +16,11 @@ use crate::process::waiter::Drain;
 use crate::process::{procfs, spawn, waiter};
 use std::sync::Arc;
 
+/// A run cloned at start-up, its waiter and `Spawned` still to come.
+pub(super) type Cloned = Result<spawn::Child, spawn::SpawnError>;
+/// A run's output pipe and what its reader needs, to start once its machine knows it.
+pub(super) type Reader = (std::os::fd::OwnedFd, ReaderCtx);
+
 impl Supervisor {
     /// `pid_file`: what the file of run `gen` names, checked; a main process found is
     /// waited for like any other (as subreaper, it is our child once its launcher is
@@ -93,7 +98,7 @@ impl Supervisor {
     }
 
     /// Start-up's spawn: the clone only. What follows (the waiter, `Spawned`) waits in
-    /// `cloned` until every autostart service has been cloned (`finish_cloned`), so that
+    /// `held` until every autostart service has been cloned (`finish_cloned`), so that
     /// thread creation holds up no service's start. `Some`: the failed spawn.
     pub(super) fn clone_early(&mut self, name: &str) -> Option<Event> {
         let files = match self.prepare_spawn(name) {
@@ -106,13 +111,13 @@ impl Supervisor {
             // Ours to reap from now on: no orphan scan may take it meanwhile.
             self.reaper.claim(child.pid);
         }
-        self.cloned.push((name.to_string(), result));
+        self.held.cloned(name, result);
         None
     }
 
     /// The waiters and `Spawned` of the runs `clone_early` started, in their order.
-    pub(super) fn finish_cloned(&mut self) {
-        for (name, result) in std::mem::take(&mut self.cloned) {
+    pub(super) fn finish_cloned(&mut self, cloned: Vec<(String, Cloned)>) {
+        for (name, result) in cloned {
             if let Some(event) = self.finish_spawn(&name, result) {
                 let _ = self.feed(&name, event);
             }
@@ -275,7 +280,7 @@ impl Supervisor {
                 counters: e.counters.clone(),
                 drain: drain.clone(),
             };
-            self.readers.push((fd, ctx));
+            self.held.reader((fd, ctx));
         }
         Some(Event::Spawned { pid, gen })
     }
@@ -283,8 +288,8 @@ impl Supervisor {
     /// Starts the output readers of the runs just spawned, once their machines have
     /// taken the `Spawned` event: a run's `started` record then comes before its first
     /// line in `logs` (its output waits in the pipe meanwhile).
-    pub(super) fn start_readers(&mut self) {
-        for (fd, ctx) in std::mem::take(&mut self.readers) {
+    pub(super) fn start_readers(&self, readers: Vec<Reader>) {
+        for (fd, ctx) in readers {
             let (service, pid) = (ctx.service.clone(), ctx.pid.clone());
             if let Err(err) = reader::spawn_reader(fd, ctx) {
                 // The waiter will report the exit this causes.

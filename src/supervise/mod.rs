@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod event;
 mod execute;
+mod held;
 pub mod hw_watchdog;
 mod janitor;
 mod launch;

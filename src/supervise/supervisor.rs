@@ -29,8 +29,10 @@
 //! every other call it makes is bounded (each says its bound where it is made).
 
 use super::event::{Above, Event};
+use super::held::Held;
 use super::hw_watchdog::Watchdog;
 use super::janitor::Janitor;
+use super::launch::{Cloned, Reader};
 use super::machine::{self, AfterStop, Ctx, Origin, Service};
 use super::order::Stops;
 use super::persist;
@@ -51,7 +53,6 @@ use crate::output::sink::{Batch, EventRecord, Line, Sink, Stream};
 use crate::output::timefmt;
 use crate::process::cgroup::Cgroups;
 use crate::process::sockets::Bound;
-use crate::process::spawn;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -137,19 +138,11 @@ pub struct Supervisor {
     pub(super) janitor: Janitor,
     pub(super) binary_ids: BinaryIds,
     pub(super) prober: Prober<Above>,
-    /// Set while `start_all` feeds the autostart services: their spawns are clones
-    /// only (`launch.rs`); waiters and readers come after the last one, so that thread
-    /// creation does not hold up the services' own start.
-    pub(super) starting: bool,
     /// The machine events still to be stepped, one at a time (`work.rs`).
     work: Work,
-    /// A run was spawned during this drain: its output readers start once its machine
-    /// knows the run (its `Spawned` was stepped), when the drain is over.
-    readers_due: bool,
-    /// Runs cloned while `starting`, waiting for their waiter and `Spawned`.
-    pub(super) cloned: Vec<(String, Result<spawn::Child, spawn::SpawnError>)>,
-    /// Output readers of runs just spawned, started once their machines know the run.
-    pub(super) readers: Vec<(std::os::fd::OwnedFd, crate::output::reader::ReaderCtx)>,
+    /// What waits for the end of start-up's clones or of a drain: waiters and
+    /// `Spawned` of start-up's runs, output readers of runs just spawned (`held.rs`).
+    pub(super) held: Held<Cloned, Reader>,
     pub(super) persist: Option<super::snapshot::Saver>,
     /// The hardware watchdog, when configured and opened (`watchdog.rs`).
     pub(super) watchdog: Option<Watchdog>,
@@ -206,11 +199,8 @@ impl Supervisor {
             janitor: Janitor::default(),
             binary_ids: BinaryIds::default(),
             prober,
-            starting: false,
             work: Work::default(),
-            readers_due: false,
-            cloned: Vec::new(),
-            readers: Vec::new(),
+            held: Held::default(),
             persist: state_dir.map(super::snapshot::Saver::new),
             watchdog: None,
             notify: None,
@@ -244,19 +234,20 @@ impl Supervisor {
             .map(|(n, _)| n.clone())
             .collect();
         let ahead = self.cgroups.create_ahead(names.clone());
-        self.starting = true;
+        self.held.begin_start_up();
         for name in &names {
             // Autostart services are enabled and have a binary, so Start is accepted.
             let _ = self.feed(name, machine::Event::Start);
         }
         // A dependent woken by what follows spawns at once, as after start-up.
-        self.starting = false;
+        let cloned = self.held.end_start_up();
         // Before any service's cgroup may be removed (and before the loop runs).
         if let Some(t) = ahead {
             let _ = t.join();
         }
-        self.finish_cloned();
-        self.start_readers();
+        self.finish_cloned(cloned);
+        let readers = self.held.readers();
+        self.start_readers(readers);
         for e in self.services.values() {
             let spec = e.svc.spec();
             if let Some(err) = spec.binary_error() {
@@ -560,9 +551,8 @@ impl Supervisor {
             }
         }
         self.work.end();
-        if std::mem::take(&mut self.readers_due) {
-            self.start_readers();
-        }
+        let readers = self.held.drained();
+        self.start_readers(readers);
         result
     }
 
@@ -587,10 +577,6 @@ impl Supervisor {
     /// empty, pid file read): queued, stepped after the current step.
     pub(super) fn queue(&mut self, name: &str, event: machine::Event) {
         self.work.push(name, event);
-    }
-
-    pub(super) fn start_readers_after_drain(&mut self) {
-        self.readers_due = true;
     }
 
     /// One step: `event` to `name`'s machine with its context, its actions carried out
