@@ -187,6 +187,8 @@ pub struct Settings {
     /// (docs/lifecycle.md).
     #[serde(deserialize_with = "millis::opt")]
     pub retry_failed_ms: Option<u64>,
+    /// Syslog collectors every record also goes to (docs/logs.md).
+    pub log_forward: Option<super::forward::LogForward>,
 }
 
 impl Default for Settings {
@@ -216,6 +218,7 @@ impl Default for Settings {
             watchdog: None,
             strict_modes: true,
             retry_failed_ms: None,
+            log_forward: None,
         }
     }
 }
@@ -287,6 +290,8 @@ pub struct ServiceConfig {
     pub io_class: Option<IoClass>,
     pub io_priority: Option<u8>,
     pub io_weight: Option<u32>,
+    /// False keeps this service's lines off the `log_forward` targets.
+    pub log_forward: bool,
 }
 
 /// What a syscall the filter denies gets (docs/hardening.md).
@@ -357,6 +362,7 @@ impl Default for ServiceConfig {
             io_class: None,
             io_priority: None,
             io_weight: None,
+            log_forward: true,
         }
     }
 }
