@@ -194,12 +194,7 @@ fn daemon_syslog(cfg: &Config, daemon: bool) -> Result<Option<ForwardTarget>, St
     if forward::answers(&path) {
         return Ok(Some(ForwardTarget::dev_log(path)));
     }
-    if cfg
-        .settings
-        .log_forward
-        .as_ref()
-        .is_some_and(|f| !f.0.is_empty())
-    {
+    if !cfg.settings.log_forward.0.is_empty() {
         return Ok(None);
     }
     Err(StartError::Config(vec![format!(
@@ -240,31 +235,40 @@ fn detach(
     inst: &mut instance::Instance,
     caller: &mut Option<instance::Starting>,
 ) -> Result<Box<dyn files::Destination>, StartError> {
-    if s.log_dir.is_none() {
-        let null = PathBuf::from("/dev/null");
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&null)
-            .map_err(|e| StartError::DaemonLog(null, e))?;
-        if fork {
-            *caller = Some(instance::daemonize(&file).map_err(StartError::Detach)?);
-            inst.record_pid();
+    let log = match &s.log_dir {
+        Some(dir) => {
+            let files = files::FileConfig::of(s).unwrap_or_else(|| files::FileConfig {
+                dir: dir.clone(),
+                max_bytes: u64::MAX,
+                max_files: 0,
+                max_total: None,
+            });
+            let log = files::DaemonLog::open(&files)
+                .map_err(|e| StartError::DaemonLog(files.dir.join("orchestrator.log"), e))?;
+            Some(log)
         }
-        return Ok(Box::new(io::sink()));
-    }
-    let files = files::FileConfig::of(s).unwrap_or_else(|| files::FileConfig {
-        dir: s.log_dir.clone().unwrap_or_default(),
-        max_bytes: u64::MAX,
-        max_files: 0,
-        max_total: None,
-    });
-    let log = files::DaemonLog::open(&files)
-        .map_err(|e| StartError::DaemonLog(files.dir.join("orchestrator.log"), e))?;
+        None => None,
+    };
     if fork {
-        *caller = Some(instance::daemonize(log.file()).map_err(StartError::Detach)?);
+        // Descriptor 2 becomes the log file, or /dev/null when syslog has the log.
+        let null;
+        let stderr = match &log {
+            Some(l) => l.file(),
+            None => {
+                null = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/null")
+                    .map_err(|e| StartError::DaemonLog("/dev/null".into(), e))?;
+                &null
+            }
+        };
+        *caller = Some(instance::daemonize(stderr).map_err(StartError::Detach)?);
         inst.record_pid();
     }
-    Ok(Box::new(log))
+    Ok(match log {
+        Some(l) => Box::new(l),
+        None => Box::new(io::sink()),
+    })
 }
 
 /// Whether orphans are ours to reap: as PID 1, when asked to, or when a service with

@@ -4,8 +4,9 @@
 //!
 //! This module parses and checks; it never opens a socket.
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer};
 use serde::Deserialize;
+use serde_json::Value;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -64,8 +65,7 @@ impl fmt::Display for Address {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SyslogFormat {
     Rfc5424,
     Rfc3164,
@@ -96,20 +96,16 @@ impl ForwardTarget {
     }
 }
 
-/// The target as written (docs/configuration.md, `log_forward.*`).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetConfig {
-    pub address: String,
-    #[serde(default)]
-    pub format: Option<SyslogFormat>,
-    #[serde(default)]
-    pub facility: Option<String>,
-    #[serde(default)]
-    pub buffer_bytes: Option<usize>,
-    #[serde(default)]
-    pub max_message_bytes: Option<usize>,
-}
+/// The keys of a target as written (docs/configuration.md, `log_forward.*`). Read from
+/// the JSON value by hand: a derived deserializer for them cost more code than the rest
+/// of this file.
+pub const KEYS: [&str; 5] = [
+    "address",
+    "format",
+    "facility",
+    "buffer_bytes",
+    "max_message_bytes",
+];
 
 const FACILITIES: [&str; 24] = [
     "kern",
@@ -138,76 +134,88 @@ const FACILITIES: [&str; 24] = [
     "local7",
 ];
 
-impl TargetConfig {
-    fn check(self) -> Result<ForwardTarget, String> {
-        let address = Address::parse(&self.address)?;
-        let facility_name = self.facility.as_deref().unwrap_or("daemon");
-        let facility = FACILITIES
-            .iter()
-            .position(|f| *f == facility_name)
-            .ok_or_else(|| {
-                format!(
-                    "unknown facility `{facility_name}` (one of {})",
-                    FACILITIES.join(", ")
-                )
-            })? as u8;
-        let max = self.max_message_bytes.unwrap_or(2048);
-        if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&max) {
-            return Err(format!(
-                "max_message_bytes must be between {MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES}, not {max}"
-            ));
-        }
-        let buffer_bytes = self.buffer_bytes.unwrap_or(1 << 20);
-        if buffer_bytes < max {
-            return Err(format!(
-                "buffer_bytes ({buffer_bytes}) must hold one message of max_message_bytes ({max})"
-            ));
-        }
-        // A local socket speaks what syslog(3) writes; a collector over the network
-        // gets the structured form.
-        let format = self.format.unwrap_or(match address {
-            Address::Unix(_) => SyslogFormat::Rfc3164,
-            _ => SyslogFormat::Rfc5424,
-        });
-        Ok(ForwardTarget {
-            address,
-            format,
-            facility,
-            buffer_bytes,
-            max_message_bytes: max,
-        })
+/// One target, checked.
+fn target<E: de::Error>(v: &Value) -> Result<ForwardTarget, E> {
+    let Value::Object(m) = v else {
+        return Err(E::custom("expected a target object {\"address\": ...}"));
+    };
+    if let Some(k) = m.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(E::unknown_field(k, &KEYS));
     }
+    let text = |k: &str| match m.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(E::custom(format!("{k}: expected a string"))),
+    };
+    let bytes = |k: &str, default: usize| match m.get(k) {
+        None | Some(Value::Null) => Ok(default),
+        Some(n) => n
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| E::custom(format!("{k}: expected a whole number of bytes"))),
+    };
+    let address = text("address")?.ok_or_else(|| E::missing_field("address"))?;
+    let address = Address::parse(address).map_err(E::custom)?;
+    let format = match text("format")? {
+        None => None,
+        Some("rfc5424") => Some(SyslogFormat::Rfc5424),
+        Some("rfc3164") => Some(SyslogFormat::Rfc3164),
+        Some(other) => return Err(E::unknown_variant(other, &["rfc5424", "rfc3164"])),
+    };
+    let facility_name = text("facility")?.unwrap_or("daemon");
+    let facility = FACILITIES
+        .iter()
+        .position(|f| *f == facility_name)
+        .ok_or_else(|| E::unknown_variant(facility_name, &FACILITIES))? as u8;
+    let max = bytes("max_message_bytes", 2048)?;
+    if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&max) {
+        return Err(E::custom(format!(
+            "max_message_bytes must be between {MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES}, not {max}"
+        )));
+    }
+    let buffer_bytes = bytes("buffer_bytes", 1 << 20)?;
+    if buffer_bytes < max {
+        return Err(E::custom(format!(
+            "buffer_bytes ({buffer_bytes}) must hold one message of max_message_bytes ({max})"
+        )));
+    }
+    // A local socket speaks what syslog(3) writes; a collector over the network gets
+    // the structured form.
+    let format = format.unwrap_or(match address {
+        Address::Unix(_) => SyslogFormat::Rfc3164,
+        _ => SyslogFormat::Rfc5424,
+    });
+    Ok(ForwardTarget {
+        address,
+        format,
+        facility,
+        buffer_bytes,
+        max_message_bytes: max,
+    })
 }
 
-/// `log_forward`: one target or a list of them, each checked as it is read.
+/// `log_forward`: one target or a list of them, each checked as it is read; null (or
+/// none) is no target.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogForward(pub Vec<ForwardTarget>);
 
 impl<'de> Deserialize<'de> for LogForward {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = LogForward;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a target {\"address\": ...} or a list of them")
+        let v = Value::deserialize(d)?;
+        let items = match &v {
+            Value::Null => Vec::new(),
+            Value::Array(list) => list.iter().collect(),
+            one => vec![one],
+        };
+        let mut out: Vec<ForwardTarget> = Vec::with_capacity(items.len());
+        for item in items {
+            let t = target(item)?;
+            if out.iter().any(|o| o.address == t.address) {
+                return Err(de::Error::custom(format!("{} is named twice", t.address)));
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<LogForward, A::Error> {
-                let raw = TargetConfig::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(LogForward(vec![raw.check().map_err(de::Error::custom)?]))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LogForward, A::Error> {
-                let mut out = Vec::new();
-                while let Some(raw) = seq.next_element::<TargetConfig>()? {
-                    let t = raw.check().map_err(de::Error::custom)?;
-                    if out.iter().any(|o: &ForwardTarget| o.address == t.address) {
-                        return Err(de::Error::custom(format!("{} is named twice", t.address)));
-                    }
-                    out.push(t);
-                }
-                Ok(LogForward(out))
-            }
+            out.push(t);
         }
-        d.deserialize_any(V)
+        Ok(LogForward(out))
     }
 }
 
@@ -252,7 +260,7 @@ mod tests {
             (r#"{"address": "unix:dev/log"}"#, "absolute path"),
             (
                 r#"{"address": "udp://h:1", "facility": "nope"}"#,
-                "unknown facility",
+                "unknown variant `nope`",
             ),
             (
                 r#"{"address": "udp://h:1", "max_message_bytes": 10}"#,
@@ -266,7 +274,16 @@ mod tests {
                 r#"{"address": "udp://h:1", "format": "gelf"}"#,
                 "unknown variant",
             ),
-            (r#"{"address": "udp://h:1", "port": 1}"#, "unknown field"),
+            (
+                r#"{"address": "udp://h:1", "port": 1}"#,
+                "unknown field `port`",
+            ),
+            (r#"{"format": "rfc5424"}"#, "missing field `address`"),
+            (
+                r#"{"address": "udp://h:1", "buffer_bytes": "1M"}"#,
+                "whole number",
+            ),
+            (r#"7"#, "expected a target"),
             (
                 r#"[{"address": "udp://h:1"}, {"address": "udp://h:1"}]"#,
                 "twice",

@@ -188,7 +188,7 @@ pub struct Settings {
     #[serde(deserialize_with = "millis::opt")]
     pub retry_failed_ms: Option<u64>,
     /// Syslog collectors every record also goes to (docs/logs.md).
-    pub log_forward: Option<super::forward::LogForward>,
+    pub log_forward: super::forward::LogForward,
 }
 
 impl Default for Settings {
@@ -218,7 +218,7 @@ impl Default for Settings {
             watchdog: None,
             strict_modes: true,
             retry_failed_ms: None,
-            log_forward: None,
+            log_forward: Default::default(),
         }
     }
 }

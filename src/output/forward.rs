@@ -15,9 +15,8 @@ use crate::config::forward::{Address, ForwardTarget};
 use crate::output::record::{Record, RecordKind};
 use crate::output::sink::Batch;
 use crate::output::syslog::{Encoder, Message};
-use crossbeam_channel::{bounded, Sender};
 use queue::Queue;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,7 +34,7 @@ pub struct ForwardConfig {
     /// (filled in by the writer from `ForwardSetting::set_fallback`).
     pub fallback: Option<ForwardTarget>,
     /// Services with `log_forward: false`.
-    pub local: BTreeSet<String>,
+    pub local: Vec<String>,
 }
 
 impl ForwardConfig {
@@ -44,11 +43,7 @@ impl ForwardConfig {
         services: &BTreeMap<String, crate::config::ServiceConfig>,
     ) -> ForwardConfig {
         ForwardConfig {
-            targets: s
-                .log_forward
-                .as_ref()
-                .map(|f| f.0.clone())
-                .unwrap_or_default(),
+            targets: s.log_forward.0.clone(),
             fallback: None,
             local: services
                 .iter()
@@ -58,6 +53,9 @@ impl ForwardConfig {
         }
     }
 }
+
+/// Records dropped from a target's buffer, per service ("" for the daemon's own).
+pub type Drops = Vec<(Arc<str>, u64)>;
 
 /// What a target's forwarder and the rest of the daemon share.
 pub struct Shared {
@@ -69,7 +67,7 @@ pub struct Shared {
     reconnect: AtomicBool,
     stop: AtomicBool,
     /// Wakes the forwarder: records where there were none, a reconnect, a stop.
-    bell: Sender<()>,
+    bell: Bell,
     /// A duplicate of the connected socket, so that a reconnect or a stop can end a
     /// write blocked on a collector that does not read.
     conn: Mutex<Option<OwnedFd>>,
@@ -87,8 +85,8 @@ impl Shared {
     }
 
     /// Messages dropped so far, per service ("" for the daemon's own).
-    pub fn dropped(&self) -> BTreeMap<Arc<str>, u64> {
-        lock(&self.queue).dropped().clone()
+    pub fn dropped(&self) -> Drops {
+        lock(&self.queue).dropped().to_vec()
     }
 
     /// Drops the connection and connects again at once, keeping what is buffered
@@ -96,7 +94,7 @@ impl Shared {
     pub fn reconnect(&self) {
         self.reconnect.store(true, Ordering::Release);
         self.shutdown_conn();
-        let _ = self.bell.try_send(());
+        self.bell.ring();
     }
 
     fn shutdown_conn(&self) {
@@ -127,6 +125,52 @@ impl Shared {
     }
 }
 
+/// A forwarder's doorbell: rung by whoever has news for it (records where there were
+/// none, a reconnect, a stop), taken by the forwarder. A flag under a lock, so that a
+/// ring before the wait is never lost.
+#[derive(Default)]
+struct Bell {
+    rung: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Bell {
+    fn ring(&self) {
+        if let Ok(mut rung) = self.rung.lock() {
+            *rung = true;
+            self.cv.notify_one();
+        }
+    }
+
+    /// Waits until rung, or until `deadline` passes; takes the ring. False when the
+    /// deadline passed first.
+    fn wait(&self, deadline: Option<Instant>) -> bool {
+        let Ok(mut rung) = self.rung.lock() else {
+            return false;
+        };
+        while !*rung {
+            rung = match deadline {
+                None => match self.cv.wait(rung) {
+                    Ok(r) => r,
+                    Err(_) => return false,
+                },
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    match self.cv.wait_timeout(rung, left) {
+                        Ok((r, _)) => r,
+                        Err(_) => return false,
+                    }
+                }
+            };
+        }
+        *rung = false;
+        true
+    }
+}
+
 /// One target as the log writer holds it.
 pub struct Target {
     pub shared: Arc<Shared>,
@@ -148,9 +192,8 @@ impl Target {
             target.max_message_bytes,
             hostname,
         );
-        let (bell, rx) = bounded(1);
         let shared = Arc::new(Shared {
-            bell,
+            bell: Bell::default(),
             queue: Mutex::new(Queue::new(target.buffer_bytes)),
             target,
             emptied: Condvar::new(),
@@ -163,7 +206,7 @@ impl Target {
         std::thread::Builder::new()
             .name("log-forward".into())
             .stack_size(STACK)
-            .spawn(move || sender::Forwarder::new(theirs).run(rx))?;
+            .spawn(move || sender::Forwarder::new(theirs).run())?;
         Ok(Target {
             shared,
             encoder,
@@ -179,7 +222,7 @@ impl Target {
     }
 
     fn ring(&self) {
-        let _ = self.shared.bell.try_send(());
+        self.shared.bell.ring();
     }
 }
 
@@ -241,19 +284,13 @@ impl ForwardSetting {
         }
     }
 
-    /// Records dropped so far: (target, service or "" for the daemon's own, count).
-    pub fn dropped(&self) -> Vec<(String, Arc<str>, u64)> {
-        let mut out = Vec::new();
-        for t in self.targets() {
-            let name = t.name();
-            out.extend(t.dropped().into_iter().map(|(s, n)| (name.clone(), s, n)));
-        }
-        out
-    }
-
-    /// The targets' addresses.
-    pub fn names(&self) -> Vec<String> {
-        self.targets().iter().map(|t| t.name()).collect()
+    /// Each target's address and the records dropped from its buffer so far, per
+    /// service ("" for the daemon's own).
+    pub fn dropped(&self) -> Vec<(String, Drops)> {
+        self.targets()
+            .iter()
+            .map(|t| (t.name(), t.dropped()))
+            .collect()
     }
 
     /// Waits (until `deadline` at most) for every target to send what it holds.
@@ -344,7 +381,7 @@ impl Forwarding {
 
     /// A batch of a service's lines; `max` is the daemon log's level filter.
     pub fn batch(&mut self, batch: &Batch, max: u8) {
-        let local = self.config.local.contains(&*batch.service);
+        let local = self.config.local.iter().any(|s| **s == *batch.service);
         let pid = std::process::id() as i32;
         for t in &mut self.targets {
             if local && !t.fallback {
@@ -374,7 +411,9 @@ impl Forwarding {
             return;
         }
         let service: Option<Arc<str>> = rec.service.map(Arc::from);
-        let local = rec.service.is_some_and(|s| self.config.local.contains(s));
+        let local = rec
+            .service
+            .is_some_and(|s| self.config.local.iter().any(|l| l == s));
         let pid = std::process::id() as i32;
         for t in &mut self.targets {
             // The targets get every lifecycle record; the daemon's own as its log does.

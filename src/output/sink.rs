@@ -147,8 +147,6 @@ pub enum SinkMsg {
     /// The lines one read() of one stream produced, in order.
     Lines(Arc<Batch>),
     Event(EventRecord),
-    /// A daemon record already formatted (by env_logger's format hook).
-    Raw(Vec<u8>),
     /// A daemon record from the `log` macros, already filtered (by env_logger).
     Own(EventRecord),
     /// Wakes the writer so that it flushes, and answers when done.
@@ -272,10 +270,9 @@ impl Sink {
     }
 
     /// New `log_forward` settings (at start, and by a reload); the writer starts and
-    /// ends forwarders with its next record.
+    /// ends forwarders with its next record (the start's or the reload's own).
     pub fn set_forward(&self, config: ForwardConfig) {
         self.forward.set(config);
-        let _ = self.tx.try_send(SinkMsg::Job(Box::new(|| {})));
     }
 
     /// Makes the local syslog at `target` the daemon's log (set once, at start).
@@ -426,7 +423,6 @@ impl Writer {
                         self.buf.truncate(start);
                     }
                 }
-                SinkMsg::Raw(text) => self.buf.extend_from_slice(&text),
                 SinkMsg::Own(rec) => {
                     rec.record().write(&mut self.buf, json);
                     self.forwarding.record(&rec.record(), true);
@@ -570,30 +566,11 @@ pub fn install_logger(sink: &Sink, level: LogLevel) {
         let _ = buf;
         Ok(())
     });
-    builder.target(env_logger::Target::Pipe(Box::new(LoggerPipe {
-        sink: sink.clone(),
-    })));
+    builder.target(env_logger::Target::Pipe(Box::new(io::sink())));
     // Only fails if a logger is already installed (a second call); then the first stays.
     let _ = builder.try_init();
     if rust_log.is_none() {
         log::set_max_level(level.to_filter());
-    }
-}
-
-/// env_logger hands each formatted record to this writer in one piece.
-struct LoggerPipe {
-    sink: Sink,
-}
-
-impl Write for LoggerPipe {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if !buf.is_empty() {
-            self.sink.offer(SinkMsg::Raw(buf.to_vec()));
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

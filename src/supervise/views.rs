@@ -113,8 +113,8 @@ impl Supervisor {
             let mut row = status_row(e, now);
             row.log_forward_dropped = forward
                 .iter()
-                .filter(|(_, s, _)| **s == *e.name)
-                .map(|(_, _, n)| n)
+                .flat_map(|(_, d)| d.iter().filter(|(s, _)| **s == *e.name))
+                .map(|(_, n)| n)
                 .sum();
             row.notify_dropped = self.notify.as_ref().map_or(0, |n| n.dropped(&e.name));
             row.cgroup = self
@@ -167,7 +167,6 @@ impl Supervisor {
 
     pub(super) fn metrics(&self) -> Reply {
         let now = Instant::now();
-        let targets = self.sink.forward().names();
         let forward = self.sink.forward().dropped();
         let mut snaps: Vec<(ServiceMetrics, Source, PathBuf)> = self
             .services
@@ -182,11 +181,11 @@ impl Supervisor {
                     stderr_lines: e.counters.stderr_lines.load(Ordering::Relaxed),
                     unwritten: e.counters.file_unwritten.load(Ordering::Relaxed),
                     notify_dropped: self.notify.as_ref().map_or(0, |n| n.dropped(&e.name)),
-                    forward_dropped: targets
+                    forward_dropped: forward
                         .iter()
-                        .map(|t| {
-                            let n = forward.iter().find(|(ft, s, _)| ft == t && **s == *e.name);
-                            (t.clone(), n.map_or(0, |f| f.2))
+                        .map(|(target, d)| {
+                            let n = d.iter().find(|(s, _)| **s == *e.name);
+                            (target.clone(), n.map_or(0, |n| n.1))
                         })
                         .collect(),
                     ..ServiceMetrics::default()

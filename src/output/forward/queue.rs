@@ -4,7 +4,7 @@
 //!
 //! Pure data: the forwarder thread and the log writer share it behind a mutex.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// What each message costs besides its bytes (its entry), so that the bound holds for
@@ -18,13 +18,18 @@ struct Entry {
 }
 
 pub struct Queue {
-    bytes: VecDeque<u8>,
+    /// The messages' bytes, oldest first, from `head` on: taken from the front by
+    /// moving `head`, moved back to the start once the dead part outgrows the live one
+    /// (so at most twice the live bytes are held, and each byte is moved about once).
+    bytes: Vec<u8>,
+    head: usize,
     entries: VecDeque<Entry>,
     /// Bytes plus `ENTRY_COST` per message, at most `cap`.
     used: usize,
     cap: usize,
-    /// Messages dropped for each service since the start (the daemon's own under "").
-    dropped: BTreeMap<Arc<str>, u64>,
+    /// Messages dropped for each service since the start (the daemon's own under ""):
+    /// a handful of services, searched in a line (a map costs more code than it saves).
+    dropped: Vec<(Arc<str>, u64)>,
     /// Messages dropped since the forwarder last said so.
     unreported: u64,
 }
@@ -32,11 +37,12 @@ pub struct Queue {
 impl Queue {
     pub fn new(cap: usize) -> Queue {
         Queue {
-            bytes: VecDeque::new(),
+            bytes: Vec::new(),
+            head: 0,
             entries: VecDeque::new(),
             used: 0,
             cap,
-            dropped: BTreeMap::new(),
+            dropped: Vec::new(),
             unreported: 0,
         }
     }
@@ -58,7 +64,12 @@ impl Queue {
         while self.used + cost > self.cap {
             self.drop_oldest();
         }
-        self.bytes.extend(msg);
+        if self.head > self.bytes.len() - self.head {
+            self.bytes.copy_within(self.head.., 0);
+            self.bytes.truncate(self.bytes.len() - self.head);
+            self.head = 0;
+        }
+        self.bytes.extend_from_slice(msg);
         self.entries.push_back(Entry {
             len: msg.len(),
             service: service.cloned(),
@@ -71,15 +82,24 @@ impl Queue {
         let Some(e) = self.entries.pop_front() else {
             return;
         };
-        self.bytes.drain(..e.len);
+        self.head += e.len;
         self.used -= e.len + ENTRY_COST;
         self.count_drop(e.service.as_ref());
+        if self.entries.is_empty() {
+            self.bytes.clear();
+            self.head = 0;
+        }
     }
 
     fn count_drop(&mut self, service: Option<&Arc<str>>) {
-        let key = service.cloned().unwrap_or_else(|| Arc::from(""));
-        *self.dropped.entry(key).or_insert(0) += 1;
         self.unreported += 1;
+        let name = service.map_or("", |s| s);
+        match self.dropped.iter_mut().find(|(s, _)| **s == *name) {
+            Some((_, n)) => *n += 1,
+            None => self
+                .dropped
+                .push((service.cloned().unwrap_or_else(|| Arc::from("")), 1)),
+        }
     }
 
     /// Moves whole messages, oldest first, into `out` (each one through `put`) until
@@ -87,23 +107,24 @@ impl Queue {
     pub fn take(&mut self, limit: usize, mut put: impl FnMut(&[u8])) -> usize {
         let mut taken = 0;
         let mut bytes = 0;
-        let mut msg = Vec::new();
         while let Some(e) = self.entries.front() {
             if taken > 0 && bytes + e.len > limit {
                 break;
             }
             let len = e.len;
-            msg.clear();
-            let (a, b) = self.bytes.as_slices();
-            let from_a = len.min(a.len());
-            msg.extend_from_slice(&a[..from_a]);
-            msg.extend_from_slice(&b[..len - from_a]);
-            self.bytes.drain(..len);
-            put(&msg);
+            put(self
+                .bytes
+                .get(self.head..self.head + len)
+                .unwrap_or_default());
+            self.head += len;
             self.entries.pop_front();
             self.used -= len + ENTRY_COST;
             bytes += len;
             taken += 1;
+        }
+        if self.entries.is_empty() {
+            self.bytes.clear();
+            self.head = 0;
         }
         taken
     }
@@ -114,8 +135,17 @@ impl Queue {
     }
 
     /// Messages dropped so far for each service ("" for the daemon's own).
-    pub fn dropped(&self) -> &BTreeMap<Arc<str>, u64> {
+    pub fn dropped(&self) -> &[(Arc<str>, u64)] {
         &self.dropped
+    }
+
+    /// Messages dropped so far for `service` ("" for the daemon's own).
+    #[cfg(test)]
+    fn dropped_for(&self, service: &str) -> Option<u64> {
+        self.dropped
+            .iter()
+            .find(|(s, _)| **s == *service)
+            .map(|d| d.1)
     }
 
     #[cfg(test)]
@@ -162,16 +192,32 @@ mod tests {
         q.push(b"web3", Some(&web)); // drops web1
         q.push(b"own1", None); // drops db-1
         assert!(q.used() <= 3 * (4 + ENTRY_COST));
-        assert_eq!(q.dropped().get("web"), Some(&1));
-        assert_eq!(q.dropped().get("db"), Some(&1));
+        assert_eq!(q.dropped_for("web"), Some(1));
+        assert_eq!(q.dropped_for("db"), Some(1));
         assert_eq!(q.take_unreported(), 2);
         assert_eq!(q.take_unreported(), 0);
         assert_eq!(drain(&mut q), ["web2", "web3", "own1"]);
         // A message bigger than the whole buffer is dropped itself, keeping the rest.
         q.push(b"keep", Some(&db));
         q.push(&[b'x'; 100], None);
-        assert_eq!(q.dropped().get(""), Some(&1));
+        assert_eq!(q.dropped_for(""), Some(1));
         assert_eq!(drain(&mut q), ["keep"]);
+    }
+
+    #[test]
+    fn holds_at_most_about_twice_its_bound_however_long_it_runs() {
+        let cap = 10 * (10 + ENTRY_COST);
+        let mut q = Queue::new(cap);
+        for i in 0..10_000u32 {
+            q.push(format!("{i:010}").as_bytes(), None);
+            if i % 7 == 0 {
+                q.take(25, |_| {});
+            }
+            assert!(q.bytes.len() <= 2 * cap + 10, "{}", q.bytes.len());
+        }
+        let mut last = Vec::new();
+        q.take(usize::MAX, |m| last = m.to_vec());
+        assert_eq!(last, b"0000009999");
     }
 
     #[test]

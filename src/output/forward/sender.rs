@@ -9,7 +9,6 @@
 use super::{lock, Shared};
 use crate::config::forward::Address;
 use crate::output::syslog::Framing;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -154,7 +153,7 @@ impl Forwarder {
         }
     }
 
-    pub(super) fn run(mut self, bell: Receiver<()>) {
+    pub(super) fn run(mut self) {
         let mut conn: Option<Conn> = None;
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
@@ -179,23 +178,23 @@ impl Forwarder {
                         self.reframe(conn.as_ref().map_or(Framing::Datagram, |c| c.framing));
                     }
                     Err(e) => {
-                        self.away(&format!("cannot connect: {e}"));
-                        if !self.backoff(&bell) {
+                        self.away("cannot connect", &e);
+                        if !self.backoff() {
                             return;
                         }
                     }
                 }
                 continue;
             };
-            if self.pending.is_empty() && !self.fill(c.framing, &bell) {
-                return;
+            if self.pending.is_empty() {
+                self.fill(c.framing);
             }
             if self.pending.is_empty() {
                 continue;
             }
             if let Err(e) = self.send(c) {
                 self.drop_conn(&mut conn);
-                self.away(&format!("connection lost: {e}"));
+                self.away("connection lost", &e);
                 continue;
             }
             self.report_drops();
@@ -247,42 +246,43 @@ impl Forwarder {
         self.ends.push(self.pending.len());
     }
 
-    fn away(&mut self, why: &str) {
+    fn away(&mut self, what: &str, e: &io::Error) {
         if !std::mem::replace(&mut self.warned, true) {
             log::warn!(
-                "log_forward {}: {why}; retrying with backoff, buffering meanwhile",
+                "log_forward {}: {what}: {e}; retrying with backoff, buffering meanwhile",
                 self.name
             );
         }
     }
 
     /// Sleeps until the retry is due (or a reconnect is asked for); false to stop.
-    fn backoff(&mut self, bell: &Receiver<()>) -> bool {
+    fn backoff(&mut self) -> bool {
         let deadline = Instant::now() + self.retry;
         self.retry = (self.retry * 2).min(MAX_RETRY);
         loop {
-            match bell.recv_deadline(deadline) {
-                Ok(()) if self.shared.reconnect.swap(false, Ordering::AcqRel) => return true,
-                Ok(()) => {}
-                Err(RecvTimeoutError::Timeout) => return true,
-                Err(RecvTimeoutError::Disconnected) => return false,
+            if !self.shared.bell.wait(Some(deadline)) {
+                return true;
             }
             if self.shared.stop.load(Ordering::Acquire) {
                 return false;
             }
+            if self.shared.reconnect.swap(false, Ordering::AcqRel) {
+                return true;
+            }
         }
     }
 
-    /// Takes the next messages from the queue, sleeping on the doorbell while there are
-    /// none; false to stop.
-    fn fill(&mut self, framing: Framing, bell: &Receiver<()>) -> bool {
+    /// Takes the next messages from the queue, or sleeps on the doorbell while there
+    /// are none.
+    fn fill(&mut self, framing: Framing) {
         let shared = self.shared.clone();
         let mut q = lock(&shared.queue);
         if q.is_empty() {
             self.shared.in_flight.store(false, Ordering::Release);
             self.shared.emptied.notify_all();
             drop(q);
-            return bell.recv().is_ok();
+            self.shared.bell.wait(None);
+            return;
         }
         self.shared.in_flight.store(true, Ordering::Release);
         let (pending, ends) = (&mut self.pending, &mut self.ends);
@@ -290,7 +290,6 @@ impl Forwarder {
             framing.push(pending, m);
             ends.push(pending.len());
         });
-        true
     }
 
     /// Sends everything pending: a stream in as few writes as it takes, a datagram
