@@ -10,7 +10,8 @@ use serde_json::Value;
 use std::fmt;
 use std::path::PathBuf;
 
-/// The smallest `max_message_bytes`: room for a header and some text.
+/// The smallest `max_message_bytes`: room for a header and some text (the error
+/// message of `target` names it and the largest).
 pub const MIN_MESSAGE_BYTES: usize = 128;
 /// The largest `max_message_bytes`: what one UDP datagram can carry.
 pub const MAX_MESSAGE_BYTES: usize = 65_000;
@@ -134,6 +135,10 @@ const FACILITIES: [&str; 24] = [
     "local7",
 ];
 
+fn bad<E: de::Error>(key: &str, what: &str) -> E {
+    E::custom(format!("{key}: {what}"))
+}
+
 /// One target, checked.
 fn target<E: de::Error>(v: &Value) -> Result<ForwardTarget, E> {
     let Value::Object(m) = v else {
@@ -145,14 +150,14 @@ fn target<E: de::Error>(v: &Value) -> Result<ForwardTarget, E> {
     let text = |k: &str| match m.get(k) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(_) => Err(E::custom(format!("{k}: expected a string"))),
+        Some(_) => Err(bad(k, "expected a string")),
     };
     let bytes = |k: &str, default: usize| match m.get(k) {
         None | Some(Value::Null) => Ok(default),
         Some(n) => n
             .as_u64()
             .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| E::custom(format!("{k}: expected a whole number of bytes"))),
+            .ok_or_else(|| bad(k, "expected a whole number of bytes")),
     };
     let address = text("address")?.ok_or_else(|| E::missing_field("address"))?;
     let address = Address::parse(address).map_err(E::custom)?;
@@ -169,15 +174,14 @@ fn target<E: de::Error>(v: &Value) -> Result<ForwardTarget, E> {
         .ok_or_else(|| E::unknown_variant(facility_name, &FACILITIES))? as u8;
     let max = bytes("max_message_bytes", 2048)?;
     if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&max) {
-        return Err(E::custom(format!(
-            "max_message_bytes must be between {MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES}, not {max}"
-        )));
+        return Err(bad("max_message_bytes", "must be between 128 and 65000"));
     }
     let buffer_bytes = bytes("buffer_bytes", 1 << 20)?;
     if buffer_bytes < max {
-        return Err(E::custom(format!(
-            "buffer_bytes ({buffer_bytes}) must hold one message of max_message_bytes ({max})"
-        )));
+        return Err(bad(
+            "buffer_bytes",
+            "must hold one message of max_message_bytes",
+        ));
     }
     // A local socket speaks what syslog(3) writes; a collector over the network gets
     // the structured form.

@@ -177,8 +177,15 @@ pub struct Target {
     encoder: Encoder,
     /// The `/dev/log` fallback: every service, and only what the daemon's log shows.
     fallback: bool,
-    scratch: Vec<u8>,
+    /// Messages encoded and not yet queued, and where each ends.
+    stage: Vec<u8>,
+    ends: Vec<usize>,
+    /// Records were queued for a forwarder that may be asleep, and it was not woken.
+    unrung: bool,
 }
+
+/// Queued bytes that wake a forwarder without waiting for the writer to run idle.
+const RING_AT: usize = 32 * 1024;
 
 impl Target {
     fn start(target: ForwardTarget, fallback: bool) -> io::Result<Target> {
@@ -211,18 +218,37 @@ impl Target {
             shared,
             encoder,
             fallback,
-            scratch: Vec::with_capacity(512),
+            stage: Vec::with_capacity(512),
+            ends: Vec::new(),
+            unrung: false,
         })
     }
 
-    fn push(&mut self, q: &mut Queue, m: &Message, service: Option<&Arc<str>>) -> bool {
-        self.scratch.clear();
-        self.encoder.encode(m, &mut self.scratch);
-        q.push(&self.scratch, service)
+    /// Encodes one message into the stage.
+    fn stage(&mut self, m: &Message) {
+        self.encoder.encode(m, &mut self.stage);
+        self.ends.push(self.stage.len());
     }
 
-    fn ring(&self) {
-        self.shared.bell.ring();
+    /// Queues what is staged, as `service`'s. Encoded before the lock is taken, so the
+    /// forwarder waits on it only while bytes are copied. A forwarder that may be
+    /// asleep is woken once a send's worth waits, else when the writer runs idle
+    /// (`Forwarding::ring`).
+    fn queue_staged(&mut self, service: Option<&Arc<str>>) {
+        let mut q = lock(&self.shared.queue);
+        let who = q.who(service);
+        let mut start = 0;
+        for &end in &self.ends {
+            self.unrung |= q.push(self.stage.get(start..end).unwrap_or_default(), who);
+            start = end;
+        }
+        if self.unrung && q.used() >= RING_AT {
+            self.unrung = false;
+            self.shared.bell.ring();
+        }
+        drop(q);
+        self.stage.clear();
+        self.ends.clear();
     }
 }
 
@@ -231,7 +257,7 @@ impl Drop for Target {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.shutdown_conn();
-        self.ring();
+        self.shared.bell.ring();
     }
 }
 
@@ -325,10 +351,6 @@ fn message<'a>(rec: &'a Record<'a>, own_pid: i32) -> Message<'a> {
 }
 
 impl Forwarding {
-    pub fn is_empty(&self) -> bool {
-        self.targets.is_empty()
-    }
-
     /// Takes new settings: targets whose settings are unchanged keep their forwarder,
     /// connection and buffer; the others end and new ones start.
     pub fn configure(&mut self, config: ForwardConfig) {
@@ -381,25 +403,33 @@ impl Forwarding {
 
     /// A batch of a service's lines; `max` is the daemon log's level filter.
     pub fn batch(&mut self, batch: &Batch, max: u8) {
+        if self.targets.is_empty() {
+            return;
+        }
         let local = self.config.local.iter().any(|s| **s == *batch.service);
         let pid = std::process::id() as i32;
         for t in &mut self.targets {
             if local && !t.fallback {
                 continue;
             }
-            let shared = t.shared.clone();
-            let mut q = lock(&shared.queue);
-            let mut ring = false;
             for line in &batch.lines {
                 if t.fallback && rank(line.level) > max {
                     continue;
                 }
                 let rec = batch.record(line);
-                ring |= t.push(&mut q, &message(&rec, pid), Some(&batch.service));
+                t.stage(&message(&rec, pid));
             }
-            drop(q);
-            if ring {
-                t.ring();
+            t.queue_staged(Some(&batch.service));
+        }
+    }
+
+    /// Wakes every forwarder that has records it has not been told of: the log writer
+    /// calls this when its queue runs empty, as it writes out what it formatted, so a
+    /// burst costs a forwarder one wake-up and one send per burst, not per line.
+    pub fn ring(&mut self) {
+        for t in &mut self.targets {
+            if std::mem::take(&mut t.unrung) {
+                t.shared.bell.ring();
             }
         }
     }
@@ -425,18 +455,10 @@ impl Forwarding {
             if !wanted {
                 continue;
             }
-            let shared = t.shared.clone();
-            let mut q = lock(&shared.queue);
-            let ring = t.push(&mut q, &message(rec, pid), service.as_ref());
-            drop(q);
-            if ring {
-                t.ring();
-            }
+            t.stage(&message(rec, pid));
+            t.queue_staged(service.as_ref());
         }
     }
 }
 
-/// Whether the local syslog answers at `path` (datagram, else stream).
-pub fn answers(path: &std::path::Path) -> bool {
-    sender::answers(path)
-}
+pub use sender::answers;

@@ -378,9 +378,7 @@ impl Writer {
             let json = self.filter.format.load(Ordering::Relaxed) == LogFormat::Json as u8;
             match msg {
                 SinkMsg::Lines(batch) => {
-                    if !self.forwarding.is_empty() {
-                        self.forwarding.batch(&batch, max);
-                    }
+                    self.forwarding.batch(&batch, max);
                     self.head.clear();
                     for line in &batch.lines {
                         let shown = level_rank(line.level) <= max;
@@ -483,6 +481,7 @@ impl Writer {
     }
 
     fn flush_all(&mut self) {
+        self.forwarding.ring();
         self.write_out();
         if self.out.flush().is_err() {
             self.write_errors.fetch_add(1, Ordering::Relaxed);

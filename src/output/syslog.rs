@@ -43,9 +43,13 @@ pub struct Encoder {
     format: SyslogFormat,
     facility: u8,
     max: usize,
-    hostname: Option<String>,
+    hostname: Option<Vec<u8>>,
     /// The local time of the last second formatted (RFC 3164): (second, `Mmm dd hh:mm:ss`).
     local: (u64, [u8; 15]),
+    /// What follows the time for the last (APP-NAME, PROCID, MSGID) encoded: the lines
+    /// of one read share it, so it is written once for them.
+    who: (String, Option<i32>, String),
+    tail: Vec<u8>,
 }
 
 impl Encoder {
@@ -59,10 +63,14 @@ impl Encoder {
             format,
             facility,
             max: max_message_bytes.max(32),
-            hostname: hostname
-                .map(|h| clean_field(&h, 255))
-                .filter(|h| !h.is_empty()),
+            hostname: hostname.filter(|h| !h.is_empty()).map(|h| {
+                let mut field = Vec::new();
+                push_field(&mut field, &h, 255);
+                field
+            }),
             local: (u64::MAX, [b' '; 15]),
+            who: (String::new(), None, String::new()),
+            tail: Vec::new(),
         }
     }
 
@@ -74,9 +82,33 @@ impl Encoder {
         out.extend_from_slice(itoa::Buffer::new().format(pri).as_bytes());
         out.push(b'>');
         match self.format {
-            SyslogFormat::Rfc5424 => self.head_5424(m, out),
-            SyslogFormat::Rfc3164 => self.head_3164(m, out),
+            SyslogFormat::Rfc5424 => {
+                out.extend_from_slice(b"1 ");
+                timefmt::push_rfc3339(out, m.ts_ms);
+            }
+            SyslogFormat::Rfc3164 => {
+                let secs = m.ts_ms / 1000;
+                if self.local.0 != secs {
+                    self.local = (secs, local_stamp(secs));
+                }
+                out.extend_from_slice(&self.local.1);
+            }
         }
+        let msgid = m.msgid.unwrap_or("-");
+        if self.who.0 != m.app || self.who.1 != m.pid || self.who.2 != msgid || self.tail.is_empty()
+        {
+            self.who.0.clear();
+            self.who.0.push_str(m.app);
+            self.who.1 = m.pid;
+            self.who.2.clear();
+            self.who.2.push_str(msgid);
+            self.tail.clear();
+            match self.format {
+                SyslogFormat::Rfc5424 => self.tail_5424(m, msgid),
+                SyslogFormat::Rfc3164 => self.tail_3164(m),
+            }
+        }
+        out.extend_from_slice(&self.tail);
         push_escaped(out, m.text);
         let cut = out.len() - start > self.max;
         if cut {
@@ -92,12 +124,11 @@ impl Encoder {
         }
     }
 
-    /// `1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID - `: no structured data.
-    fn head_5424(&self, m: &Message, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"1 ");
-        timefmt::push_rfc3339(out, m.ts_ms);
+    /// After `1 TIMESTAMP`: ` HOSTNAME APP-NAME PROCID MSGID - `, no structured data.
+    fn tail_5424(&mut self, m: &Message, msgid: &str) {
+        let out = &mut self.tail;
         out.push(b' ');
-        out.extend_from_slice(self.hostname.as_deref().unwrap_or("-").as_bytes());
+        out.extend_from_slice(self.hostname.as_deref().unwrap_or(b"-"));
         out.push(b' ');
         push_field(out, m.app, 48);
         out.push(b' ');
@@ -106,20 +137,17 @@ impl Encoder {
             None => out.push(b'-'),
         }
         out.push(b' ');
-        push_field(out, m.msgid.unwrap_or("-"), 32);
+        push_field(out, msgid, 32);
         out.extend_from_slice(b" - ");
     }
 
-    /// `Mmm dd hh:mm:ss [HOSTNAME ]TAG[PID]: `, the time local as syslog(3) writes it.
-    fn head_3164(&mut self, m: &Message, out: &mut Vec<u8>) {
-        let secs = m.ts_ms / 1000;
-        if self.local.0 != secs {
-            self.local = (secs, local_stamp(secs));
-        }
-        out.extend_from_slice(&self.local.1);
+    /// After `Mmm dd hh:mm:ss` (the time local, as syslog(3) writes it):
+    /// ` [HOSTNAME ]TAG[PID]: `.
+    fn tail_3164(&mut self, m: &Message) {
+        let out = &mut self.tail;
         out.push(b' ');
         if let Some(h) = &self.hostname {
-            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(h);
             out.push(b' ');
         }
         push_field(out, m.app, 48);
@@ -144,12 +172,6 @@ fn push_field(out: &mut Vec<u8>, s: &str, max: usize) {
             .take(max)
             .map(|b| if b.is_ascii_graphic() { b } else { b'_' }),
     );
-}
-
-fn clean_field(s: &str, max: usize) -> String {
-    let mut out = Vec::new();
-    push_field(&mut out, s, max);
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 const MONTHS: [&[u8; 3]; 12] = [
@@ -245,6 +267,13 @@ mod tests {
             enc(&mut e, &m),
             "<27>1 2026-12-07T12:03:04.123Z box_1 orchestrator - rolled_back - tab\there\\x1b[2J\\nnext"
         );
+        // The header kept for a run of one service's lines follows a change of pid.
+        let next_run = Message {
+            pid: Some(1300),
+            ..msg("again")
+        };
+        assert!(enc(&mut e, &msg("x")).contains(" web 1234 stdout - x"));
+        assert!(enc(&mut e, &next_run).contains(" web 1300 stdout - again"));
         let mut bare = Encoder::new(SyslogFormat::Rfc5424, 16, 2048, None);
         let m = Message {
             level: log::Level::Warn,

@@ -12,9 +12,10 @@ use std::sync::Arc;
 pub const ENTRY_COST: usize = 16;
 
 struct Entry {
-    len: usize,
-    /// The service whose record it is; `None` for the daemon's own.
-    service: Option<Arc<str>>,
+    len: u32,
+    /// Whose record it is: an index into `dropped`. A number, not the service's name,
+    /// so that the two threads do not share a reference count per message.
+    who: u32,
 }
 
 pub struct Queue {
@@ -27,9 +28,12 @@ pub struct Queue {
     /// Bytes plus `ENTRY_COST` per message, at most `cap`.
     used: usize,
     cap: usize,
-    /// Messages dropped for each service since the start (the daemon's own under ""):
-    /// a handful of services, searched in a line (a map costs more code than it saves).
+    /// Messages dropped for each service since the start (the daemon's own under ""),
+    /// and the names entries point to: a handful of services, searched in a line (a
+    /// map costs more code than it saves).
     dropped: Vec<(Arc<str>, u64)>,
+    /// The last `who` found, tried first.
+    last_who: u32,
     /// Messages dropped since the forwarder last said so.
     unreported: u64,
 }
@@ -43,6 +47,7 @@ impl Queue {
             used: 0,
             cap,
             dropped: Vec::new(),
+            last_who: 0,
             unreported: 0,
         }
     }
@@ -51,14 +56,33 @@ impl Queue {
         self.entries.is_empty()
     }
 
-    /// Adds one message, dropping the oldest until it fits; a message larger than the
-    /// whole buffer is itself dropped. Returns whether the queue was empty before (the
-    /// forwarder may be asleep).
-    pub fn push(&mut self, msg: &[u8], service: Option<&Arc<str>>) -> bool {
+    /// The number that stands for `service` (`None`: the daemon's own) in `push`.
+    pub fn who(&mut self, service: Option<&Arc<str>>) -> u32 {
+        let name = service.map_or("", |s| s);
+        let found = |(s, _): &(Arc<str>, u64)| **s == *name;
+        if self.dropped.get(self.last_who as usize).is_some_and(found) {
+            return self.last_who;
+        }
+        let i = match self.dropped.iter().position(found) {
+            Some(i) => i,
+            None => {
+                let arc = service.cloned().unwrap_or_else(|| Arc::from(""));
+                self.dropped.push((arc, 0));
+                self.dropped.len() - 1
+            }
+        };
+        self.last_who = i as u32;
+        self.last_who
+    }
+
+    /// Adds one message of `who`'s, dropping the oldest until it fits; a message larger
+    /// than the whole buffer is itself dropped. Returns whether the queue was empty
+    /// before (the forwarder may be asleep).
+    pub fn push(&mut self, msg: &[u8], who: u32) -> bool {
         let was_empty = self.entries.is_empty();
         let cost = msg.len() + ENTRY_COST;
         if cost > self.cap {
-            self.count_drop(service);
+            self.count_drop(who);
             return was_empty;
         }
         while self.used + cost > self.cap {
@@ -71,8 +95,8 @@ impl Queue {
         }
         self.bytes.extend_from_slice(msg);
         self.entries.push_back(Entry {
-            len: msg.len(),
-            service: service.cloned(),
+            len: msg.len() as u32,
+            who,
         });
         self.used += cost;
         was_empty
@@ -82,46 +106,45 @@ impl Queue {
         let Some(e) = self.entries.pop_front() else {
             return;
         };
-        self.head += e.len;
-        self.used -= e.len + ENTRY_COST;
-        self.count_drop(e.service.as_ref());
+        self.head += e.len as usize;
+        self.used -= e.len as usize + ENTRY_COST;
+        self.count_drop(e.who);
         if self.entries.is_empty() {
             self.bytes.clear();
             self.head = 0;
         }
     }
 
-    fn count_drop(&mut self, service: Option<&Arc<str>>) {
+    fn count_drop(&mut self, who: u32) {
         self.unreported += 1;
-        let name = service.map_or("", |s| s);
-        match self.dropped.iter_mut().find(|(s, _)| **s == *name) {
-            Some((_, n)) => *n += 1,
-            None => self
-                .dropped
-                .push((service.cloned().unwrap_or_else(|| Arc::from("")), 1)),
+        if let Some((_, n)) = self.dropped.get_mut(who as usize) {
+            *n += 1;
         }
     }
 
-    /// Moves whole messages, oldest first, into `out` (each one through `put`) until
-    /// about `limit` bytes are taken; returns how many.
-    pub fn take(&mut self, limit: usize, mut put: impl FnMut(&[u8])) -> usize {
+    /// Moves whole messages, oldest first, to the end of `out` in one copy, and their
+    /// lengths to `lens`, until about `limit` bytes are taken (at least one message);
+    /// returns how many.
+    pub fn take(&mut self, limit: usize, out: &mut Vec<u8>, lens: &mut Vec<usize>) -> usize {
         let mut taken = 0;
         let mut bytes = 0;
         while let Some(e) = self.entries.front() {
-            if taken > 0 && bytes + e.len > limit {
+            let len = e.len as usize;
+            if taken > 0 && bytes + len > limit {
                 break;
             }
-            let len = e.len;
-            put(self
-                .bytes
-                .get(self.head..self.head + len)
-                .unwrap_or_default());
-            self.head += len;
+            lens.push(len);
             self.entries.pop_front();
             self.used -= len + ENTRY_COST;
             bytes += len;
             taken += 1;
         }
+        out.extend_from_slice(
+            self.bytes
+                .get(self.head..self.head + bytes)
+                .unwrap_or_default(),
+        );
+        self.head += bytes;
         if self.entries.is_empty() {
             self.bytes.clear();
             self.head = 0;
@@ -144,11 +167,10 @@ impl Queue {
     fn dropped_for(&self, service: &str) -> Option<u64> {
         self.dropped
             .iter()
-            .find(|(s, _)| **s == *service)
+            .find(|(s, n)| **s == *service && *n > 0)
             .map(|d| d.1)
     }
 
-    #[cfg(test)]
     pub fn used(&self) -> usize {
         self.used
     }
@@ -158,9 +180,26 @@ impl Queue {
 mod tests {
     use super::*;
 
+    fn put(q: &mut Queue, msg: &[u8], service: Option<&Arc<str>>) -> bool {
+        let who = q.who(service);
+        q.push(msg, who)
+    }
+
+    /// `take`, message by message.
+    fn take(q: &mut Queue, limit: usize, mut each: impl FnMut(&[u8])) -> usize {
+        let (mut out, mut lens) = (Vec::new(), Vec::new());
+        let n = q.take(limit, &mut out, &mut lens);
+        let mut start = 0;
+        for len in lens {
+            each(&out[start..start + len]);
+            start += len;
+        }
+        n
+    }
+
     fn drain(q: &mut Queue) -> Vec<String> {
         let mut out = Vec::new();
-        q.take(usize::MAX, |m| {
+        take(q, usize::MAX, |m| {
             out.push(String::from_utf8_lossy(m).into_owned())
         });
         out
@@ -170,13 +209,13 @@ mod tests {
     fn keeps_order_and_wakes_only_when_it_was_empty() {
         let mut q = Queue::new(1000);
         let web: Arc<str> = Arc::from("web");
-        assert!(q.push(b"one", Some(&web)));
-        assert!(!q.push(b"two", None));
+        assert!(put(&mut q, b"one", Some(&web)));
+        assert!(!put(&mut q, b"two", None));
         assert_eq!(q.used(), 6 + 2 * ENTRY_COST);
         assert_eq!(drain(&mut q), ["one", "two"]);
         assert!(q.is_empty());
         assert_eq!(q.used(), 0);
-        assert!(q.push(b"three", None));
+        assert!(put(&mut q, b"three", None));
     }
 
     #[test]
@@ -185,12 +224,12 @@ mod tests {
         let db: Arc<str> = Arc::from("db");
         // Room for exactly three 4-byte messages.
         let mut q = Queue::new(3 * (4 + ENTRY_COST));
-        q.push(b"web1", Some(&web));
-        q.push(b"db-1", Some(&db));
-        q.push(b"web2", Some(&web));
+        put(&mut q, b"web1", Some(&web));
+        put(&mut q, b"db-1", Some(&db));
+        put(&mut q, b"web2", Some(&web));
         assert_eq!(q.take_unreported(), 0);
-        q.push(b"web3", Some(&web)); // drops web1
-        q.push(b"own1", None); // drops db-1
+        put(&mut q, b"web3", Some(&web)); // drops web1
+        put(&mut q, b"own1", None); // drops db-1
         assert!(q.used() <= 3 * (4 + ENTRY_COST));
         assert_eq!(q.dropped_for("web"), Some(1));
         assert_eq!(q.dropped_for("db"), Some(1));
@@ -198,8 +237,8 @@ mod tests {
         assert_eq!(q.take_unreported(), 0);
         assert_eq!(drain(&mut q), ["web2", "web3", "own1"]);
         // A message bigger than the whole buffer is dropped itself, keeping the rest.
-        q.push(b"keep", Some(&db));
-        q.push(&[b'x'; 100], None);
+        put(&mut q, b"keep", Some(&db));
+        put(&mut q, &[b'x'; 100], None);
         assert_eq!(q.dropped_for(""), Some(1));
         assert_eq!(drain(&mut q), ["keep"]);
     }
@@ -209,14 +248,14 @@ mod tests {
         let cap = 10 * (10 + ENTRY_COST);
         let mut q = Queue::new(cap);
         for i in 0..10_000u32 {
-            q.push(format!("{i:010}").as_bytes(), None);
+            put(&mut q, format!("{i:010}").as_bytes(), None);
             if i % 7 == 0 {
-                q.take(25, |_| {});
+                take(&mut q, 25, |_| {});
             }
             assert!(q.bytes.len() <= 2 * cap + 10, "{}", q.bytes.len());
         }
         let mut last = Vec::new();
-        q.take(usize::MAX, |m| last = m.to_vec());
+        take(&mut q, usize::MAX, |m| last = m.to_vec());
         assert_eq!(last, b"0000009999");
     }
 
@@ -224,14 +263,14 @@ mod tests {
     fn takes_whole_messages_up_to_a_limit() {
         let mut q = Queue::new(1000);
         for m in [&b"aaaa"[..], b"bbbb", b"cccc"] {
-            q.push(m, None);
+            put(&mut q, m, None);
         }
         let mut got = Vec::new();
-        assert_eq!(q.take(9, |m| got.extend_from_slice(m)), 2);
+        assert_eq!(take(&mut q, 9, |m| got.extend_from_slice(m)), 2);
         assert_eq!(got, b"aaaabbbb");
         // One message is always taken, however small the limit.
         got.clear();
-        assert_eq!(q.take(1, |m| got.extend_from_slice(m)), 1);
+        assert_eq!(take(&mut q, 1, |m| got.extend_from_slice(m)), 1);
         assert_eq!(got, b"cccc");
     }
 }

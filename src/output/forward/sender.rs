@@ -84,7 +84,7 @@ fn connect(address: &Address) -> io::Result<Conn> {
 }
 
 /// Whether the local syslog answers at `path` (datagram, else stream).
-pub(super) fn answers(path: &std::path::Path) -> bool {
+pub fn answers(path: &std::path::Path) -> bool {
     connect(&Address::Unix(path.to_path_buf())).is_ok()
 }
 
@@ -130,7 +130,14 @@ impl Conn {
 pub(super) struct Forwarder {
     shared: Arc<Shared>,
     name: String,
-    /// Framed messages taken from the queue and not yet sent, with where each ends.
+    /// What the queue gave, before framing, and each message's length: kept until
+    /// every message is sent, so that what a broken connection cut is framed again for
+    /// the next one (whose framing may differ: a unix socket turned stream).
+    raw: Vec<u8>,
+    lens: Vec<usize>,
+    /// Messages of `raw` sent whole on an earlier connection.
+    done: usize,
+    /// The rest, framed for the current connection, with where each ends.
     pending: Vec<u8>,
     ends: Vec<usize>,
     /// Bytes of `pending` already sent.
@@ -145,6 +152,9 @@ impl Forwarder {
         Forwarder {
             name: shared.name(),
             shared,
+            raw: Vec::new(),
+            lens: Vec::new(),
+            done: 0,
             pending: Vec::new(),
             ends: Vec::new(),
             sent: 0,
@@ -174,8 +184,6 @@ impl Forwarder {
                         if std::mem::take(&mut self.warned) {
                             log::info!("log_forward {}: connected again", self.name);
                         }
-                        // What was framed for another transport is framed again.
-                        self.reframe(conn.as_ref().map_or(Framing::Datagram, |c| c.framing));
                     }
                     Err(e) => {
                         self.away("cannot connect", &e);
@@ -186,8 +194,11 @@ impl Forwarder {
                 }
                 continue;
             };
+            if self.lens.is_empty() {
+                self.fill();
+            }
             if self.pending.is_empty() {
-                self.fill(c.framing);
+                self.frame(c.framing);
             }
             if self.pending.is_empty() {
                 continue;
@@ -207,43 +218,21 @@ impl Forwarder {
         }
         *conn = None;
         // A message cut by the broken connection is sent whole on the next one.
-        let keep_from = self
-            .ends
-            .iter()
-            .position(|e| *e > self.sent)
-            .unwrap_or(self.ends.len());
-        let start = if keep_from == 0 {
-            0
-        } else {
-            self.ends[keep_from - 1]
-        };
-        self.pending.drain(..start);
-        self.ends.drain(..keep_from);
-        for e in &mut self.ends {
-            *e -= start;
-        }
+        self.done += self.ends.iter().take_while(|e| **e <= self.sent).count();
+        self.pending.clear();
+        self.ends.clear();
         self.sent = 0;
     }
 
-    /// Re-frames what is pending for a connection with another framing (a unix
-    /// socket that turned from datagram to stream).
-    fn reframe(&mut self, framing: Framing) {
-        if self.pending.is_empty() {
-            return;
+    /// Frames the messages not yet sent for a connection.
+    fn frame(&mut self, framing: Framing) {
+        let mut start: usize = self.lens.iter().take(self.done).sum();
+        for &len in self.lens.iter().skip(self.done) {
+            let msg = self.raw.get(start..start + len).unwrap_or_default();
+            framing.push(&mut self.pending, msg);
+            self.ends.push(self.pending.len());
+            start += len;
         }
-        let old = std::mem::take(&mut self.pending);
-        let ends = std::mem::take(&mut self.ends);
-        let mut start = 0;
-        for end in ends {
-            let framed = &old[start..end];
-            start = end;
-            self.push_framed(framing, unframe(framed));
-        }
-    }
-
-    fn push_framed(&mut self, framing: Framing, msg: &[u8]) {
-        framing.push(&mut self.pending, msg);
-        self.ends.push(self.pending.len());
     }
 
     fn away(&mut self, what: &str, e: &io::Error) {
@@ -273,8 +262,8 @@ impl Forwarder {
     }
 
     /// Takes the next messages from the queue, or sleeps on the doorbell while there
-    /// are none.
-    fn fill(&mut self, framing: Framing) {
+    /// are none. The lock is held for one copy; the framing is done after.
+    fn fill(&mut self) {
         let shared = self.shared.clone();
         let mut q = lock(&shared.queue);
         if q.is_empty() {
@@ -285,11 +274,7 @@ impl Forwarder {
             return;
         }
         self.shared.in_flight.store(true, Ordering::Release);
-        let (pending, ends) = (&mut self.pending, &mut self.ends);
-        q.take(CHUNK, |m| {
-            framing.push(pending, m);
-            ends.push(pending.len());
-        });
+        q.take(CHUNK, &mut self.raw, &mut self.lens);
     }
 
     /// Sends everything pending: a stream in as few writes as it takes, a datagram
@@ -323,6 +308,9 @@ impl Forwarder {
         self.pending.clear();
         self.ends.clear();
         self.sent = 0;
+        self.raw.clear();
+        self.lens.clear();
+        self.done = 0;
         Ok(())
     }
 
@@ -339,14 +327,4 @@ impl Forwarder {
             );
         }
     }
-}
-
-/// The message inside one framed message.
-fn unframe(framed: &[u8]) -> &[u8] {
-    if let Some(sp) = framed.iter().position(|b| *b == b' ') {
-        if framed[..sp].iter().all(u8::is_ascii_digit) && sp > 0 && framed[0] != b'<' {
-            return &framed[sp + 1..];
-        }
-    }
-    framed.strip_suffix(&[0]).unwrap_or(framed)
 }
