@@ -165,6 +165,7 @@ impl Forwarder {
 
     pub(super) fn run(mut self) {
         let mut conn: Option<Conn> = None;
+        let mut connected_at = Instant::now();
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
                 return;
@@ -180,6 +181,7 @@ impl Forwarder {
                             *dup = c.fd.try_clone().ok();
                         }
                         conn = Some(c);
+                        connected_at = Instant::now();
                         self.retry = FIRST_RETRY;
                         if std::mem::take(&mut self.warned) {
                             log::info!("log_forward {}: connected again", self.name);
@@ -205,7 +207,15 @@ impl Forwarder {
             }
             if let Err(e) = self.send(c) {
                 self.drop_conn(&mut conn);
+                // A reconnect asked for ended the send: connect again at once.
+                if self.shared.reconnect.swap(false, Ordering::AcqRel) {
+                    continue;
+                }
                 self.away("connection lost", &e);
+                // A collector that accepts and fails at once is not tried in a loop.
+                if connected_at.elapsed() < MAX_RETRY && !self.backoff() {
+                    return;
+                }
                 continue;
             }
             self.report_drops();
@@ -302,6 +312,14 @@ impl Forwarder {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // Too big for this socket: dropped, not retried forever.
                 Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => self.sent = end,
+                // UDP: a collector that does not listen answers with ICMP, reported on a
+                // later send; that datagram is gone either way, and so is this one.
+                Err(e)
+                    if e.kind() == io::ErrorKind::ConnectionRefused
+                        && matches!(self.shared.target.address, Address::Udp(_)) =>
+                {
+                    self.sent = end
+                }
                 Err(e) => return Err(e),
             }
         }
