@@ -788,7 +788,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     ap.add_argument("--json", help="also write the raw results here")
-    ap.add_argument("--only", help="comma-separated workloads: footprint,start,idle,restart,hardening,seccomp,log,shutdown,kill,size,curve,handover,reexec")
+    ap.add_argument("--only", help="comma-separated workloads: footprint,start,idle,restart,hardening,seccomp,log,forward,shutdown,kill,size,curve,handover,reexec")
     ap.add_argument("--watch", action="store_true",
                     help="orchestrator with watch_services_dir on (its watcher must add no wake-up)")
     ap.add_argument("--baseline", help="another orchestrator binary (say, main before a change), "
@@ -859,6 +859,17 @@ def main():
     log_label = f"log path: CPU for {lines} lines (s)"
     if wanted("log"):
         measure(log_label, lambda c: log_path(c, helpers, lines), "cpu_s")
+    if wanted("forward"):
+        import forward
+        sys.stderr.write("  log path with log_forward over TCP, against the file path (orchestrator)...\n")
+        r = forward.forward_vs_file(Orch, run_in, helpers, lines, 1 if args.quick else 5,
+                                    wait_for, cpu_seconds)
+        results["forward"] = r
+        rows.append((f"log path to a file: CPU for {lines} lines, median (s)",
+                     {"orchestrator": fmt(r.get("file_cpu_s"))}, "-", "-"))
+        rows.append((f"log path forwarded over TCP instead: CPU for {lines} lines, median (s; "
+                     f"goal at most 1.5 x the file's)", {"orchestrator": fmt(r.get("forward_cpu_s"))},
+                     "-", fmt(r.get("ratio"))))
     floor = None
     if wanted("shutdown"):
         measure("shutdown, 100 TERM-ignoring, 2 s timeout (s)",

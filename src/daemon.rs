@@ -8,9 +8,10 @@
 //! caller hears the same line and code a run in the foreground would print.
 
 use crate::cli::Cli;
+use crate::config::forward::ForwardTarget;
 use crate::config::{discovery::Plan, paths, Config, Overrides, Settings};
 use crate::control::{instance, socket as control};
-use crate::output::{files, sink as logsink};
+use crate::output::{files, forward, sink as logsink};
 use crate::process::{cgroup, signals};
 use crate::supervise::upgrade_self::new_image as resume;
 use crate::supervise::upgrade_self::Carried;
@@ -97,7 +98,8 @@ fn start(
 ) -> Result<Started, StartError> {
     let carried = take_carried()?;
     let reserve = control::open_reserve();
-    let (cfg, plan, overrides) = read_config(cli, daemon)?;
+    let (cfg, plan, overrides) = read_config(cli)?;
+    let syslog = daemon_syslog(&cfg, daemon)?;
     let s = cfg.settings.clone();
     let socket = s
         .control_socket
@@ -105,13 +107,13 @@ fn start(
         .unwrap_or_else(paths::default_socket);
     let (mut inst, listener) = acquire_instance(carried.as_ref(), &socket, pidfile.as_deref())?;
     let out: Box<dyn files::Destination> = if daemon {
-        Box::new(detach(&s, carried.is_none(), &mut inst, caller)?)
+        detach(&s, carried.is_none(), &mut inst, caller)?
     } else {
         Box::new(io::stderr())
     };
     let reap_orphans = reaps_orphans(&s, &plan);
     let signals = install_signals(reap_orphans)?;
-    let sink = start_log_writer(out, &s, &plan)?;
+    let sink = start_log_writer(out, &cfg, &plan, syslog)?;
     let cgroups = detect_cgroups(&socket);
     let (state_dir, saved) = clear_predecessor(&s, &plan, &cgroups, carried.is_some());
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -157,8 +159,11 @@ fn serve(started: Started, caller: Option<instance::Starting>) -> i32 {
         }
         supervisor::Outcome::Forced => 1,
     };
-    // Give the writer a moment to drain what the readers still hold; never hang on it.
+    // Give the writer a moment to drain what the readers still hold, and the
+    // collectors what waits for them; never hang on it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
     sink.flush(Duration::from_secs(2));
+    sink.forward().drain(deadline);
     code
 }
 
@@ -171,17 +176,34 @@ fn take_carried() -> Result<Option<Carried>, StartError> {
 
 /// The configuration and its plan, and the overrides reloads will use: they read the
 /// file found now, wherever the daemon's directory is by then.
-fn read_config(cli: &Cli, daemon: bool) -> Result<(Config, Plan, Overrides), StartError> {
+fn read_config(cli: &Cli) -> Result<(Config, Plan, Overrides), StartError> {
     let (cfg, plan) = crate::load(cli).map_err(StartError::Config)?;
     let mut overrides = cli.overrides.clone();
     overrides.pin(cfg.path.as_deref());
-    if daemon && cfg.settings.log_dir.is_none() {
-        return Err(StartError::Config(vec![format!(
-            "{}: --daemon needs orchestrator.log_dir: the daemon's log goes to log_dir/orchestrator.log",
-            cfg.path.as_ref().map_or("(defaults)".into(), |p| p.display().to_string())
-        )]));
-    }
     Ok((cfg, plan, overrides))
+}
+
+/// `--daemon` without `log_dir`: the daemon's log goes to the local syslog when one
+/// answers at `/dev/log` (or `$ORCHESTRATOR_DEV_LOG`) now; with none, the
+/// `log_forward` targets must take it, or there is nowhere to log.
+fn daemon_syslog(cfg: &Config, daemon: bool) -> Result<Option<ForwardTarget>, StartError> {
+    if !daemon || cfg.settings.log_dir.is_some() {
+        return Ok(None);
+    }
+    let path = std::env::var_os("ORCHESTRATOR_DEV_LOG")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from("/dev/log"), PathBuf::from);
+    if forward::answers(&path) {
+        return Ok(Some(ForwardTarget::dev_log(path)));
+    }
+    if !cfg.settings.log_forward.0.is_empty() {
+        return Ok(None);
+    }
+    Err(StartError::Config(vec![format!(
+        "{}: --daemon needs orchestrator.log_dir, a syslog daemon answering at {}, or a log_forward target: the daemon's log has nowhere to go",
+        cfg.path.as_ref().map_or("(defaults)".into(), |p| p.display().to_string()),
+        path.display()
+    )]))
 }
 
 /// The instance lock, the pidfile and the listening socket: taken, or adopted from the
@@ -206,27 +228,49 @@ fn acquire_instance(
 }
 
 /// `--daemon`: opens the daemon's log (log_dir/orchestrator.log, opened and rotated like
-/// a service's file) and, unless this is a successor (detached already, and keeping the
-/// pid), forks away from the caller and records the daemon's pid.
+/// a service's file; without log_dir, nothing: its records go to syslog) and, unless this
+/// is a successor (detached already, and keeping the pid), forks away from the caller
+/// and records the daemon's pid.
 fn detach(
     s: &Settings,
     fork: bool,
     inst: &mut instance::Instance,
     caller: &mut Option<instance::Starting>,
-) -> Result<files::DaemonLog, StartError> {
-    let files = files::FileConfig::of(s).unwrap_or_else(|| files::FileConfig {
-        dir: s.log_dir.clone().unwrap_or_default(),
-        max_bytes: u64::MAX,
-        max_files: 0,
-        max_total: None,
-    });
-    let log = files::DaemonLog::open(&files)
-        .map_err(|e| StartError::DaemonLog(files.dir.join("orchestrator.log"), e))?;
+) -> Result<Box<dyn files::Destination>, StartError> {
+    let log = match &s.log_dir {
+        Some(dir) => {
+            let files = files::FileConfig::of(s).unwrap_or_else(|| files::FileConfig {
+                dir: dir.clone(),
+                max_bytes: u64::MAX,
+                max_files: 0,
+                max_total: None,
+            });
+            let log = files::DaemonLog::open(&files)
+                .map_err(|e| StartError::DaemonLog(files.dir.join("orchestrator.log"), e))?;
+            Some(log)
+        }
+        None => None,
+    };
     if fork {
-        *caller = Some(instance::daemonize(log.file()).map_err(StartError::Detach)?);
+        // Descriptor 2 becomes the log file, or /dev/null when syslog has the log.
+        let null;
+        let stderr = match &log {
+            Some(l) => l.file(),
+            None => {
+                null = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/null")
+                    .map_err(|e| StartError::DaemonLog("/dev/null".into(), e))?;
+                &null
+            }
+        };
+        *caller = Some(instance::daemonize(stderr).map_err(StartError::Detach)?);
         inst.record_pid();
     }
-    Ok(log)
+    Ok(match log {
+        Some(l) => Box::new(l),
+        None => Box::new(io::sink()),
+    })
 }
 
 /// Whether orphans are ours to reap: as PID 1, when asked to, or when a service with
@@ -257,12 +301,18 @@ fn install_signals(reap_orphans: bool) -> Result<signals::Signals, StartError> {
 /// plan's notices through it.
 fn start_log_writer(
     out: Box<dyn files::Destination>,
-    s: &Settings,
+    cfg: &Config,
     plan: &Plan,
+    syslog: Option<ForwardTarget>,
 ) -> Result<logsink::Sink, StartError> {
+    let s = &cfg.settings;
     let (sink, _thread) =
         logsink::Sink::start(out, s.log_level, s.log_format, files::FileConfig::of(s))
             .map_err(StartError::LogWriter)?;
+    if let Some(target) = syslog {
+        sink.set_forward_fallback(target);
+    }
+    sink.set_forward(forward::ForwardConfig::of(s, &cfg.services));
     logsink::install_logger(&sink, s.log_level);
     for n in &plan.notices {
         log::log!(n.level, "{}", n.msg);

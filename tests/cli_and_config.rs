@@ -8,7 +8,9 @@ fn run_expect(sb: &Sandbox, args: &[&str]) -> Output {
     let mut cmd = std::process::Command::new(BIN);
     cmd.args(args)
         .current_dir(&sb.dir)
-        .env_remove("ORCHESTRATOR_CONFIG");
+        .env_remove("ORCHESTRATOR_CONFIG")
+        // No local syslog, whatever this machine has: `--daemon` then needs log_dir.
+        .env("ORCHESTRATOR_DEV_LOG", "/nonexistent/log");
     run_with_timeout(cmd, DEADLINE)
 }
 

@@ -75,9 +75,20 @@ fn every_config_key_is_in_the_reference_and_no_other() {
             .map(|f| format!("{parent}.{f}"))
             .collect()
     };
+    let forward = read("src/config/forward.rs");
     let orchestrator: BTreeSet<String> = struct_fields(&types, "Settings")
         .into_iter()
         .chain(nested("watchdog", "Watchdog"))
+        .chain(
+            forward
+                .split_once("pub const KEYS")
+                .and_then(|(_, r)| r.split_once("];"))
+                .map_or("", |(keys, _)| keys)
+                .split('"')
+                .skip(1)
+                .step_by(2)
+                .map(|f| format!("log_forward.{f}")),
+        )
         .collect();
     let services: BTreeSet<String> = struct_fields(&types, "ServiceConfig")
         .into_iter()

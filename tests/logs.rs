@@ -184,7 +184,15 @@ fn a_runs_last_lines_come_before_its_exited_record() {
     );
     let d = Daemon::start(&sb, &[]);
     sb.wait_state("last", "failed");
-    let log = d.log_lines();
+    // The records reach the log through the writer thread: wait for the last one.
+    let mut log = Vec::new();
+    wait_until(DEADLINE, || {
+        log = d.log_lines();
+        log.iter()
+            .filter(|l| l.contains("last[") && l.contains("exited with code 7"))
+            .count()
+            >= 21
+    });
     let mut runs = 0;
     let mut pending: Option<String> = None;
     for l in &log {

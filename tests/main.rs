@@ -11,6 +11,7 @@ mod daemons;
 mod dependencies;
 mod docs;
 mod empty_root;
+mod forward;
 mod grpc;
 mod hardening;
 mod health;

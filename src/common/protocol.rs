@@ -228,6 +228,8 @@ pub struct StatusRow {
     pub last_exit_code: Option<i32>,
     /// How each configured limit is enforced.
     pub limits: BTreeMap<String, String>,
+    /// Records dropped from the `log_forward` buffers, every target together.
+    pub log_forward_dropped: u64,
     pub log_lines_unwritten: u64,
     pub name: String,
     /// Only while restarting: milliseconds until the next attempt.
@@ -351,6 +353,8 @@ pub struct ServiceMetrics {
     pub unwritten: u64,
     /// Notify datagrams from the service that were too long or not text.
     pub notify_dropped: u64,
+    /// Records dropped from each `log_forward` target's buffer: (target, count).
+    pub forward_dropped: Vec<(String, u64)>,
     /// SHA-256 of the service's binary, when it can be read.
     pub sha256: Option<String>,
 }
@@ -456,6 +460,7 @@ impl FromJson for StatusRow {
             last_exit: object(&v["last_exit"]),
             last_exit_code: int(&v["last_exit_code"]),
             limits: words(&v["limits"]),
+            log_forward_dropped: num(&v["log_forward_dropped"]),
             log_lines_unwritten: num(&v["log_lines_unwritten"]),
             name: text(&v["name"]).unwrap_or_default(),
             next_restart_ms: v["next_restart_ms"].as_u64(),

@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod capabilities;
 pub mod discovery;
+pub mod forward;
 pub mod hardening;
 pub mod layers;
 pub mod paths;

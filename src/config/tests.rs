@@ -282,6 +282,7 @@ fn every_service_key_accepts_null() {
         "private_tmp",
         "read_only_paths",
         "private_users",
+        "log_forward",
     ];
     for key in keys {
         let text = format!(r#"{{"services": {{"a": {{"{key}": null}}}}}}"#);

@@ -197,6 +197,8 @@ pub struct Settings {
     /// How long a service's files must be quiet before the watcher acts on them.
     #[serde(deserialize_with = "millis::one")]
     pub watch_settle_ms: u64,
+    /// Syslog collectors every record also goes to (docs/logs.md).
+    pub log_forward: super::forward::LogForward,
 }
 
 impl Default for Settings {
@@ -228,6 +230,7 @@ impl Default for Settings {
             retry_failed_ms: None,
             watch_services_dir: false,
             watch_settle_ms: 500,
+            log_forward: Default::default(),
         }
     }
 }
@@ -318,6 +321,9 @@ pub struct ServiceConfig {
     pub io_class: Option<IoClass>,
     pub io_priority: Option<u8>,
     pub io_weight: Option<u32>,
+    /// False keeps this service's lines off the `log_forward` targets.
+    #[serde(deserialize_with = "nullable")]
+    pub log_forward: bool,
 }
 
 /// What a syscall the filter denies gets (docs/hardening.md).
@@ -388,6 +394,7 @@ impl Default for ServiceConfig {
             io_class: None,
             io_priority: None,
             io_weight: None,
+            log_forward: true,
         }
     }
 }

@@ -147,6 +147,20 @@ pub fn render(m: &Metrics) -> String {
         },
     );
     family(
+        "orchestrator_log_forward_dropped_total",
+        "counter",
+        "Records dropped from a log_forward target's buffer while its collector was away or slow.",
+        &|o, r, l| {
+            for (target, n) in &r.forward_dropped {
+                let t = escape_label(target);
+                let _ = writeln!(
+                    o,
+                    "orchestrator_log_forward_dropped_total{{service=\"{l}\",target=\"{t}\"}} {n}"
+                );
+            }
+        },
+    );
+    family(
         "orchestrator_notify_dropped_total",
         "counter",
         "Notify datagrams from the service dropped (over 4 KiB or not text).",
@@ -193,6 +207,7 @@ mod tests {
                 stdout_lines: 3,
                 stderr_lines: 1,
                 sha256: Some("ab12".into()),
+                forward_dropped: vec![("tcp://logs:514".into(), 7)],
                 ..Row::default()
             },
             Row {
@@ -219,6 +234,9 @@ mod tests {
             assert!(text.contains(&format!("{fam}{{service=\"idle\"")), "{fam}");
         }
         assert!(text.contains("orchestrator_service_up{service=\"a\\\"b\"} 1"));
+        assert!(text.contains(
+            "orchestrator_log_forward_dropped_total{service=\"a\\\"b\",target=\"tcp://logs:514\"} 7"
+        ));
         assert!(text.contains("orchestrator_service_info{service=\"a\\\"b\",sha256=\"ab12\"} 1"));
         assert!(text.contains("orchestrator_service_state{service=\"idle\",state=\"stopped\"} 1"));
         assert!(text.contains("orchestrator_service_state{service=\"idle\",state=\"running\"} 0"));

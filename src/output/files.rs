@@ -387,6 +387,9 @@ pub trait Destination: Write + Send {
 
 impl Destination for io::Stderr {}
 
+/// `--daemon` logging to syslog only: nothing is written locally.
+impl Destination for io::Sink {}
+
 impl Destination for DaemonLog {
     fn reopen(&mut self) -> io::Result<()> {
         DaemonLog::reopen(self)

@@ -13,6 +13,7 @@ use crate::common::level;
 use crate::common::protocol::LogLine;
 use crate::config::{LogFormat, LogLevel};
 use crate::output::files::{Destination, FileConfig, LogFiles};
+use crate::output::forward::{ForwardConfig, ForwardSetting, Forwarding};
 use crate::output::record::{Record, RecordKind};
 use crate::output::timefmt;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
@@ -146,8 +147,8 @@ pub enum SinkMsg {
     /// The lines one read() of one stream produced, in order.
     Lines(Arc<Batch>),
     Event(EventRecord),
-    /// A daemon record already formatted (by env_logger's format hook).
-    Raw(Vec<u8>),
+    /// A daemon record from the `log` macros, already filtered (by env_logger).
+    Own(EventRecord),
     /// Wakes the writer so that it flushes, and answers when done.
     Flush(Sender<()>),
     /// Other slow file work the main loop must not wait for (the state_dir file):
@@ -180,6 +181,7 @@ pub struct Sink {
     write_errors: Arc<AtomicU64>,
     /// Set by `reopen`, taken by the writer.
     reopen: Arc<std::sync::atomic::AtomicBool>,
+    forward: Arc<ForwardSetting>,
 }
 
 /// The per-service log file settings, replaced by a reload; the writer picks a new one
@@ -215,6 +217,7 @@ impl Sink {
             files: Arc::new(setting),
             write_errors: Arc::new(AtomicU64::new(0)),
             reopen: Arc::default(),
+            forward: Arc::default(),
         };
         let writer = Writer {
             out,
@@ -227,6 +230,8 @@ impl Sink {
             write_errors: sink.write_errors.clone(),
             head: Vec::with_capacity(96),
             reopen: sink.reopen.clone(),
+            forwarding: Forwarding::default(),
+            forward_setting: sink.forward.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("log-sink".into())
@@ -261,15 +266,28 @@ impl Sink {
     pub fn reopen(&self) {
         self.reopen.store(true, Ordering::Release);
         let _ = self.tx.try_send(SinkMsg::Reopen);
+        self.forward.reconnect();
+    }
+
+    /// New `log_forward` settings (at start, and by a reload); the writer starts and
+    /// ends forwarders with its next record (the start's or the reload's own).
+    pub fn set_forward(&self, config: ForwardConfig) {
+        self.forward.set(config);
+    }
+
+    /// Makes the local syslog at `target` the daemon's log (set once, at start).
+    pub fn set_forward_fallback(&self, target: crate::config::forward::ForwardTarget) {
+        self.forward.set_fallback(target);
+    }
+
+    /// The `log_forward` targets, for counts and the drain at exit.
+    pub fn forward(&self) -> &ForwardSetting {
+        &self.forward
     }
 
     /// Writes to the daemon's own log (stderr or orchestrator.log) that failed.
     pub fn write_errors(&self) -> u64 {
         self.write_errors.load(Ordering::Relaxed)
-    }
-
-    pub fn json(&self) -> bool {
-        self.filter.format.load(Ordering::Relaxed) == LogFormat::Json as u8
     }
 
     /// Service lines: blocks while the queue is full (back-pressure).
@@ -330,6 +348,8 @@ struct Writer {
     /// being written.
     head: Vec<u8>,
     reopen: Arc<std::sync::atomic::AtomicBool>,
+    forwarding: Forwarding,
+    forward_setting: Arc<ForwardSetting>,
 }
 
 impl Writer {
@@ -353,10 +373,12 @@ impl Writer {
                 Err(TryRecvError::Disconnected) => break,
             };
             self.refresh_files();
+            self.forwarding.refresh(&self.forward_setting);
             let max = self.filter.level.load(Ordering::Relaxed);
             let json = self.filter.format.load(Ordering::Relaxed) == LogFormat::Json as u8;
             match msg {
                 SinkMsg::Lines(batch) => {
+                    self.forwarding.batch(&batch, max);
                     self.head.clear();
                     for line in &batch.lines {
                         let shown = level_rank(line.level) <= max;
@@ -389,6 +411,7 @@ impl Writer {
                     if shown || to_file.is_some() {
                         rec.record().write(&mut self.buf, json);
                     }
+                    self.forwarding.record(&rec.record(), shown);
                     // The service's file gets its lifecycle records, whatever the filter;
                     // one it cannot take is counted with the service's unwritten lines.
                     if let (Some(files), Some((service, unwritten))) = (&mut self.files, to_file) {
@@ -398,7 +421,10 @@ impl Writer {
                         self.buf.truncate(start);
                     }
                 }
-                SinkMsg::Raw(text) => self.buf.extend_from_slice(&text),
+                SinkMsg::Own(rec) => {
+                    rec.record().write(&mut self.buf, json);
+                    self.forwarding.record(&rec.record(), true);
+                }
                 SinkMsg::Flush(done) => {
                     self.flush_all();
                     let _ = done.send(());
@@ -432,6 +458,7 @@ impl Writer {
                 };
                 reported_drops = dropped;
                 rec.record().write(&mut self.buf, json);
+                self.forwarding.record(&rec.record(), true);
             }
             if self.buf.len() >= OUT_CHUNK {
                 self.write_out();
@@ -454,6 +481,7 @@ impl Writer {
     }
 
     fn flush_all(&mut self) {
+        self.forwarding.ring();
         self.write_out();
         if self.out.flush().is_err() {
             self.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -523,7 +551,9 @@ pub fn install_logger(sink: &Sink, level: LogLevel) {
         .store(rust_log.is_some(), Ordering::Relaxed);
     let fmt_sink = sink.clone();
     builder.format(move |buf, record| {
-        let rec = EventRecord {
+        // Handed over whole, not as text: the writer formats it for the log and
+        // encodes it for each `log_forward` target; env_logger gets nothing to write.
+        fmt_sink.offer(SinkMsg::Own(EventRecord {
             ts_ms: timefmt::unix_ms(SystemTime::now()),
             level: record.level(),
             service: None,
@@ -531,33 +561,15 @@ pub fn install_logger(sink: &Sink, level: LogLevel) {
             event: None,
             msg: record.args().to_string(),
             file: None,
-        };
-        let mut s = Vec::with_capacity(128);
-        rec.record().write(&mut s, fmt_sink.json());
-        buf.write_all(&s)
+        }));
+        let _ = buf;
+        Ok(())
     });
-    builder.target(env_logger::Target::Pipe(Box::new(LoggerPipe {
-        sink: sink.clone(),
-    })));
+    builder.target(env_logger::Target::Pipe(Box::new(io::sink())));
     // Only fails if a logger is already installed (a second call); then the first stays.
     let _ = builder.try_init();
     if rust_log.is_none() {
         log::set_max_level(level.to_filter());
-    }
-}
-
-/// env_logger hands each formatted record to this writer in one piece.
-struct LoggerPipe {
-    sink: Sink,
-}
-
-impl Write for LoggerPipe {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.sink.offer(SinkMsg::Raw(buf.to_vec()));
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

@@ -201,6 +201,11 @@ impl Supervisor {
         let s = &self.cfg.settings;
         self.sink.set_filter(s.log_level, s.log_format);
         self.sink.set_files(crate::output::files::FileConfig::of(s));
+        self.sink
+            .set_forward(crate::output::forward::ForwardConfig::of(
+                s,
+                &self.cfg.services,
+            ));
         let mut new_specs = plan.services;
         for (name, decision) in &decisions {
             let spec = new_specs.remove(name);

@@ -108,8 +108,14 @@ impl Supervisor {
             None => self.services.values().collect(),
         };
         let mut rows = Vec::with_capacity(selected.len());
+        let forward = self.sink.forward().dropped();
         for e in selected {
             let mut row = status_row(e, now);
+            row.log_forward_dropped = forward
+                .iter()
+                .flat_map(|(_, d)| d.iter().filter(|(s, _)| **s == *e.name))
+                .map(|(_, n)| n)
+                .sum();
             row.notify_dropped = self.notify.as_ref().map_or(0, |n| n.dropped(&e.name));
             row.cgroup = self
                 .cgroups
@@ -161,6 +167,7 @@ impl Supervisor {
 
     pub(super) fn metrics(&self) -> Reply {
         let now = Instant::now();
+        let forward = self.sink.forward().dropped();
         let mut snaps: Vec<(ServiceMetrics, Source, PathBuf)> = self
             .services
             .values()
@@ -174,6 +181,13 @@ impl Supervisor {
                     stderr_lines: e.counters.stderr_lines.load(Ordering::Relaxed),
                     unwritten: e.counters.file_unwritten.load(Ordering::Relaxed),
                     notify_dropped: self.notify.as_ref().map_or(0, |n| n.dropped(&e.name)),
+                    forward_dropped: forward
+                        .iter()
+                        .map(|(target, d)| {
+                            let n = d.iter().find(|(s, _)| **s == *e.name);
+                            (target.clone(), n.map_or(0, |n| n.1))
+                        })
+                        .collect(),
                     ..ServiceMetrics::default()
                 };
                 let binary = e.svc.spec().process.binary.clone();

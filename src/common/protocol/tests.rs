@@ -30,6 +30,7 @@ fn full_row() -> StatusRow {
         }),
         last_exit_code: Some(1),
         limits: [("nofile".to_string(), "setrlimit".to_string())].into(),
+        log_forward_dropped: 5,
         log_lines_unwritten: 3,
         name: "web".into(),
         next_restart_ms: Some(900),
