@@ -90,18 +90,39 @@ impl Service {
     }
 }
 
-/// Now on the monotonic clock, in nanoseconds, with the `Instant` it corresponds to.
+/// CLOCK_MONOTONIC in nanoseconds.
 // The casts are no-ops only where time_t and c_long are 64 bits.
 #[allow(clippy::unnecessary_cast)]
-fn clock() -> (Instant, i64) {
+fn mono_ns() -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    let now = Instant::now();
     // SAFETY: ts is a valid, writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (now, ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64)
+    ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64
+}
+
+/// Now on the monotonic clock, in nanoseconds, with the `Instant` it corresponds to.
+/// The `Instant` is taken between two readings of the clock and paired with their
+/// middle; a preemption between them (milliseconds on a busy machine) would shift
+/// every carried deadline by its length, so the pair is taken again, at most 8 times,
+/// until the readings are within 20 µs, else the closest pair is used.
+fn clock() -> (Instant, i64) {
+    let mut best: Option<(i64, (Instant, i64))> = None;
+    for _ in 0..8 {
+        let before = mono_ns();
+        let now = Instant::now();
+        let gap = mono_ns() - before;
+        let pair = (now, before + gap / 2);
+        if gap < 20_000 {
+            return pair;
+        }
+        if best.is_none_or(|(g, _)| gap < g) {
+            best = Some((gap, pair));
+        }
+    }
+    best.map_or_else(|| (Instant::now(), mono_ns()), |(_, pair)| pair)
 }
 
 fn to_ns(t: Instant) -> i64 {
