@@ -143,6 +143,8 @@ mod tests {
         let mut given_up = Vec::new();
         let mut rounds = 0;
         while let Some(at) = j.retry_at() {
+            // Bounded: a janitor that never gives up fails here rather than hanging.
+            assert!(rounds < TRIES, "still retrying after {TRIES} tries");
             now = at;
             given_up = j.retry(now, |_| false, |d| d.to_vec());
             rounds += 1;

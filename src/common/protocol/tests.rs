@@ -57,6 +57,19 @@ fn full_row() -> StatusRow {
     }
 }
 
+/// A kept line with every field set.
+fn full_line() -> LogLine {
+    LogLine {
+        event: Some("exited".into()),
+        level: "warn".into(),
+        msg: "bye".into(),
+        partial: true,
+        pid: Some(9),
+        stream: Some("stderr".into()),
+        ts: "2026-11-27T05:53:17.123Z".into(),
+    }
+}
+
 /// The wire was written through `serde_json::Value`, whose objects keep their keys
 /// sorted: the typed form must write the very same bytes.
 fn same_bytes_as_sorted(v: &impl Serialize) {
@@ -149,15 +162,7 @@ fn every_type_round_trips() {
     });
     let back = Response::parse(&r.to_string()).unwrap();
     assert_eq!(back, r);
-    let line = LogLine {
-        event: Some("exited".into()),
-        level: "warn".into(),
-        msg: "bye".into(),
-        partial: true,
-        pid: Some(9),
-        stream: Some("stderr".into()),
-        ts: "2026-11-27T05:53:17.123Z".into(),
-    };
+    let line = full_line();
     let every = Response {
         error: Some("e".into()),
         lines: Some(vec![line.clone()]),
@@ -232,4 +237,72 @@ fn replies_from_other_versions_still_parse() {
     let r = Response::from_json(&newer);
     assert_eq!(r.lines.as_ref().unwrap()[0].msg, "m");
     assert_eq!(r.into_result(), Err("no".to_string()));
+}
+
+/// Every key `v` writes is one its reader reads: `v` reads back as it was written, and
+/// without any one of its keys it reads back differently. So a field written under a
+/// wrong name, or read from a wrong key, is caught even when its value is the one a
+/// missing key defaults to (`v` must set every field, away from its default).
+fn every_key_is_read<T: FromJson + Serialize + PartialEq + std::fmt::Debug>(v: &T) {
+    let json = serde_json::to_value(v).unwrap();
+    assert_eq!(&T::from_json(&json), v, "does not read back as written");
+    for key in json.as_object().unwrap().keys() {
+        let mut less = json.clone();
+        less.as_object_mut().unwrap().remove(key);
+        assert_ne!(&T::from_json(&less), v, "`{key}` is written but never read");
+    }
+}
+
+#[test]
+fn every_field_is_written_and_read_under_one_name() {
+    let mut row = full_row();
+    // Away from the defaults a missing key gives.
+    (row.configured, row.enabled, row.notify_dropped) = (false, false, 2);
+    let last_exit = LastExit {
+        by_operator: true,
+        signal: Some("SIGTERM".into()),
+        ..row.last_exit.clone().unwrap()
+    };
+    row.last_exit = Some(last_exit.clone());
+    every_key_is_read(&row);
+    every_key_is_read(&last_exit);
+    every_key_is_read(row.binary.as_ref().unwrap());
+    every_key_is_read(&row.history[0]);
+    every_key_is_read(&row.sockets.as_ref().unwrap()[0]);
+    every_key_is_read(&row.upgrades[0]);
+    let orchestrator = Orchestrator {
+        log_records_dropped: 1,
+        log_write_errors: 2,
+        notify_rejected: 3,
+        pid: 4,
+        uptime: 5,
+    };
+    every_key_is_read(&orchestrator);
+    let line = full_line();
+    every_key_is_read(&line);
+    let step = PlanStep {
+        action: "restart".into(),
+        service: "web".into(),
+    };
+    every_key_is_read(&step);
+    every_key_is_read(&Streamed {
+        dropped: Some(2),
+        error: Some("gone".into()),
+        line: Some(line.clone()),
+        ok: Some(false),
+    });
+    every_key_is_read(&Response {
+        error: Some("e".into()),
+        lines: Some(vec![line]),
+        message: Some("already running".into()),
+        metrics: Some("# HELP\n".into()),
+        ok: true,
+        orchestrator: Some(orchestrator),
+        pid: Some(8),
+        plan: Some(vec![step]),
+        result: Some("ok".into()),
+        services: Some(vec![row]),
+        sha256: Some("ab".into()),
+        version: Some("0.1.0".into()),
+    });
 }
