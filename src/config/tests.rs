@@ -1,5 +1,6 @@
 //! Unit tests of `config`.
 
+use super::json::levenshtein;
 use super::*;
 
 fn parse_err(text: &str) -> String {
