@@ -17,6 +17,7 @@ mod probes;
 mod reaper;
 pub mod reload;
 mod requests;
+mod shutdown;
 mod snapshot;
 pub mod state;
 pub mod supervisor;

@@ -18,8 +18,9 @@
 //! spawning a run (`launch.rs`), dependency order (`order.rs`), health checks
 //! (`probes.rs`), control requests and their deferred replies (`requests.rs`), the
 //! status and metrics views (`views.rs`), reload (`reload.rs`), persistence
-//! (`persist.rs`), sd_notify (`notifying.rs`), `upgrade-self` (`upgrade_self/`), busy
-//! cgroups (`janitor.rs`).
+//! (`persist.rs`), sd_notify (`notifying.rs`), `upgrade-self` (`upgrade_self/`), signals
+//! and shutdown (`shutdown.rs`), busy cgroups (`janitor.rs`), what start-up and a drain
+//! hold back (`held.rs`).
 //!
 //! Only the main thread spawns, signals and reaps. Spawning from the one thread that
 //! lives as long as the process (and survives `upgrade-self`'s exec) is what makes
@@ -33,12 +34,12 @@ use super::held::Held;
 use super::hw_watchdog::Watchdog;
 use super::janitor::Janitor;
 use super::launch::{Cloned, Reader};
-use super::machine::{self, AfterStop, Ctx, Origin, Service};
+use super::machine::{self, Ctx, Service};
 use super::order::Stops;
 use super::persist;
 use super::reaper::Reaper;
 use super::requests::Pending;
-use super::state::{signal_name, Now, Refusal, State};
+use super::state::{Now, Refusal, State};
 use super::views::BinaryIds;
 use super::work::Work;
 use crate::config::discovery::{Plan, ServiceSpec};
@@ -57,7 +58,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 /// One service in the map: its machine, and what the loop keeps beside it.
 pub(super) struct Entry {
@@ -419,76 +420,6 @@ impl Supervisor {
 
     pub(super) fn instance_fds(&self) -> Option<&InstanceFds> {
         self.instance.as_ref()
-    }
-
-    fn on_signal(&mut self, sig: i32) -> Option<Outcome> {
-        match sig {
-            // SIGPWR reaches the loop only as PID 1 (`signals::forward`).
-            libc::SIGTERM | libc::SIGINT | libc::SIGQUIT | libc::SIGPWR => {
-                if self.shutdown.is_some() {
-                    log::warn!("second {}: killing every service now", signal_name(sig));
-                    self.kill_all();
-                    return Some(Outcome::Forced);
-                }
-                log::info!("{} received: shutting down", signal_name(sig));
-                self.begin_shutdown();
-            }
-            libc::SIGHUP => {
-                let _ = self.reload_logged(false);
-            }
-            libc::SIGCHLD => self.reaper.reap_orphans(),
-            libc::SIGUSR1 => {
-                log::info!("SIGUSR1 received: reopening the log files");
-                self.sink.reopen();
-            }
-            _ => {}
-        }
-        None
-    }
-
-    /// SIGKILL to every run that may still have a process, a launcher whose pid file is
-    /// awaited included.
-    fn kill_all(&mut self) {
-        let runs: Vec<(String, i32)> = self
-            .services
-            .iter()
-            .filter_map(|(n, e)| Some((n.clone(), e.svc.pid().or(e.svc.launcher())?)))
-            .collect();
-        for (name, pid) in runs {
-            self.signal(&name, pid, libc::SIGKILL);
-        }
-    }
-
-    /// No more starts; pending restarts and dependency waits are cancelled at once, and
-    /// every process is stopped in dependency order, as by `stop`.
-    pub(super) fn begin_shutdown(&mut self) {
-        let timeout = Duration::from_millis(self.cfg.settings.shutdown_timeout_ms);
-        self.shutdown = Some(Shutdown {
-            deadline: Instant::now() + timeout,
-            killed: false,
-        });
-        let names: Vec<String> = self.services.keys().cloned().collect();
-        for name in names {
-            let Some(e) = self.services.get(&name) else {
-                continue;
-            };
-            if e.svc.has_process() {
-                self.stops.request(&name);
-            } else if e.svc.start_pending() {
-                let _ = self.feed(
-                    &name,
-                    machine::Event::Stop {
-                        then: AfterStop::Stay,
-                        origin: Origin::Shutdown,
-                    },
-                );
-            }
-        }
-        self.settle();
-    }
-
-    fn finished(&self) -> bool {
-        self.shutdown.is_some() && self.services.values().all(|e| !e.svc.has_process())
     }
 
     fn tick(&mut self, now: Instant) {
