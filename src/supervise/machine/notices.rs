@@ -82,24 +82,27 @@ impl Service {
         ctx: &mut Ctx,
     ) -> Vec<Action> {
         let why = "watchdog triggered by the service (WATCHDOG=trigger)";
-        self.last_error = Some(why.into());
-        self.ending = Some(reason::WATCHDOG_TRIGGER.into());
-        let then = AfterStop::Recover(self.liveness_attempt(run, ctx));
-        let mut actions = vec![log(
-            log::Level::Warn,
-            RecordKind::Watchdog,
-            Some(run.pid),
-            format!("{why}: restarting"),
-        )];
-        actions.extend(self.begin_stop(run, ready, then, Origin::Liveness, ctx.now.mono));
-        actions
+        self.liveness_failure(run, ready, why.into(), reason::WATCHDOG_TRIGGER.into(), ctx)
     }
 
     /// No keep-alive within `watchdog_ms`: the run is hung.
     pub(super) fn watchdog_timeout(&mut self, run: Run, ctx: &mut Ctx) -> Vec<Action> {
         let ms = self.spec.process.watchdog.map_or(0, |w| w.as_millis());
         let why = reason::watchdog_timeout(ms);
-        self.ending = Some(why.clone());
+        self.liveness_failure(run, true, why.clone(), why, ctx)
+    }
+
+    /// Stops `run` for a watchdog failure (`why` in `last_error` and the record, `ending`
+    /// its history reason) and restarts it through the backoff path.
+    fn liveness_failure(
+        &mut self,
+        run: Run,
+        ready: bool,
+        why: String,
+        ending: String,
+        ctx: &mut Ctx,
+    ) -> Vec<Action> {
+        self.ending = Some(ending);
         let then = AfterStop::Recover(self.liveness_attempt(run, ctx));
         let mut actions = vec![log(
             log::Level::Warn,
@@ -108,7 +111,7 @@ impl Service {
             format!("{why}: restarting"),
         )];
         self.last_error = Some(why);
-        actions.extend(self.begin_stop(run, true, then, Origin::Liveness, ctx.now.mono));
+        actions.extend(self.begin_stop(run, ready, then, Origin::Liveness, ctx.now.mono));
         actions
     }
 
