@@ -221,12 +221,13 @@ fn drop_ins_add_services_and_a_broken_one_is_the_whole_configurations_error() {
     );
     let out = sb.cli(&["reload"]);
     assert_eq!(out.code, 1, "{}", out.stdout);
-    assert!(
-        out.stderr.contains(&second.display().to_string())
-            && out.stderr.contains(&first.display().to_string()),
-        "{}",
-        out.stderr
+    // Read in name order: the later file is the one charged.
+    let twice = format!(
+        "{}: services.extra: defined in {} too",
+        second.display(),
+        first.display()
     );
+    assert!(out.stderr.contains(&twice), "{}", out.stderr);
     std::fs::remove_file(&second).unwrap();
     // Unknown key, unparsable: the same.
     for text in [
