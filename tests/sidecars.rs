@@ -289,3 +289,32 @@ fn as_root_a_sidecar_another_user_could_change_is_refused() {
     let out = sb.cli(&["check"]);
     assert_eq!(out.code, 0, "{}", out.stdout);
 }
+
+#[test]
+fn as_root_a_drop_in_another_user_could_change_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: StrictModes applies when running as root");
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.script(&sb.path("extra.sh"), "exec sleep 1000");
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let drop_in = write(
+        &sb,
+        "conf.d/10-extra.json",
+        r#"{"services": {"extra": {"binary_path": "../extra.sh"}}}"#,
+    );
+    std::fs::set_permissions(&drop_in, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = sb.cli(&["check"]);
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    let refused = format!(
+        "{}: refusing a drop-in that another user could change",
+        drop_in.display()
+    );
+    assert!(
+        out.stderr.contains(&refused),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+}
