@@ -145,6 +145,11 @@ fn a_broken_sidecar_fails_its_service_only() {
         "{err}"
     );
     d.wait_log(&["bad: ", &at]);
+    // Starting it again does not start it without its sidecar.
+    let out = sb.cli(&["start", "bad"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains(&at), "{}", out.stderr);
+    assert_eq!(sb.service_status("bad")["state"], "failed");
 }
 
 #[test]
