@@ -153,6 +153,36 @@ fn a_broken_sidecar_fails_its_service_only() {
 }
 
 #[test]
+fn a_sidecars_unknown_dependency_or_account_fails_its_service_only() {
+    let sb = Sandbox::new();
+    sb.service("good", "exec sleep 1000");
+    sb.service("lost", "exec sleep 1000");
+    sb.service("who", "exec sleep 1000");
+    let lost = write(
+        &sb,
+        "services/lost/service.json",
+        r#"{"depends_on": ["nowhere"]}"#,
+    );
+    let who = write(
+        &sb,
+        "services/who/service.json",
+        r#"{"user": "no-such-user-here"}"#,
+    );
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("good", None);
+    for (name, file, why) in [
+        ("lost", &lost, "unknown service `nowhere`"),
+        ("who", &who, "no-such-user-here"),
+    ] {
+        let s = sb.wait_state(name, "failed");
+        let err = s["last_error"].as_str().unwrap_or_default();
+        let at = file.display().to_string();
+        assert!(err.starts_with(&at) && err.contains(why), "{err}");
+    }
+}
+
+#[test]
 fn a_reload_with_a_broken_sidecar_keeps_the_running_service_and_applies_the_rest() {
     let sb = Sandbox::new();
     sb.service("svc", "exec sleep 1000");
