@@ -126,15 +126,22 @@ fn a_broken_sidecar_fails_its_service_only() {
         "services/bad/service.json",
         "{\n  \"stop_sigal\": \"SIGINT\"\n}\n",
     );
+    // A sidecar alone, naming a binary it cannot be read for: still a service.
+    let ghost = write(&sb, "services/ghost/service.json", "{\"binary_path\": 5}");
     sb.config(json!({"services_dir": "services"}), json!({}));
     let out = sb.cli(&["check"]);
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
     let at = format!("{}:2:", sidecar.display());
-    assert!(
-        out.stdout.contains(&format!("bad: will fail: {at}")),
-        "{}",
-        out.stdout
-    );
+    for line in [
+        format!("bad: will fail: {at}"),
+        format!("ghost: will fail: {}:1:", ghost.display()),
+    ] {
+        assert!(
+            out.stdout.contains(&line),
+            "no `{line}` in:\n{}",
+            out.stdout
+        );
+    }
 
     let d = Daemon::start(&sb, &[]);
     sb.wait_running("good", None);
