@@ -126,15 +126,22 @@ fn a_broken_sidecar_fails_its_service_only() {
         "services/bad/service.json",
         "{\n  \"stop_sigal\": \"SIGINT\"\n}\n",
     );
+    // A sidecar alone, naming a binary it cannot be read for: still a service.
+    let ghost = write(&sb, "services/ghost/service.json", "{\"binary_path\": 5}");
     sb.config(json!({"services_dir": "services"}), json!({}));
     let out = sb.cli(&["check"]);
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
     let at = format!("{}:2:", sidecar.display());
-    assert!(
-        out.stdout.contains(&format!("bad: will fail: {at}")),
-        "{}",
-        out.stdout
-    );
+    for line in [
+        format!("bad: will fail: {at}"),
+        format!("ghost: will fail: {}:1:", ghost.display()),
+    ] {
+        assert!(
+            out.stdout.contains(&line),
+            "no `{line}` in:\n{}",
+            out.stdout
+        );
+    }
 
     let d = Daemon::start(&sb, &[]);
     sb.wait_running("good", None);
@@ -145,6 +152,41 @@ fn a_broken_sidecar_fails_its_service_only() {
         "{err}"
     );
     d.wait_log(&["bad: ", &at]);
+    // Starting it again does not start it without its sidecar.
+    let out = sb.cli(&["start", "bad"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stderr.contains(&at), "{}", out.stderr);
+    assert_eq!(sb.service_status("bad")["state"], "failed");
+}
+
+#[test]
+fn a_sidecars_unknown_dependency_or_account_fails_its_service_only() {
+    let sb = Sandbox::new();
+    sb.service("good", "exec sleep 1000");
+    sb.service("lost", "exec sleep 1000");
+    sb.service("who", "exec sleep 1000");
+    let lost = write(
+        &sb,
+        "services/lost/service.json",
+        r#"{"depends_on": ["nowhere"]}"#,
+    );
+    let who = write(
+        &sb,
+        "services/who/service.json",
+        r#"{"user": "no-such-user-here"}"#,
+    );
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("good", None);
+    for (name, file, why) in [
+        ("lost", &lost, "unknown service `nowhere`"),
+        ("who", &who, "no-such-user-here"),
+    ] {
+        let s = sb.wait_state(name, "failed");
+        let err = s["last_error"].as_str().unwrap_or_default();
+        let at = file.display().to_string();
+        assert!(err.starts_with(&at) && err.contains(why), "{err}");
+    }
 }
 
 #[test]
@@ -221,12 +263,13 @@ fn drop_ins_add_services_and_a_broken_one_is_the_whole_configurations_error() {
     );
     let out = sb.cli(&["reload"]);
     assert_eq!(out.code, 1, "{}", out.stdout);
-    assert!(
-        out.stderr.contains(&second.display().to_string())
-            && out.stderr.contains(&first.display().to_string()),
-        "{}",
-        out.stderr
+    // Read in name order: the later file is the one charged.
+    let twice = format!(
+        "{}: services.extra: defined in {} too",
+        second.display(),
+        first.display()
     );
+    assert!(out.stderr.contains(&twice), "{}", out.stderr);
     std::fs::remove_file(&second).unwrap();
     // Unknown key, unparsable: the same.
     for text in [
@@ -287,4 +330,33 @@ fn as_root_a_sidecar_another_user_could_change_is_refused() {
     std::os::unix::fs::chown(&sidecar, Some(0), Some(0)).unwrap();
     let out = sb.cli(&["check"]);
     assert_eq!(out.code, 0, "{}", out.stdout);
+}
+
+#[test]
+fn as_root_a_drop_in_another_user_could_change_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: StrictModes applies when running as root");
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.script(&sb.path("extra.sh"), "exec sleep 1000");
+    sb.config(json!({"services_dir": "services"}), json!({}));
+    let drop_in = write(
+        &sb,
+        "conf.d/10-extra.json",
+        r#"{"services": {"extra": {"binary_path": "../extra.sh"}}}"#,
+    );
+    std::fs::set_permissions(&drop_in, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = sb.cli(&["check"]);
+    assert_eq!(out.code, 2, "{}", out.stdout);
+    let refused = format!(
+        "{}: refusing a drop-in that another user could change",
+        drop_in.display()
+    );
+    assert!(
+        out.stderr.contains(&refused),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
 }

@@ -197,13 +197,17 @@ mod tests {
     fn null_counts_as_absent_in_every_layer() {
         let m = three(
             json!({"args": null, "user": null}),
-            json!({"args": ["drop"]}),
-            json!({"stop_signal": null}),
+            json!({"args": ["drop"], "nice": null}),
+            json!({"stop_signal": null, "nice": 5}),
         );
         assert_eq!(m.keys["args"], json!(["drop"]));
         assert_eq!(
             origin_of(&m.from, "args").map(|o| o.kind),
             Some(Kind::DropIn)
+        );
+        assert_eq!(
+            origin_of(&m.from, "nice").map(|o| o.kind),
+            Some(Kind::Sidecar)
         );
         assert!(!m.keys.contains_key("user"));
         assert!(!m.keys.contains_key("stop_signal"));

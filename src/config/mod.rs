@@ -323,13 +323,22 @@ fn resolve_paths(
         fix(&mut w.device);
     }
     for svc in services.values_mut() {
-        for p in [&mut svc.binary_path, &mut svc.data_dir, &mut svc.pid_file]
-            .into_iter()
-            .flatten()
-        {
-            fix(p);
+        for (_, p) in service_paths(svc) {
+            if let Some(p) = p {
+                fix(p);
+            }
         }
     }
+}
+
+/// A service's paths, by key, that are relative to the directory of the file that
+/// sets them.
+fn service_paths(svc: &mut ServiceConfig) -> [(&'static str, &mut Option<PathBuf>); 3] {
+    [
+        ("binary_path", &mut svc.binary_path),
+        ("data_dir", &mut svc.data_dir),
+        ("pid_file", &mut svc.pid_file),
+    ]
 }
 
 fn env_value(name: &str) -> Option<String> {

@@ -12,8 +12,8 @@
 
 use super::layers::{self, Kind, Layer, Origin, Sources};
 use super::{
-    normalize, parse, parse_as, read_judged, valid_service_name, validate_service, ServiceConfig,
-    Settings, INVALID_NAME,
+    normalize, parse, parse_as, read_judged, service_paths, valid_service_name, validate_service,
+    ServiceConfig, Settings, INVALID_NAME,
 };
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -108,12 +108,7 @@ fn settle(
     loop {
         let merged = layers::merge(layers);
         let mut svc = typed(name, &merged.keys, errors);
-        let paths = [
-            ("binary_path", &mut svc.binary_path),
-            ("data_dir", &mut svc.data_dir),
-            ("pid_file", &mut svc.pid_file),
-        ];
-        for (key, p) in paths {
+        for (key, p) in service_paths(&mut svc) {
             if let (Some(p), Some(o)) = (p.as_mut(), layers::origin_of(&merged.from, key)) {
                 *p = normalize(&o.dir().join(&*p));
             }
