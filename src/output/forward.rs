@@ -462,3 +462,77 @@ impl Forwarding {
 }
 
 pub use sender::answers;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::sink::Stream;
+
+    fn rec(
+        level: log::Level,
+        stream: Option<Stream>,
+        event: Option<RecordKind>,
+    ) -> Record<'static> {
+        Record {
+            ts_ms: 1,
+            level,
+            service: Some("web"),
+            pid: Some(7),
+            stream,
+            event,
+            msg: "x",
+            partial: false,
+        }
+    }
+
+    #[test]
+    fn a_record_keeps_its_level_and_a_crash_is_an_error() {
+        let line = rec(log::Level::Warn, Some(Stream::Stderr), None);
+        let m = message(&line, 99);
+        assert_eq!((m.level, m.app, m.pid), (log::Level::Warn, "web", Some(7)));
+        assert_eq!(m.msgid, Some("stderr"));
+        let crash = rec(log::Level::Warn, None, Some(RecordKind::Exited));
+        let m = message(&crash, 99);
+        assert_eq!((m.level, m.msgid), (log::Level::Error, Some("exited")));
+        let asked = rec(log::Level::Info, None, Some(RecordKind::Exited));
+        assert_eq!(message(&asked, 99).level, log::Level::Info);
+        let own = Record {
+            service: None,
+            pid: None,
+            ..rec(log::Level::Info, None, None)
+        };
+        let m = message(&own, 99);
+        assert_eq!((m.app, m.pid, m.msgid), ("orchestrator", Some(99), None));
+    }
+
+    #[test]
+    fn a_reload_keeps_an_unchanged_targets_buffer() {
+        // Sockets nobody answers at: what is queued stays queued.
+        let dir = std::env::temp_dir().join(format!("orch-forward-{}", std::process::id()));
+        let a = ForwardTarget::dev_log(dir.join("a"));
+        let b = ForwardTarget::dev_log(dir.join("b"));
+        let mut f = Forwarding::default();
+        f.configure(ForwardConfig {
+            targets: vec![a.clone()],
+            ..ForwardConfig::default()
+        });
+        let kept = f.targets[0].shared.clone();
+        f.record(
+            &rec(log::Level::Info, None, Some(RecordKind::Started)),
+            true,
+        );
+        assert!(!lock(&kept.queue).is_empty());
+        f.configure(ForwardConfig {
+            targets: vec![b, a],
+            fallback: None,
+            local: vec!["web".into()],
+        });
+        assert_eq!(f.targets.len(), 2);
+        let again = &f.targets[1].shared;
+        assert!(
+            Arc::ptr_eq(again, &kept),
+            "a new forwarder for an unchanged target"
+        );
+        assert!(!lock(&again.queue).is_empty(), "its buffer was dropped");
+    }
+}
