@@ -398,3 +398,46 @@ fn a_daemon_without_log_dir_logs_to_the_local_syslog() {
             .any(|g| g.app == "orchestrator" && g.msg.contains("started")));
     });
 }
+
+#[test]
+fn a_daemon_without_log_dir_or_local_syslog_logs_to_its_targets() {
+    let sb = Sandbox::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = format!("tcp://{}", listener.local_addr().unwrap());
+    sb.service("remote", "echo sent to the target\nexec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services", "log_forward": {"address": address}}),
+        json!({}),
+    );
+    let pidfile = sb.path("orchestrator.pid");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--daemon", "--config"])
+        .arg(sb.path("orchestrator.json"))
+        .arg("--pidfile")
+        .arg(&pidfile)
+        .env("ORCHESTRATOR_DEV_LOG", "/nonexistent/log");
+    let out = run_with_timeout(cmd, DEADLINE);
+    assert_eq!(out.code, 0, "run --daemon: {}", out.stderr);
+    let _d = Detached::from_pidfile(&sb, &pidfile).expect("the daemon's pid");
+    let mut conn = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            conn = listener.accept().ok().map(|(s, _)| s);
+            conn.is_some()
+        }),
+        "the daemon never connected to its target"
+    );
+    let mut conn = conn.unwrap();
+    conn.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    let arrived = wait_until(DEADLINE, || {
+        let mut buf = [0u8; 4096];
+        if let Ok(n) = std::io::Read::read(&mut conn, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        text.contains("sent to the target") && text.contains(" orchestrator ")
+    });
+    assert!(arrived, "got: {}", String::from_utf8_lossy(&got));
+}
