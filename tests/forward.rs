@@ -369,7 +369,11 @@ fn a_daemon_without_log_dir_logs_to_the_local_syslog() {
     packages::with("rsyslog", RSYSLOGD, |bin| {
         let sb = Sandbox::new();
         let collector = Collector::start(&bin, &sb.path("collector"), 0);
-        sb.service("local", "echo kept local but logged\nexec sleep 1000");
+        // A line below the log level stays out of the daemon's log, so out of syslog.
+        sb.service(
+            "local",
+            "echo '{\"level\":\"debug\",\"msg\":\"below the log level\"}'\necho kept local but logged\nexec sleep 1000",
+        );
         sb.config(
             json!({"services_dir": "services"}),
             json!({"local": {"log_forward": false}}),
@@ -393,6 +397,7 @@ fn a_daemon_without_log_dir_logs_to_the_local_syslog() {
             .find(|g| g.msg == "kept local but logged")
             .unwrap();
         assert_eq!(line.procid, pid);
+        assert!(!got.iter().any(|g| g.msg.contains("below the log level")));
         assert!(got
             .iter()
             .any(|g| g.app == "orchestrator" && g.msg.contains("started")));
