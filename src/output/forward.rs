@@ -535,4 +535,25 @@ mod tests {
         );
         assert!(!lock(&again.queue).is_empty(), "its buffer was dropped");
     }
+
+    #[test]
+    fn a_target_at_the_fallbacks_socket_replaces_it() {
+        let dir = std::env::temp_dir().join(format!("orch-forward-{}", std::process::id()));
+        let setting = ForwardSetting::default();
+        setting.set_fallback(ForwardTarget::dev_log(dir.join("log")));
+        let mut f = Forwarding::default();
+        f.refresh(&setting);
+        assert_eq!((f.targets.len(), f.targets[0].fallback), (1, true));
+        let own = ForwardTarget {
+            facility: 16,
+            ..ForwardTarget::dev_log(dir.join("log"))
+        };
+        setting.set(ForwardConfig {
+            targets: vec![own],
+            ..ForwardConfig::default()
+        });
+        f.refresh(&setting);
+        assert_eq!((f.targets.len(), f.targets[0].fallback), (1, false));
+        assert_eq!(setting.targets().len(), 1);
+    }
 }
