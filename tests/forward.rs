@@ -424,7 +424,7 @@ fn a_daemon_without_log_dir_or_local_syslog_logs_to_its_targets() {
         .env("ORCHESTRATOR_DEV_LOG", "/nonexistent/log");
     let out = run_with_timeout(cmd, DEADLINE);
     assert_eq!(out.code, 0, "run --daemon: {}", out.stderr);
-    let _d = Detached::from_pidfile(&sb, &pidfile).expect("the daemon's pid");
+    let d = Detached::from_pidfile(&sb, &pidfile).expect("the daemon's pid");
     let mut conn = None;
     assert!(
         wait_until(DEADLINE, || {
@@ -436,13 +436,37 @@ fn a_daemon_without_log_dir_or_local_syslog_logs_to_its_targets() {
     let mut conn = conn.unwrap();
     conn.set_nonblocking(true).unwrap();
     let mut got = Vec::new();
-    let arrived = wait_until(DEADLINE, || {
+    // Reads what has come; true at the end of the stream.
+    let mut read = |got: &mut Vec<u8>| {
         let mut buf = [0u8; 4096];
-        if let Ok(n) = std::io::Read::read(&mut conn, &mut buf) {
-            got.extend_from_slice(&buf[..n]);
+        match std::io::Read::read(&mut conn, &mut buf) {
+            Ok(0) => true,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                false
+            }
+            Err(_) => false,
         }
+    };
+    let arrived = wait_until(DEADLINE, || {
+        read(&mut got);
         let text = String::from_utf8_lossy(&got);
         text.contains("sent to the target") && text.contains(" orchestrator ")
     });
     assert!(arrived, "got: {}", String::from_utf8_lossy(&got));
+    // What the daemon says as it exits is sent before it goes.
+    unsafe { libc::kill(d.pid, libc::SIGTERM) };
+    assert!(
+        wait_until(DEADLINE, || !d.alive()),
+        "the daemon did not stop"
+    );
+    assert!(
+        wait_until(DEADLINE, || read(&mut got)),
+        "the stream never ended"
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("all services stopped: exiting"),
+        "got: {text}"
+    );
 }
