@@ -470,3 +470,44 @@ fn a_daemon_without_log_dir_or_local_syslog_logs_to_its_targets() {
         "got: {text}"
     );
 }
+
+#[test]
+fn what_waits_for_a_slow_collector_is_sent_before_the_daemon_exits() {
+    let sb = Sandbox::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("tcp://{}", listener.local_addr().unwrap());
+    let lines = 150_000u32;
+    burst_on_go(&sb, "tail", &[lines], "tail line ");
+    sb.config(
+        json!({"services_dir": "services", "log_level": "warn",
+               "log_forward": {"address": address, "buffer_bytes": 32 << 20}}),
+        json!({}),
+    );
+    let mut d = Daemon::start(&sb, &[]);
+    sb.wait_running("tail", None);
+    let (mut conn, _) = listener.accept().unwrap();
+    // Some 9 MB, more than the sockets hold: most waits in the target's buffer.
+    std::fs::write(sb.path("go1"), "").unwrap();
+    d.wait_log(&["end of round 1"]);
+    d.signal(libc::SIGTERM);
+    // Read slowly (at most 64 KiB a millisecond): what the sockets do not hold arrives
+    // only if the daemon waits for it as it exits.
+    conn.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = std::io::Read::read(&mut conn, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(d.wait_exit(DEADLINE), Some(0));
+    let text = String::from_utf8_lossy(&got);
+    let last = format!("tail line {lines}");
+    assert!(
+        text.contains(&last),
+        "{last} missing; {} bytes arrived",
+        got.len()
+    );
+}
