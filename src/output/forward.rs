@@ -11,6 +11,7 @@
 pub mod queue;
 mod sender;
 
+use crate::common::level;
 use crate::config::forward::{Address, ForwardTarget};
 use crate::output::record::{Record, RecordKind};
 use crate::output::sink::Batch;
@@ -327,10 +328,6 @@ impl ForwardSetting {
     }
 }
 
-fn rank(l: log::Level) -> u8 {
-    l as u8
-}
-
 /// A record as a syslog message: APP-NAME the service (`orchestrator` and the daemon's
 /// pid for its own), MSGID the stream or the record's kind, a crash an error.
 fn message<'a>(rec: &'a Record<'a>, own_pid: i32) -> Message<'a> {
@@ -413,7 +410,7 @@ impl Forwarding {
                 continue;
             }
             for line in &batch.lines {
-                if t.fallback && rank(line.level) > max {
+                if t.fallback && level::rank(line.level) > max {
                     continue;
                 }
                 let rec = batch.record(line);
