@@ -268,6 +268,9 @@ pub struct Forwarding {
     config: ForwardConfig,
     targets: Vec<Target>,
     generation: u64,
+    /// The daemon's pid, for its own records' PROCID: taken with the settings, not
+    /// asked of the kernel for every batch.
+    pid: i32,
 }
 
 /// The settings the sink's handle gives the writer, and the targets it runs, for
@@ -354,6 +357,7 @@ impl Forwarding {
         if config == self.config {
             return;
         }
+        self.pid = std::process::id() as i32;
         let mut old = std::mem::take(&mut self.targets);
         let wanted = config
             .targets
@@ -404,7 +408,6 @@ impl Forwarding {
             return;
         }
         let local = self.config.local.iter().any(|s| **s == *batch.service);
-        let pid = std::process::id() as i32;
         for t in &mut self.targets {
             if local && !t.fallback {
                 continue;
@@ -414,7 +417,7 @@ impl Forwarding {
                     continue;
                 }
                 let rec = batch.record(line);
-                t.stage(&message(&rec, pid));
+                t.stage(&message(&rec, self.pid));
             }
             t.queue_staged(Some(&batch.service));
         }
@@ -441,7 +444,6 @@ impl Forwarding {
         let local = rec
             .service
             .is_some_and(|s| self.config.local.iter().any(|l| l == s));
-        let pid = std::process::id() as i32;
         for t in &mut self.targets {
             // The targets get every lifecycle record; the daemon's own as its log does.
             let wanted = if t.fallback {
@@ -452,7 +454,7 @@ impl Forwarding {
             if !wanted {
                 continue;
             }
-            t.stage(&message(rec, pid));
+            t.stage(&message(rec, self.pid));
             t.queue_staged(service.as_ref());
         }
     }
