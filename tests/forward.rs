@@ -379,15 +379,7 @@ fn a_daemon_without_log_dir_logs_to_the_local_syslog() {
             json!({"local": {"log_forward": false}}),
         );
         let pidfile = sb.path("orchestrator.pid");
-        let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--daemon", "--config"])
-            .arg(sb.path("orchestrator.json"))
-            .arg("--pidfile")
-            .arg(&pidfile)
-            .env("ORCHESTRATOR_DEV_LOG", collector.socket());
-        let out = run_with_timeout(cmd, DEADLINE);
-        assert_eq!(out.code, 0, "run --daemon: {}", out.stderr);
-        let _d = Detached::from_pidfile(&sb, &pidfile).expect("the daemon's pid");
+        let _d = start_detached_with_dev_log(&sb, &pidfile, &collector.socket());
         let pid = sb.wait_running("local", None).to_string();
         let got = collector.wait_for("the service's line", |g| {
             g.app == "local" && g.msg == "kept local but logged"
@@ -416,15 +408,7 @@ fn a_daemon_without_log_dir_or_local_syslog_logs_to_its_targets() {
         json!({}),
     );
     let pidfile = sb.path("orchestrator.pid");
-    let mut cmd = Command::new(BIN);
-    cmd.args(["run", "--daemon", "--config"])
-        .arg(sb.path("orchestrator.json"))
-        .arg("--pidfile")
-        .arg(&pidfile)
-        .env("ORCHESTRATOR_DEV_LOG", "/nonexistent/log");
-    let out = run_with_timeout(cmd, DEADLINE);
-    assert_eq!(out.code, 0, "run --daemon: {}", out.stderr);
-    let d = Detached::from_pidfile(&sb, &pidfile).expect("the daemon's pid");
+    let d = start_detached_with_dev_log(&sb, &pidfile, Path::new("/nonexistent/log"));
     let mut conn = None;
     assert!(
         wait_until(DEADLINE, || {
