@@ -369,21 +369,17 @@ fn a_daemon_without_log_dir_logs_to_the_local_syslog() {
     packages::with("rsyslog", RSYSLOGD, |bin| {
         let sb = Sandbox::new();
         let collector = Collector::start(&bin, &sb.path("collector"), 0);
-        sb.service("local", "echo kept local but logged\nexec sleep 1000");
+        // A line below the log level stays out of the daemon's log, so out of syslog.
+        sb.service(
+            "local",
+            "echo '{\"level\":\"debug\",\"msg\":\"below the log level\"}'\necho kept local but logged\nexec sleep 1000",
+        );
         sb.config(
             json!({"services_dir": "services"}),
             json!({"local": {"log_forward": false}}),
         );
         let pidfile = sb.path("orchestrator.pid");
-        let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--daemon", "--config"])
-            .arg(sb.path("orchestrator.json"))
-            .arg("--pidfile")
-            .arg(&pidfile)
-            .env("ORCHESTRATOR_DEV_LOG", collector.socket());
-        let out = run_with_timeout(cmd, DEADLINE);
-        assert_eq!(out.code, 0, "run --daemon: {}", out.stderr);
-        let _d = Detached::from_pidfile(&sb, &pidfile).expect("the daemon's pid");
+        let _d = start_detached_with_dev_log(&sb, &pidfile, &collector.socket());
         let pid = sb.wait_running("local", None).to_string();
         let got = collector.wait_for("the service's line", |g| {
             g.app == "local" && g.msg == "kept local but logged"
@@ -393,8 +389,109 @@ fn a_daemon_without_log_dir_logs_to_the_local_syslog() {
             .find(|g| g.msg == "kept local but logged")
             .unwrap();
         assert_eq!(line.procid, pid);
+        assert!(!got.iter().any(|g| g.msg.contains("below the log level")));
         assert!(got
             .iter()
             .any(|g| g.app == "orchestrator" && g.msg.contains("started")));
     });
+}
+
+#[test]
+fn a_daemon_without_log_dir_or_local_syslog_logs_to_its_targets() {
+    let sb = Sandbox::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = format!("tcp://{}", listener.local_addr().unwrap());
+    sb.service("remote", "echo sent to the target\nexec sleep 1000");
+    sb.config(
+        json!({"services_dir": "services", "log_forward": {"address": address}}),
+        json!({}),
+    );
+    let pidfile = sb.path("orchestrator.pid");
+    let d = start_detached_with_dev_log(&sb, &pidfile, Path::new("/nonexistent/log"));
+    let mut conn = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            conn = listener.accept().ok().map(|(s, _)| s);
+            conn.is_some()
+        }),
+        "the daemon never connected to its target"
+    );
+    let mut conn = conn.unwrap();
+    conn.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    // Reads what has come; true at the end of the stream.
+    let mut read = |got: &mut Vec<u8>| {
+        let mut buf = [0u8; 4096];
+        match std::io::Read::read(&mut conn, &mut buf) {
+            Ok(0) => true,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                false
+            }
+            Err(_) => false,
+        }
+    };
+    let arrived = wait_until(DEADLINE, || {
+        read(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        text.contains("sent to the target") && text.contains(" orchestrator ")
+    });
+    assert!(arrived, "got: {}", String::from_utf8_lossy(&got));
+    // What the daemon says as it exits is sent before it goes.
+    unsafe { libc::kill(d.pid, libc::SIGTERM) };
+    assert!(
+        wait_until(DEADLINE, || !d.alive()),
+        "the daemon did not stop"
+    );
+    assert!(
+        wait_until(DEADLINE, || read(&mut got)),
+        "the stream never ended"
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("all services stopped: exiting"),
+        "got: {text}"
+    );
+}
+
+#[test]
+fn what_waits_for_a_slow_collector_is_sent_before_the_daemon_exits() {
+    let sb = Sandbox::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("tcp://{}", listener.local_addr().unwrap());
+    let lines = 150_000u32;
+    burst_on_go(&sb, "tail", &[lines], "tail line ");
+    sb.config(
+        json!({"services_dir": "services", "log_level": "warn",
+               "log_forward": {"address": address, "buffer_bytes": 32 << 20}}),
+        json!({}),
+    );
+    let mut d = Daemon::start(&sb, &[]);
+    sb.wait_running("tail", None);
+    let (mut conn, _) = listener.accept().unwrap();
+    // Some 9 MB, more than the sockets hold: most waits in the target's buffer.
+    std::fs::write(sb.path("go1"), "").unwrap();
+    d.wait_log(&["end of round 1"]);
+    d.signal(libc::SIGTERM);
+    // Read slowly (at most 64 KiB a millisecond): what the sockets do not hold arrives
+    // only if the daemon waits for it as it exits.
+    conn.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = std::io::Read::read(&mut conn, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(d.wait_exit(DEADLINE), Some(0));
+    let text = String::from_utf8_lossy(&got);
+    let last = format!("tail line {lines}");
+    assert!(
+        text.contains(&last),
+        "{last} missing; {} bytes arrived",
+        got.len()
+    );
 }

@@ -26,7 +26,13 @@ pub fn padded(l: log::Level) -> &'static str {
     entry(l).1
 }
 
-/// The level whose rank (`log::Level as u8`) is `n`; `info` for a rank that is none.
+/// A level's rank, Error = 1 ... Trace = 5: a level is shown when its rank is at most
+/// the filter's.
+pub fn rank(l: log::Level) -> u8 {
+    l as u8
+}
+
+/// The level whose rank (`rank`) is `n`; `info` for a rank that is none.
 pub fn from_rank(n: u8) -> log::Level {
     log::Level::iter()
         .find(|l| *l as u8 == n)
@@ -42,7 +48,7 @@ mod tests {
         for l in log::Level::iter() {
             assert_eq!(name(l), l.as_str().to_ascii_lowercase());
             assert_eq!(padded(l), format!("{:<5}", l.as_str()));
-            assert_eq!(from_rank(l as u8), l);
+            assert_eq!(from_rank(rank(l)), l);
         }
         assert_eq!(from_rank(0), log::Level::Info);
         assert_eq!(from_rank(9), log::Level::Info);

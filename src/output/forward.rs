@@ -11,6 +11,7 @@
 pub mod queue;
 mod sender;
 
+use crate::common::level;
 use crate::config::forward::{Address, ForwardTarget};
 use crate::output::record::{Record, RecordKind};
 use crate::output::sink::Batch;
@@ -267,6 +268,9 @@ pub struct Forwarding {
     config: ForwardConfig,
     targets: Vec<Target>,
     generation: u64,
+    /// The daemon's pid, for its own records' PROCID: taken with the settings, not
+    /// asked of the kernel for every batch.
+    pid: i32,
 }
 
 /// The settings the sink's handle gives the writer, and the targets it runs, for
@@ -327,10 +331,6 @@ impl ForwardSetting {
     }
 }
 
-fn rank(l: log::Level) -> u8 {
-    l as u8
-}
-
 /// A record as a syslog message: APP-NAME the service (`orchestrator` and the daemon's
 /// pid for its own), MSGID the stream or the record's kind, a crash an error.
 fn message<'a>(rec: &'a Record<'a>, own_pid: i32) -> Message<'a> {
@@ -357,6 +357,7 @@ impl Forwarding {
         if config == self.config {
             return;
         }
+        self.pid = std::process::id() as i32;
         let mut old = std::mem::take(&mut self.targets);
         let wanted = config
             .targets
@@ -407,17 +408,16 @@ impl Forwarding {
             return;
         }
         let local = self.config.local.iter().any(|s| **s == *batch.service);
-        let pid = std::process::id() as i32;
         for t in &mut self.targets {
             if local && !t.fallback {
                 continue;
             }
             for line in &batch.lines {
-                if t.fallback && rank(line.level) > max {
+                if t.fallback && level::rank(line.level) > max {
                     continue;
                 }
                 let rec = batch.record(line);
-                t.stage(&message(&rec, pid));
+                t.stage(&message(&rec, self.pid));
             }
             t.queue_staged(Some(&batch.service));
         }
@@ -444,7 +444,6 @@ impl Forwarding {
         let local = rec
             .service
             .is_some_and(|s| self.config.local.iter().any(|l| l == s));
-        let pid = std::process::id() as i32;
         for t in &mut self.targets {
             // The targets get every lifecycle record; the daemon's own as its log does.
             let wanted = if t.fallback {
@@ -455,10 +454,105 @@ impl Forwarding {
             if !wanted {
                 continue;
             }
-            t.stage(&message(rec, pid));
+            t.stage(&message(rec, self.pid));
             t.queue_staged(service.as_ref());
         }
     }
 }
 
 pub use sender::answers;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::sink::Stream;
+
+    fn rec(
+        level: log::Level,
+        stream: Option<Stream>,
+        event: Option<RecordKind>,
+    ) -> Record<'static> {
+        Record {
+            ts_ms: 1,
+            level,
+            service: Some("web"),
+            pid: Some(7),
+            stream,
+            event,
+            msg: "x",
+            partial: false,
+        }
+    }
+
+    #[test]
+    fn a_record_keeps_its_level_and_a_crash_is_an_error() {
+        let line = rec(log::Level::Warn, Some(Stream::Stderr), None);
+        let m = message(&line, 99);
+        assert_eq!((m.level, m.app, m.pid), (log::Level::Warn, "web", Some(7)));
+        assert_eq!(m.msgid, Some("stderr"));
+        let crash = rec(log::Level::Warn, None, Some(RecordKind::Exited));
+        let m = message(&crash, 99);
+        assert_eq!((m.level, m.msgid), (log::Level::Error, Some("exited")));
+        let asked = rec(log::Level::Info, None, Some(RecordKind::Exited));
+        assert_eq!(message(&asked, 99).level, log::Level::Info);
+        let own = Record {
+            service: None,
+            pid: None,
+            ..rec(log::Level::Info, None, None)
+        };
+        let m = message(&own, 99);
+        assert_eq!((m.app, m.pid, m.msgid), ("orchestrator", Some(99), None));
+    }
+
+    #[test]
+    fn a_reload_keeps_an_unchanged_targets_buffer() {
+        // Sockets nobody answers at: what is queued stays queued.
+        let dir = std::env::temp_dir().join(format!("orch-forward-{}", std::process::id()));
+        let a = ForwardTarget::dev_log(dir.join("a"));
+        let b = ForwardTarget::dev_log(dir.join("b"));
+        let mut f = Forwarding::default();
+        f.configure(ForwardConfig {
+            targets: vec![a.clone()],
+            ..ForwardConfig::default()
+        });
+        let kept = f.targets[0].shared.clone();
+        f.record(
+            &rec(log::Level::Info, None, Some(RecordKind::Started)),
+            true,
+        );
+        assert!(!lock(&kept.queue).is_empty());
+        f.configure(ForwardConfig {
+            targets: vec![b, a],
+            fallback: None,
+            local: vec!["web".into()],
+        });
+        assert_eq!(f.targets.len(), 2);
+        let again = &f.targets[1].shared;
+        assert!(
+            Arc::ptr_eq(again, &kept),
+            "a new forwarder for an unchanged target"
+        );
+        assert!(!lock(&again.queue).is_empty(), "its buffer was dropped");
+    }
+
+    #[test]
+    fn a_target_at_the_fallbacks_socket_replaces_it() {
+        let dir = std::env::temp_dir().join(format!("orch-forward-{}", std::process::id()));
+        let setting = ForwardSetting::default();
+        setting.set_fallback(ForwardTarget::dev_log(dir.join("log")));
+        let mut f = Forwarding::default();
+        f.refresh(&setting);
+        assert_eq!((f.targets.len(), f.targets[0].fallback), (1, true));
+        let own = ForwardTarget {
+            facility: 16,
+            ..ForwardTarget::dev_log(dir.join("log"))
+        };
+        setting.set(ForwardConfig {
+            targets: vec![own],
+            ..ForwardConfig::default()
+        });
+        f.refresh(&setting);
+        assert_eq!((f.targets.len(), f.targets[0].fallback), (1, false));
+        assert_eq!(setting.targets().len(), 1);
+    }
+}

@@ -167,10 +167,6 @@ struct Filter {
     rust_log: std::sync::atomic::AtomicBool,
 }
 
-fn level_rank(l: log::Level) -> u8 {
-    l as u8 // Error = 1 ... Trace = 5
-}
-
 /// A cheap handle to the sink, cloned into every producer.
 #[derive(Clone)]
 pub struct Sink {
@@ -210,7 +206,7 @@ impl Sink {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
             filter: Arc::new(Filter {
-                level: AtomicU8::new(level_rank(level.level())),
+                level: AtomicU8::new(level::rank(level.level())),
                 format: AtomicU8::new(format as u8),
                 rust_log: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -243,7 +239,7 @@ impl Sink {
     pub fn set_filter(&self, level: LogLevel, format: LogFormat) {
         self.filter
             .level
-            .store(level_rank(level.level()), Ordering::Relaxed);
+            .store(level::rank(level.level()), Ordering::Relaxed);
         self.filter.format.store(format as u8, Ordering::Relaxed);
         if !self.filter.rust_log.load(Ordering::Relaxed) {
             log::set_max_level(level.to_filter());
@@ -381,7 +377,7 @@ impl Writer {
                     self.forwarding.batch(&batch, max);
                     self.head.clear();
                     for line in &batch.lines {
-                        let shown = level_rank(line.level) <= max;
+                        let shown = level::rank(line.level) <= max;
                         if !shown && self.files.is_none() {
                             continue;
                         }
@@ -406,7 +402,7 @@ impl Writer {
                 }
                 SinkMsg::Event(rec) => {
                     let start = self.buf.len();
-                    let shown = level_rank(rec.level) <= max;
+                    let shown = level::rank(rec.level) <= max;
                     let to_file = rec.file.as_ref().filter(|_| self.files.is_some());
                     if shown || to_file.is_some() {
                         rec.record().write(&mut self.buf, json);

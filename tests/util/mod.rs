@@ -611,17 +611,32 @@ impl Drop for Detached {
 /// `orchestrator run --daemon --config SANDBOX/orchestrator.json --pidfile PIDFILE`,
 /// without waiting for anything but its return.
 pub fn run_detached(sb: &Sandbox, pidfile: &Path) -> Output {
+    run_with_timeout(detached_command(sb, pidfile), DEADLINE)
+}
+
+fn detached_command(sb: &Sandbox, pidfile: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "--daemon", "--config"])
         .arg(sb.path("orchestrator.json"))
         .arg("--pidfile")
         .arg(pidfile);
-    run_with_timeout(cmd, DEADLINE)
+    cmd
 }
 
 /// `run_detached`, which must succeed, and the daemon it started.
 pub fn start_detached(sb: &Sandbox, pidfile: &Path) -> Detached {
-    let out = run_detached(sb, pidfile);
+    started_detached(sb, pidfile, run_detached(sb, pidfile))
+}
+
+/// `start_detached` with the local syslog (where a daemon without `log_dir` logs) at
+/// `dev_log` (`$ORCHESTRATOR_DEV_LOG`).
+pub fn start_detached_with_dev_log(sb: &Sandbox, pidfile: &Path, dev_log: &Path) -> Detached {
+    let mut cmd = detached_command(sb, pidfile);
+    cmd.env("ORCHESTRATOR_DEV_LOG", dev_log);
+    started_detached(sb, pidfile, run_with_timeout(cmd, DEADLINE))
+}
+
+fn started_detached(sb: &Sandbox, pidfile: &Path, out: Output) -> Detached {
     assert_eq!(out.code, 0, "run --daemon: {}", out.stderr);
     Detached::from_pidfile(sb, pidfile).expect("run --daemon returned with its pid written")
 }
