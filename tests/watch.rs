@@ -6,7 +6,8 @@
 //! a binary rewritten in place with no previous version, a burst
 //! of a thousand changes starting each service once on its last version, and (as root)
 //! a binary or a whole directory planted by another user refused, and a sidecar or a
-//! drop-in changed (or broken) applied as a reload of what it touches.
+//! drop-in changed (or broken) applied as a reload of what it touches; a stopped service
+//! is not started by a new binary, and watching turned off by a reload acts on nothing.
 
 use crate::sockets::{ask_tcp, free_port, server_body, Prober};
 use crate::util::*;
@@ -386,5 +387,49 @@ fn a_changed_sidecar_or_drop_in_is_a_reload_of_what_it_touches() {
         sb.service_status("other")["pid"],
         other,
         "another service restarted"
+    );
+}
+
+#[test]
+fn a_stopped_service_is_not_started_by_a_new_binary() {
+    let sb = Sandbox::new();
+    let out = sb.path("out");
+    let body = |v: &str| format!("echo {v} > {}\nexec sleep 1000", out.display());
+    sb.service("idle", &body("v1"));
+    watched(&sb, json!({}));
+    let _d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("idle", None);
+    assert_eq!(sb.cli(&["stop", "idle"]).code, 0);
+    sb.wait_state("idle", "stopped");
+    assert!(!alive(pid));
+    rename_over(&sb, "idle", &body("v2"));
+    assert!(
+        wait_until(DEADLINE, || upgrades(&sb, "idle").len() == 1),
+        "no upgrade recorded"
+    );
+    assert_eq!(upgrades(&sb, "idle")[0]["result"], "ok");
+    assert_eq!(sb.service_status("idle")["state"], "stopped");
+    // Its next start runs the new binary.
+    assert_eq!(sb.cli(&["start", "idle"]).code, 0);
+    sb.wait_running("idle", None);
+    assert!(wait_until(DEADLINE, || std::fs::read_to_string(&out)
+        .is_ok_and(|v| v.trim() == "v2")));
+}
+
+#[test]
+fn watching_turned_off_by_a_reload_acts_on_nothing() {
+    let sb = Sandbox::new();
+    watched(&sb, json!({}));
+    let d = Daemon::start(&sb, &[]);
+    sb.config(json!({"watch_services_dir": false}), json!({}));
+    assert_eq!(sb.cli(&["reload"]).code, 0);
+    drop_service(&sb, "ignored", "exec sleep 1000");
+    // Proving that nothing happens takes a wait: a few settle times.
+    std::thread::sleep(Duration::from_millis(SETTLE_MS * 3));
+    assert!(
+        status_of(&sb, "ignored").is_null(),
+        "started with watching off: {}\n{}",
+        status_of(&sb, "ignored"),
+        d.log_text()
     );
 }
