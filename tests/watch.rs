@@ -7,13 +7,16 @@
 //! of a thousand changes starting each service once on its last version, and (as root)
 //! a binary or a whole directory planted by another user refused, and a sidecar or a
 //! drop-in changed (or broken) applied as a reload of what it touches; a stopped service
-//! is not started by a new binary, and watching turned off by a reload acts on nothing.
+//! is not started by a new binary, the same bytes renamed over are no upgrade, a binary
+//! whose link is gone is upgraded with nothing to go back to (and a stale `NAME.prev` is
+//! never put back over a file rewritten in place), and watching turned off by a reload
+//! acts on nothing.
 
 use crate::sockets::{ask_tcp, free_port, server_body, Prober};
 use crate::util::*;
 use serde_json::json;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
 const SETTLE_MS: u64 = 400;
@@ -233,6 +236,9 @@ fn a_rollback_never_puts_the_old_binary_over_a_newer_one() {
 fn a_binary_rewritten_in_place_fails_with_no_previous_binary() {
     let sb = Sandbox::new();
     let bin = sb.service("inplace", "exec sleep 1000");
+    // An older version, left by some earlier upgrade: no previous version of this file.
+    let stale = bin.with_file_name("inplace.prev");
+    sb.script(&stale, "exec sleep 2000");
     watched(&sb, json!({"inplace": {"upgrade_grace_ms": 500}}));
     let _d = Daemon::start(&sb, &[]);
     let pid = sb.wait_running("inplace", None);
@@ -248,6 +254,8 @@ fn a_binary_rewritten_in_place_fails_with_no_previous_binary() {
     assert!(!alive(pid));
     let u = upgrades(&sb, "inplace");
     assert_eq!(u.len(), 1, "{u:?}");
+    assert!(std::fs::read_to_string(&bin).unwrap().contains("exit 4"));
+    assert!(stale.exists(), "the older version was put back");
 }
 
 #[test]
@@ -432,4 +440,52 @@ fn watching_turned_off_by_a_reload_acts_on_nothing() {
         status_of(&sb, "ignored"),
         d.log_text()
     );
+}
+
+#[test]
+fn the_same_binary_renamed_over_is_no_upgrade() {
+    let sb = Sandbox::new();
+    sb.service("same", "exec sleep 1000");
+    watched(&sb, json!({"same": {"upgrade_grace_ms": 300}}));
+    let _d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("same", None);
+    rename_over(&sb, "same", "exec sleep 1000");
+    // Looked at once settled: the link is made to the file renamed over.
+    let bin = sb.path("services/same/same");
+    let ino = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.ino()).ok();
+    assert!(wait_until(DEADLINE, || ino(&bin)
+        == ino(&bin.with_file_name(".same.running"))));
+    rename_over(&sb, "same", "exec sleep 2000");
+    // Once the real upgrade is recorded, the same bytes renamed over before it are not.
+    let ok = wait_until(DEADLINE, || {
+        upgrades(&sb, "same")
+            .iter()
+            .any(|u| u["from"] != u["to"] && u["result"] == "ok")
+    });
+    assert!(ok, "{:?}", upgrades(&sb, "same"));
+    let u = upgrades(&sb, "same");
+    assert_eq!(u.len(), 1, "{u:?}");
+    assert_ne!(sb.service_status("same")["pid"], pid);
+}
+
+#[test]
+fn a_binary_replaced_with_no_link_kept_is_upgraded_with_nothing_to_go_back_to() {
+    let sb = Sandbox::new();
+    let bin = sb.service("nolink", "exec sleep 1000");
+    watched(&sb, json!({"nolink": {"upgrade_grace_ms": 300}}));
+    let _d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("nolink", None);
+    std::fs::remove_file(bin.with_file_name(".nolink.running")).unwrap();
+    rename_over(&sb, "nolink", "exec sleep 2000");
+    assert!(
+        wait_until(DEADLINE, || upgrades(&sb, "nolink").len() == 1),
+        "no upgrade recorded"
+    );
+    let u = upgrades(&sb, "nolink");
+    assert_eq!(
+        (u[0]["from"].as_str(), u[0]["result"].as_str()),
+        (Some(""), Some("ok")),
+        "{u:?}"
+    );
+    assert_ne!(sb.service_status("nolink")["pid"], pid);
 }
