@@ -81,18 +81,9 @@ impl Service {
         ready: bool,
         ctx: &mut Ctx,
     ) -> Vec<Action> {
-        let why = "watchdog triggered by the service (WATCHDOG=trigger)";
-        self.last_error = Some(why.into());
         self.ending = Some(reason::WATCHDOG_TRIGGER.into());
-        let then = AfterStop::Recover(self.liveness_attempt(run, ctx));
-        let mut actions = vec![log(
-            log::Level::Warn,
-            RecordKind::Watchdog,
-            Some(run.pid),
-            format!("{why}: restarting"),
-        )];
-        actions.extend(self.begin_stop(run, ready, then, Origin::Liveness, ctx.now.mono));
-        actions
+        let why = "watchdog triggered by the service (WATCHDOG=trigger)";
+        self.watchdog_restart(run, ready, why.into(), ctx)
     }
 
     /// No keep-alive within `watchdog_ms`: the run is hung.
@@ -100,6 +91,18 @@ impl Service {
         let ms = self.spec.process.watchdog.map_or(0, |w| w.as_millis());
         let why = reason::watchdog_timeout(ms);
         self.ending = Some(why.clone());
+        self.watchdog_restart(run, true, why, ctx)
+    }
+
+    /// A watchdog's verdict on `run`: `why` logged and kept as `last_error`, and the run
+    /// stopped to be restarted as after any liveness failure.
+    fn watchdog_restart(
+        &mut self,
+        run: Run,
+        ready: bool,
+        why: String,
+        ctx: &mut Ctx,
+    ) -> Vec<Action> {
         let then = AfterStop::Recover(self.liveness_attempt(run, ctx));
         let mut actions = vec![log(
             log::Level::Warn,
@@ -108,7 +111,7 @@ impl Service {
             format!("{why}: restarting"),
         )];
         self.last_error = Some(why);
-        actions.extend(self.begin_stop(run, true, then, Origin::Liveness, ctx.now.mono));
+        actions.extend(self.begin_stop(run, ready, then, Origin::Liveness, ctx.now.mono));
         actions
     }
 
