@@ -10,7 +10,7 @@
 //! is not started by a new binary, the same bytes renamed over are no upgrade, a binary
 //! whose link is gone is upgraded with nothing to go back to (and a stale `NAME.prev` is
 //! never put back over a file rewritten in place), and watching turned off by a reload
-//! acts on nothing.
+//! acts on nothing; after `upgrade-self`, a rename over is an upgrade from what runs.
 
 use crate::sockets::{ask_tcp, free_port, server_body, Prober};
 use crate::util::*;
@@ -483,4 +483,32 @@ fn a_binary_replaced_with_no_link_kept_is_upgraded_with_nothing_to_go_back_to() 
         "{u:?}"
     );
     assert_ne!(sb.service_status("nolink")["pid"], pid);
+}
+
+#[test]
+fn after_upgrade_self_a_binary_renamed_over_is_upgraded_from_what_runs() {
+    let sb = Sandbox::new();
+    let bin = sb.service("handed", "exec sleep 1000");
+    watched(&sb, json!({"handed": {"upgrade_grace_ms": 300}}));
+    let d = Daemon::start(&sb, &[]);
+    let pid = sb.wait_running("handed", None);
+    let new = sb.path("orchestrator-new");
+    copy_executable(BIN, &new);
+    let out = sb.cli(&["upgrade-self", new.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let ok = wait_until(DEADLINE, || d.count_log(&["upgrade-self: took over"]) >= 1);
+    assert!(ok, "no take-over; log:\n{}", d.log_text());
+    // The new image knows the link the old one made: the rename is an upgrade from it.
+    rename_over(&sb, "handed", "exec sleep 2000");
+    assert!(
+        wait_until(DEADLINE, || upgrades(&sb, "handed").len() == 1),
+        "no upgrade recorded\n{}",
+        d.log_text()
+    );
+    let u = upgrades(&sb, "handed");
+    assert_eq!(u[0]["result"], "ok", "{u:?}");
+    assert_ne!(u[0]["from"], "", "{u:?}");
+    assert_ne!(sb.service_status("handed")["pid"], pid);
+    let prev = std::fs::read_to_string(bin.with_file_name("handed.prev")).unwrap();
+    assert!(prev.contains("sleep 1000"));
 }
