@@ -10,7 +10,8 @@
 //! is not started by a new binary, the same bytes renamed over are no upgrade, a binary
 //! whose link is gone is upgraded with nothing to go back to (and a stale `NAME.prev` is
 //! never put back over a file rewritten in place), and watching turned off by a reload
-//! acts on nothing; after `upgrade-self`, a rename over is an upgrade from what runs.
+//! acts on nothing; after `upgrade-self`, a rename over is an upgrade from what runs; an
+//! `upgrade` by hand is no news to the watcher.
 
 use crate::sockets::{ask_tcp, free_port, server_body, Prober};
 use crate::util::*;
@@ -511,4 +512,23 @@ fn after_upgrade_self_a_binary_renamed_over_is_upgraded_from_what_runs() {
     assert_ne!(sb.service_status("handed")["pid"], pid);
     let prev = std::fs::read_to_string(bin.with_file_name("handed.prev")).unwrap();
     assert!(prev.contains("sleep 1000"));
+}
+
+#[test]
+fn an_upgrade_by_hand_is_no_news_to_the_watcher() {
+    let sb = Sandbox::new();
+    sb.service("byhand", "exec sleep 1000");
+    watched(&sb, json!({"byhand": {"upgrade_grace_ms": 300}}));
+    let _d = Daemon::start(&sb, &[]);
+    sb.wait_running("byhand", None);
+    let v2 = sb.path("byhand-v2");
+    sb.script(&v2, "exec sleep 2000");
+    let out = sb.cli(&["upgrade", "byhand", v2.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let pid = sb.wait_running("byhand", None);
+    // The upgrade's rename is seen by the watcher, which finds nothing new in it.
+    std::thread::sleep(Duration::from_millis(SETTLE_MS * 2));
+    let u = upgrades(&sb, "byhand");
+    assert_eq!(u.len(), 1, "{u:?}");
+    assert_eq!(sb.service_status("byhand")["pid"], pid);
 }
