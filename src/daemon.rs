@@ -411,7 +411,7 @@ fn start_watcher(cfg: &Config, tx: &crossbeam_channel::Sender<crate::supervise::
         .path
         .as_deref()
         .and_then(Path::parent)
-        .map(|d| d.join("conf.d"));
+        .map(|d| d.join(crate::config::DROP_INS));
     let settle = Duration::from_millis(s.watch_settle_ms);
     match crate::supervise::watcher::spawn(s.services_dir.clone(), confd, settle, tx.clone()) {
         Ok(()) => log::info!("watching {}", s.services_dir.display()),

@@ -99,6 +99,16 @@ impl Prober {
         assert!(ok, "pid {pid} never answered the prober");
     }
 
+    /// Stops, and fails the test if any connection was refused or failed.
+    pub fn finish_refusing_none(self) {
+        let (_, errors) = self.finish();
+        assert_eq!(
+            errors,
+            Vec::<String>::new(),
+            "refused or failed connections"
+        );
+    }
+
     /// Stops; returns (how many were answered, the errors).
     pub fn finish(mut self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);

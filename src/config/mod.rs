@@ -20,6 +20,7 @@ mod types;
 
 pub use json::nearest;
 use json::{parse, parse_as};
+pub use service_files::{is_drop_in, DROP_INS, SIDECAR};
 pub use types::*;
 
 use serde::Deserialize;

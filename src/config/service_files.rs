@@ -25,6 +25,12 @@ pub const SIDECAR: &str = "service.json";
 /// The directory of drop-ins, beside the config file.
 pub const DROP_INS: &str = "conf.d";
 
+/// Whether a file named `name` in `conf.d` is a drop-in (an editor's hidden swap or
+/// temporary file is not).
+pub fn is_drop_in(name: &[u8]) -> bool {
+    name.ends_with(b".json") && !name.starts_with(b".")
+}
+
 /// A service's keys as written.
 type Keys = Map<String, Value>;
 
@@ -183,9 +189,7 @@ fn drop_ins(dir: &Path, entries: &mut Entries, errors: &mut Vec<String>) {
     // Ordered by insertion: a sort would be linked just for this.
     let mut files: Vec<PathBuf> = Vec::new();
     for entry in list.flatten() {
-        let name = entry.file_name();
-        let name = name.as_encoded_bytes();
-        if name.ends_with(b".json") && !name.starts_with(b".") {
+        if is_drop_in(entry.file_name().as_encoded_bytes()) {
             let path = entry.path();
             let at = files.partition_point(|f| f.as_os_str() < path.as_os_str());
             files.insert(at, path);

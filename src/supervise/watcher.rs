@@ -17,6 +17,7 @@
 //! blocks in `poll` without a timeout: no wake-up while nothing changes.
 
 use super::event::{Above, Event};
+use crate::config::{is_drop_in, DROP_INS, SIDECAR};
 use crossbeam_channel::Sender;
 use std::ffi::CString;
 use std::io;
@@ -151,14 +152,12 @@ pub fn classify(dir: &Dir, name: Option<&str>, mask: u32) -> Seen {
             }
         }
         Dir::Root => Seen::Nothing,
-        Dir::Service(s) if name == s || name == "service.json" => {
-            Seen::Touch(Key::Service(s.clone()))
-        }
+        Dir::Service(s) if name == s || name == SIDECAR => Seen::Touch(Key::Service(s.clone())),
         Dir::Service(_) => Seen::Nothing,
-        Dir::ConfD if name.ends_with(".json") && !name.starts_with('.') => Seen::Touch(Key::ConfD),
+        Dir::ConfD if is_drop_in(name.as_bytes()) => Seen::Touch(Key::ConfD),
         Dir::ConfD => Seen::Nothing,
-        Dir::ConfigHome if is_dir && name == "conf.d" && came => Seen::NewConfD,
-        Dir::ConfigHome if is_dir && name == "conf.d" && went => Seen::Touch(Key::ConfD),
+        Dir::ConfigHome if is_dir && name == DROP_INS && came => Seen::NewConfD,
+        Dir::ConfigHome if is_dir && name == DROP_INS && went => Seen::Touch(Key::ConfD),
         Dir::ConfigHome => Seen::Nothing,
     }
 }

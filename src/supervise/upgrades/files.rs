@@ -61,6 +61,9 @@ pub(in crate::supervise) struct Done {
     pub(in crate::supervise) no_prev: bool,
 }
 
+/// The file work's buffers are on the heap (`sha256`, `install`): a small stack will do.
+const UPGRADE_STACK: usize = 64 * 1024;
+
 pub(in crate::supervise) fn now_ms() -> u64 {
     timefmt::unix_ms(SystemTime::now())
 }
@@ -104,6 +107,7 @@ impl Supervisor {
         };
         std::thread::Builder::new()
             .name("upgrade".into())
+            .stack_size(UPGRADE_STACK)
             .spawn(job)
             .map_err(|e| format!("cannot create a thread: {e}"))?;
         if let Some(e) = self.services.get_mut(name) {
